@@ -1,0 +1,216 @@
+//! Server-Sent Events: the lifecycle event stream and per-job log streams.
+//!
+//! One [`EventTailer`] per process reads new events from the store when the
+//! store's EVENTS feed changes and fans them out to SSE clients over a
+//! broadcast channel (DESIGN decision 15). A client first subscribes, then
+//! replays everything after its `Last-Event-ID` from the store, then forwards
+//! live events with a larger id — so nothing is missed between replay and live.
+//! A client that falls behind the channel replays from the store instead of
+//! losing events; a client whose id was pruned gets a `resync` event first.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use futures_util::Stream;
+use serde_json::json;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::CancellationToken;
+
+use super::{ApiError, AppState};
+use crate::model::{parse_job_id, JobStatus};
+use crate::store::{change, Store, StoredEvent};
+
+const REPLAY_PAGE: usize = 500;
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Fans stored events out to this process's SSE clients.
+#[derive(Clone)]
+pub struct EventTailer {
+    tx: broadcast::Sender<Arc<StoredEvent>>,
+    last: Arc<AtomicI64>,
+}
+
+impl EventTailer {
+    /// Starts tailing from the newest stored event.
+    pub async fn start(store: Arc<dyn Store>, stop: CancellationToken) -> EventTailer {
+        let (tx, _) = broadcast::channel(1024);
+        let start = store.events_bounds().await.map(|(_, max)| max).unwrap_or(0);
+        let tailer = EventTailer { tx, last: Arc::new(AtomicI64::new(start)) };
+        let t = tailer.clone();
+        tokio::spawn(async move {
+            let mut feed = store.changes().subscribe(change::EVENTS);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = feed.changed() => if r.is_err() { break },
+                }
+                loop {
+                    let after = t.last.load(Ordering::Acquire);
+                    let batch = match store.events_after(after, REPLAY_PAGE).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::warn!("event tailer read failed: {e}");
+                            break;
+                        }
+                    };
+                    let full = batch.len() == REPLAY_PAGE;
+                    for ev in batch {
+                        t.last.store(ev.id, Ordering::Release);
+                        let _ = t.tx.send(Arc::new(ev));
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+            }
+        });
+        tailer
+    }
+}
+
+fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    match headers.get("last-event-id") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+            .map(Some)
+            .ok_or_else(|| ApiError::BadRequest("Last-Event-ID must be a non-negative integer".into())),
+    }
+}
+
+fn sse_event(ev: &StoredEvent) -> Event {
+    Event::default().id(ev.id.to_string()).event(ev.name.clone()).data(ev.data.clone())
+}
+
+/// `GET /api/events`.
+pub(super) async fn events(State(state): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    let resume = last_event_id(&headers)?;
+    let mut rx = state.tailer.tx.subscribe();
+    let live_from = state.tailer.last.load(Ordering::Acquire);
+    let (min_id, _) = state.store.events_bounds().await?;
+    let store = state.store.clone();
+    let shutdown = state.shutdown.clone();
+    let stream = async_stream::stream! {
+        let mut cursor = match resume {
+            None => live_from,
+            Some(n) => {
+                if min_id > n + 1 {
+                    yield Ok::<Event, Infallible>(Event::default().event("resync").data(json!({"lastEventId": n, "oldestRetained": min_id}).to_string()));
+                }
+                n
+            }
+        };
+        let mut replay = resume.is_some();
+        loop {
+            if replay {
+                match store.events_after(cursor, REPLAY_PAGE).await {
+                    Ok(batch) => {
+                        let full = batch.len() == REPLAY_PAGE;
+                        for ev in &batch {
+                            cursor = ev.id;
+                            yield Ok(sse_event(ev));
+                        }
+                        replay = full;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!("event replay failed: {e}");
+                        break;
+                    }
+                }
+            }
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = rx.recv() => r,
+            };
+            match next {
+                Ok(ev) if ev.id > cursor => {
+                    cursor = ev.id;
+                    yield Ok(sse_event(&ev));
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => replay = true,
+                Err(RecvError::Closed) => break,
+            }
+        }
+    };
+    Ok(sse(stream))
+}
+
+fn sse<S: Stream<Item = Result<Event, Infallible>> + Send + 'static>(stream: S) -> impl IntoResponse {
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+}
+
+/// `?tail=N`: start with the last N stored lines instead of all of them.
+#[derive(serde::Deserialize)]
+pub(super) struct StreamQuery {
+    tail: Option<u64>,
+}
+
+/// `GET /api/jobs/{id}/logs/stream`: stored lines, then live lines until the job ends.
+pub(super) async fn log_stream(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<StreamQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let Path(job_id) = path?;
+    let Query(q) = query?;
+    parse_job_id(&job_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if state.store.job_get(&job_id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("Job not found: {job_id}")));
+    }
+    let mut after = match (last_event_id(&headers)?, q.tail) {
+        (Some(id), _) => id,
+        (None, Some(n)) => state.store.job_output_len(&job_id).await? - 1 - n.min(1_000_000) as i64,
+        (None, None) => -1,
+    };
+    let store = state.store.clone();
+    let shutdown = state.shutdown.clone();
+    let mut output = store.changes().subscribe(change::OUTPUT);
+    let mut events = store.changes().subscribe(change::EVENTS);
+    let stream = async_stream::stream! {
+        loop {
+            output.borrow_and_update();
+            events.borrow_and_update();
+            let lines = match store.job_output_after(&job_id, after, REPLAY_PAGE).await {
+                Ok(l) => l,
+                Err(e) => { tracing::warn!("log stream read failed: {e}"); break; }
+            };
+            let got = lines.len();
+            for line in lines {
+                after = line.seq;
+                yield Ok::<Event, Infallible>(Event::default().id(line.seq.to_string()).event("log")
+                    .data(json!({"seq": line.seq, "stream": line.stream, "line": line.line}).to_string()));
+            }
+            if got > 0 {
+                continue;
+            }
+            let status = match store.job_get(&job_id).await {
+                Ok(Some(job)) => job.status,
+                _ => break,
+            };
+            if status.parse::<JobStatus>().is_ok_and(JobStatus::is_terminal) {
+                // The final flush lands before the terminal write, so nothing is left to read.
+                yield Ok(Event::default().event("end").data(json!({"jobId": job_id, "status": status}).to_string()));
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = output.changed() => {}
+                _ = events.changed() => {}
+            }
+        }
+    };
+    Ok(sse(stream))
+}

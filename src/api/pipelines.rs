@@ -1,0 +1,133 @@
+//! `GET /api/pipelines`, `POST /api/pipelines/{id}/trigger`, `GET /api/pipelines/{id}/jobs`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::runs::{page, PageQuery};
+use super::{ApiError, AppState};
+use crate::clock::rfc3339;
+use crate::scheduler::TriggerRequest;
+use crate::store::RunFilter;
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TriggerBody {
+    #[serde(default)]
+    parameters: serde_json::Map<String, Value>,
+    shards: Option<u32>,
+    callback_url: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+/// Who triggered, from the `X-Runyard-Source` header (`cli`, `dashboard`; default `api`).
+fn source(headers: &HeaderMap) -> String {
+    match headers.get("x-runyard-source").and_then(|v| v.to_str().ok()) {
+        Some("cli") => "cli".into(),
+        Some("dashboard") => "dashboard".into(),
+        _ => "api".into(),
+    }
+}
+
+pub(super) async fn trigger(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Path(pipeline) = path?;
+    let body = body?;
+    let parsed: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
+        TriggerBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
+    };
+    if parsed.callback_url.is_some() {
+        return Err(ApiError::BadRequest("callbackUrl is not supported yet: webhook delivery is not in this build".into()));
+    }
+    let triggered = state
+        .scheduler
+        .trigger(TriggerRequest {
+            pipeline,
+            parameters: parsed.parameters,
+            shards: parsed.shards,
+            idempotency_key: parsed.idempotency_key,
+            triggered_by: source(&headers),
+        })
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "jobId": triggered.run_id,
+            "runId": triggered.run_id,
+            "jobIds": triggered.job_ids,
+            "pipelineId": triggered.pipeline,
+            "status": "queued",
+            "timestamp": rfc3339(triggered.created_at),
+        })),
+    ))
+}
+
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let counts = state.store.pipeline_counts().await?;
+    let pipelines: Vec<Value> = state
+        .scheduler
+        .settings()
+        .pipelines
+        .values()
+        .map(|p| {
+            let c = counts.get(&p.name).copied().unwrap_or_default();
+            let params: serde_json::Map<String, Value> = p
+                .params
+                .iter()
+                .map(|(name, spec)| {
+                    (
+                        name.clone(),
+                        json!({
+                            "type": format!("{:?}", spec.kind).to_lowercase(),
+                            "default": spec.default,
+                            "required": spec.default.is_none(),
+                            "pattern": spec.pattern.as_ref().map(|r| r.as_str().trim_start_matches("^(?:").trim_end_matches(")$").to_string()),
+                        }),
+                    )
+                })
+                .collect();
+            json!({
+                "id": p.name,
+                "command": p.command,
+                "cwd": p.cwd,
+                "timeoutMs": p.timeout.map(|t| t.as_millis() as u64),
+                "maxAttempts": p.max_attempts,
+                "concurrency": p.concurrency,
+                "shards": p.shards,
+                "onOrphan": p.on_orphan.as_str(),
+                "params": params,
+                "setup": Value::Null,
+                "circuit": "closed",
+                "queued": c.queued,
+                "running": c.running,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "pipelines": pipelines })))
+}
+
+pub(super) async fn runs_of(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(pipeline) = path?;
+    if !state.scheduler.settings().pipelines.contains_key(&pipeline) {
+        return Err(ApiError::NotFound(format!("Unknown pipeline: {}", pipeline.chars().take(100).collect::<String>())));
+    }
+    let Query(q) = query?;
+    let (limit, offset, status) = page(&q)?;
+    let runs = state.store.runs_list(RunFilter { pipeline: Some(pipeline), status, limit, offset }).await?;
+    Ok(Json(json!({ "runs": runs, "limit": limit, "offset": offset })))
+}

@@ -1,0 +1,110 @@
+//! Human-readable tables for the client commands.
+
+use serde_json::Value;
+
+/// Pretty JSON.
+pub fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+/// `runyard runs`.
+pub fn runs_table(v: &Value) {
+    let rows = v["runs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            vec![
+                s(&r["runId"]),
+                s(&r["pipelineId"]),
+                s(&r["status"]),
+                format!("{}/{}", r["shardsDone"], r["shardCount"]),
+                s(&r["triggeredBy"]),
+                s(&r["createdAt"]),
+            ]
+        })
+        .collect();
+    table(&["RUN", "PIPELINE", "STATUS", "SHARDS", "BY", "CREATED"], rows);
+}
+
+/// `runyard show`.
+pub fn run_details(r: &Value) {
+    println!("run       {}", s(&r["runId"]));
+    println!("pipeline  {}", s(&r["pipelineId"]));
+    println!("status    {}", s(&r["status"]));
+    println!("params    {}", r["parameters"]);
+    println!("created   {}", s(&r["createdAt"]));
+    println!("started   {}", s(&r["startedAt"]));
+    println!("finished  {}", s(&r["finishedAt"]));
+    println!();
+    let rows = r["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|j| {
+            vec![
+                s(&j["id"]),
+                s(&j["status"]),
+                format!("{}/{}", j["attempt"], j["maxAttempts"]),
+                s(&j["exitCode"]),
+                j["progress"].as_u64().map(|p| format!("{p}%")).unwrap_or_else(|| "-".into()),
+                s(&j["reason"]),
+                s(&j["error"]),
+            ]
+        })
+        .collect();
+    table(&["JOB", "STATUS", "ATTEMPT", "EXIT", "PROGRESS", "REASON", "ERROR"], rows);
+}
+
+/// `runyard pipelines`.
+pub fn pipelines_table(v: &Value) {
+    let rows = v["pipelines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let cmd: Vec<String> = p["command"].as_array().into_iter().flatten().map(s).collect();
+            vec![s(&p["id"]), s(&p["shards"]), s(&p["concurrency"]), s(&p["queued"]), s(&p["running"]), cmd.join(" ")]
+        })
+        .collect();
+    table(&["PIPELINE", "SHARDS", "CONCURRENCY", "QUEUED", "RUNNING", "COMMAND"], rows);
+}
+
+/// `runyard workers`.
+pub fn workers_table(v: &Value) {
+    let rows = v["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| {
+            let running = w["runningJobs"].as_array().map(|a| a.len()).unwrap_or(0);
+            vec![s(&w["id"]), s(&w["host"]), s(&w["pid"]), format!("{running}/{}", w["slots"]), s(&w["heartbeat"])]
+        })
+        .collect();
+    table(&["NODE", "HOST", "PID", "BUSY", "HEARTBEAT"], rows);
+}

@@ -1,0 +1,818 @@
+//! `runyard.toml` plus environment overrides → validated, typed [`Settings`].
+//!
+//! Everything that can be wrong with a configuration is found here, at start,
+//! with the key and line that caused it: nothing is left to fail mid-run. Raw
+//! TOML is read into `Raw*` structs (`deny_unknown_fields`, so a typo is an
+//! error, not a silently ignored key), then checked and resolved: durations
+//! and sizes parsed, `command[0]` resolved to an absolute path (DESIGN
+//! decision 10), placeholders checked against the known and declared names.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Placeholders every pipeline may use in its command.
+pub const BUILTIN_PLACEHOLDERS: &[&str] =
+    &["run_id", "job_id", "shard_index", "shard_number", "shard_count", "attempt"];
+
+/// A configuration problem, with where it is.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax or type error (the message carries line and column).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The config path.
+        path: PathBuf,
+        /// toml's message, with line and column.
+        message: String,
+    },
+    /// A value is well-formed TOML but not acceptable.
+    #[error("{path}:{line}: {key}: {message}")]
+    Invalid {
+        /// The config path.
+        path: PathBuf,
+        /// 1-based line of the table or key, 0 when from the environment.
+        line: usize,
+        /// Dotted key, e.g. `pipelines.e2e.timeout`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Validated settings of one node.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[server]`.
+    pub server: ServerSettings,
+    /// `[store]`.
+    pub store: StoreSettings,
+    /// Pipelines by name.
+    pub pipelines: BTreeMap<String, Arc<Pipeline>>,
+}
+
+/// `[server]` settings.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Address of the HTTP API (loopback only until auth exists).
+    pub listen: SocketAddr,
+    /// Directory for the embedded SQLite file.
+    pub data_dir: PathBuf,
+    /// Slots of this node.
+    pub max_workers: usize,
+    /// Cap over all nodes sharing the store; 0 = none.
+    pub max_workers_global: usize,
+    /// How often captured output is appended to the store (100 ms – 30 s).
+    pub output_flush_interval: Duration,
+    /// How long SIGTERM waits for running jobs before stopping them.
+    pub shutdown_timeout: Duration,
+    /// Finished runs older than this are pruned.
+    pub retention: Duration,
+    /// Per job and stream cap of stored output.
+    pub max_output_bytes: u64,
+    /// Node heartbeat interval; a node silent for 3 beats is dead.
+    pub heartbeat: Duration,
+    /// Default SIGTERM → SIGKILL grace for a job's process group.
+    pub kill_grace: Duration,
+}
+
+/// Which store to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// An embedded SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection string.
+    Postgres(String),
+}
+
+/// SQLite durability level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// Survives a process crash; the last moments may be lost on power loss.
+    #[default]
+    Normal,
+    /// Survives power loss, at the cost of an fsync per commit.
+    Full,
+}
+
+/// `[store]` settings.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// Where the store lives.
+    pub url: StoreUrl,
+    /// SQLite only.
+    pub synchronous: Synchronous,
+}
+
+/// What the rescuer does with a job whose node died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOrphan {
+    /// Put it back in the queue (up to `max_orphan_requeues` times).
+    Requeue,
+    /// Fail it with reason `orphaned`.
+    Fail,
+}
+
+impl OnOrphan {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnOrphan::Requeue => "requeue",
+            OnOrphan::Fail => "fail",
+        }
+    }
+}
+
+/// A parameter's value type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamType {
+    /// Any string (subject to `pattern`).
+    #[default]
+    String,
+    /// A signed 64-bit integer.
+    Integer,
+    /// `true` or `false`.
+    Boolean,
+}
+
+/// A declared pipeline parameter.
+#[derive(Debug, Clone)]
+pub struct ParamSpec {
+    /// Value type.
+    pub kind: ParamType,
+    /// Used when the trigger omits it; without a default the parameter is required.
+    pub default: Option<String>,
+    /// Must match the whole value.
+    pub pattern: Option<Regex>,
+    /// Whether a value may start with `-` (refused by default: argument injection).
+    pub allow_leading_dash: bool,
+}
+
+/// One piece of an argv template element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// Literal text.
+    Lit(String),
+    /// `{name}`.
+    Var(String),
+}
+
+/// An argv element with `{placeholder}`s; `{{` and `}}` are literal braces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(pub Vec<Piece>);
+
+impl Template {
+    /// Parses `s`; the error says what is malformed.
+    pub fn parse(s: &str) -> Result<Template, String> {
+        let mut pieces = Vec::new();
+        let mut lit = String::new();
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    lit.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    lit.push('}');
+                }
+                '{' => {
+                    let mut name = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(c) if c.is_ascii_alphanumeric() || c == '_' => name.push(c),
+                            Some(c) => return Err(format!("invalid character {c:?} in placeholder of {s:?}")),
+                            None => return Err(format!("unclosed '{{' in {s:?}")),
+                        }
+                    }
+                    if name.is_empty() {
+                        return Err(format!("empty placeholder in {s:?}"));
+                    }
+                    if !lit.is_empty() {
+                        pieces.push(Piece::Lit(std::mem::take(&mut lit)));
+                    }
+                    pieces.push(Piece::Var(name));
+                }
+                '}' => return Err(format!("unmatched '}}' in {s:?} (write '}}}}' for a literal brace)")),
+                c => lit.push(c),
+            }
+        }
+        if !lit.is_empty() || pieces.is_empty() {
+            pieces.push(Piece::Lit(lit));
+        }
+        Ok(Template(pieces))
+    }
+
+    /// Placeholder names used.
+    pub fn vars(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().filter_map(|p| match p {
+            Piece::Var(v) => Some(v.as_str()),
+            Piece::Lit(_) => None,
+        })
+    }
+
+    /// Renders with `lookup`; a missing name renders empty (validated at load).
+    pub fn render(&self, lookup: impl Fn(&str) -> Option<String>) -> String {
+        let mut out = String::new();
+        for p in &self.0 {
+            match p {
+                Piece::Lit(s) => out.push_str(s),
+                Piece::Var(v) => out.push_str(&lookup(v).unwrap_or_default()),
+            }
+        }
+        out
+    }
+}
+
+/// A validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// Its name (the table key).
+    pub name: String,
+    /// The command as written in the config.
+    pub command: Vec<String>,
+    /// `command[0]`, resolved to an absolute path.
+    pub program: PathBuf,
+    /// `command[1..]`.
+    pub args: Vec<Template>,
+    /// Working directory (absolute); the server's own when unset.
+    pub cwd: Option<PathBuf>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// Wall-clock limit of one attempt.
+    pub timeout: Option<Duration>,
+    /// Attempts including the first.
+    pub max_attempts: u32,
+    /// Base of the exponential retry backoff.
+    pub retry_backoff: Duration,
+    /// Jobs of this pipeline running at once over all nodes; 0 = no cap.
+    pub concurrency: u32,
+    /// Default shard count.
+    pub shards: u32,
+    /// Rescuer policy.
+    pub on_orphan: OnOrphan,
+    /// Requeues (orphan or shutdown) allowed before the job fails.
+    pub max_orphan_requeues: u32,
+    /// SIGTERM → SIGKILL grace.
+    pub kill_grace: Duration,
+    /// Declared parameters.
+    pub params: BTreeMap<String, ParamSpec>,
+}
+
+/// Most shards a run may have.
+pub const MAX_SHARDS: u32 = 1000;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    server: RawServer,
+    store: Option<RawStore>,
+    bus: Option<toml::Value>,
+    auth: Option<toml::Value>,
+    webhooks: Option<toml::Value>,
+    #[serde(default)]
+    pipelines: BTreeMap<String, RawPipeline>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    data_dir: Option<String>,
+    max_workers: Option<usize>,
+    max_workers_global: Option<usize>,
+    output_flush_interval_ms: Option<u64>,
+    shutdown_timeout: Option<String>,
+    retention: Option<String>,
+    max_output_bytes: Option<toml::Value>,
+    heartbeat: Option<String>,
+    kill_grace: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<String>,
+    synchronous: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    command: Vec<String>,
+    cwd: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    timeout: Option<String>,
+    max_attempts: Option<u32>,
+    retry_backoff: Option<String>,
+    concurrency: Option<u32>,
+    shards: Option<u32>,
+    on_orphan: Option<OnOrphan>,
+    max_orphan_requeues: Option<u32>,
+    kill_grace: Option<String>,
+    setup: Option<Vec<String>>,
+    finalizer: Option<Vec<String>>,
+    #[serde(default)]
+    params: BTreeMap<String, RawParam>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParam {
+    #[serde(rename = "type", default)]
+    kind: ParamType,
+    default: Option<toml::Value>,
+    pattern: Option<String>,
+    #[serde(default)]
+    allow_leading_dash: bool,
+}
+
+/// Parses `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"7d"` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?} (e.g. \"30s\", \"5m\")"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
+        u => return Err(format!("invalid duration unit {u:?} in {s:?} (use ms, s, m, h or d)")),
+    };
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("duration {s:?} out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `"16MiB"`, `"512KiB"`, `"1GiB"`, `"100kB"` or a plain byte count.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?} (e.g. \"16MiB\")"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        u => return Err(format!("invalid size unit {u:?} in {s:?} (use B, KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} out of range"))
+}
+
+/// The environment overrides read at load (a function so tests need not touch the process env).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl Settings {
+    /// Reads and validates the file at `path`, applying the process environment.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Settings::from_toml(&text, path, &|k| std::env::var(k).ok())
+    }
+
+    /// Validates `text` (read from `path`, whose directory anchors relative paths).
+    pub fn from_toml(text: &str, path: &Path, env: EnvLookup<'_>) -> Result<Settings, ConfigError> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " | "),
+        })?;
+        Loader { text, path, base: path.parent().map(Path::to_path_buf).unwrap_or_default(), env }.build(raw)
+    }
+}
+
+struct Loader<'a> {
+    text: &'a str,
+    path: &'a Path,
+    base: PathBuf,
+    env: EnvLookup<'a>,
+}
+
+impl Loader<'_> {
+    /// The 1-based line where `key` (or its table header) is written, best effort.
+    fn line_of(&self, table: &str, key: Option<&str>) -> usize {
+        let header = format!("[{table}]");
+        let mut in_table = false;
+        let mut header_line = 0;
+        for (i, line) in self.text.lines().enumerate() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                in_table = t.replace(' ', "") == header;
+                if in_table {
+                    header_line = i + 1;
+                    if key.is_none() {
+                        return header_line;
+                    }
+                }
+                continue;
+            }
+            if in_table {
+                if let Some(k) = key {
+                    if t.split(['=', ' ']).next() == Some(k) {
+                        return i + 1;
+                    }
+                }
+            }
+        }
+        header_line
+    }
+
+    fn invalid(&self, table: &str, key: Option<&str>, message: impl Into<String>) -> ConfigError {
+        let line = self.line_of(table, key);
+        let dotted = match key {
+            Some(k) => format!("{table}.{k}"),
+            None => table.to_string(),
+        };
+        ConfigError::Invalid { path: self.path.to_path_buf(), line, key: dotted, message: message.into() }
+    }
+
+    fn env_invalid(&self, var: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { path: self.path.to_path_buf(), line: 0, key: format!("env {var}"), message: message.into() }
+    }
+
+    fn duration(&self, table: &str, key: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => parse_duration(s).map_err(|m| self.invalid(table, Some(key), m)),
+        }
+    }
+
+    fn resolve_dir(&self, s: &str) -> PathBuf {
+        let p = Path::new(s);
+        if p.is_absolute() { p.to_path_buf() } else { self.base.join(p) }
+    }
+
+    fn build(&self, raw: RawFile) -> Result<Settings, ConfigError> {
+        for (key, value) in [("bus", &raw.bus), ("auth", &raw.auth), ("webhooks", &raw.webhooks)] {
+            if value.is_some() {
+                return Err(self.invalid(key, None, format!("[{key}] is not supported by this build yet")));
+            }
+        }
+        let server = self.server(&raw.server)?;
+        let store = self.store(raw.store.as_ref(), &server)?;
+        let mut pipelines = BTreeMap::new();
+        for (name, rp) in &raw.pipelines {
+            let p = self.pipeline(name, rp, &server)?;
+            pipelines.insert(name.clone(), Arc::new(p));
+        }
+        Ok(Settings { server, store, pipelines })
+    }
+
+    fn server(&self, rs: &RawServer) -> Result<ServerSettings, ConfigError> {
+        let t = "server";
+        let listen_text = (self.env)("RUNYARD_LISTEN").or_else(|| rs.listen.clone()).unwrap_or_else(|| "127.0.0.1:7878".into());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| self.invalid(t, Some("listen"), format!("invalid address {listen_text:?} (e.g. \"127.0.0.1:7878\")")))?;
+        if !listen.ip().is_loopback() {
+            return Err(self.invalid(
+                t,
+                Some("listen"),
+                format!("{listen} is not a loopback address; this build has no API authentication, so it only listens on loopback"),
+            ));
+        }
+        let mut max_workers = rs.max_workers.unwrap_or(2);
+        if let Some(v) = (self.env)("MAX_WORKERS") {
+            max_workers = v.trim().parse().map_err(|_| self.env_invalid("MAX_WORKERS", format!("not a number: {v:?}")))?;
+        }
+        if max_workers == 0 || max_workers > 1024 {
+            return Err(self.invalid(t, Some("max_workers"), "must be between 1 and 1024"));
+        }
+        let mut flush_ms = rs.output_flush_interval_ms.unwrap_or(1000);
+        if let Some(v) = (self.env)("OUTPUT_FLUSH_INTERVAL_MS") {
+            flush_ms = v
+                .trim()
+                .parse()
+                .map_err(|_| self.env_invalid("OUTPUT_FLUSH_INTERVAL_MS", format!("not a number: {v:?}")))?;
+        }
+        if !(100..=30_000).contains(&flush_ms) {
+            return Err(self.invalid(t, Some("output_flush_interval_ms"), format!("{flush_ms} is outside 100..=30000")));
+        }
+        let max_output_bytes = match &rs.max_output_bytes {
+            None => 16 << 20,
+            Some(toml::Value::Integer(n)) if *n > 0 => *n as u64,
+            Some(toml::Value::String(s)) => parse_size(s).map_err(|m| self.invalid(t, Some("max_output_bytes"), m))?,
+            Some(_) => return Err(self.invalid(t, Some("max_output_bytes"), "expected a size such as \"16MiB\"")),
+        };
+        if max_output_bytes < 1024 {
+            return Err(self.invalid(t, Some("max_output_bytes"), "must be at least 1KiB"));
+        }
+        let heartbeat = self.duration(t, "heartbeat", &rs.heartbeat, Duration::from_secs(10))?;
+        if heartbeat < Duration::from_millis(100) {
+            return Err(self.invalid(t, Some("heartbeat"), "must be at least 100ms"));
+        }
+        Ok(ServerSettings {
+            listen,
+            data_dir: self.resolve_dir(rs.data_dir.as_deref().unwrap_or(".runyard")),
+            max_workers,
+            max_workers_global: rs.max_workers_global.unwrap_or(0),
+            output_flush_interval: Duration::from_millis(flush_ms),
+            shutdown_timeout: self.duration(t, "shutdown_timeout", &rs.shutdown_timeout, Duration::from_secs(30))?,
+            retention: self.duration(t, "retention", &rs.retention, Duration::from_secs(7 * 86_400))?,
+            max_output_bytes,
+            heartbeat,
+            kill_grace: self.duration(t, "kill_grace", &rs.kill_grace, Duration::from_secs(10))?,
+        })
+    }
+
+    fn store(&self, rs: Option<&RawStore>, server: &ServerSettings) -> Result<StoreSettings, ConfigError> {
+        let url_text = (self.env)("DATABASE_URL").or_else(|| rs.and_then(|s| s.url.clone()));
+        let url = match url_text {
+            None => StoreUrl::Sqlite(server.data_dir.join("runyard.db")),
+            Some(u) => {
+                if let Some(path) = u.strip_prefix("sqlite://") {
+                    if path.is_empty() {
+                        return Err(self.invalid("store", Some("url"), "sqlite:// needs a file path"));
+                    }
+                    StoreUrl::Sqlite(self.resolve_dir(path))
+                } else if u.starts_with("postgres://") || u.starts_with("postgresql://") {
+                    StoreUrl::Postgres(u)
+                } else {
+                    return Err(self.invalid("store", Some("url"), "expected sqlite://PATH or postgres://…"));
+                }
+            }
+        };
+        let synchronous = match rs.and_then(|s| s.synchronous.as_deref()) {
+            None | Some("normal") => Synchronous::Normal,
+            Some("full") => Synchronous::Full,
+            Some(other) => {
+                return Err(self.invalid("store", Some("synchronous"), format!("{other:?}: expected \"normal\" or \"full\"")));
+            }
+        };
+        Ok(StoreSettings { url, synchronous })
+    }
+
+    fn pipeline(&self, name: &str, rp: &RawPipeline, server: &ServerSettings) -> Result<Pipeline, ConfigError> {
+        let t = format!("pipelines.{name}");
+        let t = t.as_str();
+        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(self.invalid(t, None, "pipeline names use letters, digits, '-' and '_' (at most 64)"));
+        }
+        if rp.setup.is_some() {
+            return Err(self.invalid(t, Some("setup"), "setup commands are not supported by this build yet"));
+        }
+        if rp.finalizer.is_some() {
+            return Err(self.invalid(t, Some("finalizer"), "finalizers are not supported by this build yet"));
+        }
+        let cwd = rp.cwd.as_deref().map(|c| self.resolve_dir(c));
+        if let Some(dir) = &cwd {
+            if !dir.is_dir() {
+                return Err(self.invalid(t, Some("cwd"), format!("{} is not a directory", dir.display())));
+            }
+        }
+        let Some((program, args)) = rp.command.split_first() else {
+            return Err(self.invalid(t, Some("command"), "must name a program"));
+        };
+        if program.contains('{') {
+            return Err(self.invalid(t, Some("command"), "the program (command[0]) may not contain placeholders"));
+        }
+        let program = resolve_program(program, cwd.as_deref().unwrap_or(&self.base))
+            .map_err(|m| self.invalid(t, Some("command"), m))?;
+
+        let mut params = BTreeMap::new();
+        for (pname, raw) in &rp.params {
+            if pname.is_empty() || !pname.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(self.invalid(&format!("{t}.params.{pname}"), None, "parameter names use letters, digits and '_'"));
+            }
+            if BUILTIN_PLACEHOLDERS.contains(&pname.as_str()) {
+                return Err(self.invalid(&format!("{t}.params.{pname}"), None, "this name is a built-in placeholder"));
+            }
+            let pt = format!("{t}.params.{pname}");
+            let pattern = match &raw.pattern {
+                None => None,
+                Some(p) => Some(
+                    Regex::new(&format!("^(?:{p})$")).map_err(|e| self.invalid(&pt, Some("pattern"), format!("invalid regex: {e}")))?,
+                ),
+            };
+            let spec = ParamSpec { kind: raw.kind, default: None, pattern, allow_leading_dash: raw.allow_leading_dash };
+            let default = match &raw.default {
+                None => None,
+                Some(v) => {
+                    let json = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
+                    Some(spec.accept(&json).map_err(|m| self.invalid(&pt, Some("default"), m))?)
+                }
+            };
+            params.insert(pname.clone(), ParamSpec { default, ..spec });
+        }
+
+        let mut templates = Vec::new();
+        for arg in args {
+            let tpl = Template::parse(arg).map_err(|m| self.invalid(t, Some("command"), m))?;
+            for var in tpl.vars() {
+                if !BUILTIN_PLACEHOLDERS.contains(&var) && !params.contains_key(var) {
+                    return Err(self.invalid(
+                        t,
+                        Some("command"),
+                        format!("unknown placeholder {{{var}}}: declare [{t}.params.{var}] or use one of {}", BUILTIN_PLACEHOLDERS.join(", ")),
+                    ));
+                }
+            }
+            templates.push(tpl);
+        }
+        for key in rp.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') || key.starts_with("RUNYARD_") {
+                return Err(self.invalid(t, Some("env"), format!("invalid variable name {key:?} (RUNYARD_* is reserved)")));
+            }
+        }
+        let shards = rp.shards.unwrap_or(1);
+        if shards == 0 || shards > MAX_SHARDS {
+            return Err(self.invalid(t, Some("shards"), format!("must be between 1 and {MAX_SHARDS}")));
+        }
+        let max_attempts = rp.max_attempts.unwrap_or(1);
+        if max_attempts == 0 || max_attempts > 100 {
+            return Err(self.invalid(t, Some("max_attempts"), "must be between 1 and 100"));
+        }
+        let timeout = match &rp.timeout {
+            None => None,
+            Some(s) => Some(parse_duration(s).map_err(|m| self.invalid(t, Some("timeout"), m))?),
+        };
+        if timeout == Some(Duration::ZERO) {
+            return Err(self.invalid(t, Some("timeout"), "must be positive (omit it for no timeout)"));
+        }
+        Ok(Pipeline {
+            name: name.to_string(),
+            command: rp.command.clone(),
+            program,
+            args: templates,
+            cwd,
+            env: rp.env.clone(),
+            timeout,
+            max_attempts,
+            retry_backoff: self.duration(t, "retry_backoff", &rp.retry_backoff, Duration::from_secs(1))?,
+            concurrency: rp.concurrency.unwrap_or(0),
+            shards,
+            on_orphan: rp.on_orphan.unwrap_or(OnOrphan::Requeue),
+            max_orphan_requeues: rp.max_orphan_requeues.unwrap_or(1),
+            kill_grace: self.duration(t, "kill_grace", &rp.kill_grace, server.kill_grace)?,
+            params,
+        })
+    }
+}
+
+/// Resolves `command[0]`: absolute as is, with a `/` relative to `dir`, else searched on PATH.
+fn resolve_program(program: &str, dir: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &Path| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    let candidate = Path::new(program);
+    if program.contains('/') {
+        let p = if candidate.is_absolute() { candidate.to_path_buf() } else { dir.join(candidate) };
+        return if is_exec(&p) { Ok(p) } else { Err(format!("{} is not an executable file", p.display())) };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| is_exec(p))
+        .ok_or_else(|| format!("program {program:?} not found on PATH"))
+}
+
+/// Largest accepted parameter value, in bytes (DESIGN decision 12).
+pub const MAX_PARAM_BYTES: usize = 8 * 1024;
+
+impl ParamSpec {
+    /// Checks a trigger's JSON value and returns it as the string substituted into argv/env.
+    pub fn accept(&self, value: &serde_json::Value) -> Result<String, String> {
+        use serde_json::Value;
+        let text = match (self.kind, value) {
+            (ParamType::String, Value::String(s)) => s.clone(),
+            (ParamType::String, Value::Number(n)) => n.to_string(),
+            (ParamType::String, Value::Bool(b)) => b.to_string(),
+            (ParamType::Integer, Value::Number(n)) if n.is_i64() => n.to_string(),
+            (ParamType::Integer, Value::String(s)) if s.trim().parse::<i64>().is_ok() => s.trim().to_string(),
+            (ParamType::Boolean, Value::Bool(b)) => b.to_string(),
+            (ParamType::Boolean, Value::String(s)) if s == "true" || s == "false" => s.clone(),
+            (kind, v) => return Err(format!("expected {kind:?} value, got {v}").to_lowercase()),
+        };
+        if text.len() > MAX_PARAM_BYTES {
+            return Err(format!("value is {} bytes; the limit is {MAX_PARAM_BYTES}", text.len()));
+        }
+        if text.contains('\0') {
+            return Err("value contains a NUL byte".into());
+        }
+        if text.starts_with('-') && !self.allow_leading_dash && self.kind == ParamType::String {
+            return Err("value may not start with '-' (set allow_leading_dash = true to permit it)".into());
+        }
+        if let Some(re) = &self.pattern {
+            if !re.is_match(&text) {
+                return Err(format!("value does not match pattern {}", re.as_str()));
+            }
+        }
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Settings, ConfigError> {
+        Settings::from_toml(text, Path::new("/tmp/runyard.toml"), &|_| None)
+    }
+
+    #[test]
+    fn example_style_config_loads() {
+        let s = load(
+            r#"
+[server]
+max_workers = 3
+[pipelines.hello]
+command = ["echo", "hi {name}", "{shard_number}/{shard_count}"]
+timeout = "5m"
+shards = 2
+[pipelines.hello.params.name]
+default = "world"
+pattern = "[a-z]+"
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.server.max_workers, 3);
+        let p = &s.pipelines["hello"];
+        assert!(p.program.is_absolute());
+        assert_eq!(p.timeout, Some(Duration::from_secs(300)));
+        assert_eq!(p.params["name"].default.as_deref(), Some("world"));
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let err = load("[server]\nmax_workers = 2\n\n[pipelines.x]\ncommand = [\"echo\", \"{nope}\"]\n").unwrap_err().to_string();
+        assert!(err.contains(":5: pipelines.x.command") && err.contains("{nope}"), "{err}");
+        let err = load("[pipelines.x]\ncommand = [\"echo\"]\ntimeout = \"5 parsecs\"\n").unwrap_err().to_string();
+        assert!(err.contains(":3: pipelines.x.timeout"), "{err}");
+        let err = load("[server]\nmax_wrkers = 2\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("max_wrkers"), "{err}");
+        let err = load("[pipelines.x]\ncommand = [\"definitely-not-a-program-xyz\"]\n").unwrap_err().to_string();
+        assert!(err.contains("not found on PATH"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_win() {
+        let env = |k: &str| match k {
+            "MAX_WORKERS" => Some("7".to_string()),
+            "OUTPUT_FLUSH_INTERVAL_MS" => Some("250".to_string()),
+            "DATABASE_URL" => Some("sqlite:///tmp/x.db".to_string()),
+            _ => None,
+        };
+        let s = Settings::from_toml("", Path::new("/tmp/runyard.toml"), &env).unwrap();
+        assert_eq!(s.server.max_workers, 7);
+        assert_eq!(s.server.output_flush_interval, Duration::from_millis(250));
+        assert_eq!(s.store.url, StoreUrl::Sqlite(PathBuf::from("/tmp/x.db")));
+        let bad = |k: &str| (k == "MAX_WORKERS").then(|| "lots".to_string());
+        assert!(Settings::from_toml("", Path::new("/tmp/r.toml"), &bad).unwrap_err().to_string().contains("MAX_WORKERS"));
+    }
+
+    #[test]
+    fn templates_parse_and_render() {
+        let t = Template::parse("--shard={shard_number}/{shard_count} {{x}}").unwrap();
+        let out = t.render(|v| Some(if v == "shard_number" { "2".into() } else { "4".into() }));
+        assert_eq!(out, "--shard=2/4 {x}");
+        assert!(Template::parse("{open").is_err());
+        assert!(Template::parse("a}b").is_err());
+    }
+
+    #[test]
+    fn params_are_checked() {
+        let spec = ParamSpec { kind: ParamType::String, default: None, pattern: Some(Regex::new("^(?:[a-z]+)$").unwrap()), allow_leading_dash: false };
+        assert_eq!(spec.accept(&serde_json::json!("abc")).unwrap(), "abc");
+        assert!(spec.accept(&serde_json::json!("abc; rm")).is_err());
+        let free = ParamSpec { pattern: None, ..spec.clone() };
+        assert!(free.accept(&serde_json::json!("--output=/etc/x")).is_err());
+        assert!(free.accept(&serde_json::json!("a\0b")).is_err());
+        assert!(free.accept(&serde_json::json!("x".repeat(MAX_PARAM_BYTES + 1))).is_err());
+        let int = ParamSpec { kind: ParamType::Integer, ..free };
+        assert_eq!(int.accept(&serde_json::json!(-3)).unwrap(), "-3");
+        assert!(int.accept(&serde_json::json!("x")).is_err());
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
+        assert!(parse_duration("7 weeks").is_err());
+        assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
+        assert!(parse_size("16 furlongs").is_err());
+    }
+}

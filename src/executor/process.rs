@@ -1,0 +1,82 @@
+//! OS process facts and signals: liveness, start times, boot id, group kills.
+//!
+//! A pid alone does not identify a process: pids are reused. We identify a
+//! process by `(pid, start time in clock ticks since boot)` within one boot
+//! (`/proc/sys/kernel/random/boot_id`), and count `EPERM` from `kill(pid, 0)`
+//! as alive (the process exists but is not ours to signal).
+
+use rustix::io::Errno;
+use rustix::process::{Pid, Signal};
+
+/// The signals we send to process groups.
+#[derive(Debug, Clone, Copy)]
+pub enum Sig {
+    /// SIGTERM: please stop.
+    Term,
+    /// SIGKILL: stop now.
+    Kill,
+}
+
+/// Sends `sig` to the process group `pgid`; a group that is gone is not an error.
+pub fn signal_group(pgid: u32, sig: Sig) {
+    let Some(pid) = i32::try_from(pgid).ok().and_then(Pid::from_raw) else { return };
+    let signal = match sig {
+        Sig::Term => Signal::TERM,
+        Sig::Kill => Signal::KILL,
+    };
+    match rustix::process::kill_process_group(pid, signal) {
+        Ok(()) | Err(Errno::SRCH) => {}
+        Err(e) => tracing::warn!(pgid, "cannot signal process group: {e}"),
+    }
+}
+
+/// True when a process with this pid exists (EPERM counts as alive).
+pub fn pid_alive(pid: u32) -> bool {
+    let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else { return false };
+    !matches!(rustix::process::test_kill_process(p), Err(Errno::SRCH))
+}
+
+/// True when the process `pid` exists and started at `start` (not a reused pid).
+pub fn same_process_alive(pid: u32, start: u64) -> bool {
+    pid_alive(pid) && start_time(pid) == Some(start)
+}
+
+/// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: fields resume after the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// This kernel boot's id.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive_with_a_start_time() {
+        let me = std::process::id();
+        let start = start_time(me).expect("start time");
+        assert!(same_process_alive(me, start));
+        assert!(!same_process_alive(me, start + 1));
+        assert!(pid_alive(1), "pid 1 exists (EPERM or not)");
+        assert!(!boot_id().is_empty());
+    }
+
+    #[test]
+    fn missing_processes_are_dead() {
+        // pid_max is at most 2^22 on Linux, so this pid cannot exist.
+        assert!(!pid_alive(0x3fff_ffff));
+        assert_eq!(start_time(0x3fff_ffff), None);
+    }
+}

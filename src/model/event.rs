@@ -1,0 +1,43 @@
+//! Event names as they appear in the store, SSE `event:` lines and webhooks.
+
+use std::fmt;
+
+/// The lifecycle events of DESIGN "Events".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventName {
+    /// A job was queued by a trigger.
+    JobCreated,
+    /// A job's process was spawned.
+    JobStarted,
+    /// A job printed `::progress <n> <msg>`.
+    JobProgress,
+    /// A job exited 0.
+    JobCompleted,
+    /// A job attempt failed (the job may still be retried: see `status`).
+    JobFailed,
+    /// A job was aborted.
+    JobAborted,
+    /// A run turned terminal; emitted exactly once per run.
+    RunCompleted,
+}
+
+impl EventName {
+    /// The wire name, e.g. `job:created`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventName::JobCreated => "job:created",
+            EventName::JobStarted => "job:started",
+            EventName::JobProgress => "job:progress",
+            EventName::JobCompleted => "job:completed",
+            EventName::JobFailed => "job:failed",
+            EventName::JobAborted => "job:aborted",
+            EventName::RunCompleted => "run:completed",
+        }
+    }
+}
+
+impl fmt::Display for EventName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,107 @@
+//! Run and job identities.
+//!
+//! A run id is a UUIDv7 (sortable by creation time). A job id equals its run id
+//! when the run has one shard, and is `{runId}:s{i}` otherwise (DESIGN decision 1).
+//! The same job id names the queue entry, the abort-registry key and the log stream.
+
+use std::fmt;
+
+use thiserror::Error;
+use uuid::Uuid;
+
+/// A run's identity: a UUIDv7 in its hyphenated lowercase form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunId(Uuid);
+
+impl RunId {
+    /// A fresh, time-ordered run id.
+    pub fn new() -> Self {
+        RunId(Uuid::now_v7())
+    }
+
+    /// Parses a run id, refusing anything that is not a UUID.
+    pub fn parse(s: &str) -> Result<Self, JobIdError> {
+        Uuid::try_parse(s)
+            .map(RunId)
+            .map_err(|_| JobIdError::Malformed(s.chars().take(80).collect()))
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// Why a string is not a valid run or job id.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum JobIdError {
+    /// Not `uuid`, `uuid:s<n>` or `uuid:finalize`.
+    #[error("malformed id: {0}")]
+    Malformed(String),
+}
+
+/// The job id of shard `shard_index` of a run with `shard_count` shards.
+pub fn job_id_for(run: RunId, shard_index: u32, shard_count: u32) -> String {
+    if shard_count == 1 {
+        run.to_string()
+    } else {
+        format!("{run}:s{shard_index}")
+    }
+}
+
+/// Splits a job id into its run id and shard index (`None` for a single-shard job).
+pub fn parse_job_id(s: &str) -> Result<(RunId, Option<u32>), JobIdError> {
+    match s.split_once(':') {
+        None => Ok((RunId::parse(s)?, None)),
+        Some((run, shard)) => {
+            let run = RunId::parse(run)?;
+            let index = shard
+                .strip_prefix('s')
+                .filter(|d| !d.is_empty() && d.len() <= 6 && d.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|d| d.parse::<u32>().ok())
+                .ok_or_else(|| JobIdError::Malformed(s.chars().take(80).collect()))?;
+            Ok((run, Some(index)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_shard_job_id_is_the_run_id() {
+        let run = RunId::new();
+        assert_eq!(job_id_for(run, 0, 1), run.to_string());
+        assert_eq!(parse_job_id(&run.to_string()).unwrap(), (run, None));
+    }
+
+    #[test]
+    fn sharded_job_ids_round_trip() {
+        let run = RunId::new();
+        let id = job_id_for(run, 3, 4);
+        assert_eq!(id, format!("{run}:s3"));
+        assert_eq!(parse_job_id(&id).unwrap(), (run, Some(3)));
+    }
+
+    #[test]
+    fn malformed_ids_are_refused() {
+        for bad in ["", "../etc/passwd", "abc", "0190c0de-0000-7000-8000-000000000000:x1", "0190c0de-0000-7000-8000-000000000000:s"] {
+            assert!(parse_job_id(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn run_ids_sort_by_creation() {
+        let a = RunId::new();
+        let b = RunId::new();
+        assert!(a.to_string() < b.to_string());
+    }
+}

@@ -1,0 +1,12 @@
+//! Pure domain types shared by every module: ids, statuses and event names.
+//!
+//! Nothing here does I/O; `model` is the one module everyone may import, so it
+//! stays free of tokio, SQL and the file system.
+
+mod event;
+mod id;
+mod status;
+
+pub use event::EventName;
+pub use id::{job_id_for, parse_job_id, JobIdError, RunId};
+pub use status::{JobStatus, Reason, RunStatus, StatusParseError};

@@ -1,0 +1,63 @@
+//! The claim loop: while this node has free slots, claim queued jobs and start them.
+//!
+//! It wakes on the store's WORK feed (a trigger, a retry or requeue, a slot
+//! freed anywhere on the store, another process's commit), on a local slot
+//! freeing, when the earliest delayed retry falls due, and at worst every
+//! [`POLL_BACKSTOP`] — never on a fixed scheduling tick.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{job, Inner, POLL_BACKSTOP};
+use crate::clock::now_ms;
+use crate::store::{change, JobClaimParams};
+
+pub(super) async fn claim_loop(inner: Arc<Inner>) {
+    let mut work = inner.store.changes().subscribe(change::WORK);
+    loop {
+        if inner.stop_claiming.is_cancelled() {
+            break;
+        }
+        work.borrow_and_update();
+        let mut wait = POLL_BACKSTOP;
+        let free = inner.slots.available_permits();
+        if free > 0 {
+            let params = JobClaimParams {
+                node_id: inner.node.id.clone(),
+                max: free,
+                global_cap: inner.settings.server.max_workers_global,
+                pipelines: inner.claimable.clone(),
+                now: now_ms(),
+            };
+            match inner.store.job_claim(params).await {
+                Ok(out) => {
+                    let claimed = out.jobs.len();
+                    for claimed_job in out.jobs {
+                        let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
+                            tracing::error!("claimed more jobs than free slots; this is a bug");
+                            break;
+                        };
+                        inner.jobs.spawn(job::run(inner.clone(), claimed_job, permit));
+                    }
+                    if claimed == free {
+                        continue; // full: nothing to wait for until a slot frees
+                    }
+                    if let Some(due) = out.next_due {
+                        let until = Duration::from_millis((due - now_ms()).max(1) as u64);
+                        wait = wait.min(until);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("claim failed: {e}");
+                    wait = Duration::from_millis(500);
+                }
+            }
+        }
+        tokio::select! {
+            _ = inner.stop_claiming.cancelled() => break,
+            _ = work.changed() => {}
+            _ = inner.slot_freed.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

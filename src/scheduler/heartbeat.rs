@@ -1,0 +1,132 @@
+//! Liveness and the slow paths that back up fast signals.
+//!
+//! - The heartbeat loop beats every `heartbeat` with the jobs this node runs;
+//!   the store answers which of them must stop (aborted, or no longer this
+//!   node's claim), and whether this node was declared dead meanwhile (then
+//!   every local job is cancelled — its writes would be refused anyway — and
+//!   the node registers again). Each beat also runs the rescuer and, now and
+//!   then, the retention sweep.
+//! - The abort sweep reacts to the store's ABORT feed (this process's aborts
+//!   and, via `PRAGMA data_version`, other processes') within ~50 ms.
+//! - The bus listener cancels local jobs of runs aborted on other nodes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+
+use super::abort::CancelCause;
+use super::{rescuer, Inner};
+use crate::bus::Signal;
+use crate::clock::now_ms;
+use crate::store::{change, NodeHeartbeatParams};
+
+/// How often finished runs past `retention` are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// Runs deleted per prune transaction, so a sweep never stalls claims.
+const PRUNE_BATCH: usize = 100;
+
+pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(inner.settings.server.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = inner.stop_services.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        beat(&inner).await;
+        if let Err(e) = rescuer::run_once(&inner).await {
+            tracing::warn!("orphan rescue failed: {e}");
+        }
+        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            last_prune = Some(tokio::time::Instant::now());
+            prune(&inner).await;
+        }
+    }
+}
+
+async fn beat(inner: &Inner) {
+    let params = NodeHeartbeatParams { node_id: inner.node.id.clone(), running: inner.registry.snapshot(), now: now_ms() };
+    match inner.store.node_heartbeat(params).await {
+        Ok(out) => {
+            for job_id in &out.cancel {
+                tracing::info!(job = %job_id, "stopping a job that was aborted or is no longer ours");
+                inner.registry.cancel(job_id, CancelCause::Abort);
+            }
+            if !out.registered {
+                tracing::warn!("this node was declared dead by a peer; stopping its jobs and registering again");
+                inner.registry.cancel_all(CancelCause::Lost);
+                let node = crate::store::NodeRow { heartbeat_at: now_ms(), ..inner.node.clone() };
+                if let Err(e) = inner.store.node_register(node).await {
+                    tracing::warn!("re-registration failed: {e}");
+                }
+            }
+        }
+        Err(e) => tracing::warn!("heartbeat failed: {e}"),
+    }
+}
+
+async fn prune(inner: &Inner) {
+    let before = now_ms() - inner.settings.server.retention.as_millis() as i64;
+    let mut total = 0;
+    loop {
+        match inner.store.runs_prune(before, PRUNE_BATCH).await {
+            Ok(n) => {
+                total += n;
+                if n < PRUNE_BATCH {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            Err(e) => {
+                tracing::warn!("retention sweep failed: {e}");
+                break;
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!(runs = total, "pruned finished runs past retention");
+    }
+}
+
+pub(super) async fn abort_sweep_loop(inner: Arc<Inner>) {
+    let mut aborts = inner.store.changes().subscribe(change::ABORT);
+    loop {
+        tokio::select! {
+            _ = inner.stop_services.cancelled() => break,
+            changed = aborts.changed() => if changed.is_err() { break },
+        }
+        if inner.registry.is_empty() {
+            continue;
+        }
+        match inner.store.jobs_abort_requested(&inner.node.id).await {
+            Ok(ids) => {
+                for id in ids {
+                    inner.registry.cancel(&id, CancelCause::Abort);
+                }
+            }
+            Err(e) => tracing::warn!("abort sweep failed: {e}"),
+        }
+    }
+}
+
+pub(super) async fn bus_listener(inner: Arc<Inner>) {
+    let mut rx = inner.bus.subscribe();
+    loop {
+        let signal = tokio::select! {
+            _ = inner.stop_services.cancelled() => break,
+            s = rx.recv() => s,
+        };
+        match signal {
+            Ok(Signal::RunAbort { run_id, origin }) => {
+                if origin != inner.node.id {
+                    let n = inner.registry.abort_all_shards_for_run(&run_id);
+                    tracing::debug!(run = %run_id, cancelled = n, "abort from the bus");
+                }
+            }
+            Err(RecvError::Lagged(n)) => tracing::warn!("bus listener lagged by {n} messages; the abort sweep covers them"),
+            Err(RecvError::Closed) => break,
+        }
+    }
+}

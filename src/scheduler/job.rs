@@ -1,0 +1,208 @@
+//! One job's task on this node: spawn, record, capture, wait, flush, finish.
+//!
+//! Ordering that keeps the invariants:
+//! - the abort handle is registered *before* spawn, and the abort mark is
+//!   re-read by the `job_start` write *after* spawn, so an abort racing the
+//!   claim still wins (DESIGN decision 8);
+//! - if the spawned pid cannot be recorded, the child is killed (decision 11);
+//! - output is flushed on a timer with no overlap (one flusher task, skipped
+//!   ticks), once more after exit, and only then is the terminal state written,
+//!   so a finished job's log is complete when `job:completed` is emitted;
+//! - the slot permit is held by this task and returned when it ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::abort::{CancelCause, Handle};
+use super::Inner;
+use crate::clock::now_ms;
+use crate::config::Pipeline;
+use crate::executor::{Collector, Ending, Exit, Running, SpawnSpec};
+use crate::model::Reason;
+use crate::store::{ClaimedJob, JobFinishParams, JobProgressParams, JobStartParams, Outcome, OutputAppendParams};
+
+/// Progress events are coalesced to at most this often per job.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+pub(super) async fn run(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+    let Some(pipeline) = inner.settings.pipelines.get(&job.pipeline).cloned() else {
+        // Claims only ask for configured pipelines; keep the slot accounting honest anyway.
+        finish(&inner, &job, failed(Reason::ExitCode, "pipeline is not configured on this node"), None, Default::default()).await;
+        return release(&inner, permit);
+    };
+    let handle = Handle::new(&inner.stop_jobs, &job.run_id, job.shard_index, &job.pipeline, job.claim_seq);
+    inner.registry.register(&job.id, handle.clone());
+
+    let collector = Collector::new(inner.settings.server.max_output_bytes);
+    let spec = spawn_spec(&pipeline, &job);
+    match Running::spawn(&spec, collector.clone()) {
+        Err(e) => {
+            let message = format!("cannot start {}: {e}", spec.program.display());
+            tracing::warn!(job = %job.id, "{message}");
+            finish(&inner, &job, failed(Reason::ExitCode, &message), None, Default::default()).await;
+        }
+        Ok(running) => execute(&inner, &job, &pipeline, &handle, collector, running).await,
+    }
+    inner.registry.remove(&job.id);
+    release(&inner, permit);
+}
+
+fn release(inner: &Inner, permit: OwnedSemaphorePermit) {
+    drop(permit);
+    inner.slot_freed.notify_one();
+}
+
+async fn execute(inner: &Arc<Inner>, job: &ClaimedJob, pipeline: &Pipeline, handle: &Handle, collector: Arc<Collector>, running: Running) {
+    let start = JobStartParams {
+        job_id: job.id.clone(),
+        claim_seq: job.claim_seq,
+        pid: running.pid,
+        proc_start: running.proc_start,
+        now: now_ms(),
+    };
+    match inner.store.job_start(start).await {
+        Ok(Some(false)) => {}
+        Ok(Some(true)) => handle.cancel(CancelCause::Abort),
+        Ok(None) => handle.cancel(CancelCause::Lost),
+        Err(e) => {
+            tracing::warn!(job = %job.id, "cannot record the spawned process, killing it: {e}");
+            handle.cancel(CancelCause::Lost);
+        }
+    }
+
+    let flushing_done = CancellationToken::new();
+    let flusher = tokio::spawn(flush_loop(inner.clone(), job.clone(), collector.clone(), handle.clone(), flushing_done.clone()));
+    let exit = running.wait(pipeline.timeout, pipeline.kill_grace, handle.token()).await;
+    flushing_done.cancel();
+    let _ = flusher.await;
+
+    let totals = collector.finish();
+    flush_output(inner, job, &collector, handle).await;
+    flush_progress(inner, job, &collector).await;
+
+    let outcome = outcome_of(&exit, handle.cause(), pipeline);
+    finish(inner, job, outcome, exit.code, totals).await;
+}
+
+fn outcome_of(exit: &Exit, cause: Option<CancelCause>, pipeline: &Pipeline) -> Outcome {
+    match exit.ending {
+        Ending::Exited if exit.success() => Outcome::Completed,
+        Ending::Exited => {
+            let error = exit.signal.map(|s| format!("killed by signal {s}")).or_else(|| exit.code.map(|c| format!("exited with code {c}")));
+            Outcome::Failed { reason: Reason::ExitCode, error }
+        }
+        Ending::TimedOut => Outcome::Failed {
+            reason: Reason::Timeout,
+            error: Some(format!("timed out after {:?}", pipeline.timeout.unwrap_or_default())),
+        },
+        Ending::Cancelled => match cause {
+            Some(CancelCause::Shutdown) => Outcome::Requeue { reason: Reason::Shutdown },
+            // An abort, or a lost claim (the fence will refuse the write).
+            _ => Outcome::Aborted,
+        },
+    }
+}
+
+fn failed(reason: Reason, message: &str) -> Outcome {
+    Outcome::Failed { reason, error: Some(message.to_string()) }
+}
+
+async fn finish(inner: &Inner, job: &ClaimedJob, outcome: Outcome, exit_code: Option<i32>, totals: crate::executor::output::Totals) {
+    let params = JobFinishParams {
+        job_id: job.id.clone(),
+        claim_seq: job.claim_seq,
+        outcome,
+        exit_code,
+        stdout_bytes: totals.stdout,
+        stderr_bytes: totals.stderr,
+        truncated: totals.truncated,
+        now: now_ms(),
+    };
+    // A terminal write that fails (store briefly unavailable) is retried; if it never lands the
+    // job stays `running` under this node and is resolved by the rescuer like any orphan.
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1..=8 {
+        match inner.store.job_finish(JobFinishParams { now: now_ms(), ..params.clone() }).await {
+            Ok(out) => {
+                if !out.applied {
+                    tracing::info!(job = %job.id, "finish not applied: the claim is no longer ours");
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(job = %job.id, attempt, "cannot record the job's end: {e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn flush_loop(inner: Arc<Inner>, job: ClaimedJob, collector: Arc<Collector>, handle: Handle, done: CancellationToken) {
+    let mut output_tick = tokio::time::interval(inner.settings.server.output_flush_interval);
+    output_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut progress_tick = tokio::time::interval(PROGRESS_INTERVAL);
+    progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        // One task does every flush in turn, so a flush never overlaps the previous one.
+        tokio::select! {
+            _ = done.cancelled() => break,
+            _ = output_tick.tick() => flush_output(&inner, &job, &collector, &handle).await,
+            _ = collector.flush_wanted() => flush_output(&inner, &job, &collector, &handle).await,
+            _ = progress_tick.tick() => flush_progress(&inner, &job, &collector).await,
+        }
+    }
+}
+
+async fn flush_output(inner: &Inner, job: &ClaimedJob, collector: &Collector, handle: &Handle) {
+    let batch = collector.take();
+    if batch.is_empty() {
+        return;
+    }
+    let params = OutputAppendParams { job_id: job.id.clone(), claim_seq: job.claim_seq, stdout: batch.stdout, stderr: batch.stderr };
+    match inner.store.job_output_append(params).await {
+        Ok(true) => {}
+        Ok(false) => handle.cancel(CancelCause::Lost),
+        Err(e) => tracing::warn!(job = %job.id, "output flush failed (lines dropped): {e}"),
+    }
+}
+
+async fn flush_progress(inner: &Inner, job: &ClaimedJob, collector: &Collector) {
+    let Some((percent, message)) = collector.take_progress() else { return };
+    let params = JobProgressParams { job_id: job.id.clone(), claim_seq: job.claim_seq, percent, message, now: now_ms() };
+    if let Err(e) = inner.store.job_progress(params).await {
+        tracing::warn!(job = %job.id, "progress update failed: {e}");
+    }
+}
+
+/// The argv and environment of one execution: placeholders substituted per argv element.
+pub(crate) fn spawn_spec(pipeline: &Pipeline, job: &ClaimedJob) -> SpawnSpec {
+    let lookup = |name: &str| -> Option<String> {
+        Some(match name {
+            "run_id" => job.run_id.clone(),
+            "job_id" => job.id.clone(),
+            "shard_index" => job.shard_index.to_string(),
+            "shard_number" => (job.shard_index + 1).to_string(),
+            "shard_count" => job.shard_count.to_string(),
+            "attempt" => job.attempt.to_string(),
+            other => return job.params.get(other).cloned(),
+        })
+    };
+    let args = pipeline.args.iter().map(|t| t.render(lookup)).collect();
+    let mut env: Vec<(String, String)> = pipeline.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    env.extend([
+        ("RUNYARD_RUN_ID".to_string(), job.run_id.clone()),
+        ("RUNYARD_JOB_ID".to_string(), job.id.clone()),
+        ("RUNYARD_PIPELINE".to_string(), job.pipeline.clone()),
+        ("RUNYARD_SHARD_INDEX".to_string(), job.shard_index.to_string()),
+        ("RUNYARD_SHARD_COUNT".to_string(), job.shard_count.to_string()),
+        ("RUNYARD_ATTEMPT".to_string(), job.attempt.to_string()),
+    ]);
+    for (name, value) in &job.params {
+        env.push((format!("RUNYARD_PARAM_{}", name.to_ascii_uppercase()), value.clone()));
+    }
+    SpawnSpec { program: pipeline.program.clone(), args, cwd: pipeline.cwd.clone(), env }
+}

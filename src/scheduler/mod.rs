@@ -1,0 +1,296 @@
+//! The scheduler owns this node's part of the work: it turns triggers into
+//! queued runs, claims jobs within slots and caps, runs them, aborts them, and
+//! keeps the node's liveness and its dead peers' orphans in order.
+//!
+//! Lifecycle (soft stop, then hard stop): [`Scheduler::start`] registers the
+//! node, resolves orphans of dead nodes *before the first claim*, then starts
+//! the claim loop, the heartbeat/abort sweeps and the bus listener.
+//! [`Scheduler::shutdown`] stops claiming, lets running jobs finish for up to
+//! `shutdown_timeout`, then cancels the rest (they are re-queued without
+//! spending an attempt), stops the services and deregisters the node.
+//!
+//! Slots are `OwnedSemaphorePermit`s moved into each job task, so a slot is
+//! returned whenever the task ends, however it ends.
+
+mod abort;
+mod claim;
+mod heartbeat;
+mod job;
+pub mod rescuer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use thiserror::Error;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use abort::{AbortRegistry, CancelCause};
+
+use crate::bus::{Bus, Signal};
+use crate::clock::now_ms;
+use crate::config::{Pipeline, Settings, MAX_SHARDS};
+use crate::executor::process;
+use crate::model::{job_id_for, RunId};
+use crate::store::{AbortOutcome, JobPolicy, NodeRow, RunCreateParams, Store, StoreError};
+
+/// Why a trigger was refused.
+#[derive(Debug, Error)]
+pub enum TriggerError {
+    /// No pipeline of that name.
+    #[error("Unknown pipeline: {name}. Supported pipelines: {supported}")]
+    UnknownPipeline {
+        /// Asked for.
+        name: String,
+        /// Comma-separated known names.
+        supported: String,
+    },
+    /// A parameter value was refused.
+    #[error("Invalid parameter {name}: {message}")]
+    BadParameter {
+        /// Parameter.
+        name: String,
+        /// Why.
+        message: String,
+    },
+    /// A parameter the pipeline does not declare.
+    #[error("Undeclared parameter: {0}")]
+    UndeclaredParameter(String),
+    /// A required parameter is missing.
+    #[error("Missing required parameter: {0}")]
+    MissingParameter(String),
+    /// Shard count out of range.
+    #[error("shards must be between 1 and {MAX_SHARDS}")]
+    BadShards,
+    /// A field not supported by this build.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A trigger request, as validated input arrives from the API or CLI.
+#[derive(Debug, Clone, Default)]
+pub struct TriggerRequest {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Raw parameter values.
+    pub parameters: serde_json::Map<String, Value>,
+    /// Shard count override.
+    pub shards: Option<u32>,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+    /// `api`, `cli`, `dashboard`.
+    pub triggered_by: String,
+}
+
+/// A queued run.
+#[derive(Debug, Clone)]
+pub struct Triggered {
+    /// Run id.
+    pub run_id: String,
+    /// Job ids in shard order.
+    pub job_ids: Vec<String>,
+    /// Pipeline.
+    pub pipeline: String,
+    /// Creation time (epoch ms).
+    pub created_at: i64,
+}
+
+/// This node's identity and shared state.
+pub(crate) struct Inner {
+    settings: Arc<Settings>,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    node: NodeRow,
+    slots: Arc<Semaphore>,
+    registry: AbortRegistry,
+    /// Soft stop: no more claims.
+    stop_claiming: CancellationToken,
+    /// Parent of every job's token; cancelled for the hard stop.
+    stop_jobs: CancellationToken,
+    /// Stops the background services.
+    stop_services: CancellationToken,
+    jobs: TaskTracker,
+    services: TaskTracker,
+    /// Poked when a local slot frees.
+    slot_freed: Notify,
+    /// Pipeline name → concurrency cap, for claims.
+    claimable: HashMap<String, u32>,
+}
+
+/// Handle to this node's scheduler.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+impl Scheduler {
+    /// Registers the node, resolves orphans, and starts claiming.
+    pub async fn start(settings: Arc<Settings>, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Result<Scheduler, StoreError> {
+        let pid = std::process::id();
+        let now = now_ms();
+        let node = NodeRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            host: process::hostname(),
+            pid,
+            proc_start: process::start_time(pid).unwrap_or(0),
+            boot_id: process::boot_id(),
+            slots: settings.server.max_workers as u32,
+            started_at: now,
+            heartbeat_at: now,
+        };
+        store.node_register(node.clone()).await?;
+        let claimable = settings.pipelines.iter().map(|(name, p)| (name.clone(), p.concurrency)).collect();
+        let inner = Arc::new(Inner {
+            slots: Arc::new(Semaphore::new(settings.server.max_workers)),
+            settings,
+            store,
+            bus,
+            node,
+            registry: AbortRegistry::default(),
+            stop_claiming: CancellationToken::new(),
+            stop_jobs: CancellationToken::new(),
+            stop_services: CancellationToken::new(),
+            jobs: TaskTracker::new(),
+            services: TaskTracker::new(),
+            slot_freed: Notify::new(),
+            claimable,
+        });
+        match rescuer::run_once(&inner).await {
+            Ok(report) if report.orphans > 0 || report.dead_nodes > 0 => {
+                tracing::info!(?report, "resolved orphans of dead nodes before the first claim")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("start-up orphan rescue failed: {e}"),
+        }
+        inner.services.spawn(claim::claim_loop(inner.clone()));
+        inner.services.spawn(heartbeat::heartbeat_loop(inner.clone()));
+        inner.services.spawn(heartbeat::abort_sweep_loop(inner.clone()));
+        inner.services.spawn(heartbeat::bus_listener(inner.clone()));
+        tracing::info!(node = %inner.node.id, slots = inner.node.slots, "node started");
+        Ok(Scheduler { inner })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node.id
+    }
+
+    /// The settings the node runs with.
+    pub fn settings(&self) -> &Arc<Settings> {
+        &self.inner.settings
+    }
+
+    /// Jobs executing on this node.
+    pub fn running_jobs(&self) -> Vec<String> {
+        self.inner.registry.snapshot().into_iter().map(|(id, _)| id).collect()
+    }
+
+    /// Runs one orphan-rescue pass now (it also runs at start and on every heartbeat).
+    pub async fn rescue_once(&self) -> Result<rescuer::RescueReport, StoreError> {
+        rescuer::run_once(&self.inner).await
+    }
+
+    /// Validates a trigger and queues the run durably (DESIGN "Life of a run" 1).
+    pub async fn trigger(&self, req: TriggerRequest) -> Result<Triggered, TriggerError> {
+        let settings = &self.inner.settings;
+        let Some(pipeline) = settings.pipelines.get(&req.pipeline) else {
+            return Err(TriggerError::UnknownPipeline {
+                name: req.pipeline.chars().take(100).collect(),
+                supported: settings.pipelines.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        };
+        let params = resolve_params(pipeline, &req.parameters)?;
+        let shards = req.shards.unwrap_or(pipeline.shards);
+        if shards == 0 || shards > MAX_SHARDS {
+            return Err(TriggerError::BadShards);
+        }
+        if let Some(key) = &req.idempotency_key {
+            if key.is_empty() || key.len() > 200 {
+                return Err(TriggerError::Unsupported("idempotencyKey must be 1 to 200 characters".into()));
+            }
+        }
+        let run = RunId::new();
+        let job_ids = (0..shards).map(|i| job_id_for(run, i, shards)).collect();
+        let created = self
+            .inner
+            .store
+            .run_create(RunCreateParams {
+                run_id: run.to_string(),
+                job_ids,
+                pipeline: pipeline.name.clone(),
+                params,
+                triggered_by: req.triggered_by,
+                actor: None,
+                idempotency_key: req.idempotency_key,
+                policy: JobPolicy {
+                    max_attempts: pipeline.max_attempts,
+                    retry_backoff_ms: pipeline.retry_backoff.as_millis() as i64,
+                    on_orphan: pipeline.on_orphan.as_str(),
+                    max_orphan_requeues: pipeline.max_orphan_requeues,
+                },
+                now: now_ms(),
+            })
+            .await?;
+        Ok(Triggered { run_id: created.run_id, job_ids: created.job_ids, pipeline: pipeline.name.clone(), created_at: created.created_at })
+    }
+
+    /// Aborts a run: durable mark first, then local cancellation, then the bus (DESIGN "Life of a run" 5).
+    pub async fn abort(&self, run_id: &str) -> Result<AbortOutcome, StoreError> {
+        let outcome = self.inner.store.run_abort(run_id, now_ms()).await?;
+        if let AbortOutcome::Aborted { .. } = outcome {
+            self.inner.registry.abort_all_shards_for_run(run_id);
+            self.inner.bus.publish(Signal::RunAbort { run_id: run_id.to_string(), origin: self.inner.node.id.clone() });
+        }
+        Ok(outcome)
+    }
+
+    /// Graceful stop: no more claims; running jobs get `shutdown_timeout` to finish, then are
+    /// stopped and re-queued; services stop; the node deregisters.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.stop_claiming.cancel();
+        inner.jobs.close();
+        let timeout = inner.settings.server.shutdown_timeout;
+        if tokio::time::timeout(timeout, inner.jobs.wait()).await.is_err() {
+            let n = inner.registry.len();
+            tracing::info!("shutdown timeout reached; stopping {n} running job(s) for re-queueing");
+            inner.stop_jobs.cancel();
+            inner.jobs.wait().await;
+        }
+        inner.stop_services.cancel();
+        inner.services.close();
+        inner.services.wait().await;
+        if let Err(e) = inner.store.node_remove(&inner.node.id).await {
+            tracing::warn!("could not deregister node: {e}");
+        }
+        tracing::info!(node = %inner.node.id, "node stopped");
+    }
+}
+
+/// Fills defaults and validates every parameter against the pipeline's declarations.
+fn resolve_params(pipeline: &Pipeline, given: &serde_json::Map<String, Value>) -> Result<BTreeMap<String, String>, TriggerError> {
+    if given.len() > 64 {
+        return Err(TriggerError::Unsupported("at most 64 parameters".into()));
+    }
+    if let Some(undeclared) = given.keys().find(|k| !pipeline.params.contains_key(*k)) {
+        return Err(TriggerError::UndeclaredParameter(undeclared.chars().take(100).collect()));
+    }
+    let mut out = BTreeMap::new();
+    for (name, spec) in &pipeline.params {
+        let value = match given.get(name) {
+            Some(v) => spec.accept(v).map_err(|message| TriggerError::BadParameter { name: name.clone(), message })?,
+            None => spec.default.clone().ok_or_else(|| TriggerError::MissingParameter(name.clone()))?,
+        };
+        out.insert(name.clone(), value);
+    }
+    Ok(out)
+}
+
+/// The delay before the claim loop looks again without a wake-up (the poll backstop).
+pub(crate) const POLL_BACKSTOP: Duration = Duration::from_secs(1);

@@ -1,0 +1,113 @@
+//! Orphan rescue: resolving the running jobs of nodes proven dead.
+//!
+//! A node is dead when (same host and boot) its process `(pid, start time)` no
+//! longer exists, when (same host) the machine has rebooted since it
+//! registered, or (any host) when its heartbeat is older than three beats.
+//! A node never touches work of a node it has not proven dead (DESIGN
+//! decision 4). For each running job of a dead node, a leftover process group
+//! on this host is killed first — only after checking that the leader pid is
+//! gone or still the very process that was recorded, so an unrelated process
+//! that reused the pid is never signalled — and then the job is re-queued or
+//! failed by its pipeline's `on_orphan` policy with one conditional write. A
+//! job or run that is already terminal is never touched.
+
+use std::sync::Arc;
+
+use super::Inner;
+use crate::clock::now_ms;
+use crate::executor::process::{self, Sig};
+use crate::model::Reason;
+use crate::store::{JobFinishParams, NodeRow, Outcome, StoreError};
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RescueReport {
+    /// Nodes found dead and removed.
+    pub dead_nodes: usize,
+    /// Orphaned jobs resolved (re-queued or failed).
+    pub orphans: usize,
+    /// Leftover process groups signalled.
+    pub groups_killed: usize,
+}
+
+/// Whether `node` is proven dead from the point of view of `me`.
+pub fn is_dead(me: &NodeRow, node: &NodeRow, lease_ms: i64, now: i64) -> bool {
+    if node.id == me.id {
+        return false;
+    }
+    if node.host == me.host {
+        if node.boot_id != me.boot_id {
+            return true;
+        }
+        return !process::same_process_alive(node.pid, node.proc_start);
+    }
+    now - node.heartbeat_at > lease_ms
+}
+
+/// One rescue pass.
+pub(crate) async fn run_once(inner: &Arc<Inner>) -> Result<RescueReport, StoreError> {
+    let mut report = RescueReport::default();
+    let lease_ms = inner.settings.server.heartbeat.as_millis() as i64 * 3;
+    let nodes = inner.store.nodes_list().await?;
+    for node in nodes.iter().filter(|n| is_dead(&inner.node, n, lease_ms, now_ms())) {
+        let same_boot = node.host == inner.node.host && node.boot_id == inner.node.boot_id;
+        let jobs = inner.store.jobs_running_on(&node.id).await?;
+        for job in &jobs {
+            if let (true, Some(pid)) = (same_boot, job.pid) {
+                // Kill the group if its leader is gone (only our leftovers can hold the
+                // group id) or is still the recorded process; skip a reused pid.
+                let ours = !process::pid_alive(pid) || job.proc_start.is_some_and(|s| process::same_process_alive(pid, s));
+                if ours {
+                    process::signal_group(pid, Sig::Kill);
+                    report.groups_killed += 1;
+                }
+            }
+            let out = inner
+                .store
+                .job_finish(JobFinishParams {
+                    job_id: job.id.clone(),
+                    claim_seq: job.claim_seq,
+                    outcome: Outcome::Requeue { reason: Reason::Orphaned },
+                    exit_code: None,
+                    stdout_bytes: 0,
+                    stderr_bytes: 0,
+                    truncated: false,
+                    now: now_ms(),
+                })
+                .await?;
+            if out.applied {
+                report.orphans += 1;
+                tracing::info!(job = %job.id, dead_node = %node.id, status = ?out.status, "resolved orphaned job");
+            }
+        }
+        inner.store.node_remove(&node.id).await?;
+        report.dead_nodes += 1;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, host: &str, pid: u32, start: u64, boot: &str, beat: i64) -> NodeRow {
+        NodeRow { id: id.into(), host: host.into(), pid, proc_start: start, boot_id: boot.into(), slots: 2, started_at: 0, heartbeat_at: beat }
+    }
+
+    #[test]
+    fn liveness_rules() {
+        let me_pid = std::process::id();
+        let me_start = process::start_time(me_pid).unwrap();
+        let boot = process::boot_id();
+        let me = node("me", "h", me_pid, me_start, &boot, 0);
+        // Same host, same boot: decided by (pid, start time), never by heartbeat age.
+        assert!(!is_dead(&me, &node("peer", "h", me_pid, me_start, &boot, 0), 30_000, 1_000_000));
+        assert!(is_dead(&me, &node("reused", "h", me_pid, me_start + 1, &boot, 1_000_000), 30_000, 1_000_000));
+        // Same host, other boot: dead.
+        assert!(is_dead(&me, &node("old-boot", "h", me_pid, me_start, "other", 1_000_000), 30_000, 1_000_000));
+        // Other host: heartbeat age.
+        assert!(!is_dead(&me, &node("far", "h2", 1, 1, "b", 990_000), 30_000, 1_000_000));
+        assert!(is_dead(&me, &node("far", "h2", 1, 1, "b", 960_000), 30_000, 1_000_000));
+        assert!(!is_dead(&me, &me, 30_000, 1_000_000));
+    }
+}

@@ -1,0 +1,577 @@
+//! The durable source of truth: the [`Store`] trait, its parameter and view
+//! types, and the change feed that wakes waiters when the store changes.
+//!
+//! The trait is internal and free to change (like River's driver interface):
+//! one method per state transition, named noun-first (`job_claim`,
+//! `job_finish`, `run_abort`, `node_heartbeat`), each taking a params struct.
+//! Every write made on behalf of an execution is conditional on
+//! `(job id, claim_seq, status = 'running')` and reports whether it applied, so
+//! a stale node's late write changes nothing (DESIGN decision 3). Run
+//! finalisation happens inside the transaction that lands `shards_done` on
+//! `shard_count` (decision 6), so it happens exactly once with no lock outside
+//! the store.
+//!
+//! SQLite is implemented in [`sqlite`]; PostgreSQL plugs in behind the same
+//! trait.
+
+pub mod sqlite;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::model::{JobStatus, Reason, RunStatus};
+
+/// A store failure.
+#[derive(Debug, Error, Clone)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("database error: {0}")]
+    Database(String),
+    /// The store is closed (shutting down).
+    #[error("store is closed")]
+    Closed,
+    /// The requested backend is not available in this build.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Migration or open failure.
+    #[error("cannot open store at {path}: {message}")]
+    Open {
+        /// Where.
+        path: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+impl From<rusqlite::types::FromSqlError> for StoreError {
+    fn from(e: rusqlite::types::FromSqlError) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// Result alias for store calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Kinds of change the feed reports (bit flags).
+pub mod change {
+    /// New or re-queued work, or a slot freed somewhere: claimers should look.
+    pub const WORK: u8 = 1;
+    /// New events: SSE tailers should read.
+    pub const EVENTS: u8 = 2;
+    /// New output lines: log streams should read.
+    pub const OUTPUT: u8 = 4;
+    /// An abort was requested: nodes should cancel their matching jobs.
+    pub const ABORT: u8 = 8;
+    /// Everything (a change made by another process on the same store).
+    pub const ALL: u8 = WORK | EVENTS | OUTPUT | ABORT;
+}
+
+/// Counters bumped after each commit, one per change kind; waiters hold receivers.
+#[derive(Clone)]
+pub struct ChangeFeed {
+    senders: Arc<[watch::Sender<u64>; 4]>,
+}
+
+impl Default for ChangeFeed {
+    fn default() -> Self {
+        ChangeFeed { senders: Arc::new(std::array::from_fn(|_| watch::channel(0).0)) }
+    }
+}
+
+impl ChangeFeed {
+    /// Bumps the counters of every kind in `kinds`.
+    pub fn bump(&self, kinds: u8) {
+        for (bit, tx) in self.senders.iter().enumerate() {
+            if kinds & (1 << bit) != 0 {
+                tx.send_modify(|v| *v = v.wrapping_add(1));
+            }
+        }
+    }
+
+    /// A receiver for one kind (`change::WORK`, …).
+    pub fn subscribe(&self, kind: u8) -> watch::Receiver<u64> {
+        let bit = kind.trailing_zeros() as usize;
+        self.senders[bit.min(3)].subscribe()
+    }
+}
+
+/// Per-job policy copied from the pipeline at trigger time, so a job keeps the
+/// rules it was queued under and the store can decide retries on its own.
+#[derive(Debug, Clone)]
+pub struct JobPolicy {
+    /// Attempts including the first.
+    pub max_attempts: u32,
+    /// Base of the exponential backoff between attempts.
+    pub retry_backoff_ms: i64,
+    /// `requeue` or `fail`.
+    pub on_orphan: &'static str,
+    /// Requeues (orphan or shutdown) before failing.
+    pub max_orphan_requeues: u32,
+}
+
+/// `run_create` input.
+#[derive(Debug, Clone)]
+pub struct RunCreateParams {
+    /// The new run's id (UUIDv7 string).
+    pub run_id: String,
+    /// Its jobs' ids in shard order.
+    pub job_ids: Vec<String>,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Validated parameter values.
+    pub params: BTreeMap<String, String>,
+    /// `api`, `cli` or `dashboard`.
+    pub triggered_by: String,
+    /// Who triggered (token label), when known.
+    pub actor: Option<String>,
+    /// Client-chosen key making the trigger idempotent per pipeline.
+    pub idempotency_key: Option<String>,
+    /// Retry and orphan rules.
+    pub policy: JobPolicy,
+    /// Creation time (epoch ms).
+    pub now: i64,
+}
+
+/// `run_create` result.
+#[derive(Debug, Clone)]
+pub struct RunCreated {
+    /// The run's id (an earlier run's when the idempotency key matched).
+    pub run_id: String,
+    /// Its job ids.
+    pub job_ids: Vec<String>,
+    /// Creation time (epoch ms).
+    pub created_at: i64,
+    /// True when an earlier run with the same idempotency key was returned.
+    pub existing: bool,
+}
+
+/// `job_claim` input.
+#[derive(Debug, Clone)]
+pub struct JobClaimParams {
+    /// The claiming node.
+    pub node_id: String,
+    /// At most this many jobs (the node's free slots).
+    pub max: usize,
+    /// Cap on running jobs over every node; 0 = none.
+    pub global_cap: usize,
+    /// Pipelines this node can run, with their concurrency caps (0 = none).
+    pub pipelines: HashMap<String, u32>,
+    /// Now (epoch ms); jobs whose `run_after` is later wait.
+    pub now: i64,
+}
+
+/// A job handed to a node by `job_claim`.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    /// Job id.
+    pub id: String,
+    /// Run id.
+    pub run_id: String,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// 0-based shard index.
+    pub shard_index: u32,
+    /// Shards in the run.
+    pub shard_count: u32,
+    /// Attempt number (1-based).
+    pub attempt: u32,
+    /// Fencing token of this claim.
+    pub claim_seq: i64,
+    /// The run's parameters.
+    pub params: BTreeMap<String, String>,
+}
+
+/// `job_claim` result.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimOutcome {
+    /// Jobs now running on the node.
+    pub jobs: Vec<ClaimedJob>,
+    /// When the earliest delayed (retry backoff) job becomes due, if any.
+    pub next_due: Option<i64>,
+}
+
+/// `job_start` input: the spawned process, recorded for recovery.
+#[derive(Debug, Clone)]
+pub struct JobStartParams {
+    /// Job id.
+    pub job_id: String,
+    /// Fence.
+    pub claim_seq: i64,
+    /// Leader pid (= process group id).
+    pub pid: u32,
+    /// The leader's start time in clock ticks since boot (pid-reuse guard).
+    pub proc_start: u64,
+    /// Now.
+    pub now: i64,
+}
+
+/// `job_output_append` input: lines captured since the last flush.
+#[derive(Debug, Clone)]
+pub struct OutputAppendParams {
+    /// Job id.
+    pub job_id: String,
+    /// Fence.
+    pub claim_seq: i64,
+    /// New stdout lines.
+    pub stdout: Vec<String>,
+    /// New stderr lines.
+    pub stderr: Vec<String>,
+}
+
+/// `job_progress` input.
+#[derive(Debug, Clone)]
+pub struct JobProgressParams {
+    /// Job id.
+    pub job_id: String,
+    /// Fence.
+    pub claim_seq: i64,
+    /// 0–100.
+    pub percent: u8,
+    /// Free text after the number.
+    pub message: String,
+    /// Now.
+    pub now: i64,
+}
+
+/// How an execution ended, as reported by the node that ran it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit code 0.
+    Completed,
+    /// The attempt failed; the store retries while attempts remain.
+    Failed {
+        /// `exit_code` or `timeout`.
+        reason: Reason,
+        /// Human-readable detail (spawn error, signal).
+        error: Option<String>,
+    },
+    /// Put back in the queue without spending an attempt (`orphaned` or `shutdown`),
+    /// within `max_orphan_requeues` and the pipeline's `on_orphan` policy.
+    Requeue {
+        /// `orphaned` or `shutdown`.
+        reason: Reason,
+    },
+    /// Killed because its run was aborted.
+    Aborted,
+}
+
+/// `job_finish` input.
+#[derive(Debug, Clone)]
+pub struct JobFinishParams {
+    /// Job id.
+    pub job_id: String,
+    /// Fence.
+    pub claim_seq: i64,
+    /// What happened.
+    pub outcome: Outcome,
+    /// The process's exit code, when it exited normally.
+    pub exit_code: Option<i32>,
+    /// Bytes the job wrote to stdout (all of them, stored or not).
+    pub stdout_bytes: u64,
+    /// Bytes the job wrote to stderr.
+    pub stderr_bytes: u64,
+    /// Whether either stream hit the cap.
+    pub truncated: bool,
+    /// Now.
+    pub now: i64,
+}
+
+/// `job_finish` result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishOutcome {
+    /// False when the fence did not match (the write changed nothing).
+    pub applied: bool,
+    /// The job's status after the write.
+    pub status: Option<JobStatus>,
+    /// Set when this write finalised the run.
+    pub run_finalized: Option<RunStatus>,
+}
+
+/// `run_abort` result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AbortOutcome {
+    /// No such run.
+    NotFound,
+    /// The run had already completed or failed.
+    Finished(RunStatus),
+    /// The run is aborted (now or before).
+    Aborted {
+        /// Jobs not terminal at the moment of the abort.
+        aborted_jobs: u32,
+    },
+}
+
+/// A node's registration row.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRow {
+    /// Random per boot of the process.
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// OS pid.
+    pub pid: u32,
+    /// The process's start time (clock ticks since boot).
+    #[serde(skip)]
+    pub proc_start: u64,
+    /// The kernel boot id.
+    #[serde(skip)]
+    pub boot_id: String,
+    /// Slots (`max_workers`).
+    pub slots: u32,
+    /// Registration time (epoch ms).
+    pub started_at: i64,
+    /// Last heartbeat (epoch ms).
+    pub heartbeat_at: i64,
+}
+
+/// `node_heartbeat` input.
+#[derive(Debug, Clone)]
+pub struct NodeHeartbeatParams {
+    /// This node.
+    pub node_id: String,
+    /// The jobs it runs, with their fences.
+    pub running: Vec<(String, i64)>,
+    /// Now.
+    pub now: i64,
+}
+
+/// `node_heartbeat` result.
+#[derive(Debug, Clone, Default)]
+pub struct HeartbeatOutcome {
+    /// False when the node row is gone (another node proved it dead).
+    pub registered: bool,
+    /// Of the listed jobs, those this node must stop: aborted, or no longer its claim.
+    pub cancel: Vec<String>,
+}
+
+/// A running job as recorded for recovery.
+#[derive(Debug, Clone)]
+pub struct RunningJob {
+    /// Job id.
+    pub id: String,
+    /// Fence.
+    pub claim_seq: i64,
+    /// Leader pid, once started.
+    pub pid: Option<u32>,
+    /// Leader start time.
+    pub proc_start: Option<u64>,
+}
+
+/// One job as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    /// Job id.
+    pub id: String,
+    /// Run id.
+    pub run_id: String,
+    /// Pipeline.
+    pub pipeline_id: String,
+    /// 0-based shard.
+    pub shard_index: u32,
+    /// Shards in the run.
+    pub shard_count: u32,
+    /// Status.
+    pub status: String,
+    /// Why it is terminal.
+    pub reason: Option<String>,
+    /// Current (or last) attempt.
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Times re-queued after an orphaning or shutdown.
+    pub requeues: u32,
+    /// Node running or last running it.
+    pub node: Option<String>,
+    /// Leader pid of the current or last execution.
+    pub pid: Option<u32>,
+    /// Exit code of the last execution.
+    pub exit_code: Option<i32>,
+    /// Last reported progress (0–100).
+    pub progress: Option<u8>,
+    /// Last progress message.
+    pub progress_message: Option<String>,
+    /// Error detail.
+    pub error: Option<String>,
+    /// An abort is waiting for the process to exit.
+    pub abort_requested: bool,
+    /// Bytes written to stdout by the last execution.
+    pub stdout_bytes: u64,
+    /// Bytes written to stderr by the last execution.
+    pub stderr_bytes: u64,
+    /// Output hit the cap.
+    pub truncated: bool,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, when the last execution started.
+    pub started_at: Option<String>,
+    /// RFC 3339.
+    pub finished_at: Option<String>,
+}
+
+/// One run as the API shows it, with its jobs.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunView {
+    /// Run id.
+    pub run_id: String,
+    /// Pipeline.
+    pub pipeline_id: String,
+    /// Status.
+    pub status: String,
+    /// Parameters.
+    pub parameters: BTreeMap<String, String>,
+    /// Shards.
+    pub shard_count: u32,
+    /// Shards terminal for good.
+    pub shards_done: u32,
+    /// `api`, `cli`, `dashboard`.
+    pub triggered_by: String,
+    /// Token label, when known.
+    pub actor: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub started_at: Option<String>,
+    /// RFC 3339, when finalised.
+    pub finished_at: Option<String>,
+    /// Its jobs in shard order.
+    pub jobs: Vec<JobView>,
+}
+
+/// `runs_list` filter.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Only this pipeline.
+    pub pipeline: Option<String>,
+    /// Only this status.
+    pub status: Option<RunStatus>,
+    /// Page size.
+    pub limit: u32,
+    /// Page offset.
+    pub offset: u32,
+}
+
+/// Stored output of a job.
+#[derive(Debug, Clone, Default)]
+pub struct JobLogs {
+    /// stdout lines.
+    pub stdout: Vec<String>,
+    /// stderr lines.
+    pub stderr: Vec<String>,
+    /// Whether capture hit the cap.
+    pub truncated: bool,
+}
+
+/// Which stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One stored output line with its per-job sequence number.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    /// Per-job sequence number (SSE id of log streams).
+    pub seq: i64,
+    /// Stream.
+    pub stream: Stream,
+    /// Text.
+    pub line: String,
+}
+
+/// One stored event.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Monotonic id (SSE `id:`).
+    pub id: i64,
+    /// `job:created`, …
+    pub name: String,
+    /// JSON payload.
+    pub data: String,
+}
+
+/// Queued and running counts of one pipeline.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PipelineCounts {
+    /// Queued jobs.
+    pub queued: u64,
+    /// Running jobs.
+    pub running: u64,
+}
+
+/// The storage seam. Internal API, free to change; both backends pass the same tests.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// The feed of committed changes (local commits and, for SQLite, other processes').
+    fn changes(&self) -> &ChangeFeed;
+
+    /// Writes a run and its jobs (status `queued`) and their `job:created` events in one transaction.
+    async fn run_create(&self, p: RunCreateParams) -> StoreResult<RunCreated>;
+    /// Claims queued jobs for a node within its slots and the caps.
+    async fn job_claim(&self, p: JobClaimParams) -> StoreResult<ClaimOutcome>;
+    /// Records the spawned process; `None` when the claim is no longer ours,
+    /// otherwise whether an abort was requested meanwhile.
+    async fn job_start(&self, p: JobStartParams) -> StoreResult<Option<bool>>;
+    /// Appends output lines; false when the claim is no longer ours.
+    async fn job_output_append(&self, p: OutputAppendParams) -> StoreResult<bool>;
+    /// Records progress and emits `job:progress`; false when the claim is no longer ours.
+    async fn job_progress(&self, p: JobProgressParams) -> StoreResult<bool>;
+    /// Ends an execution (terminal, retry or requeue) and finalises the run when it lands.
+    async fn job_finish(&self, p: JobFinishParams) -> StoreResult<FinishOutcome>;
+    /// Aborts a run: marks it, aborts queued jobs, flags running ones.
+    async fn run_abort(&self, run_id: &str, now: i64) -> StoreResult<AbortOutcome>;
+
+    /// Inserts or replaces this node's row.
+    async fn node_register(&self, node: NodeRow) -> StoreResult<()>;
+    /// Beats and learns which of its jobs the node must cancel.
+    async fn node_heartbeat(&self, p: NodeHeartbeatParams) -> StoreResult<HeartbeatOutcome>;
+    /// Deletes a node's row (deregistration, or after its orphans are resolved).
+    async fn node_remove(&self, node_id: &str) -> StoreResult<()>;
+    /// Every registered node.
+    async fn nodes_list(&self) -> StoreResult<Vec<NodeRow>>;
+    /// Jobs in `running` owned by a node.
+    async fn jobs_running_on(&self, node_id: &str) -> StoreResult<Vec<RunningJob>>;
+    /// Running jobs whose run was aborted, among those owned by a node.
+    async fn jobs_abort_requested(&self, node_id: &str) -> StoreResult<Vec<String>>;
+
+    /// One run with its jobs.
+    async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunView>>;
+    /// Runs, newest first, with their jobs.
+    async fn runs_list(&self, f: RunFilter) -> StoreResult<Vec<RunView>>;
+    /// One job.
+    async fn job_get(&self, job_id: &str) -> StoreResult<Option<JobView>>;
+    /// A job's stored output; `tail` keeps the last N lines of each stream.
+    async fn job_logs(&self, job_id: &str, tail: Option<usize>) -> StoreResult<Option<JobLogs>>;
+    /// Output lines with sequence number > `after`, at most `limit`.
+    async fn job_output_after(&self, job_id: &str, after: i64, limit: usize) -> StoreResult<Vec<LogLine>>;
+    /// The sequence number the job's next output line will get (= lines stored so far).
+    async fn job_output_len(&self, job_id: &str) -> StoreResult<i64>;
+    /// Events with id > `after`, at most `limit`, in id order.
+    async fn events_after(&self, after: i64, limit: usize) -> StoreResult<Vec<StoredEvent>>;
+    /// The lowest and highest retained event ids (0, 0 when none).
+    async fn events_bounds(&self) -> StoreResult<(i64, i64)>;
+    /// Queued and running counts per pipeline.
+    async fn pipeline_counts(&self) -> StoreResult<HashMap<String, PipelineCounts>>;
+    /// Deletes up to `batch` finished runs older than `before` with their jobs, output and events.
+    async fn runs_prune(&self, before: i64, batch: usize) -> StoreResult<usize>;
+
+    /// Stops background work and closes connections; later calls fail with `Closed`.
+    async fn close(&self);
+}

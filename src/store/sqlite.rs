@@ -1,0 +1,1131 @@
+//! The embedded store: one SQLite file in WAL mode, shareable by several
+//! `runyard serve` processes on one host.
+//!
+//! Writes go through **one writer thread per process** with group commit
+//! (DESIGN decision 13): callers send closures over a channel; the thread
+//! takes every waiting request, runs them in one `BEGIN IMMEDIATE`
+//! transaction, each inside its own savepoint (so one failing request rolls
+//! back alone), commits once, and only then answers each caller. Nothing is
+//! acknowledged before it is committed. `BEGIN IMMEDIATE` takes the write lock
+//! up front, so `busy_timeout` applies and no deferred transaction is ever
+//! upgraded into an instant `SQLITE_BUSY`.
+//!
+//! Reads use a small pool of separate connections on the blocking pool.
+//! Other processes' commits are noticed through `PRAGMA data_version`, polled
+//! every 50 ms by a watcher thread that bumps the [`ChangeFeed`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+use crate::clock::rfc3339;
+use crate::config::Synchronous;
+use crate::model::EventName;
+
+const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite_0001_init.sql")];
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_BATCH: usize = 512;
+const DATA_VERSION_POLL: Duration = Duration::from_millis(50);
+
+type Done = Box<dyn FnOnce(StoreResult<()>) + Send>;
+/// A write request: given the open transaction's connection (or the reason
+/// there is none), does its work and returns the change kinds plus the
+/// continuation that answers the caller once the commit result is known.
+type WriteJob = Box<dyn FnOnce(Result<&Connection, StoreError>) -> (u8, Done) + Send>;
+
+/// SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    writer: Mutex<Option<mpsc::UnboundedSender<WriteJob>>>,
+    readers: Arc<ReaderPool>,
+    feed: ChangeFeed,
+    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    fn get(&self) -> StoreResult<Connection> {
+        if let Some(c) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Ok(c);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(conn)
+    }
+
+    fn put(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < 8 {
+            idle.push(conn);
+        }
+    }
+}
+
+fn open_writer(path: &Path, sync: Synchronous) -> StoreResult<Connection> {
+    let open_err = |e: rusqlite::Error| StoreError::Open { path: path.display().to_string(), message: e.to_string() };
+    let conn = Connection::open(path).map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(open_err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Open { path: path.display().to_string(), message: format!("could not enable WAL (got {mode})") });
+    }
+    let sync = match sync {
+        Synchronous::Normal => "NORMAL",
+        Synchronous::Full => "FULL",
+    };
+    conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF;")).map_err(open_err)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection, path: &Path) -> StoreResult<()> {
+    let err = |e: rusqlite::Error| StoreError::Open { path: path.display().to_string(), message: format!("migration failed: {e}") };
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+    let result = (|| {
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            conn.execute_batch(sql)?;
+            conn.execute_batch(&format!("PRAGMA user_version={}", i + 1))?;
+        }
+        Ok::<_, rusqlite::Error>(version)
+    })();
+    match result {
+        Ok(version) if version as usize > MIGRATIONS.len() => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(StoreError::Open {
+                path: path.display().to_string(),
+                message: format!("schema version {version} is newer than this build ({})", MIGRATIONS.len()),
+            })
+        }
+        Ok(_) => conn.execute_batch("COMMIT").map_err(err),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(err(e))
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` and applies migrations.
+    pub fn open(path: &Path, sync: Synchronous) -> StoreResult<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Open { path: path.display().to_string(), message: e.to_string() })?;
+        }
+        let conn = open_writer(path, sync)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        migrate(&conn, path)?;
+
+        let feed = ChangeFeed::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer_feed = feed.clone();
+        let writer = std::thread::Builder::new()
+            .name("runyard-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, writer_feed))
+            .map_err(|e| StoreError::Open { path: path.display().to_string(), message: e.to_string() })?;
+
+        let watcher_conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        let (watch_feed, watch_stop) = (feed.clone(), stop.clone());
+        let watcher = std::thread::Builder::new()
+            .name("runyard-sqlite-watch".into())
+            .spawn(move || data_version_loop(watcher_conn, watch_feed, watch_stop))
+            .map_err(|e| StoreError::Open { path: path.display().to_string(), message: e.to_string() })?;
+
+        Ok(SqliteStore {
+            writer: Mutex::new(Some(tx)),
+            readers: Arc::new(ReaderPool { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) }),
+            feed,
+            stop,
+            threads: Mutex::new(vec![writer, watcher]),
+        })
+    }
+
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<(T, u8)> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<StoreResult<T>>();
+        let job: WriteJob = Box::new(move |conn| {
+            let conn = match conn {
+                Ok(c) => c,
+                Err(e) => return (0, Box::new(move |_| drop(tx.send(Err(e))))),
+            };
+            if let Err(e) = conn.execute_batch("SAVEPOINT op") {
+                return (0, Box::new(move |_| drop(tx.send(Err(e.into())))));
+            }
+            let result = f(conn);
+            let kinds = match &result {
+                Ok((_, kinds)) => match conn.execute_batch("RELEASE op") {
+                    Ok(()) => *kinds,
+                    Err(_) => 0,
+                },
+                Err(_) => {
+                    let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+                    0
+                }
+            };
+            (kinds, Box::new(move |commit: StoreResult<()>| drop(tx.send(commit.and(result).map(|(t, _)| t)))))
+        });
+        let sender = self.writer.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or(StoreError::Closed)?;
+        sender.send(job).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(StoreError::Closed);
+        }
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.get()?;
+            let r = f(&conn);
+            pool.put(conn);
+            r
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<WriteJob>, feed: ChangeFeed) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = Vec::with_capacity(16);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // BEGIN IMMEDIATE waits up to busy_timeout for another process's writer; keep trying
+        // for a while longer before failing the batch, so lock contention never reaches callers.
+        let mut begin = conn.execute_batch("BEGIN IMMEDIATE");
+        let mut tries = 0;
+        while matches!(&begin, Err(e) if is_busy(e)) && tries < 6 {
+            tries += 1;
+            tracing::warn!("sqlite write lock busy for {:?}; retrying", BUSY_TIMEOUT * tries);
+            begin = conn.execute_batch("BEGIN IMMEDIATE");
+        }
+        if let Err(e) = begin {
+            let err = StoreError::from(e);
+            for job in batch {
+                let (_, done) = job(Err(err.clone()));
+                done(Err(err.clone()));
+            }
+            continue;
+        }
+        let mut kinds = 0u8;
+        let mut dones = Vec::with_capacity(batch.len());
+        for job in batch {
+            let (k, done) = job(Ok(&conn));
+            kinds |= k;
+            dones.push(done);
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        } else if kinds != 0 {
+            feed.bump(kinds);
+        }
+        for done in dones {
+            done(commit.clone());
+        }
+    }
+}
+
+fn data_version_loop(conn: Connection, feed: ChangeFeed, stop: Arc<AtomicBool>) {
+    let read = |c: &Connection| c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0)).ok();
+    let mut last = read(&conn);
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(DATA_VERSION_POLL);
+        let now = read(&conn);
+        if now != last {
+            last = now;
+            feed.bump(change::ALL);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- write helpers
+
+fn emit(conn: &Connection, name: EventName, run_id: &str, mut data: Value, now: i64) -> StoreResult<()> {
+    if let Value::Object(map) = &mut data {
+        map.insert("runId".into(), json!(run_id));
+        map.insert("timestamp".into(), json!(rfc3339(now)));
+    }
+    conn.prepare_cached("INSERT INTO events (name, run_id, data, created_at) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![name.as_str(), run_id, data.to_string(), now])?;
+    Ok(())
+}
+
+/// Bumps the run's counter for one terminal job; finalises the run when it lands.
+fn land_terminal(conn: &Connection, run_id: &str, now: i64) -> StoreResult<Option<RunStatus>> {
+    let landed: Option<(i64, i64, String, String)> = conn
+        .prepare_cached(
+            "UPDATE runs SET shards_done = shards_done + 1 WHERE id = ?1 AND shards_done < shard_count
+             RETURNING shards_done, shard_count, status, pipeline",
+        )?
+        .query_row(params![run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?;
+    let Some((done, count, status, pipeline)) = landed else { return Ok(None) };
+    if done < count {
+        return Ok(None);
+    }
+    let current: RunStatus = status.parse().unwrap_or(RunStatus::Running);
+    let jobs: Vec<JobStatus> = conn
+        .prepare_cached("SELECT status FROM jobs WHERE run_id = ?1")?
+        .query_map(params![run_id], |r| r.get::<_, String>(0))?
+        .filter_map(|s| s.ok().and_then(|s| s.parse().ok()))
+        .collect();
+    let final_status = RunStatus::from_final_jobs(current, jobs);
+    let changed = conn
+        .prepare_cached("UPDATE runs SET status = ?2, finished_at = ?3 WHERE id = ?1 AND finished_at IS NULL")?
+        .execute(params![run_id, final_status.as_str(), now])?;
+    if changed != 1 {
+        return Ok(None);
+    }
+    emit(
+        conn,
+        EventName::RunCompleted,
+        run_id,
+        json!({"pipelineId": pipeline, "status": final_status.as_str(), "shardCount": count}),
+        now,
+    )?;
+    Ok(Some(final_status))
+}
+
+struct FenceRow {
+    status: String,
+    claim_seq: i64,
+    attempt: u32,
+    max_attempts: u32,
+    retry_backoff_ms: i64,
+    abort_requested: bool,
+    orphan_requeues: u32,
+    max_orphan_requeues: u32,
+    on_orphan: String,
+    run_id: String,
+    pipeline: String,
+    shard_index: u32,
+}
+
+fn fence_row(conn: &Connection, job_id: &str) -> StoreResult<Option<FenceRow>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT status, claim_seq, attempt, max_attempts, retry_backoff_ms, abort_requested, orphan_requeues,
+                    max_orphan_requeues, on_orphan, run_id, pipeline, shard_index FROM jobs WHERE id = ?1",
+        )?
+        .query_row(params![job_id], |r| {
+            Ok(FenceRow {
+                status: r.get(0)?,
+                claim_seq: r.get(1)?,
+                attempt: r.get(2)?,
+                max_attempts: r.get(3)?,
+                retry_backoff_ms: r.get(4)?,
+                abort_requested: r.get(5)?,
+                orphan_requeues: r.get(6)?,
+                max_orphan_requeues: r.get(7)?,
+                on_orphan: r.get(8)?,
+                run_id: r.get(9)?,
+                pipeline: r.get(10)?,
+                shard_index: r.get(11)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Exponential backoff before attempt `next` (2, 3, …): base × 2^(next-2), capped at 1 h.
+fn backoff_ms(base: i64, next: u32) -> i64 {
+    base.saturating_mul(1i64 << (next.saturating_sub(2)).min(20)).min(3_600_000)
+}
+
+/// The decided next state of a job.
+struct Transition {
+    status: JobStatus,
+    reason: Option<Reason>,
+    attempt: u32,
+    orphan_requeues: u32,
+    run_after: i64,
+}
+
+fn decide(row: &FenceRow, outcome: &Outcome, now: i64) -> Transition {
+    let stay = |status, reason| Transition {
+        status,
+        reason,
+        attempt: row.attempt,
+        orphan_requeues: row.orphan_requeues,
+        run_after: now,
+    };
+    match outcome {
+        Outcome::Completed => stay(JobStatus::Completed, Some(Reason::ExitCode)),
+        Outcome::Aborted => stay(JobStatus::Aborted, Some(Reason::Aborted)),
+        _ if row.abort_requested => stay(JobStatus::Aborted, Some(Reason::Aborted)),
+        Outcome::Failed { reason, .. } if row.attempt < row.max_attempts => Transition {
+            status: JobStatus::Queued,
+            reason: Some(*reason),
+            attempt: row.attempt + 1,
+            orphan_requeues: row.orphan_requeues,
+            run_after: now + backoff_ms(row.retry_backoff_ms, row.attempt + 1),
+        },
+        Outcome::Failed { reason, .. } => stay(JobStatus::Failed, Some(*reason)),
+        Outcome::Requeue { reason } if row.on_orphan == "requeue" && row.orphan_requeues < row.max_orphan_requeues => {
+            Transition {
+                status: JobStatus::Queued,
+                reason: Some(*reason),
+                attempt: row.attempt,
+                orphan_requeues: row.orphan_requeues + 1,
+                run_after: now,
+            }
+        }
+        Outcome::Requeue { reason } => stay(JobStatus::Failed, Some(*reason)),
+    }
+}
+
+fn finish_in_tx(conn: &Connection, p: &JobFinishParams) -> StoreResult<(FinishOutcome, u8)> {
+    let not_applied = FinishOutcome { applied: false, status: None, run_finalized: None };
+    let Some(row) = fence_row(conn, &p.job_id)? else { return Ok((not_applied, 0)) };
+    if row.status != "running" || row.claim_seq != p.claim_seq {
+        return Ok((not_applied, 0));
+    }
+    let t = decide(&row, &p.outcome, p.now);
+    let error = match &p.outcome {
+        Outcome::Failed { error, .. } => error.clone(),
+        _ => None,
+    };
+    let terminal = t.status.is_terminal();
+    let changed = conn
+        .prepare_cached(
+            "UPDATE jobs SET status = ?3, reason = ?4, attempt = ?5, orphan_requeues = ?6, run_after = ?7,
+                    exit_code = ?8, error = ?9, stdout_bytes = ?10, stderr_bytes = ?11, truncated = ?12,
+                    finished_at = CASE WHEN ?13 THEN ?14 ELSE NULL END
+             WHERE id = ?1 AND claim_seq = ?2 AND status = 'running'",
+        )?
+        .execute(params![
+            p.job_id,
+            p.claim_seq,
+            t.status.as_str(),
+            t.reason.map(|r| r.as_str()),
+            t.attempt,
+            t.orphan_requeues,
+            t.run_after,
+            p.exit_code,
+            error,
+            p.stdout_bytes as i64,
+            p.stderr_bytes as i64,
+            p.truncated,
+            terminal,
+            p.now,
+        ])?;
+    if changed != 1 {
+        return Ok((not_applied, 0));
+    }
+    let name = match t.status {
+        JobStatus::Completed => EventName::JobCompleted,
+        JobStatus::Aborted => EventName::JobAborted,
+        _ => EventName::JobFailed,
+    };
+    let mut data = json!({
+        "jobId": p.job_id, "pipelineId": row.pipeline, "status": t.status.as_str(),
+        "shardIndex": row.shard_index, "attempt": row.attempt, "exitCode": p.exit_code,
+        "reason": t.reason.map(|r| r.as_str()),
+    });
+    if t.status == JobStatus::Queued {
+        data["nextAttempt"] = json!(t.attempt);
+        data["retryAt"] = json!(rfc3339(t.run_after));
+    }
+    if let Some(e) = &error {
+        data["error"] = json!(e);
+    }
+    emit(conn, name, &row.run_id, data, p.now)?;
+    let run_finalized = if terminal { land_terminal(conn, &row.run_id, p.now)? } else { None };
+    Ok((FinishOutcome { applied: true, status: Some(t.status), run_finalized }, change::WORK | change::EVENTS))
+}
+
+// ---------------------------------------------------------------- read helpers
+
+const JOB_COLS: &str = "id, run_id, pipeline, shard_index, shard_count, status, reason, attempt, max_attempts,
+    orphan_requeues, node_id, pid, exit_code, progress, progress_message, error, abort_requested,
+    stdout_bytes, stderr_bytes, truncated, created_at, started_at, finished_at";
+
+fn job_view(r: &Row<'_>) -> rusqlite::Result<JobView> {
+    Ok(JobView {
+        id: r.get(0)?,
+        run_id: r.get(1)?,
+        pipeline_id: r.get(2)?,
+        shard_index: r.get(3)?,
+        shard_count: r.get(4)?,
+        status: r.get(5)?,
+        reason: r.get(6)?,
+        attempt: r.get(7)?,
+        max_attempts: r.get(8)?,
+        requeues: r.get(9)?,
+        node: r.get(10)?,
+        pid: r.get(11)?,
+        exit_code: r.get(12)?,
+        progress: r.get(13)?,
+        progress_message: r.get(14)?,
+        error: r.get(15)?,
+        abort_requested: r.get(16)?,
+        stdout_bytes: r.get::<_, i64>(17)? as u64,
+        stderr_bytes: r.get::<_, i64>(18)? as u64,
+        truncated: r.get(19)?,
+        created_at: rfc3339(r.get(20)?),
+        started_at: r.get::<_, Option<i64>>(21)?.map(rfc3339),
+        finished_at: r.get::<_, Option<i64>>(22)?.map(rfc3339),
+    })
+}
+
+const RUN_COLS: &str =
+    "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at";
+
+fn run_view(r: &Row<'_>) -> rusqlite::Result<RunView> {
+    let params: String = r.get(3)?;
+    Ok(RunView {
+        run_id: r.get(0)?,
+        pipeline_id: r.get(1)?,
+        status: r.get(2)?,
+        parameters: serde_json::from_str(&params).unwrap_or_default(),
+        shard_count: r.get(4)?,
+        shards_done: r.get(5)?,
+        triggered_by: r.get(6)?,
+        actor: r.get(7)?,
+        created_at: rfc3339(r.get(8)?),
+        started_at: r.get::<_, Option<i64>>(9)?.map(rfc3339),
+        finished_at: r.get::<_, Option<i64>>(10)?.map(rfc3339),
+        jobs: Vec::new(),
+    })
+}
+
+fn attach_jobs(conn: &Connection, runs: &mut [RunView]) -> StoreResult<()> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE run_id = ?1 ORDER BY shard_index"))?;
+    for run in runs.iter_mut() {
+        run.jobs = stmt.query_map(params![run.run_id], job_view)?.collect::<Result<_, _>>()?;
+    }
+    Ok(())
+}
+
+const STDOUT: i64 = 1;
+const STDERR: i64 = 2;
+
+fn stream_of(code: i64) -> Stream {
+    if code == STDERR { Stream::Stderr } else { Stream::Stdout }
+}
+
+fn tail_lines(conn: &Connection, job_id: &str, stream: i64, tail: Option<usize>) -> StoreResult<Vec<String>> {
+    let mut lines = Vec::new();
+    match tail {
+        None => {
+            let mut stmt = conn.prepare_cached("SELECT data FROM output WHERE job_id = ?1 AND stream = ?2 ORDER BY id")?;
+            let mut rows = stmt.query(params![job_id, stream])?;
+            while let Some(r) = rows.next()? {
+                lines.extend(r.get_ref(0)?.as_str()?.split('\n').map(str::to_string));
+            }
+        }
+        Some(n) => {
+            let mut chunks: Vec<String> = Vec::new();
+            let mut have = 0usize;
+            let mut stmt = conn
+                .prepare_cached("SELECT data, line_count FROM output WHERE job_id = ?1 AND stream = ?2 ORDER BY id DESC")?;
+            let mut rows = stmt.query(params![job_id, stream])?;
+            while have < n {
+                let Some(r) = rows.next()? else { break };
+                have += r.get::<_, i64>(1)? as usize;
+                chunks.push(r.get(0)?);
+            }
+            for chunk in chunks.iter().rev() {
+                lines.extend(chunk.split('\n').map(str::to_string));
+            }
+            let skip = lines.len().saturating_sub(n);
+            lines.drain(..skip);
+        }
+    }
+    Ok(lines)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn changes(&self) -> &ChangeFeed {
+        &self.feed
+    }
+
+    async fn run_create(&self, p: RunCreateParams) -> StoreResult<RunCreated> {
+        self.write(move |conn| {
+            if let Some(key) = &p.idempotency_key {
+                let existing: Option<(String, i64)> = conn
+                    .prepare_cached("SELECT id, created_at FROM runs WHERE pipeline = ?1 AND idempotency_key = ?2")?
+                    .query_row(params![p.pipeline, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                if let Some((run_id, created_at)) = existing {
+                    let job_ids = conn
+                        .prepare_cached("SELECT id FROM jobs WHERE run_id = ?1 ORDER BY shard_index")?
+                        .query_map(params![run_id], |r| r.get(0))?
+                        .collect::<Result<Vec<String>, _>>()?;
+                    return Ok((RunCreated { run_id, job_ids, created_at, existing: true }, 0));
+                }
+            }
+            let shard_count = p.job_ids.len() as i64;
+            conn.prepare_cached(
+                "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor, idempotency_key, created_at)
+                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                p.run_id,
+                p.pipeline,
+                serde_json::to_string(&p.params).unwrap_or_else(|_| "{}".into()),
+                shard_count,
+                p.triggered_by,
+                p.actor,
+                p.idempotency_key,
+                p.now
+            ])?;
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts, retry_backoff_ms,
+                                   on_orphan, max_orphan_requeues, run_after, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?10, ?10)",
+            )?;
+            for (i, job_id) in p.job_ids.iter().enumerate() {
+                insert.execute(params![
+                    job_id,
+                    p.run_id,
+                    p.pipeline,
+                    i as i64,
+                    shard_count,
+                    p.policy.max_attempts,
+                    p.policy.retry_backoff_ms,
+                    p.policy.on_orphan,
+                    p.policy.max_orphan_requeues,
+                    p.now
+                ])?;
+                emit(
+                    conn,
+                    EventName::JobCreated,
+                    &p.run_id,
+                    json!({"jobId": job_id, "pipelineId": p.pipeline, "status": "queued", "shardIndex": i,
+                           "shardCount": shard_count, "triggeredBy": p.triggered_by, "actor": p.actor}),
+                    p.now,
+                )?;
+            }
+            Ok((RunCreated { run_id: p.run_id, job_ids: p.job_ids, created_at: p.now, existing: false }, change::WORK | change::EVENTS))
+        })
+        .await
+    }
+
+    async fn job_claim(&self, p: JobClaimParams) -> StoreResult<ClaimOutcome> {
+        self.write(move |conn| {
+            let mut running: HashMap<String, u32> = HashMap::new();
+            let mut total = 0usize;
+            {
+                let mut stmt = conn.prepare_cached("SELECT pipeline, COUNT(*) FROM jobs WHERE status = 'running' GROUP BY pipeline")?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    let n: u32 = r.get(1)?;
+                    total += n as usize;
+                    running.insert(r.get(0)?, n);
+                }
+            }
+            let mut want = p.max;
+            if p.global_cap > 0 {
+                want = want.min(p.global_cap.saturating_sub(total));
+            }
+            let mut out = ClaimOutcome::default();
+            let at_cap = |running: &HashMap<String, u32>, name: &str| {
+                let cap = p.pipelines.get(name).copied().unwrap_or(0);
+                cap > 0 && running.get(name).copied().unwrap_or(0) >= cap
+            };
+            // Each pass asks only for pipelines below their cap; a pass that fills a
+            // pipeline's cap mid-batch ends early and the next pass leaves it out.
+            for _ in 0..=p.pipelines.len() {
+                if want == 0 {
+                    break;
+                }
+                let open: Vec<&String> = p.pipelines.keys().filter(|name| !at_cap(&running, name)).collect();
+                if open.is_empty() {
+                    break;
+                }
+                let placeholders = (0..open.len()).map(|i| format!("?{}", i + 3)).collect::<Vec<_>>().join(",");
+                let sql = format!(
+                    "SELECT j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt, r.params
+                     FROM jobs j JOIN runs r ON r.id = j.run_id
+                     WHERE j.status = 'queued' AND j.run_after <= ?1 AND j.pipeline IN ({placeholders})
+                     ORDER BY j.seq LIMIT ?2"
+                );
+                let mut args: Vec<&dyn rusqlite::ToSql> = vec![&p.now, &want];
+                args.extend(open.iter().map(|s| *s as &dyn rusqlite::ToSql));
+                let candidates: Vec<(i64, ClaimedJob)> = conn
+                    .prepare_cached(&sql)?
+                    .query_map(args.as_slice(), |r| {
+                        let params: String = r.get(7)?;
+                        Ok((
+                            r.get(0)?,
+                            ClaimedJob {
+                                id: r.get(1)?,
+                                run_id: r.get(2)?,
+                                pipeline: r.get(3)?,
+                                shard_index: r.get(4)?,
+                                shard_count: r.get(5)?,
+                                attempt: r.get(6)?,
+                                claim_seq: 0,
+                                params: serde_json::from_str(&params).unwrap_or_default(),
+                            },
+                        ))
+                    })?
+                    .collect::<Result<_, _>>()?;
+                let (limit, fetched) = (want, candidates.len());
+                let mut blocked = false;
+                let mut claim = conn.prepare_cached(
+                    "UPDATE jobs SET status = 'running', claim_seq = claim_seq + 1, node_id = ?2, claimed_at = ?3,
+                            pid = NULL, proc_start = NULL, started_at = NULL, exit_code = NULL, abort_requested = 0
+                     WHERE seq = ?1 AND status = 'queued' RETURNING claim_seq",
+                )?;
+                for (seq, mut job) in candidates {
+                    if at_cap(&running, &job.pipeline) {
+                        blocked = true;
+                        continue;
+                    }
+                    let Some(claim_seq) = claim.query_row(params![seq, p.node_id, p.now], |r| r.get(0)).optional()? else {
+                        continue;
+                    };
+                    job.claim_seq = claim_seq;
+                    *running.entry(job.pipeline.clone()).or_default() += 1;
+                    want -= 1;
+                    out.jobs.push(job);
+                }
+                if !blocked && fetched < limit {
+                    break; // the queue has nothing more for the open pipelines right now
+                }
+            }
+            if want > 0 {
+                out.next_due = conn
+                    .prepare_cached("SELECT MIN(run_after) FROM jobs WHERE status = 'queued' AND run_after > ?1")?
+                    .query_row(params![p.now], |r| r.get(0))?;
+            }
+            Ok((out, 0))
+        })
+        .await
+    }
+
+    async fn job_start(&self, p: JobStartParams) -> StoreResult<Option<bool>> {
+        self.write(move |conn| {
+            let row: Option<(bool, String, String, u32, u32)> = conn
+                .prepare_cached(
+                    "UPDATE jobs SET pid = ?3, proc_start = ?4, started_at = ?5
+                     WHERE id = ?1 AND claim_seq = ?2 AND status = 'running'
+                     RETURNING abort_requested, run_id, pipeline, shard_index, attempt",
+                )?
+                .query_row(params![p.job_id, p.claim_seq, p.pid, p.proc_start as i64, p.now], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
+                .optional()?;
+            let Some((abort_requested, run_id, pipeline, shard_index, attempt)) = row else { return Ok((None, 0)) };
+            conn.prepare_cached("UPDATE runs SET status = 'running', started_at = ?2 WHERE id = ?1 AND status = 'queued'")?
+                .execute(params![run_id, p.now])?;
+            emit(
+                conn,
+                EventName::JobStarted,
+                &run_id,
+                json!({"jobId": p.job_id, "pipelineId": pipeline, "status": "running", "shardIndex": shard_index,
+                       "attempt": attempt, "pid": p.pid}),
+                p.now,
+            )?;
+            Ok((Some(abort_requested), change::EVENTS))
+        })
+        .await
+    }
+
+    async fn job_output_append(&self, p: OutputAppendParams) -> StoreResult<bool> {
+        self.write(move |conn| {
+            let live: Option<i64> = conn
+                .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1 AND claim_seq = ?2 AND status = 'running'")?
+                .query_row(params![p.job_id, p.claim_seq], |r| r.get(0))
+                .optional()?;
+            if live.is_none() {
+                return Ok((false, 0));
+            }
+            let mut next: i64 = conn
+                .prepare_cached("SELECT first_line + line_count FROM output WHERE job_id = ?1 ORDER BY first_line DESC LIMIT 1")?
+                .query_row(params![p.job_id], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO output (job_id, claim_seq, stream, first_line, line_count, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (stream, lines) in [(STDOUT, &p.stdout), (STDERR, &p.stderr)] {
+                if lines.is_empty() {
+                    continue;
+                }
+                insert.execute(params![p.job_id, p.claim_seq, stream, next, lines.len() as i64, lines.join("\n")])?;
+                next += lines.len() as i64;
+            }
+            Ok((true, change::OUTPUT))
+        })
+        .await
+    }
+
+    async fn job_progress(&self, p: JobProgressParams) -> StoreResult<bool> {
+        self.write(move |conn| {
+            let row: Option<(String, String, u32)> = conn
+                .prepare_cached(
+                    "UPDATE jobs SET progress = ?3, progress_message = ?4
+                     WHERE id = ?1 AND claim_seq = ?2 AND status = 'running' RETURNING run_id, pipeline, shard_index",
+                )?
+                .query_row(params![p.job_id, p.claim_seq, p.percent, p.message], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((run_id, pipeline, shard_index)) = row else { return Ok((false, 0)) };
+            emit(
+                conn,
+                EventName::JobProgress,
+                &run_id,
+                json!({"jobId": p.job_id, "pipelineId": pipeline, "status": "running", "shardIndex": shard_index,
+                       "progress": p.percent, "message": p.message}),
+                p.now,
+            )?;
+            Ok((true, change::EVENTS))
+        })
+        .await
+    }
+
+    async fn job_finish(&self, p: JobFinishParams) -> StoreResult<FinishOutcome> {
+        self.write(move |conn| finish_in_tx(conn, &p)).await
+    }
+
+    async fn run_abort(&self, run_id: &str, now: i64) -> StoreResult<AbortOutcome> {
+        let run_id = run_id.to_string();
+        self.write(move |conn| {
+            let status: Option<String> = conn
+                .prepare_cached("SELECT status FROM runs WHERE id = ?1")?
+                .query_row(params![run_id], |r| r.get(0))
+                .optional()?;
+            let Some(status) = status else { return Ok((AbortOutcome::NotFound, 0)) };
+            match status.parse::<RunStatus>() {
+                Ok(RunStatus::Aborted) => return Ok((AbortOutcome::Aborted { aborted_jobs: 0 }, 0)),
+                Ok(s @ (RunStatus::Completed | RunStatus::Failed)) => return Ok((AbortOutcome::Finished(s), 0)),
+                _ => {}
+            }
+            conn.prepare_cached("UPDATE runs SET status = 'aborted' WHERE id = ?1 AND status IN ('queued', 'running')")?
+                .execute(params![run_id])?;
+            let queued: Vec<(String, String, u32)> = conn
+                .prepare_cached(
+                    "UPDATE jobs SET status = 'aborted', reason = 'aborted', finished_at = ?2
+                     WHERE run_id = ?1 AND status = 'queued' RETURNING id, pipeline, shard_index",
+                )?
+                .query_map(params![run_id, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            let flagged = conn
+                .prepare_cached("UPDATE jobs SET abort_requested = 1 WHERE run_id = ?1 AND status = 'running'")?
+                .execute(params![run_id])?;
+            for (job_id, pipeline, shard_index) in &queued {
+                emit(
+                    conn,
+                    EventName::JobAborted,
+                    &run_id,
+                    json!({"jobId": job_id, "pipelineId": pipeline, "status": "aborted", "shardIndex": shard_index,
+                           "reason": "aborted"}),
+                    now,
+                )?;
+                land_terminal(conn, &run_id, now)?;
+            }
+            let aborted_jobs = (queued.len() + flagged) as u32;
+            Ok((AbortOutcome::Aborted { aborted_jobs }, change::ABORT | change::EVENTS | change::WORK))
+        })
+        .await
+    }
+
+    async fn node_register(&self, node: NodeRow) -> StoreResult<()> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO nodes (id, host, pid, proc_start, boot_id, slots, started_at, heartbeat_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                node.id,
+                node.host,
+                node.pid,
+                node.proc_start as i64,
+                node.boot_id,
+                node.slots,
+                node.started_at,
+                node.heartbeat_at
+            ])?;
+            Ok(((), 0))
+        })
+        .await
+    }
+
+    async fn node_heartbeat(&self, p: NodeHeartbeatParams) -> StoreResult<HeartbeatOutcome> {
+        self.write(move |conn| {
+            let registered = conn
+                .prepare_cached("UPDATE nodes SET heartbeat_at = ?2 WHERE id = ?1")?
+                .execute(params![p.node_id, p.now])?
+                == 1;
+            let mut cancel = Vec::new();
+            let mut stmt = conn.prepare_cached("SELECT status, claim_seq, abort_requested FROM jobs WHERE id = ?1")?;
+            for (job_id, claim_seq) in &p.running {
+                let row: Option<(String, i64, bool)> =
+                    stmt.query_row(params![job_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
+                let ours = matches!(&row, Some((s, c, abort)) if s == "running" && c == claim_seq && !abort);
+                if !ours {
+                    cancel.push(job_id.clone());
+                }
+            }
+            Ok((HeartbeatOutcome { registered, cancel }, 0))
+        })
+        .await
+    }
+
+    async fn node_remove(&self, node_id: &str) -> StoreResult<()> {
+        let node_id = node_id.to_string();
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM nodes WHERE id = ?1")?.execute(params![node_id])?;
+            Ok(((), 0))
+        })
+        .await
+    }
+
+    async fn nodes_list(&self) -> StoreResult<Vec<NodeRow>> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT id, host, pid, proc_start, boot_id, slots, started_at, heartbeat_at FROM nodes ORDER BY started_at")?
+                .query_map([], |r| {
+                    Ok(NodeRow {
+                        id: r.get(0)?,
+                        host: r.get(1)?,
+                        pid: r.get(2)?,
+                        proc_start: r.get::<_, i64>(3)? as u64,
+                        boot_id: r.get(4)?,
+                        slots: r.get(5)?,
+                        started_at: r.get(6)?,
+                        heartbeat_at: r.get(7)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn jobs_running_on(&self, node_id: &str) -> StoreResult<Vec<RunningJob>> {
+        let node_id = node_id.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT id, claim_seq, pid, proc_start FROM jobs WHERE node_id = ?1 AND status = 'running'")?
+                .query_map(params![node_id], |r| {
+                    Ok(RunningJob {
+                        id: r.get(0)?,
+                        claim_seq: r.get(1)?,
+                        pid: r.get(2)?,
+                        proc_start: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                    })
+                })?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn jobs_abort_requested(&self, node_id: &str) -> StoreResult<Vec<String>> {
+        let node_id = node_id.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT id FROM jobs WHERE node_id = ?1 AND status = 'running' AND abort_requested = 1")?
+                .query_map(params![node_id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunView>> {
+        let run_id = run_id.to_string();
+        self.read(move |conn| {
+            let run = conn
+                .prepare_cached(&format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"))?
+                .query_row(params![run_id], run_view)
+                .optional()?;
+            let Some(run) = run else { return Ok(None) };
+            let mut runs = [run];
+            attach_jobs(conn, &mut runs)?;
+            let [run] = runs;
+            Ok(Some(run))
+        })
+        .await
+    }
+
+    async fn runs_list(&self, f: RunFilter) -> StoreResult<Vec<RunView>> {
+        self.read(move |conn| {
+            let status = f.status.map(|s| s.as_str());
+            let mut runs: Vec<RunView> = conn
+                .prepare_cached(&format!(
+                    "SELECT {RUN_COLS} FROM runs WHERE (?1 IS NULL OR pipeline = ?1) AND (?2 IS NULL OR status = ?2)
+                     ORDER BY id DESC LIMIT ?3 OFFSET ?4"
+                ))?
+                .query_map(params![f.pipeline, status, f.limit, f.offset], run_view)?
+                .collect::<Result<_, _>>()?;
+            attach_jobs(conn, &mut runs)?;
+            Ok(runs)
+        })
+        .await
+    }
+
+    async fn job_get(&self, job_id: &str) -> StoreResult<Option<JobView>> {
+        let job_id = job_id.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"))?
+                .query_row(params![job_id], job_view)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn job_logs(&self, job_id: &str, tail: Option<usize>) -> StoreResult<Option<JobLogs>> {
+        let job_id = job_id.to_string();
+        self.read(move |conn| {
+            let truncated: Option<bool> = conn
+                .prepare_cached("SELECT truncated FROM jobs WHERE id = ?1")?
+                .query_row(params![job_id], |r| r.get(0))
+                .optional()?;
+            let Some(truncated) = truncated else { return Ok(None) };
+            Ok(Some(JobLogs {
+                stdout: tail_lines(conn, &job_id, STDOUT, tail)?,
+                stderr: tail_lines(conn, &job_id, STDERR, tail)?,
+                truncated,
+            }))
+        })
+        .await
+    }
+
+    async fn job_output_after(&self, job_id: &str, after: i64, limit: usize) -> StoreResult<Vec<LogLine>> {
+        let job_id = job_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT first_line, stream, data FROM output
+                 WHERE job_id = ?1 AND first_line >= (SELECT COALESCE(MAX(first_line), 0) FROM output WHERE job_id = ?1 AND first_line <= ?2)
+                 ORDER BY first_line",
+            )?;
+            let mut rows = stmt.query(params![job_id, after.max(0)])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let first: i64 = r.get(0)?;
+                let stream = stream_of(r.get(1)?);
+                for (i, line) in r.get_ref(2)?.as_str()?.split('\n').enumerate() {
+                    let seq = first + i as i64;
+                    if seq > after {
+                        out.push(LogLine { seq, stream, line: line.to_string() });
+                    }
+                }
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn job_output_len(&self, job_id: &str) -> StoreResult<i64> {
+        let job_id = job_id.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT first_line + line_count FROM output WHERE job_id = ?1 ORDER BY first_line DESC LIMIT 1")?
+                .query_row(params![job_id], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn events_after(&self, after: i64, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT id, name, data FROM events WHERE id > ?1 ORDER BY id LIMIT ?2")?
+                .query_map(params![after, limit as i64], |r| Ok(StoredEvent { id: r.get(0)?, name: r.get(1)?, data: r.get(2)? }))?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn events_bounds(&self) -> StoreResult<(i64, i64)> {
+        self.read(|conn| {
+            Ok(conn.query_row("SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM events", [], |r| Ok((r.get(0)?, r.get(1)?)))?)
+        })
+        .await
+    }
+
+    async fn pipeline_counts(&self) -> StoreResult<HashMap<String, PipelineCounts>> {
+        self.read(|conn| {
+            let mut out: HashMap<String, PipelineCounts> = HashMap::new();
+            let mut stmt = conn.prepare_cached(
+                "SELECT pipeline, status, COUNT(*) FROM jobs WHERE status IN ('queued', 'running') GROUP BY pipeline, status",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let entry = out.entry(r.get(0)?).or_default();
+                let n: i64 = r.get(2)?;
+                if r.get_ref(1)?.as_str()? == "queued" {
+                    entry.queued = n as u64;
+                } else {
+                    entry.running = n as u64;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn runs_prune(&self, before: i64, batch: usize) -> StoreResult<usize> {
+        self.write(move |conn| {
+            let ids: Vec<String> = conn
+                .prepare_cached("SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?1 LIMIT ?2")?
+                .query_map(params![before, batch as i64], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for id in &ids {
+                conn.prepare_cached("DELETE FROM output WHERE job_id IN (SELECT id FROM jobs WHERE run_id = ?1)")?
+                    .execute(params![id])?;
+                conn.prepare_cached("DELETE FROM events WHERE run_id = ?1")?.execute(params![id])?;
+                conn.prepare_cached("DELETE FROM jobs WHERE run_id = ?1")?.execute(params![id])?;
+                conn.prepare_cached("DELETE FROM runs WHERE id = ?1")?.execute(params![id])?;
+            }
+            Ok((ids.len(), 0))
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Dropping the sender ends the writer loop once queued writes are committed.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        self.readers.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
