@@ -95,12 +95,14 @@ impl Collector {
 
     /// Adds one raw line (without its newline). Returns true when the buffer is over the high-water mark.
     pub fn push(&self, stream: Stream, raw: &[u8], newline: bool) -> bool {
-        let text = to_text(raw);
+        let progress = if stream == Stream::Stdout && raw.starts_with(b"::progress") {
+            progress::parse(&to_text(raw))
+        } else {
+            None
+        };
         let mut st = self.lock();
-        if stream == Stream::Stdout {
-            if let Some(p) = progress::parse(&text) {
-                st.progress = Some(p);
-            }
+        if progress.is_some() {
+            st.progress = progress;
         }
         let cap = self.max_stream_bytes;
         let s = match stream {
@@ -108,12 +110,14 @@ impl Collector {
             Stream::Stderr => &mut st.err,
         };
         s.total += raw.len() as u64 + u64::from(newline);
-        if s.truncated || s.kept + text.len() as u64 > cap {
-            s.truncated = true;
-        } else {
+        // Past the cap only bytes are counted: no text is made, nothing is kept.
+        if !s.truncated && s.kept + raw.len() as u64 <= cap {
+            let text = to_text(raw);
             s.kept += text.len() as u64;
             s.pending_bytes += text.len() + 1;
             s.pending.push(text);
+        } else {
+            s.truncated = true;
         }
         st.out.pending_bytes + st.err.pending_bytes >= HIGH_WATER_BYTES
     }

@@ -1,0 +1,300 @@
+//! Test harness: real servers (in-process on port 0, or the real binary as a
+//! child process) on fresh SQLite files, an SSE event watcher to wait on, and
+//! process-table helpers. No sleeps as synchronisation: waits are on events
+//! or on a polled condition, always with a timeout.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// Writes a config with the given `[server]` extras and pipelines into `dir`.
+pub fn write_config(dir: &Path, server_extra: &str, pipelines: &str) -> PathBuf {
+    let path = dir.join("runyard.toml");
+    let text = format!(
+        "[server]\ndata_dir = \"{}\"\noutput_flush_interval_ms = 100\nkill_grace = \"500ms\"\n{server_extra}\n\n{pipelines}\n",
+        dir.join("data").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A server running in this test's runtime.
+pub struct TestServer {
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(server_extra: &str, pipelines: &str) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), server_extra, pipelines);
+        let settings = runyard::config::Settings::from_toml(&std::fs::read_to_string(&path).unwrap(), &path, &|_| None)
+            .expect("test config is valid");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(runyard::serve::run(settings, listener, async move {
+            let _ = rx.await;
+        }));
+        TestServer { base: format!("http://{addr}"), dir, http: reqwest::Client::new(), stop: Some(tx), task: Some(task) }
+    }
+
+    /// Graceful stop; returns when the server has drained.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task).await.expect("server stops").unwrap().unwrap();
+        }
+    }
+
+    pub async fn trigger(&self, pipeline: &str, body: Value) -> (u16, Value) {
+        post(&self.http, &format!("{}/api/pipelines/{pipeline}/trigger", self.base), body).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        get(&self.http, &format!("{}{path}", self.base)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        post(&self.http, &format!("{}{path}", self.base), body).await
+    }
+
+    pub fn events(&self) -> EventWatcher {
+        EventWatcher::connect(&self.base, 0)
+    }
+
+    /// Waits for the run to be finalised, via `run:completed`; returns the run.
+    pub async fn wait_run(&self, events: &mut EventWatcher, run_id: &str, timeout: Duration) -> Value {
+        events.wait_for("run:completed", |d| d["runId"] == run_id, timeout).await;
+        self.get(&format!("/api/runs/{run_id}")).await.1
+    }
+}
+
+pub async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
+    let resp = http.get(url).send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+pub async fn post(http: &reqwest::Client, url: &str, body: Value) -> (u16, Value) {
+    let resp = http.post(url).json(&body).send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// One SSE message.
+#[derive(Debug, Clone)]
+pub struct Sse {
+    pub id: Option<i64>,
+    pub event: String,
+    pub data: Value,
+}
+
+/// Reads an SSE stream into a channel.
+pub fn sse_reader(url: String, last_event_id: Option<i64>) -> mpsc::UnboundedReceiver<Sse> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut req = http.get(&url);
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let Ok(mut resp) = req.send().await else { return };
+        let mut buf = String::new();
+        let (mut id, mut event, mut data) = (None, String::new(), String::new());
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(nl) = buf.find('\n') {
+                let line: String = buf.drain(..=nl).collect();
+                let line = line.trim_end_matches('\n');
+                if line.is_empty() {
+                    if !event.is_empty() {
+                        let msg = Sse { id: id.take(), event: std::mem::take(&mut event), data: serde_json::from_str(&data).unwrap_or(Value::Null) };
+                        if tx.send(msg).is_err() {
+                            return;
+                        }
+                    }
+                    data.clear();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().ok();
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Watches `/api/events` from an event id, keeping everything seen.
+pub struct EventWatcher {
+    rx: mpsc::UnboundedReceiver<Sse>,
+    pub seen: Vec<Sse>,
+}
+
+impl EventWatcher {
+    pub fn connect(base: &str, from: i64) -> EventWatcher {
+        EventWatcher { rx: sse_reader(format!("{base}/api/events"), Some(from)), seen: Vec::new() }
+    }
+
+    /// Waits for an event named `name` whose data satisfies `pred` (looking at already-seen ones first).
+    pub async fn wait_for(&mut self, name: &str, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Sse {
+        if let Some(e) = self.seen.iter().find(|e| e.event == name && pred(&e.data)) {
+            return e.clone();
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("timed out after {timeout:?} waiting for {name}; seen {} events", self.seen.len()))
+                .expect("event stream ended");
+            self.seen.push(msg.clone());
+            if msg.event == name && pred(&msg.data) {
+                return msg;
+            }
+        }
+    }
+
+    /// Events seen so far for a run.
+    pub fn of_run<'a>(&'a self, run_id: &'a str) -> impl Iterator<Item = &'a Sse> + 'a {
+        self.seen.iter().filter(move |e| e.data["runId"] == run_id)
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Pids of live (non-zombie) processes in process group `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(close) = stat.rfind(')') else { continue };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // fields[0] = state, fields[2] = pgrp
+        if fields.first() != Some(&"Z") && fields.get(2).and_then(|p| p.parse::<u32>().ok()) == Some(pgid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Parses RFC 3339 `...T..:..:..mmmZ` timestamps into comparable milliseconds of the day (tests run within a day).
+pub fn ts_ms(v: &Value) -> i64 {
+    let s = v.as_str().expect("timestamp");
+    let t = &s[11..23];
+    let h: i64 = t[0..2].parse().unwrap();
+    let m: i64 = t[3..5].parse().unwrap();
+    let sec: i64 = t[6..8].parse().unwrap();
+    let ms: i64 = t[9..12].parse().unwrap();
+    let day: i64 = s[8..10].parse().unwrap();
+    (((day * 24 + h) * 60 + m) * 60 + sec) * 1000 + ms
+}
+
+/// The most jobs whose [startedAt, finishedAt] intervals overlap at one instant.
+pub fn max_overlap(jobs: &[Value]) -> usize {
+    let mut points: Vec<(i64, i32)> = Vec::new();
+    for j in jobs {
+        if j["startedAt"].is_string() && j["finishedAt"].is_string() {
+            points.push((ts_ms(&j["startedAt"]), 1));
+            points.push((ts_ms(&j["finishedAt"]), -1));
+        }
+    }
+    // Ends sort before starts at the same millisecond.
+    points.sort();
+    let (mut cur, mut best) = (0i32, 0i32);
+    for (_, d) in points {
+        cur += d;
+        best = best.max(cur);
+    }
+    best as usize
+}
+
+/// The real binary, serving `config` on a free port.
+pub struct BinServer {
+    pub child: Child,
+    pub base: String,
+    pub addr: SocketAddr,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl BinServer {
+    pub async fn start(config: &Path, port: u16) -> BinServer {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_runyard"))
+            .args(["serve", "-c", config.to_str().unwrap(), "--listen", &addr.to_string()])
+            .env("RUNYARD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(config.with_extension(format!("{port}.log"))).unwrap()))
+            .spawn()
+            .expect("spawn runyard");
+        let base = format!("http://{addr}");
+        let http = reqwest::Client::new();
+        let url = format!("{base}/healthz");
+        eventually(Duration::from_secs(20), "server health", || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+        BinServer { child, base, addr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap().success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "server did not exit within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap()
+    }
+}
+
+impl Drop for BinServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
