@@ -1,1 +1,374 @@
-fn main() {}
+//! runyard's benchmark: `cargo bench --bench runyard_bench` (or `cargo bench`).
+//!
+//! Boots the release binary as a separate process on a fresh SQLite file and
+//! measures, printing medians over rounds:
+//! (a) end-to-end throughput of N single-shard `/bin/true` runs at
+//!     `max_workers = 2`, next to the raw spawn+wait rate of `/bin/true` at 2
+//!     parallel measured in the same run;
+//! (b) trigger ingest over HTTP with 16 concurrent clients;
+//! (c) idle dispatch latency, trigger sent → job process running (the job is
+//!     `date +%s%N`, so this includes exec and `date`'s own start-up);
+//! (d) server RSS idle and with 100,000 queued runs.
+//!
+//! Environment: `BENCH_RUNS` (default 5000), `BENCH_INGEST` (20000),
+//! `BENCH_QUEUED` (100000), `BENCH_ROUNDS` (3), `BENCH_LATENCY_SAMPLES` (200).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    async fn start(server_extra: &str, pipelines: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("runyard.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\ndata_dir = \"{}\"\n{server_extra}\n\n{pipelines}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_runyard"))
+            .args([
+                "serve",
+                "-c",
+                config.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("RUNYARD_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the runyard binary");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http.get(format!("{base}/healthz")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Server {
+            child,
+            base,
+            _dir: dir,
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+}
+
+/// Triggers `n` runs of `pipeline` from `clients` concurrent clients; returns (seconds, run ids).
+async fn ingest(base: &str, pipeline: &str, n: usize, clients: usize) -> (f64, Vec<String>) {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .unwrap();
+    let url = Arc::new(format!("{base}/api/pipelines/{pipeline}/trigger"));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (http, url) = (http.clone(), url.clone());
+        let count = n / clients + usize::from(c < n % clients);
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(count);
+            for _ in 0..count {
+                let resp = http
+                    .post(url.as_str())
+                    .body("{}")
+                    .header("content-type", "application/json")
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 202);
+                let v: Value = resp.json().await.unwrap();
+                ids.push(v["runId"].as_str().unwrap().to_string());
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::with_capacity(n);
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    (started.elapsed().as_secs_f64(), ids)
+}
+
+async fn counts(http: &reqwest::Client, base: &str, pipeline: &str) -> (u64, u64) {
+    let v: Value = http
+        .get(format!("{base}/api/pipelines"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let p = v["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == pipeline)
+        .unwrap()
+        .clone();
+    (
+        p["queued"].as_u64().unwrap(),
+        p["running"].as_u64().unwrap(),
+    )
+}
+
+/// Raw spawn+wait rate of /bin/true with `parallel` threads.
+fn raw_spawn_rate(n: usize, parallel: usize) -> f64 {
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..parallel {
+            s.spawn(|| {
+                for _ in 0..n / parallel {
+                    let st = Command::new("/bin/true")
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .unwrap();
+                    assert!(st.success());
+                }
+            });
+        }
+    });
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn bench_throughput(runs: usize, rounds: usize) {
+    println!("(a) end-to-end throughput: {runs} single-shard /bin/true runs, max_workers = 2");
+    let mut e2e = Vec::new();
+    let mut raw = Vec::new();
+    for round in 1..=rounds {
+        let r = raw_spawn_rate(runs, 2);
+        let server = Server::start(
+            "max_workers = 2",
+            "[pipelines.noop]\ncommand = [\"/bin/true\"]\n",
+        )
+        .await;
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        let (ingest_s, _) = ingest(&server.base, "noop", runs, 16).await;
+        loop {
+            let (q, running) = counts(&http, &server.base, "noop").await;
+            if q == 0 && running == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let rate = runs as f64 / secs;
+        println!(
+            "    round {round}: {rate:>7.0} runs/s end to end ({secs:.2} s, ingest part {ingest_s:.2} s); raw spawn+wait {r:>7.0}/s; ratio {:.0}%",
+            100.0 * rate / r
+        );
+        e2e.push(rate);
+        raw.push(r);
+    }
+    let (m_e2e, m_raw) = (median(e2e), median(raw));
+    println!(
+        "    median: {m_e2e:.0} runs/s vs raw {m_raw:.0}/s = {:.0}% (target ≥ 75%)\n",
+        100.0 * m_e2e / m_raw
+    );
+}
+
+async fn bench_ingest(n: usize, rounds: usize) {
+    println!(
+        "(b) trigger ingest over HTTP, 16 concurrent clients, {n} runs per round (jobs held back by concurrency = 1)"
+    );
+    let mut rates = Vec::new();
+    for round in 1..=rounds {
+        let server = Server::start(
+            "max_workers = 2",
+            "[pipelines.held]\ncommand = [\"sleep\", \"3600\"]\nconcurrency = 1\n",
+        )
+        .await;
+        let (secs, ids) = ingest(&server.base, "held", n, 16).await;
+        assert_eq!(ids.len(), n);
+        let rate = n as f64 / secs;
+        println!("    round {round}: {rate:>7.0} runs/s ({secs:.2} s)");
+        rates.push(rate);
+    }
+    println!(
+        "    median: {:.0} runs/s (target ≥ 15,000)\n",
+        median(rates)
+    );
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+async fn bench_latency(samples: usize) {
+    println!(
+        "(c) idle dispatch latency, trigger sent → job process running ({samples} samples, one at a time)"
+    );
+    let server = Server::start(
+        "max_workers = 2\noutput_flush_interval_ms = 100",
+        "[pipelines.clock]\ncommand = [\"date\", \"+%s%N\"]\n",
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/pipelines/clock/trigger", server.base);
+    // Warm the connection and the server.
+    for _ in 0..5 {
+        http.post(&url)
+            .body("{}")
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut lat = Vec::new();
+    for _ in 0..samples {
+        let sent = now_ns();
+        let v: Value = http
+            .post(&url)
+            .body("{}")
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = v["runId"].as_str().unwrap().to_string();
+        let logs_url = format!("{}/api/jobs/{id}/logs", server.base);
+        let run_url = format!("{}/api/runs/{id}", server.base);
+        loop {
+            let run: Value = http
+                .get(&run_url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if run["finishedAt"].is_string() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let logs: Value = http
+            .get(&logs_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let exec_ns: u128 = logs["stdout"][0].as_str().unwrap().trim().parse().unwrap();
+        lat.push((exec_ns.saturating_sub(sent)) as f64 / 1e6);
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "    p50 {:.2} ms, p99 {:.2} ms, min {:.2} ms (targets ≤ 2 ms / ≤ 10 ms)",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat[0]
+    );
+    // The floor: how long `date +%s%N` takes to start and read the clock when spawned directly.
+    let mut floor = Vec::new();
+    for _ in 0..50 {
+        let before = now_ns();
+        let out = Command::new("date").arg("+%s%N").output().unwrap();
+        let t: u128 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        floor.push(t.saturating_sub(before) as f64 / 1e6);
+    }
+    floor.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "    floor: spawning `date` directly takes p50 {:.2} ms to the same point\n",
+        percentile(&floor, 0.5)
+    );
+}
+
+async fn bench_rss(queued: usize) {
+    println!("(d) server RSS");
+    let server = Server::start(
+        "max_workers = 2",
+        "[pipelines.held]\ncommand = [\"sleep\", \"3600\"]\nconcurrency = 1\n",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = server.rss_kib();
+    println!("    idle: {:.1} MiB", idle as f64 / 1024.0);
+    let (secs, _) = ingest(&server.base, "held", queued, 16).await;
+    let full = server.rss_kib();
+    println!(
+        "    with {queued} queued runs: {:.1} MiB (queued in {secs:.1} s)\n",
+        full as f64 / 1024.0
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore arguments. Skip when run as a test (`cargo test --benches`).
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let rounds = env_usize("BENCH_ROUNDS", 3);
+        println!(
+            "runyard benchmark on {} CPUs\n",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        );
+        bench_throughput(env_usize("BENCH_RUNS", 5000), rounds).await;
+        bench_ingest(env_usize("BENCH_INGEST", 20_000), rounds).await;
+        bench_latency(env_usize("BENCH_LATENCY_SAMPLES", 200)).await;
+        bench_rss(env_usize("BENCH_QUEUED", 100_000)).await;
+    });
+}

@@ -18,8 +18,14 @@ use serde::Deserialize;
 use thiserror::Error;
 
 /// Placeholders every pipeline may use in its command.
-pub const BUILTIN_PLACEHOLDERS: &[&str] =
-    &["run_id", "job_id", "shard_index", "shard_number", "shard_count", "attempt"];
+pub const BUILTIN_PLACEHOLDERS: &[&str] = &[
+    "run_id",
+    "job_id",
+    "shard_index",
+    "shard_number",
+    "shard_count",
+    "attempt",
+];
 
 /// A configuration problem, with where it is.
 #[derive(Debug, Error)]
@@ -199,7 +205,11 @@ impl Template {
                         match chars.next() {
                             Some('}') => break,
                             Some(c) if c.is_ascii_alphanumeric() || c == '_' => name.push(c),
-                            Some(c) => return Err(format!("invalid character {c:?} in placeholder of {s:?}")),
+                            Some(c) => {
+                                return Err(format!(
+                                    "invalid character {c:?} in placeholder of {s:?}"
+                                ));
+                            }
                             None => return Err(format!("unclosed '{{' in {s:?}")),
                         }
                     }
@@ -211,7 +221,11 @@ impl Template {
                     }
                     pieces.push(Piece::Var(name));
                 }
-                '}' => return Err(format!("unmatched '}}' in {s:?} (write '}}}}' for a literal brace)")),
+                '}' => {
+                    return Err(format!(
+                        "unmatched '}}' in {s:?} (write '}}}}' for a literal brace)"
+                    ));
+                }
                 c => lit.push(c),
             }
         }
@@ -350,16 +364,24 @@ struct RawParam {
 /// Parses `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"7d"` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?} (e.g. \"30s\", \"5m\")"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (e.g. \"30s\", \"5m\")"))?;
     let secs = match unit.trim() {
         "ms" => n / 1000.0,
         "" | "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
         "d" => n * 86_400.0,
-        u => return Err(format!("invalid duration unit {u:?} in {s:?} (use ms, s, m, h or d)")),
+        u => {
+            return Err(format!(
+                "invalid duration unit {u:?} in {s:?} (use ms, s, m, h or d)"
+            ));
+        }
     };
     if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("duration {s:?} out of range"));
@@ -372,7 +394,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?} (e.g. \"16MiB\")"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (e.g. \"16MiB\")"))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -381,9 +405,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "kB" | "KB" => 1000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        u => return Err(format!("invalid size unit {u:?} in {s:?} (use B, KiB, MiB or GiB)")),
+        u => {
+            return Err(format!(
+                "invalid size unit {u:?} in {s:?} (use B, KiB, MiB or GiB)"
+            ));
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} out of range"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} out of range"))
 }
 
 /// The environment overrides read at load (a function so tests need not touch the process env).
@@ -392,7 +421,10 @@ pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 impl Settings {
     /// Reads and validates the file at `path`, applying the process environment.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Settings::from_toml(&text, path, &|k| std::env::var(k).ok())
     }
 
@@ -402,7 +434,13 @@ impl Settings {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().replace('\n', " | "),
         })?;
-        Loader { text, path, base: path.parent().map(Path::to_path_buf).unwrap_or_default(), env }.build(raw)
+        Loader {
+            text,
+            path,
+            base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            env,
+        }
+        .build(raw)
     }
 }
 
@@ -448,14 +486,30 @@ impl Loader<'_> {
             Some(k) => format!("{table}.{k}"),
             None => table.to_string(),
         };
-        ConfigError::Invalid { path: self.path.to_path_buf(), line, key: dotted, message: message.into() }
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            key: dotted,
+            message: message.into(),
+        }
     }
 
     fn env_invalid(&self, var: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid { path: self.path.to_path_buf(), line: 0, key: format!("env {var}"), message: message.into() }
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line: 0,
+            key: format!("env {var}"),
+            message: message.into(),
+        }
     }
 
-    fn duration(&self, table: &str, key: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    fn duration(
+        &self,
+        table: &str,
+        key: &str,
+        v: &Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
         match v {
             None => Ok(default),
             Some(s) => parse_duration(s).map_err(|m| self.invalid(table, Some(key), m)),
@@ -464,13 +518,25 @@ impl Loader<'_> {
 
     fn resolve_dir(&self, s: &str) -> PathBuf {
         let p = Path::new(s);
-        if p.is_absolute() { p.to_path_buf() } else { self.base.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
     }
 
     fn build(&self, raw: RawFile) -> Result<Settings, ConfigError> {
-        for (key, value) in [("bus", &raw.bus), ("auth", &raw.auth), ("webhooks", &raw.webhooks)] {
+        for (key, value) in [
+            ("bus", &raw.bus),
+            ("auth", &raw.auth),
+            ("webhooks", &raw.webhooks),
+        ] {
             if value.is_some() {
-                return Err(self.invalid(key, None, format!("[{key}] is not supported by this build yet")));
+                return Err(self.invalid(
+                    key,
+                    None,
+                    format!("[{key}] is not supported by this build yet"),
+                ));
             }
         }
         let server = self.server(&raw.server)?;
@@ -480,15 +546,25 @@ impl Loader<'_> {
             let p = self.pipeline(name, rp, &server)?;
             pipelines.insert(name.clone(), Arc::new(p));
         }
-        Ok(Settings { server, store, pipelines })
+        Ok(Settings {
+            server,
+            store,
+            pipelines,
+        })
     }
 
     fn server(&self, rs: &RawServer) -> Result<ServerSettings, ConfigError> {
         let t = "server";
-        let listen_text = (self.env)("RUNYARD_LISTEN").or_else(|| rs.listen.clone()).unwrap_or_else(|| "127.0.0.1:7878".into());
-        let listen: SocketAddr = listen_text
-            .parse()
-            .map_err(|_| self.invalid(t, Some("listen"), format!("invalid address {listen_text:?} (e.g. \"127.0.0.1:7878\")")))?;
+        let listen_text = (self.env)("RUNYARD_LISTEN")
+            .or_else(|| rs.listen.clone())
+            .unwrap_or_else(|| "127.0.0.1:7878".into());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            self.invalid(
+                t,
+                Some("listen"),
+                format!("invalid address {listen_text:?} (e.g. \"127.0.0.1:7878\")"),
+            )
+        })?;
         if !listen.ip().is_loopback() {
             return Err(self.invalid(
                 t,
@@ -498,26 +574,40 @@ impl Loader<'_> {
         }
         let mut max_workers = rs.max_workers.unwrap_or(2);
         if let Some(v) = (self.env)("MAX_WORKERS") {
-            max_workers = v.trim().parse().map_err(|_| self.env_invalid("MAX_WORKERS", format!("not a number: {v:?}")))?;
+            max_workers = v
+                .trim()
+                .parse()
+                .map_err(|_| self.env_invalid("MAX_WORKERS", format!("not a number: {v:?}")))?;
         }
         if max_workers == 0 || max_workers > 1024 {
             return Err(self.invalid(t, Some("max_workers"), "must be between 1 and 1024"));
         }
         let mut flush_ms = rs.output_flush_interval_ms.unwrap_or(1000);
         if let Some(v) = (self.env)("OUTPUT_FLUSH_INTERVAL_MS") {
-            flush_ms = v
-                .trim()
-                .parse()
-                .map_err(|_| self.env_invalid("OUTPUT_FLUSH_INTERVAL_MS", format!("not a number: {v:?}")))?;
+            flush_ms = v.trim().parse().map_err(|_| {
+                self.env_invalid("OUTPUT_FLUSH_INTERVAL_MS", format!("not a number: {v:?}"))
+            })?;
         }
         if !(100..=30_000).contains(&flush_ms) {
-            return Err(self.invalid(t, Some("output_flush_interval_ms"), format!("{flush_ms} is outside 100..=30000")));
+            return Err(self.invalid(
+                t,
+                Some("output_flush_interval_ms"),
+                format!("{flush_ms} is outside 100..=30000"),
+            ));
         }
         let max_output_bytes = match &rs.max_output_bytes {
             None => 16 << 20,
             Some(toml::Value::Integer(n)) if *n > 0 => *n as u64,
-            Some(toml::Value::String(s)) => parse_size(s).map_err(|m| self.invalid(t, Some("max_output_bytes"), m))?,
-            Some(_) => return Err(self.invalid(t, Some("max_output_bytes"), "expected a size such as \"16MiB\"")),
+            Some(toml::Value::String(s)) => {
+                parse_size(s).map_err(|m| self.invalid(t, Some("max_output_bytes"), m))?
+            }
+            Some(_) => {
+                return Err(self.invalid(
+                    t,
+                    Some("max_output_bytes"),
+                    "expected a size such as \"16MiB\"",
+                ));
+            }
         };
         if max_output_bytes < 1024 {
             return Err(self.invalid(t, Some("max_output_bytes"), "must be at least 1KiB"));
@@ -532,28 +622,50 @@ impl Loader<'_> {
             max_workers,
             max_workers_global: rs.max_workers_global.unwrap_or(0),
             output_flush_interval: Duration::from_millis(flush_ms),
-            shutdown_timeout: self.duration(t, "shutdown_timeout", &rs.shutdown_timeout, Duration::from_secs(30))?,
-            retention: self.duration(t, "retention", &rs.retention, Duration::from_secs(7 * 86_400))?,
+            shutdown_timeout: self.duration(
+                t,
+                "shutdown_timeout",
+                &rs.shutdown_timeout,
+                Duration::from_secs(30),
+            )?,
+            retention: self.duration(
+                t,
+                "retention",
+                &rs.retention,
+                Duration::from_secs(7 * 86_400),
+            )?,
             max_output_bytes,
             heartbeat,
             kill_grace: self.duration(t, "kill_grace", &rs.kill_grace, Duration::from_secs(10))?,
         })
     }
 
-    fn store(&self, rs: Option<&RawStore>, server: &ServerSettings) -> Result<StoreSettings, ConfigError> {
+    fn store(
+        &self,
+        rs: Option<&RawStore>,
+        server: &ServerSettings,
+    ) -> Result<StoreSettings, ConfigError> {
         let url_text = (self.env)("DATABASE_URL").or_else(|| rs.and_then(|s| s.url.clone()));
         let url = match url_text {
             None => StoreUrl::Sqlite(server.data_dir.join("runyard.db")),
             Some(u) => {
                 if let Some(path) = u.strip_prefix("sqlite://") {
                     if path.is_empty() {
-                        return Err(self.invalid("store", Some("url"), "sqlite:// needs a file path"));
+                        return Err(self.invalid(
+                            "store",
+                            Some("url"),
+                            "sqlite:// needs a file path",
+                        ));
                     }
                     StoreUrl::Sqlite(self.resolve_dir(path))
                 } else if u.starts_with("postgres://") || u.starts_with("postgresql://") {
                     StoreUrl::Postgres(u)
                 } else {
-                    return Err(self.invalid("store", Some("url"), "expected sqlite://PATH or postgres://…"));
+                    return Err(self.invalid(
+                        "store",
+                        Some("url"),
+                        "expected sqlite://PATH or postgres://…",
+                    ));
                 }
             }
         };
@@ -561,60 +673,114 @@ impl Loader<'_> {
             None | Some("normal") => Synchronous::Normal,
             Some("full") => Synchronous::Full,
             Some(other) => {
-                return Err(self.invalid("store", Some("synchronous"), format!("{other:?}: expected \"normal\" or \"full\"")));
+                return Err(self.invalid(
+                    "store",
+                    Some("synchronous"),
+                    format!("{other:?}: expected \"normal\" or \"full\""),
+                ));
             }
         };
         Ok(StoreSettings { url, synchronous })
     }
 
-    fn pipeline(&self, name: &str, rp: &RawPipeline, server: &ServerSettings) -> Result<Pipeline, ConfigError> {
+    fn pipeline(
+        &self,
+        name: &str,
+        rp: &RawPipeline,
+        server: &ServerSettings,
+    ) -> Result<Pipeline, ConfigError> {
         let t = format!("pipelines.{name}");
         let t = t.as_str();
-        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(self.invalid(t, None, "pipeline names use letters, digits, '-' and '_' (at most 64)"));
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(self.invalid(
+                t,
+                None,
+                "pipeline names use letters, digits, '-' and '_' (at most 64)",
+            ));
         }
         if rp.setup.is_some() {
-            return Err(self.invalid(t, Some("setup"), "setup commands are not supported by this build yet"));
+            return Err(self.invalid(
+                t,
+                Some("setup"),
+                "setup commands are not supported by this build yet",
+            ));
         }
         if rp.finalizer.is_some() {
-            return Err(self.invalid(t, Some("finalizer"), "finalizers are not supported by this build yet"));
+            return Err(self.invalid(
+                t,
+                Some("finalizer"),
+                "finalizers are not supported by this build yet",
+            ));
         }
         let cwd = rp.cwd.as_deref().map(|c| self.resolve_dir(c));
         if let Some(dir) = &cwd {
             if !dir.is_dir() {
-                return Err(self.invalid(t, Some("cwd"), format!("{} is not a directory", dir.display())));
+                return Err(self.invalid(
+                    t,
+                    Some("cwd"),
+                    format!("{} is not a directory", dir.display()),
+                ));
             }
         }
         let Some((program, args)) = rp.command.split_first() else {
             return Err(self.invalid(t, Some("command"), "must name a program"));
         };
         if program.contains('{') {
-            return Err(self.invalid(t, Some("command"), "the program (command[0]) may not contain placeholders"));
+            return Err(self.invalid(
+                t,
+                Some("command"),
+                "the program (command[0]) may not contain placeholders",
+            ));
         }
         let program = resolve_program(program, cwd.as_deref().unwrap_or(&self.base))
             .map_err(|m| self.invalid(t, Some("command"), m))?;
 
         let mut params = BTreeMap::new();
         for (pname, raw) in &rp.params {
-            if pname.is_empty() || !pname.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(self.invalid(&format!("{t}.params.{pname}"), None, "parameter names use letters, digits and '_'"));
+            if pname.is_empty()
+                || !pname
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(self.invalid(
+                    &format!("{t}.params.{pname}"),
+                    None,
+                    "parameter names use letters, digits and '_'",
+                ));
             }
             if BUILTIN_PLACEHOLDERS.contains(&pname.as_str()) {
-                return Err(self.invalid(&format!("{t}.params.{pname}"), None, "this name is a built-in placeholder"));
+                return Err(self.invalid(
+                    &format!("{t}.params.{pname}"),
+                    None,
+                    "this name is a built-in placeholder",
+                ));
             }
             let pt = format!("{t}.params.{pname}");
             let pattern = match &raw.pattern {
                 None => None,
-                Some(p) => Some(
-                    Regex::new(&format!("^(?:{p})$")).map_err(|e| self.invalid(&pt, Some("pattern"), format!("invalid regex: {e}")))?,
-                ),
+                Some(p) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+                    self.invalid(&pt, Some("pattern"), format!("invalid regex: {e}"))
+                })?),
             };
-            let spec = ParamSpec { kind: raw.kind, default: None, pattern, allow_leading_dash: raw.allow_leading_dash };
+            let spec = ParamSpec {
+                kind: raw.kind,
+                default: None,
+                pattern,
+                allow_leading_dash: raw.allow_leading_dash,
+            };
             let default = match &raw.default {
                 None => None,
                 Some(v) => {
                     let json = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
-                    Some(spec.accept(&json).map_err(|m| self.invalid(&pt, Some("default"), m))?)
+                    Some(
+                        spec.accept(&json)
+                            .map_err(|m| self.invalid(&pt, Some("default"), m))?,
+                    )
                 }
             };
             params.insert(pname.clone(), ParamSpec { default, ..spec });
@@ -635,13 +801,25 @@ impl Loader<'_> {
             templates.push(tpl);
         }
         for key in rp.env.keys() {
-            if key.is_empty() || key.contains('=') || key.contains('\0') || key.starts_with("RUNYARD_") {
-                return Err(self.invalid(t, Some("env"), format!("invalid variable name {key:?} (RUNYARD_* is reserved)")));
+            if key.is_empty()
+                || key.contains('=')
+                || key.contains('\0')
+                || key.starts_with("RUNYARD_")
+            {
+                return Err(self.invalid(
+                    t,
+                    Some("env"),
+                    format!("invalid variable name {key:?} (RUNYARD_* is reserved)"),
+                ));
             }
         }
         let shards = rp.shards.unwrap_or(1);
         if shards == 0 || shards > MAX_SHARDS {
-            return Err(self.invalid(t, Some("shards"), format!("must be between 1 and {MAX_SHARDS}")));
+            return Err(self.invalid(
+                t,
+                Some("shards"),
+                format!("must be between 1 and {MAX_SHARDS}"),
+            ));
         }
         let max_attempts = rp.max_attempts.unwrap_or(1);
         if max_attempts == 0 || max_attempts > 100 {
@@ -652,7 +830,11 @@ impl Loader<'_> {
             Some(s) => Some(parse_duration(s).map_err(|m| self.invalid(t, Some("timeout"), m))?),
         };
         if timeout == Some(Duration::ZERO) {
-            return Err(self.invalid(t, Some("timeout"), "must be positive (omit it for no timeout)"));
+            return Err(self.invalid(
+                t,
+                Some("timeout"),
+                "must be positive (omit it for no timeout)",
+            ));
         }
         Ok(Pipeline {
             name: name.to_string(),
@@ -663,7 +845,12 @@ impl Loader<'_> {
             env: rp.env.clone(),
             timeout,
             max_attempts,
-            retry_backoff: self.duration(t, "retry_backoff", &rp.retry_backoff, Duration::from_secs(1))?,
+            retry_backoff: self.duration(
+                t,
+                "retry_backoff",
+                &rp.retry_backoff,
+                Duration::from_secs(1),
+            )?,
             concurrency: rp.concurrency.unwrap_or(0),
             shards,
             on_orphan: rp.on_orphan.unwrap_or(OnOrphan::Requeue),
@@ -677,11 +864,23 @@ impl Loader<'_> {
 /// Resolves `command[0]`: absolute as is, with a `/` relative to `dir`, else searched on PATH.
 fn resolve_program(program: &str, dir: &Path) -> Result<PathBuf, String> {
     use std::os::unix::fs::PermissionsExt;
-    let is_exec = |p: &Path| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    let is_exec = |p: &Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
     let candidate = Path::new(program);
     if program.contains('/') {
-        let p = if candidate.is_absolute() { candidate.to_path_buf() } else { dir.join(candidate) };
-        return if is_exec(&p) { Ok(p) } else { Err(format!("{} is not an executable file", p.display())) };
+        let p = if candidate.is_absolute() {
+            candidate.to_path_buf()
+        } else {
+            dir.join(candidate)
+        };
+        return if is_exec(&p) {
+            Ok(p)
+        } else {
+            Err(format!("{} is not an executable file", p.display()))
+        };
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
     std::env::split_paths(&path)
@@ -702,19 +901,26 @@ impl ParamSpec {
             (ParamType::String, Value::Number(n)) => n.to_string(),
             (ParamType::String, Value::Bool(b)) => b.to_string(),
             (ParamType::Integer, Value::Number(n)) if n.is_i64() => n.to_string(),
-            (ParamType::Integer, Value::String(s)) if s.trim().parse::<i64>().is_ok() => s.trim().to_string(),
+            (ParamType::Integer, Value::String(s)) if s.trim().parse::<i64>().is_ok() => {
+                s.trim().to_string()
+            }
             (ParamType::Boolean, Value::Bool(b)) => b.to_string(),
             (ParamType::Boolean, Value::String(s)) if s == "true" || s == "false" => s.clone(),
             (kind, v) => return Err(format!("expected {kind:?} value, got {v}").to_lowercase()),
         };
         if text.len() > MAX_PARAM_BYTES {
-            return Err(format!("value is {} bytes; the limit is {MAX_PARAM_BYTES}", text.len()));
+            return Err(format!(
+                "value is {} bytes; the limit is {MAX_PARAM_BYTES}",
+                text.len()
+            ));
         }
         if text.contains('\0') {
             return Err("value contains a NUL byte".into());
         }
         if text.starts_with('-') && !self.allow_leading_dash && self.kind == ParamType::String {
-            return Err("value may not start with '-' (set allow_leading_dash = true to permit it)".into());
+            return Err(
+                "value may not start with '-' (set allow_leading_dash = true to permit it)".into(),
+            );
         }
         if let Some(re) = &self.pattern {
             if !re.is_match(&text) {
@@ -758,13 +964,26 @@ pattern = "[a-z]+"
 
     #[test]
     fn errors_name_key_and_line() {
-        let err = load("[server]\nmax_workers = 2\n\n[pipelines.x]\ncommand = [\"echo\", \"{nope}\"]\n").unwrap_err().to_string();
-        assert!(err.contains(":5: pipelines.x.command") && err.contains("{nope}"), "{err}");
-        let err = load("[pipelines.x]\ncommand = [\"echo\"]\ntimeout = \"5 parsecs\"\n").unwrap_err().to_string();
+        let err =
+            load("[server]\nmax_workers = 2\n\n[pipelines.x]\ncommand = [\"echo\", \"{nope}\"]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains(":5: pipelines.x.command") && err.contains("{nope}"),
+            "{err}"
+        );
+        let err = load("[pipelines.x]\ncommand = [\"echo\"]\ntimeout = \"5 parsecs\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(":3: pipelines.x.timeout"), "{err}");
         let err = load("[server]\nmax_wrkers = 2\n").unwrap_err().to_string();
-        assert!(err.contains("line 2") && err.contains("max_wrkers"), "{err}");
-        let err = load("[pipelines.x]\ncommand = [\"definitely-not-a-program-xyz\"]\n").unwrap_err().to_string();
+        assert!(
+            err.contains("line 2") && err.contains("max_wrkers"),
+            "{err}"
+        );
+        let err = load("[pipelines.x]\ncommand = [\"definitely-not-a-program-xyz\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not found on PATH"), "{err}");
     }
 
@@ -781,13 +1000,24 @@ pattern = "[a-z]+"
         assert_eq!(s.server.output_flush_interval, Duration::from_millis(250));
         assert_eq!(s.store.url, StoreUrl::Sqlite(PathBuf::from("/tmp/x.db")));
         let bad = |k: &str| (k == "MAX_WORKERS").then(|| "lots".to_string());
-        assert!(Settings::from_toml("", Path::new("/tmp/r.toml"), &bad).unwrap_err().to_string().contains("MAX_WORKERS"));
+        assert!(
+            Settings::from_toml("", Path::new("/tmp/r.toml"), &bad)
+                .unwrap_err()
+                .to_string()
+                .contains("MAX_WORKERS")
+        );
     }
 
     #[test]
     fn templates_parse_and_render() {
         let t = Template::parse("--shard={shard_number}/{shard_count} {{x}}").unwrap();
-        let out = t.render(|v| Some(if v == "shard_number" { "2".into() } else { "4".into() }));
+        let out = t.render(|v| {
+            Some(if v == "shard_number" {
+                "2".into()
+            } else {
+                "4".into()
+            })
+        });
         assert_eq!(out, "--shard=2/4 {x}");
         assert!(Template::parse("{open").is_err());
         assert!(Template::parse("a}b").is_err());
@@ -795,14 +1025,28 @@ pattern = "[a-z]+"
 
     #[test]
     fn params_are_checked() {
-        let spec = ParamSpec { kind: ParamType::String, default: None, pattern: Some(Regex::new("^(?:[a-z]+)$").unwrap()), allow_leading_dash: false };
+        let spec = ParamSpec {
+            kind: ParamType::String,
+            default: None,
+            pattern: Some(Regex::new("^(?:[a-z]+)$").unwrap()),
+            allow_leading_dash: false,
+        };
         assert_eq!(spec.accept(&serde_json::json!("abc")).unwrap(), "abc");
         assert!(spec.accept(&serde_json::json!("abc; rm")).is_err());
-        let free = ParamSpec { pattern: None, ..spec.clone() };
+        let free = ParamSpec {
+            pattern: None,
+            ..spec.clone()
+        };
         assert!(free.accept(&serde_json::json!("--output=/etc/x")).is_err());
         assert!(free.accept(&serde_json::json!("a\0b")).is_err());
-        assert!(free.accept(&serde_json::json!("x".repeat(MAX_PARAM_BYTES + 1))).is_err());
-        let int = ParamSpec { kind: ParamType::Integer, ..free };
+        assert!(
+            free.accept(&serde_json::json!("x".repeat(MAX_PARAM_BYTES + 1)))
+                .is_err()
+        );
+        let int = ParamSpec {
+            kind: ParamType::Integer,
+            ..free
+        };
         assert_eq!(int.accept(&serde_json::json!(-3)).unwrap(), "-3");
         assert!(int.accept(&serde_json::json!("x")).is_err());
     }

@@ -17,29 +17,43 @@ use crate::api::{self, AppState, EventTailer};
 use crate::bus::{Bus, LocalBus};
 use crate::config::{Settings, StoreUrl};
 use crate::scheduler::Scheduler;
-use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
 
 /// Opens the configured store.
 pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     match &settings.store.url {
         StoreUrl::Sqlite(path) => {
-            let store = SqliteStore::open(path, settings.store.synchronous).with_context(|| format!("opening {}", path.display()))?;
+            let store = SqliteStore::open(path, settings.store.synchronous)
+                .with_context(|| format!("opening {}", path.display()))?;
             Ok(Arc::new(store))
         }
-        StoreUrl::Postgres(_) => anyhow::bail!("the PostgreSQL store is not in this build yet; use sqlite://PATH"),
+        StoreUrl::Postgres(_) => {
+            anyhow::bail!("the PostgreSQL store is not in this build yet; use sqlite://PATH")
+        }
     }
 }
 
 /// Runs a node on `listener` until `shutdown` resolves, then drains and returns.
-pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     let store = open_store(&settings)?;
     let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
-    let scheduler = Scheduler::start(settings.clone(), store.clone(), bus).await.context("starting the scheduler")?;
+    let scheduler = Scheduler::start(settings.clone(), store.clone(), bus)
+        .await
+        .context("starting the scheduler")?;
     let http_stop = CancellationToken::new();
     let tailer = EventTailer::start(store.clone(), http_stop.clone()).await;
-    let app = api::router(AppState { scheduler: scheduler.clone(), store: store.clone(), tailer, shutdown: http_stop.clone() });
+    let app = api::router(AppState {
+        scheduler: scheduler.clone(),
+        store: store.clone(),
+        tailer,
+        shutdown: http_stop.clone(),
+    });
     tracing::info!(addr = %listener.local_addr()?, "listening");
 
     let stop = http_stop.clone();

@@ -27,7 +27,9 @@ shards = 3
 #[tokio::test]
 async fn trigger_answers_202_with_the_contract_shape() {
     let s = TestServer::start("", PIPELINES).await;
-    let (status, body) = s.trigger("echo", json!({"parameters": {"word": "abc"}})).await;
+    let (status, body) = s
+        .trigger("echo", json!({"parameters": {"word": "abc"}}))
+        .await;
     assert_eq!(status, 202, "{body}");
     let run_id = body["runId"].as_str().unwrap();
     assert_eq!(body["jobId"], run_id, "single-shard jobId is the run id");
@@ -43,7 +45,14 @@ async fn trigger_answers_202_with_the_contract_shape() {
     let (status, body) = s.trigger("sharded", json!({})).await;
     assert_eq!(status, 202);
     let run_id = body["runId"].as_str().unwrap();
-    assert_eq!(body["jobIds"], json!([format!("{run_id}:s0"), format!("{run_id}:s1"), format!("{run_id}:s2")]));
+    assert_eq!(
+        body["jobIds"],
+        json!([
+            format!("{run_id}:s0"),
+            format!("{run_id}:s1"),
+            format!("{run_id}:s2")
+        ])
+    );
     let (_, body) = s.trigger("sharded", json!({"shards": 5})).await;
     assert_eq!(body["jobIds"].as_array().unwrap().len(), 5);
     s.stop().await;
@@ -54,44 +63,97 @@ async fn bad_triggers_are_400_json_and_queue_nothing() {
     let s = TestServer::start("", PIPELINES).await;
     let (status, body) = s.trigger("nope", json!({})).await;
     assert_eq!(status, 400);
-    assert_eq!(body["error"], "Unknown pipeline: nope. Supported pipelines: count, echo, sharded");
+    assert_eq!(
+        body["error"],
+        "Unknown pipeline: nope. Supported pipelines: count, echo, sharded"
+    );
 
     let cases = [
-        ("echo", json!({"parameters": {"word": "NOT LOWER"}}), "does not match"),
-        ("echo", json!({"parameters": {"word": "-rf"}}), "may not start with '-'"),
-        ("echo", json!({"parameters": {"other": "x"}}), "Undeclared parameter: other"),
-        ("echo", json!({"parameters": {"word": 12}}), "does not match"),
+        (
+            "echo",
+            json!({"parameters": {"word": "NOT LOWER"}}),
+            "does not match",
+        ),
+        (
+            "echo",
+            json!({"parameters": {"word": "-rf"}}),
+            "may not start with '-'",
+        ),
+        (
+            "echo",
+            json!({"parameters": {"other": "x"}}),
+            "Undeclared parameter: other",
+        ),
+        (
+            "echo",
+            json!({"parameters": {"word": 12}}),
+            "does not match",
+        ),
         ("count", json!({}), "Missing required parameter: n"),
-        ("count", json!({"parameters": {"n": "twelve"}}), "expected integer"),
+        (
+            "count",
+            json!({"parameters": {"n": "twelve"}}),
+            "expected integer",
+        ),
         ("echo", json!({"shards": 0}), "shards must be between"),
         ("echo", json!({"shards": -1}), "invalid JSON body"),
         ("echo", json!({"parameters": []}), "invalid JSON body"),
-        ("echo", json!({"callbackUrl": "http://127.0.0.1/x"}), "callbackUrl"),
+        (
+            "echo",
+            json!({"callbackUrl": "http://127.0.0.1/x"}),
+            "callbackUrl",
+        ),
         ("echo", json!({"unknownField": 1}), "unknown field"),
     ];
     for (pipeline, body, expected) in cases {
         let (status, answer) = s.trigger(pipeline, body.clone()).await;
         assert_eq!(status, 400, "{body} → {answer}");
         let msg = answer["error"].as_str().unwrap_or_default();
-        assert!(msg.contains(expected), "{body}: {msg:?} does not contain {expected:?}");
+        assert!(
+            msg.contains(expected),
+            "{body}: {msg:?} does not contain {expected:?}"
+        );
     }
     // Not JSON at all, and an oversized body.
-    let resp = s.http.post(format!("{}/api/pipelines/echo/trigger", s.base)).body("{nope").send().await.unwrap();
+    let resp = s
+        .http
+        .post(format!("{}/api/pipelines/echo/trigger", s.base))
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
     assert!(resp.json::<serde_json::Value>().await.unwrap()["error"].is_string());
-    let big = format!("{{\"parameters\": {{\"word\": \"{}\"}}}}", "a".repeat(2 << 20));
-    let resp = s.http.post(format!("{}/api/pipelines/echo/trigger", s.base)).body(big).send().await.unwrap();
+    let big = format!(
+        "{{\"parameters\": {{\"word\": \"{}\"}}}}",
+        "a".repeat(2 << 20)
+    );
+    let resp = s
+        .http
+        .post(format!("{}/api/pipelines/echo/trigger", s.base))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 413);
 
     let (_, runs) = s.get("/api/runs").await;
-    assert_eq!(runs["runs"].as_array().unwrap().len(), 0, "nothing was queued");
+    assert_eq!(
+        runs["runs"].as_array().unwrap().len(),
+        0,
+        "nothing was queued"
+    );
     s.stop().await;
 }
 
 #[tokio::test]
 async fn ids_are_validated_and_unknown_things_are_404() {
     let s = TestServer::start("", PIPELINES).await;
-    for path in ["/api/runs/not-a-uuid", "/api/jobs/..%2F..%2Fetc", "/api/jobs/01a20604-ed00-71a9-9811-7ad720d0be11:sx"] {
+    for path in [
+        "/api/runs/not-a-uuid",
+        "/api/jobs/..%2F..%2Fetc",
+        "/api/jobs/01a20604-ed00-71a9-9811-7ad720d0be11:sx",
+    ] {
         let (status, body) = s.get(path).await;
         assert_eq!(status, 400, "{path}: {body}");
     }
@@ -99,12 +161,20 @@ async fn ids_are_validated_and_unknown_things_are_404() {
     assert_eq!(s.get(&format!("/api/runs/{missing}")).await.0, 404);
     assert_eq!(s.get(&format!("/api/jobs/{missing}")).await.0, 404);
     assert_eq!(s.get(&format!("/api/jobs/{missing}/logs")).await.0, 404);
-    assert_eq!(s.post(&format!("/api/runs/{missing}/abort"), json!({})).await.0, 404);
+    assert_eq!(
+        s.post(&format!("/api/runs/{missing}/abort"), json!({}))
+            .await
+            .0,
+        404
+    );
     assert_eq!(s.get("/api/pipelines/nope/jobs").await.0, 404);
     assert_eq!(s.get("/api/nothing-here").await.0, 404);
     assert_eq!(s.get("/api/runs?status=bogus").await.0, 400);
     assert_eq!(s.get("/api/runs?limit=abc").await.0, 400);
-    assert_eq!(s.get(&format!("/api/jobs/{missing}/logs?tail=-3")).await.0, 400);
+    assert_eq!(
+        s.get(&format!("/api/jobs/{missing}/logs?tail=-3")).await.0,
+        400
+    );
     s.stop().await;
 }
 
@@ -122,24 +192,41 @@ async fn idempotency_key_returns_the_same_run() {
 
 #[tokio::test]
 async fn abort_answers_202_then_idempotent_and_409_when_finished() {
-    let s = TestServer::start("max_workers = 1", &format!("{PIPELINES}\n[pipelines.slow]\ncommand = [\"sleep\", \"30\"]\n")).await;
+    let s = TestServer::start(
+        "max_workers = 1",
+        &format!("{PIPELINES}\n[pipelines.slow]\ncommand = [\"sleep\", \"30\"]\n"),
+    )
+    .await;
     let mut events = s.events();
     let (_, done) = s.trigger("echo", json!({})).await;
     let done_id = done["runId"].as_str().unwrap();
-    let run = s.wait_run(&mut events, done_id, Duration::from_secs(10)).await;
+    let run = s
+        .wait_run(&mut events, done_id, Duration::from_secs(10))
+        .await;
     assert_eq!(run["status"], "completed");
-    let (status, body) = s.post(&format!("/api/runs/{done_id}/abort"), json!({})).await;
+    let (status, body) = s
+        .post(&format!("/api/runs/{done_id}/abort"), json!({}))
+        .await;
     assert_eq!(status, 409, "{body}");
 
     let (_, slow) = s.trigger("slow", json!({})).await;
     let slow_id = slow["runId"].as_str().unwrap();
-    let (status, body) = s.post(&format!("/api/runs/{slow_id}/abort"), json!({})).await;
+    let (status, body) = s
+        .post(&format!("/api/runs/{slow_id}/abort"), json!({}))
+        .await;
     assert_eq!(status, 202);
-    assert_eq!(body, json!({"runId": slow_id, "status": "aborted", "abortedJobs": 1}));
-    let (status, body) = s.post(&format!("/api/runs/{slow_id}/abort"), json!({})).await;
+    assert_eq!(
+        body,
+        json!({"runId": slow_id, "status": "aborted", "abortedJobs": 1})
+    );
+    let (status, body) = s
+        .post(&format!("/api/runs/{slow_id}/abort"), json!({}))
+        .await;
     assert_eq!(status, 202, "aborting an aborted run is idempotent");
     assert_eq!(body["abortedJobs"], 0);
-    let run = s.wait_run(&mut events, slow_id, Duration::from_secs(10)).await;
+    let run = s
+        .wait_run(&mut events, slow_id, Duration::from_secs(10))
+        .await;
     assert_eq!(run["status"], "aborted");
     s.stop().await;
 }
@@ -149,7 +236,12 @@ async fn pipelines_and_workers_are_listed() {
     let s = TestServer::start("max_workers = 3", PIPELINES).await;
     let (status, body) = s.get("/api/pipelines").await;
     assert_eq!(status, 200);
-    let names: Vec<&str> = body["pipelines"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+    let names: Vec<&str> = body["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["count", "echo", "sharded"]);
     let (_, workers) = s.get("/api/workers").await;
     let w = &workers["workers"][0];

@@ -5,13 +5,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{group_members, max_overlap, EventWatcher, TestServer};
-use serde_json::{json, Value};
+use common::{EventWatcher, TestServer, group_members, max_overlap};
+use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(20);
 
 async fn jobs_of(s: &TestServer, run_id: &str) -> Vec<Value> {
-    s.get(&format!("/api/runs/{run_id}")).await.1["jobs"].as_array().unwrap().clone()
+    s.get(&format!("/api/runs/{run_id}")).await.1["jobs"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 #[tokio::test]
@@ -35,30 +38,65 @@ command = ["sh", "-c", '''for i in 1 2 3 4 5; do echo out-$i; echo err-$i >&2; d
     assert_eq!(logs["jobId"], run_id);
     assert_eq!(
         logs["stdout"],
-        json!(["out-1", "out-2", "out-3", "out-4", "out-5", "bad \u{FFFD}\u{FFFD} bytes\u{FFFD}nul", "no newline"])
+        json!([
+            "out-1",
+            "out-2",
+            "out-3",
+            "out-4",
+            "out-5",
+            "bad \u{FFFD}\u{FFFD} bytes\u{FFFD}nul",
+            "no newline"
+        ])
     );
-    assert_eq!(logs["stderr"], json!(["err-1", "err-2", "err-3", "err-4", "err-5"]));
+    assert_eq!(
+        logs["stderr"],
+        json!(["err-1", "err-2", "err-3", "err-4", "err-5"])
+    );
     assert_eq!(logs["truncated"], false);
 
     let (_, tail) = s.get(&format!("/api/jobs/{run_id}/logs?tail=2")).await;
-    assert_eq!(tail["stdout"], json!(["bad \u{FFFD}\u{FFFD} bytes\u{FFFD}nul", "no newline"]));
+    assert_eq!(
+        tail["stdout"],
+        json!(["bad \u{FFFD}\u{FFFD} bytes\u{FFFD}nul", "no newline"])
+    );
     assert_eq!(tail["stderr"], json!(["err-4", "err-5"]));
-    let expected: usize = ["bad \u{FFFD}\u{FFFD} bytes\u{FFFD}nul", "no newline", "err-4", "err-5"].iter().map(|l| l.len() + 1).sum();
-    assert_eq!(tail["totalSize"], expected, "totalSize counts what is returned");
+    let expected: usize = [
+        "bad \u{FFFD}\u{FFFD} bytes\u{FFFD}nul",
+        "no newline",
+        "err-4",
+        "err-5",
+    ]
+    .iter()
+    .map(|l| l.len() + 1)
+    .sum();
+    assert_eq!(
+        tail["totalSize"], expected,
+        "totalSize counts what is returned"
+    );
 
     // The log stream replays stored lines with sequence ids, then ends with the job.
     let mut rx = common::sse_reader(format!("{}/api/jobs/{run_id}/logs/stream", s.base), None);
     let mut lines = Vec::new();
     loop {
-        let msg = tokio::time::timeout(T, rx.recv()).await.expect("log stream").expect("stream open");
+        let msg = tokio::time::timeout(T, rx.recv())
+            .await
+            .expect("log stream")
+            .expect("stream open");
         if msg.event == "end" {
             assert_eq!(msg.data["status"], "completed");
             break;
         }
-        lines.push((msg.id.unwrap(), msg.data["stream"].as_str().unwrap().to_string(), msg.data["line"].as_str().unwrap().to_string()));
+        lines.push((
+            msg.id.unwrap(),
+            msg.data["stream"].as_str().unwrap().to_string(),
+            msg.data["line"].as_str().unwrap().to_string(),
+        ));
     }
     assert_eq!(lines.len(), 12);
-    assert!(lines.windows(2).all(|w| w[1].0 == w[0].0 + 1), "consecutive sequence ids");
+    assert!(
+        lines.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        "consecutive sequence ids"
+    );
     s.stop().await;
 }
 
@@ -77,7 +115,9 @@ default = "x"
     )
     .await;
     let mut events = s.events();
-    let (_, t) = s.trigger("shard", json!({"parameters": {"label": "a b;c"}})).await;
+    let (_, t) = s
+        .trigger("shard", json!({"parameters": {"label": "a b;c"}}))
+        .await;
     let run_id = t["runId"].as_str().unwrap();
     let run = s.wait_run(&mut events, run_id, T).await;
     assert_eq!(run["status"], "completed");
@@ -86,25 +126,45 @@ default = "x"
         let job_id = format!("{run_id}:s{i}");
         let (_, logs) = s.get(&format!("/api/jobs/{job_id}/logs")).await;
         let n = i + 1;
-        assert_eq!(logs["stdout"], json!([format!("{run_id} {job_id} {i} 4 1 a b;c {n}/4 a b;c 2")]));
+        assert_eq!(
+            logs["stdout"],
+            json!([format!("{run_id} {job_id} {i} 4 1 a b;c {n}/4 a b;c 2")])
+        );
     }
     // Every event of this run so far, replayed: exactly one run:completed.
     let mut replay = EventWatcher::connect(&s.base, 0);
-    replay.wait_for("run:completed", |d| d["runId"] == run_id, T).await;
-    let n = replay.of_run(run_id).filter(|e| e.event == "run:completed").count();
+    replay
+        .wait_for("run:completed", |d| d["runId"] == run_id, T)
+        .await;
+    let n = replay
+        .of_run(run_id)
+        .filter(|e| e.event == "run:completed")
+        .count();
     assert_eq!(n, 1);
-    let completed = replay.of_run(run_id).filter(|e| e.event == "job:completed").count();
+    let completed = replay
+        .of_run(run_id)
+        .filter(|e| e.event == "job:completed")
+        .count();
     assert_eq!(completed, 4);
     s.stop().await;
 }
 
 #[tokio::test]
 async fn max_workers_is_never_exceeded() {
-    let s = TestServer::start("max_workers = 2", "[pipelines.nap]\ncommand = [\"sleep\", \"0.2\"]\n").await;
+    let s = TestServer::start(
+        "max_workers = 2",
+        "[pipelines.nap]\ncommand = [\"sleep\", \"0.2\"]\n",
+    )
+    .await;
     let mut events = s.events();
     let mut ids = Vec::new();
     for _ in 0..8 {
-        ids.push(s.trigger("nap", json!({})).await.1["runId"].as_str().unwrap().to_string());
+        ids.push(
+            s.trigger("nap", json!({})).await.1["runId"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     let mut jobs = Vec::new();
     for id in &ids {
@@ -121,9 +181,16 @@ async fn max_workers_is_never_exceeded() {
 
 #[tokio::test]
 async fn pipeline_concurrency_caps_jobs_of_that_pipeline() {
-    let s = TestServer::start("max_workers = 4", "[pipelines.nap]\ncommand = [\"sleep\", \"0.2\"]\nconcurrency = 1\nshards = 4\n").await;
+    let s = TestServer::start(
+        "max_workers = 4",
+        "[pipelines.nap]\ncommand = [\"sleep\", \"0.2\"]\nconcurrency = 1\nshards = 4\n",
+    )
+    .await;
     let mut events = s.events();
-    let run_id = s.trigger("nap", json!({})).await.1["runId"].as_str().unwrap().to_string();
+    let run_id = s.trigger("nap", json!({})).await.1["runId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     s.wait_run(&mut events, &run_id, T).await;
     assert_eq!(max_overlap(&jobs_of(&s, &run_id).await), 1);
     s.stop().await;
@@ -143,14 +210,20 @@ kill_grace = "300ms"
     .await;
     let mut events = s.events();
     let started = std::time::Instant::now();
-    let run_id = s.trigger("stubborn", json!({})).await.1["runId"].as_str().unwrap().to_string();
+    let run_id = s.trigger("stubborn", json!({})).await.1["runId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let run = s.wait_run(&mut events, &run_id, T).await;
     let elapsed = started.elapsed();
     assert_eq!(run["status"], "failed");
     let job = &run["jobs"][0];
     assert_eq!(job["reason"], "timeout");
     assert!(job["error"].as_str().unwrap().contains("timed out"));
-    assert!(job["exitCode"].is_null(), "killed by a signal, not exited: {job}");
+    assert!(
+        job["exitCode"].is_null(),
+        "killed by a signal, not exited: {job}"
+    );
     assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
     let pid = job["pid"].as_u64().unwrap() as u32;
     assert!(group_members(pid).is_empty(), "the whole group is gone");
@@ -177,14 +250,26 @@ retry_backoff = "50ms"
     )
     .await;
     let mut events = s.events();
-    let ok = s.trigger("third_time", json!({})).await.1["runId"].as_str().unwrap().to_string();
-    let bad = s.trigger("hopeless", json!({})).await.1["runId"].as_str().unwrap().to_string();
+    let ok = s.trigger("third_time", json!({})).await.1["runId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bad = s.trigger("hopeless", json!({})).await.1["runId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let run = s.wait_run(&mut events, &ok, T).await;
     assert_eq!(run["status"], "completed");
     assert_eq!(run["jobs"][0]["attempt"], 3);
     let (_, logs) = s.get(&format!("/api/jobs/{ok}/logs")).await;
-    assert_eq!(logs["stdout"], json!(["attempt 1", "attempt 2", "attempt 3"]));
-    let retries: Vec<_> = events.of_run(&ok).filter(|e| e.event == "job:failed").collect();
+    assert_eq!(
+        logs["stdout"],
+        json!(["attempt 1", "attempt 2", "attempt 3"])
+    );
+    let retries: Vec<_> = events
+        .of_run(&ok)
+        .filter(|e| e.event == "job:failed")
+        .collect();
     assert_eq!(retries.len(), 2);
     assert!(retries.iter().all(|e| e.data["status"] == "queued"));
     assert_eq!(retries[0].data["nextAttempt"], 2);
@@ -192,7 +277,14 @@ retry_backoff = "50ms"
     let run = s.wait_run(&mut events, &bad, T).await;
     assert_eq!(run["status"], "failed");
     let job = &run["jobs"][0];
-    assert_eq!((job["attempt"].clone(), job["exitCode"].clone(), job["reason"].clone()), (json!(2), json!(7), json!("exit_code")));
+    assert_eq!(
+        (
+            job["attempt"].clone(),
+            job["exitCode"].clone(),
+            job["reason"].clone()
+        ),
+        (json!(2), json!(7), json!("exit_code"))
+    );
     s.stop().await;
 }
 
@@ -209,12 +301,21 @@ kill_grace = "2s"
     )
     .await;
     let mut events = s.events();
-    let run_id = s.trigger("tree", json!({})).await.1["runId"].as_str().unwrap().to_string();
+    let run_id = s.trigger("tree", json!({})).await.1["runId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for i in 0..3 {
         let job_id = format!("{run_id}:s{i}");
-        events.wait_for("job:started", |d| d["jobId"] == job_id, T).await;
+        events
+            .wait_for("job:started", |d| d["jobId"] == job_id, T)
+            .await;
     }
-    let pids: Vec<u32> = jobs_of(&s, &run_id).await.iter().map(|j| j["pid"].as_u64().unwrap() as u32).collect();
+    let pids: Vec<u32> = jobs_of(&s, &run_id)
+        .await
+        .iter()
+        .map(|j| j["pid"].as_u64().unwrap() as u32)
+        .collect();
     // Each shard's group holds its shell and two grandchildren.
     common::eventually(T, "grandchildren spawned", || {
         let pids = pids.clone();
@@ -222,31 +323,60 @@ kill_grace = "2s"
     })
     .await;
 
-    let (status, body) = s.post(&format!("/api/runs/{run_id}/abort"), json!({})).await;
+    let (status, body) = s
+        .post(&format!("/api/runs/{run_id}/abort"), json!({}))
+        .await;
     assert_eq!((status, body["abortedJobs"].clone()), (202, json!(3)));
     let run = s.wait_run(&mut events, &run_id, T).await;
     assert_eq!(run["status"], "aborted");
     for j in run["jobs"].as_array().unwrap() {
-        assert_eq!((j["status"].clone(), j["reason"].clone()), (json!("aborted"), json!("aborted")));
+        assert_eq!(
+            (j["status"].clone(), j["reason"].clone()),
+            (json!("aborted"), json!("aborted"))
+        );
     }
     for pid in pids {
-        assert!(group_members(pid).is_empty(), "group {pid} still has {:?}", group_members(pid));
+        assert!(
+            group_members(pid).is_empty(),
+            "group {pid} still has {:?}",
+            group_members(pid)
+        );
     }
-    assert_eq!(events.of_run(&run_id).filter(|e| e.event == "run:completed").count(), 1);
+    assert_eq!(
+        events
+            .of_run(&run_id)
+            .filter(|e| e.event == "run:completed")
+            .count(),
+        1
+    );
     s.stop().await;
 }
 
 #[tokio::test]
 async fn aborting_queued_shards_finalises_without_running_them() {
-    let s = TestServer::start("max_workers = 1", "[pipelines.wait]\ncommand = [\"sleep\", \"30\"]\nshards = 3\n").await;
+    let s = TestServer::start(
+        "max_workers = 1",
+        "[pipelines.wait]\ncommand = [\"sleep\", \"30\"]\nshards = 3\n",
+    )
+    .await;
     let mut events = s.events();
-    let run_id = s.trigger("wait", json!({})).await.1["runId"].as_str().unwrap().to_string();
-    events.wait_for("job:started", |d| d["runId"] == run_id.as_str(), T).await;
-    let (_, body) = s.post(&format!("/api/runs/{run_id}/abort"), json!({})).await;
+    let run_id = s.trigger("wait", json!({})).await.1["runId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    events
+        .wait_for("job:started", |d| d["runId"] == run_id.as_str(), T)
+        .await;
+    let (_, body) = s
+        .post(&format!("/api/runs/{run_id}/abort"), json!({}))
+        .await;
     assert_eq!(body["abortedJobs"], 3);
     let run = s.wait_run(&mut events, &run_id, T).await;
     assert_eq!(run["status"], "aborted");
-    let started = events.of_run(&run_id).filter(|e| e.event == "job:started").count();
+    let started = events
+        .of_run(&run_id)
+        .filter(|e| e.event == "job:started")
+        .count();
     assert_eq!(started, 1, "queued shards never started");
     s.stop().await;
 }
@@ -259,7 +389,10 @@ async fn output_cap_truncates_with_a_marker_and_counts_every_byte() {
     )
     .await;
     let mut events = s.events();
-    let run_id = s.trigger("flood", json!({})).await.1["runId"].as_str().unwrap().to_string();
+    let run_id = s.trigger("flood", json!({})).await.1["runId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let run = s.wait_run(&mut events, &run_id, T).await;
     assert_eq!(run["status"], "completed");
     let job = &run["jobs"][0];
@@ -268,8 +401,14 @@ async fn output_cap_truncates_with_a_marker_and_counts_every_byte() {
     let (_, logs) = s.get(&format!("/api/jobs/{run_id}/logs")).await;
     let lines = logs["stdout"].as_array().unwrap();
     let marker = lines.last().unwrap().as_str().unwrap();
-    assert!(marker.contains("truncated") && marker.contains("of 10000000 bytes"), "{marker}");
-    let kept: usize = lines[..lines.len() - 1].iter().map(|l| l.as_str().unwrap().len()).sum();
+    assert!(
+        marker.contains("truncated") && marker.contains("of 10000000 bytes"),
+        "{marker}"
+    );
+    let kept: usize = lines[..lines.len() - 1]
+        .iter()
+        .map(|l| l.as_str().unwrap().len())
+        .sum();
     assert!(kept <= 64 * 1024 && kept > 60 * 1024, "kept {kept}");
     assert_eq!(logs["truncated"], true);
     s.stop().await;
@@ -277,24 +416,47 @@ async fn output_cap_truncates_with_a_marker_and_counts_every_byte() {
 
 #[tokio::test]
 async fn sse_resume_with_last_event_id_misses_nothing() {
-    let s = TestServer::start("max_workers = 2", "[pipelines.quick]\ncommand = [\"true\"]\nshards = 2\n").await;
+    let s = TestServer::start(
+        "max_workers = 2",
+        "[pipelines.quick]\ncommand = [\"true\"]\nshards = 2\n",
+    )
+    .await;
     let mut first = s.events();
-    let a = s.trigger("quick", json!({})).await.1["runId"].as_str().unwrap().to_string();
-    first.wait_for("run:completed", |d| d["runId"] == a.as_str(), T).await;
+    let a = s.trigger("quick", json!({})).await.1["runId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    first
+        .wait_for("run:completed", |d| d["runId"] == a.as_str(), T)
+        .await;
     let cut = first.seen.last().unwrap().id.unwrap();
     drop(first); // the client disconnects
 
     let mut later = Vec::new();
     for _ in 0..3 {
-        later.push(s.trigger("quick", json!({})).await.1["runId"].as_str().unwrap().to_string());
+        later.push(
+            s.trigger("quick", json!({})).await.1["runId"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     let mut resumed = EventWatcher::connect(&s.base, cut);
     for id in &later {
-        resumed.wait_for("run:completed", |d| d["runId"] == id.as_str(), T).await;
+        resumed
+            .wait_for("run:completed", |d| d["runId"] == id.as_str(), T)
+            .await;
     }
     let ids: Vec<i64> = resumed.seen.iter().map(|e| e.id.unwrap()).collect();
-    assert_eq!(ids.first(), Some(&(cut + 1)), "resumes right after the given id");
-    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "no gaps, no duplicates: {ids:?}");
+    assert_eq!(
+        ids.first(),
+        Some(&(cut + 1)),
+        "resumes right after the given id"
+    );
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gaps, no duplicates: {ids:?}"
+    );
     // 3 runs × (2 created + 2 started + 2 completed + 1 run:completed).
     assert!(ids.len() >= 21, "{} events", ids.len());
     s.stop().await;

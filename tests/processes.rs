@@ -7,8 +7,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{eventually, free_port, get, group_members, max_overlap, post, write_config, BinServer};
-use serde_json::{json, Value};
+use common::{
+    BinServer, eventually, free_port, get, group_members, max_overlap, post, write_config,
+};
+use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -17,7 +19,12 @@ async fn run(http: &reqwest::Client, base: &str, run_id: &str) -> Value {
 }
 
 async fn trigger(http: &reqwest::Client, base: &str, pipeline: &str) -> String {
-    let (status, body) = post(http, &format!("{base}/api/pipelines/{pipeline}/trigger"), json!({})).await;
+    let (status, body) = post(
+        http,
+        &format!("{base}/api/pipelines/{pipeline}/trigger"),
+        json!({}),
+    )
+    .await;
     assert_eq!(status, 202, "{body}");
     body["runId"].as_str().unwrap().to_string()
 }
@@ -64,8 +71,13 @@ on_orphan = "fail"
             async move { run(&http, &base, &id).await["jobs"][0]["pid"].is_u64() }
         })
         .await;
-        let pid = run(&http, &server.base, id).await["jobs"][0]["pid"].as_u64().unwrap() as u32;
-        eventually(T, "job tree spawned", || async move { group_members(pid).len() >= 3 }).await;
+        let pid = run(&http, &server.base, id).await["jobs"][0]["pid"]
+            .as_u64()
+            .unwrap() as u32;
+        eventually(T, "job tree spawned", || async move {
+            group_members(pid).len() >= 3
+        })
+        .await;
         pids.insert(id.clone(), pid);
     }
 
@@ -73,17 +85,31 @@ on_orphan = "fail"
     server.wait_exit(T).await;
     // The jobs survive their server (their own process groups)...
     for pid in pids.values() {
-        assert!(group_members(*pid).len() >= 3, "job tree should outlive a SIGKILLed server");
+        assert!(
+            group_members(*pid).len() >= 3,
+            "job tree should outlive a SIGKILLed server"
+        );
     }
     // ...until a new node on the same file proves the old one dead and kills them.
     let server = BinServer::start(&config, port).await;
     for pid in pids.values() {
         let pid = *pid;
-        eventually(Duration::from_secs(5), "orphaned process group killed", || async move { group_members(pid).is_empty() }).await;
+        eventually(
+            Duration::from_secs(5),
+            "orphaned process group killed",
+            || async move { group_members(pid).is_empty() },
+        )
+        .await;
     }
     let failed = run(&http, &server.base, &b).await;
     assert_eq!(failed["status"], "failed");
-    assert_eq!((failed["jobs"][0]["status"].clone(), failed["jobs"][0]["reason"].clone()), (json!("failed"), json!("orphaned")));
+    assert_eq!(
+        (
+            failed["jobs"][0]["status"].clone(),
+            failed["jobs"][0]["reason"].clone()
+        ),
+        (json!("failed"), json!("orphaned"))
+    );
 
     // The requeue pipeline runs again under the new node, without spending an attempt.
     eventually(T, "orphan re-run", || {
@@ -99,12 +125,28 @@ on_orphan = "fail"
     let new_pid = job["pid"].as_u64().unwrap() as u32;
     assert_ne!(Some(&new_pid), pids.get(&a));
     let (_, workers) = get(&http, &format!("{}/api/workers", server.base)).await;
-    assert_eq!(workers["workers"].as_array().unwrap().len(), 1, "the dead node was removed");
+    assert_eq!(
+        workers["workers"].as_array().unwrap().len(),
+        1,
+        "the dead node was removed"
+    );
     // Abort to clean up; the tree goes away.
-    post(&http, &format!("{}/api/runs/{a}/abort", server.base), json!({})).await;
-    eventually(T, "aborted tree gone", || async move { group_members(new_pid).is_empty() }).await;
+    post(
+        &http,
+        &format!("{}/api/runs/{a}/abort", server.base),
+        json!({}),
+    )
+    .await;
+    eventually(T, "aborted tree gone", || async move {
+        group_members(new_pid).is_empty()
+    })
+    .await;
     let lines = std::fs::read_to_string(&marker).unwrap();
-    assert_eq!(lines.lines().count(), 2, "ran twice in sequence, never at once");
+    assert_eq!(
+        lines.lines().count(),
+        2,
+        "ran twice in sequence, never at once"
+    );
 }
 
 #[tokio::test]
@@ -114,7 +156,10 @@ async fn two_servers_on_one_sqlite_file_respect_the_global_cap_and_never_run_a_j
     let config = write_config(
         dir.path(),
         "max_workers = 2\nmax_workers_global = 3",
-        &format!("[pipelines.work]\ncommand = [\"sh\", \"-c\", \"echo $RUNYARD_JOB_ID >> {}; sleep 0.1\"]\n", marker.display()),
+        &format!(
+            "[pipelines.work]\ncommand = [\"sh\", \"-c\", \"echo $RUNYARD_JOB_ID >> {}; sleep 0.1\"]\n",
+            marker.display()
+        ),
     );
     let http = reqwest::Client::new();
     let one = BinServer::start(&config, free_port()).await;
@@ -134,7 +179,10 @@ async fn two_servers_on_one_sqlite_file_respect_the_global_cap_and_never_run_a_j
         jobs.push(job);
     }
     let overlap = max_overlap(&jobs);
-    assert!(overlap <= 3, "{overlap} jobs ran at once over a global cap of 3");
+    assert!(
+        overlap <= 3,
+        "{overlap} jobs ran at once over a global cap of 3"
+    );
     assert_eq!(nodes.len(), 2, "both servers claimed work");
     let ran = std::fs::read_to_string(&marker).unwrap();
     let mut seen = std::collections::HashSet::new();
@@ -147,7 +195,11 @@ async fn two_servers_on_one_sqlite_file_respect_the_global_cap_and_never_run_a_j
 #[tokio::test]
 async fn a_cross_process_abort_reaches_the_node_running_the_job() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "max_workers = 1", "[pipelines.long]\ncommand = [\"sleep\", \"600\"]\n");
+    let config = write_config(
+        dir.path(),
+        "max_workers = 1",
+        "[pipelines.long]\ncommand = [\"sleep\", \"600\"]\n",
+    );
     let http = reqwest::Client::new();
     let runner = BinServer::start(&config, free_port()).await;
     let id = trigger(&http, &runner.base, "long").await;
@@ -156,10 +208,17 @@ async fn a_cross_process_abort_reaches_the_node_running_the_job() {
         async move { run(&http, &base, &id).await["jobs"][0]["pid"].is_u64() }
     })
     .await;
-    let pid = run(&http, &runner.base, &id).await["jobs"][0]["pid"].as_u64().unwrap() as u32;
+    let pid = run(&http, &runner.base, &id).await["jobs"][0]["pid"]
+        .as_u64()
+        .unwrap() as u32;
     // A second process on the same file (no slots free for this job) takes the abort.
     let other = BinServer::start(&config, free_port()).await;
-    let (status, _) = post(&http, &format!("{}/api/runs/{id}/abort", other.base), json!({})).await;
+    let (status, _) = post(
+        &http,
+        &format!("{}/api/runs/{id}/abort", other.base),
+        json!({}),
+    )
+    .await;
     assert_eq!(status, 202);
     let run = wait_finished(&http, &runner.base, &id).await;
     assert_eq!(run["status"], "aborted");
@@ -181,19 +240,34 @@ async fn sigterm_drains_finishing_jobs_and_requeues_the_rest() {
     let long = trigger(&http, &server.base, "long").await;
     let quick = trigger(&http, &server.base, "quick").await;
     eventually(T, "both running", || {
-        let (http, base, long, quick) = (http.clone(), server.base.clone(), long.clone(), quick.clone());
+        let (http, base, long, quick) = (
+            http.clone(),
+            server.base.clone(),
+            long.clone(),
+            quick.clone(),
+        );
         async move {
-            run(&http, &base, &long).await["jobs"][0]["pid"].is_u64() && run(&http, &base, &quick).await["jobs"][0]["pid"].is_u64()
+            run(&http, &base, &long).await["jobs"][0]["pid"].is_u64()
+                && run(&http, &base, &quick).await["jobs"][0]["pid"].is_u64()
         }
     })
     .await;
-    let long_pid = run(&http, &server.base, &long).await["jobs"][0]["pid"].as_u64().unwrap() as u32;
+    let long_pid = run(&http, &server.base, &long).await["jobs"][0]["pid"]
+        .as_u64()
+        .unwrap() as u32;
     let started = std::time::Instant::now();
     server.signal("TERM");
     let code = server.wait_exit(T).await;
     assert_eq!(code, Some(0), "graceful exit");
-    assert!(started.elapsed() < Duration::from_secs(10), "drained in {:?}", started.elapsed());
-    assert!(group_members(long_pid).is_empty(), "the unfinished job was stopped");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "drained in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        group_members(long_pid).is_empty(),
+        "the unfinished job was stopped"
+    );
 
     // Restart and inspect: the quick job completed during the drain; the long one was re-queued
     // without spending an attempt, and is running again.
@@ -206,8 +280,17 @@ async fn sigterm_drains_finishing_jobs_and_requeues_the_rest() {
     assert_eq!(l["reason"], "shutdown");
     assert!(l["status"] == "queued" || l["status"] == "running", "{l}");
     let (_, workers) = get(&http, &format!("{}/api/workers", server.base)).await;
-    assert_eq!(workers["workers"].as_array().unwrap().len(), 1, "the stopped node deregistered");
-    post(&http, &format!("{}/api/runs/{long}/abort", server.base), json!({})).await;
+    assert_eq!(
+        workers["workers"].as_array().unwrap().len(),
+        1,
+        "the stopped node deregistered"
+    );
+    post(
+        &http,
+        &format!("{}/api/runs/{long}/abort", server.base),
+        json!({}),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -232,8 +315,16 @@ async fn a_gigabyte_of_output_keeps_server_memory_flat() {
     assert_eq!(job["stdoutBytes"], 1u64 << 30);
     assert_eq!(job["truncated"], true);
     let peak = server.peak_rss_kib();
-    assert!(peak < baseline + 64 * 1024, "peak RSS {peak} KiB vs baseline {baseline} KiB");
+    assert!(
+        peak < baseline + 64 * 1024,
+        "peak RSS {peak} KiB vs baseline {baseline} KiB"
+    );
     let (_, logs) = get(&http, &format!("{}/api/jobs/{id}/logs", server.base)).await;
-    let kept: usize = logs["stdout"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().len()).sum();
+    let kept: usize = logs["stdout"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().len())
+        .sum();
     assert!(kept <= (1 << 20) + 200, "stored {kept} bytes");
 }

@@ -3,9 +3,9 @@
 //! Client mistakes are 4xx with a message that says what to fix; a store
 //! outage is 503. Nothing a client sends can produce a 500.
 
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::json;
 
 use crate::scheduler::TriggerError;
@@ -58,7 +58,10 @@ impl From<TriggerError> for ApiError {
 impl From<axum::extract::rejection::BytesRejection> for ApiError {
     fn from(e: axum::extract::rejection::BytesRejection) -> Self {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(format!("request body is larger than {} bytes", super::MAX_BODY_BYTES))
+            ApiError::TooLarge(format!(
+                "request body is larger than {} bytes",
+                super::MAX_BODY_BYTES
+            ))
         } else {
             ApiError::BadRequest(e.body_text())
         }

@@ -9,23 +9,23 @@
 //! losing events; a client whose id was pruned gets a `resync` event first.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde_json::json;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, AppState};
-use crate::model::{parse_job_id, JobStatus};
-use crate::store::{change, Store, StoredEvent};
+use crate::model::{JobStatus, parse_job_id};
+use crate::store::{Store, StoredEvent, change};
 
 const REPLAY_PAGE: usize = 500;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -42,7 +42,10 @@ impl EventTailer {
     pub async fn start(store: Arc<dyn Store>, stop: CancellationToken) -> EventTailer {
         let (tx, _) = broadcast::channel(1024);
         let start = store.events_bounds().await.map(|(_, max)| max).unwrap_or(0);
-        let tailer = EventTailer { tx, last: Arc::new(AtomicI64::new(start)) };
+        let tailer = EventTailer {
+            tx,
+            last: Arc::new(AtomicI64::new(start)),
+        };
         let t = tailer.clone();
         tokio::spawn(async move {
             let mut feed = store.changes().subscribe(change::EVENTS);
@@ -84,16 +87,24 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
             .and_then(|s| s.trim().parse::<i64>().ok())
             .filter(|n| *n >= 0)
             .map(Some)
-            .ok_or_else(|| ApiError::BadRequest("Last-Event-ID must be a non-negative integer".into())),
+            .ok_or_else(|| {
+                ApiError::BadRequest("Last-Event-ID must be a non-negative integer".into())
+            }),
     }
 }
 
 fn sse_event(ev: &StoredEvent) -> Event {
-    Event::default().id(ev.id.to_string()).event(ev.name.clone()).data(ev.data.clone())
+    Event::default()
+        .id(ev.id.to_string())
+        .event(ev.name.clone())
+        .data(ev.data.clone())
 }
 
 /// `GET /api/events`.
-pub(super) async fn events(State(state): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+pub(super) async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
     let resume = last_event_id(&headers)?;
     let mut rx = state.tailer.tx.subscribe();
     let live_from = state.tailer.last.load(Ordering::Acquire);
@@ -147,7 +158,9 @@ pub(super) async fn events(State(state): State<AppState>, headers: HeaderMap) ->
     Ok(sse(stream))
 }
 
-fn sse<S: Stream<Item = Result<Event, Infallible>> + Send + 'static>(stream: S) -> impl IntoResponse {
+fn sse<S: Stream<Item = Result<Event, Infallible>> + Send + 'static>(
+    stream: S,
+) -> impl IntoResponse {
     Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }
 

@@ -1,15 +1,15 @@
 //! `GET /api/pipelines`, `POST /api/pipelines/{id}/trigger`, `GET /api/pipelines/{id}/jobs`.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use super::runs::{page, PageQuery};
+use super::runs::{PageQuery, page};
 use super::{ApiError, AppState};
 use crate::clock::rfc3339;
 use crate::scheduler::TriggerRequest;
@@ -27,7 +27,10 @@ struct TriggerBody {
 
 /// Who triggered, from the `X-Runyard-Source` header (`cli`, `dashboard`; default `api`).
 fn source(headers: &HeaderMap) -> String {
-    match headers.get("x-runyard-source").and_then(|v| v.to_str().ok()) {
+    match headers
+        .get("x-runyard-source")
+        .and_then(|v| v.to_str().ok())
+    {
         Some("cli") => "cli".into(),
         Some("dashboard") => "dashboard".into(),
         _ => "api".into(),
@@ -45,10 +48,13 @@ pub(super) async fn trigger(
     let parsed: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
         TriggerBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
     };
     if parsed.callback_url.is_some() {
-        return Err(ApiError::BadRequest("callbackUrl is not supported yet: webhook delivery is not in this build".into()));
+        return Err(ApiError::BadRequest(
+            "callbackUrl is not supported yet: webhook delivery is not in this build".into(),
+        ));
     }
     let triggered = state
         .scheduler
@@ -124,10 +130,23 @@ pub(super) async fn runs_of(
 ) -> Result<Json<Value>, ApiError> {
     let Path(pipeline) = path?;
     if !state.scheduler.settings().pipelines.contains_key(&pipeline) {
-        return Err(ApiError::NotFound(format!("Unknown pipeline: {}", pipeline.chars().take(100).collect::<String>())));
+        return Err(ApiError::NotFound(format!(
+            "Unknown pipeline: {}",
+            pipeline.chars().take(100).collect::<String>()
+        )));
     }
     let Query(q) = query?;
     let (limit, offset, status) = page(&q)?;
-    let runs = state.store.runs_list(RunFilter { pipeline: Some(pipeline), status, limit, offset }).await?;
-    Ok(Json(json!({ "runs": runs, "limit": limit, "offset": offset })))
+    let runs = state
+        .store
+        .runs_list(RunFilter {
+            pipeline: Some(pipeline),
+            status,
+            limit,
+            offset,
+        })
+        .await?;
+    Ok(Json(
+        json!({ "runs": runs, "limit": limit, "offset": offset }),
+    ))
 }

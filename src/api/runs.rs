@@ -1,15 +1,15 @@
 //! Runs, jobs, logs and workers.
 
+use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
-use crate::model::{parse_job_id, RunId, RunStatus};
+use crate::model::{RunId, RunStatus, parse_job_id};
 use crate::store::{AbortOutcome, RunFilter};
 
 /// `?limit=&offset=&status=`.
@@ -24,7 +24,9 @@ pub(super) struct PageQuery {
 pub(super) fn page(q: &PageQuery) -> Result<(u32, u32, Option<RunStatus>), ApiError> {
     let limit = q.limit.unwrap_or(50);
     if limit == 0 || limit > 500 {
-        return Err(ApiError::BadRequest("limit must be between 1 and 500".into()));
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 500".into(),
+        ));
     }
     let status = match &q.status {
         None => None,
@@ -32,7 +34,11 @@ pub(super) fn page(q: &PageQuery) -> Result<(u32, u32, Option<RunStatus>), ApiEr
             ApiError::BadRequest(format!(
                 "unknown status {:?}; expected one of {}",
                 s.chars().take(40).collect::<String>(),
-                RunStatus::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                RunStatus::ALL
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })?),
     };
@@ -51,33 +57,66 @@ fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError>
     Ok(id)
 }
 
-pub(super) async fn list(State(state): State<AppState>, query: Result<Query<PageQuery>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
     let Query(q) = query?;
     let (limit, offset, status) = page(&q)?;
-    let runs = state.store.runs_list(RunFilter { pipeline: None, status, limit, offset }).await?;
-    Ok(Json(json!({ "runs": runs, "limit": limit, "offset": offset })))
+    let runs = state
+        .store
+        .runs_list(RunFilter {
+            pipeline: None,
+            status,
+            limit,
+            offset,
+        })
+        .await?;
+    Ok(Json(
+        json!({ "runs": runs, "limit": limit, "offset": offset }),
+    ))
 }
 
-pub(super) async fn get(State(state): State<AppState>, path: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn get(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
     let id = run_id(path)?;
-    let run = state.store.run_get(&id).await?.ok_or_else(|| ApiError::NotFound(format!("Run not found: {id}")))?;
+    let run = state
+        .store
+        .run_get(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Run not found: {id}")))?;
     Ok(Json(serde_json::to_value(run).unwrap_or_default()))
 }
 
-pub(super) async fn abort(State(state): State<AppState>, path: Result<Path<String>, PathRejection>) -> Result<impl IntoResponse, ApiError> {
+pub(super) async fn abort(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<impl IntoResponse, ApiError> {
     let id = run_id(path)?;
     match state.scheduler.abort(&id).await? {
         AbortOutcome::NotFound => Err(ApiError::NotFound(format!("Run not found: {id}"))),
-        AbortOutcome::Finished(status) => Err(ApiError::Conflict(format!("Run {id} already finished with status {status}"))),
-        AbortOutcome::Aborted { aborted_jobs } => {
-            Ok((StatusCode::ACCEPTED, Json(json!({"runId": id, "status": "aborted", "abortedJobs": aborted_jobs}))))
-        }
+        AbortOutcome::Finished(status) => Err(ApiError::Conflict(format!(
+            "Run {id} already finished with status {status}"
+        ))),
+        AbortOutcome::Aborted { aborted_jobs } => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"runId": id, "status": "aborted", "abortedJobs": aborted_jobs})),
+        )),
     }
 }
 
-pub(super) async fn job(State(state): State<AppState>, path: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn job(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
     let id = job_id(path)?;
-    let job = state.store.job_get(&id).await?.ok_or_else(|| ApiError::NotFound(format!("Job not found: {id}")))?;
+    let job = state
+        .store
+        .job_get(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Job not found: {id}")))?;
     Ok(Json(serde_json::to_value(job).unwrap_or_default()))
 }
 
@@ -94,11 +133,22 @@ pub(super) async fn logs(
     let id = job_id(path)?;
     let Query(q) = query?;
     if q.tail == Some(0) || q.tail.is_some_and(|t| t > 1_000_000) {
-        return Err(ApiError::BadRequest("tail must be between 1 and 1000000".into()));
+        return Err(ApiError::BadRequest(
+            "tail must be between 1 and 1000000".into(),
+        ));
     }
-    let logs = state.store.job_logs(&id, q.tail).await?.ok_or_else(|| ApiError::NotFound(format!("Job not found: {id}")))?;
+    let logs = state
+        .store
+        .job_logs(&id, q.tail)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Job not found: {id}")))?;
     // totalSize counts what is returned: each line's bytes plus its newline.
-    let total_size: usize = logs.stdout.iter().chain(&logs.stderr).map(|l| l.len() + 1).sum();
+    let total_size: usize = logs
+        .stdout
+        .iter()
+        .chain(&logs.stderr)
+        .map(|l| l.len() + 1)
+        .sum();
     Ok(Json(json!({
         "jobId": id,
         "stdout": logs.stdout,
@@ -112,7 +162,13 @@ pub(super) async fn workers(State(state): State<AppState>) -> Result<Json<Value>
     let nodes = state.store.nodes_list().await?;
     let mut out = Vec::with_capacity(nodes.len());
     for node in nodes {
-        let running: Vec<String> = state.store.jobs_running_on(&node.id).await?.into_iter().map(|j| j.id).collect();
+        let running: Vec<String> = state
+            .store
+            .jobs_running_on(&node.id)
+            .await?
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
         out.push(json!({
             "id": node.id,
             "host": node.host,

@@ -11,7 +11,9 @@ pub struct LocalBus {
 
 impl Default for LocalBus {
     fn default() -> Self {
-        LocalBus { tx: broadcast::channel(1024).0 }
+        LocalBus {
+            tx: broadcast::channel(1024).0,
+        }
     }
 }
 
@@ -34,9 +36,15 @@ mod tests {
     async fn subscribers_receive_published_signals() {
         let bus = LocalBus::default();
         let mut rx = bus.subscribe();
-        let s = Signal::RunAbort { run_id: "r".into(), origin: "n".into() };
+        let s = Signal::RunAbort {
+            run_id: "r".into(),
+            origin: "n".into(),
+        };
         bus.publish(s.clone());
         assert_eq!(rx.recv().await.unwrap(), s);
-        assert_eq!(serde_json::to_string(&s).unwrap(), r#"{"type":"runAbort","runId":"r","origin":"n"}"#);
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"type":"runAbort","runId":"r","origin":"n"}"#
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use serde_json::Value;
 
 /// A runyard server.
@@ -40,16 +40,29 @@ pub struct SseMessage {
 impl Client {
     /// A client of `base` (e.g. `http://127.0.0.1:7878`).
     pub fn new(base: &str) -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build().context("building the HTTP client")?;
-        Ok(Client { http, base: base.trim_end_matches('/').to_string() })
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+        })
     }
 
-    async fn answer(&self, resp: Result<reqwest::Response, reqwest::Error>) -> anyhow::Result<Value> {
-        let resp = resp.with_context(|| format!("cannot reach the runyard server at {}", self.base))?;
+    async fn answer(
+        &self,
+        resp: Result<reqwest::Response, reqwest::Error>,
+    ) -> anyhow::Result<Value> {
+        let resp =
+            resp.with_context(|| format!("cannot reach the runyard server at {}", self.base))?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            let msg = body["error"].as_str().map(str::to_string).unwrap_or_else(|| body.to_string());
+            let msg = body["error"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| body.to_string());
             bail!("{msg} (HTTP {})", status.as_u16());
         }
         Ok(body)
@@ -62,7 +75,13 @@ impl Client {
 
     /// GET `path?query`.
     pub async fn get_query(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
-        let resp = self.http.get(format!("{}{path}", self.base)).query(query).timeout(Duration::from_secs(30)).send().await;
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .query(query)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await;
         self.answer(resp).await
     }
 
@@ -81,7 +100,11 @@ impl Client {
 
     /// Reads an SSE stream, calling `on` for each message until it returns false or the
     /// stream ends for good; reconnects with `Last-Event-ID` when the connection drops.
-    pub async fn sse(&self, path: &str, mut on: impl FnMut(&SseMessage) -> bool) -> anyhow::Result<()> {
+    pub async fn sse(
+        &self,
+        path: &str,
+        mut on: impl FnMut(&SseMessage) -> bool,
+    ) -> anyhow::Result<()> {
         let mut last_id: Option<String> = None;
         let mut failures = 0;
         loop {
@@ -94,7 +117,11 @@ impl Client {
                 Ok(r) => {
                     let status = r.status();
                     let body: Value = r.json().await.unwrap_or(Value::Null);
-                    bail!("{} (HTTP {})", body["error"].as_str().unwrap_or("stream refused"), status.as_u16());
+                    bail!(
+                        "{} (HTTP {})",
+                        body["error"].as_str().unwrap_or("stream refused"),
+                        status.as_u16()
+                    );
                 }
                 Err(e) if failures < 5 => {
                     failures += 1;
@@ -102,7 +129,11 @@ impl Client {
                     tokio::time::sleep(Duration::from_millis(500 * failures)).await;
                     continue;
                 }
-                Err(e) => return Err(e).with_context(|| format!("cannot reach the runyard server at {}", self.base)),
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("cannot reach the runyard server at {}", self.base)
+                    });
+                }
             };
             let mut buf = String::new();
             let mut msg = SseMessage::default();
@@ -148,7 +179,12 @@ impl Client {
     }
 
     /// Prints a job's output as it arrives until the job ends; `prefix` labels shard lines.
-    pub async fn follow_logs(&self, job: &str, tail: Option<usize>, prefix: Option<&str>) -> anyhow::Result<()> {
+    pub async fn follow_logs(
+        &self,
+        job: &str,
+        tail: Option<usize>,
+        prefix: Option<&str>,
+    ) -> anyhow::Result<()> {
         let mut path = format!("/api/jobs/{}/logs/stream", segment(job));
         if let Some(n) = tail {
             path.push_str(&format!("?tail={n}"));

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::config::Settings;
 use client::Client;
@@ -23,7 +23,12 @@ use client::Client;
 #[command(name = "runyard", version, about)]
 pub struct Cli {
     /// Server URL for client commands.
-    #[arg(long, global = true, env = "RUNYARD_URL", default_value = "http://127.0.0.1:7878")]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNYARD_URL",
+        default_value = "http://127.0.0.1:7878"
+    )]
     server: String,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
@@ -107,9 +112,16 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve { .. });
     let default_level = if serving { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNYARD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -130,10 +142,19 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     let json_out = cli.json;
     match cli.command {
         Command::Serve { config, listen } => serve(config, listen).await,
-        Command::Trigger { pipeline, params, shards, wait, follow, idempotency_key } => {
+        Command::Trigger {
+            pipeline,
+            params,
+            shards,
+            wait,
+            follow,
+            idempotency_key,
+        } => {
             let mut parameters = Map::new();
             for p in params {
-                let (k, v) = p.split_once('=').with_context(|| format!("parameter {p:?} is not KEY=VALUE"))?;
+                let (k, v) = p
+                    .split_once('=')
+                    .with_context(|| format!("parameter {p:?} is not KEY=VALUE"))?;
                 parameters.insert(k.to_string(), Value::String(v.to_string()));
             }
             let mut body = json!({ "parameters": parameters });
@@ -143,7 +164,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Some(k) = idempotency_key {
                 body["idempotencyKey"] = json!(k);
             }
-            let answer = client.post(&format!("/api/pipelines/{}/trigger", client::segment(&pipeline)), &body).await?;
+            let answer = client
+                .post(
+                    &format!("/api/pipelines/{}/trigger", client::segment(&pipeline)),
+                    &body,
+                )
+                .await?;
             let run_id = answer["runId"].as_str().unwrap_or_default().to_string();
             if !(wait || follow) {
                 if json_out {
@@ -158,7 +184,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             wait::wait_for_run(&client, &run_id, follow, json_out).await
         }
-        Command::Runs { status, pipeline, limit } => {
+        Command::Runs {
+            status,
+            pipeline,
+            limit,
+        } => {
             let mut query = vec![("limit", limit.to_string())];
             if let Some(s) = status {
                 query.push(("status", s));
@@ -168,12 +198,22 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 None => "/api/runs".to_string(),
             };
             let answer = client.get_query(&path, &query).await?;
-            if json_out { output::print_json(&answer) } else { output::runs_table(&answer) }
+            if json_out {
+                output::print_json(&answer)
+            } else {
+                output::runs_table(&answer)
+            }
             Ok(0)
         }
         Command::Show { run } => {
-            let answer = client.get(&format!("/api/runs/{}", client::segment(&run))).await?;
-            if json_out { output::print_json(&answer) } else { output::run_details(&answer) }
+            let answer = client
+                .get(&format!("/api/runs/{}", client::segment(&run)))
+                .await?;
+            if json_out {
+                output::print_json(&answer)
+            } else {
+                output::run_details(&answer)
+            }
             Ok(0)
         }
         Command::Logs { job, follow, tail } => {
@@ -185,7 +225,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Some(n) = tail {
                 query.push(("tail", n.to_string()));
             }
-            let answer = client.get_query(&format!("/api/jobs/{}/logs", client::segment(&job)), &query).await?;
+            let answer = client
+                .get_query(&format!("/api/jobs/{}/logs", client::segment(&job)), &query)
+                .await?;
             if json_out {
                 output::print_json(&answer);
             } else {
@@ -199,22 +241,39 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Abort { run } => {
-            let answer = client.post(&format!("/api/runs/{}/abort", client::segment(&run)), &json!({})).await?;
+            let answer = client
+                .post(
+                    &format!("/api/runs/{}/abort", client::segment(&run)),
+                    &json!({}),
+                )
+                .await?;
             if json_out {
                 output::print_json(&answer);
             } else {
-                println!("run {} aborted ({} job(s) stopped)", answer["runId"].as_str().unwrap_or(&run), answer["abortedJobs"]);
+                println!(
+                    "run {} aborted ({} job(s) stopped)",
+                    answer["runId"].as_str().unwrap_or(&run),
+                    answer["abortedJobs"]
+                );
             }
             Ok(0)
         }
         Command::Pipelines => {
             let answer = client.get("/api/pipelines").await?;
-            if json_out { output::print_json(&answer) } else { output::pipelines_table(&answer) }
+            if json_out {
+                output::print_json(&answer)
+            } else {
+                output::pipelines_table(&answer)
+            }
             Ok(0)
         }
         Command::Workers => {
             let answer = client.get("/api/workers").await?;
-            if json_out { output::print_json(&answer) } else { output::workers_table(&answer) }
+            if json_out {
+                output::print_json(&answer)
+            } else {
+                output::workers_table(&answer)
+            }
             Ok(0)
         }
     }
@@ -222,26 +281,40 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
 
 async fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<u8> {
     let mut settings = Settings::load(&config).map_err(|e| match e {
-        crate::config::ConfigError::Read { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
-            anyhow::anyhow!("config file {} not found (pass -c PATH; examples/runyard.toml is a start)", path.display())
+        crate::config::ConfigError::Read { path, source }
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            anyhow::anyhow!(
+                "config file {} not found (pass -c PATH; examples/runyard.toml is a start)",
+                path.display()
+            )
         }
         other => anyhow::anyhow!(other),
     })?;
     if let Some(addr) = listen {
-        let addr: std::net::SocketAddr = addr.parse().with_context(|| format!("invalid --listen address {addr:?}"))?;
-        anyhow::ensure!(addr.ip().is_loopback(), "--listen {addr}: this build has no API authentication, so it only listens on loopback");
+        let addr: std::net::SocketAddr = addr
+            .parse()
+            .with_context(|| format!("invalid --listen address {addr:?}"))?;
+        anyhow::ensure!(
+            addr.ip().is_loopback(),
+            "--listen {addr}: this build has no API authentication, so it only listens on loopback"
+        );
         settings.server.listen = addr;
     }
-    let listener =
-        tokio::net::TcpListener::bind(settings.server.listen).await.with_context(|| format!("cannot listen on {}", settings.server.listen))?;
+    let listener = tokio::net::TcpListener::bind(settings.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
     crate::serve::run(settings, listener, shutdown_signal()).await?;
     Ok(0)
 }
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };

@@ -23,7 +23,11 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
@@ -49,7 +53,10 @@ pub fn runs_table(v: &Value) {
             ]
         })
         .collect();
-    table(&["RUN", "PIPELINE", "STATUS", "SHARDS", "BY", "CREATED"], rows);
+    table(
+        &["RUN", "PIPELINE", "STATUS", "SHARDS", "BY", "CREATED"],
+        rows,
+    );
 }
 
 /// `runyard show`.
@@ -72,13 +79,21 @@ pub fn run_details(r: &Value) {
                 s(&j["status"]),
                 format!("{}/{}", j["attempt"], j["maxAttempts"]),
                 s(&j["exitCode"]),
-                j["progress"].as_u64().map(|p| format!("{p}%")).unwrap_or_else(|| "-".into()),
+                j["progress"]
+                    .as_u64()
+                    .map(|p| format!("{p}%"))
+                    .unwrap_or_else(|| "-".into()),
                 s(&j["reason"]),
                 s(&j["error"]),
             ]
         })
         .collect();
-    table(&["JOB", "STATUS", "ATTEMPT", "EXIT", "PROGRESS", "REASON", "ERROR"], rows);
+    table(
+        &[
+            "JOB", "STATUS", "ATTEMPT", "EXIT", "PROGRESS", "REASON", "ERROR",
+        ],
+        rows,
+    );
 }
 
 /// `runyard pipelines`.
@@ -88,11 +103,33 @@ pub fn pipelines_table(v: &Value) {
         .into_iter()
         .flatten()
         .map(|p| {
-            let cmd: Vec<String> = p["command"].as_array().into_iter().flatten().map(s).collect();
-            vec![s(&p["id"]), s(&p["shards"]), s(&p["concurrency"]), s(&p["queued"]), s(&p["running"]), cmd.join(" ")]
+            let cmd: Vec<String> = p["command"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect();
+            vec![
+                s(&p["id"]),
+                s(&p["shards"]),
+                s(&p["concurrency"]),
+                s(&p["queued"]),
+                s(&p["running"]),
+                cmd.join(" "),
+            ]
         })
         .collect();
-    table(&["PIPELINE", "SHARDS", "CONCURRENCY", "QUEUED", "RUNNING", "COMMAND"], rows);
+    table(
+        &[
+            "PIPELINE",
+            "SHARDS",
+            "CONCURRENCY",
+            "QUEUED",
+            "RUNNING",
+            "COMMAND",
+        ],
+        rows,
+    );
 }
 
 /// `runyard workers`.
@@ -103,7 +140,13 @@ pub fn workers_table(v: &Value) {
         .flatten()
         .map(|w| {
             let running = w["runningJobs"].as_array().map(|a| a.len()).unwrap_or(0);
-            vec![s(&w["id"]), s(&w["host"]), s(&w["pid"]), format!("{running}/{}", w["slots"]), s(&w["heartbeat"])]
+            vec![
+                s(&w["id"]),
+                s(&w["host"]),
+                s(&w["pid"]),
+                format!("{running}/{}", w["slots"]),
+                s(&w["heartbeat"]),
+            ]
         })
         .collect();
     table(&["NODE", "HOST", "PID", "BUSY", "HEARTBEAT"], rows);

@@ -21,18 +21,29 @@ fn bar(job: &Value) -> String {
     let shard = format!("s{}", job["shardIndex"]);
     let msg = job["progressMessage"].as_str().unwrap_or("");
     let msg: String = msg.chars().take(40).collect();
-    format!("{shard:>4} [{}{}] {pct:>3}% {status:<9} {msg}", "#".repeat(filled), "-".repeat(24 - filled))
+    format!(
+        "{shard:>4} [{}{}] {pct:>3}% {status:<9} {msg}",
+        "#".repeat(filled),
+        "-".repeat(24 - filled)
+    )
 }
 
 /// Waits for `run_id` to end; with `follow`, prints its jobs' output meanwhile.
-pub async fn wait_for_run(client: &Client, run_id: &str, follow: bool, json_out: bool) -> anyhow::Result<u8> {
+pub async fn wait_for_run(
+    client: &Client,
+    run_id: &str,
+    follow: bool,
+    json_out: bool,
+) -> anyhow::Result<u8> {
     let tty = std::io::stderr().is_terminal() && !json_out && !follow;
     let mut followers = Vec::new();
     let mut followed = std::collections::HashSet::new();
     let mut drawn_lines = 0usize;
     let mut last_lines: Vec<String> = Vec::new();
     let run = loop {
-        let run = client.get(&format!("/api/runs/{}", super::client::segment(run_id))).await?;
+        let run = client
+            .get(&format!("/api/runs/{}", super::client::segment(run_id)))
+            .await?;
         let jobs: Vec<Value> = run["jobs"].as_array().cloned().unwrap_or_default();
         if follow {
             for job in &jobs {
@@ -41,7 +52,9 @@ pub async fn wait_for_run(client: &Client, run_id: &str, follow: bool, json_out:
                 if started && followed.insert(id.clone()) {
                     let c = client.clone();
                     let prefix = (jobs.len() > 1).then(|| format!("s{}", job["shardIndex"]));
-                    followers.push(tokio::spawn(async move { c.follow_logs(&id, None, prefix.as_deref()).await }));
+                    followers.push(tokio::spawn(async move {
+                        c.follow_logs(&id, None, prefix.as_deref()).await
+                    }));
                 }
             }
         }

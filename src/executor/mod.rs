@@ -75,16 +75,34 @@ impl Running {
         let proc_start = process::start_time(pid).unwrap_or(0);
         let mut readers = Vec::with_capacity(2);
         if let Some(out) = child.stdout.take() {
-            readers.push(tokio::spawn(output::read_stream(out, output::Stream::Stdout, collector.clone())));
+            readers.push(tokio::spawn(output::read_stream(
+                out,
+                output::Stream::Stdout,
+                collector.clone(),
+            )));
         }
         if let Some(err) = child.stderr.take() {
-            readers.push(tokio::spawn(output::read_stream(err, output::Stream::Stderr, collector)));
+            readers.push(tokio::spawn(output::read_stream(
+                err,
+                output::Stream::Stderr,
+                collector,
+            )));
         }
-        Ok(Running { child, pid, proc_start, readers })
+        Ok(Running {
+            child,
+            pid,
+            proc_start,
+            readers,
+        })
     }
 
     /// Waits for the leader to exit, ending the group on timeout or cancellation.
-    pub async fn wait(mut self, timeout: Option<Duration>, grace: Duration, cancel: CancellationToken) -> Exit {
+    pub async fn wait(
+        mut self,
+        timeout: Option<Duration>,
+        grace: Duration,
+        cancel: CancellationToken,
+    ) -> Exit {
         let deadline = async {
             match timeout {
                 Some(t) => tokio::time::sleep(t).await,
@@ -108,7 +126,11 @@ impl Running {
             Ok(s) => (s.code(), s.signal()),
             Err(_) => (None, None),
         };
-        Exit { ending, code, signal }
+        Exit {
+            ending,
+            code,
+            signal,
+        }
     }
 
     async fn terminate(&mut self, grace: Duration) -> std::io::Result<std::process::ExitStatus> {

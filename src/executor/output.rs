@@ -86,7 +86,12 @@ pub struct Collector {
 impl Collector {
     /// A collector that stores at most `max_stream_bytes` per stream.
     pub fn new(max_stream_bytes: u64) -> Arc<Collector> {
-        Arc::new(Collector { state: Mutex::default(), max_stream_bytes, flush_wanted: Notify::new(), drained: Notify::new() })
+        Arc::new(Collector {
+            state: Mutex::default(),
+            max_stream_bytes,
+            flush_wanted: Notify::new(),
+            drained: Notify::new(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -125,7 +130,10 @@ impl Collector {
     /// Takes every pending line, freeing the buffer whatever the flush's outcome.
     pub fn take(&self) -> Batch {
         let mut st = self.lock();
-        let batch = Batch { stdout: std::mem::take(&mut st.out.pending), stderr: std::mem::take(&mut st.err.pending) };
+        let batch = Batch {
+            stdout: std::mem::take(&mut st.out.pending),
+            stderr: std::mem::take(&mut st.err.pending),
+        };
         st.out.pending_bytes = 0;
         st.err.pending_bytes = 0;
         drop(st);
@@ -144,10 +152,17 @@ impl Collector {
         let st = &mut *guard;
         for s in [&mut st.out, &mut st.err] {
             if s.truncated {
-                s.pending.push(format!("[runyard] output truncated: kept {} of {} bytes", s.kept, s.total));
+                s.pending.push(format!(
+                    "[runyard] output truncated: kept {} of {} bytes",
+                    s.kept, s.total
+                ));
             }
         }
-        Totals { stdout: st.out.total, stderr: st.err.total, truncated: st.out.truncated || st.err.truncated }
+        Totals {
+            stdout: st.out.total,
+            stderr: st.err.total,
+            truncated: st.out.truncated || st.err.truncated,
+        }
     }
 
     /// Resolves when a reader asks for an early flush.
@@ -176,11 +191,19 @@ impl Collector {
 fn to_text(raw: &[u8]) -> String {
     let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
     let text = String::from_utf8_lossy(raw);
-    if text.contains('\0') { text.replace('\0', "\u{FFFD}") } else { text.into_owned() }
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text.into_owned()
+    }
 }
 
 /// Reads `pipe` to its end, pushing lines into `collector`.
-pub async fn read_stream(mut pipe: impl AsyncRead + Unpin, stream: Stream, collector: Arc<Collector>) {
+pub async fn read_stream(
+    mut pipe: impl AsyncRead + Unpin,
+    stream: Stream,
+    collector: Arc<Collector>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut line: Vec<u8> = Vec::new();
     loop {
@@ -254,7 +277,10 @@ mod tests {
     async fn long_lines_are_split_at_the_cap() {
         let input = vec![b'x'; MAX_LINE_BYTES * 2 + 10];
         let (b, _) = capture(&input, 1 << 20).await;
-        assert_eq!(b.stdout.iter().map(String::len).collect::<Vec<_>>(), vec![MAX_LINE_BYTES, MAX_LINE_BYTES, 10]);
+        assert_eq!(
+            b.stdout.iter().map(String::len).collect::<Vec<_>>(),
+            vec![MAX_LINE_BYTES, MAX_LINE_BYTES, 10]
+        );
     }
 
     #[tokio::test]
@@ -264,7 +290,10 @@ mod tests {
         assert!(t.truncated);
         assert_eq!(t.stdout, 11_000);
         let marker = b.stdout.last().unwrap();
-        assert!(marker.contains("truncated") && marker.contains("of 11000 bytes"), "{marker}");
+        assert!(
+            marker.contains("truncated") && marker.contains("of 11000 bytes"),
+            "{marker}"
+        );
         let kept: usize = b.stdout[..b.stdout.len() - 1].iter().map(String::len).sum();
         assert!(kept <= 2048);
     }

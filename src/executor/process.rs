@@ -19,7 +19,9 @@ pub enum Sig {
 
 /// Sends `sig` to the process group `pgid`; a group that is gone is not an error.
 pub fn signal_group(pgid: u32, sig: Sig) {
-    let Some(pid) = i32::try_from(pgid).ok().and_then(Pid::from_raw) else { return };
+    let Some(pid) = i32::try_from(pgid).ok().and_then(Pid::from_raw) else {
+        return;
+    };
     let signal = match sig {
         Sig::Term => Signal::TERM,
         Sig::Kill => Signal::KILL,
@@ -32,7 +34,9 @@ pub fn signal_group(pgid: u32, sig: Sig) {
 
 /// True when a process with this pid exists (EPERM counts as alive).
 pub fn pid_alive(pid: u32) -> bool {
-    let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else { return false };
+    let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return false;
+    };
     !matches!(rustix::process::test_kill_process(p), Err(Errno::SRCH))
 }
 
@@ -51,12 +55,17 @@ pub fn start_time(pid: u32) -> Option<u64> {
 
 /// This kernel boot's id.
 pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// This machine's host name.
 pub fn hostname() -> String {
-    rustix::system::uname().nodename().to_string_lossy().into_owned()
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]

@@ -18,14 +18,27 @@ mod tests {
 
     #[test]
     fn parses_progress_lines() {
-        assert_eq!(parse("::progress 40 compiling"), Some((40, "compiling".into())));
+        assert_eq!(
+            parse("::progress 40 compiling"),
+            Some((40, "compiling".into()))
+        );
         assert_eq!(parse("::progress 100"), Some((100, String::new())));
-        assert_eq!(parse("::progress  7   spaced  out "), Some((7, "spaced  out".into())));
+        assert_eq!(
+            parse("::progress  7   spaced  out "),
+            Some((7, "spaced  out".into()))
+        );
     }
 
     #[test]
     fn ignores_other_lines() {
-        for l in ["progress 40", "::progress 101 x", "::progress -1", "::progressive 4", "::progress x y", " ::progress 4"] {
+        for l in [
+            "progress 40",
+            "::progress 101 x",
+            "::progress -1",
+            "::progressive 4",
+            "::progress x y",
+            " ::progress 4",
+        ] {
             assert_eq!(parse(l), None, "{l}");
         }
     }

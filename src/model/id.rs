@@ -93,7 +93,13 @@ mod tests {
 
     #[test]
     fn malformed_ids_are_refused() {
-        for bad in ["", "../etc/passwd", "abc", "0190c0de-0000-7000-8000-000000000000:x1", "0190c0de-0000-7000-8000-000000000000:s"] {
+        for bad in [
+            "",
+            "../etc/passwd",
+            "abc",
+            "0190c0de-0000-7000-8000-000000000000:x1",
+            "0190c0de-0000-7000-8000-000000000000:s",
+        ] {
             assert!(parse_job_id(bad).is_err(), "{bad} accepted");
         }
     }

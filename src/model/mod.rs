@@ -8,5 +8,5 @@ mod id;
 mod status;
 
 pub use event::EventName;
-pub use id::{job_id_for, parse_job_id, JobIdError, RunId};
+pub use id::{JobIdError, RunId, job_id_for, parse_job_id};
 pub use status::{JobStatus, Reason, RunStatus, StatusParseError};

@@ -96,18 +96,27 @@ wire_enum!(
 impl JobStatus {
     /// True for statuses that never change again.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Aborted)
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Aborted
+        )
     }
 }
 
 impl RunStatus {
     /// True for statuses that never change again.
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Aborted)
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Aborted
+        )
     }
 
     /// The final status of a run from its jobs' final statuses, keeping an abort.
-    pub fn from_final_jobs(current: RunStatus, jobs: impl IntoIterator<Item = JobStatus>) -> RunStatus {
+    pub fn from_final_jobs(
+        current: RunStatus,
+        jobs: impl IntoIterator<Item = JobStatus>,
+    ) -> RunStatus {
         if current == RunStatus::Aborted {
             return RunStatus::Aborted;
         }
@@ -141,8 +150,17 @@ mod tests {
     #[test]
     fn run_status_follows_jobs_and_keeps_abort() {
         use JobStatus::*;
-        assert_eq!(RunStatus::from_final_jobs(RunStatus::Running, [Completed, Completed]), RunStatus::Completed);
-        assert_eq!(RunStatus::from_final_jobs(RunStatus::Running, [Completed, Failed]), RunStatus::Failed);
-        assert_eq!(RunStatus::from_final_jobs(RunStatus::Aborted, [Completed, Failed]), RunStatus::Aborted);
+        assert_eq!(
+            RunStatus::from_final_jobs(RunStatus::Running, [Completed, Completed]),
+            RunStatus::Completed
+        );
+        assert_eq!(
+            RunStatus::from_final_jobs(RunStatus::Running, [Completed, Failed]),
+            RunStatus::Failed
+        );
+        assert_eq!(
+            RunStatus::from_final_jobs(RunStatus::Aborted, [Completed, Failed]),
+            RunStatus::Aborted
+        );
     }
 }

@@ -40,7 +40,13 @@ pub struct Handle {
 
 impl Handle {
     /// A handle whose token is a child of `parent`.
-    pub fn new(parent: &CancellationToken, run_id: &str, shard_index: u32, pipeline: &str, claim_seq: i64) -> Handle {
+    pub fn new(
+        parent: &CancellationToken,
+        run_id: &str,
+        shard_index: u32,
+        pipeline: &str,
+        claim_seq: i64,
+    ) -> Handle {
         Handle {
             token: parent.child_token(),
             cause: Arc::default(),
@@ -64,7 +70,10 @@ impl Handle {
 
     /// Why it was cancelled; a cancelled parent token without a cause means shutdown.
     pub fn cause(&self) -> Option<CancelCause> {
-        self.cause.get().copied().or_else(|| self.token.is_cancelled().then_some(CancelCause::Shutdown))
+        self.cause
+            .get()
+            .copied()
+            .or_else(|| self.token.is_cancelled().then_some(CancelCause::Shutdown))
     }
 }
 
@@ -101,9 +110,14 @@ impl AbortRegistry {
         let shard_prefix = format!("{run_id}:");
         let matching: Vec<(String, Handle)> = {
             let mut entries = self.lock();
-            let keys: Vec<String> =
-                entries.keys().filter(|k| k.as_str() == run_id || k.starts_with(&shard_prefix)).cloned().collect();
-            keys.into_iter().filter_map(|k| entries.remove(&k).map(|h| (k, h))).collect()
+            let keys: Vec<String> = entries
+                .keys()
+                .filter(|k| k.as_str() == run_id || k.starts_with(&shard_prefix))
+                .cloned()
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| entries.remove(&k).map(|h| (k, h)))
+                .collect()
         };
         for (_, handle) in &matching {
             handle.cancel(CancelCause::Abort);
@@ -122,7 +136,10 @@ impl AbortRegistry {
 
     /// `(job id, claim_seq)` of every local job.
     pub fn snapshot(&self) -> Vec<(String, i64)> {
-        self.lock().iter().map(|(k, h)| (k.clone(), h.claim_seq)).collect()
+        self.lock()
+            .iter()
+            .map(|(k, h)| (k.clone(), h.claim_seq))
+            .collect()
     }
 
     /// Number of local jobs.

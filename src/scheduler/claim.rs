@@ -8,9 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{job, Inner, POLL_BACKSTOP};
+use super::{Inner, POLL_BACKSTOP, job};
 use crate::clock::now_ms;
-use crate::store::{change, JobClaimParams};
+use crate::store::{JobClaimParams, change};
 
 pub(super) async fn claim_loop(inner: Arc<Inner>) {
     let mut work = inner.store.changes().subscribe(change::WORK);
@@ -37,7 +37,9 @@ pub(super) async fn claim_loop(inner: Arc<Inner>) {
                             tracing::error!("claimed more jobs than free slots; this is a bug");
                             break;
                         };
-                        inner.jobs.spawn(job::run(inner.clone(), claimed_job, permit));
+                        inner
+                            .jobs
+                            .spawn(job::run(inner.clone(), claimed_job, permit));
                     }
                     if claimed == free {
                         continue; // full: nothing to wait for until a slot frees

@@ -16,10 +16,10 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::abort::CancelCause;
-use super::{rescuer, Inner};
+use super::{Inner, rescuer};
 use crate::bus::Signal;
 use crate::clock::now_ms;
-use crate::store::{change, NodeHeartbeatParams};
+use crate::store::{NodeHeartbeatParams, change};
 
 /// How often finished runs past `retention` are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
@@ -47,7 +47,11 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
 }
 
 async fn beat(inner: &Inner) {
-    let params = NodeHeartbeatParams { node_id: inner.node.id.clone(), running: inner.registry.snapshot(), now: now_ms() };
+    let params = NodeHeartbeatParams {
+        node_id: inner.node.id.clone(),
+        running: inner.registry.snapshot(),
+        now: now_ms(),
+    };
     match inner.store.node_heartbeat(params).await {
         Ok(out) => {
             for job_id in &out.cancel {
@@ -55,9 +59,14 @@ async fn beat(inner: &Inner) {
                 inner.registry.cancel(job_id, CancelCause::Abort);
             }
             if !out.registered {
-                tracing::warn!("this node was declared dead by a peer; stopping its jobs and registering again");
+                tracing::warn!(
+                    "this node was declared dead by a peer; stopping its jobs and registering again"
+                );
                 inner.registry.cancel_all(CancelCause::Lost);
-                let node = crate::store::NodeRow { heartbeat_at: now_ms(), ..inner.node.clone() };
+                let node = crate::store::NodeRow {
+                    heartbeat_at: now_ms(),
+                    ..inner.node.clone()
+                };
                 if let Err(e) = inner.store.node_register(node).await {
                     tracing::warn!("re-registration failed: {e}");
                 }
@@ -125,7 +134,9 @@ pub(super) async fn bus_listener(inner: Arc<Inner>) {
                     tracing::debug!(run = %run_id, cancelled = n, "abort from the bus");
                 }
             }
-            Err(RecvError::Lagged(n)) => tracing::warn!("bus listener lagged by {n} messages; the abort sweep covers them"),
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!("bus listener lagged by {n} messages; the abort sweep covers them")
+            }
             Err(RecvError::Closed) => break,
         }
     }

@@ -16,13 +16,15 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use super::abort::{CancelCause, Handle};
 use super::Inner;
+use super::abort::{CancelCause, Handle};
 use crate::clock::now_ms;
 use crate::config::Pipeline;
 use crate::executor::{Collector, Ending, Exit, Running, SpawnSpec};
 use crate::model::Reason;
-use crate::store::{ClaimedJob, JobFinishParams, JobProgressParams, JobStartParams, Outcome, OutputAppendParams};
+use crate::store::{
+    ClaimedJob, JobFinishParams, JobProgressParams, JobStartParams, Outcome, OutputAppendParams,
+};
 
 /// Progress events are coalesced to at most this often per job.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -30,10 +32,23 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 pub(super) async fn run(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
     let Some(pipeline) = inner.settings.pipelines.get(&job.pipeline).cloned() else {
         // Claims only ask for configured pipelines; keep the slot accounting honest anyway.
-        finish(&inner, &job, failed(Reason::ExitCode, "pipeline is not configured on this node"), None, Default::default()).await;
+        finish(
+            &inner,
+            &job,
+            failed(Reason::ExitCode, "pipeline is not configured on this node"),
+            None,
+            Default::default(),
+        )
+        .await;
         return release(&inner, permit);
     };
-    let handle = Handle::new(&inner.stop_jobs, &job.run_id, job.shard_index, &job.pipeline, job.claim_seq);
+    let handle = Handle::new(
+        &inner.stop_jobs,
+        &job.run_id,
+        job.shard_index,
+        &job.pipeline,
+        job.claim_seq,
+    );
     inner.registry.register(&job.id, handle.clone());
 
     let collector = Collector::new(inner.settings.server.max_output_bytes);
@@ -42,7 +57,14 @@ pub(super) async fn run(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemapho
         Err(e) => {
             let message = format!("cannot start {}: {e}", spec.program.display());
             tracing::warn!(job = %job.id, "{message}");
-            finish(&inner, &job, failed(Reason::ExitCode, &message), None, Default::default()).await;
+            finish(
+                &inner,
+                &job,
+                failed(Reason::ExitCode, &message),
+                None,
+                Default::default(),
+            )
+            .await;
         }
         Ok(running) => execute(&inner, &job, &pipeline, &handle, collector, running).await,
     }
@@ -55,7 +77,14 @@ fn release(inner: &Inner, permit: OwnedSemaphorePermit) {
     inner.slot_freed.notify_one();
 }
 
-async fn execute(inner: &Arc<Inner>, job: &ClaimedJob, pipeline: &Pipeline, handle: &Handle, collector: Arc<Collector>, running: Running) {
+async fn execute(
+    inner: &Arc<Inner>,
+    job: &ClaimedJob,
+    pipeline: &Pipeline,
+    handle: &Handle,
+    collector: Arc<Collector>,
+    running: Running,
+) {
     let start = JobStartParams {
         job_id: job.id.clone(),
         claim_seq: job.claim_seq,
@@ -74,8 +103,16 @@ async fn execute(inner: &Arc<Inner>, job: &ClaimedJob, pipeline: &Pipeline, hand
     }
 
     let flushing_done = CancellationToken::new();
-    let flusher = tokio::spawn(flush_loop(inner.clone(), job.clone(), collector.clone(), handle.clone(), flushing_done.clone()));
-    let exit = running.wait(pipeline.timeout, pipeline.kill_grace, handle.token()).await;
+    let flusher = tokio::spawn(flush_loop(
+        inner.clone(),
+        job.clone(),
+        collector.clone(),
+        handle.clone(),
+        flushing_done.clone(),
+    ));
+    let exit = running
+        .wait(pipeline.timeout, pipeline.kill_grace, handle.token())
+        .await;
     flushing_done.cancel();
     let _ = flusher.await;
 
@@ -91,15 +128,26 @@ fn outcome_of(exit: &Exit, cause: Option<CancelCause>, pipeline: &Pipeline) -> O
     match exit.ending {
         Ending::Exited if exit.success() => Outcome::Completed,
         Ending::Exited => {
-            let error = exit.signal.map(|s| format!("killed by signal {s}")).or_else(|| exit.code.map(|c| format!("exited with code {c}")));
-            Outcome::Failed { reason: Reason::ExitCode, error }
+            let error = exit
+                .signal
+                .map(|s| format!("killed by signal {s}"))
+                .or_else(|| exit.code.map(|c| format!("exited with code {c}")));
+            Outcome::Failed {
+                reason: Reason::ExitCode,
+                error,
+            }
         }
         Ending::TimedOut => Outcome::Failed {
             reason: Reason::Timeout,
-            error: Some(format!("timed out after {:?}", pipeline.timeout.unwrap_or_default())),
+            error: Some(format!(
+                "timed out after {:?}",
+                pipeline.timeout.unwrap_or_default()
+            )),
         },
         Ending::Cancelled => match cause {
-            Some(CancelCause::Shutdown) => Outcome::Requeue { reason: Reason::Shutdown },
+            Some(CancelCause::Shutdown) => Outcome::Requeue {
+                reason: Reason::Shutdown,
+            },
             // An abort, or a lost claim (the fence will refuse the write).
             _ => Outcome::Aborted,
         },
@@ -107,10 +155,19 @@ fn outcome_of(exit: &Exit, cause: Option<CancelCause>, pipeline: &Pipeline) -> O
 }
 
 fn failed(reason: Reason, message: &str) -> Outcome {
-    Outcome::Failed { reason, error: Some(message.to_string()) }
+    Outcome::Failed {
+        reason,
+        error: Some(message.to_string()),
+    }
 }
 
-async fn finish(inner: &Inner, job: &ClaimedJob, outcome: Outcome, exit_code: Option<i32>, totals: crate::executor::output::Totals) {
+async fn finish(
+    inner: &Inner,
+    job: &ClaimedJob,
+    outcome: Outcome,
+    exit_code: Option<i32>,
+    totals: crate::executor::output::Totals,
+) {
     let params = JobFinishParams {
         job_id: job.id.clone(),
         claim_seq: job.claim_seq,
@@ -125,7 +182,14 @@ async fn finish(inner: &Inner, job: &ClaimedJob, outcome: Outcome, exit_code: Op
     // job stays `running` under this node and is resolved by the rescuer like any orphan.
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=8 {
-        match inner.store.job_finish(JobFinishParams { now: now_ms(), ..params.clone() }).await {
+        match inner
+            .store
+            .job_finish(JobFinishParams {
+                now: now_ms(),
+                ..params.clone()
+            })
+            .await
+        {
             Ok(out) => {
                 if !out.applied {
                     tracing::info!(job = %job.id, "finish not applied: the claim is no longer ours");
@@ -141,7 +205,13 @@ async fn finish(inner: &Inner, job: &ClaimedJob, outcome: Outcome, exit_code: Op
     }
 }
 
-async fn flush_loop(inner: Arc<Inner>, job: ClaimedJob, collector: Arc<Collector>, handle: Handle, done: CancellationToken) {
+async fn flush_loop(
+    inner: Arc<Inner>,
+    job: ClaimedJob,
+    collector: Arc<Collector>,
+    handle: Handle,
+    done: CancellationToken,
+) {
     let mut output_tick = tokio::time::interval(inner.settings.server.output_flush_interval);
     output_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut progress_tick = tokio::time::interval(PROGRESS_INTERVAL);
@@ -162,7 +232,12 @@ async fn flush_output(inner: &Inner, job: &ClaimedJob, collector: &Collector, ha
     if batch.is_empty() {
         return;
     }
-    let params = OutputAppendParams { job_id: job.id.clone(), claim_seq: job.claim_seq, stdout: batch.stdout, stderr: batch.stderr };
+    let params = OutputAppendParams {
+        job_id: job.id.clone(),
+        claim_seq: job.claim_seq,
+        stdout: batch.stdout,
+        stderr: batch.stderr,
+    };
     match inner.store.job_output_append(params).await {
         Ok(true) => {}
         Ok(false) => handle.cancel(CancelCause::Lost),
@@ -171,8 +246,16 @@ async fn flush_output(inner: &Inner, job: &ClaimedJob, collector: &Collector, ha
 }
 
 async fn flush_progress(inner: &Inner, job: &ClaimedJob, collector: &Collector) {
-    let Some((percent, message)) = collector.take_progress() else { return };
-    let params = JobProgressParams { job_id: job.id.clone(), claim_seq: job.claim_seq, percent, message, now: now_ms() };
+    let Some((percent, message)) = collector.take_progress() else {
+        return;
+    };
+    let params = JobProgressParams {
+        job_id: job.id.clone(),
+        claim_seq: job.claim_seq,
+        percent,
+        message,
+        now: now_ms(),
+    };
     if let Err(e) = inner.store.job_progress(params).await {
         tracing::warn!(job = %job.id, "progress update failed: {e}");
     }
@@ -192,17 +275,35 @@ pub(crate) fn spawn_spec(pipeline: &Pipeline, job: &ClaimedJob) -> SpawnSpec {
         })
     };
     let args = pipeline.args.iter().map(|t| t.render(lookup)).collect();
-    let mut env: Vec<(String, String)> = pipeline.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut env: Vec<(String, String)> = pipeline
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     env.extend([
         ("RUNYARD_RUN_ID".to_string(), job.run_id.clone()),
         ("RUNYARD_JOB_ID".to_string(), job.id.clone()),
         ("RUNYARD_PIPELINE".to_string(), job.pipeline.clone()),
-        ("RUNYARD_SHARD_INDEX".to_string(), job.shard_index.to_string()),
-        ("RUNYARD_SHARD_COUNT".to_string(), job.shard_count.to_string()),
+        (
+            "RUNYARD_SHARD_INDEX".to_string(),
+            job.shard_index.to_string(),
+        ),
+        (
+            "RUNYARD_SHARD_COUNT".to_string(),
+            job.shard_count.to_string(),
+        ),
         ("RUNYARD_ATTEMPT".to_string(), job.attempt.to_string()),
     ]);
     for (name, value) in &job.params {
-        env.push((format!("RUNYARD_PARAM_{}", name.to_ascii_uppercase()), value.clone()));
+        env.push((
+            format!("RUNYARD_PARAM_{}", name.to_ascii_uppercase()),
+            value.clone(),
+        ));
     }
-    SpawnSpec { program: pipeline.program.clone(), args, cwd: pipeline.cwd.clone(), env }
+    SpawnSpec {
+        program: pipeline.program.clone(),
+        args,
+        cwd: pipeline.cwd.clone(),
+        env,
+    }
 }

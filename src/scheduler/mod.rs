@@ -32,9 +32,9 @@ pub use abort::{AbortRegistry, CancelCause};
 
 use crate::bus::{Bus, Signal};
 use crate::clock::now_ms;
-use crate::config::{Pipeline, Settings, MAX_SHARDS};
+use crate::config::{MAX_SHARDS, Pipeline, Settings};
 use crate::executor::process;
-use crate::model::{job_id_for, RunId};
+use crate::model::{RunId, job_id_for};
 use crate::store::{AbortOutcome, JobPolicy, NodeRow, RunCreateParams, Store, StoreError};
 
 /// Why a trigger was refused.
@@ -131,7 +131,11 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Registers the node, resolves orphans, and starts claiming.
-    pub async fn start(settings: Arc<Settings>, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Result<Scheduler, StoreError> {
+    pub async fn start(
+        settings: Arc<Settings>,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+    ) -> Result<Scheduler, StoreError> {
         let pid = std::process::id();
         let now = now_ms();
         let node = NodeRow {
@@ -145,7 +149,11 @@ impl Scheduler {
             heartbeat_at: now,
         };
         store.node_register(node.clone()).await?;
-        let claimable = settings.pipelines.iter().map(|(name, p)| (name.clone(), p.concurrency)).collect();
+        let claimable = settings
+            .pipelines
+            .iter()
+            .map(|(name, p)| (name.clone(), p.concurrency))
+            .collect();
         let inner = Arc::new(Inner {
             slots: Arc::new(Semaphore::new(settings.server.max_workers)),
             settings,
@@ -163,14 +171,21 @@ impl Scheduler {
         });
         match rescuer::run_once(&inner).await {
             Ok(report) if report.orphans > 0 || report.dead_nodes > 0 => {
-                tracing::info!(?report, "resolved orphans of dead nodes before the first claim")
+                tracing::info!(
+                    ?report,
+                    "resolved orphans of dead nodes before the first claim"
+                )
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("start-up orphan rescue failed: {e}"),
         }
         inner.services.spawn(claim::claim_loop(inner.clone()));
-        inner.services.spawn(heartbeat::heartbeat_loop(inner.clone()));
-        inner.services.spawn(heartbeat::abort_sweep_loop(inner.clone()));
+        inner
+            .services
+            .spawn(heartbeat::heartbeat_loop(inner.clone()));
+        inner
+            .services
+            .spawn(heartbeat::abort_sweep_loop(inner.clone()));
         inner.services.spawn(heartbeat::bus_listener(inner.clone()));
         tracing::info!(node = %inner.node.id, slots = inner.node.slots, "node started");
         Ok(Scheduler { inner })
@@ -188,7 +203,12 @@ impl Scheduler {
 
     /// Jobs executing on this node.
     pub fn running_jobs(&self) -> Vec<String> {
-        self.inner.registry.snapshot().into_iter().map(|(id, _)| id).collect()
+        self.inner
+            .registry
+            .snapshot()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
     }
 
     /// Runs one orphan-rescue pass now (it also runs at start and on every heartbeat).
@@ -202,7 +222,12 @@ impl Scheduler {
         let Some(pipeline) = settings.pipelines.get(&req.pipeline) else {
             return Err(TriggerError::UnknownPipeline {
                 name: req.pipeline.chars().take(100).collect(),
-                supported: settings.pipelines.keys().cloned().collect::<Vec<_>>().join(", "),
+                supported: settings
+                    .pipelines
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         };
         let params = resolve_params(pipeline, &req.parameters)?;
@@ -212,7 +237,9 @@ impl Scheduler {
         }
         if let Some(key) = &req.idempotency_key {
             if key.is_empty() || key.len() > 200 {
-                return Err(TriggerError::Unsupported("idempotencyKey must be 1 to 200 characters".into()));
+                return Err(TriggerError::Unsupported(
+                    "idempotencyKey must be 1 to 200 characters".into(),
+                ));
             }
         }
         let run = RunId::new();
@@ -237,7 +264,12 @@ impl Scheduler {
                 now: now_ms(),
             })
             .await?;
-        Ok(Triggered { run_id: created.run_id, job_ids: created.job_ids, pipeline: pipeline.name.clone(), created_at: created.created_at })
+        Ok(Triggered {
+            run_id: created.run_id,
+            job_ids: created.job_ids,
+            pipeline: pipeline.name.clone(),
+            created_at: created.created_at,
+        })
     }
 
     /// Aborts a run: durable mark first, then local cancellation, then the bus (DESIGN "Life of a run" 5).
@@ -245,7 +277,10 @@ impl Scheduler {
         let outcome = self.inner.store.run_abort(run_id, now_ms()).await?;
         if let AbortOutcome::Aborted { .. } = outcome {
             self.inner.registry.abort_all_shards_for_run(run_id);
-            self.inner.bus.publish(Signal::RunAbort { run_id: run_id.to_string(), origin: self.inner.node.id.clone() });
+            self.inner.bus.publish(Signal::RunAbort {
+                run_id: run_id.to_string(),
+                origin: self.inner.node.id.clone(),
+            });
         }
         Ok(outcome)
     }
@@ -257,7 +292,10 @@ impl Scheduler {
         inner.stop_claiming.cancel();
         inner.jobs.close();
         let timeout = inner.settings.server.shutdown_timeout;
-        if tokio::time::timeout(timeout, inner.jobs.wait()).await.is_err() {
+        if tokio::time::timeout(timeout, inner.jobs.wait())
+            .await
+            .is_err()
+        {
             let n = inner.registry.len();
             tracing::info!("shutdown timeout reached; stopping {n} running job(s) for re-queueing");
             inner.stop_jobs.cancel();
@@ -274,18 +312,31 @@ impl Scheduler {
 }
 
 /// Fills defaults and validates every parameter against the pipeline's declarations.
-fn resolve_params(pipeline: &Pipeline, given: &serde_json::Map<String, Value>) -> Result<BTreeMap<String, String>, TriggerError> {
+fn resolve_params(
+    pipeline: &Pipeline,
+    given: &serde_json::Map<String, Value>,
+) -> Result<BTreeMap<String, String>, TriggerError> {
     if given.len() > 64 {
         return Err(TriggerError::Unsupported("at most 64 parameters".into()));
     }
     if let Some(undeclared) = given.keys().find(|k| !pipeline.params.contains_key(*k)) {
-        return Err(TriggerError::UndeclaredParameter(undeclared.chars().take(100).collect()));
+        return Err(TriggerError::UndeclaredParameter(
+            undeclared.chars().take(100).collect(),
+        ));
     }
     let mut out = BTreeMap::new();
     for (name, spec) in &pipeline.params {
         let value = match given.get(name) {
-            Some(v) => spec.accept(v).map_err(|message| TriggerError::BadParameter { name: name.clone(), message })?,
-            None => spec.default.clone().ok_or_else(|| TriggerError::MissingParameter(name.clone()))?,
+            Some(v) => spec
+                .accept(v)
+                .map_err(|message| TriggerError::BadParameter {
+                    name: name.clone(),
+                    message,
+                })?,
+            None => spec
+                .default
+                .clone()
+                .ok_or_else(|| TriggerError::MissingParameter(name.clone()))?,
         };
         out.insert(name.clone(), value);
     }

@@ -49,14 +49,20 @@ pub(crate) async fn run_once(inner: &Arc<Inner>) -> Result<RescueReport, StoreEr
     let mut report = RescueReport::default();
     let lease_ms = inner.settings.server.heartbeat.as_millis() as i64 * 3;
     let nodes = inner.store.nodes_list().await?;
-    for node in nodes.iter().filter(|n| is_dead(&inner.node, n, lease_ms, now_ms())) {
+    for node in nodes
+        .iter()
+        .filter(|n| is_dead(&inner.node, n, lease_ms, now_ms()))
+    {
         let same_boot = node.host == inner.node.host && node.boot_id == inner.node.boot_id;
         let jobs = inner.store.jobs_running_on(&node.id).await?;
         for job in &jobs {
             if let (true, Some(pid)) = (same_boot, job.pid) {
                 // Kill the group if its leader is gone (only our leftovers can hold the
                 // group id) or is still the recorded process; skip a reused pid.
-                let ours = !process::pid_alive(pid) || job.proc_start.is_some_and(|s| process::same_process_alive(pid, s));
+                let ours = !process::pid_alive(pid)
+                    || job
+                        .proc_start
+                        .is_some_and(|s| process::same_process_alive(pid, s));
                 if ours {
                     process::signal_group(pid, Sig::Kill);
                     report.groups_killed += 1;
@@ -67,7 +73,9 @@ pub(crate) async fn run_once(inner: &Arc<Inner>) -> Result<RescueReport, StoreEr
                 .job_finish(JobFinishParams {
                     job_id: job.id.clone(),
                     claim_seq: job.claim_seq,
-                    outcome: Outcome::Requeue { reason: Reason::Orphaned },
+                    outcome: Outcome::Requeue {
+                        reason: Reason::Orphaned,
+                    },
                     exit_code: None,
                     stdout_bytes: 0,
                     stderr_bytes: 0,
@@ -91,7 +99,16 @@ mod tests {
     use super::*;
 
     fn node(id: &str, host: &str, pid: u32, start: u64, boot: &str, beat: i64) -> NodeRow {
-        NodeRow { id: id.into(), host: host.into(), pid, proc_start: start, boot_id: boot.into(), slots: 2, started_at: 0, heartbeat_at: beat }
+        NodeRow {
+            id: id.into(),
+            host: host.into(),
+            pid,
+            proc_start: start,
+            boot_id: boot.into(),
+            slots: 2,
+            started_at: 0,
+            heartbeat_at: beat,
+        }
     }
 
     #[test]
@@ -101,13 +118,38 @@ mod tests {
         let boot = process::boot_id();
         let me = node("me", "h", me_pid, me_start, &boot, 0);
         // Same host, same boot: decided by (pid, start time), never by heartbeat age.
-        assert!(!is_dead(&me, &node("peer", "h", me_pid, me_start, &boot, 0), 30_000, 1_000_000));
-        assert!(is_dead(&me, &node("reused", "h", me_pid, me_start + 1, &boot, 1_000_000), 30_000, 1_000_000));
+        assert!(!is_dead(
+            &me,
+            &node("peer", "h", me_pid, me_start, &boot, 0),
+            30_000,
+            1_000_000
+        ));
+        assert!(is_dead(
+            &me,
+            &node("reused", "h", me_pid, me_start + 1, &boot, 1_000_000),
+            30_000,
+            1_000_000
+        ));
         // Same host, other boot: dead.
-        assert!(is_dead(&me, &node("old-boot", "h", me_pid, me_start, "other", 1_000_000), 30_000, 1_000_000));
+        assert!(is_dead(
+            &me,
+            &node("old-boot", "h", me_pid, me_start, "other", 1_000_000),
+            30_000,
+            1_000_000
+        ));
         // Other host: heartbeat age.
-        assert!(!is_dead(&me, &node("far", "h2", 1, 1, "b", 990_000), 30_000, 1_000_000));
-        assert!(is_dead(&me, &node("far", "h2", 1, 1, "b", 960_000), 30_000, 1_000_000));
+        assert!(!is_dead(
+            &me,
+            &node("far", "h2", 1, 1, "b", 990_000),
+            30_000,
+            1_000_000
+        ));
+        assert!(is_dead(
+            &me,
+            &node("far", "h2", 1, 1, "b", 960_000),
+            30_000,
+            1_000_000
+        ));
         assert!(!is_dead(&me, &me, 30_000, 1_000_000));
     }
 }

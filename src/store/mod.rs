@@ -85,7 +85,9 @@ pub struct ChangeFeed {
 
 impl Default for ChangeFeed {
     fn default() -> Self {
-        ChangeFeed { senders: Arc::new(std::array::from_fn(|_| watch::channel(0).0)) }
+        ChangeFeed {
+            senders: Arc::new(std::array::from_fn(|_| watch::channel(0).0)),
+        }
     }
 }
 
@@ -560,7 +562,12 @@ pub trait Store: Send + Sync {
     /// A job's stored output; `tail` keeps the last N lines of each stream.
     async fn job_logs(&self, job_id: &str, tail: Option<usize>) -> StoreResult<Option<JobLogs>>;
     /// Output lines with sequence number > `after`, at most `limit`.
-    async fn job_output_after(&self, job_id: &str, after: i64, limit: usize) -> StoreResult<Vec<LogLine>>;
+    async fn job_output_after(
+        &self,
+        job_id: &str,
+        after: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<LogLine>>;
     /// The sequence number the job's next output line will get (= lines stored so far).
     async fn job_output_len(&self, job_id: &str) -> StoreResult<i64>;
     /// Events with id > `after`, at most `limit`, in id order.

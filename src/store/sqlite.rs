@@ -22,8 +22,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
-use serde_json::{json, Value};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
@@ -63,7 +63,9 @@ impl ReaderPool {
         }
         let conn = Connection::open_with_flags(
             &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
         )?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         Ok(conn)
@@ -78,23 +80,37 @@ impl ReaderPool {
 }
 
 fn open_writer(path: &Path, sync: Synchronous) -> StoreResult<Connection> {
-    let open_err = |e: rusqlite::Error| StoreError::Open { path: path.display().to_string(), message: e.to_string() };
+    let open_err = |e: rusqlite::Error| StoreError::Open {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
     let conn = Connection::open(path).map_err(open_err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(open_err)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(open_err)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Open { path: path.display().to_string(), message: format!("could not enable WAL (got {mode})") });
+        return Err(StoreError::Open {
+            path: path.display().to_string(),
+            message: format!("could not enable WAL (got {mode})"),
+        });
     }
     let sync = match sync {
         Synchronous::Normal => "NORMAL",
         Synchronous::Full => "FULL",
     };
-    conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF;")).map_err(open_err)?;
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF;"
+    ))
+    .map_err(open_err)?;
     Ok(conn)
 }
 
 fn migrate(conn: &Connection, path: &Path) -> StoreResult<()> {
-    let err = |e: rusqlite::Error| StoreError::Open { path: path.display().to_string(), message: format!("migration failed: {e}") };
+    let err = |e: rusqlite::Error| StoreError::Open {
+        path: path.display().to_string(),
+        message: format!("migration failed: {e}"),
+    };
     conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
     let result = (|| {
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -109,7 +125,10 @@ fn migrate(conn: &Connection, path: &Path) -> StoreResult<()> {
             let _ = conn.execute_batch("ROLLBACK");
             Err(StoreError::Open {
                 path: path.display().to_string(),
-                message: format!("schema version {version} is newer than this build ({})", MIGRATIONS.len()),
+                message: format!(
+                    "schema version {version} is newer than this build ({})",
+                    MIGRATIONS.len()
+                ),
             })
         }
         Ok(_) => conn.execute_batch("COMMIT").map_err(err),
@@ -124,8 +143,10 @@ impl SqliteStore {
     /// Opens (creating if needed) the store at `path` and applies migrations.
     pub fn open(path: &Path, sync: Synchronous) -> StoreResult<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Open { path: path.display().to_string(), message: e.to_string() })?;
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
         }
         let conn = open_writer(path, sync)?;
         {
@@ -141,18 +162,30 @@ impl SqliteStore {
         let writer = std::thread::Builder::new()
             .name("runyard-sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx, writer_feed))
-            .map_err(|e| StoreError::Open { path: path.display().to_string(), message: e.to_string() })?;
+            .map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
 
-        let watcher_conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        let watcher_conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
         let (watch_feed, watch_stop) = (feed.clone(), stop.clone());
         let watcher = std::thread::Builder::new()
             .name("runyard-sqlite-watch".into())
             .spawn(move || data_version_loop(watcher_conn, watch_feed, watch_stop))
-            .map_err(|e| StoreError::Open { path: path.display().to_string(), message: e.to_string() })?;
+            .map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
 
         Ok(SqliteStore {
             writer: Mutex::new(Some(tx)),
-            readers: Arc::new(ReaderPool { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) }),
+            readers: Arc::new(ReaderPool {
+                path: path.to_path_buf(),
+                idle: Mutex::new(Vec::new()),
+            }),
             feed,
             stop,
             threads: Mutex::new(vec![writer, watcher]),
@@ -184,9 +217,19 @@ impl SqliteStore {
                     0
                 }
             };
-            (kinds, Box::new(move |commit: StoreResult<()>| drop(tx.send(commit.and(result).map(|(t, _)| t)))))
+            (
+                kinds,
+                Box::new(move |commit: StoreResult<()>| {
+                    drop(tx.send(commit.and(result).map(|(t, _)| t)))
+                }),
+            )
         });
-        let sender = self.writer.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or(StoreError::Closed)?;
+        let sender = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
         sender.send(job).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -212,7 +255,10 @@ impl SqliteStore {
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<WriteJob>, feed: ChangeFeed) {
@@ -231,7 +277,10 @@ fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<WriteJob>, feed
         let mut tries = 0;
         while matches!(&begin, Err(e) if is_busy(e)) && tries < 6 {
             tries += 1;
-            tracing::warn!("sqlite write lock busy for {:?}; retrying", BUSY_TIMEOUT * tries);
+            tracing::warn!(
+                "sqlite write lock busy for {:?}; retrying",
+                BUSY_TIMEOUT * tries
+            );
             begin = conn.execute_batch("BEGIN IMMEDIATE");
         }
         if let Err(e) = begin {
@@ -262,7 +311,10 @@ fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<WriteJob>, feed
 }
 
 fn data_version_loop(conn: Connection, feed: ChangeFeed, stop: Arc<AtomicBool>) {
-    let read = |c: &Connection| c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0)).ok();
+    let read = |c: &Connection| {
+        c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+            .ok()
+    };
     let mut last = read(&conn);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(DATA_VERSION_POLL);
@@ -276,13 +328,21 @@ fn data_version_loop(conn: Connection, feed: ChangeFeed, stop: Arc<AtomicBool>) 
 
 // ---------------------------------------------------------------- write helpers
 
-fn emit(conn: &Connection, name: EventName, run_id: &str, mut data: Value, now: i64) -> StoreResult<()> {
+fn emit(
+    conn: &Connection,
+    name: EventName,
+    run_id: &str,
+    mut data: Value,
+    now: i64,
+) -> StoreResult<()> {
     if let Value::Object(map) = &mut data {
         map.insert("runId".into(), json!(run_id));
         map.insert("timestamp".into(), json!(rfc3339(now)));
     }
-    conn.prepare_cached("INSERT INTO events (name, run_id, data, created_at) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![name.as_str(), run_id, data.to_string(), now])?;
+    conn.prepare_cached(
+        "INSERT INTO events (name, run_id, data, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![name.as_str(), run_id, data.to_string(), now])?;
     Ok(())
 }
 
@@ -295,7 +355,9 @@ fn land_terminal(conn: &Connection, run_id: &str, now: i64) -> StoreResult<Optio
         )?
         .query_row(params![run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .optional()?;
-    let Some((done, count, status, pipeline)) = landed else { return Ok(None) };
+    let Some((done, count, status, pipeline)) = landed else {
+        return Ok(None);
+    };
     if done < count {
         return Ok(None);
     }
@@ -307,7 +369,9 @@ fn land_terminal(conn: &Connection, run_id: &str, now: i64) -> StoreResult<Optio
         .collect();
     let final_status = RunStatus::from_final_jobs(current, jobs);
     let changed = conn
-        .prepare_cached("UPDATE runs SET status = ?2, finished_at = ?3 WHERE id = ?1 AND finished_at IS NULL")?
+        .prepare_cached(
+            "UPDATE runs SET status = ?2, finished_at = ?3 WHERE id = ?1 AND finished_at IS NULL",
+        )?
         .execute(params![run_id, final_status.as_str(), now])?;
     if changed != 1 {
         return Ok(None);
@@ -364,7 +428,8 @@ fn fence_row(conn: &Connection, job_id: &str) -> StoreResult<Option<FenceRow>> {
 
 /// Exponential backoff before attempt `next` (2, 3, …): base × 2^(next-2), capped at 1 h.
 fn backoff_ms(base: i64, next: u32) -> i64 {
-    base.saturating_mul(1i64 << (next.saturating_sub(2)).min(20)).min(3_600_000)
+    base.saturating_mul(1i64 << (next.saturating_sub(2)).min(20))
+        .min(3_600_000)
 }
 
 /// The decided next state of a job.
@@ -396,7 +461,9 @@ fn decide(row: &FenceRow, outcome: &Outcome, now: i64) -> Transition {
             run_after: now + backoff_ms(row.retry_backoff_ms, row.attempt + 1),
         },
         Outcome::Failed { reason, .. } => stay(JobStatus::Failed, Some(*reason)),
-        Outcome::Requeue { reason } if row.on_orphan == "requeue" && row.orphan_requeues < row.max_orphan_requeues => {
+        Outcome::Requeue { reason }
+            if row.on_orphan == "requeue" && row.orphan_requeues < row.max_orphan_requeues =>
+        {
             Transition {
                 status: JobStatus::Queued,
                 reason: Some(*reason),
@@ -410,8 +477,14 @@ fn decide(row: &FenceRow, outcome: &Outcome, now: i64) -> Transition {
 }
 
 fn finish_in_tx(conn: &Connection, p: &JobFinishParams) -> StoreResult<(FinishOutcome, u8)> {
-    let not_applied = FinishOutcome { applied: false, status: None, run_finalized: None };
-    let Some(row) = fence_row(conn, &p.job_id)? else { return Ok((not_applied, 0)) };
+    let not_applied = FinishOutcome {
+        applied: false,
+        status: None,
+        run_finalized: None,
+    };
+    let Some(row) = fence_row(conn, &p.job_id)? else {
+        return Ok((not_applied, 0));
+    };
     if row.status != "running" || row.claim_seq != p.claim_seq {
         return Ok((not_applied, 0));
     }
@@ -465,13 +538,25 @@ fn finish_in_tx(conn: &Connection, p: &JobFinishParams) -> StoreResult<(FinishOu
         data["error"] = json!(e);
     }
     emit(conn, name, &row.run_id, data, p.now)?;
-    let run_finalized = if terminal { land_terminal(conn, &row.run_id, p.now)? } else { None };
-    Ok((FinishOutcome { applied: true, status: Some(t.status), run_finalized }, change::WORK | change::EVENTS))
+    let run_finalized = if terminal {
+        land_terminal(conn, &row.run_id, p.now)?
+    } else {
+        None
+    };
+    Ok((
+        FinishOutcome {
+            applied: true,
+            status: Some(t.status),
+            run_finalized,
+        },
+        change::WORK | change::EVENTS,
+    ))
 }
 
 // ---------------------------------------------------------------- read helpers
 
-const JOB_COLS: &str = "id, run_id, pipeline, shard_index, shard_count, status, reason, attempt, max_attempts,
+const JOB_COLS: &str =
+    "id, run_id, pipeline, shard_index, shard_count, status, reason, attempt, max_attempts,
     orphan_requeues, node_id, pid, exit_code, progress, progress_message, error, abort_requested,
     stdout_bytes, stderr_bytes, truncated, created_at, started_at, finished_at";
 
@@ -503,8 +588,7 @@ fn job_view(r: &Row<'_>) -> rusqlite::Result<JobView> {
     })
 }
 
-const RUN_COLS: &str =
-    "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at";
+const RUN_COLS: &str = "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at";
 
 fn run_view(r: &Row<'_>) -> rusqlite::Result<RunView> {
     let params: String = r.get(3)?;
@@ -525,9 +609,13 @@ fn run_view(r: &Row<'_>) -> rusqlite::Result<RunView> {
 }
 
 fn attach_jobs(conn: &Connection, runs: &mut [RunView]) -> StoreResult<()> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE run_id = ?1 ORDER BY shard_index"))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {JOB_COLS} FROM jobs WHERE run_id = ?1 ORDER BY shard_index"
+    ))?;
     for run in runs.iter_mut() {
-        run.jobs = stmt.query_map(params![run.run_id], job_view)?.collect::<Result<_, _>>()?;
+        run.jobs = stmt
+            .query_map(params![run.run_id], job_view)?
+            .collect::<Result<_, _>>()?;
     }
     Ok(())
 }
@@ -536,14 +624,25 @@ const STDOUT: i64 = 1;
 const STDERR: i64 = 2;
 
 fn stream_of(code: i64) -> Stream {
-    if code == STDERR { Stream::Stderr } else { Stream::Stdout }
+    if code == STDERR {
+        Stream::Stderr
+    } else {
+        Stream::Stdout
+    }
 }
 
-fn tail_lines(conn: &Connection, job_id: &str, stream: i64, tail: Option<usize>) -> StoreResult<Vec<String>> {
+fn tail_lines(
+    conn: &Connection,
+    job_id: &str,
+    stream: i64,
+    tail: Option<usize>,
+) -> StoreResult<Vec<String>> {
     let mut lines = Vec::new();
     match tail {
         None => {
-            let mut stmt = conn.prepare_cached("SELECT data FROM output WHERE job_id = ?1 AND stream = ?2 ORDER BY id")?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT data FROM output WHERE job_id = ?1 AND stream = ?2 ORDER BY id",
+            )?;
             let mut rows = stmt.query(params![job_id, stream])?;
             while let Some(r) = rows.next()? {
                 lines.extend(r.get_ref(0)?.as_str()?.split('\n').map(str::to_string));
@@ -903,7 +1002,8 @@ impl Store for SqliteStore {
     async fn node_remove(&self, node_id: &str) -> StoreResult<()> {
         let node_id = node_id.to_string();
         self.write(move |conn| {
-            conn.prepare_cached("DELETE FROM nodes WHERE id = ?1")?.execute(params![node_id])?;
+            conn.prepare_cached("DELETE FROM nodes WHERE id = ?1")?
+                .execute(params![node_id])?;
             Ok(((), 0))
         })
         .await
@@ -1009,7 +1109,9 @@ impl Store for SqliteStore {
                 .prepare_cached("SELECT truncated FROM jobs WHERE id = ?1")?
                 .query_row(params![job_id], |r| r.get(0))
                 .optional()?;
-            let Some(truncated) = truncated else { return Ok(None) };
+            let Some(truncated) = truncated else {
+                return Ok(None);
+            };
             Ok(Some(JobLogs {
                 stdout: tail_lines(conn, &job_id, STDOUT, tail)?,
                 stderr: tail_lines(conn, &job_id, STDERR, tail)?,
@@ -1019,7 +1121,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn job_output_after(&self, job_id: &str, after: i64, limit: usize) -> StoreResult<Vec<LogLine>> {
+    async fn job_output_after(
+        &self,
+        job_id: &str,
+        after: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<LogLine>> {
         let job_id = job_id.to_string();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
@@ -1062,8 +1169,16 @@ impl Store for SqliteStore {
     async fn events_after(&self, after: i64, limit: usize) -> StoreResult<Vec<StoredEvent>> {
         self.read(move |conn| {
             Ok(conn
-                .prepare_cached("SELECT id, name, data FROM events WHERE id > ?1 ORDER BY id LIMIT ?2")?
-                .query_map(params![after, limit as i64], |r| Ok(StoredEvent { id: r.get(0)?, name: r.get(1)?, data: r.get(2)? }))?
+                .prepare_cached(
+                    "SELECT id, name, data FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+                )?
+                .query_map(params![after, limit as i64], |r| {
+                    Ok(StoredEvent {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        data: r.get(2)?,
+                    })
+                })?
                 .collect::<Result<_, _>>()?)
         })
         .await
@@ -1071,7 +1186,11 @@ impl Store for SqliteStore {
 
     async fn events_bounds(&self) -> StoreResult<(i64, i64)> {
         self.read(|conn| {
-            Ok(conn.query_row("SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM events", [], |r| Ok((r.get(0)?, r.get(1)?)))?)
+            Ok(conn.query_row(
+                "SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM events",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
         })
         .await
     }
@@ -1119,13 +1238,18 @@ impl Store for SqliteStore {
         self.stop.store(true, Ordering::Relaxed);
         // Dropping the sender ends the writer loop once queued writes are committed.
         self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let threads: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
         })
         .await;
-        self.readers.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.readers
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }

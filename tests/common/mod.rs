@@ -36,15 +36,25 @@ impl TestServer {
     pub async fn start(server_extra: &str, pipelines: &str) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let path = write_config(dir.path(), server_extra, pipelines);
-        let settings = runyard::config::Settings::from_toml(&std::fs::read_to_string(&path).unwrap(), &path, &|_| None)
-            .expect("test config is valid");
+        let settings = runyard::config::Settings::from_toml(
+            &std::fs::read_to_string(&path).unwrap(),
+            &path,
+            &|_| None,
+        )
+        .expect("test config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(runyard::serve::run(settings, listener, async move {
             let _ = rx.await;
         }));
-        TestServer { base: format!("http://{addr}"), dir, http: reqwest::Client::new(), stop: Some(tx), task: Some(task) }
+        TestServer {
+            base: format!("http://{addr}"),
+            dir,
+            http: reqwest::Client::new(),
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     /// Graceful stop; returns when the server has drained.
@@ -53,12 +63,21 @@ impl TestServer {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), task).await.expect("server stops").unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("server stops")
+                .unwrap()
+                .unwrap();
         }
     }
 
     pub async fn trigger(&self, pipeline: &str, body: Value) -> (u16, Value) {
-        post(&self.http, &format!("{}/api/pipelines/{pipeline}/trigger", self.base), body).await
+        post(
+            &self.http,
+            &format!("{}/api/pipelines/{pipeline}/trigger", self.base),
+            body,
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -74,8 +93,15 @@ impl TestServer {
     }
 
     /// Waits for the run to be finalised, via `run:completed`; returns the run.
-    pub async fn wait_run(&self, events: &mut EventWatcher, run_id: &str, timeout: Duration) -> Value {
-        events.wait_for("run:completed", |d| d["runId"] == run_id, timeout).await;
+    pub async fn wait_run(
+        &self,
+        events: &mut EventWatcher,
+        run_id: &str,
+        timeout: Duration,
+    ) -> Value {
+        events
+            .wait_for("run:completed", |d| d["runId"] == run_id, timeout)
+            .await;
         self.get(&format!("/api/runs/{run_id}")).await.1
     }
 }
@@ -109,7 +135,9 @@ pub fn sse_reader(url: String, last_event_id: Option<i64>) -> mpsc::UnboundedRec
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id.to_string());
         }
-        let Ok(mut resp) = req.send().await else { return };
+        let Ok(mut resp) = req.send().await else {
+            return;
+        };
         let mut buf = String::new();
         let (mut id, mut event, mut data) = (None, String::new(), String::new());
         while let Ok(Some(chunk)) = resp.chunk().await {
@@ -119,7 +147,11 @@ pub fn sse_reader(url: String, last_event_id: Option<i64>) -> mpsc::UnboundedRec
                 let line = line.trim_end_matches('\n');
                 if line.is_empty() {
                     if !event.is_empty() {
-                        let msg = Sse { id: id.take(), event: std::mem::take(&mut event), data: serde_json::from_str(&data).unwrap_or(Value::Null) };
+                        let msg = Sse {
+                            id: id.take(),
+                            event: std::mem::take(&mut event),
+                            data: serde_json::from_str(&data).unwrap_or(Value::Null),
+                        };
                         if tx.send(msg).is_err() {
                             return;
                         }
@@ -146,11 +178,19 @@ pub struct EventWatcher {
 
 impl EventWatcher {
     pub fn connect(base: &str, from: i64) -> EventWatcher {
-        EventWatcher { rx: sse_reader(format!("{base}/api/events"), Some(from)), seen: Vec::new() }
+        EventWatcher {
+            rx: sse_reader(format!("{base}/api/events"), Some(from)),
+            seen: Vec::new(),
+        }
     }
 
     /// Waits for an event named `name` whose data satisfies `pred` (looking at already-seen ones first).
-    pub async fn wait_for(&mut self, name: &str, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Sse {
+    pub async fn wait_for(
+        &mut self,
+        name: &str,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Sse {
         if let Some(e) = self.seen.iter().find(|e| e.event == name && pred(&e.data)) {
             return e.clone();
         }
@@ -158,7 +198,12 @@ impl EventWatcher {
         loop {
             let msg = tokio::time::timeout_at(deadline, self.rx.recv())
                 .await
-                .unwrap_or_else(|_| panic!("timed out after {timeout:?} waiting for {name}; seen {} events", self.seen.len()))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "timed out after {timeout:?} waiting for {name}; seen {} events",
+                        self.seen.len()
+                    )
+                })
                 .expect("event stream ended");
             self.seen.push(msg.clone());
             if msg.event == name && pred(&msg.data) {
@@ -181,7 +226,10 @@ where
 {
     let deadline = Instant::now() + timeout;
     while !cond().await {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -190,12 +238,20 @@ where
 pub fn group_members(pgid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some(close) = stat.rfind(')') else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
         let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
         // fields[0] = state, fields[2] = pgrp
-        if fields.first() != Some(&"Z") && fields.get(2).and_then(|p| p.parse::<u32>().ok()) == Some(pgid) {
+        if fields.first() != Some(&"Z")
+            && fields.get(2).and_then(|p| p.parse::<u32>().ok()) == Some(pgid)
+        {
             out.push(pid);
         }
     }
@@ -241,17 +297,29 @@ pub struct BinServer {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl BinServer {
     pub async fn start(config: &Path, port: u16) -> BinServer {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_runyard"))
-            .args(["serve", "-c", config.to_str().unwrap(), "--listen", &addr.to_string()])
+            .args([
+                "serve",
+                "-c",
+                config.to_str().unwrap(),
+                "--listen",
+                &addr.to_string(),
+            ])
             .env("RUNYARD_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(config.with_extension(format!("{port}.log"))).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::File::create(config.with_extension(format!("{port}.log"))).unwrap(),
+            ))
             .spawn()
             .expect("spawn runyard");
         let base = format!("http://{addr}");
@@ -259,7 +327,12 @@ impl BinServer {
         let url = format!("{base}/healthz");
         eventually(Duration::from_secs(20), "server health", || {
             let (http, url) = (http.clone(), url.clone());
-            async move { http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) }
+            async move {
+                http.get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
         })
         .await;
         BinServer { child, base, addr }
@@ -270,7 +343,11 @@ impl BinServer {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap().success();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "kill -{sig} failed");
     }
 
@@ -281,14 +358,22 @@ impl BinServer {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "server did not exit within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap()
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
     }
 }
 
