@@ -11,7 +11,8 @@
 //! (d) server RSS idle and with 100,000 queued runs.
 //!
 //! Environment: `BENCH_RUNS` (default 5000), `BENCH_INGEST` (20000),
-//! `BENCH_QUEUED` (100000), `BENCH_ROUNDS` (3), `BENCH_LATENCY_SAMPLES` (200).
+//! `BENCH_QUEUED` (100000), `BENCH_ROUNDS` (3), `BENCH_LATENCY_SAMPLES` (200),
+//! `BENCH_ONLY` (a subset of the letters `abcd`).
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -74,6 +75,8 @@ impl Server {
                 &format!("127.0.0.1:{port}"),
             ])
             .env("RUNYARD_LOG", "warn")
+            .env_remove("DATABASE_URL")
+            .env_remove("MAX_WORKERS")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -194,7 +197,16 @@ async fn bench_throughput(runs: usize, rounds: usize) {
         .await;
         let http = reqwest::Client::new();
         let started = Instant::now();
-        let (ingest_s, _) = ingest(&server.base, "noop", runs, 16).await;
+        let (ingest_s, ids) = ingest(&server.base, "noop", runs, 16).await;
+        // Runs are claimed in order: wait on the newest (a cheap lookup), then confirm.
+        let last_url = format!("{}/api/runs/{}", server.base, ids.iter().max().unwrap());
+        loop {
+            let run: Value = http.get(&last_url).send().await.unwrap().json().await.unwrap();
+            if run["finishedAt"].is_string() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         loop {
             let (q, running) = counts(&http, &server.base, "noop").await;
             if q == 0 && running == 0 {
@@ -366,9 +378,19 @@ fn main() {
                 .map(|n| n.get())
                 .unwrap_or(1)
         );
-        bench_throughput(env_usize("BENCH_RUNS", 5000), rounds).await;
-        bench_ingest(env_usize("BENCH_INGEST", 20_000), rounds).await;
-        bench_latency(env_usize("BENCH_LATENCY_SAMPLES", 200)).await;
-        bench_rss(env_usize("BENCH_QUEUED", 100_000)).await;
+        // BENCH_ONLY=a,c runs a subset.
+        let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcd".into());
+        if only.contains('a') {
+            bench_throughput(env_usize("BENCH_RUNS", 5000), rounds).await;
+        }
+        if only.contains('b') {
+            bench_ingest(env_usize("BENCH_INGEST", 20_000), rounds).await;
+        }
+        if only.contains('c') {
+            bench_latency(env_usize("BENCH_LATENCY_SAMPLES", 200)).await;
+        }
+        if only.contains('d') {
+            bench_rss(env_usize("BENCH_QUEUED", 100_000)).await;
+        }
     });
 }

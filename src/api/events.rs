@@ -49,10 +49,24 @@ impl EventTailer {
         let t = tailer.clone();
         tokio::spawn(async move {
             let mut feed = store.changes().subscribe(change::EVENTS);
+            let mut stale = false;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     r = feed.changed() => if r.is_err() { break },
+                }
+                // Nobody listens: read nothing. The first listener after a quiet spell
+                // makes the tailer skip ahead to the newest event; clients replay any
+                // gap from the store, so skipping never loses an event for anyone.
+                if t.tx.receiver_count() == 0 {
+                    stale = true;
+                    continue;
+                }
+                if stale {
+                    stale = false;
+                    if let Ok((_, max)) = store.events_bounds().await {
+                        t.last.fetch_max(max, Ordering::AcqRel);
+                    }
                 }
                 loop {
                     let after = t.last.load(Ordering::Acquire);
@@ -65,7 +79,7 @@ impl EventTailer {
                     };
                     let full = batch.len() == REPLAY_PAGE;
                     for ev in batch {
-                        t.last.store(ev.id, Ordering::Release);
+                        t.last.fetch_max(ev.id, Ordering::AcqRel);
                         let _ = t.tx.send(Arc::new(ev));
                     }
                     if !full {
@@ -107,8 +121,8 @@ pub(super) async fn events(
 ) -> Result<impl IntoResponse, ApiError> {
     let resume = last_event_id(&headers)?;
     let mut rx = state.tailer.tx.subscribe();
-    let live_from = state.tailer.last.load(Ordering::Acquire);
-    let (min_id, _) = state.store.events_bounds().await?;
+    // Subscribed first, then read the bounds: every event after `max` reaches us live or by gap replay.
+    let (min_id, live_from) = state.store.events_bounds().await?;
     let store = state.store.clone();
     let shutdown = state.shutdown.clone();
     let stream = async_stream::stream! {
@@ -145,6 +159,8 @@ pub(super) async fn events(
                 r = rx.recv() => r,
             };
             match next {
+                // A gap (the tailer skipped ahead while idle): fill it from the store.
+                Ok(ev) if ev.id > cursor + 1 => replay = true,
                 Ok(ev) if ev.id > cursor => {
                     cursor = ev.id;
                     yield Ok(sse_event(&ev));

@@ -263,7 +263,7 @@ mod tests {
     async fn splits_lines_and_keeps_partial_last_line() {
         let (b, t) = capture(b"a\nb\r\n\nlast", 1 << 20).await;
         assert_eq!(b.stdout, vec!["a", "b", "", "last"]);
-        assert_eq!(t.stdout, 11);
+        assert_eq!(t.stdout, 10);
         assert!(!t.truncated);
     }
 

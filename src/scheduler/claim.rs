@@ -12,6 +12,17 @@ use super::{Inner, POLL_BACKSTOP, job};
 use crate::clock::now_ms;
 use crate::store::{JobClaimParams, change};
 
+/// A claim of up to `max` jobs for this node.
+pub(super) fn claim_params(inner: &Inner, max: usize) -> JobClaimParams {
+    JobClaimParams {
+        node_id: inner.node.id.clone(),
+        max,
+        global_cap: inner.settings.server.max_workers_global,
+        pipelines: inner.claimable.clone(),
+        now: now_ms(),
+    }
+}
+
 pub(super) async fn claim_loop(inner: Arc<Inner>) {
     let mut work = inner.store.changes().subscribe(change::WORK);
     loop {
@@ -22,14 +33,7 @@ pub(super) async fn claim_loop(inner: Arc<Inner>) {
         let mut wait = POLL_BACKSTOP;
         let free = inner.slots.available_permits();
         if free > 0 {
-            let params = JobClaimParams {
-                node_id: inner.node.id.clone(),
-                max: free,
-                global_cap: inner.settings.server.max_workers_global,
-                pipelines: inner.claimable.clone(),
-                now: now_ms(),
-            };
-            match inner.store.job_claim(params).await {
+            match inner.store.job_claim(claim_params(&inner, free)).await {
                 Ok(out) => {
                     let claimed = out.jobs.len();
                     for claimed_job in out.jobs {

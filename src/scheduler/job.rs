@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
+use super::claim::claim_params;
 use super::Inner;
 use super::abort::{CancelCause, Handle};
 use crate::clock::now_ms;
@@ -29,52 +30,38 @@ use crate::store::{
 /// Progress events are coalesced to at most this often per job.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Runs `job` and then, on the same slot, whatever the finishing transaction claimed next.
 pub(super) async fn run(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+    let mut next = Some(job);
+    while let Some(job) = next.take() {
+        next = run_one(&inner, job).await.into_iter().next();
+    }
+    drop(permit);
+    inner.slot_freed.notify_one();
+}
+
+/// Runs one job to its end; returns the job(s) claimed for this slot by the finish.
+async fn run_one(inner: &Arc<Inner>, job: ClaimedJob) -> Vec<ClaimedJob> {
     let Some(pipeline) = inner.settings.pipelines.get(&job.pipeline).cloned() else {
         // Claims only ask for configured pipelines; keep the slot accounting honest anyway.
-        finish(
-            &inner,
-            &job,
-            failed(Reason::ExitCode, "pipeline is not configured on this node"),
-            None,
-            Default::default(),
-        )
-        .await;
-        return release(&inner, permit);
+        let outcome = failed(Reason::ExitCode, "pipeline is not configured on this node");
+        return finish(inner, &job, outcome, None, Default::default()).await;
     };
-    let handle = Handle::new(
-        &inner.stop_jobs,
-        &job.run_id,
-        job.shard_index,
-        &job.pipeline,
-        job.claim_seq,
-    );
+    let handle = Handle::new(&inner.stop_jobs, &job.run_id, job.shard_index, &job.pipeline, job.claim_seq);
     inner.registry.register(&job.id, handle.clone());
 
     let collector = Collector::new(inner.settings.server.max_output_bytes);
     let spec = spawn_spec(&pipeline, &job);
-    match Running::spawn(&spec, collector.clone()) {
+    let next = match Running::spawn(&spec, collector.clone()) {
         Err(e) => {
             let message = format!("cannot start {}: {e}", spec.program.display());
             tracing::warn!(job = %job.id, "{message}");
-            finish(
-                &inner,
-                &job,
-                failed(Reason::ExitCode, &message),
-                None,
-                Default::default(),
-            )
-            .await;
+            finish(inner, &job, failed(Reason::ExitCode, &message), None, Default::default()).await
         }
-        Ok(running) => execute(&inner, &job, &pipeline, &handle, collector, running).await,
-    }
+        Ok(running) => execute(inner, &job, &pipeline, &handle, collector, running).await,
+    };
     inner.registry.remove(&job.id);
-    release(&inner, permit);
-}
-
-fn release(inner: &Inner, permit: OwnedSemaphorePermit) {
-    drop(permit);
-    inner.slot_freed.notify_one();
+    next
 }
 
 async fn execute(
@@ -84,7 +71,7 @@ async fn execute(
     handle: &Handle,
     collector: Arc<Collector>,
     running: Running,
-) {
+) -> Vec<ClaimedJob> {
     let start = JobStartParams {
         job_id: job.id.clone(),
         claim_seq: job.claim_seq,
@@ -92,16 +79,20 @@ async fn execute(
         proc_start: running.proc_start,
         now: now_ms(),
     };
-    match inner.store.job_start(start).await {
-        Ok(Some(false)) => {}
-        Ok(Some(true)) => handle.cancel(CancelCause::Abort),
-        Ok(None) => handle.cancel(CancelCause::Lost),
-        Err(e) => {
-            tracing::warn!(job = %job.id, "cannot record the spawned process, killing it: {e}");
-            handle.cancel(CancelCause::Lost);
+    // Recording the process runs alongside the wait, not before it: a short job may
+    // exit while the write is in flight. Both end before the terminal write, so
+    // `job:started` always precedes `job:completed`.
+    let record_start = async {
+        match inner.store.job_start(start).await {
+            Ok(Some(false)) => {}
+            Ok(Some(true)) => handle.cancel(CancelCause::Abort),
+            Ok(None) => handle.cancel(CancelCause::Lost),
+            Err(e) => {
+                tracing::warn!(job = %job.id, "cannot record the spawned process, killing it: {e}");
+                handle.cancel(CancelCause::Lost);
+            }
         }
-    }
-
+    };
     let flushing_done = CancellationToken::new();
     let flusher = tokio::spawn(flush_loop(
         inner.clone(),
@@ -110,9 +101,8 @@ async fn execute(
         handle.clone(),
         flushing_done.clone(),
     ));
-    let exit = running
-        .wait(pipeline.timeout, pipeline.kill_grace, handle.token())
-        .await;
+    let wait = running.wait(pipeline.timeout, pipeline.kill_grace, handle.token());
+    let ((), exit) = tokio::join!(record_start, wait);
     flushing_done.cancel();
     let _ = flusher.await;
 
@@ -121,7 +111,7 @@ async fn execute(
     flush_progress(inner, job, &collector).await;
 
     let outcome = outcome_of(&exit, handle.cause(), pipeline);
-    finish(inner, job, outcome, exit.code, totals).await;
+    finish(inner, job, outcome, exit.code, totals).await
 }
 
 fn outcome_of(exit: &Exit, cause: Option<CancelCause>, pipeline: &Pipeline) -> Outcome {
@@ -167,7 +157,9 @@ async fn finish(
     outcome: Outcome,
     exit_code: Option<i32>,
     totals: crate::executor::output::Totals,
-) {
+) -> Vec<ClaimedJob> {
+    // Refill the slot in the same transaction unless the node is stopping.
+    let claim_next = (!inner.stop_claiming.is_cancelled()).then(|| claim_params(inner, 1));
     let params = JobFinishParams {
         job_id: job.id.clone(),
         claim_seq: job.claim_seq,
@@ -177,6 +169,7 @@ async fn finish(
         stderr_bytes: totals.stderr,
         truncated: totals.truncated,
         now: now_ms(),
+        claim_next,
     };
     // A terminal write that fails (store briefly unavailable) is retried; if it never lands the
     // job stays `running` under this node and is resolved by the rescuer like any orphan.
@@ -194,7 +187,7 @@ async fn finish(
                 if !out.applied {
                     tracing::info!(job = %job.id, "finish not applied: the claim is no longer ours");
                 }
-                return;
+                return out.next;
             }
             Err(e) => {
                 tracing::warn!(job = %job.id, attempt, "cannot record the job's end: {e}");
@@ -203,6 +196,7 @@ async fn finish(
             }
         }
     }
+    Vec::new()
 }
 
 async fn flush_loop(

@@ -81,6 +81,7 @@ pub(crate) async fn run_once(inner: &Arc<Inner>) -> Result<RescueReport, StoreEr
                     stderr_bytes: 0,
                     truncated: false,
                     now: now_ms(),
+                    claim_next: None,
                 })
                 .await?;
             if out.applied {

@@ -32,6 +32,9 @@ pub enum StoreError {
     /// The database reported an error.
     #[error("database error: {0}")]
     Database(String),
+    /// Another writer held the lock for longer than the busy timeout.
+    #[error("database busy: {0}")]
+    Busy(String),
     /// The store is closed (shutting down).
     #[error("store is closed")]
     Closed,
@@ -50,7 +53,18 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(e.to_string())
+        let busy = matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        );
+        if busy { StoreError::Busy(e.to_string()) } else { StoreError::Database(e.to_string()) }
+    }
+}
+
+impl StoreError {
+    /// True when another writer held the database lock past the busy timeout.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, StoreError::Busy(_))
     }
 }
 
@@ -287,10 +301,12 @@ pub struct JobFinishParams {
     pub truncated: bool,
     /// Now.
     pub now: i64,
+    /// Claim follow-up work for the freed slot in the same transaction (DESIGN decision 14).
+    pub claim_next: Option<JobClaimParams>,
 }
 
 /// `job_finish` result.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct FinishOutcome {
     /// False when the fence did not match (the write changed nothing).
     pub applied: bool,
@@ -298,6 +314,8 @@ pub struct FinishOutcome {
     pub status: Option<JobStatus>,
     /// Set when this write finalised the run.
     pub run_finalized: Option<RunStatus>,
+    /// Jobs claimed for the freed slot (when `claim_next` was given).
+    pub next: Vec<ClaimedJob>,
 }
 
 /// `run_abort` result.

@@ -316,6 +316,11 @@ impl BinServer {
                 &addr.to_string(),
             ])
             .env("RUNYARD_LOG", "info")
+            // Hermetic: the config file decides, not the caller's environment.
+            .env_remove("DATABASE_URL")
+            .env_remove("MAX_WORKERS")
+            .env_remove("OUTPUT_FLUSH_INTERVAL_MS")
+            .env_remove("RUNYARD_LISTEN")
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(config.with_extension(format!("{port}.log"))).unwrap(),
