@@ -187,6 +187,7 @@ fn raw_spawn_rate(n: usize, parallel: usize) -> f64 {
 async fn bench_throughput(runs: usize, rounds: usize) {
     println!("(a) end-to-end throughput: {runs} single-shard /bin/true runs, max_workers = 2");
     let mut e2e = Vec::new();
+    let mut exec = Vec::new();
     let mut raw = Vec::new();
     for round in 1..=rounds {
         let r = raw_spawn_rate(runs, 2);
@@ -198,10 +199,19 @@ async fn bench_throughput(runs: usize, rounds: usize) {
         let http = reqwest::Client::new();
         let started = Instant::now();
         let (ingest_s, ids) = ingest(&server.base, "noop", runs, 16).await;
+        let (q, running) = counts(&http, &server.base, "noop").await;
+        let (left_after_ingest, ingest_done) = (q + running, Instant::now());
         // Runs are claimed in order: wait on the newest (a cheap lookup), then confirm.
         let last_url = format!("{}/api/runs/{}", server.base, ids.iter().max().unwrap());
         loop {
-            let run: Value = http.get(&last_url).send().await.unwrap().json().await.unwrap();
+            let run: Value = http
+                .get(&last_url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             if run["finishedAt"].is_string() {
                 break;
             }
@@ -216,17 +226,21 @@ async fn bench_throughput(runs: usize, rounds: usize) {
         }
         let secs = started.elapsed().as_secs_f64();
         let rate = runs as f64 / secs;
+        let exec_rate = left_after_ingest as f64 / ingest_done.elapsed().as_secs_f64();
         println!(
-            "    round {round}: {rate:>7.0} runs/s end to end ({secs:.2} s, ingest part {ingest_s:.2} s); raw spawn+wait {r:>7.0}/s; ratio {:.0}%",
-            100.0 * rate / r
+            "    round {round}: {rate:>5.0} runs/s end to end ({secs:.2} s, ingest {ingest_s:.2} s); after ingest {exec_rate:>5.0}/s; raw spawn+wait {r:>5.0}/s; ratio {:.0}% ({:.0}% after ingest)",
+            100.0 * rate / r,
+            100.0 * exec_rate / r
         );
         e2e.push(rate);
+        exec.push(exec_rate);
         raw.push(r);
     }
-    let (m_e2e, m_raw) = (median(e2e), median(raw));
+    let (m_e2e, m_exec, m_raw) = (median(e2e), median(exec), median(raw));
     println!(
-        "    median: {m_e2e:.0} runs/s vs raw {m_raw:.0}/s = {:.0}% (target ≥ 75%)\n",
-        100.0 * m_e2e / m_raw
+        "    median: {m_e2e:.0} runs/s end to end vs raw {m_raw:.0}/s = {:.0}% (target ≥ 75%); execution phase alone {m_exec:.0}/s = {:.0}%\n",
+        100.0 * m_e2e / m_raw,
+        100.0 * m_exec / m_raw
     );
 }
 

@@ -78,12 +78,13 @@ async fn beat(inner: &Inner) {
 
 async fn prune(inner: &Inner) {
     let before = now_ms() - inner.settings.server.retention.as_millis() as i64;
-    let mut total = 0;
+    let (mut runs, mut events) = (0, 0);
     loop {
         match inner.store.runs_prune(before, PRUNE_BATCH).await {
-            Ok(n) => {
-                total += n;
-                if n < PRUNE_BATCH {
+            Ok(out) => {
+                runs += out.runs;
+                events += out.events;
+                if !out.more {
                     break;
                 }
                 tokio::task::yield_now().await;
@@ -94,8 +95,12 @@ async fn prune(inner: &Inner) {
             }
         }
     }
-    if total > 0 {
-        tracing::info!(runs = total, "pruned finished runs past retention");
+    if runs + events > 0 {
+        tracing::info!(
+            runs,
+            events,
+            "pruned finished runs and events past retention"
+        );
     }
 }
 

@@ -16,9 +16,9 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use super::claim::claim_params;
 use super::Inner;
 use super::abort::{CancelCause, Handle};
+use super::claim::claim_params;
 use crate::clock::now_ms;
 use crate::config::Pipeline;
 use crate::executor::{Collector, Ending, Exit, Running, SpawnSpec};
@@ -47,7 +47,13 @@ async fn run_one(inner: &Arc<Inner>, job: ClaimedJob) -> Vec<ClaimedJob> {
         let outcome = failed(Reason::ExitCode, "pipeline is not configured on this node");
         return finish(inner, &job, outcome, None, Default::default()).await;
     };
-    let handle = Handle::new(&inner.stop_jobs, &job.run_id, job.shard_index, &job.pipeline, job.claim_seq);
+    let handle = Handle::new(
+        &inner.stop_jobs,
+        &job.run_id,
+        job.shard_index,
+        &job.pipeline,
+        job.claim_seq,
+    );
     inner.registry.register(&job.id, handle.clone());
 
     let collector = Collector::new(inner.settings.server.max_output_bytes);
@@ -56,7 +62,14 @@ async fn run_one(inner: &Arc<Inner>, job: ClaimedJob) -> Vec<ClaimedJob> {
         Err(e) => {
             let message = format!("cannot start {}: {e}", spec.program.display());
             tracing::warn!(job = %job.id, "{message}");
-            finish(inner, &job, failed(Reason::ExitCode, &message), None, Default::default()).await
+            finish(
+                inner,
+                &job,
+                failed(Reason::ExitCode, &message),
+                None,
+                Default::default(),
+            )
+            .await
         }
         Ok(running) => execute(inner, &job, &pipeline, &handle, collector, running).await,
     };
@@ -93,18 +106,18 @@ async fn execute(
             }
         }
     };
+    // Flushing, recording the start and waiting run side by side in this one task;
+    // the flusher stops once the process has ended.
     let flushing_done = CancellationToken::new();
-    let flusher = tokio::spawn(flush_loop(
-        inner.clone(),
-        job.clone(),
-        collector.clone(),
-        handle.clone(),
-        flushing_done.clone(),
-    ));
-    let wait = running.wait(pipeline.timeout, pipeline.kill_grace, handle.token());
-    let ((), exit) = tokio::join!(record_start, wait);
-    flushing_done.cancel();
-    let _ = flusher.await;
+    let flusher = flush_loop(inner, job, &collector, handle, &flushing_done);
+    let wait = async {
+        let exit = running
+            .wait(pipeline.timeout, pipeline.kill_grace, handle.token())
+            .await;
+        flushing_done.cancel();
+        exit
+    };
+    let ((), exit, ()) = tokio::join!(record_start, wait, flusher);
 
     let totals = collector.finish();
     flush_output(inner, job, &collector, handle).await;
@@ -200,23 +213,25 @@ async fn finish(
 }
 
 async fn flush_loop(
-    inner: Arc<Inner>,
-    job: ClaimedJob,
-    collector: Arc<Collector>,
-    handle: Handle,
-    done: CancellationToken,
+    inner: &Inner,
+    job: &ClaimedJob,
+    collector: &Collector,
+    handle: &Handle,
+    done: &CancellationToken,
 ) {
-    let mut output_tick = tokio::time::interval(inner.settings.server.output_flush_interval);
+    let every = inner.settings.server.output_flush_interval;
+    let start = tokio::time::Instant::now();
+    let mut output_tick = tokio::time::interval_at(start + every, every);
     output_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut progress_tick = tokio::time::interval(PROGRESS_INTERVAL);
+    let mut progress_tick = tokio::time::interval_at(start + PROGRESS_INTERVAL, PROGRESS_INTERVAL);
     progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        // One task does every flush in turn, so a flush never overlaps the previous one.
+        // One loop does every flush in turn, so a flush never overlaps the previous one.
         tokio::select! {
             _ = done.cancelled() => break,
-            _ = output_tick.tick() => flush_output(&inner, &job, &collector, &handle).await,
-            _ = collector.flush_wanted() => flush_output(&inner, &job, &collector, &handle).await,
-            _ = progress_tick.tick() => flush_progress(&inner, &job, &collector).await,
+            _ = output_tick.tick() => flush_output(inner, job, collector, handle).await,
+            _ = collector.flush_wanted() => flush_output(inner, job, collector, handle).await,
+            _ = progress_tick.tick() => flush_progress(inner, job, collector).await,
         }
     }
 }

@@ -57,7 +57,11 @@ impl From<rusqlite::Error> for StoreError {
             e.sqlite_error_code(),
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
         );
-        if busy { StoreError::Busy(e.to_string()) } else { StoreError::Database(e.to_string()) }
+        if busy {
+            StoreError::Busy(e.to_string())
+        } else {
+            StoreError::Database(e.to_string())
+        }
     }
 }
 
@@ -527,6 +531,17 @@ pub struct StoredEvent {
     pub data: String,
 }
 
+/// What one `runs_prune` call deleted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PruneOutcome {
+    /// Runs (with their jobs and output).
+    pub runs: usize,
+    /// Events.
+    pub events: usize,
+    /// A batch was full: call again.
+    pub more: bool,
+}
+
 /// Queued and running counts of one pipeline.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct PipelineCounts {
@@ -594,8 +609,9 @@ pub trait Store: Send + Sync {
     async fn events_bounds(&self) -> StoreResult<(i64, i64)>;
     /// Queued and running counts per pipeline.
     async fn pipeline_counts(&self) -> StoreResult<HashMap<String, PipelineCounts>>;
-    /// Deletes up to `batch` finished runs older than `before` with their jobs, output and events.
-    async fn runs_prune(&self, before: i64, batch: usize) -> StoreResult<usize>;
+    /// Deletes up to `batch` finished runs older than `before` with their jobs and output,
+    /// and a bounded number of events older than `before` (never of unfinished runs).
+    async fn runs_prune(&self, before: i64, batch: usize) -> StoreResult<PruneOutcome>;
 
     /// Stops background work and closes connections; later calls fail with `Closed`.
     async fn close(&self);

@@ -1,4 +1,6 @@
 -- runyard schema v1 (SQLite). Times are epoch milliseconds.
+-- Every index here is written on the hot path of a job's life; each one costs WAL
+-- pages per transition, so only indexes that a hot query needs exist.
 CREATE TABLE runs (
     id              TEXT PRIMARY KEY,
     pipeline        TEXT NOT NULL,
@@ -15,7 +17,6 @@ CREATE TABLE runs (
 );
 CREATE UNIQUE INDEX runs_idempotency ON runs(pipeline, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX runs_pipeline ON runs(pipeline, id);
-CREATE INDEX runs_status ON runs(status, id);
 CREATE INDEX runs_finished ON runs(finished_at) WHERE finished_at IS NOT NULL;
 
 CREATE TABLE jobs (
@@ -75,7 +76,6 @@ CREATE TABLE events (
     data       TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
-CREATE INDEX events_run ON events(run_id);
 
 CREATE TABLE nodes (
     id           TEXT PRIMARY KEY,
