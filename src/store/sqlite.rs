@@ -40,18 +40,43 @@ const DATA_VERSION_POLL: Duration = Duration::from_millis(50);
 /// Checkpoint the WAL every 5 polls (250 ms).
 const CHECKPOINT_EVERY_TICKS: u32 = 5;
 
-type Done = Box<dyn FnOnce(StoreResult<()>) + Send>;
-/// A write request: given the open transaction's connection (or the reason
-/// there is none), does its work and returns the change kinds plus the
-/// continuation that answers the caller once the commit result is known.
-/// Whether it succeeded decides, for a batch of one, between COMMIT and ROLLBACK.
-type WriteJob = Box<dyn FnOnce(Result<Target<'_>, StoreError>) -> (u8, bool, Done) + Send>;
+/// A write request queued for the writer thread. It may run more than once: the
+/// fast path runs a whole batch in one transaction; if any request in it fails,
+/// the batch is rolled back and every request runs again in a transaction of its
+/// own, so one bad request never takes the others with it and no savepoints are
+/// needed on the fast path.
+trait WriteOp: Send {
+    /// Runs in the open transaction; returns the change kinds and whether it succeeded.
+    fn run(&mut self, conn: &Connection) -> (u8, bool);
+    /// Answers the caller with the last run's result, given how the transaction ended.
+    fn answer(self: Box<Self>, commit: StoreResult<()>);
+}
 
-/// Where a write request runs.
-struct Target<'c> {
-    conn: &'c Connection,
-    /// Wrap the request in a savepoint, because other requests share the transaction.
-    isolate: bool,
+struct Op<T, F> {
+    f: F,
+    result: Option<StoreResult<(T, u8)>>,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> WriteOp for Op<T, F>
+where
+    T: Send,
+    F: FnMut(&Connection) -> StoreResult<(T, u8)> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> (u8, bool) {
+        let result = (self.f)(conn);
+        let out = match &result {
+            Ok((_, kinds)) => (*kinds, true),
+            Err(_) => (0, false),
+        };
+        self.result = Some(result);
+        out
+    }
+
+    fn answer(self: Box<Self>, commit: StoreResult<()>) {
+        let result = self.result.unwrap_or(Err(StoreError::Closed));
+        let _ = self.reply.send(commit.and(result).map(|(t, _)| t));
+    }
 }
 
 /// Runs a parameterless statement through the statement cache (no re-parsing).
@@ -62,7 +87,7 @@ fn exec_cached(conn: &Connection, sql: &str) -> StoreResult<()> {
 
 /// SQLite implementation of [`Store`].
 pub struct SqliteStore {
-    writer: Mutex<Option<mpsc::UnboundedSender<WriteJob>>>,
+    writer: Mutex<Option<mpsc::UnboundedSender<Box<dyn WriteOp>>>>,
     readers: Arc<ReaderPool>,
     feed: ChangeFeed,
     stop: Arc<AtomicBool>,
@@ -224,42 +249,13 @@ impl SqliteStore {
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> StoreResult<(T, u8)> + Send + 'static,
+        F: FnMut(&Connection) -> StoreResult<(T, u8)> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel::<StoreResult<T>>();
-        let job: WriteJob = Box::new(move |target| {
-            let Target { conn, isolate } = match target {
-                Ok(t) => t,
-                Err(e) => return (0, false, Box::new(move |_| drop(tx.send(Err(e))))),
-            };
-            if isolate {
-                if let Err(e) = exec_cached(conn, "SAVEPOINT op") {
-                    return (0, false, Box::new(move |_| drop(tx.send(Err(e)))));
-                }
-            }
-            let mut result = f(conn);
-            if isolate {
-                let end = match &result {
-                    Ok(_) => exec_cached(conn, "RELEASE op"),
-                    Err(_) => {
-                        exec_cached(conn, "ROLLBACK TO op").and(exec_cached(conn, "RELEASE op"))
-                    }
-                };
-                if let (Ok(_), Err(e)) = (&result, end) {
-                    result = Err(e);
-                }
-            }
-            let (kinds, ok) = match &result {
-                Ok((_, kinds)) => (*kinds, true),
-                Err(_) => (0, false),
-            };
-            (
-                kinds,
-                ok,
-                Box::new(move |commit: StoreResult<()>| {
-                    drop(tx.send(commit.and(result).map(|(t, _)| t)))
-                }),
-            )
+        let (reply, rx) = oneshot::channel::<StoreResult<T>>();
+        let job: Box<dyn WriteOp> = Box::new(Op {
+            f,
+            result: None,
+            reply,
         });
         let sender = self
             .writer
@@ -291,7 +287,11 @@ impl SqliteStore {
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<WriteJob>, feed: ChangeFeed) {
+fn writer_loop(
+    conn: Connection,
+    mut rx: mpsc::UnboundedReceiver<Box<dyn WriteOp>>,
+    feed: ChangeFeed,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = Vec::with_capacity(16);
         batch.push(first);
@@ -301,53 +301,74 @@ fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<WriteJob>, feed
                 Err(_) => break,
             }
         }
-        // BEGIN IMMEDIATE waits up to busy_timeout for another process's writer; keep trying
-        // for a while longer before failing the batch, so lock contention never reaches callers.
-        let mut begin = exec_cached(&conn, "BEGIN IMMEDIATE");
-        let mut tries = 0;
-        while matches!(&begin, Err(e) if e.is_busy()) && tries < 6 {
-            tries += 1;
-            tracing::warn!(
-                "sqlite write lock busy for {:?}; retrying",
-                BUSY_TIMEOUT * tries
-            );
-            begin = exec_cached(&conn, "BEGIN IMMEDIATE");
-        }
-        if let Err(err) = begin {
-            for job in batch {
-                let (_, _, done) = job(Err(err.clone()));
-                done(Err(err.clone()));
-            }
-            continue;
-        }
-        // A lone request needs no savepoint: if it fails, the whole transaction rolls back.
-        let isolate = batch.len() > 1;
         let mut kinds = 0u8;
         let mut all_ok = true;
-        let mut dones = Vec::with_capacity(batch.len());
-        for job in batch {
-            let (k, ok, done) = job(Ok(Target {
-                conn: &conn,
-                isolate,
-            }));
-            kinds |= k;
-            all_ok &= ok;
-            dones.push(done);
+        let begin = begin_immediate(&conn);
+        if begin.is_ok() {
+            for op in batch.iter_mut() {
+                let (k, ok) = op.run(&conn);
+                kinds |= k;
+                all_ok &= ok;
+                if !ok {
+                    break;
+                }
+            }
         }
-        let commit = if isolate || all_ok {
-            exec_cached(&conn, "COMMIT")
-        } else {
-            exec_cached(&conn, "ROLLBACK")
-        };
-        if commit.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
-        } else if kinds != 0 {
-            feed.bump(kinds);
-        }
-        for done in dones {
-            done(commit.clone());
+        match begin {
+            Err(err) => {
+                for op in batch {
+                    op.answer(Err(err.clone()));
+                }
+            }
+            Ok(()) if all_ok => {
+                let commit = exec_cached(&conn, "COMMIT");
+                if commit.is_err() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                } else if kinds != 0 {
+                    feed.bump(kinds);
+                }
+                for op in batch {
+                    op.answer(commit.clone());
+                }
+            }
+            Ok(()) => {
+                // Slow path: something failed, so nothing of this batch is kept; each
+                // request runs again alone and fails or commits on its own.
+                let _ = exec_cached(&conn, "ROLLBACK");
+                for mut op in batch {
+                    let commit = begin_immediate(&conn).and_then(|()| {
+                        let (k, ok) = op.run(&conn);
+                        if ok {
+                            exec_cached(&conn, "COMMIT").inspect(|()| feed.bump(k))
+                        } else {
+                            exec_cached(&conn, "ROLLBACK")
+                        }
+                    });
+                    if commit.is_err() {
+                        let _ = conn.execute_batch("ROLLBACK");
+                    }
+                    op.answer(commit);
+                }
+            }
         }
     }
+}
+
+/// `BEGIN IMMEDIATE` takes the write lock up front, waiting up to `busy_timeout` for
+/// another process's writer; it is retried a few times more before failing, so lock
+/// contention between processes never reaches callers as an error.
+fn begin_immediate(conn: &Connection) -> StoreResult<()> {
+    let mut begin = exec_cached(conn, "BEGIN IMMEDIATE");
+    let mut tries = 0;
+    while matches!(&begin, Err(e) if e.is_busy()) && tries < 6 {
+        tries += 1;
+        tracing::warn!(
+            "sqlite write lock busy for {:?}; retrying",
+            BUSY_TIMEOUT * tries
+        );
+        begin = exec_cached(conn, "BEGIN IMMEDIATE");
+    }
+    begin
 }
 
 /// Watches `PRAGMA data_version` (commits by other connections, i.e. other processes on
@@ -553,7 +574,7 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
         cap > 0 && running.get(name).copied().unwrap_or(0) >= cap
     };
     // `INDEXED BY`: walk the queue in `seq` order (the ORDER BY) instead of letting the
-    // planner pick `jobs_due` and sort every queued row (measured: it made each claim
+    // planner pick another index and sort every queued row (measured: it made each claim
     // O(queue)). Each pass asks only for pipelines below their cap; a pass that fills a
     // pipeline's cap mid-batch ends early and the next pass leaves it out.
     for _ in 0..=p.pipelines.len() {
@@ -629,7 +650,7 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
     if want > 0 {
         out.next_due = conn
             .prepare_cached(
-                "SELECT MIN(run_after) FROM jobs WHERE status = 'queued' AND run_after > ?1",
+                "SELECT MIN(run_after) FROM jobs WHERE status = 'queued' AND attempt > 1 AND run_after > ?1",
             )?
             .query_row(params![p.now], |r| r.get(0))?;
     }
@@ -904,7 +925,7 @@ impl Store for SqliteStore {
                     p.now,
                 )?;
             }
-            Ok((RunCreated { run_id: p.run_id, job_ids: p.job_ids, created_at: p.now, existing: false }, change::WORK | change::EVENTS))
+            Ok((RunCreated { run_id: p.run_id.clone(), job_ids: p.job_ids.clone(), created_at: p.now, existing: false }, change::WORK | change::EVENTS))
         })
         .await
     }
@@ -1350,5 +1371,415 @@ impl Store for SqliteStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The store's contract, against a real SQLite file per test.
+
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Arc<SqliteStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
+        (dir, Arc::new(store))
+    }
+
+    fn policy() -> JobPolicy {
+        JobPolicy {
+            max_attempts: 2,
+            retry_backoff_ms: 10,
+            on_orphan: "requeue",
+            max_orphan_requeues: 1,
+        }
+    }
+
+    async fn create(store: &SqliteStore, shards: u32) -> RunCreated {
+        let run = crate::model::RunId::new();
+        store
+            .run_create(RunCreateParams {
+                run_id: run.to_string(),
+                job_ids: (0..shards)
+                    .map(|i| crate::model::job_id_for(run, i, shards))
+                    .collect(),
+                pipeline: "p".into(),
+                params: BTreeMap::new(),
+                triggered_by: "api".into(),
+                actor: None,
+                idempotency_key: None,
+                policy: policy(),
+                now: 1,
+            })
+            .await
+            .unwrap()
+    }
+
+    fn claim(max: usize) -> JobClaimParams {
+        JobClaimParams {
+            node_id: "n1".into(),
+            max,
+            global_cap: 0,
+            pipelines: [("p".to_string(), 0)].into(),
+            now: 10,
+        }
+    }
+
+    fn finish(job: &ClaimedJob, outcome: Outcome) -> JobFinishParams {
+        JobFinishParams {
+            job_id: job.id.clone(),
+            claim_seq: job.claim_seq,
+            outcome,
+            exit_code: Some(0),
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            truncated: false,
+            now: 20,
+            claim_next: None,
+        }
+    }
+
+    async fn run_completed_events(store: &SqliteStore, run_id: &str) -> usize {
+        store
+            .events_after(0, 100_000)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.name == "run:completed" && e.data.contains(run_id))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_failing_request_in_a_batch_does_not_take_the_others_with_it() {
+        let (_dir, store) = open();
+        let mut calls = Vec::new();
+        for i in 0..40 {
+            let store = store.clone();
+            calls.push(tokio::spawn(async move {
+                if i == 20 {
+                    store
+                        .write(|conn| {
+                            conn.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+                            Ok(((), 0))
+                        })
+                        .await
+                        .map(|_| None)
+                } else {
+                    Ok(Some(create(&store, 1).await.run_id))
+                }
+            }));
+        }
+        let mut ok = 0;
+        for (i, c) in calls.into_iter().enumerate() {
+            match c.await.unwrap() {
+                Ok(Some(run_id)) => {
+                    assert!(store.run_get(&run_id).await.unwrap().is_some());
+                    ok += 1;
+                }
+                Ok(None) => panic!("the failing write succeeded"),
+                Err(e) => assert_eq!(i, 20, "{e}"),
+            }
+        }
+        assert_eq!(ok, 39);
+    }
+
+    #[tokio::test]
+    async fn last_two_shards_finishing_together_finalise_the_run_exactly_once() {
+        let (_dir, store) = open();
+        for _ in 0..200 {
+            let run = create(&store, 2).await;
+            let jobs = store.job_claim(claim(2)).await.unwrap().jobs;
+            assert_eq!(jobs.len(), 2);
+            let (a, b) = tokio::join!(
+                store.job_finish(finish(&jobs[0], Outcome::Completed)),
+                store.job_finish(finish(&jobs[1], Outcome::Completed))
+            );
+            let finalised = [a.unwrap(), b.unwrap()]
+                .iter()
+                .filter(|o| o.run_finalized.is_some())
+                .count();
+            assert_eq!(finalised, 1);
+            let view = store.run_get(&run.run_id).await.unwrap().unwrap();
+            assert_eq!((view.status.as_str(), view.shards_done), ("completed", 2));
+            assert_eq!(run_completed_events(&store, &run.run_id).await, 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retried_shard_holds_the_run_open_until_it_ends_for_good() {
+        let (_dir, store) = open();
+        let run = create(&store, 2).await;
+        let jobs = store.job_claim(claim(2)).await.unwrap().jobs;
+        let fail = || Outcome::Failed {
+            reason: Reason::ExitCode,
+            error: None,
+        };
+        assert!(
+            store
+                .job_finish(finish(&jobs[0], Outcome::Completed))
+                .await
+                .unwrap()
+                .run_finalized
+                .is_none()
+        );
+        let retried = store.job_finish(finish(&jobs[1], fail())).await.unwrap();
+        assert_eq!(
+            (retried.status, retried.run_finalized),
+            (Some(JobStatus::Queued), None)
+        );
+        assert_eq!(
+            store
+                .run_get(&run.run_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .shards_done,
+            1
+        );
+        let again = store
+            .job_claim(JobClaimParams {
+                now: 1_000_000,
+                ..claim(1)
+            })
+            .await
+            .unwrap()
+            .jobs;
+        assert_eq!(again[0].attempt, 2);
+        let last = store.job_finish(finish(&again[0], fail())).await.unwrap();
+        assert_eq!(
+            (last.status, last.run_finalized),
+            (Some(JobStatus::Failed), Some(RunStatus::Failed))
+        );
+        assert_eq!(run_completed_events(&store, &run.run_id).await, 1);
+    }
+
+    #[tokio::test]
+    async fn stale_and_repeated_finishes_change_nothing() {
+        let (_dir, store) = open();
+        let run = create(&store, 1).await;
+        let job = store.job_claim(claim(1)).await.unwrap().jobs.remove(0);
+        let stale = ClaimedJob {
+            claim_seq: job.claim_seq - 1,
+            ..job.clone()
+        };
+        assert!(
+            !store
+                .job_finish(finish(&stale, Outcome::Completed))
+                .await
+                .unwrap()
+                .applied
+        );
+        assert!(
+            store
+                .job_start(JobStartParams {
+                    job_id: stale.id.clone(),
+                    claim_seq: stale.claim_seq,
+                    pid: 1,
+                    proc_start: 1,
+                    now: 1
+                })
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let first = store
+            .job_finish(finish(&job, Outcome::Completed))
+            .await
+            .unwrap();
+        assert!(first.applied && first.run_finalized == Some(RunStatus::Completed));
+        let again = store
+            .job_finish(finish(
+                &job,
+                Outcome::Failed {
+                    reason: Reason::ExitCode,
+                    error: None,
+                },
+            ))
+            .await
+            .unwrap();
+        assert!(!again.applied, "a terminal job is never overwritten");
+        let view = store.run_get(&run.run_id).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                view.status.as_str(),
+                view.shards_done,
+                view.jobs[0].status.as_str()
+            ),
+            ("completed", 1, "completed")
+        );
+        let appended = store
+            .job_output_append(OutputAppendParams {
+                job_id: job.id.clone(),
+                claim_seq: job.claim_seq,
+                stdout: vec!["late".into()],
+                stderr: vec![],
+            })
+            .await
+            .unwrap();
+        assert!(!appended, "output of a finished execution is refused");
+    }
+
+    #[tokio::test]
+    async fn abort_racing_a_natural_finish_ends_each_job_exactly_once() {
+        let (_dir, store) = open();
+        for i in 0..200 {
+            let run = create(&store, 2).await;
+            let jobs = store.job_claim(claim(2)).await.unwrap().jobs;
+            let outcome = if i % 2 == 0 {
+                Outcome::Completed
+            } else {
+                Outcome::Failed {
+                    reason: Reason::ExitCode,
+                    error: None,
+                }
+            };
+            let (abort, fin) = tokio::join!(
+                store.run_abort(&run.run_id, 15),
+                store.job_finish(finish(&jobs[0], outcome))
+            );
+            assert!(matches!(abort.unwrap(), AbortOutcome::Aborted { .. }));
+            fin.unwrap();
+            // The other shard ends because of the abort.
+            store
+                .job_finish(finish(&jobs[1], Outcome::Aborted))
+                .await
+                .unwrap();
+            let view = store.run_get(&run.run_id).await.unwrap().unwrap();
+            assert_eq!((view.status.as_str(), view.shards_done), ("aborted", 2));
+            assert!(
+                view.jobs
+                    .iter()
+                    .all(|j| j.status != "running" && j.status != "queued"),
+                "{:?}",
+                view.jobs
+            );
+            assert_eq!(run_completed_events(&store, &run.run_id).await, 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn orphan_requeue_keeps_the_attempt_and_is_capped() {
+        let (_dir, store) = open();
+        let run = create(&store, 1).await;
+        let job = store.job_claim(claim(1)).await.unwrap().jobs.remove(0);
+        let out = store
+            .job_finish(finish(
+                &job,
+                Outcome::Requeue {
+                    reason: Reason::Orphaned,
+                },
+            ))
+            .await
+            .unwrap();
+        assert_eq!(out.status, Some(JobStatus::Queued));
+        let again = store
+            .job_claim(JobClaimParams {
+                now: 100,
+                ..claim(1)
+            })
+            .await
+            .unwrap()
+            .jobs
+            .remove(0);
+        assert_eq!((again.attempt, again.claim_seq), (1, job.claim_seq + 1));
+        let out = store
+            .job_finish(finish(
+                &again,
+                Outcome::Requeue {
+                    reason: Reason::Orphaned,
+                },
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status,
+            Some(JobStatus::Failed),
+            "max_orphan_requeues = 1"
+        );
+        let view = store.run_get(&run.run_id).await.unwrap().unwrap();
+        assert_eq!(
+            (view.status.as_str(), view.jobs[0].reason.as_deref()),
+            ("failed", Some("orphaned"))
+        );
+    }
+
+    #[tokio::test]
+    async fn claims_respect_pipeline_and_global_caps_and_retry_delays() {
+        let (_dir, store) = open();
+        for _ in 0..5 {
+            create(&store, 1).await;
+        }
+        let capped = JobClaimParams {
+            pipelines: [("p".to_string(), 2)].into(),
+            ..claim(10)
+        };
+        assert_eq!(store.job_claim(capped.clone()).await.unwrap().jobs.len(), 2);
+        assert_eq!(store.job_claim(capped).await.unwrap().jobs.len(), 0);
+        let global = JobClaimParams {
+            global_cap: 3,
+            ..claim(10)
+        };
+        let got = store.job_claim(global.clone()).await.unwrap().jobs;
+        assert_eq!(got.len(), 1, "3 running over all nodes");
+        // A failed attempt waits for its backoff before it can be claimed again.
+        store
+            .job_finish(finish(
+                &got[0],
+                Outcome::Failed {
+                    reason: Reason::ExitCode,
+                    error: None,
+                },
+            ))
+            .await
+            .unwrap();
+        let early = store
+            .job_claim(JobClaimParams {
+                now: 20,
+                ..claim(10)
+            })
+            .await
+            .unwrap();
+        assert_eq!(early.jobs.len(), 2, "only the two never-run jobs");
+        assert_eq!(early.next_due, Some(20 + 10));
+        let due = store
+            .job_claim(JobClaimParams {
+                now: 31,
+                ..claim(10)
+            })
+            .await
+            .unwrap()
+            .jobs;
+        assert_eq!((due.len(), due[0].attempt), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn prune_removes_old_finished_runs_and_keeps_live_ones() {
+        let (_dir, store) = open();
+        let done = create(&store, 1).await;
+        let live = create(&store, 1).await;
+        let job = store.job_claim(claim(1)).await.unwrap().jobs.remove(0);
+        assert_eq!(job.run_id, done.run_id);
+        store
+            .job_finish(finish(&job, Outcome::Completed))
+            .await
+            .unwrap();
+        let out = store.runs_prune(1_000, 100).await.unwrap();
+        assert_eq!(out.runs, 1);
+        assert!(store.run_get(&done.run_id).await.unwrap().is_none());
+        assert!(store.job_get(&job.id).await.unwrap().is_none());
+        assert!(store.run_get(&live.run_id).await.unwrap().is_some());
+        let events = store.events_after(0, 1000).await.unwrap();
+        assert!(events.iter().all(|e| !e.data.contains(&done.run_id)));
+        assert!(
+            events.iter().any(|e| e.data.contains(&live.run_id)),
+            "events of unfinished runs stay"
+        );
+        let (min, _) = store.events_bounds().await.unwrap();
+        assert!(
+            min > 1,
+            "the oldest ids are gone, so a resume from 0 gets a resync"
+        );
     }
 }

@@ -54,7 +54,8 @@ CREATE TABLE jobs (
 );
 -- The claim query's ORDER BY seq walks this index.
 CREATE INDEX jobs_queued ON jobs(seq) WHERE status = 'queued';
-CREATE INDEX jobs_due ON jobs(run_after) WHERE status = 'queued';
+-- Only retries wait (run_after in the future); new and requeued jobs are due at once.
+CREATE INDEX jobs_delayed ON jobs(run_after) WHERE status = 'queued' AND attempt > 1;
 CREATE INDEX jobs_running ON jobs(node_id) WHERE status = 'running';
 CREATE INDEX jobs_run ON jobs(run_id, shard_index);
 
