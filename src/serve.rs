@@ -53,6 +53,7 @@ pub async fn run(
         store: store.clone(),
         tailer,
         shutdown: http_stop.clone(),
+        streams: Arc::new(tokio::sync::Semaphore::new(api::events::MAX_STREAMS)),
     });
     tracing::info!(addr = %listener.local_addr()?, "listening");
 

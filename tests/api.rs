@@ -157,6 +157,13 @@ async fn ids_are_validated_and_unknown_things_are_404() {
         let (status, body) = s.get(path).await;
         assert_eq!(status, 400, "{path}: {body}");
     }
+    // Any UUID spelling names the same run.
+    let (_, t) = s.trigger("echo", json!({})).await;
+    let upper = t["runId"].as_str().unwrap().to_uppercase();
+    let (status, run) = s.get(&format!("/api/runs/{upper}")).await;
+    assert_eq!((status, run["runId"].clone()), (200, t["runId"].clone()));
+    assert_eq!(s.get(&format!("/api/jobs/{upper}")).await.0, 200);
+    assert_eq!(s.get("/api/runs?offset=99999999").await.0, 400);
     let missing = "01a20604-ed00-71a9-9811-7ad720d0be11";
     assert_eq!(s.get(&format!("/api/runs/{missing}")).await.0, 404);
     assert_eq!(s.get(&format!("/api/jobs/{missing}")).await.0, 404);

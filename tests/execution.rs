@@ -459,5 +459,18 @@ async fn sse_resume_with_last_event_id_misses_nothing() {
     );
     // 3 runs × (2 created + 2 started + 2 completed + 1 run:completed).
     assert!(ids.len() >= 21, "{} events", ids.len());
+
+    // An absurd Last-Event-ID is not an error: nothing newer exists, so the stream is live.
+    let mut far = EventWatcher::connect(&s.base, i64::MAX);
+    let next = s.trigger("quick", json!({})).await.1["runId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut fresh = s.events();
+    fresh
+        .wait_for("run:completed", |d| d["runId"] == next.as_str(), T)
+        .await;
+    assert_eq!(s.get("/healthz").await.0, 200);
+    assert!(far.is_open(), "the stream survived an absurd Last-Event-ID");
     s.stop().await;
 }

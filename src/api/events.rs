@@ -24,7 +24,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, AppState};
-use crate::model::{JobStatus, parse_job_id};
+use crate::model::JobStatus;
 use crate::store::{Store, StoredEvent, change};
 
 const REPLAY_PAGE: usize = 500;
@@ -107,6 +107,16 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     }
 }
 
+/// Most SSE streams open at once; past it a client gets 503 instead of the server
+/// spending unbounded memory and reads on streams.
+pub const MAX_STREAMS: usize = 1024;
+
+fn stream_permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Unavailable(format!("too many open streams (at most {MAX_STREAMS})"))
+    })
+}
+
 fn sse_event(ev: &StoredEvent) -> Event {
     Event::default()
         .id(ev.id.to_string())
@@ -120,16 +130,18 @@ pub(super) async fn events(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     let resume = last_event_id(&headers)?;
+    let permit = stream_permit(&state)?;
     let mut rx = state.tailer.tx.subscribe();
     // Subscribed first, then read the bounds: every event after `max` reaches us live or by gap replay.
     let (min_id, live_from) = state.store.events_bounds().await?;
     let store = state.store.clone();
     let shutdown = state.shutdown.clone();
     let stream = async_stream::stream! {
+        let _permit = permit;
         let mut cursor = match resume {
             None => live_from,
             Some(n) => {
-                if min_id > n + 1 {
+                if min_id > n.saturating_add(1) {
                     yield Ok::<Event, Infallible>(Event::default().event("resync").data(json!({"lastEventId": n, "oldestRetained": min_id}).to_string()));
                 }
                 n
@@ -160,7 +172,7 @@ pub(super) async fn events(
             };
             match next {
                 // A gap (the tailer skipped ahead while idle): fill it from the store.
-                Ok(ev) if ev.id > cursor + 1 => replay = true,
+                Ok(ev) if ev.id > cursor.saturating_add(1) => replay = true,
                 Ok(ev) if ev.id > cursor => {
                     cursor = ev.id;
                     yield Ok(sse_event(&ev));
@@ -195,7 +207,7 @@ pub(super) async fn log_stream(
 ) -> Result<impl IntoResponse, ApiError> {
     let Path(job_id) = path?;
     let Query(q) = query?;
-    parse_job_id(&job_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let job_id = super::runs::canonical_job_id(&job_id)?;
     if state.store.job_get(&job_id).await?.is_none() {
         return Err(ApiError::NotFound(format!("Job not found: {job_id}")));
     }
@@ -208,7 +220,9 @@ pub(super) async fn log_stream(
     let shutdown = state.shutdown.clone();
     let mut output = store.changes().subscribe(change::OUTPUT);
     let mut events = store.changes().subscribe(change::EVENTS);
+    let permit = stream_permit(&state)?;
     let stream = async_stream::stream! {
+        let _permit = permit;
         loop {
             output.borrow_and_update();
             events.borrow_and_update();

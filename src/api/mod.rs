@@ -38,6 +38,8 @@ pub struct AppState {
     pub tailer: EventTailer,
     /// Cancelled when the server stops: streams end.
     pub shutdown: CancellationToken,
+    /// One permit per open SSE stream.
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// The router with every route.

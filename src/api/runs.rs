@@ -20,6 +20,9 @@ pub(super) struct PageQuery {
     status: Option<String>,
 }
 
+/// Deepest page offset (deeper pages cost a scan of everything before them).
+const MAX_OFFSET: u32 = 100_000;
+
 /// Validated paging: limit 1–500 (default 50), offset, optional status.
 pub(super) fn page(q: &PageQuery) -> Result<(u32, u32, Option<RunStatus>), ApiError> {
     let limit = q.limit.unwrap_or(50);
@@ -42,19 +45,35 @@ pub(super) fn page(q: &PageQuery) -> Result<(u32, u32, Option<RunStatus>), ApiEr
             ))
         })?),
     };
-    Ok((limit, q.offset.unwrap_or(0), status))
+    let offset = q.offset.unwrap_or(0);
+    if offset > MAX_OFFSET {
+        return Err(ApiError::BadRequest(format!(
+            "offset must be at most {MAX_OFFSET}"
+        )));
+    }
+    Ok((limit, offset, status))
 }
 
+/// The canonical form of a run id from the path (any UUID spelling is accepted).
 fn run_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(id) = path?;
-    RunId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    Ok(id)
+    let run = RunId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(run.to_string())
 }
 
-fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+/// The canonical form of a job id from the path.
+pub(super) fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(id) = path?;
-    parse_job_id(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    Ok(id)
+    canonical_job_id(&id)
+}
+
+/// `RUN` or `RUN:sN` in canonical form (lowercase hyphenated UUID, no leading zeros).
+pub(super) fn canonical_job_id(id: &str) -> Result<String, ApiError> {
+    let (run, shard) = parse_job_id(id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(match shard {
+        Some(i) => format!("{run}:s{i}"),
+        None => run.to_string(),
+    })
 }
 
 pub(super) async fn list(

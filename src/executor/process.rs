@@ -40,9 +40,11 @@ pub fn pid_alive(pid: u32) -> bool {
     !matches!(rustix::process::test_kill_process(p), Err(Errno::SRCH))
 }
 
-/// True when the process `pid` exists and started at `start` (not a reused pid).
+/// True when the process `pid` exists and started at `start` (not a reused pid). A pid
+/// that exists but whose start time cannot be read (e.g. `/proc` mounted with `hidepid`)
+/// counts as alive: it cannot be proven to be another process.
 pub fn same_process_alive(pid: u32, start: u64) -> bool {
-    pid_alive(pid) && start_time(pid) == Some(start)
+    pid_alive(pid) && start_time(pid).is_none_or(|s| s == start)
 }
 
 /// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
@@ -51,6 +53,55 @@ pub fn start_time(pid: u32) -> Option<u64> {
     // The command name (field 2) may contain spaces and parentheses: fields resume after the last ')'.
     let after = &stat[stat.rfind(')')? + 1..];
     after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// This process's identity scope for pid checks: the kernel boot id plus the pid
+/// namespace. Two nodes compare pids only when both match (containers on one host with
+/// the same host name see different pid namespaces, and fall back to heartbeat age).
+pub fn pid_scope() -> String {
+    let ns = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    format!("{}/{ns}", boot_id())
+}
+
+/// Process group ids of live processes whose environment holds every `KEY=VALUE` of
+/// `env` (used to find a job's processes when its pid was never recorded). Processes
+/// whose environment cannot be read are skipped.
+pub fn groups_with_env(env: &[(&str, &str)]) -> Vec<u32> {
+    let wanted: Vec<Vec<u8>> = env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}").into_bytes())
+        .collect();
+    let mut groups = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return groups;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        if !wanted.iter().all(|w| vars.contains(&w.as_slice())) {
+            continue;
+        }
+        if let Some(pgid) = process_group(pid) {
+            if !groups.contains(&pgid) {
+                groups.push(pgid);
+            }
+        }
+    }
+    groups
+}
+
+/// The process group of `pid` (field 5 of `/proc/<pid>/stat`).
+pub fn process_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// This kernel boot's id.
@@ -80,6 +131,24 @@ mod tests {
         assert!(!same_process_alive(me, start + 1));
         assert!(pid_alive(1), "pid 1 exists (EPERM or not)");
         assert!(!boot_id().is_empty());
+    }
+
+    #[test]
+    fn processes_are_found_by_environment() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("RUNYARD_TEST_MARK", format!("{}", std::process::id()))
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mark = std::process::id().to_string();
+        let groups = groups_with_env(&[("RUNYARD_TEST_MARK", &mark)]);
+        assert_eq!(groups, vec![child.id()]);
+        assert_eq!(process_group(child.id()), Some(child.id()));
+        signal_group(child.id(), Sig::Kill);
+        child.wait().unwrap();
+        assert!(groups_with_env(&[("RUNYARD_TEST_MARK", &mark)]).is_empty());
     }
 
     #[test]

@@ -93,14 +93,25 @@ impl AbortRegistry {
         self.lock().insert(job_id.to_string(), handle);
     }
 
-    /// Removes a job's handle (its task ended).
-    pub fn remove(&self, job_id: &str) {
-        self.lock().remove(job_id);
+    /// Removes a job's handle (its task ended), unless a newer execution replaced it.
+    pub fn remove(&self, job_id: &str, claim_seq: i64) {
+        let mut entries = self.lock();
+        if entries
+            .get(job_id)
+            .is_some_and(|h| h.claim_seq == claim_seq)
+        {
+            entries.remove(job_id);
+        }
     }
 
-    /// Cancels one job; false when it is not running here.
-    pub fn cancel(&self, job_id: &str, cause: CancelCause) -> bool {
-        let handle = self.lock().get(job_id).cloned();
+    /// Cancels one execution (`claim_seq` names it: a job re-claimed on this node is a
+    /// different execution); false when it is not running here.
+    pub fn cancel(&self, job_id: &str, claim_seq: i64, cause: CancelCause) -> bool {
+        let handle = self
+            .lock()
+            .get(job_id)
+            .filter(|h| h.claim_seq == claim_seq)
+            .cloned();
         handle.map(|h| h.cancel(cause)).is_some()
     }
 
@@ -173,6 +184,29 @@ mod tests {
         assert_eq!(reg.abort_all_shards_for_run("r1"), 1);
         assert_eq!(reg.len(), 1, "r22 untouched");
         assert_eq!(reg.abort_all_shards_for_run("r2"), 0);
+    }
+
+    #[test]
+    fn cancel_and_remove_name_one_execution() {
+        let root = CancellationToken::new();
+        let reg = AbortRegistry::default();
+        let old = Handle::new(&root, "r", 0, "p", 5);
+        let new = Handle::new(&root, "r", 0, "p", 6);
+        reg.register("r", old.clone());
+        reg.register("r", new.clone()); // the job was re-claimed on this node
+        assert!(
+            !reg.cancel("r", 5, CancelCause::Abort),
+            "a stale execution's cancel misses"
+        );
+        reg.remove("r", 5);
+        assert_eq!(
+            reg.len(),
+            1,
+            "the stale task's removal leaves the new handle"
+        );
+        assert!(!new.token().is_cancelled());
+        assert!(reg.cancel("r", 6, CancelCause::Abort));
+        assert!(new.token().is_cancelled());
     }
 
     #[test]

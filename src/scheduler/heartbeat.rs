@@ -54,9 +54,11 @@ async fn beat(inner: &Inner) {
     };
     match inner.store.node_heartbeat(params).await {
         Ok(out) => {
-            for job_id in &out.cancel {
+            for (job_id, claim_seq) in &out.cancel {
                 tracing::info!(job = %job_id, "stopping a job that was aborted or is no longer ours");
-                inner.registry.cancel(job_id, CancelCause::Abort);
+                inner
+                    .registry
+                    .cancel(job_id, *claim_seq, CancelCause::Abort);
             }
             if !out.registered {
                 tracing::warn!(
@@ -116,8 +118,8 @@ pub(super) async fn abort_sweep_loop(inner: Arc<Inner>) {
         }
         match inner.store.jobs_abort_requested(&inner.node.id).await {
             Ok(ids) => {
-                for id in ids {
-                    inner.registry.cancel(&id, CancelCause::Abort);
+                for (id, claim_seq) in ids {
+                    inner.registry.cancel(&id, claim_seq, CancelCause::Abort);
                 }
             }
             Err(e) => tracing::warn!("abort sweep failed: {e}"),

@@ -73,7 +73,7 @@ async fn run_one(inner: &Arc<Inner>, job: ClaimedJob) -> Vec<ClaimedJob> {
         }
         Ok(running) => execute(inner, &job, &pipeline, &handle, collector, running).await,
     };
-    inner.registry.remove(&job.id);
+    inner.registry.remove(&job.id, job.claim_seq);
     next
 }
 
@@ -151,8 +151,13 @@ fn outcome_of(exit: &Exit, cause: Option<CancelCause>, pipeline: &Pipeline) -> O
             Some(CancelCause::Shutdown) => Outcome::Requeue {
                 reason: Reason::Shutdown,
             },
-            // An abort, or a lost claim (the fence will refuse the write).
-            _ => Outcome::Aborted,
+            Some(CancelCause::Abort) => Outcome::Aborted,
+            // The execution was lost (its start could not be recorded, or the node was
+            // declared dead): if the claim is somehow still ours, hand the job back like
+            // an orphan; otherwise the fence refuses the write. Never an abort nobody asked for.
+            Some(CancelCause::Lost) | None => Outcome::Requeue {
+                reason: Reason::Orphaned,
+            },
         },
     }
 }
@@ -302,6 +307,8 @@ pub(crate) fn spawn_spec(pipeline: &Pipeline, job: &ClaimedJob) -> SpawnSpec {
             job.shard_count.to_string(),
         ),
         ("RUNYARD_ATTEMPT".to_string(), job.attempt.to_string()),
+        // Lets recovery find this execution's processes even if its pid was never recorded.
+        ("RUNYARD_CLAIM_SEQ".to_string(), job.claim_seq.to_string()),
     ]);
     for (name, value) in &job.params {
         env.push((

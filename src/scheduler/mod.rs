@@ -119,6 +119,8 @@ pub(crate) struct Inner {
     services: TaskTracker,
     /// Poked when a local slot frees.
     slot_freed: Notify,
+    /// The claim loop, awaited at shutdown before jobs are drained, so no claim lands late.
+    claimer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Pipeline name → concurrency cap, for claims.
     claimable: HashMap<String, u32>,
 }
@@ -143,7 +145,7 @@ impl Scheduler {
             host: process::hostname(),
             pid,
             proc_start: process::start_time(pid).unwrap_or(0),
-            boot_id: process::boot_id(),
+            boot_id: process::pid_scope(),
             slots: settings.server.max_workers as u32,
             started_at: now,
             heartbeat_at: now,
@@ -167,6 +169,7 @@ impl Scheduler {
             jobs: TaskTracker::new(),
             services: TaskTracker::new(),
             slot_freed: Notify::new(),
+            claimer: std::sync::Mutex::new(None),
             claimable,
         });
         match rescuer::run_once(&inner).await {
@@ -179,7 +182,8 @@ impl Scheduler {
             Ok(_) => {}
             Err(e) => tracing::warn!("start-up orphan rescue failed: {e}"),
         }
-        inner.services.spawn(claim::claim_loop(inner.clone()));
+        *inner.claimer.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(tokio::spawn(claim::claim_loop(inner.clone())));
         inner
             .services
             .spawn(heartbeat::heartbeat_loop(inner.clone()));
@@ -290,6 +294,15 @@ impl Scheduler {
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         inner.stop_claiming.cancel();
+        // A claim in flight must land (and its jobs be tracked) before the drain starts.
+        let claimer = inner
+            .claimer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(claimer) = claimer {
+            let _ = claimer.await;
+        }
         inner.jobs.close();
         let timeout = inner.settings.server.shutdown_timeout;
         if tokio::time::timeout(timeout, inner.jobs.wait())

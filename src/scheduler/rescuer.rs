@@ -17,7 +17,7 @@ use super::Inner;
 use crate::clock::now_ms;
 use crate::executor::process::{self, Sig};
 use crate::model::Reason;
-use crate::store::{JobFinishParams, NodeRow, Outcome, StoreError};
+use crate::store::{JobFinishParams, NodeRow, Outcome, RunningJob, StoreError};
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -30,15 +30,16 @@ pub struct RescueReport {
     pub groups_killed: usize,
 }
 
-/// Whether `node` is proven dead from the point of view of `me`.
+/// Whether `node` is proven dead from the point of view of `me`. Pids are compared only
+/// between nodes with the same host, boot and pid namespace (`boot_id` holds
+/// [`process::pid_scope`]); any other node is dead when its heartbeat is older than the
+/// lease. A host name shared by two machines or containers therefore never makes a live
+/// node look dead; a rebooted machine's old nodes are resolved after one lease.
 pub fn is_dead(me: &NodeRow, node: &NodeRow, lease_ms: i64, now: i64) -> bool {
     if node.id == me.id {
         return false;
     }
-    if node.host == me.host {
-        if node.boot_id != me.boot_id {
-            return true;
-        }
+    if node.host == me.host && node.boot_id == me.boot_id {
         return !process::same_process_alive(node.pid, node.proc_start);
     }
     now - node.heartbeat_at > lease_ms
@@ -53,46 +54,81 @@ pub(crate) async fn run_once(inner: &Arc<Inner>) -> Result<RescueReport, StoreEr
         .iter()
         .filter(|n| is_dead(&inner.node, n, lease_ms, now_ms()))
     {
-        let same_boot = node.host == inner.node.host && node.boot_id == inner.node.boot_id;
-        let jobs = inner.store.jobs_running_on(&node.id).await?;
-        for job in &jobs {
-            if let (true, Some(pid)) = (same_boot, job.pid) {
-                // Kill the group if its leader is gone (only our leftovers can hold the
-                // group id) or is still the recorded process; skip a reused pid.
-                let ours = !process::pid_alive(pid)
-                    || job
-                        .proc_start
-                        .is_some_and(|s| process::same_process_alive(pid, s));
-                if ours {
-                    process::signal_group(pid, Sig::Kill);
-                    report.groups_killed += 1;
-                }
+        let same_scope = node.host == inner.node.host && node.boot_id == inner.node.boot_id;
+        for job in inner.store.jobs_running_on(&node.id).await? {
+            if same_scope {
+                report.groups_killed += kill_leftovers(&job);
             }
-            let out = inner
-                .store
-                .job_finish(JobFinishParams {
-                    job_id: job.id.clone(),
-                    claim_seq: job.claim_seq,
-                    outcome: Outcome::Requeue {
-                        reason: Reason::Orphaned,
-                    },
-                    exit_code: None,
-                    stdout_bytes: 0,
-                    stderr_bytes: 0,
-                    truncated: false,
-                    now: now_ms(),
-                    claim_next: None,
-                })
-                .await?;
-            if out.applied {
+            if resolve(inner, &job).await? {
                 report.orphans += 1;
-                tracing::info!(job = %job.id, dead_node = %node.id, status = ?out.status, "resolved orphaned job");
+                tracing::info!(job = %job.id, dead_node = %node.id, "resolved orphaned job");
             }
         }
+        // Only after its jobs are resolved: a job of a node without a row is "stranded" below.
         inner.store.node_remove(&node.id).await?;
         report.dead_nodes += 1;
     }
+    // Jobs left `running` by a node that is gone without a trace (its end could not be
+    // recorded before it stopped). Their processes are gone with their node's drain.
+    for job in inner.store.jobs_running_unowned().await? {
+        if resolve(inner, &job).await? {
+            report.orphans += 1;
+            tracing::info!(job = %job.id, "resolved stranded job");
+        }
+    }
     Ok(report)
+}
+
+/// Kills what is left of an orphaned execution on this host; returns the groups signalled.
+fn kill_leftovers(job: &RunningJob) -> usize {
+    match job.pid {
+        // Kill the group if its leader is gone (only our leftovers can hold the group
+        // id) or is still the recorded process; skip a reused pid.
+        Some(pid) => {
+            let ours = !process::pid_alive(pid)
+                || job
+                    .proc_start
+                    .is_some_and(|s| process::same_process_alive(pid, s));
+            if ours {
+                process::signal_group(pid, Sig::Kill);
+            }
+            usize::from(ours)
+        }
+        // The node died between spawn and recording the pid: find the execution by the
+        // environment it was given.
+        None => {
+            let seq = job.claim_seq.to_string();
+            let groups = process::groups_with_env(&[
+                ("RUNYARD_JOB_ID", &job.id),
+                ("RUNYARD_CLAIM_SEQ", &seq),
+            ]);
+            for pgid in &groups {
+                process::signal_group(*pgid, Sig::Kill);
+            }
+            groups.len()
+        }
+    }
+}
+
+/// Re-queues or fails an orphaned execution by its pipeline's policy (one fenced write).
+async fn resolve(inner: &Inner, job: &RunningJob) -> Result<bool, StoreError> {
+    let out = inner
+        .store
+        .job_finish(JobFinishParams {
+            job_id: job.id.clone(),
+            claim_seq: job.claim_seq,
+            outcome: Outcome::Requeue {
+                reason: Reason::Orphaned,
+            },
+            exit_code: None,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            truncated: false,
+            now: now_ms(),
+            claim_next: None,
+        })
+        .await?;
+    Ok(out.applied)
 }
 
 #[cfg(test)]
@@ -116,7 +152,7 @@ mod tests {
     fn liveness_rules() {
         let me_pid = std::process::id();
         let me_start = process::start_time(me_pid).unwrap();
-        let boot = process::boot_id();
+        let boot = process::pid_scope();
         let me = node("me", "h", me_pid, me_start, &boot, 0);
         // Same host, same boot: decided by (pid, start time), never by heartbeat age.
         assert!(!is_dead(
@@ -131,10 +167,16 @@ mod tests {
             30_000,
             1_000_000
         ));
-        // Same host, other boot: dead.
+        // Same host name, other boot or pid namespace: heartbeat age, never pids.
+        assert!(!is_dead(
+            &me,
+            &node("container", "h", 0x3fff_ffff, 1, "other", 990_000),
+            30_000,
+            1_000_000
+        ));
         assert!(is_dead(
             &me,
-            &node("old-boot", "h", me_pid, me_start, "other", 1_000_000),
+            &node("old-boot", "h", me_pid, me_start, "other", 960_000),
             30_000,
             1_000_000
         ));

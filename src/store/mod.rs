@@ -376,8 +376,9 @@ pub struct NodeHeartbeatParams {
 pub struct HeartbeatOutcome {
     /// False when the node row is gone (another node proved it dead).
     pub registered: bool,
-    /// Of the listed jobs, those this node must stop: aborted, or no longer its claim.
-    pub cancel: Vec<String>,
+    /// Of the listed executions `(job id, claim_seq)`, those this node must stop:
+    /// aborted, or no longer its claim.
+    pub cancel: Vec<(String, i64)>,
 }
 
 /// A running job as recorded for recovery.
@@ -583,8 +584,12 @@ pub trait Store: Send + Sync {
     async fn nodes_list(&self) -> StoreResult<Vec<NodeRow>>;
     /// Jobs in `running` owned by a node.
     async fn jobs_running_on(&self, node_id: &str) -> StoreResult<Vec<RunningJob>>;
-    /// Running jobs whose run was aborted, among those owned by a node.
-    async fn jobs_abort_requested(&self, node_id: &str) -> StoreResult<Vec<String>>;
+    /// Jobs in `running` whose node has no row any more (stranded: e.g. their end could not
+    /// be recorded before the node stopped). A live node always has a row, because claims
+    /// require it.
+    async fn jobs_running_unowned(&self) -> StoreResult<Vec<RunningJob>>;
+    /// Running executions `(job id, claim_seq)` whose run was aborted, among those owned by a node.
+    async fn jobs_abort_requested(&self, node_id: &str) -> StoreResult<Vec<(String, i64)>>;
 
     /// One run with its jobs.
     async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunView>>;

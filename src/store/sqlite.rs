@@ -34,6 +34,8 @@ use crate::model::EventName;
 const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite_0001_init.sql")];
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BATCH: usize = 512;
+/// Reads running at once (each holds a connection and a blocking thread).
+const MAX_READERS: usize = 8;
 /// Events deleted per pruned-run batch slot.
 const EVENTS_PER_RUN_PRUNED: usize = 20;
 const DATA_VERSION_POLL: Duration = Duration::from_millis(50);
@@ -89,6 +91,7 @@ fn exec_cached(conn: &Connection, sql: &str) -> StoreResult<()> {
 pub struct SqliteStore {
     writer: Mutex<Option<mpsc::UnboundedSender<Box<dyn WriteOp>>>>,
     readers: Arc<ReaderPool>,
+    read_slots: tokio::sync::Semaphore,
     feed: ChangeFeed,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -115,7 +118,7 @@ impl ReaderPool {
 
     fn put(&self, conn: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < 8 {
+        if idle.len() < MAX_READERS {
             idle.push(conn);
         }
     }
@@ -236,6 +239,7 @@ impl SqliteStore {
 
         Ok(SqliteStore {
             writer: Mutex::new(Some(tx)),
+            read_slots: tokio::sync::Semaphore::new(MAX_READERS),
             readers: Arc::new(ReaderPool {
                 path: path.to_path_buf(),
                 idle: Mutex::new(Vec::new()),
@@ -275,6 +279,13 @@ impl SqliteStore {
         if self.stop.load(Ordering::Relaxed) {
             return Err(StoreError::Closed);
         }
+        // Bounded: a burst of reads queues here instead of opening a connection and a
+        // blocking thread per request.
+        let _permit = self
+            .read_slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         let pool = self.readers.clone();
         tokio::task::spawn_blocking(move || {
             let conn = pool.get()?;
@@ -550,6 +561,16 @@ fn decide(row: &FenceRow, outcome: &Outcome, now: i64) -> Transition {
 
 /// Claims queued jobs for a node inside the caller's transaction (see [`Store::job_claim`]).
 fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcome> {
+    // A node without a row was declared dead (or has deregistered): it may not claim, so a
+    // `running` job always belongs to a registered node or is stranded (see the rescuer).
+    let registered = conn
+        .prepare_cached("SELECT 1 FROM nodes WHERE id = ?1")?
+        .query_row(params![p.node_id], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if !registered {
+        return Ok(ClaimOutcome::default());
+    }
     let mut running: HashMap<String, u32> = HashMap::new();
     let mut total = 0usize;
     // Counting running jobs only matters when some cap applies.
@@ -747,6 +768,15 @@ fn finish_fenced(conn: &Connection, p: &JobFinishParams) -> StoreResult<(FinishO
 }
 
 // ---------------------------------------------------------------- read helpers
+
+fn running_job(r: &Row<'_>) -> rusqlite::Result<RunningJob> {
+    Ok(RunningJob {
+        id: r.get(0)?,
+        claim_seq: r.get(1)?,
+        pid: r.get(2)?,
+        proc_start: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+    })
+}
 
 const JOB_COLS: &str =
     "id, run_id, pipeline, shard_index, shard_count, status, reason, attempt, max_attempts,
@@ -1095,7 +1125,7 @@ impl Store for SqliteStore {
                     stmt.query_row(params![job_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
                 let ours = matches!(&row, Some((s, c, abort)) if s == "running" && c == claim_seq && !abort);
                 if !ours {
-                    cancel.push(job_id.clone());
+                    cancel.push((job_id.clone(), *claim_seq));
                 }
             }
             Ok((HeartbeatOutcome { registered, cancel }, 0))
@@ -1139,25 +1169,31 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             Ok(conn
                 .prepare_cached("SELECT id, claim_seq, pid, proc_start FROM jobs WHERE node_id = ?1 AND status = 'running'")?
-                .query_map(params![node_id], |r| {
-                    Ok(RunningJob {
-                        id: r.get(0)?,
-                        claim_seq: r.get(1)?,
-                        pid: r.get(2)?,
-                        proc_start: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
-                    })
-                })?
+                .query_map(params![node_id], running_job)?
                 .collect::<Result<_, _>>()?)
         })
         .await
     }
 
-    async fn jobs_abort_requested(&self, node_id: &str) -> StoreResult<Vec<String>> {
+    async fn jobs_running_unowned(&self) -> StoreResult<Vec<RunningJob>> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT id, claim_seq, pid, proc_start FROM jobs
+                     WHERE status = 'running' AND node_id NOT IN (SELECT id FROM nodes)",
+                )?
+                .query_map([], running_job)?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn jobs_abort_requested(&self, node_id: &str) -> StoreResult<Vec<(String, i64)>> {
         let node_id = node_id.to_string();
         self.read(move |conn| {
             Ok(conn
-                .prepare_cached("SELECT id FROM jobs WHERE node_id = ?1 AND status = 'running' AND abort_requested = 1")?
-                .query_map(params![node_id], |r| r.get(0))?
+                .prepare_cached("SELECT id, claim_seq FROM jobs WHERE node_id = ?1 AND status = 'running' AND abort_requested = 1")?
+                .query_map(params![node_id], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?)
         })
         .await
@@ -1181,11 +1217,18 @@ impl Store for SqliteStore {
 
     async fn runs_list(&self, f: RunFilter) -> StoreResult<Vec<RunView>> {
         self.read(move |conn| {
+            // One statement per filter shape, so each can use its index (`runs_pipeline`
+            // for a pipeline, the primary key otherwise) with a plan fixed at prepare time.
             let status = f.status.map(|s| s.as_str());
+            let filter = match (&f.pipeline, status) {
+                (None, None) => "?1 IS NULL AND ?2 IS NULL",
+                (Some(_), None) => "pipeline = ?1 AND ?2 IS NULL",
+                (None, Some(_)) => "?1 IS NULL AND status = ?2",
+                (Some(_), Some(_)) => "pipeline = ?1 AND status = ?2",
+            };
             let mut runs: Vec<RunView> = conn
                 .prepare_cached(&format!(
-                    "SELECT {RUN_COLS} FROM runs WHERE (?1 IS NULL OR pipeline = ?1) AND (?2 IS NULL OR status = ?2)
-                     ORDER BY id DESC LIMIT ?3 OFFSET ?4"
+                    "SELECT {RUN_COLS} FROM runs WHERE {filter} ORDER BY id DESC LIMIT ?3 OFFSET ?4"
                 ))?
                 .query_map(params![f.pipeline, status, f.limit, f.offset], run_view)?
                 .collect::<Result<_, _>>()?;
@@ -1382,9 +1425,20 @@ mod tests {
 
     use super::*;
 
-    fn open() -> (tempfile::TempDir, Arc<SqliteStore>) {
+    async fn open() -> (tempfile::TempDir, Arc<SqliteStore>) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
+        let node = NodeRow {
+            id: "n1".into(),
+            host: "h".into(),
+            pid: 1,
+            proc_start: 1,
+            boot_id: "b".into(),
+            slots: 2,
+            started_at: 0,
+            heartbeat_at: 0,
+        };
+        store.node_register(node).await.unwrap();
         (dir, Arc::new(store))
     }
 
@@ -1453,7 +1507,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_request_in_a_batch_does_not_take_the_others_with_it() {
-        let (_dir, store) = open();
+        let (_dir, store) = open().await;
         let mut calls = Vec::new();
         for i in 0..40 {
             let store = store.clone();
@@ -1487,7 +1541,7 @@ mod tests {
 
     #[tokio::test]
     async fn last_two_shards_finishing_together_finalise_the_run_exactly_once() {
-        let (_dir, store) = open();
+        let (_dir, store) = open().await;
         for _ in 0..200 {
             let run = create(&store, 2).await;
             let jobs = store.job_claim(claim(2)).await.unwrap().jobs;
@@ -1509,7 +1563,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retried_shard_holds_the_run_open_until_it_ends_for_good() {
-        let (_dir, store) = open();
+        let (_dir, store) = open().await;
         let run = create(&store, 2).await;
         let jobs = store.job_claim(claim(2)).await.unwrap().jobs;
         let fail = || Outcome::Failed {
@@ -1557,7 +1611,7 @@ mod tests {
 
     #[tokio::test]
     async fn stale_and_repeated_finishes_change_nothing() {
-        let (_dir, store) = open();
+        let (_dir, store) = open().await;
         let run = create(&store, 1).await;
         let job = store.job_claim(claim(1)).await.unwrap().jobs.remove(0);
         let stale = ClaimedJob {
@@ -1623,7 +1677,7 @@ mod tests {
 
     #[tokio::test]
     async fn abort_racing_a_natural_finish_ends_each_job_exactly_once() {
-        let (_dir, store) = open();
+        let (_dir, store) = open().await;
         for i in 0..200 {
             let run = create(&store, 2).await;
             let jobs = store.job_claim(claim(2)).await.unwrap().jobs;
@@ -1661,7 +1715,7 @@ mod tests {
 
     #[tokio::test]
     async fn orphan_requeue_keeps_the_attempt_and_is_capped() {
-        let (_dir, store) = open();
+        let (_dir, store) = open().await;
         let run = create(&store, 1).await;
         let job = store.job_claim(claim(1)).await.unwrap().jobs.remove(0);
         let out = store
@@ -1707,7 +1761,7 @@ mod tests {
 
     #[tokio::test]
     async fn claims_respect_pipeline_and_global_caps_and_retry_delays() {
-        let (_dir, store) = open();
+        let (_dir, store) = open().await;
         for _ in 0..5 {
             create(&store, 1).await;
         }
@@ -1755,8 +1809,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_registered_nodes_claim_and_stranded_jobs_are_found() {
+        let (_dir, store) = open().await;
+        create(&store, 1).await;
+        let ghost = JobClaimParams {
+            node_id: "ghost".into(),
+            ..claim(1)
+        };
+        assert!(
+            store.job_claim(ghost).await.unwrap().jobs.is_empty(),
+            "no row, no claim"
+        );
+        let job = store.job_claim(claim(1)).await.unwrap().jobs.remove(0);
+        assert!(store.jobs_running_unowned().await.unwrap().is_empty());
+        store.node_remove("n1").await.unwrap();
+        let stranded = store.jobs_running_unowned().await.unwrap();
+        assert_eq!(
+            stranded
+                .iter()
+                .map(|j| (j.id.clone(), j.claim_seq))
+                .collect::<Vec<_>>(),
+            vec![(job.id, job.claim_seq)]
+        );
+    }
+
+    #[tokio::test]
     async fn prune_removes_old_finished_runs_and_keeps_live_ones() {
-        let (_dir, store) = open();
+        let (_dir, store) = open().await;
         let done = create(&store, 1).await;
         let live = create(&store, 1).await;
         let job = store.job_claim(claim(1)).await.unwrap().jobs.remove(0);

@@ -212,6 +212,18 @@ impl EventWatcher {
         }
     }
 
+    /// True while the stream is connected (nothing unexpected arrived, nothing ended it).
+    pub fn is_open(&mut self) -> bool {
+        match self.rx.try_recv() {
+            Ok(msg) => {
+                self.seen.push(msg);
+                true
+            }
+            Err(mpsc::error::TryRecvError::Empty) => true,
+            Err(mpsc::error::TryRecvError::Disconnected) => false,
+        }
+    }
+
     /// Events seen so far for a run.
     pub fn of_run<'a>(&'a self, run_id: &'a str) -> impl Iterator<Item = &'a Sse> + 'a {
         self.seen.iter().filter(move |e| e.data["runId"] == run_id)
