@@ -27,6 +27,9 @@ use crate::store::{
     ClaimedJob, JobFinishParams, JobProgressParams, JobStartParams, Outcome, OutputAppendParams,
 };
 
+/// A process that ends sooner has its start recorded in its finishing transaction.
+const START_RECORD_DELAY: Duration = Duration::from_millis(20);
+
 /// Progress events are coalesced to at most this often per job.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -45,7 +48,7 @@ async fn run_one(inner: &Arc<Inner>, job: ClaimedJob) -> Vec<ClaimedJob> {
     let Some(pipeline) = inner.settings.pipelines.get(&job.pipeline).cloned() else {
         // Claims only ask for configured pipelines; keep the slot accounting honest anyway.
         let outcome = failed(Reason::ExitCode, "pipeline is not configured on this node");
-        return finish(inner, &job, outcome, None, Default::default()).await;
+        return finish(inner, &job, outcome, None, Default::default(), None).await;
     };
     let handle = Handle::new(
         &inner.stop_jobs,
@@ -68,6 +71,7 @@ async fn run_one(inner: &Arc<Inner>, job: ClaimedJob) -> Vec<ClaimedJob> {
                 failed(Reason::ExitCode, &message),
                 None,
                 Default::default(),
+                None,
             )
             .await
         }
@@ -92,11 +96,13 @@ async fn execute(
         proc_start: running.proc_start,
         now: now_ms(),
     };
-    // Recording the process runs alongside the wait, not before it: a short job may
-    // exit while the write is in flight. Both end before the terminal write, so
-    // `job:started` always precedes `job:completed`.
+    // The start is recorded on its own only if the process outlives START_RECORD_DELAY;
+    // a shorter job gets its start written in its finishing transaction (one commit
+    // instead of two). Until then the abort handle (registered before spawn) and the
+    // abort sweep cover aborts, and recovery finds the processes by their
+    // RUNYARD_JOB_ID/RUNYARD_CLAIM_SEQ environment if the node dies meanwhile.
     let record_start = async {
-        match inner.store.job_start(start).await {
+        match inner.store.job_start(start.clone()).await {
             Ok(Some(false)) => {}
             Ok(Some(true)) => handle.cancel(CancelCause::Abort),
             Ok(None) => handle.cancel(CancelCause::Lost),
@@ -110,21 +116,31 @@ async fn execute(
     // the flusher stops once the process has ended.
     let flushing_done = CancellationToken::new();
     let flusher = flush_loop(inner, job, &collector, handle, &flushing_done);
-    let wait = async {
-        let exit = running
-            .wait(pipeline.timeout, pipeline.kill_grace, handle.token())
-            .await;
+    let run = async {
+        let wait = running.wait(pipeline.timeout, pipeline.kill_grace, handle.token());
+        tokio::pin!(wait);
+        let early = tokio::select! {
+            exit = &mut wait => Some(exit),
+            _ = tokio::time::sleep(START_RECORD_DELAY) => None,
+        };
+        let (exit, unrecorded) = match early {
+            Some(exit) => (exit, Some(start.clone())),
+            None => {
+                let ((), exit) = tokio::join!(record_start, wait);
+                (exit, None)
+            }
+        };
         flushing_done.cancel();
-        exit
+        (exit, unrecorded)
     };
-    let ((), exit, ()) = tokio::join!(record_start, wait, flusher);
+    let ((exit, unrecorded), ()) = tokio::join!(run, flusher);
 
     let totals = collector.finish();
     flush_output(inner, job, &collector, handle).await;
     flush_progress(inner, job, &collector).await;
 
     let outcome = outcome_of(&exit, handle.cause(), pipeline);
-    finish(inner, job, outcome, exit.code, totals).await
+    finish(inner, job, outcome, exit.code, totals, unrecorded).await
 }
 
 fn outcome_of(exit: &Exit, cause: Option<CancelCause>, pipeline: &Pipeline) -> Outcome {
@@ -175,6 +191,7 @@ async fn finish(
     outcome: Outcome,
     exit_code: Option<i32>,
     totals: crate::executor::output::Totals,
+    start: Option<JobStartParams>,
 ) -> Vec<ClaimedJob> {
     // Refill the slot in the same transaction unless the node is stopping.
     let claim_next = (!inner.stop_claiming.is_cancelled()).then(|| claim_params(inner, 1));
@@ -188,6 +205,7 @@ async fn finish(
         truncated: totals.truncated,
         now: now_ms(),
         claim_next,
+        start,
     };
     // A terminal write that fails (store briefly unavailable) is retried; if it never lands the
     // job stays `running` under this node and is resolved by the rescuer like any orphan.

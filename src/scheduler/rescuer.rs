@@ -126,6 +126,7 @@ async fn resolve(inner: &Inner, job: &RunningJob) -> Result<bool, StoreError> {
             truncated: false,
             now: now_ms(),
             claim_next: None,
+            start: None,
         })
         .await?;
     Ok(out.applied)

@@ -678,9 +678,41 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
     Ok(out)
 }
 
+/// Records a spawned process (fenced); `None` when the claim is no longer ours, else
+/// whether an abort was requested meanwhile.
+fn start_in_tx(conn: &Connection, p: &JobStartParams) -> StoreResult<Option<bool>> {
+    let row: Option<(bool, String, String, u32, u32)> = conn
+        .prepare_cached(
+            "UPDATE jobs SET pid = ?3, proc_start = ?4, started_at = ?5
+             WHERE id = ?1 AND claim_seq = ?2 AND status = 'running'
+             RETURNING abort_requested, run_id, pipeline, shard_index, attempt",
+        )?
+        .query_row(params![p.job_id, p.claim_seq, p.pid, p.proc_start as i64, p.now], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()?;
+    let Some((abort_requested, run_id, pipeline, shard_index, attempt)) = row else { return Ok(None) };
+    conn.prepare_cached("UPDATE runs SET status = 'running', started_at = ?2 WHERE id = ?1 AND status = 'queued'")?
+        .execute(params![run_id, p.now])?;
+    emit(
+        conn,
+        EventName::JobStarted,
+        &run_id,
+        json!({"jobId": p.job_id, "pipelineId": pipeline, "status": "running", "shardIndex": shard_index,
+               "attempt": attempt, "pid": p.pid}),
+        p.now,
+    )?;
+    Ok(Some(abort_requested))
+}
+
 /// Ends an execution and, when asked, claims follow-up work for the freed slot in the same
 /// transaction, so one commit both frees and refills the slot.
 fn finish_in_tx(conn: &Connection, p: &JobFinishParams) -> StoreResult<(FinishOutcome, u8)> {
+    // A job that ended before its start was recorded gets both in this one transaction,
+    // `job:started` first.
+    if let Some(start) = &p.start {
+        start_in_tx(conn, start)?;
+    }
     let (mut out, kinds) = finish_fenced(conn, p)?;
     if let Some(claim) = &p.claim_next {
         out.next = claim_in_tx(conn, claim)?.jobs;
@@ -967,28 +999,8 @@ impl Store for SqliteStore {
 
     async fn job_start(&self, p: JobStartParams) -> StoreResult<Option<bool>> {
         self.write(move |conn| {
-            let row: Option<(bool, String, String, u32, u32)> = conn
-                .prepare_cached(
-                    "UPDATE jobs SET pid = ?3, proc_start = ?4, started_at = ?5
-                     WHERE id = ?1 AND claim_seq = ?2 AND status = 'running'
-                     RETURNING abort_requested, run_id, pipeline, shard_index, attempt",
-                )?
-                .query_row(params![p.job_id, p.claim_seq, p.pid, p.proc_start as i64, p.now], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })
-                .optional()?;
-            let Some((abort_requested, run_id, pipeline, shard_index, attempt)) = row else { return Ok((None, 0)) };
-            conn.prepare_cached("UPDATE runs SET status = 'running', started_at = ?2 WHERE id = ?1 AND status = 'queued'")?
-                .execute(params![run_id, p.now])?;
-            emit(
-                conn,
-                EventName::JobStarted,
-                &run_id,
-                json!({"jobId": p.job_id, "pipelineId": pipeline, "status": "running", "shardIndex": shard_index,
-                       "attempt": attempt, "pid": p.pid}),
-                p.now,
-            )?;
-            Ok((Some(abort_requested), change::EVENTS))
+            let started = start_in_tx(conn, &p)?;
+            Ok((started, if started.is_some() { change::EVENTS } else { 0 }))
         })
         .await
     }
@@ -1492,6 +1504,7 @@ mod tests {
             truncated: false,
             now: 20,
             claim_next: None,
+            start: None,
         }
     }
 
