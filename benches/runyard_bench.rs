@@ -293,14 +293,24 @@ fn clock_probe(dir: &std::path::Path) -> Vec<String> {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if built { vec![bin.display().to_string()] } else { vec!["date".into(), "+%s%N".into()] }
+    if built {
+        vec![bin.display().to_string()]
+    } else {
+        vec!["date".into(), "+%s%N".into()]
+    }
 }
 
 async fn bench_latency(samples: usize) {
     let probe_dir = tempfile::tempdir().unwrap();
     let probe = clock_probe(probe_dir.path());
-    println!("(c) idle dispatch latency, trigger sent → job process running ({samples} samples, one at a time; probe {probe:?})");
-    let command = probe.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+    println!(
+        "(c) idle dispatch latency, trigger sent → job process running ({samples} samples, one at a time; probe {probe:?})"
+    );
+    let command = probe
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let server = Server::start(
         "max_workers = 2\noutput_flush_interval_ms = 100",
         &format!("[pipelines.clock]\ncommand = [{command}]\n"),
@@ -310,23 +320,51 @@ async fn bench_latency(samples: usize) {
     let url = format!("{}/api/pipelines/clock/trigger", server.base);
     // Warm the connection and the server.
     for _ in 0..5 {
-        http.post(&url).body("{}").header("content-type", "application/json").send().await.unwrap();
+        http.post(&url)
+            .body("{}")
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .unwrap();
     }
     let mut lat = Vec::new();
     for _ in 0..samples {
         let sent = now_ns();
-        let v: Value = http.post(&url).body("{}").header("content-type", "application/json").send().await.unwrap().json().await.unwrap();
+        let v: Value = http
+            .post(&url)
+            .body("{}")
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let id = v["runId"].as_str().unwrap().to_string();
         let logs_url = format!("{}/api/jobs/{id}/logs", server.base);
         let run_url = format!("{}/api/runs/{id}", server.base);
         loop {
-            let run: Value = http.get(&run_url).send().await.unwrap().json().await.unwrap();
+            let run: Value = http
+                .get(&run_url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             if run["finishedAt"].is_string() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let logs: Value = http.get(&logs_url).send().await.unwrap().json().await.unwrap();
+        let logs: Value = http
+            .get(&logs_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let exec_ns: u128 = logs["stdout"][0].as_str().unwrap().trim().parse().unwrap();
         lat.push((exec_ns.saturating_sub(sent)) as f64 / 1e6);
     }
@@ -346,7 +384,10 @@ async fn bench_latency(samples: usize) {
         floor.push(t.saturating_sub(before) as f64 / 1e6);
     }
     floor.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    println!("    floor: spawning the probe directly takes p50 {:.2} ms to the same point\n", percentile(&floor, 0.5));
+    println!(
+        "    floor: spawning the probe directly takes p50 {:.2} ms to the same point\n",
+        percentile(&floor, 0.5)
+    );
 }
 
 async fn bench_rss(queued: usize) {

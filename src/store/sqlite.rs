@@ -687,13 +687,18 @@ fn start_in_tx(conn: &Connection, p: &JobStartParams) -> StoreResult<Option<bool
              WHERE id = ?1 AND claim_seq = ?2 AND status = 'running'
              RETURNING abort_requested, run_id, pipeline, shard_index, attempt",
         )?
-        .query_row(params![p.job_id, p.claim_seq, p.pid, p.proc_start as i64, p.now], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })
+        .query_row(
+            params![p.job_id, p.claim_seq, p.pid, p.proc_start as i64, p.now],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
         .optional()?;
-    let Some((abort_requested, run_id, pipeline, shard_index, attempt)) = row else { return Ok(None) };
-    conn.prepare_cached("UPDATE runs SET status = 'running', started_at = ?2 WHERE id = ?1 AND status = 'queued'")?
-        .execute(params![run_id, p.now])?;
+    let Some((abort_requested, run_id, pipeline, shard_index, attempt)) = row else {
+        return Ok(None);
+    };
+    conn.prepare_cached(
+        "UPDATE runs SET status = 'running', started_at = ?2 WHERE id = ?1 AND status = 'queued'",
+    )?
+    .execute(params![run_id, p.now])?;
     emit(
         conn,
         EventName::JobStarted,
