@@ -164,6 +164,24 @@ async fn counts(http: &reqwest::Client, base: &str, pipeline: &str) -> (u64, u64
     )
 }
 
+/// Polls a run's URL until it is finalised.
+async fn wait_finished(http: &reqwest::Client, run_url: &str, every: Duration) {
+    loop {
+        let run: Value = http
+            .get(run_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if run["finishedAt"].is_string() {
+            return;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Raw spawn+wait rate of /bin/true with `parallel` threads.
 fn raw_spawn_rate(n: usize, parallel: usize) -> f64 {
     let started = Instant::now();
@@ -203,20 +221,7 @@ async fn bench_throughput(runs: usize, rounds: usize) {
         let (left_after_ingest, ingest_done) = (q + running, Instant::now());
         // Runs are claimed in order: wait on the newest (a cheap lookup), then confirm.
         let last_url = format!("{}/api/runs/{}", server.base, ids.iter().max().unwrap());
-        loop {
-            let run: Value = http
-                .get(&last_url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if run["finishedAt"].is_string() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_finished(&http, &last_url, Duration::from_millis(20)).await;
         loop {
             let (q, running) = counts(&http, &server.base, "noop").await;
             if q == 0 && running == 0 {
@@ -343,20 +348,7 @@ async fn bench_latency(samples: usize) {
         let id = v["runId"].as_str().unwrap().to_string();
         let logs_url = format!("{}/api/jobs/{id}/logs", server.base);
         let run_url = format!("{}/api/runs/{id}", server.base);
-        loop {
-            let run: Value = http
-                .get(&run_url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if run["finishedAt"].is_string() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_finished(&http, &run_url, Duration::from_millis(5)).await;
         let logs: Value = http
             .get(&logs_url)
             .send()

@@ -9,11 +9,10 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::runs::{PageQuery, page};
+use super::runs::{PageQuery, list_runs};
 use super::{ApiError, AppState};
 use crate::clock::rfc3339;
 use crate::scheduler::TriggerRequest;
-use crate::store::RunFilter;
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -136,17 +135,5 @@ pub(super) async fn runs_of(
         )));
     }
     let Query(q) = query?;
-    let (limit, offset, status) = page(&q)?;
-    let runs = state
-        .store
-        .runs_list(RunFilter {
-            pipeline: Some(pipeline),
-            status,
-            limit,
-            offset,
-        })
-        .await?;
-    Ok(Json(
-        json!({ "runs": runs, "limit": limit, "offset": offset }),
-    ))
+    list_runs(&state, Some(pipeline), &q).await
 }

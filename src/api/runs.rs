@@ -81,11 +81,20 @@ pub(super) async fn list(
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query?;
-    let (limit, offset, status) = page(&q)?;
+    list_runs(&state, None, &q).await
+}
+
+/// One page of runs (newest first, jobs embedded), optionally of one pipeline.
+pub(super) async fn list_runs(
+    state: &AppState,
+    pipeline: Option<String>,
+    q: &PageQuery,
+) -> Result<Json<Value>, ApiError> {
+    let (limit, offset, status) = page(q)?;
     let runs = state
         .store
         .runs_list(RunFilter {
-            pipeline: None,
+            pipeline,
             status,
             limit,
             offset,
