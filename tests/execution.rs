@@ -146,6 +146,22 @@ default = "x"
         .filter(|e| e.event == "job:completed")
         .count();
     assert_eq!(completed, 4);
+    // Short jobs record their start in the finishing transaction: still started, then completed.
+    for i in 0..4 {
+        let job_id = format!("{run_id}:s{i}");
+        let id_of = |name: &str| {
+            replay
+                .of_run(run_id)
+                .find(|e| e.event == name && e.data["jobId"] == job_id.as_str())
+                .and_then(|e| e.id)
+        };
+        let started = id_of("job:started").expect("job:started");
+        let done = id_of("job:completed").expect("job:completed");
+        assert!(
+            started < done,
+            "{job_id}: started {started} after completed {done}"
+        );
+    }
     s.stop().await;
 }
 
