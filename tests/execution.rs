@@ -434,7 +434,7 @@ async fn output_cap_truncates_with_a_marker_and_counts_every_byte() {
 async fn sse_resume_with_last_event_id_misses_nothing() {
     let s = TestServer::start(
         "max_workers = 2",
-        "[pipelines.quick]\ncommand = [\"true\"]\nshards = 2\n",
+        "[pipelines.quick]\ncommand = [\"true\"]\nshards = 2\n\n[pipelines.brief]\ncommand = [\"sleep\", \"0.05\"]\n",
     )
     .await;
     let mut first = s.events();
@@ -475,6 +475,18 @@ async fn sse_resume_with_last_event_id_misses_nothing() {
     );
     // 3 runs × (2 created + 2 started + 2 completed + 1 run:completed).
     assert!(ids.len() >= 21, "{} events", ids.len());
+
+    // Listeners that come and go while runs execute (the tailer idles between them)
+    // still see every event: replay, then live, with no gap at the seam.
+    for _ in 0..30 {
+        let id = s.trigger("brief", json!({})).await.1["runId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut w = EventWatcher::connect(&s.base, cut);
+        w.wait_for("run:completed", |d| d["runId"] == id.as_str(), T)
+            .await;
+    }
 
     // An absurd Last-Event-ID is not an error: nothing newer exists, so the stream is live.
     let mut far = EventWatcher::connect(&s.base, i64::MAX);

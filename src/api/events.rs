@@ -34,6 +34,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 #[derive(Clone)]
 pub struct EventTailer {
     tx: broadcast::Sender<Arc<StoredEvent>>,
+    /// Highest event id broadcast (or passed while nobody listened).
     last: Arc<AtomicI64>,
 }
 
@@ -49,24 +50,19 @@ impl EventTailer {
         let t = tailer.clone();
         tokio::spawn(async move {
             let mut feed = store.changes().subscribe(change::EVENTS);
-            let mut stale = false;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     r = feed.changed() => if r.is_err() { break },
                 }
-                // Nobody listens: read nothing. The first listener after a quiet spell
-                // makes the tailer skip ahead to the newest event; clients replay any
-                // gap from the store, so skipping never loses an event for anyone.
+                // Nobody listens: read nothing, just move the cursor to the newest event
+                // this process has committed. That id is loaded *before* the listener
+                // check, so a client that subscribes after the check reads bounds at
+                // least as new, and nothing it expects is skipped.
+                let committed = store.changes().last_event();
                 if t.tx.receiver_count() == 0 {
-                    stale = true;
+                    t.last.fetch_max(committed, Ordering::AcqRel);
                     continue;
-                }
-                if stale {
-                    stale = false;
-                    if let Ok((_, max)) = store.events_bounds().await {
-                        t.last.fetch_max(max, Ordering::AcqRel);
-                    }
                 }
                 loop {
                     let after = t.last.load(Ordering::Acquire);

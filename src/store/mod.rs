@@ -99,12 +99,15 @@ pub mod change {
 #[derive(Clone)]
 pub struct ChangeFeed {
     senders: Arc<[watch::Sender<u64>; 4]>,
+    /// Highest event id committed by this process's writer.
+    last_event: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Default for ChangeFeed {
     fn default() -> Self {
         ChangeFeed {
             senders: Arc::new(std::array::from_fn(|_| watch::channel(0).0)),
+            last_event: Arc::default(),
         }
     }
 }
@@ -117,6 +120,17 @@ impl ChangeFeed {
                 tx.send_modify(|v| *v = v.wrapping_add(1));
             }
         }
+    }
+
+    /// Records that events up to `id` are committed (called by the writer after COMMIT).
+    pub fn publish_last_event(&self, id: i64) {
+        self.last_event
+            .fetch_max(id, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Highest event id committed by this process (0 before the first).
+    pub fn last_event(&self) -> i64 {
+        self.last_event.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A receiver for one kind (`change::WORK`, …).

@@ -336,7 +336,7 @@ fn writer_loop(
                 if commit.is_err() {
                     let _ = conn.execute_batch("ROLLBACK");
                 } else if kinds != 0 {
-                    feed.bump(kinds);
+                    publish(&conn, &feed, kinds);
                 }
                 for op in batch {
                     op.answer(commit.clone());
@@ -350,7 +350,7 @@ fn writer_loop(
                     let commit = begin_immediate(&conn).and_then(|()| {
                         let (k, ok) = op.run(&conn);
                         if ok {
-                            exec_cached(&conn, "COMMIT").inspect(|()| feed.bump(k))
+                            exec_cached(&conn, "COMMIT").inspect(|()| publish(&conn, &feed, k))
                         } else {
                             exec_cached(&conn, "ROLLBACK")
                         }
@@ -363,6 +363,22 @@ fn writer_loop(
             }
         }
     }
+}
+
+/// After a commit: record the newest event id (for the idle event tailer), then wake
+/// the waiters of every changed kind.
+fn publish(conn: &Connection, feed: &ChangeFeed, kinds: u8) {
+    if kinds & change::EVENTS != 0 {
+        let high: Option<i64> = conn
+            .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+            .and_then(|mut st| st.query_row([], |r| r.get(0)).optional())
+            .ok()
+            .flatten();
+        if let Some(id) = high {
+            feed.publish_last_event(id);
+        }
+    }
+    feed.bump(kinds);
 }
 
 /// `BEGIN IMMEDIATE` takes the write lock up front, waiting up to `busy_timeout` for
