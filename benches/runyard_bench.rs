@@ -143,14 +143,7 @@ async fn ingest(base: &str, pipeline: &str, n: usize, clients: usize) -> (f64, V
 }
 
 async fn counts(http: &reqwest::Client, base: &str, pipeline: &str) -> (u64, u64) {
-    let v: Value = http
-        .get(format!("{base}/api/pipelines"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(http, format!("{base}/api/pipelines")).await;
     let p = v["pipelines"]
         .as_array()
         .unwrap()
@@ -164,17 +157,15 @@ async fn counts(http: &reqwest::Client, base: &str, pipeline: &str) -> (u64, u64
     )
 }
 
+/// GET a JSON document.
+async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// Polls a run's URL until it is finalised.
 async fn wait_finished(http: &reqwest::Client, run_url: &str, every: Duration) {
     loop {
-        let run: Value = http
-            .get(run_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let run: Value = get_json(http, run_url).await;
         if run["finishedAt"].is_string() {
             return;
         }
@@ -349,14 +340,7 @@ async fn bench_latency(samples: usize) {
         let logs_url = format!("{}/api/jobs/{id}/logs", server.base);
         let run_url = format!("{}/api/runs/{id}", server.base);
         wait_finished(&http, &run_url, Duration::from_millis(5)).await;
-        let logs: Value = http
-            .get(&logs_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let logs: Value = get_json(&http, &logs_url).await;
         let exec_ns: u128 = logs["stdout"][0].as_str().unwrap().trim().parse().unwrap();
         lat.push((exec_ns.saturating_sub(sent)) as f64 / 1e6);
     }
