@@ -205,16 +205,6 @@ impl Scheduler {
         &self.inner.settings
     }
 
-    /// Jobs executing on this node.
-    pub fn running_jobs(&self) -> Vec<String> {
-        self.inner
-            .registry
-            .snapshot()
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect()
-    }
-
     /// Runs one orphan-rescue pass now (it also runs at start and on every heartbeat).
     pub async fn rescue_once(&self) -> Result<rescuer::RescueReport, StoreError> {
         rescuer::run_once(&self.inner).await

@@ -1,0 +1,125 @@
+//! The rescuer against a real store and real processes: pid reuse never gets an
+//! unrelated process signalled, and dead nodes' jobs are re-queued exactly once.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use runyard::bus::LocalBus;
+use runyard::config::{Settings, Synchronous};
+use runyard::executor::process;
+use runyard::scheduler::Scheduler;
+use runyard::store::sqlite::SqliteStore;
+use runyard::store::{JobClaimParams, JobPolicy, JobStartParams, NodeRow, RunCreateParams, Store};
+
+#[tokio::test]
+async fn a_reused_pid_is_never_signalled_and_the_orphan_is_requeued() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&dir.path().join("r.db"), Synchronous::Normal).unwrap());
+    // An unrelated live process that happens to have the pid a dead node once used.
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("30")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = bystander.id();
+    let real_start = process::start_time(pid).unwrap();
+
+    let dead = NodeRow {
+        id: "dead-node".into(),
+        host: process::hostname(),
+        pid,
+        proc_start: real_start + 1, // the node that registered was another process
+        boot_id: process::pid_scope(),
+        slots: 1,
+        started_at: 0,
+        heartbeat_at: runyard::clock::now_ms(), // a fresh heartbeat must not save it
+    };
+    store.node_register(dead.clone()).await.unwrap();
+    let run = runyard::model::RunId::new().to_string();
+    store
+        .run_create(RunCreateParams {
+            run_id: run.clone(),
+            job_ids: vec![run.clone()],
+            pipeline: "elsewhere".into(),
+            params: BTreeMap::new(),
+            triggered_by: "api".into(),
+            actor: None,
+            idempotency_key: None,
+            policy: JobPolicy {
+                max_attempts: 1,
+                retry_backoff_ms: 10,
+                on_orphan: "requeue",
+                max_orphan_requeues: 1,
+            },
+            now: 1,
+        })
+        .await
+        .unwrap();
+    let claim = JobClaimParams {
+        node_id: dead.id.clone(),
+        max: 1,
+        global_cap: 0,
+        pipelines: [("elsewhere".to_string(), 0)].into(),
+        now: 2,
+    };
+    let job = store.job_claim(claim).await.unwrap().jobs.remove(0);
+    // Its job's recorded leader is the bystander's pid too, with another start time.
+    let started = JobStartParams {
+        job_id: job.id.clone(),
+        claim_seq: job.claim_seq,
+        pid,
+        proc_start: real_start + 7,
+        now: 3,
+    };
+    assert_eq!(store.job_start(started).await.unwrap(), Some(false));
+
+    // A new node (whose config does not run "elsewhere", so it will not re-run the job)
+    // resolves orphans before its first claim.
+    let config = dir.path().join("runyard.toml");
+    std::fs::write(&config, "[pipelines.other]\ncommand = [\"true\"]\n").unwrap();
+    let settings = Settings::from_toml(
+        &std::fs::read_to_string(&config).unwrap(),
+        Path::new(&config),
+        &|_| None,
+    )
+    .unwrap();
+    let scheduler = Scheduler::start(
+        Arc::new(settings),
+        store.clone(),
+        Arc::new(LocalBus::default()),
+    )
+    .await
+    .unwrap();
+
+    let view = store.job_get(&job.id).await.unwrap().unwrap();
+    assert_eq!(
+        (view.status.as_str(), view.requeues, view.attempt),
+        ("queued", 1, 1)
+    );
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the unrelated process was signalled"
+    );
+    assert!(
+        store
+            .nodes_list()
+            .await
+            .unwrap()
+            .iter()
+            .all(|n| n.id != dead.id),
+        "the dead node was removed"
+    );
+    // A second pass finds nothing more to do: the requeue happened exactly once.
+    let again = scheduler.rescue_once().await.unwrap();
+    assert_eq!(
+        (again.dead_nodes, again.orphans, again.groups_killed),
+        (0, 0, 0)
+    );
+
+    scheduler.shutdown().await;
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+}
