@@ -606,41 +606,29 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
         want = want.min(p.global_cap.saturating_sub(total));
     }
     let mut out = ClaimOutcome::default();
-    let at_cap = |running: &HashMap<String, u32>, name: &str| {
-        let cap = p.pipelines.get(name).copied().unwrap_or(0);
-        cap > 0 && running.get(name).copied().unwrap_or(0) >= cap
-    };
-    // `INDEXED BY`: walk the queue in `seq` order (the ORDER BY) instead of letting the
-    // planner pick another index and sort every queued row (measured: it made each claim
-    // O(queue)). Each pass asks only for pipelines below their cap; a pass that fills a
-    // pipeline's cap mid-batch ends early and the next pass leaves it out.
-    for _ in 0..=p.pipelines.len() {
-        if want == 0 {
-            break;
-        }
-        let open: Vec<&String> = p
-            .pipelines
-            .keys()
-            .filter(|name| !at_cap(&running, name))
-            .collect();
-        if open.is_empty() {
-            break;
-        }
-        let placeholders = (0..open.len())
-            .map(|i| format!("?{}", i + 3))
-            .collect::<Vec<_>>()
-            .join(",");
-        let sql = format!(
+    // The head of each open pipeline's queue, through the `(pipeline, seq)` partial index:
+    // a backlog of a pipeline at its cap is never walked, and each pipeline offers no more
+    // candidates than its cap has room for, so claiming the merged heads in `seq` order
+    // keeps the global FIFO and every cap in one pass.
+    let mut candidates: Vec<(i64, ClaimedJob)> = Vec::new();
+    if want > 0 {
+        let mut head = conn.prepare_cached(
             "SELECT j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt, r.params
              FROM jobs j INDEXED BY jobs_queued JOIN runs r ON r.id = j.run_id
-             WHERE j.status = 'queued' AND j.run_after <= ?1 AND j.pipeline IN ({placeholders})
-             ORDER BY j.seq LIMIT ?2"
-        );
-        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&p.now, &want];
-        args.extend(open.iter().map(|s| *s as &dyn rusqlite::ToSql));
-        let candidates: Vec<(i64, ClaimedJob)> = conn
-            .prepare_cached(&sql)?
-            .query_map(args.as_slice(), |r| {
+             WHERE j.status = 'queued' AND j.pipeline = ?1 AND j.run_after <= ?2
+             ORDER BY j.seq LIMIT ?3",
+        )?;
+        for (name, cap) in &p.pipelines {
+            let room = match *cap {
+                0 => want,
+                cap => (cap as usize)
+                    .saturating_sub(running.get(name).copied().unwrap_or(0) as usize)
+                    .min(want),
+            };
+            if room == 0 {
+                continue;
+            }
+            let rows = head.query_map(params![name, p.now, room as i64], |r| {
                 let params: String = r.get(7)?;
                 Ok((
                     r.get(0)?,
@@ -655,33 +643,26 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
                         params: serde_json::from_str(&params).unwrap_or_default(),
                     },
                 ))
-            })?
-            .collect::<Result<_, _>>()?;
-        let (limit, fetched) = (want, candidates.len());
-        let mut blocked = false;
-        let mut claim = conn.prepare_cached(
-            "UPDATE jobs SET status = 'running', claim_seq = claim_seq + 1, node_id = ?2, claimed_at = ?3,
-                    pid = NULL, proc_start = NULL, started_at = NULL, exit_code = NULL, abort_requested = 0
-             WHERE seq = ?1 AND status = 'queued' RETURNING claim_seq",
-        )?;
-        for (seq, mut job) in candidates {
-            if at_cap(&running, &job.pipeline) {
-                blocked = true;
-                continue;
+            })?;
+            for row in rows {
+                candidates.push(row?);
             }
-            let Some(claim_seq) = claim
-                .query_row(params![seq, p.node_id, p.now], |r| r.get(0))
-                .optional()?
-            else {
-                continue;
-            };
+        }
+    }
+    candidates.sort_by_key(|(seq, _)| *seq);
+    let mut claim = conn.prepare_cached(
+        "UPDATE jobs SET status = 'running', claim_seq = claim_seq + 1, node_id = ?2, claimed_at = ?3,
+                pid = NULL, proc_start = NULL, started_at = NULL, exit_code = NULL, abort_requested = 0
+         WHERE seq = ?1 AND status = 'queued' RETURNING claim_seq",
+    )?;
+    for (seq, mut job) in candidates.into_iter().take(want) {
+        if let Some(claim_seq) = claim
+            .query_row(params![seq, p.node_id, p.now], |r| r.get(0))
+            .optional()?
+        {
             job.claim_seq = claim_seq;
-            *running.entry(job.pipeline.clone()).or_default() += 1;
             want -= 1;
             out.jobs.push(job);
-        }
-        if !blocked && fetched < limit {
-            break; // the queue has nothing more for the open pipelines right now
         }
     }
     if want > 0 {
@@ -1840,6 +1821,48 @@ mod tests {
             .unwrap()
             .jobs;
         assert_eq!((due.len(), due[0].attempt), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn a_capped_backlog_does_not_hold_up_other_pipelines_and_order_is_fifo() {
+        let (_dir, store) = open().await;
+        let mut ids = Vec::new();
+        for pipeline in ["a", "a", "a", "b", "b"] {
+            let run = crate::model::RunId::new().to_string();
+            store
+                .run_create(RunCreateParams {
+                    run_id: run.clone(),
+                    job_ids: vec![run.clone()],
+                    pipeline: pipeline.into(),
+                    params: BTreeMap::new(),
+                    triggered_by: "api".into(),
+                    actor: None,
+                    idempotency_key: None,
+                    policy: policy(),
+                    now: 1,
+                })
+                .await
+                .unwrap();
+            ids.push(run);
+        }
+        let p = JobClaimParams {
+            pipelines: [("a".to_string(), 1), ("b".to_string(), 0)].into(),
+            ..claim(10)
+        };
+        let got: Vec<String> = store
+            .job_claim(p.clone())
+            .await
+            .unwrap()
+            .jobs
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(
+            got,
+            vec![ids[0].clone(), ids[3].clone(), ids[4].clone()],
+            "one of a (its cap), then b, in queue order"
+        );
+        assert!(store.job_claim(p).await.unwrap().jobs.is_empty());
     }
 
     #[tokio::test]

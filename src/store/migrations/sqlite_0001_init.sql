@@ -52,8 +52,8 @@ CREATE TABLE jobs (
     started_at          INTEGER,
     finished_at         INTEGER
 );
--- The claim query's ORDER BY seq walks this index.
-CREATE INDEX jobs_queued ON jobs(seq) WHERE status = 'queued';
+-- The claim walks the head of each pipeline's queue in `seq` order through this index.
+CREATE INDEX jobs_queued ON jobs(pipeline, seq) WHERE status = 'queued';
 -- Only retries wait (run_after in the future); new and requeued jobs are due at once.
 CREATE INDEX jobs_delayed ON jobs(run_after) WHERE status = 'queued' AND attempt > 1;
 CREATE INDEX jobs_running ON jobs(node_id) WHERE status = 'running';
