@@ -1,14 +1,17 @@
-//! One job's task on this node: spawn, record, capture, wait, flush, finish.
+//! One job's task on this node: spawn, capture, wait, record, flush, finish.
 //!
 //! Ordering that keeps the invariants:
 //! - the abort handle is registered *before* spawn, and the abort mark is
-//!   re-read by the `job_start` write *after* spawn, so an abort racing the
-//!   claim still wins (DESIGN decision 8);
+//!   re-read by the `job_start` write after spawn, so an abort racing the
+//!   claim still wins (DESIGN decision 8); a process that ends within
+//!   [`START_RECORD_DELAY`] has its start written by its finishing transaction
+//!   instead (one commit instead of two for short jobs);
 //! - if the spawned pid cannot be recorded, the child is killed (decision 11);
-//! - output is flushed on a timer with no overlap (one flusher task, skipped
+//! - output is flushed on a timer with no overlap (one flush loop, skipped
 //!   ticks), once more after exit, and only then is the terminal state written,
 //!   so a finished job's log is complete when `job:completed` is emitted;
-//! - the slot permit is held by this task and returned when it ends.
+//! - the slot permit is held by this task and returned when it ends; the
+//!   finishing transaction may hand the same slot its next job.
 
 use std::sync::Arc;
 use std::time::Duration;
