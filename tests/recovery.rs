@@ -123,3 +123,66 @@ async fn a_reused_pid_is_never_signalled_and_the_orphan_is_requeued() {
     bystander.kill().unwrap();
     bystander.wait().unwrap();
 }
+
+#[tokio::test]
+async fn a_job_recorded_as_running_here_but_not_running_is_handed_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&dir.path().join("r.db"), Synchronous::Normal).unwrap());
+    let config = dir.path().join("runyard.toml");
+    std::fs::write(&config, "[pipelines.other]\ncommand = [\"true\"]\n").unwrap();
+    let settings = Settings::from_toml(
+        &std::fs::read_to_string(&config).unwrap(),
+        Path::new(&config),
+        &|_| None,
+    )
+    .unwrap();
+    let scheduler = Scheduler::start(
+        Arc::new(settings),
+        store.clone(),
+        Arc::new(LocalBus::default()),
+    )
+    .await
+    .unwrap();
+
+    // Two jobs claimed under this node's id without its knowledge: one long ago (its end
+    // was never recorded), one just now (a claim whose task is about to register it).
+    let mut jobs = Vec::new();
+    for claimed_at in [1, runyard::clock::now_ms()] {
+        let run = runyard::model::RunId::new().to_string();
+        store
+            .run_create(RunCreateParams {
+                run_id: run.clone(),
+                job_ids: vec![run.clone()],
+                pipeline: "elsewhere".into(),
+                params: BTreeMap::new(),
+                triggered_by: "api".into(),
+                actor: None,
+                idempotency_key: None,
+                policy: JobPolicy {
+                    max_attempts: 1,
+                    retry_backoff_ms: 10,
+                    on_orphan: "requeue",
+                    max_orphan_requeues: 1,
+                },
+                now: 1,
+            })
+            .await
+            .unwrap();
+        let claim = JobClaimParams {
+            node_id: scheduler.node_id().to_string(),
+            max: 1,
+            global_cap: 0,
+            pipelines: [("elsewhere".to_string(), 0)].into(),
+            now: claimed_at,
+        };
+        jobs.push(store.job_claim(claim).await.unwrap().jobs.remove(0));
+    }
+    // (The node's own heartbeat may get there first; either way it happens exactly once.)
+    scheduler.rescue_once().await.unwrap();
+    let old = store.job_get(&jobs[0].id).await.unwrap().unwrap();
+    assert_eq!((old.status.as_str(), old.requeues), ("queued", 1));
+    let fresh = store.job_get(&jobs[1].id).await.unwrap().unwrap();
+    assert_eq!(fresh.status, "running", "a fresh claim is left to its task");
+    scheduler.shutdown().await;
+}

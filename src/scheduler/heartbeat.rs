@@ -39,6 +39,11 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
         if let Err(e) = rescuer::run_once(&inner).await {
             tracing::warn!("orphan rescue failed: {e}");
         }
+        match rescuer::resolve_forgotten(&inner).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!("re-queued {n} job(s) this node no longer runs"),
+            Err(e) => tracing::warn!("forgotten-job check failed: {e}"),
+        }
         if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(tokio::time::Instant::now());
             prune(&inner).await;

@@ -206,8 +206,11 @@ impl Scheduler {
     }
 
     /// Runs one orphan-rescue pass now (it also runs at start and on every heartbeat).
+    /// Also hands back jobs recorded as running here that this node no longer runs.
     pub async fn rescue_once(&self) -> Result<rescuer::RescueReport, StoreError> {
-        rescuer::run_once(&self.inner).await
+        let mut report = rescuer::run_once(&self.inner).await?;
+        report.orphans += rescuer::resolve_forgotten(&self.inner).await?;
+        Ok(report)
     }
 
     /// Validates a trigger and queues the run durably (DESIGN "Life of a run" 1).

@@ -79,6 +79,29 @@ pub(crate) async fn run_once(inner: &Arc<Inner>) -> Result<RescueReport, StoreEr
     Ok(report)
 }
 
+/// Jobs the store says run here but this node no longer runs (their end could not be
+/// recorded, e.g. the store was unavailable when they finished): handed back like
+/// orphans. Claims younger than one heartbeat are left alone, because a fresh claim is
+/// in the store a moment before its task registers it. Returns how many were resolved.
+pub(crate) async fn resolve_forgotten(inner: &Arc<Inner>) -> Result<usize, StoreError> {
+    let grace_ms = inner.settings.server.heartbeat.as_millis() as i64;
+    // Store first, registry second: a job registered in between is in the snapshot.
+    let recorded = inner.store.jobs_running_on(&inner.node.id).await?;
+    let live: std::collections::HashSet<(String, i64)> =
+        inner.registry.snapshot().into_iter().collect();
+    let now = now_ms();
+    let mut resolved = 0;
+    for job in recorded {
+        if live.contains(&(job.id.clone(), job.claim_seq)) || now - job.claimed_at < grace_ms {
+            continue;
+        }
+        if resolve(inner, &job).await? {
+            resolved += 1;
+        }
+    }
+    Ok(resolved)
+}
+
 /// Kills what is left of an orphaned execution on this host; returns the groups signalled.
 fn kill_leftovers(job: &RunningJob) -> usize {
     match job.pid {

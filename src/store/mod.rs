@@ -408,6 +408,8 @@ pub struct RunningJob {
     pub pid: Option<u32>,
     /// Leader start time.
     pub proc_start: Option<u64>,
+    /// When it was claimed (epoch ms).
+    pub claimed_at: i64,
 }
 
 /// One job as the API shows it.

@@ -809,6 +809,7 @@ fn running_job(r: &Row<'_>) -> rusqlite::Result<RunningJob> {
         claim_seq: r.get(1)?,
         pid: r.get(2)?,
         proc_start: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+        claimed_at: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
     })
 }
 
@@ -1182,7 +1183,7 @@ impl Store for SqliteStore {
         let node_id = node_id.to_string();
         self.read(move |conn| {
             Ok(conn
-                .prepare_cached("SELECT id, claim_seq, pid, proc_start FROM jobs WHERE node_id = ?1 AND status = 'running'")?
+                .prepare_cached("SELECT id, claim_seq, pid, proc_start, claimed_at FROM jobs WHERE node_id = ?1 AND status = 'running'")?
                 .query_map(params![node_id], running_job)?
                 .collect::<Result<_, _>>()?)
         })
@@ -1193,7 +1194,7 @@ impl Store for SqliteStore {
         self.read(|conn| {
             Ok(conn
                 .prepare_cached(
-                    "SELECT id, claim_seq, pid, proc_start FROM jobs
+                    "SELECT id, claim_seq, pid, proc_start, claimed_at FROM jobs
                      WHERE status = 'running' AND node_id NOT IN (SELECT id FROM nodes)",
                 )?
                 .query_map([], running_job)?
