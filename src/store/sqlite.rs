@@ -90,6 +90,11 @@ fn exec_cached(conn: &Connection, sql: &str) -> StoreResult<()> {
 /// SQLite implementation of [`Store`].
 pub struct SqliteStore {
     writer: Mutex<Option<mpsc::UnboundedSender<Box<dyn WriteOp>>>>,
+    /// The write connection, shared by the writer thread and the inline fast path.
+    conn: Arc<Mutex<Connection>>,
+    /// Whether uncontended writes may run on the caller's thread (not with
+    /// `synchronous = FULL`, whose commits fsync).
+    inline: bool,
     readers: Arc<ReaderPool>,
     read_slots: tokio::sync::Semaphore,
     feed: ChangeFeed,
@@ -218,9 +223,11 @@ impl SqliteStore {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::unbounded_channel();
         let writer_feed = feed.clone();
+        let conn = Arc::new(Mutex::new(conn));
+        let writer_conn = conn.clone();
         let writer = std::thread::Builder::new()
             .name("runyard-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, writer_feed))
+            .spawn(move || writer_loop(writer_conn, rx, writer_feed))
             .map_err(|e| StoreError::Open {
                 path: path.display().to_string(),
                 message: e.to_string(),
@@ -239,6 +246,8 @@ impl SqliteStore {
 
         Ok(SqliteStore {
             writer: Mutex::new(Some(tx)),
+            conn,
+            inline: sync == Synchronous::Normal,
             read_slots: tokio::sync::Semaphore::new(MAX_READERS),
             readers: Arc::new(ReaderPool {
                 path: path.to_path_buf(),
@@ -250,7 +259,27 @@ impl SqliteStore {
         })
     }
 
+    /// A write through the writer thread, batched with whatever else is waiting (group
+    /// commit): the right path for many concurrent small writes such as triggers.
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> StoreResult<(T, u8)> + Send + 'static,
+    {
+        self.submit(f, false).await
+    }
+
+    /// A write on a latency-critical path (a slot waits for it): run on the caller's
+    /// thread when the connection is free, else like [`Self::write`].
+    async fn write_now<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> StoreResult<(T, u8)> + Send + 'static,
+    {
+        self.submit(f, true).await
+    }
+
+    async fn submit<T, F>(&self, f: F, inline: bool) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnMut(&Connection) -> StoreResult<(T, u8)> + Send + 'static,
@@ -261,6 +290,13 @@ impl SqliteStore {
             result: None,
             reply,
         });
+        let job = match inline {
+            true => match self.try_inline(job) {
+                Ok(()) => return rx.await.map_err(|_| StoreError::Closed)?,
+                Err(job) => job,
+            },
+            false => job,
+        };
         let sender = self
             .writer
             .lock()
@@ -269,6 +305,27 @@ impl SqliteStore {
             .ok_or(StoreError::Closed)?;
         sender.send(job).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The fast path of a write: when the write connection is free, run the request
+    /// right here as a batch of one — no hand-off to the writer thread and back, which
+    /// is most of a lone write's latency. It never waits: if the connection is busy in
+    /// this process (the writer thread or another caller) or another process holds the
+    /// database's write lock, the request goes to the writer thread instead.
+    fn try_inline(&self, job: Box<dyn WriteOp>) -> Result<(), Box<dyn WriteOp>> {
+        if !self.inline || self.stop.load(Ordering::Relaxed) {
+            return Err(job);
+        }
+        let Ok(conn) = self.conn.try_lock() else {
+            return Err(job);
+        };
+        let _ = conn.busy_timeout(Duration::ZERO);
+        let begin = exec_cached(&conn, "BEGIN IMMEDIATE");
+        if begin.is_err() {
+            return Err(job);
+        }
+        run_batch(&conn, &self.feed, vec![job], begin);
+        Ok(())
     }
 
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
@@ -299,7 +356,7 @@ impl SqliteStore {
 }
 
 fn writer_loop(
-    conn: Connection,
+    conn: Arc<Mutex<Connection>>,
     mut rx: mpsc::UnboundedReceiver<Box<dyn WriteOp>>,
     feed: ChangeFeed,
 ) {
@@ -312,54 +369,66 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let mut kinds = 0u8;
-        let mut all_ok = true;
+        let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
         let begin = begin_immediate(&conn);
-        if begin.is_ok() {
-            for op in batch.iter_mut() {
-                let (k, ok) = op.run(&conn);
-                kinds |= k;
-                all_ok &= ok;
-                if !ok {
-                    break;
-                }
+        run_batch(&conn, &feed, batch, begin);
+    }
+}
+
+/// Runs a batch in the transaction `begin` opened (or answers every request with its error).
+fn run_batch(
+    conn: &Connection,
+    feed: &ChangeFeed,
+    mut batch: Vec<Box<dyn WriteOp>>,
+    begin: StoreResult<()>,
+) {
+    let mut kinds = 0u8;
+    let mut all_ok = true;
+    if begin.is_ok() {
+        for op in batch.iter_mut() {
+            let (k, ok) = op.run(conn);
+            kinds |= k;
+            all_ok &= ok;
+            if !ok {
+                break;
             }
         }
-        match begin {
-            Err(err) => {
-                for op in batch {
-                    op.answer(Err(err.clone()));
-                }
+    }
+    match begin {
+        Err(err) => {
+            for op in batch {
+                op.answer(Err(err.clone()));
             }
-            Ok(()) if all_ok => {
-                let commit = exec_cached(&conn, "COMMIT");
+        }
+        Ok(()) if all_ok => {
+            let commit = exec_cached(conn, "COMMIT");
+            if commit.is_err() {
+                let _ = conn.execute_batch("ROLLBACK");
+            } else if kinds != 0 {
+                publish(conn, feed, kinds);
+            }
+            for op in batch {
+                op.answer(commit.clone());
+            }
+        }
+        Ok(()) => {
+            // Slow path: something failed, so nothing of this batch is kept; each
+            // request runs again alone and fails or commits on its own.
+            let _ = exec_cached(conn, "ROLLBACK");
+            for mut op in batch {
+                let commit = begin_immediate(conn).and_then(|()| {
+                    let (k, ok) = op.run(conn);
+                    if ok {
+                        exec_cached(conn, "COMMIT").inspect(|()| publish(conn, feed, k))
+                    } else {
+                        exec_cached(conn, "ROLLBACK")
+                    }
+                });
                 if commit.is_err() {
                     let _ = conn.execute_batch("ROLLBACK");
-                } else if kinds != 0 {
-                    publish(&conn, &feed, kinds);
                 }
-                for op in batch {
-                    op.answer(commit.clone());
-                }
-            }
-            Ok(()) => {
-                // Slow path: something failed, so nothing of this batch is kept; each
-                // request runs again alone and fails or commits on its own.
-                let _ = exec_cached(&conn, "ROLLBACK");
-                for mut op in batch {
-                    let commit = begin_immediate(&conn).and_then(|()| {
-                        let (k, ok) = op.run(&conn);
-                        if ok {
-                            exec_cached(&conn, "COMMIT").inspect(|()| publish(&conn, &feed, k))
-                        } else {
-                            exec_cached(&conn, "ROLLBACK")
-                        }
-                    });
-                    if commit.is_err() {
-                        let _ = conn.execute_batch("ROLLBACK");
-                    }
-                    op.answer(commit);
-                }
+                op.answer(commit);
             }
         }
     }
@@ -996,7 +1065,7 @@ impl Store for SqliteStore {
     }
 
     async fn job_claim(&self, p: JobClaimParams) -> StoreResult<ClaimOutcome> {
-        self.write(move |conn| Ok((claim_in_tx(conn, &p)?, 0)))
+        self.write_now(move |conn| Ok((claim_in_tx(conn, &p)?, 0)))
             .await
     }
 
@@ -1061,7 +1130,7 @@ impl Store for SqliteStore {
     }
 
     async fn job_finish(&self, p: JobFinishParams) -> StoreResult<FinishOutcome> {
-        self.write(move |conn| finish_in_tx(conn, &p)).await
+        self.write_now(move |conn| finish_in_tx(conn, &p)).await
     }
 
     async fn run_abort(&self, run_id: &str, now: i64) -> StoreResult<AbortOutcome> {
@@ -1864,6 +1933,37 @@ mod tests {
             "one of a (its cap), then b, in queue order"
         );
         assert!(store.job_claim(p).await.unwrap().jobs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_write_waits_for_another_process_holding_the_lock_instead_of_failing() {
+        let (dir, store) = open().await;
+        create(&store, 1).await;
+        // Another "process": a second connection holding the database's write lock.
+        let path = dir.path().join("t.db");
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let other = Connection::open(path).unwrap();
+            other.execute_batch("BEGIN IMMEDIATE").unwrap();
+            locked_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            other.execute_batch("COMMIT").unwrap();
+        });
+        locked_rx.recv().unwrap();
+        let claimer = store.clone();
+        let mut task = tokio::spawn(async move { claimer.job_claim(claim(1)).await });
+        // The fast path must not turn the held lock into an error: the claim waits.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), &mut task)
+                .await
+                .is_err(),
+            "the claim finished while another process held the write lock"
+        );
+        release_tx.send(()).unwrap();
+        let claimed = task.await.unwrap().unwrap();
+        assert_eq!(claimed.jobs.len(), 1);
+        holder.join().unwrap();
     }
 
     #[tokio::test]
