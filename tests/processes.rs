@@ -285,12 +285,21 @@ async fn sigterm_drains_finishing_jobs_and_requeues_the_rest() {
         1,
         "the stopped node deregistered"
     );
+    // Clean up: abort the re-run and see its process go before the server is dropped.
     post(
         &http,
         &format!("{}/api/runs/{long}/abort", server.base),
         json!({}),
     )
     .await;
+    let run = wait_finished(&http, &server.base, &long).await;
+    if let Some(pid) = run["jobs"][0]["pid"].as_u64() {
+        let pid = pid as u32;
+        eventually(T, "re-run stopped", || async move {
+            group_members(pid).is_empty()
+        })
+        .await;
+    }
 }
 
 #[tokio::test]

@@ -143,7 +143,13 @@ mod tests {
             .spawn()
             .unwrap();
         let mark = std::process::id().to_string();
-        let groups = groups_with_env(&[("RUNYARD_TEST_MARK", &mark)]);
+        // The new image's environment shows in /proc a moment after spawn returns.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut groups = groups_with_env(&[("RUNYARD_TEST_MARK", &mark)]);
+        while groups.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+            groups = groups_with_env(&[("RUNYARD_TEST_MARK", &mark)]);
+        }
         assert_eq!(groups, vec![child.id()]);
         assert_eq!(process_group(child.id()), Some(child.id()));
         signal_group(child.id(), Sig::Kill);
