@@ -43,7 +43,19 @@ struct Server {
 }
 
 impl Drop for Server {
+    /// A graceful stop (SIGTERM), so the server stops its jobs' processes; SIGKILL only
+    /// if it does not exit in time.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -56,7 +68,7 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "[server]\ndata_dir = \"{}\"\n{server_extra}\n\n{pipelines}\n",
+                "[server]\ndata_dir = \"{}\"\nshutdown_timeout = \"1s\"\nkill_grace = \"1s\"\n{server_extra}\n\n{pipelines}\n",
                 dir.path().join("data").display()
             ),
         )
