@@ -128,7 +128,7 @@ pub(super) async fn events(
     let resume = last_event_id(&headers)?;
     let permit = stream_permit(&state)?;
     let mut rx = state.tailer.tx.subscribe();
-    // Subscribed first, then read the bounds: every event after `max` reaches us live or by gap replay.
+    // Subscribed first, then read the bounds: every later event reaches us live or by gap replay.
     let (min_id, live_from) = state.store.events_bounds().await?;
     let store = state.store.clone();
     let shutdown = state.shutdown.clone();
@@ -167,7 +167,7 @@ pub(super) async fn events(
                 r = rx.recv() => r,
             };
             match next {
-                // A gap (the tailer skipped ahead while idle): fill it from the store.
+                // A gap (ids the tailer passed while idle, or pruned): fill it from the store.
                 Ok(ev) if ev.id > cursor.saturating_add(1) => replay = true,
                 Ok(ev) if ev.id > cursor => {
                     cursor = ev.id;
