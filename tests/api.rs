@@ -192,6 +192,8 @@ async fn idempotency_key_returns_the_same_run() {
     let (_, a) = s.trigger("echo", body.clone()).await;
     let (_, b) = s.trigger("echo", body).await;
     assert_eq!(a["runId"], b["runId"]);
+    assert!(a["idempotentReplay"].is_null());
+    assert_eq!(b["idempotentReplay"], true);
     let (_, runs) = s.get("/api/runs").await;
     assert_eq!(runs["runs"].as_array().unwrap().len(), 1);
     s.stop().await;

@@ -65,17 +65,19 @@ pub(super) async fn trigger(
             triggered_by: source(&headers),
         })
         .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "jobId": triggered.run_id,
-            "runId": triggered.run_id,
-            "jobIds": triggered.job_ids,
-            "pipelineId": triggered.pipeline,
-            "status": "queued",
-            "timestamp": rfc3339(triggered.created_at),
-        })),
-    ))
+    let mut answer = json!({
+        "jobId": triggered.run_id,
+        "runId": triggered.run_id,
+        "jobIds": triggered.job_ids,
+        "pipelineId": triggered.pipeline,
+        "status": "queued",
+        "timestamp": rfc3339(triggered.created_at),
+    });
+    if triggered.existing {
+        // A retried trigger: the run it names was created by the first one.
+        answer["idempotentReplay"] = json!(true);
+    }
+    Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
 pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

@@ -99,6 +99,8 @@ pub struct Triggered {
     pub pipeline: String,
     /// Creation time (epoch ms).
     pub created_at: i64,
+    /// True when an earlier run with the same idempotency key was returned.
+    pub existing: bool,
 }
 
 /// This node's identity and shared state.
@@ -266,6 +268,7 @@ impl Scheduler {
             job_ids: created.job_ids,
             pipeline: pipeline.name.clone(),
             created_at: created.created_at,
+            existing: created.existing,
         })
     }
 

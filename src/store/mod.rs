@@ -38,9 +38,6 @@ pub enum StoreError {
     /// The store is closed (shutting down).
     #[error("store is closed")]
     Closed,
-    /// The requested backend is not available in this build.
-    #[error("{0}")]
-    Unsupported(String),
     /// Migration or open failure.
     #[error("cannot open store at {path}: {message}")]
     Open {
