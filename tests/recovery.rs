@@ -11,7 +11,52 @@ use runyard::config::{Settings, Synchronous};
 use runyard::executor::process;
 use runyard::scheduler::Scheduler;
 use runyard::store::sqlite::SqliteStore;
-use runyard::store::{JobClaimParams, JobPolicy, JobStartParams, NodeRow, RunCreateParams, Store};
+use runyard::store::{
+    ClaimedJob, JobClaimParams, JobPolicy, JobStartParams, NodeRow, RunCreateParams, Store,
+};
+
+/// Queues a one-shard run of pipeline "elsewhere" and claims it for `node_id` at `claimed_at`.
+async fn queue_claimed(store: &Arc<dyn Store>, node_id: &str, claimed_at: i64) -> ClaimedJob {
+    let run = runyard::model::RunId::new().to_string();
+    store
+        .run_create(RunCreateParams {
+            run_id: run.clone(),
+            job_ids: vec![run.clone()],
+            pipeline: "elsewhere".into(),
+            params: BTreeMap::new(),
+            triggered_by: "api".into(),
+            actor: None,
+            idempotency_key: None,
+            policy: JobPolicy {
+                max_attempts: 1,
+                retry_backoff_ms: 10,
+                on_orphan: "requeue",
+                max_orphan_requeues: 1,
+            },
+            now: 1,
+        })
+        .await
+        .unwrap();
+    let claim = JobClaimParams {
+        node_id: node_id.to_string(),
+        max: 1,
+        global_cap: 0,
+        pipelines: [("elsewhere".to_string(), 0)].into(),
+        now: claimed_at,
+    };
+    store.job_claim(claim).await.unwrap().jobs.remove(0)
+}
+
+/// A node on `store` whose config does not run "elsewhere", so it never re-runs those jobs.
+async fn node_without_that_pipeline(dir: &Path, store: Arc<dyn Store>) -> Scheduler {
+    let config = dir.join("runyard.toml");
+    std::fs::write(&config, "[pipelines.other]\ncommand = [\"true\"]\n").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let settings = Settings::from_toml(&text, &config, &|_| None).unwrap();
+    Scheduler::start(Arc::new(settings), store, Arc::new(LocalBus::default()))
+        .await
+        .unwrap()
+}
 
 #[tokio::test]
 async fn a_reused_pid_is_never_signalled_and_the_orphan_is_requeued() {
@@ -38,34 +83,7 @@ async fn a_reused_pid_is_never_signalled_and_the_orphan_is_requeued() {
         heartbeat_at: runyard::clock::now_ms(), // a fresh heartbeat must not save it
     };
     store.node_register(dead.clone()).await.unwrap();
-    let run = runyard::model::RunId::new().to_string();
-    store
-        .run_create(RunCreateParams {
-            run_id: run.clone(),
-            job_ids: vec![run.clone()],
-            pipeline: "elsewhere".into(),
-            params: BTreeMap::new(),
-            triggered_by: "api".into(),
-            actor: None,
-            idempotency_key: None,
-            policy: JobPolicy {
-                max_attempts: 1,
-                retry_backoff_ms: 10,
-                on_orphan: "requeue",
-                max_orphan_requeues: 1,
-            },
-            now: 1,
-        })
-        .await
-        .unwrap();
-    let claim = JobClaimParams {
-        node_id: dead.id.clone(),
-        max: 1,
-        global_cap: 0,
-        pipelines: [("elsewhere".to_string(), 0)].into(),
-        now: 2,
-    };
-    let job = store.job_claim(claim).await.unwrap().jobs.remove(0);
+    let job = queue_claimed(&store, &dead.id, 2).await;
     // Its job's recorded leader is the bystander's pid too, with another start time.
     let started = JobStartParams {
         job_id: job.id.clone(),
@@ -78,21 +96,7 @@ async fn a_reused_pid_is_never_signalled_and_the_orphan_is_requeued() {
 
     // A new node (whose config does not run "elsewhere", so it will not re-run the job)
     // resolves orphans before its first claim.
-    let config = dir.path().join("runyard.toml");
-    std::fs::write(&config, "[pipelines.other]\ncommand = [\"true\"]\n").unwrap();
-    let settings = Settings::from_toml(
-        &std::fs::read_to_string(&config).unwrap(),
-        Path::new(&config),
-        &|_| None,
-    )
-    .unwrap();
-    let scheduler = Scheduler::start(
-        Arc::new(settings),
-        store.clone(),
-        Arc::new(LocalBus::default()),
-    )
-    .await
-    .unwrap();
+    let scheduler = node_without_that_pipeline(dir.path(), store.clone()).await;
 
     let view = store.job_get(&job.id).await.unwrap().unwrap();
     assert_eq!(
@@ -129,54 +133,13 @@ async fn a_job_recorded_as_running_here_but_not_running_is_handed_back() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&dir.path().join("r.db"), Synchronous::Normal).unwrap());
-    let config = dir.path().join("runyard.toml");
-    std::fs::write(&config, "[pipelines.other]\ncommand = [\"true\"]\n").unwrap();
-    let settings = Settings::from_toml(
-        &std::fs::read_to_string(&config).unwrap(),
-        Path::new(&config),
-        &|_| None,
-    )
-    .unwrap();
-    let scheduler = Scheduler::start(
-        Arc::new(settings),
-        store.clone(),
-        Arc::new(LocalBus::default()),
-    )
-    .await
-    .unwrap();
+    let scheduler = node_without_that_pipeline(dir.path(), store.clone()).await;
 
     // Two jobs claimed under this node's id without its knowledge: one long ago (its end
     // was never recorded), one just now (a claim whose task is about to register it).
     let mut jobs = Vec::new();
     for claimed_at in [1, runyard::clock::now_ms()] {
-        let run = runyard::model::RunId::new().to_string();
-        store
-            .run_create(RunCreateParams {
-                run_id: run.clone(),
-                job_ids: vec![run.clone()],
-                pipeline: "elsewhere".into(),
-                params: BTreeMap::new(),
-                triggered_by: "api".into(),
-                actor: None,
-                idempotency_key: None,
-                policy: JobPolicy {
-                    max_attempts: 1,
-                    retry_backoff_ms: 10,
-                    on_orphan: "requeue",
-                    max_orphan_requeues: 1,
-                },
-                now: 1,
-            })
-            .await
-            .unwrap();
-        let claim = JobClaimParams {
-            node_id: scheduler.node_id().to_string(),
-            max: 1,
-            global_cap: 0,
-            pipelines: [("elsewhere".to_string(), 0)].into(),
-            now: claimed_at,
-        };
-        jobs.push(store.job_claim(claim).await.unwrap().jobs.remove(0));
+        jobs.push(queue_claimed(&store, scheduler.node_id(), claimed_at).await);
     }
     // (The node's own heartbeat may get there first; either way it happens exactly once.)
     scheduler.rescue_once().await.unwrap();

@@ -1536,6 +1536,10 @@ mod tests {
     }
 
     async fn create(store: &SqliteStore, shards: u32) -> RunCreated {
+        create_in(store, "p", shards).await
+    }
+
+    async fn create_in(store: &SqliteStore, pipeline: &str, shards: u32) -> RunCreated {
         let run = crate::model::RunId::new();
         store
             .run_create(RunCreateParams {
@@ -1543,7 +1547,7 @@ mod tests {
                 job_ids: (0..shards)
                     .map(|i| crate::model::job_id_for(run, i, shards))
                     .collect(),
-                pipeline: "p".into(),
+                pipeline: pipeline.into(),
                 params: BTreeMap::new(),
                 triggered_by: "api".into(),
                 actor: None,
@@ -1898,22 +1902,7 @@ mod tests {
         let (_dir, store) = open().await;
         let mut ids = Vec::new();
         for pipeline in ["a", "a", "a", "b", "b"] {
-            let run = crate::model::RunId::new().to_string();
-            store
-                .run_create(RunCreateParams {
-                    run_id: run.clone(),
-                    job_ids: vec![run.clone()],
-                    pipeline: pipeline.into(),
-                    params: BTreeMap::new(),
-                    triggered_by: "api".into(),
-                    actor: None,
-                    idempotency_key: None,
-                    policy: policy(),
-                    now: 1,
-                })
-                .await
-                .unwrap();
-            ids.push(run);
+            ids.push(create_in(&store, pipeline, 1).await.run_id);
         }
         let p = JobClaimParams {
             pipelines: [("a".to_string(), 1), ("b".to_string(), 0)].into(),
