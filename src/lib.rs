@@ -16,6 +16,7 @@
 //! | [`api`] | HTTP routes and SSE |
 //! | [`cli`] | the command-line client and `serve` |
 //! | [`serve`] | composition root: builds everything, runs, drains |
+//! | [`webhook`] | callback-URL policy (SSRF), pinned and signed webhook delivery |
 //!
 //! See `ARCHITECTURE.md` for the life of a run and the invariants.
 
@@ -29,3 +30,4 @@ pub mod model;
 pub mod scheduler;
 pub mod serve;
 pub mod store;
+pub mod webhook;

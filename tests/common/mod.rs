@@ -3,6 +3,7 @@
 //! process-table helpers. No sleeps as synchronisation: waits are on events
 //! or on a polled condition, always with a timeout.
 #![allow(dead_code)]
+pub mod dns;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
