@@ -69,6 +69,75 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Pipelines by name.
     pub pipelines: BTreeMap<String, Arc<Pipeline>>,
+    /// `[webhooks]`: completion callbacks.
+    pub webhooks: WebhookSettings,
+    /// `[secrets]`: values masked wherever job output is stored or sent.
+    pub secrets: Secrets,
+}
+
+/// `[webhooks]` settings (completion callbacks, DESIGN decision 7).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// HMAC key read from the environment variable named by `secret_env`.
+    pub secret: Option<String>,
+    /// Allow `http://` callback URLs (https only otherwise).
+    pub allow_http: bool,
+    /// Hosts, addresses or CIDRs that may be reached although not global.
+    pub allow_hosts: Vec<String>,
+    /// DNS servers to resolve callback hosts with; empty = the system's.
+    pub nameservers: Vec<SocketAddr>,
+    /// Bound on one delivery attempt (connect, send, response).
+    pub timeout: Duration,
+    /// Delivery attempts before a webhook is given up.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles per attempt, capped at 1 h.
+    pub retry_backoff: Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            secret: None,
+            allow_http: false,
+            allow_hosts: Vec::new(),
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(10),
+            max_attempts: 8,
+            retry_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Shortest accepted secret: shorter values would mask ordinary text.
+pub const MIN_SECRET_BYTES: usize = 4;
+
+/// Declared secrets by name (values read from the environment or files at start).
+#[derive(Clone, Default)]
+pub struct Secrets {
+    values: BTreeMap<String, Arc<str>>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.values.keys()).finish()
+    }
+}
+
+impl Secrets {
+    /// The value of a declared secret.
+    pub fn get(&self, name: &str) -> Option<&Arc<str>> {
+        self.values.get(name)
+    }
+
+    /// Every secret value (to build the redactor).
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.values.values().map(|v| &**v)
+    }
+
+    /// True when no secret is declared.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
 }
 
 /// `[server]` settings.
@@ -94,6 +163,10 @@ pub struct ServerSettings {
     pub heartbeat: Duration,
     /// Default SIGTERM → SIGKILL grace for a job's process group.
     pub kill_grace: Duration,
+    /// Resource admission: no job starts while the 1-minute load average is above this.
+    pub admit_max_load: Option<f64>,
+    /// Resource admission: no job starts while available memory is below this (bytes).
+    pub admit_min_free_memory: Option<u64>,
 }
 
 /// Which store to open.
@@ -289,7 +362,33 @@ pub struct Pipeline {
     pub kill_grace: Duration,
     /// Declared parameters.
     pub params: BTreeMap<String, ParamSpec>,
+    /// Environment variables whose values are secrets: variable → value.
+    pub secret_env: BTreeMap<String, Arc<str>>,
+    /// Run once per node before the pipeline's first job there (DESIGN decision 19).
+    pub setup: Option<CommandLine>,
+    /// Setup failures in a row that open this node's circuit for the pipeline.
+    pub circuit_threshold: u32,
+    /// How long an open circuit waits before one trial setup (half-open).
+    pub circuit_cooldown: Duration,
+    /// Run once per run after every shard is terminal (DESIGN decision 7).
+    pub finalizer: Option<CommandLine>,
+    /// Default completion webhook of the pipeline's runs.
+    pub callback_url: Option<String>,
 }
+
+/// A command other than the pipeline's main one (setup, finalizer): argv with placeholders.
+#[derive(Debug, Clone)]
+pub struct CommandLine {
+    /// As written in the config.
+    pub command: Vec<String>,
+    /// `command[0]` resolved to an absolute path.
+    pub program: PathBuf,
+    /// The arguments as templates.
+    pub args: Vec<Template>,
+}
+
+/// Placeholders a finalizer may use besides the pipeline's parameters.
+pub const FINALIZER_PLACEHOLDERS: &[&str] = &["run_id", "job_id", "shard_count", "summary_file"];
 
 /// Most shards a run may have.
 pub const MAX_SHARDS: u32 = 1000;
@@ -302,9 +401,39 @@ struct RawFile {
     store: Option<RawStore>,
     bus: Option<toml::Value>,
     auth: Option<toml::Value>,
-    webhooks: Option<toml::Value>,
+    webhooks: Option<RawWebhooks>,
+    #[serde(default)]
+    secrets: BTreeMap<String, RawSecret>,
     #[serde(default)]
     pipelines: BTreeMap<String, RawPipeline>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhooks {
+    secret_env: Option<String>,
+    allow_http: Option<bool>,
+    #[serde(default)]
+    allow_hosts: Vec<String>,
+    #[serde(default)]
+    nameservers: Vec<String>,
+    timeout: Option<String>,
+    max_attempts: Option<u32>,
+    retry_backoff: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    env: Option<String>,
+    file: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawEnvValue {
+    Plain(String),
+    Secret { secret: String },
 }
 
 #[derive(Deserialize, Default)]
@@ -320,6 +449,8 @@ struct RawServer {
     max_output_bytes: Option<toml::Value>,
     heartbeat: Option<String>,
     kill_grace: Option<String>,
+    admit_max_load: Option<f64>,
+    admit_min_free_memory: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -335,7 +466,7 @@ struct RawPipeline {
     command: Vec<String>,
     cwd: Option<String>,
     #[serde(default)]
-    env: BTreeMap<String, String>,
+    env: BTreeMap<String, RawEnvValue>,
     timeout: Option<String>,
     max_attempts: Option<u32>,
     retry_backoff: Option<String>,
@@ -345,7 +476,10 @@ struct RawPipeline {
     max_orphan_requeues: Option<u32>,
     kill_grace: Option<String>,
     setup: Option<Vec<String>>,
+    circuit_threshold: Option<u32>,
+    circuit_cooldown: Option<String>,
     finalizer: Option<Vec<String>>,
+    callback_url: Option<String>,
     #[serde(default)]
     params: BTreeMap<String, RawParam>,
 }
@@ -469,12 +603,11 @@ impl Loader<'_> {
                 }
                 continue;
             }
-            if in_table {
-                if let Some(k) = key {
-                    if t.split(['=', ' ']).next() == Some(k) {
-                        return i + 1;
-                    }
-                }
+            if in_table
+                && let Some(k) = key
+                && t.split(['=', ' ']).next() == Some(k)
+            {
+                return i + 1;
             }
         }
         header_line
@@ -526,11 +659,7 @@ impl Loader<'_> {
     }
 
     fn build(&self, raw: RawFile) -> Result<Settings, ConfigError> {
-        for (key, value) in [
-            ("bus", &raw.bus),
-            ("auth", &raw.auth),
-            ("webhooks", &raw.webhooks),
-        ] {
+        for (key, value) in [("bus", &raw.bus), ("auth", &raw.auth)] {
             if value.is_some() {
                 return Err(self.invalid(
                     key,
@@ -541,15 +670,145 @@ impl Loader<'_> {
         }
         let server = self.server(&raw.server)?;
         let store = self.store(raw.store.as_ref(), &server)?;
+        let webhooks = self.webhooks(raw.webhooks.as_ref())?;
+        let secrets = self.secrets(&raw.secrets)?;
         let mut pipelines = BTreeMap::new();
         for (name, rp) in &raw.pipelines {
-            let p = self.pipeline(name, rp, &server)?;
+            let p = self.pipeline(name, rp, &server, &secrets)?;
             pipelines.insert(name.clone(), Arc::new(p));
         }
         Ok(Settings {
             server,
             store,
             pipelines,
+            webhooks,
+            secrets,
+        })
+    }
+
+    fn webhooks(&self, raw: Option<&RawWebhooks>) -> Result<WebhookSettings, ConfigError> {
+        let t = "webhooks";
+        let mut w = WebhookSettings::default();
+        let Some(raw) = raw else { return Ok(w) };
+        if let Some(var) = &raw.secret_env {
+            w.secret = (self.env)(var).filter(|v| !v.is_empty());
+            if w.secret.is_none() {
+                return Err(self.invalid(
+                    t,
+                    Some("secret_env"),
+                    format!("the environment variable {var} is not set"),
+                ));
+            }
+        }
+        w.allow_http = raw.allow_http.unwrap_or(false);
+        w.allow_hosts = raw.allow_hosts.clone();
+        for ns in &raw.nameservers {
+            let addr = ns
+                .parse::<SocketAddr>()
+                .or_else(|_| {
+                    ns.parse::<std::net::IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, 53))
+                })
+                .map_err(|_| {
+                    self.invalid(
+                        t,
+                        Some("nameservers"),
+                        format!("{ns:?} is not an address such as \"10.0.0.2\" or \"10.0.0.2:53\""),
+                    )
+                })?;
+            w.nameservers.push(addr);
+        }
+        w.timeout = self.duration(t, "timeout", &raw.timeout, w.timeout)?;
+        if w.timeout.is_zero() {
+            return Err(self.invalid(t, Some("timeout"), "must be positive"));
+        }
+        w.max_attempts = raw.max_attempts.unwrap_or(w.max_attempts);
+        if !(1..=100).contains(&w.max_attempts) {
+            return Err(self.invalid(t, Some("max_attempts"), "must be between 1 and 100"));
+        }
+        w.retry_backoff = self.duration(t, "retry_backoff", &raw.retry_backoff, w.retry_backoff)?;
+        Ok(w)
+    }
+
+    fn secrets(&self, raw: &BTreeMap<String, RawSecret>) -> Result<Secrets, ConfigError> {
+        let mut values = BTreeMap::new();
+        for (name, rs) in raw {
+            let t = format!("secrets.{name}");
+            let value = match (&rs.env, &rs.file) {
+                (Some(var), None) => (self.env)(var).ok_or_else(|| {
+                    self.invalid(
+                        &t,
+                        Some("env"),
+                        format!("the environment variable {var} is not set"),
+                    )
+                })?,
+                (None, Some(file)) => {
+                    let path = self.resolve_dir(file);
+                    let text = std::fs::read_to_string(&path).map_err(|e| {
+                        self.invalid(
+                            &t,
+                            Some("file"),
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?;
+                    text.strip_suffix('\n')
+                        .map(|v| v.strip_suffix('\r').unwrap_or(v))
+                        .unwrap_or(&text)
+                        .to_string()
+                }
+                _ => {
+                    return Err(self.invalid(
+                        &t,
+                        None,
+                        "a secret names exactly one source: env = \"VAR\" or file = \"PATH\" (never an inline value)",
+                    ));
+                }
+            };
+            if value.len() < MIN_SECRET_BYTES {
+                return Err(self.invalid(
+                    &t,
+                    None,
+                    format!("the value is shorter than {MIN_SECRET_BYTES} bytes; masking it would mangle ordinary output"),
+                ));
+            }
+            values.insert(name.clone(), Arc::from(value));
+        }
+        Ok(Secrets { values })
+    }
+
+    /// Parses a setup or finalizer argv, allowing the given placeholders.
+    fn command_line(
+        &self,
+        table: &str,
+        key: &str,
+        argv: &[String],
+        cwd: &Path,
+        allowed: &dyn Fn(&str) -> bool,
+    ) -> Result<CommandLine, ConfigError> {
+        let Some((program, args)) = argv.split_first() else {
+            return Err(self.invalid(table, Some(key), "must name a program"));
+        };
+        if program.contains('{') {
+            return Err(self.invalid(table, Some(key), "the program may not contain placeholders"));
+        }
+        let resolved =
+            resolve_program(program, cwd).map_err(|m| self.invalid(table, Some(key), m))?;
+        let mut templates = Vec::new();
+        for arg in args {
+            let tpl = Template::parse(arg).map_err(|m| self.invalid(table, Some(key), m))?;
+            if let Some(var) = tpl.vars().find(|v| !allowed(v)) {
+                return Err(self.invalid(
+                    table,
+                    Some(key),
+                    format!("placeholder {{{var}}} is not available here"),
+                ));
+            }
+            templates.push(tpl);
+        }
+        Ok(CommandLine {
+            command: argv.to_vec(),
+            program: resolved,
+            args: templates,
         })
     }
 
@@ -637,6 +896,30 @@ impl Loader<'_> {
             max_output_bytes,
             heartbeat,
             kill_grace: self.duration(t, "kill_grace", &rs.kill_grace, Duration::from_secs(10))?,
+            admit_max_load: match rs.admit_max_load {
+                Some(l) if !(l > 0.0 && l.is_finite()) => {
+                    return Err(self.invalid(
+                        t,
+                        Some("admit_max_load"),
+                        "must be a positive number",
+                    ));
+                }
+                l => l,
+            },
+            admit_min_free_memory: match &rs.admit_min_free_memory {
+                None => None,
+                Some(toml::Value::Integer(n)) if *n > 0 => Some(*n as u64),
+                Some(toml::Value::String(s)) => Some(
+                    parse_size(s).map_err(|m| self.invalid(t, Some("admit_min_free_memory"), m))?,
+                ),
+                Some(_) => {
+                    return Err(self.invalid(
+                        t,
+                        Some("admit_min_free_memory"),
+                        "expected a size such as \"1GiB\"",
+                    ));
+                }
+            },
         })
     }
 
@@ -688,6 +971,7 @@ impl Loader<'_> {
         name: &str,
         rp: &RawPipeline,
         server: &ServerSettings,
+        secrets: &Secrets,
     ) -> Result<Pipeline, ConfigError> {
         let t = format!("pipelines.{name}");
         let t = t.as_str();
@@ -703,29 +987,15 @@ impl Loader<'_> {
                 "pipeline names use letters, digits, '-' and '_' (at most 64)",
             ));
         }
-        if rp.setup.is_some() {
-            return Err(self.invalid(
-                t,
-                Some("setup"),
-                "setup commands are not supported by this build yet",
-            ));
-        }
-        if rp.finalizer.is_some() {
-            return Err(self.invalid(
-                t,
-                Some("finalizer"),
-                "finalizers are not supported by this build yet",
-            ));
-        }
         let cwd = rp.cwd.as_deref().map(|c| self.resolve_dir(c));
-        if let Some(dir) = &cwd {
-            if !dir.is_dir() {
-                return Err(self.invalid(
-                    t,
-                    Some("cwd"),
-                    format!("{} is not a directory", dir.display()),
-                ));
-            }
+        if let Some(dir) = &cwd
+            && !dir.is_dir()
+        {
+            return Err(self.invalid(
+                t,
+                Some("cwd"),
+                format!("{} is not a directory", dir.display()),
+            ));
         }
         let Some((program, args)) = rp.command.split_first() else {
             return Err(self.invalid(t, Some("command"), "must name a program"));
@@ -800,7 +1070,20 @@ impl Loader<'_> {
             }
             templates.push(tpl);
         }
-        for key in rp.env.keys() {
+        let mut env = BTreeMap::new();
+        let mut secret_env = BTreeMap::new();
+        for (key, value) in &rp.env {
+            match value {
+                RawEnvValue::Plain(v) => {
+                    env.insert(key.clone(), v.clone());
+                }
+                RawEnvValue::Secret { secret } => {
+                    let value = secrets.get(secret).ok_or_else(|| {
+                        self.invalid(t, Some("env"), format!("{key}: unknown secret {secret:?}; declare it under [secrets.{secret}]"))
+                    })?;
+                    secret_env.insert(key.clone(), value.clone());
+                }
+            }
             if key.is_empty()
                 || key.contains('=')
                 || key.contains('\0')
@@ -812,6 +1095,21 @@ impl Loader<'_> {
                     format!("invalid variable name {key:?} (RUNYARD_* is reserved)"),
                 ));
             }
+        }
+        let here = cwd.as_deref().unwrap_or(&self.base);
+        let setup = match &rp.setup {
+            None => None,
+            Some(argv) => Some(self.command_line(t, "setup", argv, here, &|_| false)?),
+        };
+        let finalizer = match &rp.finalizer {
+            None => None,
+            Some(argv) => Some(self.command_line(t, "finalizer", argv, here, &|v| {
+                FINALIZER_PLACEHOLDERS.contains(&v) || params.contains_key(v)
+            })?),
+        };
+        let circuit_threshold = rp.circuit_threshold.unwrap_or(3);
+        if circuit_threshold == 0 {
+            return Err(self.invalid(t, Some("circuit_threshold"), "must be at least 1"));
         }
         let shards = rp.shards.unwrap_or(1);
         if shards == 0 || shards > MAX_SHARDS {
@@ -842,7 +1140,7 @@ impl Loader<'_> {
             program,
             args: templates,
             cwd,
-            env: rp.env.clone(),
+            env,
             timeout,
             max_attempts,
             retry_backoff: self.duration(
@@ -856,6 +1154,17 @@ impl Loader<'_> {
             on_orphan: rp.on_orphan.unwrap_or(OnOrphan::Requeue),
             max_orphan_requeues: rp.max_orphan_requeues.unwrap_or(1),
             kill_grace: self.duration(t, "kill_grace", &rp.kill_grace, server.kill_grace)?,
+            secret_env,
+            setup,
+            circuit_threshold,
+            circuit_cooldown: self.duration(
+                t,
+                "circuit_cooldown",
+                &rp.circuit_cooldown,
+                Duration::from_secs(60),
+            )?,
+            finalizer,
+            callback_url: rp.callback_url.clone(),
             params,
         })
     }
@@ -922,10 +1231,10 @@ impl ParamSpec {
                 "value may not start with '-' (set allow_leading_dash = true to permit it)".into(),
             );
         }
-        if let Some(re) = &self.pattern {
-            if !re.is_match(&text) {
-                return Err(format!("value does not match pattern {}", re.as_str()));
-            }
+        if let Some(re) = &self.pattern
+            && !re.is_match(&text)
+        {
+            return Err(format!("value does not match pattern {}", re.as_str()));
         }
         Ok(text)
     }

@@ -19,6 +19,7 @@ use crate::config::{Settings, StoreUrl};
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
+use crate::webhook::{AllowList, WebhookPolicy, Webhooks, secret_key};
 
 /// Opens the configured store.
 pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
@@ -34,6 +35,32 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
+/// The webhook checker and sender from `[webhooks]` (defaults when absent: https only,
+/// global addresses only, the system's DNS). `None`, with a warning, when no DNS resolver
+/// can be built: triggers with a callback URL are then refused.
+pub fn webhooks(settings: &Settings) -> anyhow::Result<Option<Arc<Webhooks>>> {
+    let w = &settings.webhooks;
+    let allow_hosts = AllowList::parse(&w.allow_hosts).context("[webhooks] allow_hosts")?;
+    let key = match &w.secret {
+        Some(secret) => Some(secret_key(secret).context("[webhooks] secret_env")?),
+        None => None,
+    };
+    let policy = WebhookPolicy {
+        allow_http: w.allow_http,
+        allow_hosts,
+        nameservers: w.nameservers.clone(),
+        timeout: w.timeout,
+        ..WebhookPolicy::default()
+    };
+    match Webhooks::new(policy, key) {
+        Ok(hooks) => Ok(Some(Arc::new(hooks))),
+        Err(e) => {
+            tracing::warn!("webhooks disabled: {e}");
+            Ok(None)
+        }
+    }
+}
+
 /// Runs a node on `listener` until `shutdown` resolves, then drains and returns.
 pub async fn run(
     settings: Settings,
@@ -43,7 +70,8 @@ pub async fn run(
     let settings = Arc::new(settings);
     let store = open_store(&settings)?;
     let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
-    let scheduler = Scheduler::start(settings.clone(), store.clone(), bus)
+    let webhooks = webhooks(&settings)?;
+    let scheduler = Scheduler::start(settings.clone(), store.clone(), bus, webhooks)
         .await
         .context("starting the scheduler")?;
     let http_stop = CancellationToken::new();

@@ -33,6 +33,8 @@ async fn queue_claimed(store: &Arc<dyn Store>, node_id: &str, claimed_at: i64) -
                 on_orphan: "requeue",
                 max_orphan_requeues: 1,
             },
+            has_finalizer: false,
+            callback_url: None,
             now: 1,
         })
         .await
@@ -53,9 +55,14 @@ async fn node_without_that_pipeline(dir: &Path, store: Arc<dyn Store>) -> Schedu
     std::fs::write(&config, "[pipelines.other]\ncommand = [\"true\"]\n").unwrap();
     let text = std::fs::read_to_string(&config).unwrap();
     let settings = Settings::from_toml(&text, &config, &|_| None).unwrap();
-    Scheduler::start(Arc::new(settings), store, Arc::new(LocalBus::default()))
-        .await
-        .unwrap()
+    Scheduler::start(
+        Arc::new(settings),
+        store,
+        Arc::new(LocalBus::default()),
+        None,
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]

@@ -24,6 +24,13 @@ pub enum ApiError {
     TooLarge(String),
     /// 503: the store is unavailable.
     Unavailable(String),
+    /// 503 with `Retry-After`: the work cannot be taken now (e.g. every setup circuit is open).
+    RetryLater {
+        /// What is wrong.
+        message: String,
+        /// Seconds until a retry may succeed.
+        after_secs: u64,
+    },
 }
 
 impl IntoResponse for ApiError {
@@ -34,6 +41,17 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+            ApiError::RetryLater {
+                message,
+                after_secs,
+            } => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(axum::http::header::RETRY_AFTER, after_secs.to_string())],
+                    Json(json!({ "error": message, "retryAfter": after_secs })),
+                )
+                    .into_response();
+            }
         };
         (status, Json(json!({ "error": message }))).into_response()
     }
@@ -50,6 +68,13 @@ impl From<TriggerError> for ApiError {
     fn from(e: TriggerError) -> Self {
         match e {
             TriggerError::Store(s) => s.into(),
+            TriggerError::Unavailable {
+                message,
+                retry_after,
+            } => ApiError::RetryLater {
+                message,
+                after_secs: retry_after.as_secs().max(1),
+            },
             other => ApiError::BadRequest(other.to_string()),
         }
     }

@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/runs", get(runs::list))
         .route("/api/runs/{id}", get(runs::get))
         .route("/api/runs/{id}/abort", post(runs::abort))
+        .route("/api/runs/{id}/deliveries", get(runs::deliveries))
         .route("/api/jobs/{id}", get(runs::job))
         .route("/api/jobs/{id}/logs", get(runs::logs))
         .route("/api/jobs/{id}/logs/stream", get(events::log_stream))

@@ -50,18 +50,31 @@ pub(super) async fn trigger(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
     };
-    if parsed.callback_url.is_some() {
-        return Err(ApiError::BadRequest(
-            "callbackUrl is not supported yet: webhook delivery is not in this build".into(),
-        ));
-    }
+    // The `Idempotency-Key` header is the body field's alias; when both are given they must agree.
+    let header_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?
+                .to_string(),
+        ),
+    };
+    let idempotency_key = match (header_key, parsed.idempotency_key) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(ApiError::BadRequest(
+                "Idempotency-Key header and idempotencyKey differ".into(),
+            ));
+        }
+        (h, b) => h.or(b),
+    };
     let triggered = state
         .scheduler
         .trigger(TriggerRequest {
             pipeline,
             parameters: parsed.parameters,
             shards: parsed.shards,
-            idempotency_key: parsed.idempotency_key,
+            idempotency_key,
+            callback_url: parsed.callback_url,
             triggered_by: source(&headers),
         })
         .await?;
@@ -82,6 +95,7 @@ pub(super) async fn trigger(
 
 pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let counts = state.store.pipeline_counts().await?;
+    let states = state.store.pipeline_nodes_list().await?;
     let pipelines: Vec<Value> = state
         .scheduler
         .settings()
@@ -104,6 +118,25 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
                     )
                 })
                 .collect();
+            let nodes: Vec<&crate::store::PipelineNodeState> =
+                states.iter().filter(|s| s.pipeline == p.name).collect();
+            // The pipeline's circuit as a trigger sees it: open only when open on every
+            // node that has tried its setup (DESIGN decision 19; triggers check live nodes).
+            let circuit = if p.setup.is_none() || nodes.is_empty() {
+                "closed"
+            } else if nodes.iter().all(|s| s.circuit == "open") {
+                "open"
+            } else if nodes.iter().any(|s| s.circuit == "half_open") {
+                "half_open"
+            } else {
+                "closed"
+            };
+            let setup = p.setup.as_ref().map(|s| {
+                json!({
+                    "command": s.command,
+                    "nodes": nodes,
+                })
+            });
             json!({
                 "id": p.name,
                 "command": p.command,
@@ -114,8 +147,10 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
                 "shards": p.shards,
                 "onOrphan": p.on_orphan.as_str(),
                 "params": params,
-                "setup": Value::Null,
-                "circuit": "closed",
+                "setup": setup,
+                "circuit": circuit,
+                "finalizer": p.finalizer.as_ref().map(|f| &f.command),
+                "callbackUrl": p.callback_url,
                 "queued": c.queued,
                 "running": c.running,
             })

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
-use crate::model::{RunId, RunStatus, parse_job_id};
+use crate::model::{self, RunId, RunStatus, parse_job_id};
 use crate::store::{AbortOutcome, RunFilter};
 
 /// `?limit=&offset=&status=`.
@@ -67,13 +67,10 @@ pub(super) fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String
     canonical_job_id(&id)
 }
 
-/// `RUN` or `RUN:sN` in canonical form (lowercase hyphenated UUID, no leading zeros).
+/// `RUN`, `RUN:sN` or `RUN:finalize` in canonical form (lowercase hyphenated UUID, no leading zeros).
 pub(super) fn canonical_job_id(id: &str) -> Result<String, ApiError> {
-    let (run, shard) = parse_job_id(id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    Ok(match shard {
-        Some(i) => format!("{run}:s{i}"),
-        None => run.to_string(),
-    })
+    let (run, part) = parse_job_id(id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(model::canonical_job_id(run, part))
 }
 
 pub(super) async fn list(
@@ -115,7 +112,24 @@ pub(super) async fn get(
         .run_get(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("Run not found: {id}")))?;
-    Ok(Json(serde_json::to_value(run).unwrap_or_default()))
+    let mut value = serde_json::to_value(run).unwrap_or_default();
+    if value["callbackUrl"].is_string() {
+        value["deliveries"] = json!(state.store.deliveries_of_run(&id).await?);
+    }
+    Ok(Json(value))
+}
+
+/// `GET /api/runs/{id}/deliveries`: the run's completion webhooks with every attempt.
+pub(super) async fn deliveries(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = run_id(path)?;
+    if state.store.run_get(&id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("Run not found: {id}")));
+    }
+    let deliveries = state.store.deliveries_of_run(&id).await?;
+    Ok(Json(json!({"runId": id, "deliveries": deliveries})))
 }
 
 pub(super) async fn abort(
@@ -206,6 +220,11 @@ pub(super) async fn workers(State(state): State<AppState>) -> Result<Json<Value>
             "heartbeat": crate::clock::rfc3339(node.heartbeat_at),
             "runningJobs": running,
             "self": node.id == state.scheduler.node_id(),
+            "admission": if node.id == state.scheduler.node_id() {
+                state.scheduler.admission_held().map_or(json!("admitting"), |why| json!(format!("held: {why}")))
+            } else {
+                Value::Null
+            },
         }));
     }
     Ok(Json(json!({ "workers": out })))

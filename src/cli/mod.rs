@@ -304,6 +304,12 @@ async fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<u8> {
     let listener = tokio::net::TcpListener::bind(settings.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
+    // Descendants that escape a job's process group are re-parented to us, to be swept.
+    if let Err(e) = crate::executor::reaper::enable() {
+        tracing::warn!(
+            "cannot become a child subreaper; setsid escapees of jobs will outlive them: {e}"
+        );
+    }
     crate::serve::run(settings, listener, shutdown_signal()).await?;
     Ok(0)
 }

@@ -12,6 +12,8 @@
 pub mod output;
 pub mod process;
 pub mod progress;
+pub mod reaper;
+pub mod redact;
 pub mod spawn;
 
 use std::os::unix::process::ExitStatusExt;
@@ -60,6 +62,8 @@ impl Exit {
 /// A spawned job process with its output readers.
 pub struct Running {
     child: Child,
+    /// The execution (`RUNYARD_JOB_ID`, `RUNYARD_CLAIM_SEQ`) this process belongs to, if any.
+    execution: Option<(String, String)>,
     /// Leader pid, also the process group id.
     pub pid: u32,
     /// Leader start time (clock ticks since boot), for pid-reuse checks at recovery.
@@ -70,7 +74,14 @@ pub struct Running {
 impl Running {
     /// Spawns `spec`, sending its output to `collector`.
     pub fn spawn(spec: &SpawnSpec, collector: Arc<Collector>) -> std::io::Result<Running> {
-        let mut child = spawn::command(spec).spawn()?;
+        let env = |key: &str| {
+            spec.env
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        let execution = env("RUNYARD_JOB_ID").zip(env("RUNYARD_CLAIM_SEQ"));
+        let mut child = reaper::spawn_tracked(&mut spawn::command(spec), execution.clone())?;
         let pid = child.id().unwrap_or(0);
         let proc_start = process::start_time(pid).unwrap_or(0);
         let mut readers = Vec::with_capacity(2);
@@ -90,6 +101,7 @@ impl Running {
         }
         Ok(Running {
             child,
+            execution,
             pid,
             proc_start,
             readers,
@@ -114,8 +126,10 @@ impl Running {
             _ = deadline => (Ending::TimedOut, self.terminate(grace).await),
             _ = cancel.cancelled() => (Ending::Cancelled, self.terminate(grace).await),
         };
-        // The leader is gone: end whatever it left behind in its group.
+        // The leader is gone: end whatever it left behind in its group (and let the
+        // subreaper sweep end what escaped the group).
         process::signal_group(self.pid, process::Sig::Kill);
+        reaper::untrack(self.pid, self.execution.as_ref());
         let drain = futures_util::future::join_all(self.readers.iter_mut());
         if tokio::time::timeout(DRAIN_LIMIT, drain).await.is_err() {
             for r in &self.readers {

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::Notify;
 
 use super::progress;
+use super::redact::Redactor;
 
 /// Longest stored line; longer lines are split.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
@@ -79,6 +80,7 @@ pub struct Totals {
 pub struct Collector {
     state: Mutex<State>,
     max_stream_bytes: u64,
+    redactor: Option<Arc<Redactor>>,
     flush_wanted: Notify,
     drained: Notify,
 }
@@ -86,12 +88,25 @@ pub struct Collector {
 impl Collector {
     /// A collector that stores at most `max_stream_bytes` per stream.
     pub fn new(max_stream_bytes: u64) -> Arc<Collector> {
+        Collector::with_redactor(max_stream_bytes, None)
+    }
+
+    /// A collector that also masks the secrets known to `redactor` in every line.
+    pub fn with_redactor(max_stream_bytes: u64, redactor: Option<Arc<Redactor>>) -> Arc<Collector> {
         Arc::new(Collector {
             state: Mutex::default(),
             max_stream_bytes,
+            redactor: redactor.filter(|r| !r.is_empty()),
             flush_wanted: Notify::new(),
             drained: Notify::new(),
         })
+    }
+
+    /// Bytes a reader holds back at a forced line cut so no secret is split (0 without secrets).
+    fn holdback(&self) -> usize {
+        self.redactor
+            .as_ref()
+            .map_or(0, |r| r.holdback().min(MAX_LINE_BYTES / 2))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -100,6 +115,11 @@ impl Collector {
 
     /// Adds one raw line (without its newline). Returns true when the buffer is over the high-water mark.
     pub fn push(&self, stream: Stream, raw: &[u8], newline: bool) -> bool {
+        let masked = match &self.redactor {
+            Some(r) => r.mask(raw),
+            None => std::borrow::Cow::Borrowed(raw),
+        };
+        let raw = &*masked;
         let progress = if stream == Stream::Stdout && raw.starts_with(b"::progress") {
             progress::parse(&to_text(raw))
         } else {
@@ -229,9 +249,23 @@ pub async fn read_stream(
                 }
                 None if rest.len() >= room => {
                     line.extend_from_slice(&rest[..room]);
-                    over |= collector.push(stream, &line, false);
-                    line.clear();
                     rest = &rest[room..];
+                    let hold = collector.holdback();
+                    if hold == 0 {
+                        over |= collector.push(stream, &line, false);
+                        line.clear();
+                    } else {
+                        // Mask what is whole, store all but the tail, and keep the tail
+                        // (which may hold the start of a secret) for the next piece.
+                        let masked = collector
+                            .redactor
+                            .as_ref()
+                            .map(|r| r.mask(&line).into_owned())
+                            .unwrap_or_default();
+                        let cut = masked.len().saturating_sub(hold).max(1);
+                        over |= collector.push(stream, &masked[..cut], false);
+                        line = masked[cut..].to_vec();
+                    }
                 }
                 None => {
                     line.extend_from_slice(rest);
@@ -296,6 +330,26 @@ mod tests {
         );
         let kept: usize = b.stdout[..b.stdout.len() - 1].iter().map(String::len).sum();
         assert!(kept <= 2048);
+    }
+
+    #[tokio::test]
+    async fn a_secret_split_across_a_long_line_cut_is_masked() {
+        let secret = "s3cr3t-token-value";
+        let redactor = Arc::new(Redactor::new([secret]));
+        // Place the secret so that it straddles the 64 KiB cut, and another one later.
+        let mut input = vec![b'x'; MAX_LINE_BYTES - 5];
+        input.extend_from_slice(secret.as_bytes());
+        input.extend_from_slice(&vec![b'y'; MAX_LINE_BYTES]);
+        input.extend_from_slice(secret.as_bytes());
+        input.extend_from_slice(b"\nnext ");
+        input.extend_from_slice(secret.as_bytes());
+        input.push(b'\n');
+        let c = Collector::with_redactor(1 << 22, Some(redactor));
+        read_stream(&input[..], Stream::Stdout, c.clone()).await;
+        let joined = c.take().stdout.concat();
+        assert!(!joined.contains(secret), "secret leaked");
+        assert!(!joined.contains("s3cr3t"), "a piece of the secret leaked");
+        assert_eq!(joined.matches(super::super::redact::MASK).count(), 3);
     }
 
     #[test]

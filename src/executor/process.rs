@@ -88,10 +88,10 @@ pub fn groups_with_env(env: &[(&str, &str)]) -> Vec<u32> {
         if !wanted.iter().all(|w| vars.contains(&w.as_slice())) {
             continue;
         }
-        if let Some(pgid) = process_group(pid) {
-            if !groups.contains(&pgid) {
-                groups.push(pgid);
-            }
+        if let Some(pgid) = process_group(pid)
+            && !groups.contains(&pgid)
+        {
+            groups.push(pgid);
         }
     }
     groups

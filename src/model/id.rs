@@ -56,10 +56,27 @@ pub fn job_id_for(run: RunId, shard_index: u32, shard_count: u32) -> String {
     }
 }
 
-/// Splits a job id into its run id and shard index (`None` for a single-shard job).
-pub fn parse_job_id(s: &str) -> Result<(RunId, Option<u32>), JobIdError> {
+/// The job id of a run's finalizer (DESIGN decision 7).
+pub fn finalize_job_id(run: &str) -> String {
+    format!("{run}:finalize")
+}
+
+/// What a job id names within its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobPart {
+    /// The only shard of a single-shard run (the job id is the run id).
+    Single,
+    /// Shard `i` of a sharded run.
+    Shard(u32),
+    /// The run's finalizer.
+    Finalize,
+}
+
+/// Splits a job id into its run id and what it names.
+pub fn parse_job_id(s: &str) -> Result<(RunId, JobPart), JobIdError> {
     match s.split_once(':') {
-        None => Ok((RunId::parse(s)?, None)),
+        None => Ok((RunId::parse(s)?, JobPart::Single)),
+        Some((run, "finalize")) => Ok((RunId::parse(run)?, JobPart::Finalize)),
         Some((run, shard)) => {
             let run = RunId::parse(run)?;
             let index = shard
@@ -67,7 +84,45 @@ pub fn parse_job_id(s: &str) -> Result<(RunId, Option<u32>), JobIdError> {
                 .filter(|d| !d.is_empty() && d.len() <= 6 && d.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|d| d.parse::<u32>().ok())
                 .ok_or_else(|| JobIdError::Malformed(s.chars().take(80).collect()))?;
-            Ok((run, Some(index)))
+            Ok((run, JobPart::Shard(index)))
+        }
+    }
+}
+
+/// The canonical spelling of a job id (lowercase UUID, no leading zeros in the shard).
+pub fn canonical_job_id(run: RunId, part: JobPart) -> String {
+    match part {
+        JobPart::Single => run.to_string(),
+        JobPart::Shard(i) => format!("{run}:s{i}"),
+        JobPart::Finalize => finalize_job_id(&run.to_string()),
+    }
+}
+
+/// The two kinds of job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JobKind {
+    /// One shard of the pipeline's command.
+    #[default]
+    Shard,
+    /// The run's finalizer.
+    Finalize,
+}
+
+impl JobKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Shard => "shard",
+            JobKind::Finalize => "finalize",
+        }
+    }
+
+    /// From the stored name (anything unknown is a shard).
+    pub fn from_name(s: &str) -> JobKind {
+        if s == "finalize" {
+            JobKind::Finalize
+        } else {
+            JobKind::Shard
         }
     }
 }
@@ -80,7 +135,10 @@ mod tests {
     fn single_shard_job_id_is_the_run_id() {
         let run = RunId::new();
         assert_eq!(job_id_for(run, 0, 1), run.to_string());
-        assert_eq!(parse_job_id(&run.to_string()).unwrap(), (run, None));
+        assert_eq!(
+            parse_job_id(&run.to_string()).unwrap(),
+            (run, JobPart::Single)
+        );
     }
 
     #[test]
@@ -88,7 +146,10 @@ mod tests {
         let run = RunId::new();
         let id = job_id_for(run, 3, 4);
         assert_eq!(id, format!("{run}:s3"));
-        assert_eq!(parse_job_id(&id).unwrap(), (run, Some(3)));
+        assert_eq!(parse_job_id(&id).unwrap(), (run, JobPart::Shard(3)));
+        let fin = finalize_job_id(&run.to_string());
+        assert_eq!(parse_job_id(&fin).unwrap(), (run, JobPart::Finalize));
+        assert_eq!(canonical_job_id(run, JobPart::Finalize), fin);
     }
 
     #[test]

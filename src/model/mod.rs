@@ -8,5 +8,8 @@ mod id;
 mod status;
 
 pub use event::EventName;
-pub use id::{JobIdError, RunId, job_id_for, parse_job_id};
+pub use id::{
+    JobIdError, JobKind, JobPart, RunId, canonical_job_id, finalize_job_id, job_id_for,
+    parse_job_id,
+};
 pub use status::{JobStatus, Reason, RunStatus, StatusParseError};

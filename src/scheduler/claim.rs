@@ -13,13 +13,20 @@ use crate::clock::now_ms;
 use crate::store::{JobClaimParams, change};
 
 /// A claim of up to `max` jobs for this node.
+/// Pipelines whose setup circuit is open on this node are left out.
 pub(super) fn claim_params(inner: &Inner, max: usize) -> JobClaimParams {
+    let now = now_ms();
     JobClaimParams {
         node_id: inner.node.id.clone(),
         max,
         global_cap: inner.settings.server.max_workers_global,
-        pipelines: inner.claimable.clone(),
-        now: now_ms(),
+        pipelines: inner
+            .claimable
+            .iter()
+            .filter(|(name, _)| inner.setups.claimable(name, now))
+            .map(|(name, cap)| (name.clone(), *cap))
+            .collect(),
+        now,
     }
 }
 
@@ -32,7 +39,10 @@ pub(super) async fn claim_loop(inner: Arc<Inner>) {
         work.borrow_and_update();
         let mut wait = POLL_BACKSTOP;
         let free = inner.slots.available_permits();
-        if free > 0 {
+        // Resource admission: past a threshold nothing is claimed; jobs wait in the queue.
+        if free > 0 && !inner.admission.check(&inner.settings.server) {
+            wait = POLL_BACKSTOP;
+        } else if free > 0 {
             match inner.store.job_claim(claim_params(&inner, free)).await {
                 Ok(out) => {
                     let claimed = out.jobs.len();

@@ -22,10 +22,12 @@ use tokio_util::sync::CancellationToken;
 use super::Inner;
 use super::abort::{CancelCause, Handle};
 use super::claim::claim_params;
+use super::setup::{SetupBlocked, SetupContext};
+use super::workdir::WorkDir;
 use crate::clock::now_ms;
 use crate::config::Pipeline;
 use crate::executor::{Collector, Ending, Exit, Running, SpawnSpec};
-use crate::model::Reason;
+use crate::model::{JobKind, Reason};
 use crate::store::{
     ClaimedJob, JobFinishParams, JobProgressParams, JobStartParams, Outcome, OutputAppendParams,
 };
@@ -51,7 +53,7 @@ async fn run_one(inner: &Arc<Inner>, job: ClaimedJob) -> Vec<ClaimedJob> {
     let Some(pipeline) = inner.settings.pipelines.get(&job.pipeline).cloned() else {
         // Claims only ask for configured pipelines; keep the slot accounting honest anyway.
         let outcome = failed(Reason::ExitCode, "pipeline is not configured on this node");
-        return finish(inner, &job, outcome, None, Default::default(), None).await;
+        return finish(inner, &job, outcome, None, Default::default(), None, None).await;
     };
     let handle = Handle::new(
         &inner.stop_jobs,
@@ -62,26 +64,82 @@ async fn run_one(inner: &Arc<Inner>, job: ClaimedJob) -> Vec<ClaimedJob> {
     );
     inner.registry.register(&job.id, handle.clone());
 
-    let collector = Collector::new(inner.settings.server.max_output_bytes);
-    let spec = spawn_spec(&pipeline, &job);
-    let next = match Running::spawn(&spec, collector.clone()) {
-        Err(e) => {
-            let message = format!("cannot start {}: {e}", spec.program.display());
-            tracing::warn!(job = %job.id, "{message}");
-            finish(
-                inner,
-                &job,
-                failed(Reason::ExitCode, &message),
-                None,
-                Default::default(),
-                None,
-            )
-            .await
+    let next = match prepare(inner, &job, &pipeline).await {
+        Err(outcome) => finish(inner, &job, outcome, None, Default::default(), None, None).await,
+        Ok(work) => {
+            let collector = Collector::with_redactor(
+                inner.settings.server.max_output_bytes,
+                inner.redactor.clone(),
+            );
+            let spec = spawn_spec(&pipeline, &job, &work);
+            match Running::spawn(&spec, collector.clone()) {
+                Err(e) => {
+                    let message = format!("cannot start {}: {e}", spec.program.display());
+                    tracing::warn!(job = %job.id, "{message}");
+                    let outcome = failed(Reason::ExitCode, &message);
+                    finish(inner, &job, outcome, None, Default::default(), None, None).await
+                }
+                Ok(running) => {
+                    execute(inner, &job, &pipeline, &handle, collector, running, &work).await
+                }
+            }
         }
-        Ok(running) => execute(inner, &job, &pipeline, &handle, collector, running).await,
     };
     inner.registry.remove(&job.id, job.claim_seq);
     next
+}
+
+/// Everything a job needs before its process starts: the pipeline's setup on this node,
+/// and its work directory (result file; the finalizer's summary). `Err` is how it ends
+/// instead of running.
+async fn prepare(
+    inner: &Arc<Inner>,
+    job: &ClaimedJob,
+    pipeline: &Pipeline,
+) -> Result<WorkDir, Outcome> {
+    let ctx = SetupContext {
+        store: &inner.store,
+        node_id: &inner.node.id,
+        data_dir: &inner.settings.server.data_dir,
+        stop: &inner.stop_jobs,
+        redactor: inner.redactor.clone(),
+    };
+    if let Err(blocked) = inner.setups.ensure(&ctx, pipeline).await {
+        let error = match blocked {
+            SetupBlocked::Failed(message) => message,
+            SetupBlocked::CircuitOpen => "the pipeline's circuit is open on this node".to_string(),
+        };
+        return Err(Outcome::Release {
+            reason: Reason::SetupFailed,
+            error: Some(error),
+        });
+    }
+    let mut work = WorkDir::create(&inner.settings.server.data_dir, job).map_err(|e| {
+        failed(
+            Reason::ExitCode,
+            &format!("cannot create the job's work directory: {e}"),
+        )
+    })?;
+    if job.kind == JobKind::Finalize {
+        let summary = match inner.store.run_summary(&job.run_id).await {
+            Ok(Some(summary)) => summary,
+            Ok(None) => return Err(failed(Reason::ExitCode, "the run is gone")),
+            // Not the finalizer's fault: hand it back for another try.
+            Err(e) => {
+                tracing::warn!(job = %job.id, "cannot read the run summary: {e}");
+                return Err(Outcome::Requeue {
+                    reason: Reason::Orphaned,
+                });
+            }
+        };
+        work.write_summary(&summary).map_err(|e| {
+            failed(
+                Reason::ExitCode,
+                &format!("cannot write the run summary: {e}"),
+            )
+        })?;
+    }
+    Ok(work)
 }
 
 async fn execute(
@@ -91,6 +149,7 @@ async fn execute(
     handle: &Handle,
     collector: Arc<Collector>,
     running: Running,
+    work: &WorkDir,
 ) -> Vec<ClaimedJob> {
     let start = JobStartParams {
         job_id: job.id.clone(),
@@ -143,7 +202,18 @@ async fn execute(
     flush_progress(inner, job, &collector).await;
 
     let outcome = outcome_of(&exit, handle.cause(), pipeline);
-    finish(inner, job, outcome, exit.code, totals, unrecorded).await
+    let (result, result_error) = match work.read_result() {
+        Ok(r) => (r.map(|text| mask(inner, &text)), None),
+        Err(e) => (None, Some(e)),
+    };
+    let outcome = match (outcome, result_error) {
+        (Outcome::Completed, Some(e)) => {
+            tracing::warn!(job = %job.id, "{e}");
+            Outcome::Completed
+        }
+        (other, _) => other,
+    };
+    finish(inner, job, outcome, exit.code, totals, unrecorded, result).await
 }
 
 fn outcome_of(exit: &Exit, cause: Option<CancelCause>, pipeline: &Pipeline) -> Outcome {
@@ -188,6 +258,14 @@ fn failed(reason: Reason, message: &str) -> Outcome {
     }
 }
 
+/// `text` with the declared secrets masked.
+fn mask(inner: &Inner, text: &str) -> String {
+    match &inner.redactor {
+        Some(r) => r.mask_str(text),
+        None => text.to_string(),
+    }
+}
+
 async fn finish(
     inner: &Inner,
     job: &ClaimedJob,
@@ -195,6 +273,7 @@ async fn finish(
     exit_code: Option<i32>,
     totals: crate::executor::output::Totals,
     start: Option<JobStartParams>,
+    result: Option<String>,
 ) -> Vec<ClaimedJob> {
     // Refill the slot in the same transaction unless the node is stopping.
     let claim_next = (!inner.stop_claiming.is_cancelled()).then(|| claim_params(inner, 1));
@@ -209,6 +288,7 @@ async fn finish(
         now: now_ms(),
         claim_next,
         start,
+        result,
     };
     // A terminal write that fails (store briefly unavailable) is retried; if it never lands the
     // job stays `running` under this node and is resolved by the rescuer like any orphan.
@@ -297,7 +377,8 @@ async fn flush_progress(inner: &Inner, job: &ClaimedJob, collector: &Collector) 
 }
 
 /// The argv and environment of one execution: placeholders substituted per argv element.
-pub(crate) fn spawn_spec(pipeline: &Pipeline, job: &ClaimedJob) -> SpawnSpec {
+pub(crate) fn spawn_spec(pipeline: &Pipeline, job: &ClaimedJob, work: &WorkDir) -> SpawnSpec {
+    let summary = work.summary_path().display().to_string();
     let lookup = |name: &str| -> Option<String> {
         Some(match name {
             "run_id" => job.run_id.clone(),
@@ -306,23 +387,30 @@ pub(crate) fn spawn_spec(pipeline: &Pipeline, job: &ClaimedJob) -> SpawnSpec {
             "shard_number" => (job.shard_index + 1).to_string(),
             "shard_count" => job.shard_count.to_string(),
             "attempt" => job.attempt.to_string(),
+            "summary_file" => summary.clone(),
             other => return job.params.get(other).cloned(),
         })
     };
-    let args = pipeline.args.iter().map(|t| t.render(lookup)).collect();
+    let (program, templates) = match (&pipeline.finalizer, job.kind) {
+        (Some(fin), JobKind::Finalize) => (fin.program.clone(), &fin.args),
+        _ => (pipeline.program.clone(), &pipeline.args),
+    };
+    let args = templates.iter().map(|t| t.render(lookup)).collect();
     let mut env: Vec<(String, String)> = pipeline
         .env
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
+        .chain(
+            pipeline
+                .secret_env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string())),
+        )
         .collect();
     env.extend([
         ("RUNYARD_RUN_ID".to_string(), job.run_id.clone()),
         ("RUNYARD_JOB_ID".to_string(), job.id.clone()),
         ("RUNYARD_PIPELINE".to_string(), job.pipeline.clone()),
-        (
-            "RUNYARD_SHARD_INDEX".to_string(),
-            job.shard_index.to_string(),
-        ),
         (
             "RUNYARD_SHARD_COUNT".to_string(),
             job.shard_count.to_string(),
@@ -330,7 +418,21 @@ pub(crate) fn spawn_spec(pipeline: &Pipeline, job: &ClaimedJob) -> SpawnSpec {
         ("RUNYARD_ATTEMPT".to_string(), job.attempt.to_string()),
         // Lets recovery find this execution's processes even if its pid was never recorded.
         ("RUNYARD_CLAIM_SEQ".to_string(), job.claim_seq.to_string()),
+        (
+            "RUNYARD_RESULT_FILE".to_string(),
+            work.result_path().display().to_string(),
+        ),
     ]);
+    match job.kind {
+        JobKind::Shard => env.push((
+            "RUNYARD_SHARD_INDEX".to_string(),
+            job.shard_index.to_string(),
+        )),
+        JobKind::Finalize => {
+            env.push(("RUNYARD_SUMMARY_FILE".to_string(), summary.clone()));
+            env.push(("RUNYARD_RUN_STATUS".to_string(), work.run_status.clone()));
+        }
+    }
     for (name, value) in &job.params {
         env.push((
             format!("RUNYARD_PARAM_{}", name.to_ascii_uppercase()),
@@ -338,7 +440,7 @@ pub(crate) fn spawn_spec(pipeline: &Pipeline, job: &ClaimedJob) -> SpawnSpec {
         ));
     }
     SpawnSpec {
-        program: pipeline.program.clone(),
+        program,
         args,
         cwd: pipeline.cwd.clone(),
         env,

@@ -13,10 +13,14 @@
 //! returned whenever the task ends, however it ends.
 
 mod abort;
+mod admission;
 mod claim;
 mod heartbeat;
 mod job;
+mod outbox;
 pub mod rescuer;
+mod setup;
+mod workdir;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -33,9 +37,11 @@ pub use abort::{AbortRegistry, CancelCause};
 use crate::bus::{Bus, Signal};
 use crate::clock::now_ms;
 use crate::config::{MAX_SHARDS, Pipeline, Settings};
-use crate::executor::process;
+use crate::executor::redact::Redactor;
+use crate::executor::{process, reaper};
 use crate::model::{RunId, job_id_for};
 use crate::store::{AbortOutcome, JobPolicy, NodeRow, RunCreateParams, Store, StoreError};
+use crate::webhook::Webhooks;
 
 /// Why a trigger was refused.
 #[derive(Debug, Error)]
@@ -68,6 +74,17 @@ pub enum TriggerError {
     /// A field not supported by this build.
     #[error("{0}")]
     Unsupported(String),
+    /// The callback URL was refused (scheme, host, address).
+    #[error("Invalid callbackUrl: {0}")]
+    BadCallback(String),
+    /// The pipeline's setup circuit is open on every live node.
+    #[error("{message}")]
+    Unavailable {
+        /// What is wrong.
+        message: String,
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -84,6 +101,8 @@ pub struct TriggerRequest {
     pub shards: Option<u32>,
     /// Idempotency key.
     pub idempotency_key: Option<String>,
+    /// Completion webhook target (the pipeline's default when absent).
+    pub callback_url: Option<String>,
     /// `api`, `cli`, `dashboard`.
     pub triggered_by: String,
 }
@@ -125,6 +144,14 @@ pub(crate) struct Inner {
     claimer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Pipeline name → concurrency cap, for claims.
     claimable: HashMap<String, u32>,
+    /// Pipeline setups and circuits on this node.
+    setups: setup::Setups,
+    /// Resource admission verdict.
+    admission: admission::Admission,
+    /// Masks declared secrets in captured output and results.
+    redactor: Option<Arc<Redactor>>,
+    /// Checks callback URLs at trigger time.
+    webhooks: Option<Arc<Webhooks>>,
 }
 
 /// Handle to this node's scheduler.
@@ -139,6 +166,7 @@ impl Scheduler {
         settings: Arc<Settings>,
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
+        webhooks: Option<Arc<Webhooks>>,
     ) -> Result<Scheduler, StoreError> {
         let pid = std::process::id();
         let now = now_ms();
@@ -153,6 +181,8 @@ impl Scheduler {
             heartbeat_at: now,
         };
         store.node_register(node.clone()).await?;
+        let redactor =
+            Some(Arc::new(Redactor::new(settings.secrets.values()))).filter(|r| !r.is_empty());
         let claimable = settings
             .pipelines
             .iter()
@@ -173,6 +203,10 @@ impl Scheduler {
             slot_freed: Notify::new(),
             claimer: std::sync::Mutex::new(None),
             claimable,
+            setups: setup::Setups::default(),
+            admission: admission::Admission::default(),
+            redactor,
+            webhooks,
         });
         match rescuer::run_once(&inner).await {
             Ok(report) if report.orphans > 0 || report.dead_nodes > 0 => {
@@ -193,6 +227,14 @@ impl Scheduler {
             .services
             .spawn(heartbeat::abort_sweep_loop(inner.clone()));
         inner.services.spawn(heartbeat::bus_listener(inner.clone()));
+        if let Some(webhooks) = inner.webhooks.clone() {
+            inner
+                .services
+                .spawn(outbox::outbox_loop(inner.clone(), webhooks));
+        }
+        if reaper::enabled() {
+            inner.services.spawn(reaper_loop(inner.clone()));
+        }
         tracing::info!(node = %inner.node.id, slots = inner.node.slots, "node started");
         Ok(Scheduler { inner })
     }
@@ -234,12 +276,27 @@ impl Scheduler {
         if shards == 0 || shards > MAX_SHARDS {
             return Err(TriggerError::BadShards);
         }
-        if let Some(key) = &req.idempotency_key {
-            if key.is_empty() || key.len() > 200 {
-                return Err(TriggerError::Unsupported(
-                    "idempotencyKey must be 1 to 200 characters".into(),
+        if let Some(key) = &req.idempotency_key
+            && (key.is_empty() || key.len() > 200)
+        {
+            return Err(TriggerError::Unsupported(
+                "idempotencyKey must be 1 to 200 characters".into(),
+            ));
+        }
+        let callback_url = req.callback_url.or_else(|| pipeline.callback_url.clone());
+        if let Some(url) = &callback_url {
+            let Some(webhooks) = &self.inner.webhooks else {
+                return Err(TriggerError::BadCallback(
+                    "webhook delivery is not available on this node".into(),
                 ));
-            }
+            };
+            webhooks
+                .validate(url)
+                .await
+                .map_err(|e| TriggerError::BadCallback(e.to_string()))?;
+        }
+        if pipeline.setup.is_some() {
+            self.refuse_if_every_circuit_is_open(&pipeline.name).await?;
         }
         let run = RunId::new();
         let job_ids = (0..shards).map(|i| job_id_for(run, i, shards)).collect();
@@ -260,6 +317,8 @@ impl Scheduler {
                     on_orphan: pipeline.on_orphan.as_str(),
                     max_orphan_requeues: pipeline.max_orphan_requeues,
                 },
+                has_finalizer: pipeline.finalizer.is_some(),
+                callback_url,
                 now: now_ms(),
             })
             .await?;
@@ -270,6 +329,38 @@ impl Scheduler {
             created_at: created.created_at,
             existing: created.existing,
         })
+    }
+
+    /// 503 when the pipeline's setup circuit is open on every live node (DESIGN decision 19).
+    async fn refuse_if_every_circuit_is_open(&self, pipeline: &str) -> Result<(), TriggerError> {
+        let now = now_ms();
+        let lease = 3 * self.inner.settings.server.heartbeat.as_millis() as i64;
+        let live: Vec<String> = self
+            .inner
+            .store
+            .nodes_list()
+            .await?
+            .into_iter()
+            .filter(|n| now - n.heartbeat_at <= lease)
+            .map(|n| n.id)
+            .collect();
+        let states = self.inner.store.pipeline_nodes_list().await?;
+        match setup::all_open_retry_after(&states, &live, pipeline, now) {
+            None => Ok(()),
+            Some(retry_after) => Err(TriggerError::Unavailable {
+                message: format!(
+                    "Pipeline {pipeline} is unavailable: its setup failed repeatedly and its circuit is open on every live node ({}); retry in {}s",
+                    live.len(),
+                    retry_after.as_secs()
+                ),
+                retry_after,
+            }),
+        }
+    }
+
+    /// Why this node is not starting jobs (resource admission), if it is not.
+    pub fn admission_held(&self) -> Option<String> {
+        self.inner.admission.held()
     }
 
     /// Aborts a run: durable mark first, then local cancellation, then the bus (DESIGN "Life of a run" 5).
@@ -351,6 +442,28 @@ fn resolve_params(
     }
     Ok(out)
 }
+
+/// Kills escaped descendants of finished jobs and reaps zombies, while the node runs.
+async fn reaper_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(REAPER_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = inner.stop_services.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Ok(sweep) = tokio::task::spawn_blocking(reaper::sweep).await
+            && sweep.killed > 0
+        {
+            tracing::info!(
+                killed = sweep.killed,
+                "killed processes that escaped their finished job's group"
+            );
+        }
+    }
+}
+
+/// How often the subreaper sweeps.
+const REAPER_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The delay before the claim loop looks again without a wake-up (the poll backstop).
 pub(crate) const POLL_BACKSTOP: Duration = Duration::from_secs(1);

@@ -150,6 +150,7 @@ async fn resolve(inner: &Inner, job: &RunningJob) -> Result<bool, StoreError> {
             now: now_ms(),
             claim_next: None,
             start: None,
+            result: None,
         })
         .await?;
     Ok(out.applied)

@@ -24,7 +24,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::model::{JobStatus, Reason, RunStatus};
+use crate::model::{JobKind, JobStatus, Reason, RunStatus};
 
 /// A store failure.
 #[derive(Debug, Error, Clone)]
@@ -170,6 +170,10 @@ pub struct RunCreateParams {
     pub idempotency_key: Option<String>,
     /// Retry and orphan rules.
     pub policy: JobPolicy,
+    /// The pipeline has a finalizer: the run's landing queues `{runId}:finalize`.
+    pub has_finalizer: bool,
+    /// Completion webhook target (already checked).
+    pub callback_url: Option<String>,
     /// Creation time (epoch ms).
     pub now: i64,
 }
@@ -221,6 +225,8 @@ pub struct ClaimedJob {
     pub claim_seq: i64,
     /// The run's parameters.
     pub params: BTreeMap<String, String>,
+    /// A shard or the run's finalizer.
+    pub kind: JobKind,
 }
 
 /// `job_claim` result.
@@ -295,6 +301,14 @@ pub enum Outcome {
     },
     /// Killed because its run was aborted.
     Aborted,
+    /// Never started here (its pipeline's setup failed on this node): back to the queue
+    /// as it was, spending neither an attempt nor a requeue, for a node that can run it.
+    Release {
+        /// `setup_failed`.
+        reason: Reason,
+        /// Why.
+        error: Option<String>,
+    },
 }
 
 /// `job_finish` input.
@@ -320,6 +334,8 @@ pub struct JobFinishParams {
     pub claim_next: Option<JobClaimParams>,
     /// The execution's start, when it ended before its start was recorded on its own.
     pub start: Option<JobStartParams>,
+    /// The JSON the job wrote to `$RUNYARD_RESULT_FILE`, already validated.
+    pub result: Option<String>,
 }
 
 /// `job_finish` result.
@@ -415,6 +431,8 @@ pub struct RunningJob {
 pub struct JobView {
     /// Job id.
     pub id: String,
+    /// `shard` or `finalize`.
+    pub kind: &'static str,
     /// Run id.
     pub run_id: String,
     /// Pipeline.
@@ -459,6 +477,10 @@ pub struct JobView {
     pub started_at: Option<String>,
     /// RFC 3339.
     pub finished_at: Option<String>,
+    /// Run time of the last execution in milliseconds, once it has ended.
+    pub duration_ms: Option<i64>,
+    /// The JSON result the job wrote to `$RUNYARD_RESULT_FILE`.
+    pub result: Option<serde_json::Value>,
 }
 
 /// One run as the API shows it, with its jobs.
@@ -487,8 +509,14 @@ pub struct RunView {
     pub started_at: Option<String>,
     /// RFC 3339, when finalised.
     pub finished_at: Option<String>,
-    /// Its jobs in shard order.
+    /// Status of the shards alone, once the last one landed (before any finalizer).
+    pub shards_status: Option<String>,
+    /// Completion webhook target.
+    pub callback_url: Option<String>,
+    /// Its shard jobs in shard order.
     pub jobs: Vec<JobView>,
+    /// Its finalize job, once queued.
+    pub finalizer: Option<JobView>,
 }
 
 /// `runs_list` filter.
@@ -567,6 +595,117 @@ pub struct PipelineCounts {
     pub running: u64,
 }
 
+/// A completion webhook due for delivery, leased to one node.
+#[derive(Debug, Clone)]
+pub struct PendingDelivery {
+    /// The `webhook-id`: stable over retries, so receivers can deduplicate.
+    pub id: String,
+    /// Run it reports.
+    pub run_id: String,
+    /// Target.
+    pub url: String,
+    /// JSON body.
+    pub payload: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// What one delivery attempt decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryNext {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Try again at this time (epoch ms).
+    RetryAt(i64),
+    /// Attempts exhausted (or not retryable): give up.
+    GiveUp,
+}
+
+/// `delivery_record` input.
+#[derive(Debug, Clone)]
+pub struct DeliveryRecordParams {
+    /// Delivery id.
+    pub id: String,
+    /// The node that made the attempt (must hold the lease).
+    pub node_id: String,
+    /// Attempt start (epoch ms).
+    pub started_at: i64,
+    /// How long it took.
+    pub duration_ms: u64,
+    /// HTTP status, when a response came.
+    pub status_code: Option<u16>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// What happens next.
+    pub next: DeliveryNext,
+}
+
+/// One delivery attempt as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryAttemptView {
+    /// 1-based.
+    pub attempt: u32,
+    /// Node that made it.
+    pub node: String,
+    /// RFC 3339.
+    pub started_at: String,
+    /// Milliseconds.
+    pub duration_ms: u64,
+    /// HTTP status, when a response came.
+    pub status_code: Option<u16>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// A run's completion webhook as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryView {
+    /// The `webhook-id`.
+    pub id: String,
+    /// Run.
+    pub run_id: String,
+    /// Target.
+    pub url: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// RFC 3339, when pending.
+    pub next_attempt_at: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, when delivered or given up.
+    pub finished_at: Option<String>,
+    /// Every attempt, oldest first.
+    pub history: Vec<DeliveryAttemptView>,
+}
+
+/// One node's setup and circuit state for one pipeline (DESIGN decision 19).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineNodeState {
+    /// Node.
+    pub node_id: String,
+    /// Pipeline.
+    pub pipeline: String,
+    /// `pending`, `running`, `ready` or `failed`.
+    pub setup: String,
+    /// Setup failures in a row.
+    pub failures: u32,
+    /// `closed`, `open` or `half_open`.
+    pub circuit: String,
+    /// While open: when the trial setup becomes possible (epoch ms).
+    #[serde(skip)]
+    pub open_until: Option<i64>,
+    /// Output tail or reason of the last failure.
+    pub last_error: Option<String>,
+    /// When written (epoch ms).
+    #[serde(skip)]
+    pub updated_at: i64,
+}
+
 /// The storage seam. Internal API, free to change; both backends pass the same tests.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -632,6 +771,28 @@ pub trait Store: Send + Sync {
     /// Deletes up to `batch` finished runs older than `before` with their jobs and output,
     /// and a bounded number of events older than `before` (never of unfinished runs).
     async fn runs_prune(&self, before: i64, batch: usize) -> StoreResult<PruneOutcome>;
+
+    /// The run's summary (shards with status, reason, exit code, attempts, duration and result;
+    /// the finalizer once it ran): the finalizer's input and the webhook's payload.
+    async fn run_summary(&self, run_id: &str) -> StoreResult<Option<serde_json::Value>>;
+
+    /// Leases up to `limit` due webhook deliveries to `node_id` for `lease_ms`.
+    async fn deliveries_claim(
+        &self,
+        node_id: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<PendingDelivery>>;
+    /// Records one attempt and what happens next; false when the lease was lost.
+    async fn delivery_record(&self, p: DeliveryRecordParams) -> StoreResult<bool>;
+    /// A run's webhook deliveries with their attempts.
+    async fn deliveries_of_run(&self, run_id: &str) -> StoreResult<Vec<DeliveryView>>;
+
+    /// Writes one node's setup/circuit state for a pipeline.
+    async fn pipeline_node_set(&self, state: PipelineNodeState) -> StoreResult<()>;
+    /// Setup/circuit states of every registered node.
+    async fn pipeline_nodes_list(&self) -> StoreResult<Vec<PipelineNodeState>>;
 
     /// Stops background work and closes connections; later calls fail with `Closed`.
     async fn close(&self);

@@ -26,12 +26,20 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
+mod completion;
+mod outbox;
+
+use completion::{finalizer_ended, land_terminal};
+
 use super::*;
 use crate::clock::rfc3339;
 use crate::config::Synchronous;
-use crate::model::EventName;
+use crate::model::{EventName, JobKind};
 
-const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite_0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/sqlite_0001_init.sql"),
+    include_str!("migrations/sqlite_0002_completion.sql"),
+];
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BATCH: usize = 512;
 /// Reads running at once (each holds a connection and a blocking thread).
@@ -485,7 +493,7 @@ fn maintenance_loop(conn: Connection, feed: ChangeFeed, stop: Arc<AtomicBool>) {
             feed.bump(change::ALL);
         }
         ticks += 1;
-        if ticks % CHECKPOINT_EVERY_TICKS == 0 {
+        if ticks.is_multiple_of(CHECKPOINT_EVERY_TICKS) {
             // PASSIVE never blocks writers or readers; it copies what it can.
             if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                 tracing::warn!("wal checkpoint failed: {e}");
@@ -514,46 +522,6 @@ fn emit(
     Ok(())
 }
 
-/// Bumps the run's counter for one terminal job; finalises the run when it lands.
-fn land_terminal(conn: &Connection, run_id: &str, now: i64) -> StoreResult<Option<RunStatus>> {
-    let landed: Option<(i64, i64, String, String)> = conn
-        .prepare_cached(
-            "UPDATE runs SET shards_done = shards_done + 1 WHERE id = ?1 AND shards_done < shard_count
-             RETURNING shards_done, shard_count, status, pipeline",
-        )?
-        .query_row(params![run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .optional()?;
-    let Some((done, count, status, pipeline)) = landed else {
-        return Ok(None);
-    };
-    if done < count {
-        return Ok(None);
-    }
-    let current: RunStatus = status.parse().unwrap_or(RunStatus::Running);
-    let jobs: Vec<JobStatus> = conn
-        .prepare_cached("SELECT status FROM jobs WHERE run_id = ?1")?
-        .query_map(params![run_id], |r| r.get::<_, String>(0))?
-        .filter_map(|s| s.ok().and_then(|s| s.parse().ok()))
-        .collect();
-    let final_status = RunStatus::from_final_jobs(current, jobs);
-    let changed = conn
-        .prepare_cached(
-            "UPDATE runs SET status = ?2, finished_at = ?3 WHERE id = ?1 AND finished_at IS NULL",
-        )?
-        .execute(params![run_id, final_status.as_str(), now])?;
-    if changed != 1 {
-        return Ok(None);
-    }
-    emit(
-        conn,
-        EventName::RunCompleted,
-        run_id,
-        json!({"pipelineId": pipeline, "status": final_status.as_str(), "shardCount": count}),
-        now,
-    )?;
-    Ok(Some(final_status))
-}
-
 struct FenceRow {
     status: String,
     claim_seq: i64,
@@ -567,13 +535,14 @@ struct FenceRow {
     run_id: String,
     pipeline: String,
     shard_index: u32,
+    kind: JobKind,
 }
 
 fn fence_row(conn: &Connection, job_id: &str) -> StoreResult<Option<FenceRow>> {
     Ok(conn
         .prepare_cached(
             "SELECT status, claim_seq, attempt, max_attempts, retry_backoff_ms, abort_requested, orphan_requeues,
-                    max_orphan_requeues, on_orphan, run_id, pipeline, shard_index FROM jobs WHERE id = ?1",
+                    max_orphan_requeues, on_orphan, run_id, pipeline, shard_index, kind FROM jobs WHERE id = ?1",
         )?
         .query_row(params![job_id], |r| {
             Ok(FenceRow {
@@ -589,6 +558,7 @@ fn fence_row(conn: &Connection, job_id: &str) -> StoreResult<Option<FenceRow>> {
                 run_id: r.get(9)?,
                 pipeline: r.get(10)?,
                 shard_index: r.get(11)?,
+                kind: JobKind::from_name(r.get_ref(12)?.as_str()?),
             })
         })
         .optional()?)
@@ -641,6 +611,7 @@ fn decide(row: &FenceRow, outcome: &Outcome, now: i64) -> Transition {
             }
         }
         Outcome::Requeue { reason } => stay(JobStatus::Failed, Some(*reason)),
+        Outcome::Release { reason, .. } => stay(JobStatus::Queued, Some(*reason)),
     }
 }
 
@@ -682,7 +653,7 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
     let mut candidates: Vec<(i64, ClaimedJob)> = Vec::new();
     if want > 0 {
         let mut head = conn.prepare_cached(
-            "SELECT j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt, r.params
+            "SELECT j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt, r.params, j.kind
              FROM jobs j INDEXED BY jobs_queued JOIN runs r ON r.id = j.run_id
              WHERE j.status = 'queued' AND j.pipeline = ?1 AND j.run_after <= ?2
              ORDER BY j.seq LIMIT ?3",
@@ -710,6 +681,7 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
                         attempt: r.get(6)?,
                         claim_seq: 0,
                         params: serde_json::from_str(&params).unwrap_or_default(),
+                        kind: JobKind::from_name(r.get_ref(8)?.as_str()?),
                     },
                 ))
             })?;
@@ -806,7 +778,7 @@ fn finish_fenced(conn: &Connection, p: &JobFinishParams) -> StoreResult<(FinishO
     }
     let t = decide(&row, &p.outcome, p.now);
     let error = match &p.outcome {
-        Outcome::Failed { error, .. } => error.clone(),
+        Outcome::Failed { error, .. } | Outcome::Release { error, .. } => error.clone(),
         _ => None,
     };
     let terminal = t.status.is_terminal();
@@ -814,7 +786,7 @@ fn finish_fenced(conn: &Connection, p: &JobFinishParams) -> StoreResult<(FinishO
         .prepare_cached(
             "UPDATE jobs SET status = ?3, reason = ?4, attempt = ?5, orphan_requeues = ?6, run_after = ?7,
                     exit_code = ?8, error = ?9, stdout_bytes = ?10, stderr_bytes = ?11, truncated = ?12,
-                    finished_at = CASE WHEN ?13 THEN ?14 ELSE NULL END
+                    finished_at = CASE WHEN ?13 THEN ?14 ELSE NULL END, result = ?15
              WHERE id = ?1 AND claim_seq = ?2 AND status = 'running'",
         )?
         .execute(params![
@@ -832,6 +804,7 @@ fn finish_fenced(conn: &Connection, p: &JobFinishParams) -> StoreResult<(FinishO
             p.truncated,
             terminal,
             p.now,
+            p.result,
         ])?;
     if changed != 1 {
         return Ok((not_applied, 0));
@@ -846,6 +819,9 @@ fn finish_fenced(conn: &Connection, p: &JobFinishParams) -> StoreResult<(FinishO
         "shardIndex": row.shard_index, "attempt": row.attempt, "exitCode": p.exit_code,
         "reason": t.reason.map(|r| r.as_str()),
     });
+    if row.kind == JobKind::Finalize {
+        data["kind"] = json!(row.kind.as_str());
+    }
     if t.status == JobStatus::Queued {
         data["nextAttempt"] = json!(t.attempt);
         data["retryAt"] = json!(rfc3339(t.run_after));
@@ -854,7 +830,9 @@ fn finish_fenced(conn: &Connection, p: &JobFinishParams) -> StoreResult<(FinishO
         data["error"] = json!(e);
     }
     emit(conn, name, &row.run_id, data, p.now)?;
-    let run_finalized = if terminal {
+    let run_finalized = if terminal && row.kind == JobKind::Finalize {
+        finalizer_ended(conn, &row.run_id, t.status, p.now)?
+    } else if terminal {
         land_terminal(conn, &row.run_id, p.now)?
     } else {
         None
@@ -885,7 +863,7 @@ fn running_job(r: &Row<'_>) -> rusqlite::Result<RunningJob> {
 const JOB_COLS: &str =
     "id, run_id, pipeline, shard_index, shard_count, status, reason, attempt, max_attempts,
     orphan_requeues, node_id, pid, exit_code, progress, progress_message, error, abort_requested,
-    stdout_bytes, stderr_bytes, truncated, created_at, started_at, finished_at";
+    stdout_bytes, stderr_bytes, truncated, created_at, started_at, finished_at, kind, result";
 
 fn job_view(r: &Row<'_>) -> rusqlite::Result<JobView> {
     Ok(JobView {
@@ -912,10 +890,18 @@ fn job_view(r: &Row<'_>) -> rusqlite::Result<JobView> {
         created_at: rfc3339(r.get(20)?),
         started_at: r.get::<_, Option<i64>>(21)?.map(rfc3339),
         finished_at: r.get::<_, Option<i64>>(22)?.map(rfc3339),
+        duration_ms: r
+            .get::<_, Option<i64>>(21)?
+            .zip(r.get::<_, Option<i64>>(22)?)
+            .map(|(s, f)| (f - s).max(0)),
+        kind: JobKind::from_name(r.get_ref(23)?.as_str()?).as_str(),
+        result: r
+            .get::<_, Option<String>>(24)?
+            .and_then(|t| serde_json::from_str(&t).ok()),
     })
 }
 
-const RUN_COLS: &str = "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at";
+const RUN_COLS: &str = "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at, shards_status, callback_url";
 
 fn run_view(r: &Row<'_>) -> rusqlite::Result<RunView> {
     let params: String = r.get(3)?;
@@ -931,7 +917,10 @@ fn run_view(r: &Row<'_>) -> rusqlite::Result<RunView> {
         created_at: rfc3339(r.get(8)?),
         started_at: r.get::<_, Option<i64>>(9)?.map(rfc3339),
         finished_at: r.get::<_, Option<i64>>(10)?.map(rfc3339),
+        shards_status: r.get(11)?,
+        callback_url: r.get(12)?,
         jobs: Vec::new(),
+        finalizer: None,
     })
 }
 
@@ -940,9 +929,16 @@ fn attach_jobs(conn: &Connection, runs: &mut [RunView]) -> StoreResult<()> {
         "SELECT {JOB_COLS} FROM jobs WHERE run_id = ?1 ORDER BY shard_index"
     ))?;
     for run in runs.iter_mut() {
-        run.jobs = stmt
+        let jobs: Vec<JobView> = stmt
             .query_map(params![run.run_id], job_view)?
             .collect::<Result<_, _>>()?;
+        for job in jobs {
+            if job.kind == JobKind::Finalize.as_str() {
+                run.finalizer = Some(job);
+            } else {
+                run.jobs.push(job);
+            }
+        }
     }
     Ok(())
 }
@@ -1019,8 +1015,9 @@ impl Store for SqliteStore {
             }
             let shard_count = p.job_ids.len() as i64;
             conn.prepare_cached(
-                "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor, idempotency_key, created_at)
-                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor, idempotency_key, created_at,
+                                   has_finalizer, callback_url)
+                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 p.run_id,
@@ -1030,7 +1027,9 @@ impl Store for SqliteStore {
                 p.triggered_by,
                 p.actor,
                 p.idempotency_key,
-                p.now
+                p.now,
+                p.has_finalizer,
+                p.callback_url
             ])?;
             let mut insert = conn.prepare_cached(
                 "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts, retry_backoff_ms,
@@ -1151,12 +1150,12 @@ impl Store for SqliteStore {
             let queued: Vec<(String, String, u32)> = conn
                 .prepare_cached(
                     "UPDATE jobs SET status = 'aborted', reason = 'aborted', finished_at = ?2
-                     WHERE run_id = ?1 AND status = 'queued' RETURNING id, pipeline, shard_index",
+                     WHERE run_id = ?1 AND status = 'queued' AND kind = 'shard' RETURNING id, pipeline, shard_index",
                 )?
                 .query_map(params![run_id, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<Result<_, _>>()?;
             let flagged = conn
-                .prepare_cached("UPDATE jobs SET abort_requested = 1 WHERE run_id = ?1 AND status = 'running'")?
+                .prepare_cached("UPDATE jobs SET abort_requested = 1 WHERE run_id = ?1 AND status = 'running' AND kind = 'shard'")?
                 .execute(params![run_id])?;
             for (job_id, pipeline, shard_index) in &queued {
                 emit(
@@ -1221,6 +1220,8 @@ impl Store for SqliteStore {
         let node_id = node_id.to_string();
         self.write(move |conn| {
             conn.prepare_cached("DELETE FROM nodes WHERE id = ?1")?
+                .execute(params![node_id])?;
+            conn.prepare_cached("DELETE FROM pipeline_nodes WHERE node_id = ?1")?
                 .execute(params![node_id])?;
             Ok(((), 0))
         })
@@ -1462,6 +1463,12 @@ impl Store for SqliteStore {
                 .execute(params![id])?;
                 conn.prepare_cached("DELETE FROM jobs WHERE run_id = ?1")?
                     .execute(params![id])?;
+                conn.prepare_cached(
+                    "DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE run_id = ?1)",
+                )?
+                .execute(params![id])?;
+                conn.prepare_cached("DELETE FROM deliveries WHERE run_id = ?1 AND status != 'pending'")?
+                    .execute(params![id])?;
                 conn.prepare_cached("DELETE FROM runs WHERE id = ?1")?
                     .execute(params![id])?;
             }
@@ -1479,6 +1486,43 @@ impl Store for SqliteStore {
             Ok((PruneOutcome { runs: ids.len(), events, more }, 0))
         })
         .await
+    }
+
+    async fn run_summary(&self, run_id: &str) -> StoreResult<Option<Value>> {
+        let run_id = run_id.to_string();
+        self.read(move |conn| completion::summary(conn, &run_id))
+            .await
+    }
+
+    async fn deliveries_claim(
+        &self,
+        node_id: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<PendingDelivery>> {
+        let node_id = node_id.to_string();
+        self.write(move |conn| Ok((outbox::claim(conn, &node_id, now, lease_ms, limit)?, 0)))
+            .await
+    }
+
+    async fn delivery_record(&self, p: DeliveryRecordParams) -> StoreResult<bool> {
+        self.write(move |conn| Ok((outbox::record(conn, &p)?, 0)))
+            .await
+    }
+
+    async fn deliveries_of_run(&self, run_id: &str) -> StoreResult<Vec<DeliveryView>> {
+        let run_id = run_id.to_string();
+        self.read(move |conn| outbox::of_run(conn, &run_id)).await
+    }
+
+    async fn pipeline_node_set(&self, state: PipelineNodeState) -> StoreResult<()> {
+        self.write(move |conn| Ok((outbox::pipeline_node_set(conn, &state)?, 0)))
+            .await
+    }
+
+    async fn pipeline_nodes_list(&self) -> StoreResult<Vec<PipelineNodeState>> {
+        self.read(outbox::pipeline_nodes_list).await
     }
 
     async fn close(&self) {
@@ -1540,6 +1584,16 @@ mod tests {
     }
 
     async fn create_in(store: &SqliteStore, pipeline: &str, shards: u32) -> RunCreated {
+        create_with(store, pipeline, shards, false, None).await
+    }
+
+    async fn create_with(
+        store: &SqliteStore,
+        pipeline: &str,
+        shards: u32,
+        has_finalizer: bool,
+        callback_url: Option<&str>,
+    ) -> RunCreated {
         let run = crate::model::RunId::new();
         store
             .run_create(RunCreateParams {
@@ -1553,6 +1607,8 @@ mod tests {
                 actor: None,
                 idempotency_key: None,
                 policy: policy(),
+                has_finalizer,
+                callback_url: callback_url.map(str::to_string),
                 now: 1,
             })
             .await
@@ -1569,6 +1625,14 @@ mod tests {
         }
     }
 
+    /// A claim after the finishes of [`finish`] (jobs queued by them are due).
+    fn claim_later(max: usize) -> JobClaimParams {
+        JobClaimParams {
+            now: 100,
+            ..claim(max)
+        }
+    }
+
     fn finish(job: &ClaimedJob, outcome: Outcome) -> JobFinishParams {
         JobFinishParams {
             job_id: job.id.clone(),
@@ -1581,6 +1645,7 @@ mod tests {
             now: 20,
             claim_next: None,
             start: None,
+            result: None,
         }
     }
 
@@ -1696,6 +1761,162 @@ mod tests {
             (Some(JobStatus::Failed), Some(RunStatus::Failed))
         );
         assert_eq!(run_completed_events(&store, &run.run_id).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_finalizer_runs_once_after_every_shard_and_gates_the_run() {
+        let (_dir, store) = open().await;
+        let run = create_with(&store, "p", 2, true, None).await;
+        let shards = store.job_claim(claim(2)).await.unwrap().jobs;
+        assert_eq!(shards.len(), 2);
+        assert!(shards.iter().all(|j| j.kind == JobKind::Shard));
+        let mut with_result = finish(&shards[0], Outcome::Completed);
+        with_result.result = Some(r#"{"passed":3}"#.into());
+        assert_eq!(
+            store.job_finish(with_result).await.unwrap().run_finalized,
+            None
+        );
+        // No finalize job before the last shard lands.
+        assert!(store.job_claim(claim_later(2)).await.unwrap().jobs.is_empty());
+        let last = store
+            .job_finish(finish(&shards[1], Outcome::Completed))
+            .await
+            .unwrap();
+        assert_eq!(
+            last.run_finalized, None,
+            "the finalizer decides, not the last shard"
+        );
+        let view = store.run_get(&run.run_id).await.unwrap().unwrap();
+        assert!(view.finished_at.is_none(), "not terminal before the finalizer");
+        assert_eq!(view.shards_status.as_deref(), Some("completed"));
+        assert_eq!(view.jobs.len(), 2, "the finalizer is not one of the shards");
+        let fin = store.job_claim(claim_later(2)).await.unwrap().jobs;
+        assert_eq!(fin.len(), 1);
+        assert_eq!(fin[0].kind, JobKind::Finalize);
+        assert_eq!(fin[0].id, crate::model::finalize_job_id(&run.run_id));
+        let summary = store.run_summary(&run.run_id).await.unwrap().unwrap();
+        assert_eq!(summary["shards"][0]["result"]["passed"], 3);
+        assert_eq!(summary["shards"].as_array().unwrap().len(), 2);
+        // The finalizer fails: the run fails (quality gate), exactly once.
+        let gate = store
+            .job_finish(finish(
+                &fin[0],
+                Outcome::Failed {
+                    reason: Reason::ExitCode,
+                    error: None,
+                },
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            gate.status,
+            Some(JobStatus::Failed),
+            "a finalizer is not retried"
+        );
+        assert_eq!(gate.run_finalized, Some(RunStatus::Failed));
+        assert_eq!(run_completed_events(&store, &run.run_id).await, 1);
+        let view = store.run_get(&run.run_id).await.unwrap().unwrap();
+        assert_eq!(view.finalizer.unwrap().status, "failed");
+    }
+
+    #[tokio::test]
+    async fn an_aborted_run_still_gets_its_finalizer_and_stays_aborted() {
+        let (_dir, store) = open().await;
+        let run = create_with(&store, "p", 1, true, None).await;
+        let job = store.job_claim(claim(1)).await.unwrap().jobs.remove(0);
+        store.run_abort(&run.run_id, 15).await.unwrap();
+        store
+            .job_finish(finish(&job, Outcome::Aborted))
+            .await
+            .unwrap();
+        let fin = store.job_claim(claim_later(1)).await.unwrap().jobs.remove(0);
+        assert_eq!(fin.kind, JobKind::Finalize);
+        // A second abort while it runs changes nothing for the finalizer.
+        assert_eq!(
+            store.run_abort(&run.run_id, 16).await.unwrap(),
+            AbortOutcome::Aborted { aborted_jobs: 0 }
+        );
+        let done = store
+            .job_finish(finish(&fin, Outcome::Completed))
+            .await
+            .unwrap();
+        assert_eq!(done.run_finalized, Some(RunStatus::Aborted));
+        assert_eq!(run_completed_events(&store, &run.run_id).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_terminal_run_with_a_callback_has_exactly_one_outbox_row() {
+        let (_dir, store) = open().await;
+        let run = create_with(&store, "p", 1, false, Some("https://hooks.example.com/x")).await;
+        assert!(
+            store
+                .deliveries_claim("n1", 100, 1000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let job = store.job_claim(claim(1)).await.unwrap().jobs.remove(0);
+        store
+            .job_finish(finish(&job, Outcome::Completed))
+            .await
+            .unwrap();
+        let due = store.deliveries_claim("n1", 100, 1000, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        let payload: Value = serde_json::from_str(&due[0].payload).unwrap();
+        assert_eq!(payload["type"], "run.completed");
+        assert_eq!(payload["data"]["status"], "completed");
+        // Leased: another node gets nothing until the lease expires.
+        assert!(
+            store
+                .deliveries_claim("n2", 200, 1000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let attempt = |node: &str, next| DeliveryRecordParams {
+            id: due[0].id.clone(),
+            node_id: node.into(),
+            started_at: 300,
+            duration_ms: 5,
+            status_code: Some(500),
+            error: Some("HTTP 500".into()),
+            next,
+        };
+        assert!(
+            !store
+                .delivery_record(attempt("n2", DeliveryNext::GiveUp))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .delivery_record(attempt("n1", DeliveryNext::RetryAt(400)))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .deliveries_claim("n1", 350, 1000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let again = store.deliveries_claim("n2", 400, 1000, 10).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].attempts, 1);
+        assert_eq!(
+            again[0].id, due[0].id,
+            "the webhook id is stable over retries"
+        );
+        let mut ok = attempt("n2", DeliveryNext::Delivered);
+        ok.status_code = Some(204);
+        ok.error = None;
+        assert!(store.delivery_record(ok).await.unwrap());
+        let views = store.deliveries_of_run(&run.run_id).await.unwrap();
+        assert_eq!(views.len(), 1);
+        assert_eq!(views[0].status, "delivered");
+        assert_eq!(views[0].history.len(), 2);
+        assert_eq!(views[0].history[1].node, "n2");
     }
 
     #[tokio::test]

@@ -35,12 +35,34 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(server_extra: &str, pipelines: &str) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), server_extra, pipelines, &[]).await
+    }
+
+    /// A server whose config sees `env` as its environment.
+    pub async fn start_env(
+        server_extra: &str,
+        pipelines: &str,
+        env: &[(&str, &str)],
+    ) -> TestServer {
+        Self::start_in(tempfile::tempdir().unwrap(), server_extra, pipelines, env).await
+    }
+
+    /// A server on `dir` (e.g. a stopped server's, to restart on its store).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        server_extra: &str,
+        pipelines: &str,
+        env: &[(&str, &str)],
+    ) -> TestServer {
         let path = write_config(dir.path(), server_extra, pipelines);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let settings = runyard::config::Settings::from_toml(
             &std::fs::read_to_string(&path).unwrap(),
             &path,
-            &|_| None,
+            &move |k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
         )
         .expect("test config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -58,8 +80,18 @@ impl TestServer {
         }
     }
 
+    /// Graceful stop; returns the server's directory (config and store) for a restart.
+    pub async fn stop_keep(mut self) -> tempfile::TempDir {
+        self.stop_inner().await;
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
     /// Graceful stop; returns when the server has drained.
     pub async fn stop(mut self) {
+        self.stop_inner().await;
+    }
+
+    async fn stop_inner(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
