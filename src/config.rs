@@ -111,10 +111,27 @@ impl Default for WebhookSettings {
 /// Shortest accepted secret: shorter values would mask ordinary text.
 pub const MIN_SECRET_BYTES: usize = 4;
 
+/// A secret value: never printed by `Debug`, so it cannot reach logs by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(Arc<str>);
+
+impl SecretValue {
+    /// The value itself (for the job's environment and the redactor only).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[secret]")
+    }
+}
+
 /// Declared secrets by name (values read from the environment or files at start).
 #[derive(Clone, Default)]
 pub struct Secrets {
-    values: BTreeMap<String, Arc<str>>,
+    values: BTreeMap<String, SecretValue>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -125,13 +142,13 @@ impl std::fmt::Debug for Secrets {
 
 impl Secrets {
     /// The value of a declared secret.
-    pub fn get(&self, name: &str) -> Option<&Arc<str>> {
+    pub fn get(&self, name: &str) -> Option<&SecretValue> {
         self.values.get(name)
     }
 
     /// Every secret value (to build the redactor).
     pub fn values(&self) -> impl Iterator<Item = &str> {
-        self.values.values().map(|v| &**v)
+        self.values.values().map(SecretValue::expose)
     }
 
     /// True when no secret is declared.
@@ -363,7 +380,7 @@ pub struct Pipeline {
     /// Declared parameters.
     pub params: BTreeMap<String, ParamSpec>,
     /// Environment variables whose values are secrets: variable → value.
-    pub secret_env: BTreeMap<String, Arc<str>>,
+    pub secret_env: BTreeMap<String, SecretValue>,
     /// Run once per node before the pipeline's first job there (DESIGN decision 19).
     pub setup: Option<CommandLine>,
     /// Setup failures in a row that open this node's circuit for the pipeline.
@@ -771,7 +788,7 @@ impl Loader<'_> {
                     format!("the value is shorter than {MIN_SECRET_BYTES} bytes; masking it would mangle ordinary output"),
                 ));
             }
-            values.insert(name.clone(), Arc::from(value));
+            values.insert(name.clone(), SecretValue(Arc::from(value)));
         }
         Ok(Secrets { values })
     }

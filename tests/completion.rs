@@ -38,10 +38,10 @@ async fn a_finalizer_runs_once_after_every_shard_with_their_results() {
         &format!(
             r#"
 [pipelines.suite]
-command = ["sh", "-c", 'echo "{{\"shard\": $RUNYARD_SHARD_INDEX}}" > "$RUNYARD_RESULT_FILE"; echo shard-$RUNYARD_SHARD_INDEX']
+command = ["sh", "-c", 'echo "{{{{\"shard\": $RUNYARD_SHARD_INDEX}}}}" > "$RUNYARD_RESULT_FILE"; echo shard-$RUNYARD_SHARD_INDEX']
 shards = 3
 env = {{ MARKER = "{}" }}
-finalizer = ["sh", "-c", 'echo "status=$RUNYARD_RUN_STATUS"; cat "$RUNYARD_SUMMARY_FILE"; echo "{{\"merged\": true}}" > "$RUNYARD_RESULT_FILE"; echo ran >> "$MARKER"']
+finalizer = ["sh", "-c", 'echo "status=$RUNYARD_RUN_STATUS"; cat "$RUNYARD_SUMMARY_FILE"; echo "{{{{\"merged\": true}}}}" > "$RUNYARD_RESULT_FILE"; echo ran >> "$MARKER"']
 "#,
             marker.display()
         ),
@@ -269,7 +269,7 @@ allow_hosts = ["127.0.0.1"]
 retry_backoff = "100ms"
 
 [pipelines.quick]
-command = ["sh", "-c", 'echo "{\"ok\": 1}" > "$RUNYARD_RESULT_FILE"']
+command = ["sh", "-c", 'echo "{{\"ok\": 1}}" > "$RUNYARD_RESULT_FILE"']
 "#,
         &[("HOOK_SECRET", HOOK_SECRET)],
     )
@@ -467,7 +467,7 @@ async fn failing_setup_opens_the_circuit_jobs_wait_and_a_half_open_trial_recover
 [pipelines.flaky]
 command = ["echo", "ran"]
 env = {{ DIR = "{}" }}
-setup = ["sh", "-c", 'echo attempt >> "$DIR/count"; test -e "$DIR/fixed" || {{ echo "npm ERR! registry down" >&2; exit 7; }}']
+setup = ["sh", "-c", 'echo attempt >> "$DIR/count"; test -e "$DIR/fixed" || {{{{ echo "npm ERR! registry down" >&2; exit 7; }}}}']
 circuit_threshold = 3
 circuit_cooldown = "3s"
 "#,
@@ -497,11 +497,13 @@ circuit_cooldown = "3s"
     let (_, job) = s.get(&format!("/api/jobs/{first}")).await;
     assert_eq!(job["status"], "queued");
     assert_eq!(job["attempt"], 1, "setup failures spend no attempt");
+    events
+        .wait_count("job:failed", |d| d["runId"] == first.as_str(), 3, T)
+        .await;
     let releases: Vec<_> = events
         .of_run(&first)
         .filter(|e| e.event == "job:failed")
         .collect();
-    assert!(releases.len() >= 3);
     assert!(
         releases
             .iter()
@@ -611,7 +613,7 @@ echo "token=$TOKEN"
 printf 'half:%s' "$(echo "$TOKEN" | cut -c1-6)"; sleep 0.3; printf '%s\n' "$(echo "$TOKEN" | cut -c7-)"
 echo "::progress 50 using $TOKEN"
 echo "err $TOKEN" >&2
-echo "{\"t\": \"$TOKEN\"}" > "$RUNYARD_RESULT_FILE"
+echo "{{\"t\": \"$TOKEN\"}}" > "$RUNYARD_RESULT_FILE"
 ''']
 env = { TOKEN = { secret = "tok" } }
 "#,
@@ -677,7 +679,7 @@ async fn secrets_come_from_env_or_files_never_inline() {
     let path = dir.path().join("runyard.toml");
     let bad = "[secrets.x]\nvalue = \"inline\"\n";
     let err = runyard::config::Settings::from_toml(bad, &path, &|_| None).unwrap_err();
-    assert!(err.to_string().contains("secrets"), "{err}");
+    assert!(err.to_string().contains("unknown field `value`"), "{err}");
     let missing = "[secrets.x]\nenv = \"NOPE\"\n";
     let err = runyard::config::Settings::from_toml(missing, &path, &|_| None).unwrap_err();
     assert!(err.to_string().contains("NOPE"), "{err}");

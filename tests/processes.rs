@@ -337,3 +337,44 @@ async fn a_gigabyte_of_output_keeps_server_memory_flat() {
         .sum();
     assert!(kept <= (1 << 20) + 200, "stored {kept} bytes");
 }
+
+#[tokio::test]
+async fn a_setsid_escapee_is_killed_when_its_job_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("escapee.pid");
+    // The child writes its pid only after `setsid` made it a session leader, and the job
+    // exits only once it is there: the escape is complete before the group kill.
+    let config = write_config(
+        dir.path(),
+        "",
+        &format!(
+            r#"
+[pipelines.escape]
+command = ["sh", "-c", 'setsid sh -c "echo \$\$ > $F; exec sleep 300" & while [ ! -s "$F" ]; do sleep 0.01; done; echo "escapee $(cat "$F")"']
+env = {{ F = "{}" }}
+"#,
+            pidfile.display()
+        ),
+    );
+    let server = BinServer::start(&config, free_port()).await;
+    let http = reqwest::Client::new();
+    let run_id = trigger(&http, &server.base, "escape").await;
+    let done = wait_finished(&http, &server.base, &run_id).await;
+    assert_eq!(done["status"], "completed");
+    let (_, logs) = get(&http, &format!("{}/api/jobs/{run_id}/logs", server.base)).await;
+    let pid: u32 = logs["stdout"][0]
+        .as_str()
+        .unwrap()
+        .strip_prefix("escapee ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // It left the job's process group (its own session), so the group kill missed it; the
+    // server, as the subreaper it was re-parented to, kills and reaps it.
+    eventually(
+        T,
+        "the escaped process to be killed and reaped",
+        || async move { !std::path::Path::new(&format!("/proc/{pid}")).exists() },
+    )
+    .await;
+}

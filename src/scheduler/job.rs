@@ -404,7 +404,7 @@ pub(crate) fn spawn_spec(pipeline: &Pipeline, job: &ClaimedJob, work: &WorkDir) 
             pipeline
                 .secret_env
                 .iter()
-                .map(|(k, v)| (k.clone(), v.to_string())),
+                .map(|(k, v)| (k.clone(), v.expose().to_string())),
         )
         .collect();
     env.extend([

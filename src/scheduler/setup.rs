@@ -128,7 +128,7 @@ impl Setups {
                     pipeline
                         .secret_env
                         .iter()
-                        .map(|(k, v)| (k.clone(), v.to_string())),
+                        .map(|(k, v)| (k.clone(), v.expose().to_string())),
                 )
                 .chain([("RUNYARD_PIPELINE".to_string(), pipeline.name.clone())])
                 .collect(),

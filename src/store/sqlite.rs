@@ -1777,7 +1777,14 @@ mod tests {
             None
         );
         // No finalize job before the last shard lands.
-        assert!(store.job_claim(claim_later(2)).await.unwrap().jobs.is_empty());
+        assert!(
+            store
+                .job_claim(claim_later(2))
+                .await
+                .unwrap()
+                .jobs
+                .is_empty()
+        );
         let last = store
             .job_finish(finish(&shards[1], Outcome::Completed))
             .await
@@ -1787,7 +1794,10 @@ mod tests {
             "the finalizer decides, not the last shard"
         );
         let view = store.run_get(&run.run_id).await.unwrap().unwrap();
-        assert!(view.finished_at.is_none(), "not terminal before the finalizer");
+        assert!(
+            view.finished_at.is_none(),
+            "not terminal before the finalizer"
+        );
         assert_eq!(view.shards_status.as_deref(), Some("completed"));
         assert_eq!(view.jobs.len(), 2, "the finalizer is not one of the shards");
         let fin = store.job_claim(claim_later(2)).await.unwrap().jobs;
@@ -1829,7 +1839,12 @@ mod tests {
             .job_finish(finish(&job, Outcome::Aborted))
             .await
             .unwrap();
-        let fin = store.job_claim(claim_later(1)).await.unwrap().jobs.remove(0);
+        let fin = store
+            .job_claim(claim_later(1))
+            .await
+            .unwrap()
+            .jobs
+            .remove(0);
         assert_eq!(fin.kind, JobKind::Finalize);
         // A second abort while it runs changes nothing for the finalizer.
         assert_eq!(

@@ -245,6 +245,30 @@ impl EventWatcher {
         }
     }
 
+    /// Waits until `n` events named `name` matching `pred` have been seen.
+    pub async fn wait_count(
+        &mut self,
+        name: &str,
+        pred: impl Fn(&Value) -> bool,
+        n: usize,
+        timeout: Duration,
+    ) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self
+            .seen
+            .iter()
+            .filter(|e| e.event == name && pred(&e.data))
+            .count()
+            < n
+        {
+            let msg = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("timed out after {timeout:?} waiting for {n} {name}"))
+                .expect("event stream ended");
+            self.seen.push(msg);
+        }
+    }
+
     /// True while the stream is connected (nothing unexpected arrived, nothing ended it).
     pub fn is_open(&mut self) -> bool {
         match self.rx.try_recv() {
