@@ -576,6 +576,17 @@ async fn a_hundred_concurrent_identical_triggers_create_one_run() {
     assert_eq!(fresh, 1, "exactly one trigger created the run");
     let (_, runs) = s.get("/api/runs").await;
     assert_eq!(runs["runs"].as_array().unwrap().len(), 1);
+    // The same key with other parameters is a conflict, not a silent replay.
+    let resp = s
+        .http
+        .post(&url)
+        .json(&json!({"idempotencyKey": "deploy-42", "shards": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("different parameters"));
     // Header and body disagreeing is a client error.
     let resp = s
         .http

@@ -68,6 +68,7 @@ impl From<TriggerError> for ApiError {
     fn from(e: TriggerError) -> Self {
         match e {
             TriggerError::Store(s) => s.into(),
+            e @ TriggerError::IdempotencyConflict { .. } => ApiError::Conflict(e.to_string()),
             TriggerError::Unavailable {
                 message,
                 retry_after,

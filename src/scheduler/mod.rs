@@ -74,6 +74,14 @@ pub enum TriggerError {
     /// A field not supported by this build.
     #[error("{0}")]
     Unsupported(String),
+    /// The idempotency key names an earlier run made with other parameters or shards.
+    #[error("Idempotency key {key:?} was already used for run {run_id} with different parameters")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+        /// The earlier run.
+        run_id: String,
+    },
     /// The callback URL was refused (scheme, host, address).
     #[error("Invalid callbackUrl: {0}")]
     BadCallback(String),
@@ -283,6 +291,7 @@ impl Scheduler {
                 "idempotencyKey must be 1 to 200 characters".into(),
             ));
         }
+        let idempotency_key = req.idempotency_key;
         let callback_url = req.callback_url.or_else(|| pipeline.callback_url.clone());
         if let Some(url) = &callback_url {
             let Some(webhooks) = &self.inner.webhooks else {
@@ -299,7 +308,8 @@ impl Scheduler {
             self.refuse_if_every_circuit_is_open(&pipeline.name).await?;
         }
         let run = RunId::new();
-        let job_ids = (0..shards).map(|i| job_id_for(run, i, shards)).collect();
+        let job_ids: Vec<String> = (0..shards).map(|i| job_id_for(run, i, shards)).collect();
+        let wanted_params = params.clone();
         let created = self
             .inner
             .store
@@ -310,7 +320,7 @@ impl Scheduler {
                 params,
                 triggered_by: req.triggered_by,
                 actor: None,
-                idempotency_key: req.idempotency_key,
+                idempotency_key: idempotency_key.clone(),
                 policy: JobPolicy {
                     max_attempts: pipeline.max_attempts,
                     retry_backoff_ms: pipeline.retry_backoff.as_millis() as i64,
@@ -322,6 +332,15 @@ impl Scheduler {
                 now: now_ms(),
             })
             .await?;
+        let reused = created.existing
+            && (created.existing_params.as_ref() != Some(&wanted_params)
+                || created.job_ids.len() != shards as usize);
+        if reused {
+            return Err(TriggerError::IdempotencyConflict {
+                key: idempotency_key.unwrap_or_default(),
+                run_id: created.run_id,
+            });
+        }
         Ok(Triggered {
             run_id: created.run_id,
             job_ids: created.job_ids,

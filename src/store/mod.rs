@@ -189,6 +189,8 @@ pub struct RunCreated {
     pub created_at: i64,
     /// True when an earlier run with the same idempotency key was returned.
     pub existing: bool,
+    /// For an earlier run: the parameters it was created with (to detect a reused key).
+    pub existing_params: Option<BTreeMap<String, String>>,
 }
 
 /// `job_claim` input.

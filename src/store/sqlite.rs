@@ -1001,16 +1001,17 @@ impl Store for SqliteStore {
     async fn run_create(&self, p: RunCreateParams) -> StoreResult<RunCreated> {
         self.write(move |conn| {
             if let Some(key) = &p.idempotency_key {
-                let existing: Option<(String, i64)> = conn
-                    .prepare_cached("SELECT id, created_at FROM runs WHERE pipeline = ?1 AND idempotency_key = ?2")?
-                    .query_row(params![p.pipeline, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                let existing: Option<(String, i64, String)> = conn
+                    .prepare_cached("SELECT id, created_at, params FROM runs WHERE pipeline = ?1 AND idempotency_key = ?2")?
+                    .query_row(params![p.pipeline, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .optional()?;
-                if let Some((run_id, created_at)) = existing {
+                if let Some((run_id, created_at, params_text)) = existing {
                     let job_ids = conn
                         .prepare_cached("SELECT id FROM jobs WHERE run_id = ?1 ORDER BY shard_index")?
                         .query_map(params![run_id], |r| r.get(0))?
                         .collect::<Result<Vec<String>, _>>()?;
-                    return Ok((RunCreated { run_id, job_ids, created_at, existing: true }, 0));
+                    let existing_params = Some(serde_json::from_str(&params_text).unwrap_or_default());
+                    return Ok((RunCreated { run_id, job_ids, created_at, existing: true, existing_params }, 0));
                 }
             }
             let shard_count = p.job_ids.len() as i64;
@@ -1058,7 +1059,7 @@ impl Store for SqliteStore {
                     p.now,
                 )?;
             }
-            Ok((RunCreated { run_id: p.run_id.clone(), job_ids: p.job_ids.clone(), created_at: p.now, existing: false }, change::WORK | change::EVENTS))
+            Ok((RunCreated { run_id: p.run_id.clone(), job_ids: p.job_ids.clone(), created_at: p.now, existing: false, existing_params: None }, change::WORK | change::EVENTS))
         })
         .await
     }
