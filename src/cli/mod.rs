@@ -67,6 +67,9 @@ enum Command {
         /// Make retries of this trigger return the same run.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// POST the run's summary here when it ends (a signed completion webhook).
+        #[arg(long, value_name = "URL")]
+        callback_url: Option<String>,
     },
     /// List runs, newest first.
     Runs {
@@ -149,6 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             wait,
             follow,
             idempotency_key,
+            callback_url,
         } => {
             let mut parameters = Map::new();
             for p in params {
@@ -163,6 +167,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             if let Some(k) = idempotency_key {
                 body["idempotencyKey"] = json!(k);
+            }
+            if let Some(url) = callback_url {
+                body["callbackUrl"] = json!(url);
             }
             let answer = client
                 .post(

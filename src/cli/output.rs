@@ -73,6 +73,7 @@ pub fn run_details(r: &Value) {
         .as_array()
         .into_iter()
         .flatten()
+        .chain(r["finalizer"].as_object().map(|_| &r["finalizer"]))
         .map(|j| {
             vec![
                 s(&j["id"]),
@@ -94,6 +95,25 @@ pub fn run_details(r: &Value) {
         ],
         rows,
     );
+    for d in r["deliveries"].as_array().into_iter().flatten() {
+        println!();
+        println!(
+            "webhook   {} {} ({} attempt(s)) → {}",
+            s(&d["id"]),
+            s(&d["status"]),
+            d["attempts"],
+            s(&d["url"])
+        );
+        for a in d["history"].as_array().into_iter().flatten() {
+            println!(
+                "          #{} {} {} {}",
+                a["attempt"],
+                s(&a["startedAt"]),
+                s(&a["statusCode"]),
+                s(&a["error"])
+            );
+        }
+    }
 }
 
 /// `runyard pipelines`.
@@ -109,12 +129,29 @@ pub fn pipelines_table(v: &Value) {
                 .flatten()
                 .map(s)
                 .collect();
+            // Setup state per node, e.g. "ready" or "failed×3"; "-" without a setup.
+            let setup: Vec<String> = p["setup"]["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|n| match n["failures"].as_u64() {
+                    Some(f) if f > 0 => format!("{}×{f}", s(&n["setup"])),
+                    _ => s(&n["setup"]),
+                })
+                .collect();
+            let setup = match (p["setup"].is_null(), setup.is_empty()) {
+                (true, _) => "-".to_string(),
+                (false, true) => "pending".to_string(),
+                (false, false) => setup.join(","),
+            };
             vec![
                 s(&p["id"]),
                 s(&p["shards"]),
                 s(&p["concurrency"]),
                 s(&p["queued"]),
                 s(&p["running"]),
+                setup,
+                s(&p["circuit"]),
                 cmd.join(" "),
             ]
         })
@@ -126,6 +163,8 @@ pub fn pipelines_table(v: &Value) {
             "CONCURRENCY",
             "QUEUED",
             "RUNNING",
+            "SETUP",
+            "CIRCUIT",
             "COMMAND",
         ],
         rows,
@@ -146,8 +185,12 @@ pub fn workers_table(v: &Value) {
                 s(&w["pid"]),
                 format!("{running}/{}", w["slots"]),
                 s(&w["heartbeat"]),
+                s(&w["admission"]),
             ]
         })
         .collect();
-    table(&["NODE", "HOST", "PID", "BUSY", "HEARTBEAT"], rows);
+    table(
+        &["NODE", "HOST", "PID", "BUSY", "HEARTBEAT", "ADMISSION"],
+        rows,
+    );
 }
