@@ -586,7 +586,12 @@ async fn a_hundred_concurrent_identical_triggers_create_one_run() {
         .unwrap();
     assert_eq!(resp.status(), 409);
     let body: Value = resp.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("different parameters"));
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("different parameters")
+    );
     // Header and body disagreeing is a client error.
     let resp = s
         .http

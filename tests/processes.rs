@@ -378,3 +378,54 @@ env = {{ F = "{}" }}
     )
     .await;
 }
+
+#[tokio::test]
+async fn two_servers_on_one_host_run_one_setup_at_a_time_each_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // The setup fails if another copy of it is running in the same directory right now.
+    let config = write_config(
+        dir.path(),
+        "max_workers = 1",
+        &format!(
+            r#"
+[pipelines.built]
+command = ["true"]
+shards = 2
+env = {{ D = "{}" }}
+setup = ["sh", "-c", 'mkdir "$D/in-setup" || {{{{ echo clash >> "$D/clashes"; exit 9; }}}}; echo x >> "$D/setups"; sleep 0.5; rmdir "$D/in-setup"']
+"#,
+            dir.path().display()
+        ),
+    );
+    let one = BinServer::start(&config, free_port()).await;
+    let two = BinServer::start(&config, free_port()).await;
+    let http = reqwest::Client::new();
+    let run_id = trigger(&http, &one.base, "built").await;
+    let run = wait_finished(&http, &two.base, &run_id).await;
+    assert_eq!(run["status"], "completed");
+    let nodes: std::collections::HashSet<&str> = run["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes.len(), 2, "each node ran one shard");
+    let setups = std::fs::read_to_string(dir.path().join("setups")).unwrap();
+    assert_eq!(setups.lines().count(), 2, "once per node");
+    assert!(
+        !dir.path().join("clashes").exists(),
+        "two setups ran at once in one directory"
+    );
+    let (_, p) = get(&http, &format!("{}/api/pipelines", one.base)).await;
+    let states = p["pipelines"][0]["setup"]["nodes"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(states.len(), 2);
+    assert!(
+        states
+            .iter()
+            .all(|n| n["setup"] == "ready" && n["failures"] == 0),
+        "{states:?}"
+    );
+}
