@@ -1,8 +1,9 @@
-//! A job execution's private directory under `data_dir/work/`: where the job
-//! may write its JSON result (`$RUNYARD_RESULT_FILE`, DESIGN decision 20) and
-//! where a finalizer finds the run summary (`$RUNYARD_SUMMARY_FILE`). One per
-//! `(job, claim_seq)`, so a stale execution never reads another's files;
-//! removed when the execution ends.
+//! A job execution's private files under `data_dir/work/`: where the job may
+//! write its JSON result (`$RUNYARD_RESULT_FILE`, DESIGN decision 20) and
+//! where a finalizer finds the run summary (`$RUNYARD_SUMMARY_FILE`). Named
+//! per `(job, claim_seq)`, so a stale execution never reads another's files;
+//! removed when the execution ends. Plain files in one shared directory, not a
+//! directory per job: nothing is created for a job that writes no result.
 
 use std::path::{Path, PathBuf};
 
@@ -11,36 +12,47 @@ use crate::store::ClaimedJob;
 /// Largest accepted result file.
 pub const MAX_RESULT_BYTES: u64 = 64 * 1024;
 
-/// The directory of one execution; deleted on drop.
+/// The files of one execution; deleted on drop.
 pub(crate) struct WorkDir {
-    dir: PathBuf,
+    /// `data_dir/work/<job id>.<claim_seq>`: the files are this plus a suffix.
+    stem: PathBuf,
     /// For a finalizer: the run's status it is told (`RUNYARD_RUN_STATUS`).
     pub run_status: String,
 }
 
 impl WorkDir {
-    /// Creates `data_dir/work/<job id>.<claim_seq>` (emptied if a crashed run left it).
+    /// The files of this execution under `data_dir/work/` (created if missing); a stale
+    /// result left by a crashed execution with the same name is removed.
     pub fn create(data_dir: &Path, job: &ClaimedJob) -> std::io::Result<WorkDir> {
-        let dir =
-            data_dir
-                .join("work")
-                .join(format!("{}.{}", job.id.replace(':', "_"), job.claim_seq));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = data_dir.join("work");
         std::fs::create_dir_all(&dir)?;
-        Ok(WorkDir {
-            dir,
+        let work = WorkDir {
+            stem: dir.join(format!("{}.{}", job.id.replace(':', "_"), job.claim_seq)),
             run_status: String::new(),
-        })
+        };
+        work.remove();
+        Ok(work)
+    }
+
+    fn file(&self, suffix: &str) -> PathBuf {
+        let mut name = self.stem.clone().into_os_string();
+        name.push(suffix);
+        name.into()
     }
 
     /// Where the job may write its result.
     pub fn result_path(&self) -> PathBuf {
-        self.dir.join("result.json")
+        self.file(".result.json")
     }
 
     /// Where a finalizer reads the run summary.
     pub fn summary_path(&self) -> PathBuf {
-        self.dir.join("summary.json")
+        self.file(".summary.json")
+    }
+
+    fn remove(&self) {
+        let _ = std::fs::remove_file(self.result_path());
+        let _ = std::fs::remove_file(self.summary_path());
     }
 
     /// Writes the run summary for a finalizer and remembers the status to tell it.
@@ -82,6 +94,6 @@ impl WorkDir {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.remove();
     }
 }
