@@ -202,8 +202,8 @@ async fn execute(
     flush_progress(inner, job, &collector).await;
 
     let outcome = outcome_of(&exit, handle.cause(), pipeline);
-    let (result, result_error) = match work.read_result() {
-        Ok(r) => (r.map(|text| mask(inner, &text)), None),
+    let (result, result_error) = match work.read_result(|raw| mask(inner, raw)) {
+        Ok(r) => (r, None),
         Err(e) => (None, Some(e)),
     };
     let outcome = match (outcome, result_error) {
@@ -276,7 +276,9 @@ async fn finish(
     result: Option<String>,
 ) -> Vec<ClaimedJob> {
     // Refill the slot in the same transaction unless the node is stopping.
-    let claim_next = (!inner.stop_claiming.is_cancelled()).then(|| claim_params(inner, 1));
+    let claim_next = (!inner.stop_claiming.is_cancelled()
+        && inner.admission.check(&inner.settings.server))
+    .then(|| claim_params(inner, 1));
     let params = JobFinishParams {
         job_id: job.id.clone(),
         claim_seq: job.claim_seq,

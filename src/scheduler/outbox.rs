@@ -9,7 +9,7 @@
 //! `max_attempts`. A node that dies mid-attempt loses its lease and another
 //! node retries: delivery is at least once; the stable `webhook-id` lets
 //! receivers deduplicate. Wakes on new events (a run turning terminal writes
-//! one) and polls as a backstop.
+//! one), at most every 200 ms, and polls as a backstop.
 //!
 //! Tests: `completion::webhook_is_signed_delivered_once_and_retried_with_history`.
 
@@ -25,6 +25,9 @@ use crate::webhook::Webhooks;
 const BATCH: usize = 16;
 /// Longest wait between looks.
 const POLL: Duration = Duration::from_secs(1);
+/// Shortest wait between looks: events arrive at thousands a second under load, and a
+/// look is a write transaction, so wake-ups are coalesced (a delivery waits ≤ this long).
+const MIN_GAP: Duration = Duration::from_millis(200);
 
 pub(super) async fn outbox_loop(inner: Arc<Inner>, webhooks: Arc<Webhooks>) {
     let mut events = inner.store.changes().subscribe(change::EVENTS);
@@ -50,6 +53,10 @@ pub(super) async fn outbox_loop(inner: Arc<Inner>, webhooks: Arc<Webhooks>) {
             _ = inner.stop_services.cancelled() => break,
             _ = events.changed() => {}
             _ = tokio::time::sleep(POLL) => {}
+        }
+        tokio::select! {
+            _ = inner.stop_services.cancelled() => break,
+            _ = tokio::time::sleep(MIN_GAP) => {}
         }
     }
 }

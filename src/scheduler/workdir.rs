@@ -69,9 +69,10 @@ impl WorkDir {
         std::fs::write(self.summary_path(), serde_json::to_vec_pretty(summary)?)
     }
 
-    /// The result the job wrote, compacted: `Ok(None)` when it wrote none, `Err` with the
-    /// reason when it is too large or not JSON (the job's own status is not changed).
-    pub fn read_result(&self) -> Result<Option<String>, String> {
+    /// The result the job wrote, with `mask` applied to its text before it is parsed, and
+    /// compacted: `Ok(None)` when it wrote none, `Err` with the reason when it is too
+    /// large or not JSON (the job's own status is not changed).
+    pub fn read_result(&self, mask: impl Fn(&str) -> String) -> Result<Option<String>, String> {
         let path = self.result_path();
         let Ok(meta) = std::fs::metadata(&path) else {
             return Ok(None);
@@ -82,11 +83,12 @@ impl WorkDir {
                 meta.len()
             ));
         }
-        let text = std::fs::read(&path).map_err(|e| format!("result file unreadable: {e}"))?;
-        if text.iter().all(u8::is_ascii_whitespace) {
+        let raw = std::fs::read(&path).map_err(|e| format!("result file unreadable: {e}"))?;
+        let text = mask(&String::from_utf8_lossy(&raw));
+        if text.trim().is_empty() {
             return Ok(None);
         }
-        let value: serde_json::Value = serde_json::from_slice(&text)
+        let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| format!("result file ignored: not JSON ({e})"))?;
         Ok(Some(value.to_string()))
     }
