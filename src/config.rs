@@ -73,6 +73,55 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     /// `[secrets]`: values masked wherever job output is stored or sent.
     pub secrets: Secrets,
+    /// `[auth]`: API tokens.
+    pub auth: AuthSettings,
+}
+
+/// One accepted API token, as the SHA-256 of its value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenHash {
+    /// Who uses it (`actor` of runs it triggers).
+    pub label: String,
+    /// SHA-256 of the token.
+    pub sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenHash({})", self.label)
+    }
+}
+
+/// `[auth]` settings: with no tokens the API is open (and only loopback may listen).
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Accepted tokens. Only from the config (DESIGN decision 18: `RUNYARD_TOKEN` is the
+    /// CLI's credential, never a server setting).
+    pub tokens: Vec<TokenHash>,
+    /// Lifetime of a dashboard session cookie.
+    pub session_ttl: Duration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            tokens: Vec::new(),
+            session_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+impl AuthSettings {
+    /// True when every route but `/healthz` needs a token.
+    pub fn required(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+}
+
+/// SHA-256 of a token's value.
+pub fn token_sha256(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 /// `[webhooks]` settings (completion callbacks, DESIGN decision 7).
@@ -180,6 +229,9 @@ pub struct ServerSettings {
     pub heartbeat: Duration,
     /// Default SIGTERM → SIGKILL grace for a job's process group.
     pub kill_grace: Duration,
+    /// A client whose connection accepts no bytes for this long is dropped (SSE readers
+    /// that stopped reading).
+    pub client_write_timeout: Duration,
     /// Resource admission: no job starts while the 1-minute load average is above this.
     pub admit_max_load: Option<f64>,
     /// Resource admission: no job starts while available memory is below this (bytes).
@@ -417,7 +469,7 @@ struct RawFile {
     server: RawServer,
     store: Option<RawStore>,
     bus: Option<toml::Value>,
-    auth: Option<toml::Value>,
+    auth: Option<RawAuth>,
     webhooks: Option<RawWebhooks>,
     #[serde(default)]
     secrets: BTreeMap<String, RawSecret>,
@@ -437,6 +489,21 @@ struct RawWebhooks {
     timeout: Option<String>,
     max_attempts: Option<u32>,
     retry_backoff: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    tokens: Vec<RawToken>,
+    session_ttl: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawToken {
+    Hash(String),
+    Labeled { label: String, sha256: String },
 }
 
 #[derive(Deserialize)]
@@ -468,6 +535,7 @@ struct RawServer {
     kill_grace: Option<String>,
     admit_max_load: Option<f64>,
     admit_min_free_memory: Option<toml::Value>,
+    client_write_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -676,16 +744,21 @@ impl Loader<'_> {
     }
 
     fn build(&self, raw: RawFile) -> Result<Settings, ConfigError> {
-        for (key, value) in [("bus", &raw.bus), ("auth", &raw.auth)] {
-            if value.is_some() {
-                return Err(self.invalid(
-                    key,
-                    None,
-                    format!("[{key}] is not supported by this build yet"),
-                ));
-            }
+        if raw.bus.is_some() {
+            return Err(self.invalid("bus", None, "[bus] is not supported by this build yet"));
         }
         let server = self.server(&raw.server)?;
+        let auth = self.auth(raw.auth.as_ref())?;
+        if !server.listen.ip().is_loopback() && !auth.required() {
+            return Err(self.invalid(
+                "server",
+                Some("listen"),
+                format!(
+                    "{} is not a loopback address: set [auth] tokens before listening beyond this host",
+                    server.listen
+                ),
+            ));
+        }
         let store = self.store(raw.store.as_ref(), &server)?;
         let webhooks = self.webhooks(raw.webhooks.as_ref())?;
         let secrets = self.secrets(&raw.secrets)?;
@@ -700,7 +773,35 @@ impl Loader<'_> {
             pipelines,
             webhooks,
             secrets,
+            auth,
         })
+    }
+
+    fn auth(&self, raw: Option<&RawAuth>) -> Result<AuthSettings, ConfigError> {
+        let mut auth = AuthSettings::default();
+        if let Some(raw) = raw {
+            for token in &raw.tokens {
+                let (label, text) = match token {
+                    RawToken::Hash(h) => (None, h.strip_prefix("sha256:").unwrap_or("")),
+                    RawToken::Labeled { label, sha256 } => (
+                        Some(label.clone()),
+                        sha256.strip_prefix("sha256:").unwrap_or(sha256),
+                    ),
+                };
+                let sha256 = parse_hex32(text).ok_or_else(|| {
+                    self.invalid(
+                        "auth",
+                        Some("tokens"),
+                        "expected \"sha256:<64 hex digits>\" or { label = \"…\", sha256 = \"<64 hex digits>\" } (the SHA-256 of the token, never the token)",
+                    )
+                })?;
+                let label = label.unwrap_or_else(|| format!("token-{}", &text[..8]));
+                auth.tokens.push(TokenHash { label, sha256 });
+            }
+            auth.session_ttl =
+                self.duration("auth", "session_ttl", &raw.session_ttl, auth.session_ttl)?;
+        }
+        Ok(auth)
     }
 
     fn webhooks(&self, raw: Option<&RawWebhooks>) -> Result<WebhookSettings, ConfigError> {
@@ -841,13 +942,6 @@ impl Loader<'_> {
                 format!("invalid address {listen_text:?} (e.g. \"127.0.0.1:7878\")"),
             )
         })?;
-        if !listen.ip().is_loopback() {
-            return Err(self.invalid(
-                t,
-                Some("listen"),
-                format!("{listen} is not a loopback address; this build has no API authentication, so it only listens on loopback"),
-            ));
-        }
         let mut max_workers = rs.max_workers.unwrap_or(2);
         if let Some(v) = (self.env)("MAX_WORKERS") {
             max_workers = v
@@ -913,6 +1007,21 @@ impl Loader<'_> {
             max_output_bytes,
             heartbeat,
             kill_grace: self.duration(t, "kill_grace", &rs.kill_grace, Duration::from_secs(10))?,
+            client_write_timeout: match self.duration(
+                t,
+                "client_write_timeout",
+                &rs.client_write_timeout,
+                Duration::from_secs(30),
+            )? {
+                d if d < Duration::from_millis(100) => {
+                    return Err(self.invalid(
+                        t,
+                        Some("client_write_timeout"),
+                        "must be at least 100ms",
+                    ));
+                }
+                d => d,
+            },
             admit_max_load: match rs.admit_max_load {
                 Some(l) if !(l > 0.0 && l.is_finite()) => {
                     return Err(self.invalid(
@@ -1185,6 +1294,18 @@ impl Loader<'_> {
             params,
         })
     }
+}
+
+/// 32 bytes from 64 hex digits.
+fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Resolves `command[0]`: absolute as is, with a `/` relative to `dir`, else searched on PATH.

@@ -12,6 +12,7 @@
 //! | [`store`] | the [`store::Store`] trait and its SQLite implementation |
 //! | [`bus`] | the [`bus::Bus`] trait and the in-process bus |
 //! | [`executor`] | spawning, output capture, progress, timeouts, killing |
+//! | [`metrics`] | this node's counters and histograms, Prometheus text |
 //! | [`scheduler`] | triggers, claims, slots and caps, aborts, heartbeats, rescue |
 //! | [`api`] | HTTP routes and SSE |
 //! | [`cli`] | the command-line client and `serve` |
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod executor;
+pub mod metrics;
 pub mod model;
 pub mod scheduler;
 pub mod serve;

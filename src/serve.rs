@@ -13,9 +13,11 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState, EventTailer};
+use crate::api::conn::GuardedListener;
+use crate::api::{self, AppState, Auth, EventTailer};
 use crate::bus::{Bus, LocalBus};
 use crate::config::{Settings, StoreUrl};
+use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
@@ -71,9 +73,16 @@ pub async fn run(
     let store = open_store(&settings)?;
     let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
     let webhooks = webhooks(&settings)?;
-    let scheduler = Scheduler::start(settings.clone(), store.clone(), bus, webhooks)
-        .await
-        .context("starting the scheduler")?;
+    let metrics = Arc::new(Metrics::default());
+    let scheduler = Scheduler::start(
+        settings.clone(),
+        store.clone(),
+        bus,
+        webhooks,
+        metrics.clone(),
+    )
+    .await
+    .context("starting the scheduler")?;
     let http_stop = CancellationToken::new();
     let tailer = EventTailer::start(store.clone(), http_stop.clone()).await;
     let app = api::router(AppState {
@@ -82,11 +91,14 @@ pub async fn run(
         tailer,
         shutdown: http_stop.clone(),
         streams: Arc::new(tokio::sync::Semaphore::new(api::events::MAX_STREAMS)),
+        auth: Auth::new(&settings.auth),
+        metrics,
     });
     tracing::info!(addr = %listener.local_addr()?, "listening");
 
     let stop = http_stop.clone();
     let drain = scheduler.clone();
+    let listener = GuardedListener::new(listener, settings.server.client_write_timeout);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: draining jobs");

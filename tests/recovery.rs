@@ -60,6 +60,7 @@ async fn node_without_that_pipeline(dir: &Path, store: Arc<dyn Store>) -> Schedu
         store,
         Arc::new(LocalBus::default()),
         None,
+        Arc::default(),
     )
     .await
     .unwrap()

@@ -38,6 +38,7 @@ fn source(headers: &HeaderMap) -> String {
 
 pub(super) async fn trigger(
     State(state): State<AppState>,
+    axum::Extension(actor): axum::Extension<super::auth::Actor>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -75,6 +76,7 @@ pub(super) async fn trigger(
             shards: parsed.shards,
             idempotency_key,
             callback_url: parsed.callback_url,
+            actor: actor.0,
             triggered_by: source(&headers),
         })
         .await?;

@@ -39,9 +39,21 @@ pub struct SseMessage {
 
 impl Client {
     /// A client of `base` (e.g. `http://127.0.0.1:7878`).
+    /// Sends `Authorization: Bearer $RUNYARD_TOKEN` when that variable is set.
     pub fn new(base: &str) -> anyhow::Result<Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = std::env::var("RUNYARD_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+        {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("RUNYARD_TOKEN is not a valid header value")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            .default_headers(headers)
             .build()
             .context("building the HTTP client")?;
         Ok(Client {

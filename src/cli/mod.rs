@@ -33,6 +33,15 @@ pub struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
+    /// Log format on stderr: `human` or `json` (one object per line); level from RUNYARD_LOG.
+    #[arg(
+        long,
+        global = true,
+        env = "RUNYARD_LOG_FORMAT",
+        default_value = "human",
+        value_parser = ["human", "json"]
+    )]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -117,10 +126,14 @@ pub fn main() -> ExitCode {
     let default_level = if serving { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUNYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().with_current_span(false).init();
+    } else {
+        logs.init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -303,8 +316,8 @@ async fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<u8> {
             .parse()
             .with_context(|| format!("invalid --listen address {addr:?}"))?;
         anyhow::ensure!(
-            addr.ip().is_loopback(),
-            "--listen {addr}: this build has no API authentication, so it only listens on loopback"
+            addr.ip().is_loopback() || settings.auth.required(),
+            "--listen {addr} is not a loopback address: set [auth] tokens before listening beyond this host"
         );
         settings.server.listen = addr;
     }

@@ -47,6 +47,8 @@ struct State {
     out: StreamState,
     err: StreamState,
     progress: Option<(u8, String)>,
+    /// When the oldest line not yet taken arrived.
+    oldest: Option<std::time::Instant>,
 }
 
 /// Lines taken from a collector for one flush.
@@ -56,6 +58,8 @@ pub struct Batch {
     pub stdout: Vec<String>,
     /// New stderr lines.
     pub stderr: Vec<String>,
+    /// When the oldest of them arrived (for the flush-lag metric).
+    pub oldest: Option<std::time::Instant>,
 }
 
 impl Batch {
@@ -141,6 +145,9 @@ impl Collector {
             s.kept += text.len() as u64;
             s.pending_bytes += text.len() + 1;
             s.pending.push(text);
+            if st.oldest.is_none() {
+                st.oldest = Some(std::time::Instant::now());
+            }
         } else {
             s.truncated = true;
         }
@@ -153,6 +160,7 @@ impl Collector {
         let batch = Batch {
             stdout: std::mem::take(&mut st.out.pending),
             stderr: std::mem::take(&mut st.err.pending),
+            oldest: st.oldest.take(),
         };
         st.out.pending_bytes = 0;
         st.err.pending_bytes = 0;

@@ -27,7 +27,8 @@ use super::workdir::WorkDir;
 use crate::clock::now_ms;
 use crate::config::Pipeline;
 use crate::executor::{Collector, Ending, Exit, Running, SpawnSpec};
-use crate::model::{JobKind, Reason};
+use crate::metrics::JobEnd;
+use crate::model::{JobKind, JobStatus, Reason};
 use crate::store::{
     ClaimedJob, JobFinishParams, JobProgressParams, JobStartParams, Outcome, OutputAppendParams,
 };
@@ -50,6 +51,11 @@ pub(super) async fn run(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemapho
 
 /// Runs one job to its end; returns the job(s) claimed for this slot by the finish.
 async fn run_one(inner: &Arc<Inner>, job: ClaimedJob) -> Vec<ClaimedJob> {
+    let waited = (now_ms() - job.due_at).max(0) as u64;
+    inner
+        .metrics
+        .claim_latency
+        .observe(Duration::from_millis(waited));
     let Some(pipeline) = inner.settings.pipelines.get(&job.pipeline).cloned() else {
         // Claims only ask for configured pipelines; keep the slot accounting honest anyway.
         let outcome = failed(Reason::ExitCode, "pipeline is not configured on this node");
@@ -195,7 +201,9 @@ async fn execute(
         flushing_done.cancel();
         (exit, unrecorded)
     };
+    let spawned = std::time::Instant::now();
     let ((exit, unrecorded), ()) = tokio::join!(run, flusher);
+    inner.metrics.job_duration.observe(spawned.elapsed());
 
     let totals = collector.finish();
     flush_output(inner, job, &collector, handle).await;
@@ -258,6 +266,17 @@ fn failed(reason: Reason, message: &str) -> Outcome {
     }
 }
 
+/// How an applied finish is counted.
+fn ending_of(status: JobStatus, outcome: &Outcome) -> JobEnd {
+    match (status, outcome) {
+        (JobStatus::Completed, _) => JobEnd::Completed,
+        (JobStatus::Aborted, _) => JobEnd::Aborted,
+        (JobStatus::Queued, Outcome::Failed { .. }) => JobEnd::Retried,
+        (JobStatus::Queued, _) => JobEnd::Requeued,
+        _ => JobEnd::Failed,
+    }
+}
+
 /// `text` with the declared secrets masked.
 fn mask(inner: &Inner, text: &str) -> String {
     match &inner.redactor {
@@ -308,6 +327,9 @@ async fn finish(
                 if !out.applied {
                     tracing::info!(job = %job.id, "finish not applied: the claim is no longer ours");
                 }
+                if let Some(status) = out.status {
+                    inner.metrics.job_ended(ending_of(status, &params.outcome));
+                }
                 return out.next;
             }
             Err(e) => {
@@ -349,6 +371,7 @@ async fn flush_output(inner: &Inner, job: &ClaimedJob, collector: &Collector, ha
     if batch.is_empty() {
         return;
     }
+    let oldest = batch.oldest;
     let params = OutputAppendParams {
         job_id: job.id.clone(),
         claim_seq: job.claim_seq,
@@ -356,7 +379,11 @@ async fn flush_output(inner: &Inner, job: &ClaimedJob, collector: &Collector, ha
         stderr: batch.stderr,
     };
     match inner.store.job_output_append(params).await {
-        Ok(true) => {}
+        Ok(true) => {
+            if let Some(t) = oldest {
+                inner.metrics.flush_lag.observe(t.elapsed());
+            }
+        }
         Ok(false) => handle.cancel(CancelCause::Lost),
         Err(e) => tracing::warn!(job = %job.id, "output flush failed (lines dropped): {e}"),
     }

@@ -39,6 +39,7 @@ use crate::clock::now_ms;
 use crate::config::{MAX_SHARDS, Pipeline, Settings};
 use crate::executor::redact::Redactor;
 use crate::executor::{process, reaper};
+use crate::metrics::Metrics;
 use crate::model::{RunId, job_id_for};
 use crate::store::{AbortOutcome, JobPolicy, NodeRow, RunCreateParams, Store, StoreError};
 use crate::webhook::Webhooks;
@@ -113,6 +114,8 @@ pub struct TriggerRequest {
     pub callback_url: Option<String>,
     /// `api`, `cli`, `dashboard`.
     pub triggered_by: String,
+    /// Who triggered (the token's label), when the API knows.
+    pub actor: Option<String>,
 }
 
 /// A queued run.
@@ -160,6 +163,8 @@ pub(crate) struct Inner {
     redactor: Option<Arc<Redactor>>,
     /// Checks callback URLs at trigger time.
     webhooks: Option<Arc<Webhooks>>,
+    /// This node's instruments.
+    metrics: Arc<Metrics>,
 }
 
 /// Handle to this node's scheduler.
@@ -175,6 +180,7 @@ impl Scheduler {
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         webhooks: Option<Arc<Webhooks>>,
+        metrics: Arc<Metrics>,
     ) -> Result<Scheduler, StoreError> {
         let pid = std::process::id();
         let now = now_ms();
@@ -215,6 +221,7 @@ impl Scheduler {
             admission: admission::Admission::default(),
             redactor,
             webhooks,
+            metrics,
         });
         match rescuer::run_once(&inner).await {
             Ok(report) if report.orphans > 0 || report.dead_nodes > 0 => {
@@ -319,7 +326,7 @@ impl Scheduler {
                 pipeline: pipeline.name.clone(),
                 params,
                 triggered_by: req.triggered_by,
-                actor: None,
+                actor: req.actor,
                 idempotency_key: idempotency_key.clone(),
                 policy: JobPolicy {
                     max_attempts: pipeline.max_attempts,
@@ -377,6 +384,20 @@ impl Scheduler {
         }
     }
 
+    /// This node's instruments.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// This node's slots and how many are busy.
+    pub fn slots(&self) -> (usize, usize) {
+        let total = self.inner.settings.server.max_workers;
+        (
+            total,
+            total - self.inner.slots.available_permits().min(total),
+        )
+    }
+
     /// Why this node is not starting jobs (resource admission), if it is not.
     pub fn admission_held(&self) -> Option<String> {
         self.inner.admission.held()
@@ -386,6 +407,7 @@ impl Scheduler {
     pub async fn abort(&self, run_id: &str) -> Result<AbortOutcome, StoreError> {
         let outcome = self.inner.store.run_abort(run_id, now_ms()).await?;
         if let AbortOutcome::Aborted { .. } = outcome {
+            Metrics::add(&self.inner.metrics.aborts, 1);
             self.inner.registry.abort_all_shards_for_run(run_id);
             self.inner.bus.publish(Signal::RunAbort {
                 run_id: run_id.to_string(),

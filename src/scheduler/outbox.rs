@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use super::Inner;
 use crate::clock::now_ms;
+use crate::metrics::Metrics;
 use crate::store::{DeliveryNext, DeliveryRecordParams, PendingDelivery, change};
 use crate::webhook::Webhooks;
 
@@ -77,6 +78,10 @@ async fn attempt(inner: &Inner, webhooks: &Webhooks, d: PendingDelivery) {
             .min(3_600_000);
         DeliveryNext::RetryAt(now_ms() + delay)
     };
+    match &next {
+        DeliveryNext::Delivered => Metrics::add(&inner.metrics.webhooks_delivered, 1),
+        _ => Metrics::add(&inner.metrics.webhook_failures, 1),
+    }
     match &next {
         DeliveryNext::Delivered => {
             tracing::info!(run = %d.run_id, delivery = %d.id, attempts, "webhook delivered")

@@ -76,6 +76,7 @@ pub(crate) async fn run_once(inner: &Arc<Inner>) -> Result<RescueReport, StoreEr
             tracing::info!(job = %job.id, "resolved stranded job");
         }
     }
+    crate::metrics::Metrics::add(&inner.metrics.orphans_recovered, report.orphans as u64);
     Ok(report)
 }
 

@@ -229,6 +229,8 @@ pub struct ClaimedJob {
     pub params: BTreeMap<String, String>,
     /// A shard or the run's finalizer.
     pub kind: JobKind,
+    /// When it became due (epoch ms): queued, or its retry backoff ended.
+    pub due_at: i64,
 }
 
 /// `job_claim` result.

@@ -653,7 +653,8 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
     let mut candidates: Vec<(i64, ClaimedJob)> = Vec::new();
     if want > 0 {
         let mut head = conn.prepare_cached(
-            "SELECT j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt, r.params, j.kind
+            "SELECT j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt, r.params, j.kind,
+                    j.run_after
              FROM jobs j INDEXED BY jobs_queued JOIN runs r ON r.id = j.run_id
              WHERE j.status = 'queued' AND j.pipeline = ?1 AND j.run_after <= ?2
              ORDER BY j.seq LIMIT ?3",
@@ -682,6 +683,7 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
                         claim_seq: 0,
                         params: serde_json::from_str(&params).unwrap_or_default(),
                         kind: JobKind::from_name(r.get_ref(8)?.as_str()?),
+                        due_at: r.get(9)?,
                     },
                 ))
             })?;

@@ -375,6 +375,11 @@ pub fn free_port() -> u16 {
 
 impl BinServer {
     pub async fn start(config: &Path, port: u16) -> BinServer {
+        Self::start_env(config, port, &[]).await
+    }
+
+    /// Like [`BinServer::start`], with extra environment variables for the server.
+    pub async fn start_env(config: &Path, port: u16, env: &[(&str, &str)]) -> BinServer {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_runyard"))
             .args([
@@ -390,6 +395,7 @@ impl BinServer {
             .env_remove("MAX_WORKERS")
             .env_remove("OUTPUT_FLUSH_INTERVAL_MS")
             .env_remove("RUNYARD_LISTEN")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(config.with_extension(format!("{port}.log"))).unwrap(),

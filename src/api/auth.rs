@@ -1,0 +1,323 @@
+//! Access control: bearer tokens and dashboard sessions.
+//!
+//! With `[auth] tokens` set, every route but `/healthz` and the dashboard's
+//! static shell (`/`, `/assets/…`, which hold no data and must load to show
+//! the login form) needs either `Authorization: Bearer <token>` or the
+//! dashboard's session cookie. Tokens are configured as SHA-256 hashes; a
+//! presented token is hashed and compared with every configured hash in
+//! constant time (no early exit), so timing tells nothing about which bytes
+//! matched.
+//!
+//! The session cookie is stateless, so any replica with the same config
+//! accepts it: `v1.<label>.<expiry>.<HMAC-SHA256(key, "v1.<label>.<expiry>")>`
+//! where the key is derived from the configured token hashes (changing the
+//! tokens ends every session). It is `HttpOnly` (scripts cannot read it) and
+//! `SameSite=Strict` (no cross-site sends), and a state-changing request
+//! authenticated by the cookie must also carry an `Origin` equal to the
+//! server's own (`http(s)://{Host}`), which closes CSRF even for browsers
+//! that ignore SameSite. Bearer requests need no Origin check: a browser
+//! never attaches that header cross-site on its own.
+//!
+//! Nothing here logs a token, a cookie or an Authorization header.
+//!
+//! Tests that would catch a violation: `access::*` (401 without a token, 401
+//! with a wrong one, `/healthz` open, cookie login, CSRF refusal, SSE with the
+//! cookie, the actor recorded on runs, non-loopback refused without tokens).
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, AppState};
+use crate::config::{AuthSettings, token_sha256};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "runyard_session";
+
+/// Who made a request (the token's label), attached to the request by [`require`].
+#[derive(Debug, Clone)]
+pub struct Actor(pub Option<String>);
+
+/// The checker built from `[auth]`.
+#[derive(Clone)]
+pub struct Auth {
+    settings: AuthSettings,
+    session_key: [u8; 32],
+}
+
+impl Auth {
+    /// From the config's tokens.
+    pub fn new(settings: &AuthSettings) -> Auth {
+        let mut h = Sha256::new();
+        h.update(b"runyard-session-v1");
+        for t in &settings.tokens {
+            h.update(t.sha256);
+        }
+        Auth {
+            settings: settings.clone(),
+            session_key: h.finalize().into(),
+        }
+    }
+
+    /// True when tokens are configured.
+    pub fn required(&self) -> bool {
+        self.settings.required()
+    }
+
+    /// The label of the configured token equal to `token`, compared in constant time.
+    pub fn check_token(&self, token: &str) -> Option<&str> {
+        let digest = token_sha256(token);
+        let mut found = None;
+        for t in &self.settings.tokens {
+            let diff = t
+                .sha256
+                .iter()
+                .zip(digest.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            // No early exit: every configured token is compared.
+            if diff == 0 && found.is_none() {
+                found = Some(t.label.as_str());
+            }
+        }
+        found
+    }
+
+    fn mac(&self, payload: &str) -> Hmac<Sha256> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.session_key).expect("HMAC takes any key length");
+        mac.update(payload.as_bytes());
+        mac
+    }
+
+    /// A session cookie value for `label`, valid until `now + session_ttl`.
+    pub fn issue(&self, label: &str, now_secs: u64) -> String {
+        let expiry = now_secs + self.settings.session_ttl.as_secs();
+        let payload = format!("v1.{}.{expiry}", URL_SAFE_NO_PAD.encode(label));
+        let sig = URL_SAFE_NO_PAD.encode(self.mac(&payload).finalize().into_bytes());
+        format!("{payload}.{sig}")
+    }
+
+    /// The label of a valid, unexpired session cookie.
+    pub fn verify(&self, cookie: &str, now_secs: u64) -> Option<String> {
+        let (payload, sig) = cookie.rsplit_once('.')?;
+        let mut parts = payload.split('.');
+        let (Some("v1"), Some(label), Some(expiry), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
+        self.mac(payload).verify_slice(&sig).ok()?;
+        if expiry.parse::<u64>().ok()? <= now_secs {
+            return None;
+        }
+        String::from_utf8(URL_SAFE_NO_PAD.decode(label).ok()?).ok()
+    }
+
+    /// The `Set-Cookie` value that starts a session.
+    fn set_cookie(&self, value: &str) -> String {
+        format!(
+            "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+            self.settings.session_ttl.as_secs()
+        )
+    }
+}
+
+fn now_secs() -> u64 {
+    (crate::clock::now_ms() / 1000).max(0) as u64
+}
+
+/// The session cookie's value, if the request carries one.
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// True when `Origin` names this server (same scheme-less host and port as `Host`).
+fn same_origin(headers: &HeaderMap) -> bool {
+    let (Some(origin), Some(host)) = (
+        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
+        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
+    ) else {
+        return false;
+    };
+    origin == format!("http://{host}") || origin == format!("https://{host}")
+}
+
+/// Routes anyone may reach: liveness, the login endpoint, and the dashboard's static shell.
+fn public(method: &Method, path: &str) -> bool {
+    path == "/healthz"
+        || path == "/"
+        || path.starts_with("/assets/")
+        || (path == "/api/session" && (method == Method::GET || method == Method::POST))
+}
+
+fn refuse(status: StatusCode, message: &str) -> Response {
+    let mut resp = (status, Json(json!({ "error": message }))).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"runyard\""),
+        );
+    }
+    resp
+}
+
+/// Middleware: authenticates the request (bearer or session cookie), checks the Origin of
+/// cookie-authenticated state changes, and attaches the [`Actor`].
+pub async fn require(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let auth = &state.auth;
+    if !auth.required() {
+        req.extensions_mut().insert(Actor(None));
+        return next.run(req).await;
+    }
+    let headers = req.headers();
+    let actor = if let Some(token) = bearer(headers) {
+        match auth.check_token(token) {
+            Some(label) => Some(label.to_string()),
+            None => return refuse(StatusCode::UNAUTHORIZED, "invalid token"),
+        }
+    } else if let Some(label) = session_cookie(headers).and_then(|c| auth.verify(c, now_secs())) {
+        let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        if !safe && !same_origin(headers) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "cross-origin request refused: a state-changing request with a session cookie must come from this server's own pages",
+            );
+        }
+        Some(label)
+    } else {
+        None
+    };
+    if actor.is_none() && !public(req.method(), req.uri().path()) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "authentication required: send Authorization: Bearer <token> (the CLI reads RUNYARD_TOKEN)",
+        );
+    }
+    req.extensions_mut().insert(Actor(actor));
+    next.run(req).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Login {
+    token: String,
+}
+
+/// `POST /api/session`: exchanges a token for a session cookie (the dashboard's login).
+pub(super) async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<Login>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    if headers.contains_key(header::ORIGIN) && !same_origin(&headers) {
+        return Ok(refuse(StatusCode::FORBIDDEN, "cross-origin login refused"));
+    }
+    let Json(login) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if !state.auth.required() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let Some(label) = state.auth.check_token(&login.token) else {
+        return Ok(refuse(StatusCode::UNAUTHORIZED, "invalid token"));
+    };
+    let cookie = state.auth.set_cookie(&state.auth.issue(label, now_secs()));
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(|e| ApiError::BadRequest(e.to_string()))?,
+    );
+    Ok(resp)
+}
+
+/// `GET /api/session`: whether a token is needed and whether this request has one.
+pub(super) async fn status(
+    State(state): State<AppState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+) -> Json<serde_json::Value> {
+    Json(json!({
+        "authRequired": state.auth.required(),
+        "authenticated": !state.auth.required() || actor.0.is_some(),
+        "actor": actor.0,
+    }))
+}
+
+/// `DELETE /api/session`: ends the dashboard session (clears the cookie).
+pub(super) async fn logout() -> Response {
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("runyard_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TokenHash;
+
+    fn auth() -> Auth {
+        Auth::new(&AuthSettings {
+            tokens: vec![
+                TokenHash {
+                    label: "ci".into(),
+                    sha256: token_sha256("ci-token-0123456789"),
+                },
+                TokenHash {
+                    label: "ops".into(),
+                    sha256: token_sha256("ops-token-0123456789"),
+                },
+            ],
+            ..AuthSettings::default()
+        })
+    }
+
+    #[test]
+    fn tokens_match_by_hash_only() {
+        let a = auth();
+        assert_eq!(a.check_token("ops-token-0123456789"), Some("ops"));
+        assert_eq!(a.check_token("ops-token-012345678"), None);
+        assert_eq!(a.check_token(""), None);
+    }
+
+    #[test]
+    fn session_cookies_verify_expire_and_resist_tampering() {
+        let a = auth();
+        let c = a.issue("ci", 1000);
+        assert_eq!(a.verify(&c, 1001).as_deref(), Some("ci"));
+        assert_eq!(a.verify(&c, 1000 + 12 * 3600), None, "expired");
+        let forged = c.replace(
+            &URL_SAFE_NO_PAD.encode("ci"),
+            &URL_SAFE_NO_PAD.encode("ops"),
+        );
+        assert_eq!(a.verify(&forged, 1001), None, "label changed");
+        let other = Auth::new(&AuthSettings::default());
+        assert_eq!(
+            other.verify(&c, 1001),
+            None,
+            "another token set ends sessions"
+        );
+        assert_eq!(a.verify("v1.x.9999999999", 1), None);
+    }
+}

@@ -1,0 +1,274 @@
+//! This node's instruments and their Prometheus text rendering (`GET /metrics`).
+//!
+//! Counters and histograms are lock-free atomics updated on the hot path
+//! (a few relaxed adds per job); gauges that describe the store (jobs by state,
+//! queue depth per pipeline) are read from it at scrape time by the API, so
+//! they are the same on every node. No dependency: the text format is small.
+//!
+//! Test: `access::metrics_expose_jobs_queue_latency_and_sse_clients`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A cumulative histogram with fixed bucket bounds (seconds).
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+/// Bounds for latencies from sub-millisecond to minutes.
+const LATENCY_BOUNDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+];
+
+/// Bounds for job durations, from a fast `true` to hours.
+const DURATION_BOUNDS: &[f64] = &[
+    0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0,
+];
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// Ends of executions counted by [`Metrics::job_ended`].
+#[derive(Debug, Clone, Copy)]
+pub enum JobEnd {
+    /// Exited 0.
+    Completed,
+    /// Failed for good.
+    Failed,
+    /// Failed, will be retried.
+    Retried,
+    /// Put back in the queue (orphan, shutdown, setup failure).
+    Requeued,
+    /// Aborted.
+    Aborted,
+}
+
+/// The instruments of one node.
+pub struct Metrics {
+    /// Queued (due) → claimed.
+    pub claim_latency: Histogram,
+    /// Spawn → exit of each execution.
+    pub job_duration: Histogram,
+    /// Age of the oldest line of each output flush when it was committed.
+    pub flush_lag: Histogram,
+    ends: [AtomicU64; 5],
+    /// Run aborts accepted by this node's API.
+    pub aborts: AtomicU64,
+    /// Orphaned executions resolved by this node's rescuer.
+    pub orphans_recovered: AtomicU64,
+    /// Webhook attempts by outcome: delivered, failed attempt.
+    pub webhooks_delivered: AtomicU64,
+    /// Failed webhook attempts.
+    pub webhook_failures: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            claim_latency: Histogram::new(LATENCY_BOUNDS),
+            job_duration: Histogram::new(DURATION_BOUNDS),
+            flush_lag: Histogram::new(LATENCY_BOUNDS),
+            ends: Default::default(),
+            aborts: AtomicU64::new(0),
+            orphans_recovered: AtomicU64::new(0),
+            webhooks_delivered: AtomicU64::new(0),
+            webhook_failures: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Gauges read from the store and the API at scrape time.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// `(pipeline, queued, running)`.
+    pub pipelines: Vec<(String, u64, u64)>,
+    /// Open SSE streams on this node.
+    pub sse_clients: usize,
+    /// Slots of this node and how many are busy.
+    pub slots: (usize, usize),
+}
+
+impl Metrics {
+    /// Counts one execution's end.
+    pub fn job_ended(&self, ending: JobEnd) {
+        self.ends[ending as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self, snap: &Snapshot) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let _ = writeln!(
+            out,
+            "# HELP runyard_jobs Jobs in the store by pipeline and state.\n# TYPE runyard_jobs gauge"
+        );
+        for (p, queued, running) in &snap.pipelines {
+            let p = escape(p);
+            let _ = writeln!(
+                out,
+                "runyard_jobs{{pipeline=\"{p}\",state=\"queued\"}} {queued}"
+            );
+            let _ = writeln!(
+                out,
+                "runyard_jobs{{pipeline=\"{p}\",state=\"running\"}} {running}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP runyard_queue_depth Queued jobs per pipeline.\n# TYPE runyard_queue_depth gauge"
+        );
+        for (p, queued, _) in &snap.pipelines {
+            let _ = writeln!(
+                out,
+                "runyard_queue_depth{{pipeline=\"{}\"}} {queued}",
+                escape(p)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP runyard_node_slots Slots of this node.\n# TYPE runyard_node_slots gauge\nrunyard_node_slots {}\n# HELP runyard_node_slots_busy Busy slots of this node.\n# TYPE runyard_node_slots_busy gauge\nrunyard_node_slots_busy {}",
+            snap.slots.0, snap.slots.1
+        );
+        let _ = writeln!(
+            out,
+            "# HELP runyard_job_ends_total Executions ended on this node, by outcome.\n# TYPE runyard_job_ends_total counter"
+        );
+        for (name, ending) in [
+            ("completed", JobEnd::Completed),
+            ("failed", JobEnd::Failed),
+            ("retried", JobEnd::Retried),
+            ("requeued", JobEnd::Requeued),
+            ("aborted", JobEnd::Aborted),
+        ] {
+            let n = self.ends[ending as usize].load(Ordering::Relaxed);
+            let _ = writeln!(out, "runyard_job_ends_total{{outcome=\"{name}\"}} {n}");
+        }
+        for (name, help, counter) in [
+            (
+                "runyard_aborts_total",
+                "Run aborts accepted by this node.",
+                &self.aborts,
+            ),
+            (
+                "runyard_orphans_recovered_total",
+                "Orphaned executions of dead nodes resolved by this node.",
+                &self.orphans_recovered,
+            ),
+            (
+                "runyard_webhooks_delivered_total",
+                "Completion webhooks delivered by this node.",
+                &self.webhooks_delivered,
+            ),
+            (
+                "runyard_webhook_failed_attempts_total",
+                "Failed completion webhook attempts made by this node.",
+                &self.webhook_failures,
+            ),
+        ] {
+            let n = counter.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP runyard_sse_clients Open SSE streams on this node.\n# TYPE runyard_sse_clients gauge\nrunyard_sse_clients {}",
+            snap.sse_clients
+        );
+        self.claim_latency.render(
+            &mut out,
+            "runyard_claim_latency_seconds",
+            "Time from a job being due to its claim.",
+        );
+        self.job_duration.render(
+            &mut out,
+            "runyard_job_duration_seconds",
+            "Run time of executions on this node.",
+        );
+        self.flush_lag.render(
+            &mut out,
+            "runyard_output_flush_lag_seconds",
+            "Age of the oldest output line of a flush when it was committed.",
+        );
+        out
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_text_is_well_formed() {
+        let m = Metrics::default();
+        m.claim_latency.observe(Duration::from_micros(300));
+        m.claim_latency.observe(Duration::from_millis(20));
+        m.claim_latency.observe(Duration::from_secs(1000));
+        m.job_ended(JobEnd::Completed);
+        let text = m.render(&Snapshot {
+            pipelines: vec![("a\"b".into(), 3, 1)],
+            sse_clients: 2,
+            slots: (2, 1),
+        });
+        assert!(text.contains("runyard_claim_latency_seconds_bucket{le=\"0.0005\"} 1\n"));
+        assert!(text.contains("runyard_claim_latency_seconds_bucket{le=\"0.025\"} 2\n"));
+        assert!(text.contains("runyard_claim_latency_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("runyard_claim_latency_seconds_count 3\n"));
+        assert!(text.contains("runyard_queue_depth{pipeline=\"a\\\"b\"} 3\n"));
+        assert!(text.contains("runyard_job_ends_total{outcome=\"completed\"} 1\n"));
+        assert!(text.contains("runyard_sse_clients 2\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "bad sample line: {line}");
+        }
+    }
+}
