@@ -24,6 +24,16 @@ fn pipelines() -> String {
     format!("{AUTH}\n[pipelines.quick]\ncommand = [\"echo\", \"hi\"]\n")
 }
 
+/// Waits until the run is `completed`, asking with the bearer token.
+async fn wait_completed(http: &reqwest::Client, base: &str, run_id: &str) {
+    let url = format!("{base}/api/runs/{run_id}");
+    eventually(T, "the run to complete", || {
+        let req = http.get(&url).bearer_auth(TOKEN);
+        async move { status_of(req).await.2["status"] == "completed" }
+    })
+    .await;
+}
+
 async fn status_of(req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
@@ -70,21 +80,7 @@ async fn every_route_but_healthz_needs_a_valid_token_and_runs_record_the_actor()
     .await;
     assert_eq!(status, 202, "{t}");
     let run_id = t["runId"].as_str().unwrap().to_string();
-    eventually(T, "the run to finish", || {
-        let (http, url) = (http.clone(), format!("{}/api/runs/{run_id}", s.base));
-        async move {
-            http.get(url)
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()["status"]
-                == "completed"
-        }
-    })
-    .await;
+    wait_completed(&http, &s.base, &run_id).await;
     let (_, _, run) = status_of(
         http.get(format!("{}/api/runs/{run_id}", s.base))
             .bearer_auth(TOKEN),
@@ -243,21 +239,7 @@ async fn tokens_never_reach_logs_and_logs_can_be_json() {
         .unwrap()
         .to_string();
     let run_id = t["runId"].as_str().unwrap().to_string();
-    eventually(T, "the run to finish", || {
-        let (http, url) = (http.clone(), format!("{}/api/runs/{run_id}", server.base));
-        async move {
-            http.get(url)
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()["status"]
-                == "completed"
-        }
-    })
-    .await;
+    wait_completed(&http, &server.base, &run_id).await;
     let log = std::fs::read_to_string(config.with_extension(format!("{port}.log"))).unwrap();
     assert!(!log.is_empty());
     assert!(!log.contains(TOKEN), "a token reached the log");
