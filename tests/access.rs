@@ -80,7 +80,7 @@ async fn every_route_but_healthz_needs_a_valid_token_and_runs_record_the_actor()
     .await;
     assert_eq!(status, 202, "{t}");
     let run_id = t["runId"].as_str().unwrap().to_string();
-    wait_completed(&http, &s.base, &run_id).await;
+    wait_completed(http, &s.base, &run_id).await;
     let (_, _, run) = status_of(
         http.get(format!("{}/api/runs/{run_id}", s.base))
             .bearer_auth(TOKEN),
