@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use regex::Regex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Placeholders every pipeline may use in its command.
@@ -267,7 +267,7 @@ pub struct StoreSettings {
 }
 
 /// What the rescuer does with a job whose node died.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnOrphan {
     /// Put it back in the queue (up to `max_orphan_requeues` times).
@@ -287,7 +287,7 @@ impl OnOrphan {
 }
 
 /// A parameter's value type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ParamType {
     /// Any string (subject to `pattern`).

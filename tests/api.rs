@@ -259,3 +259,19 @@ async fn pipelines_and_workers_are_listed() {
     assert_eq!(w["self"], true);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn idempotency_key_length_counts_characters_not_bytes() {
+    let s = TestServer::start("", PIPELINES).await;
+    // 200 two-byte characters: within the documented 1..=200 characters.
+    let (status, body) = s
+        .trigger("echo", json!({"idempotencyKey": "é".repeat(200)}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = s
+        .trigger("echo", json!({"idempotencyKey": "é".repeat(201)}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "idempotencyKey must be 1 to 200 characters");
+    s.stop().await;
+}

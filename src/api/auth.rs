@@ -219,13 +219,41 @@ pub async fn require(State(state): State<AppState>, mut req: Request, next: Next
     next.run(req).await
 }
 
-#[derive(Deserialize)]
+/// `POST /api/session` body.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Login {
+    /// An API token (never stored; exchanged for a signed session cookie).
     token: String,
 }
 
+/// `GET /api/session` answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct SessionStatus {
+    /// The server has API tokens: every route but `/healthz` needs one.
+    auth_required: bool,
+    /// This request carries a valid token or session (always true without tokens).
+    authenticated: bool,
+    /// The token's label.
+    actor: Option<String>,
+}
+
 /// `POST /api/session`: exchanges a token for a session cookie (the dashboard's login).
+#[utoipa::path(
+    post,
+    path = "/api/session",
+    tag = "session",
+    operation_id = "login",
+    request_body(content = Login, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Logged in: `Set-Cookie: runyard_session=…; HttpOnly; SameSite=Strict`"),
+        (status = 400, description = "Malformed body", body = super::ErrorBody),
+        (status = 401, description = "The token is not accepted", body = super::ErrorBody),
+        (status = 403, description = "Cross-origin login refused", body = super::ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = super::ErrorBody),
+    )
+)]
 pub(super) async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -251,18 +279,36 @@ pub(super) async fn login(
 }
 
 /// `GET /api/session`: whether a token is needed and whether this request has one.
+#[utoipa::path(
+    get,
+    path = "/api/session",
+    tag = "session",
+    operation_id = "session",
+    responses((status = 200, description = "The login state", body = SessionStatus))
+)]
 pub(super) async fn status(
     State(state): State<AppState>,
     axum::Extension(actor): axum::Extension<Actor>,
-) -> Json<serde_json::Value> {
-    Json(json!({
-        "authRequired": state.auth.required(),
-        "authenticated": !state.auth.required() || actor.0.is_some(),
-        "actor": actor.0,
-    }))
+) -> Json<SessionStatus> {
+    Json(SessionStatus {
+        auth_required: state.auth.required(),
+        authenticated: !state.auth.required() || actor.0.is_some(),
+        actor: actor.0,
+    })
 }
 
 /// `DELETE /api/session`: ends the dashboard session (clears the cookie).
+#[utoipa::path(
+    delete,
+    path = "/api/session",
+    tag = "session",
+    operation_id = "logout",
+    responses(
+        (status = 204, description = "Logged out: the cookie is cleared"),
+        (status = 401, description = "No valid token or session", body = super::ErrorBody),
+        (status = 403, description = "Cross-origin request refused", body = super::ErrorBody),
+    )
+)]
 pub(super) async fn logout() -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut().insert(

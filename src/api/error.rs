@@ -6,10 +6,32 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::scheduler::TriggerError;
 use crate::store::StoreError;
+
+/// The body of every error answer (schema `Error` in `/api/openapi.json`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// What went wrong and, for a client mistake, what to fix.
+    pub error: String,
+    /// Seconds until a retry may succeed; only on a 503 that also carries `Retry-After`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
+impl ErrorBody {
+    /// An error body with just a message.
+    pub fn new(error: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: error.into(),
+            retry_after: None,
+        }
+    }
+}
 
 /// An API failure.
 #[derive(Debug)]
@@ -48,12 +70,15 @@ impl IntoResponse for ApiError {
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,
                     [(axum::http::header::RETRY_AFTER, after_secs.to_string())],
-                    Json(json!({ "error": message, "retryAfter": after_secs })),
+                    Json(ErrorBody {
+                        error: message,
+                        retry_after: Some(after_secs),
+                    }),
                 )
                     .into_response();
             }
         };
-        (status, Json(json!({ "error": message }))).into_response()
+        (status, Json(ErrorBody::new(message))).into_response()
     }
 }
 

@@ -23,7 +23,8 @@ use serde_json::json;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
-use super::{ApiError, AppState};
+use super::runs::JobIdParam;
+use super::{ApiError, AppState, ErrorBody};
 use crate::model::JobStatus;
 use crate::store::{Store, StoredEvent, change};
 
@@ -113,14 +114,58 @@ fn stream_permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, 
     })
 }
 
-fn sse_event(ev: &StoredEvent) -> Event {
-    Event::default()
-        .id(ev.id.to_string())
-        .event(ev.name.clone())
-        .data(ev.data.clone())
+/// One Server-Sent Event as a client reads it. Every event the streams send is built
+/// from one, so its schema in `/api/openapi.json` is the wire shape (keep-alive
+/// comments aside).
+#[derive(utoipa::ToSchema)]
+pub(super) struct SseEvent {
+    /// What to send as `Last-Event-ID` to resume after this event: the event id on
+    /// `/api/events`, the line's `seq` on log streams; absent on `resync` and `end`.
+    id: Option<String>,
+    /// `job:…` and `run:…` event names or `resync` on `/api/events`; `log` or `end` on log streams.
+    event: String,
+    /// One JSON object (the event's payload).
+    data: String,
 }
 
-/// `GET /api/events`.
+impl From<SseEvent> for Event {
+    fn from(e: SseEvent) -> Event {
+        let event = Event::default().event(e.event).data(e.data);
+        match e.id {
+            Some(id) => event.id(id),
+            None => event,
+        }
+    }
+}
+
+fn sse_event(ev: &StoredEvent) -> Event {
+    SseEvent {
+        id: Some(ev.id.to_string()),
+        event: ev.name.clone(),
+        data: ev.data.clone(),
+    }
+    .into()
+}
+
+/// `GET /api/events`: every lifecycle event (`job:created`, `job:progress`, `run:completed`, …)
+/// as Server-Sent Events with ids; never ends while the server runs.
+#[utoipa::path(
+    get,
+    path = "/api/events",
+    tag = "events",
+    operation_id = "streamEvents",
+    params(
+        ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, maximum = 9_223_372_036_854_775_807_i64,
+            description = "Resume after this event id (replayed from the store); a `resync` event \
+                comes first when it was pruned. Without it the stream starts with new events."),
+    ),
+    responses(
+        (status = 200, description = "An endless SSE stream: `id:`, `event:` (the event name), \
+            `data:` (its JSON)", content_type = "text/event-stream", body = SseEvent),
+        (status = 400, description = "Last-Event-ID is not a non-negative integer", body = ErrorBody),
+        (status = 503, description = "The store is unavailable or too many streams are open", body = ErrorBody),
+    )
+)]
 pub(super) async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -138,7 +183,11 @@ pub(super) async fn events(
             None => live_from,
             Some(n) => {
                 if min_id > n.saturating_add(1) {
-                    yield Ok::<Event, Infallible>(Event::default().event("resync").data(json!({"lastEventId": n, "oldestRetained": min_id}).to_string()));
+                    yield Ok::<Event, Infallible>(SseEvent {
+                        id: None,
+                        event: "resync".into(),
+                        data: json!({"lastEventId": n, "oldestRetained": min_id}).to_string(),
+                    }.into());
                 }
                 n
             }
@@ -189,21 +238,43 @@ fn sse<S: Stream<Item = Result<Event, Infallible>> + Send + 'static>(
 }
 
 /// `?tail=N`: start with the last N stored lines instead of all of them.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct StreamQuery {
+    /// Start with the last N stored lines instead of all of them (values above 1000000 count as 1000000).
+    #[param(minimum = 0)]
     tail: Option<u64>,
 }
 
 /// `GET /api/jobs/{id}/logs/stream`: stored lines, then live lines until the job ends.
+#[utoipa::path(
+    get,
+    path = "/api/jobs/{id}/logs/stream",
+    tag = "events",
+    operation_id = "streamJobLogs",
+    params(
+        JobIdParam,
+        StreamQuery,
+        ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, maximum = 9_223_372_036_854_775_807_i64,
+            description = "Resume after this line sequence number (takes precedence over `tail`)"),
+    ),
+    responses(
+        (status = 200, description = "SSE: `log` events (`{\"seq\", \"stream\", \"line\"}`, id = seq), \
+            then one `end` event (`{\"jobId\", \"status\"}`) when the job is terminal",
+            content_type = "text/event-stream", body = SseEvent),
+        (status = 400, description = "Malformed job id, tail or Last-Event-ID", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 503, description = "The store is unavailable or too many streams are open", body = ErrorBody),
+    )
+)]
 pub(super) async fn log_stream(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<JobIdParam>, PathRejection>,
     query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Path(job_id) = path?;
+    let job_id = super::runs::job_id(path)?;
     let Query(q) = query?;
-    let job_id = super::runs::canonical_job_id(&job_id)?;
     if state.store.job_get(&job_id).await?.is_none() {
         return Err(ApiError::NotFound(format!("Job not found: {job_id}")));
     }
@@ -229,8 +300,11 @@ pub(super) async fn log_stream(
             let got = lines.len();
             for line in lines {
                 after = line.seq;
-                yield Ok::<Event, Infallible>(Event::default().id(line.seq.to_string()).event("log")
-                    .data(json!({"seq": line.seq, "stream": line.stream, "line": line.line}).to_string()));
+                yield Ok::<Event, Infallible>(SseEvent {
+                    id: Some(line.seq.to_string()),
+                    event: "log".into(),
+                    data: json!({"seq": line.seq, "stream": line.stream, "line": line.line}).to_string(),
+                }.into());
             }
             if got > 0 {
                 continue;
@@ -241,7 +315,11 @@ pub(super) async fn log_stream(
             };
             if status.parse::<JobStatus>().is_ok_and(JobStatus::is_terminal) {
                 // The final flush lands before the terminal write, so nothing is left to read.
-                yield Ok(Event::default().event("end").data(json!({"jobId": job_id, "status": status}).to_string()));
+                yield Ok(SseEvent {
+                    id: None,
+                    event: "end".into(),
+                    data: json!({"jobId": job_id, "status": status}).to_string(),
+                }.into());
                 break;
             }
             tokio::select! {

@@ -1,27 +1,90 @@
 //! `GET /api/pipelines`, `POST /api/pipelines/{id}/trigger`, `GET /api/pipelines/{id}/jobs`.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
-use super::runs::{PageQuery, list_runs};
-use super::{ApiError, AppState};
+use super::runs::{PageQuery, RunPage, list_runs};
+use super::{ApiError, AppState, ErrorBody};
 use crate::clock::rfc3339;
+use crate::config::{OnOrphan, ParamType};
 use crate::scheduler::TriggerRequest;
+use crate::store::PipelineNodeState;
 
-#[derive(Deserialize, Default)]
+/// The body of `POST /api/pipelines/{id}/trigger` (empty means `{}`).
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct TriggerBody {
+pub(super) struct TriggerBody {
+    /// Values of the pipeline's declared parameters (strings, integers or booleans; at most 64).
+    /// Undeclared names are refused; omitted ones take their default or are missing (400).
     #[serde(default)]
+    #[schema(schema_with = parameters_schema)]
     parameters: serde_json::Map<String, Value>,
+    /// Shard count of this run (default: the pipeline's `shards`).
+    #[schema(minimum = 1, maximum = 1000)]
     shards: Option<u32>,
+    /// Completion webhook target: an absolute `https://` URL whose host resolves to global
+    /// addresses only (unless the server allow-lists it); checked at trigger time (400).
     callback_url: Option<String>,
+    /// Makes the trigger idempotent; same as the `Idempotency-Key` header (both must agree).
+    #[schema(min_length = 1, max_length = 200)]
     idempotency_key: Option<String>,
+}
+
+/// `parameters`: an object of at most 64 string, integer or boolean values.
+fn parameters_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
+    let value = OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .item(ObjectBuilder::new().schema_type(Type::Integer))
+        .item(ObjectBuilder::new().schema_type(Type::Boolean));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .max_properties(Some(64))
+        .additional_properties(Some(AdditionalProperties::RefOr(value.into())))
+        .description(Some(
+            "Values of the pipeline's declared parameters (strings, integers or booleans). \
+             Undeclared names are refused; omitted ones take their default or are missing (400).",
+        ))
+        .build()
+}
+
+/// The answer to a trigger.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Triggered {
+    /// The run id (also the job id of a single-shard run).
+    job_id: String,
+    /// The run id.
+    run_id: String,
+    /// Its jobs, one per shard, in shard order.
+    job_ids: Vec<String>,
+    /// The pipeline.
+    pipeline_id: String,
+    /// Always `queued`.
+    #[schema(pattern = "^queued$")]
+    status: &'static str,
+    /// When the run was created (RFC 3339).
+    timestamp: String,
+    /// Present (true) when an earlier trigger with the same idempotency key made the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotent_replay: Option<bool>,
+}
+
+/// The `{id}` of `/api/pipelines/{id}/…` (what the handlers extract, and its documentation).
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct PipelineIdParam {
+    /// A pipeline name from `GET /api/pipelines`.
+    id: String,
 }
 
 /// Who triggered, from the `X-Runyard-Source` header (`cli`, `dashboard`; default `api`).
@@ -36,14 +99,40 @@ fn source(headers: &HeaderMap) -> String {
     }
 }
 
+/// `POST /api/pipelines/{id}/trigger`: queues a run durably (committed before the answer).
+#[utoipa::path(
+    post,
+    path = "/api/pipelines/{id}/trigger",
+    tag = "pipelines",
+    operation_id = "triggerPipeline",
+    params(
+        PipelineIdParam,
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 200,
+            description = "Same as the body's `idempotencyKey`; when both are given they must be equal"),
+        ("X-Runyard-Source" = Option<String>, Header, nullable = false,
+            description = "Who triggers: `cli`, `dashboard`; anything else is recorded as `api`"),
+    ),
+    request_body(content = Option<TriggerBody>, content_type = "application/json",
+        description = "May be empty (same as `{}`)"),
+    responses(
+        (status = 202, description = "Queued, or an idempotent replay of an earlier trigger", body = Triggered),
+        (status = 400, description = "Unknown pipeline, malformed JSON, unknown field, bad parameter, \
+            shards or callbackUrl, or the header and body keys differ", body = ErrorBody),
+        (status = 409, description = "The idempotency key was used with other parameters or shards", body = ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody),
+        (status = 503, description = "The store is unavailable, or the pipeline's setup circuit is open \
+            on every live node (with `Retry-After`)", body = ErrorBody,
+            headers(("Retry-After" = Option<u64>, description = "Seconds, when the circuit is open"))),
+    )
+)]
 pub(super) async fn trigger(
     State(state): State<AppState>,
     axum::Extension(actor): axum::Extension<super::auth::Actor>,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<PipelineIdParam>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    let Path(pipeline) = path?;
+) -> Result<(StatusCode, Json<Triggered>), ApiError> {
+    let Path(PipelineIdParam { id: pipeline }) = path?;
     let body = body?;
     let parsed: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
         TriggerBody::default()
@@ -80,93 +169,203 @@ pub(super) async fn trigger(
             triggered_by: source(&headers),
         })
         .await?;
-    let mut answer = json!({
-        "jobId": triggered.run_id,
-        "runId": triggered.run_id,
-        "jobIds": triggered.job_ids,
-        "pipelineId": triggered.pipeline,
-        "status": "queued",
-        "timestamp": rfc3339(triggered.created_at),
-    });
-    if triggered.existing {
-        // A retried trigger: the run it names was created by the first one.
-        answer["idempotentReplay"] = json!(true);
-    }
-    Ok((StatusCode::ACCEPTED, Json(answer)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Triggered {
+            job_id: triggered.run_id.clone(),
+            run_id: triggered.run_id,
+            job_ids: triggered.job_ids,
+            pipeline_id: triggered.pipeline,
+            status: "queued",
+            timestamp: rfc3339(triggered.created_at),
+            // A retried trigger: the run it names was created by the first one.
+            idempotent_replay: triggered.existing.then_some(true),
+        }),
+    ))
 }
 
-pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// `GET /api/pipelines` answer.
+#[derive(Serialize, ToSchema)]
+pub(super) struct PipelineList {
+    /// Every configured pipeline, by name.
+    pipelines: Vec<PipelineInfo>,
+}
+
+/// One configured pipeline with its queue counts.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct PipelineInfo {
+    /// Its name.
+    id: String,
+    /// The command (argv with `{placeholders}`) as configured.
+    command: Vec<String>,
+    /// Working directory, when set.
+    #[schema(value_type = Option<String>)]
+    cwd: Option<PathBuf>,
+    /// Wall-clock limit of one attempt, when set.
+    timeout_ms: Option<u64>,
+    /// Attempts including the first.
+    max_attempts: u32,
+    /// Jobs of this pipeline running at once over all nodes; 0 = no cap.
+    concurrency: u32,
+    /// Default shard count.
+    shards: u32,
+    /// What happens to a job whose node died.
+    on_orphan: OnOrphan,
+    /// Declared parameters by name.
+    params: BTreeMap<String, ParamInfo>,
+    /// The setup command and its state per node, when the pipeline has one.
+    setup: Option<SetupInfo>,
+    /// The circuit as a trigger sees it: open only when open on every node that tried the setup.
+    circuit: Circuit,
+    /// The finalizer command, when the pipeline has one.
+    finalizer: Option<Vec<String>>,
+    /// Default completion webhook of its runs.
+    callback_url: Option<String>,
+    /// Queued jobs.
+    queued: u64,
+    /// Running jobs.
+    running: u64,
+}
+
+/// A declared parameter.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ParamInfo {
+    /// Value type.
+    #[serde(rename = "type")]
+    kind: ParamType,
+    /// Used when a trigger omits it.
+    default: Option<String>,
+    /// True when there is no default.
+    required: bool,
+    /// The whole value must match this regular expression.
+    pattern: Option<String>,
+}
+
+/// A pipeline's setup command and its state on each node that tried it.
+#[derive(Serialize, ToSchema)]
+pub(super) struct SetupInfo {
+    /// The setup command.
+    command: Vec<String>,
+    /// Per-node setup and circuit state.
+    nodes: Vec<PipelineNodeState>,
+}
+
+/// A setup circuit breaker's state.
+#[derive(Serialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Circuit {
+    /// Jobs are claimed.
+    Closed,
+    /// Setup failed too often: no job is claimed until the cooldown ends.
+    Open,
+    /// One trial setup decides.
+    HalfOpen,
+}
+
+/// `GET /api/pipelines`: every configured pipeline with its parameters, setup state and counts.
+#[utoipa::path(
+    get,
+    path = "/api/pipelines",
+    tag = "pipelines",
+    operation_id = "listPipelines",
+    responses(
+        (status = 200, description = "The configured pipelines", body = PipelineList),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    )
+)]
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineList>, ApiError> {
     let counts = state.store.pipeline_counts().await?;
     let states = state.store.pipeline_nodes_list().await?;
-    let pipelines: Vec<Value> = state
+    let pipelines = state
         .scheduler
         .settings()
         .pipelines
         .values()
         .map(|p| {
             let c = counts.get(&p.name).copied().unwrap_or_default();
-            let params: serde_json::Map<String, Value> = p
+            let params = p
                 .params
                 .iter()
                 .map(|(name, spec)| {
                     (
                         name.clone(),
-                        json!({
-                            "type": format!("{:?}", spec.kind).to_lowercase(),
-                            "default": spec.default,
-                            "required": spec.default.is_none(),
-                            "pattern": spec.pattern.as_ref().map(|r| r.as_str().trim_start_matches("^(?:").trim_end_matches(")$").to_string()),
-                        }),
+                        ParamInfo {
+                            kind: spec.kind,
+                            default: spec.default.clone(),
+                            required: spec.default.is_none(),
+                            pattern: spec.pattern.as_ref().map(|r| {
+                                r.as_str()
+                                    .trim_start_matches("^(?:")
+                                    .trim_end_matches(")$")
+                                    .to_string()
+                            }),
+                        },
                     )
                 })
                 .collect();
-            let nodes: Vec<&crate::store::PipelineNodeState> =
-                states.iter().filter(|s| s.pipeline == p.name).collect();
+            let nodes: Vec<PipelineNodeState> = states
+                .iter()
+                .filter(|s| s.pipeline == p.name)
+                .cloned()
+                .collect();
             // The pipeline's circuit as a trigger sees it: open only when open on every
             // node that has tried its setup (DESIGN decision 19; triggers check live nodes).
             let circuit = if p.setup.is_none() || nodes.is_empty() {
-                "closed"
+                Circuit::Closed
             } else if nodes.iter().all(|s| s.circuit == "open") {
-                "open"
+                Circuit::Open
             } else if nodes.iter().any(|s| s.circuit == "half_open") {
-                "half_open"
+                Circuit::HalfOpen
             } else {
-                "closed"
+                Circuit::Closed
             };
-            let setup = p.setup.as_ref().map(|s| {
-                json!({
-                    "command": s.command,
-                    "nodes": nodes,
-                })
+            let setup = p.setup.as_ref().map(|s| SetupInfo {
+                command: s.command.clone(),
+                nodes,
             });
-            json!({
-                "id": p.name,
-                "command": p.command,
-                "cwd": p.cwd,
-                "timeoutMs": p.timeout.map(|t| t.as_millis() as u64),
-                "maxAttempts": p.max_attempts,
-                "concurrency": p.concurrency,
-                "shards": p.shards,
-                "onOrphan": p.on_orphan.as_str(),
-                "params": params,
-                "setup": setup,
-                "circuit": circuit,
-                "finalizer": p.finalizer.as_ref().map(|f| &f.command),
-                "callbackUrl": p.callback_url,
-                "queued": c.queued,
-                "running": c.running,
-            })
+            PipelineInfo {
+                id: p.name.clone(),
+                command: p.command.clone(),
+                cwd: p.cwd.clone(),
+                timeout_ms: p.timeout.map(|t| t.as_millis() as u64),
+                max_attempts: p.max_attempts,
+                concurrency: p.concurrency,
+                shards: p.shards,
+                on_orphan: p.on_orphan,
+                params,
+                setup,
+                circuit,
+                finalizer: p.finalizer.as_ref().map(|f| f.command.clone()),
+                callback_url: p.callback_url.clone(),
+                queued: c.queued,
+                running: c.running,
+            }
         })
         .collect();
-    Ok(Json(json!({ "pipelines": pipelines })))
+    Ok(Json(PipelineList { pipelines }))
 }
 
+/// `GET /api/pipelines/{id}/jobs`: one page of the pipeline's runs, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/pipelines/{id}/jobs",
+    tag = "pipelines",
+    operation_id = "listPipelineRuns",
+    params(PipelineIdParam, PageQuery),
+    responses(
+        (status = 200, description = "One page of the pipeline's runs with their jobs", body = RunPage),
+        (status = 400, description = "limit, offset or status out of range", body = ErrorBody),
+        (status = 404, description = "Unknown pipeline", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    )
+)]
 pub(super) async fn runs_of(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<PipelineIdParam>, PathRejection>,
     query: Result<Query<PageQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Path(pipeline) = path?;
+) -> Result<Json<RunPage>, ApiError> {
+    let Path(PipelineIdParam { id: pipeline }) = path?;
     if !state.scheduler.settings().pipelines.contains_key(&pipeline) {
         return Err(ApiError::NotFound(format!(
             "Unknown pipeline: {}",

@@ -4,20 +4,143 @@ use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::model::{self, RunId, RunStatus, parse_job_id};
-use crate::store::{AbortOutcome, RunFilter};
+use crate::store::{AbortOutcome, DeliveryView, JobView, RunFilter, RunView};
 
 /// `?limit=&offset=&status=`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct PageQuery {
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// Runs to skip (default 0).
+    #[param(minimum = 0, maximum = 100_000)]
     offset: Option<u32>,
+    /// Only runs with this status.
+    #[param(value_type = Option<RunStatus>)]
     status: Option<String>,
+}
+
+/// The `{id}` of `/api/runs/{id}…` (what the handlers extract, and its documentation).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct RunIdParam {
+    /// A run id: a UUID (hyphenated or 32 hex digits; braced and `urn:uuid:` forms are accepted too).
+    /// Answers use the lowercase hyphenated form.
+    #[param(
+        pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32})$"
+    )]
+    id: String,
+}
+
+/// The `{id}` of `/api/jobs/{id}…` (what the handlers extract, and its documentation).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct JobIdParam {
+    /// A job id: `RUN` (single-shard run), `RUN:sN` (shard N, 0-based) or `RUN:finalize`,
+    /// where RUN is a run id (see `/api/runs/{id}`).
+    #[param(
+        pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32})(:(s[0-9]{1,6}|finalize))?$"
+    )]
+    id: String,
+}
+
+/// One page of runs.
+#[derive(Serialize, ToSchema)]
+pub(super) struct RunPage {
+    /// Newest first, each with its jobs.
+    runs: Vec<RunView>,
+    /// The page size used.
+    limit: u32,
+    /// The offset used.
+    offset: u32,
+}
+
+/// `GET /api/runs/{id}` answer: the run, and its webhook deliveries when it has a callback.
+#[derive(Serialize, ToSchema)]
+pub(super) struct RunDetail {
+    #[serde(flatten)]
+    run: RunView,
+    /// Completion webhook deliveries; present when the run has a `callbackUrl`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deliveries: Option<Vec<DeliveryView>>,
+}
+
+/// `GET /api/runs/{id}/deliveries` answer.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct RunDeliveries {
+    /// The run.
+    run_id: String,
+    /// Its completion webhooks with every attempt.
+    deliveries: Vec<DeliveryView>,
+}
+
+/// `POST /api/runs/{id}/abort` answer.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Aborted {
+    /// The run.
+    run_id: String,
+    /// Always `aborted`.
+    #[schema(pattern = "^aborted$")]
+    status: &'static str,
+    /// Jobs that were not terminal when the abort landed (0 when it was aborted before).
+    aborted_jobs: u32,
+}
+
+/// `GET /api/jobs/{id}/logs` answer.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct JobLogsView {
+    /// The job.
+    job_id: String,
+    /// Stored stdout lines (the last `tail` when asked).
+    stdout: Vec<String>,
+    /// Stored stderr lines (the last `tail` when asked).
+    stderr: Vec<String>,
+    /// Bytes returned: each line plus its newline.
+    total_size: u64,
+    /// Capture hit `max_output_bytes`: the rest was counted, not kept.
+    truncated: bool,
+}
+
+/// `GET /api/workers` answer.
+#[derive(Serialize, ToSchema)]
+pub(super) struct WorkerList {
+    /// Every live node sharing the store.
+    workers: Vec<WorkerView>,
+}
+
+/// One node.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct WorkerView {
+    /// Node id (random per boot).
+    id: String,
+    /// Host name.
+    host: String,
+    /// OS pid.
+    pid: u32,
+    /// Slots (`max_workers`).
+    slots: u32,
+    /// Registration time (RFC 3339).
+    started: String,
+    /// Last heartbeat (RFC 3339).
+    heartbeat: String,
+    /// Jobs it runs now.
+    running_jobs: Vec<String>,
+    /// True for the node that answers.
+    #[serde(rename = "self")]
+    is_self: bool,
+    /// For the answering node: `admitting`, or `held: <why>` while resource admission
+    /// holds claims; null for other nodes.
+    admission: Option<String>,
 }
 
 /// Deepest page offset (deeper pages cost a scan of everything before them).
@@ -55,15 +178,15 @@ pub(super) fn page(q: &PageQuery) -> Result<(u32, u32, Option<RunStatus>), ApiEr
 }
 
 /// The canonical form of a run id from the path (any UUID spelling is accepted).
-fn run_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(id) = path?;
+fn run_id(path: Result<Path<RunIdParam>, PathRejection>) -> Result<String, ApiError> {
+    let Path(RunIdParam { id }) = path?;
     let run = RunId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(run.to_string())
 }
 
 /// The canonical form of a job id from the path.
-pub(super) fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(id) = path?;
+pub(super) fn job_id(path: Result<Path<JobIdParam>, PathRejection>) -> Result<String, ApiError> {
+    let Path(JobIdParam { id }) = path?;
     canonical_job_id(&id)
 }
 
@@ -73,10 +196,23 @@ pub(super) fn canonical_job_id(id: &str) -> Result<String, ApiError> {
     Ok(model::canonical_job_id(run, part))
 }
 
+/// `GET /api/runs`: one page of runs, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/runs",
+    tag = "runs",
+    operation_id = "listRuns",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "One page of runs with their jobs", body = RunPage),
+        (status = 400, description = "limit, offset or status out of range", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    )
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     query: Result<Query<PageQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunPage>, ApiError> {
     let Query(q) = query?;
     list_runs(&state, None, &q).await
 }
@@ -86,7 +222,7 @@ pub(super) async fn list_runs(
     state: &AppState,
     pipeline: Option<String>,
     q: &PageQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunPage>, ApiError> {
     let (limit, offset, status) = page(q)?;
     let runs = state
         .store
@@ -97,45 +233,92 @@ pub(super) async fn list_runs(
             offset,
         })
         .await?;
-    Ok(Json(
-        json!({ "runs": runs, "limit": limit, "offset": offset }),
-    ))
+    Ok(Json(RunPage {
+        runs,
+        limit,
+        offset,
+    }))
 }
 
+/// `GET /api/runs/{id}`: one run with its jobs (and webhook deliveries).
+#[utoipa::path(
+    get,
+    path = "/api/runs/{id}",
+    tag = "runs",
+    operation_id = "getRun",
+    params(RunIdParam),
+    responses(
+        (status = 200, description = "The run", body = RunDetail),
+        (status = 400, description = "Malformed run id", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    )
+)]
 pub(super) async fn get(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+    path: Result<Path<RunIdParam>, PathRejection>,
+) -> Result<Json<RunDetail>, ApiError> {
     let id = run_id(path)?;
     let run = state
         .store
         .run_get(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("Run not found: {id}")))?;
-    let mut value = serde_json::to_value(run).unwrap_or_default();
-    if value["callbackUrl"].is_string() {
-        value["deliveries"] = json!(state.store.deliveries_of_run(&id).await?);
-    }
-    Ok(Json(value))
+    let deliveries = match run.callback_url {
+        Some(_) => Some(state.store.deliveries_of_run(&id).await?),
+        None => None,
+    };
+    Ok(Json(RunDetail { run, deliveries }))
 }
 
 /// `GET /api/runs/{id}/deliveries`: the run's completion webhooks with every attempt.
+#[utoipa::path(
+    get,
+    path = "/api/runs/{id}/deliveries",
+    tag = "runs",
+    operation_id = "listRunDeliveries",
+    params(RunIdParam),
+    responses(
+        (status = 200, description = "The run's webhook deliveries (empty without a callback)", body = RunDeliveries),
+        (status = 400, description = "Malformed run id", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    )
+)]
 pub(super) async fn deliveries(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+    path: Result<Path<RunIdParam>, PathRejection>,
+) -> Result<Json<RunDeliveries>, ApiError> {
     let id = run_id(path)?;
     if state.store.run_get(&id).await?.is_none() {
         return Err(ApiError::NotFound(format!("Run not found: {id}")));
     }
     let deliveries = state.store.deliveries_of_run(&id).await?;
-    Ok(Json(json!({"runId": id, "deliveries": deliveries})))
+    Ok(Json(RunDeliveries {
+        run_id: id,
+        deliveries,
+    }))
 }
 
+/// `POST /api/runs/{id}/abort`: marks the run aborted and stops its jobs' process trees.
+#[utoipa::path(
+    post,
+    path = "/api/runs/{id}/abort",
+    tag = "runs",
+    operation_id = "abortRun",
+    params(RunIdParam),
+    responses(
+        (status = 202, description = "Aborted (now, or already before)", body = Aborted),
+        (status = 400, description = "Malformed run id", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 409, description = "The run already completed or failed", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    )
+)]
 pub(super) async fn abort(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<impl IntoResponse, ApiError> {
+    path: Result<Path<RunIdParam>, PathRejection>,
+) -> Result<(StatusCode, Json<Aborted>), ApiError> {
     let id = run_id(path)?;
     match state.scheduler.abort(&id).await? {
         AbortOutcome::NotFound => Err(ApiError::NotFound(format!("Run not found: {id}"))),
@@ -144,34 +327,70 @@ pub(super) async fn abort(
         ))),
         AbortOutcome::Aborted { aborted_jobs } => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({"runId": id, "status": "aborted", "abortedJobs": aborted_jobs})),
+            Json(Aborted {
+                run_id: id,
+                status: "aborted",
+                aborted_jobs,
+            }),
         )),
     }
 }
 
+/// `GET /api/jobs/{id}`: one job.
+#[utoipa::path(
+    get,
+    path = "/api/jobs/{id}",
+    tag = "jobs",
+    operation_id = "getJob",
+    params(JobIdParam),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 400, description = "Malformed job id", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    )
+)]
 pub(super) async fn job(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+    path: Result<Path<JobIdParam>, PathRejection>,
+) -> Result<Json<JobView>, ApiError> {
     let id = job_id(path)?;
     let job = state
         .store
         .job_get(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("Job not found: {id}")))?;
-    Ok(Json(serde_json::to_value(job).unwrap_or_default()))
+    Ok(Json(job))
 }
 
-#[derive(Deserialize)]
+/// `?tail=N`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct LogsQuery {
+    /// Only the last N lines of each stream.
+    #[param(minimum = 1, maximum = 1_000_000)]
     tail: Option<usize>,
 }
 
+/// `GET /api/jobs/{id}/logs`: the job's stored output.
+#[utoipa::path(
+    get,
+    path = "/api/jobs/{id}/logs",
+    tag = "jobs",
+    operation_id = "getJobLogs",
+    params(JobIdParam, LogsQuery),
+    responses(
+        (status = 200, description = "Stored stdout and stderr lines", body = JobLogsView),
+        (status = 400, description = "Malformed job id or tail out of range", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    )
+)]
 pub(super) async fn logs(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<JobIdParam>, PathRejection>,
     query: Result<Query<LogsQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobLogsView>, ApiError> {
     let id = job_id(path)?;
     let Query(q) = query?;
     if q.tail == Some(0) || q.tail.is_some_and(|t| t > 1_000_000) {
@@ -191,16 +410,27 @@ pub(super) async fn logs(
         .chain(&logs.stderr)
         .map(|l| l.len() + 1)
         .sum();
-    Ok(Json(json!({
-        "jobId": id,
-        "stdout": logs.stdout,
-        "stderr": logs.stderr,
-        "totalSize": total_size,
-        "truncated": logs.truncated,
-    })))
+    Ok(Json(JobLogsView {
+        job_id: id,
+        stdout: logs.stdout,
+        stderr: logs.stderr,
+        total_size: total_size as u64,
+        truncated: logs.truncated,
+    }))
 }
 
-pub(super) async fn workers(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// `GET /api/workers`: the live nodes sharing this store.
+#[utoipa::path(
+    get,
+    path = "/api/workers",
+    tag = "node",
+    operation_id = "listWorkers",
+    responses(
+        (status = 200, description = "Every live node", body = WorkerList),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    )
+)]
+pub(super) async fn workers(State(state): State<AppState>) -> Result<Json<WorkerList>, ApiError> {
     let nodes = state.store.nodes_list().await?;
     let mut out = Vec::with_capacity(nodes.len());
     for node in nodes {
@@ -211,21 +441,23 @@ pub(super) async fn workers(State(state): State<AppState>) -> Result<Json<Value>
             .into_iter()
             .map(|j| j.id)
             .collect();
-        out.push(json!({
-            "id": node.id,
-            "host": node.host,
-            "pid": node.pid,
-            "slots": node.slots,
-            "started": crate::clock::rfc3339(node.started_at),
-            "heartbeat": crate::clock::rfc3339(node.heartbeat_at),
-            "runningJobs": running,
-            "self": node.id == state.scheduler.node_id(),
-            "admission": if node.id == state.scheduler.node_id() {
-                state.scheduler.admission_held().map_or(json!("admitting"), |why| json!(format!("held: {why}")))
-            } else {
-                Value::Null
-            },
-        }));
+        let is_self = node.id == state.scheduler.node_id();
+        out.push(WorkerView {
+            started: crate::clock::rfc3339(node.started_at),
+            heartbeat: crate::clock::rfc3339(node.heartbeat_at),
+            running_jobs: running,
+            admission: is_self.then(|| {
+                state
+                    .scheduler
+                    .admission_held()
+                    .map_or("admitting".to_string(), |why| format!("held: {why}"))
+            }),
+            is_self,
+            id: node.id,
+            host: node.host,
+            pid: node.pid,
+            slots: node.slots,
+        });
     }
-    Ok(Json(json!({ "workers": out })))
+    Ok(Json(WorkerList { workers: out }))
 }

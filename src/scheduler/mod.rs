@@ -291,8 +291,9 @@ impl Scheduler {
         if shards == 0 || shards > MAX_SHARDS {
             return Err(TriggerError::BadShards);
         }
+        // Characters, not bytes: what the message and the OpenAPI `maxLength` say.
         if let Some(key) = &req.idempotency_key
-            && (key.is_empty() || key.len() > 200)
+            && (key.is_empty() || key.chars().count() > 200)
         {
             return Err(TriggerError::Unsupported(
                 "idempotencyKey must be 1 to 200 characters".into(),

@@ -430,12 +430,13 @@ pub struct RunningJob {
 }
 
 /// One job as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobView {
     /// Job id.
     pub id: String,
     /// `shard` or `finalize`.
+    #[schema(pattern = "^(shard|finalize)$")]
     pub kind: &'static str,
     /// Run id.
     pub run_id: String,
@@ -446,8 +447,10 @@ pub struct JobView {
     /// Shards in the run.
     pub shard_count: u32,
     /// Status.
+    #[schema(value_type = crate::model::JobStatus)]
     pub status: String,
     /// Why it is terminal.
+    #[schema(value_type = Option<crate::model::Reason>)]
     pub reason: Option<String>,
     /// Current (or last) attempt.
     pub attempt: u32,
@@ -488,7 +491,7 @@ pub struct JobView {
 }
 
 /// One run as the API shows it, with its jobs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunView {
     /// Run id.
@@ -496,6 +499,7 @@ pub struct RunView {
     /// Pipeline.
     pub pipeline_id: String,
     /// Status.
+    #[schema(value_type = crate::model::RunStatus)]
     pub status: String,
     /// Parameters.
     pub parameters: BTreeMap<String, String>,
@@ -514,6 +518,7 @@ pub struct RunView {
     /// RFC 3339, when finalised.
     pub finished_at: Option<String>,
     /// Status of the shards alone, once the last one landed (before any finalizer).
+    #[schema(value_type = Option<crate::model::RunStatus>)]
     pub shards_status: Option<String>,
     /// Completion webhook target.
     pub callback_url: Option<String>,
@@ -645,7 +650,7 @@ pub struct DeliveryRecordParams {
 }
 
 /// One delivery attempt as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryAttemptView {
     /// 1-based.
@@ -663,7 +668,7 @@ pub struct DeliveryAttemptView {
 }
 
 /// A run's completion webhook as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryView {
     /// The `webhook-id`.
@@ -687,7 +692,7 @@ pub struct DeliveryView {
 }
 
 /// One node's setup and circuit state for one pipeline (DESIGN decision 19).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineNodeState {
     /// Node.
