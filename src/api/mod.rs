@@ -3,6 +3,7 @@
 //! Routes follow DESIGN's table. Handlers validate input, call the scheduler
 //! (writes) or the store (reads), and map failures through [`error::ApiError`].
 
+mod dashboard;
 mod error;
 pub mod events;
 mod pipelines;
@@ -58,6 +59,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/jobs/{id}/logs/stream", get(events::log_stream))
         .route("/api/events", get(events::events))
         .route("/api/workers", get(runs::workers))
+        // The dashboard (static, embedded): `/` and `/assets/{file}`; see `dashboard.rs`.
+        .merge(dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
