@@ -660,7 +660,8 @@ function confirmAbort(run) {
     setAbortMsg('Aborting…');
     try {
       const r = await api(`/api/runs/${enc(run.runId)}/abort`, { method: 'POST' });
-      setAbortMsg(`Abort requested: ${r.abortedJobs ?? 0} queued job(s) cancelled, running ones are being stopped.`, 'ok');
+      const n = r.abortedJobs ?? 0;
+      setAbortMsg(`Abort requested: ${n} job${n === 1 ? '' : 's'} cancelled or being stopped.`, 'ok');
     } catch (e) {
       setAbortMsg(e.status === 409 ? `Already finished: ${e.message}` : `Abort failed: ${e.message}`, 'error');
     }

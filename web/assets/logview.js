@@ -71,6 +71,7 @@ export class LogViewer {
     this.reset();
     this.bottom.hidden = true;
     this.lines.replaceChildren();
+    this.lines.classList.remove('ended');
     this.note.hidden = true;
     replace(this.title, 'Log · ', label || shortId(jobId));
     this.title.title = jobId;
@@ -120,6 +121,7 @@ export class LogViewer {
       let status = '';
       try { status = JSON.parse(data).status || ''; } catch { /* ignore */ }
       this.ended = true;
+      this.lines.classList.add('ended');
       this.setState(`ended${status ? ` (${status})` : ''}`, 'ended');
       this.schedule();
       return true; // complete: do not reconnect
