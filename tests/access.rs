@@ -71,6 +71,10 @@ async fn every_route_but_healthz_needs_a_valid_token_and_runs_record_the_actor()
     assert_eq!(status, 401, "a wrong token");
     let (status, _, _) = status_of(http.get(format!("{}/healthz", s.base))).await;
     assert_eq!(status, 200);
+    // The dashboard's page loads without a token (it shows the login form; no data in it).
+    let page = http.get(format!("{}/", s.base)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("<html"));
 
     let (status, _, t) = status_of(
         http.post(format!("{}/api/pipelines/quick/trigger", s.base))

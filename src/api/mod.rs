@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod conn;
+mod dashboard;
 mod error;
 pub mod events;
 mod openapi;
@@ -84,6 +85,9 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(openapi::document))
         .routes(routes!(auth::status, auth::login, auth::logout))
         .routes(routes!(metrics))
+        // The dashboard (static, embedded): `/` and `/assets/{file}`; see `dashboard.rs`.
+        .routes(routes!(dashboard::index))
+        .routes(routes!(dashboard::asset))
 }
 
 /// The OpenAPI document of a node running with `settings` (what `/api/openapi.json` serves).

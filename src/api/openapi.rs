@@ -22,12 +22,14 @@ use utoipa::openapi::{ObjectBuilder, OpenApi, RefOr, Required, Type, path::Param
 
 use crate::config::Settings;
 
-/// Operations open without a token: liveness (load balancers probe it) and the
-/// dashboard's login state and login.
+/// Operations open without a token: liveness (load balancers probe it), the
+/// dashboard's login state and login, and its static page and assets.
 const PUBLIC: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/api/session"),
     ("post", "/api/session"),
+    ("get", "/"),
+    ("get", "/assets/{file}"),
 ];
 
 /// The name of the security scheme (`Authorization: Bearer <token>`).

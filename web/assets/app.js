@@ -1,0 +1,700 @@
+// The runyard dashboard: pipelines with trigger forms, runs (filtered, paged,
+// live progress), the activity feed, a run page with shards, finalizer,
+// webhook deliveries, a live log viewer and abort. Plain ES modules; every
+// value from the API is inserted as text.
+
+import { h, replace, shortId, pill, duration, between, clock, ago, bytes, progressBar, setProgress } from './dom.js';
+import { api, getSession, login, logout, setUnauthorizedHandler, enc } from './api.js';
+import { SseClient } from './sse.js';
+import { LogViewer } from './logview.js';
+
+const PAGE = 50;
+const FEED_MAX = 200;
+const MAX_BARS = 16;
+const TERMINAL = new Set(['completed', 'failed', 'aborted']);
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  session: null,
+  started: false,
+  pipelines: [],
+  pipelineCards: new Map(), // id → {card, counts, setup, circuit}
+  filter: { pipeline: '', status: '' },
+  offset: 0,
+  hasNext: false,
+  runsSeq: 0,
+  listBars: new Map(), // jobId → bar
+  runBars: new Map(), // jobId → bar (run page)
+  feed: null, // SseClient
+  lastEventId: null,
+  feedPending: [],
+  feedFrame: 0,
+  feedTotal: 0,
+  route: { name: 'dashboard' },
+  run: null, // the run page's RunView
+  runSeq: 0,
+  logViewer: null,
+  logJob: null,
+  abortMsg: { text: '', cls: '' },
+};
+
+// ───────────────────────── helpers ─────────────────────────
+
+/** Calls fn at once, then at most once per `ms` while calls keep coming. */
+function throttle(fn, ms) {
+  let timer = null;
+  let again = false;
+  const tick = () => {
+    if (again) {
+      again = false;
+      fn();
+      timer = setTimeout(tick, ms);
+    } else {
+      timer = null;
+    }
+  };
+  return () => {
+    if (timer) { again = true; return; }
+    fn();
+    timer = setTimeout(tick, ms);
+  };
+}
+
+function banner(message) {
+  const b = $('banner');
+  if (!message) { b.hidden = true; return; }
+  b.textContent = message;
+  b.hidden = false;
+}
+
+function runLink(runId, text, label) {
+  return h('a', { href: `#/runs/${enc(runId)}`, title: runId, 'aria-label': label || `Run ${runId}` }, text || shortId(runId));
+}
+
+function jobLabel(job) {
+  if (job.kind === 'finalize') return 'finalizer';
+  return `shard ${job.shardIndex + 1}`;
+}
+
+// ───────────────────────── session / login ─────────────────────────
+
+function showLogin(message) {
+  stopLive();
+  state.started = false;
+  $('dashboard-view').hidden = true;
+  $('run-view').hidden = true;
+  $('logout').hidden = true;
+  $('who').hidden = true;
+  setConn('off', 'signed out');
+  $('login-view').hidden = false;
+  const err = $('login-error');
+  if (message) { err.textContent = message; err.hidden = false; } else { err.hidden = true; }
+  $('login-token').focus();
+}
+
+async function onLogin(ev) {
+  ev.preventDefault();
+  const input = $('login-token');
+  const err = $('login-error');
+  const button = ev.target.querySelector('button[type=submit]');
+  button.disabled = true;
+  err.hidden = true;
+  try {
+    await login(input.value);
+    input.value = '';
+    state.session = await getSession();
+    start();
+  } catch (e) {
+    err.textContent = e.status === 401 || e.status === 403 ? 'That token was not accepted.' : e.message;
+    err.hidden = false;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function onLogout() {
+  try { await logout(); } catch { /* already gone */ }
+  state.session = await getSession().catch(() => ({ authRequired: true, authenticated: false, actor: null }));
+  if (state.session.authRequired) showLogin();
+}
+
+function start() {
+  $('login-view').hidden = true;
+  const s = state.session;
+  $('logout').hidden = !s.authRequired;
+  $('who').hidden = !s.actor;
+  $('who').textContent = s.actor ? `signed in as ${s.actor}` : '';
+  state.started = true;
+  startFeed();
+  loadPipelines();
+  route();
+}
+
+function stopLive() {
+  if (state.feed) state.feed.close();
+  state.feed = null;
+  if (state.logViewer) state.logViewer.close();
+}
+
+// ───────────────────────── routing ─────────────────────────
+
+function route() {
+  if (!state.started) return;
+  const m = /^#\/runs\/([^/?#]+)/.exec(location.hash);
+  if (m) {
+    showRun(decodeURIComponent(m[1]));
+  } else {
+    showDashboard();
+  }
+}
+
+function showDashboard() {
+  if (state.logViewer) state.logViewer.close();
+  state.logViewer = null;
+  state.run = null;
+  state.runBars.clear();
+  state.route = { name: 'dashboard' };
+  $('run-view').hidden = true;
+  $('run-view').replaceChildren();
+  $('dashboard-view').hidden = false;
+  document.title = 'runyard';
+  loadRuns();
+}
+
+// ───────────────────────── pipelines ─────────────────────────
+
+async function loadPipelines() {
+  try {
+    const data = await api('/api/pipelines');
+    banner(null);
+    renderPipelines(data.pipelines || []);
+  } catch (e) {
+    if (e.status !== 401) banner(`Could not load pipelines: ${e.message}`);
+  }
+}
+const refreshPipelines = throttle(loadPipelines, 1500);
+
+function renderPipelines(list) {
+  state.pipelines = list;
+  const ids = list.map((p) => p.id).join('\n');
+  if (ids !== [...state.pipelineCards.keys()].join('\n')) {
+    state.pipelineCards.clear();
+    const cards = list.map((p) => {
+      const parts = pipelineCard(p);
+      state.pipelineCards.set(p.id, parts);
+      return parts.card;
+    });
+    replace($('pipelines'), cards.length ? cards : h('p', { class: 'empty' }, 'No pipelines configured.'));
+    // The filter's choices.
+    const sel = $('filter-pipeline');
+    const keep = sel.value;
+    replace(sel, h('option', { value: '' }, 'All pipelines'), list.map((p) => h('option', { value: p.id }, p.id)));
+    sel.value = list.some((p) => p.id === keep) ? keep : '';
+  }
+  for (const p of list) updatePipelineCard(state.pipelineCards.get(p.id), p);
+}
+
+function pipelineCard(p) {
+  const counts = h('span', { class: 'p-counts', 'aria-label': `${p.id} queue` });
+  const circuit = h('span', { class: 'badge', hidden: true });
+  const setup = h('div', { class: 'p-setup', hidden: true });
+  const result = h('div', { class: 'trigger-result', role: 'status', 'aria-live': 'polite' });
+  const fields = [];
+  const inputs = [];
+  for (const [name, spec] of Object.entries(p.params || {})) {
+    const id = `param-${p.id}-${name}`.replace(/[^A-Za-z0-9_-]/g, '_');
+    let input;
+    if (spec.type === 'boolean') {
+      input = h('input', { id, name, type: 'checkbox', checked: spec.default === 'true' });
+      fields.push(h('div', { class: 'field field-check' }, input, h('label', { for: id }, name)));
+    } else {
+      const attrs = { id, name, type: spec.type === 'integer' ? 'number' : 'text', required: !!spec.required, autocomplete: 'off', spellcheck: 'false' };
+      if (spec.type === 'integer') attrs.step = '1';
+      if (spec.default !== null && spec.default !== undefined) attrs.placeholder = spec.default;
+      if (spec.pattern && spec.type !== 'integer') {
+        attrs.title = `must match ${spec.pattern}`;
+        try { new RegExp(`^(?:${spec.pattern})$`, 'v'); attrs.pattern = spec.pattern; } catch { /* not a JS regex: the server checks */ }
+      }
+      input = h('input', attrs);
+      const hint = [spec.type, spec.required ? 'required' : `default ${spec.default}`].join(', ');
+      fields.push(h('div', { class: 'field' },
+        h('label', { for: id }, name, h('span', { class: 'hint' }, ` (${hint})`)), input));
+    }
+    inputs.push({ name, spec, input });
+  }
+  const shardsId = `shards-${p.id}`.replace(/[^A-Za-z0-9_-]/g, '_');
+  const shards = h('input', { id: shardsId, name: 'shards', type: 'number', min: '1', step: '1', placeholder: String(p.shards ?? 1), class: 'shards-input' });
+  const button = h('button', { type: 'submit', class: 'btn btn-primary' }, 'Trigger');
+  const form = h('form', { class: 'trigger', 'aria-label': `Trigger ${p.id}`, novalidate: false },
+    fields,
+    h('div', { class: 'field field-shards' }, h('label', { for: shardsId }, 'Shards'), shards),
+    h('div', { class: 'trigger-actions' }, button),
+    result);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const parameters = {};
+    for (const { name, spec, input } of inputs) {
+      if (spec.type === 'boolean') parameters[name] = input.checked;
+      else if (input.value.trim() !== '') parameters[name] = input.value;
+    }
+    const body = { parameters };
+    if (shards.value.trim() !== '') body.shards = Number(shards.value);
+    button.disabled = true;
+    result.className = 'trigger-result';
+    result.textContent = 'Queuing…';
+    try {
+      const r = await api(`/api/pipelines/${enc(p.id)}/trigger`, { method: 'POST', body, headers: { 'X-Runyard-Source': 'dashboard' } });
+      replace(result, r.idempotentReplay ? 'Existing run ' : 'Queued run ', runLink(r.runId, shortId(r.runId), `Open run ${r.runId}`));
+      result.className = 'trigger-result ok';
+      result.dataset.runId = r.runId;
+      refreshRuns();
+      refreshPipelines();
+    } catch (e) {
+      result.className = 'trigger-result error';
+      result.setAttribute('role', 'alert');
+      result.textContent = e.status ? `${e.status}: ${e.message}` : e.message;
+    } finally {
+      button.disabled = false;
+    }
+  });
+  const cmd = (p.command || []).join(' ');
+  const card = h('article', { class: 'pipeline', 'aria-label': `Pipeline ${p.id}` },
+    h('div', { class: 'p-head' }, h('h3', {}, p.id), circuit, h('span', { class: 'spacer' }), counts),
+    h('code', { class: 'p-cmd', title: cmd }, cmd),
+    setup,
+    form);
+  return { card, counts, circuit, setup };
+}
+
+function updatePipelineCard(parts, p) {
+  if (!parts) return;
+  replace(parts.counts,
+    h('span', { class: p.queued ? 'n n-queued' : 'n' }, `${p.queued} queued`), ' · ',
+    h('span', { class: p.running ? 'n n-running' : 'n' }, `${p.running} running`));
+  if (p.setup) {
+    parts.circuit.hidden = false;
+    parts.circuit.textContent = `circuit ${p.circuit}`;
+    parts.circuit.className = `badge circuit-${String(p.circuit).replace(/[^a-z_]/g, '')}`;
+    const nodes = p.setup.nodes || [];
+    replace(parts.setup,
+      h('div', { class: 'small muted' }, 'setup: ', h('code', {}, (p.setup.command || []).join(' '))),
+      nodes.length === 0
+        ? h('div', { class: 'small muted' }, 'not run on any node yet')
+        : h('ul', { class: 'setup-nodes', 'aria-label': `${p.id} setup per node` }, nodes.map((n) => h('li', {},
+          h('span', { class: 'mono', title: n.nodeId }, shortId(n.nodeId)), ' ',
+          h('span', { class: `badge setup-${String(n.setup).replace(/[^a-z_]/g, '')}` }, n.setup), ' ',
+          h('span', { class: `badge circuit-${String(n.circuit).replace(/[^a-z_]/g, '')}` }, `circuit ${n.circuit}`),
+          n.failures ? h('span', { class: 'small' }, ` ${n.failures} failure${n.failures === 1 ? '' : 's'}`) : null,
+          n.lastError ? h('div', { class: 'small error-text' }, n.lastError) : null))));
+    parts.setup.hidden = false;
+  } else {
+    parts.circuit.hidden = true;
+    parts.setup.hidden = true;
+  }
+}
+
+// ───────────────────────── runs list ─────────────────────────
+
+async function loadRuns() {
+  if (state.route.name !== 'dashboard') return;
+  const seq = ++state.runsSeq;
+  const q = new URLSearchParams({ limit: String(PAGE + 1), offset: String(state.offset) });
+  if (state.filter.status) q.set('status', state.filter.status);
+  const path = state.filter.pipeline ? `/api/pipelines/${enc(state.filter.pipeline)}/jobs` : '/api/runs';
+  try {
+    const data = await api(`${path}?${q}`);
+    if (seq !== state.runsSeq) return;
+    const runs = data.runs || [];
+    if (runs.length === 0 && state.offset > 0) {
+      state.offset = Math.max(0, state.offset - PAGE);
+      loadRuns();
+      return;
+    }
+    state.hasNext = runs.length > PAGE;
+    renderRuns(runs.slice(0, PAGE));
+    banner(null);
+  } catch (e) {
+    if (seq === state.runsSeq && e.status !== 401) banner(`Could not load runs: ${e.message}`);
+  }
+}
+const refreshRuns = throttle(loadRuns, 1000);
+
+function shardBars(run, registry, labelPrefix) {
+  const jobs = run.jobs || [];
+  if (jobs.length > MAX_BARS) {
+    const done = run.shardsDone || 0;
+    const bar = progressBar(`${labelPrefix}shards done`, Math.round((100 * done) / Math.max(1, run.shardCount)), run.status);
+    return h('div', { class: 'bars' }, bar, h('span', { class: 'small muted' }, `${done}/${run.shardCount}`));
+  }
+  return h('div', { class: 'bars' }, jobs.map((j) => {
+    const bar = progressBar(`${labelPrefix}shard ${j.shardIndex + 1} progress`, j.progress ?? 0, j.status);
+    setProgress(bar, j.progress ?? 0, j.status, j.progressMessage);
+    registry.set(j.id, bar);
+    return bar;
+  }));
+}
+
+function renderRuns(runs) {
+  state.listBars.clear();
+  const rows = runs.map((r) => {
+    const took = between(r.startedAt, r.finishedAt);
+    return h('tr', { dataset: { runId: r.runId } },
+      h('td', { class: 'mono' }, runLink(r.runId)),
+      h('td', {}, r.pipelineId),
+      h('td', {}, pill(r.status)),
+      h('td', {}, shardBars(r, state.listBars, `Run ${shortId(r.runId)} `)),
+      h('td', { class: 'small', title: r.createdAt }, ago(r.createdAt), h('span', { class: 'muted' }, ` · ${r.triggeredBy}${r.actor ? ` (${r.actor})` : ''}`)),
+      h('td', { class: 'small num' }, took === null ? '' : duration(took)));
+  });
+  $('runs-body').replaceChildren(...rows);
+  $('runs-empty').hidden = runs.length > 0;
+  const from = runs.length ? state.offset + 1 : 0;
+  $('page-info').textContent = runs.length ? `${from}–${state.offset + runs.length}` : '';
+  $('page-prev').disabled = state.offset === 0;
+  $('page-next').disabled = !state.hasNext;
+}
+
+function onFilter() {
+  state.filter.pipeline = $('filter-pipeline').value;
+  state.filter.status = $('filter-status').value;
+  state.offset = 0;
+  loadRuns();
+}
+
+// ───────────────────────── live events ─────────────────────────
+
+function setConn(cls, text) {
+  const el = $('conn');
+  el.className = `conn conn-${cls}`;
+  el.textContent = text;
+}
+
+function startFeed() {
+  if (state.feed) state.feed.close();
+  state.feed = new SseClient('/api/events', {
+    lastEventId: state.lastEventId,
+    onEvent: onLiveEvent,
+    onState: (s) => {
+      if (s === 'open') setConn('on', 'live');
+      else if (s === 'retrying') setConn('warn', 'reconnecting…');
+      else if (s === 'connecting') setConn('warn', 'connecting…');
+      else setConn('off', 'offline');
+    },
+    onUnauthorized: () => showLogin(),
+    onError: (status, message) => setConn('off', `events: ${status} ${message}`),
+  });
+}
+
+function onLiveEvent(name, data, id) {
+  if (id !== null && id !== undefined) state.lastEventId = id;
+  let ev = {};
+  try { ev = JSON.parse(data) || {}; } catch { /* keep {} */ }
+  if (name === 'resync') {
+    addFeed(name, ev, id);
+    reloadAll();
+    return false;
+  }
+  addFeed(name, ev, id);
+  if (name === 'job:progress') {
+    updateBars(ev.jobId, ev.progress, 'running', ev.message);
+  } else if (name.startsWith('job:') && ev.jobId) {
+    updateBars(ev.jobId, null, ev.status);
+  }
+  const statusChange = name !== 'job:progress';
+  if (statusChange) refreshPipelines();
+  if (state.route.name === 'dashboard') {
+    const onPage = ev.runId && $('runs-body').querySelector(`tr[data-run-id="${CSS.escape(ev.runId)}"]`);
+    if (statusChange && (onPage || (name === 'job:created' && state.offset === 0))) refreshRuns();
+  } else if (state.route.name === 'run' && ev.runId === state.route.id && statusChange) {
+    refreshRun();
+  }
+  return false;
+}
+
+function updateBars(jobId, progress, status, message) {
+  if (!jobId) return;
+  for (const bar of [state.listBars.get(jobId), state.runBars.get(jobId)]) {
+    if (!bar) continue;
+    const p = progress ?? Number(bar.getAttribute('aria-valuenow') || 0);
+    setProgress(bar, status === 'queued' ? 0 : p, status, message);
+  }
+}
+
+function reloadAll() {
+  loadPipelines();
+  if (state.route.name === 'dashboard') loadRuns();
+  else if (state.route.name === 'run') loadRun();
+}
+
+const FEED_TEXT = {
+  'job:created': 'queued',
+  'job:started': 'started',
+  'job:progress': 'progress',
+  'job:completed': 'completed',
+  'job:failed': 'failed',
+  'job:aborted': 'aborted',
+  'run:completed': 'run ended',
+  resync: 'resync',
+};
+
+function addFeed(name, ev, id) {
+  state.feedTotal++;
+  state.feedPending.push({ name, ev, id, at: Date.now() });
+  if (state.feedPending.length > FEED_MAX) state.feedPending.splice(0, state.feedPending.length - FEED_MAX);
+  if (!state.feedFrame) state.feedFrame = requestAnimationFrame(flushFeed);
+}
+
+function flushFeed() {
+  state.feedFrame = 0;
+  const items = state.feedPending;
+  state.feedPending = [];
+  const frag = document.createDocumentFragment();
+  for (let i = items.length - 1; i >= 0; i--) frag.appendChild(feedItem(items[i]));
+  const feed = $('feed');
+  feed.prepend(frag);
+  while (feed.childElementCount > FEED_MAX) feed.lastElementChild.remove();
+  $('feed-count').textContent = `${state.feedTotal.toLocaleString()} event${state.feedTotal === 1 ? '' : 's'}`;
+}
+
+function feedItem({ name, ev, id }) {
+  const kind = name.replace(/[^a-z]/g, '-');
+  let detail = '';
+  if (name === 'job:progress') detail = `${ev.progress ?? ''}%${ev.message ? ` ${ev.message}` : ''}`;
+  else if (name === 'run:completed') detail = ev.status || '';
+  else if (name === 'job:failed' || name === 'job:aborted' || name === 'job:completed') {
+    detail = [ev.status !== name.slice(4) ? ev.status : '', ev.reason === 'exit_code' ? '' : ev.reason, ev.exitCode !== null && ev.exitCode !== undefined ? `exit ${ev.exitCode}` : '', ev.nextAttempt ? `retry #${ev.nextAttempt}` : ''].filter(Boolean).join(' · ');
+  } else if (name === 'resync') detail = 'events were pruned; lists reloaded';
+  const target = ev.jobId || ev.runId;
+  return h('li', { class: `feed-item ev-${kind}`, dataset: { event: name, id: id ?? '' } },
+    h('time', { class: 'feed-time', datetime: ev.timestamp || '' }, clock(ev.timestamp || new Date().toISOString())),
+    h('span', { class: 'feed-name', title: name }, FEED_TEXT[name] || name),
+    h('span', { class: 'feed-what' },
+      ev.pipelineId ? h('b', {}, ev.pipelineId) : null, ' ',
+      ev.runId ? runLink(ev.runId, shortId(target), `Run ${ev.runId} (${name})`) : null),
+    detail ? h('span', { class: 'feed-detail' }, detail) : null);
+}
+
+// ───────────────────────── run page ─────────────────────────
+
+function showRun(id) {
+  const same = state.route.name === 'run' && state.route.id === id;
+  state.route = { name: 'run', id };
+  $('dashboard-view').hidden = true;
+  const view = $('run-view');
+  view.hidden = false;
+  if (!same) {
+    if (state.logViewer) state.logViewer.close();
+    state.run = null;
+    state.logJob = null;
+    state.abortMsg = { text: '', cls: '' };
+    state.runBars.clear();
+    const logRoot = h('section', { class: 'card log-card', 'aria-label': 'Log viewer' });
+    replace(view,
+      h('nav', { class: 'crumbs', 'aria-label': 'Breadcrumb' }, h('a', { href: '#/' }, '← All runs')),
+      h('section', { id: 'run-head', class: 'card run-head', 'aria-label': 'Run summary' }, h('p', { class: 'muted' }, 'Loading…')),
+      h('section', { id: 'run-jobs', class: 'card', 'aria-label': 'Shards' }),
+      h('section', { id: 'run-final', class: 'card', 'aria-label': 'Finalizer', hidden: true }),
+      h('section', { id: 'run-deliveries', class: 'card', 'aria-label': 'Webhook deliveries', hidden: true }),
+      logRoot);
+    state.logViewer = new LogViewer(logRoot, () => showLogin());
+    document.title = `run ${shortId(id)} · runyard`;
+  }
+  loadRun();
+}
+
+async function loadRun() {
+  if (state.route.name !== 'run') return;
+  const id = state.route.id;
+  const seq = ++state.runSeq;
+  try {
+    const run = await api(`/api/runs/${enc(id)}`);
+    if (seq !== state.runSeq || state.route.name !== 'run' || state.route.id !== id) return;
+    state.run = run;
+    renderRun(run);
+    banner(null);
+  } catch (e) {
+    if (seq !== state.runSeq || e.status === 401) return;
+    if (e.status === 404 || e.status === 400) {
+      replace($('run-head'), h('h1', {}, 'Run not found'), h('p', { class: 'muted' }, e.message));
+    } else {
+      banner(`Could not load run: ${e.message}`);
+    }
+  }
+}
+const refreshRun = throttle(loadRun, 400);
+
+function renderRun(run) {
+  const terminal = TERMINAL.has(run.status);
+  const abortMsg = h('p', { id: 'abort-result', class: `abort-result ${state.abortMsg.cls}`, role: 'status', 'aria-live': 'polite' }, state.abortMsg.text);
+  const abortBtn = terminal ? null : h('button', { type: 'button', class: 'btn btn-danger', onclick: () => confirmAbort(run) }, 'Abort run');
+  const params = Object.entries(run.parameters || {});
+  const took = between(run.startedAt, run.finishedAt);
+  replace($('run-head'),
+    h('div', { class: 'run-title' },
+      h('h1', {}, 'Run ', h('span', { class: 'mono', title: run.runId }, shortId(run.runId))),
+      h('span', { 'aria-label': 'Run status', class: 'run-status' }, pill(run.status)),
+      h('span', { class: 'spacer' }),
+      abortBtn),
+    abortMsg,
+    h('dl', { class: 'meta' },
+      meta('Pipeline', run.pipelineId),
+      meta('Run id', h('code', {}, run.runId)),
+      meta('Triggered by', `${run.triggeredBy}${run.actor ? ` (${run.actor})` : ''}`),
+      meta('Parameters', params.length ? params.map(([k, v]) => h('code', { class: 'param' }, `${k}=${v}`)) : h('span', { class: 'muted' }, 'none')),
+      meta('Shards', `${run.shardsDone}/${run.shardCount} done${run.shardsStatus ? ` (${run.shardsStatus})` : ''}`),
+      meta('Created', h('time', { datetime: run.createdAt, title: run.createdAt }, clock(run.createdAt))),
+      meta('Started', run.startedAt ? h('time', { datetime: run.startedAt, title: run.startedAt }, clock(run.startedAt)) : '—'),
+      meta('Finished', run.finishedAt ? h('time', { datetime: run.finishedAt, title: run.finishedAt }, clock(run.finishedAt)) : '—'),
+      meta('Duration', took === null ? '—' : duration(took)),
+      run.callbackUrl ? meta('Webhook', h('code', {}, run.callbackUrl)) : null));
+
+  state.runBars.clear();
+  replace($('run-jobs'),
+    h('div', { class: 'card-head' }, h('h2', {}, 'Shards'), h('span', { class: 'muted small' }, `${(run.jobs || []).length} job${(run.jobs || []).length === 1 ? '' : 's'}`)),
+    jobsTable(run.jobs || [], 'Shards'));
+
+  const fin = $('run-final');
+  if (run.finalizer) {
+    fin.hidden = false;
+    replace(fin, h('div', { class: 'card-head' }, h('h2', {}, 'Finalizer')), jobsTable([run.finalizer], 'Finalizer'));
+  } else {
+    fin.hidden = true;
+  }
+
+  const del = $('run-deliveries');
+  if (run.deliveries && run.deliveries.length) {
+    del.hidden = false;
+    replace(del, h('div', { class: 'card-head' }, h('h2', {}, 'Webhook deliveries')), deliveriesTable(run.deliveries));
+  } else {
+    del.hidden = true;
+  }
+
+  // The log viewer: keep the chosen job; at first, the first running (else started) job.
+  const all = [...(run.jobs || []), ...(run.finalizer ? [run.finalizer] : [])];
+  if (!state.logJob && all.length) {
+    const pick = all.find((j) => j.status === 'running') || all.find((j) => j.startedAt) || all[0];
+    openLog(pick);
+  }
+  markLogButtons();
+}
+
+function meta(label, ...value) {
+  return h('div', { class: 'meta-item' }, h('dt', {}, label), h('dd', {}, ...value));
+}
+
+function jobsTable(jobs, label) {
+  const rows = jobs.map((j) => {
+    const bar = progressBar(`${jobLabel(j)} progress`, j.progress ?? 0, j.status);
+    setProgress(bar, j.progress ?? 0, j.status, j.progressMessage);
+    state.runBars.set(j.id, bar);
+    const live = j.status === 'running' ? between(j.startedAt, null) : null;
+    const took = j.durationMs ?? live;
+    // A completed job's reason is always exit_code: noise.
+    const reason = [j.status === 'completed' ? null : j.reason, j.error].filter(Boolean).join(': ');
+    return h('tr', { dataset: { jobId: j.id } },
+      h('th', { scope: 'row' }, jobLabel(j), h('div', { class: 'small muted mono', title: j.id }, shortId(j.id))),
+      h('td', {}, pill(j.status), j.abortRequested && !TERMINAL.has(j.status) ? h('div', { class: 'small warn-text' }, 'abort requested') : null),
+      h('td', { class: 'progress-cell' }, bar, j.progressMessage ? h('div', { class: 'small muted ellipsis', title: j.progressMessage }, j.progressMessage) : null),
+      h('td', { class: 'num' }, `${j.attempt}/${j.maxAttempts}`, j.requeues ? h('div', { class: 'small muted' }, `${j.requeues} requeued`) : null),
+      h('td', { class: 'mono small', title: j.node || '' }, j.node ? shortId(j.node) : '—'),
+      h('td', { class: 'num mono small' }, j.pid ?? '—'),
+      h('td', { class: 'num' }, j.exitCode ?? '—'),
+      h('td', { class: 'small' }, reason || '—'),
+      h('td', { class: 'small' }, j.startedAt ? h('time', { datetime: j.startedAt, title: j.startedAt }, clock(j.startedAt)) : '—'),
+      h('td', { class: 'small' }, j.finishedAt ? h('time', { datetime: j.finishedAt, title: j.finishedAt }, clock(j.finishedAt)) : '—'),
+      h('td', { class: 'num small' }, took === null || took === undefined ? '—' : duration(took)),
+      h('td', { class: 'num small', title: `stdout ${j.stdoutBytes} B, stderr ${j.stderrBytes} B${j.truncated ? ' (truncated)' : ''}` }, bytes((j.stdoutBytes || 0) + (j.stderrBytes || 0)), j.truncated ? ' ✂' : ''),
+      h('td', {}, h('button', { type: 'button', class: 'btn btn-small log-btn', dataset: { jobId: j.id }, 'aria-label': `Show log of ${jobLabel(j)}`, onclick: () => openLog(j) }, 'Log')));
+  });
+  return h('div', { class: 'table-wrap' }, h('table', { class: 'jobs', 'aria-label': label },
+    h('thead', {}, h('tr', {}, ['Job', 'Status', 'Progress', 'Attempt', 'Node', 'PID', 'Exit', 'Reason', 'Started', 'Finished', 'Duration', 'Output', ''].map((c) => h('th', { scope: 'col' }, c)))),
+    h('tbody', {}, rows)));
+}
+
+function deliveriesTable(list) {
+  return h('div', { class: 'table-wrap' }, h('table', { class: 'jobs', 'aria-label': 'Webhook deliveries' },
+    h('thead', {}, h('tr', {}, ['Delivery', 'URL', 'Status', 'Attempts', 'Next attempt', 'Last answer'].map((c) => h('th', { scope: 'col' }, c)))),
+    h('tbody', {}, list.map((d) => {
+      const last = (d.history || [])[d.history.length - 1];
+      return h('tr', {},
+        h('td', { class: 'mono small' }, d.id),
+        h('td', { class: 'small ellipsis', title: d.url }, d.url),
+        h('td', {}, pill(d.status)),
+        h('td', { class: 'num' }, d.attempts),
+        h('td', { class: 'small' }, d.nextAttemptAt ? clock(d.nextAttemptAt) : '—'),
+        h('td', { class: 'small' }, last ? [last.statusCode ? `HTTP ${last.statusCode}` : '', last.error || '', ` (${duration(last.durationMs)})`].filter(Boolean).join(' ') : '—'));
+    }))));
+}
+
+function openLog(job) {
+  if (!state.logViewer) return;
+  state.logJob = job.id;
+  state.logViewer.open(job.id, `${jobLabel(job)} (${shortId(job.id)})`);
+  markLogButtons();
+}
+
+function markLogButtons() {
+  for (const b of document.querySelectorAll('.log-btn')) {
+    const on = b.dataset.jobId === state.logJob;
+    b.classList.toggle('active', on);
+    b.setAttribute('aria-pressed', on ? 'true' : 'false');
+  }
+}
+
+/** The abort answer, kept across re-renders of the run page. */
+function setAbortMsg(text, cls) {
+  state.abortMsg = { text, cls: cls || '' };
+  const el = document.getElementById('abort-result');
+  if (el) {
+    el.textContent = text;
+    el.className = `abort-result ${cls || ''}`;
+  }
+}
+
+function confirmAbort(run) {
+  const dlg = $('confirm-dialog');
+  $('confirm-text').textContent = `Abort run ${run.runId} of ${run.pipelineId}? Queued shards are cancelled and running ones are stopped (SIGTERM, then SIGKILL).`;
+  dlg.returnValue = '';
+  dlg.addEventListener('close', async () => {
+    if (dlg.returnValue !== 'confirm') return;
+    setAbortMsg('Aborting…');
+    try {
+      const r = await api(`/api/runs/${enc(run.runId)}/abort`, { method: 'POST' });
+      const n = r.abortedJobs ?? 0;
+      setAbortMsg(`Abort requested: ${n} job${n === 1 ? '' : 's'} cancelled or being stopped.`, 'ok');
+    } catch (e) {
+      setAbortMsg(e.status === 409 ? `Already finished: ${e.message}` : `Abort failed: ${e.message}`, 'error');
+    }
+    refreshRun();
+  }, { once: true });
+  dlg.showModal();
+}
+
+// ───────────────────────── boot ─────────────────────────
+
+async function boot() {
+  setUnauthorizedHandler(() => showLogin('Your session has ended; please log in again.'));
+  $('login-form').addEventListener('submit', onLogin);
+  $('logout').addEventListener('click', onLogout);
+  $('filter-pipeline').addEventListener('change', onFilter);
+  $('filter-status').addEventListener('change', onFilter);
+  $('page-prev').addEventListener('click', () => { state.offset = Math.max(0, state.offset - PAGE); loadRuns(); });
+  $('page-next').addEventListener('click', () => { if (state.hasNext) { state.offset += PAGE; loadRuns(); } });
+  window.addEventListener('hashchange', route);
+  // Times shown as "… ago" and running durations: refresh now and then.
+  setInterval(() => {
+    if (!state.started || document.hidden) return;
+    if (state.route.name === 'dashboard') refreshRuns();
+    else if (state.run && !TERMINAL.has(state.run.status)) refreshRun();
+  }, 15000);
+  try {
+    state.session = await getSession();
+  } catch (e) {
+    banner(`Could not reach the server: ${e.message}`);
+    state.session = { authRequired: false, authenticated: true, actor: null };
+  }
+  if (state.session.authRequired && !state.session.authenticated) showLogin();
+  else start();
+}
+
+boot();
