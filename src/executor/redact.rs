@@ -6,7 +6,8 @@
 //! the line cap is cut into pieces; the reader then holds back the last
 //! `longest secret − 1` bytes of each piece and masks them with the next one
 //! ([`Redactor::holdback`]), so a secret split across a cut (or a flush) is
-//! still masked. Multi-line secrets (a PEM key) are masked line by line.
+//! still masked. Multi-line secrets (a PEM key) are masked line by line, and a
+//! secret's JSON-escaped form (as a job writes it into its result file) too.
 //!
 //! The test that would catch a leak:
 //! `a_secret_split_across_a_long_line_cut_is_masked` (here) and the server
@@ -35,6 +36,9 @@ impl Redactor {
                 }
             };
             push(v);
+            // As it appears inside a JSON string (a result file), when that differs.
+            let escaped = serde_json::to_string(v).unwrap_or_default();
+            push(escaped.trim_matches('"'));
             if v.contains('\n') {
                 for line in v.lines() {
                     push(line.trim_end_matches('\r'));
@@ -114,6 +118,15 @@ mod tests {
         let key = "-----BEGIN KEY-----\nAAAAsecretline1\nBBBBsecretline2\n-----END KEY-----";
         let r = Redactor::new([key]);
         assert_eq!(r.mask_str("x BBBBsecretline2 y"), "x [redacted] y");
+    }
+
+    #[test]
+    fn json_escaped_forms_are_masked_too() {
+        let r = Redactor::new(["pa\"ss\\word"]);
+        assert_eq!(
+            r.mask_str(r#"{"t": "pa\"ss\\word"}"#),
+            r#"{"t": "[redacted]"}"#
+        );
     }
 
     #[test]
