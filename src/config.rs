@@ -128,7 +128,7 @@ pub fn token_sha256(token: &str) -> [u8; 32] {
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
     /// HMAC key read from the environment variable named by `secret_env`.
-    pub secret: Option<String>,
+    pub secret: Option<SecretValue>,
     /// Allow `http://` callback URLs (https only otherwise).
     pub allow_http: bool,
     /// Hosts, addresses or CIDRs that may be reached although not global.
@@ -809,7 +809,9 @@ impl Loader<'_> {
         let mut w = WebhookSettings::default();
         let Some(raw) = raw else { return Ok(w) };
         if let Some(var) = &raw.secret_env {
-            w.secret = (self.env)(var).filter(|v| !v.is_empty());
+            w.secret = (self.env)(var)
+                .filter(|v| !v.is_empty())
+                .map(|v| SecretValue(Arc::from(v)));
             if w.secret.is_none() {
                 return Err(self.invalid(
                     t,

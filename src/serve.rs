@@ -44,7 +44,7 @@ pub fn webhooks(settings: &Settings) -> anyhow::Result<Option<Arc<Webhooks>>> {
     let w = &settings.webhooks;
     let allow_hosts = AllowList::parse(&w.allow_hosts).context("[webhooks] allow_hosts")?;
     let key = match &w.secret {
-        Some(secret) => Some(secret_key(secret).context("[webhooks] secret_env")?),
+        Some(secret) => Some(secret_key(secret.expose()).context("[webhooks] secret_env")?),
         None => None,
     };
     let policy = WebhookPolicy {
@@ -91,7 +91,11 @@ pub async fn run(
         tailer,
         shutdown: http_stop.clone(),
         streams: Arc::new(tokio::sync::Semaphore::new(api::events::MAX_STREAMS)),
-        auth: Auth::new(&settings.auth),
+        auth: Auth::new(
+            &settings.auth,
+            &api::auth::session_secret(&settings.server.data_dir)
+                .context("reading or creating the session secret in data_dir")?,
+        ),
         metrics,
     });
     tracing::info!(addr = %listener.local_addr()?, "listening");

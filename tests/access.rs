@@ -174,6 +174,39 @@ async fn the_dashboard_session_is_an_httponly_strict_cookie_with_an_origin_check
     );
     drop(resp);
 
+    // The key is not derivable from the config: a cookie minted from the token hash alone
+    // (with any label) is refused, and the secret file is private.
+    let forged = {
+        use base64::Engine;
+        use hmac::Mac;
+        use sha2::Digest;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let hash = sha2::Sha256::digest(TOKEN.as_bytes());
+        let mut k = sha2::Sha256::new();
+        k.update(b"runyard-session-v1");
+        k.update(hash);
+        let key = k.finalize();
+        let payload = format!("v1.{}.9999999999", b64.encode("ci"));
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(payload.as_bytes());
+        format!(
+            "runyard_session={payload}.{}",
+            b64.encode(mac.finalize().into_bytes())
+        )
+    };
+    let (status, _, _) = status_of(
+        http.get(format!("{}/api/runs", s.base))
+            .header("cookie", forged),
+    )
+    .await;
+    assert_eq!(status, 401, "a cookie forged from the config is refused");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(s.dir.path().join("data/session.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
     let resp = http
         .delete(format!("{}/api/session", s.base))
         .header("cookie", &cookie)

@@ -749,3 +749,91 @@ async fn admission_holds_jobs_queued_until_resources_allow() {
     assert_eq!(run["status"], "completed");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn result_files_can_neither_hang_the_node_nor_hide_a_secret_in_escapes() {
+    let s = TestServer::start_env(
+        "max_workers = 3",
+        r#"
+[secrets.dsn]
+env = "DSN"
+
+[pipelines.fifo]
+command = ["sh", "-c", 'mkfifo "$RUNYARD_RESULT_FILE"']
+
+[pipelines.zero]
+command = ["sh", "-c", 'ln -s /dev/zero "$RUNYARD_RESULT_FILE"']
+
+[pipelines.escaped]
+command = ["sh", "-c", 'printf "%s" "{{\"dsn\": \"p\\u0026ss\\u003cword\\u003e42\"}}" > "$RUNYARD_RESULT_FILE"']
+"#,
+        &[("DSN", "p&ss<word>42")],
+    )
+    .await;
+    let mut events = s.events();
+    let mut runs = Vec::new();
+    for p in ["fifo", "zero", "escaped"] {
+        let (status, t) = s.trigger(p, json!({})).await;
+        assert_eq!(status, 202, "{t}");
+        runs.push(t["runId"].as_str().unwrap().to_string());
+    }
+    for r in &runs {
+        let run = s.wait_run(&mut events, r, T).await;
+        assert_eq!(run["status"], "completed", "{run}");
+    }
+    let (_, fifo) = s.get(&format!("/api/runs/{}", runs[0])).await;
+    assert!(fifo["jobs"][0]["result"].is_null(), "a FIFO is not read");
+    let (_, zero) = s.get(&format!("/api/runs/{}", runs[1])).await;
+    assert!(
+        zero["jobs"][0]["result"].is_null(),
+        "a symlink is not followed"
+    );
+    let (_, esc) = s.get(&format!("/api/runs/{}", runs[2])).await;
+    assert_eq!(esc["jobs"][0]["result"], json!({"dsn": "[redacted]"}));
+    let (status, _) = s.get("/healthz").await;
+    assert_eq!(status, 200, "the node still answers");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn aborting_a_run_never_stops_its_running_finalizer() {
+    let gate = tempfile::tempdir().unwrap();
+    let go = gate.path().join("go");
+    let s = TestServer::start(
+        "",
+        &format!(
+            r#"
+[pipelines.cleanup]
+command = ["true"]
+env = {{ GO = "{}" }}
+finalizer = ["sh", "-c", 'echo start; while [ ! -e "$GO" ]; do sleep 0.02; done; echo end']
+"#,
+            go.display()
+        ),
+    )
+    .await;
+    let mut events = s.events();
+    let (_, t) = s.trigger("cleanup", json!({})).await;
+    let run_id = t["runId"].as_str().unwrap().to_string();
+    let fin = format!("{run_id}:finalize");
+    events
+        .wait_for("job:started", |d| d["jobId"] == fin.as_str(), T)
+        .await;
+    for _ in 0..2 {
+        let (status, body) = s
+            .post(&format!("/api/runs/{run_id}/abort"), json!({}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(
+            body["abortedJobs"], 0,
+            "the finalizer is not counted or touched"
+        );
+    }
+    std::fs::write(&go, "").unwrap();
+    let run = s.wait_run(&mut events, &run_id, T).await;
+    assert_eq!(run["status"], "aborted");
+    assert_eq!(run["finalizer"]["status"], "completed");
+    let (_, logs) = s.get(&format!("/api/jobs/{fin}/logs")).await;
+    assert_eq!(logs["stdout"], json!(["start", "end"]));
+    s.stop().await;
+}

@@ -8,10 +8,12 @@
 //! constant time (no early exit), so timing tells nothing about which bytes
 //! matched.
 //!
-//! The session cookie is stateless, so any replica with the same config
-//! accepts it: `v1.<label>.<expiry>.<HMAC-SHA256(key, "v1.<label>.<expiry>")>`
-//! where the key is derived from the configured token hashes (changing the
-//! tokens ends every session). It is `HttpOnly` (scripts cannot read it) and
+//! The session cookie is stateless: `v1.<label>.<expiry>.<HMAC-SHA256(key,
+//! "v1.<label>.<expiry>")>`. The key is derived from a random secret that is
+//! *not* in the config (`data_dir/session.key`, created 0600 on first start and
+//! shared by the processes on that data directory) together with the token
+//! hashes (changing the tokens ends every session); knowing the config is not
+//! enough to mint a cookie. A cookie's label must still be a configured token's. It is `HttpOnly` (scripts cannot read it) and
 //! `SameSite=Strict` (no cross-site sends), and a state-changing request
 //! authenticated by the cookie must also carry an `Origin` equal to the
 //! server's own (`http(s)://{Host}`), which closes CSRF even for browsers
@@ -54,10 +56,12 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// From the config's tokens.
-    pub fn new(settings: &AuthSettings) -> Auth {
+    /// From the config's tokens and the node's session secret ([`session_secret`]).
+    pub fn new(settings: &AuthSettings, secret: &[u8]) -> Auth {
         let mut h = Sha256::new();
         h.update(b"runyard-session-v1");
+        h.update((secret.len() as u64).to_be_bytes());
+        h.update(secret);
         for t in &settings.tokens {
             h.update(t.sha256);
         }
@@ -119,7 +123,12 @@ impl Auth {
         if expiry.parse::<u64>().ok()? <= now_secs {
             return None;
         }
-        String::from_utf8(URL_SAFE_NO_PAD.decode(label).ok()?).ok()
+        let label = String::from_utf8(URL_SAFE_NO_PAD.decode(label).ok()?).ok()?;
+        self.settings
+            .tokens
+            .iter()
+            .any(|t| t.label == label)
+            .then_some(label)
     }
 
     /// The `Set-Cookie` value that starts a session.
@@ -128,6 +137,41 @@ impl Auth {
             "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
             self.settings.session_ttl.as_secs()
         )
+    }
+}
+
+/// The secret that session cookies are signed with, from `data_dir/session.key`: 32 random
+/// bytes, created (mode 0600, atomically: written aside, then linked into place) when
+/// missing, so every process on that data directory signs alike.
+pub fn session_secret(data_dir: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("session.key");
+    if let Ok(key) = std::fs::read(&path)
+        && key.len() == 32
+    {
+        return Ok(key);
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    let aside = data_dir.join(format!("session.key.{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&aside)?;
+    f.write_all(&key)?;
+    f.sync_all()?;
+    drop(f);
+    // Another process may win the race: then its key is everyone's.
+    let linked = std::fs::hard_link(&aside, &path);
+    let _ = std::fs::remove_file(&aside);
+    match linked {
+        Ok(()) => Ok(key.to_vec()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(&path),
+        Err(e) => Err(e),
     }
 }
 
@@ -262,7 +306,16 @@ pub(super) async fn login(
     if headers.contains_key(header::ORIGIN) && !same_origin(&headers) {
         return Ok(refuse(StatusCode::FORBIDDEN, "cross-origin login refused"));
     }
-    let Json(login) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(login) = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!(
+                "request body is larger than {} bytes",
+                super::MAX_BODY_BYTES
+            ))
+        } else {
+            ApiError::BadRequest(e.body_text())
+        }
+    })?;
     if !state.auth.required() {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
@@ -324,19 +377,26 @@ mod tests {
     use crate::config::TokenHash;
 
     fn auth() -> Auth {
-        Auth::new(&AuthSettings {
-            tokens: vec![
-                TokenHash {
-                    label: "ci".into(),
-                    sha256: token_sha256("ci-token-0123456789"),
-                },
-                TokenHash {
-                    label: "ops".into(),
-                    sha256: token_sha256("ops-token-0123456789"),
-                },
-            ],
-            ..AuthSettings::default()
-        })
+        auth_with(b"node secret")
+    }
+
+    fn auth_with(secret: &[u8]) -> Auth {
+        Auth::new(
+            &AuthSettings {
+                tokens: vec![
+                    TokenHash {
+                        label: "ci".into(),
+                        sha256: token_sha256("ci-token-0123456789"),
+                    },
+                    TokenHash {
+                        label: "ops".into(),
+                        sha256: token_sha256("ops-token-0123456789"),
+                    },
+                ],
+                ..AuthSettings::default()
+            },
+            secret,
+        )
     }
 
     #[test]
@@ -358,12 +418,19 @@ mod tests {
             &URL_SAFE_NO_PAD.encode("ops"),
         );
         assert_eq!(a.verify(&forged, 1001), None, "label changed");
-        let other = Auth::new(&AuthSettings::default());
+        let other = Auth::new(&AuthSettings::default(), b"node secret");
         assert_eq!(
             other.verify(&c, 1001),
             None,
             "another token set ends sessions"
         );
+        assert_eq!(
+            auth_with(b"another secret").verify(&c, 1001),
+            None,
+            "the config alone cannot mint a cookie"
+        );
+        let unknown = a.issue("intruder", 1000);
+        assert_eq!(a.verify(&unknown, 1001), None, "labels must be configured");
         assert_eq!(a.verify("v1.x.9999999999", 1), None);
     }
 }

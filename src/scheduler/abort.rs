@@ -115,10 +115,11 @@ impl AbortRegistry {
         handle.map(|h| h.cancel(cause)).is_some()
     }
 
-    /// Cancels every local job of `run_id` (the bare run-id key and every shard key),
-    /// removing them; returns how many were cancelled.
+    /// Cancels every local shard of `run_id` (the bare run-id key and every `:sN` key),
+    /// removing them; returns how many were cancelled. The run's finalizer is never
+    /// touched: it is the clean-up that runs after an abort too.
     pub fn abort_all_shards_for_run(&self, run_id: &str) -> usize {
-        let shard_prefix = format!("{run_id}:");
+        let shard_prefix = format!("{run_id}:s");
         let matching: Vec<(String, Handle)> = {
             let mut entries = self.lock();
             let keys: Vec<String> = entries
@@ -169,7 +170,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn abort_covers_bare_and_shard_keys_only_of_that_run() {
+    fn abort_covers_bare_and_shard_keys_only_of_that_run_never_its_finalizer() {
         let root = CancellationToken::new();
         let reg = AbortRegistry::default();
         let h = |run: &str, i| Handle::new(&root, run, i, "p", 1);
@@ -177,12 +178,13 @@ mod tests {
         reg.register("r2:s0", h("r2", 0));
         reg.register("r2:s1", h("r2", 1));
         reg.register("r22:s0", h("r22", 0));
+        reg.register("r2:finalize", h("r2", 2));
         let r2s0 = reg.lock().get("r2:s0").cloned().unwrap();
         assert_eq!(reg.abort_all_shards_for_run("r2"), 2);
         assert_eq!(r2s0.cause(), Some(CancelCause::Abort));
         assert!(r2s0.token().is_cancelled());
         assert_eq!(reg.abort_all_shards_for_run("r1"), 1);
-        assert_eq!(reg.len(), 1, "r22 untouched");
+        assert_eq!(reg.len(), 2, "r22 and the finalizer untouched");
         assert_eq!(reg.abort_all_shards_for_run("r2"), 0);
     }
 

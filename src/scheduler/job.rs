@@ -210,10 +210,7 @@ async fn execute(
     flush_progress(inner, job, &collector).await;
 
     let outcome = outcome_of(&exit, handle.cause(), pipeline);
-    let (result, result_error) = match work.read_result(|raw| mask(inner, raw)) {
-        Ok(r) => (r, None),
-        Err(e) => (None, Some(e)),
-    };
+    let (result, result_error) = read_result(inner, work).await;
     let outcome = match (outcome, result_error) {
         (Outcome::Completed, Some(e)) => {
             tracing::warn!(job = %job.id, "{e}");
@@ -277,11 +274,21 @@ fn ending_of(status: JobStatus, outcome: &Outcome) -> JobEnd {
     }
 }
 
-/// `text` with the declared secrets masked.
-fn mask(inner: &Inner, text: &str) -> String {
-    match &inner.redactor {
-        Some(r) => r.mask_str(text),
-        None => text.to_string(),
+/// The job's result file, read on a blocking thread (the job controls that path).
+async fn read_result(inner: &Inner, work: &WorkDir) -> (Option<String>, Option<String>) {
+    let redactor = inner.redactor.clone();
+    let path = work.reader();
+    let read = tokio::task::spawn_blocking(move || {
+        path.read_result(&|text: &str| match &redactor {
+            Some(r) => r.mask_str(text),
+            None => text.to_string(),
+        })
+    })
+    .await;
+    match read {
+        Ok(Ok(r)) => (r, None),
+        Ok(Err(e)) => (None, Some(e)),
+        Err(e) => (None, Some(format!("result file unreadable: {e}"))),
     }
 }
 

@@ -69,28 +69,77 @@ impl WorkDir {
         std::fs::write(self.summary_path(), serde_json::to_vec_pretty(summary)?)
     }
 
-    /// The result the job wrote, with `mask` applied to its text before it is parsed, and
-    /// compacted: `Ok(None)` when it wrote none, `Err` with the reason when it is too
-    /// large or not JSON (the job's own status is not changed).
-    pub fn read_result(&self, mask: impl Fn(&str) -> String) -> Result<Option<String>, String> {
-        let path = self.result_path();
-        let Ok(meta) = std::fs::metadata(&path) else {
-            return Ok(None);
+    /// The result file, for reading on a blocking thread.
+    pub fn reader(&self) -> ResultFile {
+        ResultFile(self.result_path())
+    }
+}
+
+/// The path of an execution's result file.
+pub(crate) struct ResultFile(PathBuf);
+
+impl ResultFile {
+    /// The result the job wrote, compacted, with `mask` applied to every string (keys
+    /// too) after parsing, so no escape spelling hides a secret: `Ok(None)` when it wrote
+    /// none, `Err` with the reason when it is not a regular file, too large or not JSON
+    /// (the job's own status is not changed).
+    ///
+    /// The job controls the path, so it is opened without following a symlink and without
+    /// blocking (a FIFO would otherwise hang the reader), must be a regular file, and is
+    /// read through a limit (a file that grows after the check is cut, not slurped). Call
+    /// it from a blocking thread.
+    pub fn read_result(&self, mask: &dyn Fn(&str) -> String) -> Result<Option<String>, String> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags.bits() as i32)
+            .open(&self.0)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("result file ignored: cannot open it ({e})")),
         };
-        if meta.len() > MAX_RESULT_BYTES {
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("result file unreadable: {e}"))?;
+        if !meta.file_type().is_file() {
+            return Err("result file ignored: not a regular file".into());
+        }
+        let mut raw = Vec::new();
+        file.take(MAX_RESULT_BYTES + 1)
+            .read_to_end(&mut raw)
+            .map_err(|e| format!("result file unreadable: {e}"))?;
+        if raw.len() as u64 > MAX_RESULT_BYTES {
             return Err(format!(
-                "result file ignored: {} bytes is over the {MAX_RESULT_BYTES}-byte limit",
-                meta.len()
+                "result file ignored: over the {MAX_RESULT_BYTES}-byte limit"
             ));
         }
-        let raw = std::fs::read(&path).map_err(|e| format!("result file unreadable: {e}"))?;
-        let text = mask(&String::from_utf8_lossy(&raw));
-        if text.trim().is_empty() {
+        if raw.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
-        let value: serde_json::Value = serde_json::from_str(&text)
+        let mut value: serde_json::Value = serde_json::from_slice(&raw)
             .map_err(|e| format!("result file ignored: not JSON ({e})"))?;
+        mask_strings(&mut value, mask);
         Ok(Some(value.to_string()))
+    }
+}
+
+/// Applies `mask` to every string and object key of `value`.
+fn mask_strings(value: &mut serde_json::Value, mask: &dyn Fn(&str) -> String) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => *s = mask(s),
+        Value::Array(items) => items.iter_mut().for_each(|v| mask_strings(v, mask)),
+        Value::Object(map) => {
+            let entries = std::mem::take(map);
+            for (k, mut v) in entries {
+                mask_strings(&mut v, mask);
+                map.insert(mask(&k), v);
+            }
+        }
+        _ => {}
     }
 }
 
