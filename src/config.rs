@@ -232,6 +232,10 @@ pub struct ServerSettings {
     /// A client whose connection accepts no bytes for this long is dropped (SSE readers
     /// that stopped reading).
     pub client_write_timeout: Duration,
+    /// A connection with no traffic either way for this long is closed (half-sent
+    /// requests, idle keep-alives). Keep it above 15 s: quiet streams send a keep-alive
+    /// that often.
+    pub client_idle_timeout: Duration,
     /// Resource admission: no job starts while the 1-minute load average is above this.
     pub admit_max_load: Option<f64>,
     /// Resource admission: no job starts while available memory is below this (bytes).
@@ -536,6 +540,7 @@ struct RawServer {
     admit_max_load: Option<f64>,
     admit_min_free_memory: Option<toml::Value>,
     client_write_timeout: Option<String>,
+    client_idle_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1020,6 +1025,21 @@ impl Loader<'_> {
                         t,
                         Some("client_write_timeout"),
                         "must be at least 100ms",
+                    ));
+                }
+                d => d,
+            },
+            client_idle_timeout: match self.duration(
+                t,
+                "client_idle_timeout",
+                &rs.client_idle_timeout,
+                Duration::from_secs(120),
+            )? {
+                d if d < Duration::from_millis(100) => {
+                    return Err(self.invalid(
+                        t,
+                        Some("client_idle_timeout"),
+                        "must be at least 100ms (and above 15s to keep quiet streams open)",
                     ));
                 }
                 d => d,

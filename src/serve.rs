@@ -102,7 +102,11 @@ pub async fn run(
 
     let stop = http_stop.clone();
     let drain = scheduler.clone();
-    let listener = GuardedListener::new(listener, settings.server.client_write_timeout);
+    let listener = GuardedListener::new(
+        listener,
+        settings.server.client_write_timeout,
+        settings.server.client_idle_timeout,
+    );
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: draining jobs");

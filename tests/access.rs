@@ -428,3 +428,67 @@ async fn a_client_that_never_reads_is_dropped_and_jobs_never_wait_on_it() {
     assert!(got.len() < 16 << 20, "read {} bytes", got.len());
     s.stop().await;
 }
+
+#[tokio::test]
+async fn without_tokens_foreign_origins_and_rebinding_hosts_are_refused() {
+    let s = TestServer::start("", "[pipelines.quick]\ncommand = [\"echo\", \"hi\"]\n").await;
+    let http = &s.http;
+    let host = s.base.trim_start_matches("http://").to_string();
+    let trigger = |origin: Option<String>| {
+        let mut req = http
+            .post(format!("{}/api/pipelines/quick/trigger", s.base))
+            .header("content-type", "text/plain")
+            .body("{}");
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req
+    };
+    let (status, _, body) = status_of(trigger(Some("https://evil.example".into()))).await;
+    assert_eq!(status, 403, "a web page cannot trigger runs: {body}");
+    let (status, _, _) = status_of(trigger(Some(format!("http://{host}")))).await;
+    assert_eq!(status, 202, "the dashboard (same origin) can");
+    let (status, _, _) = status_of(trigger(None)).await;
+    assert_eq!(status, 202, "the CLI and curl (no Origin) can");
+    let (status, _, body) = status_of(
+        http.get(format!("{}/api/runs", s.base))
+            .header("host", "rebind.evil.example:7878"),
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "a DNS-rebinding page cannot read the API: {body}"
+    );
+    let (_, runs) = s.get("/api/runs").await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 2);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_half_sent_request_is_closed_when_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start("client_idle_timeout = \"300ms\"", "").await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    // An async socket: this test's runtime also runs the server.
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    sock.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(T, sock.read(&mut buf))
+        .await
+        .expect("the server closed the idle connection before the client gave up");
+    let closed = match read {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+    };
+    assert!(
+        closed,
+        "the server closed the idle connection without answering"
+    );
+    s.stop().await;
+}

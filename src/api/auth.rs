@@ -20,6 +20,12 @@
 //! that ignore SameSite. Bearer requests need no Origin check: a browser
 //! never attaches that header cross-site on its own.
 //!
+//! Whatever the auth setting, a state-changing request that carries a foreign
+//! `Origin` is refused (a web page cannot make a visitor's browser trigger
+//! runs here), and without tokens — when the server listens on loopback only —
+//! a request whose `Host` is not a loopback name or address is refused, so a
+//! DNS-rebinding page cannot read the API either.
+//!
 //! Nothing here logs a token, a cookie or an Authorization header.
 //!
 //! Tests that would catch a violation: `access::*` (401 without a token, 401
@@ -208,6 +214,27 @@ fn same_origin(headers: &HeaderMap) -> bool {
     origin == format!("http://{host}") || origin == format!("https://{host}")
 }
 
+/// True when `Host` names this machine's loopback (`localhost`, `*.localhost`, a loopback
+/// address), with or without a port; a request without `Host` (HTTP/1.0) passes.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Routes anyone may reach: liveness, the login endpoint, and the dashboard's static shell.
 fn public(method: &Method, path: &str) -> bool {
     path == "/healthz"
@@ -231,6 +258,19 @@ fn refuse(status: StatusCode, message: &str) -> Response {
 /// cookie-authenticated state changes, and attaches the [`Actor`].
 pub async fn require(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let auth = &state.auth;
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe && req.headers().contains_key(header::ORIGIN) && !same_origin(req.headers()) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "cross-origin request refused: state changes are accepted only from this server's own pages or from clients that send no Origin",
+        );
+    }
+    if !auth.required() && !loopback_host(req.headers()) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "unexpected Host header: without API tokens this server answers only requests addressed to loopback (DNS-rebinding protection)",
+        );
+    }
     if !auth.required() {
         req.extensions_mut().insert(Actor(None));
         return next.run(req).await;
@@ -242,7 +282,6 @@ pub async fn require(State(state): State<AppState>, mut req: Request, next: Next
             None => return refuse(StatusCode::UNAUTHORIZED, "invalid token"),
         }
     } else if let Some(label) = session_cookie(headers).and_then(|c| auth.verify(c, now_secs())) {
-        let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
         if !safe && !same_origin(headers) {
             return refuse(
                 StatusCode::FORBIDDEN,
@@ -397,6 +436,35 @@ mod tests {
             },
             secret,
         )
+    }
+
+    #[test]
+    fn only_loopback_hosts_pass_without_tokens() {
+        let host = |h: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, HeaderValue::from_str(h).unwrap());
+            loopback_host(&m)
+        };
+        for ok in [
+            "127.0.0.1:7878",
+            "localhost",
+            "LOCALHOST:80",
+            "[::1]:7878",
+            "app.localhost",
+            "127.1.2.3",
+        ] {
+            assert!(host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:7878",
+            "10.0.0.1:7878",
+            "localhost.evil.example",
+            "[::2]:1",
+        ] {
+            assert!(!host(bad), "{bad}");
+        }
+        assert!(loopback_host(&HeaderMap::new()));
     }
 
     #[test]

@@ -7,30 +7,47 @@
 //! its stream would live forever. [`GuardedStream`] fails a write that has
 //! made no progress for `write_stall_timeout`, so hyper closes the connection
 //! and the stream's resources (its permit, its subscription) are released.
-//! Idle keep-alive connections are untouched: only a pending write is timed.
+//! A connection on which nothing was read or written for `idle` is closed too
+//! (a half-sent request, an idle keep-alive; SSE streams write keep-alives every
+//! 15 s, so they never go idle), and at most [`MAX_CONNECTIONS`] are open at
+//! once: past it, accepting waits, so descriptors stay for jobs' pipes.
 //!
-//! Test: `access::a_client_that_never_reads_is_dropped`.
+//! Tests: `access::a_client_that_never_reads_is_dropped_and_jobs_never_wait_on_it`,
+//! `access::a_half_sent_request_is_closed_when_idle`.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Sleep;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+/// Most connections open at once.
+pub const MAX_CONNECTIONS: usize = 4096;
 
 /// A TCP listener whose connections time out stalled writes.
 pub struct GuardedListener {
     inner: TcpListener,
     stall: Duration,
+    idle: Duration,
+    slots: Arc<Semaphore>,
 }
 
 impl GuardedListener {
-    /// Wraps `inner`; writes pending for longer than `stall` fail.
-    pub fn new(inner: TcpListener, stall: Duration) -> GuardedListener {
-        GuardedListener { inner, stall }
+    /// Wraps `inner`: writes pending for longer than `stall` fail, connections without
+    /// traffic for `idle` close, at most [`MAX_CONNECTIONS`] at once.
+    pub fn new(inner: TcpListener, stall: Duration, idle: Duration) -> GuardedListener {
+        GuardedListener {
+            inner,
+            stall,
+            idle,
+            slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        }
     }
 }
 
@@ -39,6 +56,12 @@ impl axum::serve::Listener for GuardedListener {
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the connection semaphore is never closed");
         loop {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
@@ -48,6 +71,10 @@ impl axum::serve::Listener for GuardedListener {
                             inner: stream,
                             stall: self.stall,
                             stalled: None,
+                            idle: self.idle,
+                            last_activity: Instant::now(),
+                            idle_timer: None,
+                            _slot: permit,
                         },
                         addr,
                     );
@@ -83,6 +110,13 @@ pub struct GuardedStream {
     stall: Duration,
     /// Armed while a write is pending; cleared when one makes progress.
     stalled: Option<Pin<Box<Sleep>>>,
+    idle: Duration,
+    /// Last time a read or a write made progress.
+    last_activity: Instant,
+    /// Armed while a read is pending: fires at `last_activity + idle`.
+    idle_timer: Option<Pin<Box<Sleep>>>,
+    /// This connection's place under [`MAX_CONNECTIONS`].
+    _slot: OwnedSemaphorePermit,
 }
 
 impl GuardedStream {
@@ -91,6 +125,7 @@ impl GuardedStream {
         match poll {
             Poll::Ready(r) => {
                 self.stalled = None;
+                self.last_activity = Instant::now();
                 Poll::Ready(r)
             }
             Poll::Pending => {
@@ -116,7 +151,28 @@ impl AsyncRead for GuardedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                self.last_activity = Instant::now();
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let deadline = self.last_activity + self.idle;
+                let timer = self
+                    .idle_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connection idle",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 }
 

@@ -215,17 +215,14 @@ async fn run_setup(
     pipeline: &Pipeline,
     spec: &SpawnSpec,
 ) -> Result<(), String> {
-    let _lock = host_lock(ctx.data_dir, pipeline)
+    let _lock = host_lock(ctx.data_dir, pipeline, ctx.stop)
         .await
         .map_err(|e| format!("cannot take the setup lock: {e}"))?;
     let collector = Collector::with_redactor(1 << 20, ctx.redactor.clone());
     let running = Running::spawn(spec, collector.clone())
         .map_err(|e| format!("cannot start {}: {e}", spec.program.display()))?;
-    let wait = running.wait(
-        pipeline.timeout,
-        pipeline.kill_grace,
-        ctx.stop.child_token(),
-    );
+    let timeout = pipeline.timeout.unwrap_or(DEFAULT_SETUP_TIMEOUT);
+    let wait = running.wait(Some(timeout), pipeline.kill_grace, ctx.stop.child_token());
     tokio::pin!(wait);
     // Keep only the last lines, draining as the setup writes so it never blocks on us.
     let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
@@ -266,9 +263,12 @@ async fn run_setup(
 }
 
 /// An exclusive lock on `data_dir/locks/setup-<pipeline>-<hash of cwd>.lock`, held until dropped.
+/// Waits for another process's setup by polling, so a node that is stopping is never stuck
+/// behind someone else's hung setup.
 async fn host_lock(
     data_dir: &std::path::Path,
     pipeline: &Pipeline,
+    stop: &CancellationToken,
 ) -> std::io::Result<std::fs::File> {
     use std::hash::{Hash, Hasher};
     let dir = data_dir.join("locks");
@@ -281,10 +281,25 @@ async fn host_lock(
         .truncate(false)
         .write(true)
         .open(&path)?;
-    tokio::task::spawn_blocking(move || file.lock().map(|()| file))
-        .await
-        .map_err(std::io::Error::other)?
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => {
+                return Err(std::io::Error::other("the node is stopping"));
+            }
+            _ = tokio::time::sleep(LOCK_POLL) => {}
+        }
+    }
 }
+
+/// A setup without the pipeline's `timeout` is stopped after this long.
+const DEFAULT_SETUP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How often a setup waiting for another process's setup lock looks again.
+const LOCK_POLL: Duration = Duration::from_millis(50);
 
 /// How long a trigger should wait before retrying, when every live node's circuit is open.
 pub(crate) fn all_open_retry_after(
