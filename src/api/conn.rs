@@ -113,7 +113,8 @@ pub struct GuardedStream {
     idle: Duration,
     /// Last time a read or a write made progress.
     last_activity: Instant,
-    /// Armed while a read is pending: fires at `last_activity + idle`.
+    /// Armed while a read is pending: fires at the latest `last_activity + idle` (re-armed
+    /// lazily when it fires early).
     idle_timer: Option<Pin<Box<Sleep>>>,
     /// This connection's place under [`MAX_CONNECTIONS`].
     _slot: OwnedSemaphorePermit,
@@ -157,19 +158,24 @@ impl AsyncRead for GuardedStream {
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                let deadline = self.last_activity + self.idle;
+                // The timer is re-armed lazily: only when it fires is it checked against
+                // the latest activity, so busy connections cost no timer-wheel updates.
+                let idle = self.idle;
+                let last = self.last_activity;
                 let timer = self
                     .idle_timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if timer.deadline() != deadline {
-                    timer.as_mut().reset(deadline);
-                }
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "connection idle",
-                    ))),
-                    Poll::Pending => Poll::Pending,
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(last + idle)));
+                loop {
+                    match timer.as_mut().poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(()) if Instant::now() >= last + idle => {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "connection idle",
+                            )));
+                        }
+                        Poll::Ready(()) => timer.as_mut().reset(last + idle),
+                    }
                 }
             }
         }

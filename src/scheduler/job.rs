@@ -276,6 +276,13 @@ fn ending_of(status: JobStatus, outcome: &Outcome) -> JobEnd {
 
 /// The job's result file, read on a blocking thread (the job controls that path).
 async fn read_result(inner: &Inner, work: &WorkDir) -> (Option<String>, Option<String>) {
+    // Most jobs write no result: one `lstat` (never blocks, follows nothing) says so
+    // without a trip to the blocking pool.
+    if std::fs::symlink_metadata(work.result_path())
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    {
+        return (None, None);
+    }
     let redactor = inner.redactor.clone();
     let path = work.reader();
     let read = tokio::task::spawn_blocking(move || {
