@@ -375,10 +375,19 @@ async function main() {
     // ── 5. The activity feed got the lifecycle events.
     await step('the activity feed received events', async () => {
       await page.getByRole('link', { name: '← All runs' }).click();
+      // The view switch is asynchronous: wait for the (visible) feed, then for its entries.
       const feed = page.getByRole('list', { name: 'Activity feed' });
-      const names = await feed.locator('li').evaluateAll((li) => li.map((x) => x.dataset.event));
-      for (const n of ['job:created', 'job:started', 'job:progress', 'job:completed', 'job:aborted', 'run:completed']) {
-        assert(names.includes(n), `feed has ${n} (got ${[...new Set(names)].join(', ')})`);
+      await feed.waitFor();
+      const wanted = ['job:created', 'job:started', 'job:progress', 'job:completed', 'job:aborted', 'run:completed'];
+      let names = [];
+      try {
+        await until('the feed to hold every lifecycle event', async () => {
+          names = await feed.locator('li').evaluateAll((li) => li.map((x) => x.dataset.event));
+          return wanted.every((n) => names.includes(n));
+        }, 10000);
+      } catch {
+        const missing = wanted.filter((n) => !names.includes(n));
+        assert(false, `feed lacks ${missing.join(', ')} (got ${[...new Set(names)].join(', ')})`);
       }
       figures.feedEntries = names.length;
       await page.getByRole('article', { name: 'Pipeline sharded' }).waitFor();
