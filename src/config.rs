@@ -209,7 +209,7 @@ impl Secrets {
 /// `[server]` settings.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
-    /// Address of the HTTP API (loopback only until auth exists).
+    /// Address of the HTTP API (beyond loopback only with `[auth]` tokens).
     pub listen: SocketAddr,
     /// Directory for the embedded SQLite file.
     pub data_dir: PathBuf,
