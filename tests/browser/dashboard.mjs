@@ -90,13 +90,13 @@ timeout = "5m"
   return cfg;
 }
 
-async function startServer(dir, extra = '') {
+async function startServer(dir, extra = '', samePort = null) {
   const cfg = writeConfig(dir, extra);
-  const port = await freePort();
+  const port = samePort ?? (await freePort());
   const env = { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' };
   for (const k of ['DATABASE_URL', 'REDIS_URL', 'MAX_WORKERS', 'OUTPUT_FLUSH_INTERVAL_MS', 'RUNYARD_LISTEN']) delete env[k];
   const logFile = path.join(dir, 'server.log');
-  const out = fs.openSync(logFile, 'w');
+  const out = fs.openSync(logFile, 'a');
   const child = spawn(bin, ['serve', '-c', cfg, '--listen', `127.0.0.1:${port}`], { cwd: dir, env, stdio: ['ignore', out, out] });
   const base = `http://127.0.0.1:${port}`;
   let exited = null;
@@ -113,7 +113,13 @@ async function startServer(dir, extra = '') {
   }
   return {
     base,
+    port,
     logFile,
+    /** Stops gracefully and starts again on the same port and store. */
+    async restart() {
+      await this.stop();
+      return startServer(dir, extra, port);
+    },
     async stop() {
       if (exited) return;
       child.kill('SIGTERM');
@@ -510,6 +516,30 @@ async function main() {
       await info.filter({ hasText: `1–${PAGE_SIZE}` }).waitFor();
       assert((await rows.count()) <= PAGE_SIZE, 'never more than a page of rows');
       await page.screenshot({ path: path.join(shots, 'dashboard-1000-runs.png'), fullPage: true });
+    });
+
+    // ── 9. The feed reconnects with Last-Event-ID and misses nothing: the server restarts,
+    //       the page may not reconnect until a run has come and gone, and its events must
+    //       still reach the feed (replayed from the store after the last id it saw).
+    await step('the feed reconnects with Last-Event-ID after a restart and misses nothing', async () => {
+      const lastIds = [];
+      const onRequest = (r) => { if (new URL(r.url()).pathname === '/api/events') lastIds.push(r.headers()['last-event-id']); };
+      page.on('request', onRequest);
+      await page.route('**/api/events', (route) => route.abort());
+      const restarted = await server.restart();
+      Object.assign(server, restarted);
+      const t = await apiJson(base, '/api/pipelines/hello/trigger', { method: 'POST', body: {} });
+      assert(t.status === 202, `trigger while the page is away: ${t.status}`);
+      const runId = t.body.runId;
+      await until('that run to complete', async () => (await apiJson(base, `/api/runs/${runId}`)).body.status === 'completed', 30000);
+      await page.unroute('**/api/events');
+      await until('its run:completed in the feed', async () => {
+        const texts = await page.locator('#feed li[data-event="run:completed"]').allTextContents();
+        return texts.some((x) => x.includes(runId.slice(-8)));
+      }, 60000); // the client's reconnect backoff grows while the route refuses it
+      page.off('request', onRequest);
+      assert(lastIds.some((id) => id && Number(id) > 0), `a reconnect sent Last-Event-ID (${JSON.stringify(lastIds)})`);
+      await page.locator('#conn.conn-on').waitFor();
     });
 
     await step('filter by pipeline and status', async () => {
