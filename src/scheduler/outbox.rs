@@ -78,16 +78,13 @@ async fn attempt(inner: &Inner, webhooks: &Webhooks, d: PendingDelivery) {
             .min(3_600_000);
         DeliveryNext::RetryAt(now_ms() + delay)
     };
-    match &next {
-        DeliveryNext::Delivered => Metrics::add(&inner.metrics.webhooks_delivered, 1),
-        _ => Metrics::add(&inner.metrics.webhook_failures, 1),
-    }
-    match &next {
-        DeliveryNext::Delivered => {
-            tracing::info!(run = %d.run_id, delivery = %d.id, attempts, "webhook delivered")
-        }
-        _ => tracing::warn!(run = %d.run_id, delivery = %d.id, attempts, next = ?next,
-            "webhook attempt failed: {}", outcome.error.as_deref().unwrap_or("")),
+    if next == DeliveryNext::Delivered {
+        Metrics::add(&inner.metrics.webhooks_delivered, 1);
+        tracing::info!(run = %d.run_id, delivery = %d.id, attempts, "webhook delivered");
+    } else {
+        Metrics::add(&inner.metrics.webhook_failures, 1);
+        tracing::warn!(run = %d.run_id, delivery = %d.id, attempts, next = ?next,
+            "webhook attempt failed: {}", outcome.error.as_deref().unwrap_or(""));
     }
     let record = DeliveryRecordParams {
         id: d.id.clone(),
