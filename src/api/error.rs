@@ -85,7 +85,12 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::warn!("store error in API: {e}");
-        ApiError::Unavailable(format!("store unavailable: {e}"))
+        match e {
+            StoreError::Conflict { message } => ApiError::Conflict(message),
+            // Unreachable, busy, closed, or a database error: nothing the client sent can
+            // fix it, and nothing was written; the client may try again later.
+            e => ApiError::Unavailable(e.to_string()),
+        }
     }
 }
 

@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Inner, POLL_BACKSTOP, job};
-use crate::clock::now_ms;
 use crate::store::{JobClaimParams, change};
 
 /// A claim of up to `max` jobs for this node.
 /// Pipelines whose setup circuit is open on this node are left out.
 pub(super) fn claim_params(inner: &Inner, max: usize) -> JobClaimParams {
-    let now = now_ms();
+    let now = inner.store.clock_ms();
     JobClaimParams {
         node_id: inner.node.id.clone(),
         max,
@@ -59,7 +58,8 @@ pub(super) async fn claim_loop(inner: Arc<Inner>) {
                         continue; // full: nothing to wait for until a slot frees
                     }
                     if let Some(due) = out.next_due {
-                        let until = Duration::from_millis((due - now_ms()).max(1) as u64);
+                        let until =
+                            Duration::from_millis((due - inner.store.clock_ms()).max(1) as u64);
                         wait = wait.min(until);
                     }
                 }

@@ -18,7 +18,6 @@ use tokio::sync::broadcast::error::RecvError;
 use super::abort::CancelCause;
 use super::{Inner, rescuer};
 use crate::bus::Signal;
-use crate::clock::now_ms;
 use crate::store::{NodeHeartbeatParams, change};
 
 /// How often finished runs past `retention` are pruned.
@@ -55,7 +54,7 @@ async fn beat(inner: &Inner) {
     let params = NodeHeartbeatParams {
         node_id: inner.node.id.clone(),
         running: inner.registry.snapshot(),
-        now: now_ms(),
+        now: inner.store.clock_ms(),
     };
     match inner.store.node_heartbeat(params).await {
         Ok(out) => {
@@ -71,7 +70,7 @@ async fn beat(inner: &Inner) {
                 );
                 inner.registry.cancel_all(CancelCause::Lost);
                 let node = crate::store::NodeRow {
-                    heartbeat_at: now_ms(),
+                    heartbeat_at: inner.store.clock_ms(),
                     ..inner.node.clone()
                 };
                 if let Err(e) = inner.store.node_register(node).await {
@@ -84,7 +83,7 @@ async fn beat(inner: &Inner) {
 }
 
 async fn prune(inner: &Inner) {
-    let before = now_ms() - inner.settings.server.retention.as_millis() as i64;
+    let before = inner.store.clock_ms() - inner.settings.server.retention.as_millis() as i64;
     let (mut runs, mut events) = (0, 0);
     loop {
         match inner.store.runs_prune(before, PRUNE_BATCH).await {

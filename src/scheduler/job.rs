@@ -24,7 +24,6 @@ use super::abort::{CancelCause, Handle};
 use super::claim::claim_params;
 use super::setup::{SetupBlocked, SetupContext};
 use super::workdir::WorkDir;
-use crate::clock::now_ms;
 use crate::config::Pipeline;
 use crate::executor::{Collector, Ending, Exit, Running, SpawnSpec};
 use crate::metrics::JobEnd;
@@ -51,7 +50,7 @@ pub(super) async fn run(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemapho
 
 /// Runs one job to its end; returns the job(s) claimed for this slot by the finish.
 async fn run_one(inner: &Arc<Inner>, job: ClaimedJob) -> Vec<ClaimedJob> {
-    let waited = (now_ms() - job.due_at).max(0) as u64;
+    let waited = (inner.store.clock_ms() - job.due_at).max(0) as u64;
     inner
         .metrics
         .claim_latency
@@ -162,7 +161,7 @@ async fn execute(
         claim_seq: job.claim_seq,
         pid: running.pid,
         proc_start: running.proc_start,
-        now: now_ms(),
+        now: inner.store.clock_ms(),
     };
     // The start is recorded on its own only if the process outlives START_RECORD_DELAY;
     // a shorter job gets its start written in its finishing transaction (one commit
@@ -320,7 +319,7 @@ async fn finish(
         stdout_bytes: totals.stdout,
         stderr_bytes: totals.stderr,
         truncated: totals.truncated,
-        now: now_ms(),
+        now: inner.store.clock_ms(),
         claim_next,
         start,
         result,
@@ -332,7 +331,7 @@ async fn finish(
         match inner
             .store
             .job_finish(JobFinishParams {
-                now: now_ms(),
+                now: inner.store.clock_ms(),
                 ..params.clone()
             })
             .await
@@ -412,7 +411,7 @@ async fn flush_progress(inner: &Inner, job: &ClaimedJob, collector: &Collector) 
         claim_seq: job.claim_seq,
         percent,
         message,
-        now: now_ms(),
+        now: inner.store.clock_ms(),
     };
     if let Err(e) = inner.store.job_progress(params).await {
         tracing::warn!(job = %job.id, "progress update failed: {e}");

@@ -35,7 +35,6 @@ use tokio_util::task::TaskTracker;
 pub use abort::{AbortRegistry, CancelCause};
 
 use crate::bus::{Bus, Signal};
-use crate::clock::now_ms;
 use crate::config::{MAX_SHARDS, Pipeline, Settings};
 use crate::executor::redact::Redactor;
 use crate::executor::{process, reaper};
@@ -183,7 +182,7 @@ impl Scheduler {
         metrics: Arc<Metrics>,
     ) -> Result<Scheduler, StoreError> {
         let pid = std::process::id();
-        let now = now_ms();
+        let now = store.clock_ms();
         let node = NodeRow {
             id: uuid::Uuid::now_v7().to_string(),
             host: process::hostname(),
@@ -337,7 +336,7 @@ impl Scheduler {
                 },
                 has_finalizer: pipeline.finalizer.is_some(),
                 callback_url,
-                now: now_ms(),
+                now: self.inner.store.clock_ms(),
             })
             .await?;
         let reused = created.existing
@@ -360,7 +359,7 @@ impl Scheduler {
 
     /// 503 when the pipeline's setup circuit is open on every live node (DESIGN decision 19).
     async fn refuse_if_every_circuit_is_open(&self, pipeline: &str) -> Result<(), TriggerError> {
-        let now = now_ms();
+        let now = self.inner.store.clock_ms();
         let lease = 3 * self.inner.settings.server.heartbeat.as_millis() as i64;
         let live: Vec<String> = self
             .inner
@@ -406,7 +405,11 @@ impl Scheduler {
 
     /// Aborts a run: durable mark first, then local cancellation, then the bus (DESIGN "Life of a run" 5).
     pub async fn abort(&self, run_id: &str) -> Result<AbortOutcome, StoreError> {
-        let outcome = self.inner.store.run_abort(run_id, now_ms()).await?;
+        let outcome = self
+            .inner
+            .store
+            .run_abort(run_id, self.inner.store.clock_ms())
+            .await?;
         if let AbortOutcome::Aborted { .. } = outcome {
             Metrics::add(&self.inner.metrics.aborts, 1);
             self.inner.registry.abort_all_shards_for_run(run_id);

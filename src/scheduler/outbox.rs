@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Inner;
-use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::store::{DeliveryNext, DeliveryRecordParams, PendingDelivery, change};
 use crate::webhook::Webhooks;
@@ -39,7 +38,7 @@ pub(super) async fn outbox_loop(inner: Arc<Inner>, webhooks: Arc<Webhooks>) {
         events.borrow_and_update();
         let due = inner
             .store
-            .deliveries_claim(&inner.node.id, now_ms(), lease_ms, BATCH)
+            .deliveries_claim(&inner.node.id, inner.store.clock_ms(), lease_ms, BATCH)
             .await;
         match due {
             Ok(batch) if !batch.is_empty() => {
@@ -63,7 +62,7 @@ pub(super) async fn outbox_loop(inner: Arc<Inner>, webhooks: Arc<Webhooks>) {
 }
 
 async fn attempt(inner: &Inner, webhooks: &Webhooks, d: PendingDelivery) {
-    let started_at = now_ms();
+    let started_at = inner.store.clock_ms();
     let outcome = webhooks.deliver(&d.id, &d.url, d.payload.as_bytes()).await;
     let settings = &inner.settings.webhooks;
     let attempts = d.attempts + 1;
@@ -73,10 +72,9 @@ async fn attempt(inner: &Inner, webhooks: &Webhooks, d: PendingDelivery) {
         DeliveryNext::GiveUp
     } else {
         let base = settings.retry_backoff.as_millis() as i64;
-        let delay = base
-            .saturating_mul(1i64 << (attempts - 1).min(20))
-            .min(3_600_000);
-        DeliveryNext::RetryAt(now_ms() + delay)
+        // The same doubling as job retries: the wait before attempt `attempts + 1`.
+        let delay = crate::store::transition::backoff_ms(base, attempts + 1);
+        DeliveryNext::RetryAt(inner.store.clock_ms() + delay)
     };
     if next == DeliveryNext::Delivered {
         Metrics::add(&inner.metrics.webhooks_delivered, 1);

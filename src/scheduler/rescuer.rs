@@ -14,7 +14,6 @@
 use std::sync::Arc;
 
 use super::Inner;
-use crate::clock::now_ms;
 use crate::executor::process::{self, Sig};
 use crate::model::Reason;
 use crate::store::{JobFinishParams, NodeRow, Outcome, RunningJob, StoreError};
@@ -52,7 +51,7 @@ pub(crate) async fn run_once(inner: &Arc<Inner>) -> Result<RescueReport, StoreEr
     let nodes = inner.store.nodes_list().await?;
     for node in nodes
         .iter()
-        .filter(|n| is_dead(&inner.node, n, lease_ms, now_ms()))
+        .filter(|n| is_dead(&inner.node, n, lease_ms, inner.store.clock_ms()))
     {
         let same_scope = node.host == inner.node.host && node.boot_id == inner.node.boot_id;
         for job in inner.store.jobs_running_on(&node.id).await? {
@@ -90,7 +89,7 @@ pub(crate) async fn resolve_forgotten(inner: &Arc<Inner>) -> Result<usize, Store
     let recorded = inner.store.jobs_running_on(&inner.node.id).await?;
     let live: std::collections::HashSet<(String, i64)> =
         inner.registry.snapshot().into_iter().collect();
-    let now = now_ms();
+    let now = inner.store.clock_ms();
     let mut resolved = 0;
     for job in recorded {
         if live.contains(&(job.id.clone(), job.claim_seq)) || now - job.claimed_at < grace_ms {
@@ -148,7 +147,7 @@ async fn resolve(inner: &Inner, job: &RunningJob) -> Result<bool, StoreError> {
             stdout_bytes: 0,
             stderr_bytes: 0,
             truncated: false,
-            now: now_ms(),
+            now: inner.store.clock_ms(),
             claim_next: None,
             start: None,
             result: None,

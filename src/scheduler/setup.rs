@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::now_ms;
 use crate::config::Pipeline;
 use crate::executor::redact::Redactor;
 use crate::executor::{Collector, Running, SpawnSpec};
@@ -108,7 +107,7 @@ impl Setups {
         if cell.ready {
             return Ok(());
         }
-        let now = now_ms();
+        let now = ctx.store.clock_ms();
         if let Circuit::Open(until) = cell.circuit {
             if now < until {
                 return Err(SetupBlocked::CircuitOpen);
@@ -148,7 +147,7 @@ impl Setups {
                 cell.failures += 1;
                 let trial_failed = cell.circuit == Circuit::HalfOpen;
                 if trial_failed || cell.failures >= pipeline.circuit_threshold {
-                    let until = now_ms() + pipeline.circuit_cooldown.as_millis() as i64;
+                    let until = ctx.store.clock_ms() + pipeline.circuit_cooldown.as_millis() as i64;
                     cell.circuit = Circuit::Open(until);
                     self.set_open(&pipeline.name, Some(until));
                     tracing::warn!(pipeline = %pipeline.name, failures = cell.failures,
@@ -201,7 +200,7 @@ impl SetupContext<'_> {
             circuit: circuit.to_string(),
             open_until,
             last_error: error,
-            updated_at: now_ms(),
+            updated_at: self.store.clock_ms(),
         };
         if let Err(e) = self.store.pipeline_node_set(state).await {
             tracing::warn!(pipeline = %pipeline.name, "cannot record setup state: {e}");

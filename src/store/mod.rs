@@ -11,72 +11,32 @@
 //! `shard_count` (decision 6), so it happens exactly once with no lock outside
 //! the store.
 //!
-//! SQLite is implemented in [`sqlite`]; PostgreSQL plugs in behind the same
-//! trait.
+//! The seam is "decide above, record below": the rules of a job's life
+//! ([`transition`]), of a claim ([`claim_plan`]), of a run's end
+//! ([`completion`]), the event payloads ([`payload`]) and the run summary
+//! ([`summary`]) are plain functions shared by both backends; [`sqlite`] and
+//! [`postgres`] keep only their SQL and transactions. One conformance suite
+//! (`tests/store_contract.rs`) runs every contract test on both.
 
+pub mod claim_plan;
+pub mod completion;
+mod error;
+pub mod payload;
+// pub mod postgres;
 pub mod sqlite;
+pub mod summary;
+pub mod transition;
+
+pub use error::{ErrorSource, StoreError, StoreResult};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Serialize;
-use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::model::{JobKind, JobStatus, Reason, RunStatus};
-
-/// A store failure.
-#[derive(Debug, Error, Clone)]
-pub enum StoreError {
-    /// The database reported an error.
-    #[error("database error: {0}")]
-    Database(String),
-    /// Another writer held the lock for longer than the busy timeout.
-    #[error("database busy: {0}")]
-    Busy(String),
-    /// The store is closed (shutting down).
-    #[error("store is closed")]
-    Closed,
-    /// Migration or open failure.
-    #[error("cannot open store at {path}: {message}")]
-    Open {
-        /// Where.
-        path: String,
-        /// Why.
-        message: String,
-    },
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        let busy = matches!(
-            e.sqlite_error_code(),
-            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-        );
-        if busy {
-            StoreError::Busy(e.to_string())
-        } else {
-            StoreError::Database(e.to_string())
-        }
-    }
-}
-
-impl StoreError {
-    /// True when another writer held the database lock past the busy timeout.
-    pub fn is_busy(&self) -> bool {
-        matches!(self, StoreError::Busy(_))
-    }
-}
-
-impl From<rusqlite::types::FromSqlError> for StoreError {
-    fn from(e: rusqlite::types::FromSqlError) -> Self {
-        StoreError::Database(e.to_string())
-    }
-}
-
-/// Result alias for store calls.
-pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Kinds of change the feed reports (bit flags).
 pub mod change {
@@ -720,6 +680,13 @@ pub struct PipelineNodeState {
 pub trait Store: Send + Sync {
     /// The feed of committed changes (local commits and, for SQLite, other processes').
     fn changes(&self) -> &ChangeFeed;
+
+    /// The store's clock (epoch ms): every lease, heartbeat and due time is judged by it,
+    /// so nodes whose host clocks disagree still agree on who is late. SQLite lives on one
+    /// host and uses that host's clock; PostgreSQL follows the database server's clock.
+    fn clock_ms(&self) -> i64 {
+        crate::clock::now_ms()
+    }
 
     /// Writes a run and its jobs (status `queued`) and their `job:created` events in one transaction.
     async fn run_create(&self, p: RunCreateParams) -> StoreResult<RunCreated>;

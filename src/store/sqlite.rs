@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 mod completion;
@@ -31,10 +31,12 @@ mod outbox;
 
 use completion::{finalizer_ended, land_terminal};
 
+use super::payload::{self, NewEvent};
+use super::transition::{JobFence, decide, outcome_error};
 use super::*;
 use crate::clock::rfc3339;
 use crate::config::Synchronous;
-use crate::model::{EventName, JobKind};
+use crate::model::JobKind;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite_0001_init.sql"),
@@ -86,6 +88,28 @@ where
     fn answer(self: Box<Self>, commit: StoreResult<()>) {
         let result = self.result.unwrap_or(Err(StoreError::Closed));
         let _ = self.reply.send(commit.and(result).map(|(t, _)| t));
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::transient(e)
+            }
+            Some(
+                rusqlite::ErrorCode::CannotOpen
+                | rusqlite::ErrorCode::DiskFull
+                | rusqlite::ErrorCode::SystemIoFailure,
+            ) => StoreError::unavailable(e),
+            _ => StoreError::database(e),
+        }
+    }
+}
+
+impl From<rusqlite::types::FromSqlError> for StoreError {
+    fn from(e: rusqlite::types::FromSqlError) -> Self {
+        StoreError::database(e)
     }
 }
 
@@ -359,7 +383,7 @@ impl SqliteStore {
             r
         })
         .await
-        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
+        .map_err(|e| StoreError::internal(format!("read task failed: {e}")))?
     }
 }
 
@@ -464,7 +488,7 @@ fn publish(conn: &Connection, feed: &ChangeFeed, kinds: u8) {
 fn begin_immediate(conn: &Connection) -> StoreResult<()> {
     let mut begin = exec_cached(conn, "BEGIN IMMEDIATE");
     let mut tries = 0;
-    while matches!(&begin, Err(e) if e.is_busy()) && tries < 6 {
+    while matches!(&begin, Err(e) if e.is_transient()) && tries < 6 {
         tries += 1;
         tracing::warn!(
             "sqlite write lock busy for {:?}; retrying",
@@ -504,48 +528,28 @@ fn maintenance_loop(conn: Connection, feed: ChangeFeed, stop: Arc<AtomicBool>) {
 
 // ---------------------------------------------------------------- write helpers
 
-fn emit(
-    conn: &Connection,
-    name: EventName,
-    run_id: &str,
-    mut data: Value,
-    now: i64,
-) -> StoreResult<()> {
-    if let Value::Object(map) = &mut data {
-        map.insert("runId".into(), json!(run_id));
-        map.insert("timestamp".into(), json!(rfc3339(now)));
-    }
+/// Inserts an event built by [`payload`] in the open transaction.
+fn emit(conn: &Connection, event: NewEvent, now: i64) -> StoreResult<()> {
     conn.prepare_cached(
         "INSERT INTO events (name, run_id, data, created_at) VALUES (?1, ?2, ?3, ?4)",
     )?
-    .execute(params![name.as_str(), run_id, data.to_string(), now])?;
+    .execute(params![
+        event.name.as_str(),
+        event.run_id,
+        event.data_text(now),
+        now
+    ])?;
     Ok(())
 }
 
-struct FenceRow {
-    status: String,
-    claim_seq: i64,
-    attempt: u32,
-    max_attempts: u32,
-    retry_backoff_ms: i64,
-    abort_requested: bool,
-    orphan_requeues: u32,
-    max_orphan_requeues: u32,
-    on_orphan: String,
-    run_id: String,
-    pipeline: String,
-    shard_index: u32,
-    kind: JobKind,
-}
-
-fn fence_row(conn: &Connection, job_id: &str) -> StoreResult<Option<FenceRow>> {
+fn fence_row(conn: &Connection, job_id: &str) -> StoreResult<Option<JobFence>> {
     Ok(conn
         .prepare_cached(
             "SELECT status, claim_seq, attempt, max_attempts, retry_backoff_ms, abort_requested, orphan_requeues,
                     max_orphan_requeues, on_orphan, run_id, pipeline, shard_index, kind FROM jobs WHERE id = ?1",
         )?
         .query_row(params![job_id], |r| {
-            Ok(FenceRow {
+            Ok(JobFence {
                 status: r.get(0)?,
                 claim_seq: r.get(1)?,
                 attempt: r.get(2)?,
@@ -564,57 +568,6 @@ fn fence_row(conn: &Connection, job_id: &str) -> StoreResult<Option<FenceRow>> {
         .optional()?)
 }
 
-/// Exponential backoff before attempt `next` (2, 3, …): base × 2^(next-2), capped at 1 h.
-fn backoff_ms(base: i64, next: u32) -> i64 {
-    base.saturating_mul(1i64 << (next.saturating_sub(2)).min(20))
-        .min(3_600_000)
-}
-
-/// The decided next state of a job.
-struct Transition {
-    status: JobStatus,
-    reason: Option<Reason>,
-    attempt: u32,
-    orphan_requeues: u32,
-    run_after: i64,
-}
-
-fn decide(row: &FenceRow, outcome: &Outcome, now: i64) -> Transition {
-    let stay = |status, reason| Transition {
-        status,
-        reason,
-        attempt: row.attempt,
-        orphan_requeues: row.orphan_requeues,
-        run_after: now,
-    };
-    match outcome {
-        Outcome::Completed => stay(JobStatus::Completed, Some(Reason::ExitCode)),
-        Outcome::Aborted => stay(JobStatus::Aborted, Some(Reason::Aborted)),
-        _ if row.abort_requested => stay(JobStatus::Aborted, Some(Reason::Aborted)),
-        Outcome::Failed { reason, .. } if row.attempt < row.max_attempts => Transition {
-            status: JobStatus::Queued,
-            reason: Some(*reason),
-            attempt: row.attempt + 1,
-            orphan_requeues: row.orphan_requeues,
-            run_after: now + backoff_ms(row.retry_backoff_ms, row.attempt + 1),
-        },
-        Outcome::Failed { reason, .. } => stay(JobStatus::Failed, Some(*reason)),
-        Outcome::Requeue { reason }
-            if row.on_orphan == "requeue" && row.orphan_requeues < row.max_orphan_requeues =>
-        {
-            Transition {
-                status: JobStatus::Queued,
-                reason: Some(*reason),
-                attempt: row.attempt,
-                orphan_requeues: row.orphan_requeues + 1,
-                run_after: now,
-            }
-        }
-        Outcome::Requeue { reason } => stay(JobStatus::Failed, Some(*reason)),
-        Outcome::Release { reason, .. } => stay(JobStatus::Queued, Some(*reason)),
-    }
-}
-
 /// Claims queued jobs for a node inside the caller's transaction (see [`Store::job_claim`]).
 fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcome> {
     // A node without a row was declared dead (or has deregistered): it may not claim, so a
@@ -628,28 +581,20 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
         return Ok(ClaimOutcome::default());
     }
     let mut running: HashMap<String, u32> = HashMap::new();
-    let mut total = 0usize;
-    // Counting running jobs only matters when some cap applies.
-    if p.global_cap > 0 || p.pipelines.values().any(|cap| *cap > 0) {
+    // Counting running jobs only matters when some cap applies; the single writer
+    // serialises the count with the claim.
+    if claim_plan::needs_counts(p) {
         let mut stmt = conn.prepare_cached(
             "SELECT pipeline, COUNT(*) FROM jobs WHERE status = 'running' GROUP BY pipeline",
         )?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            let n: u32 = r.get(1)?;
-            total += n as usize;
-            running.insert(r.get(0)?, n);
+            running.insert(r.get(0)?, r.get(1)?);
         }
     }
-    let mut want = p.max;
-    if p.global_cap > 0 {
-        want = want.min(p.global_cap.saturating_sub(total));
-    }
+    let plan = claim_plan::plan(p, &running);
+    let mut want = plan.want;
     let mut out = ClaimOutcome::default();
-    // The head of each open pipeline's queue, through the `(pipeline, seq)` partial index:
-    // a backlog of a pipeline at its cap is never walked, and each pipeline offers no more
-    // candidates than its cap has room for, so claiming the merged heads in `seq` order
-    // keeps the global FIFO and every cap in one pass.
     let mut candidates: Vec<(i64, ClaimedJob)> = Vec::new();
     if want > 0 {
         let mut head = conn.prepare_cached(
@@ -659,17 +604,8 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
              WHERE j.status = 'queued' AND j.pipeline = ?1 AND j.run_after <= ?2
              ORDER BY j.seq LIMIT ?3",
         )?;
-        for (name, cap) in &p.pipelines {
-            let room = match *cap {
-                0 => want,
-                cap => (cap as usize)
-                    .saturating_sub(running.get(name).copied().unwrap_or(0) as usize)
-                    .min(want),
-            };
-            if room == 0 {
-                continue;
-            }
-            let rows = head.query_map(params![name, p.now, room as i64], |r| {
+        for (name, room) in &plan.rooms {
+            let rows = head.query_map(params![name, p.now, *room as i64], |r| {
                 let params: String = r.get(7)?;
                 Ok((
                     r.get(0)?,
@@ -692,13 +628,12 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
             }
         }
     }
-    candidates.sort_by_key(|(seq, _)| *seq);
     let mut claim = conn.prepare_cached(
         "UPDATE jobs SET status = 'running', claim_seq = claim_seq + 1, node_id = ?2, claimed_at = ?3,
                 pid = NULL, proc_start = NULL, started_at = NULL, exit_code = NULL, abort_requested = 0
          WHERE seq = ?1 AND status = 'queued' RETURNING claim_seq",
     )?;
-    for (seq, mut job) in candidates.into_iter().take(want) {
+    for (seq, mut job) in claim_plan::merge(candidates, want) {
         if let Some(claim_seq) = claim
             .query_row(params![seq, p.node_id, p.now], |r| r.get(0))
             .optional()?
@@ -741,10 +676,7 @@ fn start_in_tx(conn: &Connection, p: &JobStartParams) -> StoreResult<Option<bool
     .execute(params![run_id, p.now])?;
     emit(
         conn,
-        EventName::JobStarted,
-        &run_id,
-        json!({"jobId": p.job_id, "pipelineId": pipeline, "status": "running", "shardIndex": shard_index,
-               "attempt": attempt, "pid": p.pid}),
+        payload::job_started(&run_id, &p.job_id, &pipeline, shard_index, attempt, p.pid),
         p.now,
     )?;
     Ok(Some(abort_requested))
@@ -775,14 +707,11 @@ fn finish_fenced(conn: &Connection, p: &JobFinishParams) -> StoreResult<(FinishO
     let Some(row) = fence_row(conn, &p.job_id)? else {
         return Ok((not_applied, 0));
     };
-    if row.status != "running" || row.claim_seq != p.claim_seq {
+    if !row.is_held_by(p.claim_seq) {
         return Ok((not_applied, 0));
     }
     let t = decide(&row, &p.outcome, p.now);
-    let error = match &p.outcome {
-        Outcome::Failed { error, .. } | Outcome::Release { error, .. } => error.clone(),
-        _ => None,
-    };
+    let error = outcome_error(&p.outcome);
     let terminal = t.status.is_terminal();
     let changed = conn
         .prepare_cached(
@@ -811,27 +740,11 @@ fn finish_fenced(conn: &Connection, p: &JobFinishParams) -> StoreResult<(FinishO
     if changed != 1 {
         return Ok((not_applied, 0));
     }
-    let name = match t.status {
-        JobStatus::Completed => EventName::JobCompleted,
-        JobStatus::Aborted => EventName::JobAborted,
-        _ => EventName::JobFailed,
-    };
-    let mut data = json!({
-        "jobId": p.job_id, "pipelineId": row.pipeline, "status": t.status.as_str(),
-        "shardIndex": row.shard_index, "attempt": row.attempt, "exitCode": p.exit_code,
-        "reason": t.reason.map(|r| r.as_str()),
-    });
-    if row.kind == JobKind::Finalize {
-        data["kind"] = json!(row.kind.as_str());
-    }
-    if t.status == JobStatus::Queued {
-        data["nextAttempt"] = json!(t.attempt);
-        data["retryAt"] = json!(rfc3339(t.run_after));
-    }
-    if let Some(e) = &error {
-        data["error"] = json!(e);
-    }
-    emit(conn, name, &row.run_id, data, p.now)?;
+    emit(
+        conn,
+        payload::job_ended(&p.job_id, &row, &t, p.exit_code, error.as_deref()),
+        p.now,
+    )?;
     let run_finalized = if terminal && row.kind == JobKind::Finalize {
         finalizer_ended(conn, &row.run_id, t.status, p.now)?
     } else if terminal {
@@ -1054,10 +967,15 @@ impl Store for SqliteStore {
                 ])?;
                 emit(
                     conn,
-                    EventName::JobCreated,
-                    &p.run_id,
-                    json!({"jobId": job_id, "pipelineId": p.pipeline, "status": "queued", "shardIndex": i,
-                           "shardCount": shard_count, "triggeredBy": p.triggered_by, "actor": p.actor}),
+                    payload::shard_created(
+                        &p.run_id,
+                        job_id,
+                        &p.pipeline,
+                        i as u32,
+                        shard_count as u32,
+                        &p.triggered_by,
+                        p.actor.as_deref(),
+                    ),
                     p.now,
                 )?;
             }
@@ -1120,10 +1038,7 @@ impl Store for SqliteStore {
             let Some((run_id, pipeline, shard_index)) = row else { return Ok((false, 0)) };
             emit(
                 conn,
-                EventName::JobProgress,
-                &run_id,
-                json!({"jobId": p.job_id, "pipelineId": pipeline, "status": "running", "shardIndex": shard_index,
-                       "progress": p.percent, "message": p.message}),
+                payload::job_progress(&run_id, &p.job_id, &pipeline, shard_index, p.percent, &p.message),
                 p.now,
             )?;
             Ok((true, change::EVENTS))
@@ -1161,14 +1076,7 @@ impl Store for SqliteStore {
                 .prepare_cached("UPDATE jobs SET abort_requested = 1 WHERE run_id = ?1 AND status = 'running' AND kind = 'shard'")?
                 .execute(params![run_id])?;
             for (job_id, pipeline, shard_index) in &queued {
-                emit(
-                    conn,
-                    EventName::JobAborted,
-                    &run_id,
-                    json!({"jobId": job_id, "pipelineId": pipeline, "status": "aborted", "shardIndex": shard_index,
-                           "reason": "aborted"}),
-                    now,
-                )?;
+                emit(conn, payload::queued_job_aborted(&run_id, job_id, pipeline, *shard_index), now)?;
                 land_terminal(conn, &run_id, now)?;
             }
             let aborted_jobs = (queued.len() + flagged) as u32;

@@ -1,0 +1,167 @@
+//! The events a transition emits, built once for every backend.
+//!
+//! A backend decides nothing here: it passes what it read and wrote, gets a
+//! [`NewEvent`] back, and inserts it in the same transaction. Every payload
+//! gets the same envelope (`runId`, `timestamp`) from [`NewEvent::data_text`],
+//! so the SSE stream reads the same on SQLite and PostgreSQL (DESIGN "API").
+
+use serde_json::{Value, json};
+
+use super::transition::{JobFence, Transition};
+use crate::clock::rfc3339;
+use crate::model::{EventName, JobKind, JobStatus, RunStatus};
+
+/// An event to insert in the transaction that caused it.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// `job:created`, …
+    pub name: EventName,
+    /// The run it belongs to.
+    pub run_id: String,
+    /// The payload without its envelope.
+    pub data: Value,
+}
+
+impl NewEvent {
+    fn new(name: EventName, run_id: &str, data: Value) -> NewEvent {
+        NewEvent {
+            name,
+            run_id: run_id.to_string(),
+            data,
+        }
+    }
+
+    /// The stored JSON text: the payload with `runId` and `timestamp` added.
+    pub fn data_text(&self, now: i64) -> String {
+        let mut data = self.data.clone();
+        if let Value::Object(map) = &mut data {
+            map.insert("runId".into(), json!(self.run_id));
+            map.insert("timestamp".into(), json!(rfc3339(now)));
+        }
+        data.to_string()
+    }
+}
+
+/// A shard job queued by a trigger.
+pub fn shard_created(
+    run_id: &str,
+    job_id: &str,
+    pipeline: &str,
+    shard_index: u32,
+    shard_count: u32,
+    triggered_by: &str,
+    actor: Option<&str>,
+) -> NewEvent {
+    NewEvent::new(
+        EventName::JobCreated,
+        run_id,
+        json!({"jobId": job_id, "pipelineId": pipeline, "status": "queued", "shardIndex": shard_index,
+               "shardCount": shard_count, "triggeredBy": triggered_by, "actor": actor}),
+    )
+}
+
+/// A run's finalize job, queued when its last shard landed.
+pub fn finalizer_created(run_id: &str, job_id: &str, pipeline: &str, shard_index: u32) -> NewEvent {
+    NewEvent::new(
+        EventName::JobCreated,
+        run_id,
+        json!({"jobId": job_id, "pipelineId": pipeline, "status": "queued", "kind": JobKind::Finalize.as_str(),
+               "shardIndex": shard_index}),
+    )
+}
+
+/// An execution's process was spawned.
+pub fn job_started(
+    run_id: &str,
+    job_id: &str,
+    pipeline: &str,
+    shard_index: u32,
+    attempt: u32,
+    pid: u32,
+) -> NewEvent {
+    NewEvent::new(
+        EventName::JobStarted,
+        run_id,
+        json!({"jobId": job_id, "pipelineId": pipeline, "status": "running", "shardIndex": shard_index,
+               "attempt": attempt, "pid": pid}),
+    )
+}
+
+/// A `::progress` line was recorded.
+pub fn job_progress(
+    run_id: &str,
+    job_id: &str,
+    pipeline: &str,
+    shard_index: u32,
+    percent: u8,
+    message: &str,
+) -> NewEvent {
+    NewEvent::new(
+        EventName::JobProgress,
+        run_id,
+        json!({"jobId": job_id, "pipelineId": pipeline, "status": "running", "shardIndex": shard_index,
+               "progress": percent, "message": message}),
+    )
+}
+
+/// An execution ended and its job moved on as `t` decided (terminal, retry or requeue).
+pub fn job_ended(
+    job_id: &str,
+    row: &JobFence,
+    t: &Transition,
+    exit_code: Option<i32>,
+    error: Option<&str>,
+) -> NewEvent {
+    let name = match t.status {
+        JobStatus::Completed => EventName::JobCompleted,
+        JobStatus::Aborted => EventName::JobAborted,
+        _ => EventName::JobFailed,
+    };
+    let mut data = json!({
+        "jobId": job_id, "pipelineId": row.pipeline, "status": t.status.as_str(),
+        "shardIndex": row.shard_index, "attempt": row.attempt, "exitCode": exit_code,
+        "reason": t.reason.map(|r| r.as_str()),
+    });
+    if row.kind == JobKind::Finalize {
+        data["kind"] = json!(row.kind.as_str());
+    }
+    if t.status == JobStatus::Queued {
+        data["nextAttempt"] = json!(t.attempt);
+        data["retryAt"] = json!(rfc3339(t.run_after));
+    }
+    if let Some(e) = error {
+        data["error"] = json!(e);
+    }
+    NewEvent::new(name, &row.run_id, data)
+}
+
+/// A queued shard was aborted with its run (it never ran).
+pub fn queued_job_aborted(
+    run_id: &str,
+    job_id: &str,
+    pipeline: &str,
+    shard_index: u32,
+) -> NewEvent {
+    NewEvent::new(
+        EventName::JobAborted,
+        run_id,
+        json!({"jobId": job_id, "pipelineId": pipeline, "status": "aborted", "shardIndex": shard_index,
+               "reason": "aborted"}),
+    )
+}
+
+/// The run turned terminal (emitted exactly once per run).
+pub fn run_completed(
+    run_id: &str,
+    pipeline: &str,
+    status: RunStatus,
+    shard_count: u32,
+    finalizer: Option<(&str, Option<i32>)>,
+) -> NewEvent {
+    let mut data =
+        json!({"pipelineId": pipeline, "status": status.as_str(), "shardCount": shard_count});
+    if let Some((fin_status, exit_code)) = finalizer {
+        data["finalizer"] = json!({"status": fin_status, "exitCode": exit_code});
+    }
+    NewEvent::new(EventName::RunCompleted, run_id, data)
+}
