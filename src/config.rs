@@ -266,8 +266,15 @@ pub enum Synchronous {
 pub struct StoreSettings {
     /// Where the store lives.
     pub url: StoreUrl,
+    /// Where the URL came from (`RUNYARD_DATABASE_URL`, `DATABASE_URL`, `[store] url` or
+    /// the default), for the start-up log line.
+    pub url_source: &'static str,
     /// SQLite only.
     pub synchronous: Synchronous,
+    /// PostgreSQL only: the schema to use (created if missing).
+    pub schema: Option<String>,
+    /// PostgreSQL only: connections in the pool (default: `max_workers + 10`, at most 32).
+    pub pool_size: Option<usize>,
 }
 
 /// What the rescuer does with a job whose node died.
@@ -548,6 +555,8 @@ struct RawServer {
 struct RawStore {
     url: Option<String>,
     synchronous: Option<String>,
+    schema: Option<String>,
+    pool_size: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -1076,7 +1085,17 @@ impl Loader<'_> {
         rs: Option<&RawStore>,
         server: &ServerSettings,
     ) -> Result<StoreSettings, ConfigError> {
-        let url_text = (self.env)("DATABASE_URL").or_else(|| rs.and_then(|s| s.url.clone()));
+        // RUNYARD_DATABASE_URL wins; a bare DATABASE_URL (as other tools set it) only when
+        // there is no RUNYARD_ one; then the config.
+        let (url_text, url_source) = if let Some(u) = (self.env)("RUNYARD_DATABASE_URL") {
+            (Some(u), "RUNYARD_DATABASE_URL")
+        } else if let Some(u) = (self.env)("DATABASE_URL") {
+            (Some(u), "DATABASE_URL")
+        } else if let Some(u) = rs.and_then(|s| s.url.clone()) {
+            (Some(u), "[store] url")
+        } else {
+            (None, "default")
+        };
         let url = match url_text {
             None => StoreUrl::Sqlite(server.data_dir.join("runyard.db")),
             Some(u) => {
@@ -1090,6 +1109,13 @@ impl Loader<'_> {
                     }
                     StoreUrl::Sqlite(self.resolve_dir(path))
                 } else if u.starts_with("postgres://") || u.starts_with("postgresql://") {
+                    if let Err(e) = u.parse::<tokio_postgres::Config>() {
+                        return Err(self.invalid(
+                            "store",
+                            Some("url"),
+                            format!("not a valid PostgreSQL URL ({url_source}): {e}"),
+                        ));
+                    }
                     StoreUrl::Postgres(u)
                 } else {
                     return Err(self.invalid(
@@ -1111,7 +1137,49 @@ impl Loader<'_> {
                 ));
             }
         };
-        Ok(StoreSettings { url, synchronous })
+        let schema = rs.and_then(|s| s.schema.clone());
+        if let Some(name) = &schema {
+            let ok = !name.is_empty()
+                && name.len() <= 63
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !ok {
+                return Err(self.invalid(
+                    "store",
+                    Some("schema"),
+                    format!("{name:?}: 1–63 letters, digits or _, not starting with a digit"),
+                ));
+            }
+        }
+        let pool_size = match rs.and_then(|s| s.pool_size) {
+            None => None,
+            Some(n @ 2..=256) => Some(n as usize),
+            Some(n) => {
+                return Err(self.invalid(
+                    "store",
+                    Some("pool_size"),
+                    format!("{n}: expected 2 to 256 connections"),
+                ));
+            }
+        };
+        if !matches!(url, StoreUrl::Postgres(_)) && (schema.is_some() || pool_size.is_some()) {
+            return Err(self.invalid(
+                "store",
+                Some(if schema.is_some() {
+                    "schema"
+                } else {
+                    "pool_size"
+                }),
+                "only applies to a postgres:// store",
+            ));
+        }
+        Ok(StoreSettings {
+            url,
+            url_source,
+            synchronous,
+            schema,
+            pool_size,
+        })
     }
 
     fn pipeline(

@@ -20,19 +20,38 @@ use crate::config::{Settings, StoreUrl};
 use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
+use crate::store::postgres::{PgOptions, PgStore};
 use crate::store::sqlite::SqliteStore;
 use crate::webhook::{AllowList, WebhookPolicy, Webhooks, secret_key};
 
-/// Opens the configured store.
-pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the configured store, saying which one and why.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    let source = settings.store.url_source;
     match &settings.store.url {
         StoreUrl::Sqlite(path) => {
             let store = SqliteStore::open(path, settings.store.synchronous)
                 .with_context(|| format!("opening {}", path.display()))?;
+            tracing::info!(path = %path.display(), from = source, "store: SQLite");
             Ok(Arc::new(store))
         }
-        StoreUrl::Postgres(_) => {
-            anyhow::bail!("the PostgreSQL store is not in this build yet; use sqlite://PATH")
+        StoreUrl::Postgres(url) => {
+            let opts = PgOptions {
+                url: url.clone(),
+                schema: settings.store.schema.clone(),
+                pool_size: settings
+                    .store
+                    .pool_size
+                    .unwrap_or((settings.server.max_workers + 10).min(32)),
+            };
+            let store = PgStore::open(&opts).await?;
+            tracing::info!(
+                url = store.display(),
+                schema = opts.schema.as_deref().unwrap_or("public"),
+                pool = opts.pool_size,
+                from = source,
+                "store: PostgreSQL"
+            );
+            Ok(Arc::new(store))
         }
     }
 }
@@ -70,7 +89,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
-    let store = open_store(&settings)?;
+    let store = open_store(&settings).await?;
     let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
     let webhooks = webhooks(&settings)?;
     let metrics = Arc::new(Metrics::default());

@@ -22,7 +22,7 @@ pub mod claim_plan;
 pub mod completion;
 mod error;
 pub mod payload;
-// pub mod postgres;
+pub mod postgres;
 pub mod sqlite;
 pub mod summary;
 pub mod transition;

@@ -1,0 +1,643 @@
+//! The shared store: PostgreSQL, for many replicas on many hosts.
+//!
+//! Each [`Store`] method is one READ COMMITTED transaction on a pooled
+//! connection (deadpool-postgres, statements prepared once per connection).
+//! The rules come from the backend-neutral modules (`transition`,
+//! `claim_plan`, `completion`, `payload`, `summary`); this module only has
+//! SQL, transactions and what PostgreSQL needs that SQLite's single writer
+//! gave for free:
+//!
+//! - **Caps under races.** `FOR UPDATE SKIP LOCKED` stops two claimers taking
+//!   the same job, but not both counting the same free room. A claim that must
+//!   respect a cap first takes a transaction-scoped advisory lock (one key for
+//!   the global cap, else one per capped pipeline, sorted, schema in the key)
+//!   and counts after it is granted (SCALE-OUT §2.4: 28 running under a cap of
+//!   4 without it, 4 with it).
+//! - **Fencing.** The fence row is read `FOR UPDATE`, so the decision acts on
+//!   the row as it is when written; every execution write is conditional on
+//!   `(id, claim_seq, status='running')`.
+//! - **Lock order** (no deadlocks between finish, abort, start and rescue):
+//!   job rows in id order, then the run row, then anything else. Finish and
+//!   start lock their job then update the run; abort locks the run's jobs in id
+//!   order before it updates the run. Claims never wait on rows (SKIP LOCKED)
+//!   and take the advisory cap lock last.
+//! - **Event ids that never skip.** An event's id is `(xid << 16) | n` (its
+//!   transaction's top-level id, then its index in the transaction); readers
+//!   take only ids below the oldest transaction still in flight
+//!   (`pg_snapshot_xmin`), so an id a reader has passed can never commit later.
+//!   Ids have gaps; the SSE code resumes by cursor, never by counting.
+//! - **The database's clock.** Times are the database's (`runyard_now_ms()`),
+//!   followed locally between samples with the monotonic clock
+//!   ([`Store::clock_ms`]), so hosts whose clocks disagree agree on leases.
+//! - **Sessions that cannot hold locks forever**: `idle_in_transaction_session_timeout`,
+//!   `statement_timeout` and `lock_timeout` are set on every connection, so a
+//!   frozen replica's locks (the cap key!) are released.
+//! - **Faults.** Serialization failures, deadlocks and lock timeouts are retried
+//!   (a few times, with jitter); a lost connection before COMMIT is retried on a
+//!   fresh one; an unreachable database is [`StoreError::Unavailable`] (HTTP 503).
+//! - **Changes made by other replicas** reach this process's [`ChangeFeed`]
+//!   through a timed poll of the event horizon (every 250 ms) until a bus
+//!   carries them; log streams poll on their own.
+
+mod read;
+mod write;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, Row};
+
+use super::*;
+
+/// Schema files, applied in order; the version is the number applied.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres_0001_init.sql")];
+/// Retries of a transaction that lost a race or its connection before COMMIT.
+pub(crate) const MAX_RETRIES: u32 = 4;
+/// How often other replicas' commits are looked for (until a bus signals them).
+const CHANGE_POLL: Duration = Duration::from_millis(250);
+/// How often the database clock is sampled.
+const CLOCK_SAMPLE: Duration = Duration::from_secs(5);
+/// Waiting longer than this for a pooled connection is "unavailable".
+const POOL_WAIT: Duration = Duration::from_secs(5);
+/// Session settings: a frozen replica cannot hold locks for long, no statement runs forever.
+const SESSION_OPTIONS: &str =
+    "-c idle_in_transaction_session_timeout=10000 -c statement_timeout=30000 -c lock_timeout=5000";
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// `postgres://user@host:port/db?…`
+    pub url: String,
+    /// Schema to use (created if missing); `None` = the connection's default (`public`).
+    pub schema: Option<String>,
+    /// Connections in the pool.
+    pub pool_size: usize,
+}
+
+/// PostgreSQL implementation of [`super::Store`].
+pub struct PgStore {
+    pool: Pool,
+    feed: ChangeFeed,
+    clock: Arc<Mutex<ClockSample>>,
+    stop: Arc<AtomicBool>,
+    /// Where, for messages (the URL without a password).
+    display: String,
+}
+
+/// The database clock at one instant of the local monotonic clock.
+#[derive(Debug, Clone, Copy)]
+struct ClockSample {
+    db_ms: i64,
+    at: Instant,
+}
+
+impl ClockSample {
+    fn now(&self) -> i64 {
+        self.db_ms + self.at.elapsed().as_millis() as i64
+    }
+}
+
+/// Maps a driver error onto what the caller should do about it.
+pub(crate) fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    if let Some(code) = e.code() {
+        let transient = [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::QUERY_CANCELED,
+        ];
+        if transient.contains(code) {
+            return StoreError::transient(e);
+        }
+        let unavailable = [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+        ];
+        if unavailable.contains(code) || code.code().starts_with("08") {
+            return StoreError::unavailable(e);
+        }
+        if *code == SqlState::UNIQUE_VIOLATION {
+            return StoreError::Conflict {
+                message: e.to_string(),
+            };
+        }
+        return StoreError::database(e);
+    }
+    // No SQLSTATE: the connection broke (I/O, closed, timeout).
+    StoreError::unavailable(e)
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_err(e),
+        other => StoreError::unavailable(other),
+    }
+}
+
+/// The URL as it may be shown: without its password.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A schema name safe to splice into SQL (it is quoted as an identifier too).
+fn valid_schema(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+}
+
+impl PgStore {
+    /// Connects, creates the schema if asked, applies migrations (once, whichever replica
+    /// gets there first) and starts the change poll.
+    pub async fn open(opts: &PgOptions) -> StoreResult<PgStore> {
+        let display = redact_url(&opts.url);
+        let open_err = |message: String| StoreError::Open {
+            path: display.clone(),
+            message,
+        };
+        let mut config: tokio_postgres::Config = opts
+            .url
+            .parse()
+            .map_err(|e| open_err(format!("not a PostgreSQL URL: {e}")))?;
+        let mut options = config.get_options().unwrap_or("").to_string();
+        if let Some(schema) = &opts.schema {
+            if !valid_schema(schema) {
+                return Err(open_err(format!(
+                    "schema {schema:?} must be 1–63 letters, digits or _, not starting with a digit"
+                )));
+            }
+            options.push_str(&format!(" -c search_path={schema}"));
+        }
+        options.push(' ');
+        options.push_str(SESSION_OPTIONS);
+        config.options(options.trim());
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
+        config.connect_timeout(Duration::from_secs(5));
+        if config.get_application_name().is_none() {
+            config.application_name("runyard");
+        }
+
+        // Create the schema on a plain connection first: search_path must name an existing
+        // schema for the pooled connections' unqualified names to resolve.
+        if let Some(schema) = &opts.schema {
+            let mut plain = config.clone();
+            plain.options(SESSION_OPTIONS);
+            let (client, conn) = plain
+                .connect(NoTls)
+                .await
+                .map_err(|e| open_err(format!("cannot connect: {e}")))?;
+            let task = tokio::spawn(conn);
+            let created = client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                .await;
+            drop(client);
+            let _ = task.await;
+            if let Err(e) = created {
+                // Two replicas creating it at once: one loses with a unique violation.
+                if e.code() != Some(&SqlState::UNIQUE_VIOLATION) {
+                    return Err(open_err(format!("cannot create schema {schema}: {e}")));
+                }
+            }
+        }
+
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(opts.pool_size.max(2))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| open_err(e.to_string()))?;
+        {
+            let mut client = pool
+                .get()
+                .await
+                .map_err(|e| open_err(format!("cannot connect: {e}")))?;
+            migrate(&mut client)
+                .await
+                .map_err(|e| open_err(e.to_string()))?;
+        }
+        let store = PgStore {
+            pool,
+            feed: ChangeFeed::default(),
+            clock: Arc::new(Mutex::new(ClockSample {
+                db_ms: crate::clock::now_ms(),
+                at: Instant::now(),
+            })),
+            stop: Arc::new(AtomicBool::new(false)),
+            display,
+        };
+        store.sample_clock().await?;
+        store.spawn_change_poll();
+        Ok(store)
+    }
+
+    /// Where this store lives (the URL without its password).
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    async fn conn(&self) -> StoreResult<deadpool_postgres::Object> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(StoreError::Closed);
+        }
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    /// Reads the database clock, correcting for half the round trip.
+    async fn sample_clock(&self) -> StoreResult<()> {
+        let client = self.conn().await?;
+        sample_clock_on(&client, &self.clock).await
+    }
+
+    /// Bumps the feed when another replica committed events (the horizon moved), and
+    /// re-samples the clock now and then.
+    fn spawn_change_poll(&self) {
+        let pool = self.pool.clone();
+        let feed = self.feed.clone();
+        let clock = self.clock.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            let mut last_seen = i64::MIN;
+            let mut last_sample = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(CHANGE_POLL).await;
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(client) = pool.get().await else {
+                    continue;
+                };
+                if last_sample.elapsed() >= CLOCK_SAMPLE {
+                    last_sample = Instant::now();
+                    if let Err(e) = sample_clock_on(&client, &clock).await {
+                        tracing::debug!("clock sample failed: {e}");
+                    }
+                }
+                match read::newest_visible_event(&client).await {
+                    Ok(newest) if newest != last_seen => {
+                        if last_seen != i64::MIN {
+                            feed.publish_last_event(newest);
+                            feed.bump(change::ALL);
+                        } else {
+                            feed.publish_last_event(newest);
+                        }
+                        last_seen = newest;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!("change poll failed: {e}"),
+                }
+            }
+        });
+    }
+}
+
+async fn sample_clock_on(
+    client: &deadpool_postgres::Object,
+    clock: &Mutex<ClockSample>,
+) -> StoreResult<()> {
+    let sent = Instant::now();
+    let row = client
+        .query_one(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+            &[],
+        )
+        .await
+        .map_err(pg_err)?;
+    let rtt = sent.elapsed();
+    let db_ms: i64 = row.get(0);
+    *clock.lock().unwrap_or_else(|e| e.into_inner()) = ClockSample {
+        db_ms,
+        at: sent + rtt / 2,
+    };
+    Ok(())
+}
+
+/// Applies pending migrations in one transaction under an advisory lock, so replicas
+/// starting together migrate once; refuses a schema newer than this build.
+async fn migrate(client: &mut deadpool_postgres::Object) -> StoreResult<()> {
+    let tx = client.transaction().await.map_err(pg_err)?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || '/runyard/migrate', 0))",
+        &[],
+    )
+    .await
+    .map_err(pg_err)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS runyard_meta (key text PRIMARY KEY, value bigint NOT NULL)",
+    )
+    .await
+    .map_err(pg_err)?;
+    let version: i64 = tx
+        .query_opt(
+            "SELECT value FROM runyard_meta WHERE key = 'schema_version'",
+            &[],
+        )
+        .await
+        .map_err(pg_err)?
+        .map(|r| r.get(0))
+        .unwrap_or(0);
+    if version as usize > MIGRATIONS.len() {
+        return Err(StoreError::internal(format!(
+            "schema version {version} is newer than this build ({}); upgrade runyard",
+            MIGRATIONS.len()
+        )));
+    }
+    for sql in MIGRATIONS.iter().skip(version as usize) {
+        tx.batch_execute(sql).await.map_err(pg_err)?;
+    }
+    tx.execute(
+        "INSERT INTO runyard_meta (key, value) VALUES ('schema_version', $1)
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+        &[&(MIGRATIONS.len() as i64)],
+    )
+    .await
+    .map_err(pg_err)?;
+    tx.commit().await.map_err(pg_err)?;
+    Ok(())
+}
+
+/// Runs `$body` (an expression that may `.await` and `?`, using the transaction `$tx`) in
+/// one transaction, committing at the end; re-runs it on a lost race or a connection lost
+/// before COMMIT. Evaluates to `StoreResult<T>`.
+macro_rules! in_tx {
+    ($store:expr, $tx:ident => $body:expr) => {{
+        use $crate::store::postgres::{MAX_RETRIES, Tx, pg_err};
+        use $crate::store::{StoreError, StoreResult};
+        let mut tries = 0u32;
+        loop {
+            let attempt: StoreResult<_> = async {
+                let mut conn = $store.conn().await?;
+                let inner = conn.transaction().await.map_err(pg_err)?;
+                let mut tx = Tx::new(inner);
+                let $tx = &mut tx;
+                let value = $body;
+                let kinds = tx.kinds;
+                tx.inner.commit().await.map_err(pg_err)?;
+                Ok((value, kinds))
+            }
+            .await;
+            match attempt {
+                Err(e)
+                    if (e.is_transient() || matches!(e, StoreError::Unavailable { .. }))
+                        && tries < MAX_RETRIES =>
+                {
+                    tries += 1;
+                    tracing::debug!("retrying a store transaction ({tries}): {e}");
+                    let jitter = (uuid::Uuid::new_v4().as_u128() % 20) as u64;
+                    let pause = 5 * u64::from(tries) + jitter;
+                    tokio::time::sleep(::std::time::Duration::from_millis(pause)).await;
+                }
+                Err(e) => break Err(e),
+                Ok((value, kinds)) => {
+                    if kinds != 0 {
+                        $store.feed.bump(kinds);
+                    }
+                    break Ok(value);
+                }
+            }
+        }
+    }};
+}
+pub(crate) use in_tx;
+
+/// An open transaction with what it emits: the event counter for ids and the change
+/// kinds to publish after COMMIT.
+pub(crate) struct Tx<'a> {
+    pub(crate) inner: deadpool_postgres::Transaction<'a>,
+    events: i64,
+    pub(crate) kinds: u8,
+}
+
+impl<'a> Tx<'a> {
+    pub(crate) fn new(inner: deadpool_postgres::Transaction<'a>) -> Tx<'a> {
+        Tx {
+            inner,
+            events: 0,
+            kinds: 0,
+        }
+    }
+
+    /// Runs a statement (prepared once per connection); rows changed.
+    pub(crate) async fn exec(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> StoreResult<u64> {
+        let st = self.inner.prepare_cached(sql).await.map_err(pg_err)?;
+        self.inner.execute(&st, params).await.map_err(pg_err)
+    }
+
+    /// Runs a query; its rows.
+    pub(crate) async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> StoreResult<Vec<Row>> {
+        let st = self.inner.prepare_cached(sql).await.map_err(pg_err)?;
+        self.inner.query(&st, params).await.map_err(pg_err)
+    }
+
+    /// Runs a query; its row, if any.
+    pub(crate) async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> StoreResult<Option<Row>> {
+        let st = self.inner.prepare_cached(sql).await.map_err(pg_err)?;
+        self.inner.query_opt(&st, params).await.map_err(pg_err)
+    }
+
+    /// Inserts an event with the next id of this transaction.
+    pub(crate) async fn emit(
+        &mut self,
+        event: super::payload::NewEvent,
+        now: i64,
+    ) -> StoreResult<()> {
+        let n = self.events;
+        if n >= 1 << 16 {
+            return Err(StoreError::internal(
+                "more than 65,536 events in one transaction",
+            ));
+        }
+        self.events += 1;
+        self.exec(
+            "INSERT INTO events (id, name, run_id, data, created_at)
+             VALUES ((pg_current_xact_id()::text::bigint << 16) | $1, $2, $3, $4, $5)",
+            &[
+                &n,
+                &event.name.as_str(),
+                &event.run_id,
+                &event.data_text(now),
+                &now,
+            ],
+        )
+        .await?;
+        self.kinds |= change::EVENTS;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn changes(&self) -> &ChangeFeed {
+        &self.feed
+    }
+
+    fn clock_ms(&self) -> i64 {
+        self.clock.lock().unwrap_or_else(|e| e.into_inner()).now()
+    }
+
+    async fn run_create(&self, p: RunCreateParams) -> StoreResult<RunCreated> {
+        write::run_create(self, p).await
+    }
+    async fn job_claim(&self, p: JobClaimParams) -> StoreResult<ClaimOutcome> {
+        write::job_claim(self, p).await
+    }
+    async fn job_start(&self, p: JobStartParams) -> StoreResult<Option<bool>> {
+        write::job_start(self, p).await
+    }
+    async fn job_output_append(&self, p: OutputAppendParams) -> StoreResult<bool> {
+        write::job_output_append(self, p).await
+    }
+    async fn job_progress(&self, p: JobProgressParams) -> StoreResult<bool> {
+        write::job_progress(self, p).await
+    }
+    async fn job_finish(&self, p: JobFinishParams) -> StoreResult<FinishOutcome> {
+        write::job_finish(self, p).await
+    }
+    async fn run_abort(&self, run_id: &str, now: i64) -> StoreResult<AbortOutcome> {
+        write::run_abort(self, run_id, now).await
+    }
+    async fn node_register(&self, node: NodeRow) -> StoreResult<()> {
+        write::node_register(self, node).await
+    }
+    async fn node_heartbeat(&self, p: NodeHeartbeatParams) -> StoreResult<HeartbeatOutcome> {
+        write::node_heartbeat(self, p).await
+    }
+    async fn node_remove(&self, node_id: &str) -> StoreResult<()> {
+        write::node_remove(self, node_id).await
+    }
+    async fn nodes_list(&self) -> StoreResult<Vec<NodeRow>> {
+        self.read_nodes().await
+    }
+    async fn jobs_running_on(&self, node_id: &str) -> StoreResult<Vec<RunningJob>> {
+        self.read_running_on(node_id).await
+    }
+    async fn jobs_running_unowned(&self) -> StoreResult<Vec<RunningJob>> {
+        self.read_running_unowned().await
+    }
+    async fn jobs_abort_requested(&self, node_id: &str) -> StoreResult<Vec<(String, i64)>> {
+        self.read_abort_requested(node_id).await
+    }
+    async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunView>> {
+        self.read_run(run_id).await
+    }
+    async fn runs_list(&self, f: RunFilter) -> StoreResult<Vec<RunView>> {
+        self.read_runs(&f).await
+    }
+    async fn job_get(&self, job_id: &str) -> StoreResult<Option<JobView>> {
+        self.read_job(job_id).await
+    }
+    async fn job_logs(&self, job_id: &str, tail: Option<usize>) -> StoreResult<Option<JobLogs>> {
+        self.read_logs(job_id, tail).await
+    }
+    async fn job_output_after(
+        &self,
+        job_id: &str,
+        after: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<LogLine>> {
+        self.read_output_after(job_id, after, limit).await
+    }
+    async fn job_output_len(&self, job_id: &str) -> StoreResult<i64> {
+        self.read_output_len(job_id).await
+    }
+    async fn events_after(&self, after: i64, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+        self.read_events_after(after, limit).await
+    }
+    async fn events_bounds(&self) -> StoreResult<(i64, i64)> {
+        self.read_event_bounds().await
+    }
+    async fn pipeline_counts(&self) -> StoreResult<HashMap<String, PipelineCounts>> {
+        self.read_pipeline_counts().await
+    }
+    async fn runs_prune(&self, before: i64, batch: usize) -> StoreResult<PruneOutcome> {
+        write::runs_prune(self, before, batch).await
+    }
+    async fn run_summary(&self, run_id: &str) -> StoreResult<Option<serde_json::Value>> {
+        self.read_summary(run_id).await
+    }
+    async fn deliveries_claim(
+        &self,
+        node_id: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<PendingDelivery>> {
+        write::deliveries_claim(self, node_id, now, lease_ms, limit).await
+    }
+    async fn delivery_record(&self, p: DeliveryRecordParams) -> StoreResult<bool> {
+        write::delivery_record(self, p).await
+    }
+    async fn deliveries_of_run(&self, run_id: &str) -> StoreResult<Vec<DeliveryView>> {
+        self.read_deliveries(run_id).await
+    }
+    async fn pipeline_node_set(&self, state: PipelineNodeState) -> StoreResult<()> {
+        write::pipeline_node_set(self, state).await
+    }
+    async fn pipeline_nodes_list(&self) -> StoreResult<Vec<PipelineNodeState>> {
+        self.read_pipeline_nodes().await
+    }
+    async fn close(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.pool.close();
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_checked_and_passwords_hidden() {
+        assert!(valid_schema("rt_123_4"));
+        assert!(!valid_schema("1abc"));
+        assert!(!valid_schema("a;drop"));
+        assert!(!valid_schema(""));
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+    }
+}

@@ -1,0 +1,888 @@
+//! The PostgreSQL store's write transactions. Lock order (see the module docs):
+//! job rows in id order → the run row → everything else; claims never wait on rows.
+
+use std::collections::HashMap;
+
+use super::{PgStore, StoreError, StoreResult, Tx, in_tx};
+use crate::model::{JobKind, JobStatus, RunStatus, finalize_job_id};
+use crate::store::completion::{
+    FINALIZER_MAX_ATTEMPTS, FINALIZER_MIN_REQUEUES, shards_status, status_after_finalizer,
+};
+use crate::store::payload::{self, NewEvent};
+use crate::store::transition::{JobFence, decide, outcome_error};
+use crate::store::{
+    AbortOutcome, ClaimOutcome, ClaimedJob, DeliveryNext, DeliveryRecordParams, FinishOutcome,
+    HeartbeatOutcome, JobClaimParams, JobFinishParams, JobProgressParams, JobStartParams,
+    NodeHeartbeatParams, NodeRow, OutputAppendParams, PendingDelivery, PipelineNodeState,
+    PruneOutcome, RunCreateParams, RunCreated, change, claim_plan, summary,
+};
+
+const STDOUT: i16 = 1;
+const STDERR: i16 = 2;
+/// Events deleted per pruned-run batch slot (as on SQLite).
+const EVENTS_PER_RUN_PRUNED: usize = 20;
+
+/// An advisory lock key of this schema (advisory locks are per database, not per schema).
+const LOCK_KEY: &str = "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || $1, 0))";
+
+impl<'a> Tx<'a> {
+    /// Inserts several events in one statement, with consecutive ids of this transaction.
+    async fn emit_many(&mut self, events: Vec<NewEvent>, now: i64) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let first = self.events;
+        let count = events.len() as i64;
+        if first + count > 1 << 16 {
+            return Err(StoreError::internal(
+                "more than 65,536 events in one transaction",
+            ));
+        }
+        self.events += count;
+        let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+        let runs: Vec<&str> = events.iter().map(|e| e.run_id.as_str()).collect();
+        let data: Vec<String> = events.iter().map(|e| e.data_text(now)).collect();
+        self.exec(
+            "INSERT INTO events (id, name, run_id, data, created_at)
+             SELECT (pg_current_xact_id()::text::bigint << 16) | ($1 + e.ord - 1), e.name, e.run_id, e.data, $5
+             FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS e(name, run_id, data, ord)",
+            &[&first, &names, &runs, &data, &now],
+        )
+        .await?;
+        self.kinds |= change::EVENTS;
+        Ok(())
+    }
+}
+
+pub(super) async fn run_create(s: &PgStore, p: RunCreateParams) -> StoreResult<RunCreated> {
+    let params_text = serde_json::to_string(&p.params).unwrap_or_else(|_| "{}".into());
+    let shard_count = p.job_ids.len() as i64;
+    in_tx!(s, tx => {
+        let inserted = tx
+            .query_opt(
+                "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor, idempotency_key,
+                                   created_at, has_finalizer, callback_url)
+                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (pipeline, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                 RETURNING id",
+                &[&p.run_id, &p.pipeline, &params_text, &shard_count, &p.triggered_by, &p.actor,
+                  &p.idempotency_key, &p.now, &p.has_finalizer, &p.callback_url],
+            )
+            .await?;
+        if inserted.is_none() {
+            // The key belongs to an earlier run, committed (ON CONFLICT waited for it).
+            let row = tx
+                .query_opt(
+                    "SELECT id, created_at, params FROM runs WHERE pipeline = $1 AND idempotency_key = $2",
+                    &[&p.pipeline, &p.idempotency_key],
+                )
+                .await?
+                .ok_or_else(|| StoreError::internal("idempotency key held by a vanished run"))?;
+            let run_id: String = row.get(0);
+            let job_ids: Vec<String> = tx
+                .query(
+                    "SELECT id FROM jobs WHERE run_id = $1 AND kind = 'shard' ORDER BY shard_index",
+                    &[&run_id],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let params_text: String = row.get(2);
+            RunCreated {
+                run_id,
+                job_ids,
+                created_at: row.get(1),
+                existing: true,
+                existing_params: Some(serde_json::from_str(&params_text).unwrap_or_default()),
+            }
+        } else {
+            tx.exec(
+                "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts,
+                                   retry_backoff_ms, on_orphan, max_orphan_requeues, run_after, created_at)
+                 SELECT t.id, $2, $3, t.ord - 1, $4, 'queued', $5, $6, $7, $8, $9, $9
+                 FROM unnest($1::text[]) WITH ORDINALITY AS t(id, ord)",
+                &[&p.job_ids, &p.run_id, &p.pipeline, &shard_count, &(p.policy.max_attempts as i64),
+                  &p.policy.retry_backoff_ms, &p.policy.on_orphan, &(p.policy.max_orphan_requeues as i64),
+                  &p.now],
+            )
+            .await?;
+            let events = p
+                .job_ids
+                .iter()
+                .enumerate()
+                .map(|(i, job_id)| {
+                    payload::shard_created(&p.run_id, job_id, &p.pipeline, i as u32, shard_count as u32,
+                                           &p.triggered_by, p.actor.as_deref())
+                })
+                .collect();
+            tx.emit_many(events, p.now).await?;
+            tx.kinds |= change::WORK;
+            RunCreated {
+                run_id: p.run_id.clone(),
+                job_ids: p.job_ids.clone(),
+                created_at: p.now,
+                existing: false,
+                existing_params: None,
+            }
+        }
+    })
+}
+
+/// Claims queued jobs inside the open transaction (see [`crate::store::Store::job_claim`]).
+pub(super) async fn claim_in_tx(tx: &mut Tx<'_>, p: &JobClaimParams) -> StoreResult<ClaimOutcome> {
+    // A node without a row was declared dead (or deregistered): it may not claim. KEY
+    // SHARE keeps a rescuer from deleting the row until this claim commits, so the
+    // rescuer's requeue then sees the jobs claimed here.
+    let registered = tx
+        .query_opt(
+            "SELECT 1 FROM nodes WHERE id = $1 FOR KEY SHARE",
+            &[&p.node_id],
+        )
+        .await?
+        .is_some();
+    if !registered {
+        return Ok(ClaimOutcome::default());
+    }
+    let mut running: HashMap<String, u32> = HashMap::new();
+    if claim_plan::needs_counts(p) {
+        // Serialise the count with every other capped claim: one key for the global cap,
+        // else one per capped pipeline, sorted (a fixed order, so claims never deadlock).
+        if p.global_cap > 0 {
+            tx.exec(LOCK_KEY, &[&"/runyard/cap"]).await?;
+        } else {
+            let mut capped: Vec<&String> = p
+                .pipelines
+                .iter()
+                .filter(|(_, cap)| **cap > 0)
+                .map(|(name, _)| name)
+                .collect();
+            capped.sort();
+            for name in capped {
+                tx.exec(LOCK_KEY, &[&format!("/runyard/cap/{name}")])
+                    .await?;
+            }
+        }
+        // A new statement after the lock: it sees every earlier holder's commit.
+        for r in tx
+            .query(
+                "SELECT pipeline, count(*) FROM jobs WHERE status = 'running' GROUP BY pipeline",
+                &[],
+            )
+            .await?
+        {
+            running.insert(r.get(0), r.get::<_, i64>(1) as u32);
+        }
+    }
+    let plan = claim_plan::plan(p, &running);
+    let mut out = ClaimOutcome::default();
+    if plan.want > 0 && !plan.rooms.is_empty() {
+        let names: Vec<&str> = plan.rooms.iter().map(|(n, _)| n.as_str()).collect();
+        let rooms: Vec<i64> = plan.rooms.iter().map(|(_, r)| *r as i64).collect();
+        let rows = tx
+            .query(
+                "SELECT c.seq, c.id, c.run_id, c.pipeline, c.shard_index, c.shard_count, c.attempt, c.params,
+                        c.kind, c.run_after
+                 FROM unnest($1::text[], $2::bigint[]) AS q(name, room)
+                 CROSS JOIN LATERAL (
+                     SELECT j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt, r.params,
+                            j.kind, j.run_after
+                     FROM jobs j JOIN runs r ON r.id = j.run_id
+                     WHERE j.status = 'queued' AND j.pipeline = q.name AND j.run_after <= $3
+                     ORDER BY j.seq LIMIT q.room
+                     FOR UPDATE OF j SKIP LOCKED) c",
+                &[&names, &rooms, &p.now],
+            )
+            .await?;
+        let candidates: Vec<(i64, ClaimedJob)> = rows
+            .iter()
+            .map(|r| {
+                let params: String = r.get(7);
+                let kind: String = r.get(8);
+                (
+                    r.get(0),
+                    ClaimedJob {
+                        id: r.get(1),
+                        run_id: r.get(2),
+                        pipeline: r.get(3),
+                        shard_index: r.get::<_, i64>(4) as u32,
+                        shard_count: r.get::<_, i64>(5) as u32,
+                        attempt: r.get::<_, i64>(6) as u32,
+                        claim_seq: 0,
+                        params: serde_json::from_str(&params).unwrap_or_default(),
+                        kind: JobKind::from_name(&kind),
+                        due_at: r.get(9),
+                    },
+                )
+            })
+            .collect();
+        let chosen = claim_plan::merge(candidates, plan.want);
+        if !chosen.is_empty() {
+            let seqs: Vec<i64> = chosen.iter().map(|(seq, _)| *seq).collect();
+            let claimed: HashMap<i64, i64> = tx
+                .query(
+                    "UPDATE jobs SET status = 'running', claim_seq = claim_seq + 1, node_id = $2, claimed_at = $3,
+                            pid = NULL, proc_start = NULL, started_at = NULL, exit_code = NULL, abort_requested = false
+                     WHERE seq = ANY($1) AND status = 'queued' RETURNING seq, claim_seq",
+                    &[&seqs, &p.node_id, &p.now],
+                )
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            for (seq, mut job) in chosen {
+                if let Some(claim_seq) = claimed.get(&seq) {
+                    job.claim_seq = *claim_seq;
+                    out.jobs.push(job);
+                }
+            }
+        }
+    }
+    if out.jobs.len() < plan.want || plan.want == 0 {
+        out.next_due = tx
+            .query_opt(
+                "SELECT min(run_after) FROM jobs WHERE status = 'queued' AND attempt > 1 AND run_after > $1",
+                &[&p.now],
+            )
+            .await?
+            .and_then(|r| r.get::<_, Option<i64>>(0));
+    }
+    Ok(out)
+}
+
+pub(super) async fn job_claim(s: &PgStore, p: JobClaimParams) -> StoreResult<ClaimOutcome> {
+    in_tx!(s, tx => claim_in_tx(tx, &p).await?)
+}
+
+/// Records a spawned process (fenced); `None` when the claim is no longer ours.
+async fn start_in_tx(tx: &mut Tx<'_>, p: &JobStartParams) -> StoreResult<Option<bool>> {
+    let Some(row) = tx
+        .query_opt(
+            "UPDATE jobs SET pid = $3, proc_start = $4, started_at = $5
+             WHERE id = $1 AND claim_seq = $2 AND status = 'running'
+             RETURNING abort_requested, run_id, pipeline, shard_index, attempt",
+            &[
+                &p.job_id,
+                &p.claim_seq,
+                &(p.pid as i64),
+                &(p.proc_start as i64),
+                &p.now,
+            ],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let run_id: String = row.get(1);
+    let pipeline: String = row.get(2);
+    tx.exec(
+        "UPDATE runs SET status = 'running', started_at = $2 WHERE id = $1 AND status = 'queued'",
+        &[&run_id, &p.now],
+    )
+    .await?;
+    let event = payload::job_started(
+        &run_id,
+        &p.job_id,
+        &pipeline,
+        row.get::<_, i64>(3) as u32,
+        row.get::<_, i64>(4) as u32,
+        p.pid,
+    );
+    tx.emit(event, p.now).await?;
+    Ok(Some(row.get(0)))
+}
+
+pub(super) async fn job_start(s: &PgStore, p: JobStartParams) -> StoreResult<Option<bool>> {
+    in_tx!(s, tx => start_in_tx(tx, &p).await?)
+}
+
+/// PostgreSQL text cannot hold NUL; the executor already maps it, and this guard keeps one
+/// bad line from failing a whole flush.
+fn chunk(lines: &[String]) -> String {
+    let text = lines.join("\n");
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
+}
+
+pub(super) async fn job_output_append(s: &PgStore, p: OutputAppendParams) -> StoreResult<bool> {
+    let total = (p.stdout.len() + p.stderr.len()) as i64;
+    in_tx!(s, tx => {
+        // Fence and line-number allocation in one statement.
+        let first = tx
+            .query_opt(
+                "UPDATE jobs SET output_lines = output_lines + $3
+                 WHERE id = $1 AND claim_seq = $2 AND status = 'running' RETURNING output_lines - $3",
+                &[&p.job_id, &p.claim_seq, &total],
+            )
+            .await?;
+        match first {
+            None => false,
+            Some(row) => {
+                let mut next: i64 = row.get(0);
+                for (stream, lines) in [(STDOUT, &p.stdout), (STDERR, &p.stderr)] {
+                    if lines.is_empty() {
+                        continue;
+                    }
+                    tx.exec(
+                        "INSERT INTO output (job_id, claim_seq, stream, first_line, line_count, data)
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                        &[&p.job_id, &p.claim_seq, &stream, &next, &(lines.len() as i64), &chunk(lines)],
+                    )
+                    .await?;
+                    next += lines.len() as i64;
+                }
+                tx.kinds |= change::OUTPUT;
+                true
+            }
+        }
+    })
+}
+
+pub(super) async fn job_progress(s: &PgStore, p: JobProgressParams) -> StoreResult<bool> {
+    in_tx!(s, tx => {
+        let row = tx
+            .query_opt(
+                "UPDATE jobs SET progress = $3, progress_message = $4
+                 WHERE id = $1 AND claim_seq = $2 AND status = 'running' RETURNING run_id, pipeline, shard_index",
+                &[&p.job_id, &p.claim_seq, &(p.percent as i64), &p.message],
+            )
+            .await?;
+        match row {
+            None => false,
+            Some(r) => {
+                let run_id: String = r.get(0);
+                let pipeline: String = r.get(1);
+                let event = payload::job_progress(&run_id, &p.job_id, &pipeline, r.get::<_, i64>(2) as u32,
+                                                  p.percent, &p.message);
+                tx.emit(event, p.now).await?;
+                true
+            }
+        }
+    })
+}
+
+async fn fence_row(tx: &Tx<'_>, job_id: &str) -> StoreResult<Option<JobFence>> {
+    Ok(tx
+        .query_opt(
+            "SELECT status, claim_seq, attempt, max_attempts, retry_backoff_ms, abort_requested, orphan_requeues,
+                    max_orphan_requeues, on_orphan, run_id, pipeline, shard_index, kind
+             FROM jobs WHERE id = $1 FOR UPDATE",
+            &[&job_id],
+        )
+        .await?
+        .map(|r| {
+            let kind: String = r.get(12);
+            JobFence {
+                status: r.get(0),
+                claim_seq: r.get(1),
+                attempt: r.get::<_, i64>(2) as u32,
+                max_attempts: r.get::<_, i64>(3) as u32,
+                retry_backoff_ms: r.get(4),
+                abort_requested: r.get(5),
+                orphan_requeues: r.get::<_, i64>(6) as u32,
+                max_orphan_requeues: r.get::<_, i64>(7) as u32,
+                on_orphan: r.get(8),
+                run_id: r.get(9),
+                pipeline: r.get(10),
+                shard_index: r.get::<_, i64>(11) as u32,
+                kind: JobKind::from_name(&kind),
+            }
+        }))
+}
+
+async fn finish_fenced(tx: &mut Tx<'_>, p: &JobFinishParams) -> StoreResult<FinishOutcome> {
+    let not_applied = FinishOutcome {
+        applied: false,
+        status: None,
+        run_finalized: None,
+        next: Vec::new(),
+    };
+    let Some(row) = fence_row(tx, &p.job_id).await? else {
+        return Ok(not_applied);
+    };
+    if !row.is_held_by(p.claim_seq) {
+        return Ok(not_applied);
+    }
+    let t = decide(&row, &p.outcome, p.now);
+    let error = outcome_error(&p.outcome);
+    let terminal = t.status.is_terminal();
+    let finished_at = terminal.then_some(p.now);
+    let changed = tx
+        .exec(
+            "UPDATE jobs SET status = $3, reason = $4, attempt = $5, orphan_requeues = $6, run_after = $7,
+                    exit_code = $8, error = $9, stdout_bytes = $10, stderr_bytes = $11, truncated = $12,
+                    finished_at = $13, result = $14
+             WHERE id = $1 AND claim_seq = $2 AND status = 'running'",
+            &[
+                &p.job_id,
+                &p.claim_seq,
+                &t.status.as_str(),
+                &t.reason.map(|r| r.as_str()),
+                &(t.attempt as i64),
+                &(t.orphan_requeues as i64),
+                &t.run_after,
+                &p.exit_code.map(i64::from),
+                &error,
+                &(p.stdout_bytes as i64),
+                &(p.stderr_bytes as i64),
+                &p.truncated,
+                &finished_at,
+                &p.result,
+            ],
+        )
+        .await?;
+    if changed != 1 {
+        return Ok(not_applied);
+    }
+    let event = payload::job_ended(&p.job_id, &row, &t, p.exit_code, error.as_deref());
+    tx.emit(event, p.now).await?;
+    let run_finalized = if terminal && row.kind == JobKind::Finalize {
+        finalizer_ended(tx, &row.run_id, t.status, p.now).await?
+    } else if terminal {
+        land_terminal(tx, &row.run_id, p.now).await?
+    } else {
+        None
+    };
+    tx.kinds |= change::WORK;
+    Ok(FinishOutcome {
+        applied: true,
+        status: Some(t.status),
+        run_finalized,
+        next: Vec::new(),
+    })
+}
+
+pub(super) async fn job_finish(s: &PgStore, p: JobFinishParams) -> StoreResult<FinishOutcome> {
+    in_tx!(s, tx => {
+        if let Some(start) = &p.start {
+            start_in_tx(tx, start).await?;
+        }
+        let mut out = finish_fenced(tx, &p).await?;
+        if let Some(claim) = &p.claim_next {
+            out.next = claim_in_tx(tx, claim).await?.jobs;
+        }
+        out
+    })
+}
+
+/// Bumps the run's counter for one terminal shard; when it lands, finalises the run or
+/// queues its finalizer (the flow of [`crate::store::completion`]).
+async fn land_terminal(tx: &mut Tx<'_>, run_id: &str, now: i64) -> StoreResult<Option<RunStatus>> {
+    let Some(row) = tx
+        .query_opt(
+            "UPDATE runs SET shards_done = shards_done + 1 WHERE id = $1 AND shards_done < shard_count
+             RETURNING shards_done, shard_count, status, has_finalizer",
+            &[&run_id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (done, count): (i64, i64) = (row.get(0), row.get(1));
+    if done < count {
+        return Ok(None);
+    }
+    let status: String = row.get(2);
+    let has_finalizer: bool = row.get(3);
+    // A new statement: every earlier lander committed (they all held the run row).
+    let shards: Vec<JobStatus> = tx
+        .query(
+            "SELECT status FROM jobs WHERE run_id = $1 AND kind = 'shard'",
+            &[&run_id],
+        )
+        .await?
+        .iter()
+        .filter_map(|r| r.get::<_, String>(0).parse().ok())
+        .collect();
+    let shards_status = shards_status(&status, shards);
+    tx.exec(
+        "UPDATE runs SET shards_status = $2 WHERE id = $1",
+        &[&run_id, &shards_status.as_str()],
+    )
+    .await?;
+    if has_finalizer {
+        queue_finalizer(tx, run_id, now).await?;
+        return Ok(None);
+    }
+    turn_terminal(tx, run_id, shards_status, now).await
+}
+
+async fn queue_finalizer(tx: &mut Tx<'_>, run_id: &str, now: i64) -> StoreResult<()> {
+    let job_id = finalize_job_id(run_id);
+    let inserted = tx
+        .query_opt(
+            "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts, retry_backoff_ms,
+                               on_orphan, max_orphan_requeues, run_after, created_at, kind)
+             SELECT $1, run_id, pipeline, shard_count, shard_count, 'queued', $4, retry_backoff_ms,
+                    'requeue', GREATEST(max_orphan_requeues, $5), $3, $3, 'finalize'
+             FROM jobs WHERE run_id = $2 AND kind = 'shard' LIMIT 1
+             ON CONFLICT (id) DO NOTHING
+             RETURNING pipeline, shard_index",
+            &[&job_id, &run_id, &now, &(FINALIZER_MAX_ATTEMPTS as i64), &(FINALIZER_MIN_REQUEUES as i64)],
+        )
+        .await?;
+    if let Some(r) = inserted {
+        let pipeline: String = r.get(0);
+        let event =
+            payload::finalizer_created(run_id, &job_id, &pipeline, r.get::<_, i64>(1) as u32);
+        tx.emit(event, now).await?;
+        tx.kinds |= change::WORK;
+    }
+    Ok(())
+}
+
+async fn finalizer_ended(
+    tx: &mut Tx<'_>,
+    run_id: &str,
+    status: JobStatus,
+    now: i64,
+) -> StoreResult<Option<RunStatus>> {
+    let Some(row) = tx
+        .query_opt(
+            "SELECT status, shards_status FROM runs WHERE id = $1",
+            &[&run_id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let current: String = row.get(0);
+    let shards: Option<String> = row.get(1);
+    let final_status = status_after_finalizer(&current, status, shards.as_deref());
+    turn_terminal(tx, run_id, final_status, now).await
+}
+
+/// Marks the run terminal (once), emits `run:completed` and writes the webhook outbox row.
+async fn turn_terminal(
+    tx: &mut Tx<'_>,
+    run_id: &str,
+    status: RunStatus,
+    now: i64,
+) -> StoreResult<Option<RunStatus>> {
+    let Some(row) = tx
+        .query_opt(
+            "UPDATE runs SET status = $2, finished_at = $3 WHERE id = $1 AND finished_at IS NULL
+             RETURNING pipeline, shard_count, callback_url",
+            &[&run_id, &status.as_str(), &now],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let pipeline: String = row.get(0);
+    let callback_url: Option<String> = row.get(2);
+    let finalizer = tx
+        .query_opt(
+            "SELECT status, exit_code FROM jobs WHERE id = $1",
+            &[&finalize_job_id(run_id)],
+        )
+        .await?
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                r.get::<_, Option<i64>>(1).map(|c| c as i32),
+            )
+        });
+    let event = payload::run_completed(
+        run_id,
+        &pipeline,
+        status,
+        row.get::<_, i64>(1) as u32,
+        finalizer.as_ref().map(|(s, c)| (s.as_str(), *c)),
+    );
+    tx.emit(event, now).await?;
+    if let Some(url) = callback_url {
+        let run_summary = super::read::summary_in(&tx.inner, run_id)
+            .await?
+            .unwrap_or(serde_json::Value::Null);
+        let envelope = summary::webhook_envelope(run_summary, now);
+        tx.exec(
+            "INSERT INTO deliveries (id, run_id, url, payload, status, next_attempt_at, created_at)
+             VALUES ($1, $2, $3, $4, 'pending', $5, $5)",
+            &[&envelope.id, &run_id, &url, &envelope.payload, &now],
+        )
+        .await?;
+    }
+    Ok(Some(status))
+}
+
+pub(super) async fn run_abort(s: &PgStore, run_id: &str, now: i64) -> StoreResult<AbortOutcome> {
+    fn settled(status: &str) -> Option<AbortOutcome> {
+        match status.parse::<RunStatus>() {
+            Ok(RunStatus::Aborted) => Some(AbortOutcome::Aborted { aborted_jobs: 0 }),
+            Ok(s @ (RunStatus::Completed | RunStatus::Failed)) => Some(AbortOutcome::Finished(s)),
+            _ => None,
+        }
+    }
+    in_tx!(s, tx => {
+        let status = tx
+            .query_opt("SELECT status FROM runs WHERE id = $1", &[&run_id])
+            .await?
+            .map(|r| r.get::<_, String>(0));
+        match status {
+            None => AbortOutcome::NotFound,
+            Some(status) if settled(&status).is_some() => settled(&status).unwrap_or(AbortOutcome::NotFound),
+            Some(_) => {
+                // Lock order: the run's jobs in id order, then the run.
+                tx.query(
+                    "SELECT id FROM jobs WHERE run_id = $1 AND kind = 'shard' AND status IN ('queued', 'running')
+                     ORDER BY id FOR UPDATE",
+                    &[&run_id],
+                )
+                .await?;
+                let marked = tx
+                    .exec(
+                        "UPDATE runs SET status = 'aborted' WHERE id = $1 AND status IN ('queued', 'running')",
+                        &[&run_id],
+                    )
+                    .await?;
+                if marked == 0 {
+                    // It ended (or was aborted) while we waited for its jobs.
+                    let now_status = tx
+                        .query_opt("SELECT status FROM runs WHERE id = $1", &[&run_id])
+                        .await?
+                        .map(|r| r.get::<_, String>(0));
+                    now_status.as_deref().and_then(settled).unwrap_or(AbortOutcome::NotFound)
+                } else {
+                    let queued = tx
+                        .query(
+                            "UPDATE jobs SET status = 'aborted', reason = 'aborted', finished_at = $2
+                             WHERE run_id = $1 AND status = 'queued' AND kind = 'shard'
+                             RETURNING id, pipeline, shard_index",
+                            &[&run_id, &now],
+                        )
+                        .await?;
+                    let flagged = tx
+                        .exec(
+                            "UPDATE jobs SET abort_requested = true
+                             WHERE run_id = $1 AND status = 'running' AND kind = 'shard'",
+                            &[&run_id],
+                        )
+                        .await?;
+                    let events = queued
+                        .iter()
+                        .map(|r| {
+                            payload::queued_job_aborted(run_id, r.get(0), r.get(1), r.get::<_, i64>(2) as u32)
+                        })
+                        .collect();
+                    tx.emit_many(events, now).await?;
+                    for _ in &queued {
+                        land_terminal(tx, run_id, now).await?;
+                    }
+                    tx.kinds |= change::ABORT | change::WORK;
+                    AbortOutcome::Aborted { aborted_jobs: (queued.len() as u64 + flagged) as u32 }
+                }
+            }
+        }
+    })
+}
+
+pub(super) async fn node_register(s: &PgStore, node: NodeRow) -> StoreResult<()> {
+    in_tx!(s, tx => {
+        tx.exec(
+            "INSERT INTO nodes (id, host, pid, proc_start, boot_id, slots, started_at, heartbeat_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,
+                 proc_start = EXCLUDED.proc_start, boot_id = EXCLUDED.boot_id, slots = EXCLUDED.slots,
+                 started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at",
+            &[&node.id, &node.host, &(node.pid as i64), &(node.proc_start as i64), &node.boot_id,
+              &(node.slots as i64), &node.started_at, &node.heartbeat_at],
+        )
+        .await?;
+    })
+}
+
+pub(super) async fn node_heartbeat(
+    s: &PgStore,
+    p: NodeHeartbeatParams,
+) -> StoreResult<HeartbeatOutcome> {
+    let ids: Vec<&str> = p.running.iter().map(|(id, _)| id.as_str()).collect();
+    in_tx!(s, tx => {
+        let registered = tx
+            .exec("UPDATE nodes SET heartbeat_at = $2 WHERE id = $1", &[&p.node_id, &p.now])
+            .await?
+            == 1;
+        let current: HashMap<String, (String, i64, bool)> = tx
+            .query(
+                "SELECT id, status, claim_seq, abort_requested FROM jobs WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+            .collect();
+        let cancel = p
+            .running
+            .iter()
+            .filter(|(id, claim_seq)| {
+                !matches!(current.get(id), Some((status, c, abort))
+                    if status == "running" && c == claim_seq && !abort)
+            })
+            .cloned()
+            .collect();
+        HeartbeatOutcome { registered, cancel }
+    })
+}
+
+pub(super) async fn node_remove(s: &PgStore, node_id: &str) -> StoreResult<()> {
+    in_tx!(s, tx => {
+        tx.exec("DELETE FROM nodes WHERE id = $1", &[&node_id]).await?;
+        tx.exec("DELETE FROM pipeline_nodes WHERE node_id = $1", &[&node_id]).await?;
+    })
+}
+
+pub(super) async fn runs_prune(
+    s: &PgStore,
+    before: i64,
+    batch: usize,
+) -> StoreResult<PruneOutcome> {
+    in_tx!(s, tx => {
+        // One node prunes at a time; the others skip this round instead of fighting.
+        let ours: bool = tx
+            .query_opt(
+                "SELECT pg_try_advisory_xact_lock(hashtextextended(current_schema() || '/runyard/prune', 0))",
+                &[],
+            )
+            .await?
+            .map(|r| r.get(0))
+            .unwrap_or(false);
+        if !ours {
+            PruneOutcome::default()
+        } else {
+            let ids: Vec<String> = tx
+                .query(
+                    "SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1
+                     ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+                    &[&before, &(batch as i64)],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if !ids.is_empty() {
+                tx.exec("DELETE FROM output WHERE job_id IN (SELECT id FROM jobs WHERE run_id = ANY($1))", &[&ids])
+                    .await?;
+                tx.exec("DELETE FROM jobs WHERE run_id = ANY($1)", &[&ids]).await?;
+                tx.exec(
+                    "DELETE FROM delivery_attempts WHERE delivery_id IN
+                         (SELECT id FROM deliveries WHERE run_id = ANY($1) AND status != 'pending')",
+                    &[&ids],
+                )
+                .await?;
+                tx.exec("DELETE FROM deliveries WHERE run_id = ANY($1) AND status != 'pending'", &[&ids])
+                    .await?;
+                tx.exec("DELETE FROM runs WHERE id = ANY($1)", &[&ids]).await?;
+            }
+            let limit = (batch * EVENTS_PER_RUN_PRUNED) as i64;
+            let deleted = tx
+                .query_opt(
+                    "WITH gone AS (
+                         DELETE FROM events WHERE id IN (
+                             SELECT e.id FROM events e WHERE e.created_at < $1
+                               AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = e.run_id AND r.finished_at IS NULL)
+                             ORDER BY e.id LIMIT $2)
+                         RETURNING id)
+                     SELECT count(*), max(id) FROM gone",
+                    &[&before, &limit],
+                )
+                .await?;
+            let (events, highest) = deleted
+                .map(|r| (r.get::<_, i64>(0) as usize, r.get::<_, Option<i64>>(1)))
+                .unwrap_or((0, None));
+            if let Some(highest) = highest {
+                // Readers resuming at or below this id have missed events: they get `resync`.
+                tx.exec(
+                    "INSERT INTO runyard_meta (key, value) VALUES ('events_pruned_through', $1)
+                     ON CONFLICT (key) DO UPDATE SET value = GREATEST(runyard_meta.value, EXCLUDED.value)",
+                    &[&highest],
+                )
+                .await?;
+            }
+            let more = ids.len() == batch || events as i64 == limit;
+            PruneOutcome { runs: ids.len(), events, more }
+        }
+    })
+}
+
+pub(super) async fn deliveries_claim(
+    s: &PgStore,
+    node_id: &str,
+    now: i64,
+    lease_ms: i64,
+    limit: usize,
+) -> StoreResult<Vec<PendingDelivery>> {
+    in_tx!(s, tx => {
+        tx.query(
+            "UPDATE deliveries SET lease_node = $1, lease_until = $2 + $3
+             WHERE id IN (SELECT id FROM deliveries
+                          WHERE status = 'pending' AND next_attempt_at <= $2
+                            AND (lease_until IS NULL OR lease_until < $2)
+                          ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED)
+             RETURNING id, run_id, url, payload, attempts",
+            &[&node_id, &now, &lease_ms, &(limit as i64)],
+        )
+        .await?
+        .iter()
+        .map(|r| PendingDelivery {
+            id: r.get(0),
+            run_id: r.get(1),
+            url: r.get(2),
+            payload: r.get(3),
+            attempts: r.get::<_, i64>(4) as u32,
+        })
+        .collect()
+    })
+}
+
+pub(super) async fn delivery_record(s: &PgStore, p: DeliveryRecordParams) -> StoreResult<bool> {
+    let now = p.started_at + p.duration_ms as i64;
+    let (status, next_at, finished) = match p.next {
+        DeliveryNext::Delivered => ("delivered", None, Some(now)),
+        DeliveryNext::RetryAt(at) => ("pending", Some(at), None),
+        DeliveryNext::GiveUp => ("failed", None, Some(now)),
+    };
+    let code = p.status_code.map(i64::from);
+    in_tx!(s, tx => {
+        let attempt = tx
+            .query_opt(
+                "UPDATE deliveries SET attempts = attempts + 1, status = $3,
+                        next_attempt_at = COALESCE($4, next_attempt_at), finished_at = $5,
+                        last_status = $6, last_error = $7, lease_node = NULL, lease_until = NULL
+                 WHERE id = $1 AND lease_node = $2 AND status = 'pending'
+                 RETURNING attempts",
+                &[&p.id, &p.node_id, &status, &next_at, &finished, &code, &p.error],
+            )
+            .await?;
+        match attempt {
+            None => false,
+            Some(r) => {
+                let attempt: i64 = r.get(0);
+                tx.exec(
+                    "INSERT INTO delivery_attempts (delivery_id, attempt, node_id, started_at, duration_ms, status_code, error)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    &[&p.id, &attempt, &p.node_id, &p.started_at, &(p.duration_ms as i64), &code, &p.error],
+                )
+                .await?;
+                true
+            }
+        }
+    })
+}
+
+pub(super) async fn pipeline_node_set(s: &PgStore, st: PipelineNodeState) -> StoreResult<()> {
+    in_tx!(s, tx => {
+        tx.exec(
+            "INSERT INTO pipeline_nodes (node_id, pipeline, setup, failures, circuit, open_until, last_error, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (node_id, pipeline) DO UPDATE SET setup = EXCLUDED.setup, failures = EXCLUDED.failures,
+                 circuit = EXCLUDED.circuit, open_until = EXCLUDED.open_until, last_error = EXCLUDED.last_error,
+                 updated_at = EXCLUDED.updated_at",
+            &[&st.node_id, &st.pipeline, &st.setup, &(st.failures as i64), &st.circuit, &st.open_until,
+              &st.last_error, &st.updated_at],
+        )
+        .await?;
+    })
+}
