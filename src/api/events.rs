@@ -4,9 +4,12 @@
 //! store's EVENTS feed changes and fans them out to SSE clients over a
 //! broadcast channel (DESIGN decision 15). A client first subscribes, then
 //! replays everything after its `Last-Event-ID` from the store, then forwards
-//! live events with a larger id — so nothing is missed between replay and live.
-//! A client that falls behind the channel replays from the store instead of
-//! losing events; a client whose id was pruned gets a `resync` event first.
+//! live events. Event ids increase but may have gaps (PostgreSQL ids follow
+//! transaction ids), so continuity is never judged by arithmetic on ids: each
+//! broadcast event carries the id the tailer sent before it, and a client
+//! forwards it only when that is its own cursor; otherwise it replays from the
+//! store. A client that falls behind the channel replays too, and one whose id
+//! was pruned (below the store's `pruned_through`) gets a `resync` event first.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,11 +33,14 @@ use crate::store::{Store, StoredEvent, change};
 
 const REPLAY_PAGE: usize = 500;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How often a log stream re-reads the store when nothing woke it.
+const LOG_POLL: Duration = Duration::from_secs(1);
 
 /// Fans stored events out to this process's SSE clients.
 #[derive(Clone)]
 pub struct EventTailer {
-    tx: broadcast::Sender<Arc<StoredEvent>>,
+    /// `(id sent before it, event)`: a client whose cursor is that id may forward it.
+    tx: broadcast::Sender<Arc<(i64, StoredEvent)>>,
     /// Highest event id broadcast (or passed while nobody listened).
     last: Arc<AtomicI64>,
 }
@@ -76,8 +82,10 @@ impl EventTailer {
                     };
                     let full = batch.len() == REPLAY_PAGE;
                     for ev in batch {
-                        t.last.fetch_max(ev.id, Ordering::AcqRel);
-                        let _ = t.tx.send(Arc::new(ev));
+                        let prev = t.last.fetch_max(ev.id, Ordering::AcqRel);
+                        if ev.id > prev {
+                            let _ = t.tx.send(Arc::new((prev, ev)));
+                        }
                     }
                     if !full {
                         break;
@@ -174,7 +182,7 @@ pub(super) async fn events(
     let permit = stream_permit(&state)?;
     let mut rx = state.tailer.tx.subscribe();
     // Subscribed first, then read the bounds: every later event reaches us live or by gap replay.
-    let (min_id, live_from) = state.store.events_bounds().await?;
+    let (pruned_through, live_from) = state.store.events_bounds().await?;
     let store = state.store.clone();
     let shutdown = state.shutdown.clone();
     let stream = async_stream::stream! {
@@ -182,11 +190,11 @@ pub(super) async fn events(
         let mut cursor = match resume {
             None => live_from,
             Some(n) => {
-                if min_id > n.saturating_add(1) {
+                if n < pruned_through {
                     yield Ok::<Event, Infallible>(SseEvent {
                         id: None,
                         event: "resync".into(),
-                        data: json!({"lastEventId": n, "oldestRetained": min_id}).to_string(),
+                        data: json!({"lastEventId": n, "oldestRetained": pruned_through + 1}).to_string(),
                     }.into());
                 }
                 n
@@ -216,13 +224,16 @@ pub(super) async fn events(
                 r = rx.recv() => r,
             };
             match next {
-                // A gap (ids the tailer passed while idle, or pruned): fill it from the store.
-                Ok(ev) if ev.id > cursor.saturating_add(1) => replay = true,
-                Ok(ev) if ev.id > cursor => {
-                    cursor = ev.id;
-                    yield Ok(sse_event(&ev));
+                // The event right after our cursor: forward it.
+                Ok(item) if item.0 == cursor => {
+                    cursor = item.1.id;
+                    yield Ok(sse_event(&item.1));
                 }
-                Ok(_) => {}
+                // Already sent (replay went past it).
+                Ok(item) if item.1.id <= cursor => {}
+                // Something between our cursor and it (ids the tailer passed while idle, or
+                // a replay that stopped short): fill it from the store.
+                Ok(_) => replay = true,
                 Err(RecvError::Lagged(_)) => replay = true,
                 Err(RecvError::Closed) => break,
             }
@@ -326,6 +337,9 @@ pub(super) async fn log_stream(
                 _ = shutdown.cancelled() => break,
                 _ = output.changed() => {}
                 _ = events.changed() => {}
+                // Output written by another replica reaches this process's feed only through
+                // a bus; without one, look again after a while rather than wait forever.
+                _ = tokio::time::sleep(LOG_POLL) => {}
             }
         }
     };

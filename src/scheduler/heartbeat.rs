@@ -110,12 +110,18 @@ async fn prune(inner: &Inner) {
     }
 }
 
+/// How often running jobs are checked against the durable abort mark when nothing woke
+/// the sweep: another replica's abort reaches this node within this (plus the kill),
+/// whether or not a bus carried the signal.
+const ABORT_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub(super) async fn abort_sweep_loop(inner: Arc<Inner>) {
     let mut aborts = inner.store.changes().subscribe(change::ABORT);
     loop {
         tokio::select! {
             _ = inner.stop_services.cancelled() => break,
             changed = aborts.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep(ABORT_POLL) => {}
         }
         if inner.registry.is_empty() {
             continue;

@@ -738,9 +738,14 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<Vec<LogLine>>;
     /// The sequence number the job's next output line will get (= lines stored so far).
     async fn job_output_len(&self, job_id: &str) -> StoreResult<i64>;
-    /// Events with id > `after`, at most `limit`, in id order.
+    /// Events with id > `after`, at most `limit`, in id order. No event with an id at or
+    /// below the last one returned can appear later (PostgreSQL reads below the horizon of
+    /// transactions still in flight), so a cursor never skips a late commit.
     async fn events_after(&self, after: i64, limit: usize) -> StoreResult<Vec<StoredEvent>>;
-    /// The lowest and highest retained event ids (0, 0 when none).
+    /// `(pruned_through, newest)`: events with ids up to `pruned_through` may have been
+    /// deleted (a reader resuming below it missed some), and `newest` is the highest id a
+    /// reader can see now. Ids increase but may have gaps (PostgreSQL), so readers resume
+    /// by cursor and never count ids.
     async fn events_bounds(&self) -> StoreResult<(i64, i64)>;
     /// Queued and running counts per pipeline.
     async fn pipeline_counts(&self) -> StoreResult<HashMap<String, PipelineCounts>>;
