@@ -1,0 +1,94 @@
+//! The store conformance suite: every test of the [`Store`](runyard::store::Store)
+//! contract, written once against the trait and run on each backend.
+//!
+//! - `sqlite::*`: a fresh temp file per test; several handles on one file are several
+//!   `SqliteStore`s, each with its own writer thread (the multi-process mode).
+//! - `postgres::*`: a fresh schema `rt_{pid}_{n}` per test in `TEST_DATABASE_URL`, dropped
+//!   at the end of the test (schemas of runs that died are swept at first use); several
+//!   handles are several `PgStore`s with pools of their own. Without `TEST_DATABASE_URL`
+//!   each test prints `SKIPPED(service)` and returns (CI fails on that marker).
+//!
+//! `basic` holds the contract step by step; `races` the races that one SQLite writer
+//! passes trivially and PostgreSQL can lose (caps under concurrent claims, the last two
+//! shards together, identical idempotent triggers, a reader following the event cursor,
+//! stale executions, abort × finish × start).
+//!
+//! Run one backend with `cargo test --test store_contract postgres::`.
+
+#[path = "store_contract/basic.rs"]
+mod basic;
+#[path = "store_contract/factory.rs"]
+mod factory;
+#[path = "store_contract/fixtures.rs"]
+mod fixtures;
+#[path = "store_contract/races.rs"]
+mod races;
+
+use basic::*;
+use races::*;
+
+/// One test, however slow the machine, finishes within this or fails.
+const TEST_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// `contract_tests!(backend => factory, …; [test, …])` makes `mod backend { #[tokio::test]
+/// fn test() }` for every backend and test: the test body `test(&Factory)` runs on a fresh
+/// store from `factory()`, whose cleanup runs after it even when it panics or times out.
+macro_rules! contract_tests {
+    ($($backend:ident => $factory:path),+ ; $tests:tt) => {
+        $( contract_tests!(@backend $backend, $factory, $tests); )+
+    };
+    (@backend $backend:ident, $factory:path, [$($test:ident),* $(,)?]) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    crate::fixtures::count_retries();
+                    let Some(f) = $factory().await else { return };
+                    let outcome = futures_util::FutureExt::catch_unwind(
+                        std::panic::AssertUnwindSafe(tokio::time::timeout(
+                            crate::TEST_LIMIT,
+                            super::$test(&f),
+                        )),
+                    )
+                    .await;
+                    f.cleanup().await;
+                    match outcome {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => panic!(
+                            "{} did not finish within {:?} on {}",
+                            stringify!($test),
+                            crate::TEST_LIMIT,
+                            f.name()
+                        ),
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+contract_tests!(
+    sqlite => crate::factory::sqlite_factory,
+    postgres => crate::factory::pg_factory;
+    [
+        a_retried_shard_holds_the_run_open_until_it_ends_for_good,
+        a_finalizer_runs_once_after_every_shard_and_gates_the_run,
+        an_aborted_run_still_gets_its_finalizer_and_stays_aborted,
+        a_terminal_run_with_a_callback_has_exactly_one_outbox_row,
+        stale_and_repeated_finishes_change_nothing,
+        abort_racing_a_natural_finish_ends_each_job_exactly_once,
+        orphan_requeue_keeps_the_attempt_and_is_capped,
+        claims_respect_pipeline_and_global_caps_and_retry_delays,
+        a_capped_backlog_does_not_hold_up_other_pipelines_and_order_is_fifo,
+        only_registered_nodes_claim_and_stranded_jobs_are_found,
+        prune_removes_old_finished_runs_and_keeps_live_ones,
+        concurrent_claimers_never_exceed_the_global_or_a_pipeline_cap,
+        claimers_with_and_without_a_global_cap_never_exceed_a_pipeline_cap,
+        last_two_shards_finishing_together_finalise_the_run_exactly_once,
+        a_hundred_concurrent_identical_triggers_make_one_run,
+        a_reader_following_events_sees_each_exactly_once_in_id_order,
+        a_stale_executions_output_and_finish_change_nothing,
+        abort_finish_and_start_racing_on_one_run_never_deadlock,
+    ]
+);
