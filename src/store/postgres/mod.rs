@@ -9,10 +9,10 @@
 //!
 //! - **Caps under races.** `FOR UPDATE SKIP LOCKED` stops two claimers taking
 //!   the same job, but not both counting the same free room. A claim that must
-//!   respect a cap first takes a transaction-scoped advisory lock (one key for
-//!   the global cap, else one per capped pipeline, sorted, schema in the key)
-//!   and counts after it is granted (SCALE-OUT §2.4: 28 running under a cap of
-//!   4 without it, 4 with it).
+//!   respect a cap first takes transaction-scoped advisory locks (the global
+//!   cap's key when it applies one, then one key per capped pipeline, sorted,
+//!   schema in the key) and counts after they are granted (SCALE-OUT §2.4: 28
+//!   running under a cap of 4 without it, 4 with it).
 //! - **Fencing.** The fence row is read `FOR UPDATE`, so the decision acts on
 //!   the row as it is when written; every execution write is conditional on
 //!   `(id, claim_seq, status='running')`.

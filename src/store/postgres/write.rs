@@ -146,22 +146,24 @@ pub(super) async fn claim_in_tx(tx: &mut Tx<'_>, p: &JobClaimParams) -> StoreRes
     }
     let mut running: HashMap<String, u32> = HashMap::new();
     if claim_plan::needs_counts(p) {
-        // Serialise the count with every other capped claim: one key for the global cap,
-        // else one per capped pipeline, sorted (a fixed order, so claims never deadlock).
+        // Serialise the count with every other claim that counts the same thing: the
+        // global key when this claim applies the global cap, and one key per capped
+        // pipeline it claims from, whether or not it also applies the global cap (a claim
+        // without it takes only the pipeline keys, and must still meet this one there).
+        // A fixed order (global, then pipelines sorted), so claims never deadlock.
         if p.global_cap > 0 {
             tx.exec(LOCK_KEY, &[&"/runyard/cap"]).await?;
-        } else {
-            let mut capped: Vec<&String> = p
-                .pipelines
-                .iter()
-                .filter(|(_, cap)| **cap > 0)
-                .map(|(name, _)| name)
-                .collect();
-            capped.sort();
-            for name in capped {
-                tx.exec(LOCK_KEY, &[&format!("/runyard/cap/{name}")])
-                    .await?;
-            }
+        }
+        let mut capped: Vec<&String> = p
+            .pipelines
+            .iter()
+            .filter(|(_, cap)| **cap > 0)
+            .map(|(name, _)| name)
+            .collect();
+        capped.sort();
+        for name in capped {
+            tx.exec(LOCK_KEY, &[&format!("/runyard/cap/{name}")])
+                .await?;
         }
         // A new statement after the lock: it sees every earlier holder's commit.
         for r in tx
