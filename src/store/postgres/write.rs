@@ -24,6 +24,36 @@ const EVENTS_PER_RUN_PRUNED: usize = 20;
 
 /// An advisory lock key of this schema (advisory locks are per database, not per schema).
 const LOCK_KEY: &str = "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || $1, 0))";
+/// The same key, only if it is free now: true when granted.
+const TRY_LOCK_KEY: &str =
+    "SELECT pg_try_advisory_xact_lock(hashtextextended(current_schema() || $1, 0))";
+
+/// Whether a claim may wait for the cap keys.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CapWait {
+    /// A plain claim: it holds no row locks, so it queues for the keys.
+    Wait,
+    /// The follow-up claim of a finish: it holds its job and run rows, and its job still
+    /// counts as running until it commits, so it never queues behind other claims (a
+    /// convoy: finished jobs filling the cap while they wait). Keys taken → it claims;
+    /// keys busy → it claims nothing, and the node's claim loop refills the slot.
+    Try,
+}
+
+impl Tx<'_> {
+    /// Takes one cap key; false when `CapWait::Try` found it held.
+    async fn cap_key(&self, key: &str, wait: CapWait) -> StoreResult<bool> {
+        if wait == CapWait::Wait {
+            self.exec(LOCK_KEY, &[&key]).await?;
+            return Ok(true);
+        }
+        Ok(self
+            .query_opt(TRY_LOCK_KEY, &[&key])
+            .await?
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false))
+    }
+}
 
 impl<'a> Tx<'a> {
     /// Inserts several events in one statement, with consecutive ids of this transaction.
@@ -130,7 +160,11 @@ pub(super) async fn run_create(s: &PgStore, p: RunCreateParams) -> StoreResult<R
 }
 
 /// Claims queued jobs inside the open transaction (see [`crate::store::Store::job_claim`]).
-pub(super) async fn claim_in_tx(tx: &mut Tx<'_>, p: &JobClaimParams) -> StoreResult<ClaimOutcome> {
+async fn claim_in_tx(
+    tx: &mut Tx<'_>,
+    p: &JobClaimParams,
+    wait: CapWait,
+) -> StoreResult<ClaimOutcome> {
     // A node without a row was declared dead (or deregistered): it may not claim. KEY
     // SHARE keeps a rescuer from deleting the row until this claim commits, so the
     // rescuer's requeue then sees the jobs claimed here.
@@ -151,8 +185,9 @@ pub(super) async fn claim_in_tx(tx: &mut Tx<'_>, p: &JobClaimParams) -> StoreRes
         // pipeline it claims from, whether or not it also applies the global cap (a claim
         // without it takes only the pipeline keys, and must still meet this one there).
         // A fixed order (global, then pipelines sorted), so claims never deadlock.
+        let mut keys: Vec<String> = Vec::new();
         if p.global_cap > 0 {
-            tx.exec(LOCK_KEY, &[&"/runyard/cap"]).await?;
+            keys.push("/runyard/cap".into());
         }
         let mut capped: Vec<&String> = p
             .pipelines
@@ -161,9 +196,15 @@ pub(super) async fn claim_in_tx(tx: &mut Tx<'_>, p: &JobClaimParams) -> StoreRes
             .map(|(name, _)| name)
             .collect();
         capped.sort();
-        for name in capped {
-            tx.exec(LOCK_KEY, &[&format!("/runyard/cap/{name}")])
-                .await?;
+        keys.extend(
+            capped
+                .into_iter()
+                .map(|name| format!("/runyard/cap/{name}")),
+        );
+        for key in &keys {
+            if !tx.cap_key(key, wait).await? {
+                return Ok(ClaimOutcome::default());
+            }
         }
         // A new statement after the lock: it sees every earlier holder's commit.
         for r in tx
@@ -253,7 +294,7 @@ pub(super) async fn claim_in_tx(tx: &mut Tx<'_>, p: &JobClaimParams) -> StoreRes
 }
 
 pub(super) async fn job_claim(s: &PgStore, p: JobClaimParams) -> StoreResult<ClaimOutcome> {
-    in_tx!(s, tx => claim_in_tx(tx, &p).await?)
+    in_tx!(s, tx => claim_in_tx(tx, &p, CapWait::Wait).await?)
 }
 
 /// Records a spawned process (fenced); `None` when the claim is no longer ours.
@@ -464,7 +505,7 @@ pub(super) async fn job_finish(s: &PgStore, p: JobFinishParams) -> StoreResult<F
         }
         let mut out = finish_fenced(tx, &p).await?;
         if let Some(claim) = &p.claim_next {
-            out.next = claim_in_tx(tx, claim).await?.jobs;
+            out.next = claim_in_tx(tx, claim, CapWait::Try).await?.jobs;
         }
         out
     })
