@@ -83,6 +83,7 @@ contract_tests!(
         a_capped_backlog_does_not_hold_up_other_pipelines_and_order_is_fifo,
         only_registered_nodes_claim_and_stranded_jobs_are_found,
         prune_removes_old_finished_runs_and_keeps_live_ones,
+        pruning_every_event_still_reports_what_was_pruned,
         concurrent_claimers_never_exceed_the_global_or_a_pipeline_cap,
         claimers_with_and_without_a_global_cap_never_exceed_a_pipeline_cap,
         last_two_shards_finishing_together_finalise_the_run_exactly_once,

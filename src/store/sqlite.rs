@@ -1330,9 +1330,13 @@ impl Store for SqliteStore {
     async fn events_bounds(&self) -> StoreResult<(i64, i64)> {
         self.read(|conn| {
             // Ids come from one writer in commit order, without gaps: everything below
-            // the oldest retained id was pruned.
+            // the oldest retained id was pruned. With none retained, every id ever
+            // assigned (AUTOINCREMENT keeps the highest in sqlite_sequence) was pruned.
             Ok(conn.query_row(
-                "SELECT MAX(COALESCE(MIN(id), 0) - 1, 0), COALESCE(MAX(id), 0) FROM events",
+                "SELECT MAX(COALESCE(MIN(id) - 1,
+                                    (SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0), 0),
+                        COALESCE(MAX(id), 0)
+                 FROM events",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?)

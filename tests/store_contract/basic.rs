@@ -464,3 +464,25 @@ pub async fn prune_removes_old_finished_runs_and_keeps_live_ones(f: &Factory) {
     );
     assert!(newest >= events.last().unwrap().id);
 }
+
+pub async fn pruning_every_event_still_reports_what_was_pruned(f: &Factory) {
+    let store = f.store().await;
+    let run = create(&*store, 1).await;
+    let job = store.job_claim(claim(1)).await.unwrap().jobs.remove(0);
+    store
+        .job_finish(finish(&job, Outcome::Completed))
+        .await
+        .unwrap();
+    // Every event is of the finished run, so pruning leaves none.
+    let seen = store.events_bounds().await.unwrap().1;
+    assert!(seen > 0, "a reader has seen events up to {seen}");
+    let out = store.runs_prune(1_000, 100).await.unwrap();
+    assert_eq!(out.runs, 1);
+    assert!(store.run_get(&run.run_id).await.unwrap().is_none());
+    let (pruned_through, _) = store.events_bounds().await.unwrap();
+    assert!(
+        pruned_through >= seen,
+        "a reader at {} missed events, so the watermark ({pruned_through}) must cover them",
+        seen - 1
+    );
+}

@@ -67,7 +67,12 @@ struct ClaimRaceReport {
 /// being finished (raised after the claim committed, lowered before the finish starts, so
 /// it never exceeds what the store holds as running), and `pipeline_counts()` sampled by
 /// another handle all along.
-async fn claim_race(f: &Factory, global: fn(usize) -> bool, target: usize) -> ClaimRaceReport {
+async fn claim_race(
+    f: &Factory,
+    global: fn(usize) -> bool,
+    target: usize,
+    budget: Duration,
+) -> ClaimRaceReport {
     let store = f.store().await;
     let per_pipeline = target + 50;
     for pipeline in ["capped", "free"] {
@@ -76,13 +81,17 @@ async fn claim_race(f: &Factory, global: fn(usize) -> bool, target: usize) -> Cl
         }
     }
     for i in 0..CLAIMERS {
-        ok("node_register", store.node_register(node_row(&format!("c{i}")))).await;
+        ok(
+            "node_register",
+            store.node_register(node_row(&format!("c{i}"))),
+        )
+        .await;
     }
     let capped = Arc::new(Gauge::default());
     let total = Arc::new(Gauge::default());
     let claims = Arc::new(AtomicUsize::new(0));
     let claimed_ids = Arc::new(std::sync::Mutex::new(HashSet::<String>::new()));
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + budget;
     let done = Arc::new(AtomicBool::new(false));
 
     // The store's own view, sampled from another handle while the claimers run.
@@ -105,14 +114,18 @@ async fn claim_race(f: &Factory, global: fn(usize) -> bool, target: usize) -> Cl
         })
     };
 
+    // Stands in for the WORK feed (a bus between replicas): a finish wakes every claimer
+    // waiting for room, so they all race for the slot it freed.
+    let freed = Arc::new(tokio::sync::Notify::new());
     let mut tasks = Vec::new();
     for i in 0..CLAIMERS {
         let handle = f.open_with_pool(1).await;
-        let (capped, total, claims, claimed_ids) = (
+        let (capped, total, claims, claimed_ids, freed) = (
             capped.clone(),
             total.clone(),
             claims.clone(),
             claimed_ids.clone(),
+            freed.clone(),
         );
         let global_cap = if global(i) { GLOBAL_CAP } else { 0 };
         tasks.push(tokio::spawn(async move {
@@ -144,16 +157,21 @@ async fn claim_race(f: &Factory, global: fn(usize) -> bool, target: usize) -> Cl
                     if claims.load(Ordering::SeqCst) >= target || Instant::now() > deadline {
                         break;
                     }
+                    let wake = freed.notified();
+                    tokio::pin!(wake);
+                    wake.as_mut().enable();
                     let out = ok("job_claim", handle.job_claim(params.clone())).await;
                     if out.jobs.is_empty() {
-                        // Every slot the caps allow is taken: try again shortly.
-                        rng.jitter(1_000).await;
+                        // Every slot the caps allow is taken: wait for a finish (or a
+                        // moment, as the scheduler's backstop poll would).
+                        let _ = tokio::time::timeout(Duration::from_millis(20), wake).await;
                         continue;
                     }
                     took(&out.jobs);
                     held = out.jobs;
                 }
-                rng.jitter(2_000).await;
+                // Hold it a moment, as if it ran.
+                rng.jitter(5_000).await;
                 let job = held.pop().expect("a held job");
                 if job.pipeline == "capped" {
                     capped.down();
@@ -170,6 +188,7 @@ async fn claim_race(f: &Factory, global: fn(usize) -> bool, target: usize) -> Cl
                     });
                 }
                 let out = ok("job_finish", handle.job_finish(end)).await;
+                freed.notify_waiters();
                 assert!(out.applied, "the finish of a held claim must apply");
                 took(&out.next);
                 held.extend(out.next);
@@ -205,7 +224,7 @@ async fn claim_race(f: &Factory, global: fn(usize) -> bool, target: usize) -> Cl
 
 pub async fn concurrent_claimers_never_exceed_the_global_or_a_pipeline_cap(f: &Factory) {
     let started = Instant::now();
-    let r = claim_race(f, |_| true, f.pick(1_500, 4_000)).await;
+    let r = claim_race(f, |_| true, f.pick(1_500, 4_000), Duration::from_secs(12)).await;
     eprintln!(
         "{}: {} claims by {CLAIMERS} claimers in {:?}; max running {} (capped {}), sampled {} ({}) over {} samples",
         f.name(),
@@ -217,7 +236,11 @@ pub async fn concurrent_claimers_never_exceed_the_global_or_a_pipeline_cap(f: &F
         r.sampled_capped,
         r.samples
     );
-    assert!(r.claims >= 500, "too few claims to mean anything: {}", r.claims);
+    assert!(
+        r.claims >= 300,
+        "too few claims to mean anything: {}",
+        r.claims
+    );
     assert!(
         r.max_capped <= i64::from(CAPPED_CAP),
         "pipeline cap {CAPPED_CAP} exceeded: {} running",
@@ -230,13 +253,25 @@ pub async fn concurrent_claimers_never_exceed_the_global_or_a_pipeline_cap(f: &F
     );
     assert!(r.sampled_capped <= u64::from(CAPPED_CAP));
     assert!(r.sampled_total <= GLOBAL_CAP as u64);
-    assert_eq!(r.max_total, GLOBAL_CAP as i64, "the race never filled the cap");
+    // Not vacuous: the claimers did fill the cap (seen by the test's count, or by the
+    // store's while finishes were still committing).
+    assert_eq!(
+        r.max_total.max(r.sampled_total as i64),
+        GLOBAL_CAP as i64,
+        "the race never filled the cap"
+    );
 }
 
 pub async fn claimers_with_and_without_a_global_cap_never_exceed_a_pipeline_cap(f: &Factory) {
     // Replicas may disagree on the global cap (a rolling config change): half the
     // claimers apply it, half do not. The pipeline cap binds them all the same.
-    let r = claim_race(f, |i| i % 2 == 0, f.pick(800, 2_000)).await;
+    let r = claim_race(
+        f,
+        |i| i % 2 == 0,
+        f.pick(800, 2_000),
+        Duration::from_secs(6),
+    )
+    .await;
     eprintln!(
         "{}: {} claims; max running in the capped pipeline {} (sampled {})",
         f.name(),
@@ -244,7 +279,11 @@ pub async fn claimers_with_and_without_a_global_cap_never_exceed_a_pipeline_cap(
         r.max_capped,
         r.sampled_capped
     );
-    assert!(r.claims >= 300, "too few claims to mean anything: {}", r.claims);
+    assert!(
+        r.claims >= 200,
+        "too few claims to mean anything: {}",
+        r.claims
+    );
     assert!(
         r.max_capped <= i64::from(CAPPED_CAP) && r.sampled_capped <= u64::from(CAPPED_CAP),
         "pipeline cap {CAPPED_CAP} exceeded: {} running ({} sampled)",
@@ -270,7 +309,9 @@ pub async fn last_two_shards_finishing_together_finalise_the_run_exactly_once(f:
                 let mut p = run_params(&pipeline, 2);
                 p.policy.max_attempts = 1;
                 let run = ok("run_create", a.run_create(p)).await;
-                let jobs = ok("job_claim", a.job_claim(claim_from(&pipeline, 2))).await.jobs;
+                let jobs = ok("job_claim", a.job_claim(claim_from(&pipeline, 2)))
+                    .await
+                    .jobs;
                 assert_eq!(jobs.len(), 2);
                 let outcomes: Vec<Outcome> = (0..2)
                     .map(|_| {
@@ -303,7 +344,11 @@ pub async fn last_two_shards_finishing_together_finalise_the_run_exactly_once(f:
                 assert!(o0.applied && o1.applied);
                 let finalised: Vec<RunStatus> =
                     [o0, o1].iter().filter_map(|o| o.run_finalized).collect();
-                assert_eq!(finalised, vec![expect], "exactly one finish finalises the run");
+                assert_eq!(
+                    finalised,
+                    vec![expect],
+                    "exactly one finish finalises the run"
+                );
                 let view = ok("run_get", a.run_get(&run.run_id)).await.unwrap();
                 assert_eq!(
                     (view.status.as_str(), view.shards_done),
@@ -412,7 +457,9 @@ pub async fn a_reader_following_events_sees_each_exactly_once_in_id_order(f: &Fa
     for _ in 0..WRITERS {
         create_in(&*store, "w", 1).await;
     }
-    let jobs = ok("job_claim", store.job_claim(claim_from("w", WRITERS))).await.jobs;
+    let jobs = ok("job_claim", store.job_claim(claim_from("w", WRITERS)))
+        .await
+        .jobs;
     assert_eq!(jobs.len(), WRITERS);
 
     let (target_tx, mut target_rx) = tokio::sync::watch::channel(None::<i64>);
@@ -422,11 +469,7 @@ pub async fn a_reader_following_events_sees_each_exactly_once_in_id_order(f: &Fa
         loop {
             let batch = ok("events_after", reader_handle.events_after(cursor, 50)).await;
             for e in &batch {
-                assert!(
-                    e.id > cursor,
-                    "ids must increase: {} after {cursor}",
-                    e.id
-                );
+                assert!(e.id > cursor, "ids must increase: {} after {cursor}", e.id);
                 cursor = e.id;
             }
             if batch.is_empty() {
@@ -435,11 +478,8 @@ pub async fn a_reader_following_events_sees_each_exactly_once_in_id_order(f: &Fa
                     Some(t) if cursor >= t => break,
                     Some(_) => tokio::time::sleep(Duration::from_millis(1)).await,
                     None => {
-                        let _ = tokio::time::timeout(
-                            Duration::from_millis(1),
-                            target_rx.changed(),
-                        )
-                        .await;
+                        let _ = tokio::time::timeout(Duration::from_millis(1), target_rx.changed())
+                            .await;
                     }
                 }
             }
@@ -490,15 +530,26 @@ pub async fn a_reader_following_events_sees_each_exactly_once_in_id_order(f: &Fa
     target_tx.send(Some(target)).unwrap();
     let seen = join("the reader", reader).await;
 
-    let seen_ids: Vec<i64> = seen.iter().map(|e| e.id).filter(|id| *id <= target).collect();
+    let seen_ids: Vec<i64> = seen
+        .iter()
+        .map(|e| e.id)
+        .filter(|id| *id <= target)
+        .collect();
     let all_ids: Vec<i64> = all.iter().map(|e| e.id).collect();
     assert!(
         seen_ids.windows(2).all(|w| w[0] < w[1]),
         "the reader saw ids out of order or twice"
     );
     let missed: Vec<&i64> = all_ids.iter().filter(|id| !seen_ids.contains(id)).collect();
-    assert!(missed.is_empty(), "the reader missed {} events: {missed:?}", missed.len());
-    assert_eq!(seen_ids, all_ids, "the reader saw exactly the stored events");
+    assert!(
+        missed.is_empty(),
+        "the reader missed {} events: {missed:?}",
+        missed.len()
+    );
+    assert_eq!(
+        seen_ids, all_ids,
+        "the reader saw exactly the stored events"
+    );
     let named = |name: &str| all.iter().filter(|e| e.name == name).count();
     assert_eq!(named("job:progress"), progress);
     assert_eq!(named("job:created"), created);
@@ -536,13 +587,23 @@ pub async fn a_stale_executions_output_and_finish_change_nothing(f: &Factory) {
         let mut p = run_params("p", 1);
         p.policy.max_orphan_requeues = 3;
         let run = ok("run_create", old_node.run_create(p)).await;
-        let old = ok("job_claim", old_node.job_claim(claim(1))).await.jobs.remove(0);
-        assert_eq!(ok("job_start", old_node.job_start(start(&old, 111))).await, Some(false));
+        let old = ok("job_claim", old_node.job_claim(claim(1)))
+            .await
+            .jobs
+            .remove(0);
+        assert_eq!(
+            ok("job_start", old_node.job_start(start(&old, 111))).await,
+            Some(false)
+        );
         let lines = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(
             ok(
                 "job_output_append",
-                old_node.job_output_append(append(&old, lines(&["old-0", "old-1"]), lines(&["old-2"])))
+                old_node.job_output_append(append(
+                    &old,
+                    lines(&["old-0", "old-1"]),
+                    lines(&["old-2"])
+                ))
             )
             .await
         );
@@ -569,7 +630,10 @@ pub async fn a_stale_executions_output_and_finish_change_nothing(f: &Factory) {
         .jobs
         .remove(0);
         assert_eq!(new.id, old.id);
-        assert!(new.claim_seq > old.claim_seq, "a new claim gets a new fence");
+        assert!(
+            new.claim_seq > old.claim_seq,
+            "a new claim gets a new fence"
+        );
         let base = ok("job_output_len", new_node.job_output_len(&new.id)).await;
         assert_eq!(base, 3);
 
@@ -581,9 +645,24 @@ pub async fn a_stale_executions_output_and_finish_change_nothing(f: &Factory) {
                 for k in 0..10 {
                     rng.jitter(1_000).await;
                     let line = vec![format!("stale-{k}")];
-                    assert!(!ok("stale append", store.job_output_append(append(&old, line.clone(), line))).await);
-                    assert!(!ok("stale progress", store.job_progress(progress(&old, 99, "stale"))).await);
-                    assert_eq!(ok("stale start", store.job_start(start(&old, 111))).await, None);
+                    assert!(
+                        !ok(
+                            "stale append",
+                            store.job_output_append(append(&old, line.clone(), line))
+                        )
+                        .await
+                    );
+                    assert!(
+                        !ok(
+                            "stale progress",
+                            store.job_progress(progress(&old, 99, "stale"))
+                        )
+                        .await
+                    );
+                    assert_eq!(
+                        ok("stale start", store.job_start(start(&old, 111))).await,
+                        None
+                    );
                     let outcome = if k % 2 == 0 {
                         Outcome::Completed
                     } else {
@@ -592,7 +671,11 @@ pub async fn a_stale_executions_output_and_finish_change_nothing(f: &Factory) {
                             error: None,
                         }
                     };
-                    assert!(!ok("stale finish", store.job_finish(finish(&old, outcome))).await.applied);
+                    assert!(
+                        !ok("stale finish", store.job_finish(finish(&old, outcome)))
+                            .await
+                            .applied
+                    );
                 }
             })
         };
@@ -600,14 +683,29 @@ pub async fn a_stale_executions_output_and_finish_change_nothing(f: &Factory) {
             let (store, new) = (new_node.clone(), new.clone());
             tokio::spawn(async move {
                 let mut rng = Rng::new();
-                assert_eq!(ok("job_start", store.job_start(start(&new, 222))).await, Some(false));
+                assert_eq!(
+                    ok("job_start", store.job_start(start(&new, 222))).await,
+                    Some(false)
+                );
                 for k in 0..FRESH_FLUSHES {
                     rng.jitter(500).await;
                     let out = vec![format!("f{k}a"), format!("f{k}b")];
                     let err = vec![format!("f{k}c")];
-                    assert!(ok("job_output_append", store.job_output_append(append(&new, out, err))).await);
+                    assert!(
+                        ok(
+                            "job_output_append",
+                            store.job_output_append(append(&new, out, err))
+                        )
+                        .await
+                    );
                     let message = format!("fresh-{k}");
-                    assert!(ok("job_progress", store.job_progress(progress(&new, k as u8, &message))).await);
+                    assert!(
+                        ok(
+                            "job_progress",
+                            store.job_progress(progress(&new, k as u8, &message))
+                        )
+                        .await
+                    );
                 }
             })
         };
@@ -634,24 +732,54 @@ pub async fn a_stale_executions_output_and_finish_change_nothing(f: &Factory) {
             ),
             "the stale execution changed the job row"
         );
-        let stored = ok("job_output_after", new_node.job_output_after(&new.id, -1, 10_000)).await;
+        let stored = ok(
+            "job_output_after",
+            new_node.job_output_after(&new.id, -1, 10_000),
+        )
+        .await;
         let seqs: Vec<i64> = stored.iter().map(|l| l.seq).collect();
         let total = 3 + 3 * FRESH_FLUSHES as i64;
-        assert_eq!(seqs, (0..total).collect::<Vec<_>>(), "line numbers are unique and gapless");
+        assert_eq!(
+            seqs,
+            (0..total).collect::<Vec<_>>(),
+            "line numbers are unique and gapless"
+        );
         let mut expected = vec!["old-0".to_string(), "old-1".into(), "old-2".into()];
         for k in 0..FRESH_FLUSHES {
             expected.extend([format!("f{k}a"), format!("f{k}b"), format!("f{k}c")]);
         }
         let texts: Vec<String> = stored.iter().map(|l| l.line.clone()).collect();
         assert_eq!(texts, expected, "only the live executions' lines, in order");
-        assert_eq!(ok("job_output_len", new_node.job_output_len(&new.id)).await, total);
-        let after = ok("job_output_after", new_node.job_output_after(&new.id, base - 1, 10_000)).await;
-        assert_eq!(after.first().map(|l| l.seq), Some(base), "a cursor resumes at the next line");
+        assert_eq!(
+            ok("job_output_len", new_node.job_output_len(&new.id)).await,
+            total
+        );
+        let after = ok(
+            "job_output_after",
+            new_node.job_output_after(&new.id, base - 1, 10_000),
+        )
+        .await;
+        assert_eq!(
+            after.first().map(|l| l.seq),
+            Some(base),
+            "a cursor resumes at the next line"
+        );
 
-        let done = ok("job_finish", new_node.job_finish(finish(&new, Outcome::Completed))).await;
+        let done = ok(
+            "job_finish",
+            new_node.job_finish(finish(&new, Outcome::Completed)),
+        )
+        .await;
         assert!(done.applied);
         assert_eq!(done.run_finalized, Some(RunStatus::Completed));
-        assert!(!ok("stale finish", old_node.job_finish(finish(&old, Outcome::Completed))).await.applied);
+        assert!(
+            !ok(
+                "stale finish",
+                old_node.job_finish(finish(&old, Outcome::Completed))
+            )
+            .await
+            .applied
+        );
         let view = ok("run_get", old_node.run_get(&run.run_id)).await.unwrap();
         assert_eq!((view.status.as_str(), view.shards_done), ("completed", 1));
         runs.push(run.run_id);
@@ -685,7 +813,12 @@ pub async fn abort_finish_and_start_racing_on_one_run_never_deadlock(f: &Factory
             let mut runs = Vec::new();
             for _ in 0..RUNS / LANES {
                 let run = ok("run_create", a.run_create(run_params(&pipeline, SHARDS))).await;
-                let jobs = ok("job_claim", a.job_claim(claim_from(&pipeline, SHARDS as usize))).await.jobs;
+                let jobs = ok(
+                    "job_claim",
+                    a.job_claim(claim_from(&pipeline, SHARDS as usize)),
+                )
+                .await
+                .jobs;
                 assert_eq!(jobs.len(), SHARDS as usize);
                 let mut racers: Vec<JoinHandle<Option<AbortOutcome>>> = Vec::new();
                 let delay = rng.below(1_500);
@@ -742,7 +875,9 @@ pub async fn abort_finish_and_start_racing_on_one_run_never_deadlock(f: &Factory
                 };
                 let view = ok("run_get", a.run_get(&run.run_id)).await.unwrap();
                 assert!(
-                    view.jobs.iter().all(|j| j.status != "running" && j.status != "queued"),
+                    view.jobs
+                        .iter()
+                        .all(|j| j.status != "running" && j.status != "queued"),
                     "every shard ended: {:?}",
                     view.jobs.iter().map(|j| &j.status).collect::<Vec<_>>()
                 );
@@ -759,7 +894,11 @@ pub async fn abort_finish_and_start_racing_on_one_run_never_deadlock(f: &Factory
     }
     let done = completions(&events_settled(&*a).await);
     for run_id in &runs {
-        assert_eq!(done.get(run_id), Some(&1), "run {run_id}: exactly one run:completed");
+        assert_eq!(
+            done.get(run_id),
+            Some(&1),
+            "run {run_id}: exactly one run:completed"
+        );
     }
     let deadlocks = deadlocks_seen() - deadlocks_before;
     eprintln!(
