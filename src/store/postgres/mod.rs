@@ -103,37 +103,63 @@ impl ClockSample {
     }
 }
 
+/// What the driver error says, with the server's own words: tokio-postgres shows only
+/// "db error" for every error the server reports, leaving its message and SQLSTATE in
+/// the source, which `{e}` in a log line never prints.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}
+
 /// Maps a driver error onto what the caller should do about it.
 pub(crate) fn pg_err(e: tokio_postgres::Error) -> StoreError {
-    if let Some(code) = e.code() {
-        let transient = [
-            SqlState::T_R_SERIALIZATION_FAILURE,
-            SqlState::T_R_DEADLOCK_DETECTED,
-            SqlState::LOCK_NOT_AVAILABLE,
-            SqlState::QUERY_CANCELED,
-        ];
-        if transient.contains(code) {
-            return StoreError::transient(e);
-        }
-        let unavailable = [
-            SqlState::ADMIN_SHUTDOWN,
-            SqlState::CRASH_SHUTDOWN,
-            SqlState::CANNOT_CONNECT_NOW,
-            SqlState::TOO_MANY_CONNECTIONS,
-            SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
-        ];
-        if unavailable.contains(code) || code.code().starts_with("08") {
-            return StoreError::unavailable(e);
-        }
-        if *code == SqlState::UNIQUE_VIOLATION {
-            return StoreError::Conflict {
-                message: e.to_string(),
-            };
-        }
-        return StoreError::database(e);
+    enum Kind {
+        Transient,
+        Unavailable,
+        Conflict,
+        Database,
     }
-    // No SQLSTATE: the connection broke (I/O, closed, timeout).
-    StoreError::unavailable(e)
+    let kind = match e.code() {
+        Some(code) => {
+            let transient = [
+                SqlState::T_R_SERIALIZATION_FAILURE,
+                SqlState::T_R_DEADLOCK_DETECTED,
+                SqlState::LOCK_NOT_AVAILABLE,
+                SqlState::QUERY_CANCELED,
+            ];
+            let unavailable = [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::TOO_MANY_CONNECTIONS,
+                SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+            ];
+            if transient.contains(code) {
+                Kind::Transient
+            } else if unavailable.contains(code) || code.code().starts_with("08") {
+                Kind::Unavailable
+            } else if *code == SqlState::UNIQUE_VIOLATION {
+                Kind::Conflict
+            } else {
+                Kind::Database
+            }
+        }
+        // No SQLSTATE: the connection broke (I/O, closed, timeout).
+        None => Kind::Unavailable,
+    };
+    let message = describe(&e);
+    let source: Option<ErrorSource> = Some(Arc::new(e));
+    match kind {
+        Kind::Transient => StoreError::Transient { message, source },
+        Kind::Unavailable => StoreError::Unavailable { message, source },
+        Kind::Conflict => StoreError::Conflict { message },
+        Kind::Database => StoreError::Database { message, source },
+    }
 }
 
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
