@@ -5,10 +5,10 @@ use serde_json::Value;
 use runyard::model::{JobKind, JobStatus, Reason, RunStatus, finalize_job_id};
 use runyard::store::{
     AbortOutcome, ClaimedJob, DeliveryNext, DeliveryRecordParams, JobClaimParams, JobStartParams,
-    Outcome, OutputAppendParams,
+    NodeHeartbeatParams, Outcome, OutputAppendParams, PipelineNodeState, RunFilter, Stream,
 };
 
-use crate::factory::Factory;
+use crate::factory::{Factory, node_row};
 use crate::fixtures::*;
 
 fn fail() -> Outcome {
@@ -484,5 +484,384 @@ pub async fn pruning_every_event_still_reports_what_was_pruned(f: &Factory) {
         pruned_through >= seen,
         "a reader at {} missed events, so the watermark ({pruned_through}) must cover them",
         seen - 1
+    );
+}
+
+fn lines(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+pub async fn output_lines_are_numbered_per_job_and_logs_keep_the_tail(f: &Factory) {
+    let store = f.store().await;
+    create(&*store, 1).await;
+    let job = store.job_claim(claim(1)).await.unwrap().jobs.remove(0);
+    let append = |stdout: &[&str], stderr: &[&str]| OutputAppendParams {
+        job_id: job.id.clone(),
+        claim_seq: job.claim_seq,
+        stdout: lines(stdout),
+        stderr: lines(stderr),
+    };
+    for (out, err) in [
+        (&["a", "b"][..], &["e1"][..]),
+        (&["c"][..], &[][..]),
+        (&[][..], &["e2", "e3"][..]),
+    ] {
+        assert!(store.job_output_append(append(out, err)).await.unwrap());
+    }
+    assert_eq!(store.job_output_len(&job.id).await.unwrap(), 6);
+    let all = store.job_output_after(&job.id, -1, 100).await.unwrap();
+    let got: Vec<(i64, Stream, &str)> = all
+        .iter()
+        .map(|l| (l.seq, l.stream, l.line.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, Stream::Stdout, "a"),
+            (1, Stream::Stdout, "b"),
+            (2, Stream::Stderr, "e1"),
+            (3, Stream::Stdout, "c"),
+            (4, Stream::Stderr, "e2"),
+            (5, Stream::Stderr, "e3"),
+        ],
+        "one sequence per job over both streams, stdout before stderr within a flush"
+    );
+    // A cursor may stop inside a flush; following it one line at a time sees every line once.
+    let mid: Vec<i64> = store
+        .job_output_after(&job.id, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.seq)
+        .collect();
+    assert_eq!(mid, vec![1, 2, 3, 4, 5]);
+    let mut cursor = -1;
+    let mut followed = Vec::new();
+    loop {
+        let page = store.job_output_after(&job.id, cursor, 1).await.unwrap();
+        let Some(last) = page.last() else { break };
+        cursor = last.seq;
+        followed.extend(page.into_iter().map(|l| l.seq));
+    }
+    assert_eq!(followed, (0..6).collect::<Vec<_>>());
+
+    let logs = store.job_logs(&job.id, None).await.unwrap().unwrap();
+    assert_eq!(
+        (logs.stdout, logs.stderr, logs.truncated),
+        (lines(&["a", "b", "c"]), lines(&["e1", "e2", "e3"]), false)
+    );
+    let tail = store.job_logs(&job.id, Some(2)).await.unwrap().unwrap();
+    assert_eq!(
+        (tail.stdout, tail.stderr),
+        (lines(&["b", "c"]), lines(&["e2", "e3"]))
+    );
+    assert!(store.job_logs("no-such-job", None).await.unwrap().is_none());
+
+    let mut end = finish(&job, Outcome::Completed);
+    (end.stdout_bytes, end.stderr_bytes, end.truncated) = (10, 20, true);
+    assert!(store.job_finish(end).await.unwrap().applied);
+    let view = store.job_get(&job.id).await.unwrap().unwrap();
+    assert_eq!(
+        (view.stdout_bytes, view.stderr_bytes, view.truncated),
+        (10, 20, true)
+    );
+    assert!(
+        store
+            .job_logs(&job.id, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .truncated
+    );
+}
+
+pub async fn a_heartbeat_names_the_executions_its_node_must_stop(f: &Factory) {
+    let store = f.store().await;
+    store.node_register(node_row("n2")).await.unwrap();
+    let runs: Vec<String> = [
+        create(&*store, 1).await,
+        create(&*store, 1).await,
+        create(&*store, 1).await,
+    ]
+    .into_iter()
+    .map(|r| r.run_id)
+    .collect();
+    let jobs = store.job_claim(claim(3)).await.unwrap().jobs;
+    let by_run = |run: &str| jobs.iter().find(|j| j.run_id == run).unwrap().clone();
+    let (live, aborted, lost) = (by_run(&runs[0]), by_run(&runs[1]), by_run(&runs[2]));
+    store.run_abort(&aborted.run_id, 15).await.unwrap();
+    // `lost` goes back to the queue and is claimed by n2.
+    let requeue = Outcome::Requeue {
+        reason: Reason::Orphaned,
+    };
+    assert!(
+        store
+            .job_finish(finish(&lost, requeue))
+            .await
+            .unwrap()
+            .applied
+    );
+    let n2 = JobClaimParams {
+        node_id: "n2".into(),
+        ..claim_later(1)
+    };
+    let taken = store.job_claim(n2).await.unwrap().jobs.remove(0);
+    assert_eq!(taken.id, lost.id);
+
+    let beat = store
+        .node_heartbeat(NodeHeartbeatParams {
+            node_id: "n1".into(),
+            running: vec![
+                (live.id.clone(), live.claim_seq),
+                (aborted.id.clone(), aborted.claim_seq),
+                (lost.id.clone(), lost.claim_seq),
+                ("no-such-job".into(), 1),
+            ],
+            now: 50,
+        })
+        .await
+        .unwrap();
+    assert!(beat.registered);
+    let mut cancel = beat.cancel;
+    cancel.sort();
+    let mut expected = vec![
+        (aborted.id.clone(), aborted.claim_seq),
+        (lost.id.clone(), lost.claim_seq),
+        ("no-such-job".to_string(), 1),
+    ];
+    expected.sort();
+    assert_eq!(cancel, expected, "aborted, no longer ours, or unknown");
+    assert_eq!(
+        store.jobs_abort_requested("n1").await.unwrap(),
+        vec![(aborted.id.clone(), aborted.claim_seq)]
+    );
+    let mut on_n1: Vec<String> = store
+        .jobs_running_on("n1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    on_n1.sort();
+    let mut want = vec![live.id.clone(), aborted.id.clone()];
+    want.sort();
+    assert_eq!(on_n1, want);
+    let on_n2 = store.jobs_running_on("n2").await.unwrap();
+    assert_eq!(
+        on_n2
+            .iter()
+            .map(|j| (&j.id, j.claim_seq))
+            .collect::<Vec<_>>(),
+        vec![(&taken.id, taken.claim_seq)]
+    );
+    let n1 = store
+        .nodes_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|n| n.id == "n1")
+        .unwrap();
+    assert_eq!(n1.heartbeat_at, 50);
+    store.node_remove("n2").await.unwrap();
+    let gone = store
+        .node_heartbeat(NodeHeartbeatParams {
+            node_id: "n2".into(),
+            running: vec![],
+            now: 60,
+        })
+        .await
+        .unwrap();
+    assert!(
+        !gone.registered,
+        "a removed node learns it was declared dead"
+    );
+    assert_eq!(
+        store
+            .nodes_list()
+            .await
+            .unwrap()
+            .iter()
+            .map(|n| n.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["n1"]
+    );
+}
+
+pub async fn runs_list_filters_by_pipeline_and_status_newest_first(f: &Factory) {
+    let store = f.store().await;
+    let mut in_p = Vec::new();
+    for _ in 0..3 {
+        in_p.push(create(&*store, 2).await.run_id);
+    }
+    let in_q = create_in(&*store, "q", 1).await.run_id;
+    // The oldest run of p completes.
+    for job in store.job_claim(claim(2)).await.unwrap().jobs {
+        assert_eq!(job.run_id, in_p[0]);
+        store
+            .job_finish(finish(&job, Outcome::Completed))
+            .await
+            .unwrap();
+    }
+    let list = |pipeline: Option<&str>, status: Option<RunStatus>, limit: u32, offset: u32| {
+        let store = store.clone();
+        let pipeline = pipeline.map(str::to_string);
+        async move {
+            store
+                .runs_list(RunFilter {
+                    pipeline,
+                    status,
+                    limit,
+                    offset,
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let ids = |runs: &[runyard::store::RunView]| -> Vec<String> {
+        runs.iter().map(|r| r.run_id.clone()).collect()
+    };
+    let mut newest_first = in_p.clone();
+    newest_first.sort();
+    newest_first.reverse();
+    let p = list(Some("p"), None, 10, 0).await;
+    assert_eq!(ids(&p), newest_first);
+    assert!(p.iter().all(|r| r.jobs.len() == 2 && r.pipeline_id == "p"));
+    assert_eq!(
+        ids(&list(Some("p"), Some(RunStatus::Completed), 10, 0).await),
+        vec![in_p[0].clone()]
+    );
+    assert_eq!(
+        ids(&list(None, Some(RunStatus::Queued), 10, 0).await).len(),
+        3,
+        "two of p and the one of q"
+    );
+    assert_eq!(
+        ids(&list(Some("p"), None, 1, 1).await),
+        vec![newest_first[1].clone()]
+    );
+    let all = list(None, None, 10, 0).await;
+    assert_eq!(all.len(), 4);
+    assert!(all.iter().any(|r| r.run_id == in_q));
+    let done = all.iter().find(|r| r.run_id == in_p[0]).unwrap();
+    assert_eq!((done.status.as_str(), done.shards_done), ("completed", 2));
+    assert!(done.finished_at.is_some());
+}
+
+pub async fn node_setup_state_is_kept_per_node_and_pipeline(f: &Factory) {
+    let store = f.store().await;
+    store.node_register(node_row("n2")).await.unwrap();
+    let state = |node: &str, pipeline: &str, setup: &str| PipelineNodeState {
+        node_id: node.into(),
+        pipeline: pipeline.into(),
+        setup: setup.into(),
+        failures: 0,
+        circuit: "closed".into(),
+        open_until: None,
+        last_error: None,
+        updated_at: 5,
+    };
+    store
+        .pipeline_node_set(state("n1", "p", "running"))
+        .await
+        .unwrap();
+    let failed = PipelineNodeState {
+        failures: 2,
+        circuit: "open".into(),
+        open_until: Some(500),
+        last_error: Some("exit 1".into()),
+        ..state("n2", "p", "failed")
+    };
+    store.pipeline_node_set(failed.clone()).await.unwrap();
+    store
+        .pipeline_node_set(state("n1", "a", "ready"))
+        .await
+        .unwrap();
+    // A write replaces the node's state for that pipeline.
+    store
+        .pipeline_node_set(state("n1", "p", "ready"))
+        .await
+        .unwrap();
+    // A node without a row (declared dead) is not listed.
+    store
+        .pipeline_node_set(state("ghost", "p", "ready"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.pipeline_nodes_list().await.unwrap(),
+        vec![state("n1", "a", "ready"), state("n1", "p", "ready"), failed],
+        "by pipeline, then node"
+    );
+    store.node_remove("n2").await.unwrap();
+    assert_eq!(store.pipeline_nodes_list().await.unwrap().len(), 2);
+}
+
+pub async fn a_reused_idempotency_key_returns_the_first_run(f: &Factory) {
+    let store = f.store().await;
+    let trigger = |pipeline: &str, value: &str| {
+        let mut p = run_params(pipeline, 2);
+        p.idempotency_key = Some("k".into());
+        p.params = [("v".to_string(), value.to_string())].into();
+        p
+    };
+    let first = store.run_create(trigger("p", "1")).await.unwrap();
+    assert!(!first.existing);
+    assert_eq!(first.existing_params, None);
+    let again = store.run_create(trigger("p", "2")).await.unwrap();
+    assert!(again.existing);
+    assert_eq!(
+        (&again.run_id, &again.job_ids, again.created_at),
+        (&first.run_id, &first.job_ids, first.created_at)
+    );
+    assert_eq!(
+        again.existing_params,
+        Some([("v".to_string(), "1".to_string())].into()),
+        "the first run's parameters, to tell a reused key from a retry"
+    );
+    let elsewhere = store.run_create(trigger("q", "1")).await.unwrap();
+    assert!(!elsewhere.existing, "keys are per pipeline");
+    assert_ne!(elsewhere.run_id, first.run_id);
+}
+
+pub async fn a_start_after_an_abort_learns_of_it_and_does_not_revive_the_run(f: &Factory) {
+    let store = f.store().await;
+    let run = create(&*store, 1).await;
+    let job = store.job_claim(claim(1)).await.unwrap().jobs.remove(0);
+    assert_eq!(
+        store.run_abort(&run.run_id, 11).await.unwrap(),
+        AbortOutcome::Aborted { aborted_jobs: 1 }
+    );
+    let started = store
+        .job_start(JobStartParams {
+            job_id: job.id.clone(),
+            claim_seq: job.claim_seq,
+            pid: 4242,
+            proc_start: 7,
+            now: 12,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        started,
+        Some(true),
+        "the start learns the abort was requested"
+    );
+    let view = store.run_get(&run.run_id).await.unwrap().unwrap();
+    assert_eq!(view.status, "aborted");
+    assert_eq!(
+        (view.jobs[0].pid, view.jobs[0].abort_requested),
+        (Some(4242), true)
+    );
+    let end = store
+        .job_finish(finish(&job, Outcome::Aborted))
+        .await
+        .unwrap();
+    assert_eq!(end.run_finalized, Some(RunStatus::Aborted));
+    assert_eq!(
+        store.run_abort(&run.run_id, 30).await.unwrap(),
+        AbortOutcome::Aborted { aborted_jobs: 0 }
+    );
+    assert_eq!(
+        store.run_abort("no-such-run", 30).await.unwrap(),
+        AbortOutcome::NotFound
     );
 }
