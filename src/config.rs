@@ -1141,13 +1141,17 @@ impl Loader<'_> {
         if let Some(name) = &schema {
             let ok = !name.is_empty()
                 && name.len() <= 63
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
                 && !name.starts_with(|c: char| c.is_ascii_digit());
             if !ok {
                 return Err(self.invalid(
                     "store",
                     Some("schema"),
-                    format!("{name:?}: 1–63 letters, digits or _, not starting with a digit"),
+                    format!(
+                        "{name:?}: 1–63 lowercase letters, digits or _, not starting with a digit"
+                    ),
                 ));
             }
         }

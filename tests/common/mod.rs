@@ -13,12 +13,34 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+/// The `[store]` table of a test config: none (SQLite in `data_dir`) unless the suite runs
+/// with `TEST_STORE=postgres`, which puts every test on `TEST_DATABASE_URL` in a schema of
+/// its own, named after its directory (so a restart on the same directory finds its store).
+pub fn store_section(dir: &Path) -> String {
+    match std::env::var("TEST_STORE").as_deref() {
+        Ok("postgres") => {
+            let url = std::env::var("TEST_DATABASE_URL")
+                .expect("TEST_STORE=postgres needs TEST_DATABASE_URL");
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            dir.hash(&mut h);
+            format!(
+                "[store]\nurl = \"{url}\"\nschema = \"e2e_{:016x}\"\npool_size = 6\n",
+                h.finish()
+            )
+        }
+        Ok("sqlite") | Err(_) => String::new(),
+        Ok(other) => panic!("TEST_STORE={other}: expected sqlite or postgres"),
+    }
+}
+
 /// Writes a config with the given `[server]` extras and pipelines into `dir`.
 pub fn write_config(dir: &Path, server_extra: &str, pipelines: &str) -> PathBuf {
     let path = dir.join("runyard.toml");
     let text = format!(
-        "[server]\ndata_dir = \"{}\"\noutput_flush_interval_ms = 100\nkill_grace = \"500ms\"\n{server_extra}\n\n{pipelines}\n",
-        dir.join("data").display()
+        "[server]\ndata_dir = \"{}\"\noutput_flush_interval_ms = 100\nkill_grace = \"500ms\"\n{server_extra}\n\n{}\n{pipelines}\n",
+        dir.join("data").display(),
+        store_section(dir)
     );
     std::fs::write(&path, text).unwrap();
     path

@@ -23,8 +23,10 @@
 //!   and take the advisory cap lock last.
 //! - **Event ids that never skip.** An event's id is `(xid << 16) | n` (its
 //!   transaction's top-level id, then its index in the transaction); readers
-//!   take only ids below the oldest transaction still in flight
-//!   (`pg_snapshot_xmin`), so an id a reader has passed can never commit later.
+//!   take only ids below the oldest runyard transaction still in flight in
+//!   their snapshot (`read::HORIZON`), so an id a reader has passed can never
+//!   commit later, and other programs' long transactions on the same server
+//!   do not hold the streams back.
 //!   Ids have gaps; the SSE code resumes by cursor, never by counting.
 //! - **The database's clock.** Times are the database's (`runyard_now_ms()`),
 //!   followed locally between samples with the monotonic clock
@@ -158,7 +160,9 @@ fn redact_url(url: &str) -> String {
 fn valid_schema(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !name.starts_with(|c: char| c.is_ascii_digit())
 }
 
@@ -179,7 +183,7 @@ impl PgStore {
         if let Some(schema) = &opts.schema {
             if !valid_schema(schema) {
                 return Err(open_err(format!(
-                    "schema {schema:?} must be 1–63 letters, digits or _, not starting with a digit"
+                    "schema {schema:?} must be 1–63 lowercase letters, digits or _, not starting with a digit"
                 )));
             }
             options.push_str(&format!(" -c search_path={schema}"));
@@ -190,9 +194,14 @@ impl PgStore {
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
         config.connect_timeout(Duration::from_secs(5));
-        if config.get_application_name().is_none() {
-            config.application_name("runyard");
-        }
+        // Event readers tell runyard's transactions from other programs' by this name
+        // (see `read::HORIZON`), so it always starts with "runyard".
+        let name = match config.get_application_name() {
+            Some(n) if n.starts_with("runyard") => n.to_string(),
+            Some(n) => format!("runyard:{n}"),
+            None => "runyard".to_string(),
+        };
+        config.application_name(&name);
 
         // Create the schema on a plain connection first: search_path must name an existing
         // schema for the pooled connections' unqualified names to resolve.

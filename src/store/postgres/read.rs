@@ -15,8 +15,20 @@ use crate::store::{
     PipelineNodeState, RunFilter, RunView, RunningJob, StoredEvent, Stream,
 };
 
-/// Ids below this are final: every transaction that could still insert one has ended.
-const HORIZON: &str = "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16)";
+/// Event ids below this are final for the statement's snapshot: every runyard transaction
+/// that could still insert a smaller one has ended. It is the snapshot's `xmax` (ids of
+/// transactions that start later are larger), lowered to the oldest transaction still in
+/// flight in that snapshot, except transactions known to belong to other applications
+/// (`pg_stat_activity` names them, by `application_name`): a long transaction of some other
+/// program on the same server must not stall every event stream. A transaction that ended
+/// between the snapshot and the `pg_stat_activity` read is not known to be foreign, so it
+/// still counts: the horizon errs only towards waiting.
+const HORIZON: &str = "(SELECT LEAST(pg_snapshot_xmax(s)::text::bigint,
+        (SELECT min(x::text::bigint) FROM pg_snapshot_xip(s) AS x
+         WHERE (x::text::bigint & 4294967295) NOT IN (
+             SELECT backend_xid::text::bigint FROM pg_stat_activity
+             WHERE backend_xid IS NOT NULL AND application_name NOT LIKE 'runyard%'))) << 16
+     FROM pg_current_snapshot() AS s)";
 
 async fn rows<C: GenericClient>(
     c: &C,
