@@ -203,7 +203,7 @@ async fn execute(
     };
     let spawned = std::time::Instant::now();
     let ((exit, unrecorded), ()) = tokio::join!(run, flusher);
-    inner.metrics.job_duration.observe(spawned.elapsed());
+    inner.metrics.job_duration(&job.pipeline, spawned.elapsed());
 
     let totals = collector.finish();
     flush_output(inner, job, &collector, handle).await;
@@ -342,7 +342,9 @@ async fn finish(
                     tracing::info!(job = %job.id, "finish not applied: the claim is no longer ours");
                 }
                 if let Some(status) = out.status {
-                    inner.metrics.job_ended(ending_of(status, &params.outcome));
+                    inner
+                        .metrics
+                        .job_ended(&job.pipeline, ending_of(status, &params.outcome));
                 }
                 return out.next;
             }
