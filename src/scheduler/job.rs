@@ -393,6 +393,7 @@ async fn flush_output(inner: &Inner, job: &ClaimedJob, collector: &Collector, ha
         claim_seq: job.claim_seq,
         stdout: batch.stdout,
         stderr: batch.stderr,
+        now: now_ms(),
     };
     match inner.store.job_output_append(params).await {
         Ok(true) => {
