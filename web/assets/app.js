@@ -12,7 +12,7 @@ import { h, replace, shortId, pill, duration, between, clock, ago, bytes, progre
 import { api, getSession, login, logout, setUnauthorizedHandler, enc } from './api.js';
 import { SseClient } from './sse.js';
 import { LogViewer } from './logview.js';
-import { statsBlock } from './chart.js';
+import { statsBlock, legend } from './chart.js';
 import { renderNodes } from './nodes.js';
 
 const PAGE = 50;
@@ -765,7 +765,7 @@ function attemptsTable(list, label) {
   return h('div', { class: 'table-wrap' }, h('table', { class: 'jobs attempts', 'aria-label': `Attempts of ${label}` },
     h('thead', {}, h('tr', {}, ['Attempt', 'Outcome', 'Reason', 'Exit', 'PID', 'Started', 'Finished', 'Duration', 'Detail'].map((c) => h('th', { scope: 'col' }, c)))),
     h('tbody', {}, list.map((a) => h('tr', { dataset: { claimSeq: a.claimSeq ?? '' } },
-      h('th', { scope: 'row', class: 'num' }, `#${a.attempt}`),
+      h('th', { scope: 'row' }, `#${a.attempt}`),
       h('td', {}, pill(a.outcome)),
       h('td', { class: 'small' }, a.reason && !(a.outcome === 'completed' && a.reason === 'exit_code') ? a.reason : '—'),
       h('td', { class: 'num' }, a.exitCode ?? '—'),
@@ -864,6 +864,8 @@ function markLogButtons() {
     const on = b.dataset.jobId === state.logJob;
     b.classList.toggle('active', on);
     b.setAttribute('aria-pressed', on ? 'true' : 'false');
+    const row = b.closest('tr');
+    if (row) row.classList.toggle('selected', on);
   }
 }
 
@@ -945,6 +947,7 @@ async function boot() {
   $('page-prev').addEventListener('click', () => { state.offset = Math.max(0, state.offset - PAGE); navigateList(); });
   $('page-next').addEventListener('click', () => { if (state.hasNext) { state.offset += PAGE; navigateList(); } });
   $('zone').textContent = zoneLabel();
+  $('chart-legend').replaceWith(legend());
   try { state.statsWindow = localStorage.getItem('runyard.stats.window') || '24h'; } catch { /* private mode */ }
   if (![...$('stats-window').options].some((o) => o.value === state.statsWindow)) state.statsWindow = '24h';
   $('stats-window').value = state.statsWindow;

@@ -18,6 +18,14 @@ function s(tag, attrs, ...children) {
 }
 
 const WINDOW_TEXT = { '1h': 'last hour', '6h': 'last 6 h', '24h': 'last 24 h', '7d': 'last 7 days' };
+const AGO_TEXT = { '1h': '1 h ago', '6h': '6 h ago', '24h': '24 h ago', '7d': '7 d ago' };
+
+/** The chart's key, shown once above the pipelines. */
+export function legend() {
+  return h('div', { class: 'chart-legend small muted', 'aria-hidden': 'true' },
+    h('span', { class: 'key key-ok' }, 'completed'), h('span', { class: 'key key-bad' }, 'failed'),
+    h('span', { class: 'key key-abort' }, 'aborted'), h('span', { class: 'key key-dur' }, 'mean duration'));
+}
 
 /** The totals and chart of one pipeline (`p`: one entry of `/api/stats` `pipelines`). */
 export function statsBlock(p, meta) {
@@ -64,19 +72,17 @@ export function statsBlock(p, meta) {
 
   const runs = p.completed + p.failed + p.aborted;
   const rate = runs ? Math.round((100 * p.failed) / runs) : 0;
+  const ms = (v) => (v === null || v === undefined ? '—' : duration(v));
   const totals = h('dl', { class: 'p-totals', 'aria-label': `${p.pipelineId} totals, ${WINDOW_TEXT[meta.window] || meta.window}` },
-    h('div', {}, h('dt', {}, 'completed'), h('dd', { class: 'ok-text', dataset: { k: 'completed' } }, String(p.completed))),
-    h('div', {}, h('dt', {}, 'failed'), h('dd', { class: p.failed ? 'error-text' : '', dataset: { k: 'failed' } }, String(p.failed), runs && p.failed ? h('span', { class: 'muted' }, ` (${rate}%)`) : null)),
-    h('div', {}, h('dt', {}, 'aborted'), h('dd', { class: p.aborted ? 'abort-text' : '', dataset: { k: 'aborted' } }, String(p.aborted))),
-    h('div', {}, h('dt', {}, 'mean'), h('dd', { dataset: { k: 'mean' } }, p.avgDurationMs === null || p.avgDurationMs === undefined ? '—' : duration(p.avgDurationMs))),
-    h('div', {}, h('dt', {}, 'longest'), h('dd', { dataset: { k: 'max' } }, p.maxDurationMs === null || p.maxDurationMs === undefined ? '—' : duration(p.maxDurationMs))));
+    h('div', {}, h('dd', { class: p.completed ? 'ok-text' : '', dataset: { k: 'completed' } }, String(p.completed)), h('dt', {}, 'completed')),
+    h('div', {}, h('dd', { class: p.failed ? 'error-text' : '', dataset: { k: 'failed' } }, String(p.failed), runs && p.failed ? h('span', { class: 'muted' }, ` (${rate}%)`) : null), h('dt', {}, 'failed')),
+    h('div', {}, h('dd', { class: p.aborted ? 'abort-text' : '', dataset: { k: 'aborted' } }, String(p.aborted)), h('dt', {}, 'aborted')),
+    h('div', { title: 'mean and longest run duration' }, h('dt', {}, 'mean'), h('dd', { dataset: { k: 'mean' } }, ms(p.avgDurationMs)),
+      h('dt', {}, 'max'), h('dd', { dataset: { k: 'max' } }, ms(p.maxDurationMs))));
   return h('div', { class: 'p-stats' },
     totals,
     h('div', { class: 'chart-wrap' }, chart,
-      h('div', { class: 'chart-axis small muted' },
-        h('time', { datetime: meta.since, title: stamp(meta.since) }, clock(meta.since)),
-        h('span', { class: 'chart-legend' },
-          h('span', { class: 'key key-ok' }, 'completed'), h('span', { class: 'key key-bad' }, 'failed'),
-          h('span', { class: 'key key-abort' }, 'aborted'), h('span', { class: 'key key-dur' }, 'mean duration')),
+      h('div', { class: 'chart-axis muted' },
+        h('time', { datetime: meta.since, title: stamp(meta.since) }, AGO_TEXT[meta.window] || clock(meta.since)),
         h('span', {}, 'now'))));
 }
