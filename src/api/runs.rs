@@ -33,8 +33,13 @@ pub(super) struct PageQuery {
     /// without a hyphen also match the id's last digits (the dashboard's short form).
     #[param(pattern = r"^[0-9a-fA-F-]{1,36}$")]
     run: Option<String>,
-    /// Only runs with this parameter: `name` (any value) or `name=value` (exact value).
-    #[param(min_length = 1, max_length = 8300)]
+    /// Only runs with this parameter: `name` (any value) or `name=value` (exact value);
+    /// a name is 1 to 64 characters without `=`.
+    #[param(
+        min_length = 1,
+        max_length = 8300,
+        pattern = r"^[^=]{1,64}(=[\s\S]*)?$"
+    )]
     param: Option<String>,
     /// Only runs triggered by this actor (a token label), exactly.
     #[param(min_length = 1, max_length = 200)]
@@ -70,10 +75,9 @@ fn search(q: &PageQuery) -> Result<Search, ApiError> {
                 Some((n, v)) => (n, Some(v.to_string())),
                 None => (p, None),
             };
-            if name.is_empty() || name.len() > 64 || value.as_ref().is_some_and(|v| v.len() > 8192)
-            {
+            if name.is_empty() || name.chars().count() > 64 || p.chars().count() > 8300 {
                 return Err(ApiError::BadRequest(
-                    "param must be `name` or `name=value` (a name of 1 to 64 bytes, a value of at most 8 KiB)"
+                    "param must be `name` or `name=value` (a name of 1 to 64 characters, at most 8300 in all)"
                         .into(),
                 ));
             }
@@ -85,9 +89,11 @@ fn search(q: &PageQuery) -> Result<Search, ApiError> {
     };
     let actor = match q.actor.as_deref() {
         None => None,
-        Some(a) if !a.is_empty() && a.len() <= 200 => Some(a.to_string()),
+        Some(a) if !a.is_empty() && a.chars().count() <= 200 => Some(a.to_string()),
         Some(_) => {
-            return Err(ApiError::BadRequest("actor must be 1 to 200 bytes".into()));
+            return Err(ApiError::BadRequest(
+                "actor must be 1 to 200 characters".into(),
+            ));
         }
     };
     Ok(Search { run, param, actor })

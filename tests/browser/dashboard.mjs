@@ -852,7 +852,7 @@ async function main() {
       const errLines = await page.locator('.log-lines .ln.err').allTextContents();
       const longest = await page.evaluate(() => window.__longest);
       const lag = await page.evaluate(() => { clearInterval(window.__lagTimer); return window.__lag; });
-      const runId = decodeURIComponent(new URL(page.url()).hash.split('/')[2]);
+      const runId = decodeURIComponent(new URL(page.url()).hash.split('/')[2].split('?')[0]);
       const run = (await apiJson(base, `/api/runs/${runId}`)).body;
       const job = run.jobs[0];
       log(`  job ${job.status}: stdout ${job.stdoutBytes} B, stderr ${job.stderrBytes} B; viewer: ${counts}`);
