@@ -410,6 +410,9 @@ async function operatorPhase(browser) {
       await until('two attempt separators', async () => (await seps.count()) === 2, 15000);
       const sepText = await seps.allTextContents();
       assert(/^Attempt 1 · retried · exit 3/.test(sepText[0]) && /^Attempt 2 · failed · exit 3/.test(sepText[1]), `separators: ${JSON.stringify(sepText)}`);
+      const logState = page.getByRole('status', { name: 'Log stream state' });
+      await logState.filter({ hasText: 'ended (failed)' }).waitFor();
+      assert(await logState.getAttribute('class') === 'log-state error', 'the ended state is coloured as failed');
       await page.getByLabel('Search log').fill('boom');
       await page.getByRole('status', { name: 'Log search matches' }).filter({ hasText: '2 matching lines' }).waitFor();
       const visible = await page.locator('.log-lines .ln:not([hidden])').evaluateAll((l) => l.map((x) => [x.textContent, x.classList.contains('err'), x.querySelector('mark')?.textContent]));

@@ -280,7 +280,8 @@ export class LogViewer {
       try { status = JSON.parse(data).status || ''; } catch { /* ignore */ }
       this.ended = true;
       this.lines.classList.add('ended');
-      this.setState(`ended${status ? ` (${status})` : ''}`, 'ended');
+      // Coloured by outcome, like the status badges.
+      this.setState(`ended${status ? ` (${status})` : ''}`, status === 'failed' ? 'error' : status === 'aborted' ? 'aborted' : 'ended');
       this.schedule();
       return true; // complete: do not reconnect
     }
