@@ -40,7 +40,7 @@ function nodeCard(w) {
         h('td', {}, h('span', { class: `badge setup-${cls(p.setup)}` }, p.setup)),
         h('td', {}, h('span', { class: `badge circuit-${cls(p.circuit)}` }, p.circuit)),
         h('td', { class: 'num' }, String(p.failures)),
-        h('td', { class: 'small error-text ellipsis', title: p.lastError || '' }, p.lastError || '—'))))));
+        h('td', { class: `small ellipsis${p.lastError ? ' error-text' : ' muted'}`, title: p.lastError || '' }, p.lastError || '—'))))));
   return h('article', { class: 'card node', 'aria-label': `Node ${shortId(w.id)}`, dataset: { nodeId: w.id } },
     h('div', { class: 'card-head' },
       h('h2', {}, h('span', { class: 'mono', title: w.id }, shortId(w.id))),
