@@ -453,8 +453,15 @@ async fn answers_match_their_documented_schemas() {
             format!("/api/jobs/{job}/logs?tail=5"),
         ),
         ("/api/workers", "/api/workers".into()),
+        ("/api/stats", "/api/stats?window=1h".into()),
+        (
+            "/api/runs",
+            format!("/api/runs?run={}&param=word&actor=nobody", &run[..8]),
+        ),
         // Errors: 400 and 404.
         ("/api/runs", "/api/runs?limit=0".into()),
+        ("/api/runs", "/api/runs?run=not-hex".into()),
+        ("/api/stats", "/api/stats?window=forever".into()),
         ("/api/runs/{id}", "/api/runs/not-a-uuid".into()),
         ("/api/jobs/{id}", format!("/api/jobs/{run}:s7")),
         (

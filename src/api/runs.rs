@@ -1,5 +1,7 @@
 //! Runs, jobs, logs and workers.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -7,11 +9,14 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::history::{AttemptView, attempts};
 use super::{ApiError, AppState, ErrorBody};
 use crate::model::{self, RunId, RunStatus, parse_job_id};
-use crate::store::{AbortOutcome, DeliveryView, JobView, RunFilter, RunView};
+use crate::store::{
+    AbortOutcome, DeliveryView, JobView, ParamFilter, PipelineNodeState, RunFilter, RunView,
+};
 
-/// `?limit=&offset=&status=`.
+/// `?limit=&offset=&status=&run=&param=&actor=`.
 #[derive(Deserialize, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct PageQuery {
@@ -24,6 +29,74 @@ pub(super) struct PageQuery {
     /// Only runs with this status.
     #[param(value_type = Option<RunStatus>)]
     status: Option<String>,
+    /// Only runs whose id starts with this (hex digits and hyphens, any case); 4–12 digits
+    /// without a hyphen also match the id's last digits (the dashboard's short form).
+    #[param(pattern = r"^[0-9a-fA-F-]{1,36}$")]
+    run: Option<String>,
+    /// Only runs with this parameter: `name` (any value) or `name=value` (exact value);
+    /// a name is 1 to 64 characters without `=`.
+    #[param(
+        min_length = 1,
+        max_length = 8300,
+        pattern = r"^[^=]{1,64}(=[\s\S]*)?$"
+    )]
+    param: Option<String>,
+    /// Only runs triggered by this actor (a token label), exactly.
+    #[param(min_length = 1, max_length = 200)]
+    actor: Option<String>,
+}
+
+/// The search part of a [`PageQuery`], validated.
+struct Search {
+    run: Option<String>,
+    param: Option<ParamFilter>,
+    actor: Option<String>,
+}
+
+fn search(q: &PageQuery) -> Result<Search, ApiError> {
+    let run = match q.run.as_deref() {
+        None => None,
+        Some(r)
+            if (1..=36).contains(&r.len())
+                && r.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') =>
+        {
+            Some(r.to_ascii_lowercase())
+        }
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "run must be 1 to 36 hex digits or hyphens (a run id or its start)".into(),
+            ));
+        }
+    };
+    let param = match q.param.as_deref() {
+        None => None,
+        Some(p) => {
+            let (name, value) = match p.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (p, None),
+            };
+            if name.is_empty() || name.chars().count() > 64 || p.chars().count() > 8300 {
+                return Err(ApiError::BadRequest(
+                    "param must be `name` or `name=value` (a name of 1 to 64 characters, at most 8300 in all)"
+                        .into(),
+                ));
+            }
+            Some(ParamFilter {
+                name: name.to_string(),
+                value,
+            })
+        }
+    };
+    let actor = match q.actor.as_deref() {
+        None => None,
+        Some(a) if !a.is_empty() && a.chars().count() <= 200 => Some(a.to_string()),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "actor must be 1 to 200 characters".into(),
+            ));
+        }
+    };
+    Ok(Search { run, param, actor })
 }
 
 /// The `{id}` of `/api/runs/{id}…` (what the handlers extract, and its documentation).
@@ -61,7 +134,8 @@ pub(super) struct RunPage {
     offset: u32,
 }
 
-/// `GET /api/runs/{id}` answer: the run, and its webhook deliveries when it has a callback.
+/// `GET /api/runs/{id}` answer: the run, its jobs' attempt history, and its webhook
+/// deliveries when it has a callback.
 #[derive(Serialize, ToSchema)]
 pub(super) struct RunDetail {
     #[serde(flatten)]
@@ -69,7 +143,13 @@ pub(super) struct RunDetail {
     /// Completion webhook deliveries; present when the run has a `callbackUrl`.
     #[serde(skip_serializing_if = "Option::is_none")]
     deliveries: Option<Vec<DeliveryView>>,
+    /// Every execution of each job (shards and finalizer), oldest first, keyed by job id;
+    /// derived from the run's stored events.
+    attempts: BTreeMap<String, Vec<AttemptView>>,
 }
+
+/// Events read to build a run's attempt history (a run of 1,000 shards with retries fits).
+const HISTORY_EVENTS: usize = 20_000;
 
 /// `GET /api/runs/{id}/deliveries` answer.
 #[derive(Serialize, ToSchema)]
@@ -141,6 +221,14 @@ pub(super) struct WorkerView {
     /// For the answering node: `admitting`, or `held: <why>` while resource admission
     /// holds claims; null for other nodes.
     admission: Option<String>,
+    /// Milliseconds since its last heartbeat, by the answering node's clock.
+    heartbeat_age_ms: i64,
+    /// The answering node's heartbeat interval: a node silent for 3 of them is dead.
+    heartbeat_every_ms: u64,
+    /// For the answering node: its bus and whether it is connected; null for other nodes.
+    bus: Option<crate::bus::BusStatus>,
+    /// Its setup and circuit state per pipeline (pipelines with a setup it has tried).
+    pipelines: Vec<PipelineNodeState>,
 }
 
 /// Deepest page offset (deeper pages cost a scan of everything before them).
@@ -205,7 +293,7 @@ pub(super) fn canonical_job_id(id: &str) -> Result<String, ApiError> {
     params(PageQuery),
     responses(
         (status = 200, description = "One page of runs with their jobs", body = RunPage),
-        (status = 400, description = "limit, offset or status out of range", body = ErrorBody),
+        (status = 400, description = "limit, offset, status, run, param or actor out of range", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     )
 )]
@@ -224,11 +312,15 @@ pub(super) async fn list_runs(
     q: &PageQuery,
 ) -> Result<Json<RunPage>, ApiError> {
     let (limit, offset, status) = page(q)?;
+    let Search { run, param, actor } = search(q)?;
     let runs = state
         .store
         .runs_list(RunFilter {
             pipeline,
             status,
+            run_id: run,
+            param,
+            actor,
             limit,
             offset,
         })
@@ -268,7 +360,12 @@ pub(super) async fn get(
         Some(_) => Some(state.store.deliveries_of_run(&id).await?),
         None => None,
     };
-    Ok(Json(RunDetail { run, deliveries }))
+    let attempts = attempts(&state.store.run_events(&id, HISTORY_EVENTS).await?);
+    Ok(Json(RunDetail {
+        run,
+        deliveries,
+        attempts,
+    }))
 }
 
 /// `GET /api/runs/{id}/deliveries`: the run's completion webhooks with every attempt.
@@ -432,6 +529,9 @@ pub(super) async fn logs(
 )]
 pub(super) async fn workers(State(state): State<AppState>) -> Result<Json<WorkerList>, ApiError> {
     let nodes = state.store.nodes_list().await?;
+    let setups = state.store.pipeline_nodes_list().await?;
+    let now = crate::clock::now_ms();
+    let every = state.scheduler.settings().server.heartbeat.as_millis() as u64;
     let mut out = Vec::with_capacity(nodes.len());
     for node in nodes {
         let running: Vec<String> = state
@@ -452,6 +552,14 @@ pub(super) async fn workers(State(state): State<AppState>) -> Result<Json<Worker
                     .admission_held()
                     .map_or("admitting".to_string(), |why| format!("held: {why}"))
             }),
+            heartbeat_age_ms: (now - node.heartbeat_at).max(0),
+            heartbeat_every_ms: every,
+            bus: is_self.then(|| state.scheduler.bus_status()),
+            pipelines: setups
+                .iter()
+                .filter(|p| p.node_id == node.id)
+                .cloned()
+                .collect(),
             is_self,
             id: node.id,
             host: node.host,

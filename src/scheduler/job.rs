@@ -202,7 +202,7 @@ async fn execute(
     };
     let spawned = std::time::Instant::now();
     let ((exit, unrecorded), ()) = tokio::join!(run, flusher);
-    inner.metrics.job_duration.observe(spawned.elapsed());
+    inner.metrics.job_duration(&job.pipeline, spawned.elapsed());
 
     let totals = collector.finish();
     flush_output(inner, job, &collector, handle).await;
@@ -341,7 +341,9 @@ async fn finish(
                     tracing::info!(job = %job.id, "finish not applied: the claim is no longer ours");
                 }
                 if let Some(status) = out.status {
-                    inner.metrics.job_ended(ending_of(status, &params.outcome));
+                    inner
+                        .metrics
+                        .job_ended(&job.pipeline, ending_of(status, &params.outcome));
                 }
                 return out.next;
             }
@@ -390,6 +392,7 @@ async fn flush_output(inner: &Inner, job: &ClaimedJob, collector: &Collector, ha
         claim_seq: job.claim_seq,
         stdout: batch.stdout,
         stderr: batch.stderr,
+        now: inner.store.clock_ms(),
     };
     match inner.store.job_output_append(params).await {
         Ok(true) => {

@@ -41,6 +41,7 @@ use crate::model::JobKind;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite_0001_init.sql"),
     include_str!("migrations/sqlite_0002_completion.sql"),
+    include_str!("migrations/sqlite_0003_dashboard.sql"),
 ];
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BATCH: usize = 512;
@@ -676,7 +677,15 @@ fn start_in_tx(conn: &Connection, p: &JobStartParams) -> StoreResult<Option<bool
     .execute(params![run_id, p.now])?;
     emit(
         conn,
-        payload::job_started(&run_id, &p.job_id, &pipeline, shard_index, attempt, p.pid),
+        payload::job_started(
+            &run_id,
+            &p.job_id,
+            &pipeline,
+            shard_index,
+            attempt,
+            p.pid,
+            p.claim_seq,
+        ),
         p.now,
     )?;
     Ok(Some(abort_requested))
@@ -1012,13 +1021,13 @@ impl Store for SqliteStore {
                 .optional()?
                 .unwrap_or(0);
             let mut insert = conn.prepare_cached(
-                "INSERT INTO output (job_id, claim_seq, stream, first_line, line_count, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO output (job_id, claim_seq, stream, first_line, line_count, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for (stream, lines) in [(STDOUT, &p.stdout), (STDERR, &p.stderr)] {
                 if lines.is_empty() {
                     continue;
                 }
-                insert.execute(params![p.job_id, p.claim_seq, stream, next, lines.len() as i64, lines.join("\n")])?;
+                insert.execute(params![p.job_id, p.claim_seq, stream, next, lines.len() as i64, lines.join("\n"), p.now])?;
                 next += lines.len() as i64;
             }
             Ok((true, change::OUTPUT))
@@ -1215,18 +1224,63 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             // One statement per filter shape, so each can use its index (`runs_pipeline`
             // for a pipeline, the primary key otherwise) with a plan fixed at prepare time.
+            // Unused parameters are bound as NULL and tested with `IS NULL`.
             let status = f.status.map(|s| s.as_str());
-            let filter = match (&f.pipeline, status) {
-                (None, None) => "?1 IS NULL AND ?2 IS NULL",
-                (Some(_), None) => "pipeline = ?1 AND ?2 IS NULL",
-                (None, Some(_)) => "?1 IS NULL AND status = ?2",
-                (Some(_), Some(_)) => "pipeline = ?1 AND status = ?2",
+            let mut filter = vec![match f.pipeline {
+                Some(_) => "pipeline = ?1",
+                None => "?1 IS NULL",
+            }];
+            filter.push(match status {
+                Some(_) => "status = ?2",
+                None => "?2 IS NULL",
+            });
+            // A run id prefix is a range of the primary key (ids are lowercase hex and
+            // hyphens, all below '~'); a short form also matches the id's last digits.
+            let suffix = f
+                .run_id
+                .as_deref()
+                .filter(|r| (4..=12).contains(&r.len()) && !r.contains('-'));
+            filter.push(match (&f.run_id, suffix) {
+                (None, _) => "?5 IS NULL AND ?6 IS NULL",
+                (Some(_), None) => "id >= ?5 AND id < ?5 || '~' AND ?6 IS NULL",
+                (Some(_), Some(_)) => "((id >= ?5 AND id < ?5 || '~') OR id LIKE '%' || ?6)",
+            });
+            let (param_name, param_value) = match &f.param {
+                Some(p) => (Some(p.name.as_str()), p.value.as_deref()),
+                None => (None, None),
             };
+            filter.push(match (param_name, param_value) {
+                (None, _) => "?7 IS NULL AND ?8 IS NULL",
+                (Some(_), None) => {
+                    "EXISTS (SELECT 1 FROM json_each(runs.params) WHERE key = ?7) AND ?8 IS NULL"
+                }
+                (Some(_), Some(_)) => {
+                    "EXISTS (SELECT 1 FROM json_each(runs.params) WHERE key = ?7 AND value = ?8)"
+                }
+            });
+            filter.push(match f.actor {
+                Some(_) => "actor = ?9",
+                None => "?9 IS NULL",
+            });
+            let filter = filter.join(" AND ");
             let mut runs: Vec<RunView> = conn
                 .prepare_cached(&format!(
                     "SELECT {RUN_COLS} FROM runs WHERE {filter} ORDER BY id DESC LIMIT ?3 OFFSET ?4"
                 ))?
-                .query_map(params![f.pipeline, status, f.limit, f.offset], run_view)?
+                .query_map(
+                    params![
+                        f.pipeline,
+                        status,
+                        f.limit,
+                        f.offset,
+                        f.run_id,
+                        suffix,
+                        param_name,
+                        param_value,
+                        f.actor
+                    ],
+                    run_view,
+                )?
                 .collect::<Result<_, _>>()?;
             attach_jobs(conn, &mut runs)?;
             Ok(runs)
@@ -1273,7 +1327,7 @@ impl Store for SqliteStore {
         let job_id = job_id.to_string();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT first_line, stream, data FROM output
+                "SELECT first_line, stream, data, claim_seq, created_at FROM output
                  WHERE job_id = ?1 AND first_line >= (SELECT COALESCE(MAX(first_line), 0) FROM output WHERE job_id = ?1 AND first_line <= ?2)
                  ORDER BY first_line",
             )?;
@@ -1282,10 +1336,12 @@ impl Store for SqliteStore {
             while let Some(r) = rows.next()? {
                 let first: i64 = r.get(0)?;
                 let stream = stream_of(r.get(1)?);
+                let claim_seq: i64 = r.get(3)?;
+                let time: Option<i64> = r.get(4)?;
                 for (i, line) in r.get_ref(2)?.as_str()?.split('\n').enumerate() {
                     let seq = first + i as i64;
                     if seq > after {
-                        out.push(LogLine { seq, stream, line: line.to_string() });
+                        out.push(LogLine { seq, stream, line: line.to_string(), claim_seq, time });
                     }
                 }
                 if out.len() >= limit {
@@ -1336,6 +1392,53 @@ impl Store for SqliteStore {
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?)
+        })
+        .await
+    }
+
+    async fn run_events(&self, run_id: &str, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+        let run_id = run_id.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT id, name, data FROM events INDEXED BY events_run
+                     WHERE run_id = ?1 AND name <> 'job:progress' ORDER BY id LIMIT ?2",
+                )?
+                .query_map(params![run_id, limit as i64], |r| {
+                    Ok(StoredEvent {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        data: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn pipeline_stats(&self, p: PipelineStatsParams) -> StoreResult<Vec<PipelineStatsRow>> {
+        self.read(move |conn| {
+            // Through `runs_finished` (a range of finished_at), then grouped in memory by SQLite.
+            Ok(conn
+                .prepare_cached(
+                    "SELECT pipeline, (finished_at - ?1) / ?3 AS bucket, status, COUNT(*),
+                            SUM(finished_at - COALESCE(started_at, finished_at)),
+                            MAX(finished_at - COALESCE(started_at, finished_at))
+                     FROM runs INDEXED BY runs_finished
+                     WHERE finished_at IS NOT NULL AND finished_at >= ?1 AND finished_at < ?2
+                     GROUP BY pipeline, bucket, status ORDER BY pipeline, bucket, status",
+                )?
+                .query_map(params![p.since, p.until, p.bucket_ms.max(1)], |r| {
+                    Ok(PipelineStatsRow {
+                        pipeline: r.get(0)?,
+                        bucket: r.get(1)?,
+                        status: r.get(2)?,
+                        runs: r.get::<_, i64>(3)? as u64,
+                        duration_sum_ms: r.get::<_, i64>(4)?.max(0),
+                        duration_max_ms: r.get::<_, i64>(5)?.max(0),
+                    })
+                })?
+                .collect::<Result<_, _>>()?)
         })
         .await
     }
@@ -1570,6 +1673,224 @@ mod tests {
             .iter()
             .filter(|e| e.name == "run:completed" && e.data.contains(run_id))
             .count()
+    }
+
+    #[tokio::test]
+    async fn a_runs_events_come_without_progress_and_output_keeps_its_execution_and_time() {
+        let (_dir, store) = open().await;
+        let run = create(&store, 1).await;
+        let other = create(&store, 1).await;
+        let job = store.job_claim(claim(1)).await.unwrap().jobs.remove(0);
+        assert_eq!(job.run_id, run.run_id);
+        let start = JobStartParams {
+            job_id: job.id.clone(),
+            claim_seq: job.claim_seq,
+            pid: 42,
+            proc_start: 1,
+            now: 11,
+        };
+        store.job_start(start).await.unwrap();
+        for (percent, now) in [(10, 12), (20, 13)] {
+            store
+                .job_progress(JobProgressParams {
+                    job_id: job.id.clone(),
+                    claim_seq: job.claim_seq,
+                    percent,
+                    message: String::new(),
+                    now,
+                })
+                .await
+                .unwrap();
+        }
+        let appended = store
+            .job_output_append(OutputAppendParams {
+                job_id: job.id.clone(),
+                claim_seq: job.claim_seq,
+                stdout: vec!["a".into(), "b".into()],
+                stderr: vec!["c".into()],
+                now: 15,
+            })
+            .await
+            .unwrap();
+        assert!(appended);
+        let mut fail = finish(
+            &job,
+            Outcome::Failed {
+                reason: Reason::ExitCode,
+                error: None,
+            },
+        );
+        fail.exit_code = Some(3);
+        store.job_finish(fail).await.unwrap();
+
+        let events = store.run_events(&run.run_id, 100).await.unwrap();
+        let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["job:created", "job:started", "job:failed"]);
+        assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+        let started: Value = serde_json::from_str(&events[1].data).unwrap();
+        let failed: Value = serde_json::from_str(&events[2].data).unwrap();
+        assert_eq!(
+            (started["claimSeq"].as_i64(), started["attempt"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(
+            (
+                failed["claimSeq"].as_i64(),
+                failed["status"].as_str(),
+                failed["nextAttempt"].as_u64()
+            ),
+            (Some(1), Some("queued"), Some(2))
+        );
+        assert_eq!(store.run_events(&run.run_id, 2).await.unwrap().len(), 2);
+        assert_eq!(store.run_events(&other.run_id, 100).await.unwrap().len(), 1);
+
+        let lines = store.job_output_after(&job.id, -1, 100).await.unwrap();
+        let got: Vec<_> = lines
+            .iter()
+            .map(|l| (l.seq, l.line.as_str(), l.stream, l.claim_seq, l.time))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, "a", Stream::Stdout, 1, Some(15)),
+                (1, "b", Stream::Stdout, 1, Some(15)),
+                (2, "c", Stream::Stderr, 1, Some(15)),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn runs_are_filtered_by_id_prefix_suffix_parameter_and_actor() {
+        let (_dir, store) = open().await;
+        let mut ids = Vec::new();
+        for (word, actor) in [("x", Some("ann")), ("y", Some("bo")), ("y", None)] {
+            let run = crate::model::RunId::new().to_string();
+            store
+                .run_create(RunCreateParams {
+                    run_id: run.clone(),
+                    job_ids: vec![run.clone()],
+                    pipeline: "p".into(),
+                    params: [("word".to_string(), word.to_string())].into(),
+                    triggered_by: "api".into(),
+                    actor: actor.map(str::to_string),
+                    idempotency_key: None,
+                    policy: policy(),
+                    has_finalizer: false,
+                    callback_url: None,
+                    now: 1,
+                })
+                .await
+                .unwrap();
+            ids.push(run);
+        }
+        let list = |f: RunFilter| {
+            let store = store.clone();
+            async move {
+                store
+                    .runs_list(RunFilter { limit: 50, ..f })
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| r.run_id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+        assert_eq!(list(RunFilter::default()).await, newest_first);
+        let by = |run_id: &str| RunFilter {
+            run_id: Some(run_id.to_string()),
+            ..Default::default()
+        };
+        assert_eq!(list(by(&ids[1][..34])).await, [ids[1].as_str()]);
+        assert_eq!(list(by(&ids[0])).await, [ids[0].as_str()]);
+        assert_eq!(
+            list(by(&ids[2][28..])).await,
+            [ids[2].as_str()],
+            "the last 8 digits"
+        );
+        assert_eq!(list(by(&ids[2][..1])).await.len(), 3);
+        assert_eq!(list(by("ffffffff-")).await.len(), 0);
+        let param = |name: &str, value: Option<&str>| RunFilter {
+            param: Some(ParamFilter {
+                name: name.into(),
+                value: value.map(str::to_string),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            list(param("word", Some("y"))).await,
+            [ids[2].as_str(), ids[1].as_str()]
+        );
+        assert_eq!(list(param("word", None)).await.len(), 3);
+        assert_eq!(list(param("other", None)).await.len(), 0);
+        let actor = RunFilter {
+            actor: Some("bo".into()),
+            ..param("word", Some("y"))
+        };
+        assert_eq!(list(actor).await, [ids[1].as_str()]);
+    }
+
+    #[tokio::test]
+    async fn stats_count_runs_by_the_bucket_they_finished_in() {
+        let (_dir, store) = open().await;
+        let a = create(&store, 1).await;
+        let b = create(&store, 1).await;
+        let jobs = store.job_claim(claim(2)).await.unwrap().jobs;
+        let mut ends = Vec::new();
+        for (job, outcome, now) in [
+            (&jobs[0], Outcome::Completed, 1_050),
+            (&jobs[1], Outcome::Aborted, 2_500),
+        ] {
+            let mut p = finish(job, outcome);
+            p.now = now;
+            p.start = Some(JobStartParams {
+                job_id: job.id.clone(),
+                claim_seq: job.claim_seq,
+                pid: 1,
+                proc_start: 1,
+                now: 1_000,
+            });
+            ends.push(store.job_finish(p).await.unwrap().run_finalized);
+        }
+        assert_eq!(ends, [Some(RunStatus::Completed), Some(RunStatus::Aborted)]);
+        let _ = (a, b);
+        let rows = store
+            .pipeline_stats(PipelineStatsParams {
+                since: 0,
+                until: 3_000,
+                bucket_ms: 1_000,
+            })
+            .await
+            .unwrap();
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.pipeline.as_str(),
+                    r.bucket,
+                    r.status.as_str(),
+                    r.runs,
+                    r.duration_sum_ms,
+                    r.duration_max_ms,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("p", 1, "completed", 1, 50, 50),
+                ("p", 2, "aborted", 1, 1_500, 1_500)
+            ]
+        );
+        let later = store
+            .pipeline_stats(PipelineStatsParams {
+                since: 2_000,
+                until: 2_400,
+                bucket_ms: 100,
+            })
+            .await
+            .unwrap();
+        assert!(later.is_empty(), "{later:?}");
     }
 
     #[tokio::test]
@@ -1907,6 +2228,7 @@ mod tests {
                 claim_seq: job.claim_seq,
                 stdout: vec!["late".into()],
                 stderr: vec![],
+                now: 0,
             })
             .await
             .unwrap();

@@ -79,6 +79,7 @@ CREATE TABLE output (
     first_line bigint NOT NULL,
     line_count bigint NOT NULL,
     data       text NOT NULL,
+    created_at bigint,   -- when the chunk was flushed (every line of it shows this time)
     PRIMARY KEY (job_id, first_line)
 );
 
@@ -92,6 +93,8 @@ CREATE TABLE events (
     created_at bigint NOT NULL
 );
 CREATE INDEX events_created ON events (created_at);
+-- A run's events without its progress ticks (the run page's attempt history).
+CREATE INDEX events_run ON events (run_id, id) WHERE name <> 'job:progress';
 
 -- A logged table: an UNLOGGED one is emptied by crash recovery, and every running job
 -- would then look stranded.

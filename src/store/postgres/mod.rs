@@ -592,6 +592,12 @@ impl Store for PgStore {
     async fn events_bounds(&self) -> StoreResult<(i64, i64)> {
         self.read_event_bounds().await
     }
+    async fn run_events(&self, run_id: &str, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+        self.read_run_events(run_id, limit).await
+    }
+    async fn pipeline_stats(&self, p: PipelineStatsParams) -> StoreResult<Vec<PipelineStatsRow>> {
+        self.read_pipeline_stats(&p).await
+    }
     async fn pipeline_counts(&self) -> StoreResult<HashMap<String, PipelineCounts>> {
         self.read_pipeline_counts().await
     }
