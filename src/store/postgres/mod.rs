@@ -23,10 +23,12 @@
 //!   and take the advisory cap lock last.
 //! - **Event ids that never skip.** An event's id is `(xid << 16) | n` (its
 //!   transaction's top-level id, then its index in the transaction); readers
-//!   take only ids below the oldest runyard transaction still in flight in
-//!   their snapshot (`read::HORIZON`), so an id a reader has passed can never
-//!   commit later, and other programs' long transactions on the same server
-//!   do not hold the streams back.
+//!   take only ids below the oldest transaction of this deployment still in
+//!   flight in their snapshot (`read::HORIZON`), so an id a reader has passed
+//!   can never commit later, and other programs' long transactions on the same
+//!   server do not hold the streams back. A replica that dies inside a
+//!   transaction holds them back until the server ends its session
+//!   (`idle_in_transaction_session_timeout`, 5 s).
 //!   Ids have gaps; the SSE code resumes by cursor, never by counting.
 //! - **The database's clock.** Times are the database's (`runyard_now_ms()`),
 //!   followed locally between samples with the monotonic clock
@@ -69,7 +71,7 @@ const CLOCK_SAMPLE: Duration = Duration::from_secs(5);
 const POOL_WAIT: Duration = Duration::from_secs(5);
 /// Session settings: a frozen replica cannot hold locks for long, no statement runs forever.
 const SESSION_OPTIONS: &str =
-    "-c idle_in_transaction_session_timeout=10000 -c statement_timeout=30000 -c lock_timeout=5000";
+    "-c idle_in_transaction_session_timeout=5000 -c statement_timeout=30000 -c lock_timeout=5000";
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -194,13 +196,12 @@ impl PgStore {
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
         config.connect_timeout(Duration::from_secs(5));
-        // Event readers tell runyard's transactions from other programs' by this name
-        // (see `read::HORIZON`), so it always starts with "runyard".
-        let name = match config.get_application_name() {
-            Some(n) if n.starts_with("runyard") => n.to_string(),
-            Some(n) => format!("runyard:{n}"),
-            None => "runyard".to_string(),
-        };
+        // Event readers tell this deployment's transactions from everyone else's by this
+        // name (see `read::HORIZON`), so it is always set, whatever the URL says.
+        let name = format!("runyard/{}", opts.schema.as_deref().unwrap_or("public"));
+        if config.get_application_name().is_some_and(|n| n != name) {
+            tracing::info!("application_name in the store URL is replaced by {name:?}");
+        }
         config.application_name(&name);
 
         // Create the schema on a plain connection first: search_path must name an existing

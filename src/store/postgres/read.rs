@@ -16,19 +16,21 @@ use crate::store::{
 };
 use crate::store::{PipelineStatsParams, PipelineStatsRow};
 
-/// Event ids below this are final for the statement's snapshot: every runyard transaction
-/// that could still insert a smaller one has ended. It is the snapshot's `xmax` (ids of
-/// transactions that start later are larger), lowered to the oldest transaction still in
-/// flight in that snapshot, except transactions known to belong to other applications
-/// (`pg_stat_activity` names them, by `application_name`): a long transaction of some other
-/// program on the same server must not stall every event stream. A transaction that ended
-/// between the snapshot and the `pg_stat_activity` read is not known to be foreign, so it
-/// still counts: the horizon errs only towards waiting.
+/// Event ids below this are final for the statement's snapshot: every transaction of this
+/// deployment that could still insert a smaller one has ended. It is the snapshot's `xmax`
+/// (transactions that start later get larger ids), lowered to the oldest transaction still
+/// in flight in that snapshot, except those known to belong to someone else:
+/// `pg_stat_activity` shows them under another `application_name` (every connection of
+/// this deployment is named `runyard/{schema}`), so a long transaction of another program,
+/// or of runyard on another schema, cannot stall this deployment's event streams. A
+/// transaction that ended between the snapshot and the `pg_stat_activity` read is not known
+/// to be foreign, so it still counts: the horizon errs only towards waiting.
 const HORIZON: &str = "(SELECT LEAST(pg_snapshot_xmax(s)::text::bigint,
         (SELECT min(x::text::bigint) FROM pg_snapshot_xip(s) AS x
          WHERE (x::text::bigint & 4294967295) NOT IN (
              SELECT backend_xid::text::bigint FROM pg_stat_activity
-             WHERE backend_xid IS NOT NULL AND application_name NOT LIKE 'runyard%'))) << 16
+             WHERE backend_xid IS NOT NULL
+               AND application_name <> current_setting('application_name')))) << 16
      FROM pg_current_snapshot() AS s)";
 
 async fn rows<C: GenericClient>(
