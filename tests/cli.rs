@@ -164,3 +164,65 @@ fn a_corrupt_config_fails_at_start_with_file_line_and_key() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The README's way: `serve -c <relative path>`. A job and a finalizer with their own
+/// `cwd` still reach `$RUNYARD_RESULT_FILE` and `$RUNYARD_SUMMARY_FILE` (absolute paths).
+#[tokio::test]
+async fn jobs_with_their_own_cwd_get_absolute_result_and_summary_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("conf/jobs")).unwrap();
+    std::fs::write(
+        dir.path().join("conf/runyard.toml"),
+        r#"
+[server]
+data_dir = "data"
+output_flush_interval_ms = 100
+
+[pipelines.results]
+command = ["sh", "-c", "case $RUNYARD_RESULT_FILE in /*) ;; *) exit 7;; esac; echo \"{{\\\"shard\\\": $RUNYARD_SHARD_INDEX, \\\"cwd\\\": \\\"$(pwd)\\\"}}\" > \"$RUNYARD_RESULT_FILE\""]
+cwd = "jobs"
+shards = 2
+finalizer = ["sh", "-c", "case $RUNYARD_SUMMARY_FILE in /*) ;; *) exit 7;; esac; grep -q '\"shard\": 1' \"$RUNYARD_SUMMARY_FILE\""]
+"#,
+    )
+    .unwrap();
+    let port = common::free_port();
+    let _server = common::BinServer::start_from(
+        Some(dir.path()),
+        "conf/runyard.toml",
+        &dir.path().join("server.log"),
+        port,
+        &[],
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{port}");
+    let mut events = common::EventWatcher::connect(&base, 0);
+    let http = reqwest::Client::new();
+    let (status, body) = common::post(
+        &http,
+        &format!("{base}/api/pipelines/results/trigger"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let run_id = body["runId"].as_str().unwrap().to_string();
+    events
+        .wait_for(
+            "run:completed",
+            |d| d["runId"] == run_id.as_str(),
+            Duration::from_secs(30),
+        )
+        .await;
+    let (_, run) = common::get(&http, &format!("{base}/api/runs/{run_id}")).await;
+    assert_eq!(run["status"], "completed", "{run:#}");
+    let jobs_dir = dir.path().join("conf/jobs").canonicalize().unwrap();
+    for (i, job) in run["jobs"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(job["result"]["shard"], i, "{job:#}");
+        assert_eq!(
+            job["result"]["cwd"],
+            jobs_dir.to_str().unwrap(),
+            "ran in its cwd"
+        );
+    }
+    assert_eq!(run["finalizer"]["status"], "completed", "{run:#}");
+}
