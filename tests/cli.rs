@@ -126,9 +126,9 @@ async fn client_commands_show_runs_logs_and_errors() {
     let w: Value = serde_json::from_slice(&workers.stdout).unwrap();
     assert_eq!(w["workers"].as_array().unwrap().len(), 1);
 
-    // Server-side refusals come back as a message and exit code 2.
+    // Server-side refusals come back as a message and exit code 4.
     let bad = cli(&s, &["trigger", "greet", "-p", "name=NOPE"]).await;
-    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(bad.status.code(), Some(4));
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("does not match"),
         "{}",
