@@ -810,19 +810,19 @@ impl Loader<'_> {
         found.map(|(var, value)| EnvValue { var, value })
     }
 
-    /// A setting `table.key` that an environment variable may override: the variable wins
-    /// and is what an error names; otherwise the file's value, else `default`.
+    /// A setting `table.key` that the environment variable `RUNYARD_<KEY>` (and, when
+    /// `legacy`, the seeds' `<KEY>`) may override: the variable wins and is what an error
+    /// names; otherwise the file's value, else `default`.
     fn overridable<T: std::str::FromStr>(
         &self,
         table: &str,
         key: &str,
-        name: &str,
         legacy: bool,
         file: Option<T>,
         default: T,
         check: &dyn Fn(&T) -> Result<(), String>,
     ) -> Result<T, ConfigError> {
-        match self.env_override(name, legacy) {
+        match self.env_override(&key.to_ascii_uppercase(), legacy) {
             Some(ev) => {
                 let value = ev.value.trim().parse::<T>().map_err(|_| {
                     self.env_invalid(&ev, &format!("{table}.{key}"), "not a whole number")
@@ -1073,22 +1073,14 @@ impl Loader<'_> {
                     .map_err(|_| self.invalid(t, Some("listen"), bad_listen(text)))?
             }
         };
-        let max_workers = self.overridable(
-            t,
-            "max_workers",
-            "MAX_WORKERS",
-            true,
-            rs.max_workers,
-            2,
-            &|n| match n {
+        let max_workers =
+            self.overridable(t, "max_workers", true, rs.max_workers, 2, &|n| match n {
                 1..=1024 => Ok(()),
                 _ => Err("must be between 1 and 1024".into()),
-            },
-        )?;
+            })?;
         let flush_ms = self.overridable(
             t,
             "output_flush_interval_ms",
-            "OUTPUT_FLUSH_INTERVAL_MS",
             true,
             rs.output_flush_interval_ms,
             1000,
@@ -1100,7 +1092,6 @@ impl Loader<'_> {
         let max_workers_global = self.overridable(
             t,
             "max_workers_global",
-            "MAX_WORKERS_GLOBAL",
             false,
             rs.max_workers_global,
             0,

@@ -68,7 +68,7 @@ fn shown_status(job: &Value) -> &str {
     }
 }
 
-fn bar(job: &Value, colour: bool) -> String {
+fn bar(job: &Value, width: usize, colour: bool) -> String {
     let status = shown_status(job);
     let pct = job["progress"].as_u64().unwrap_or(0).min(100) as usize;
     let pct = if status == "completed" { 100 } else { pct };
@@ -84,7 +84,7 @@ fn bar(job: &Value, colour: bool) -> String {
         _ => String::new(),
     };
     format!(
-        "{:>8} [{}{}] {pct:>3}% {}{attempts} {msg}",
+        "{:>width$} [{}{}] {pct:>3}% {}{attempts} {msg}",
         label(job),
         "#".repeat(filled),
         "-".repeat(24 - filled),
@@ -228,7 +228,8 @@ pub async fn watch(client: &Client, run_id: &str, how: Watch) -> anyhow::Result<
         }
         if !how.json && !how.quiet {
             let lines: Vec<String> = if bars {
-                jobs.iter().map(|j| bar(j, colour)).collect()
+                let width = jobs.iter().map(|j| label(j).len()).max().unwrap_or(2);
+                jobs.iter().map(|j| bar(j, width, colour)).collect()
             } else {
                 Vec::new()
             };
@@ -321,7 +322,11 @@ fn summary(run: &Value, colour: bool) {
                 .as_i64()
                 .map_or("-".to_string(), human_duration),
             format!("{}/{}", j["attempt"], j["maxAttempts"]),
-            j["reason"].as_str().unwrap_or("-").to_string(),
+            // A completed job's reason is always `exit_code`: only failures need one.
+            match status {
+                "completed" => "-".to_string(),
+                _ => j["reason"].as_str().unwrap_or("-").to_string(),
+            },
         ]);
     }
     let headers = ["SHARD", "STATUS", "EXIT", "DURATION", "ATTEMPTS", "REASON"];
@@ -405,9 +410,9 @@ mod tests {
         );
         assert_eq!(retry_line(&job, 2), None);
         assert!(
-            bar(&job, false).contains("retrying  2/3"),
+            bar(&job, 2, false).contains("retrying  2/3"),
             "{}",
-            bar(&job, false)
+            bar(&job, 2, false)
         );
     }
 }
