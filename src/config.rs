@@ -141,6 +141,8 @@ pub fn token_sha256(token: &str) -> [u8; 32] {
 /// `[webhooks]` settings (completion callbacks, DESIGN decision 7).
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
+    /// The config has a `[webhooks]` table (webhooks are meant to be used).
+    pub configured: bool,
     /// HMAC key read from the environment variable named by `secret_env`.
     pub secret: Option<SecretValue>,
     /// Allow `http://` callback URLs (https only otherwise).
@@ -160,6 +162,7 @@ pub struct WebhookSettings {
 impl Default for WebhookSettings {
     fn default() -> Self {
         WebhookSettings {
+            configured: false,
             secret: None,
             allow_http: false,
             allow_hosts: Vec::new(),
@@ -934,6 +937,7 @@ impl Loader<'_> {
         let t = "webhooks";
         let mut w = WebhookSettings::default();
         let Some(raw) = raw else { return Ok(w) };
+        w.configured = true;
         if let Some(var) = &raw.secret_env {
             w.secret = (self.env)(var)
                 .filter(|v| !v.is_empty())
