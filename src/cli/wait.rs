@@ -158,27 +158,38 @@ pub async fn follow_job(
     Ok(status)
 }
 
-/// Waits for SIGINT or SIGTERM.
-async fn interrupted() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
+/// SIGINT and SIGTERM, caught from the moment this is built (not from the first
+/// await): an interrupt right after the first bar is drawn is ours, never a kill.
+struct Interrupts(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Interrupts {
+    fn install() -> Interrupts {
+        use tokio::signal::unix::{SignalKind, signal};
+        Interrupts(
+            signal(SignalKind::interrupt())
+                .ok()
+                .zip(signal(SignalKind::terminate()).ok()),
+        )
+    }
+
+    /// The next interrupt (never, if the handlers could not be installed).
+    async fn recv(&mut self) {
+        match &mut self.0 {
+            Some((int, term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
             }
+            None => std::future::pending().await,
         }
-        _ => std::future::pending().await,
     }
 }
 
 /// Watches `run_id` (a full id or a unique prefix) to its end; returns the exit code.
 pub async fn watch(client: &Client, run_id: &str, how: Watch) -> anyhow::Result<u8> {
     // Installed before the first request, so an early Ctrl-C is ours, not a kill.
-    let mut interrupt = Box::pin(interrupted());
+    let mut interrupts = Interrupts::install();
     let colour = term::colour_on_stderr();
     let tty = colour || std::io::IsTerminal::is_terminal(&std::io::stderr());
     let bars = !how.follow && !how.json && !how.quiet;
@@ -260,7 +271,7 @@ pub async fn watch(client: &Client, run_id: &str, how: Watch) -> anyhow::Result<
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
-            _ = &mut interrupt => {
+            _ = interrupts.recv() => {
                 if aborting || !how.abort_on_interrupt {
                     if !aborting {
                         term::err(format_args!(
@@ -272,7 +283,6 @@ pub async fn watch(client: &Client, run_id: &str, how: Watch) -> anyhow::Result<
                 }
                 term::err(format_args!("\ninterrupted: aborting run {run_id} (interrupt again to stop waiting)"));
                 aborting = true;
-                interrupt = Box::pin(interrupted());
                 match client.post(&format!("/api/runs/{}/abort", segment(&run_id)), &serde_json::json!({})).await {
                     Ok(_) => {}
                     // Finished meanwhile: the next poll shows how.
