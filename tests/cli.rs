@@ -348,14 +348,11 @@ async fn server_trouble_is_one_line_with_the_url_and_its_own_exit_code() {
                 .await;
         }
     });
-    // The URL before the command, as it always worked, and without a scheme.
-    let out = run(runyard(&[
-        "--server",
-        &other_addr.to_string(),
-        "show",
-        "0190abcd",
-    ]))
-    .await;
+    // The URL before the command, as it always worked, and without a scheme; a flag
+    // wins over RUNYARD_URL wherever it is written.
+    let mut cmd = runyard(&["--server", &other_addr.to_string(), "show", "0190abcd"]);
+    cmd.env("RUNYARD_URL", format!("http://127.0.0.1:{port}"));
+    let out = run(cmd).await;
     assert_eq!(out.status.code(), Some(3));
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");

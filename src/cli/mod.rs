@@ -34,8 +34,8 @@ const DEFAULT_SERVER: &str = "http://127.0.0.1:7878";
 #[derive(Parser, Debug)]
 #[command(name = "runyard", version, about, after_help = exit::HELP)]
 pub struct Cli {
-    /// Server URL for client commands (also accepted after the command name).
-    #[arg(long, env = "RUNYARD_URL", value_name = "URL")]
+    /// Server URL for client commands (also accepted after the command name; env RUNYARD_URL).
+    #[arg(long, value_name = "URL")]
     server: Option<String>,
     /// Machine-readable JSON output for client commands.
     #[arg(long)]
@@ -56,8 +56,9 @@ pub struct Cli {
 /// What every client command takes.
 #[derive(Args, Debug, Default, Clone)]
 struct ClientArgs {
-    /// Server URL; `host:port` means http://host:port [default: http://127.0.0.1:7878].
-    #[arg(long, env = "RUNYARD_URL", value_name = "URL")]
+    /// Server URL; `host:port` means http://host:port [env: RUNYARD_URL] [default: http://127.0.0.1:7878].
+    // Not clap's `env`: a flag given before the command must beat the environment too.
+    #[arg(long, value_name = "URL")]
     server: Option<String>,
     /// Machine-readable JSON output.
     #[arg(long)]
@@ -223,14 +224,17 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The client for a command: its own `--server` wins over one given before the command.
+/// The client for a command: its own `--server`, else one given before the command,
+/// else `RUNYARD_URL`, else the default.
 fn client_for(top: &Cli, args: &ClientArgs) -> Result<(Client, bool), ClientError> {
+    let env = std::env::var("RUNYARD_URL").ok().filter(|u| !u.is_empty());
     let server = args
         .server
-        .as_deref()
-        .or(top.server.as_deref())
-        .unwrap_or(DEFAULT_SERVER);
-    Ok((Client::new(server)?, args.json || top.json))
+        .clone()
+        .or_else(|| top.server.clone())
+        .or(env)
+        .unwrap_or_else(|| DEFAULT_SERVER.to_string());
+    Ok((Client::new(&server)?, args.json || top.json))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
