@@ -567,3 +567,80 @@ fn help_completions_and_man_pages_come_from_the_parser() {
         assert!(dir.path().join(page).is_file(), "{page}");
     }
 }
+
+/// A wait that already saw its run outlives a restart of the node: it keeps asking,
+/// says so, and exits by the run's status once the node is back.
+#[tokio::test]
+async fn a_wait_rides_out_a_restart_of_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran-once");
+    let config = common::write_config(
+        dir.path(),
+        "shutdown_timeout = \"100ms\"",
+        &format!(
+            "[pipelines.once]\ncommand = [\"sh\", \"-c\", \"test -f {m} || {{{{ touch {m}; exec sleep 60; }}}}\"]\n",
+            m = marker.display()
+        ),
+    );
+    let port = common::free_port();
+    let mut server = common::BinServer::start(&config, port).await;
+    let http = reqwest::Client::new();
+    let (status, t) = common::post(
+        &http,
+        &format!("{}/api/pipelines/once/trigger", server.base),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 202, "{t}");
+    let run_id = t["runId"].as_str().unwrap().to_string();
+    let mut cmd = runyard(&["wait", &run_id]);
+    cmd.env("RUNYARD_URL", &server.base)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(err).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut until = async |what: &str, seen: &mut Vec<String>| {
+        while !seen.iter().any(|l: &String| l.contains(what)) {
+            let line = tokio::time::timeout(Duration::from_secs(30), lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {what:?} in {seen:#?}"))
+                .expect("wait's stderr ended");
+            seen.push(line);
+        }
+    };
+    // It saw the job running; the marker says the first attempt started.
+    until("running", &mut seen).await;
+    common::eventually(Duration::from_secs(20), "the job started", || {
+        let m = marker.clone();
+        async move { m.exists() }
+    })
+    .await;
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(30)).await, Some(0));
+    until("retrying for up to 60s", &mut seen).await;
+    // Back on the same store and port: the re-queued job runs again and completes.
+    let _server = common::BinServer::start(&config, port).await;
+    until("reached the server again", &mut seen).await;
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap().code())
+        .await
+        .unwrap();
+    while let Ok(line) = lines.try_recv() {
+        seen.push(line);
+    }
+    assert_eq!(code, Some(0), "{seen:#?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with(&format!("run {run_id} completed"))),
+        "{seen:#?}"
+    );
+}

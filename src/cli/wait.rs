@@ -9,6 +9,9 @@
 //! the end comes a summary per shard and, for a failed one, the command that shows
 //! its log. The exit code is the run's status: 0 completed, 1 failed, 130 aborted.
 //!
+//! A server that stops answering after the run was seen (a restart, a crash and its
+//! recovery) is asked again for up to a minute: the run outlives the node's process.
+//!
 //! Ctrl-C (or SIGTERM) stops the *watching*, not the run: the run goes on on the
 //! server, and the message says how to abort it. With `--abort-on-interrupt` (for CI,
 //! where a cancelled job should not leave work running) the run is aborted and
@@ -25,6 +28,9 @@ use super::exit;
 use super::term;
 
 const POLL: Duration = Duration::from_millis(200);
+/// How long a wait keeps asking a server that went away after it saw the run.
+const RECONNECT_FOR: Duration = Duration::from_secs(60);
+const RECONNECT_POLL: Duration = Duration::from_secs(1);
 
 /// How to watch.
 #[derive(Debug, Clone, Copy, Default)]
@@ -201,10 +207,35 @@ pub async fn watch(client: &Client, run_id: &str, how: Watch) -> anyhow::Result<
     let mut last_lines: Vec<String> = Vec::new();
     let mut aborting = false;
     let mut run_id = run_id.to_string();
+    let mut lost_since: Option<std::time::Instant> = None;
     let run = loop {
-        let run = client
-            .get(&format!("/api/runs/{}", segment(&run_id)))
-            .await?;
+        let run = match client.get(&format!("/api/runs/{}", segment(&run_id))).await {
+            Ok(run) => {
+                if lost_since.take().is_some() {
+                    term::err("reached the server again");
+                }
+                run
+            }
+            // The node restarting (a deploy, a crash and recovery) must not end a wait
+            // that already saw the run: the run survives it, so keep asking for a while.
+            Err(e @ ClientError::Unreachable { .. }) if !attempts.is_empty() => {
+                let since = *lost_since.get_or_insert_with(|| {
+                    term::err(format_args!(
+                        "{e}\nretrying for up to {}s",
+                        RECONNECT_FOR.as_secs()
+                    ));
+                    std::time::Instant::now()
+                });
+                if since.elapsed() > RECONNECT_FOR {
+                    return Err(e.into());
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(RECONNECT_POLL) => continue,
+                    _ = interrupts.recv() => return Ok(exit::ABORTED),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
         // A prefix resolves to the full id on the first answer.
         if let Some(full) = run["runId"].as_str() {
             run_id = full.to_string();
