@@ -122,6 +122,7 @@ impl Server {
             .env("RUNYARD_LOG", "warn")
             .env_remove("DATABASE_URL")
             .env_remove("MAX_WORKERS")
+            .env_remove("RUNYARD_MAX_WORKERS")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

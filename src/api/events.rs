@@ -286,7 +286,7 @@ pub(super) async fn log_stream(
     query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    let job_id = super::runs::job_id(path)?;
+    let job_id = super::runs::job_id(&state, path).await?;
     let Query(q) = query?;
     if state.store.job_get(&job_id).await?.is_none() {
         return Err(ApiError::NotFound(format!("Job not found: {job_id}")));
@@ -382,7 +382,7 @@ pub(super) async fn log_text(
     path: Result<Path<JobIdParam>, PathRejection>,
     query: Result<Query<LogTextQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let job_id = super::runs::job_id(path)?;
+    let job_id = super::runs::job_id(&state, path).await?;
     let Query(q) = query?;
     if state.store.job_get(&job_id).await?.is_none() {
         return Err(ApiError::NotFound(format!("Job not found: {job_id}")));

@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::history::{AttemptView, attempts};
 use super::{ApiError, AppState, ErrorBody};
-use crate::model::{self, RunId, RunStatus, parse_job_id};
+use crate::model::{self, MIN_SHORT_ID, RunId, RunStatus, parse_job_id, short_run_id};
 use crate::store::{
     AbortOutcome, DeliveryView, JobView, ParamFilter, PipelineNodeState, RunFilter, RunView,
 };
@@ -103,10 +103,11 @@ fn search(q: &PageQuery) -> Result<Search, ApiError> {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
 pub(super) struct RunIdParam {
-    /// A run id: a UUID (hyphenated or 32 hex digits; braced and `urn:uuid:` forms are accepted too).
-    /// Answers use the lowercase hyphenated form.
+    /// A run id: a UUID (hyphenated or 32 hex digits; braced and `urn:uuid:` forms are accepted too),
+    /// or a short id: its first 8 or more hex digits (with or without the hyphens) when they
+    /// match one run only (400 when they match several). Answers use the lowercase hyphenated form.
     #[param(
-        pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32})$"
+        pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|[0-9a-fA-F]{8,31}|[0-9a-fA-F]{8}(-([0-9a-fA-F]{0,3}|[0-9a-fA-F]{4}(-([0-9a-fA-F]{0,3}|[0-9a-fA-F]{4}(-([0-9a-fA-F]{0,3}|[0-9a-fA-F]{4}(-[0-9a-fA-F]{0,11})?))?))?))?)$"
     )]
     id: String,
 }
@@ -116,9 +117,9 @@ pub(super) struct RunIdParam {
 #[into_params(parameter_in = Path)]
 pub(super) struct JobIdParam {
     /// A job id: `RUN` (single-shard run), `RUN:sN` (shard N, 0-based) or `RUN:finalize`,
-    /// where RUN is a run id (see `/api/runs/{id}`).
+    /// where RUN is a run id or a short one (see `/api/runs/{id}`).
     #[param(
-        pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32})(:(s[0-9]{1,6}|finalize))?$"
+        pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|[0-9a-fA-F]{8,31}|[0-9a-fA-F]{8}(-([0-9a-fA-F]{0,3}|[0-9a-fA-F]{4}(-([0-9a-fA-F]{0,3}|[0-9a-fA-F]{4}(-([0-9a-fA-F]{0,3}|[0-9a-fA-F]{4}(-[0-9a-fA-F]{0,11})?))?))?))?)(:(s[0-9]{1,6}|finalize))?$"
     )]
     id: String,
 }
@@ -265,22 +266,75 @@ pub(super) fn page(q: &PageQuery) -> Result<(u32, u32, Option<RunStatus>), ApiEr
     Ok((limit, offset, status))
 }
 
-/// The canonical form of a run id from the path (any UUID spelling is accepted).
-fn run_id(path: Result<Path<RunIdParam>, PathRejection>) -> Result<String, ApiError> {
+/// The canonical form of a run id from the path: any UUID spelling, or a unique prefix.
+async fn run_id(
+    state: &AppState,
+    path: Result<Path<RunIdParam>, PathRejection>,
+) -> Result<String, ApiError> {
     let Path(RunIdParam { id }) = path?;
-    let run = RunId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    Ok(run.to_string())
+    resolve_run_id(state, &id).await
 }
 
-/// The canonical form of a job id from the path.
-pub(super) fn job_id(path: Result<Path<JobIdParam>, PathRejection>) -> Result<String, ApiError> {
+/// The canonical form of a job id from the path (its run part may be a unique prefix).
+pub(super) async fn job_id(
+    state: &AppState,
+    path: Result<Path<JobIdParam>, PathRejection>,
+) -> Result<String, ApiError> {
     let Path(JobIdParam { id }) = path?;
-    canonical_job_id(&id)
+    resolve_job_id(state, &id).await
 }
 
-/// `RUN`, `RUN:sN` or `RUN:finalize` in canonical form (lowercase hyphenated UUID, no leading zeros).
-pub(super) fn canonical_job_id(id: &str) -> Result<String, ApiError> {
-    let (run, part) = parse_job_id(id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+/// A full run id in any UUID spelling, or a short id: at least [`MIN_SHORT_ID`] leading
+/// hex digits that match exactly one run (404 when none does, 400 naming some
+/// candidates when several do).
+pub(super) async fn resolve_run_id(state: &AppState, id: &str) -> Result<String, ApiError> {
+    if let Ok(run) = RunId::parse(id) {
+        return Ok(run.to_string());
+    }
+    let Some(prefix) = short_run_id(id) else {
+        return Err(ApiError::BadRequest(format!(
+            "malformed run id: {} (a run id, or at least its first {MIN_SHORT_ID} hex digits)",
+            id.chars().take(80).collect::<String>()
+        )));
+    };
+    let found = state.store.run_ids_by_prefix(&prefix, 3).await?;
+    match found.as_slice() {
+        [] => Err(ApiError::NotFound(format!(
+            "Run not found: no run id starts with {prefix}"
+        ))),
+        [one] => Ok(one.clone()),
+        many => Err(ApiError::BadRequest(format!(
+            "run id {prefix} is ambiguous: it starts {}{}; give more of the id",
+            many[..2].join(", "),
+            if many.len() > 2 { " and more" } else { "" }
+        ))),
+    }
+}
+
+/// `RUN`, `RUN:sN` or `RUN:finalize` in canonical form (lowercase hyphenated UUID, no
+/// leading zeros), where RUN may be a unique prefix of a run id.
+pub(super) async fn resolve_job_id(state: &AppState, id: &str) -> Result<String, ApiError> {
+    if let Ok((run, part)) = parse_job_id(id) {
+        return Ok(model::canonical_job_id(run, part));
+    }
+    let (run, part) = match id.split_once(':') {
+        Some((run, part)) => (run, Some(part)),
+        None => (id, None),
+    };
+    if short_run_id(run).is_none() {
+        // Not a prefix either: the parser's own message.
+        return Err(ApiError::BadRequest(
+            parse_job_id(id)
+                .err()
+                .map_or_else(|| "malformed id".into(), |e| e.to_string()),
+        ));
+    }
+    let full = resolve_run_id(state, run).await?;
+    let spelled = match part {
+        Some(part) => format!("{full}:{part}"),
+        None => full,
+    };
+    let (run, part) = parse_job_id(&spelled).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(model::canonical_job_id(run, part))
 }
 
@@ -341,7 +395,7 @@ pub(super) async fn list_runs(
     params(RunIdParam),
     responses(
         (status = 200, description = "The run", body = RunDetail),
-        (status = 400, description = "Malformed run id", body = ErrorBody),
+        (status = 400, description = "Malformed or ambiguous run id", body = ErrorBody),
         (status = 404, description = "No such run", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     )
@@ -350,7 +404,7 @@ pub(super) async fn get(
     State(state): State<AppState>,
     path: Result<Path<RunIdParam>, PathRejection>,
 ) -> Result<Json<RunDetail>, ApiError> {
-    let id = run_id(path)?;
+    let id = run_id(&state, path).await?;
     let run = state
         .store
         .run_get(&id)
@@ -377,7 +431,7 @@ pub(super) async fn get(
     params(RunIdParam),
     responses(
         (status = 200, description = "The run's webhook deliveries (empty without a callback)", body = RunDeliveries),
-        (status = 400, description = "Malformed run id", body = ErrorBody),
+        (status = 400, description = "Malformed or ambiguous run id", body = ErrorBody),
         (status = 404, description = "No such run", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     )
@@ -386,7 +440,7 @@ pub(super) async fn deliveries(
     State(state): State<AppState>,
     path: Result<Path<RunIdParam>, PathRejection>,
 ) -> Result<Json<RunDeliveries>, ApiError> {
-    let id = run_id(path)?;
+    let id = run_id(&state, path).await?;
     if state.store.run_get(&id).await?.is_none() {
         return Err(ApiError::NotFound(format!("Run not found: {id}")));
     }
@@ -406,7 +460,7 @@ pub(super) async fn deliveries(
     params(RunIdParam),
     responses(
         (status = 202, description = "Aborted (now, or already before)", body = Aborted),
-        (status = 400, description = "Malformed run id", body = ErrorBody),
+        (status = 400, description = "Malformed or ambiguous run id", body = ErrorBody),
         (status = 404, description = "No such run", body = ErrorBody),
         (status = 409, description = "The run already completed or failed", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
@@ -416,7 +470,7 @@ pub(super) async fn abort(
     State(state): State<AppState>,
     path: Result<Path<RunIdParam>, PathRejection>,
 ) -> Result<(StatusCode, Json<Aborted>), ApiError> {
-    let id = run_id(path)?;
+    let id = run_id(&state, path).await?;
     match state.scheduler.abort(&id).await? {
         AbortOutcome::NotFound => Err(ApiError::NotFound(format!("Run not found: {id}"))),
         AbortOutcome::Finished(status) => Err(ApiError::Conflict(format!(
@@ -442,7 +496,7 @@ pub(super) async fn abort(
     params(JobIdParam),
     responses(
         (status = 200, description = "The job", body = JobView),
-        (status = 400, description = "Malformed job id", body = ErrorBody),
+        (status = 400, description = "Malformed job id, or an ambiguous short run id", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     )
@@ -451,7 +505,7 @@ pub(super) async fn job(
     State(state): State<AppState>,
     path: Result<Path<JobIdParam>, PathRejection>,
 ) -> Result<Json<JobView>, ApiError> {
-    let id = job_id(path)?;
+    let id = job_id(&state, path).await?;
     let job = state
         .store
         .job_get(&id)
@@ -478,7 +532,7 @@ pub(super) struct LogsQuery {
     params(JobIdParam, LogsQuery),
     responses(
         (status = 200, description = "Stored stdout and stderr lines", body = JobLogsView),
-        (status = 400, description = "Malformed job id or tail out of range", body = ErrorBody),
+        (status = 400, description = "Malformed job id, an ambiguous short run id, or tail out of range", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     )
@@ -488,7 +542,7 @@ pub(super) async fn logs(
     path: Result<Path<JobIdParam>, PathRejection>,
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Json<JobLogsView>, ApiError> {
-    let id = job_id(path)?;
+    let id = job_id(&state, path).await?;
     let Query(q) = query?;
     if q.tail == Some(0) || q.tail.is_some_and(|t| t > 1_000_000) {
         return Err(ApiError::BadRequest(

@@ -775,6 +775,9 @@ pub trait Store: Send + Sync {
 
     /// One run with its jobs.
     async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunView>>;
+    /// Ids of runs that start with `prefix` (a short id), in id order, at most `limit`:
+    /// a range scan of the primary key, so asking for 2 tells unique from ambiguous.
+    async fn run_ids_by_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>>;
     /// Runs, newest first, with their jobs.
     async fn runs_list(&self, f: RunFilter) -> StoreResult<Vec<RunView>>;
     /// One job.

@@ -1204,6 +1204,21 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn run_ids_by_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>> {
+        // [prefix, prefix || U+10FFFF): every id with the prefix, on the primary key.
+        let low = prefix.to_string();
+        let high = format!("{prefix}\u{10FFFF}");
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT id FROM runs WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3",
+                )?
+                .query_map(params![low, high, limit as i64], |r| r.get(0))?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunView>> {
         let run_id = run_id.to_string();
         self.read(move |conn| {
@@ -1629,6 +1644,31 @@ mod tests {
             })
             .await
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn run_ids_by_prefix_range_scans_the_ids_that_start_with_it() {
+        let (_dir, store) = open().await;
+        let a = create(&store, 1).await.run_id;
+        let b = create(&store, 1).await.run_id;
+        // Created in the same millisecond range: they share their first digits.
+        assert_eq!(store.run_ids_by_prefix(&a[..4], 2).await.unwrap().len(), 2);
+        assert_eq!(
+            store.run_ids_by_prefix(&a, 2).await.unwrap(),
+            vec![a.clone()]
+        );
+        assert_eq!(
+            store.run_ids_by_prefix(&b, 2).await.unwrap(),
+            vec![b.clone()]
+        );
+        assert!(
+            store
+                .run_ids_by_prefix("ffffffff", 2)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.run_ids_by_prefix("", 1).await.unwrap().len(), 1);
     }
 
     fn claim(max: usize) -> JobClaimParams {

@@ -408,26 +408,44 @@ impl BinServer {
 
     /// Like [`BinServer::start`], with extra environment variables for the server.
     pub async fn start_env(config: &Path, port: u16, env: &[(&str, &str)]) -> BinServer {
+        let log = config.with_extension(format!("{port}.log"));
+        Self::start_from(None, config.to_str().unwrap(), &log, port, env).await
+    }
+
+    /// Started in `cwd` with `-c config` as given (e.g. a relative path, as the README does).
+    pub async fn start_from(
+        cwd: Option<&Path>,
+        config: &str,
+        log: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> BinServer {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_runyard"))
-            .args([
-                "serve",
-                "-c",
-                config.to_str().unwrap(),
-                "--listen",
-                &addr.to_string(),
-            ])
-            .env("RUNYARD_LOG", "info")
-            // Hermetic: the config file decides, not the caller's environment.
-            .env_remove("DATABASE_URL")
-            .env_remove("MAX_WORKERS")
-            .env_remove("OUTPUT_FLUSH_INTERVAL_MS")
-            .env_remove("RUNYARD_LISTEN")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_runyard"));
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        cmd.args(["serve", "-c", config, "--listen", &addr.to_string()])
+            .env("RUNYARD_LOG", "info");
+        // Hermetic: the config file decides, not the caller's environment.
+        for var in [
+            "DATABASE_URL",
+            "MAX_WORKERS",
+            "OUTPUT_FLUSH_INTERVAL_MS",
+            "RUNYARD_DATABASE_URL",
+            "RUNYARD_MAX_WORKERS",
+            "RUNYARD_MAX_WORKERS_GLOBAL",
+            "RUNYARD_OUTPUT_FLUSH_INTERVAL_MS",
+            "RUNYARD_DATA_DIR",
+            "RUNYARD_LISTEN",
+            "RUNYARD_CONFIG",
+        ] {
+            cmd.env_remove(var);
+        }
+        let child = cmd
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(config.with_extension(format!("{port}.log"))).unwrap(),
-            ))
+            .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
             .spawn()
             .expect("spawn runyard");
         let base = format!("http://{addr}");

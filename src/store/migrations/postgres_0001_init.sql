@@ -7,8 +7,10 @@
 CREATE FUNCTION runyard_now_ms() RETURNS bigint LANGUAGE sql STABLE
     AS $$ SELECT (extract(epoch FROM now()) * 1000)::bigint $$;
 
+-- Ids compare bytewise (COLLATE "C"): id order is creation order (UUIDv7), and a short id
+-- is a range of the primary key, whatever the database's default collation.
 CREATE TABLE runs (
-    id              text PRIMARY KEY,
+    id              text COLLATE "C" PRIMARY KEY,
     pipeline        text NOT NULL,
     status          text NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'failed', 'aborted')),
     params          text NOT NULL,
@@ -30,8 +32,8 @@ CREATE INDEX runs_finished ON runs (finished_at) WHERE finished_at IS NOT NULL;
 
 CREATE TABLE jobs (
     seq                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- FIFO key
-    id                  text NOT NULL UNIQUE,
-    run_id              text NOT NULL,
+    id                  text COLLATE "C" NOT NULL UNIQUE,
+    run_id              text COLLATE "C" NOT NULL,
     pipeline            text NOT NULL,
     kind                text NOT NULL DEFAULT 'shard',
     shard_index         bigint NOT NULL,

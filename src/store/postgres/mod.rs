@@ -564,6 +564,9 @@ impl Store for PgStore {
     async fn jobs_abort_requested(&self, node_id: &str) -> StoreResult<Vec<(String, i64)>> {
         self.read_abort_requested(node_id).await
     }
+    async fn run_ids_by_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>> {
+        self.read_run_ids_by_prefix(prefix, limit).await
+    }
     async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunView>> {
         self.read_run(run_id).await
     }

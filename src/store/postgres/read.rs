@@ -343,6 +343,22 @@ impl PgStore {
             .collect())
     }
 
+    pub(super) async fn read_run_ids_by_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        // [prefix, prefix || U+10FFFF) on the primary key (ids compare bytewise).
+        let high = format!("{prefix}\u{10FFFF}");
+        let limit = limit as i64;
+        read!(self, c => rows(c, "SELECT id FROM runs WHERE id >= $1 AND id < $2 ORDER BY id LIMIT $3",
+                              &[&prefix, &high, &limit])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
     pub(super) async fn read_run(&self, run_id: &str) -> StoreResult<Option<RunView>> {
         read!(self, c => {
             match row(c, &format!("SELECT {RUN_COLS} FROM runs WHERE id = $1"), &[&run_id]).await? {
