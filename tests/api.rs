@@ -294,6 +294,12 @@ async fn short_run_ids_work_on_every_route_and_an_ambiguous_one_is_a_clear_400()
         200
     );
     assert_eq!(s.get(&format!("/api/runs/{short}/deliveries")).await.0, 200);
+    // The dashboard's short form: the id's last 8 digits (its random end).
+    let tail = &a[a.len() - 8..];
+    let (status, run) = s.get(&format!("/api/runs/{tail}")).await;
+    assert_eq!((status, run["runId"].as_str()), (200, Some(a)), "{run}");
+    let (status, job) = s.get(&format!("/api/jobs/{tail}:s1")).await;
+    assert_eq!((status, job["id"].clone()), (200, json!(format!("{a}:s1"))));
     let (status, job) = s.get(&format!("/api/jobs/{short}:s1")).await;
     assert_eq!((status, job["id"].clone()), (200, json!(format!("{a}:s1"))));
     let (status, logs) = s.get(&format!("/api/jobs/{short}:s0/logs")).await;

@@ -285,8 +285,8 @@ pub(super) async fn job_id(
 }
 
 /// A full run id in any UUID spelling, or a short id: at least [`MIN_SHORT_ID`] leading
-/// hex digits that match exactly one run (404 when none does, 400 naming some
-/// candidates when several do).
+/// hex digits, or the last 8–12 (as the dashboard shows them), that match exactly one run
+/// (404 when none does, 400 naming some candidates when several do).
 pub(super) async fn resolve_run_id(state: &AppState, id: &str) -> Result<String, ApiError> {
     if let Ok(run) = RunId::parse(id) {
         return Ok(run.to_string());
@@ -297,10 +297,28 @@ pub(super) async fn resolve_run_id(state: &AppState, id: &str) -> Result<String,
             id.chars().take(80).collect::<String>()
         )));
     };
-    let found = state.store.run_ids_by_prefix(&prefix, 3).await?;
+    let mut found = state.store.run_ids_by_prefix(&prefix, 3).await?;
+    let digits = id.to_ascii_lowercase();
+    if found.is_empty() && digits.len() <= 12 && digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // The dashboard shows a run's last 8 digits (the random end of its UUIDv7; runs
+        // made within a minute share their first 8), so those work too.
+        let runs = state
+            .store
+            .runs_list(RunFilter {
+                run_id: Some(digits.clone()),
+                limit: 3,
+                ..RunFilter::default()
+            })
+            .await?;
+        found = runs
+            .into_iter()
+            .map(|r| r.run_id)
+            .filter(|r| r.ends_with(&digits))
+            .collect();
+    }
     match found.as_slice() {
         [] => Err(ApiError::NotFound(format!(
-            "Run not found: no run id starts with {prefix}"
+            "Run not found: no run id starts or ends with {prefix}"
         ))),
         [one] => Ok(one.clone()),
         many => Err(ApiError::BadRequest(format!(
