@@ -8,11 +8,20 @@
 //! (b) trigger ingest over HTTP with 16 concurrent clients;
 //! (c) idle dispatch latency, trigger sent → job process running (the job is a
 //!     static C clock probe, so this includes exec and the probe's start-up);
-//! (d) server RSS idle and with 100,000 queued runs.
+//! (d) server RSS idle and with 100,000 queued runs;
+//! (e) store-level claim + finish throughput on PostgreSQL, 1 vs 3 processes,
+//!     with and without a global cap ([`store`]).
+//!
+//! With `BENCH_DATABASE_URL` (or `TEST_DATABASE_URL`) set, (a) also runs on PostgreSQL
+//! (a fresh schema per round) next to SQLite, and (e) runs; without it they are skipped
+//! with a message.
 //!
 //! Environment: `BENCH_RUNS` (default 5000), `BENCH_INGEST` (20000),
 //! `BENCH_QUEUED` (100000), `BENCH_ROUNDS` (3), `BENCH_LATENCY_SAMPLES` (200),
-//! `BENCH_ONLY` (a subset of the letters `abcd`).
+//! `BENCH_STORE_SECS` (8), `BENCH_ONLY` (a subset of the letters `abcde`).
+
+#[path = "runyard_bench/store.rs"]
+mod store;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -61,15 +70,39 @@ impl Drop for Server {
     }
 }
 
+/// The database for the PostgreSQL figures, if any.
+fn database_url() -> Option<String> {
+    std::env::var("BENCH_DATABASE_URL")
+        .or_else(|_| std::env::var("TEST_DATABASE_URL"))
+        .ok()
+}
+
+/// A `[store]` table: SQLite in `data_dir` when `pg` is `None`, else PostgreSQL in a
+/// fresh schema.
+fn store_table(pg: Option<&str>) -> String {
+    match pg {
+        None => String::new(),
+        Some(url) => format!(
+            "[store]\nurl = \"{url}\"\nschema = \"bench_e2e_{}\"\n",
+            uuid::Uuid::now_v7().simple()
+        ),
+    }
+}
+
 impl Server {
     async fn start(server_extra: &str, pipelines: &str) -> Server {
+        Self::start_on(None, server_extra, pipelines).await
+    }
+
+    async fn start_on(pg: Option<&str>, server_extra: &str, pipelines: &str) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("runyard.toml");
         std::fs::write(
             &config,
             format!(
-                "[server]\ndata_dir = \"{}\"\nshutdown_timeout = \"1s\"\nkill_grace = \"1s\"\n{server_extra}\n\n{pipelines}\n",
-                dir.path().join("data").display()
+                "[server]\ndata_dir = \"{}\"\nshutdown_timeout = \"1s\"\nkill_grace = \"1s\"\n{server_extra}\n\n{}\n{pipelines}\n",
+                dir.path().join("data").display(),
+                store_table(pg)
             ),
         )
         .unwrap();
@@ -89,6 +122,7 @@ impl Server {
             .env("RUNYARD_LOG", "warn")
             .env_remove("DATABASE_URL")
             .env_remove("MAX_WORKERS")
+            .env_remove("RUNYARD_MAX_WORKERS")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -205,14 +239,18 @@ fn raw_spawn_rate(n: usize, parallel: usize) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn bench_throughput(runs: usize, rounds: usize) {
-    println!("(a) end-to-end throughput: {runs} single-shard /bin/true runs, max_workers = 2");
+async fn bench_throughput(pg: Option<&str>, runs: usize, rounds: usize) {
+    let store = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
+    println!(
+        "(a) end-to-end throughput on {store}: {runs} single-shard /bin/true runs, max_workers = 2"
+    );
     let mut e2e = Vec::new();
     let mut exec = Vec::new();
     let mut raw = Vec::new();
     for round in 1..=rounds {
         let r = raw_spawn_rate(runs, 2);
-        let server = Server::start(
+        let server = Server::start_on(
+            pg,
             "max_workers = 2",
             "[pipelines.noop]\ncommand = [\"/bin/true\"]\n",
         )
@@ -405,6 +443,15 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // A worker process of (e), started by the bench itself.
+    if let Ok(spec) = std::env::var("RUNYARD_BENCH_WORKER") {
+        let parts: Vec<&str> = spec.split('|').collect();
+        let (url, schema) = (parts[0], parts[1]);
+        let secs: u64 = parts[2].parse().unwrap();
+        let cap: usize = parts[3].parse().unwrap();
+        rt.block_on(store::worker(url, schema, secs, cap));
+        return;
+    }
     rt.block_on(async {
         let rounds = env_usize("BENCH_ROUNDS", 3);
         println!(
@@ -414,9 +461,16 @@ fn main() {
                 .unwrap_or(1)
         );
         // BENCH_ONLY=a,c runs a subset.
-        let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcd".into());
+        let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcde".into());
+        let pg = database_url();
+        if pg.is_none() && (only.contains('a') || only.contains('e')) {
+            println!("(PostgreSQL figures skipped: set BENCH_DATABASE_URL or TEST_DATABASE_URL)\n");
+        }
         if only.contains('a') {
-            bench_throughput(env_usize("BENCH_RUNS", 5000), rounds).await;
+            bench_throughput(None, env_usize("BENCH_RUNS", 5000), rounds).await;
+            if let Some(url) = &pg {
+                bench_throughput(Some(url), env_usize("BENCH_RUNS", 5000), rounds).await;
+            }
         }
         if only.contains('b') {
             bench_ingest(env_usize("BENCH_INGEST", 20_000), rounds).await;
@@ -426,6 +480,9 @@ fn main() {
         }
         if only.contains('d') {
             bench_rss(env_usize("BENCH_QUEUED", 100_000)).await;
+        }
+        if let (true, Some(url)) = (only.contains('e'), &pg) {
+            store::bench_store(url, rounds, env_usize("BENCH_STORE_SECS", 8) as u64).await;
         }
     });
 }

@@ -38,7 +38,8 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// TOML syntax or type error (the message carries line and column).
+    /// TOML syntax or type error (the message carries line, column and a snippet, over
+    /// several lines).
     #[error("{path}: {message}")]
     Parse {
         /// The config path.
@@ -51,9 +52,22 @@ pub enum ConfigError {
     Invalid {
         /// The config path.
         path: PathBuf,
-        /// 1-based line of the table or key, 0 when from the environment.
+        /// 1-based line of the table or key (0 when the table is not written in the file).
         line: usize,
         /// Dotted key, e.g. `pipelines.e2e.timeout`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An environment override is not acceptable: named by its variable, since no line
+    /// of the file is to blame.
+    #[error("environment variable {var}={value:?}: {message} (it overrides {key})")]
+    Env {
+        /// The variable, e.g. `RUNYARD_MAX_WORKERS`.
+        var: String,
+        /// Its value.
+        value: String,
+        /// The setting it overrides, e.g. `server.max_workers`.
         key: String,
         /// What is wrong.
         message: String,
@@ -127,6 +141,8 @@ pub fn token_sha256(token: &str) -> [u8; 32] {
 /// `[webhooks]` settings (completion callbacks, DESIGN decision 7).
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
+    /// The config has a `[webhooks]` table (webhooks are meant to be used).
+    pub configured: bool,
     /// HMAC key read from the environment variable named by `secret_env`.
     pub secret: Option<SecretValue>,
     /// Allow `http://` callback URLs (https only otherwise).
@@ -146,6 +162,7 @@ pub struct WebhookSettings {
 impl Default for WebhookSettings {
     fn default() -> Self {
         WebhookSettings {
+            configured: false,
             secret: None,
             allow_http: false,
             allow_hosts: Vec::new(),
@@ -360,14 +377,17 @@ impl Template {
                             Some(c) if c.is_ascii_alphanumeric() || c == '_' => name.push(c),
                             Some(c) => {
                                 return Err(format!(
-                                    "invalid character {c:?} in placeholder of {s:?}"
+                                    "invalid character {c:?} in placeholder of {s:?}{}",
+                                    brace_hint(s)
                                 ));
                             }
-                            None => return Err(format!("unclosed '{{' in {s:?}")),
+                            None => {
+                                return Err(format!("unclosed '{{' in {s:?}{}", brace_hint(s)));
+                            }
                         }
                     }
                     if name.is_empty() {
-                        return Err(format!("empty placeholder in {s:?}"));
+                        return Err(format!("empty placeholder in {s:?}{}", brace_hint(s)));
                     }
                     if !lit.is_empty() {
                         pieces.push(Piece::Lit(std::mem::take(&mut lit)));
@@ -407,6 +427,23 @@ impl Template {
         }
         out
     }
+}
+
+/// For an argv element whose braces look like shell `${VAR}`, JSON or other literal text:
+/// how to write them (`{{` and `}}`), with the element escaped.
+fn brace_hint(arg: &str) -> String {
+    let literal = arg.contains("${")
+        || arg.contains("{}")
+        || arg.contains("{\"")
+        || arg.contains("\":")
+        || arg.contains("{ ");
+    if !literal {
+        return String::new();
+    }
+    format!(
+        "; braces that are not placeholders are written doubled: {:?}",
+        arg.replace('{', "{{").replace('}', "}}")
+    )
 }
 
 /// A validated pipeline.
@@ -594,28 +631,53 @@ struct RawParam {
     allow_leading_dash: bool,
 }
 
-/// Parses `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"7d"` (a bare number is seconds).
+/// Parses `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"7d"`, compounds such as `"1h30m"` or
+/// `"1m 30s"` (largest unit first), or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (e.g. \"30s\", \"5m\")"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86_400.0,
-        u => {
+    let example = "(e.g. \"30s\", \"5m\", \"1h30m\")";
+    if s.is_empty() {
+        return Err(format!("empty duration {example}"));
+    }
+    let mut secs = 0.0f64;
+    let mut rest = s;
+    let mut last_unit = f64::INFINITY;
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(split);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?} {example}"))?;
+        let tail = tail.trim_start();
+        let unit_len = tail
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "" if num.len() == s.len() => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
+            "" => return Err(format!("missing unit after {num} in {s:?} {example}")),
+            u => {
+                return Err(format!(
+                    "invalid duration unit {u:?} in {s:?} (use ms, s, m, h or d, e.g. \"1h30m\")"
+                ));
+            }
+        };
+        if scale >= last_unit {
             return Err(format!(
-                "invalid duration unit {u:?} in {s:?} (use ms, s, m, h or d)"
+                "invalid duration {s:?}: write the largest unit first, each once {example}"
             ));
         }
-    };
+        last_unit = scale;
+        secs += n * scale;
+        rest = tail.trim_start();
+    }
     if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("duration {s:?} out of range"));
     }
@@ -663,18 +725,40 @@ impl Settings {
 
     /// Validates `text` (read from `path`, whose directory anchors relative paths).
     pub fn from_toml(text: &str, path: &Path, env: EnvLookup<'_>) -> Result<Settings, ConfigError> {
-        let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().replace('\n', " | "),
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            // toml's message is a multi-line snippet (line, caret, what was expected):
+            // kept as it is, with a hint for the nearest known key or value.
+            let mut message = e.to_string().trim_end().to_string();
+            if let Some(hint) = unknown_name_hint(&message) {
+                message.push('\n');
+                message.push_str(&hint);
+            }
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            }
         })?;
+        // Resolved once, against the working directory at start: every path derived from
+        // the config (data_dir, cwd, programs, result and summary files) is absolute, so
+        // a job with its own `cwd` can still reach the files runyard hands it.
+        let base = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
         Loader {
             text,
             path,
-            base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            base,
             env,
         }
         .build(raw)
     }
+}
+
+/// An environment variable that supplied a setting.
+struct EnvValue {
+    var: String,
+    value: String,
 }
 
 struct Loader<'a> {
@@ -726,11 +810,51 @@ impl Loader<'_> {
         }
     }
 
-    fn env_invalid(&self, var: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            path: self.path.to_path_buf(),
-            line: 0,
-            key: format!("env {var}"),
+    /// An override from the environment: `RUNYARD_<name>` wins over the seeds' unprefixed
+    /// `<name>` (kept working when `legacy`). Returns the variable that supplied it.
+    fn env_override(&self, name: &str, legacy: bool) -> Option<EnvValue> {
+        let prefixed = format!("RUNYARD_{name}");
+        let found = (self.env)(&prefixed).map(|v| (prefixed, v)).or_else(|| {
+            legacy
+                .then(|| (self.env)(name).map(|v| (name.to_string(), v)))
+                .flatten()
+        });
+        found.map(|(var, value)| EnvValue { var, value })
+    }
+
+    /// A setting `table.key` that the environment variable `RUNYARD_<KEY>` (and, when
+    /// `legacy`, the seeds' `<KEY>`) may override: the variable wins and is what an error
+    /// names; otherwise the file's value, else `default`.
+    fn overridable<T: std::str::FromStr>(
+        &self,
+        table: &str,
+        key: &str,
+        legacy: bool,
+        file: Option<T>,
+        default: T,
+        check: &dyn Fn(&T) -> Result<(), String>,
+    ) -> Result<T, ConfigError> {
+        match self.env_override(&key.to_ascii_uppercase(), legacy) {
+            Some(ev) => {
+                let value = ev.value.trim().parse::<T>().map_err(|_| {
+                    self.env_invalid(&ev, &format!("{table}.{key}"), "not a whole number")
+                })?;
+                check(&value).map_err(|m| self.env_invalid(&ev, &format!("{table}.{key}"), m))?;
+                Ok(value)
+            }
+            None => {
+                let value = file.unwrap_or(default);
+                check(&value).map_err(|m| self.invalid(table, Some(key), m))?;
+                Ok(value)
+            }
+        }
+    }
+
+    fn env_invalid(&self, ev: &EnvValue, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Env {
+            var: ev.var.clone(),
+            value: ev.value.chars().take(80).collect(),
+            key: key.to_string(),
             message: message.into(),
         }
     }
@@ -822,6 +946,7 @@ impl Loader<'_> {
         let t = "webhooks";
         let mut w = WebhookSettings::default();
         let Some(raw) = raw else { return Ok(w) };
+        w.configured = true;
         if let Some(var) = &raw.secret_env {
             w.secret = (self.env)(var)
                 .filter(|v| !v.is_empty())
@@ -948,39 +1073,53 @@ impl Loader<'_> {
 
     fn server(&self, rs: &RawServer) -> Result<ServerSettings, ConfigError> {
         let t = "server";
-        let listen_text = (self.env)("RUNYARD_LISTEN")
-            .or_else(|| rs.listen.clone())
-            .unwrap_or_else(|| "127.0.0.1:7878".into());
-        let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            self.invalid(
-                t,
-                Some("listen"),
-                format!("invalid address {listen_text:?} (e.g. \"127.0.0.1:7878\")"),
-            )
-        })?;
-        let mut max_workers = rs.max_workers.unwrap_or(2);
-        if let Some(v) = (self.env)("MAX_WORKERS") {
-            max_workers = v
+        let bad_listen = |text: &str| format!("invalid address {text:?} (e.g. \"127.0.0.1:7878\")");
+        let listen: SocketAddr = match self.env_override("LISTEN", false) {
+            Some(ev) => ev
+                .value
                 .trim()
                 .parse()
-                .map_err(|_| self.env_invalid("MAX_WORKERS", format!("not a number: {v:?}")))?;
-        }
-        if max_workers == 0 || max_workers > 1024 {
-            return Err(self.invalid(t, Some("max_workers"), "must be between 1 and 1024"));
-        }
-        let mut flush_ms = rs.output_flush_interval_ms.unwrap_or(1000);
-        if let Some(v) = (self.env)("OUTPUT_FLUSH_INTERVAL_MS") {
-            flush_ms = v.trim().parse().map_err(|_| {
-                self.env_invalid("OUTPUT_FLUSH_INTERVAL_MS", format!("not a number: {v:?}"))
+                .map_err(|_| self.env_invalid(&ev, "server.listen", bad_listen(&ev.value)))?,
+            None => {
+                let text = rs.listen.as_deref().unwrap_or("127.0.0.1:7878");
+                text.parse()
+                    .map_err(|_| self.invalid(t, Some("listen"), bad_listen(text)))?
+            }
+        };
+        let max_workers =
+            self.overridable(t, "max_workers", true, rs.max_workers, 2, &|n| match n {
+                1..=1024 => Ok(()),
+                _ => Err("must be between 1 and 1024".into()),
             })?;
-        }
-        if !(100..=30_000).contains(&flush_ms) {
-            return Err(self.invalid(
-                t,
-                Some("output_flush_interval_ms"),
-                format!("{flush_ms} is outside 100..=30000"),
-            ));
-        }
+        let flush_ms = self.overridable(
+            t,
+            "output_flush_interval_ms",
+            true,
+            rs.output_flush_interval_ms,
+            1000,
+            &|ms| match ms {
+                100..=30_000 => Ok(()),
+                _ => Err(format!("{ms} is outside 100..=30000")),
+            },
+        )?;
+        let max_workers_global = self.overridable(
+            t,
+            "max_workers_global",
+            false,
+            rs.max_workers_global,
+            0,
+            &|_| Ok(()),
+        )?;
+        // Relative to the working directory when from the environment (like any path given
+        // on a command line), to the config file's directory when written in it.
+        let data_dir = match self.env_override("DATA_DIR", false) {
+            Some(ev) if ev.value.trim().is_empty() => {
+                return Err(self.env_invalid(&ev, "server.data_dir", "must not be empty"));
+            }
+            Some(ev) => std::path::absolute(ev.value.trim())
+                .map_err(|e| self.env_invalid(&ev, "server.data_dir", e.to_string()))?,
+            None => self.resolve_dir(rs.data_dir.as_deref().unwrap_or(".runyard")),
+        };
         let max_output_bytes = match &rs.max_output_bytes {
             None => 16 << 20,
             Some(toml::Value::Integer(n)) if *n > 0 => *n as u64,
@@ -1004,9 +1143,9 @@ impl Loader<'_> {
         }
         Ok(ServerSettings {
             listen,
-            data_dir: self.resolve_dir(rs.data_dir.as_deref().unwrap_or(".runyard")),
+            data_dir,
             max_workers,
-            max_workers_global: rs.max_workers_global.unwrap_or(0),
+            max_workers_global,
             output_flush_interval: Duration::from_millis(flush_ms),
             shutdown_timeout: self.duration(
                 t,
@@ -1141,13 +1280,17 @@ impl Loader<'_> {
         if let Some(name) = &schema {
             let ok = !name.is_empty()
                 && name.len() <= 63
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
                 && !name.starts_with(|c: char| c.is_ascii_digit());
             if !ok {
                 return Err(self.invalid(
                     "store",
                     Some("schema"),
-                    format!("{name:?}: 1–63 letters, digits or _, not starting with a digit"),
+                    format!(
+                        "{name:?}: 1–63 lowercase letters, digits or _, not starting with a digit"
+                    ),
                 ));
             }
         }
@@ -1277,10 +1420,22 @@ impl Loader<'_> {
             let tpl = Template::parse(arg).map_err(|m| self.invalid(t, Some("command"), m))?;
             for var in tpl.vars() {
                 if !BUILTIN_PLACEHOLDERS.contains(&var) && !params.contains_key(var) {
+                    let known = BUILTIN_PLACEHOLDERS
+                        .iter()
+                        .copied()
+                        .chain(params.keys().map(String::as_str));
+                    let hint = match nearest(var, known) {
+                        Some(n) => format!("did you mean {{{n}}}? "),
+                        None => String::new(),
+                    };
                     return Err(self.invalid(
                         t,
                         Some("command"),
-                        format!("unknown placeholder {{{var}}}: declare [{t}.params.{var}] or use one of {}", BUILTIN_PLACEHOLDERS.join(", ")),
+                        format!(
+                            "unknown placeholder {{{var}}}: {hint}declare [{t}.params.{var}] or use one of {}{}",
+                            BUILTIN_PLACEHOLDERS.join(", "),
+                            brace_hint(arg)
+                        ),
                     ));
                 }
             }
@@ -1386,6 +1541,48 @@ impl Loader<'_> {
     }
 }
 
+/// `did you mean `max_workers`?` for serde's "unknown field `max_wrkers`, expected one
+/// of `listen`, …" (and unknown variants), when one expected name is close enough.
+fn unknown_name_hint(message: &str) -> Option<String> {
+    let rest = message
+        .split_once("unknown field `")
+        .or_else(|| message.split_once("unknown variant `"))?
+        .1;
+    let (got, rest) = rest.split_once('`')?;
+    let expected = rest.split_once("expected")?.1;
+    let candidates = expected.split('`').skip(1).step_by(2);
+    nearest(got, candidates).map(|n| format!("did you mean `{n}`?"))
+}
+
+/// The candidate closest to `got` by edit distance, if it is close enough to be a typo.
+pub fn nearest<'a>(got: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (got.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(got, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diag + usize::from(ca != *cb));
+            diag = above;
+        }
+    }
+    row[b.len()]
+}
+
 /// 32 bytes from 64 hex digits.
 fn parse_hex32(text: &str) -> Option<[u8; 32]> {
     if text.len() != 64 {
@@ -1454,10 +1651,16 @@ impl ParamSpec {
         if text.contains('\0') {
             return Err("value contains a NUL byte".into());
         }
-        if text.starts_with('-') && !self.allow_leading_dash && self.kind == ParamType::String {
-            return Err(
-                "value may not start with '-' (set allow_leading_dash = true to permit it)".into(),
-            );
+        // A value starting with '-' could be taken for an option by the program; for an
+        // integer that is every negative number. Both need the parameter's consent.
+        if text.starts_with('-') && !self.allow_leading_dash {
+            return Err(match self.kind {
+                ParamType::Integer => {
+                    "negative values are refused (set allow_leading_dash = true to permit them)"
+                }
+                _ => "value may not start with '-' (set allow_leading_dash = true to permit it)",
+            }
+            .into());
         }
         if let Some(re) = &self.pattern
             && !re.is_match(&text)
@@ -1474,6 +1677,10 @@ mod tests {
 
     fn load(text: &str) -> Result<Settings, ConfigError> {
         Settings::from_toml(text, Path::new("/tmp/runyard.toml"), &|_| None)
+    }
+
+    fn load_env(text: &str, env: EnvLookup<'_>) -> Result<Settings, ConfigError> {
+        Settings::from_toml(text, Path::new("/tmp/runyard.toml"), env)
     }
 
     #[test]
@@ -1537,12 +1744,112 @@ pattern = "[a-z]+"
         assert_eq!(s.server.output_flush_interval, Duration::from_millis(250));
         assert_eq!(s.store.url, StoreUrl::Sqlite(PathBuf::from("/tmp/x.db")));
         let bad = |k: &str| (k == "MAX_WORKERS").then(|| "lots".to_string());
-        assert!(
-            Settings::from_toml("", Path::new("/tmp/r.toml"), &bad)
-                .unwrap_err()
-                .to_string()
-                .contains("MAX_WORKERS")
+        let err = Settings::from_toml("", Path::new("/tmp/r.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "environment variable MAX_WORKERS=\"lots\": not a whole number (it overrides server.max_workers)"
         );
+    }
+
+    #[test]
+    fn prefixed_env_overrides_win_over_the_seeds_names_and_are_blamed_by_name() {
+        let env = |k: &str| match k {
+            "MAX_WORKERS" => Some("7".to_string()),
+            "RUNYARD_MAX_WORKERS" => Some("9".to_string()),
+            "OUTPUT_FLUSH_INTERVAL_MS" => Some("250".to_string()),
+            "RUNYARD_MAX_WORKERS_GLOBAL" => Some("4".to_string()),
+            "RUNYARD_DATA_DIR" => Some("/srv/runyard".to_string()),
+            "RUNYARD_LISTEN" => Some("127.0.0.1:9999".to_string()),
+            _ => None,
+        };
+        let s = load_env("[server]\nmax_workers = 3\n", &env).unwrap();
+        assert_eq!(s.server.max_workers, 9);
+        assert_eq!(s.server.max_workers_global, 4);
+        assert_eq!(s.server.output_flush_interval, Duration::from_millis(250));
+        assert_eq!(s.server.data_dir, PathBuf::from("/srv/runyard"));
+        assert_eq!(s.server.listen.port(), 9999);
+        // An out-of-range value from the environment names the variable, not a line.
+        let zero = |k: &str| (k == "RUNYARD_MAX_WORKERS").then(|| "0".to_string());
+        let err = load_env("[server]\nmax_workers = 3\n", &zero)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "environment variable RUNYARD_MAX_WORKERS=\"0\": must be between 1 and 1024"
+            ),
+            "{err}"
+        );
+        let slow = |k: &str| (k == "RUNYARD_OUTPUT_FLUSH_INTERVAL_MS").then(|| "5".to_string());
+        let err = load_env("", &slow).unwrap_err().to_string();
+        assert!(
+            err.contains("RUNYARD_OUTPUT_FLUSH_INTERVAL_MS") && !err.contains(":0:"),
+            "{err}"
+        );
+        // The same value in the file is blamed on its line.
+        let err = load("[server]\nmax_workers = 0\n").unwrap_err().to_string();
+        assert!(err.contains(":2: server.max_workers"), "{err}");
+    }
+
+    #[test]
+    fn relative_config_paths_resolve_to_absolute_ones() {
+        let s = Settings::from_toml(
+            "[server]\ndata_dir = \"data\"\n",
+            Path::new("some/dir/runyard.toml"),
+            &|_| None,
+        )
+        .unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(s.server.data_dir, cwd.join("some/dir/data"));
+        let s = Settings::from_toml("", Path::new("runyard.toml"), &|_| None).unwrap();
+        assert_eq!(s.server.data_dir, cwd.join(".runyard"));
+    }
+
+    #[test]
+    fn parse_errors_keep_their_lines_and_suggest_the_nearest_key() {
+        let err = load("[server]\nmax_wrkers = 2\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains('\n'), "{err}");
+        assert!(
+            err.contains("2 | max_wrkers = 2"),
+            "the snippet survives: {err}"
+        );
+        assert!(err.ends_with("did you mean `max_workers`?"), "{err}");
+        let err = load("[pipelines.x]\ncommand = [\"true\"]\ntimout = \"5m\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with("did you mean `timeout`?"), "{err}");
+        let err = load("[pipelines.x]\ncommand = [\"true\"]\non_orphan = \"requeu\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with("did you mean `requeue`?"), "{err}");
+        let err = load("[sever]\n").unwrap_err().to_string();
+        assert!(err.ends_with("did you mean `server`?"), "{err}");
+        // Nothing close: no guess.
+        let err = load("[server]\nzzzzzzzz = 1\n").unwrap_err().to_string();
+        assert!(!err.contains("did you mean"), "{err}");
+        let err = load("[pipelines.x]\ncommand = [\"echo\", \"{shard_numbr}\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did you mean {shard_number}?"), "{err}");
+    }
+
+    #[test]
+    fn literal_braces_are_suggested_doubled() {
+        let err = load("[pipelines.x]\ncommand = [\"sh\", \"-c\", \"echo ${HOME}\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(r#"written doubled: "echo ${{HOME}}""#),
+            "{err}"
+        );
+        let err = load("[pipelines.x]\ncommand = [\"curl\", \"-d\", '{\"a\": 1}']\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(r#"written doubled: "{{\"a\": 1}}""#), "{err}");
+        let s =
+            load("[pipelines.x]\ncommand = [\"sh\", \"-c\", \"echo ${{HOME}} {{}}\"]\n").unwrap();
+        assert_eq!(s.pipelines["x"].args[1].render(|_| None), "echo ${HOME} {}");
     }
 
     #[test]
@@ -1584,8 +1891,17 @@ pattern = "[a-z]+"
             kind: ParamType::Integer,
             ..free
         };
-        assert_eq!(int.accept(&serde_json::json!(-3)).unwrap(), "-3");
+        assert_eq!(int.accept(&serde_json::json!(3)).unwrap(), "3");
         assert!(int.accept(&serde_json::json!("x")).is_err());
+        for negative in [serde_json::json!(-3), serde_json::json!(" -3")] {
+            let err = int.accept(&negative).unwrap_err();
+            assert!(err.contains("negative values are refused"), "{err}");
+        }
+        let signed = ParamSpec {
+            allow_leading_dash: true,
+            ..int
+        };
+        assert_eq!(signed.accept(&serde_json::json!("-3")).unwrap(), "-3");
     }
 
     #[test]
@@ -1593,6 +1909,25 @@ pattern = "[a-z]+"
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
         assert!(parse_duration("7 weeks").is_err());
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("1m 30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            parse_duration("2d12h").unwrap(),
+            Duration::from_secs(216_000)
+        );
+        assert_eq!(
+            parse_duration("1s500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        for bad in ["", "30m1h", "1h1h", "1h30", "5 parsecs", "h", "1.2.3s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(
+            parse_duration("5 parsecs")
+                .unwrap_err()
+                .contains("invalid duration unit \"parsecs\"")
+        );
         assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
         assert!(parse_size("16 furlongs").is_err());
     }

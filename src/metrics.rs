@@ -5,11 +5,21 @@
 //! queue depth per pipeline) are read from it at scrape time by the API, so
 //! they are the same on every node. No dependency: the text format is small.
 //!
+//! Job outcomes and durations are labelled by `pipeline`: a node keeps one set
+//! of instruments per pipeline it has run, made on first use (a read lock and an
+//! atomic add per job end afterwards); pipelines of the config that have not run
+//! here yet render as zeros, so every series exists from the first scrape.
+//!
 //! Test: `access::metrics_expose_jobs_queue_latency_and_sse_clients`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+/// This build's version, as `runyard_build_info{version}` shows it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// A cumulative histogram with fixed bucket bounds (seconds).
 pub struct Histogram {
@@ -53,15 +63,29 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// The samples of one series; `labels` is empty or `key="value",` (with the comma).
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
             cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
         }
         let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        let labels = labels.trim_end_matches(',');
+        let (open, close) = if labels.is_empty() {
+            ("", "")
+        } else {
+            ("{", "}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{open}{labels}{close} {sum}\n{name}_count{open}{labels}{close} {count}"
+        );
     }
 }
 
@@ -80,15 +104,29 @@ pub enum JobEnd {
     Aborted,
 }
 
+/// The per-pipeline instruments: execution ends by outcome and durations.
+struct PipelineInstruments {
+    ends: [AtomicU64; 5],
+    duration: Histogram,
+}
+
+impl Default for PipelineInstruments {
+    fn default() -> Self {
+        PipelineInstruments {
+            ends: Default::default(),
+            duration: Histogram::new(DURATION_BOUNDS),
+        }
+    }
+}
+
 /// The instruments of one node.
 pub struct Metrics {
     /// Queued (due) → claimed.
     pub claim_latency: Histogram,
-    /// Spawn → exit of each execution.
-    pub job_duration: Histogram,
     /// Age of the oldest line of each output flush when it was committed.
     pub flush_lag: Histogram,
-    ends: [AtomicU64; 5],
+    /// Ends and durations per pipeline, created on first use.
+    pipelines: RwLock<BTreeMap<String, Arc<PipelineInstruments>>>,
     /// Run aborts accepted by this node's API.
     pub aborts: AtomicU64,
     /// Orphaned executions resolved by this node's rescuer.
@@ -103,9 +141,8 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             claim_latency: Histogram::new(LATENCY_BOUNDS),
-            job_duration: Histogram::new(DURATION_BOUNDS),
             flush_lag: Histogram::new(LATENCY_BOUNDS),
-            ends: Default::default(),
+            pipelines: RwLock::default(),
             aborts: AtomicU64::new(0),
             orphans_recovered: AtomicU64::new(0),
             webhooks_delivered: AtomicU64::new(0),
@@ -125,10 +162,42 @@ pub struct Snapshot {
     pub slots: (usize, usize),
 }
 
+/// The outcome label of each [`JobEnd`], in rendering order.
+const OUTCOMES: [(&str, JobEnd); 5] = [
+    ("completed", JobEnd::Completed),
+    ("failed", JobEnd::Failed),
+    ("retried", JobEnd::Retried),
+    ("requeued", JobEnd::Requeued),
+    ("aborted", JobEnd::Aborted),
+];
+
 impl Metrics {
-    /// Counts one execution's end.
-    pub fn job_ended(&self, ending: JobEnd) {
-        self.ends[ending as usize].fetch_add(1, Ordering::Relaxed);
+    /// The instruments of `pipeline`, made on first use.
+    fn pipeline(&self, pipeline: &str) -> Arc<PipelineInstruments> {
+        if let Some(p) = self
+            .pipelines
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pipeline)
+        {
+            return p.clone();
+        }
+        self.pipelines
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(pipeline.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Counts one execution's end of a job of `pipeline`.
+    pub fn job_ended(&self, pipeline: &str, ending: JobEnd) {
+        self.pipeline(pipeline).ends[ending as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one execution's run time (spawn → exit) of a job of `pipeline`.
+    pub fn job_duration(&self, pipeline: &str, d: Duration) {
+        self.pipeline(pipeline).duration.observe(d);
     }
 
     /// Adds `n` to a counter.
@@ -170,19 +239,28 @@ impl Metrics {
             "# HELP runyard_node_slots Slots of this node.\n# TYPE runyard_node_slots gauge\nrunyard_node_slots {}\n# HELP runyard_node_slots_busy Busy slots of this node.\n# TYPE runyard_node_slots_busy gauge\nrunyard_node_slots_busy {}",
             snap.slots.0, snap.slots.1
         );
+        // Every pipeline this node has run, and every configured one (zeros until it runs).
+        let mut per_pipeline = self
+            .pipelines
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (p, _, _) in &snap.pipelines {
+            per_pipeline.entry(p.clone()).or_default();
+        }
         let _ = writeln!(
             out,
-            "# HELP runyard_job_ends_total Executions ended on this node, by outcome.\n# TYPE runyard_job_ends_total counter"
+            "# HELP runyard_job_ends_total Executions ended on this node, by pipeline and outcome.\n# TYPE runyard_job_ends_total counter"
         );
-        for (name, ending) in [
-            ("completed", JobEnd::Completed),
-            ("failed", JobEnd::Failed),
-            ("retried", JobEnd::Retried),
-            ("requeued", JobEnd::Requeued),
-            ("aborted", JobEnd::Aborted),
-        ] {
-            let n = self.ends[ending as usize].load(Ordering::Relaxed);
-            let _ = writeln!(out, "runyard_job_ends_total{{outcome=\"{name}\"}} {n}");
+        for (p, inst) in &per_pipeline {
+            let p = escape(p);
+            for (name, ending) in OUTCOMES {
+                let n = inst.ends[ending as usize].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "runyard_job_ends_total{{pipeline=\"{p}\",outcome=\"{name}\"}} {n}"
+                );
+            }
         }
         for (name, help, counter) in [
             (
@@ -222,15 +300,24 @@ impl Metrics {
             "runyard_claim_latency_seconds",
             "Time from a job being due to its claim.",
         );
-        self.job_duration.render(
-            &mut out,
-            "runyard_job_duration_seconds",
-            "Run time of executions on this node.",
+        let name = "runyard_job_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Run time of executions on this node, by pipeline.\n# TYPE {name} histogram"
         );
+        for (p, inst) in &per_pipeline {
+            inst.duration
+                .render_series(&mut out, name, &format!("pipeline=\"{}\",", escape(p)));
+        }
         self.flush_lag.render(
             &mut out,
             "runyard_output_flush_lag_seconds",
             "Age of the oldest output line of a flush when it was committed.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP runyard_build_info The running build (always 1).\n# TYPE runyard_build_info gauge\nrunyard_build_info{{version=\"{}\"}} 1",
+            escape(VERSION)
         );
         out
     }
@@ -253,9 +340,11 @@ mod tests {
         m.claim_latency.observe(Duration::from_micros(300));
         m.claim_latency.observe(Duration::from_millis(20));
         m.claim_latency.observe(Duration::from_secs(1000));
-        m.job_ended(JobEnd::Completed);
+        m.job_ended("a\"b", JobEnd::Completed);
+        m.job_ended("ran", JobEnd::Failed);
+        m.job_duration("ran", Duration::from_millis(30));
         let text = m.render(&Snapshot {
-            pipelines: vec![("a\"b".into(), 3, 1)],
+            pipelines: vec![("a\"b".into(), 3, 1), ("idle".into(), 0, 0)],
             sse_clients: 2,
             slots: (2, 1),
         });
@@ -264,7 +353,20 @@ mod tests {
         assert!(text.contains("runyard_claim_latency_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("runyard_claim_latency_seconds_count 3\n"));
         assert!(text.contains("runyard_queue_depth{pipeline=\"a\\\"b\"} 3\n"));
-        assert!(text.contains("runyard_job_ends_total{outcome=\"completed\"} 1\n"));
+        assert!(
+            text.contains("runyard_job_ends_total{pipeline=\"a\\\"b\",outcome=\"completed\"} 1\n")
+        );
+        assert!(text.contains("runyard_job_ends_total{pipeline=\"ran\",outcome=\"failed\"} 1\n"));
+        // A configured pipeline that has not run here yet is there, at zero.
+        assert!(
+            text.contains("runyard_job_ends_total{pipeline=\"idle\",outcome=\"completed\"} 0\n")
+        );
+        assert!(
+            text.contains("runyard_job_duration_seconds_bucket{pipeline=\"ran\",le=\"0.05\"} 1\n")
+        );
+        assert!(text.contains("runyard_job_duration_seconds_count{pipeline=\"ran\"} 1\n"));
+        assert!(text.contains("runyard_job_duration_seconds_count{pipeline=\"idle\"} 0\n"));
+        assert!(text.contains(&format!("runyard_build_info{{version=\"{VERSION}\"}} 1\n")));
         assert!(text.contains("runyard_sse_clients 2\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();

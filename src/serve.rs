@@ -66,6 +66,21 @@ pub fn webhooks(settings: &Settings) -> anyhow::Result<Option<Arc<Webhooks>>> {
         Some(secret) => Some(secret_key(secret.expose()).context("[webhooks] secret_env")?),
         None => None,
     };
+    // Unsigned webhooks cannot be told from forged ones by their receivers: say so at
+    // start, where whoever runs the node sees it, whenever webhooks are in use.
+    let hooked: Vec<&str> = settings
+        .pipelines
+        .values()
+        .filter(|p| p.callback_url.is_some())
+        .map(|p| p.name.as_str())
+        .collect();
+    if key.is_none() && (w.configured || !hooked.is_empty()) {
+        tracing::warn!(
+            pipelines = %hooked.join(","),
+            "webhooks will be sent unsigned: set [webhooks] secret_env to the variable holding \
+             the signing secret, so receivers can verify them"
+        );
+    }
     let policy = WebhookPolicy {
         allow_http: w.allow_http,
         allow_hosts,
@@ -117,7 +132,18 @@ pub async fn run(
         ),
         metrics,
     });
-    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let addr = listener.local_addr()?;
+    // An unspecified address (0.0.0.0, ::) listens on loopback too: that URL works here.
+    let shown = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        }
+        ip if ip.is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    };
+    tracing::info!(addr = %addr, dashboard = %format!("http://{shown}/"), "listening");
 
     let stop = http_stop.clone();
     let drain = scheduler.clone();

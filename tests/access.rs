@@ -355,10 +355,34 @@ async fn metrics_expose_jobs_queue_latency_and_sse_clients() {
     );
     assert_eq!(sample("runyard_queue_depth{pipeline=\"slow\"}"), 0.0);
     assert!(sample("runyard_claim_latency_seconds_count") >= 4.0);
-    assert!(sample("runyard_job_duration_seconds_count") >= 4.0);
+    assert_eq!(
+        sample("runyard_job_duration_seconds_count{pipeline=\"quick\"}"),
+        3.0
+    );
+    assert_eq!(
+        sample("runyard_job_duration_seconds_count{pipeline=\"slow\"}"),
+        1.0
+    );
     assert!(sample("runyard_output_flush_lag_seconds_count") >= 3.0);
-    assert_eq!(sample("runyard_job_ends_total{outcome=\"completed\"}"), 3.0);
-    assert_eq!(sample("runyard_job_ends_total{outcome=\"aborted\"}"), 1.0);
+    assert_eq!(
+        sample("runyard_job_ends_total{pipeline=\"quick\",outcome=\"completed\"}"),
+        3.0
+    );
+    assert_eq!(
+        sample("runyard_job_ends_total{pipeline=\"slow\",outcome=\"aborted\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample("runyard_job_ends_total{pipeline=\"slow\",outcome=\"completed\"}"),
+        0.0
+    );
+    assert_eq!(
+        sample(&format!(
+            "runyard_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
     assert_eq!(sample("runyard_aborts_total"), 1.0);
     assert!(
         sample("runyard_sse_clients") >= 1.0,

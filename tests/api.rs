@@ -275,3 +275,81 @@ async fn idempotency_key_length_counts_characters_not_bytes() {
     assert_eq!(body["error"], "idempotencyKey must be 1 to 200 characters");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn short_run_ids_work_on_every_route_and_an_ambiguous_one_is_a_clear_400() {
+    let s = TestServer::start("", PIPELINES).await;
+    let (_, a) = s.trigger("sharded", json!({})).await;
+    let (_, b) = s.trigger("sharded", json!({})).await;
+    let (a, b) = (a["runId"].as_str().unwrap(), b["runId"].as_str().unwrap());
+    // Runs created together share their leading (timestamp) digits: the shortest
+    // unique prefix of `a` is where they part, and at least 8 characters.
+    let differ = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+    let short = &a[..(differ + 1).max(8)];
+    let (status, run) = s.get(&format!("/api/runs/{short}")).await;
+    assert_eq!((status, run["runId"].as_str()), (200, Some(a)), "{run}");
+    let bare: String = short.chars().filter(|c| *c != '-').collect();
+    assert_eq!(
+        s.get(&format!("/api/runs/{}", bare.to_uppercase())).await.0,
+        200
+    );
+    assert_eq!(s.get(&format!("/api/runs/{short}/deliveries")).await.0, 200);
+    // The dashboard's short form: the id's last 8 digits (its random end).
+    let tail = &a[a.len() - 8..];
+    let (status, run) = s.get(&format!("/api/runs/{tail}")).await;
+    assert_eq!((status, run["runId"].as_str()), (200, Some(a)), "{run}");
+    let (status, job) = s.get(&format!("/api/jobs/{tail}:s1")).await;
+    assert_eq!((status, job["id"].clone()), (200, json!(format!("{a}:s1"))));
+    let (status, job) = s.get(&format!("/api/jobs/{short}:s1")).await;
+    assert_eq!((status, job["id"].clone()), (200, json!(format!("{a}:s1"))));
+    let (status, logs) = s.get(&format!("/api/jobs/{short}:s0/logs")).await;
+    assert_eq!(
+        (status, logs["jobId"].clone()),
+        (200, json!(format!("{a}:s0")))
+    );
+    let stream = s
+        .http
+        .get(format!("{}/api/jobs/{short}:s2/logs/stream", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    drop(stream);
+
+    let common = &a[..differ.max(8)];
+    if common.len() == differ {
+        // Both match: 400 naming both, never a guess.
+        let (status, body) = s.get(&format!("/api/runs/{common}")).await;
+        assert_eq!(status, 400, "{body}");
+        let msg = body["error"].as_str().unwrap();
+        assert!(
+            msg.contains("ambiguous") && msg.contains(a) && msg.contains(b),
+            "{msg}"
+        );
+        assert_eq!(
+            s.post(&format!("/api/runs/{common}/abort"), json!({}))
+                .await
+                .0,
+            400
+        );
+    }
+    for (path, want) in [
+        ("/api/runs/ffffffff".to_string(), 404),
+        ("/api/jobs/ffffffff-ff:s0/logs".to_string(), 404),
+        (format!("/api/runs/{}", &a[..7]), 400),
+        ("/api/runs/0190-abcdef".to_string(), 400),
+        (format!("/api/jobs/{short}:sx"), 400),
+    ] {
+        let (status, body) = s.get(&path).await;
+        assert_eq!(status, want, "{path}: {body}");
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
+    // Abort resolves it too (the run may have completed already: then 409 names it).
+    let (status, body) = s.post(&format!("/api/runs/{short}/abort"), json!({})).await;
+    assert!(
+        (status == 202 && body["runId"] == a)
+            || (status == 409 && body["error"].as_str().unwrap().contains(a)),
+        "{status} {body}"
+    );
+    s.stop().await;
+}

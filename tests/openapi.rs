@@ -453,8 +453,15 @@ async fn answers_match_their_documented_schemas() {
             format!("/api/jobs/{job}/logs?tail=5"),
         ),
         ("/api/workers", "/api/workers".into()),
+        ("/api/stats", "/api/stats?window=1h".into()),
+        (
+            "/api/runs",
+            format!("/api/runs?run={}&param=word&actor=nobody", &run[..8]),
+        ),
         // Errors: 400 and 404.
         ("/api/runs", "/api/runs?limit=0".into()),
+        ("/api/runs", "/api/runs?run=not-hex".into()),
+        ("/api/stats", "/api/stats?window=forever".into()),
         ("/api/runs/{id}", "/api/runs/not-a-uuid".into()),
         ("/api/jobs/{id}", format!("/api/jobs/{run}:s7")),
         (
@@ -471,5 +478,67 @@ async fn answers_match_their_documented_schemas() {
     let (status, body) = s.post(&format!("/api/runs/{run}/abort"), json!({})).await;
     assert_eq!(status, 409);
     conforms(&doc, "POST", "/api/runs/{id}/abort", status, &body);
+    s.stop().await;
+}
+
+/// The documented `{id}` patterns promise that a matching id is never refused as
+/// malformed (schemathesis's positive-data check relies on it): every generated id the
+/// pattern accepts gets 200 or 404, and short-id spellings the server would refuse do
+/// not match it.
+#[tokio::test]
+async fn ids_that_match_the_documented_patterns_are_never_refused() {
+    let s = TestServer::start("", PIPELINES).await;
+    let doc = document(&s).await;
+    let pattern = |path: &str| {
+        let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+        let p = params.iter().find(|p| p["name"] == "id").unwrap();
+        regex::Regex::new(p["schema"]["pattern"].as_str().unwrap()).unwrap()
+    };
+    let (run_re, job_re) = (pattern("/api/runs/{id}"), pattern("/api/jobs/{id}"));
+    let (_, t) = s.trigger("sharded", json!({})).await;
+    let real = t["runId"].as_str().unwrap().to_string();
+    // A small deterministic generator (xorshift): hex digits and hyphens of many lengths,
+    // half of them prefixes of the real run id with hyphens dropped or moved.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let (mut matched, mut unmatched) = (0, 0);
+    for i in 0..400 {
+        let len = 6 + next(32) as usize;
+        let mut id: String = if i % 2 == 0 {
+            real.chars().take(len).collect()
+        } else {
+            (0..len)
+                .map(|_| b"0123456789abcdefABCDEF"[next(22) as usize] as char)
+                .collect()
+        };
+        match next(4) {
+            0 => id.retain(|c| c != '-'),
+            1 => {
+                let at = next(id.len() as u64) as usize;
+                id.insert(at, '-');
+            }
+            _ => {}
+        }
+        if !run_re.is_match(&id) {
+            unmatched += 1;
+            continue;
+        }
+        matched += 1;
+        let (status, body) = s.get(&format!("/api/runs/{id}")).await;
+        assert!(status == 200 || status == 404, "{id}: {status} {body}");
+        let job = format!("{id}:s1");
+        assert!(job_re.is_match(&job), "{job}");
+        let (status, body) = s.get(&format!("/api/jobs/{job}")).await;
+        assert!(status == 200 || status == 404, "{job}: {status} {body}");
+    }
+    assert!(
+        matched > 100 && unmatched > 50,
+        "{matched} matched, {unmatched} not"
+    );
     s.stop().await;
 }

@@ -64,6 +64,16 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../../web/assets/logview.js"),
     },
     Asset {
+        name: "chart.js",
+        content_type: JS,
+        body: include_bytes!("../../web/assets/chart.js"),
+    },
+    Asset {
+        name: "nodes.js",
+        content_type: JS,
+        body: include_bytes!("../../web/assets/nodes.js"),
+    },
+    Asset {
         name: "style.css",
         content_type: "text/css; charset=utf-8",
         body: include_bytes!("../../web/assets/style.css"),

@@ -270,7 +270,9 @@ pub(super) struct StreamQuery {
             description = "Resume after this line sequence number (takes precedence over `tail`)"),
     ),
     responses(
-        (status = 200, description = "SSE: `log` events (`{\"seq\", \"stream\", \"line\"}`, id = seq), \
+        (status = 200, description = "SSE: `log` events (`{\"seq\", \"stream\", \"line\", \"claimSeq\", \"timeMs\"}`, \
+            id = seq; `claimSeq` names the execution (attempt) that wrote the line, `timeMs` is the epoch ms \
+            its chunk was committed, or null for output stored before schema v3), \
             then one `end` event (`{\"jobId\", \"status\"}`) when the job is terminal",
             content_type = "text/event-stream", body = SseEvent),
         (status = 400, description = "Malformed job id, tail or Last-Event-ID", body = ErrorBody),
@@ -284,7 +286,7 @@ pub(super) async fn log_stream(
     query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    let job_id = super::runs::job_id(path)?;
+    let job_id = super::runs::job_id(&state, path).await?;
     let Query(q) = query?;
     if state.store.job_get(&job_id).await?.is_none() {
         return Err(ApiError::NotFound(format!("Job not found: {job_id}")));
@@ -314,7 +316,8 @@ pub(super) async fn log_stream(
                 yield Ok::<Event, Infallible>(SseEvent {
                     id: Some(line.seq.to_string()),
                     event: "log".into(),
-                    data: json!({"seq": line.seq, "stream": line.stream, "line": line.line}).to_string(),
+                    data: json!({"seq": line.seq, "stream": line.stream, "line": line.line,
+                                 "claimSeq": line.claim_seq, "timeMs": line.time}).to_string(),
                 }.into());
             }
             if got > 0 {
@@ -344,4 +347,92 @@ pub(super) async fn log_stream(
         }
     };
     Ok(sse(stream))
+}
+
+/// `?timestamps=`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct LogTextQuery {
+    /// Start each line with its capture time (RFC 3339, UTC, ms: when its chunk was
+    /// committed; `-` for output stored before schema v3) and a space.
+    timestamps: Option<bool>,
+}
+
+/// Lines read from the store per chunk of a text download.
+const TEXT_PAGE: usize = 10_000;
+
+/// `GET /api/jobs/{id}/logs/text`: the whole stored log as plain text, in capture order.
+#[utoipa::path(
+    get,
+    path = "/api/jobs/{id}/logs/text",
+    tag = "jobs",
+    operation_id = "downloadJobLog",
+    params(JobIdParam, LogTextQuery),
+    responses(
+        (status = 200, description = "Every stored line of every attempt (stdout and stderr as they were \
+            captured; the streams interleave at flush granularity), one per line, as an attachment \
+            named after the job", body = String, content_type = "text/plain"),
+        (status = 400, description = "Malformed job id or timestamps", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 503, description = "The store is unavailable or too many streams are open", body = ErrorBody),
+    )
+)]
+pub(super) async fn log_text(
+    State(state): State<AppState>,
+    path: Result<Path<JobIdParam>, PathRejection>,
+    query: Result<Query<LogTextQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let job_id = super::runs::job_id(&state, path).await?;
+    let Query(q) = query?;
+    if state.store.job_get(&job_id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("Job not found: {job_id}")));
+    }
+    let timestamps = q.timestamps.unwrap_or(false);
+    let store = state.store.clone();
+    let permit = stream_permit(&state)?;
+    let filename = format!("{}.log", job_id.replace(':', "_"));
+    let body = async_stream::stream! {
+        let _permit = permit;
+        let mut after = -1;
+        loop {
+            let lines = match store.job_output_after(&job_id, after, TEXT_PAGE).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!("log download read failed: {e}");
+                    yield Err(std::io::Error::other(e.to_string()));
+                    break;
+                }
+            };
+            if lines.is_empty() {
+                break;
+            }
+            let mut chunk = String::with_capacity(lines.iter().map(|l| l.line.len() + 32).sum());
+            for line in &lines {
+                after = line.seq;
+                if timestamps {
+                    match line.time {
+                        Some(t) => chunk.push_str(&crate::clock::rfc3339(t)),
+                        None => chunk.push('-'),
+                    }
+                    chunk.push(' ');
+                }
+                chunk.push_str(&line.line);
+                chunk.push('\n');
+            }
+            yield Ok::<_, std::io::Error>(axum::body::Bytes::from(chunk));
+        }
+    };
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        axum::body::Body::from_stream(body),
+    ))
 }

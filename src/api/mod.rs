@@ -15,9 +15,11 @@ pub mod conn;
 mod dashboard;
 mod error;
 pub mod events;
+mod history;
 mod openapi;
 mod pipelines;
 mod runs;
+mod stats;
 
 use std::sync::Arc;
 
@@ -80,6 +82,8 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::job))
         .routes(routes!(runs::logs))
         .routes(routes!(events::log_stream))
+        .routes(routes!(events::log_text))
+        .routes(routes!(stats::stats))
         .routes(routes!(events::events))
         .routes(routes!(runs::workers))
         .routes(routes!(openapi::document))

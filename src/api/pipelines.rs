@@ -355,7 +355,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineL
     params(PipelineIdParam, PageQuery),
     responses(
         (status = 200, description = "One page of the pipeline's runs with their jobs", body = RunPage),
-        (status = 400, description = "limit, offset or status out of range", body = ErrorBody),
+        (status = 400, description = "limit, offset, status, run, param or actor out of range", body = ErrorBody),
         (status = 404, description = "Unknown pipeline", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     )

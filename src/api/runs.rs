@@ -1,5 +1,7 @@
 //! Runs, jobs, logs and workers.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -7,11 +9,14 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::history::{AttemptView, attempts};
 use super::{ApiError, AppState, ErrorBody};
-use crate::model::{self, RunId, RunStatus, parse_job_id};
-use crate::store::{AbortOutcome, DeliveryView, JobView, RunFilter, RunView};
+use crate::model::{self, MIN_SHORT_ID, RunId, RunStatus, parse_job_id, short_run_id};
+use crate::store::{
+    AbortOutcome, DeliveryView, JobView, ParamFilter, PipelineNodeState, RunFilter, RunView,
+};
 
-/// `?limit=&offset=&status=`.
+/// `?limit=&offset=&status=&run=&param=&actor=`.
 #[derive(Deserialize, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct PageQuery {
@@ -24,16 +29,85 @@ pub(super) struct PageQuery {
     /// Only runs with this status.
     #[param(value_type = Option<RunStatus>)]
     status: Option<String>,
+    /// Only runs whose id starts with this (hex digits and hyphens, any case); 4–12 digits
+    /// without a hyphen also match the id's last digits (the dashboard's short form).
+    #[param(pattern = r"^[0-9a-fA-F-]{1,36}$")]
+    run: Option<String>,
+    /// Only runs with this parameter: `name` (any value) or `name=value` (exact value);
+    /// a name is 1 to 64 characters without `=`.
+    #[param(
+        min_length = 1,
+        max_length = 8300,
+        pattern = r"^[^=]{1,64}(=[\s\S]*)?$"
+    )]
+    param: Option<String>,
+    /// Only runs triggered by this actor (a token label), exactly.
+    #[param(min_length = 1, max_length = 200)]
+    actor: Option<String>,
+}
+
+/// The search part of a [`PageQuery`], validated.
+struct Search {
+    run: Option<String>,
+    param: Option<ParamFilter>,
+    actor: Option<String>,
+}
+
+fn search(q: &PageQuery) -> Result<Search, ApiError> {
+    let run = match q.run.as_deref() {
+        None => None,
+        Some(r)
+            if (1..=36).contains(&r.len())
+                && r.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') =>
+        {
+            Some(r.to_ascii_lowercase())
+        }
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "run must be 1 to 36 hex digits or hyphens (a run id or its start)".into(),
+            ));
+        }
+    };
+    let param = match q.param.as_deref() {
+        None => None,
+        Some(p) => {
+            let (name, value) = match p.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (p, None),
+            };
+            if name.is_empty() || name.chars().count() > 64 || p.chars().count() > 8300 {
+                return Err(ApiError::BadRequest(
+                    "param must be `name` or `name=value` (a name of 1 to 64 characters, at most 8300 in all)"
+                        .into(),
+                ));
+            }
+            Some(ParamFilter {
+                name: name.to_string(),
+                value,
+            })
+        }
+    };
+    let actor = match q.actor.as_deref() {
+        None => None,
+        Some(a) if !a.is_empty() && a.chars().count() <= 200 => Some(a.to_string()),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "actor must be 1 to 200 characters".into(),
+            ));
+        }
+    };
+    Ok(Search { run, param, actor })
 }
 
 /// The `{id}` of `/api/runs/{id}…` (what the handlers extract, and its documentation).
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
 pub(super) struct RunIdParam {
-    /// A run id: a UUID (hyphenated or 32 hex digits; braced and `urn:uuid:` forms are accepted too).
-    /// Answers use the lowercase hyphenated form.
+    /// A run id: a UUID (hyphenated or 32 hex digits; braced and `urn:uuid:` forms are accepted too),
+    /// or a short id: its first 8 or more hex digits (with or without the hyphens) when they
+    /// match one run only (400 when they match several). Answers use the lowercase hyphenated form.
     #[param(
-        pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32})$"
+        pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|[0-9a-fA-F]{8,31}|[0-9a-fA-F]{8}(-([0-9a-fA-F]{0,3}|[0-9a-fA-F]{4}(-([0-9a-fA-F]{0,3}|[0-9a-fA-F]{4}(-([0-9a-fA-F]{0,3}|[0-9a-fA-F]{4}(-[0-9a-fA-F]{0,11})?))?))?))?)$"
     )]
     id: String,
 }
@@ -43,9 +117,9 @@ pub(super) struct RunIdParam {
 #[into_params(parameter_in = Path)]
 pub(super) struct JobIdParam {
     /// A job id: `RUN` (single-shard run), `RUN:sN` (shard N, 0-based) or `RUN:finalize`,
-    /// where RUN is a run id (see `/api/runs/{id}`).
+    /// where RUN is a run id or a short one (see `/api/runs/{id}`).
     #[param(
-        pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32})(:(s[0-9]{1,6}|finalize))?$"
+        pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|[0-9a-fA-F]{8,31}|[0-9a-fA-F]{8}(-([0-9a-fA-F]{0,3}|[0-9a-fA-F]{4}(-([0-9a-fA-F]{0,3}|[0-9a-fA-F]{4}(-([0-9a-fA-F]{0,3}|[0-9a-fA-F]{4}(-[0-9a-fA-F]{0,11})?))?))?))?)(:(s[0-9]{1,6}|finalize))?$"
     )]
     id: String,
 }
@@ -61,7 +135,8 @@ pub(super) struct RunPage {
     offset: u32,
 }
 
-/// `GET /api/runs/{id}` answer: the run, and its webhook deliveries when it has a callback.
+/// `GET /api/runs/{id}` answer: the run, its jobs' attempt history, and its webhook
+/// deliveries when it has a callback.
 #[derive(Serialize, ToSchema)]
 pub(super) struct RunDetail {
     #[serde(flatten)]
@@ -69,7 +144,13 @@ pub(super) struct RunDetail {
     /// Completion webhook deliveries; present when the run has a `callbackUrl`.
     #[serde(skip_serializing_if = "Option::is_none")]
     deliveries: Option<Vec<DeliveryView>>,
+    /// Every execution of each job (shards and finalizer), oldest first, keyed by job id;
+    /// derived from the run's stored events.
+    attempts: BTreeMap<String, Vec<AttemptView>>,
 }
+
+/// Events read to build a run's attempt history (a run of 1,000 shards with retries fits).
+const HISTORY_EVENTS: usize = 20_000;
 
 /// `GET /api/runs/{id}/deliveries` answer.
 #[derive(Serialize, ToSchema)]
@@ -141,6 +222,14 @@ pub(super) struct WorkerView {
     /// For the answering node: `admitting`, or `held: <why>` while resource admission
     /// holds claims; null for other nodes.
     admission: Option<String>,
+    /// Milliseconds since its last heartbeat, by the answering node's clock.
+    heartbeat_age_ms: i64,
+    /// The answering node's heartbeat interval: a node silent for 3 of them is dead.
+    heartbeat_every_ms: u64,
+    /// For the answering node: its bus and whether it is connected; null for other nodes.
+    bus: Option<crate::bus::BusStatus>,
+    /// Its setup and circuit state per pipeline (pipelines with a setup it has tried).
+    pipelines: Vec<PipelineNodeState>,
 }
 
 /// Deepest page offset (deeper pages cost a scan of everything before them).
@@ -177,22 +266,93 @@ pub(super) fn page(q: &PageQuery) -> Result<(u32, u32, Option<RunStatus>), ApiEr
     Ok((limit, offset, status))
 }
 
-/// The canonical form of a run id from the path (any UUID spelling is accepted).
-fn run_id(path: Result<Path<RunIdParam>, PathRejection>) -> Result<String, ApiError> {
+/// The canonical form of a run id from the path: any UUID spelling, or a unique prefix.
+async fn run_id(
+    state: &AppState,
+    path: Result<Path<RunIdParam>, PathRejection>,
+) -> Result<String, ApiError> {
     let Path(RunIdParam { id }) = path?;
-    let run = RunId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    Ok(run.to_string())
+    resolve_run_id(state, &id).await
 }
 
-/// The canonical form of a job id from the path.
-pub(super) fn job_id(path: Result<Path<JobIdParam>, PathRejection>) -> Result<String, ApiError> {
+/// The canonical form of a job id from the path (its run part may be a unique prefix).
+pub(super) async fn job_id(
+    state: &AppState,
+    path: Result<Path<JobIdParam>, PathRejection>,
+) -> Result<String, ApiError> {
     let Path(JobIdParam { id }) = path?;
-    canonical_job_id(&id)
+    resolve_job_id(state, &id).await
 }
 
-/// `RUN`, `RUN:sN` or `RUN:finalize` in canonical form (lowercase hyphenated UUID, no leading zeros).
-pub(super) fn canonical_job_id(id: &str) -> Result<String, ApiError> {
-    let (run, part) = parse_job_id(id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+/// A full run id in any UUID spelling, or a short id: at least [`MIN_SHORT_ID`] leading
+/// hex digits, or the last 8–12 (as the dashboard shows them), that match exactly one run
+/// (404 when none does, 400 naming some candidates when several do).
+pub(super) async fn resolve_run_id(state: &AppState, id: &str) -> Result<String, ApiError> {
+    if let Ok(run) = RunId::parse(id) {
+        return Ok(run.to_string());
+    }
+    let Some(prefix) = short_run_id(id) else {
+        return Err(ApiError::BadRequest(format!(
+            "malformed run id: {} (a run id, or at least its first {MIN_SHORT_ID} hex digits)",
+            id.chars().take(80).collect::<String>()
+        )));
+    };
+    let mut found = state.store.run_ids_by_prefix(&prefix, 3).await?;
+    let digits = id.to_ascii_lowercase();
+    if found.is_empty() && digits.len() <= 12 && digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // The dashboard shows a run's last 8 digits (the random end of its UUIDv7; runs
+        // made within a minute share their first 8), so those work too.
+        let runs = state
+            .store
+            .runs_list(RunFilter {
+                run_id: Some(digits.clone()),
+                limit: 3,
+                ..RunFilter::default()
+            })
+            .await?;
+        found = runs
+            .into_iter()
+            .map(|r| r.run_id)
+            .filter(|r| r.ends_with(&digits))
+            .collect();
+    }
+    match found.as_slice() {
+        [] => Err(ApiError::NotFound(format!(
+            "Run not found: no run id starts or ends with {prefix}"
+        ))),
+        [one] => Ok(one.clone()),
+        many => Err(ApiError::BadRequest(format!(
+            "run id {prefix} is ambiguous: it starts {}{}; give more of the id",
+            many[..2].join(", "),
+            if many.len() > 2 { " and more" } else { "" }
+        ))),
+    }
+}
+
+/// `RUN`, `RUN:sN` or `RUN:finalize` in canonical form (lowercase hyphenated UUID, no
+/// leading zeros), where RUN may be a unique prefix of a run id.
+pub(super) async fn resolve_job_id(state: &AppState, id: &str) -> Result<String, ApiError> {
+    if let Ok((run, part)) = parse_job_id(id) {
+        return Ok(model::canonical_job_id(run, part));
+    }
+    let (run, part) = match id.split_once(':') {
+        Some((run, part)) => (run, Some(part)),
+        None => (id, None),
+    };
+    if short_run_id(run).is_none() {
+        // Not a prefix either: the parser's own message.
+        return Err(ApiError::BadRequest(
+            parse_job_id(id)
+                .err()
+                .map_or_else(|| "malformed id".into(), |e| e.to_string()),
+        ));
+    }
+    let full = resolve_run_id(state, run).await?;
+    let spelled = match part {
+        Some(part) => format!("{full}:{part}"),
+        None => full,
+    };
+    let (run, part) = parse_job_id(&spelled).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(model::canonical_job_id(run, part))
 }
 
@@ -205,7 +365,7 @@ pub(super) fn canonical_job_id(id: &str) -> Result<String, ApiError> {
     params(PageQuery),
     responses(
         (status = 200, description = "One page of runs with their jobs", body = RunPage),
-        (status = 400, description = "limit, offset or status out of range", body = ErrorBody),
+        (status = 400, description = "limit, offset, status, run, param or actor out of range", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     )
 )]
@@ -224,11 +384,15 @@ pub(super) async fn list_runs(
     q: &PageQuery,
 ) -> Result<Json<RunPage>, ApiError> {
     let (limit, offset, status) = page(q)?;
+    let Search { run, param, actor } = search(q)?;
     let runs = state
         .store
         .runs_list(RunFilter {
             pipeline,
             status,
+            run_id: run,
+            param,
+            actor,
             limit,
             offset,
         })
@@ -249,7 +413,7 @@ pub(super) async fn list_runs(
     params(RunIdParam),
     responses(
         (status = 200, description = "The run", body = RunDetail),
-        (status = 400, description = "Malformed run id", body = ErrorBody),
+        (status = 400, description = "Malformed or ambiguous run id", body = ErrorBody),
         (status = 404, description = "No such run", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     )
@@ -258,7 +422,7 @@ pub(super) async fn get(
     State(state): State<AppState>,
     path: Result<Path<RunIdParam>, PathRejection>,
 ) -> Result<Json<RunDetail>, ApiError> {
-    let id = run_id(path)?;
+    let id = run_id(&state, path).await?;
     let run = state
         .store
         .run_get(&id)
@@ -268,7 +432,12 @@ pub(super) async fn get(
         Some(_) => Some(state.store.deliveries_of_run(&id).await?),
         None => None,
     };
-    Ok(Json(RunDetail { run, deliveries }))
+    let attempts = attempts(&state.store.run_events(&id, HISTORY_EVENTS).await?);
+    Ok(Json(RunDetail {
+        run,
+        deliveries,
+        attempts,
+    }))
 }
 
 /// `GET /api/runs/{id}/deliveries`: the run's completion webhooks with every attempt.
@@ -280,7 +449,7 @@ pub(super) async fn get(
     params(RunIdParam),
     responses(
         (status = 200, description = "The run's webhook deliveries (empty without a callback)", body = RunDeliveries),
-        (status = 400, description = "Malformed run id", body = ErrorBody),
+        (status = 400, description = "Malformed or ambiguous run id", body = ErrorBody),
         (status = 404, description = "No such run", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     )
@@ -289,7 +458,7 @@ pub(super) async fn deliveries(
     State(state): State<AppState>,
     path: Result<Path<RunIdParam>, PathRejection>,
 ) -> Result<Json<RunDeliveries>, ApiError> {
-    let id = run_id(path)?;
+    let id = run_id(&state, path).await?;
     if state.store.run_get(&id).await?.is_none() {
         return Err(ApiError::NotFound(format!("Run not found: {id}")));
     }
@@ -309,7 +478,7 @@ pub(super) async fn deliveries(
     params(RunIdParam),
     responses(
         (status = 202, description = "Aborted (now, or already before)", body = Aborted),
-        (status = 400, description = "Malformed run id", body = ErrorBody),
+        (status = 400, description = "Malformed or ambiguous run id", body = ErrorBody),
         (status = 404, description = "No such run", body = ErrorBody),
         (status = 409, description = "The run already completed or failed", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
@@ -319,7 +488,7 @@ pub(super) async fn abort(
     State(state): State<AppState>,
     path: Result<Path<RunIdParam>, PathRejection>,
 ) -> Result<(StatusCode, Json<Aborted>), ApiError> {
-    let id = run_id(path)?;
+    let id = run_id(&state, path).await?;
     match state.scheduler.abort(&id).await? {
         AbortOutcome::NotFound => Err(ApiError::NotFound(format!("Run not found: {id}"))),
         AbortOutcome::Finished(status) => Err(ApiError::Conflict(format!(
@@ -345,7 +514,7 @@ pub(super) async fn abort(
     params(JobIdParam),
     responses(
         (status = 200, description = "The job", body = JobView),
-        (status = 400, description = "Malformed job id", body = ErrorBody),
+        (status = 400, description = "Malformed job id, or an ambiguous short run id", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     )
@@ -354,7 +523,7 @@ pub(super) async fn job(
     State(state): State<AppState>,
     path: Result<Path<JobIdParam>, PathRejection>,
 ) -> Result<Json<JobView>, ApiError> {
-    let id = job_id(path)?;
+    let id = job_id(&state, path).await?;
     let job = state
         .store
         .job_get(&id)
@@ -381,7 +550,7 @@ pub(super) struct LogsQuery {
     params(JobIdParam, LogsQuery),
     responses(
         (status = 200, description = "Stored stdout and stderr lines", body = JobLogsView),
-        (status = 400, description = "Malformed job id or tail out of range", body = ErrorBody),
+        (status = 400, description = "Malformed job id, an ambiguous short run id, or tail out of range", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     )
@@ -391,7 +560,7 @@ pub(super) async fn logs(
     path: Result<Path<JobIdParam>, PathRejection>,
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Json<JobLogsView>, ApiError> {
-    let id = job_id(path)?;
+    let id = job_id(&state, path).await?;
     let Query(q) = query?;
     if q.tail == Some(0) || q.tail.is_some_and(|t| t > 1_000_000) {
         return Err(ApiError::BadRequest(
@@ -432,6 +601,9 @@ pub(super) async fn logs(
 )]
 pub(super) async fn workers(State(state): State<AppState>) -> Result<Json<WorkerList>, ApiError> {
     let nodes = state.store.nodes_list().await?;
+    let setups = state.store.pipeline_nodes_list().await?;
+    let now = crate::clock::now_ms();
+    let every = state.scheduler.settings().server.heartbeat.as_millis() as u64;
     let mut out = Vec::with_capacity(nodes.len());
     for node in nodes {
         let running: Vec<String> = state
@@ -452,6 +624,14 @@ pub(super) async fn workers(State(state): State<AppState>) -> Result<Json<Worker
                     .admission_held()
                     .map_or("admitting".to_string(), |why| format!("held: {why}"))
             }),
+            heartbeat_age_ms: (now - node.heartbeat_at).max(0),
+            heartbeat_every_ms: every,
+            bus: is_self.then(|| state.scheduler.bus_status()),
+            pipelines: setups
+                .iter()
+                .filter(|p| p.node_id == node.id)
+                .cloned()
+                .collect(),
             is_self,
             id: node.id,
             host: node.host,

@@ -26,10 +26,28 @@ pub enum Signal {
     },
 }
 
+/// Which bus a node uses and whether it is connected (`GET /api/workers`, the nodes page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BusStatus {
+    /// `local` (in-process: this node only) or `redis`.
+    pub kind: &'static str,
+    /// Connected now (always true for the in-process bus). While false, signals are
+    /// late, never lost: nodes poll the store.
+    pub connected: bool,
+}
+
 /// The signalling seam.
 pub trait Bus: Send + Sync {
     /// Publishes best effort: failure is logged, never returned (DESIGN decision 17).
     fn publish(&self, signal: Signal);
     /// A receiver of every signal published after this call.
     fn subscribe(&self) -> broadcast::Receiver<Signal>;
+    /// Which bus this is and whether it is connected.
+    fn status(&self) -> BusStatus {
+        BusStatus {
+            kind: "local",
+            connected: true,
+        }
+    }
 }

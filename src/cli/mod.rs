@@ -1,37 +1,44 @@
 //! The command line: `serve` runs a node; every other command is an HTTP
-//! client of a node (`--server`, env `RUNYARD_URL`).
+//! client of a node (`--server`, env `RUNYARD_URL`); `completions` and `man` print
+//! shell completions and the manual page, generated from these definitions so they
+//! cannot drift from the parser.
 //!
-//! Exit codes: 0 success; 1 a `--wait`ed run failed; 130 it was aborted;
-//! 2 usage, connection or server errors.
+//! Exit codes are in [`exit`] (and `runyard --help`): 0 completed, 1 failed, 130
+//! aborted, 2 usage, 3 server unreachable, 4 request refused.
+//!
+//! `--server` and `--json` belong to the client commands (so `serve --help` shows only
+//! what `serve` uses); they are also accepted before the command name, as they always
+//! were (`runyard --server URL runs`).
 
 mod client;
+mod exit;
 mod output;
+mod term;
 mod wait;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::{Map, Value, json};
 
 use crate::config::Settings;
-use client::Client;
+use client::{Client, ClientError, segment};
+use wait::Watch;
+
+/// Where client commands go when neither `--server` nor `RUNYARD_URL` says.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:7878";
 
 /// runyard: trigger, watch and abort durable runs of pipelines.
 #[derive(Parser, Debug)]
-#[command(name = "runyard", version, about)]
+#[command(name = "runyard", version, about, after_help = exit::HELP)]
 pub struct Cli {
-    /// Server URL for client commands.
-    #[arg(
-        long,
-        global = true,
-        env = "RUNYARD_URL",
-        default_value = "http://127.0.0.1:7878"
-    )]
-    server: String,
-    /// Machine-readable JSON output.
-    #[arg(long, global = true)]
+    /// Server URL for client commands (also accepted after the command name; env RUNYARD_URL).
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// Machine-readable JSON output for client commands.
+    #[arg(long)]
     json: bool,
     /// Log format on stderr: `human` or `json` (one object per line); level from RUNYARD_LOG.
     #[arg(
@@ -46,18 +53,31 @@ pub struct Cli {
     command: Command,
 }
 
+/// What every client command takes.
+#[derive(Args, Debug, Default, Clone)]
+struct ClientArgs {
+    /// Server URL; `host:port` means http://host:port [env: RUNYARD_URL] [default: http://127.0.0.1:7878].
+    // Not clap's `env`: a flag given before the command must beat the environment too.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a node: read the config, open the store, serve the API, run jobs.
+    /// Run a node: read the config, open the store, serve the API and dashboard, run jobs.
     Serve {
         /// Config file.
-        #[arg(short, long, default_value = "runyard.toml")]
+        #[arg(short, long, env = "RUNYARD_CONFIG", default_value = "runyard.toml")]
         config: PathBuf,
         /// Listen address (overrides `server.listen`; env RUNYARD_LISTEN).
-        #[arg(long)]
+        #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
     },
-    /// Trigger a run of a pipeline.
+    /// Trigger a run of a pipeline; prints its run id (or waits for it).
+    #[command(after_help = exit::HELP)]
     Trigger {
         /// Pipeline name.
         pipeline: String,
@@ -73,12 +93,31 @@ enum Command {
         /// Print the run's output as it happens (implies --wait).
         #[arg(long)]
         follow: bool,
+        /// On Ctrl-C or SIGTERM while waiting, abort the run instead of leaving it running.
+        #[arg(long)]
+        abort_on_interrupt: bool,
         /// Make retries of this trigger return the same run.
         #[arg(long)]
         idempotency_key: Option<String>,
         /// POST the run's summary here when it ends (a signed completion webhook).
         #[arg(long, value_name = "URL")]
         callback_url: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Wait for a run started elsewhere; exit 0/1/130 by its status.
+    #[command(after_help = exit::HELP)]
+    Wait {
+        /// Run id, or a unique prefix of one (at least 8 characters).
+        run: String,
+        /// Print the run's output as it happens.
+        #[arg(long)]
+        follow: bool,
+        /// On Ctrl-C or SIGTERM, abort the run instead of leaving it running.
+        #[arg(long)]
+        abort_on_interrupt: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// List runs, newest first.
     Runs {
@@ -91,32 +130,59 @@ enum Command {
         /// How many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Show one run and its jobs.
     Show {
-        /// Run id.
+        /// Run id, or a unique prefix of one (at least 8 characters).
         run: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
-    /// Print a job's output.
+    /// Print the output of a job, or of every job of a run.
+    #[command(after_help = exit::HELP)]
     Logs {
-        /// Job id (a run id for single-shard runs, `RUN:sN` for shards).
+        /// A job id (`RUN:sN` for shard N, `RUN:finalize`) or a run id: a sharded run's
+        /// lines are prefixed with their shard. Run ids may be unique prefixes.
         job: String,
-        /// Keep printing new output until the job ends.
+        /// Keep printing new output until the job (or run) ends; exit 0/1/130 by its status.
         #[arg(short, long)]
         follow: bool,
         /// Only the last N lines (per stream without -f).
         #[arg(long)]
         tail: Option<usize>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
-    /// Abort a run.
+    /// Abort a run: stop every shard's process tree.
     Abort {
-        /// Run id.
+        /// Run id, or a unique prefix of one (at least 8 characters).
         run: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// List pipelines.
-    Pipelines,
+    Pipelines {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List nodes.
-    Workers,
+    Workers {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a shell completion script (e.g. `runyard completions bash > /etc/bash_completion.d/runyard`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one page per command into a directory.
+    Man {
+        /// Write runyard.1 and runyard-<command>.1 here instead of printing runyard.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Entry point of the binary.
@@ -132,7 +198,9 @@ pub fn main() -> ExitCode {
     if cli.log_format == "json" {
         logs.json().with_current_span(false).init();
     } else {
-        logs.init();
+        // Escape codes only on a terminal (never in a log file or journal), and never
+        // with NO_COLOR.
+        logs.with_ansi(term::colour_on_stderr()).init();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -140,33 +208,64 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(2);
+            term::err(format_args!("error: cannot start the runtime: {e}"));
+            return ExitCode::from(exit::USAGE);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            let (code, print) = exit::of_error(&e);
+            if print {
+                term::err(format_args!("error: {e:#}"));
+            }
+            ExitCode::from(code)
         }
     }
 }
 
+/// The client for a command: its own `--server`, else one given before the command,
+/// else `RUNYARD_URL`, else the default.
+fn client_for(top: &Cli, args: &ClientArgs) -> Result<(Client, bool), ClientError> {
+    let env = std::env::var("RUNYARD_URL").ok().filter(|u| !u.is_empty());
+    let server = args
+        .server
+        .clone()
+        .or_else(|| top.server.clone())
+        .or(env)
+        .unwrap_or_else(|| DEFAULT_SERVER.to_string());
+    Ok((Client::new(&server)?, args.json || top.json))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<u8> {
-    let client = Client::new(&cli.server)?;
-    let json_out = cli.json;
-    match cli.command {
-        Command::Serve { config, listen } => serve(config, listen).await,
+    match &cli.command {
+        Command::Serve { config, listen } => {
+            // Given before `serve` they would be silently ignored: say so instead.
+            anyhow::ensure!(
+                !cli.json,
+                "--json is for client commands; serve logs JSON with --log-format json"
+            );
+            serve(config.clone(), listen.clone()).await
+        }
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "runyard", &mut buf);
+            term::out(String::from_utf8_lossy(&buf).trim_end())?;
+            Ok(exit::OK)
+        }
+        Command::Man { dir } => man(dir.as_deref()),
         Command::Trigger {
             pipeline,
             params,
             shards,
             wait,
             follow,
+            abort_on_interrupt,
             idempotency_key,
             callback_url,
+            client,
         } => {
+            let (client, json_out) = client_for(&cli, client)?;
             let mut parameters = Map::new();
             for p in params {
                 let (k, v) = p
@@ -186,117 +285,223 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             let answer = client
                 .post(
-                    &format!("/api/pipelines/{}/trigger", client::segment(&pipeline)),
+                    &format!("/api/pipelines/{}/trigger", segment(pipeline)),
                     &body,
                 )
                 .await?;
             let run_id = answer["runId"].as_str().unwrap_or_default().to_string();
-            if !(wait || follow) {
+            if !(*wait || *follow) {
                 if json_out {
-                    output::print_json(&answer);
+                    output::print_json(&answer)?;
                 } else {
-                    println!("{run_id}");
+                    term::out(&run_id)?;
                 }
-                return Ok(0);
+                return Ok(exit::OK);
             }
             if !json_out {
-                eprintln!("run {run_id} queued");
+                term::err(format_args!("run {run_id} queued"));
             }
-            wait::wait_for_run(&client, &run_id, follow, json_out).await
+            let how = Watch {
+                follow: *follow,
+                json: json_out,
+                abort_on_interrupt: *abort_on_interrupt,
+                quiet: false,
+            };
+            wait::watch(&client, &run_id, how).await
+        }
+        Command::Wait {
+            run,
+            follow,
+            abort_on_interrupt,
+            client,
+        } => {
+            let (client, json_out) = client_for(&cli, client)?;
+            let how = Watch {
+                follow: *follow,
+                json: json_out,
+                abort_on_interrupt: *abort_on_interrupt,
+                quiet: false,
+            };
+            wait::watch(&client, run, how).await
         }
         Command::Runs {
             status,
             pipeline,
             limit,
+            client,
         } => {
+            let (client, json_out) = client_for(&cli, client)?;
             let mut query = vec![("limit", limit.to_string())];
             if let Some(s) = status {
-                query.push(("status", s));
+                query.push(("status", s.clone()));
             }
-            let path = match &pipeline {
-                Some(p) => format!("/api/pipelines/{}/jobs", client::segment(p)),
+            let path = match pipeline {
+                Some(p) => format!("/api/pipelines/{}/jobs", segment(p)),
                 None => "/api/runs".to_string(),
             };
             let answer = client.get_query(&path, &query).await?;
             if json_out {
-                output::print_json(&answer)
+                output::print_json(&answer)?
             } else {
-                output::runs_table(&answer)
+                output::runs_table(&answer)?
             }
-            Ok(0)
+            Ok(exit::OK)
         }
-        Command::Show { run } => {
+        Command::Show { run, client } => {
+            let (client, json_out) = client_for(&cli, client)?;
+            let answer = client.get(&format!("/api/runs/{}", segment(run))).await?;
+            if json_out {
+                output::print_json(&answer)?
+            } else {
+                output::run_details(&answer)?
+            }
+            Ok(exit::OK)
+        }
+        Command::Logs {
+            job,
+            follow,
+            tail,
+            client,
+        } => {
+            let (client, json_out) = client_for(&cli, client)?;
+            logs(&client, job, *follow, *tail, json_out).await
+        }
+        Command::Abort { run, client } => {
+            let (client, json_out) = client_for(&cli, client)?;
             let answer = client
-                .get(&format!("/api/runs/{}", client::segment(&run)))
+                .post(&format!("/api/runs/{}/abort", segment(run)), &json!({}))
                 .await?;
             if json_out {
-                output::print_json(&answer)
+                output::print_json(&answer)?;
             } else {
-                output::run_details(&answer)
-            }
-            Ok(0)
-        }
-        Command::Logs { job, follow, tail } => {
-            if follow {
-                client.follow_logs(&job, tail, None).await?;
-                return Ok(0);
-            }
-            let mut query = Vec::new();
-            if let Some(n) = tail {
-                query.push(("tail", n.to_string()));
-            }
-            let answer = client
-                .get_query(&format!("/api/jobs/{}/logs", client::segment(&job)), &query)
-                .await?;
-            if json_out {
-                output::print_json(&answer);
-            } else {
-                for line in answer["stdout"].as_array().into_iter().flatten() {
-                    println!("{}", line.as_str().unwrap_or_default());
-                }
-                for line in answer["stderr"].as_array().into_iter().flatten() {
-                    eprintln!("{}", line.as_str().unwrap_or_default());
-                }
-            }
-            Ok(0)
-        }
-        Command::Abort { run } => {
-            let answer = client
-                .post(
-                    &format!("/api/runs/{}/abort", client::segment(&run)),
-                    &json!({}),
-                )
-                .await?;
-            if json_out {
-                output::print_json(&answer);
-            } else {
-                println!(
+                term::out(format_args!(
                     "run {} aborted ({} job(s) stopped)",
-                    answer["runId"].as_str().unwrap_or(&run),
+                    answer["runId"].as_str().unwrap_or(run),
                     answer["abortedJobs"]
-                );
+                ))?;
             }
-            Ok(0)
+            Ok(exit::OK)
         }
-        Command::Pipelines => {
+        Command::Pipelines { client } => {
+            let (client, json_out) = client_for(&cli, client)?;
             let answer = client.get("/api/pipelines").await?;
             if json_out {
-                output::print_json(&answer)
+                output::print_json(&answer)?
             } else {
-                output::pipelines_table(&answer)
+                output::pipelines_table(&answer)?
             }
-            Ok(0)
+            Ok(exit::OK)
         }
-        Command::Workers => {
+        Command::Workers { client } => {
+            let (client, json_out) = client_for(&cli, client)?;
             let answer = client.get("/api/workers").await?;
             if json_out {
-                output::print_json(&answer)
+                output::print_json(&answer)?
             } else {
-                output::workers_table(&answer)
+                output::workers_table(&answer)?
             }
-            Ok(0)
+            Ok(exit::OK)
         }
     }
+}
+
+/// `runyard logs ID`: a job's output; for a run id, every job of the run (a sharded
+/// run's lines prefixed `[sN]`, the finalizer's `[finalize]`, as `--follow` does).
+async fn logs(
+    client: &Client,
+    id: &str,
+    follow: bool,
+    tail: Option<usize>,
+    json_out: bool,
+) -> anyhow::Result<u8> {
+    // A job id names its part; a bare id is a run id (or a single-shard run's job id,
+    // which is the same): the run says which jobs it has.
+    let jobs: Vec<(String, Option<String>)> = if id.contains(':') {
+        vec![(id.to_string(), None)]
+    } else {
+        let run = client.get(&format!("/api/runs/{}", segment(id))).await?;
+        let run_id = run["runId"].as_str().unwrap_or(id).to_string();
+        let mut jobs: Vec<(String, Option<String>)> = Vec::new();
+        let shards = run["jobs"].as_array().cloned().unwrap_or_default();
+        let prefixed = shards.len() > 1 || run["finalizer"].is_object();
+        if follow && prefixed {
+            let how = Watch {
+                follow: true,
+                json: false,
+                abort_on_interrupt: false,
+                quiet: true,
+            };
+            return wait::watch(client, &run_id, how).await;
+        }
+        for job in shards
+            .iter()
+            .chain(run["finalizer"].as_object().map(|_| &run["finalizer"]))
+        {
+            let jid = job["id"].as_str().unwrap_or_default().to_string();
+            let label = if job["kind"] == "finalize" {
+                "finalize".to_string()
+            } else {
+                format!("s{}", job["shardIndex"])
+            };
+            jobs.push((jid, prefixed.then_some(label)));
+        }
+        jobs
+    };
+    if follow {
+        let (job, _) = &jobs[0];
+        let status = wait::follow_job(client, job, tail, None).await?;
+        return Ok(exit::of_status(&status));
+    }
+    let mut query = Vec::new();
+    if let Some(n) = tail {
+        query.push(("tail", n.to_string()));
+    }
+    let mut answers = Vec::new();
+    for (job, prefix) in &jobs {
+        let answer = client
+            .get_query(&format!("/api/jobs/{}/logs", segment(job)), &query)
+            .await?;
+        if json_out {
+            answers.push(answer);
+            continue;
+        }
+        let p = prefix
+            .as_ref()
+            .map(|p| format!("[{p}] "))
+            .unwrap_or_default();
+        for line in answer["stdout"].as_array().into_iter().flatten() {
+            term::out(format_args!("{p}{}", line.as_str().unwrap_or_default()))?;
+        }
+        for line in answer["stderr"].as_array().into_iter().flatten() {
+            term::err(format_args!("{p}{}", line.as_str().unwrap_or_default()));
+        }
+    }
+    if json_out {
+        // One job: its answer as before; several: `{"jobs": [...]}`.
+        match answers.len() {
+            1 => output::print_json(&answers[0])?,
+            _ => output::print_json(&json!({ "jobs": answers }))?,
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `runyard man`: runyard.1 to stdout, or every page into `dir`.
+fn man(dir: Option<&std::path::Path>) -> anyhow::Result<u8> {
+    let cmd = Cli::command();
+    match dir {
+        None => {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut buf)?;
+            term::out(String::from_utf8_lossy(&buf).trim_end())?;
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir)
+                .with_context(|| format!("writing manual pages into {}", dir.display()))?;
+        }
+    }
+    Ok(exit::OK)
 }
 
 async fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<u8> {
@@ -331,7 +536,7 @@ async fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<u8> {
         );
     }
     crate::serve::run(settings, listener, shutdown_signal()).await?;
-    Ok(0)
+    Ok(exit::OK)
 }
 
 /// Resolves on SIGTERM or SIGINT.

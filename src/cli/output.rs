@@ -1,10 +1,13 @@
-//! Human-readable tables for the client commands.
+//! Human-readable tables for the client commands, written through [`term::out`] (a
+//! closed stdout stops them quietly) with statuses coloured on a terminal.
 
 use serde_json::Value;
 
+use super::term::{self, Closed};
+
 /// Pretty JSON.
-pub fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+pub fn print_json(v: &Value) -> Result<(), Closed> {
+    term::out(serde_json::to_string_pretty(v).unwrap_or_default())
 }
 
 fn s(v: &Value) -> String {
@@ -15,29 +18,39 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+/// Prints rows under headers; the column named `STATUS` is coloured on a terminal.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> Result<(), Closed> {
+    let colour = term::colour_on_stdout();
+    let status_col = headers.iter().position(|h| *h == "STATUS");
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let line = |cells: Vec<String>, paint: bool| {
         let parts: Vec<String> = cells
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .map(|(i, c)| {
+                if paint && Some(i) == status_col {
+                    term::status(c, widths[i], colour)
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        parts.join("  ").trim_end().to_string()
     };
-    line(headers.iter().map(|h| h.to_string()).collect());
+    term::out(line(headers.iter().map(|h| h.to_string()).collect(), false))?;
     for r in rows {
-        line(r);
+        term::out(line(r, true))?;
     }
+    Ok(())
 }
 
 /// `runyard runs`.
-pub fn runs_table(v: &Value) {
+pub fn runs_table(v: &Value) -> Result<(), Closed> {
     let rows = v["runs"]
         .as_array()
         .into_iter()
@@ -56,19 +69,23 @@ pub fn runs_table(v: &Value) {
     table(
         &["RUN", "PIPELINE", "STATUS", "SHARDS", "BY", "CREATED"],
         rows,
-    );
+    )
 }
 
 /// `runyard show`.
-pub fn run_details(r: &Value) {
-    println!("run       {}", s(&r["runId"]));
-    println!("pipeline  {}", s(&r["pipelineId"]));
-    println!("status    {}", s(&r["status"]));
-    println!("params    {}", r["parameters"]);
-    println!("created   {}", s(&r["createdAt"]));
-    println!("started   {}", s(&r["startedAt"]));
-    println!("finished  {}", s(&r["finishedAt"]));
-    println!();
+pub fn run_details(r: &Value) -> Result<(), Closed> {
+    let colour = term::colour_on_stdout();
+    term::out(format_args!("run       {}", s(&r["runId"])))?;
+    term::out(format_args!("pipeline  {}", s(&r["pipelineId"])))?;
+    term::out(format_args!(
+        "status    {}",
+        term::status(&s(&r["status"]), 0, colour)
+    ))?;
+    term::out(format_args!("params    {}", r["parameters"]))?;
+    term::out(format_args!("created   {}", s(&r["createdAt"])))?;
+    term::out(format_args!("started   {}", s(&r["startedAt"])))?;
+    term::out(format_args!("finished  {}", s(&r["finishedAt"])))?;
+    term::out("")?;
     let rows = r["jobs"]
         .as_array()
         .into_iter()
@@ -94,30 +111,31 @@ pub fn run_details(r: &Value) {
             "JOB", "STATUS", "ATTEMPT", "EXIT", "PROGRESS", "REASON", "ERROR",
         ],
         rows,
-    );
+    )?;
     for d in r["deliveries"].as_array().into_iter().flatten() {
-        println!();
-        println!(
+        term::out("")?;
+        term::out(format_args!(
             "webhook   {} {} ({} attempt(s)) → {}",
             s(&d["id"]),
             s(&d["status"]),
             d["attempts"],
             s(&d["url"])
-        );
+        ))?;
         for a in d["history"].as_array().into_iter().flatten() {
-            println!(
+            term::out(format_args!(
                 "          #{} {} {} {}",
                 a["attempt"],
                 s(&a["startedAt"]),
                 s(&a["statusCode"]),
                 s(&a["error"])
-            );
+            ))?;
         }
     }
+    Ok(())
 }
 
 /// `runyard pipelines`.
-pub fn pipelines_table(v: &Value) {
+pub fn pipelines_table(v: &Value) -> Result<(), Closed> {
     let rows = v["pipelines"]
         .as_array()
         .into_iter()
@@ -168,11 +186,11 @@ pub fn pipelines_table(v: &Value) {
             "COMMAND",
         ],
         rows,
-    );
+    )
 }
 
 /// `runyard workers`.
-pub fn workers_table(v: &Value) {
+pub fn workers_table(v: &Value) -> Result<(), Closed> {
     let rows = v["workers"]
         .as_array()
         .into_iter()
@@ -192,5 +210,5 @@ pub fn workers_table(v: &Value) {
     table(
         &["NODE", "HOST", "PID", "BUSY", "HEARTBEAT", "ADMISSION"],
         rows,
-    );
+    )
 }

@@ -1,78 +1,297 @@
-//! `trigger --wait` / `--follow`: watch a run to its end.
+//! Watching a run to its end: `trigger --wait` / `--follow`, `runyard wait RUN`, and
+//! `runyard logs -f` of a sharded run.
 //!
-//! Draws one progress bar per shard (redrawn in place on a terminal, one line
-//! per change otherwise) and returns the exit code for the run's status:
-//! 0 completed, 1 failed, 130 aborted.
+//! The run is polled (a client may be far from the server; one small GET every 200 ms
+//! is cheaper than holding an event stream per watcher). Each shard gets a progress
+//! bar on stderr (redrawn in place on a terminal, one line per change otherwise);
+//! retries are announced as they happen; with `follow` every started job's output is
+//! printed as it arrives, prefixed by its shard, with `::progress` lines rendered. At
+//! the end comes a summary per shard and, for a failed one, the command that shows
+//! its log. The exit code is the run's status: 0 completed, 1 failed, 130 aborted.
+//!
+//! A server that stops answering after the run was seen (a restart, a crash and its
+//! recovery) is asked again for up to a minute: the run outlives the node's process.
+//!
+//! Ctrl-C (or SIGTERM) stops the *watching*, not the run: the run goes on on the
+//! server, and the message says how to abort it. With `--abort-on-interrupt` (for CI,
+//! where a cancelled job should not leave work running) the run is aborted and
+//! watched until it has stopped; a second interrupt stops at once.
 
-use std::io::{IsTerminal, Write};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::task::JoinSet;
 
-use super::client::Client;
+use super::client::{Client, ClientError, segment};
+use super::exit;
+use super::term;
 
 const POLL: Duration = Duration::from_millis(200);
+/// How long a wait keeps asking a server that went away after it saw the run.
+const RECONNECT_FOR: Duration = Duration::from_secs(60);
+const RECONNECT_POLL: Duration = Duration::from_secs(1);
 
-fn bar(job: &Value) -> String {
-    let pct = job["progress"].as_u64().unwrap_or(0).min(100) as usize;
-    let status = job["status"].as_str().unwrap_or("?");
-    let pct = if status == "completed" { 100 } else { pct };
-    let filled = pct * 24 / 100;
-    let shard = format!("s{}", job["shardIndex"]);
-    let msg = job["progressMessage"].as_str().unwrap_or("");
-    let msg: String = msg.chars().take(40).collect();
-    format!(
-        "{shard:>4} [{}{}] {pct:>3}% {status:<9} {msg}",
-        "#".repeat(filled),
-        "-".repeat(24 - filled)
-    )
+/// How to watch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Watch {
+    /// Print the jobs' output as it arrives (no bars).
+    pub follow: bool,
+    /// Print the final run as JSON on stdout instead of bars and a summary.
+    pub json: bool,
+    /// Abort the run when interrupted, instead of leaving it running.
+    pub abort_on_interrupt: bool,
+    /// Only the jobs' output: no bars, no summary (`logs -f RUN`).
+    pub quiet: bool,
 }
 
-/// Waits for `run_id` to end; with `follow`, prints its jobs' output meanwhile.
-pub async fn wait_for_run(
+/// `1.2s`, `2m03s`, `1h02m`.
+pub fn human_duration(ms: i64) -> String {
+    let ms = ms.max(0);
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{:.1}s", ms as f64 / 1000.0),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn label(job: &Value) -> String {
+    if job["kind"] == "finalize" {
+        "finalize".into()
+    } else {
+        format!("s{}", job["shardIndex"])
+    }
+}
+
+/// A job waiting for its next attempt shows as `retrying`.
+fn shown_status(job: &Value) -> &str {
+    let status = job["status"].as_str().unwrap_or("?");
+    if status == "queued" && job["attempt"].as_u64().unwrap_or(1) > 1 {
+        "retrying"
+    } else {
+        status
+    }
+}
+
+fn bar(job: &Value, width: usize, colour: bool) -> String {
+    let status = shown_status(job);
+    let pct = job["progress"].as_u64().unwrap_or(0).min(100) as usize;
+    let pct = if status == "completed" { 100 } else { pct };
+    let filled = pct * 24 / 100;
+    let msg: String = job["progressMessage"]
+        .as_str()
+        .unwrap_or("")
+        .chars()
+        .take(40)
+        .collect();
+    let attempts = match job["maxAttempts"].as_u64() {
+        Some(max) if max > 1 => format!(" {}/{max}", job["attempt"]),
+        _ => String::new(),
+    };
+    format!(
+        "{:>width$} [{}{}] {pct:>3}% {}{attempts} {msg}",
+        label(job),
+        "#".repeat(filled),
+        "-".repeat(24 - filled),
+        term::status(status, 9, colour),
+    )
+    .trim_end()
+    .to_string()
+}
+
+/// The line announcing a retry, when `job` moved to a later attempt than `seen`.
+fn retry_line(job: &Value, seen: u64) -> Option<String> {
+    let attempt = job["attempt"].as_u64()?;
+    if attempt <= seen {
+        return None;
+    }
+    let why = match (job["reason"].as_str(), job["exitCode"].as_i64()) {
+        (_, Some(code)) => format!("exit {code}"),
+        (Some(reason), None) => reason.to_string(),
+        (None, None) => "failed".to_string(),
+    };
+    Some(format!(
+        "{} attempt {} failed ({why}); retrying: attempt {attempt}/{}",
+        label(job),
+        attempt - 1,
+        job["maxAttempts"]
+    ))
+}
+
+/// Renders a `::progress <n> <message>` line; `None` for an ordinary line.
+pub fn render_progress(line: &str) -> Option<String> {
+    let (pct, msg) = crate::executor::progress::parse(line)?;
+    Some(format!("-> {pct:>3}% {msg}").trim_end().to_string())
+}
+
+/// Prints one job's output stream until the job ends; returns its final status.
+pub async fn follow_job(
     client: &Client,
-    run_id: &str,
-    follow: bool,
-    json_out: bool,
-) -> anyhow::Result<u8> {
-    let tty = std::io::stderr().is_terminal() && !json_out && !follow;
-    let mut followers = Vec::new();
-    let mut followed = std::collections::HashSet::new();
-    let mut drawn_lines = 0usize;
-    let mut last_lines: Vec<String> = Vec::new();
-    let run = loop {
-        let run = client
-            .get(&format!("/api/runs/{}", super::client::segment(run_id)))
-            .await?;
-        let jobs: Vec<Value> = run["jobs"].as_array().cloned().unwrap_or_default();
-        if follow {
-            for job in &jobs {
-                let id = job["id"].as_str().unwrap_or_default().to_string();
-                let started = job["status"] != "queued" || job["attempt"].as_u64().unwrap_or(1) > 1;
-                if started && followed.insert(id.clone()) {
-                    let c = client.clone();
-                    let prefix = (jobs.len() > 1).then(|| format!("s{}", job["shardIndex"]));
-                    followers.push(tokio::spawn(async move {
-                        c.follow_logs(&id, None, prefix.as_deref()).await
-                    }));
+    job: &str,
+    tail: Option<usize>,
+    prefix: Option<&str>,
+) -> Result<String, ClientError> {
+    let mut path = format!("/api/jobs/{}/logs/stream", segment(job));
+    if let Some(n) = tail {
+        path.push_str(&format!("?tail={n}"));
+    }
+    let p = prefix.map(|p| format!("[{p}] ")).unwrap_or_default();
+    let mut status = String::from("failed");
+    client
+        .sse(&path, |msg| match msg.event.as_str() {
+            "log" => {
+                let v: Value = serde_json::from_str(&msg.data).unwrap_or(Value::Null);
+                let line = v["line"].as_str().unwrap_or_default();
+                if v["stream"] == "stderr" {
+                    term::err(format_args!("{p}{line}"));
+                } else {
+                    match render_progress(line) {
+                        Some(shown) => term::out(format_args!("{p}{shown}"))?,
+                        None => term::out(format_args!("{p}{line}"))?,
+                    }
+                }
+                Ok(true)
+            }
+            "end" => {
+                let v: Value = serde_json::from_str(&msg.data).unwrap_or(Value::Null);
+                status = v["status"].as_str().unwrap_or("failed").to_string();
+                Ok(false)
+            }
+            _ => Ok(true),
+        })
+        .await?;
+    Ok(status)
+}
+
+/// SIGINT and SIGTERM, caught from the moment this is built (not from the first
+/// await): an interrupt right after the first bar is drawn is ours, never a kill.
+struct Interrupts(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Interrupts {
+    fn install() -> Interrupts {
+        use tokio::signal::unix::{SignalKind, signal};
+        Interrupts(
+            signal(SignalKind::interrupt())
+                .ok()
+                .zip(signal(SignalKind::terminate()).ok()),
+        )
+    }
+
+    /// The next interrupt (never, if the handlers could not be installed).
+    async fn recv(&mut self) {
+        match &mut self.0 {
+            Some((int, term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
                 }
             }
+            None => std::future::pending().await,
         }
-        if !json_out && !follow {
-            let lines: Vec<String> = jobs.iter().map(bar).collect();
-            if tty {
-                let mut err = std::io::stderr().lock();
+    }
+}
+
+/// Watches `run_id` (a full id or a unique prefix) to its end; returns the exit code.
+pub async fn watch(client: &Client, run_id: &str, how: Watch) -> anyhow::Result<u8> {
+    // Installed before the first request, so an early Ctrl-C is ours, not a kill.
+    let mut interrupts = Interrupts::install();
+    let colour = term::colour_on_stderr();
+    let tty = colour || std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bars = !how.follow && !how.json && !how.quiet;
+    let redraw = bars && tty;
+    let mut followers: JoinSet<Result<String, ClientError>> = JoinSet::new();
+    let mut followed = std::collections::HashSet::new();
+    let mut attempts: HashMap<String, u64> = HashMap::new();
+    let mut drawn_lines = 0usize;
+    let mut last_lines: Vec<String> = Vec::new();
+    let mut aborting = false;
+    let mut run_id = run_id.to_string();
+    let mut lost_since: Option<std::time::Instant> = None;
+    let run = loop {
+        let run = match client.get(&format!("/api/runs/{}", segment(&run_id))).await {
+            Ok(run) => {
+                if lost_since.take().is_some() {
+                    term::err("reached the server again");
+                }
+                run
+            }
+            // The node restarting (a deploy, a crash and recovery) must not end a wait
+            // that already saw the run: the run survives it, so keep asking for a while.
+            Err(e @ ClientError::Unreachable { .. }) if !attempts.is_empty() => {
+                let since = *lost_since.get_or_insert_with(|| {
+                    term::err(format_args!(
+                        "{e}\nretrying for up to {}s",
+                        RECONNECT_FOR.as_secs()
+                    ));
+                    std::time::Instant::now()
+                });
+                if since.elapsed() > RECONNECT_FOR {
+                    return Err(e.into());
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(RECONNECT_POLL) => continue,
+                    _ = interrupts.recv() => return Ok(exit::ABORTED),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // A prefix resolves to the full id on the first answer.
+        if let Some(full) = run["runId"].as_str() {
+            run_id = full.to_string();
+        }
+        let jobs: Vec<Value> = run["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(run["finalizer"].as_object().map(|_| &run["finalizer"]))
+            .cloned()
+            .collect();
+        let mut news = Vec::new();
+        for job in &jobs {
+            let id = job["id"].as_str().unwrap_or_default().to_string();
+            let attempt = job["attempt"].as_u64().unwrap_or(1);
+            let seen = attempts.entry(id.clone()).or_insert(1);
+            if let Some(line) = retry_line(job, *seen) {
+                news.push(line);
+            }
+            *seen = (*seen).max(attempt);
+            let started = job["status"] != "queued" || attempt > 1;
+            if how.follow && started && followed.insert(id.clone()) {
+                let c = client.clone();
+                let prefix = (jobs.len() > 1 || job["kind"] == "finalize").then(|| label(job));
+                followers.spawn(async move { follow_job(&c, &id, None, prefix.as_deref()).await });
+            }
+        }
+        while let Some(done) = followers.try_join_next() {
+            if let Ok(Err(ClientError::Closed(closed))) = done {
+                return Err(closed.into());
+            }
+        }
+        if !how.json && !how.quiet {
+            let lines: Vec<String> = if bars {
+                let width = jobs.iter().map(|j| label(j).len()).max().unwrap_or(2);
+                jobs.iter().map(|j| bar(j, width, colour)).collect()
+            } else {
+                Vec::new()
+            };
+            if redraw {
+                let mut frame = String::new();
                 if drawn_lines > 0 {
-                    let _ = write!(err, "\x1b[{drawn_lines}A");
+                    frame.push_str(&format!("\x1b[{drawn_lines}A"));
                 }
-                for l in &lines {
-                    let _ = writeln!(err, "\x1b[2K{l}");
+                for l in news.iter().chain(&lines) {
+                    frame.push_str(&format!("\x1b[2K{l}\n"));
                 }
+                term::err_raw(&frame);
                 drawn_lines = lines.len();
             } else {
+                for l in &news {
+                    term::err(l);
+                }
                 for (i, l) in lines.iter().enumerate() {
                     if last_lines.get(i) != Some(l) {
-                        eprintln!("{l}");
+                        term::err(l);
                     }
                 }
             }
@@ -81,20 +300,160 @@ pub async fn wait_for_run(
         if run["finishedAt"].is_string() {
             break run;
         }
-        tokio::time::sleep(POLL).await;
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = interrupts.recv() => {
+                if aborting || !how.abort_on_interrupt {
+                    if !aborting {
+                        term::err(format_args!(
+                            "\nstopped waiting; run {run_id} goes on on the server.\n\
+                             abort it with: runyard abort {run_id}"
+                        ));
+                    }
+                    return Ok(exit::ABORTED);
+                }
+                term::err(format_args!("\ninterrupted: aborting run {run_id} (interrupt again to stop waiting)"));
+                aborting = true;
+                match client.post(&format!("/api/runs/{}/abort", segment(&run_id)), &serde_json::json!({})).await {
+                    Ok(_) => {}
+                    // Finished meanwhile: the next poll shows how.
+                    Err(ClientError::Refused { status: 409, .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
     };
-    for f in followers {
-        let _ = f.await;
+    while let Some(done) = followers.join_next().await {
+        if let Ok(Err(ClientError::Closed(closed))) = done {
+            return Err(closed.into());
+        }
     }
     let status = run["status"].as_str().unwrap_or("failed").to_string();
-    if json_out {
-        super::output::print_json(&run);
-    } else {
-        eprintln!("run {run_id} {status}");
+    if how.json {
+        term::out(serde_json::to_string_pretty(&run).unwrap_or_default())?;
+    } else if !how.quiet {
+        summary(&run, colour);
     }
-    Ok(match status.as_str() {
-        "completed" => 0,
-        "aborted" => 130,
-        _ => 1,
-    })
+    Ok(exit::of_status(&status))
+}
+
+/// The per-shard summary at the end of a wait, on stderr.
+fn summary(run: &Value, colour: bool) {
+    let run_id = run["runId"].as_str().unwrap_or_default();
+    let jobs: Vec<&Value> = run["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(run["finalizer"].as_object().map(|_| &run["finalizer"]))
+        .collect();
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    for j in &jobs {
+        let status = j["status"].as_str().unwrap_or("?");
+        if status == "failed" {
+            failed.push(j["id"].as_str().unwrap_or_default().to_string());
+        }
+        rows.push([
+            label(j),
+            status.to_string(),
+            j["exitCode"]
+                .as_i64()
+                .map_or("-".to_string(), |c| c.to_string()),
+            j["durationMs"]
+                .as_i64()
+                .map_or("-".to_string(), human_duration),
+            format!("{}/{}", j["attempt"], j["maxAttempts"]),
+            // A completed job's reason is always `exit_code`: only failures need one.
+            match status {
+                "completed" => "-".to_string(),
+                _ => j["reason"].as_str().unwrap_or("-").to_string(),
+            },
+        ]);
+    }
+    let headers = ["SHARD", "STATUS", "EXIT", "DURATION", "ATTEMPTS", "REASON"];
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 1 {
+                    term::status(c, widths[i], colour)
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    term::err("");
+    term::err(line(&headers.map(String::from)));
+    for r in &rows {
+        term::err(line(r));
+    }
+    let status = run["status"].as_str().unwrap_or("?");
+    let took = match (run["createdAt"].as_str(), run["finishedAt"].as_str()) {
+        (Some(a), Some(b)) => match (
+            crate::clock::parse_rfc3339(a),
+            crate::clock::parse_rfc3339(b),
+        ) {
+            (Some(a), Some(b)) => format!(" in {}", human_duration(b - a)),
+            _ => String::new(),
+        },
+        _ => String::new(),
+    };
+    term::err(format_args!(
+        "run {} {}{took}",
+        term::bold(run_id, colour),
+        term::status(status, 0, colour)
+    ));
+    for id in failed {
+        term::err(format_args!("see its log: runyard logs {id}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn durations_read_like_a_person_wrote_them() {
+        assert_eq!(human_duration(1234), "1.2s");
+        assert_eq!(human_duration(123_000), "2m03s");
+        assert_eq!(human_duration(3_720_000), "1h02m");
+    }
+
+    #[test]
+    fn progress_lines_are_rendered_and_others_are_not() {
+        assert_eq!(
+            render_progress("::progress 50 half way").as_deref(),
+            Some("->  50% half way")
+        );
+        assert_eq!(render_progress("::progress 101 no"), None);
+        assert_eq!(render_progress("plain"), None);
+    }
+
+    #[test]
+    fn retries_are_announced_once_per_attempt() {
+        let job = json!({"kind": "shard", "shardIndex": 1, "attempt": 2, "maxAttempts": 3,
+            "status": "queued", "exitCode": 3});
+        assert_eq!(
+            retry_line(&job, 1).as_deref(),
+            Some("s1 attempt 1 failed (exit 3); retrying: attempt 2/3")
+        );
+        assert_eq!(retry_line(&job, 2), None);
+        assert!(
+            bar(&job, 2, false).contains("retrying  2/3"),
+            "{}",
+            bar(&job, 2, false)
+        );
+    }
 }

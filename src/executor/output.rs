@@ -169,6 +169,25 @@ impl Collector {
         batch
     }
 
+    /// Returns lines a failed flush took, in front of any taken since, so the next flush
+    /// writes them in their original order. They were counted against the cap already.
+    pub fn put_back(&self, batch: Batch) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        for (taken, s) in [(batch.stdout, &mut st.out), (batch.stderr, &mut st.err)] {
+            if taken.is_empty() {
+                continue;
+            }
+            s.pending_bytes += taken.iter().map(|l| l.len() + 1).sum::<usize>();
+            let newer = std::mem::replace(&mut s.pending, taken);
+            s.pending.extend(newer);
+        }
+        st.oldest = match (batch.oldest, st.oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
     /// Takes the latest progress report since the last call.
     pub fn take_progress(&self) -> Option<(u8, String)> {
         self.lock().progress.take()

@@ -39,6 +39,33 @@ impl fmt::Display for RunId {
     }
 }
 
+/// Fewest characters of a short run id: what the dashboard and CLI show.
+pub const MIN_SHORT_ID: usize = 8;
+
+/// A short run id (at least [`MIN_SHORT_ID`] hex digits of a run id's start, with or
+/// without its hyphens, any case) in the canonical lowercase hyphenated spelling, to be
+/// matched as a prefix; `None` for anything else.
+pub fn short_run_id(s: &str) -> Option<String> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    if hex.len() < MIN_SHORT_ID || hex.len() > 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = String::with_capacity(36);
+    for (i, c) in hex.chars().enumerate() {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            out.push('-');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    // Hyphens, where written, must sit where a run id has them.
+    let written: String = s.to_ascii_lowercase();
+    let canonical_prefix = out.get(..written.len().min(out.len()));
+    if s.contains('-') && canonical_prefix.is_some_and(|p| !written.starts_with(p)) {
+        return None;
+    }
+    Some(out)
+}
+
 /// Why a string is not a valid run or job id.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum JobIdError {
@@ -162,6 +189,29 @@ mod tests {
             "0190c0de-0000-7000-8000-000000000000:s",
         ] {
             assert!(parse_job_id(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn short_run_ids_are_canonical_prefixes() {
+        let run = RunId::new().to_string();
+        assert_eq!(short_run_id(&run[..8]).as_deref(), Some(&run[..8]));
+        assert_eq!(short_run_id(&run[..13]).as_deref(), Some(&run[..13]));
+        assert_eq!(
+            short_run_id(&run.to_uppercase()[..13]).as_deref(),
+            Some(&run[..13])
+        );
+        let bare: String = run.chars().filter(|c| *c != '-').collect();
+        assert_eq!(short_run_id(&bare[..12]).as_deref(), Some(&run[..13]));
+        for bad in [
+            "",
+            "0190abc",
+            "0190abcz",
+            "0190-abcd",
+            "../../etc",
+            "0190abcd:",
+        ] {
+            assert_eq!(short_run_id(bad), None, "{bad:?}");
         }
     }
 

@@ -9,7 +9,7 @@ mod status;
 
 pub use event::EventName;
 pub use id::{
-    JobIdError, JobKind, JobPart, RunId, canonical_job_id, finalize_job_id, job_id_for,
-    parse_job_id,
+    JobIdError, JobKind, JobPart, MIN_SHORT_ID, RunId, canonical_job_id, finalize_job_id,
+    job_id_for, parse_job_id, short_run_id,
 };
 pub use status::{JobStatus, Reason, RunStatus, StatusParseError};

@@ -202,7 +202,7 @@ async fn execute(
     };
     let spawned = std::time::Instant::now();
     let ((exit, unrecorded), ()) = tokio::join!(run, flusher);
-    inner.metrics.job_duration.observe(spawned.elapsed());
+    inner.metrics.job_duration(&job.pipeline, spawned.elapsed());
 
     let totals = collector.finish();
     flush_output(inner, job, &collector, handle).await;
@@ -324,10 +324,15 @@ async fn finish(
         start,
         result,
     };
-    // A terminal write that fails (store briefly unavailable) is retried; if it never lands the
-    // job stays `running` under this node and is resolved by the rescuer like any orphan.
+    // A terminal write that fails (store unavailable) is retried until it lands, at least once
+    // a second, so the job's end is recorded within a second of the store coming back and its
+    // slot stays taken meanwhile (caps fail closed). Only a node that is shutting down gives
+    // up (after 8 tries): its job then stays `running` under a node that is about to vanish,
+    // and is resolved by the rescuer like any orphan.
     let mut delay = Duration::from_millis(100);
-    for attempt in 1..=8 {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
         match inner
             .store
             .job_finish(JobFinishParams {
@@ -341,18 +346,25 @@ async fn finish(
                     tracing::info!(job = %job.id, "finish not applied: the claim is no longer ours");
                 }
                 if let Some(status) = out.status {
-                    inner.metrics.job_ended(ending_of(status, &params.outcome));
+                    inner
+                        .metrics
+                        .job_ended(&job.pipeline, ending_of(status, &params.outcome));
                 }
                 return out.next;
             }
             Err(e) => {
-                tracing::warn!(job = %job.id, attempt, "cannot record the job's end: {e}");
+                if attempt <= 3 || attempt.is_multiple_of(30) {
+                    tracing::warn!(job = %job.id, attempt, "cannot record the job's end (retrying): {e}");
+                }
+                if inner.stop_claiming.is_cancelled() && attempt >= 8 {
+                    tracing::warn!(job = %job.id, "giving up on recording the job's end: shutting down");
+                    return Vec::new();
+                }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = (delay * 2).min(Duration::from_secs(1));
             }
         }
     }
-    Vec::new()
 }
 
 async fn flush_loop(
@@ -388,9 +400,11 @@ async fn flush_output(inner: &Inner, job: &ClaimedJob, collector: &Collector, ha
     let params = OutputAppendParams {
         job_id: job.id.clone(),
         claim_seq: job.claim_seq,
-        stdout: batch.stdout,
-        stderr: batch.stderr,
+        stdout: batch.stdout.clone(),
+        stderr: batch.stderr.clone(),
+        now: inner.store.clock_ms(),
     };
+    let retry = batch;
     match inner.store.job_output_append(params).await {
         Ok(true) => {
             if let Some(t) = oldest {
@@ -398,7 +412,11 @@ async fn flush_output(inner: &Inner, job: &ClaimedJob, collector: &Collector, ha
             }
         }
         Ok(false) => handle.cancel(CancelCause::Lost),
-        Err(e) => tracing::warn!(job = %job.id, "output flush failed (lines dropped): {e}"),
+        // Kept for the next flush (bounded by the per-stream cap): an outage loses no line.
+        Err(e) => {
+            tracing::warn!(job = %job.id, "output flush failed (kept for the next one): {e}");
+            collector.put_back(retry);
+        }
     }
 }
 

@@ -389,6 +389,11 @@ impl Scheduler {
         &self.inner.metrics
     }
 
+    /// This node's bus and whether it is connected.
+    pub fn bus_status(&self) -> crate::bus::BusStatus {
+        self.inner.bus.status()
+    }
+
     /// This node's slots and how many are busy.
     pub fn slots(&self) -> (usize, usize) {
         let total = self.inner.settings.server.max_workers;

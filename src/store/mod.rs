@@ -228,6 +228,8 @@ pub struct OutputAppendParams {
     pub stdout: Vec<String>,
     /// New stderr lines.
     pub stderr: Vec<String>,
+    /// The flush's time (epoch ms), stored with the chunk: every line of it shows this time.
+    pub now: i64,
 }
 
 /// `job_progress` input.
@@ -488,17 +490,62 @@ pub struct RunView {
     pub finalizer: Option<JobView>,
 }
 
-/// `runs_list` filter.
+/// `runs_list` filter. Every field that is set must hold (AND).
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
     /// Only this pipeline.
     pub pipeline: Option<String>,
     /// Only this status.
     pub status: Option<RunStatus>,
+    /// Only runs whose id starts with this (lowercase hex digits and hyphens, as stored);
+    /// without a hyphen and with 4–12 digits it also matches the id's last digits (the
+    /// short form the dashboard shows).
+    pub run_id: Option<String>,
+    /// Only runs with this parameter (and, when given, this exact value).
+    pub param: Option<ParamFilter>,
+    /// Only runs triggered by this actor (token label), exactly.
+    pub actor: Option<String>,
     /// Page size.
     pub limit: u32,
     /// Page offset.
     pub offset: u32,
+}
+
+/// `RunFilter::param`: a parameter name and optionally its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamFilter {
+    /// Parameter name.
+    pub name: String,
+    /// Its exact value; `None` = any value.
+    pub value: Option<String>,
+}
+
+/// `pipeline_stats` input: runs that finished in `[since, until)`, in buckets of `bucket_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineStatsParams {
+    /// Window start (epoch ms).
+    pub since: i64,
+    /// Window end (epoch ms, exclusive).
+    pub until: i64,
+    /// Bucket width (ms); bucket `i` covers `[since + i·bucket_ms, since + (i+1)·bucket_ms)`.
+    pub bucket_ms: i64,
+}
+
+/// `pipeline_stats` result row: the runs of one pipeline that ended with one status in one bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineStatsRow {
+    /// Pipeline.
+    pub pipeline: String,
+    /// Bucket index (0-based from `since`).
+    pub bucket: u32,
+    /// Terminal run status.
+    pub status: String,
+    /// Runs.
+    pub runs: u64,
+    /// Sum of their durations (started → finished; 0 for runs that never started), ms.
+    pub duration_sum_ms: i64,
+    /// Longest of them, ms.
+    pub duration_max_ms: i64,
 }
 
 /// Stored output of a job.
@@ -531,6 +578,11 @@ pub struct LogLine {
     pub stream: Stream,
     /// Text.
     pub line: String,
+    /// The execution (claim) that wrote it: lines of one attempt share it.
+    pub claim_seq: i64,
+    /// When its chunk was committed (epoch ms of the flush); `None` for output stored
+    /// before the store recorded it.
+    pub time: Option<i64>,
 }
 
 /// One stored event.
@@ -723,6 +775,9 @@ pub trait Store: Send + Sync {
 
     /// One run with its jobs.
     async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunView>>;
+    /// Ids of runs that start with `prefix` (a short id), in id order, at most `limit`:
+    /// a range scan of the primary key, so asking for 2 tells unique from ambiguous.
+    async fn run_ids_by_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>>;
     /// Runs, newest first, with their jobs.
     async fn runs_list(&self, f: RunFilter) -> StoreResult<Vec<RunView>>;
     /// One job.
@@ -747,6 +802,11 @@ pub trait Store: Send + Sync {
     /// reader can see now. Ids increase but may have gaps (PostgreSQL), so readers resume
     /// by cursor and never count ids.
     async fn events_bounds(&self) -> StoreResult<(i64, i64)>;
+    /// One run's events in id order, without `job:progress`, at most `limit` (the oldest).
+    async fn run_events(&self, run_id: &str, limit: usize) -> StoreResult<Vec<StoredEvent>>;
+    /// Runs that finished in the window, counted per pipeline, bucket and status, with
+    /// their durations (the dashboard's throughput, failure and duration charts).
+    async fn pipeline_stats(&self, p: PipelineStatsParams) -> StoreResult<Vec<PipelineStatsRow>>;
     /// Queued and running counts per pipeline.
     async fn pipeline_counts(&self) -> StoreResult<HashMap<String, PipelineCounts>>;
     /// Deletes up to `batch` finished runs older than `before` with their jobs and output,

@@ -70,7 +70,7 @@ pub fn finalizer_created(run_id: &str, job_id: &str, pipeline: &str, shard_index
     )
 }
 
-/// An execution's process was spawned.
+/// An execution's process was spawned (`claimSeq` tells executions of one job apart).
 pub fn job_started(
     run_id: &str,
     job_id: &str,
@@ -78,12 +78,13 @@ pub fn job_started(
     shard_index: u32,
     attempt: u32,
     pid: u32,
+    claim_seq: i64,
 ) -> NewEvent {
     NewEvent::new(
         EventName::JobStarted,
         run_id,
         json!({"jobId": job_id, "pipelineId": pipeline, "status": "running", "shardIndex": shard_index,
-               "attempt": attempt, "pid": pid}),
+               "attempt": attempt, "pid": pid, "claimSeq": claim_seq}),
     )
 }
 
@@ -120,7 +121,7 @@ pub fn job_ended(
     let mut data = json!({
         "jobId": job_id, "pipelineId": row.pipeline, "status": t.status.as_str(),
         "shardIndex": row.shard_index, "attempt": row.attempt, "exitCode": exit_code,
-        "reason": t.reason.map(|r| r.as_str()),
+        "reason": t.reason.map(|r| r.as_str()), "claimSeq": row.claim_seq,
     });
     if row.kind == JobKind::Finalize {
         data["kind"] = json!(row.kind.as_str());

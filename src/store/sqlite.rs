@@ -41,6 +41,7 @@ use crate::model::JobKind;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite_0001_init.sql"),
     include_str!("migrations/sqlite_0002_completion.sql"),
+    include_str!("migrations/sqlite_0003_dashboard.sql"),
 ];
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BATCH: usize = 512;
@@ -676,7 +677,15 @@ fn start_in_tx(conn: &Connection, p: &JobStartParams) -> StoreResult<Option<bool
     .execute(params![run_id, p.now])?;
     emit(
         conn,
-        payload::job_started(&run_id, &p.job_id, &pipeline, shard_index, attempt, p.pid),
+        payload::job_started(
+            &run_id,
+            &p.job_id,
+            &pipeline,
+            shard_index,
+            attempt,
+            p.pid,
+            p.claim_seq,
+        ),
         p.now,
     )?;
     Ok(Some(abort_requested))
@@ -1012,13 +1021,13 @@ impl Store for SqliteStore {
                 .optional()?
                 .unwrap_or(0);
             let mut insert = conn.prepare_cached(
-                "INSERT INTO output (job_id, claim_seq, stream, first_line, line_count, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO output (job_id, claim_seq, stream, first_line, line_count, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for (stream, lines) in [(STDOUT, &p.stdout), (STDERR, &p.stderr)] {
                 if lines.is_empty() {
                     continue;
                 }
-                insert.execute(params![p.job_id, p.claim_seq, stream, next, lines.len() as i64, lines.join("\n")])?;
+                insert.execute(params![p.job_id, p.claim_seq, stream, next, lines.len() as i64, lines.join("\n"), p.now])?;
                 next += lines.len() as i64;
             }
             Ok((true, change::OUTPUT))
@@ -1195,6 +1204,21 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn run_ids_by_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>> {
+        // [prefix, prefix || U+10FFFF): every id with the prefix, on the primary key.
+        let low = prefix.to_string();
+        let high = format!("{prefix}\u{10FFFF}");
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT id FROM runs WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3",
+                )?
+                .query_map(params![low, high, limit as i64], |r| r.get(0))?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunView>> {
         let run_id = run_id.to_string();
         self.read(move |conn| {
@@ -1215,18 +1239,63 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             // One statement per filter shape, so each can use its index (`runs_pipeline`
             // for a pipeline, the primary key otherwise) with a plan fixed at prepare time.
+            // Unused parameters are bound as NULL and tested with `IS NULL`.
             let status = f.status.map(|s| s.as_str());
-            let filter = match (&f.pipeline, status) {
-                (None, None) => "?1 IS NULL AND ?2 IS NULL",
-                (Some(_), None) => "pipeline = ?1 AND ?2 IS NULL",
-                (None, Some(_)) => "?1 IS NULL AND status = ?2",
-                (Some(_), Some(_)) => "pipeline = ?1 AND status = ?2",
+            let mut filter = vec![match f.pipeline {
+                Some(_) => "pipeline = ?1",
+                None => "?1 IS NULL",
+            }];
+            filter.push(match status {
+                Some(_) => "status = ?2",
+                None => "?2 IS NULL",
+            });
+            // A run id prefix is a range of the primary key (ids are lowercase hex and
+            // hyphens, all below '~'); a short form also matches the id's last digits.
+            let suffix = f
+                .run_id
+                .as_deref()
+                .filter(|r| (4..=12).contains(&r.len()) && !r.contains('-'));
+            filter.push(match (&f.run_id, suffix) {
+                (None, _) => "?5 IS NULL AND ?6 IS NULL",
+                (Some(_), None) => "id >= ?5 AND id < ?5 || '~' AND ?6 IS NULL",
+                (Some(_), Some(_)) => "((id >= ?5 AND id < ?5 || '~') OR id LIKE '%' || ?6)",
+            });
+            let (param_name, param_value) = match &f.param {
+                Some(p) => (Some(p.name.as_str()), p.value.as_deref()),
+                None => (None, None),
             };
+            filter.push(match (param_name, param_value) {
+                (None, _) => "?7 IS NULL AND ?8 IS NULL",
+                (Some(_), None) => {
+                    "EXISTS (SELECT 1 FROM json_each(runs.params) WHERE key = ?7) AND ?8 IS NULL"
+                }
+                (Some(_), Some(_)) => {
+                    "EXISTS (SELECT 1 FROM json_each(runs.params) WHERE key = ?7 AND value = ?8)"
+                }
+            });
+            filter.push(match f.actor {
+                Some(_) => "actor = ?9",
+                None => "?9 IS NULL",
+            });
+            let filter = filter.join(" AND ");
             let mut runs: Vec<RunView> = conn
                 .prepare_cached(&format!(
                     "SELECT {RUN_COLS} FROM runs WHERE {filter} ORDER BY id DESC LIMIT ?3 OFFSET ?4"
                 ))?
-                .query_map(params![f.pipeline, status, f.limit, f.offset], run_view)?
+                .query_map(
+                    params![
+                        f.pipeline,
+                        status,
+                        f.limit,
+                        f.offset,
+                        f.run_id,
+                        suffix,
+                        param_name,
+                        param_value,
+                        f.actor
+                    ],
+                    run_view,
+                )?
                 .collect::<Result<_, _>>()?;
             attach_jobs(conn, &mut runs)?;
             Ok(runs)
@@ -1273,7 +1342,7 @@ impl Store for SqliteStore {
         let job_id = job_id.to_string();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT first_line, stream, data FROM output
+                "SELECT first_line, stream, data, claim_seq, created_at FROM output
                  WHERE job_id = ?1 AND first_line >= (SELECT COALESCE(MAX(first_line), 0) FROM output WHERE job_id = ?1 AND first_line <= ?2)
                  ORDER BY first_line",
             )?;
@@ -1282,10 +1351,12 @@ impl Store for SqliteStore {
             while let Some(r) = rows.next()? {
                 let first: i64 = r.get(0)?;
                 let stream = stream_of(r.get(1)?);
+                let claim_seq: i64 = r.get(3)?;
+                let time: Option<i64> = r.get(4)?;
                 for (i, line) in r.get_ref(2)?.as_str()?.split('\n').enumerate() {
                     let seq = first + i as i64;
                     if seq > after {
-                        out.push(LogLine { seq, stream, line: line.to_string() });
+                        out.push(LogLine { seq, stream, line: line.to_string(), claim_seq, time });
                     }
                 }
                 if out.len() >= limit {
@@ -1340,6 +1411,53 @@ impl Store for SqliteStore {
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?)
+        })
+        .await
+    }
+
+    async fn run_events(&self, run_id: &str, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+        let run_id = run_id.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT id, name, data FROM events INDEXED BY events_run
+                     WHERE run_id = ?1 AND name <> 'job:progress' ORDER BY id LIMIT ?2",
+                )?
+                .query_map(params![run_id, limit as i64], |r| {
+                    Ok(StoredEvent {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        data: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn pipeline_stats(&self, p: PipelineStatsParams) -> StoreResult<Vec<PipelineStatsRow>> {
+        self.read(move |conn| {
+            // Through `runs_finished` (a range of finished_at), then grouped in memory by SQLite.
+            Ok(conn
+                .prepare_cached(
+                    "SELECT pipeline, (finished_at - ?1) / ?3 AS bucket, status, COUNT(*),
+                            SUM(finished_at - COALESCE(started_at, finished_at)),
+                            MAX(finished_at - COALESCE(started_at, finished_at))
+                     FROM runs INDEXED BY runs_finished
+                     WHERE finished_at IS NOT NULL AND finished_at >= ?1 AND finished_at < ?2
+                     GROUP BY pipeline, bucket, status ORDER BY pipeline, bucket, status",
+                )?
+                .query_map(params![p.since, p.until, p.bucket_ms.max(1)], |r| {
+                    Ok(PipelineStatsRow {
+                        pipeline: r.get(0)?,
+                        bucket: r.get(1)?,
+                        status: r.get(2)?,
+                        runs: r.get::<_, i64>(3)? as u64,
+                        duration_sum_ms: r.get::<_, i64>(4)?.max(0),
+                        duration_max_ms: r.get::<_, i64>(5)?.max(0),
+                    })
+                })?
+                .collect::<Result<_, _>>()?)
         })
         .await
     }

@@ -214,6 +214,397 @@ async function authPhase(browser) {
       assert(runs.runs[0].actor === 'oncall' && runs.runs[0].triggeredBy === 'dashboard', `actor and source recorded: ${JSON.stringify(runs.runs[0])}`);
       await page.locator('#conn.conn-on').waitFor();
     });
+    await step('search runs by actor', async () => {
+      const rows = () => page.locator('#runs-body tr').count();
+      await page.getByLabel('Search runs').fill('actor:oncall');
+      await page.getByLabel('Search runs').press('Enter');
+      await page.getByRole('status', { name: 'Search' }).filter({ hasText: 'actor oncall' }).waitFor();
+      await until('the run by oncall', async () => (await rows()) === 1, 10000);
+      await page.getByLabel('Search runs').fill('actor:someone-else');
+      await page.getByLabel('Search runs').press('Enter');
+      await until('no run by someone else', async () => (await rows()) === 0 && !(await page.locator('#runs-empty').isHidden()), 10000);
+      assert(decodeURIComponent(new URL(page.url()).hash) === '#/?q=actor:someone-else', `the search is in the URL: ${page.url()}`);
+    });
+    assert(problems.length === 0, `no page errors:\n${problems.join('\n')}`);
+  } finally {
+    await context.close().catch(() => {});
+    await server.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// ───────────────────────── the operator's tools ─────────────────────────
+
+/** A test-only pipeline that reaches 40 %, writes to stderr and fails, twice (one retry). */
+const OPERATOR_CONFIG = `
+[pipelines.failing]
+command = ["sh", "-c", "echo 'about to fail'; echo '::progress 40 working'; sleep 0.3; echo 'boom' >&2; exit 3"]
+max_attempts = 2
+retry_backoff = "100ms"
+`;
+
+const ZONE = 'Asia/Kolkata'; // UTC+05:30 all year: the expected local times are exact
+const ZONE_MS = 5.5 * 3600 * 1000;
+const pad = (n, w = 2) => String(n).padStart(w, '0');
+/** What the page shows for an instant in ZONE: `YYYY-MM-DD HH:MM:SS UTC+05:30`. */
+function zoneStamp(iso) {
+  const d = new Date(Date.parse(iso) + ZONE_MS);
+  return `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())} UTC+05:30`;
+}
+/** A log line's time as shown in ZONE: `HH:MM:SS.mmm`. */
+function zoneLineTime(iso) {
+  const d = new Date(Date.parse(iso) + ZONE_MS);
+  return `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())}.${pad(d.getUTCMilliseconds(), 3)}`;
+}
+const short = (id) => id.replace(/-/g, '').slice(-8);
+const hashOf = (page) => new URL(page.url()).hash;
+
+async function operatorPhase(browser) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'runyard-browser-ops-'));
+  const server = await step('start a server for the operator tools', () => startServer(dir, OPERATOR_CONFIG));
+  const { base } = server;
+  const context = await browser.newContext({ viewport: { width: 1440, height: 900 }, timezoneId: ZONE, acceptDownloads: true });
+  const page = await context.newPage();
+  page.setDefaultTimeout(30000);
+  const problems = [];
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) problems.push(`console error: ${m.text()}`); });
+  const ids = {};
+  try {
+    await step('runs that fail, retry, write results and take parameters', async () => {
+      await page.goto(`${base}/`);
+      await page.getByRole('article', { name: 'Pipeline failing' }).waitFor();
+      const zone = await page.getByLabel('Time zone').textContent();
+      // (Chromium's ICU names Asia/Kolkata by its older alias.)
+      assert(/^Asia\/(Kolkata|Calcutta) \(UTC\+05:30\)$/.test(zone), `the zone every time is shown in: ${zone}`);
+      for (const [key, pipeline, body] of [
+        ['failing', 'failing', {}],
+        ['flaky', 'flaky', {}],
+        ['report', 'report', {}],
+        ['ada', 'hello', { parameters: { name: 'Ada' } }],
+        ['grace', 'hello', { parameters: { name: 'Grace' } }],
+      ]) {
+        const r = await apiJson(base, `/api/pipelines/${pipeline}/trigger`, { method: 'POST', body });
+        assert(r.status === 202, `trigger ${pipeline}: ${r.status}`);
+        ids[key] = r.body.runId;
+      }
+      await until('every run to end', async () => {
+        for (const id of Object.values(ids)) {
+          const r = await apiJson(base, `/api/runs/${id}`);
+          if (!['completed', 'failed', 'aborted'].includes(r.body.status)) return false;
+        }
+        return true;
+      }, 60000);
+      const status = async (k) => (await apiJson(base, `/api/runs/${ids[k]}`)).body.status;
+      assert(await status('failing') === 'failed' && await status('flaky') === 'completed' && await status('report') === 'completed', 'the runs ended as designed');
+    });
+
+    await step('a failed shard is drawn full-width in red; badges are coloured by outcome', async () => {
+      const bar = page.locator(`#runs-body tr[data-run-id="${ids.failing}"] [role=progressbar]`);
+      await until('the failed bar', async () => (await bar.getAttribute('data-status')) === 'failed', 15000);
+      const look = await bar.evaluate((b) => {
+        const fill = b.firstElementChild;
+        const pillFailed = b.closest('tr').querySelector('.pill');
+        return {
+          value: b.getAttribute('aria-valuenow'),
+          barWidth: b.getBoundingClientRect().width,
+          fillWidth: fill.getBoundingClientRect().width,
+          fill: getComputedStyle(fill).backgroundColor,
+          red: getComputedStyle(pillFailed).color,
+        };
+      });
+      assert(look.value === '40', `the bar keeps the progress reached (40), got ${look.value}`);
+      assert(Math.abs(look.fillWidth - look.barWidth) < 1.5, `full width: ${look.fillWidth} of ${look.barWidth}`);
+      assert(look.fill === look.red, `in the failed colour: ${look.fill} vs ${look.red}`);
+      const pills = await page.locator('#runs-body .pill').evaluateAll((ps) => Object.fromEntries(ps.map((p) => [p.textContent, getComputedStyle(p).backgroundColor])));
+      assert(pills.completed && pills.failed && pills.completed !== pills.failed, `completed and failed badges differ: ${JSON.stringify(pills)}`);
+    });
+
+    await step('per-pipeline totals and charts match /api/stats', async () => {
+      const failed = page.getByRole('article', { name: 'Pipeline failing' }).locator('dd[data-k="failed"]');
+      await until('the failing pipeline counts one failed run', async () => (await failed.textContent()).startsWith('1'), 20000);
+      const stats = (await apiJson(base, '/api/stats?window=24h')).body;
+      for (const name of ['failing', 'flaky', 'report', 'hello']) {
+        const want = stats.pipelines.find((p) => p.pipelineId === name);
+        const card = page.getByRole('article', { name: `Pipeline ${name}` });
+        await until(`${name} totals`, async () => (await card.locator('dd[data-k="completed"]').textContent()) === String(want.completed), 20000);
+        const buckets = await card.locator('svg.chart g.bucket').evaluateAll((gs) => gs.map((g) => [g.dataset.start, Number(g.dataset.completed), Number(g.dataset.failed), Number(g.dataset.aborted)]));
+        assert(buckets.length === 24, `${name}: 24 hourly buckets (got ${buckets.length})`);
+        assert(JSON.stringify(buckets) === JSON.stringify(want.buckets.map((b) => [b.start, b.completed, b.failed, b.aborted])), `${name}: chart buckets are the API's`);
+        const rects = await card.locator('svg.chart rect.c-ok, svg.chart rect.c-bad').count();
+        assert(rects >= 1, `${name}: bars drawn`);
+      }
+      const flakyMean = await page.getByRole('article', { name: 'Pipeline flaky' }).locator('dd[data-k="mean"]').textContent();
+      assert(/s$/.test(flakyMean), `mean duration shown: ${flakyMean}`);
+      assert(await page.getByRole('article', { name: 'Pipeline hello' }).locator('svg.chart polyline.c-dur, svg.chart circle.c-dur-dot').count() === 1, 'a duration line');
+      await page.getByLabel('Chart window').selectOption('1h');
+      await until('12 buckets of 5 min', async () => (await page.getByRole('article', { name: 'Pipeline hello' }).locator('svg.chart g.bucket').count()) === 12, 10000);
+      const tip = await page.getByRole('article', { name: 'Pipeline failing' }).locator('svg.chart g.bucket[data-failed="1"] title').textContent();
+      assert(/1 failed/.test(tip), `a bucket's tooltip: ${tip}`);
+      await page.getByRole('article', { name: 'Pipeline report' }).screenshot({ path: path.join(shots, 'pipeline-chart.png') });
+    });
+
+    const rowIds = () => page.locator('#runs-body tr').evaluateAll((r) => r.map((x) => x.dataset.runId));
+    const search = async (text) => {
+      await page.getByLabel('Search runs').fill(text);
+      await page.getByLabel('Search runs').press('Enter');
+    };
+    await step('search by parameter, short id, id prefix; bad terms say why', async () => {
+      await search('name=Ada');
+      await until('only the Ada run', async () => JSON.stringify(await rowIds()) === JSON.stringify([ids.ada]), 10000);
+      assert(decodeURIComponent(hashOf(page)) === '#/?q=name=Ada', `the search is in the URL: ${hashOf(page)}`);
+      await search(short(ids.failing));
+      await until('only the failing run (short id)', async () => JSON.stringify(await rowIds()) === JSON.stringify([ids.failing]), 10000);
+      await search(ids.flaky.slice(0, 30));
+      await until('only the flaky run (id prefix)', async () => JSON.stringify(await rowIds()) === JSON.stringify([ids.flaky]), 10000);
+      await search('param:name');
+      await until('both hello runs (by parameter name)', async () => JSON.stringify(await rowIds()) === JSON.stringify([ids.grace, ids.ada]), 10000);
+      await search('what?');
+      await page.getByRole('status', { name: 'Search' }).filter({ hasText: 'Cannot search for' }).waitFor();
+      assert((await rowIds()).length === 0, 'no rows for a bad term');
+      await search('');
+      await until('every run again', async () => (await rowIds()).length === 5, 10000);
+    });
+
+    await step('filters live in the URL: back and forward restore them, reload keeps them', async () => {
+      await page.getByLabel('Filter by pipeline').selectOption('hello');
+      await until('hello rows', async () => JSON.stringify(await rowIds()) === JSON.stringify([ids.grace, ids.ada]), 10000);
+      assert(hashOf(page) === '#/?pipeline=hello', `pipeline in the URL: ${hashOf(page)}`);
+      await page.getByLabel('Filter by status').selectOption('failed');
+      await until('no failed hello', async () => (await rowIds()).length === 0, 10000);
+      assert(hashOf(page) === '#/?pipeline=hello&status=failed', `status in the URL: ${hashOf(page)}`);
+      await page.goBack();
+      await until('back: hello, any status', async () => JSON.stringify(await rowIds()) === JSON.stringify([ids.grace, ids.ada]), 10000);
+      assert(await page.getByLabel('Filter by status').inputValue() === '', 'the status control follows the URL');
+      assert(await page.getByLabel('Filter by pipeline').inputValue() === 'hello', 'the pipeline control follows the URL');
+      await page.goBack();
+      await until('back again: the search cleared, every run', async () => (await rowIds()).length === 5, 10000);
+      await page.goForward();
+      await until('forward: hello again', async () => (await rowIds()).length === 2, 10000);
+      await page.reload();
+      await until('reloaded: hello still', async () => JSON.stringify(await rowIds()) === JSON.stringify([ids.grace, ids.ada]), 15000);
+      assert(await page.getByLabel('Filter by pipeline').inputValue() === 'hello', 'the reloaded page shows its filter');
+      // A shared link with every filter opens as such.
+      await page.goto(`${base}/#/?pipeline=failing&status=failed`);
+      await until('a shared filtered link', async () => JSON.stringify(await rowIds()) === JSON.stringify([ids.failing]), 15000);
+    });
+
+    await step('the open run and job are in the URL; attempt history per shard', async () => {
+      await page.getByRole('link', { name: `Run ${ids.failing}` }).click();
+      await page.getByLabel('Run status').filter({ hasText: 'failed' }).waitFor();
+      assert(hashOf(page).startsWith(`#/runs/${ids.failing}`), `run in the URL: ${hashOf(page)}`);
+      const attempts = page.getByRole('table', { name: 'Attempts of shard 1' });
+      await attempts.waitFor();
+      const rows = await attempts.locator('tbody tr').evaluateAll((r) => r.map((x) => [...x.children].map((c) => c.textContent)));
+      assert(rows.length === 2, `two executions: ${JSON.stringify(rows)}`);
+      assert(rows[0][0] === '#1' && rows[0][1] === 'retried' && rows[0][3] === '3', `attempt 1 retried with exit 3: ${rows[0]}`);
+      assert(rows[1][0] === '#2' && rows[1][1] === 'failed' && rows[1][3] === '3', `attempt 2 failed with exit 3: ${rows[1]}`);
+      const dots = await page.getByRole('table', { name: 'Shards' }).locator('.dot').evaluateAll((d) => d.map((x) => x.className));
+      assert(JSON.stringify(dots) === JSON.stringify(['dot dot-retried', 'dot dot-failed']), `attempt dots: ${dots}`);
+      const bar = page.getByRole('table', { name: 'Shards' }).locator('[role=progressbar]');
+      assert(await bar.getAttribute('data-status') === 'failed', 'the shard bar is failed');
+      const [bw, fw] = await bar.evaluate((b) => [b.getBoundingClientRect().width, b.firstElementChild.getBoundingClientRect().width]);
+      assert(Math.abs(bw - fw) < 1.5, `the run page's failed bar is full width: ${fw}/${bw}`);
+      // The log, split by attempt, searched.
+      const seps = page.locator('.log-lines .ln-sep');
+      await until('two attempt separators', async () => (await seps.count()) === 2, 15000);
+      const sepText = await seps.allTextContents();
+      assert(/^Attempt 1 · retried · exit 3/.test(sepText[0]) && /^Attempt 2 · failed · exit 3/.test(sepText[1]), `separators: ${JSON.stringify(sepText)}`);
+      const logState = page.getByRole('status', { name: 'Log stream state' });
+      await logState.filter({ hasText: 'ended (failed)' }).waitFor();
+      assert(await logState.getAttribute('class') === 'log-state error', 'the ended state is coloured as failed');
+      await page.getByLabel('Search log').fill('boom');
+      await page.getByRole('status', { name: 'Log search matches' }).filter({ hasText: '2 matching lines' }).waitFor();
+      const visible = await page.locator('.log-lines .ln:not([hidden])').evaluateAll((l) => l.map((x) => [x.textContent, x.classList.contains('err'), x.querySelector('mark')?.textContent]));
+      assert(JSON.stringify(visible) === JSON.stringify([['boom', true, 'boom'], ['boom', true, 'boom']]), `only the matching stderr lines, marked: ${JSON.stringify(visible)}`);
+      await page.getByLabel('Search log').fill('');
+      await until('every line again (the ::progress lines are kept too)', async () => (await page.locator('.log-lines .ln:not([hidden])').count()) === 6, 5000);
+      // Times with their zone.
+      const run = (await apiJson(base, `/api/runs/${ids.failing}`)).body;
+      const created = await page.locator('.meta-item').filter({ hasText: 'Created' }).locator('dd').textContent();
+      assert(created === zoneStamp(run.createdAt), `created ${created} = ${zoneStamp(run.createdAt)}`);
+      await page.screenshot({ path: path.join(shots, 'run-failed-attempts.png'), fullPage: true });
+    });
+
+    await step('a retried run: its log by attempt, timestamps, wrap, downloads in order', async () => {
+      await page.goto(`${base}/#/runs/${ids.flaky}`);
+      await page.getByLabel('Run status').filter({ hasText: 'completed' }).waitFor();
+      await page.getByRole('button', { name: 'Show log of shard 1' }).click();
+      assert(hashOf(page) === `#/runs/${ids.flaky}?job=${ids.flaky}`, `the job is in the URL: ${hashOf(page)}`);
+      const attempts = page.getByRole('table', { name: 'Attempts of shard 1' });
+      await until('three executions', async () => (await attempts.locator('tbody tr').count()) === 3, 10000);
+      const outcomes = await attempts.locator('tbody tr .pill').allTextContents();
+      assert(JSON.stringify(outcomes) === JSON.stringify(['retried', 'retried', 'completed']), `outcomes ${outcomes}`);
+      const lines = page.locator('.log-lines > div');
+      await until('separators and lines', async () => (await lines.count()) === 6, 15000);
+      const seq = await lines.evaluateAll((l) => l.map((x) => [x.className, x.textContent]));
+      assert(seq[0][0] === 'ln-sep' && /^Attempt 1 · retried · exit 1/.test(seq[0][1]) && seq[1][1] === 'attempt 1', `attempt 1: ${JSON.stringify(seq)}`);
+      assert(seq[2][0] === 'ln-sep' && /^Attempt 2 · retried/.test(seq[2][1]) && seq[3][1] === 'attempt 2', `attempt 2: ${JSON.stringify(seq)}`);
+      assert(seq[4][0] === 'ln-sep' && /^Attempt 3 · completed · exit 0/.test(seq[4][1]) && seq[5][1] === 'attempt 3', `attempt 3: ${JSON.stringify(seq)}`);
+      // One attempt alone.
+      const sel = page.getByLabel('Show attempt');
+      const label = await sel.locator('option').nth(2).textContent();
+      await sel.selectOption({ label });
+      await until('only attempt 2', async () => JSON.stringify(await page.locator('.log-lines .ln:not([hidden])').allTextContents()) === JSON.stringify(['attempt 2']), 5000);
+      await sel.selectOption('');
+      // Reload: the same run and job are open.
+      await page.reload();
+      await page.getByRole('table', { name: 'Attempts of shard 1' }).waitFor();
+      assert(await page.getByRole('button', { name: 'Show log of shard 1' }).getAttribute('aria-pressed') === 'true', 'the URL job is selected after a reload');
+      // Timestamps: each line's capture time, in the page's zone.
+      const stamped = await (await fetch(`${base}/api/jobs/${ids.flaky}/logs/text?timestamps=true`)).text();
+      const firstTs = stamped.split('\n')[0].split(' ')[0];
+      await until('lines rendered', async () => (await page.locator('.log-lines .ln').count()) === 3, 15000);
+      const before = () => page.locator('.log-lines .ln').first().evaluate((l) => getComputedStyle(l, '::before').content);
+      assert(['none', 'normal'].includes(await before()), 'no timestamps by default');
+      await page.getByRole('button', { name: 'Timestamps' }).click();
+      assert(await page.getByRole('button', { name: 'Timestamps' }).getAttribute('aria-pressed') === 'true', 'pressed');
+      const shown = (await before()).replace(/"/g, '');
+      assert(shown === zoneLineTime(firstTs), `line time ${shown} = ${zoneLineTime(firstTs)} (${firstTs} in ${ZONE})`);
+      // Wrap.
+      const ws = () => page.locator('.log-lines').evaluate((l) => getComputedStyle(l).whiteSpace);
+      assert(await ws() === 'pre-wrap', 'wrapped by default');
+      await page.getByRole('button', { name: 'Wrap' }).click();
+      assert(await ws() === 'pre', `not wrapped: ${await ws()}`);
+      await page.getByRole('button', { name: 'Wrap' }).click();
+      assert(await ws() === 'pre-wrap', 'wrapped again');
+      // Downloads: with timestamps (as shown), then plain; every attempt in capture order.
+      const download = async () => {
+        const [d] = await Promise.all([page.waitForEvent('download'), page.getByRole('link', { name: 'Download log as text' }).click()]);
+        return { name: d.suggestedFilename(), text: fs.readFileSync(await d.path(), 'utf8') };
+      };
+      const withTs = await download();
+      assert(withTs.name === `${ids.flaky}.log`, `file name ${withTs.name}`);
+      assert(withTs.text === stamped, `the timestamped download is the server's text:\n${withTs.text}`);
+      assert(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z attempt 1\n.* attempt 2\n.* attempt 3\n$/.test(withTs.text), `timestamped lines in order:\n${withTs.text}`);
+      await page.getByRole('button', { name: 'Timestamps' }).click();
+      const plain = await download();
+      assert(plain.text === 'attempt 1\nattempt 2\nattempt 3\n', `the plain download: ${JSON.stringify(plain.text)}`);
+      figures.download = { bytes: withTs.text.length, lines: withTs.text.split('\n').length - 1 };
+      await page.screenshot({ path: path.join(shots, 'run-retried-log.png'), fullPage: true });
+      // Back: through the run page before, to the list it came from (the shared link's filter).
+      await page.goBack();
+      await until('back on the failing run', async () => hashOf(page).startsWith(`#/runs/${ids.failing}`), 10000);
+      await page.getByLabel('Run status').filter({ hasText: 'failed' }).waitFor();
+      await page.goBack();
+      await until('back on the filtered list', async () => hashOf(page) === '#/?pipeline=failing&status=failed', 10000);
+      await until('its rows', async () => JSON.stringify(await rowIds()) === JSON.stringify([ids.failing]), 10000);
+    });
+
+    await step('job and finalizer results are shown', async () => {
+      await page.goto(`${base}/#/runs/${ids.report}`);
+      const fin = page.getByRole('region', { name: 'Finalizer' });
+      await fin.getByLabel('Finalizer result').waitFor();
+      const merged = JSON.parse(await fin.getByLabel('Finalizer result').textContent());
+      assert(merged.passed === 12, `the finalizer's result: ${JSON.stringify(merged)}`);
+      const inline = await page.getByRole('table', { name: 'Shards' }).locator('.result-cell').allTextContents();
+      assert(JSON.stringify(inline) === JSON.stringify(['{"passed":3,"shard":0}', '{"passed":4,"shard":1}', '{"passed":5,"shard":2}']), `shard results: ${inline}`);
+      await page.getByRole('button', { name: 'Show log of shard 2' }).click();
+      const result = JSON.parse(await page.getByLabel('Result of shard 2').textContent());
+      assert(result.shard === 1 && result.passed === 4, `shard 2's result: ${JSON.stringify(result)}`);
+      await page.getByRole('button', { name: 'Show log of finalizer' }).click();
+      await page.getByRole('table', { name: 'Attempts of finalizer' }).waitFor();
+      await page.locator('.log-lines .ln').filter({ hasText: 'tests passed over all shards: 12' }).waitFor();
+      await page.screenshot({ path: path.join(shots, 'run-results.png'), fullPage: true });
+    });
+
+    let sleeper;
+    await step('the nodes page: slots, running jobs, heartbeat, bus, circuits', async () => {
+      await page.getByRole('link', { name: 'Nodes' }).click();
+      assert(hashOf(page) === '#/nodes', `nodes in the URL: ${hashOf(page)}`);
+      const me = (await apiJson(base, '/api/workers')).body.workers[0];
+      const card = page.getByRole('article', { name: `Node ${short(me.id)}` });
+      await card.waitFor();
+      const text = await card.textContent();
+      assert(/this node/.test(text) && /bus local/.test(text) && /admitting/.test(text), `node facts: ${text}`);
+      assert(await card.getByLabel('Slots in use', { exact: true }).textContent() === '0/2 busy', 'idle slots');
+      assert(/ago$/.test(await card.getByLabel('Heartbeat age').textContent()), 'heartbeat age');
+      const circuit = card.getByRole('table', { name: `Circuits of node ${short(me.id)}` }).locator('tr[data-pipeline="report"]');
+      const cells = await circuit.locator('td').allTextContents();
+      assert(cells[0] === 'ready' && cells[1] === 'closed', `report's setup and circuit on this node: ${cells}`);
+      const t = await apiJson(base, '/api/pipelines/sleeper/trigger', { method: 'POST', body: { parameters: { seconds: 60 } } });
+      sleeper = t.body.runId;
+      const job = card.getByRole('link', { name: short(sleeper) });
+      await job.waitFor({ timeout: 20000 });
+      await until('one slot busy', async () => (await card.getByLabel('Slots in use', { exact: true }).textContent()) === '1/2 busy', 10000);
+      await page.screenshot({ path: path.join(shots, 'nodes.png'), fullPage: true });
+      await job.click();
+      await page.getByLabel('Run status').filter({ hasText: 'running' }).waitFor();
+      assert(hashOf(page) === `#/runs/${sleeper}?job=${sleeper}`, `from a node to its job: ${hashOf(page)}`);
+      await page.goBack();
+      await card.waitFor();
+    });
+
+    await step('dark mode (prefers-color-scheme)', async () => {
+      const bg = () => page.evaluate(() => [getComputedStyle(document.body).backgroundColor, getComputedStyle(document.querySelector('.card') || document.body).backgroundColor]);
+      const light = await bg();
+      await page.emulateMedia({ colorScheme: 'dark' });
+      const dark = await bg();
+      assert(light[0] === 'rgb(244, 246, 249)' && dark[0] === 'rgb(13, 17, 23)', `page background light ${light[0]} → dark ${dark[0]}`);
+      assert(dark[1] === 'rgb(22, 27, 34)', `cards dark: ${dark[1]}`);
+      await page.screenshot({ path: path.join(shots, 'dark-nodes.png'), fullPage: true });
+      await page.goto(`${base}/#/runs/${ids.flaky}`);
+      await page.getByRole('table', { name: 'Attempts of shard 1' }).waitFor();
+      await page.locator('.log-lines .ln').first().waitFor();
+      await page.screenshot({ path: path.join(shots, 'dark-run.png'), fullPage: true });
+      await page.goto(`${base}/#/`);
+      await page.locator('svg.chart').first().waitFor();
+      const ink = await page.evaluate(() => getComputedStyle(document.querySelector('.pipeline h3')).color);
+      assert(ink === 'rgb(230, 237, 243)' || ink === 'rgb(68, 147, 248)', `light text on dark: ${ink}`);
+      await page.screenshot({ path: path.join(shots, 'dark-dashboard.png'), fullPage: true });
+      await page.emulateMedia({ colorScheme: 'light' });
+    });
+
+    await step('usable at 400 px wide', async () => {
+      const narrow = await browser.newContext({ viewport: { width: 400, height: 860 }, timezoneId: ZONE, deviceScaleFactor: 1 });
+      const p = await narrow.newPage();
+      p.on('pageerror', (e) => problems.push(`page error (narrow): ${e.message}`));
+      const fits = async (what) => {
+        const [sw, cw] = await p.evaluate(() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]);
+        assert(sw <= cw, `${what}: nothing wider than the screen (${sw} > ${cw})`);
+      };
+      try {
+        await p.goto(`${base}/`);
+        await p.locator('#runs-body tr').first().waitFor();
+        await p.getByRole('article', { name: 'Pipeline hello' }).waitFor();
+        await fits('dashboard');
+        for (const name of ['Search runs', 'Filter by pipeline', 'Filter by status']) {
+          const box = await p.getByLabel(name).boundingBox();
+          assert(box && box.x >= 0 && box.x + box.width <= 400, `${name} on screen: ${JSON.stringify(box)}`);
+        }
+        await p.screenshot({ path: path.join(shots, 'narrow-dashboard.png'), fullPage: true });
+        await p.getByRole('link', { name: `Run ${ids.report}` }).click();
+        await p.getByRole('region', { name: 'Finalizer' }).getByLabel('Finalizer result').waitFor();
+        await p.locator('.log-lines .ln').first().waitFor();
+        await fits('run page');
+        const log = await p.getByRole('log', { name: 'Log output' }).boundingBox();
+        assert(log.width > 300 && log.x + log.width <= 400, `the log fills the width: ${JSON.stringify(log)}`);
+        await p.screenshot({ path: path.join(shots, 'narrow-run.png'), fullPage: true });
+        await p.getByRole('link', { name: 'Nodes' }).click();
+        await p.locator('article.node').first().waitFor();
+        await fits('nodes page');
+        await p.screenshot({ path: path.join(shots, 'narrow-nodes.png'), fullPage: true });
+        await p.emulateMedia({ colorScheme: 'dark' });
+        await p.goto(`${base}/#/`);
+        await p.locator('#runs-body tr').first().waitFor();
+        await fits('dark dashboard');
+        await p.screenshot({ path: path.join(shots, 'narrow-dark-dashboard.png') });
+      } finally {
+        await narrow.close();
+      }
+    });
+
+    await step('metrics: pipeline labels and build info', async () => {
+      const text = await (await fetch(`${base}/metrics`)).text();
+      for (const line of [
+        'runyard_job_ends_total{pipeline="failing",outcome="retried"} 1',
+        'runyard_job_ends_total{pipeline="failing",outcome="failed"} 1',
+        'runyard_job_ends_total{pipeline="flaky",outcome="completed"} 1',
+        'runyard_job_duration_seconds_count{pipeline="report"} 4',
+      ]) assert(text.includes(`${line}\n`), `metrics have ${line}`);
+      assert(/^runyard_build_info\{version="[^"]+"\} 1$/m.test(text), 'build info');
+      await apiJson(base, `/api/runs/${sleeper}/abort`, { method: 'POST' });
+    });
     assert(problems.length === 0, `no page errors:\n${problems.join('\n')}`);
   } finally {
     await context.close().catch(() => {});
@@ -224,10 +615,24 @@ async function authPhase(browser) {
 
 const barValues = (locator) => locator.evaluateAll((bars) => bars.map((b) => Number(b.getAttribute('aria-valuenow'))));
 
+/** DASHBOARD_PHASES=main,operator,auth (default: all) runs some phases only (while developing). */
+const PHASES = new Set((process.env.DASHBOARD_PHASES || 'main,operator,auth').split(',').map((x) => x.trim()));
+
 async function main() {
   assert(fs.existsSync(bin), `server binary ${bin} exists (cargo build first)`);
   assert(fs.existsSync(chromePath), `${chromePath} exists (apt-get install chromium)`);
   fs.mkdirSync(shots, { recursive: true });
+  if (!PHASES.has('main')) {
+    const browser = await chromium.launch({ executablePath: chromePath, headless: true, args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'] });
+    try {
+      if (PHASES.has('operator')) await operatorPhase(browser);
+      if (PHASES.has('auth')) await authPhase(browser);
+    } finally {
+      await browser.close().catch(() => {});
+    }
+    console.log(`PASS (phases: ${[...PHASES].join(', ')})`);
+    return;
+  }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'runyard-browser-'));
   const server = await step('start the server on the example config', () => startServer(dir));
   log(`server ${server.base}, dir ${dir}`);
@@ -450,7 +855,7 @@ async function main() {
       const errLines = await page.locator('.log-lines .ln.err').allTextContents();
       const longest = await page.evaluate(() => window.__longest);
       const lag = await page.evaluate(() => { clearInterval(window.__lagTimer); return window.__lag; });
-      const runId = decodeURIComponent(new URL(page.url()).hash.split('/')[2]);
+      const runId = decodeURIComponent(new URL(page.url()).hash.split('/')[2].split('?')[0]);
       const run = (await apiJson(base, `/api/runs/${runId}`)).body;
       const job = run.jobs[0];
       log(`  job ${job.status}: stdout ${job.stdoutBytes} B, stderr ${job.stderrBytes} B; viewer: ${counts}`);
@@ -458,7 +863,7 @@ async function main() {
       assert(job.stdoutBytes >= BIG_LOG_BYTES, `~50 MB written (got ${job.stdoutBytes})`);
       assert(shown <= LOG_DOM_CAP && shown >= LOG_DOM_CAP - 10, `DOM keeps the last ~${LOG_DOM_CAP} lines (got ${shown})`);
       assert(/earlier lines are not shown/.test(note), `a note says earlier lines are not shown: ${note}`);
-      assert(await page.getByRole('link', { name: 'Open the full log' }).getAttribute('href') === `/api/jobs/${runId}/logs`, 'full-log link');
+      assert(await page.getByRole('link', { name: 'Download the full log' }).getAttribute('href') === `/api/jobs/${runId}/logs/text`, 'full-log link');
       assert(errLines.includes('done writing (stderr)'), `the stderr line is shown, styled as stderr (got ${JSON.stringify(errLines)})`);
       log(`  round trips: max ${maxRt} ms; longest task ${Math.round(longest)} ms; timer lag ${Math.round(lag)} ms`);
       assert(maxRt < ROUND_TRIP_BOUND_MS, `page.evaluate round trips stay under ${ROUND_TRIP_BOUND_MS} ms (max ${maxRt} ms)`);
@@ -567,8 +972,12 @@ async function main() {
     const unexpected = problems.filter((p) => !/favicon/.test(p));
     assert(unexpected.length === 0, `no page errors or console errors:\n${unexpected.join('\n')}`);
 
+    // ── The operator's tools: outcomes, attempts, results, log tools, URL state, search,
+    //    nodes, charts, dark mode, 400 px, zones, metrics.
+    if (PHASES.has('operator')) await operatorPhase(browser);
+
     // ── With API tokens: the login flow and a session-cookie-only dashboard.
-    await authPhase(browser);
+    if (PHASES.has('auth')) await authPhase(browser);
     ok = true;
   } finally {
     await browser.close().catch(() => {});
@@ -591,7 +1000,9 @@ async function main() {
   console.log(`longest main-thread task:            ${b.longestTaskMs} ms; worst 50 ms-timer lag ${b.maxTimerLagMs} ms`);
   console.log(`log DOM lines:                       max ${b.domLinesMax}, at end ${b.domLinesEnd} (cap ${LOG_DOM_CAP}); viewer says "${b.viewer}"`);
   console.log(`activity feed entries:               ${figures.feedEntries} (cap 200)`);
+  if (figures.download) console.log(`log download (with timestamps):      ${figures.download.lines} lines, ${figures.download.bytes} bytes, in capture order`);
   console.log(`screenshots:                         ${shots}/{dashboard,run-page-log,run-aborted,big-log,dashboard-1000-runs,login}.png`);
+  console.log(`                                     ${shots}/{pipeline-chart,run-failed-attempts,run-retried-log,run-results,nodes,dark-*,narrow-*}.png`);
   console.log('PASS');
 }
 

@@ -4,6 +4,7 @@
 //! or on a polled condition, always with a timeout.
 #![allow(dead_code)]
 pub mod dns;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,12 +14,39 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+/// The `[store]` table of a test config: none (SQLite in `data_dir`) unless the suite runs
+/// with `TEST_STORE=postgres`, which puts every test on `TEST_DATABASE_URL` in a schema of
+/// its own, named after its directory (so a restart on the same directory finds its store).
+pub fn store_section(dir: &Path) -> String {
+    match std::env::var("TEST_STORE").as_deref() {
+        Ok("postgres") => {
+            let url = std::env::var("TEST_DATABASE_URL")
+                .expect("TEST_STORE=postgres needs TEST_DATABASE_URL");
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            dir.hash(&mut h);
+            format!(
+                "[store]\nurl = \"{url}\"\nschema = \"e2e_{:016x}\"\npool_size = 6\n",
+                h.finish()
+            )
+        }
+        Ok("sqlite") | Err(_) => String::new(),
+        Ok(other) => panic!("TEST_STORE={other}: expected sqlite or postgres"),
+    }
+}
+
 /// Writes a config with the given `[server]` extras and pipelines into `dir`.
 pub fn write_config(dir: &Path, server_extra: &str, pipelines: &str) -> PathBuf {
     let path = dir.join("runyard.toml");
     let text = format!(
-        "[server]\ndata_dir = \"{}\"\noutput_flush_interval_ms = 100\nkill_grace = \"500ms\"\n{server_extra}\n\n{pipelines}\n",
-        dir.join("data").display()
+        "[server]\ndata_dir = \"{}\"\noutput_flush_interval_ms = 100\nkill_grace = \"500ms\"\n{server_extra}\n\n{}\n{pipelines}\n",
+        dir.join("data").display(),
+        // A test that names its own store keeps it.
+        if server_extra.contains("[store]") {
+            String::new()
+        } else {
+            store_section(dir)
+        }
     );
     std::fs::write(&path, text).unwrap();
     path
@@ -380,26 +408,44 @@ impl BinServer {
 
     /// Like [`BinServer::start`], with extra environment variables for the server.
     pub async fn start_env(config: &Path, port: u16, env: &[(&str, &str)]) -> BinServer {
+        let log = config.with_extension(format!("{port}.log"));
+        Self::start_from(None, config.to_str().unwrap(), &log, port, env).await
+    }
+
+    /// Started in `cwd` with `-c config` as given (e.g. a relative path, as the README does).
+    pub async fn start_from(
+        cwd: Option<&Path>,
+        config: &str,
+        log: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> BinServer {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_runyard"))
-            .args([
-                "serve",
-                "-c",
-                config.to_str().unwrap(),
-                "--listen",
-                &addr.to_string(),
-            ])
-            .env("RUNYARD_LOG", "info")
-            // Hermetic: the config file decides, not the caller's environment.
-            .env_remove("DATABASE_URL")
-            .env_remove("MAX_WORKERS")
-            .env_remove("OUTPUT_FLUSH_INTERVAL_MS")
-            .env_remove("RUNYARD_LISTEN")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_runyard"));
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        cmd.args(["serve", "-c", config, "--listen", &addr.to_string()])
+            .env("RUNYARD_LOG", "info");
+        // Hermetic: the config file decides, not the caller's environment.
+        for var in [
+            "DATABASE_URL",
+            "MAX_WORKERS",
+            "OUTPUT_FLUSH_INTERVAL_MS",
+            "RUNYARD_DATABASE_URL",
+            "RUNYARD_MAX_WORKERS",
+            "RUNYARD_MAX_WORKERS_GLOBAL",
+            "RUNYARD_OUTPUT_FLUSH_INTERVAL_MS",
+            "RUNYARD_DATA_DIR",
+            "RUNYARD_LISTEN",
+            "RUNYARD_CONFIG",
+        ] {
+            cmd.env_remove(var);
+        }
+        let child = cmd
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(config.with_extension(format!("{port}.log"))).unwrap(),
-            ))
+            .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
             .spawn()
             .expect("spawn runyard");
         let base = format!("http://{addr}");

@@ -4,8 +4,9 @@ use serde_json::Value;
 
 use runyard::model::{JobKind, JobStatus, Reason, RunStatus, finalize_job_id};
 use runyard::store::{
-    AbortOutcome, ClaimedJob, DeliveryNext, DeliveryRecordParams, JobClaimParams, JobStartParams,
-    NodeHeartbeatParams, Outcome, OutputAppendParams, PipelineNodeState, RunFilter, Stream,
+    AbortOutcome, ClaimedJob, DeliveryNext, DeliveryRecordParams, JobClaimParams,
+    JobProgressParams, JobStartParams, NodeHeartbeatParams, Outcome, OutputAppendParams,
+    ParamFilter, PipelineNodeState, PipelineStatsParams, RunFilter, Stream,
 };
 
 use crate::factory::{Factory, node_row};
@@ -270,6 +271,7 @@ pub async fn stale_and_repeated_finishes_change_nothing(f: &Factory) {
             claim_seq: job.claim_seq,
             stdout: vec!["late".into()],
             stderr: vec![],
+            now: 30,
         })
         .await
         .unwrap();
@@ -500,6 +502,7 @@ pub async fn output_lines_are_numbered_per_job_and_logs_keep_the_tail(f: &Factor
         claim_seq: job.claim_seq,
         stdout: lines(stdout),
         stderr: lines(stderr),
+        now: 15,
     };
     for (out, err) in [
         (&["a", "b"][..], &["e1"][..]),
@@ -712,6 +715,7 @@ pub async fn runs_list_filters_by_pipeline_and_status_newest_first(f: &Factory) 
                     status,
                     limit,
                     offset,
+                    ..RunFilter::default()
                 })
                 .await
                 .unwrap()
@@ -864,4 +868,226 @@ pub async fn a_start_after_an_abort_learns_of_it_and_does_not_revive_the_run(f: 
         store.run_abort("no-such-run", 30).await.unwrap(),
         AbortOutcome::NotFound
     );
+}
+
+pub async fn run_ids_by_prefix_range_scans_the_ids_that_start_with_it(f: &Factory) {
+    let store = f.store().await;
+    let a = create(&*store, 1).await.run_id;
+    let b = create(&*store, 1).await.run_id;
+    // Created in the same millisecond range: they share their first digits.
+    assert_eq!(store.run_ids_by_prefix(&a[..4], 2).await.unwrap().len(), 2);
+    assert_eq!(
+        store.run_ids_by_prefix(&a, 2).await.unwrap(),
+        vec![a.clone()]
+    );
+    assert_eq!(
+        store.run_ids_by_prefix(&b, 2).await.unwrap(),
+        vec![b.clone()]
+    );
+    assert!(
+        store
+            .run_ids_by_prefix("ffffffff", 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.run_ids_by_prefix("", 1).await.unwrap().len(), 1);
+}
+
+pub async fn a_runs_events_come_without_progress_and_output_keeps_its_execution_and_time(
+    f: &Factory,
+) {
+    let store = f.store().await;
+    let run = create(&*store, 1).await;
+    let other = create(&*store, 1).await;
+    let job = store.job_claim(claim(1)).await.unwrap().jobs.remove(0);
+    assert_eq!(job.run_id, run.run_id);
+    let start = JobStartParams {
+        job_id: job.id.clone(),
+        claim_seq: job.claim_seq,
+        pid: 42,
+        proc_start: 1,
+        now: 11,
+    };
+    store.job_start(start).await.unwrap();
+    for (percent, now) in [(10, 12), (20, 13)] {
+        store
+            .job_progress(JobProgressParams {
+                job_id: job.id.clone(),
+                claim_seq: job.claim_seq,
+                percent,
+                message: String::new(),
+                now,
+            })
+            .await
+            .unwrap();
+    }
+    let appended = store
+        .job_output_append(OutputAppendParams {
+            job_id: job.id.clone(),
+            claim_seq: job.claim_seq,
+            stdout: vec!["a".into(), "b".into()],
+            stderr: vec!["c".into()],
+            now: 15,
+        })
+        .await
+        .unwrap();
+    assert!(appended);
+    let mut failed = finish(&job, fail());
+    failed.exit_code = Some(3);
+    store.job_finish(failed).await.unwrap();
+
+    // What a reader sees below the horizon: wait until everything above is visible.
+    events_settled(&*store).await;
+    let events = store.run_events(&run.run_id, 100).await.unwrap();
+    let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["job:created", "job:started", "job:failed"]);
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+    let started: Value = serde_json::from_str(&events[1].data).unwrap();
+    let failed: Value = serde_json::from_str(&events[2].data).unwrap();
+    assert_eq!(
+        (started["claimSeq"].as_i64(), started["attempt"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        (
+            failed["claimSeq"].as_i64(),
+            failed["status"].as_str(),
+            failed["nextAttempt"].as_u64()
+        ),
+        (Some(1), Some("queued"), Some(2))
+    );
+    assert_eq!(store.run_events(&run.run_id, 2).await.unwrap().len(), 2);
+    assert_eq!(store.run_events(&other.run_id, 100).await.unwrap().len(), 1);
+
+    let lines = store.job_output_after(&job.id, -1, 100).await.unwrap();
+    let got: Vec<_> = lines
+        .iter()
+        .map(|l| (l.seq, l.line.as_str(), l.stream, l.claim_seq, l.time))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0, "a", Stream::Stdout, 1, Some(15)),
+            (1, "b", Stream::Stdout, 1, Some(15)),
+            (2, "c", Stream::Stderr, 1, Some(15)),
+        ]
+    );
+}
+
+pub async fn runs_are_filtered_by_id_prefix_suffix_parameter_and_actor(f: &Factory) {
+    let store = f.store().await;
+    let mut ids = Vec::new();
+    for (word, actor) in [("x", Some("ann")), ("y", Some("bo")), ("y", None)] {
+        let mut p = run_params("p", 1);
+        p.params = [("word".to_string(), word.to_string())].into();
+        p.actor = actor.map(str::to_string);
+        ids.push(store.run_create(p).await.unwrap().run_id);
+    }
+    let list = |f: RunFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .runs_list(RunFilter { limit: 50, ..f })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.run_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(list(RunFilter::default()).await, newest_first);
+    let by = |run_id: &str| RunFilter {
+        run_id: Some(run_id.to_string()),
+        ..Default::default()
+    };
+    assert_eq!(list(by(&ids[1][..34])).await, [ids[1].as_str()]);
+    assert_eq!(list(by(&ids[0])).await, [ids[0].as_str()]);
+    assert_eq!(
+        list(by(&ids[2][28..])).await,
+        [ids[2].as_str()],
+        "the last 8 digits"
+    );
+    assert_eq!(list(by(&ids[2][..1])).await.len(), 3);
+    assert_eq!(list(by("ffffffff-")).await.len(), 0);
+    let param = |name: &str, value: Option<&str>| RunFilter {
+        param: Some(ParamFilter {
+            name: name.into(),
+            value: value.map(str::to_string),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        list(param("word", Some("y"))).await,
+        [ids[2].as_str(), ids[1].as_str()]
+    );
+    assert_eq!(list(param("word", None)).await.len(), 3);
+    assert_eq!(list(param("other", None)).await.len(), 0);
+    let actor = RunFilter {
+        actor: Some("bo".into()),
+        ..param("word", Some("y"))
+    };
+    assert_eq!(list(actor).await, [ids[1].as_str()]);
+}
+
+pub async fn stats_count_runs_by_the_bucket_they_finished_in(f: &Factory) {
+    let store = f.store().await;
+    create(&*store, 1).await;
+    create(&*store, 1).await;
+    let jobs = store.job_claim(claim(2)).await.unwrap().jobs;
+    let mut ends = Vec::new();
+    for (job, outcome, now) in [
+        (&jobs[0], Outcome::Completed, 1_050),
+        (&jobs[1], Outcome::Aborted, 2_500),
+    ] {
+        let mut p = finish(job, outcome);
+        p.now = now;
+        p.start = Some(JobStartParams {
+            job_id: job.id.clone(),
+            claim_seq: job.claim_seq,
+            pid: 1,
+            proc_start: 1,
+            now: 1_000,
+        });
+        ends.push(store.job_finish(p).await.unwrap().run_finalized);
+    }
+    assert_eq!(ends, [Some(RunStatus::Completed), Some(RunStatus::Aborted)]);
+    let rows = store
+        .pipeline_stats(PipelineStatsParams {
+            since: 0,
+            until: 3_000,
+            bucket_ms: 1_000,
+        })
+        .await
+        .unwrap();
+    let got: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.pipeline.as_str(),
+                r.bucket,
+                r.status.as_str(),
+                r.runs,
+                r.duration_sum_ms,
+                r.duration_max_ms,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("p", 1, "completed", 1, 50, 50),
+            ("p", 2, "aborted", 1, 1_500, 1_500)
+        ]
+    );
+    let later = store
+        .pipeline_stats(PipelineStatsParams {
+            since: 2_000,
+            until: 2_400,
+            bucket_ms: 100,
+        })
+        .await
+        .unwrap();
+    assert!(later.is_empty(), "{later:?}");
 }

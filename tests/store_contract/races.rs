@@ -594,6 +594,7 @@ pub async fn a_stale_executions_output_and_finish_change_nothing(f: &Factory) {
         claim_seq: job.claim_seq,
         stdout,
         stderr,
+        now: 14,
     };
     let progress = |job: &ClaimedJob, percent: u8, message: &str| JobProgressParams {
         job_id: job.id.clone(),
@@ -770,6 +771,15 @@ pub async fn a_stale_executions_output_and_finish_change_nothing(f: &Factory) {
         }
         let texts: Vec<String> = stored.iter().map(|l| l.line.clone()).collect();
         assert_eq!(texts, expected, "only the live executions' lines, in order");
+        assert!(
+            stored.iter().all(|l| l.claim_seq
+                == if l.seq < base {
+                    old.claim_seq
+                } else {
+                    new.claim_seq
+                }),
+            "each line names the execution that wrote it"
+        );
         assert_eq!(
             ok("job_output_len", new_node.job_output_len(&new.id)).await,
             total

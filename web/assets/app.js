@@ -1,12 +1,19 @@
-// The runyard dashboard: pipelines with trigger forms, runs (filtered, paged,
-// live progress), the activity feed, a run page with shards, finalizer,
-// webhook deliveries, a live log viewer and abort. Plain ES modules; every
-// value from the API is inserted as text.
+// The runyard dashboard: pipelines with trigger forms, totals and charts, runs
+// (filtered, searched, paged, live progress), the activity feed, a run page with
+// shards, each job's attempt history and result, finalizer, webhook deliveries,
+// a live log viewer and abort, and a nodes page. Plain ES modules; every value
+// from the API is inserted as text.
+//
+// Navigation lives in the URL hash, so every view can be shared and the back
+// button works: `#/?pipeline=&status=&q=&page=` (the runs list), `#/runs/ID?job=JOB`
+// (a run, with the job whose attempts and log are open) and `#/nodes`.
 
-import { h, replace, shortId, pill, duration, between, clock, ago, bytes, progressBar, setProgress } from './dom.js';
+import { h, replace, shortId, pill, duration, between, clock, ago, bytes, progressBar, setProgress, stamp, timeEl, zoneLabel } from './dom.js';
 import { api, getSession, login, logout, setUnauthorizedHandler, enc } from './api.js';
 import { SseClient } from './sse.js';
 import { LogViewer } from './logview.js';
+import { statsBlock, legend } from './chart.js';
+import { renderNodes } from './nodes.js';
 
 const PAGE = 50;
 const FEED_MAX = 200;
@@ -19,7 +26,11 @@ const state = {
   started: false,
   pipelines: [],
   pipelineCards: new Map(), // id → {card, counts, setup, circuit}
-  filter: { pipeline: '', status: '' },
+  filter: { pipeline: '', status: '', q: '' },
+  dashboardHash: '#/', // the last runs-list URL (filters, page): where "All runs" leads
+  statsWindow: '24h',
+  stats: null,
+  nodesTimer: 0,
   offset: 0,
   hasNext: false,
   runsSeq: 0,
@@ -81,8 +92,10 @@ function jobLabel(job) {
 function showLogin(message) {
   stopLive();
   state.started = false;
+  stopNodes();
   $('dashboard-view').hidden = true;
   $('run-view').hidden = true;
+  $('nodes-view').hidden = true;
   $('logout').hidden = true;
   $('who').hidden = true;
   setConn('off', 'signed out');
@@ -126,7 +139,7 @@ function start() {
   $('who').textContent = s.actor ? `signed in as ${s.actor}` : '';
   state.started = true;
   startFeed();
-  loadPipelines();
+  loadPipelines().then(loadStats);
   route();
 }
 
@@ -138,27 +151,82 @@ function stopLive() {
 
 // ───────────────────────── routing ─────────────────────────
 
-function route() {
-  if (!state.started) return;
-  const m = /^#\/runs\/([^/?#]+)/.exec(location.hash);
-  if (m) {
-    showRun(decodeURIComponent(m[1]));
-  } else {
-    showDashboard();
-  }
+/** The hash as a path and its query: `#/runs/ID?job=X` → {path: '/runs/ID', params}. */
+function parseHash() {
+  const raw = location.hash.replace(/^#/, '') || '/';
+  const qi = raw.indexOf('?');
+  return { path: qi < 0 ? raw : raw.slice(0, qi), params: new URLSearchParams(qi < 0 ? '' : raw.slice(qi + 1)) };
 }
 
-function showDashboard() {
+function route() {
+  if (!state.started) return;
+  const { path, params } = parseHash();
+  const m = /^\/runs\/([^/]+)$/.exec(path);
+  if (m) showRun(decodeURIComponent(m[1]), params.get('job'));
+  else if (path === '/nodes') showNodes();
+  else showDashboard(params);
+}
+
+/** The runs list's URL for a filter and offset. */
+function dashboardHash(f, offset) {
+  const p = new URLSearchParams();
+  if (f.pipeline) p.set('pipeline', f.pipeline);
+  if (f.status) p.set('status', f.status);
+  if (f.q) p.set('q', f.q);
+  if (offset) p.set('page', String(Math.floor(offset / PAGE) + 1));
+  const q = p.toString();
+  return q ? `#/?${q}` : '#/';
+}
+
+/** Puts the list's filter and page in the URL (a history entry); the hashchange loads it. */
+function navigateList() {
+  const next = dashboardHash(state.filter, state.offset);
+  if (location.hash === next || (next === '#/' && (location.hash === '' || location.hash === '#'))) loadRuns();
+  else location.hash = next;
+}
+
+function leaveRun() {
   if (state.logViewer) state.logViewer.close();
   state.logViewer = null;
   state.run = null;
   state.runBars.clear();
-  state.route = { name: 'dashboard' };
   $('run-view').hidden = true;
   $('run-view').replaceChildren();
+}
+
+function markNav(name) {
+  $('nav-dashboard').classList.toggle('current', name !== 'nodes');
+  $('nav-nodes').classList.toggle('current', name === 'nodes');
+  for (const [id, on] of [['nav-dashboard', name !== 'nodes'], ['nav-nodes', name === 'nodes']]) {
+    if (on) $(id).setAttribute('aria-current', 'page'); else $(id).removeAttribute('aria-current');
+  }
+}
+
+function showDashboard(params) {
+  leaveRun();
+  stopNodes();
+  state.route = { name: 'dashboard' };
+  markNav('dashboard');
+  const page = Math.max(1, Math.min(2001, Number.parseInt(params.get('page') || '1', 10) || 1));
+  state.filter = { pipeline: params.get('pipeline') || '', status: params.get('status') || '', q: params.get('q') || '' };
+  state.offset = (page - 1) * PAGE;
+  state.dashboardHash = dashboardHash(state.filter, state.offset);
+  syncFilterControls();
+  $('nodes-view').hidden = true;
   $('dashboard-view').hidden = false;
   document.title = 'runyard';
   loadRuns();
+}
+
+/** The filter form shows the URL's filter. */
+function syncFilterControls() {
+  const sel = $('filter-pipeline');
+  if (state.filter.pipeline && ![...sel.options].some((o) => o.value === state.filter.pipeline)) {
+    sel.append(h('option', { value: state.filter.pipeline }, state.filter.pipeline));
+  }
+  sel.value = state.filter.pipeline;
+  $('filter-status').value = state.filter.status;
+  $('runs-search').value = state.filter.q;
 }
 
 // ───────────────────────── pipelines ─────────────────────────
@@ -187,11 +255,33 @@ function renderPipelines(list) {
     replace($('pipelines'), cards.length ? cards : h('p', { class: 'empty' }, 'No pipelines configured.'));
     // The filter's choices.
     const sel = $('filter-pipeline');
-    const keep = sel.value;
+    const keep = state.filter.pipeline;
     replace(sel, h('option', { value: '' }, 'All pipelines'), list.map((p) => h('option', { value: p.id }, p.id)));
-    sel.value = list.some((p) => p.id === keep) ? keep : '';
+    if (keep && !list.some((p) => p.id === keep)) sel.append(h('option', { value: keep }, keep));
+    sel.value = keep;
+    if (state.stats) renderStats(state.stats);
   }
   for (const p of list) updatePipelineCard(state.pipelineCards.get(p.id), p);
+}
+
+// ───────────────────────── pipeline totals and charts ─────────────────────────
+
+async function loadStats() {
+  try {
+    const data = await api(`/api/stats?window=${enc(state.statsWindow)}`);
+    state.stats = data;
+    renderStats(data);
+  } catch (e) {
+    if (e.status !== 401) banner(`Could not load pipeline statistics: ${e.message}`);
+  }
+}
+const refreshStats = throttle(loadStats, 5000);
+
+function renderStats(data) {
+  for (const p of data.pipelines || []) {
+    const parts = state.pipelineCards.get(p.pipelineId);
+    if (parts) replace(parts.stats, statsBlock(p, data));
+  }
 }
 
 function pipelineCard(p) {
@@ -258,12 +348,14 @@ function pipelineCard(p) {
     }
   });
   const cmd = (p.command || []).join(' ');
+  const stats = h('div', { class: 'p-stats-slot', 'aria-label': `${p.id} statistics` });
   const card = h('article', { class: 'pipeline', 'aria-label': `Pipeline ${p.id}` },
-    h('div', { class: 'p-head' }, h('h3', {}, p.id), circuit, h('span', { class: 'spacer' }), counts),
+    h('div', { class: 'p-head' }, h('h3', {}, h('a', { href: dashboardHash({ pipeline: p.id, status: '', q: '' }, 0), title: `Runs of ${p.id}` }, p.id)), circuit, h('span', { class: 'spacer' }), counts),
     h('code', { class: 'p-cmd', title: cmd }, cmd),
     setup,
+    stats,
     form);
-  return { card, counts, circuit, setup };
+  return { card, counts, circuit, setup, stats };
 }
 
 function updatePipelineCard(parts, p) {
@@ -300,6 +392,16 @@ async function loadRuns() {
   const seq = ++state.runsSeq;
   const q = new URLSearchParams({ limit: String(PAGE + 1), offset: String(state.offset) });
   if (state.filter.status) q.set('status', state.filter.status);
+  const search = parseSearch(state.filter.q);
+  const note = $('runs-search-state');
+  if (search.error) {
+    note.textContent = search.error;
+    note.className = 'search-state small error-text';
+    note.hidden = false;
+    renderRuns([]);
+    return;
+  }
+  for (const k of ['run', 'param', 'actor']) if (search[k]) q.set(k, search[k]);
   const path = state.filter.pipeline ? `/api/pipelines/${enc(state.filter.pipeline)}/jobs` : '/api/runs';
   try {
     const data = await api(`${path}?${q}`);
@@ -307,15 +409,54 @@ async function loadRuns() {
     const runs = data.runs || [];
     if (runs.length === 0 && state.offset > 0) {
       state.offset = Math.max(0, state.offset - PAGE);
-      loadRuns();
+      navigateList();
       return;
     }
     state.hasNext = runs.length > PAGE;
     renderRuns(runs.slice(0, PAGE));
+    if (state.filter.q) {
+      const terms = [search.run && `run id ${search.run}…`, search.param && `parameter ${search.param}`, search.actor && `actor ${search.actor}`].filter(Boolean);
+      note.textContent = `Runs matching ${terms.join(' and ')}`;
+      note.className = 'search-state small muted';
+      note.hidden = false;
+    } else {
+      note.hidden = true;
+    }
     banner(null);
   } catch (e) {
-    if (seq === state.runsSeq && e.status !== 401) banner(`Could not load runs: ${e.message}`);
+    if (seq !== state.runsSeq || e.status === 401) return;
+    if (e.status === 400 || e.status === 404) {
+      note.textContent = e.message;
+      note.className = 'search-state small error-text';
+      note.hidden = false;
+      renderRuns([]);
+    } else {
+      banner(`Could not load runs: ${e.message}`);
+    }
   }
+}
+
+/**
+ * The search box: whitespace-separated terms, combined. `actor:label`; `name=value` (quote a
+ * value with spaces: `name="a b"`) or `param:name`; anything of hex digits and hyphens is a
+ * run id (its start, or the short id shown in lists).
+ */
+function parseSearch(text) {
+  const out = { run: '', param: '', actor: '', error: '' };
+  const terms = String(text || '').match(/[^\s=]+="[^"]*"|"[^"]*"|\S+/g) || [];
+  for (const raw of terms) {
+    const term = raw.replace(/^([^=]+=)"(.*)"$/, '$1$2');
+    if (/^actor:/i.test(term)) out.actor = term.slice(6);
+    else if (/^param:/i.test(term)) out.param = term.slice(6);
+    else if (term.includes('=')) out.param = term;
+    else if (/^[0-9a-f-]{1,36}$/i.test(term)) out.run = term;
+    else out.error = `Cannot search for “${term}”: use a run id, name=value, param:name or actor:label.`;
+  }
+  if (!out.error && [out.actor, out.param].some((v) => v === '')) {
+    if (/(^|\s)actor:(\s|$)/i.test(text)) out.error = 'actor: needs a label.';
+    if (/(^|\s)param:(\s|$)/i.test(text)) out.error = 'param: needs a name.';
+  }
+  return out;
 }
 const refreshRuns = throttle(loadRuns, 1000);
 
@@ -343,7 +484,7 @@ function renderRuns(runs) {
       h('td', {}, r.pipelineId),
       h('td', {}, pill(r.status)),
       h('td', {}, shardBars(r, state.listBars, `Run ${shortId(r.runId)} `)),
-      h('td', { class: 'small', title: r.createdAt }, ago(r.createdAt), h('span', { class: 'muted' }, ` · ${r.triggeredBy}${r.actor ? ` (${r.actor})` : ''}`)),
+      h('td', { class: 'small', title: stamp(r.createdAt) }, ago(r.createdAt), h('span', { class: 'muted' }, ` · ${r.triggeredBy}${r.actor ? ` (${r.actor})` : ''}`)),
       h('td', { class: 'small num' }, took === null ? '' : duration(took)));
   });
   $('runs-body').replaceChildren(...rows);
@@ -354,11 +495,15 @@ function renderRuns(runs) {
   $('page-next').disabled = !state.hasNext;
 }
 
-function onFilter() {
-  state.filter.pipeline = $('filter-pipeline').value;
-  state.filter.status = $('filter-status').value;
+function onFilter(ev) {
+  if (ev) ev.preventDefault();
+  state.filter = {
+    pipeline: $('filter-pipeline').value,
+    status: $('filter-status').value,
+    q: $('runs-search').value.trim(),
+  };
   state.offset = 0;
-  loadRuns();
+  navigateList();
 }
 
 // ───────────────────────── live events ─────────────────────────
@@ -402,6 +547,8 @@ function onLiveEvent(name, data, id) {
   }
   const statusChange = name !== 'job:progress';
   if (statusChange) refreshPipelines();
+  if (name === 'run:completed') refreshStats();
+  if (state.route.name === 'nodes' && (name === 'job:started' || (statusChange && name !== 'job:created'))) refreshNodes();
   if (state.route.name === 'dashboard') {
     const onPage = ev.runId && $('runs-body').querySelector(`tr[data-run-id="${CSS.escape(ev.runId)}"]`);
     if (statusChange && (onPage || (name === 'job:created' && state.offset === 0))) refreshRuns();
@@ -422,8 +569,10 @@ function updateBars(jobId, progress, status, message) {
 
 function reloadAll() {
   loadPipelines();
+  loadStats();
   if (state.route.name === 'dashboard') loadRuns();
   else if (state.route.name === 'run') loadRun();
+  else if (state.route.name === 'nodes') loadNodes();
 }
 
 const FEED_TEXT = {
@@ -466,7 +615,7 @@ function feedItem({ name, ev, id }) {
   } else if (name === 'resync') detail = 'events were pruned; lists reloaded';
   const target = ev.jobId || ev.runId;
   return h('li', { class: `feed-item ev-${kind}`, dataset: { event: name, id: id ?? '' } },
-    h('time', { class: 'feed-time', datetime: ev.timestamp || '' }, clock(ev.timestamp || new Date().toISOString())),
+    h('time', { class: 'feed-time', datetime: ev.timestamp || '', title: stamp(ev.timestamp || new Date().toISOString()) }, clock(ev.timestamp || new Date().toISOString())),
     h('span', { class: 'feed-name', title: name }, FEED_TEXT[name] || name),
     h('span', { class: 'feed-what' },
       ev.pipelineId ? h('b', {}, ev.pipelineId) : null, ' ',
@@ -476,30 +625,41 @@ function feedItem({ name, ev, id }) {
 
 // ───────────────────────── run page ─────────────────────────
 
-function showRun(id) {
+function showRun(id, job) {
   const same = state.route.name === 'run' && state.route.id === id;
+  stopNodes();
   state.route = { name: 'run', id };
+  markNav('run');
   $('dashboard-view').hidden = true;
+  $('nodes-view').hidden = true;
   const view = $('run-view');
   view.hidden = false;
   if (!same) {
     if (state.logViewer) state.logViewer.close();
     state.run = null;
-    state.logJob = null;
+    state.logJob = job || null;
     state.abortMsg = { text: '', cls: '' };
     state.runBars.clear();
     const logRoot = h('section', { class: 'card log-card', 'aria-label': 'Log viewer' });
     replace(view,
-      h('nav', { class: 'crumbs', 'aria-label': 'Breadcrumb' }, h('a', { href: '#/' }, '← All runs')),
+      h('nav', { class: 'crumbs', 'aria-label': 'Breadcrumb' }, h('a', { href: state.dashboardHash || '#/' }, '← All runs')),
       h('section', { id: 'run-head', class: 'card run-head', 'aria-label': 'Run summary' }, h('p', { class: 'muted' }, 'Loading…')),
       h('section', { id: 'run-jobs', class: 'card', 'aria-label': 'Shards' }),
       h('section', { id: 'run-final', class: 'card', 'aria-label': 'Finalizer', hidden: true }),
       h('section', { id: 'run-deliveries', class: 'card', 'aria-label': 'Webhook deliveries', hidden: true }),
+      h('section', { id: 'run-job', class: 'card job-card', 'aria-label': 'Selected job', hidden: true }),
       logRoot);
     state.logViewer = new LogViewer(logRoot, () => showLogin());
     document.title = `run ${shortId(id)} · runyard`;
+  } else if (job && job !== state.logJob && state.run) {
+    const j = allJobs(state.run).find((x) => x.id === job);
+    if (j) openLog(j);
   }
   loadRun();
+}
+
+function allJobs(run) {
+  return [...(run.jobs || []), ...(run.finalizer ? [run.finalizer] : [])];
 }
 
 async function loadRun() {
@@ -542,21 +702,23 @@ function renderRun(run) {
       meta('Triggered by', `${run.triggeredBy}${run.actor ? ` (${run.actor})` : ''}`),
       meta('Parameters', params.length ? params.map(([k, v]) => h('code', { class: 'param' }, `${k}=${v}`)) : h('span', { class: 'muted' }, 'none')),
       meta('Shards', `${run.shardsDone}/${run.shardCount} done${run.shardsStatus ? ` (${run.shardsStatus})` : ''}`),
-      meta('Created', h('time', { datetime: run.createdAt, title: run.createdAt }, clock(run.createdAt))),
-      meta('Started', run.startedAt ? h('time', { datetime: run.startedAt, title: run.startedAt }, clock(run.startedAt)) : '—'),
-      meta('Finished', run.finishedAt ? h('time', { datetime: run.finishedAt, title: run.finishedAt }, clock(run.finishedAt)) : '—'),
+      meta('Created', timeEl(run.createdAt, stamp(run.createdAt))),
+      meta('Started', timeEl(run.startedAt, stamp(run.startedAt))),
+      meta('Finished', timeEl(run.finishedAt, stamp(run.finishedAt))),
       meta('Duration', took === null ? '—' : duration(took)),
       run.callbackUrl ? meta('Webhook', h('code', {}, run.callbackUrl)) : null));
 
   state.runBars.clear();
+  const attempts = run.attempts || {};
   replace($('run-jobs'),
     h('div', { class: 'card-head' }, h('h2', {}, 'Shards'), h('span', { class: 'muted small' }, `${(run.jobs || []).length} job${(run.jobs || []).length === 1 ? '' : 's'}`)),
-    jobsTable(run.jobs || [], 'Shards'));
+    jobsTable(run.jobs || [], 'Shards', attempts));
 
   const fin = $('run-final');
   if (run.finalizer) {
     fin.hidden = false;
-    replace(fin, h('div', { class: 'card-head' }, h('h2', {}, 'Finalizer')), jobsTable([run.finalizer], 'Finalizer'));
+    replace(fin, h('div', { class: 'card-head' }, h('h2', {}, 'Finalizer')), jobsTable([run.finalizer], 'Finalizer', attempts),
+      resultBlock(run.finalizer, 'Finalizer result'));
   } else {
     fin.hidden = true;
   }
@@ -569,20 +731,77 @@ function renderRun(run) {
     del.hidden = true;
   }
 
-  // The log viewer: keep the chosen job; at first, the first running (else started) job.
-  const all = [...(run.jobs || []), ...(run.finalizer ? [run.finalizer] : [])];
-  if (!state.logJob && all.length) {
+  // The log viewer: keep the chosen job (the URL's, else the user's); at first, the first
+  // running (else started) job.
+  const all = allJobs(run);
+  const chosen = state.logJob && all.find((j) => j.id === state.logJob);
+  if (chosen && state.logViewer && state.logViewer.jobId !== chosen.id) {
+    openLog(chosen, false);
+  } else if (!chosen && all.length) {
     const pick = all.find((j) => j.status === 'running') || all.find((j) => j.startedAt) || all[0];
-    openLog(pick);
+    openLog(pick, false);
   }
+  renderJobPanel(run);
   markLogButtons();
+}
+
+/** The selected job: its attempt history and result (above its log). */
+function renderJobPanel(run) {
+  const panel = $('run-job');
+  const j = allJobs(run).find((x) => x.id === state.logJob);
+  if (!panel || !j) { if (panel) panel.hidden = true; return; }
+  const list = (run.attempts || {})[j.id] || [];
+  if (state.logViewer) state.logViewer.setAttempts(list);
+  panel.hidden = false;
+  replace(panel,
+    h('div', { class: 'card-head' },
+      h('h2', {}, `Attempts · ${jobLabel(j)}`, ' ', h('span', { class: 'mono small muted', title: j.id }, shortId(j.id))),
+      h('span', { class: 'muted small' }, `${list.length} execution${list.length === 1 ? '' : 's'} · attempt ${j.attempt} of ${j.maxAttempts}`)),
+    list.length ? attemptsTable(list, jobLabel(j)) : h('p', { class: 'small muted' }, j.status === 'queued' ? 'Queued: not started yet.' : 'No executions recorded.'),
+    resultBlock(j, `Result of ${jobLabel(j)}`));
+}
+
+function attemptsTable(list, label) {
+  return h('div', { class: 'table-wrap' }, h('table', { class: 'jobs attempts', 'aria-label': `Attempts of ${label}` },
+    h('thead', {}, h('tr', {}, ['Attempt', 'Outcome', 'Reason', 'Exit', 'PID', 'Started', 'Finished', 'Duration', 'Detail'].map((c) => h('th', { scope: 'col' }, c)))),
+    h('tbody', {}, list.map((a) => h('tr', { dataset: { claimSeq: a.claimSeq ?? '' } },
+      h('th', { scope: 'row' }, `#${a.attempt}`),
+      h('td', {}, pill(a.outcome)),
+      h('td', { class: 'small' }, a.reason && !(a.outcome === 'completed' && a.reason === 'exit_code') ? a.reason : '—'),
+      h('td', { class: 'num' }, a.exitCode ?? '—'),
+      h('td', { class: 'num mono small' }, a.pid ?? '—'),
+      h('td', { class: 'small' }, timeEl(a.startedAt)),
+      h('td', { class: 'small' }, timeEl(a.finishedAt)),
+      h('td', { class: 'num small' }, a.durationMs === null || a.durationMs === undefined ? (a.outcome === 'running' ? duration(between(a.startedAt, null)) : '—') : duration(a.durationMs)),
+      h('td', { class: 'small' }, [a.error, a.retryAt ? `retry at ${clock(a.retryAt)}` : null].filter(Boolean).join(' · ') || '—'))))));
+}
+
+function resultBlock(job, label) {
+  if (job.result === null || job.result === undefined) {
+    return h('div', { class: 'result-block' }, h('h3', {}, label), h('p', { class: 'small muted' }, TERMINAL.has(job.status) ? 'No result written.' : 'No result yet.'));
+  }
+  return h('div', { class: 'result-block' }, h('h3', {}, label),
+    h('pre', { class: 'result', 'aria-label': label, tabindex: '0' }, JSON.stringify(job.result, null, 2)));
+}
+
+/** A job's attempts at a glance: one dot per execution, coloured by outcome. */
+function attemptDots(list) {
+  if (!list || !list.length) return null;
+  return h('div', { class: 'dots', 'aria-label': `Attempts: ${list.map((a) => a.outcome).join(', ')}` },
+    list.map((a) => h('span', { class: `dot dot-${a.outcome}`, title: `attempt ${a.attempt}: ${a.outcome}${a.exitCode !== null && a.exitCode !== undefined ? `, exit ${a.exitCode}` : ''}${a.reason && a.outcome !== 'completed' ? `, ${a.reason}` : ''}` })));
+}
+
+function resultSummary(result) {
+  if (result === null || result === undefined) return '—';
+  const text = JSON.stringify(result);
+  return h('code', { class: 'result-inline', title: JSON.stringify(result, null, 2) }, text.length > 60 ? `${text.slice(0, 57)}…` : text);
 }
 
 function meta(label, ...value) {
   return h('div', { class: 'meta-item' }, h('dt', {}, label), h('dd', {}, ...value));
 }
 
-function jobsTable(jobs, label) {
+function jobsTable(jobs, label, attempts) {
   const rows = jobs.map((j) => {
     const bar = progressBar(`${jobLabel(j)} progress`, j.progress ?? 0, j.status);
     setProgress(bar, j.progress ?? 0, j.status, j.progressMessage);
@@ -595,19 +814,20 @@ function jobsTable(jobs, label) {
       h('th', { scope: 'row' }, jobLabel(j), h('div', { class: 'small muted mono', title: j.id }, shortId(j.id))),
       h('td', {}, pill(j.status), j.abortRequested && !TERMINAL.has(j.status) ? h('div', { class: 'small warn-text' }, 'abort requested') : null),
       h('td', { class: 'progress-cell' }, bar, j.progressMessage ? h('div', { class: 'small muted ellipsis', title: j.progressMessage }, j.progressMessage) : null),
-      h('td', { class: 'num' }, `${j.attempt}/${j.maxAttempts}`, j.requeues ? h('div', { class: 'small muted' }, `${j.requeues} requeued`) : null),
+      h('td', { class: 'num' }, `${j.attempt}/${j.maxAttempts}`, attemptDots((attempts || {})[j.id]), j.requeues ? h('div', { class: 'small muted' }, `${j.requeues} requeued`) : null),
       h('td', { class: 'mono small', title: j.node || '' }, j.node ? shortId(j.node) : '—'),
       h('td', { class: 'num mono small' }, j.pid ?? '—'),
       h('td', { class: 'num' }, j.exitCode ?? '—'),
       h('td', { class: 'small' }, reason || '—'),
-      h('td', { class: 'small' }, j.startedAt ? h('time', { datetime: j.startedAt, title: j.startedAt }, clock(j.startedAt)) : '—'),
-      h('td', { class: 'small' }, j.finishedAt ? h('time', { datetime: j.finishedAt, title: j.finishedAt }, clock(j.finishedAt)) : '—'),
+      h('td', { class: 'small' }, timeEl(j.startedAt)),
+      h('td', { class: 'small' }, timeEl(j.finishedAt)),
       h('td', { class: 'num small' }, took === null || took === undefined ? '—' : duration(took)),
       h('td', { class: 'num small', title: `stdout ${j.stdoutBytes} B, stderr ${j.stderrBytes} B${j.truncated ? ' (truncated)' : ''}` }, bytes((j.stdoutBytes || 0) + (j.stderrBytes || 0)), j.truncated ? ' ✂' : ''),
+      h('td', { class: 'small result-cell' }, resultSummary(j.result)),
       h('td', {}, h('button', { type: 'button', class: 'btn btn-small log-btn', dataset: { jobId: j.id }, 'aria-label': `Show log of ${jobLabel(j)}`, onclick: () => openLog(j) }, 'Log')));
   });
   return h('div', { class: 'table-wrap' }, h('table', { class: 'jobs', 'aria-label': label },
-    h('thead', {}, h('tr', {}, ['Job', 'Status', 'Progress', 'Attempt', 'Node', 'PID', 'Exit', 'Reason', 'Started', 'Finished', 'Duration', 'Output', ''].map((c) => h('th', { scope: 'col' }, c)))),
+    h('thead', {}, h('tr', {}, ['Job', 'Status', 'Progress', 'Attempt', 'Node', 'PID', 'Exit', 'Reason', 'Started', 'Finished', 'Duration', 'Output', 'Result', ''].map((c) => h('th', { scope: 'col' }, c)))),
     h('tbody', {}, rows)));
 }
 
@@ -621,15 +841,21 @@ function deliveriesTable(list) {
         h('td', { class: 'small ellipsis', title: d.url }, d.url),
         h('td', {}, pill(d.status)),
         h('td', { class: 'num' }, d.attempts),
-        h('td', { class: 'small' }, d.nextAttemptAt ? clock(d.nextAttemptAt) : '—'),
+        h('td', { class: 'small' }, timeEl(d.nextAttemptAt)),
         h('td', { class: 'small' }, last ? [last.statusCode ? `HTTP ${last.statusCode}` : '', last.error || '', ` (${duration(last.durationMs)})`].filter(Boolean).join(' ') : '—'));
     }))));
 }
 
-function openLog(job) {
+/** Opens a job's attempts and log; `remember` puts it in the URL (replacing: no history entry). */
+function openLog(job, remember = true) {
   if (!state.logViewer) return;
   state.logJob = job.id;
   state.logViewer.open(job.id, `${jobLabel(job)} (${shortId(job.id)})`);
+  if (remember && state.route.name === 'run') {
+    const next = `#/runs/${enc(state.route.id)}?job=${enc(job.id)}`;
+    if (location.hash !== next) history.replaceState(history.state, '', next);
+  }
+  if (state.run) renderJobPanel(state.run);
   markLogButtons();
 }
 
@@ -638,6 +864,8 @@ function markLogButtons() {
     const on = b.dataset.jobId === state.logJob;
     b.classList.toggle('active', on);
     b.setAttribute('aria-pressed', on ? 'true' : 'false');
+    const row = b.closest('tr');
+    if (row) row.classList.toggle('selected', on);
   }
 }
 
@@ -670,6 +898,42 @@ function confirmAbort(run) {
   dlg.showModal();
 }
 
+// ───────────────────────── nodes page ─────────────────────────
+
+function showNodes() {
+  leaveRun();
+  state.route = { name: 'nodes' };
+  markNav('nodes');
+  $('dashboard-view').hidden = true;
+  $('nodes-view').hidden = false;
+  document.title = 'nodes · runyard';
+  loadNodes();
+  // Heartbeat ages move on their own: refresh while the page is shown.
+  if (!state.nodesTimer) state.nodesTimer = setInterval(() => { if (!document.hidden) loadNodes(); }, 2000);
+}
+
+function stopNodes() {
+  clearInterval(state.nodesTimer);
+  state.nodesTimer = 0;
+}
+
+let nodesSeq = 0;
+async function loadNodes() {
+  if (state.route.name !== 'nodes') return;
+  const seq = ++nodesSeq;
+  try {
+    const data = await api('/api/workers');
+    if (seq !== nodesSeq || state.route.name !== 'nodes') return;
+    const list = data.workers || [];
+    renderNodes($('nodes'), list);
+    $('nodes-count').textContent = `${list.length} live node${list.length === 1 ? '' : 's'}`;
+    banner(null);
+  } catch (e) {
+    if (e.status !== 401) banner(`Could not load nodes: ${e.message}`);
+  }
+}
+const refreshNodes = throttle(loadNodes, 500);
+
 // ───────────────────────── boot ─────────────────────────
 
 async function boot() {
@@ -678,13 +942,25 @@ async function boot() {
   $('logout').addEventListener('click', onLogout);
   $('filter-pipeline').addEventListener('change', onFilter);
   $('filter-status').addEventListener('change', onFilter);
-  $('page-prev').addEventListener('click', () => { state.offset = Math.max(0, state.offset - PAGE); loadRuns(); });
-  $('page-next').addEventListener('click', () => { if (state.hasNext) { state.offset += PAGE; loadRuns(); } });
+  $('runs-filter').addEventListener('submit', onFilter);
+  $('runs-search').addEventListener('search', onFilter); // the field's own clear button
+  $('page-prev').addEventListener('click', () => { state.offset = Math.max(0, state.offset - PAGE); navigateList(); });
+  $('page-next').addEventListener('click', () => { if (state.hasNext) { state.offset += PAGE; navigateList(); } });
+  $('zone').textContent = zoneLabel();
+  $('chart-legend').replaceWith(legend());
+  try { state.statsWindow = localStorage.getItem('runyard.stats.window') || '24h'; } catch { /* private mode */ }
+  if (![...$('stats-window').options].some((o) => o.value === state.statsWindow)) state.statsWindow = '24h';
+  $('stats-window').value = state.statsWindow;
+  $('stats-window').addEventListener('change', () => {
+    state.statsWindow = $('stats-window').value;
+    try { localStorage.setItem('runyard.stats.window', state.statsWindow); } catch { /* private mode */ }
+    loadStats();
+  });
   window.addEventListener('hashchange', route);
   // Times shown as "… ago" and running durations: refresh now and then.
   setInterval(() => {
     if (!state.started || document.hidden) return;
-    if (state.route.name === 'dashboard') refreshRuns();
+    if (state.route.name === 'dashboard') { refreshRuns(); refreshStats(); }
     else if (state.run && !TERMINAL.has(state.run.status)) refreshRun();
   }, 15000);
   try {

@@ -49,10 +49,10 @@ export function shortId(id) {
   return i < 0 ? tail : tail + id.slice(i);
 }
 
-/** A status pill. */
-export function pill(status) {
+/** A status pill, coloured by status or outcome (completed, failed, aborted, retried, …). */
+export function pill(status, extraClass) {
   const s = String(status || 'unknown');
-  return h('span', { class: `pill pill-${s.replace(/[^a-z_]/g, '')}` }, s);
+  return h('span', { class: `pill pill-${s.replace(/[^a-z_]/g, '')}${extraClass ? ` ${extraClass}` : ''}` }, s);
 }
 
 /** "1.2 s", "3 min 4 s", "2 h 5 min". */
@@ -72,6 +72,44 @@ export function between(start, end) {
   const a = Date.parse(start);
   const b = end ? Date.parse(end) : Date.now();
   return Number.isFinite(a) && Number.isFinite(b) ? Math.max(0, b - a) : null;
+}
+
+const pad2 = (n) => String(n).padStart(2, '0');
+
+/** This browser's offset from UTC as "UTC+05:30" (for a given date: DST moves it). */
+export function utcOffset(d = new Date()) {
+  const off = -d.getTimezoneOffset();
+  const sign = off >= 0 ? '+' : '-';
+  const a = Math.abs(off);
+  return `UTC${sign}${pad2(Math.floor(a / 60))}:${pad2(a % 60)}`;
+}
+
+/** The zone every time on the page is shown in: "Europe/Berlin (UTC+01:00)". */
+export function zoneLabel() {
+  let name = '';
+  try { name = Intl.DateTimeFormat().resolvedOptions().timeZone || ''; } catch { /* none */ }
+  return name ? `${name} (${utcOffset()})` : utcOffset();
+}
+
+/** "2024-05-01 12:03:04 UTC+02:00": a full local time with its zone. */
+export function stamp(ts) {
+  if (!ts) return '';
+  const d = new Date(ts);
+  if (Number.isNaN(d.getTime())) return String(ts);
+  return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} ` +
+    `${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())} ${utcOffset(d)}`;
+}
+
+/** "12:03:04.123" (local) for epoch ms: a log line's time. */
+export function lineTime(ms) {
+  const d = new Date(ms);
+  return `${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}.${String(d.getMilliseconds()).padStart(3, '0')}`;
+}
+
+/** A <time> element: short text, the full local time with its zone as a tooltip. */
+export function timeEl(ts, text) {
+  if (!ts) return '—';
+  return h('time', { datetime: ts, title: stamp(ts) }, text ?? clock(ts));
 }
 
 /** "12:03:04" today, else "2024-05-01 12:03". */
@@ -121,14 +159,19 @@ export function progressBar(label, percent, status) {
   return bar;
 }
 
-/** Updates a bar made by progressBar. */
+/**
+ * Updates a bar made by progressBar. A failed or aborted job's bar is drawn full-width in
+ * its colour (it has ended; an empty bar would read as "not started"); its value stays the
+ * progress it had reached.
+ */
 export function setProgress(bar, percent, status, message) {
   let p = Number.isFinite(percent) ? Math.max(0, Math.min(100, percent)) : 0;
   if (status === 'completed') p = 100;
+  const ended = status === 'failed' || status === 'aborted';
   bar.setAttribute('aria-valuenow', String(p));
   bar.setAttribute('aria-valuetext', `${p}%${status ? ` (${status})` : ''}`);
   bar.dataset.status = status || '';
-  bar.firstChild.style.width = `${p}%`;
-  const title = [`${p}%`, status, message].filter(Boolean).join(' · ');
+  bar.firstChild.style.width = `${ended ? 100 : p}%`;
+  const title = [ended ? `${status} at ${p}%` : `${p}%`, ended ? null : status, message].filter(Boolean).join(' · ');
   bar.title = title;
 }

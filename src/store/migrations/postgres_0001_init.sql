@@ -7,8 +7,10 @@
 CREATE FUNCTION runyard_now_ms() RETURNS bigint LANGUAGE sql STABLE
     AS $$ SELECT (extract(epoch FROM now()) * 1000)::bigint $$;
 
+-- Ids compare bytewise (COLLATE "C"): id order is creation order (UUIDv7), and a short id
+-- is a range of the primary key, whatever the database's default collation.
 CREATE TABLE runs (
-    id              text PRIMARY KEY,
+    id              text COLLATE "C" PRIMARY KEY,
     pipeline        text NOT NULL,
     status          text NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'failed', 'aborted')),
     params          text NOT NULL,
@@ -30,8 +32,8 @@ CREATE INDEX runs_finished ON runs (finished_at) WHERE finished_at IS NOT NULL;
 
 CREATE TABLE jobs (
     seq                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- FIFO key
-    id                  text NOT NULL UNIQUE,
-    run_id              text NOT NULL,
+    id                  text COLLATE "C" NOT NULL UNIQUE,
+    run_id              text COLLATE "C" NOT NULL,
     pipeline            text NOT NULL,
     kind                text NOT NULL DEFAULT 'shard',
     shard_index         bigint NOT NULL,
@@ -79,6 +81,7 @@ CREATE TABLE output (
     first_line bigint NOT NULL,
     line_count bigint NOT NULL,
     data       text NOT NULL,
+    created_at bigint,   -- when the chunk was flushed (every line of it shows this time)
     PRIMARY KEY (job_id, first_line)
 );
 
@@ -92,6 +95,8 @@ CREATE TABLE events (
     created_at bigint NOT NULL
 );
 CREATE INDEX events_created ON events (created_at);
+-- A run's events without its progress ticks (the run page's attempt history).
+CREATE INDEX events_run ON events (run_id, id) WHERE name <> 'job:progress';
 
 -- A logged table: an UNLOGGED one is emptied by crash recovery, and every running job
 -- would then look stranded.

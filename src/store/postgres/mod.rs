@@ -23,8 +23,12 @@
 //!   and take the advisory cap lock last.
 //! - **Event ids that never skip.** An event's id is `(xid << 16) | n` (its
 //!   transaction's top-level id, then its index in the transaction); readers
-//!   take only ids below the oldest transaction still in flight
-//!   (`pg_snapshot_xmin`), so an id a reader has passed can never commit later.
+//!   take only ids below the oldest transaction of this deployment still in
+//!   flight in their snapshot (`read::HORIZON`), so an id a reader has passed
+//!   can never commit later, and other programs' long transactions on the same
+//!   server do not hold the streams back. A replica that dies inside a
+//!   transaction holds them back until the server ends its session
+//!   (`idle_in_transaction_session_timeout`, 5 s).
 //!   Ids have gaps; the SSE code resumes by cursor, never by counting.
 //! - **The database's clock.** Times are the database's (`runyard_now_ms()`),
 //!   followed locally between samples with the monotonic clock
@@ -67,7 +71,7 @@ const CLOCK_SAMPLE: Duration = Duration::from_secs(5);
 const POOL_WAIT: Duration = Duration::from_secs(5);
 /// Session settings: a frozen replica cannot hold locks for long, no statement runs forever.
 const SESSION_OPTIONS: &str =
-    "-c idle_in_transaction_session_timeout=10000 -c statement_timeout=30000 -c lock_timeout=5000";
+    "-c idle_in_transaction_session_timeout=5000 -c statement_timeout=30000 -c lock_timeout=5000";
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -184,7 +188,9 @@ fn redact_url(url: &str) -> String {
 fn valid_schema(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !name.starts_with(|c: char| c.is_ascii_digit())
 }
 
@@ -205,7 +211,7 @@ impl PgStore {
         if let Some(schema) = &opts.schema {
             if !valid_schema(schema) {
                 return Err(open_err(format!(
-                    "schema {schema:?} must be 1–63 letters, digits or _, not starting with a digit"
+                    "schema {schema:?} must be 1–63 lowercase letters, digits or _, not starting with a digit"
                 )));
             }
             options.push_str(&format!(" -c search_path={schema}"));
@@ -216,9 +222,13 @@ impl PgStore {
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
         config.connect_timeout(Duration::from_secs(5));
-        if config.get_application_name().is_none() {
-            config.application_name("runyard");
+        // Event readers tell this deployment's transactions from everyone else's by this
+        // name (see `read::HORIZON`), so it is always set, whatever the URL says.
+        let name = format!("runyard/{}", opts.schema.as_deref().unwrap_or("public"));
+        if config.get_application_name().is_some_and(|n| n != name) {
+            tracing::info!("application_name in the store URL is replaced by {name:?}");
         }
+        config.application_name(&name);
 
         // Create the schema on a plain connection first: search_path must name an existing
         // schema for the pooled connections' unqualified names to resolve.
@@ -580,6 +590,9 @@ impl Store for PgStore {
     async fn jobs_abort_requested(&self, node_id: &str) -> StoreResult<Vec<(String, i64)>> {
         self.read_abort_requested(node_id).await
     }
+    async fn run_ids_by_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>> {
+        self.read_run_ids_by_prefix(prefix, limit).await
+    }
     async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunView>> {
         self.read_run(run_id).await
     }
@@ -608,6 +621,12 @@ impl Store for PgStore {
     }
     async fn events_bounds(&self) -> StoreResult<(i64, i64)> {
         self.read_event_bounds().await
+    }
+    async fn run_events(&self, run_id: &str, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+        self.read_run_events(run_id, limit).await
+    }
+    async fn pipeline_stats(&self, p: PipelineStatsParams) -> StoreResult<Vec<PipelineStatsRow>> {
+        self.read_pipeline_stats(&p).await
     }
     async fn pipeline_counts(&self) -> StoreResult<HashMap<String, PipelineCounts>> {
         self.read_pipeline_counts().await

@@ -14,9 +14,24 @@ use crate::store::{
     DeliveryAttemptView, DeliveryView, JobLogs, JobView, LogLine, NodeRow, PipelineCounts,
     PipelineNodeState, RunFilter, RunView, RunningJob, StoredEvent, Stream,
 };
+use crate::store::{PipelineStatsParams, PipelineStatsRow};
 
-/// Ids below this are final: every transaction that could still insert one has ended.
-const HORIZON: &str = "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16)";
+/// Event ids below this are final for the statement's snapshot: every transaction of this
+/// deployment that could still insert a smaller one has ended. It is the snapshot's `xmax`
+/// (transactions that start later get larger ids), lowered to the oldest transaction still
+/// in flight in that snapshot, except those known to belong to someone else:
+/// `pg_stat_activity` shows them under another `application_name` (every connection of
+/// this deployment is named `runyard/{schema}`), so a long transaction of another program,
+/// or of runyard on another schema, cannot stall this deployment's event streams. A
+/// transaction that ended between the snapshot and the `pg_stat_activity` read is not known
+/// to be foreign, so it still counts: the horizon errs only towards waiting.
+const HORIZON: &str = "(SELECT LEAST(pg_snapshot_xmax(s)::text::bigint,
+        (SELECT min(x::text::bigint) FROM pg_snapshot_xip(s) AS x
+         WHERE (x::text::bigint & 4294967295) NOT IN (
+             SELECT backend_xid::text::bigint FROM pg_stat_activity
+             WHERE backend_xid IS NOT NULL
+               AND application_name <> current_setting('application_name')))) << 16
+     FROM pg_current_snapshot() AS s)";
 
 async fn rows<C: GenericClient>(
     c: &C,
@@ -328,6 +343,22 @@ impl PgStore {
             .collect())
     }
 
+    pub(super) async fn read_run_ids_by_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        // [prefix, prefix || U+10FFFF) on the primary key (ids compare bytewise).
+        let high = format!("{prefix}\u{10FFFF}");
+        let limit = limit as i64;
+        read!(self, c => rows(c, "SELECT id FROM runs WHERE id >= $1 AND id < $2 ORDER BY id LIMIT $3",
+                              &[&prefix, &high, &limit])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
     pub(super) async fn read_run(&self, run_id: &str) -> StoreResult<Option<RunView>> {
         read!(self, c => {
             match row(c, &format!("SELECT {RUN_COLS} FROM runs WHERE id = $1"), &[&run_id]).await? {
@@ -345,15 +376,29 @@ impl PgStore {
     pub(super) async fn read_runs(&self, f: &RunFilter) -> StoreResult<Vec<RunView>> {
         let status = f.status.map(|s| s.as_str());
         let (limit, offset) = (f.limit as i64, f.offset as i64);
+        // A short form (4–12 hex digits, no hyphen) also matches the id's last digits.
+        let suffix = f
+            .run_id
+            .as_deref()
+            .filter(|r| (4..=12).contains(&r.len()) && !r.contains('-'));
+        let (param_name, param_value) = match &f.param {
+            Some(p) => (Some(p.name.as_str()), p.value.as_deref()),
+            None => (None, None),
+        };
         read!(self, c => {
             let mut runs: Vec<RunView> = rows(
                 c,
                 &format!(
                     "SELECT {RUN_COLS} FROM runs
                      WHERE ($1::text IS NULL OR pipeline = $1) AND ($2::text IS NULL OR status = $2)
+                       AND ($5::text IS NULL OR (id >= $5 AND id < $5 || '~') OR id LIKE '%' || $6::text)
+                       AND ($7::text IS NULL OR (params::jsonb) ? $7)
+                       AND ($8::text IS NULL OR (params::jsonb) ->> $7 = $8)
+                       AND ($9::text IS NULL OR actor = $9)
                      ORDER BY id DESC LIMIT $3 OFFSET $4"
                 ),
-                &[&f.pipeline, &status, &limit, &offset],
+                &[&f.pipeline, &status, &limit, &offset, &f.run_id, &suffix, &param_name, &param_value,
+                  &f.actor],
             )
             .await?
             .iter()
@@ -397,7 +442,7 @@ impl PgStore {
         read!(self, c => {
             let chunks = rows(
                 c,
-                "SELECT first_line, stream, data FROM output
+                "SELECT first_line, stream, data, claim_seq, created_at FROM output
                  WHERE job_id = $1 AND first_line >= (SELECT COALESCE(max(first_line), 0) FROM output
                                                       WHERE job_id = $1 AND first_line <= $2)
                  ORDER BY first_line",
@@ -408,10 +453,11 @@ impl PgStore {
             for r in &chunks {
                 let first: i64 = r.get(0);
                 let stream = if r.get::<_, i16>(1) == STDERR { Stream::Stderr } else { Stream::Stdout };
+                let (claim_seq, time): (i64, Option<i64>) = (r.get(3), r.get(4));
                 for (i, line) in r.get::<_, &str>(2).split('\n').enumerate() {
                     let seq = first + i as i64;
                     if seq > after {
-                        out.push(LogLine { seq, stream, line: line.to_string() });
+                        out.push(LogLine { seq, stream, line: line.to_string(), claim_seq, time });
                     }
                 }
                 if out.len() >= limit {
@@ -454,6 +500,51 @@ impl PgStore {
                 .unwrap_or(0);
             (pruned, newest_visible_event(c).await?)
         })
+    }
+
+    pub(super) async fn read_run_events(
+        &self,
+        run_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let limit = limit as i64;
+        read!(self, c => rows(
+            c,
+            &format!("SELECT id, name, data FROM events
+                      WHERE run_id = $1 AND name <> 'job:progress' AND id < {HORIZON} ORDER BY id LIMIT $2"),
+            &[&run_id, &limit],
+        )
+        .await?
+        .iter()
+        .map(|r| StoredEvent { id: r.get(0), name: r.get(1), data: r.get(2) })
+        .collect())
+    }
+
+    pub(super) async fn read_pipeline_stats(
+        &self,
+        p: &PipelineStatsParams,
+    ) -> StoreResult<Vec<PipelineStatsRow>> {
+        let bucket_ms = p.bucket_ms.max(1);
+        read!(self, c => rows(
+            c,
+            "SELECT pipeline, (finished_at - $1) / $3 AS bucket, status, count(*),
+                    COALESCE(sum(finished_at - COALESCE(started_at, finished_at)), 0)::bigint,
+                    COALESCE(max(finished_at - COALESCE(started_at, finished_at)), 0)
+             FROM runs WHERE finished_at IS NOT NULL AND finished_at >= $1 AND finished_at < $2
+             GROUP BY pipeline, bucket, status ORDER BY pipeline, bucket, status",
+            &[&p.since, &p.until, &bucket_ms],
+        )
+        .await?
+        .iter()
+        .map(|r| PipelineStatsRow {
+            pipeline: r.get(0),
+            bucket: r.get::<_, i64>(1) as u32,
+            status: r.get(2),
+            runs: r.get::<_, i64>(3) as u64,
+            duration_sum_ms: r.get::<_, i64>(4).max(0),
+            duration_max_ms: r.get::<_, i64>(5).max(0),
+        })
+        .collect())
     }
 
     pub(super) async fn read_pipeline_counts(

@@ -330,6 +330,7 @@ async fn start_in_tx(tx: &mut Tx<'_>, p: &JobStartParams) -> StoreResult<Option<
         row.get::<_, i64>(3) as u32,
         row.get::<_, i64>(4) as u32,
         p.pid,
+        p.claim_seq,
     );
     tx.emit(event, p.now).await?;
     Ok(Some(row.get(0)))
@@ -370,9 +371,9 @@ pub(super) async fn job_output_append(s: &PgStore, p: OutputAppendParams) -> Sto
                         continue;
                     }
                     tx.exec(
-                        "INSERT INTO output (job_id, claim_seq, stream, first_line, line_count, data)
-                         VALUES ($1, $2, $3, $4, $5, $6)",
-                        &[&p.job_id, &p.claim_seq, &stream, &next, &(lines.len() as i64), &chunk(lines)],
+                        "INSERT INTO output (job_id, claim_seq, stream, first_line, line_count, data, created_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        &[&p.job_id, &p.claim_seq, &stream, &next, &(lines.len() as i64), &chunk(lines), &p.now],
                     )
                     .await?;
                     next += lines.len() as i64;

@@ -1,0 +1,250 @@
+//! (e) Store-level claim + finish throughput on PostgreSQL, driven by 1 and by 3
+//! processes (no spawning: this measures the shared store, not `/bin/true`).
+//!
+//! The bench re-executes itself as worker processes (`RUNYARD_BENCH_WORKER=…`). Each
+//! worker opens its own `PgStore` on one shared schema, registers a node and runs
+//! `TASKS` loops of "claim one job, then finish it with the fused claim of the next"
+//! (the scheduler's hot path, DESIGN decision 14) for a fixed time, then prints how many
+//! jobs it finished. Runs with and without a global cap; with the cap, the parent samples
+//! the running count every 5 ms and fails if it ever exceeds the cap.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use runyard::store::postgres::{PgOptions, PgStore};
+use runyard::store::{JobClaimParams, JobFinishParams, NodeRow, Outcome, Store};
+
+/// Concurrent claim loops per worker process.
+const TASKS: usize = 4;
+const PIPELINE: &str = "bench";
+
+fn claim_params(node: &str, cap: usize) -> JobClaimParams {
+    JobClaimParams {
+        node_id: node.to_string(),
+        max: 1,
+        global_cap: cap,
+        pipelines: HashMap::from([(PIPELINE.to_string(), 0)]),
+        now: runyard::clock::now_ms(),
+    }
+}
+
+/// The worker's body: prints `finished=N max_running=M`.
+pub async fn worker(url: &str, schema: &str, secs: u64, cap: usize) {
+    let store: Arc<dyn Store> = Arc::new(
+        PgStore::open(&PgOptions {
+            url: url.to_string(),
+            schema: Some(schema.to_string()),
+            pool_size: TASKS + 2,
+        })
+        .await
+        .expect("open the bench schema"),
+    );
+    let node = uuid::Uuid::now_v7().to_string();
+    let now = store.clock_ms();
+    store
+        .node_register(NodeRow {
+            id: node.clone(),
+            host: "bench".into(),
+            pid: std::process::id(),
+            proc_start: 0,
+            boot_id: "bench".into(),
+            slots: TASKS as u32,
+            started_at: now,
+            heartbeat_at: now,
+        })
+        .await
+        .unwrap();
+    let finished = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let (store, node, finished) = (store.clone(), node.clone(), finished.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut held = store
+                .job_claim(claim_params(&node, cap))
+                .await
+                .unwrap()
+                .jobs;
+            while Instant::now() < deadline {
+                let Some(job) = held.pop() else {
+                    // Nothing claimable (cap reached or queue empty): try again shortly.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    held = store
+                        .job_claim(claim_params(&node, cap))
+                        .await
+                        .unwrap()
+                        .jobs;
+                    continue;
+                };
+                let out = store
+                    .job_finish(JobFinishParams {
+                        job_id: job.id.clone(),
+                        claim_seq: job.claim_seq,
+                        outcome: Outcome::Completed,
+                        exit_code: Some(0),
+                        stdout_bytes: 0,
+                        stderr_bytes: 0,
+                        truncated: false,
+                        now: runyard::clock::now_ms(),
+                        claim_next: Some(claim_params(&node, cap)),
+                        start: None,
+                        result: None,
+                    })
+                    .await
+                    .unwrap();
+                assert!(out.applied, "a fenced finish of our own claim applies");
+                finished.fetch_add(1, Ordering::Relaxed);
+                held = out.next;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!("finished={}", finished.load(Ordering::Relaxed));
+    store.close().await;
+}
+
+/// Creates a fresh schema holding `jobs` queued single-shard runs of one pipeline. They
+/// are inserted in bulk with SQL (this is set-up, not what is measured); one shard per
+/// run, as most runs have, so finishes do not all queue on one run row.
+async fn prepare(url: &str, schema: &str, jobs: usize) -> Arc<dyn Store> {
+    let store: Arc<dyn Store> = Arc::new(
+        PgStore::open(&PgOptions {
+            url: url.to_string(),
+            schema: Some(schema.to_string()),
+            pool_size: 4,
+        })
+        .await
+        .expect("PostgreSQL for the bench"),
+    );
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    let now = runyard::clock::now_ms();
+    client
+        .batch_execute(&format!(
+            "SET search_path = {schema};
+             CREATE TEMP TABLE ids AS
+                 SELECT gen_random_uuid()::text AS id, n FROM generate_series(1, {jobs}) AS n;
+             INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, created_at)
+                 SELECT id, '{PIPELINE}', 'queued', '{{}}', 1, 'bench', {now} FROM ids ORDER BY n;
+             INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts,
+                               retry_backoff_ms, on_orphan, max_orphan_requeues, run_after, created_at)
+                 SELECT id, id, '{PIPELINE}', 0, 1, 'queued', 1, 1000, 'requeue', 1, {now}, {now}
+                 FROM ids ORDER BY n;
+             ANALYZE runs; ANALYZE jobs;"
+        ))
+        .await
+        .expect("bulk insert of the bench's queue");
+    drop(client);
+    let _ = task.await;
+    store
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    if let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+        let task = tokio::spawn(conn);
+        let _ = client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .await;
+        drop(client);
+        let _ = task.await;
+    }
+}
+
+/// One measurement: `procs` worker processes for `secs` on a fresh schema; jobs/s, and the
+/// most jobs seen running at once (sampled every 5 ms).
+async fn measure(url: &str, procs: usize, cap: usize, secs: u64) -> (f64, usize) {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let schema = format!(
+        "bench_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    // Enough work that no worker runs dry: generous for ~5k jobs/s.
+    let store = prepare(url, &schema, 6_000 * secs as usize).await;
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..procs)
+        .map(|_| {
+            Command::new(&exe)
+                .env(
+                    "RUNYARD_BENCH_WORKER",
+                    format!("{url}|{schema}|{secs}|{cap}"),
+                )
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn a bench worker")
+        })
+        .collect();
+    let started = Instant::now();
+    let mut max_running = 0usize;
+    let sample_until = started + Duration::from_secs(secs + 2);
+    while Instant::now() < sample_until {
+        if let Ok(counts) = store.pipeline_counts().await {
+            let running = counts.get(PIPELINE).map(|c| c.running).unwrap_or(0) as usize;
+            max_running = max_running.max(running);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut total = 0u64;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "bench worker failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        total += text
+            .lines()
+            .find_map(|l| l.strip_prefix("finished="))
+            .and_then(|v| v.parse::<u64>().ok())
+            .expect("worker prints finished=N");
+    }
+    store.close().await;
+    drop_schema(url, &schema).await;
+    (total as f64 / secs as f64, max_running)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+pub async fn bench_store(url: &str, rounds: usize, secs: u64) {
+    println!(
+        "(e) PostgreSQL store: claim + fused finish/claim-next, {TASKS} loops per process, {secs} s per round"
+    );
+    for (label, cap) in [("no cap", 0usize), ("global cap 8", 8)] {
+        let mut by_procs = Vec::new();
+        for procs in [1usize, 3] {
+            let mut rates = Vec::new();
+            let mut worst = 0;
+            for round in 1..=rounds {
+                let (rate, max_running) = measure(url, procs, cap, secs).await;
+                println!(
+                    "    {label}, {procs} process(es), round {round}: {rate:>6.0} jobs/s, at most {max_running} running"
+                );
+                if cap > 0 {
+                    assert!(
+                        max_running <= cap,
+                        "{max_running} running over a global cap of {cap}"
+                    );
+                }
+                worst = worst.max(max_running);
+                rates.push(rate);
+            }
+            let m = median(rates);
+            println!(
+                "    {label}, {procs} process(es): median {m:.0} jobs/s (most running at once: {worst})"
+            );
+            by_procs.push(m);
+        }
+        println!(
+            "    {label}: 1 → 3 processes = {:.2}× (target ≥ 1.6×)\n",
+            by_procs[1] / by_procs[0]
+        );
+    }
+}

@@ -1,0 +1,476 @@
+//! The PostgreSQL store through the binary and the server: replicas sharing one
+//! database, a database outage, start-up faults, migrations racing, and the event
+//! horizon. Needs `TEST_DATABASE_URL`; prints `SKIPPED(service)` without it.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::proxy::FaultProxy;
+use common::{BinServer, EventWatcher, TestServer, eventually, free_port, get, post};
+use runyard::store::postgres::{PgOptions, PgStore};
+use runyard::store::{JobPolicy, RunCreateParams, Store};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(30);
+
+fn pg_url() -> Option<String> {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            println!("SKIPPED(service): TEST_DATABASE_URL not set");
+            None
+        }
+    }
+}
+
+/// A schema name no other test uses; dropped by [`drop_schema`].
+fn fresh_schema() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "pgt_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn raw_client(url: &str, app: &str) -> tokio_postgres::Client {
+    let mut config: tokio_postgres::Config = url.parse().unwrap();
+    config.application_name(app);
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    let c = raw_client(url, "runyard-test-cleanup").await;
+    c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+}
+
+/// The URL with its host and port replaced by `addr` (to go through a proxy).
+fn via(url: &str, addr: std::net::SocketAddr) -> String {
+    let mut u = url::Url::parse(url).unwrap();
+    u.set_host(Some(&addr.ip().to_string())).unwrap();
+    u.set_port(Some(addr.port())).unwrap();
+    u.to_string()
+}
+
+fn upstream(url: &str) -> std::net::SocketAddr {
+    let u = url::Url::parse(url).unwrap();
+    let host = u.host_str().unwrap_or("127.0.0.1");
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    format!("{host}:{}", u.port().unwrap_or(5432))
+        .parse()
+        .unwrap()
+}
+
+fn store_toml(url: &str, schema: &str) -> String {
+    format!("[store]\nurl = \"{url}\"\nschema = \"{schema}\"\npool_size = 4\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_answers_503_loses_nothing_and_work_resumes_within_10s() {
+    let Some(url) = pg_url() else { return };
+    let schema = fresh_schema();
+    let proxy = FaultProxy::start(upstream(&url)).await;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().display();
+    let s = TestServer::start(
+        &format!("max_workers = 2\n{}", store_toml(&via(&url, proxy.addr), &schema)),
+        &format!(
+            "[pipelines.gated]\ncommand = [\"sh\", \"-c\", \"echo before; while [ ! -e {dir}/go ]; do sleep 0.02; done; \
+             echo after; touch {dir}/done.$RUNYARD_JOB_ID\"]\n"
+        ),
+    )
+    .await;
+    let mut events = s.events();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let (status, t) = s.trigger("gated", json!({})).await;
+        assert_eq!(status, 202);
+        runs.push(t["runId"].as_str().unwrap().to_string());
+    }
+    for id in &runs {
+        events
+            .wait_for("job:started", |d| d["runId"] == id.as_str(), T)
+            .await;
+    }
+
+    proxy.cut();
+    // While the database is away: 503 JSON on reads and triggers, never another 5xx.
+    let (status, body) = s.get("/api/runs").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("unavailable"),
+        "{body}"
+    );
+    let (status, body) = s.trigger("gated", json!({})).await;
+    assert_eq!(status, 503, "{body}");
+    // The jobs end during the outage; their ends cannot be written yet.
+    std::fs::write(work.path().join("go"), "").unwrap();
+    for id in &runs {
+        let marker = work.path().join(format!("done.{id}"));
+        eventually(T, "the job to end during the outage", || {
+            let marker = marker.clone();
+            async move { marker.exists() }
+        })
+        .await;
+    }
+    assert_eq!(s.get("/api/runs").await.0, 503, "still down");
+
+    let healed = Instant::now();
+    proxy.heal();
+    for id in &runs {
+        eventually(
+            Duration::from_secs(10),
+            "the run to complete after the outage",
+            || {
+                let (s, id) = (&s, id.clone());
+                async move { s.get(&format!("/api/runs/{id}")).await.1["status"] == "completed" }
+            },
+        )
+        .await;
+    }
+    println!(
+        "both runs recorded {:?} after the database came back",
+        healed.elapsed()
+    );
+    assert!(healed.elapsed() < Duration::from_secs(10));
+    // Nothing was lost: every line the jobs printed, before and during the outage.
+    for id in &runs {
+        let (_, logs) = s.get(&format!("/api/jobs/{id}/logs")).await;
+        assert_eq!(logs["stdout"], json!(["before", "after"]), "{logs}");
+    }
+    // And the node takes new work again.
+    let (status, t) = s.trigger("gated", json!({})).await;
+    assert_eq!(status, 202);
+    let id = t["runId"].as_str().unwrap().to_string();
+    let mut events = s.events();
+    let run = s.wait_run(&mut events, &id, T).await;
+    assert_eq!(run["status"], "completed");
+    s.stop().await;
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_work_and_see_each_others_events_logs_and_aborts() {
+    let Some(url) = pg_url() else { return };
+    let schema = fresh_schema();
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("go");
+    let config = common::write_config(
+        dir.path(),
+        &format!(
+            "max_workers = 1\nheartbeat = \"500ms\"\n{}",
+            store_toml(&url, &schema)
+        ),
+        &format!(
+            "[pipelines.hold]\ncommand = [\"sh\", \"-c\", \"echo on $RUNYARD_JOB_ID; while [ ! -e {} ]; do sleep 0.02; done\"]\n\
+             shards = 2\n",
+            gate.display()
+        ),
+    );
+    let a = BinServer::start(&config, free_port()).await;
+    let b = BinServer::start(&config, free_port()).await;
+    let http = reqwest::Client::new();
+    let mut events_a = EventWatcher::connect(&a.base, 0);
+
+    // Two shards, one slot per replica: each replica runs one.
+    let (status, t) = post(
+        &http,
+        &format!("{}/api/pipelines/hold/trigger", a.base),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let run_id = t["runId"].as_str().unwrap().to_string();
+    for i in 0..2 {
+        let job = format!("{run_id}:s{i}");
+        events_a
+            .wait_for("job:started", |d| d["jobId"] == job.as_str(), T)
+            .await;
+    }
+    let (_, run) = get(&http, &format!("{}/api/runs/{run_id}", a.base)).await;
+    let (_, workers) = get(&http, &format!("{}/api/workers", a.base)).await;
+    let nodes: std::collections::HashSet<&str> = run["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes.len(), 2, "each replica runs one shard: {run}");
+    // A's view of the shard running on B: its log, live.
+    let a_node = workers["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["self"] == true)
+        .unwrap()["id"]
+        .clone();
+    let on_b = run["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["node"] != a_node)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut log = common::sse_reader(format!("{}/api/jobs/{on_b}/logs/stream", a.base), None);
+    let line = tokio::time::timeout(T, log.recv()).await.unwrap().unwrap();
+    assert_eq!(line.event, "log");
+    assert_eq!(line.data["line"], format!("on {on_b}"));
+
+    // Abort from A: B's shard stops through the durable mark, without a bus.
+    let asked = Instant::now();
+    let (status, body) = post(
+        &http,
+        &format!("{}/api/runs/{run_id}/abort", a.base),
+        json!({}),
+    )
+    .await;
+    assert_eq!((status, body["abortedJobs"].clone()), (202, json!(2)));
+    let done = events_a
+        .wait_for("run:completed", |d| d["runId"] == run_id.as_str(), T)
+        .await;
+    let took = asked.elapsed();
+    println!("cross-replica abort landed in {took:?}");
+    assert_eq!(done.data["status"], "aborted");
+    assert!(took < Duration::from_secs(10), "abort took {took:?}");
+    let (_, run) = get(&http, &format!("{}/api/runs/{run_id}", b.base)).await;
+    for j in run["jobs"].as_array().unwrap() {
+        assert_eq!(j["status"], "aborted", "{run}");
+    }
+    // The log stream on A ends with the job's status.
+    let end = loop {
+        let msg = tokio::time::timeout(T, log.recv()).await.unwrap().unwrap();
+        if msg.event == "end" {
+            break msg;
+        }
+    };
+    assert_eq!(end.data["status"], "aborted");
+    drop((a, b));
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_jobs_run_again_on_the_survivor() {
+    let Some(url) = pg_url() else { return };
+    let schema = fresh_schema();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ran.log");
+    let config = common::write_config(
+        dir.path(),
+        &format!(
+            "max_workers = 2\nheartbeat = \"300ms\"\n{}",
+            store_toml(&url, &schema)
+        ),
+        &format!(
+            "[pipelines.slow]\ncommand = [\"sh\", \"-c\", \"echo $RUNYARD_JOB_ID $RUNYARD_CLAIM_SEQ >> {}; sleep 1\"]\n\
+             on_orphan = \"requeue\"\n",
+            log.display()
+        ),
+    );
+    let mut victim = BinServer::start(&config, free_port()).await;
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (_, t) = post(
+            &http,
+            &format!("{}/api/pipelines/slow/trigger", victim.base),
+            json!({}),
+        )
+        .await;
+        ids.push(t["runId"].as_str().unwrap().to_string());
+    }
+    let mut events = EventWatcher::connect(&victim.base, 0);
+    for id in &ids {
+        events
+            .wait_for("job:started", |d| d["runId"] == id.as_str(), T)
+            .await;
+    }
+    victim.signal("KILL");
+    victim.wait_exit(T).await;
+    let survivor = BinServer::start(&config, free_port()).await;
+    for id in &ids {
+        eventually(T, "the orphan to run again and complete", || {
+            let (http, url) = (http.clone(), format!("{}/api/runs/{id}", survivor.base));
+            async move { get(&http, &url).await.1["status"] == "completed" }
+        })
+        .await;
+        let (_, run) = get(&http, &format!("{}/api/runs/{id}", survivor.base)).await;
+        assert_eq!(run["jobs"][0]["requeues"], 1, "{run}");
+    }
+    drop(survivor);
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_migrate_once_and_a_newer_schema_is_refused() {
+    let Some(url) = pg_url() else { return };
+    let schema = fresh_schema();
+    let opts = PgOptions {
+        url: url.clone(),
+        schema: Some(schema.clone()),
+        pool_size: 2,
+    };
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let opts = opts.clone();
+            tokio::spawn(async move { PgStore::open(&opts).await })
+        })
+        .collect();
+    for open in opens {
+        let store = open.await.unwrap().expect("every replica starts");
+        store.close().await;
+    }
+    let c = raw_client(&url, "runyard-test").await;
+    let version: i64 = c
+        .query_one(
+            &format!("SELECT value FROM \"{schema}\".runyard_meta WHERE key = 'schema_version'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 1);
+    c.batch_execute(&format!(
+        "UPDATE \"{schema}\".runyard_meta SET value = 99 WHERE key = 'schema_version'"
+    ))
+    .await
+    .unwrap();
+    let err = PgStore::open(&opts)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("schema version 99 is newer than this build"),
+        "{err}"
+    );
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test]
+async fn a_wrong_or_unreachable_database_fails_at_start_with_one_clear_line() {
+    let Some(url) = pg_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let closed = free_port();
+    for (store_url, expect) in [
+        (
+            format!("postgres://postgres@127.0.0.1:{closed}/postgres"),
+            "cannot connect",
+        ),
+        (
+            "postgres://postgres@127.0.0.1:5432/postgres?sslmode=nonsense".to_string(),
+            "not a valid PostgreSQL URL",
+        ),
+    ] {
+        let config = common::write_config(
+            dir.path(),
+            &store_toml(&store_url, "never_made"),
+            "[pipelines.x]\ncommand = [\"true\"]\n",
+        );
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_runyard"))
+            .args([
+                "serve",
+                "-c",
+                config.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env_remove("DATABASE_URL")
+            .env_remove("RUNYARD_DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{store_url}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let _ = url;
+}
+
+/// The horizon waits for runyard's in-flight transactions (so a late commit is never
+/// skipped) and ignores other programs' (so they cannot stall the streams).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_readers_wait_for_runyard_transactions_but_not_for_other_programs() {
+    let Some(url) = pg_url() else { return };
+    let schema = fresh_schema();
+    let store = PgStore::open(&PgOptions {
+        url: url.clone(),
+        schema: Some(schema.clone()),
+        pool_size: 3,
+    })
+    .await
+    .unwrap();
+    let create = |id: &str| RunCreateParams {
+        run_id: id.to_string(),
+        job_ids: vec![id.to_string()],
+        pipeline: "p".into(),
+        params: Default::default(),
+        triggered_by: "api".into(),
+        actor: None,
+        idempotency_key: None,
+        policy: JobPolicy {
+            max_attempts: 1,
+            retry_backoff_ms: 1000,
+            on_orphan: "requeue",
+            max_orphan_requeues: 1,
+        },
+        has_finalizer: false,
+        callback_url: None,
+        now: store.clock_ms(),
+    };
+    let visible = |events: &[runyard::store::StoredEvent], run: &str| {
+        events.iter().any(|e| e.data.contains(run))
+    };
+
+    // Another program (or a runyard on another schema) holds a transaction with an xid
+    // open: this deployment's events still show.
+    let other = raw_client(&url, "runyard/some_other_schema").await;
+    other
+        .batch_execute("BEGIN; SELECT pg_current_xact_id();")
+        .await
+        .unwrap();
+    let first = runyard::model::RunId::new().to_string();
+    store.run_create(create(&first)).await.unwrap();
+    assert!(visible(&store.events_after(0, 100).await.unwrap(), &first));
+    other.batch_execute("COMMIT").await.unwrap();
+
+    // One of this deployment's transactions in flight (same application_name, as every
+    // replica on this schema has): nothing past it is read until it ends, so a cursor
+    // cannot skip its events.
+    let held = raw_client(&url, &format!("runyard/{schema}")).await;
+    held.batch_execute(&format!(
+        "SET search_path = {schema}; BEGIN; SELECT pg_current_xact_id();"
+    ))
+    .await
+    .unwrap();
+    let second = runyard::model::RunId::new().to_string();
+    store.run_create(create(&second)).await.unwrap();
+    let events = store.events_after(0, 100).await.unwrap();
+    assert!(visible(&events, &first));
+    assert!(
+        !visible(&events, &second),
+        "read past an open runyard transaction"
+    );
+    let (_, newest) = store.events_bounds().await.unwrap();
+    held.batch_execute("COMMIT").await.unwrap();
+    let events = store.events_after(0, 100).await.unwrap();
+    assert!(visible(&events, &second));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.id <= newest || e.data.contains(&second))
+    );
+    store.close().await;
+    drop_schema(&url, &schema).await;
+}
