@@ -248,6 +248,16 @@ async fn replicas_share_work_and_see_each_others_events_logs_and_aborts() {
     for j in run["jobs"].as_array().unwrap() {
         assert_eq!(j["status"], "aborted", "{run}");
     }
+    // A client that read A's stream resumes on B with its Last-Event-ID and gets exactly
+    // what A sent after that id.
+    let seen_on_a: Vec<i64> = events_a.seen.iter().filter_map(|e| e.id).collect();
+    let cut = seen_on_a[seen_on_a.len() / 2];
+    let mut on_b = EventWatcher::connect(&b.base, cut);
+    on_b.wait_for("run:completed", |d| d["runId"] == run_id.as_str(), T)
+        .await;
+    let resumed: Vec<i64> = on_b.seen.iter().filter_map(|e| e.id).collect();
+    let expected: Vec<i64> = seen_on_a.iter().copied().filter(|i| *i > cut).collect();
+    assert_eq!(resumed, expected, "resuming on another replica");
     // The log stream on A ends with the job's status.
     let end = loop {
         let msg = tokio::time::timeout(T, log.recv()).await.unwrap().unwrap();

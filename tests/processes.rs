@@ -393,13 +393,15 @@ env = {{ F = "{}" }}
 async fn two_servers_on_one_host_run_one_setup_at_a_time_each_once() {
     let dir = tempfile::tempdir().unwrap();
     // The setup fails if another copy of it is running in the same directory right now.
+    // Each shard lasts a second, so the second node (woken by a store poll on PostgreSQL)
+    // claims the other shard before the first node's slot frees.
     let config = write_config(
         dir.path(),
         "max_workers = 1",
         &format!(
             r#"
 [pipelines.built]
-command = ["true"]
+command = ["sleep", "1"]
 shards = 2
 env = {{ D = "{}" }}
 setup = ["sh", "-c", 'mkdir "$D/in-setup" || {{{{ echo clash >> "$D/clashes"; exit 9; }}}}; echo x >> "$D/setups"; sleep 0.5; rmdir "$D/in-setup"']

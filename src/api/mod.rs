@@ -20,6 +20,7 @@ mod openapi;
 mod pipelines;
 mod runs;
 mod stats;
+pub mod views;
 
 use std::sync::Arc;
 

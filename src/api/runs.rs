@@ -10,11 +10,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::history::{AttemptView, attempts};
+use super::views::{DeliveryView, JobView, RunView};
 use super::{ApiError, AppState, ErrorBody};
 use crate::model::{self, MIN_SHORT_ID, RunId, RunStatus, parse_job_id, short_run_id};
-use crate::store::{
-    AbortOutcome, DeliveryView, JobView, ParamFilter, PipelineNodeState, RunFilter, RunView,
-};
+use crate::store::{AbortOutcome, ParamFilter, PipelineNodeState, RunFilter};
 
 /// `?limit=&offset=&status=&run=&param=&actor=`.
 #[derive(Deserialize, Default, IntoParams)]
@@ -398,7 +397,7 @@ pub(super) async fn list_runs(
         })
         .await?;
     Ok(Json(RunPage {
-        runs,
+        runs: runs.into_iter().map(RunView::from).collect(),
         limit,
         offset,
     }))
@@ -429,12 +428,12 @@ pub(super) async fn get(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("Run not found: {id}")))?;
     let deliveries = match run.callback_url {
-        Some(_) => Some(state.store.deliveries_of_run(&id).await?),
+        Some(_) => Some(delivery_views(state.store.deliveries_of_run(&id).await?)),
         None => None,
     };
     let attempts = attempts(&state.store.run_events(&id, HISTORY_EVENTS).await?);
     Ok(Json(RunDetail {
-        run,
+        run: run.into(),
         deliveries,
         attempts,
     }))
@@ -462,11 +461,15 @@ pub(super) async fn deliveries(
     if state.store.run_get(&id).await?.is_none() {
         return Err(ApiError::NotFound(format!("Run not found: {id}")));
     }
-    let deliveries = state.store.deliveries_of_run(&id).await?;
+    let deliveries = delivery_views(state.store.deliveries_of_run(&id).await?);
     Ok(Json(RunDeliveries {
         run_id: id,
         deliveries,
     }))
+}
+
+fn delivery_views(records: Vec<crate::store::DeliveryRecord>) -> Vec<DeliveryView> {
+    records.into_iter().map(DeliveryView::from).collect()
 }
 
 /// `POST /api/runs/{id}/abort`: marks the run aborted and stops its jobs' process trees.
@@ -529,7 +532,7 @@ pub(super) async fn job(
         .job_get(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("Job not found: {id}")))?;
-    Ok(Json(job))
+    Ok(Json(job.into()))
 }
 
 /// `?tail=N`.

@@ -391,15 +391,13 @@ pub struct RunningJob {
     pub claimed_at: i64,
 }
 
-/// One job as the API shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct JobView {
+/// One job as stored (times in epoch ms); the API's `JobView` is made from it.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
     /// Job id.
     pub id: String,
-    /// `shard` or `finalize`.
-    #[schema(pattern = "^(shard|finalize)$")]
-    pub kind: &'static str,
+    /// Shard or finalizer.
+    pub kind: JobKind,
     /// Run id.
     pub run_id: String,
     /// Pipeline.
@@ -408,11 +406,9 @@ pub struct JobView {
     pub shard_index: u32,
     /// Shards in the run.
     pub shard_count: u32,
-    /// Status.
-    #[schema(value_type = crate::model::JobStatus)]
+    /// Status name.
     pub status: String,
     /// Why it is terminal.
-    #[schema(value_type = Option<crate::model::Reason>)]
     pub reason: Option<String>,
     /// Current (or last) attempt.
     pub attempt: u32,
@@ -440,28 +436,24 @@ pub struct JobView {
     pub stderr_bytes: u64,
     /// Output hit the cap.
     pub truncated: bool,
-    /// RFC 3339.
-    pub created_at: String,
-    /// RFC 3339, when the last execution started.
-    pub started_at: Option<String>,
-    /// RFC 3339.
-    pub finished_at: Option<String>,
-    /// Run time of the last execution in milliseconds, once it has ended.
-    pub duration_ms: Option<i64>,
-    /// The JSON result the job wrote to `$RUNYARD_RESULT_FILE`.
-    pub result: Option<serde_json::Value>,
+    /// Epoch ms.
+    pub created_at: i64,
+    /// Epoch ms, when the last execution started.
+    pub started_at: Option<i64>,
+    /// Epoch ms.
+    pub finished_at: Option<i64>,
+    /// The JSON text the job wrote to `$RUNYARD_RESULT_FILE`.
+    pub result: Option<String>,
 }
 
-/// One run as the API shows it, with its jobs.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RunView {
+/// One run as stored, with its jobs (times in epoch ms); the API's `RunView` is made from it.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
     /// Run id.
     pub run_id: String,
     /// Pipeline.
     pub pipeline_id: String,
-    /// Status.
-    #[schema(value_type = crate::model::RunStatus)]
+    /// Status name.
     pub status: String,
     /// Parameters.
     pub parameters: BTreeMap<String, String>,
@@ -473,21 +465,31 @@ pub struct RunView {
     pub triggered_by: String,
     /// Token label, when known.
     pub actor: Option<String>,
-    /// RFC 3339.
-    pub created_at: String,
-    /// RFC 3339.
-    pub started_at: Option<String>,
-    /// RFC 3339, when finalised.
-    pub finished_at: Option<String>,
-    /// Status of the shards alone, once the last one landed (before any finalizer).
-    #[schema(value_type = Option<crate::model::RunStatus>)]
+    /// Epoch ms.
+    pub created_at: i64,
+    /// Epoch ms.
+    pub started_at: Option<i64>,
+    /// Epoch ms, when finalised.
+    pub finished_at: Option<i64>,
+    /// Status of the shards alone, once the last one landed.
     pub shards_status: Option<String>,
     /// Completion webhook target.
     pub callback_url: Option<String>,
     /// Its shard jobs in shard order.
-    pub jobs: Vec<JobView>,
+    pub jobs: Vec<JobRecord>,
     /// Its finalize job, once queued.
-    pub finalizer: Option<JobView>,
+    pub finalizer: Option<JobRecord>,
+}
+
+impl RunRecord {
+    /// Files a job of this run as a shard or as its finalizer.
+    pub fn attach(&mut self, job: JobRecord) {
+        if job.kind == JobKind::Finalize {
+            self.finalizer = Some(job);
+        } else {
+            self.jobs.push(job);
+        }
+    }
 }
 
 /// `runs_list` filter. Every field that is set must hold (AND).
@@ -661,16 +663,15 @@ pub struct DeliveryRecordParams {
     pub next: DeliveryNext,
 }
 
-/// One delivery attempt as the API shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DeliveryAttemptView {
+/// One delivery attempt as stored.
+#[derive(Debug, Clone)]
+pub struct DeliveryAttemptRecord {
     /// 1-based.
     pub attempt: u32,
     /// Node that made it.
     pub node: String,
-    /// RFC 3339.
-    pub started_at: String,
+    /// Epoch ms.
+    pub started_at: i64,
     /// Milliseconds.
     pub duration_ms: u64,
     /// HTTP status, when a response came.
@@ -679,10 +680,9 @@ pub struct DeliveryAttemptView {
     pub error: Option<String>,
 }
 
-/// A run's completion webhook as the API shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DeliveryView {
+/// A run's completion webhook as stored, with its attempts.
+#[derive(Debug, Clone)]
+pub struct DeliveryRecord {
     /// The `webhook-id`.
     pub id: String,
     /// Run.
@@ -693,14 +693,14 @@ pub struct DeliveryView {
     pub status: String,
     /// Attempts made.
     pub attempts: u32,
-    /// RFC 3339, when pending.
-    pub next_attempt_at: Option<String>,
-    /// RFC 3339.
-    pub created_at: String,
-    /// RFC 3339, when delivered or given up.
-    pub finished_at: Option<String>,
+    /// Epoch ms of the next attempt, when pending.
+    pub next_attempt_at: Option<i64>,
+    /// Epoch ms.
+    pub created_at: i64,
+    /// Epoch ms, when delivered or given up.
+    pub finished_at: Option<i64>,
     /// Every attempt, oldest first.
-    pub history: Vec<DeliveryAttemptView>,
+    pub history: Vec<DeliveryAttemptRecord>,
 }
 
 /// One node's setup and circuit state for one pipeline (DESIGN decision 19).
@@ -774,14 +774,14 @@ pub trait Store: Send + Sync {
     async fn jobs_abort_requested(&self, node_id: &str) -> StoreResult<Vec<(String, i64)>>;
 
     /// One run with its jobs.
-    async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunView>>;
+    async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunRecord>>;
     /// Ids of runs that start with `prefix` (a short id), in id order, at most `limit`:
     /// a range scan of the primary key, so asking for 2 tells unique from ambiguous.
     async fn run_ids_by_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>>;
     /// Runs, newest first, with their jobs.
-    async fn runs_list(&self, f: RunFilter) -> StoreResult<Vec<RunView>>;
+    async fn runs_list(&self, f: RunFilter) -> StoreResult<Vec<RunRecord>>;
     /// One job.
-    async fn job_get(&self, job_id: &str) -> StoreResult<Option<JobView>>;
+    async fn job_get(&self, job_id: &str) -> StoreResult<Option<JobRecord>>;
     /// A job's stored output; `tail` keeps the last N lines of each stream.
     async fn job_logs(&self, job_id: &str, tail: Option<usize>) -> StoreResult<Option<JobLogs>>;
     /// Output lines with sequence number > `after`, at most `limit`.
@@ -828,7 +828,7 @@ pub trait Store: Send + Sync {
     /// Records one attempt and what happens next; false when the lease was lost.
     async fn delivery_record(&self, p: DeliveryRecordParams) -> StoreResult<bool>;
     /// A run's webhook deliveries with their attempts.
-    async fn deliveries_of_run(&self, run_id: &str) -> StoreResult<Vec<DeliveryView>>;
+    async fn deliveries_of_run(&self, run_id: &str) -> StoreResult<Vec<DeliveryRecord>>;
 
     /// Writes one node's setup/circuit state for a pipeline.
     async fn pipeline_node_set(&self, state: PipelineNodeState) -> StoreResult<()>;

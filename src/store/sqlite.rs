@@ -34,7 +34,6 @@ use completion::{finalizer_ended, land_terminal};
 use super::payload::{self, NewEvent};
 use super::transition::{JobFence, decide, outcome_error};
 use super::*;
-use crate::clock::rfc3339;
 use crate::config::Synchronous;
 use crate::model::JobKind;
 
@@ -789,8 +788,8 @@ const JOB_COLS: &str =
     orphan_requeues, node_id, pid, exit_code, progress, progress_message, error, abort_requested,
     stdout_bytes, stderr_bytes, truncated, created_at, started_at, finished_at, kind, result";
 
-fn job_view(r: &Row<'_>) -> rusqlite::Result<JobView> {
-    Ok(JobView {
+fn job_view(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
+    Ok(JobRecord {
         id: r.get(0)?,
         run_id: r.get(1)?,
         pipeline_id: r.get(2)?,
@@ -811,25 +810,19 @@ fn job_view(r: &Row<'_>) -> rusqlite::Result<JobView> {
         stdout_bytes: r.get::<_, i64>(17)? as u64,
         stderr_bytes: r.get::<_, i64>(18)? as u64,
         truncated: r.get(19)?,
-        created_at: rfc3339(r.get(20)?),
-        started_at: r.get::<_, Option<i64>>(21)?.map(rfc3339),
-        finished_at: r.get::<_, Option<i64>>(22)?.map(rfc3339),
-        duration_ms: r
-            .get::<_, Option<i64>>(21)?
-            .zip(r.get::<_, Option<i64>>(22)?)
-            .map(|(s, f)| (f - s).max(0)),
-        kind: JobKind::from_name(r.get_ref(23)?.as_str()?).as_str(),
-        result: r
-            .get::<_, Option<String>>(24)?
-            .and_then(|t| serde_json::from_str(&t).ok()),
+        created_at: r.get(20)?,
+        started_at: r.get(21)?,
+        finished_at: r.get(22)?,
+        kind: JobKind::from_name(r.get_ref(23)?.as_str()?),
+        result: r.get(24)?,
     })
 }
 
 const RUN_COLS: &str = "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at, shards_status, callback_url";
 
-fn run_view(r: &Row<'_>) -> rusqlite::Result<RunView> {
+fn run_view(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
     let params: String = r.get(3)?;
-    Ok(RunView {
+    Ok(RunRecord {
         run_id: r.get(0)?,
         pipeline_id: r.get(1)?,
         status: r.get(2)?,
@@ -838,9 +831,9 @@ fn run_view(r: &Row<'_>) -> rusqlite::Result<RunView> {
         shards_done: r.get(5)?,
         triggered_by: r.get(6)?,
         actor: r.get(7)?,
-        created_at: rfc3339(r.get(8)?),
-        started_at: r.get::<_, Option<i64>>(9)?.map(rfc3339),
-        finished_at: r.get::<_, Option<i64>>(10)?.map(rfc3339),
+        created_at: r.get(8)?,
+        started_at: r.get(9)?,
+        finished_at: r.get(10)?,
         shards_status: r.get(11)?,
         callback_url: r.get(12)?,
         jobs: Vec::new(),
@@ -848,20 +841,16 @@ fn run_view(r: &Row<'_>) -> rusqlite::Result<RunView> {
     })
 }
 
-fn attach_jobs(conn: &Connection, runs: &mut [RunView]) -> StoreResult<()> {
+fn attach_jobs(conn: &Connection, runs: &mut [RunRecord]) -> StoreResult<()> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {JOB_COLS} FROM jobs WHERE run_id = ?1 ORDER BY shard_index"
     ))?;
     for run in runs.iter_mut() {
-        let jobs: Vec<JobView> = stmt
+        let jobs: Vec<JobRecord> = stmt
             .query_map(params![run.run_id], job_view)?
             .collect::<Result<_, _>>()?;
         for job in jobs {
-            if job.kind == JobKind::Finalize.as_str() {
-                run.finalizer = Some(job);
-            } else {
-                run.jobs.push(job);
-            }
+            run.attach(job);
         }
     }
     Ok(())
@@ -1219,7 +1208,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunView>> {
+    async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {
         let run_id = run_id.to_string();
         self.read(move |conn| {
             let run = conn
@@ -1235,7 +1224,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn runs_list(&self, f: RunFilter) -> StoreResult<Vec<RunView>> {
+    async fn runs_list(&self, f: RunFilter) -> StoreResult<Vec<RunRecord>> {
         self.read(move |conn| {
             // One statement per filter shape, so each can use its index (`runs_pipeline`
             // for a pipeline, the primary key otherwise) with a plan fixed at prepare time.
@@ -1278,7 +1267,7 @@ impl Store for SqliteStore {
                 None => "?9 IS NULL",
             });
             let filter = filter.join(" AND ");
-            let mut runs: Vec<RunView> = conn
+            let mut runs: Vec<RunRecord> = conn
                 .prepare_cached(&format!(
                     "SELECT {RUN_COLS} FROM runs WHERE {filter} ORDER BY id DESC LIMIT ?3 OFFSET ?4"
                 ))?
@@ -1303,7 +1292,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn job_get(&self, job_id: &str) -> StoreResult<Option<JobView>> {
+    async fn job_get(&self, job_id: &str) -> StoreResult<Option<JobRecord>> {
         let job_id = job_id.to_string();
         self.read(move |conn| {
             Ok(conn
@@ -1546,7 +1535,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn deliveries_of_run(&self, run_id: &str) -> StoreResult<Vec<DeliveryView>> {
+    async fn deliveries_of_run(&self, run_id: &str) -> StoreResult<Vec<DeliveryRecord>> {
         let run_id = run_id.to_string();
         self.read(move |conn| outbox::of_run(conn, &run_id)).await
     }

@@ -721,7 +721,7 @@ pub async fn runs_list_filters_by_pipeline_and_status_newest_first(f: &Factory) 
                 .unwrap()
         }
     };
-    let ids = |runs: &[runyard::store::RunView]| -> Vec<String> {
+    let ids = |runs: &[runyard::store::RunRecord]| -> Vec<String> {
         runs.iter().map(|r| r.run_id.clone()).collect()
     };
     let mut newest_first = in_p.clone();

@@ -593,13 +593,13 @@ impl Store for PgStore {
     async fn run_ids_by_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>> {
         self.read_run_ids_by_prefix(prefix, limit).await
     }
-    async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunView>> {
+    async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {
         self.read_run(run_id).await
     }
-    async fn runs_list(&self, f: RunFilter) -> StoreResult<Vec<RunView>> {
+    async fn runs_list(&self, f: RunFilter) -> StoreResult<Vec<RunRecord>> {
         self.read_runs(&f).await
     }
-    async fn job_get(&self, job_id: &str) -> StoreResult<Option<JobView>> {
+    async fn job_get(&self, job_id: &str) -> StoreResult<Option<JobRecord>> {
         self.read_job(job_id).await
     }
     async fn job_logs(&self, job_id: &str, tail: Option<usize>) -> StoreResult<Option<JobLogs>> {
@@ -649,7 +649,7 @@ impl Store for PgStore {
     async fn delivery_record(&self, p: DeliveryRecordParams) -> StoreResult<bool> {
         write::delivery_record(self, p).await
     }
-    async fn deliveries_of_run(&self, run_id: &str) -> StoreResult<Vec<DeliveryView>> {
+    async fn deliveries_of_run(&self, run_id: &str) -> StoreResult<Vec<DeliveryRecord>> {
         self.read_deliveries(run_id).await
     }
     async fn pipeline_node_set(&self, state: PipelineNodeState) -> StoreResult<()> {

@@ -7,12 +7,11 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::{PgStore, StoreResult, pg_err};
-use crate::clock::rfc3339;
 use crate::model::JobKind;
 use crate::store::summary::{self, JobRow, RunRow};
 use crate::store::{
-    DeliveryAttemptView, DeliveryView, JobLogs, JobView, LogLine, NodeRow, PipelineCounts,
-    PipelineNodeState, RunFilter, RunView, RunningJob, StoredEvent, Stream,
+    DeliveryAttemptRecord, DeliveryRecord, JobLogs, JobRecord, LogLine, NodeRow, PipelineCounts,
+    PipelineNodeState, RunFilter, RunRecord, RunningJob, StoredEvent, Stream,
 };
 use crate::store::{PipelineStatsParams, PipelineStatsRow};
 
@@ -94,11 +93,9 @@ const JOB_COLS: &str =
     orphan_requeues, node_id, pid, exit_code, progress, progress_message, error, abort_requested,
     stdout_bytes, stderr_bytes, truncated, created_at, started_at, finished_at, kind, result";
 
-fn job_view(r: &Row) -> JobView {
-    let started: Option<i64> = r.get(21);
-    let finished: Option<i64> = r.get(22);
+fn job_view(r: &Row) -> JobRecord {
     let kind: String = r.get(23);
-    JobView {
+    JobRecord {
         id: r.get(0),
         run_id: r.get(1),
         pipeline_id: r.get(2),
@@ -119,14 +116,11 @@ fn job_view(r: &Row) -> JobView {
         stdout_bytes: r.get::<_, i64>(17) as u64,
         stderr_bytes: r.get::<_, i64>(18) as u64,
         truncated: r.get(19),
-        created_at: rfc3339(r.get(20)),
-        started_at: started.map(rfc3339),
-        finished_at: finished.map(rfc3339),
-        duration_ms: started.zip(finished).map(|(s, f)| (f - s).max(0)),
-        kind: JobKind::from_name(&kind).as_str(),
-        result: r
-            .get::<_, Option<String>>(24)
-            .and_then(|t| serde_json::from_str(&t).ok()),
+        created_at: r.get(20),
+        started_at: r.get(21),
+        finished_at: r.get(22),
+        kind: JobKind::from_name(&kind),
+        result: r.get(24),
     }
 }
 
@@ -134,9 +128,9 @@ const RUN_COLS: &str =
     "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at,
     started_at, finished_at, shards_status, callback_url";
 
-fn run_view(r: &Row) -> RunView {
+fn run_view(r: &Row) -> RunRecord {
     let params: String = r.get(3);
-    RunView {
+    RunRecord {
         run_id: r.get(0),
         pipeline_id: r.get(1),
         status: r.get(2),
@@ -145,9 +139,9 @@ fn run_view(r: &Row) -> RunView {
         shards_done: u32_of(r, 5),
         triggered_by: r.get(6),
         actor: r.get(7),
-        created_at: rfc3339(r.get(8)),
-        started_at: r.get::<_, Option<i64>>(9).map(rfc3339),
-        finished_at: r.get::<_, Option<i64>>(10).map(rfc3339),
+        created_at: r.get(8),
+        started_at: r.get(9),
+        finished_at: r.get(10),
         shards_status: r.get(11),
         callback_url: r.get(12),
         jobs: Vec::new(),
@@ -155,12 +149,12 @@ fn run_view(r: &Row) -> RunView {
     }
 }
 
-async fn attach_jobs<C: GenericClient>(c: &C, runs: &mut [RunView]) -> StoreResult<()> {
+async fn attach_jobs<C: GenericClient>(c: &C, runs: &mut [RunRecord]) -> StoreResult<()> {
     if runs.is_empty() {
         return Ok(());
     }
     let ids: Vec<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
-    let mut by_run: HashMap<String, Vec<JobView>> = HashMap::new();
+    let mut by_run: HashMap<String, Vec<JobRecord>> = HashMap::new();
     for r in rows(
         c,
         &format!("SELECT {JOB_COLS} FROM jobs WHERE run_id = ANY($1) ORDER BY run_id, shard_index"),
@@ -173,11 +167,7 @@ async fn attach_jobs<C: GenericClient>(c: &C, runs: &mut [RunView]) -> StoreResu
     }
     for run in runs.iter_mut() {
         for job in by_run.remove(&run.run_id).unwrap_or_default() {
-            if job.kind == JobKind::Finalize.as_str() {
-                run.finalizer = Some(job);
-            } else {
-                run.jobs.push(job);
-            }
+            run.attach(job);
         }
     }
     Ok(())
@@ -359,7 +349,7 @@ impl PgStore {
             .collect())
     }
 
-    pub(super) async fn read_run(&self, run_id: &str) -> StoreResult<Option<RunView>> {
+    pub(super) async fn read_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {
         read!(self, c => {
             match row(c, &format!("SELECT {RUN_COLS} FROM runs WHERE id = $1"), &[&run_id]).await? {
                 None => None,
@@ -373,7 +363,7 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn read_runs(&self, f: &RunFilter) -> StoreResult<Vec<RunView>> {
+    pub(super) async fn read_runs(&self, f: &RunFilter) -> StoreResult<Vec<RunRecord>> {
         let status = f.status.map(|s| s.as_str());
         let (limit, offset) = (f.limit as i64, f.offset as i64);
         // A short form (4–12 hex digits, no hyphen) also matches the id's last digits.
@@ -386,7 +376,7 @@ impl PgStore {
             None => (None, None),
         };
         read!(self, c => {
-            let mut runs: Vec<RunView> = rows(
+            let mut runs: Vec<RunRecord> = rows(
                 c,
                 &format!(
                     "SELECT {RUN_COLS} FROM runs
@@ -409,7 +399,7 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn read_job(&self, job_id: &str) -> StoreResult<Option<JobView>> {
+    pub(super) async fn read_job(&self, job_id: &str) -> StoreResult<Option<JobRecord>> {
         read!(self, c => row(c, &format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"), &[&job_id])
             .await?
             .map(|r| job_view(&r)))
@@ -579,9 +569,9 @@ impl PgStore {
         read!(self, c => summary_in(c, run_id).await?)
     }
 
-    pub(super) async fn read_deliveries(&self, run_id: &str) -> StoreResult<Vec<DeliveryView>> {
+    pub(super) async fn read_deliveries(&self, run_id: &str) -> StoreResult<Vec<DeliveryRecord>> {
         read!(self, c => {
-            let mut out: Vec<DeliveryView> = rows(
+            let mut out: Vec<DeliveryRecord> = rows(
                 c,
                 "SELECT id, run_id, url, status, attempts, next_attempt_at, created_at, finished_at
                  FROM deliveries WHERE run_id = $1 ORDER BY created_at",
@@ -592,15 +582,15 @@ impl PgStore {
             .map(|r| {
                 let status: String = r.get(3);
                 let next: i64 = r.get(5);
-                DeliveryView {
+                DeliveryRecord {
                     id: r.get(0),
                     run_id: r.get(1),
                     url: r.get(2),
-                    next_attempt_at: (status == "pending").then(|| rfc3339(next)),
+                    next_attempt_at: (status == "pending").then_some(next),
                     status,
                     attempts: u32_of(r, 4),
-                    created_at: rfc3339(r.get(6)),
-                    finished_at: r.get::<_, Option<i64>>(7).map(rfc3339),
+                    created_at: r.get(6),
+                    finished_at: r.get(7),
                     history: Vec::new(),
                 }
             })
@@ -614,10 +604,10 @@ impl PgStore {
                 )
                 .await?
                 .iter()
-                .map(|r| DeliveryAttemptView {
+                .map(|r| DeliveryAttemptRecord {
                     attempt: u32_of(r, 0),
                     node: r.get(1),
-                    started_at: rfc3339(r.get(2)),
+                    started_at: r.get(2),
                     duration_ms: r.get::<_, i64>(3) as u64,
                     status_code: r.get::<_, Option<i64>>(4).map(|v| v as u16),
                     error: r.get(5),

@@ -8,9 +8,8 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::clock::rfc3339;
 use crate::store::{
-    DeliveryAttemptView, DeliveryNext, DeliveryRecordParams, DeliveryView, PendingDelivery,
+    DeliveryAttemptRecord, DeliveryNext, DeliveryRecord, DeliveryRecordParams, PendingDelivery,
     PipelineNodeState, StoreResult,
 };
 
@@ -93,8 +92,8 @@ pub(super) fn record(conn: &Connection, p: &DeliveryRecordParams) -> StoreResult
 }
 
 /// A run's deliveries with their attempts.
-pub(super) fn of_run(conn: &Connection, run_id: &str) -> StoreResult<Vec<DeliveryView>> {
-    let mut out: Vec<DeliveryView> = conn
+pub(super) fn of_run(conn: &Connection, run_id: &str) -> StoreResult<Vec<DeliveryRecord>> {
+    let mut out: Vec<DeliveryRecord> = conn
         .prepare_cached(
             "SELECT id, run_id, url, status, attempts, next_attempt_at, created_at, finished_at
              FROM deliveries WHERE run_id = ?1 ORDER BY created_at",
@@ -102,15 +101,15 @@ pub(super) fn of_run(conn: &Connection, run_id: &str) -> StoreResult<Vec<Deliver
         .query_map(params![run_id], |r| {
             let status: String = r.get(3)?;
             let next: i64 = r.get(5)?;
-            Ok(DeliveryView {
+            Ok(DeliveryRecord {
                 id: r.get(0)?,
                 run_id: r.get(1)?,
                 url: r.get(2)?,
-                next_attempt_at: (status == "pending").then(|| rfc3339(next)),
+                next_attempt_at: (status == "pending").then_some(next),
                 status,
                 attempts: r.get(4)?,
-                created_at: rfc3339(r.get(6)?),
-                finished_at: r.get::<_, Option<i64>>(7)?.map(rfc3339),
+                created_at: r.get(6)?,
+                finished_at: r.get(7)?,
                 history: Vec::new(),
             })
         })?
@@ -122,10 +121,10 @@ pub(super) fn of_run(conn: &Connection, run_id: &str) -> StoreResult<Vec<Deliver
     for d in &mut out {
         d.history = attempts
             .query_map(params![d.id], |r| {
-                Ok(DeliveryAttemptView {
+                Ok(DeliveryAttemptRecord {
                     attempt: r.get(0)?,
                     node: r.get(1)?,
-                    started_at: rfc3339(r.get(2)?),
+                    started_at: r.get(2)?,
                     duration_ms: r.get::<_, i64>(3)? as u64,
                     status_code: r.get(4)?,
                     error: r.get(5)?,

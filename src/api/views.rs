@@ -1,0 +1,239 @@
+//! What the API shows of runs, jobs and deliveries: the store's records with times
+//! as RFC 3339, durations worked out and results parsed. The store records facts; the
+//! answers' shapes (and their OpenAPI schemas) live here.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::clock::rfc3339;
+use crate::store::{DeliveryAttemptRecord, DeliveryRecord, JobRecord, RunRecord};
+
+/// One job as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    /// Job id.
+    pub id: String,
+    /// `shard` or `finalize`.
+    #[schema(pattern = "^(shard|finalize)$")]
+    pub kind: &'static str,
+    /// Run id.
+    pub run_id: String,
+    /// Pipeline.
+    pub pipeline_id: String,
+    /// 0-based shard.
+    pub shard_index: u32,
+    /// Shards in the run.
+    pub shard_count: u32,
+    /// Status.
+    #[schema(value_type = crate::model::JobStatus)]
+    pub status: String,
+    /// Why it is terminal.
+    #[schema(value_type = Option<crate::model::Reason>)]
+    pub reason: Option<String>,
+    /// Current (or last) attempt.
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Times re-queued after an orphaning or shutdown.
+    pub requeues: u32,
+    /// Node running or last running it.
+    pub node: Option<String>,
+    /// Leader pid of the current or last execution.
+    pub pid: Option<u32>,
+    /// Exit code of the last execution.
+    pub exit_code: Option<i32>,
+    /// Last reported progress (0–100).
+    pub progress: Option<u8>,
+    /// Last progress message.
+    pub progress_message: Option<String>,
+    /// Error detail.
+    pub error: Option<String>,
+    /// An abort is waiting for the process to exit.
+    pub abort_requested: bool,
+    /// Bytes written to stdout by the last execution.
+    pub stdout_bytes: u64,
+    /// Bytes written to stderr by the last execution.
+    pub stderr_bytes: u64,
+    /// Output hit the cap.
+    pub truncated: bool,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, when the last execution started.
+    pub started_at: Option<String>,
+    /// RFC 3339.
+    pub finished_at: Option<String>,
+    /// Run time of the last execution in milliseconds, once it has ended.
+    pub duration_ms: Option<i64>,
+    /// The JSON result the job wrote to `$RUNYARD_RESULT_FILE`.
+    pub result: Option<serde_json::Value>,
+}
+
+/// One run as the API shows it, with its jobs.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunView {
+    /// Run id.
+    pub run_id: String,
+    /// Pipeline.
+    pub pipeline_id: String,
+    /// Status.
+    #[schema(value_type = crate::model::RunStatus)]
+    pub status: String,
+    /// Parameters.
+    pub parameters: BTreeMap<String, String>,
+    /// Shards.
+    pub shard_count: u32,
+    /// Shards terminal for good.
+    pub shards_done: u32,
+    /// `api`, `cli`, `dashboard`.
+    pub triggered_by: String,
+    /// Token label, when known.
+    pub actor: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub started_at: Option<String>,
+    /// RFC 3339, when finalised.
+    pub finished_at: Option<String>,
+    /// Status of the shards alone, once the last one landed (before any finalizer).
+    #[schema(value_type = Option<crate::model::RunStatus>)]
+    pub shards_status: Option<String>,
+    /// Completion webhook target.
+    pub callback_url: Option<String>,
+    /// Its shard jobs in shard order.
+    pub jobs: Vec<JobView>,
+    /// Its finalize job, once queued.
+    pub finalizer: Option<JobView>,
+}
+
+/// One delivery attempt as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryAttemptView {
+    /// 1-based.
+    pub attempt: u32,
+    /// Node that made it.
+    pub node: String,
+    /// RFC 3339.
+    pub started_at: String,
+    /// Milliseconds.
+    pub duration_ms: u64,
+    /// HTTP status, when a response came.
+    pub status_code: Option<u16>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// A run's completion webhook as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryView {
+    /// The `webhook-id`.
+    pub id: String,
+    /// Run.
+    pub run_id: String,
+    /// Target.
+    pub url: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// RFC 3339, when pending.
+    pub next_attempt_at: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, when delivered or given up.
+    pub finished_at: Option<String>,
+    /// Every attempt, oldest first.
+    pub history: Vec<DeliveryAttemptView>,
+}
+
+impl From<JobRecord> for JobView {
+    fn from(j: JobRecord) -> JobView {
+        JobView {
+            duration_ms: j.started_at.zip(j.finished_at).map(|(s, f)| (f - s).max(0)),
+            created_at: rfc3339(j.created_at),
+            started_at: j.started_at.map(rfc3339),
+            finished_at: j.finished_at.map(rfc3339),
+            result: j.result.and_then(|t| serde_json::from_str(&t).ok()),
+            kind: j.kind.as_str(),
+            id: j.id,
+            run_id: j.run_id,
+            pipeline_id: j.pipeline_id,
+            shard_index: j.shard_index,
+            shard_count: j.shard_count,
+            status: j.status,
+            reason: j.reason,
+            attempt: j.attempt,
+            max_attempts: j.max_attempts,
+            requeues: j.requeues,
+            node: j.node,
+            pid: j.pid,
+            exit_code: j.exit_code,
+            progress: j.progress,
+            progress_message: j.progress_message,
+            error: j.error,
+            abort_requested: j.abort_requested,
+            stdout_bytes: j.stdout_bytes,
+            stderr_bytes: j.stderr_bytes,
+            truncated: j.truncated,
+        }
+    }
+}
+
+impl From<RunRecord> for RunView {
+    fn from(r: RunRecord) -> RunView {
+        RunView {
+            run_id: r.run_id,
+            pipeline_id: r.pipeline_id,
+            status: r.status,
+            parameters: r.parameters,
+            shard_count: r.shard_count,
+            shards_done: r.shards_done,
+            triggered_by: r.triggered_by,
+            actor: r.actor,
+            created_at: rfc3339(r.created_at),
+            started_at: r.started_at.map(rfc3339),
+            finished_at: r.finished_at.map(rfc3339),
+            shards_status: r.shards_status,
+            callback_url: r.callback_url,
+            jobs: r.jobs.into_iter().map(JobView::from).collect(),
+            finalizer: r.finalizer.map(JobView::from),
+        }
+    }
+}
+
+impl From<DeliveryAttemptRecord> for DeliveryAttemptView {
+    fn from(a: DeliveryAttemptRecord) -> DeliveryAttemptView {
+        DeliveryAttemptView {
+            attempt: a.attempt,
+            node: a.node,
+            started_at: rfc3339(a.started_at),
+            duration_ms: a.duration_ms,
+            status_code: a.status_code,
+            error: a.error,
+        }
+    }
+}
+
+impl From<DeliveryRecord> for DeliveryView {
+    fn from(d: DeliveryRecord) -> DeliveryView {
+        DeliveryView {
+            id: d.id,
+            run_id: d.run_id,
+            url: d.url,
+            status: d.status,
+            attempts: d.attempts,
+            next_attempt_at: d.next_attempt_at.map(rfc3339),
+            created_at: rfc3339(d.created_at),
+            finished_at: d.finished_at.map(rfc3339),
+            history: d
+                .history
+                .into_iter()
+                .map(DeliveryAttemptView::from)
+                .collect(),
+        }
+    }
+}
