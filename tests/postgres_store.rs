@@ -71,6 +71,22 @@ fn upstream(url: &str) -> std::net::SocketAddr {
         .unwrap()
 }
 
+/// Opens a job gate (a file the jobs wait for) when dropped, so a failing test leaves no
+/// job process waiting forever behind a server that is gone.
+struct Gate(std::path::PathBuf);
+
+impl Gate {
+    fn open(&self) {
+        std::fs::write(&self.0, "").unwrap();
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "");
+    }
+}
+
 fn store_toml(url: &str, schema: &str) -> String {
     format!("[store]\nurl = \"{url}\"\nschema = \"{schema}\"\npool_size = 4\n")
 }
@@ -81,6 +97,7 @@ async fn a_database_outage_answers_503_loses_nothing_and_work_resumes_within_10s
     let schema = fresh_schema();
     let proxy = FaultProxy::start(upstream(&url)).await;
     let work = tempfile::tempdir().unwrap();
+    let gate = Gate(work.path().join("go"));
     let dir = work.path().display();
     let s = TestServer::start(
         &format!("max_workers = 2\n{}", store_toml(&via(&url, proxy.addr), &schema)),
@@ -114,7 +131,7 @@ async fn a_database_outage_answers_503_loses_nothing_and_work_resumes_within_10s
     let (status, body) = s.trigger("gated", json!({})).await;
     assert_eq!(status, 503, "{body}");
     // The jobs end during the outage; their ends cannot be written yet.
-    std::fs::write(work.path().join("go"), "").unwrap();
+    gate.open();
     for id in &runs {
         let marker = work.path().join(format!("done.{id}"));
         eventually(T, "the job to end during the outage", || {
@@ -164,7 +181,7 @@ async fn replicas_share_work_and_see_each_others_events_logs_and_aborts() {
     let Some(url) = pg_url() else { return };
     let schema = fresh_schema();
     let dir = tempfile::tempdir().unwrap();
-    let gate = dir.path().join("go");
+    let gate = Gate(dir.path().join("go"));
     let config = common::write_config(
         dir.path(),
         &format!(
@@ -174,7 +191,7 @@ async fn replicas_share_work_and_see_each_others_events_logs_and_aborts() {
         &format!(
             "[pipelines.hold]\ncommand = [\"sh\", \"-c\", \"echo on $RUNYARD_JOB_ID; while [ ! -e {} ]; do sleep 0.02; done\"]\n\
              shards = 2\n",
-            gate.display()
+            gate.0.display()
         ),
     );
     let a = BinServer::start(&config, free_port()).await;

@@ -102,6 +102,19 @@ impl From<rusqlite::Error> for StoreError {
                 | rusqlite::ErrorCode::DiskFull
                 | rusqlite::ErrorCode::SystemIoFailure,
             ) => StoreError::unavailable(e),
+            // A unique key held by another row, as PostgreSQL's 23505.
+            Some(rusqlite::ErrorCode::ConstraintViolation)
+                if matches!(
+                    &e,
+                    rusqlite::Error::SqliteFailure(f, _)
+                        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                            || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                ) =>
+            {
+                StoreError::Conflict {
+                    message: e.to_string(),
+                }
+            }
             _ => StoreError::database(e),
         }
     }
