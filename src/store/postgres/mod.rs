@@ -426,20 +426,29 @@ macro_rules! in_tx {
         use $crate::store::{StoreError, StoreResult};
         let mut tries = 0u32;
         loop {
-            let attempt: StoreResult<_> = async {
-                let mut conn = $store.conn().await?;
-                let inner = conn.transaction().await.map_err(pg_err)?;
+            // `Err((e, true))`: the COMMIT itself failed.
+            let attempt: Result<_, (StoreError, bool)> = async {
+                let mut conn = $store.conn().await.map_err(|e| (e, false))?;
+                let inner = conn.transaction().await.map_err(|e| (pg_err(e), false))?;
                 let mut tx = Tx::new(inner);
-                let $tx = &mut tx;
-                let value = $body;
+                let value = {
+                    let $tx = &mut tx;
+                    let run: StoreResult<_> = async { Ok($body) }.await;
+                    run
+                }
+                .map_err(|e| (e, false))?;
                 let kinds = tx.kinds;
-                tx.inner.commit().await.map_err(pg_err)?;
+                tx.inner.commit().await.map_err(|e| (pg_err(e), true))?;
                 Ok((value, kinds))
             }
             .await;
             match attempt {
-                Err(e)
-                    if (e.is_transient() || matches!(e, StoreError::Unavailable { .. }))
+                // A lost race always rolled back; a lost connection only before COMMIT
+                // (after it, the transaction may have committed: running it again could
+                // apply it twice, so the caller hears "unavailable" instead).
+                Err((e, at_commit))
+                    if (e.is_transient()
+                        || (!at_commit && matches!(e, StoreError::Unavailable { .. })))
                         && tries < MAX_RETRIES =>
                 {
                     tries += 1;
@@ -448,7 +457,7 @@ macro_rules! in_tx {
                     let pause = 5 * u64::from(tries) + jitter;
                     tokio::time::sleep(::std::time::Duration::from_millis(pause)).await;
                 }
-                Err(e) => break Err(e),
+                Err((e, _)) => break Err(e),
                 Ok((value, kinds)) => {
                     if kinds != 0 {
                         $store.feed.bump(kinds);
