@@ -324,11 +324,11 @@ async fn finish(
         start,
         result,
     };
-    // A terminal write that fails (store unavailable) is retried until it lands, at least once
-    // a second, so the job's end is recorded within a second of the store coming back and its
-    // slot stays taken meanwhile (caps fail closed). Only a node that is shutting down gives
-    // up (after 8 tries): its job then stays `running` under a node that is about to vanish,
-    // and is resolved by the rescuer like any orphan.
+    // A terminal write that fails because the store is unavailable is retried until it lands,
+    // at least once a second, so the job's end is recorded within a second of the store coming
+    // back and its slot stays taken meanwhile (caps fail closed). A node that is shutting down,
+    // or a database error, gives up after 8 tries: the job then stays `running` and is
+    // resolved like any orphan (by the rescuer once the node is gone).
     let mut delay = Duration::from_millis(100);
     let mut attempt = 0u32;
     loop {
@@ -356,8 +356,11 @@ async fn finish(
                 if attempt <= 3 || attempt.is_multiple_of(30) {
                     tracing::warn!(job = %job.id, attempt, "cannot record the job's end (retrying): {e}");
                 }
-                if inner.stop_claiming.is_cancelled() && attempt >= 8 {
-                    tracing::warn!(job = %job.id, "giving up on recording the job's end: shutting down");
+                // Waiting out an outage makes sense; a database error (a bug, a damaged
+                // store) does not go away by itself.
+                let outage = e.is_unavailable();
+                if attempt >= 8 && (inner.stop_claiming.is_cancelled() || !outage) {
+                    tracing::warn!(job = %job.id, "giving up on recording the job's end: {e}");
                     return Vec::new();
                 }
                 tokio::time::sleep(delay).await;
