@@ -101,5 +101,6 @@ contract_tests!(
         a_reader_following_events_sees_each_exactly_once_in_id_order,
         a_stale_executions_output_and_finish_change_nothing,
         abort_finish_and_start_racing_on_one_run_never_deadlock,
+        an_abort_racing_the_finalizers_end_wins,
     ]
 );

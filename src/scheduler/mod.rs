@@ -291,11 +291,13 @@ impl Scheduler {
             return Err(TriggerError::BadShards);
         }
         // Characters, not bytes: what the message and the OpenAPI `maxLength` say.
+        // No control characters (NUL cannot even be stored as PostgreSQL text).
         if let Some(key) = &req.idempotency_key
-            && (key.is_empty() || key.chars().count() > 200)
+            && (key.is_empty() || key.chars().count() > 200 || key.chars().any(char::is_control))
         {
             return Err(TriggerError::Unsupported(
-                "idempotencyKey must be 1 to 200 characters".into(),
+                "idempotencyKey must be 1 to 200 characters, none of them control characters"
+                    .into(),
             ));
         }
         let idempotency_key = req.idempotency_key;

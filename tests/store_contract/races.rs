@@ -946,3 +946,67 @@ pub async fn abort_finish_and_start_racing_on_one_run_never_deadlock(f: &Factory
     );
     assert_eq!(deadlocks, 0, "the lock order must leave nothing to detect");
 }
+
+/// An abort that the store confirmed wins over the finalizer ending at the same moment:
+/// the run ends `aborted`, once. (On PostgreSQL the finalizer's end reads the run row
+/// locked; unlocked, it wrote the status it computed before the abort committed.)
+pub async fn an_abort_racing_the_finalizers_end_wins(f: &Factory) {
+    const RUNS: usize = 150;
+    let a = f.store().await;
+    let b = f.open().await;
+    let mut rng = Rng::new();
+    let mut aborted = 0;
+    for _ in 0..RUNS {
+        let mut params = run_params("fin", 1);
+        params.has_finalizer = true;
+        let run = ok("run_create", a.run_create(params)).await;
+        let shard = ok("job_claim", a.job_claim(claim_from("fin", 1)))
+            .await
+            .jobs;
+        assert_eq!(shard.len(), 1);
+        ok(
+            "job_finish",
+            a.job_finish(finish(&shard[0], Outcome::Completed)),
+        )
+        .await;
+        let later = JobClaimParams {
+            now: 100,
+            ..claim_from("fin", 1)
+        };
+        let fin = ok("job_claim", a.job_claim(later)).await.jobs;
+        assert_eq!(
+            fin.len(),
+            1,
+            "the finalizer is queued once the shard landed"
+        );
+        let (delay_abort, delay_end) = (rng.below(1_000), rng.below(1_000));
+        let (store, run_id) = (b.clone(), run.run_id.clone());
+        let abort = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_micros(delay_abort)).await;
+            ok("run_abort", store.run_abort(&run_id, 20)).await
+        });
+        let (store, job) = (a.clone(), fin[0].clone());
+        let end = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_micros(delay_end)).await;
+            ok(
+                "job_finish",
+                store.job_finish(finish(&job, Outcome::Completed)),
+            )
+            .await
+        });
+        let abort = join("the abort", abort).await;
+        let end = join("the finalizer's end", end).await;
+        assert!(end.applied);
+        let view = ok("run_get", a.run_get(&run.run_id)).await.unwrap();
+        match abort {
+            AbortOutcome::Aborted { .. } => {
+                aborted += 1;
+                assert_eq!(view.status, "aborted", "a confirmed abort was overwritten");
+            }
+            AbortOutcome::Finished(status) => assert_eq!(view.status, status.as_str()),
+            AbortOutcome::NotFound => panic!("the run vanished"),
+        }
+        assert_eq!(run_completed_events(&*a, &run.run_id).await, 1);
+    }
+    eprintln!("{}: {aborted} of {RUNS} aborts landed first", f.name());
+}

@@ -586,7 +586,10 @@ async fn finalizer_ended(
 ) -> StoreResult<Option<RunStatus>> {
     let Some(row) = tx
         .query_opt(
-            "SELECT status, shards_status FROM runs WHERE id = $1",
+            // Locked (after the finalize job's row: the lock order), so an abort that
+            // commits meanwhile is seen and wins; without the lock this transaction would
+            // write the status it computed from the row before the abort.
+            "SELECT status, shards_status FROM runs WHERE id = $1 FOR UPDATE",
             &[&run_id],
         )
         .await?
