@@ -272,7 +272,17 @@ async fn idempotency_key_length_counts_characters_not_bytes() {
         .trigger("echo", json!({"idempotencyKey": "é".repeat(201)}))
         .await;
     assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"], "idempotencyKey must be 1 to 200 characters");
+    let rule = "idempotencyKey must be 1 to 200 characters, none of them control characters";
+    assert_eq!(body["error"], rule);
+    // A NUL (which PostgreSQL text cannot hold) or another control character: 400, not 503.
+    for key in ["a\u{0}b", "tab\there"] {
+        let (status, body) = s.trigger("echo", json!({ "idempotencyKey": key })).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some(rule)),
+            "{key:?}"
+        );
+    }
     s.stop().await;
 }
 

@@ -35,7 +35,12 @@ pub(super) struct TriggerBody {
     /// addresses only (unless the server allow-lists it); checked at trigger time (400).
     callback_url: Option<String>,
     /// Makes the trigger idempotent; same as the `Idempotency-Key` header (both must agree).
-    #[schema(min_length = 1, max_length = 200)]
+    /// No control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     idempotency_key: Option<String>,
 }
 
