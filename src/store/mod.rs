@@ -56,7 +56,8 @@ pub mod change {
 #[derive(Clone)]
 pub struct ChangeFeed {
     senders: Arc<[watch::Sender<u64>; 4]>,
-    /// Highest event id committed by this process's writer.
+    /// Highest event id known to be readable: committed by this process's writer
+    /// (SQLite), or seen below the horizon by the change poll (PostgreSQL).
     last_event: Arc<std::sync::atomic::AtomicI64>,
 }
 
@@ -85,7 +86,7 @@ impl ChangeFeed {
             .fetch_max(id, std::sync::atomic::Ordering::AcqRel);
     }
 
-    /// Highest event id committed by this process (0 before the first).
+    /// Highest event id known to be readable (0 before the first).
     pub fn last_event(&self) -> i64 {
         self.last_event.load(std::sync::atomic::Ordering::Acquire)
     }

@@ -542,16 +542,12 @@ fn maintenance_loop(conn: Connection, feed: ChangeFeed, stop: Arc<AtomicBool>) {
 // ---------------------------------------------------------------- write helpers
 
 /// Inserts an event built by [`payload`] in the open transaction.
-fn emit(conn: &Connection, event: NewEvent, now: i64) -> StoreResult<()> {
+fn emit(conn: &Connection, mut event: NewEvent, now: i64) -> StoreResult<()> {
+    let data = event.data_text(now);
     conn.prepare_cached(
         "INSERT INTO events (name, run_id, data, created_at) VALUES (?1, ?2, ?3, ?4)",
     )?
-    .execute(params![
-        event.name.as_str(),
-        event.run_id,
-        event.data_text(now),
-        now
-    ])?;
+    .execute(params![event.name.as_str(), event.run_id, data, now])?;
     Ok(())
 }
 

@@ -153,8 +153,16 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> StoreError {
                 Kind::Database
             }
         }
-        // No SQLSTATE: the connection broke (I/O, closed, timeout).
-        None => Kind::Unavailable,
+        // No SQLSTATE: the connection broke (closed, I/O, connect) — or this side failed
+        // to convert a value, which is a bug, not an outage.
+        None => {
+            let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+            if e.is_closed() || io {
+                Kind::Unavailable
+            } else {
+                Kind::Database
+            }
+        }
     };
     let message = describe(&e);
     let source: Option<ErrorSource> = Some(Arc::new(e));
@@ -336,11 +344,10 @@ impl PgStore {
                 }
                 match read::newest_visible_event(&client).await {
                     Ok(newest) if newest != last_seen => {
+                        feed.publish_last_event(newest);
+                        // The first reading is where we start, not a change.
                         if last_seen != i64::MIN {
-                            feed.publish_last_event(newest);
                             feed.bump(change::ALL);
-                        } else {
-                            feed.publish_last_event(newest);
                         }
                         last_seen = newest;
                     }
@@ -520,7 +527,7 @@ impl<'a> Tx<'a> {
     /// Inserts an event with the next id of this transaction.
     pub(crate) async fn emit(
         &mut self,
-        event: super::payload::NewEvent,
+        mut event: super::payload::NewEvent,
         now: i64,
     ) -> StoreResult<()> {
         let n = self.events;
@@ -530,16 +537,11 @@ impl<'a> Tx<'a> {
             ));
         }
         self.events += 1;
+        let data = event.data_text(now);
         self.exec(
             "INSERT INTO events (id, name, run_id, data, created_at)
              VALUES ((pg_current_xact_id()::text::bigint << 16) | $1, $2, $3, $4, $5)",
-            &[
-                &n,
-                &event.name.as_str(),
-                &event.run_id,
-                &event.data_text(now),
-                &now,
-            ],
+            &[&n, &event.name.as_str(), &event.run_id, &data, &now],
         )
         .await?;
         self.kinds |= change::EVENTS;

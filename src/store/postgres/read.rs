@@ -257,24 +257,24 @@ async fn tail_lines<C: GenericClient>(
                 lines.extend(r.get::<_, &str>(0).split('\n').map(str::to_string));
             }
         }
+        Some(0) => {}
         Some(n) => {
-            let mut chunks: Vec<String> = Vec::new();
-            let mut have = 0usize;
+            // Only the newest chunks that hold the last `n` lines leave the server: a
+            // running sum of line counts (no text) picks the oldest chunk needed.
             for r in rows(
                 c,
-                "SELECT data, line_count FROM output WHERE job_id = $1 AND stream = $2 ORDER BY first_line DESC",
-                &[&job_id, &stream],
+                "SELECT data FROM output WHERE job_id = $1 AND stream = $2 AND first_line >= COALESCE(
+                     (SELECT min(first_line) FROM (
+                          SELECT first_line,
+                                 sum(line_count) OVER (ORDER BY first_line DESC)::bigint - line_count AS newer
+                          FROM output WHERE job_id = $1 AND stream = $2) t
+                      WHERE newer < $3), 0)
+                 ORDER BY first_line",
+                &[&job_id, &stream, &(n.min(i64::MAX as usize) as i64)],
             )
             .await?
             {
-                if have >= n {
-                    break;
-                }
-                have += r.get::<_, i64>(1) as usize;
-                chunks.push(r.get(0));
-            }
-            for chunk in chunks.iter().rev() {
-                lines.extend(chunk.split('\n').map(str::to_string));
+                lines.extend(r.get::<_, &str>(0).split('\n').map(str::to_string));
             }
             let skip = lines.len().saturating_sub(n);
             lines.drain(..skip);

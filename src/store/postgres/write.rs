@@ -57,7 +57,7 @@ impl Tx<'_> {
 
 impl<'a> Tx<'a> {
     /// Inserts several events in one statement, with consecutive ids of this transaction.
-    async fn emit_many(&mut self, events: Vec<NewEvent>, now: i64) -> StoreResult<()> {
+    async fn emit_many(&mut self, mut events: Vec<NewEvent>, now: i64) -> StoreResult<()> {
         if events.is_empty() {
             return Ok(());
         }
@@ -69,9 +69,9 @@ impl<'a> Tx<'a> {
             ));
         }
         self.events += count;
+        let data: Vec<String> = events.iter_mut().map(|e| e.data_text(now)).collect();
         let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
         let runs: Vec<&str> = events.iter().map(|e| e.run_id.as_str()).collect();
-        let data: Vec<String> = events.iter().map(|e| e.data_text(now)).collect();
         self.exec(
             "INSERT INTO events (id, name, run_id, data, created_at)
              SELECT (pg_current_xact_id()::text::bigint << 16) | ($1 + e.ord - 1), e.name, e.run_id, e.data, $5
