@@ -89,6 +89,30 @@ pub struct Settings {
     pub secrets: Secrets,
     /// `[auth]`: API tokens.
     pub auth: AuthSettings,
+    /// `[bus]`: the Redis bus between replicas; `None` is the in-process bus.
+    pub bus: Option<BusSettings>,
+}
+
+/// A connection URL as it may be shown in logs and errors: without its password.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// `[bus]` settings: signals between replicas over Redis pub/sub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusSettings {
+    /// `redis://[user:password@]host[:port][/db]`.
+    pub url: String,
+    /// Where the URL came from (`RUNYARD_REDIS_URL`, `REDIS_URL` or `[bus] url`).
+    pub url_source: &'static str,
+    /// Prefix of every channel (`{prefix}:run-abort`, `{prefix}:changes`).
+    pub prefix: String,
 }
 
 /// One accepted API token, as the SHA-256 of its value.
@@ -516,7 +540,7 @@ struct RawFile {
     #[serde(default)]
     server: RawServer,
     store: Option<RawStore>,
-    bus: Option<toml::Value>,
+    bus: Option<RawBus>,
     auth: Option<RawAuth>,
     webhooks: Option<RawWebhooks>,
     #[serde(default)]
@@ -585,6 +609,13 @@ struct RawServer {
     admit_min_free_memory: Option<toml::Value>,
     client_write_timeout: Option<String>,
     client_idle_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBus {
+    url: Option<String>,
+    prefix: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -882,9 +913,6 @@ impl Loader<'_> {
     }
 
     fn build(&self, raw: RawFile) -> Result<Settings, ConfigError> {
-        if raw.bus.is_some() {
-            return Err(self.invalid("bus", None, "[bus] is not supported by this build yet"));
-        }
         let server = self.server(&raw.server)?;
         let auth = self.auth(raw.auth.as_ref())?;
         if !server.listen.ip().is_loopback() && !auth.required() {
@@ -898,6 +926,7 @@ impl Loader<'_> {
             ));
         }
         let store = self.store(raw.store.as_ref(), &server)?;
+        let bus = self.bus(raw.bus.as_ref())?;
         let webhooks = self.webhooks(raw.webhooks.as_ref())?;
         let secrets = self.secrets(&raw.secrets)?;
         let mut pipelines = BTreeMap::new();
@@ -912,6 +941,7 @@ impl Loader<'_> {
             webhooks,
             secrets,
             auth,
+            bus,
         })
     }
 
@@ -1323,6 +1353,63 @@ impl Loader<'_> {
             schema,
             pool_size,
         })
+    }
+
+    /// `[bus]`: `RUNYARD_REDIS_URL` wins, then a bare `REDIS_URL`, then `[bus] url`; no
+    /// URL at all is the in-process bus (a `[bus]` table with only a prefix is refused:
+    /// it would silently leave replicas without a bus).
+    fn bus(&self, rb: Option<&RawBus>) -> Result<Option<BusSettings>, ConfigError> {
+        let (url, url_source) = if let Some(u) = (self.env)("RUNYARD_REDIS_URL") {
+            (u, "RUNYARD_REDIS_URL")
+        } else if let Some(u) = (self.env)("REDIS_URL") {
+            (u, "REDIS_URL")
+        } else if let Some(u) = rb.and_then(|b| b.url.clone()) {
+            (u, "[bus] url")
+        } else if rb.is_some() {
+            return Err(self.invalid(
+                "bus",
+                Some("url"),
+                "missing: set url = \"redis://HOST:PORT\" (or RUNYARD_REDIS_URL), or remove [bus]",
+            ));
+        } else {
+            return Ok(None);
+        };
+        if !url.starts_with("redis://") {
+            let why = if url.starts_with("rediss://") {
+                "rediss:// (TLS) is not supported by this build: use redis:// on a trusted network"
+                    .to_string()
+            } else {
+                format!("expected redis://HOST:PORT ({url_source})")
+            };
+            return Err(self.invalid("bus", Some("url"), why));
+        }
+        if let Err(e) = redis::Client::open(url.as_str()) {
+            return Err(self.invalid(
+                "bus",
+                Some("url"),
+                format!("not a valid Redis URL ({url_source}): {e}"),
+            ));
+        }
+        let prefix = rb
+            .and_then(|b| b.prefix.clone())
+            .unwrap_or_else(|| "runyard".into());
+        let ok = !prefix.is_empty()
+            && prefix.len() <= 64
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c));
+        if !ok {
+            return Err(self.invalid(
+                "bus",
+                Some("prefix"),
+                format!("{prefix:?}: 1–64 letters, digits, _ - . or :"),
+            ));
+        }
+        Ok(Some(BusSettings {
+            url,
+            url_source,
+            prefix,
+        }))
     }
 
     fn pipeline(

@@ -160,6 +160,8 @@ pub struct Snapshot {
     pub sse_clients: usize,
     /// Slots of this node and how many are busy.
     pub slots: (usize, usize),
+    /// This node's bus.
+    pub bus: Option<crate::bus::BusStatus>,
 }
 
 /// The outcome label of each [`JobEnd`], in rendering order.
@@ -295,6 +297,9 @@ impl Metrics {
             "# HELP runyard_sse_clients Open SSE streams on this node.\n# TYPE runyard_sse_clients gauge\nrunyard_sse_clients {}",
             snap.sse_clients
         );
+        if let Some(bus) = &snap.bus {
+            render_bus(&mut out, bus);
+        }
         self.claim_latency.render(
             &mut out,
             "runyard_claim_latency_seconds",
@@ -323,6 +328,51 @@ impl Metrics {
     }
 }
 
+/// The bus's series: `runyard_bus_connected{kind}`, and its message counters.
+fn render_bus(out: &mut String, bus: &crate::bus::BusStatus) {
+    let _ = writeln!(
+        out,
+        "# HELP runyard_bus_connected 1 while this node's bus is connected.\n# TYPE runyard_bus_connected gauge\nrunyard_bus_connected{{kind=\"{}\"}} {}",
+        bus.kind,
+        u8::from(bus.connected)
+    );
+    for (name, help, n) in [
+        (
+            "runyard_bus_reconnects_total",
+            "Reconnections of the bus after a loss.",
+            bus.reconnects,
+        ),
+        (
+            "runyard_bus_messages_published_total",
+            "Messages this node published on the bus.",
+            bus.published,
+        ),
+        (
+            "runyard_bus_messages_received_total",
+            "Messages that arrived on the bus (own echoes included).",
+            bus.received,
+        ),
+        (
+            "runyard_bus_messages_dispatched_total",
+            "Messages from other origins handed to this node's handlers.",
+            bus.dispatched,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}"
+        );
+    }
+    let name = "runyard_bus_messages_dropped_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Bus messages dropped, by reason (malformed, own_origin, unsent).\n# TYPE {name} counter"
+    );
+    for (reason, n) in bus.dropped_by_reason {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
+    }
+}
+
 /// A label value with `\`, `"` and newlines escaped.
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -347,6 +397,7 @@ mod tests {
             pipelines: vec![("a\"b".into(), 3, 1), ("idle".into(), 0, 0)],
             sse_clients: 2,
             slots: (2, 1),
+            bus: Some(crate::bus::Bus::status(&crate::bus::LocalBus::default())),
         });
         assert!(text.contains("runyard_claim_latency_seconds_bucket{le=\"0.0005\"} 1\n"));
         assert!(text.contains("runyard_claim_latency_seconds_bucket{le=\"0.025\"} 2\n"));
@@ -368,6 +419,8 @@ mod tests {
         assert!(text.contains("runyard_job_duration_seconds_count{pipeline=\"idle\"} 0\n"));
         assert!(text.contains(&format!("runyard_build_info{{version=\"{VERSION}\"}} 1\n")));
         assert!(text.contains("runyard_sse_clients 2\n"));
+        assert!(text.contains("runyard_bus_connected{kind=\"local\"} 1\n"));
+        assert!(text.contains("runyard_bus_messages_dropped_total{reason=\"unsent\"} 0\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "bad sample line: {line}");

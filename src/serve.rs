@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::conn::GuardedListener;
 use crate::api::{self, AppState, Auth, EventTailer};
-use crate::bus::{Bus, LocalBus};
+use crate::bus::{Bus, LocalBus, RedisBus};
 use crate::config::{Settings, StoreUrl};
 use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
@@ -52,6 +52,27 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
                 "store: PostgreSQL"
             );
             Ok(Arc::new(store))
+        }
+    }
+}
+
+/// The configured bus: Redis with `[bus]` (connecting in the background: a Redis that
+/// is down at start is a warning and degraded mode, never a failed start), else the
+/// in-process bus.
+pub fn open_bus(settings: &Settings, store: &Arc<dyn Store>) -> Arc<dyn Bus> {
+    let Some(b) = &settings.bus else {
+        tracing::info!("bus: in-process (no [bus] url); replicas would rely on store polls");
+        return Arc::new(LocalBus::default());
+    };
+    match RedisBus::start(b, store.changes().clone()) {
+        Ok(bus) => {
+            tracing::info!(url = bus.display(), prefix = %b.prefix, from = b.url_source, origin = bus.origin(), "bus: Redis");
+            Arc::new(bus)
+        }
+        // The URL was checked when the config loaded; this is not expected.
+        Err(e) => {
+            tracing::warn!("bus: {e}; using the in-process bus");
+            Arc::new(LocalBus::default())
         }
     }
 }
@@ -105,13 +126,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     let store = open_store(&settings).await?;
-    let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+    let bus = open_bus(&settings, &store);
     let webhooks = webhooks(&settings)?;
     let metrics = Arc::new(Metrics::default());
     let scheduler = Scheduler::start(
         settings.clone(),
         store.clone(),
-        bus,
+        bus.clone(),
         webhooks,
         metrics.clone(),
     )
@@ -160,6 +181,7 @@ pub async fn run(
     });
     let result = server.await.context("HTTP server failed");
     http_stop.cancel();
+    bus.close();
     store.close().await;
     result
 }

@@ -167,6 +167,7 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         pipelines,
         sse_clients: events::MAX_STREAMS - state.streams.available_permits(),
         slots: state.scheduler.slots(),
+        bus: Some(state.scheduler.bus_status()),
     };
     Ok((
         [(

@@ -6,9 +6,11 @@
 //!   every local job is cancelled — its writes would be refused anyway — and
 //!   the node registers again). Each beat also runs the rescuer and, now and
 //!   then, the retention sweep.
-//! - The abort sweep reacts to the store's ABORT feed (this process's aborts
-//!   and, via `PRAGMA data_version`, other processes') within ~50 ms.
-//! - The bus listener cancels local jobs of runs aborted on other nodes.
+//! - The abort sweep reacts to the store's ABORT feed (this process's aborts;
+//!   other processes' via `PRAGMA data_version` within ~50 ms on SQLite, via the
+//!   bus's `changes` wake-up, and in any case within [`ABORT_POLL`]).
+//! - The bus listener aborts runs named on the bus's abort channel (durable mark
+//!   first) and cancels their local jobs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +20,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::abort::CancelCause;
 use super::{Inner, rescuer};
 use crate::bus::Signal;
-use crate::store::{NodeHeartbeatParams, change};
+use crate::store::{AbortOutcome, NodeHeartbeatParams, StoreError, change};
 
 /// How often finished runs past `retention` are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
@@ -137,6 +139,11 @@ pub(super) async fn abort_sweep_loop(inner: Arc<Inner>) {
     }
 }
 
+/// Handles foreign `run-abort` messages: the durable mark first (idempotent: a
+/// replica that published it has already written it; another service may not
+/// have), then this node's shards of the run, through the same
+/// `abort_all_shards_for_run` as the API route. The mark comes first so no shard
+/// can end `aborted` under a run that is not, whatever published the message.
 pub(super) async fn bus_listener(inner: Arc<Inner>) {
     let mut rx = inner.bus.subscribe();
     loop {
@@ -146,15 +153,47 @@ pub(super) async fn bus_listener(inner: Arc<Inner>) {
         };
         match signal {
             Ok(Signal::RunAbort { run_id, origin }) => {
-                if origin != inner.node.id {
-                    let n = inner.registry.abort_all_shards_for_run(&run_id);
-                    tracing::debug!(run = %run_id, cancelled = n, "abort from the bus");
-                }
+                // Apart, so a store that is slow or down holds up no other abort.
+                let inner2 = inner.clone();
+                inner.services.spawn(async move {
+                    abort_from_bus(&inner2, &run_id, origin.as_deref()).await
+                });
             }
             Err(RecvError::Lagged(n)) => {
                 tracing::warn!("bus listener lagged by {n} messages; the abort sweep covers them")
             }
             Err(RecvError::Closed) => break,
         }
+    }
+}
+
+/// Tries for this long to write a foreign abort's mark while the store is unavailable.
+const BUS_ABORT_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn abort_from_bus(inner: &Arc<Inner>, run_id: &str, origin: Option<&str>) {
+    let deadline = tokio::time::Instant::now() + BUS_ABORT_RETRY;
+    let outcome = loop {
+        match inner.store.run_abort(run_id, inner.store.clock_ms()).await {
+            Err(StoreError::Unavailable { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::select! {
+                    _ = inner.stop_services.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                }
+            }
+            other => break other,
+        }
+    };
+    match outcome {
+        Ok(AbortOutcome::Aborted { aborted_jobs }) => {
+            let n = inner.registry.abort_all_shards_for_run(run_id);
+            tracing::debug!(run = %run_id, origin, cancelled = n, aborted_jobs, "abort from the bus");
+        }
+        Ok(AbortOutcome::NotFound) => {
+            tracing::warn!(run = %run_id, origin, "bus: abort of an unknown run ignored")
+        }
+        Ok(AbortOutcome::Finished(status)) => {
+            tracing::debug!(run = %run_id, %status, "bus: abort of a finished run ignored")
+        }
+        Err(e) => tracing::warn!(run = %run_id, origin, "bus: could not abort the run: {e}"),
     }
 }

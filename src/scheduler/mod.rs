@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 
 pub use abort::{AbortRegistry, CancelCause};
 
-use crate::bus::{Bus, Signal};
+use crate::bus::Bus;
 use crate::config::{MAX_SHARDS, Pipeline, Settings};
 use crate::executor::redact::Redactor;
 use crate::executor::{process, reaper};
@@ -420,10 +420,7 @@ impl Scheduler {
         if let AbortOutcome::Aborted { .. } = outcome {
             Metrics::add(&self.inner.metrics.aborts, 1);
             self.inner.registry.abort_all_shards_for_run(run_id);
-            self.inner.bus.publish(Signal::RunAbort {
-                run_id: run_id.to_string(),
-                origin: self.inner.node.id.clone(),
-            });
+            self.inner.bus.publish_abort(run_id);
         }
         Ok(outcome)
     }

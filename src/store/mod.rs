@@ -59,6 +59,17 @@ pub struct ChangeFeed {
     /// Highest event id known to be readable: committed by this process's writer
     /// (SQLite), or seen below the horizon by the change poll (PostgreSQL).
     last_event: Arc<std::sync::atomic::AtomicI64>,
+    /// Kinds this process committed since the bus last took them ([`ChangeFeed::take_local`]).
+    local: Arc<LocalCommits>,
+}
+
+/// This process's own commits, for the bus to tell other replicas about. Kept apart
+/// from [`ChangeFeed::bump`], which also carries wake-ups *from* other processes:
+/// republishing those would echo every change around the cluster forever.
+#[derive(Default)]
+struct LocalCommits {
+    kinds: std::sync::atomic::AtomicU8,
+    notify: tokio::sync::Notify,
 }
 
 impl Default for ChangeFeed {
@@ -66,6 +77,7 @@ impl Default for ChangeFeed {
         ChangeFeed {
             senders: Arc::new(std::array::from_fn(|_| watch::channel(0).0)),
             last_event: Arc::default(),
+            local: Arc::default(),
         }
     }
 }
@@ -77,6 +89,31 @@ impl ChangeFeed {
             if kinds & (1 << bit) != 0 {
                 tx.send_modify(|v| *v = v.wrapping_add(1));
             }
+        }
+    }
+
+    /// Bumps `kinds` for a commit made by this process: wakes local waiters as
+    /// [`ChangeFeed::bump`] does, and records the kinds for the bus to publish.
+    pub fn bump_local(&self, kinds: u8) {
+        self.bump(kinds);
+        self.local
+            .kinds
+            .fetch_or(kinds, std::sync::atomic::Ordering::AcqRel);
+        self.local.notify.notify_one();
+    }
+
+    /// Waits until this process has committed something since the last call, then
+    /// takes the kinds committed meanwhile (one taker: the bus's bridge).
+    pub async fn take_local(&self) -> u8 {
+        loop {
+            let kinds = self
+                .local
+                .kinds
+                .swap(0, std::sync::atomic::Ordering::AcqRel);
+            if kinds != 0 {
+                return kinds;
+            }
+            self.local.notify.notified().await;
         }
     }
 

@@ -492,7 +492,7 @@ fn publish(conn: &Connection, feed: &ChangeFeed, kinds: u8) {
             feed.publish_last_event(id);
         }
     }
-    feed.bump(kinds);
+    feed.bump_local(kinds);
 }
 
 /// `BEGIN IMMEDIATE` takes the write lock up front, waiting up to `busy_timeout` for

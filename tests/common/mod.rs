@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 pub mod dns;
 pub mod proxy;
+pub mod redis_server;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -171,6 +172,11 @@ pub async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
     let resp = http.get(url).send().await.expect("request");
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+pub async fn get_text(http: &reqwest::Client, url: &str) -> (u16, String) {
+    let r = http.get(url).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
 }
 
 pub async fn post(http: &reqwest::Client, url: &str, body: Value) -> (u16, Value) {
@@ -433,6 +439,8 @@ impl BinServer {
             "MAX_WORKERS",
             "OUTPUT_FLUSH_INTERVAL_MS",
             "RUNYARD_DATABASE_URL",
+            "REDIS_URL",
+            "RUNYARD_REDIS_URL",
             "RUNYARD_MAX_WORKERS",
             "RUNYARD_MAX_WORKERS_GLOBAL",
             "RUNYARD_OUTPUT_FLUSH_INTERVAL_MS",

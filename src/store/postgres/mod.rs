@@ -181,17 +181,6 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
-/// The URL as it may be shown: without its password.
-fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// A schema name safe to splice into SQL (it is quoted as an identifier too).
 fn valid_schema(name: &str) -> bool {
     !name.is_empty()
@@ -206,7 +195,7 @@ impl PgStore {
     /// Connects, creates the schema if asked, applies migrations (once, whichever replica
     /// gets there first) and starts the change poll.
     pub async fn open(opts: &PgOptions) -> StoreResult<PgStore> {
-        let display = redact_url(&opts.url);
+        let display = crate::config::redact_url(&opts.url);
         let open_err = |message: String| StoreError::Open {
             path: display.clone(),
             message,
@@ -467,7 +456,7 @@ macro_rules! in_tx {
                 Err((e, _)) => break Err(e),
                 Ok((value, kinds)) => {
                     if kinds != 0 {
-                        $store.feed.bump(kinds);
+                        $store.feed.bump_local(kinds);
                     }
                     break Ok(value);
                 }
@@ -692,7 +681,7 @@ mod tests {
         assert!(!valid_schema("a;drop"));
         assert!(!valid_schema(""));
         assert_eq!(
-            redact_url("postgres://u:secret@h:5432/db"),
+            crate::config::redact_url("postgres://u:secret@h:5432/db"),
             "postgres://u:***@h:5432/db"
         );
     }

@@ -1,0 +1,335 @@
+//! The Redis bus against a real Redis: the seeds' own test (two subscribers
+//! receive, the publisher drops its echo), one dispatch per message after forced
+//! resubscribes, malformed messages, a plain `PUBLISH` from another service
+//! aborting a run, and a Redis that is down at start, goes away and comes back.
+//!
+//! Needs `TEST_REDIS_URL` (prints `SKIPPED(service)` without it). Every test uses a
+//! prefix of its own on the shared server; tests that stop Redis run a private
+//! `redis-server` on a free port.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::redis_server::{PrivateRedis, fresh_prefix, publish, shared_url};
+use common::{TestServer, eventually};
+use runyard::bus::{Bus, RedisBus, Signal};
+use runyard::config::BusSettings;
+use runyard::store::{ChangeFeed, change};
+use serde_json::json;
+use tokio::sync::broadcast::error::TryRecvError;
+
+const T: Duration = Duration::from_secs(10);
+
+fn settings(url: &str, prefix: &str) -> BusSettings {
+    BusSettings {
+        url: url.to_string(),
+        url_source: "test",
+        prefix: prefix.to_string(),
+    }
+}
+
+async fn connected_bus(url: &str, prefix: &str) -> (RedisBus, ChangeFeed) {
+    let feed = ChangeFeed::default();
+    let bus = RedisBus::start(&settings(url, prefix), feed.clone()).unwrap();
+    assert!(bus.connected_within(T).await, "bus connects to {url}");
+    (bus, feed)
+}
+
+fn run_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+async fn recv(rx: &mut tokio::sync::broadcast::Receiver<Signal>) -> Signal {
+    tokio::time::timeout(T, rx.recv())
+        .await
+        .expect("a signal within 10 s")
+        .unwrap()
+}
+
+fn dropped(bus: &RedisBus, reason: &str) -> u64 {
+    bus.status()
+        .dropped_by_reason
+        .iter()
+        .find(|(r, _)| *r == reason)
+        .unwrap()
+        .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_subscribers_receive_an_abort_and_the_publisher_drops_its_own_echo() {
+    let Some(url) = shared_url() else { return };
+    let prefix = fresh_prefix();
+    let (a, _) = connected_bus(&url, &prefix).await;
+    let (b, _) = connected_bus(&url, &prefix).await;
+    let (c, _) = connected_bus(&url, &prefix).await;
+    let (mut ra, mut rb, mut rc) = (a.subscribe(), b.subscribe(), c.subscribe());
+    let run = run_id();
+    a.publish_abort(&run);
+    let expected = Signal::RunAbort {
+        run_id: run.clone(),
+        origin: Some(a.origin().to_string()),
+    };
+    assert_eq!(recv(&mut rb).await, expected);
+    assert_eq!(recv(&mut rc).await, expected);
+    // A heard its own message and dropped it before any handler.
+    eventually(T, "a's echo to arrive", || async {
+        dropped(&a, "own_origin") == 1
+    })
+    .await;
+    assert_eq!(ra.try_recv(), Err(TryRecvError::Empty));
+    assert_eq!(a.status().published, 1);
+    assert_eq!(b.status().dispatched, 1);
+    assert_ne!(a.origin(), b.origin());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_dispatch_per_message_after_five_forced_resubscribes() {
+    if shared_url().is_none() {
+        return;
+    }
+    let redis = PrivateRedis::started();
+    let prefix = fresh_prefix();
+    let (bus, feed) = connected_bus(&redis.url(), &prefix).await;
+    let mut rx = bus.subscribe();
+    for i in 1..=5 {
+        assert_eq!(redis.kill_subscribers().await, 1, "one subscriber to cut");
+        eventually(T, "the bus to resubscribe", || async {
+            bus.status().reconnects == i && bus.status().connected
+        })
+        .await;
+    }
+    let first = run_id();
+    let second = run_id();
+    let abort = |run: &str| json!({"runId": run, "origin": "another-service"}).to_string();
+    assert_eq!(
+        publish(&redis.url(), &format!("{prefix}:run-abort"), &abort(&first)).await,
+        1,
+        "exactly one subscription after five resubscribes"
+    );
+    publish(
+        &redis.url(),
+        &format!("{prefix}:run-abort"),
+        &abort(&second),
+    )
+    .await;
+    for run in [&first, &second] {
+        assert_eq!(
+            recv(&mut rx).await,
+            Signal::RunAbort {
+                run_id: run.to_string(),
+                origin: Some("another-service".into())
+            }
+        );
+    }
+    assert_eq!(
+        rx.try_recv(),
+        Err(TryRecvError::Empty),
+        "dispatched once each"
+    );
+    assert_eq!(bus.status().dispatched, 2);
+    // The changes channel wakes the feed's waiters.
+    let mut work = feed.subscribe(change::WORK);
+    work.borrow_and_update();
+    publish(&redis.url(), &format!("{prefix}:changes"), r#"{"kinds":1}"#).await;
+    tokio::time::timeout(T, work.changed())
+        .await
+        .expect("a changes message wakes claimers")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_dropped_and_counted_and_the_next_one_still_lands() {
+    let Some(url) = shared_url() else { return };
+    let prefix = fresh_prefix();
+    let (bus, _) = connected_bus(&url, &prefix).await;
+    let mut rx = bus.subscribe();
+    let channel = format!("{prefix}:run-abort");
+    let huge = format!(r#"{{"runId":"{}","pad":"{}"}}"#, run_id(), "x".repeat(5000));
+    for bad in [
+        "not json",
+        r#"{"runId": 5}"#,
+        r#"{"runId":"../../etc"}"#,
+        &huge,
+    ] {
+        publish(&url, &channel, bad).await;
+    }
+    let good = run_id();
+    publish(
+        &url,
+        &channel,
+        &json!({"runId": good, "extra": {"ignored": true}}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut rx).await,
+        Signal::RunAbort {
+            run_id: good,
+            origin: None
+        }
+    );
+    assert_eq!(dropped(&bus, "malformed"), 4);
+    assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+}
+
+/// A pipeline whose job waits for a gate file that never appears (the abort stops it).
+const HOLD: &str = r#"
+[pipelines.hold]
+command = ["sh", "-c", "echo started; exec sleep 60"]
+"#;
+
+fn bus_toml(url: &str, prefix: &str) -> String {
+    format!("\n[bus]\nurl = \"{url}\"\nprefix = \"{prefix}\"\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_service_aborts_a_run_with_a_plain_publish() {
+    let Some(url) = shared_url() else { return };
+    let prefix = fresh_prefix();
+    let server = TestServer::start(&bus_toml(&url, &prefix), HOLD).await;
+    eventually(T, "the node's bus to connect", || async {
+        server.get("/api/workers").await.1["workers"][0]["bus"]["connected"] == true
+    })
+    .await;
+    let mut events = server.events();
+    let (status, t) = server.trigger("hold", json!({})).await;
+    assert_eq!(status, 202);
+    let run = t["runId"].as_str().unwrap().to_string();
+    let job = events
+        .wait_for("job:started", |d| d["runId"] == run.as_str(), T)
+        .await;
+    let pid = server
+        .get(&format!(
+            "/api/jobs/{}",
+            job.data["jobId"].as_str().unwrap()
+        ))
+        .await
+        .1["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    let asked = Instant::now();
+    // No origin: foreign to every node. The run is marked aborted in the store and its
+    // shard's process group is stopped.
+    let heard = publish(
+        &url,
+        &format!("{prefix}:run-abort"),
+        &json!({"runId": run}).to_string(),
+    )
+    .await;
+    assert_eq!(heard, 1);
+    let done = server.wait_run(&mut events, &run, T).await;
+    assert_eq!(done["status"], "aborted", "{done}");
+    assert_eq!(done["jobs"][0]["status"], "aborted", "{done}");
+    eventually(T, "the job's process group to be gone", || async {
+        common::group_members(pid).is_empty()
+    })
+    .await;
+    println!(
+        "plain PUBLISH → run aborted and its process dead in {:?}",
+        asked.elapsed()
+    );
+    let (_, workers) = server.get("/api/workers").await;
+    let bus = &workers["workers"][0]["bus"];
+    assert_eq!(
+        (bus["kind"].clone(), bus["dispatched"].clone()),
+        (json!("redis"), json!(1))
+    );
+    assert_eq!(bus["droppedByReason"]["malformed"], 0, "{bus}");
+    assert_eq!(bus["prefix"], prefix.as_str());
+    // The same message again is a no-op: the run stays aborted, nothing else changes.
+    publish(
+        &url,
+        &format!("{prefix}:run-abort"),
+        &json!({"runId": run}).to_string(),
+    )
+    .await;
+    eventually(T, "the repeat to arrive", || async {
+        server.get("/api/workers").await.1["workers"][0]["bus"]["dispatched"] == 2
+    })
+    .await;
+    let (_, again) = server.get(&format!("/api/runs/{run}")).await;
+    assert_eq!(again["status"], "aborted");
+    assert_eq!(
+        events
+            .of_run(&run)
+            .filter(|e| e.event == "run:completed")
+            .count(),
+        1
+    );
+    server.stop().await;
+}
+
+async fn bus_state(server: &TestServer) -> serde_json::Value {
+    server.get("/api/workers").await.1["workers"][0]["bus"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_down_at_start_is_degraded_mode_and_the_bus_reconnects_within_5s() {
+    if shared_url().is_none() {
+        return;
+    }
+    let mut redis = PrivateRedis::on_free_port();
+    let prefix = fresh_prefix();
+    let server = TestServer::start(
+        &bus_toml(&redis.url(), &prefix),
+        "[pipelines.ok]\ncommand = [\"true\"]\n",
+    )
+    .await;
+    // Started without Redis: degraded, and working.
+    let state = bus_state(&server).await;
+    assert_eq!(
+        (state["kind"].clone(), state["connected"].clone()),
+        (json!("redis"), json!(false))
+    );
+    let mut events = server.events();
+    let (status, t) = server.trigger("ok", json!({})).await;
+    assert_eq!(status, 202);
+    let run = server
+        .wait_run(&mut events, t["runId"].as_str().unwrap(), T)
+        .await;
+    assert_eq!(run["status"], "completed");
+
+    redis.start();
+    let up = Instant::now();
+    eventually(T, "the bus to connect", || async {
+        bus_state(&server).await["connected"] == true
+    })
+    .await;
+    println!("connected {:?} after Redis came up", up.elapsed());
+    assert!(up.elapsed() < Duration::from_secs(5), "{:?}", up.elapsed());
+
+    redis.stop();
+    eventually(T, "the bus to notice the loss", || async {
+        bus_state(&server).await["connected"] == false
+    })
+    .await;
+    // Still working while Redis is gone: a trigger and its run.
+    let (status, t) = server.trigger("ok", json!({})).await;
+    assert_eq!(status, 202);
+    server
+        .wait_run(&mut events, t["runId"].as_str().unwrap(), T)
+        .await;
+
+    redis.start();
+    let back = Instant::now();
+    eventually(T, "the bus to reconnect", || async {
+        bus_state(&server).await["connected"] == true
+    })
+    .await;
+    let took = back.elapsed();
+    println!("reconnected {took:?} after Redis returned");
+    assert!(took < Duration::from_secs(5), "reconnect took {took:?}");
+    let state = bus_state(&server).await;
+    assert_eq!(state["reconnects"], 1, "{state}");
+    let (_, metrics) = common::get_text(&server.http, &format!("{}/metrics", server.base)).await;
+    assert!(
+        metrics.contains("runyard_bus_connected{kind=\"redis\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("runyard_bus_reconnects_total 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("runyard_bus_messages_dropped_total{reason=\"unsent\"}"));
+    server.stop().await;
+}
