@@ -303,6 +303,7 @@ pub(super) async fn log_stream(
     let permit = stream_permit(&state)?;
     let stream = async_stream::stream! {
         let _permit = permit;
+        let mut ended: Option<String> = None;
         loop {
             output.borrow_and_update();
             events.borrow_and_update();
@@ -323,18 +324,25 @@ pub(super) async fn log_stream(
             if got > 0 {
                 continue;
             }
-            let status = match store.job_get(&job_id).await {
-                Ok(Some(job)) => job.status,
-                _ => break,
-            };
-            if status.parse::<JobStatus>().is_ok_and(JobStatus::is_terminal) {
-                // The final flush lands before the terminal write, so nothing is left to read.
+            if let Some(status) = ended.take() {
+                // Read empty *after* the terminal status was seen: the final flush
+                // commits before the terminal write, so nothing is left to read.
                 yield Ok(SseEvent {
                     id: None,
                     event: "end".into(),
                     data: json!({"jobId": job_id, "status": status}).to_string(),
                 }.into());
                 break;
+            }
+            let status = match store.job_get(&job_id).await {
+                Ok(Some(job)) => job.status,
+                _ => break,
+            };
+            if status.parse::<JobStatus>().is_ok_and(JobStatus::is_terminal) {
+                // The last lines and the terminal write may both have committed between
+                // the read above and this one: read once more before the end.
+                ended = Some(status);
+                continue;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
