@@ -333,3 +333,66 @@ async fn a_redis_down_at_start_is_degraded_mode_and_the_bus_reconnects_within_5s
     assert!(metrics.contains("runyard_bus_messages_dropped_total{reason=\"unsent\"}"));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_sqlite_file_share_aborts_over_the_bus() {
+    let Some(url) = shared_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_config(
+        dir.path(),
+        &format!(
+            "max_workers = 1\n[store]\nurl = \"sqlite://{}\"\n{}",
+            dir.path().join("shared.db").display(),
+            bus_toml(&url, &fresh_prefix())
+        ),
+        "[pipelines.hold]\ncommand = [\"sh\", \"-c\", \"sleep 600 & wait\"]\nshards = 2\n",
+    );
+    let a = common::BinServer::start(&config, common::free_port()).await;
+    let b = common::BinServer::start(&config, common::free_port()).await;
+    let http = reqwest::Client::new();
+    for s in [&a, &b] {
+        eventually(T, "both buses to connect", || async {
+            common::get(&http, &format!("{}/api/workers", s.base)).await.1["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["self"] == true && w["bus"]["connected"] == true)
+        })
+        .await;
+    }
+    let (status, t) = common::post(
+        &http,
+        &format!("{}/api/pipelines/hold/trigger", a.base),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let run = t["runId"].as_str().unwrap().to_string();
+    let mut groups = Vec::new();
+    eventually(T, "both shards to run, one per process", || async {
+        let (_, r) = common::get(&http, &format!("{}/api/runs/{run}", a.base)).await;
+        let pids: Vec<(String, u64)> = r["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["status"] == "running" && j["pid"].is_u64())
+            .map(|j| (j["node"].as_str().unwrap().to_string(), j["pid"].as_u64().unwrap()))
+            .collect();
+        pids.len() == 2 && pids[0].0 != pids[1].0
+    })
+    .await;
+    let (_, r) = common::get(&http, &format!("{}/api/runs/{run}", a.base)).await;
+    for j in r["jobs"].as_array().unwrap() {
+        groups.push(j["pid"].as_u64().unwrap() as u32);
+    }
+    let asked = Instant::now();
+    let (status, _) = common::post(&http, &format!("{}/api/runs/{run}/abort", b.base), json!({})).await;
+    assert_eq!(status, 202);
+    eventually(T, "both shards' processes to be gone", || async {
+        groups.iter().all(|g| common::group_members(*g).is_empty())
+    })
+    .await;
+    let took = asked.elapsed();
+    println!("two processes on one SQLite file: both shards dead {took:?} after the abort");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+}
