@@ -10,16 +10,22 @@
 //!     static C clock probe, so this includes exec and the probe's start-up);
 //! (d) server RSS idle and with 100,000 queued runs;
 //! (e) store-level claim + finish throughput on PostgreSQL, 1 vs 3 processes,
-//!     with and without a global cap ([`store`]).
+//!     with and without a global cap ([`store`]);
+//! (f) three replicas on PostgreSQL with the Redis bus and without one: abort →
+//!     every shard's process dead, and wake-up latency from a trigger on one
+//!     replica to the job running on another ([`replicas`]).
 //!
 //! With `BENCH_DATABASE_URL` (or `TEST_DATABASE_URL`) set, (a) also runs on PostgreSQL
-//! (a fresh schema per round) next to SQLite, and (e) runs; without it they are skipped
-//! with a message.
+//! (a fresh schema per round) next to SQLite, and (e) runs; (f) also needs
+//! `BENCH_REDIS_URL` (or `TEST_REDIS_URL`). Without them they are skipped with a message.
 //!
 //! Environment: `BENCH_RUNS` (default 5000), `BENCH_INGEST` (20000),
 //! `BENCH_QUEUED` (100000), `BENCH_ROUNDS` (3), `BENCH_LATENCY_SAMPLES` (200),
-//! `BENCH_STORE_SECS` (8), `BENCH_ONLY` (a subset of the letters `abcde`).
+//! `BENCH_STORE_SECS` (8), `BENCH_ABORTS` (30), `BENCH_WAKE_SAMPLES` (100),
+//! `BENCH_ONLY` (a subset of the letters `abcdef`).
 
+#[path = "runyard_bench/replicas.rs"]
+mod replicas;
 #[path = "runyard_bench/store.rs"]
 mod store;
 
@@ -461,7 +467,7 @@ fn main() {
                 .unwrap_or(1)
         );
         // BENCH_ONLY=a,c runs a subset.
-        let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcde".into());
+        let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcdef".into());
         let pg = database_url();
         if pg.is_none() && (only.contains('a') || only.contains('e')) {
             println!("(PostgreSQL figures skipped: set BENCH_DATABASE_URL or TEST_DATABASE_URL)\n");
@@ -483,6 +489,25 @@ fn main() {
         }
         if let (true, Some(url)) = (only.contains('e'), &pg) {
             store::bench_store(url, rounds, env_usize("BENCH_STORE_SECS", 8) as u64).await;
+        }
+        if only.contains('f') {
+            let redis = std::env::var("BENCH_REDIS_URL")
+                .or_else(|_| std::env::var("TEST_REDIS_URL"))
+                .ok();
+            match (&pg, redis) {
+                (Some(pg), Some(redis)) => {
+                    replicas::bench_replicas(
+                        pg,
+                        &redis,
+                        env_usize("BENCH_ABORTS", 30),
+                        env_usize("BENCH_WAKE_SAMPLES", 100),
+                    )
+                    .await
+                }
+                _ => println!(
+                    "(f skipped: set BENCH_DATABASE_URL and BENCH_REDIS_URL, or the TEST_ ones)\n"
+                ),
+            }
         }
     });
 }

@@ -352,7 +352,9 @@ async fn two_processes_on_one_sqlite_file_share_aborts_over_the_bus() {
     let http = reqwest::Client::new();
     for s in [&a, &b] {
         eventually(T, "both buses to connect", || async {
-            common::get(&http, &format!("{}/api/workers", s.base)).await.1["workers"]
+            common::get(&http, &format!("{}/api/workers", s.base))
+                .await
+                .1["workers"]
                 .as_array()
                 .unwrap()
                 .iter()
@@ -376,7 +378,12 @@ async fn two_processes_on_one_sqlite_file_share_aborts_over_the_bus() {
             .unwrap()
             .iter()
             .filter(|j| j["status"] == "running" && j["pid"].is_u64())
-            .map(|j| (j["node"].as_str().unwrap().to_string(), j["pid"].as_u64().unwrap()))
+            .map(|j| {
+                (
+                    j["node"].as_str().unwrap().to_string(),
+                    j["pid"].as_u64().unwrap(),
+                )
+            })
             .collect();
         pids.len() == 2 && pids[0].0 != pids[1].0
     })
@@ -386,7 +393,12 @@ async fn two_processes_on_one_sqlite_file_share_aborts_over_the_bus() {
         groups.push(j["pid"].as_u64().unwrap() as u32);
     }
     let asked = Instant::now();
-    let (status, _) = common::post(&http, &format!("{}/api/runs/{run}/abort", b.base), json!({})).await;
+    let (status, _) = common::post(
+        &http,
+        &format!("{}/api/runs/{run}/abort", b.base),
+        json!({}),
+    )
+    .await;
     assert_eq!(status, 202);
     eventually(T, "both shards' processes to be gone", || async {
         groups.iter().all(|g| common::group_members(*g).is_empty())

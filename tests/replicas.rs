@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -100,15 +100,24 @@ impl Cluster {
         &self.nodes[i].base
     }
 
-    async fn bus(&self, i: usize) -> Value {
+    /// Replica `i`'s own row of `GET /api/workers`.
+    async fn me(&self, i: usize) -> Value {
         let (_, w) = get(&self.http, &format!("{}/api/workers", self.base(i))).await;
         w["workers"]
             .as_array()
             .unwrap()
             .iter()
             .find(|w| w["self"] == true)
-            .unwrap()["bus"]
+            .unwrap()
             .clone()
+    }
+
+    async fn bus(&self, i: usize) -> Value {
+        self.me(i).await["bus"].clone()
+    }
+
+    async fn node_id(&self, i: usize) -> String {
+        self.me(i).await["id"].as_str().unwrap().to_string()
     }
 
     /// Waits until every replica's bus is connected (or, with `false`, down).
@@ -133,7 +142,9 @@ impl Cluster {
     }
 
     async fn run(&self, i: usize, run: &str) -> Value {
-        get(&self.http, &format!("{}/api/runs/{run}", self.base(i))).await.1
+        get(&self.http, &format!("{}/api/runs/{run}", self.base(i)))
+            .await
+            .1
     }
 }
 
@@ -157,7 +168,11 @@ async fn running_groups(c: &Cluster, run: &str, n: usize) -> Vec<(String, u32)> 
         if groups.len() == n {
             return groups;
         }
-        assert!(Instant::now() < deadline, "only {} of {n} shards run: {r}", groups.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} shards run: {r}",
+            groups.len()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -167,9 +182,16 @@ async fn running_groups(c: &Cluster, run: &str, n: usize) -> Vec<(String, u32)> 
 async fn abort_and_time_the_kill(c: &Cluster, via: usize, run: &str, shards: usize) -> Duration {
     let groups = running_groups(c, run, shards).await;
     let nodes: HashSet<&str> = groups.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(nodes.len(), 3, "the shards run on all three replicas: {groups:?}");
+    assert_eq!(
+        nodes.len(),
+        3,
+        "the shards run on all three replicas: {groups:?}"
+    );
     for (_, pgid) in &groups {
-        assert!(common::group_members(*pgid).len() >= 2, "a job and its child");
+        assert!(
+            common::group_members(*pgid).len() >= 2,
+            "a job and its child"
+        );
     }
     let asked = Instant::now();
     let (status, body) = post(
@@ -268,28 +290,15 @@ async fn logs_and_events_follow_a_client_to_any_replica() {
     // One shard per replica; each replica streams a job that runs on another.
     let run = c.trigger(0, "talk").await;
     let groups = running_groups(&c, &run, 3).await;
-    let nodes: Vec<String> = {
-        let (_, w) = get(&c.http, &format!("{}/api/workers", c.base(0))).await;
-        let mut ids = BTreeMap::new();
-        for i in 0..3 {
-            let (_, w) = get(&c.http, &format!("{}/api/workers", c.base(i))).await;
-            let me = w["workers"].as_array().unwrap().iter().find(|w| w["self"] == true).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            ids.insert(i, me);
-        }
-        assert_eq!(w["workers"].as_array().unwrap().len(), 3);
-        ids.into_values().collect()
-    };
     let r = c.run(0, &run).await;
     let mut streams = Vec::new();
     for i in 0..3 {
+        let me = c.node_id(i).await;
         let elsewhere = r["jobs"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|j| j["node"] != nodes[i].as_str())
+            .find(|j| j["node"] != me.as_str())
             .unwrap()["id"]
             .as_str()
             .unwrap()
@@ -309,11 +318,22 @@ async fn logs_and_events_follow_a_client_to_any_replica() {
     let opened = Instant::now();
     for (_, rx) in &mut streams {
         let line = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
-        assert_eq!((line.event.as_str(), line.data["line"].clone()), ("log", json!("second")), "{:?}", line.data);
+        assert_eq!(
+            (line.event.as_str(), line.data["line"].clone()),
+            ("log", json!("second")),
+            "{:?}",
+            line.data
+        );
         let end = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
-        assert_eq!((end.event.as_str(), end.data["status"].clone()), ("end", json!("completed")));
+        assert_eq!(
+            (end.event.as_str(), end.data["status"].clone()),
+            ("end", json!("completed"))
+        );
     }
-    println!("live lines from other replicas arrived within {:?} of being written", opened.elapsed());
+    println!(
+        "live lines from other replicas arrived within {:?} of being written",
+        opened.elapsed()
+    );
 
     // An SSE client hopping to the next replica every 7 events, resuming with the last
     // id it saw, while runs are triggered on all three.
@@ -327,7 +347,8 @@ async fn logs_and_events_follow_a_client_to_any_replica() {
         hop += 1;
         let mut got = 0;
         while got < 7 {
-            let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await else {
+            let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await
+            else {
                 break; // nothing more for now: hop on
             };
             if let Some(id) = msg.id {
@@ -359,5 +380,8 @@ async fn logs_and_events_follow_a_client_to_any_replica() {
         }
     }
     assert!(hop >= 12, "the client moved {hop} times");
-    assert_eq!(moving, expected, "moving between replicas: nothing missed, nothing twice");
+    assert_eq!(
+        moving, expected,
+        "moving between replicas: nothing missed, nothing twice"
+    );
 }

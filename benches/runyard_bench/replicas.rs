@@ -1,0 +1,294 @@
+//! (f) Replicas and the bus: three `runyard serve` processes on one PostgreSQL
+//! schema, with the Redis bus and without one (store polls only).
+//!
+//! - Abort → every shard's process dead: a 6-shard run spread over the three
+//!   replicas (2 slots each), aborted through one of them in turn; the time from
+//!   sending the abort to the last of the six process groups being gone (read from
+//!   `/proc` every 2 ms). p50 / p99 over `BENCH_ABORTS` aborts.
+//! - Wake-up: trigger on replica A → the job's process running on replica B. A
+//!   holds its claims (`admit_min_free_memory` far above the machine), so only B
+//!   can run the job; the job is the clock probe of (c). p50 / p99 over
+//!   `BENCH_WAKE_SAMPLES` triggers.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::{clock_probe, get_json, now_ns, percentile, wait_finished};
+
+struct Replica {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a config and starts one replica on it.
+async fn replica(dir: &std::path::Path, name: &str, text: &str) -> Replica {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, text).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_runyard"))
+        .args([
+            "serve",
+            "-c",
+            config.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("RUNYARD_LOG", "warn")
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("MAX_WORKERS")
+        .env_remove("RUNYARD_MAX_WORKERS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the runyard binary");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "replica did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Replica { child, base }
+}
+
+fn config(
+    dir: &std::path::Path,
+    pg: &str,
+    schema: &str,
+    bus: Option<(&str, &str)>,
+    extra: &str,
+    pipelines: &str,
+) -> String {
+    let bus = bus.map_or(String::new(), |(url, prefix)| {
+        format!("[bus]\nurl = \"{url}\"\nprefix = \"{prefix}\"\n")
+    });
+    format!(
+        "[server]\ndata_dir = \"{}\"\nshutdown_timeout = \"1s\"\nkill_grace = \"1s\"\nmax_workers = 2\n{extra}\n\
+         [store]\nurl = \"{pg}\"\nschema = \"{schema}\"\npool_size = 6\n{bus}\n{pipelines}\n",
+        dir.join("data").display()
+    )
+}
+
+/// Waits until every replica reports its bus connected.
+async fn wait_bus(http: &reqwest::Client, nodes: &[&Replica]) {
+    for r in nodes {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let w = get_json(http, format!("{}/api/workers", r.base)).await;
+            let up = w["workers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|w| w["self"] == true && w["bus"]["connected"] == true);
+            if up {
+                break;
+            }
+            assert!(Instant::now() < deadline, "bus did not connect");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Live (non-zombie) members of process group `pgid`.
+fn group_alive(pgid: u32) -> bool {
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if f.first() != Some(&"Z") && f.get(2).and_then(|p| p.parse::<u32>().ok()) == Some(pgid) {
+            return true;
+        }
+    }
+    false
+}
+
+async fn abort_latencies(http: &reqwest::Client, nodes: &[Replica], n: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    for k in 0..n {
+        let t = http
+            .post(format!("{}/api/pipelines/hold/trigger", nodes[k % 3].base))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap();
+        let run = t["runId"].as_str().unwrap().to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let groups: Vec<u32> = loop {
+            let r = get_json(http, format!("{}/api/runs/{run}", nodes[0].base)).await;
+            let g: Vec<u32> = r["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|j| j["status"] == "running")
+                .filter_map(|j| j["pid"].as_u64())
+                .map(|p| p as u32)
+                .collect();
+            if g.len() == 6 {
+                break g;
+            }
+            assert!(Instant::now() < deadline, "shards did not all start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let sent = Instant::now();
+        http.post(format!("{}/api/runs/{run}/abort", nodes[(k + 1) % 3].base))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        while groups.iter().any(|g| group_alive(*g)) {
+            assert!(
+                sent.elapsed() < Duration::from_secs(30),
+                "shards outlived the abort"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        out.push(sent.elapsed().as_secs_f64() * 1e3);
+        wait_finished(
+            http,
+            &format!("{}/api/runs/{run}", nodes[0].base),
+            Duration::from_millis(20),
+        )
+        .await;
+    }
+    out.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    out
+}
+
+async fn wake_latencies(http: &reqwest::Client, a: &Replica, b: &Replica, n: usize) -> Vec<f64> {
+    let url = format!("{}/api/pipelines/clock/trigger", a.base);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let sent = now_ns();
+        let t: Value = http
+            .post(&url)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = t["runId"].as_str().unwrap().to_string();
+        wait_finished(
+            http,
+            &format!("{}/api/runs/{id}", b.base),
+            Duration::from_millis(5),
+        )
+        .await;
+        let logs = get_json(http, format!("{}/api/jobs/{id}/logs", b.base)).await;
+        let started: u128 = logs["stdout"][0].as_str().unwrap().trim().parse().unwrap();
+        out.push(started.saturating_sub(sent) as f64 / 1e6);
+    }
+    out.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    out
+}
+
+/// Runs (f) with the bus on `redis` (a fresh prefix) and without a bus.
+pub async fn bench_replicas(pg: &str, redis: &str, aborts: usize, wakes: usize) {
+    println!(
+        "(f) three replicas on one PostgreSQL schema: abort → every shard's process dead; trigger on A → job running on B"
+    );
+    let http = reqwest::Client::new();
+    let probe_dir = tempfile::tempdir().unwrap();
+    let probe = clock_probe(probe_dir.path());
+    let command = probe
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for with_bus in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = format!("bench_rep_{}", uuid::Uuid::now_v7().simple());
+        let prefix = format!("bench{}", uuid::Uuid::now_v7().simple());
+        let bus = with_bus.then_some((redis, prefix.as_str()));
+        let pipelines = format!(
+            "[pipelines.hold]\ncommand = [\"sh\", \"-c\", \"sleep 600 & wait\"]\nshards = 6\n\n\
+             [pipelines.clock]\ncommand = [{command}]\n"
+        );
+        let text = config(dir.path(), pg, &schema, bus, "", &pipelines);
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            nodes.push(replica(dir.path(), &format!("r{i}"), &text).await);
+        }
+        if with_bus {
+            wait_bus(&http, &nodes.iter().collect::<Vec<_>>()).await;
+        }
+        let label = if with_bus {
+            "with Redis"
+        } else {
+            "without a bus (store polls)"
+        };
+        let lat = abort_latencies(&http, &nodes, aborts).await;
+        println!(
+            "    abort, {label}: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms over {aborts} aborts (targets p99 ≤ {})",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            lat[lat.len() - 1],
+            if with_bus { "1 s" } else { "10 s" }
+        );
+        drop(nodes);
+        // Wake-up: A accepts triggers but holds its claims; B runs the job.
+        let held = config(
+            dir.path(),
+            pg,
+            &schema,
+            bus,
+            "admit_min_free_memory = \"1000TiB\"",
+            &pipelines,
+        );
+        let a = replica(dir.path(), "a", &held).await;
+        let b = replica(dir.path(), "b", &text).await;
+        if with_bus {
+            wait_bus(&http, &[&a, &b]).await;
+        }
+        let lat = wake_latencies(&http, &a, &b, wakes).await;
+        println!(
+            "    wake-up, {label}: trigger on A → job running on B p50 {:.1} ms, p99 {:.1} ms over {wakes} triggers",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
+        drop((a, b));
+        let _ = Command::new("psql")
+            .args([
+                pg,
+                "-qc",
+                &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
+            ])
+            .output();
+    }
+    println!();
+}
