@@ -440,9 +440,11 @@ async fn workers_show_the_bus_heartbeat_and_each_pipelines_circuit() {
     let me = &w["workers"][0];
     assert_eq!(me["self"], true);
     assert_eq!(
-        me["bus"],
-        serde_json::json!({"kind": "local", "connected": true})
+        (me["bus"]["kind"].clone(), me["bus"]["connected"].clone()),
+        (serde_json::json!("local"), serde_json::json!(true))
     );
+    assert_eq!(me["bus"]["origin"].as_str().unwrap().len(), 32, "{me}");
+    assert_eq!(me["bus"]["prefix"], serde_json::Value::Null);
     assert_eq!(me["heartbeatEveryMs"], 200);
     let age = me["heartbeatAgeMs"].as_i64().unwrap();
     assert!((0..5_000).contains(&age), "{age}");

@@ -26,7 +26,7 @@ function nodeCard(w) {
   setProgress(bar, Math.round((100 * busy) / Math.max(1, w.slots)), busy ? 'running' : '');
   const beat = beatState(w.heartbeatAgeMs, w.heartbeatEveryMs);
   const bus = w.bus
-    ? h('span', { class: `badge ${w.bus.connected ? 'state-ok' : 'state-bad'}`, 'aria-label': 'Bus' }, `bus ${w.bus.kind}${w.bus.connected ? '' : ' (disconnected)'}`)
+    ? h('span', { class: `badge ${w.bus.connected ? 'state-ok' : 'state-bad'}`, 'aria-label': 'Bus', title: busTitle(w.bus) }, `bus ${w.bus.kind}${w.bus.connected ? '' : ' (disconnected)'}`)
     : null;
   const admission = w.admission
     ? h('span', { class: `badge ${w.admission === 'admitting' ? 'state-ok' : 'state-warn'}`, 'aria-label': 'Admission', title: w.admission }, w.admission === 'admitting' ? 'admitting' : 'claims held')
@@ -51,13 +51,25 @@ function nodeCard(w) {
       meta('Slots', h('div', { class: 'slots' }, bar, h('span', { class: 'small', 'aria-label': 'Slots in use' }, `${busy}/${w.slots} busy`))),
       meta('Heartbeat', h('span', { class: `beat beat-${beat}`, 'aria-label': 'Heartbeat age', title: `every ${duration(w.heartbeatEveryMs)}; last ${stamp(w.heartbeat)}` },
         `${duration(w.heartbeatAgeMs)} ago`, beat === 'bad' ? ' (missed 3 beats)' : beat === 'warn' ? ' (late)' : '')),
-      meta('Started', h('time', { datetime: w.started, title: w.started }, stamp(w.started)))),
+      meta('Started', h('time', { datetime: w.started, title: w.started }, stamp(w.started))),
+      w.bus && w.bus.kind !== 'local' ? meta('Bus', h('span', { class: 'small', 'aria-label': 'Bus state' }, busLine(w.bus))) : null),
     h('div', { class: 'node-jobs' },
       h('h3', {}, `Running jobs (${busy})`),
       busy === 0 ? h('p', { class: 'small muted' }, 'Idle.')
         : h('ul', { class: 'job-list', 'aria-label': `Jobs running on node ${shortId(w.id)}` }, w.runningJobs.map((j) => h('li', {},
           h('a', { href: `#/runs/${enc(runOf(j))}?job=${enc(j)}`, title: j, class: 'mono' }, shortId(j)), ' ', pill('running'))))),
     h('div', { class: 'node-circuits' }, h('h3', {}, 'Pipeline setup and circuits'), circuits));
+}
+
+/** The bus badge's tooltip: who this process is on the bus. */
+export function busTitle(b) {
+  return [`origin ${b.origin}`, b.prefix ? `prefix ${b.prefix}` : null].filter(Boolean).join(' · ');
+}
+
+/** One line of bus state: up or down since when, reconnects, and message counts. */
+export function busLine(b) {
+  const state = `${b.connected ? 'connected' : 'down'}${b.since ? ` since ${stamp(b.since)}` : ''}`;
+  return `${state} · ${b.reconnects} reconnect${b.reconnects === 1 ? '' : 's'} · ${b.published} sent, ${b.dispatched} heard, ${b.dropped} dropped`;
 }
 
 function meta(label, ...value) {
