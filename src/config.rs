@@ -1819,6 +1819,61 @@ pattern = "[a-z]+"
     }
 
     #[test]
+    fn the_bus_comes_from_runyard_redis_url_then_redis_url_then_the_file() {
+        assert_eq!(load("").unwrap().bus, None, "no [bus]: the in-process bus");
+        let file = "[bus]\nurl = \"redis://file:6379\"\nprefix = \"prod-eu.1\"\n";
+        let s = load(file).unwrap().bus.unwrap();
+        assert_eq!(
+            (s.url.as_str(), s.url_source, s.prefix.as_str()),
+            ("redis://file:6379", "[bus] url", "prod-eu.1")
+        );
+        let both = |k: &str| match k {
+            "RUNYARD_REDIS_URL" => Some("redis://ours:1".to_string()),
+            "REDIS_URL" => Some("redis://theirs:2".to_string()),
+            _ => None,
+        };
+        let s = load_env(file, &both).unwrap().bus.unwrap();
+        assert_eq!(
+            (s.url.as_str(), s.url_source),
+            ("redis://ours:1", "RUNYARD_REDIS_URL")
+        );
+        let bare = |k: &str| (k == "REDIS_URL").then(|| "redis://theirs:2".to_string());
+        let s = load_env("", &bare).unwrap().bus.unwrap();
+        assert_eq!((s.url_source, s.prefix.as_str()), ("REDIS_URL", "runyard"));
+    }
+
+    #[test]
+    fn a_bad_bus_fails_at_start_naming_the_key() {
+        for (text, key, says) in [
+            ("[bus]\nprefix = \"x\"\n", "bus.url", "missing"),
+            ("[bus]\nurl = \"rediss://h:6379\"\n", "bus.url", "TLS"),
+            (
+                "[bus]\nurl = \"http://h\"\n",
+                "bus.url",
+                "expected redis://",
+            ),
+            (
+                "[bus]\nurl = \"redis://h\"\nprefix = \"a b\"\n",
+                "bus.prefix",
+                "letters",
+            ),
+            (
+                "[bus]\nurl = \"redis://h\"\nprefix = \"\"\n",
+                "bus.prefix",
+                "1–64",
+            ),
+            (
+                "[bus]\nurl = \"redis://h\"\nport = 1\n",
+                "port",
+                "unknown field",
+            ),
+        ] {
+            let err = load(text).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(says), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
     fn env_overrides_win() {
         let env = |k: &str| match k {
             "MAX_WORKERS" => Some("7".to_string()),
