@@ -267,7 +267,7 @@ pub async fn bench_replicas(pg: &str, redis: &str, aborts: usize, wakes: usize) 
             pg,
             &schema,
             bus,
-            "admit_min_free_memory = \"1000TiB\"",
+            "admit_min_free_memory = \"1000000GiB\"",
             &pipelines,
         );
         let a = replica(dir.path(), "a", &held).await;

@@ -99,7 +99,8 @@ pub struct BusStatus {
     pub received: u64,
     /// Arrivals from other origins handed to this node's handlers.
     pub dispatched: u64,
-    /// Messages dropped: malformed arrivals, own echoes, and publishes while down.
+    /// Messages lost to this node's handlers or to the others: malformed arrivals and
+    /// publishes while down (own echoes are expected and only in `droppedByReason`).
     pub dropped: u64,
     /// The drops by reason: `malformed`, `own_origin`, `unsent`.
     #[schema(value_type = std::collections::BTreeMap<String, u64>)]
@@ -138,7 +139,11 @@ impl BusStatus {
             published: BusCounters::get(&c.published),
             received: BusCounters::get(&c.received),
             dispatched: BusCounters::get(&c.dispatched),
-            dropped: by_reason.iter().map(|(_, n)| n).sum(),
+            dropped: by_reason
+                .iter()
+                .filter(|(reason, _)| *reason != "own_origin")
+                .map(|(_, n)| n)
+                .sum(),
             dropped_by_reason: by_reason,
         }
     }
