@@ -13,7 +13,8 @@ use crate::config::ServerSettings;
 /// The latest admission verdict of this node (`None` = admitting).
 #[derive(Default)]
 pub(crate) struct Admission {
-    held: Mutex<Option<String>>,
+    /// The threshold that holds claims (`admit_max_load`, `admit_min_free_memory`) and why.
+    held: Mutex<Option<(&'static str, String)>>,
 }
 
 impl Admission {
@@ -21,39 +22,50 @@ impl Admission {
     pub(crate) fn check(&self, server: &ServerSettings) -> bool {
         let verdict = held_because(server);
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if verdict != *held {
+        // Logged when the holding threshold changes, not when its reading does: the
+        // free memory in the message moves on every check.
+        let threshold = |v: &Option<(&'static str, String)>| v.as_ref().map(|(t, _)| *t);
+        if threshold(&verdict) != threshold(&held) {
             match &verdict {
-                Some(why) => tracing::warn!("not starting jobs: {why}"),
+                Some((_, why)) => tracing::warn!("not starting jobs: {why}"),
                 None => tracing::info!("resources back within limits: starting jobs again"),
             }
-            *held = verdict;
         }
+        *held = verdict;
         held.is_none()
     }
 
     /// Why jobs are held, if they are.
     pub(crate) fn held(&self) -> Option<String> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(_, why)| why.clone())
     }
 }
 
-fn held_because(server: &ServerSettings) -> Option<String> {
+fn held_because(server: &ServerSettings) -> Option<(&'static str, String)> {
     if let Some(max) = server.admit_max_load
         && let Some(load) = load_average()
         && load > max
     {
-        return Some(format!(
-            "load average {load:.2} is above admit_max_load {max}"
+        return Some((
+            "admit_max_load",
+            format!("load average {load:.2} is above admit_max_load {max}"),
         ));
     }
     if let Some(min) = server.admit_min_free_memory
         && let Some(free) = available_memory()
         && free < min
     {
-        return Some(format!(
-            "available memory {} MiB is below admit_min_free_memory {} MiB",
-            free >> 20,
-            min >> 20
+        return Some((
+            "admit_min_free_memory",
+            format!(
+                "available memory {} MiB is below admit_min_free_memory {} MiB",
+                free >> 20,
+                min >> 20
+            ),
         ));
     }
     None
