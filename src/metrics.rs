@@ -131,6 +131,8 @@ pub struct Metrics {
     pub aborts: AtomicU64,
     /// Orphaned executions resolved by this node's rescuer.
     pub orphans_recovered: AtomicU64,
+    /// Times this node stopped its jobs because its own lease ran out.
+    pub self_fences: AtomicU64,
     /// Webhook attempts by outcome: delivered, failed attempt.
     pub webhooks_delivered: AtomicU64,
     /// Failed webhook attempts.
@@ -145,6 +147,7 @@ impl Default for Metrics {
             pipelines: RwLock::default(),
             aborts: AtomicU64::new(0),
             orphans_recovered: AtomicU64::new(0),
+            self_fences: AtomicU64::new(0),
             webhooks_delivered: AtomicU64::new(0),
             webhook_failures: AtomicU64::new(0),
         }
@@ -274,6 +277,11 @@ impl Metrics {
                 "runyard_orphans_recovered_total",
                 "Orphaned executions of dead nodes resolved by this node.",
                 &self.orphans_recovered,
+            ),
+            (
+                "runyard_self_fences_total",
+                "Times this node stopped its jobs because no heartbeat was accepted within its lease.",
+                &self.self_fences,
             ),
             (
                 "runyard_webhooks_delivered_total",

@@ -82,6 +82,7 @@ contract_tests!(
         claims_respect_pipeline_and_global_caps_and_retry_delays,
         a_capped_backlog_does_not_hold_up_other_pipelines_and_order_is_fifo,
         only_registered_nodes_claim_and_stranded_jobs_are_found,
+        a_dead_nodes_row_is_removed_only_on_the_heartbeat_it_was_judged_by,
         prune_removes_old_finished_runs_and_keeps_live_ones,
         pruning_every_event_still_reports_what_was_pruned,
         output_lines_are_numbered_per_job_and_logs_keep_the_tail,

@@ -38,8 +38,11 @@ pub(super) async fn claim_loop(inner: Arc<Inner>) {
         work.borrow_and_update();
         let mut wait = POLL_BACKSTOP;
         let free = inner.slots.available_permits();
-        // Resource admission: past a threshold nothing is claimed; jobs wait in the queue.
-        if free > 0 && !inner.admission.check(&inner.settings.server) {
+        // A node whose own lease is not trusted claims nothing (self-fencing), and past
+        // a resource threshold nothing is claimed either; jobs wait in the queue.
+        if free > 0 && !inner.lease.trusted() {
+            wait = Duration::from_millis(100);
+        } else if free > 0 && !inner.admission.check(&inner.settings.server) {
             wait = POLL_BACKSTOP;
         } else if free > 0 {
             match inner.store.job_claim(claim_params(&inner, free)).await {

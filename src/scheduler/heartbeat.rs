@@ -53,6 +53,8 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
 }
 
 async fn beat(inner: &Inner) {
+    // The lease runs from *before* the round trip: the stored beat is no older.
+    let started = std::time::Instant::now();
     let params = NodeHeartbeatParams {
         node_id: inner.node.id.clone(),
         running: inner.registry.snapshot(),
@@ -60,6 +62,9 @@ async fn beat(inner: &Inner) {
     };
     match inner.store.node_heartbeat(params).await {
         Ok(out) => {
+            if out.registered && inner.lease.confirmed(started) {
+                tracing::info!("a heartbeat was accepted again: claiming jobs");
+            }
             for (job_id, claim_seq) in &out.cancel {
                 tracing::info!(job = %job_id, "stopping a job that was aborted or is no longer ours");
                 inner
@@ -75,12 +80,49 @@ async fn beat(inner: &Inner) {
                     heartbeat_at: inner.store.clock_ms(),
                     ..inner.node.clone()
                 };
-                if let Err(e) = inner.store.node_register(node).await {
-                    tracing::warn!("re-registration failed: {e}");
+                match inner.store.node_register(node).await {
+                    Ok(()) => {
+                        inner.lease.confirmed(started);
+                    }
+                    Err(e) => tracing::warn!("re-registration failed: {e}"),
                 }
             }
         }
-        Err(e) => tracing::warn!("heartbeat failed: {e}"),
+        Err(e) => {
+            inner.lease.failed();
+            tracing::warn!("heartbeat failed: {e}");
+        }
+    }
+}
+
+/// How often the lease is checked: a node frozen past its lease stops its jobs this
+/// soon after it wakes, before its first round trip to the store.
+fn watchdog_every(heartbeat: Duration) -> Duration {
+    (heartbeat / 5).clamp(Duration::from_millis(10), Duration::from_millis(100))
+}
+
+/// Self-fencing (see `lease.rs`): when no heartbeat was accepted within the lease,
+/// every local job is stopped (cause `Lost`: whatever it writes is fenced), and the
+/// claim loop claims nothing until a heartbeat is accepted again.
+pub(super) async fn lease_watchdog(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(watchdog_every(inner.settings.server.heartbeat));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = inner.stop_services.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if inner.lease.fence_if_expired() {
+            let n = inner.registry.len();
+            tracing::warn!(
+                "no heartbeat accepted for {:.1} s (lease {:.1} s): stopping {n} job(s), which \
+                 other nodes may be re-running, and claiming nothing until one is accepted",
+                inner.lease.since_confirmed().as_secs_f64(),
+                inner.lease.length().as_secs_f64()
+            );
+            crate::metrics::Metrics::add(&inner.metrics.self_fences, 1);
+            inner.registry.cancel_all(CancelCause::Lost);
+        }
     }
 }
 

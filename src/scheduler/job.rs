@@ -307,8 +307,10 @@ async fn finish(
     start: Option<JobStartParams>,
     result: Option<String>,
 ) -> Vec<ClaimedJob> {
-    // Refill the slot in the same transaction unless the node is stopping.
+    // Refill the slot in the same transaction unless the node is stopping, holds
+    // claims for resources, or does not trust its own lease.
     let claim_next = (!inner.stop_claiming.is_cancelled()
+        && inner.lease.trusted()
         && inner.admission.check(&inner.settings.server))
     .then(|| claim_params(inner, 1));
     let params = JobFinishParams {

@@ -17,6 +17,7 @@ mod admission;
 mod claim;
 mod heartbeat;
 mod job;
+mod lease;
 mod outbox;
 pub mod rescuer;
 mod setup;
@@ -156,6 +157,8 @@ pub(crate) struct Inner {
     claimable: HashMap<String, u32>,
     /// Pipeline setups and circuits on this node.
     setups: setup::Setups,
+    /// This node's own lease: self-fencing and the observer guard.
+    lease: lease::Lease,
     /// Resource admission verdict.
     admission: admission::Admission,
     /// Masks declared secrets in captured output and results.
@@ -193,6 +196,7 @@ impl Scheduler {
             started_at: now,
             heartbeat_at: now,
         };
+        let registering = std::time::Instant::now();
         store.node_register(node.clone()).await?;
         let redactor =
             Some(Arc::new(Redactor::new(settings.secrets.values()))).filter(|r| !r.is_empty());
@@ -201,6 +205,7 @@ impl Scheduler {
             .iter()
             .map(|(name, p)| (name.clone(), p.concurrency))
             .collect();
+        let lease = lease::Lease::new(3 * settings.server.heartbeat, registering);
         let inner = Arc::new(Inner {
             slots: Arc::new(Semaphore::new(settings.server.max_workers)),
             settings,
@@ -217,6 +222,7 @@ impl Scheduler {
             claimer: std::sync::Mutex::new(None),
             claimable,
             setups: setup::Setups::default(),
+            lease,
             admission: admission::Admission::default(),
             redactor,
             webhooks,
@@ -240,6 +246,9 @@ impl Scheduler {
         inner
             .services
             .spawn(heartbeat::abort_sweep_loop(inner.clone()));
+        inner
+            .services
+            .spawn(heartbeat::lease_watchdog(inner.clone()));
         inner.services.spawn(heartbeat::bus_listener(inner.clone()));
         if let Some(webhooks) = inner.webhooks.clone() {
             inner

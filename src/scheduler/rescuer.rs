@@ -1,15 +1,26 @@
 //! Orphan rescue: resolving the running jobs of nodes proven dead.
 //!
-//! A node is dead when (same host and boot) its process `(pid, start time)` no
-//! longer exists, when (same host) the machine has rebooted since it
-//! registered, or (any host) when its heartbeat is older than three beats.
-//! A node never touches work of a node it has not proven dead (DESIGN
-//! decision 4). For each running job of a dead node, a leftover process group
-//! on this host is killed first — only after checking that the leader pid is
-//! gone or still the very process that was recorded, so an unrelated process
-//! that reused the pid is never signalled — and then the job is re-queued or
-//! failed by its pipeline's `on_orphan` policy with one conditional write. A
-//! job or run that is already terminal is never touched.
+//! A node is dead when its heartbeat is older than the lease by the store's
+//! clock (any host, including this one: a frozen process keeps its pid), or,
+//! faster, when it shares this node's host, boot and pid namespace and its
+//! process `(pid, start time)` no longer exists. Age is judged only by a node
+//! that has itself been healthy for a whole lease (the observer guard in
+//! `lease.rs`), so the first node back from a database outage does not
+//! declare the whole fleet dead. A node never touches work of a node it has
+//! not proven dead (DESIGN decision 4).
+//!
+//! The rescue of a dead node starts with a compare-and-delete of its row on the
+//! heartbeat that was judged: exactly one rescuer wins it, and a node that beat
+//! in between keeps its row and its jobs. Only the winner then resolves the
+//! node's running jobs, each with one fenced write (re-queued or failed by the
+//! pipeline's `on_orphan`); a leftover process group on this host is killed
+//! first — only after checking that the leader pid is gone or still the very
+//! process that was recorded, so an unrelated process that reused the pid is
+//! never signalled. A winner that dies between the two steps leaves jobs
+//! without a node row, which any node resolves as stranded. A node whose row
+//! was removed learns it on its next heartbeat and stops every local job
+//! before registering again. A job or run that is already terminal is never
+//! touched.
 
 use std::sync::Arc;
 
@@ -31,28 +42,40 @@ pub struct RescueReport {
 
 /// Whether `node` is proven dead from the point of view of `me`. Pids are compared only
 /// between nodes with the same host, boot and pid namespace (`boot_id` holds
-/// [`process::pid_scope`]); any other node is dead when its heartbeat is older than the
-/// lease. A host name shared by two machines or containers therefore never makes a live
-/// node look dead; a rebooted machine's old nodes are resolved after one lease.
-pub fn is_dead(me: &NodeRow, node: &NodeRow, lease_ms: i64, now: i64) -> bool {
+/// [`process::pid_scope`]); a host name shared by two machines or containers therefore
+/// never makes a live node look dead. Any node, wherever it runs, is dead when its
+/// heartbeat is older than the lease — when `by_age` (the observer guard) allows
+/// judging by age at all.
+pub fn is_dead(me: &NodeRow, node: &NodeRow, lease_ms: i64, now: i64, by_age: bool) -> bool {
     if node.id == me.id {
         return false;
     }
-    if node.host == me.host && node.boot_id == me.boot_id {
-        return !process::same_process_alive(node.pid, node.proc_start);
+    let same_scope = node.host == me.host && node.boot_id == me.boot_id;
+    if same_scope && !process::same_process_alive(node.pid, node.proc_start) {
+        return true;
     }
-    now - node.heartbeat_at > lease_ms
+    by_age && now - node.heartbeat_at > lease_ms
 }
 
 /// One rescue pass.
 pub(crate) async fn run_once(inner: &Arc<Inner>) -> Result<RescueReport, StoreError> {
     let mut report = RescueReport::default();
-    let lease_ms = inner.settings.server.heartbeat.as_millis() as i64 * 3;
+    let lease_ms = inner.lease.length().as_millis() as i64;
+    let by_age = inner.lease.may_judge_by_age();
     let nodes = inner.store.nodes_list().await?;
     for node in nodes
         .iter()
-        .filter(|n| is_dead(&inner.node, n, lease_ms, inner.store.clock_ms()))
+        .filter(|n| is_dead(&inner.node, n, lease_ms, inner.store.clock_ms(), by_age))
     {
+        // Claim the rescue: lost to another rescuer, or the node beat meanwhile.
+        if !inner
+            .store
+            .node_remove_stale(&node.id, node.heartbeat_at)
+            .await?
+        {
+            continue;
+        }
+        report.dead_nodes += 1;
         let same_scope = node.host == inner.node.host && node.boot_id == inner.node.boot_id;
         for job in inner.store.jobs_running_on(&node.id).await? {
             if same_scope {
@@ -63,12 +86,9 @@ pub(crate) async fn run_once(inner: &Arc<Inner>) -> Result<RescueReport, StoreEr
                 tracing::info!(job = %job.id, dead_node = %node.id, "resolved orphaned job");
             }
         }
-        // Only after its jobs are resolved: a job of a node without a row is "stranded" below.
-        inner.store.node_remove(&node.id).await?;
-        report.dead_nodes += 1;
     }
     // Jobs left `running` by a node that is gone without a trace (its end could not be
-    // recorded before it stopped). Their processes are gone with their node's drain.
+    // recorded before it stopped, or its rescuer died after removing its row).
     for job in inner.store.jobs_running_unowned().await? {
         if resolve(inner, &job).await? {
             report.orphans += 1;
@@ -179,45 +199,39 @@ mod tests {
         let me_start = process::start_time(me_pid).unwrap();
         let boot = process::pid_scope();
         let me = node("me", "h", me_pid, me_start, &boot, 0);
-        // Same host, same boot: decided by (pid, start time), never by heartbeat age.
-        assert!(!is_dead(
-            &me,
-            &node("peer", "h", me_pid, me_start, &boot, 0),
-            30_000,
-            1_000_000
-        ));
-        assert!(is_dead(
-            &me,
+        let dead = |n: &NodeRow, by_age: bool| is_dead(&me, n, 30_000, 1_000_000, by_age);
+        // Same host, same boot: a process that is gone is dead at once, whatever its beat.
+        assert!(dead(
             &node("reused", "h", me_pid, me_start + 1, &boot, 1_000_000),
-            30_000,
-            1_000_000
+            false
+        ));
+        // … and a live process that stopped beating (frozen) is dead by age.
+        assert!(!dead(
+            &node("peer", "h", me_pid, me_start, &boot, 990_000),
+            true
+        ));
+        assert!(dead(
+            &node("frozen", "h", me_pid, me_start, &boot, 960_000),
+            true
         ));
         // Same host name, other boot or pid namespace: heartbeat age, never pids.
-        assert!(!is_dead(
-            &me,
+        assert!(!dead(
             &node("container", "h", 0x3fff_ffff, 1, "other", 990_000),
-            30_000,
-            1_000_000
+            true
         ));
-        assert!(is_dead(
-            &me,
+        assert!(dead(
             &node("old-boot", "h", me_pid, me_start, "other", 960_000),
-            30_000,
-            1_000_000
+            true
         ));
         // Other host: heartbeat age.
-        assert!(!is_dead(
-            &me,
-            &node("far", "h2", 1, 1, "b", 990_000),
-            30_000,
-            1_000_000
+        assert!(!dead(&node("far", "h2", 1, 1, "b", 990_000), true));
+        assert!(dead(&node("far", "h2", 1, 1, "b", 960_000), true));
+        // The observer guard: no judgement by age until this node has been healthy a lease.
+        assert!(!dead(&node("far", "h2", 1, 1, "b", 960_000), false));
+        assert!(!dead(
+            &node("frozen", "h", me_pid, me_start, &boot, 0),
+            false
         ));
-        assert!(is_dead(
-            &me,
-            &node("far", "h2", 1, 1, "b", 960_000),
-            30_000,
-            1_000_000
-        ));
-        assert!(!is_dead(&me, &me, 30_000, 1_000_000));
+        assert!(!dead(&me, true));
     }
 }

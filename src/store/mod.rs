@@ -798,8 +798,13 @@ pub trait Store: Send + Sync {
     async fn node_register(&self, node: NodeRow) -> StoreResult<()>;
     /// Beats and learns which of its jobs the node must cancel.
     async fn node_heartbeat(&self, p: NodeHeartbeatParams) -> StoreResult<HeartbeatOutcome>;
-    /// Deletes a node's row (deregistration, or after its orphans are resolved).
+    /// Deletes a node's row (deregistration).
     async fn node_remove(&self, node_id: &str) -> StoreResult<()>;
+    /// Compare-and-delete of a node judged dead: removes its row only if its heartbeat
+    /// is still `seen_heartbeat_at`, so a node that beat after it was judged keeps its
+    /// row (and its jobs). True when this call removed it: the caller owns the rescue
+    /// of its jobs; every other rescuer's call returns false.
+    async fn node_remove_stale(&self, node_id: &str, seen_heartbeat_at: i64) -> StoreResult<bool>;
     /// Every registered node.
     async fn nodes_list(&self) -> StoreResult<Vec<NodeRow>>;
     /// Jobs in `running` owned by a node.

@@ -1146,6 +1146,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn node_remove_stale(&self, node_id: &str, seen_heartbeat_at: i64) -> StoreResult<bool> {
+        let node_id = node_id.to_string();
+        self.write(move |conn| {
+            let removed = conn
+                .prepare_cached("DELETE FROM nodes WHERE id = ?1 AND heartbeat_at = ?2")?
+                .execute(params![node_id, seen_heartbeat_at])?
+                == 1;
+            if removed {
+                conn.prepare_cached("DELETE FROM pipeline_nodes WHERE node_id = ?1")?
+                    .execute(params![node_id])?;
+            }
+            Ok((removed, 0))
+        })
+        .await
+    }
+
     async fn nodes_list(&self) -> StoreResult<Vec<NodeRow>> {
         self.read(|conn| {
             Ok(conn

@@ -1091,3 +1091,36 @@ pub async fn stats_count_runs_by_the_bucket_they_finished_in(f: &Factory) {
         .unwrap();
     assert!(later.is_empty(), "{later:?}");
 }
+
+pub async fn a_dead_nodes_row_is_removed_only_on_the_heartbeat_it_was_judged_by(f: &Factory) {
+    let store = f.store().await;
+    let row = runyard::store::NodeRow {
+        heartbeat_at: 100,
+        ..node_row("n9")
+    };
+    store.node_register(row).await.unwrap();
+    let beat = |now| NodeHeartbeatParams {
+        node_id: "n9".into(),
+        running: vec![],
+        now,
+    };
+    let listed = |nodes: Vec<runyard::store::NodeRow>| nodes.iter().any(|n| n.id == "n9");
+    // It beat after a rescuer judged it by its beat at 100: the compare-and-delete keeps it.
+    assert!(store.node_heartbeat(beat(200)).await.unwrap().registered);
+    assert!(!store.node_remove_stale("n9", 100).await.unwrap());
+    assert!(listed(store.nodes_list().await.unwrap()));
+    // Two rescuers (two handles: two processes) on the beat they both saw: one wins.
+    let other = f.open().await;
+    let (a, b) = tokio::join!(
+        store.node_remove_stale("n9", 200),
+        other.node_remove_stale("n9", 200)
+    );
+    assert_eq!(
+        [a.unwrap(), b.unwrap()].iter().filter(|won| **won).count(),
+        1,
+        "exactly one rescuer owns the rescue"
+    );
+    assert!(!listed(store.nodes_list().await.unwrap()));
+    // The node learns it on its next beat.
+    assert!(!store.node_heartbeat(beat(300)).await.unwrap().registered);
+}

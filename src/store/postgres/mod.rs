@@ -578,6 +578,9 @@ impl Store for PgStore {
     async fn node_remove(&self, node_id: &str) -> StoreResult<()> {
         write::node_remove(self, node_id).await
     }
+    async fn node_remove_stale(&self, node_id: &str, seen_heartbeat_at: i64) -> StoreResult<bool> {
+        write::node_remove_stale(self, node_id, seen_heartbeat_at).await
+    }
     async fn nodes_list(&self) -> StoreResult<Vec<NodeRow>> {
         self.read_nodes().await
     }

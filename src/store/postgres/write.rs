@@ -781,6 +781,23 @@ pub(super) async fn node_remove(s: &PgStore, node_id: &str) -> StoreResult<()> {
     })
 }
 
+pub(super) async fn node_remove_stale(
+    s: &PgStore,
+    node_id: &str,
+    seen_heartbeat_at: i64,
+) -> StoreResult<bool> {
+    in_tx!(s, tx => {
+        let removed = tx
+            .exec("DELETE FROM nodes WHERE id = $1 AND heartbeat_at = $2", &[&node_id, &seen_heartbeat_at])
+            .await?
+            == 1;
+        if removed {
+            tx.exec("DELETE FROM pipeline_nodes WHERE node_id = $1", &[&node_id]).await?;
+        }
+        removed
+    })
+}
+
 pub(super) async fn runs_prune(
     s: &PgStore,
     before: i64,

@@ -1,0 +1,175 @@
+//! This node's own lease, as the node itself can judge it.
+//!
+//! Other nodes judge a node dead when its stored heartbeat is older than the
+//! lease by the **database clock** (the rescuer). This module keeps the two
+//! promises a node makes about itself, on its **local monotonic clock**, which
+//! a frozen process (SIGSTOP, a VM pause) cannot fool: the clock runs on while
+//! it is stopped, so the first thing it sees when it wakes is that time passed.
+//!
+//! - **Self-fencing.** A node trusts its lease until the start of its last
+//!   successful heartbeat + lease − [`margin`]. Past that, peers may already
+//!   have re-queued its jobs, so it stops them all (cause `Lost`: nothing they
+//!   write can land over a new claim, the store's fence refuses it) and claims
+//!   nothing until a heartbeat confirms its registration again. The margin
+//!   keeps the self-fence ahead of any peer's rescue, whose clock reads at
+//!   least as late.
+//! - **The observer guard.** A node judges others dead *by age* only after it has
+//!   itself beaten successfully for one whole lease. After a database outage
+//!   every stored heartbeat is old; without the guard the first node back would
+//!   re-queue every healthy replica's jobs. Pid liveness on the same host is
+//!   not age and needs no guard.
+//!
+//! Tests that catch a violation: `tests/hosts.rs` (a frozen host thawed after
+//! twice the lease kills its copies at once and none of its writes land; a
+//! database cut from every replica for longer than the lease re-queues nothing
+//! by age) and the unit tests below.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How far before the lease's end a node stops trusting it: 5 s at the default
+/// 30 s lease, a sixth of shorter leases.
+pub(crate) fn margin(lease: Duration) -> Duration {
+    (lease / 6).min(Duration::from_secs(5))
+}
+
+#[derive(Debug)]
+struct State {
+    /// Start of the last heartbeat the store accepted for this node.
+    last_ok_start: Instant,
+    /// Since when every heartbeat succeeded (`None` after a failure).
+    healthy_since: Option<Instant>,
+    /// Jobs stopped for a lease no longer trusted, until a heartbeat confirms it.
+    fenced: bool,
+}
+
+/// This node's lease.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    lease: Duration,
+    state: Mutex<State>,
+}
+
+impl Lease {
+    /// A lease just confirmed by registration at `registered` (its start).
+    pub(crate) fn new(lease: Duration, registered: Instant) -> Lease {
+        Lease {
+            lease,
+            state: Mutex::new(State {
+                last_ok_start: registered,
+                healthy_since: Some(registered),
+                fenced: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lease's length.
+    pub(crate) fn length(&self) -> Duration {
+        self.lease
+    }
+
+    /// A heartbeat that started at `started` was accepted; returns true when this
+    /// lifts a self-fence.
+    pub(crate) fn confirmed(&self, started: Instant) -> bool {
+        let mut s = self.lock();
+        s.last_ok_start = s.last_ok_start.max(started);
+        s.healthy_since.get_or_insert(started);
+        std::mem::replace(&mut s.fenced, false)
+    }
+
+    /// A heartbeat failed: the node is not a trustworthy observer until it has been
+    /// healthy for a lease again.
+    pub(crate) fn failed(&self) {
+        self.lock().healthy_since = None;
+    }
+
+    /// True while the lease is trusted and no self-fence holds: jobs may be claimed.
+    pub(crate) fn trusted(&self) -> bool {
+        self.trusted_at(Instant::now())
+    }
+
+    fn expires(&self, s: &State) -> Instant {
+        s.last_ok_start + self.lease - margin(self.lease)
+    }
+
+    fn trusted_at(&self, now: Instant) -> bool {
+        let s = self.lock();
+        !s.fenced && now < self.expires(&s)
+    }
+
+    /// Sets the self-fence if the lease is no longer trusted; true when it was set now
+    /// (the caller stops every local job).
+    pub(crate) fn fence_if_expired(&self) -> bool {
+        self.fence_if_expired_at(Instant::now())
+    }
+
+    fn fence_if_expired_at(&self, now: Instant) -> bool {
+        let mut s = self.lock();
+        if s.fenced || now < self.expires(&s) {
+            return false;
+        }
+        s.fenced = true;
+        true
+    }
+
+    /// How long since the last accepted heartbeat started.
+    pub(crate) fn since_confirmed(&self) -> Duration {
+        self.lock().last_ok_start.elapsed()
+    }
+
+    /// True when this node may declare others dead by heartbeat age.
+    pub(crate) fn may_judge_by_age(&self) -> bool {
+        self.lock()
+            .healthy_since
+            .is_some_and(|t| t.elapsed() >= self.lease)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_is_trusted_until_its_end_minus_the_margin_and_fences_once() {
+        let t0 = Instant::now();
+        let lease = Lease::new(Duration::from_secs(30), t0);
+        assert!(lease.trusted_at(t0 + Duration::from_secs(24)));
+        assert!(!lease.trusted_at(t0 + Duration::from_secs(25)));
+        assert_eq!(
+            margin(Duration::from_millis(1500)),
+            Duration::from_millis(250)
+        );
+        assert!(!lease.fence_if_expired_at(t0 + Duration::from_secs(24)));
+        assert!(lease.fence_if_expired_at(t0 + Duration::from_secs(26)));
+        assert!(
+            !lease.fence_if_expired_at(t0 + Duration::from_secs(27)),
+            "fenced once"
+        );
+        assert!(
+            !lease.trusted_at(t0 + Duration::from_secs(1)),
+            "fenced until confirmed"
+        );
+        let beat = t0 + Duration::from_secs(26);
+        assert!(lease.confirmed(beat), "a confirmed beat lifts the fence");
+        assert!(lease.trusted_at(beat + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn only_a_node_healthy_for_a_whole_lease_judges_others_by_age() {
+        let lease = Lease::new(Duration::from_secs(30), Instant::now());
+        assert!(!lease.may_judge_by_age(), "just registered");
+        let old = Lease::new(
+            Duration::from_millis(1),
+            Instant::now() - Duration::from_secs(1),
+        );
+        assert!(old.may_judge_by_age());
+        old.failed();
+        assert!(!old.may_judge_by_age(), "a failed beat resets it");
+        old.confirmed(Instant::now() - Duration::from_secs(1));
+        assert!(old.may_judge_by_age());
+    }
+}
