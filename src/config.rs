@@ -91,6 +91,9 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// `[bus]`: the Redis bus between replicas; `None` is the in-process bus.
     pub bus: Option<BusSettings>,
+    /// What loading passed over, for the server to log at start (e.g. an unusable
+    /// `REDIS_URL` set for other programs).
+    pub warnings: Vec<String>,
 }
 
 /// A connection URL as it may be shown in logs and errors: without its password.
@@ -926,7 +929,16 @@ impl Loader<'_> {
             ));
         }
         let store = self.store(raw.store.as_ref(), &server)?;
-        let bus = self.bus(raw.bus.as_ref())?;
+        let mut warnings = Vec::new();
+        let bus = match self.bus(raw.bus.as_ref()) {
+            // A bare REDIS_URL is often another program's (a TLS add-on, the jobs' own
+            // cache): one this build cannot use leaves the node on the in-process bus.
+            Err(e) if raw.bus.is_none() && (self.env)("RUNYARD_REDIS_URL").is_none() => {
+                warnings.push(format!("REDIS_URL ignored, using the in-process bus: {e}"));
+                None
+            }
+            other => other?,
+        };
         let webhooks = self.webhooks(raw.webhooks.as_ref())?;
         let secrets = self.secrets(&raw.secrets)?;
         let mut pipelines = BTreeMap::new();
@@ -942,6 +954,7 @@ impl Loader<'_> {
             secrets,
             auth,
             bus,
+            warnings,
         })
     }
 
@@ -1840,6 +1853,17 @@ pattern = "[a-z]+"
         let bare = |k: &str| (k == "REDIS_URL").then(|| "redis://theirs:2".to_string());
         let s = load_env("", &bare).unwrap().bus.unwrap();
         assert_eq!((s.url_source, s.prefix.as_str()), ("REDIS_URL", "runyard"));
+        // Another program's REDIS_URL that this build cannot use is passed over, loudly;
+        // with a [bus] table it is an error like any other.
+        let tls = |k: &str| (k == "REDIS_URL").then(|| "rediss://addon:6380".to_string());
+        let s = load_env("", &tls).unwrap();
+        assert_eq!(s.bus, None);
+        assert!(
+            s.warnings[0].contains("REDIS_URL ignored") && s.warnings[0].contains("TLS"),
+            "{:?}",
+            s.warnings
+        );
+        assert!(load_env("[bus]\nprefix = \"p\"\n", &tls).is_err());
     }
 
     #[test]

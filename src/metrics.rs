@@ -133,6 +133,8 @@ pub struct Metrics {
     pub orphans_recovered: AtomicU64,
     /// Times this node stopped its jobs because its own lease ran out.
     pub self_fences: AtomicU64,
+    /// Foreign `run-abort` messages this node finished handling.
+    pub bus_aborts_handled: AtomicU64,
     /// Webhook attempts by outcome: delivered, failed attempt.
     pub webhooks_delivered: AtomicU64,
     /// Failed webhook attempts.
@@ -148,6 +150,7 @@ impl Default for Metrics {
             aborts: AtomicU64::new(0),
             orphans_recovered: AtomicU64::new(0),
             self_fences: AtomicU64::new(0),
+            bus_aborts_handled: AtomicU64::new(0),
             webhooks_delivered: AtomicU64::new(0),
             webhook_failures: AtomicU64::new(0),
         }
@@ -284,6 +287,11 @@ impl Metrics {
                 &self.self_fences,
             ),
             (
+                "runyard_bus_aborts_handled_total",
+                "Aborts from the bus this node has handled (marked in the store, local shards stopped).",
+                &self.bus_aborts_handled,
+            ),
+            (
                 "runyard_webhooks_delivered_total",
                 "Completion webhooks delivered by this node.",
                 &self.webhooks_delivered,
@@ -364,6 +372,11 @@ fn render_bus(out: &mut String, bus: &crate::bus::BusStatus) {
             "runyard_bus_messages_dispatched_total",
             "Messages from other origins handed to this node's handlers.",
             bus.dispatched,
+        ),
+        (
+            "runyard_bus_aborts_dispatched_total",
+            "run-abort messages from other origins handed to this node's handlers.",
+            bus.aborts_dispatched,
         ),
     ] {
         let _ = writeln!(

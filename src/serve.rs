@@ -125,6 +125,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     let store = open_store(&settings).await?;
     let bus = open_bus(&settings, &store);
     let webhooks = webhooks(&settings)?;

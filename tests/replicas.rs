@@ -263,10 +263,12 @@ async fn an_abort_through_one_replica_stops_every_shard_on_all_three_with_and_wi
             1
         );
     }
-    // Each replica heard the other two's aborts once each while Redis was up (its own
-    // echo is dropped): 2 aborts published elsewhere → dispatched on it, no duplicate.
-    for i in 0..3 {
+    // Each replica dispatched exactly the aborts published by the others while Redis
+    // was up (its own echo dropped, none twice): the first through 1 and the third
+    // through 0 (the second, through 2, was published while Redis was down).
+    for (i, heard) in [(0, 1), (1, 1), (2, 2)] {
         let bus = c.bus(i).await;
+        assert_eq!(bus["abortsDispatched"], heard, "replica {i}: {bus}");
         assert_eq!(bus["droppedByReason"]["malformed"], 0, "{bus}");
         assert_eq!(bus["reconnects"], 1, "{bus}");
     }

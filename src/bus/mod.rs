@@ -55,6 +55,8 @@ pub struct BusCounters {
     pub received: AtomicU64,
     /// Arrivals from other origins handed to the handlers.
     pub dispatched: AtomicU64,
+    /// Of those, `run-abort` messages.
+    pub aborts_dispatched: AtomicU64,
     /// Arrivals dropped as malformed.
     pub dropped_malformed: AtomicU64,
     /// Arrivals dropped because they were this node's own.
@@ -99,8 +101,11 @@ pub struct BusStatus {
     pub received: u64,
     /// Arrivals from other origins handed to this node's handlers.
     pub dispatched: u64,
-    /// Messages lost to this node's handlers or to the others: malformed arrivals and
-    /// publishes while down (own echoes are expected and only in `droppedByReason`).
+    /// Of those, `run-abort` messages (the rest are `changes` wake-ups).
+    pub aborts_dispatched: u64,
+    /// Messages lost to this node's handlers or to the others: malformed arrivals, and
+    /// publishes made while down, refused by Redis or past a full queue (own echoes are
+    /// expected and only in `droppedByReason`).
     pub dropped: u64,
     /// The drops by reason: `malformed`, `own_origin`, `unsent`.
     #[schema(value_type = std::collections::BTreeMap<String, u64>)]
@@ -139,6 +144,7 @@ impl BusStatus {
             published: BusCounters::get(&c.published),
             received: BusCounters::get(&c.received),
             dispatched: BusCounters::get(&c.dispatched),
+            aborts_dispatched: BusCounters::get(&c.aborts_dispatched),
             dropped: by_reason
                 .iter()
                 .filter(|(reason, _)| *reason != "own_origin")

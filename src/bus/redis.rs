@@ -26,7 +26,10 @@
 //!
 //! Degraded mode is the absence of wake-ups, nothing more: the store's durable
 //! abort mark, its change polls and the claim loop's backstop keep working, so a
-//! lost message or a lost Redis delays, and never loses, anything.
+//! lost message or a lost Redis delays, and never loses, anything runyard wrote.
+//! (An abort published by another service while no node listens has no durable
+//! twin: it is lost, which is why the README points such services at the HTTP
+//! route when they need a guarantee.)
 //!
 //! Tests that catch a violation: `tests/bus.rs` (two subscribers receive, the
 //! publisher drops its echo; one dispatch per message after five forced
@@ -60,6 +63,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub const COALESCE: Duration = Duration::from_millis(20);
 /// At most one warning per this for malformed arrivals.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// A subscription that lasted this long resets the reconnection backoff.
+const STABLE: Duration = Duration::from_secs(5);
 
 /// What this node sends.
 enum Outgoing {
@@ -248,6 +253,7 @@ impl Shared {
         BusCounters::inc(&self.counters.dispatched);
         match msg {
             Message::RunAbort { run_id, origin } => {
+                BusCounters::inc(&self.counters.aborts_dispatched);
                 // No receiver (a node shutting down) is fine: the durable mark stays.
                 let _ = self.handlers.send(Signal::RunAbort { run_id, origin });
             }
@@ -271,15 +277,22 @@ async fn dispatcher(shared: Arc<Shared>) {
     let mut last_warning = None;
     let mut ever_connected = false;
     loop {
+        let mut subscribed_at = None;
         let outcome = subscription(
             &shared,
-            &mut failures,
+            &mut subscribed_at,
             &mut ever_connected,
             &mut last_warning,
         )
         .await;
         shared.set_connected(false);
         let Err(e) = outcome else { break };
+        // A subscription that held for a while was a real recovery: the backoff starts
+        // over. One that Redis drops at once (an output-buffer limit, a proxy) keeps
+        // backing off, so a flapping server costs a reconnect every 2 s, not every 100 ms.
+        if subscribed_at.is_some_and(|t: Instant| t.elapsed() >= STABLE) {
+            failures = 0;
+        }
         if failures == 0 {
             if ever_connected {
                 tracing::warn!(url = %shared.url, "bus: lost Redis ({e}); reconnecting, store polls carry on meanwhile");
@@ -301,7 +314,7 @@ async fn dispatcher(shared: Arc<Shared>) {
 /// One connection's life: connect, subscribe, dispatch until it fails or the bus stops.
 async fn subscription(
     shared: &Shared,
-    failures: &mut u32,
+    subscribed_at: &mut Option<Instant>,
     ever_connected: &mut bool,
     last_warning: &mut Option<Instant>,
 ) -> Result<(), String> {
@@ -331,9 +344,12 @@ async fn subscription(
         }
     }
     *ever_connected = true;
-    *failures = 0;
-    // Catch-up: whatever was published while this node was not subscribed is in the store.
+    *subscribed_at = Some(Instant::now());
+    // Catch-up, both ways: whatever was published while this node was not subscribed
+    // is in the store, and so is what it committed meanwhile, which the others were
+    // not told about.
     shared.feed.bump(change::ALL);
+    shared.send(Outgoing::Changes(change::ALL));
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
@@ -355,48 +371,61 @@ async fn subscription(
     }
 }
 
-/// Sends this node's messages on a connection of its own, reconnecting lazily.
+/// Sends this node's messages on a connection of its own. A multiplexed connection
+/// does not come back by itself once Redis closed it, so a failed PUBLISH is tried
+/// once more on a fresh connection before it counts as unsent; messages queued while
+/// the bus went down are dropped when taken (never waited on one by one), and queued
+/// wake-ups are merged into one.
 async fn publisher(shared: Arc<Shared>, mut outgoing: mpsc::Receiver<Outgoing>) {
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     let mut warned = false;
     loop {
-        let msg = tokio::select! {
+        let first = tokio::select! {
             _ = shared.stop.cancelled() => break,
             m = outgoing.recv() => match m { Some(m) => m, None => break },
         };
-        let (channel, payload) = match &msg {
-            Outgoing::Abort(run_id) => (
-                &shared.channels.abort,
-                wire::encode_abort(run_id, &shared.origin),
-            ),
-            Outgoing::Changes(kinds) => (
-                &shared.channels.changes,
-                wire::encode_changes(*kinds, &shared.origin),
-            ),
-        };
-        let sent = async {
-            if conn.is_none() {
-                conn = Some(shared.client.get_multiplexed_async_connection().await?);
+        let mut batch = vec![first];
+        while let Ok(more) = outgoing.try_recv() {
+            batch.push(more);
+        }
+        for msg in coalesce(batch) {
+            if !shared.connected() {
+                BusCounters::inc(&shared.counters.dropped_unsent);
+                continue;
             }
-            let c = conn.as_mut().expect("connected above");
-            redis::cmd("PUBLISH")
-                .arg(channel)
-                .arg(&payload)
-                .query_async::<i64>(c)
+            let (channel, payload) = match &msg {
+                Outgoing::Abort(run_id) => (
+                    &shared.channels.abort,
+                    wire::encode_abort(run_id, &shared.origin),
+                ),
+                Outgoing::Changes(kinds) => (
+                    &shared.channels.changes,
+                    wire::encode_changes(*kinds, &shared.origin),
+                ),
+            };
+            let mut why = String::new();
+            let mut sent = false;
+            for _attempt in 0..2 {
+                match tokio::time::timeout(
+                    REPLY_TIMEOUT,
+                    publish_on(&shared, &mut conn, channel, &payload),
+                )
                 .await
-        };
-        match tokio::time::timeout(REPLY_TIMEOUT, sent).await {
-            Ok(Ok(_)) => {
+                {
+                    Ok(Ok(())) => {
+                        sent = true;
+                        break;
+                    }
+                    Ok(Err(e)) => why = e.to_string(),
+                    Err(_) => why = format!("no answer within {REPLY_TIMEOUT:?}"),
+                }
+                conn = None;
+            }
+            if sent {
                 BusCounters::inc(&shared.counters.published);
                 warned = false;
-            }
-            failed => {
-                conn = None;
+            } else {
                 BusCounters::inc(&shared.counters.dropped_unsent);
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer within {REPLY_TIMEOUT:?}"),
-                };
                 if matches!(msg, Outgoing::Abort(_)) || !std::mem::replace(&mut warned, true) {
                     tracing::warn!(
                         "bus: publish on {channel} failed ({why}); other nodes see the store instead"
@@ -405,6 +434,44 @@ async fn publisher(shared: Arc<Shared>, mut outgoing: mpsc::Receiver<Outgoing>) 
             }
         }
     }
+}
+
+/// One PUBLISH, connecting first if there is no connection.
+async fn publish_on(
+    shared: &Shared,
+    conn: &mut Option<redis::aio::MultiplexedConnection>,
+    channel: &str,
+    payload: &str,
+) -> redis::RedisResult<()> {
+    if conn.is_none() {
+        *conn = Some(shared.client.get_multiplexed_async_connection().await?);
+    }
+    let c = conn.as_mut().expect("connected above");
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(payload)
+        .query_async::<i64>(c)
+        .await
+        .map(drop)
+}
+
+/// Aborts in order, and every wake-up of the batch as one message after them.
+fn coalesce(batch: Vec<Outgoing>) -> Vec<Outgoing> {
+    let mut kinds = 0u8;
+    let mut out: Vec<Outgoing> = batch
+        .into_iter()
+        .filter_map(|m| match m {
+            Outgoing::Changes(k) => {
+                kinds |= k;
+                None
+            }
+            abort => Some(abort),
+        })
+        .collect();
+    if kinds != 0 {
+        out.push(Outgoing::Changes(kinds));
+    }
+    out
 }
 
 /// Publishes this process's commits as wake-ups for the others, coalesced.

@@ -12,6 +12,8 @@
 //!   [`crate::store::change`]: "something of these kinds was committed; read the
 //!   store". Never data.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -85,26 +87,29 @@ pub enum Malformed {
     UnknownChannel,
 }
 
+// `Cow` with `borrow`: a string without escapes is borrowed, one with escapes
+// (`\u00e9`, `\/`, as Python's and PHP's encoders write them) is decoded owned.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AbortJson<'a> {
-    run_id: &'a str,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    origin: Option<&'a str>,
+    #[serde(borrow)]
+    run_id: Cow<'a, str>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    origin: Option<Cow<'a, str>>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct ChangesJson<'a> {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    origin: Option<&'a str>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    origin: Option<Cow<'a, str>>,
     kinds: u8,
 }
 
 /// The abort channel's payload.
 pub fn encode_abort(run_id: &str, origin: &str) -> String {
     serde_json::to_string(&AbortJson {
-        run_id,
-        origin: Some(origin),
+        run_id: Cow::Borrowed(run_id),
+        origin: Some(Cow::Borrowed(origin)),
     })
     .unwrap_or_default()
 }
@@ -112,7 +117,7 @@ pub fn encode_abort(run_id: &str, origin: &str) -> String {
 /// The changes channel's payload.
 pub fn encode_changes(kinds: u8, origin: &str) -> String {
     serde_json::to_string(&ChangesJson {
-        origin: Some(origin),
+        origin: Some(Cow::Borrowed(origin)),
         kinds,
     })
     .unwrap_or_default()
@@ -125,15 +130,15 @@ pub fn decode(channels: &Channels, channel: &str, payload: &[u8]) -> Result<Mess
     }
     if channel == channels.abort {
         let m: AbortJson = serde_json::from_slice(payload).map_err(|_| Malformed::NotJson)?;
-        let run = RunId::parse(m.run_id).map_err(|_| Malformed::BadRunId)?;
+        let run = RunId::parse(&m.run_id).map_err(|_| Malformed::BadRunId)?;
         Ok(Message::RunAbort {
             run_id: run.to_string(),
-            origin: m.origin.map(str::to_string),
+            origin: m.origin.map(Cow::into_owned),
         })
     } else if channel == channels.changes {
         let m: ChangesJson = serde_json::from_slice(payload).map_err(|_| Malformed::NotJson)?;
         Ok(Message::Changes {
-            origin: m.origin.map(str::to_string),
+            origin: m.origin.map(Cow::into_owned),
             kinds: m.kinds & change::ALL,
         })
     } else {
@@ -180,6 +185,19 @@ mod tests {
             Ok(Message::Changes {
                 origin: None,
                 kinds: change::ALL
+            })
+        );
+    }
+
+    #[test]
+    fn json_escapes_are_decoded_not_refused() {
+        let ch = Channels::new("p");
+        let m = format!(r#"{{"runId":"{RUN}","origin":"caf\u00e9\/billing"}}"#);
+        assert_eq!(
+            decode(&ch, "p:run-abort", m.as_bytes()),
+            Ok(Message::RunAbort {
+                run_id: RUN.into(),
+                origin: Some("café/billing".into())
             })
         );
     }

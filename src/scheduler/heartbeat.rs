@@ -186,8 +186,18 @@ pub(super) async fn abort_sweep_loop(inner: Arc<Inner>) {
 /// have), then this node's shards of the run, through the same
 /// `abort_all_shards_for_run` as the API route. The mark comes first so no shard
 /// can end `aborted` under a run that is not, whatever published the message.
+///
+/// Anyone may publish, so the work is bounded: at most [`BUS_ABORTS_AT_ONCE`] run at
+/// once, a run already being handled is not handled twice, and past that messages
+/// are shed (counted, warned about at most every 10 s). A flood can then cost a few
+/// store connections, never the heartbeats and job writes that keep this node alive;
+/// a shed abort published by a replica still lands through its durable mark.
 pub(super) async fn bus_listener(inner: Arc<Inner>) {
     let mut rx = inner.bus.subscribe();
+    let permits = Arc::new(tokio::sync::Semaphore::new(BUS_ABORTS_AT_ONCE));
+    let in_flight: Arc<InFlight> = Arc::default();
+    let throttle = Arc::new(Throttle::default());
+    let mut shed = 0u64;
     loop {
         let signal = tokio::select! {
             _ = inner.stop_services.cancelled() => break,
@@ -195,24 +205,80 @@ pub(super) async fn bus_listener(inner: Arc<Inner>) {
         };
         match signal {
             Ok(Signal::RunAbort { run_id, origin }) => {
-                // Apart, so a store that is slow or down holds up no other abort.
-                let inner2 = inner.clone();
+                if !in_flight.lock().insert(run_id.clone()) {
+                    continue;
+                }
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    in_flight.lock().remove(&run_id);
+                    shed += 1;
+                    if throttle.ready() {
+                        tracing::warn!(
+                            shed,
+                            "bus: more than {BUS_ABORTS_AT_ONCE} foreign aborts at once; shedding \
+                             (a replica's abort still lands through its durable mark)"
+                        );
+                    }
+                    continue;
+                };
+                // Apart, so a store that is slow or down holds up no other message.
+                let (inner2, in_flight, throttle) =
+                    (inner.clone(), in_flight.clone(), throttle.clone());
                 inner.services.spawn(async move {
-                    abort_from_bus(&inner2, &run_id, origin.as_deref()).await
+                    abort_from_bus(&inner2, &run_id, origin.as_deref(), &throttle).await;
+                    crate::metrics::Metrics::add(&inner2.metrics.bus_aborts_handled, 1);
+                    in_flight.lock().remove(&run_id);
+                    drop(permit);
                 });
             }
             Err(RecvError::Lagged(n)) => {
-                tracing::warn!("bus listener lagged by {n} messages; the abort sweep covers them")
+                tracing::warn!(
+                    "bus listener lagged by {n} messages; aborts made by replicas land through their durable mark"
+                )
             }
             Err(RecvError::Closed) => break,
         }
     }
 }
 
-/// Tries for this long to write a foreign abort's mark while the store is unavailable.
-const BUS_ABORT_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+/// Runs whose foreign abort is being handled now.
+#[derive(Default)]
+struct InFlight(std::sync::Mutex<std::collections::HashSet<String>>);
 
-async fn abort_from_bus(inner: &Arc<Inner>, run_id: &str, origin: Option<&str>) {
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Foreign aborts handled at once by one node.
+const BUS_ABORTS_AT_ONCE: usize = 4;
+
+/// At most one warning per [`Throttle::EVERY`] for one kind of untrusted input.
+#[derive(Default)]
+struct Throttle(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl Throttle {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn ready(&self) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        true
+    }
+}
+
+/// Tries for this long to write a foreign abort's mark while the store is unavailable.
+const BUS_ABORT_RETRY: Duration = Duration::from_secs(30);
+
+async fn abort_from_bus(
+    inner: &Arc<Inner>,
+    run_id: &str,
+    origin: Option<&str>,
+    throttle: &Throttle,
+) {
     let deadline = tokio::time::Instant::now() + BUS_ABORT_RETRY;
     let outcome = loop {
         match inner.store.run_abort(run_id, inner.store.clock_ms()).await {
@@ -231,11 +297,17 @@ async fn abort_from_bus(inner: &Arc<Inner>, run_id: &str, origin: Option<&str>) 
             tracing::debug!(run = %run_id, origin, cancelled = n, aborted_jobs, "abort from the bus");
         }
         Ok(AbortOutcome::NotFound) => {
-            tracing::warn!(run = %run_id, origin, "bus: abort of an unknown run ignored")
+            if throttle.ready() {
+                tracing::warn!(run = %run_id, origin, "bus: abort of an unknown run ignored (such warnings: at most one per 10 s)")
+            }
         }
         Ok(AbortOutcome::Finished(status)) => {
             tracing::debug!(run = %run_id, %status, "bus: abort of a finished run ignored")
         }
-        Err(e) => tracing::warn!(run = %run_id, origin, "bus: could not abort the run: {e}"),
+        Err(e) => {
+            if throttle.ready() {
+                tracing::warn!(run = %run_id, origin, "bus: could not abort the run: {e}")
+            }
+        }
     }
 }

@@ -426,10 +426,13 @@ impl Scheduler {
             .store
             .run_abort(run_id, self.inner.store.clock_ms())
             .await?;
-        if let AbortOutcome::Aborted { .. } = outcome {
+        if let AbortOutcome::Aborted { aborted_jobs } = outcome {
             Metrics::add(&self.inner.metrics.aborts, 1);
             self.inner.registry.abort_all_shards_for_run(run_id);
-            self.inner.bus.publish_abort(run_id);
+            // Repeating an abort changes nothing anywhere: only a new one is published.
+            if aborted_jobs > 0 {
+                self.inner.bus.publish_abort(run_id);
+            }
         }
         Ok(outcome)
     }
