@@ -133,6 +133,8 @@ pub struct Metrics {
     pub orphans_recovered: AtomicU64,
     /// Times this node stopped its jobs because its own lease ran out.
     pub self_fences: AtomicU64,
+    /// Other nodes this node declared dead and removed (it won their rescue).
+    pub nodes_declared_dead: AtomicU64,
     /// Foreign `run-abort` messages this node finished handling.
     pub bus_aborts_handled: AtomicU64,
     /// Webhook attempts by outcome: delivered, failed attempt.
@@ -150,6 +152,7 @@ impl Default for Metrics {
             aborts: AtomicU64::new(0),
             orphans_recovered: AtomicU64::new(0),
             self_fences: AtomicU64::new(0),
+            nodes_declared_dead: AtomicU64::new(0),
             bus_aborts_handled: AtomicU64::new(0),
             webhooks_delivered: AtomicU64::new(0),
             webhook_failures: AtomicU64::new(0),
@@ -280,6 +283,11 @@ impl Metrics {
                 "runyard_orphans_recovered_total",
                 "Orphaned executions of dead nodes resolved by this node.",
                 &self.orphans_recovered,
+            ),
+            (
+                "runyard_nodes_declared_dead_total",
+                "Other nodes this node declared dead and removed, winning their rescue.",
+                &self.nodes_declared_dead,
             ),
             (
                 "runyard_self_fences_total",

@@ -76,6 +76,13 @@ pub(crate) async fn run_once(inner: &Arc<Inner>) -> Result<RescueReport, StoreEr
             continue;
         }
         report.dead_nodes += 1;
+        crate::metrics::Metrics::add(&inner.metrics.nodes_declared_dead, 1);
+        tracing::warn!(
+            dead_node = %node.id,
+            host = %node.host,
+            silent_ms = inner.store.clock_ms() - node.heartbeat_at,
+            "declared a node dead; resolving its jobs"
+        );
         let same_scope = node.host == inner.node.host && node.boot_id == inner.node.boot_id;
         for job in inner.store.jobs_running_on(&node.id).await? {
             if same_scope {

@@ -4,6 +4,7 @@
 //! or on a polled condition, always with a timeout.
 #![allow(dead_code)]
 pub mod dns;
+pub mod hosts;
 pub mod proxy;
 pub mod redis_server;
 

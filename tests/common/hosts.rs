@@ -1,0 +1,416 @@
+//! Replicas as hosts: each `runyard serve` runs in its own UTS and PID namespace
+//! (`unshare --uts --pid --fork --mount-proc --kill-child`), so it has a host name
+//! of its own, it is pid 1 of its namespace, and killing it kills every job it
+//! started the way a host crash does. Between each replica and PostgreSQL sits a
+//! [`FaultProxy`] to cut that one replica off; `faketime` skews one replica's wall
+//! clock. Needs root (CI runs as root); without it, tests print `SKIPPED(privilege)`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::proxy::FaultProxy;
+use super::{eventually, free_port, get};
+
+/// True when this process may make namespaces; prints the skip line otherwise.
+pub fn can_unshare() -> bool {
+    let ok = Command::new("unshare")
+        .args([
+            "--uts",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            "true",
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        println!("SKIPPED(privilege): unshare --pid needs root (CAP_SYS_ADMIN)");
+    }
+    ok
+}
+
+/// How a host's clock differs (faketime's offset, e.g. `+30s`), if it does.
+pub type Skew = Option<&'static str>;
+
+/// One replica on a host of its own.
+pub struct Host {
+    pub name: String,
+    pub base: String,
+    /// The `unshare` process, whose only child is the replica (pid 1 inside).
+    unshare: Child,
+    pub log: PathBuf,
+}
+
+impl Host {
+    /// Starts `runyard serve -c config` as host `name`, and waits until it answers.
+    pub async fn start(name: &str, config: &Path, skew: Skew) -> Host {
+        let port = free_port();
+        let log = config.with_extension(format!("{name}.log"));
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--uts",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            "sh",
+            "-c",
+        ]);
+        let serve = format!(
+            "hostname {name} && exec {faketime}{bin} serve -c {config} --listen 127.0.0.1:{port}",
+            faketime = skew.map_or(String::new(), |s| format!("faketime -f {s} ")),
+            bin = env!("CARGO_BIN_EXE_runyard"),
+            config = config.display(),
+        );
+        cmd.arg(serve)
+            .env("RUNYARD_LOG", "info")
+            // Only the wall clock is skewed: monotonic time is a machine's own, whatever it says.
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        for var in [
+            "DATABASE_URL",
+            "REDIS_URL",
+            "RUNYARD_DATABASE_URL",
+            "RUNYARD_REDIS_URL",
+            "MAX_WORKERS",
+            "RUNYARD_MAX_WORKERS",
+            "RUNYARD_LISTEN",
+        ] {
+            cmd.env_remove(var);
+        }
+        let unshare = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .expect("spawn unshare");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let url = format!("{base}/healthz");
+        let started = Instant::now();
+        loop {
+            if http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "host {name} did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Host {
+            name: name.to_string(),
+            base,
+            unshare,
+            log,
+        }
+    }
+
+    /// The replica's pid as this (the outer) namespace sees it.
+    pub fn server_pid(&self) -> u32 {
+        let pid = self.unshare.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("unshare has its replica as child")
+    }
+
+    /// The replica and every process under it (its jobs), outer pids.
+    pub fn tree(&self) -> Vec<u32> {
+        let mut out = vec![self.server_pid()];
+        let mut i = 0;
+        while i < out.len() {
+            let p = out[i];
+            for task in std::fs::read_dir(format!("/proc/{p}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let kids =
+                    std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+                out.extend(
+                    kids.split_whitespace()
+                        .filter_map(|k| k.parse::<u32>().ok()),
+                );
+            }
+            i += 1;
+        }
+        out
+    }
+
+    /// A host crash: SIGKILL to the replica, pid 1 of its namespace, so the kernel
+    /// kills everything in it; returns when the namespace is gone.
+    pub fn crash(&mut self) {
+        signal(self.server_pid(), "KILL");
+        let _ = self.unshare.wait();
+    }
+
+    /// The whole host stops (every process in it, as a paused VM); returns what was stopped.
+    pub fn freeze(&self) -> Vec<u32> {
+        let tree = self.tree();
+        for p in &tree {
+            signal(*p, "STOP");
+        }
+        tree
+    }
+
+    /// Resumes what [`Host::freeze`] stopped.
+    pub fn thaw(&self, frozen: &[u32]) {
+        for p in frozen {
+            signal(*p, "CONT");
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Ok(None) = self.unshare.try_wait() {
+            if let Ok(tree) = std::panic::catch_unwind(|| self.tree()) {
+                for p in &tree {
+                    signal(*p, "CONT");
+                }
+            }
+            let _ = self.unshare.kill();
+            let _ = self.unshare.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+}
+
+/// Hosts sharing one PostgreSQL schema, each through a proxy of its own.
+pub struct Cluster {
+    pub hosts: Vec<Host>,
+    pub proxies: Vec<FaultProxy>,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    pg: String,
+    schema: String,
+    server: String,
+    pipelines: String,
+    bus: String,
+    started: usize,
+}
+
+impl Cluster {
+    /// `n` hosts with `server` extra `[server]` keys, `pipelines`, an optional bus
+    /// (`redis` URL), and per-host clock skews.
+    pub async fn start(
+        pg: &str,
+        redis: Option<&str>,
+        n: usize,
+        server: &str,
+        pipelines: &str,
+        skews: &[Skew],
+    ) -> Cluster {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let schema = format!(
+            "hosts_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let bus = redis.map_or(String::new(), |url| {
+            format!(
+                "[bus]\nurl = \"{url}\"\nprefix = \"{}\"\n",
+                super::redis_server::fresh_prefix()
+            )
+        });
+        let mut c = Cluster {
+            hosts: Vec::new(),
+            proxies: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+            http: reqwest::Client::new(),
+            pg: pg.to_string(),
+            schema,
+            server: server.to_string(),
+            pipelines: pipelines.to_string(),
+            bus,
+            started: 0,
+        };
+        for i in 0..n {
+            let skew = skews.get(i).copied().flatten();
+            c.add_host(skew).await;
+        }
+        c
+    }
+
+    /// Starts one more host (a new machine, or a crashed one coming back), through a
+    /// proxy of its own; returns its index.
+    pub async fn add_host(&mut self, skew: Skew) -> usize {
+        let i = self.started;
+        self.started += 1;
+        let proxy = FaultProxy::start(upstream(&self.pg)).await;
+        let mut url = url::Url::parse(&self.pg).unwrap();
+        url.set_host(Some(&proxy.addr.ip().to_string())).unwrap();
+        url.set_port(Some(proxy.addr.port())).unwrap();
+        let name = format!("host-{i}");
+        let data = self.dir.path().join(&name);
+        let config = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\ndata_dir = \"{}\"\noutput_flush_interval_ms = 100\nkill_grace = \"500ms\"\n{}\n\n\
+                 [store]\nurl = \"{url}\"\nschema = \"{}\"\npool_size = 4\n\n{}\n{}\n",
+                data.display(),
+                self.server,
+                self.schema,
+                self.bus,
+                self.pipelines
+            ),
+        )
+        .unwrap();
+        self.hosts.push(Host::start(&name, &config, skew).await);
+        self.proxies.push(proxy);
+        self.hosts.len() - 1
+    }
+
+    pub fn base(&self, i: usize) -> &str {
+        &self.hosts[i].base
+    }
+
+    /// A request to whichever host answers first, from `from` on.
+    pub async fn get_any(&self, path: &str) -> serde_json::Value {
+        for h in &self.hosts {
+            if let Ok(r) = self.http.get(format!("{}{path}", h.base)).send().await
+                && r.status().is_success()
+            {
+                return r.json().await.unwrap();
+            }
+        }
+        panic!("no host answers {path}");
+    }
+
+    /// Every host's own `/metrics` counter `name` (0 for hosts that are down).
+    pub async fn counter(&self, i: usize, name: &str) -> u64 {
+        let Ok(r) = self
+            .http
+            .get(format!("{}/metrics", self.base(i)))
+            .send()
+            .await
+        else {
+            return 0;
+        };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits until `n` nodes are registered (as seen by host `via`).
+    pub async fn wait_nodes(&self, via: usize, n: usize) {
+        eventually(Duration::from_secs(30), "the nodes to register", || async {
+            let (_, w) = get(&self.http, &format!("{}/api/workers", self.base(via))).await;
+            w["workers"].as_array().is_some_and(|a| a.len() == n)
+        })
+        .await;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.hosts.clear();
+        let _ = Command::new("psql")
+            .args([
+                &self.pg,
+                "-qc",
+                &format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema),
+            ])
+            .output();
+    }
+}
+
+fn upstream(url: &str) -> std::net::SocketAddr {
+    let u = url::Url::parse(url).unwrap();
+    let host = match u.host_str().unwrap_or("127.0.0.1") {
+        "localhost" => "127.0.0.1",
+        h => h,
+    };
+    format!("{host}:{}", u.port().unwrap_or(5432))
+        .parse()
+        .unwrap()
+}
+
+/// One execution's own record: the job script appends `date +%s%N` to
+/// `{dir}/{job}.{claim_seq}` while it runs.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    pub job: String,
+    pub claim_seq: i64,
+    pub first_ns: u128,
+    pub last_ns: u128,
+    pub ticks: usize,
+}
+
+/// Every execution recorded in `dir`.
+pub fn executions(dir: &Path) -> Vec<Execution> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some((job, seq)) = name.rsplit_once('.') else {
+            continue;
+        };
+        let Ok(claim_seq) = seq.parse() else { continue };
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let ticks: Vec<u128> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if let (Some(first), Some(last)) = (ticks.first(), ticks.last()) {
+            out.push(Execution {
+                job: job.to_string(),
+                claim_seq,
+                first_ns: *first,
+                last_ns: *last,
+                ticks: ticks.len(),
+            });
+        }
+    }
+    out
+}
+
+/// Most executions that overlapped in time, from their own first and last ticks.
+pub fn max_overlap_ticks(execs: &[Execution]) -> usize {
+    let mut points: Vec<(u128, i32)> = Vec::new();
+    for e in execs {
+        points.push((e.first_ns, 1));
+        points.push((e.last_ns, -1));
+    }
+    points.sort();
+    let (mut cur, mut best) = (0i32, 0i32);
+    for (_, d) in points {
+        cur += d;
+        best = best.max(cur);
+    }
+    best as usize
+}
+
+/// A pipeline `name` whose job ticks into `dir` every 20 ms for `secs` seconds.
+pub fn ticking_pipeline(name: &str, dir: &Path, secs: f64, extra: &str) -> String {
+    let n = (secs / 0.02).ceil() as u64;
+    format!(
+        "[pipelines.{name}]\ncommand = [\"sh\", \"-c\", \"f={}/$RUNYARD_JOB_ID.$RUNYARD_CLAIM_SEQ; i=0; \
+         while [ $i -lt {n} ]; do date +%s%N >> $f; i=$((i+1)); sleep 0.02; done\"]\n{extra}\n",
+        dir.display()
+    )
+}
+
+/// Now, as the jobs' `date +%s%N` writes it.
+pub fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
