@@ -32,6 +32,9 @@ pub fn can_unshare() -> bool {
     ok
 }
 
+/// Debian's libfaketime (package `faketime`).
+pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
 /// How a host's clock differs (faketime's offset, e.g. `+30s`), if it does.
 pub type Skew = Option<&'static str>;
 
@@ -60,15 +63,20 @@ impl Host {
             "-c",
         ]);
         let serve = format!(
-            "hostname {name} && exec {faketime}{bin} serve -c {config} --listen 127.0.0.1:{port}",
-            faketime = skew.map_or(String::new(), |s| format!("faketime -f {s} ")),
+            "hostname {name} && exec {bin} serve -c {config} --listen 127.0.0.1:{port}",
             bin = env!("CARGO_BIN_EXE_runyard"),
             config = config.display(),
         );
-        cmd.arg(serve)
-            .env("RUNYARD_LOG", "info")
-            // Only the wall clock is skewed: monotonic time is a machine's own, whatever it says.
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        cmd.arg(serve).env("RUNYARD_LOG", "info");
+        if let Some(offset) = skew {
+            // libfaketime itself: the `faketime` wrapper's semaphore is named after its
+            // pid, which is 1 in every namespace. Only the wall clock is skewed:
+            // monotonic time is a machine's own, whatever its wall clock says.
+            cmd.env("LD_PRELOAD", FAKETIME_LIB)
+                .env("FAKETIME", offset)
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env("FAKETIME_NO_CACHE", "1");
+        }
         for var in [
             "DATABASE_URL",
             "REDIS_URL",
