@@ -13,7 +13,10 @@
 //!     with and without a global cap ([`store`]);
 //! (f) three replicas on PostgreSQL with the Redis bus and without one: abort →
 //!     every shard's process dead, and wake-up latency from a trigger on one
-//!     replica to the job running on another ([`replicas`]).
+//!     replica to the job running on another ([`replicas`]);
+//! (g) throughput with 1 and with 3 replicas on PostgreSQL (`/bin/true`, and
+//!     slot-bound `sleep 0.02`), and orphan recovery over host kills at default
+//!     timings ([`hosts`]; the kills need root for `unshare`).
 //!
 //! With `BENCH_DATABASE_URL` (or `TEST_DATABASE_URL`) set, (a) also runs on PostgreSQL
 //! (a fresh schema per round) next to SQLite, and (e) runs; (f) also needs
@@ -22,8 +25,11 @@
 //! Environment: `BENCH_RUNS` (default 5000), `BENCH_INGEST` (20000),
 //! `BENCH_QUEUED` (100000), `BENCH_ROUNDS` (3), `BENCH_LATENCY_SAMPLES` (200),
 //! `BENCH_STORE_SECS` (8), `BENCH_ABORTS` (30), `BENCH_WAKE_SAMPLES` (100),
-//! `BENCH_ONLY` (a subset of the letters `abcdef`).
+//! `BENCH_SCALE_RUNS` (2000), `BENCH_HOST_KILLS` (5), `BENCH_ONLY` (a subset of
+//! the letters `abcdefg`).
 
+#[path = "runyard_bench/hosts.rs"]
+mod hosts;
 #[path = "runyard_bench/replicas.rs"]
 mod replicas;
 #[path = "runyard_bench/store.rs"]
@@ -467,7 +473,7 @@ fn main() {
                 .unwrap_or(1)
         );
         // BENCH_ONLY=a,c runs a subset.
-        let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcdef".into());
+        let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcdefg".into());
         let pg = database_url();
         if pg.is_none() && (only.contains('a') || only.contains('e')) {
             println!("(PostgreSQL figures skipped: set BENCH_DATABASE_URL or TEST_DATABASE_URL)\n");
@@ -508,6 +514,15 @@ fn main() {
                     "(f skipped: set BENCH_DATABASE_URL and BENCH_REDIS_URL, or the TEST_ ones)\n"
                 ),
             }
+        }
+        if let (true, Some(url)) = (only.contains('g'), &pg) {
+            hosts::bench_scale(
+                url,
+                env_usize("BENCH_SCALE_RUNS", 2000),
+                rounds,
+                env_usize("BENCH_HOST_KILLS", 5),
+            )
+            .await;
         }
     });
 }
