@@ -39,6 +39,12 @@ const LEASE: Duration = Duration::from_millis(1500);
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn pg_url() -> Option<String> {
+    // These run on PostgreSQL whatever the pass; CI's second (`TEST_STORE=postgres`)
+    // pass would only repeat them.
+    if std::env::var("TEST_STORE").as_deref() == Ok("postgres") {
+        println!("hosts tests ran in the first pass (they are PostgreSQL-only)");
+        return None;
+    }
     if !can_unshare() {
         return None;
     }
@@ -359,12 +365,12 @@ async fn clocks_thirty_seconds_apart_rescue_no_healthy_node() {
     let mut events = EventWatcher::connect(c.base(1), 0);
     let mut runs = Vec::new();
     let started = Instant::now();
-    // 20 s of work from every host: over 20 leases.
-    while started.elapsed() < Duration::from_secs(20) {
+    // Two minutes of work from every host: 80 leases.
+    while started.elapsed() < Duration::from_secs(120) {
         for i in 0..3 {
             runs.push(trigger(&c, i, "work", json!({})).await);
         }
-        tokio::time::sleep(Duration::from_millis(300)).await; // pacing the load, not a sync
+        tokio::time::sleep(Duration::from_millis(1000)).await; // pacing the load, not a sync
     }
     for r in &runs {
         events
@@ -386,7 +392,7 @@ async fn clocks_thirty_seconds_apart_rescue_no_healthy_node() {
     let execs = executions(ticks.path());
     assert_eq!(execs.len(), runs.len(), "every job ran exactly once");
     println!(
-        "{} runs over 20 s with clocks at +30 s / 0 / -30 s: 0 rescues",
+        "{} runs over 2 minutes with clocks at +30 s / 0 / -30 s: 0 rescues",
         runs.len()
     );
 }

@@ -82,9 +82,9 @@ impl Replica {
     }
 
     /// The server's pid (for a host: the namespace's pid 1, seen from outside).
-    fn server_pid(&self) -> u32 {
+    fn server_pid(&self) -> Option<u32> {
         if !self.host {
-            return self.child.id();
+            return Some(self.child.id());
         }
         let pid = self.child.id();
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
@@ -92,13 +92,14 @@ impl Replica {
             .split_whitespace()
             .next()
             .and_then(|p| p.parse().ok())
-            .unwrap()
     }
 
     /// CPU seconds the server has used (user + system).
     fn cpu_secs(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.server_pid()))
-            .unwrap_or_default();
+        let Some(pid) = self.server_pid() else {
+            return 0.0;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let fields: Vec<&str> = stat
             .rsplit(')')
             .next()
@@ -111,18 +112,25 @@ impl Replica {
     }
 
     fn crash(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &self.server_pid().to_string()])
-            .status();
+        if let Some(pid) = self.server_pid() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
         let _ = self.child.wait();
     }
 }
 
 impl Drop for Replica {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.server_pid().to_string()])
-            .status();
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Some(pid) = self.server_pid() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -322,19 +330,23 @@ async fn orphan_recovery(pg: &str, kills: usize) -> Vec<f64> {
     out
 }
 
-/// Runs (g).
+/// The two job shapes of the throughput figure: label, command, slots per replica.
+const SHAPES: [(&str, &str, usize); 2] = [
+    ("/bin/true, 2 slots per replica", "[\"/bin/true\"]", 2),
+    (
+        "sleep 0.02, 8 slots per replica",
+        "[\"sleep\", \"0.02\"]",
+        8,
+    ),
+];
+
+/// Runs (g); `runs = 0` leaves the throughput figure out.
 pub async fn bench_scale(pg: &str, runs: usize, rounds: usize, kills: usize) {
     println!(
         "(g) replicas on one PostgreSQL schema: {runs} queued single-shard runs drained by 1 and by 3 replicas"
     );
-    for (label, command, slots) in [
-        ("/bin/true, 2 slots per replica", "[\"/bin/true\"]", 2),
-        (
-            "sleep 0.02, 8 slots per replica",
-            "[\"sleep\", \"0.02\"]",
-            8,
-        ),
-    ] {
+    let shapes = if runs == 0 { &[][..] } else { &SHAPES[..] };
+    for &(label, command, slots) in shapes {
         let mut by_n = Vec::new();
         for n in [1, 3] {
             let mut rates = Vec::new();
