@@ -249,6 +249,7 @@ impl Scheduler {
         inner
             .services
             .spawn(heartbeat::lease_watchdog(inner.clone()));
+        inner.services.spawn(heartbeat::rescue_loop(inner.clone()));
         inner.services.spawn(heartbeat::bus_listener(inner.clone()));
         if let Some(webhooks) = inner.webhooks.clone() {
             inner
