@@ -10,7 +10,11 @@
 //!     static C clock probe, so this includes exec and the probe's start-up);
 //! (d) server RSS idle and with 100,000 queued runs;
 //! (e) store-level claim + finish throughput on PostgreSQL, 1 vs 3 processes,
-//!     with and without a global cap ([`store`]).
+//!     with and without a global cap ([`store`]);
+//! (f) watchers ([`watch`]): end-to-end throughput of `/bin/true` runs with 1,000
+//!     idle `/api/events` clients next to none, the server's RSS per SSE
+//!     connection and after they close;
+//! (g) the server CPU that 100 viewers of 100 busy jobs' log streams cost ([`watch`]).
 //!
 //! With `BENCH_DATABASE_URL` (or `TEST_DATABASE_URL`) set, (a) also runs on PostgreSQL
 //! (a fresh schema per round) next to SQLite, and (e) runs; without it they are skipped
@@ -18,10 +22,15 @@
 //!
 //! Environment: `BENCH_RUNS` (default 5000), `BENCH_INGEST` (20000),
 //! `BENCH_QUEUED` (100000), `BENCH_ROUNDS` (3), `BENCH_LATENCY_SAMPLES` (200),
-//! `BENCH_STORE_SECS` (8), `BENCH_ONLY` (a subset of the letters `abcde`).
+//! `BENCH_STORE_SECS` (8), `BENCH_ONLY` (a subset of the letters `abcdefg`),
+//! `BENCH_WATCH_RUNS` (2000), `BENCH_WATCHERS` (1000), `BENCH_VIEWERS` (100),
+//! `BENCH_BIN` (the server binary to measure; default: this build's, so a landed
+//! binary can be measured with the same bench).
 
 #[path = "runyard_bench/store.rs"]
 mod store;
+#[path = "runyard_bench/watch.rs"]
+mod watch;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -36,7 +45,7 @@ fn env_usize(key: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
@@ -45,9 +54,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     _dir: tempfile::TempDir,
 }
 
@@ -90,7 +99,7 @@ fn store_table(pg: Option<&str>) -> String {
 }
 
 impl Server {
-    async fn start(server_extra: &str, pipelines: &str) -> Server {
+    pub(crate) async fn start(server_extra: &str, pipelines: &str) -> Server {
         Self::start_on(None, server_extra, pipelines).await
     }
 
@@ -111,7 +120,9 @@ impl Server {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_runyard"))
+        let bin =
+            std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_runyard").into());
+        let child = Command::new(bin)
             .args([
                 "serve",
                 "-c",
@@ -141,7 +152,11 @@ impl Server {
         }
     }
 
-    fn rss_kib(&self) -> u64 {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         status
             .lines()
@@ -153,7 +168,12 @@ impl Server {
 }
 
 /// Triggers `n` runs of `pipeline` from `clients` concurrent clients; returns (seconds, run ids).
-async fn ingest(base: &str, pipeline: &str, n: usize, clients: usize) -> (f64, Vec<String>) {
+pub(crate) async fn ingest(
+    base: &str,
+    pipeline: &str,
+    n: usize,
+    clients: usize,
+) -> (f64, Vec<String>) {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()
@@ -188,7 +208,7 @@ async fn ingest(base: &str, pipeline: &str, n: usize, clients: usize) -> (f64, V
     (started.elapsed().as_secs_f64(), ids)
 }
 
-async fn counts(http: &reqwest::Client, base: &str, pipeline: &str) -> (u64, u64) {
+pub(crate) async fn counts(http: &reqwest::Client, base: &str, pipeline: &str) -> (u64, u64) {
     let v: Value = get_json(http, format!("{base}/api/pipelines")).await;
     let p = v["pipelines"]
         .as_array()
@@ -204,12 +224,12 @@ async fn counts(http: &reqwest::Client, base: &str, pipeline: &str) -> (u64, u64
 }
 
 /// GET a JSON document.
-async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
+pub(crate) async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// Polls a run's URL until it is finalised.
-async fn wait_finished(http: &reqwest::Client, run_url: &str, every: Duration) {
+pub(crate) async fn wait_finished(http: &reqwest::Client, run_url: &str, every: Duration) {
     loop {
         let run: Value = get_json(http, run_url).await;
         if run["finishedAt"].is_string() {
@@ -461,7 +481,7 @@ fn main() {
                 .unwrap_or(1)
         );
         // BENCH_ONLY=a,c runs a subset.
-        let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcde".into());
+        let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcdefg".into());
         let pg = database_url();
         if pg.is_none() && (only.contains('a') || only.contains('e')) {
             println!("(PostgreSQL figures skipped: set BENCH_DATABASE_URL or TEST_DATABASE_URL)\n");
@@ -483,6 +503,17 @@ fn main() {
         }
         if let (true, Some(url)) = (only.contains('e'), &pg) {
             store::bench_store(url, rounds, env_usize("BENCH_STORE_SECS", 8) as u64).await;
+        }
+        if only.contains('f') {
+            watch::bench_watchers(
+                env_usize("BENCH_WATCH_RUNS", 2000),
+                env_usize("BENCH_WATCHERS", 1000),
+                rounds,
+            )
+            .await;
+        }
+        if only.contains('g') {
+            watch::bench_log_viewers(env_usize("BENCH_VIEWERS", 100), rounds).await;
         }
     });
 }

@@ -135,6 +135,8 @@ pub struct Metrics {
     pub webhooks_delivered: AtomicU64,
     /// Failed webhook attempts.
     pub webhook_failures: AtomicU64,
+    /// Times a log stream woke to read the store (its own job changed, or a poll).
+    pub log_stream_wakeups: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -147,6 +149,7 @@ impl Default for Metrics {
             orphans_recovered: AtomicU64::new(0),
             webhooks_delivered: AtomicU64::new(0),
             webhook_failures: AtomicU64::new(0),
+            log_stream_wakeups: AtomicU64::new(0),
         }
     }
 }
@@ -282,6 +285,11 @@ impl Metrics {
                 "runyard_webhook_failed_attempts_total",
                 "Failed completion webhook attempts made by this node.",
                 &self.webhook_failures,
+            ),
+            (
+                "runyard_log_stream_wakeups_total",
+                "Times a log stream on this node woke to read the store (its job changed, or a poll).",
+                &self.log_stream_wakeups,
             ),
         ] {
             let n = counter.load(Ordering::Relaxed);

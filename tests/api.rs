@@ -279,11 +279,21 @@ async fn idempotency_keys_follow_one_rule_in_the_body_and_the_header() {
         .unwrap();
     assert_eq!(resp.status(), 202);
     let replay: Value = resp.json().await.unwrap();
-    assert_eq!(replay["runId"], body["runId"], "the header names the same key");
+    assert_eq!(
+        replay["runId"], body["runId"],
+        "the header names the same key"
+    );
     // Too long, empty, a control character (NUL cannot even be stored as PostgreSQL
     // text), or anything a header cannot carry: 400 with the one rule, never 503.
     let too_long = "x".repeat(201);
-    for key in ["", too_long.as_str(), "a\u{0}b", "tab\there", "é", "caf\u{e9}"] {
+    for key in [
+        "",
+        too_long.as_str(),
+        "a\u{0}b",
+        "tab\there",
+        "é",
+        "caf\u{e9}",
+    ] {
         let (status, body) = s.trigger("echo", json!({ "idempotencyKey": key })).await;
         assert_eq!(
             (status, body["error"].as_str()),

@@ -45,8 +45,7 @@ use crate::webhook::Webhooks;
 
 /// What an idempotency key may be, in the body (`idempotencyKey`) and in the
 /// `Idempotency-Key` header alike.
-pub const IDEMPOTENCY_KEY_RULE: &str =
-    "idempotencyKey must be 1 to 200 visible ASCII characters or spaces (the Idempotency-Key header's rule)";
+pub const IDEMPOTENCY_KEY_RULE: &str = "idempotencyKey must be 1 to 200 visible ASCII characters or spaces (the Idempotency-Key header's rule)";
 
 /// Whether `key` follows [`IDEMPOTENCY_KEY_RULE`]: 1 to 200 characters from space to `~`.
 pub fn valid_idempotency_key(key: &str) -> bool {

@@ -21,6 +21,7 @@
 pub mod claim_plan;
 pub mod completion;
 mod error;
+pub mod job_wakes;
 pub mod payload;
 pub mod postgres;
 pub mod sqlite;
@@ -28,6 +29,7 @@ pub mod summary;
 pub mod transition;
 
 pub use error::{ErrorSource, StoreError, StoreResult};
+pub use job_wakes::{JobSubscription, JobWake};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -59,6 +61,11 @@ pub struct ChangeFeed {
     /// Highest event id known to be readable: committed by this process's writer
     /// (SQLite), or seen below the horizon by the change poll (PostgreSQL).
     last_event: Arc<std::sync::atomic::AtomicI64>,
+    /// Followers of single jobs' output and status ([`job_wakes`]).
+    jobs: job_wakes::JobWakes,
+    /// How often a follower of a job must look by itself, in ms (0: never needed),
+    /// because this feed cannot see other nodes' output.
+    output_poll_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Default for ChangeFeed {
@@ -66,6 +73,8 @@ impl Default for ChangeFeed {
         ChangeFeed {
             senders: Arc::new(std::array::from_fn(|_| watch::channel(0).0)),
             last_event: Arc::default(),
+            jobs: job_wakes::JobWakes::default(),
+            output_poll_ms: Arc::default(),
         }
     }
 }
@@ -95,6 +104,52 @@ impl ChangeFeed {
     pub fn subscribe(&self, kind: u8) -> watch::Receiver<u64> {
         let bit = kind.trailing_zeros() as usize;
         self.senders[bit.min(3)].subscribe()
+    }
+
+    /// New output of `jobs` is committed: wakes their followers only. (A bump of
+    /// `change::OUTPUT` without job ids still wakes every follower.)
+    pub fn bump_output<'a>(&self, jobs: impl IntoIterator<Item = &'a str>) {
+        self.jobs.bump_output(jobs);
+    }
+
+    /// The status of `jobs` changed (committed): wakes their followers only.
+    pub fn bump_job_state<'a>(&self, jobs: impl IntoIterator<Item = &'a str>) {
+        self.jobs.bump_state(jobs);
+    }
+
+    /// The status of any job of `run_id` may have changed (an abort): wakes their followers.
+    pub fn bump_run_state(&self, run_id: &str) {
+        self.jobs.bump_run_state(run_id);
+    }
+
+    /// Follows one job's output and status (see [`job_wakes`]).
+    pub fn subscribe_output(&self, job_id: &str) -> JobSubscription {
+        self.jobs.subscribe(job_id, self.subscribe(change::OUTPUT))
+    }
+
+    /// Jobs somebody follows on this process.
+    pub fn followed_jobs(&self) -> usize {
+        self.jobs.followed()
+    }
+
+    /// Says that this feed cannot see output committed by other nodes, so a follower must
+    /// look by itself every `every` (PostgreSQL without a bus); `None` undoes it (a bus
+    /// that carries output wake-ups).
+    pub fn set_output_poll(&self, every: Option<std::time::Duration>) {
+        let ms = every.map_or(0, |d| d.as_millis().max(1) as u64);
+        self.output_poll_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How often a follower must look by itself, if at all.
+    pub fn output_poll(&self) -> Option<std::time::Duration> {
+        match self
+            .output_poll_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        }
     }
 }
 
