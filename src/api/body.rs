@@ -5,8 +5,8 @@
 //! without its last chunk, or shorter than its `Content-Length`) used to keep it
 //! waiting until the 30 s handler deadline, which answers 503 — a server error
 //! caused by a client. This layer reads every body before the handler runs,
-//! within [`body_timeout`] of the request head (the client's idle timeout, at
-//! most [`MAX_BODY_WAIT`]): late is `408` JSON with `Connection: close`, too
+//! within [`body_timeout`] of the request head (¾ of the client's idle timeout,
+//! at most [`MAX_BODY_WAIT`]): late is `408` JSON with `Connection: close`, too
 //! large is 413, a connection that breaks mid-body is 400. Bodies are capped at
 //! [`super::MAX_BODY_BYTES`] and every route reads its body whole anyway, so
 //! buffering here costs nothing extra. The 503 remains only for a store that is
@@ -28,10 +28,11 @@ use super::error::ApiError;
 /// The longest a body may take to arrive, whatever `client_idle_timeout` says.
 pub const MAX_BODY_WAIT: Duration = Duration::from_secs(10);
 
-/// How long a request's body may take after its head: the idle timeout, at most
-/// [`MAX_BODY_WAIT`] (well inside the handler deadline).
+/// How long a request's body may take after its head: three quarters of the idle
+/// timeout (so a stalled body hears 408 before its silent connection is closed), at
+/// most [`MAX_BODY_WAIT`] (well inside the handler deadline).
 pub fn body_timeout(client_idle_timeout: Duration) -> Duration {
-    client_idle_timeout.min(MAX_BODY_WAIT)
+    (client_idle_timeout * 3 / 4).min(MAX_BODY_WAIT)
 }
 
 /// Middleware: reads the body within the deadline (see the module docs).
