@@ -505,7 +505,8 @@ pub(super) async fn log_stream(
                     Ok(l) => l,
                     Err(e) => { tracing::warn!("log stream read failed: {e}"); return; }
                 };
-                let full = lines.len() == REPLAY_PAGE;
+                // A page ends at a chunk boundary: fewer lines than asked means no more.
+                let full = lines.len() >= REPLAY_PAGE;
                 if !lines.is_empty() {
                     let mut buf = Vec::with_capacity(lines.iter().map(|l| l.line.len() + 96).sum());
                     for line in &lines {
@@ -654,4 +655,50 @@ pub(super) async fn log_text(
         ],
         axum::body::Body::from_stream(body),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: i64, data: &str) -> StoredEvent {
+        StoredEvent {
+            id,
+            name: "job:created".into(),
+            data: data.into(),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_written_once_and_sliced_after_any_cursor_inside_it() {
+        let events = [ev(3, "{\"a\":1}"), ev(7, "{\"b\":2}"), ev(9, "{\"c\":3}")];
+        let b = batch_of(2, &events).unwrap();
+        let text = |bytes: Bytes| String::from_utf8(bytes.to_vec()).unwrap();
+        let whole = "id: 3\nevent: job:created\ndata: {\"a\":1}\n\n\
+                     id: 7\nevent: job:created\ndata: {\"b\":2}\n\n\
+                     id: 9\nevent: job:created\ndata: {\"c\":3}\n\n";
+        assert_eq!(text(b.after(2).unwrap()), whole);
+        assert_eq!(
+            text(b.after(7).unwrap()),
+            "id: 9\nevent: job:created\ndata: {\"c\":3}\n\n"
+        );
+        assert_eq!(text(b.after(9).unwrap()), "");
+        // A cursor that is neither the id before nor one inside: a gap, replay.
+        assert!(b.after(1).is_none());
+        assert!(b.after(5).is_none());
+        assert_eq!(b.last(), 9);
+        // Ids at or below the cursor are not in a batch.
+        assert_eq!(batch_of(7, &events).unwrap().ids, vec![9]);
+        assert!(batch_of(9, &events).is_none());
+    }
+
+    #[test]
+    fn data_with_line_breaks_becomes_several_data_lines() {
+        let mut buf = Vec::new();
+        write_event(&mut buf, None, "end", "a\nb\r\nc\rd");
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "event: end\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
+    }
 }
