@@ -463,6 +463,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // The niced SSE clients of (f), started by the bench itself.
+    if let Ok(spec) = std::env::var("RUNYARD_BENCH_READERS") {
+        rt.block_on(watch::reader_process(&spec));
+        return;
+    }
     // A worker process of (e), started by the bench itself.
     if let Ok(spec) = std::env::var("RUNYARD_BENCH_WORKER") {
         let parts: Vec<&str> = spec.split('|').collect();

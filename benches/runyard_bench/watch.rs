@@ -10,7 +10,10 @@
 //!   server's CPU over the same window, as a share of one core.
 //!
 //! Server CPU is `utime + stime` of the server process from `/proc` (its jobs'
-//! CPU is not in it).
+//! CPU is not in it). The clients run on the same cores as the server; a third
+//! configuration runs them in a child process at `nice 19`, a stand-in for
+//! clients on other machines (the dashboards of a real deployment), so what is
+//! left is the server's own cost of watching.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,28 +85,87 @@ async fn open_readers(base: &str, paths: &[String], read: &Arc<AtomicU64>) -> Jo
     set
 }
 
+/// The body of the niced reader process: `base|count`; opens `count` `/api/events`
+/// readers, prints `ready`, and reads until killed.
+pub async fn reader_process(spec: &str) {
+    let (base, count) = spec.split_once('|').unwrap();
+    let paths = vec!["/api/events".to_string(); count.parse().unwrap()];
+    let read = Arc::new(AtomicU64::new(0));
+    let mut set = open_readers(base, &paths, &read).await;
+    println!("ready");
+    while set.join_next().await.is_some() {}
+}
+
+/// Clients of one round: in this process, or in a niced child process.
+enum Readers {
+    Here(JoinSet<()>, Arc<AtomicU64>),
+    Niced(std::process::Child),
+}
+
+impl Readers {
+    async fn open(base: &str, n: usize, niced: bool) -> Readers {
+        if niced {
+            let child = std::process::Command::new("nice")
+                .args(["-n", "19"])
+                .arg(std::env::current_exe().unwrap())
+                .env("RUNYARD_BENCH_READERS", format!("{base}|{n}"))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            Readers::Niced(child)
+        } else {
+            let read = Arc::new(AtomicU64::new(0));
+            let paths = vec!["/api/events".to_string(); n];
+            let set = open_readers(base, &paths, &read).await;
+            Readers::Here(set, read)
+        }
+    }
+
+    /// Bytes read so far (only known for clients in this process).
+    fn bytes(&self) -> Option<u64> {
+        match self {
+            Readers::Here(_, read) => Some(read.load(Ordering::Relaxed)),
+            Readers::Niced(_) => None,
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Readers::Here(mut set, _) => {
+                set.abort_all();
+                while set.join_next().await.is_some() {}
+            }
+            Readers::Niced(mut child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
 pub async fn bench_watchers(runs: usize, watchers: usize, rounds: usize) {
     println!(
         "(f) watchers: {runs} /bin/true runs (max_workers = 2) with 0 and with {watchers} idle /api/events clients"
     );
-    let mut rate = [Vec::new(), Vec::new()];
-    let mut cpu = [Vec::new(), Vec::new()];
+    let mut rate = [Vec::new(), Vec::new(), Vec::new()];
+    let mut cpu = [Vec::new(), Vec::new(), Vec::new()];
     let mut per_conn = Vec::new();
     let mut after_runs = Vec::new();
     let mut after_close = Vec::new();
     for round in 1..=rounds {
-        for (k, clients) in [0, watchers].into_iter().enumerate() {
+        for (k, (clients, niced)) in [(0, false), (watchers, false), (watchers, true)]
+            .into_iter()
+            .enumerate()
+        {
             let server = Server::start(
                 "max_workers = 2",
                 "[pipelines.noop]\ncommand = [\"/bin/true\"]\n",
             )
             .await;
             let http = reqwest::Client::new();
-            let paths = vec!["/api/events".to_string(); clients];
             tokio::time::sleep(Duration::from_millis(300)).await;
             let rss0 = server.rss_kib();
-            let read = Arc::new(AtomicU64::new(0));
-            let readers = open_readers(&server.base, &paths, &read).await;
+            let readers = Readers::open(&server.base, clients, niced).await;
             wait_clients(&http, &server.base, clients as u64).await;
             let rss1 = server.rss_kib();
             let cpu0 = cpu_secs(server.pid());
@@ -123,21 +185,24 @@ pub async fn bench_watchers(runs: usize, watchers: usize, rounds: usize) {
             let used = cpu_secs(server.pid()) - cpu0;
             let own = cpu_secs(std::process::id()) - own0;
             let rss2 = server.rss_kib();
-            let mut readers = readers;
-            readers.abort_all();
-            while readers.join_next().await.is_some() {}
+            let streamed = readers.bytes();
+            readers.close().await;
             wait_clients(&http, &server.base, 0).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
             let rss3 = server.rss_kib();
             let r = runs as f64 / secs;
             if clients > 0 {
                 let pc = (rss1 as f64 - rss0 as f64) / clients as f64;
+                let who = if niced { "niced clients" } else { "clients" };
+                let clients_cpu = match streamed {
+                    Some(b) => format!("the bench's clients {own:.2} s, {:.1} MiB streamed", b as f64 / (1 << 20) as f64),
+                    None => "clients in a niced process".into(),
+                };
                 per_conn.push(pc);
                 after_runs.push((rss2 as f64 - rss0 as f64) / 1024.0);
                 after_close.push((rss3 as f64 - rss0 as f64) / 1024.0);
                 println!(
-                    "    round {round}, {clients} clients: {r:>5.0} runs/s ({secs:.2} s), server CPU {used:.2} s (the bench's clients {own:.2} s), {:.1} MiB streamed; RSS {:.1} MiB → {:.1} with clients ({pc:.1} KiB each) → {:.1} after the runs → {:.1} after they closed",
-                    read.load(Ordering::Relaxed) as f64 / (1 << 20) as f64,
+                    "    round {round}, {clients} {who}: {r:>5.0} runs/s ({secs:.2} s), server CPU {used:.2} s ({clients_cpu}); RSS {:.1} MiB → {:.1} with clients ({pc:.1} KiB each) → {:.1} after the runs → {:.1} after they closed",
                     rss0 as f64 / 1024.0,
                     rss1 as f64 / 1024.0,
                     rss2 as f64 / 1024.0,
@@ -152,12 +217,18 @@ pub async fn bench_watchers(runs: usize, watchers: usize, rounds: usize) {
             cpu[k].push(used);
         }
     }
-    let (none, with) = (median(rate[0].clone()), median(rate[1].clone()));
+    let (none, with, niced) = (
+        median(rate[0].clone()),
+        median(rate[1].clone()),
+        median(rate[2].clone()),
+    );
     println!(
-        "    median: {none:.0} runs/s without clients, {with:.0} with {watchers} = {:.0}% (target ≥ 90%); server CPU {:.2} s vs {:.2} s",
+        "    median: {none:.0} runs/s without clients; with {watchers} clients on the same cores {with:.0} = {:.0}%, niced {niced:.0} = {:.0}% (target ≥ 90%); server CPU {:.2} s vs {:.2} s vs {:.2} s",
         100.0 * with / none,
+        100.0 * niced / none,
         median(cpu[0].clone()),
         median(cpu[1].clone()),
+        median(cpu[2].clone()),
     );
     println!(
         "    RSS: {:.1} KiB per SSE connection; growth {:.1} MiB after the runs with {watchers} clients (target ≤ 50 MiB), {:.1} MiB once they closed\n",
