@@ -195,7 +195,10 @@ pub async fn bench_watchers(runs: usize, watchers: usize, rounds: usize) {
                 let pc = (rss1 as f64 - rss0 as f64) / clients as f64;
                 let who = if niced { "niced clients" } else { "clients" };
                 let clients_cpu = match streamed {
-                    Some(b) => format!("the bench's clients {own:.2} s, {:.1} MiB streamed", b as f64 / (1 << 20) as f64),
+                    Some(b) => format!(
+                        "the bench's clients {own:.2} s, {:.1} MiB streamed",
+                        b as f64 / (1 << 20) as f64
+                    ),
                     None => "clients in a niced process".into(),
                 };
                 per_conn.push(pc);

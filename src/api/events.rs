@@ -201,7 +201,7 @@ fn write_event(buf: &mut Vec<u8>, id: Option<&str>, event: &str, data: &str) {
     loop {
         let cut = rest.find(['\n', '\r']);
         buf.extend_from_slice(b"data: ");
-        buf.extend_from_slice(rest[..cut.unwrap_or(rest.len())].as_bytes());
+        buf.extend_from_slice(&rest.as_bytes()[..cut.unwrap_or(rest.len())]);
         buf.push(b'\n');
         match cut {
             None => break,

@@ -1108,8 +1108,8 @@ impl Store for SqliteStore {
                 .prepare_cached("UPDATE jobs SET abort_requested = 1 WHERE run_id = ?1 AND status = 'running' AND kind = 'shard'")?
                 .execute(params![run_id])?;
             for (job_id, pipeline, shard_index) in &queued {
-                emit(conn, payload::queued_job_aborted(&run_id, job_id, pipeline, *shard_index), now)?;
-                land_terminal(conn, &run_id, now)?;
+                emit(conn, payload::queued_job_aborted(run_id, job_id, pipeline, *shard_index), now)?;
+                land_terminal(conn, run_id, now)?;
             }
             let aborted_jobs = (queued.len() + flagged) as u32;
             Ok((AbortOutcome::Aborted { aborted_jobs }, change::ABORT | change::EVENTS | change::WORK))
