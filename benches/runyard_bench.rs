@@ -14,7 +14,8 @@
 //! (f) watchers ([`watch`]): end-to-end throughput of `/bin/true` runs with 1,000
 //!     idle `/api/events` clients next to none, the server's RSS per SSE
 //!     connection and after they close;
-//! (g) the server CPU that 100 viewers of 100 busy jobs' log streams cost ([`watch`]).
+//! (g) the server CPU that 100 viewers of 100 busy jobs' log streams cost ([`watch`]),
+//!     also on PostgreSQL with a database URL.
 //!
 //! With `BENCH_DATABASE_URL` (or `TEST_DATABASE_URL`) set, (a) also runs on PostgreSQL
 //! (a fresh schema per round) next to SQLite, and (e) runs; without it they are skipped
@@ -103,7 +104,7 @@ impl Server {
         Self::start_on(None, server_extra, pipelines).await
     }
 
-    async fn start_on(pg: Option<&str>, server_extra: &str, pipelines: &str) -> Server {
+    pub(crate) async fn start_on(pg: Option<&str>, server_extra: &str, pipelines: &str) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("runyard.toml");
         std::fs::write(
@@ -488,7 +489,7 @@ fn main() {
         // BENCH_ONLY=a,c runs a subset.
         let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcdefg".into());
         let pg = database_url();
-        if pg.is_none() && (only.contains('a') || only.contains('e')) {
+        if pg.is_none() && (only.contains('a') || only.contains('e') || only.contains('g')) {
             println!("(PostgreSQL figures skipped: set BENCH_DATABASE_URL or TEST_DATABASE_URL)\n");
         }
         if only.contains('a') {
@@ -518,7 +519,10 @@ fn main() {
             .await;
         }
         if only.contains('g') {
-            watch::bench_log_viewers(env_usize("BENCH_VIEWERS", 100), rounds).await;
+            watch::bench_log_viewers(None, env_usize("BENCH_VIEWERS", 100), rounds).await;
+            if let Some(url) = &pg {
+                watch::bench_log_viewers(Some(url), env_usize("BENCH_VIEWERS", 100), rounds).await;
+            }
         }
     });
 }

@@ -241,13 +241,15 @@ pub async fn bench_watchers(runs: usize, watchers: usize, rounds: usize) {
     );
 }
 
-pub async fn bench_log_viewers(viewers: usize, rounds: usize) {
+pub async fn bench_log_viewers(pg: Option<&str>, viewers: usize, rounds: usize) {
+    let store = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
     println!(
-        "(g) log viewers: {viewers} busy jobs (a line every 20 ms, flushed every 100 ms), server CPU without and with one log-stream viewer per job"
+        "(g) log viewers on {store}: {viewers} busy jobs (a line every 20 ms, flushed every 100 ms), server CPU without and with one log-stream viewer per job"
     );
     let mut costs = Vec::new();
     for round in 1..=rounds {
-        let server = Server::start(
+        let server = Server::start_on(
+            pg,
             &format!("max_workers = {viewers}\noutput_flush_interval_ms = 100"),
             "[pipelines.busy]\ncommand = [\"perl\", \"-e\", \"$|=1; print(qq(line $_ of busy output\\n)), select(undef, undef, undef, 0.02) for 1..1000000\"]\n",
         )
