@@ -13,7 +13,7 @@
 //! - **A request head must arrive whole within `client_idle_timeout`**
 //!   (hyper's `header_read_timeout`, which needs a timer `axum::serve` does not
 //!   give it): a client that drips a byte now and then cannot hold a slot.
-//!   Bodies have their own deadline ([`super::body`]).
+//!   Bodies have their own deadline (`api::body`).
 //! - **Every connection is tracked**, so the drain after shutdown waits for
 //!   them (SSE streams end when the server's shutdown token is cancelled).
 //!

@@ -8,7 +8,7 @@
 //! dashboard session) and a per-request deadline ([`REQUEST_TIMEOUT`] for
 //! producing the response; streams then run on their own); bodies are capped
 //! at [`MAX_BODY_BYTES`] (413, read no further) and must arrive in time (408,
-//! [`body`]); connections whose client stops reading or sending are dropped
+//! `body`); connections whose client stops reading or sending are dropped
 //! ([`conn`]); the server loop caps connections and keeps `/healthz` answerable
 //! past the cap ([`listen`]).
 
