@@ -541,6 +541,8 @@ pub(super) async fn log_stream(
                     _ = tokio::time::sleep(LOG_PACE - since) => {}
                 }
             }
+            // One deadline for the whole wait (keep-alive ticks must not push it on).
+            let poll_at = tokio::time::Instant::now() + poll;
             look_at_status = loop {
                 let woke = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -552,7 +554,7 @@ pub(super) async fn log_stream(
                     },
                     // Output written by another replica reaches no feed without a bus:
                     // the store says how often to look (a long safety net otherwise).
-                    _ = tokio::time::sleep(poll) => Some(true),
+                    _ = tokio::time::sleep_until(poll_at) => Some(true),
                 };
                 match woke {
                     Some(status_too) => break status_too,
