@@ -17,6 +17,11 @@
 //! (g) throughput with 1 and with 3 replicas on PostgreSQL (`/bin/true`, and
 //!     slot-bound `sleep 0.02`), and orphan recovery over host kills at default
 //!     timings ([`hosts`]; the kills need root for `unshare`).
+//! (h) watchers ([`watch`]): end-to-end throughput of `/bin/true` runs with 1,000
+//!     idle `/api/events` clients next to none, the server's RSS per SSE
+//!     connection and after they close;
+//! (i) the server CPU that 100 viewers of 100 busy jobs' log streams cost ([`watch`]),
+//!     also on PostgreSQL with a database URL.
 //!
 //! With `BENCH_DATABASE_URL` (or `TEST_DATABASE_URL`) set, (a) also runs on PostgreSQL
 //! (a fresh schema per round) next to SQLite, and (e) runs; (f) also needs
@@ -25,8 +30,10 @@
 //! Environment: `BENCH_RUNS` (default 5000), `BENCH_INGEST` (20000),
 //! `BENCH_QUEUED` (100000), `BENCH_ROUNDS` (3), `BENCH_LATENCY_SAMPLES` (200),
 //! `BENCH_STORE_SECS` (8), `BENCH_ABORTS` (30), `BENCH_WAKE_SAMPLES` (100),
-//! `BENCH_SCALE_RUNS` (2000), `BENCH_HOST_KILLS` (5), `BENCH_ONLY` (a subset of
-//! the letters `abcdefg`).
+//! `BENCH_SCALE_RUNS` (2000), `BENCH_HOST_KILLS` (5), `BENCH_WATCH_RUNS` (2000),
+//! `BENCH_WATCHERS` (1000), `BENCH_VIEWERS` (100), `BENCH_ONLY` (a subset of the
+//! letters `abcdefghi`), `BENCH_BIN` (the server binary to measure; default: this
+//! build's, so a landed binary can be measured with the same bench).
 
 #[path = "runyard_bench/hosts.rs"]
 mod hosts;
@@ -34,6 +41,8 @@ mod hosts;
 mod replicas;
 #[path = "runyard_bench/store.rs"]
 mod store;
+#[path = "runyard_bench/watch.rs"]
+mod watch;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -48,7 +57,7 @@ fn env_usize(key: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
@@ -57,9 +66,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     _dir: tempfile::TempDir,
 }
 
@@ -102,11 +111,11 @@ fn store_table(pg: Option<&str>) -> String {
 }
 
 impl Server {
-    async fn start(server_extra: &str, pipelines: &str) -> Server {
+    pub(crate) async fn start(server_extra: &str, pipelines: &str) -> Server {
         Self::start_on(None, server_extra, pipelines).await
     }
 
-    async fn start_on(pg: Option<&str>, server_extra: &str, pipelines: &str) -> Server {
+    pub(crate) async fn start_on(pg: Option<&str>, server_extra: &str, pipelines: &str) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("runyard.toml");
         std::fs::write(
@@ -123,7 +132,9 @@ impl Server {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_runyard"))
+        let bin =
+            std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_runyard").into());
+        let child = Command::new(bin)
             .args([
                 "serve",
                 "-c",
@@ -153,7 +164,11 @@ impl Server {
         }
     }
 
-    fn rss_kib(&self) -> u64 {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         status
             .lines()
@@ -165,7 +180,12 @@ impl Server {
 }
 
 /// Triggers `n` runs of `pipeline` from `clients` concurrent clients; returns (seconds, run ids).
-async fn ingest(base: &str, pipeline: &str, n: usize, clients: usize) -> (f64, Vec<String>) {
+pub(crate) async fn ingest(
+    base: &str,
+    pipeline: &str,
+    n: usize,
+    clients: usize,
+) -> (f64, Vec<String>) {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()
@@ -200,7 +220,7 @@ async fn ingest(base: &str, pipeline: &str, n: usize, clients: usize) -> (f64, V
     (started.elapsed().as_secs_f64(), ids)
 }
 
-async fn counts(http: &reqwest::Client, base: &str, pipeline: &str) -> (u64, u64) {
+pub(crate) async fn counts(http: &reqwest::Client, base: &str, pipeline: &str) -> (u64, u64) {
     let v: Value = get_json(http, format!("{base}/api/pipelines")).await;
     let p = v["pipelines"]
         .as_array()
@@ -216,12 +236,12 @@ async fn counts(http: &reqwest::Client, base: &str, pipeline: &str) -> (u64, u64
 }
 
 /// GET a JSON document.
-async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
+pub(crate) async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// Polls a run's URL until it is finalised.
-async fn wait_finished(http: &reqwest::Client, run_url: &str, every: Duration) {
+pub(crate) async fn wait_finished(http: &reqwest::Client, run_url: &str, every: Duration) {
     loop {
         let run: Value = get_json(http, run_url).await;
         if run["finishedAt"].is_string() {
@@ -455,6 +475,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // The niced SSE clients of (f), started by the bench itself.
+    if let Ok(spec) = std::env::var("RUNYARD_BENCH_READERS") {
+        rt.block_on(watch::reader_process(&spec));
+        return;
+    }
     // A worker process of (e), started by the bench itself.
     if let Ok(spec) = std::env::var("RUNYARD_BENCH_WORKER") {
         let parts: Vec<&str> = spec.split('|').collect();
@@ -473,9 +498,9 @@ fn main() {
                 .unwrap_or(1)
         );
         // BENCH_ONLY=a,c runs a subset.
-        let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcdefg".into());
+        let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcdefghi".into());
         let pg = database_url();
-        if pg.is_none() && (only.contains('a') || only.contains('e')) {
+        if pg.is_none() && (only.contains('a') || only.contains('e') || only.contains('g')) {
             println!("(PostgreSQL figures skipped: set BENCH_DATABASE_URL or TEST_DATABASE_URL)\n");
         }
         if only.contains('a') {
@@ -523,6 +548,20 @@ fn main() {
                 env_usize("BENCH_HOST_KILLS", 5),
             )
             .await;
+        }
+        if only.contains('h') {
+            watch::bench_watchers(
+                env_usize("BENCH_WATCH_RUNS", 2000),
+                env_usize("BENCH_WATCHERS", 1000),
+                rounds,
+            )
+            .await;
+        }
+        if only.contains('i') {
+            watch::bench_log_viewers(None, env_usize("BENCH_VIEWERS", 100), rounds).await;
+            if let Some(url) = &pg {
+                watch::bench_log_viewers(Some(url), env_usize("BENCH_VIEWERS", 100), rounds).await;
+            }
         }
     });
 }

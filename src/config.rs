@@ -280,6 +280,9 @@ pub struct ServerSettings {
     /// requests, idle keep-alives). Keep it above 15 s: quiet streams send a keep-alive
     /// that often.
     pub client_idle_timeout: Duration,
+    /// Most client connections open at once; past it new clients get `/healthz` and a
+    /// quick 503 on a few spare connections, or are closed at once (`api::listen`).
+    pub max_connections: usize,
     /// Resource admission: no job starts while the 1-minute load average is above this.
     pub admit_max_load: Option<f64>,
     /// Resource admission: no job starts while available memory is below this (bytes).
@@ -612,6 +615,7 @@ struct RawServer {
     admit_min_free_memory: Option<toml::Value>,
     client_write_timeout: Option<String>,
     client_idle_timeout: Option<String>,
+    max_connections: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -1234,6 +1238,17 @@ impl Loader<'_> {
                     ));
                 }
                 d => d,
+            },
+            max_connections: match rs.max_connections {
+                None => 4096,
+                Some(n) if (16..=1_000_000).contains(&n) => n as usize,
+                Some(_) => {
+                    return Err(self.invalid(
+                        t,
+                        Some("max_connections"),
+                        "must be between 16 and 1000000",
+                    ));
+                }
             },
             admit_max_load: match rs.admit_max_load {
                 Some(l) if !(l > 0.0 && l.is_finite()) => {

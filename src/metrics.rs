@@ -141,6 +141,8 @@ pub struct Metrics {
     pub webhooks_delivered: AtomicU64,
     /// Failed webhook attempts.
     pub webhook_failures: AtomicU64,
+    /// Times a log stream woke to read the store (its own job changed, or a poll).
+    pub log_stream_wakeups: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -156,6 +158,7 @@ impl Default for Metrics {
             bus_aborts_handled: AtomicU64::new(0),
             webhooks_delivered: AtomicU64::new(0),
             webhook_failures: AtomicU64::new(0),
+            log_stream_wakeups: AtomicU64::new(0),
         }
     }
 }
@@ -308,6 +311,11 @@ impl Metrics {
                 "runyard_webhook_failed_attempts_total",
                 "Failed completion webhook attempts made by this node.",
                 &self.webhook_failures,
+            ),
+            (
+                "runyard_log_stream_wakeups_total",
+                "Times a log stream on this node woke to read the store (its job changed, or a poll).",
+                &self.log_stream_wakeups,
             ),
         ] {
             let n = counter.load(Ordering::Relaxed);

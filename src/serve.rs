@@ -13,7 +13,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::conn::GuardedListener;
+use crate::api::listen::{self, Limits};
 use crate::api::{self, AppState, Auth, EventTailer};
 use crate::bus::{Bus, LocalBus, RedisBus};
 use crate::config::{Settings, StoreUrl};
@@ -171,12 +171,12 @@ pub async fn run(
 
     let stop = http_stop.clone();
     let drain = scheduler.clone();
-    let listener = GuardedListener::new(
-        listener,
-        settings.server.client_write_timeout,
-        settings.server.client_idle_timeout,
-    );
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let limits = Limits {
+        max_connections: settings.server.max_connections,
+        write_stall: settings.server.client_write_timeout,
+        idle: settings.server.client_idle_timeout,
+    };
+    let server = listen::serve(listener, app, limits, async move {
         shutdown.await;
         tracing::info!("shutting down: draining jobs");
         drain.shutdown().await;

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const PIPELINES: &str = r#"
 [pipelines.echo]
@@ -261,21 +261,39 @@ async fn pipelines_and_workers_are_listed() {
 }
 
 #[tokio::test]
-async fn idempotency_key_length_counts_characters_not_bytes() {
+async fn idempotency_keys_follow_one_rule_in_the_body_and_the_header() {
     let s = TestServer::start("", PIPELINES).await;
-    // 200 two-byte characters: within the documented 1..=200 characters.
-    let (status, body) = s
-        .trigger("echo", json!({"idempotencyKey": "é".repeat(200)}))
-        .await;
+    let rule = "idempotencyKey must be 1 to 200 visible ASCII characters or spaces (the Idempotency-Key header's rule)";
+    // 200 visible ASCII characters, spaces included: within the rule, in both places.
+    let key = format!("deploy 42 ~{}", "x".repeat(189));
+    assert_eq!(key.len(), 200);
+    let (status, body) = s.trigger("echo", json!({ "idempotencyKey": key })).await;
     assert_eq!(status, 202, "{body}");
-    let (status, body) = s
-        .trigger("echo", json!({"idempotencyKey": "é".repeat(201)}))
-        .await;
-    assert_eq!(status, 400, "{body}");
-    let rule = "idempotencyKey must be 1 to 200 characters, none of them control characters";
-    assert_eq!(body["error"], rule);
-    // A NUL (which PostgreSQL text cannot hold) or another control character: 400, not 503.
-    for key in ["a\u{0}b", "tab\there"] {
+    let resp = s
+        .http
+        .post(format!("{}/api/pipelines/echo/trigger", s.base))
+        .header("Idempotency-Key", &key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let replay: Value = resp.json().await.unwrap();
+    assert_eq!(
+        replay["runId"], body["runId"],
+        "the header names the same key"
+    );
+    // Too long, empty, a control character (NUL cannot even be stored as PostgreSQL
+    // text), or anything a header cannot carry: 400 with the one rule, never 503.
+    let too_long = "x".repeat(201);
+    for key in [
+        "",
+        too_long.as_str(),
+        "a\u{0}b",
+        "tab\there",
+        "é",
+        "caf\u{e9}",
+    ] {
         let (status, body) = s.trigger("echo", json!({ "idempotencyKey": key })).await;
         assert_eq!(
             (status, body["error"].as_str()),
@@ -283,6 +301,21 @@ async fn idempotency_key_length_counts_characters_not_bytes() {
             "{key:?}"
         );
     }
+    // The header refuses the same: bytes outside visible ASCII are the same 400.
+    let resp = s
+        .http
+        .post(format!("{}/api/pipelines/echo/trigger", s.base))
+        .header(
+            "Idempotency-Key",
+            reqwest::header::HeaderValue::from_bytes("caf\u{e9}".as_bytes()).unwrap(),
+        )
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], rule);
     s.stop().await;
 }
 

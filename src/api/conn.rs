@@ -1,4 +1,5 @@
-//! Connections that cannot pin the server: a client that stops reading is dropped.
+//! Connections that cannot pin the server: a client that stops reading, or that
+//! stops sending, is dropped.
 //!
 //! Responses (SSE streams above all) are written by hyper into the socket;
 //! when a client stops reading, the socket buffer fills and every write stays
@@ -7,126 +8,85 @@
 //! its stream would live forever. [`GuardedStream`] fails a write that has
 //! made no progress for `write_stall_timeout`, so hyper closes the connection
 //! and the stream's resources (its permit, its subscription) are released.
-//! A connection on which nothing was read or written for `idle` is closed too
-//! (a half-sent request, an idle keep-alive; SSE streams write keep-alives every
-//! 15 s, so they never go idle), and at most [`MAX_CONNECTIONS`] are open at
-//! once: past it, accepting waits, so descriptors stay for jobs' pipes.
 //!
-//! Tests: `access::a_client_that_never_reads_is_dropped_and_jobs_never_wait_on_it`,
-//! `access::a_half_sent_request_is_closed_when_idle`.
+//! A read that stays pending fails once no byte moved either way for `idle`
+//! (`client_idle_timeout`): a half-sent request, an idle keep-alive. SSE
+//! streams write keep-alives every 15 s, so they never go idle.
+//!
+//! **Invariant: only bytes count as activity.** A read that returned data (or
+//! end of file) and a write that accepted at least one byte move the idle clock;
+//! nothing else does. hyper calls `poll_flush` on every turn of its loop, and a
+//! flush of nothing is ready at once; when that counted, the wake-up of the
+//! idle timer itself (which runs the loop) pushed the deadline forward, so a
+//! connection whose timer had to be re-armed once (bytes after the first read
+//! was pending: the first one or two bytes of a request line, before the
+//! protocol is known) was never closed. Test:
+//! `streams::thousands_of_half_sent_requests_and_idle_keep_alives_all_close_within_the_idle_timeout`.
+//!
+//! How many connections may be open, and what happens past that, is
+//! [`super::listen`]'s.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
-/// Most connections open at once.
-pub const MAX_CONNECTIONS: usize = 4096;
-
-/// A TCP listener whose connections time out stalled writes.
-pub struct GuardedListener {
-    inner: TcpListener,
-    stall: Duration,
-    idle: Duration,
-    slots: Arc<Semaphore>,
-}
-
-impl GuardedListener {
-    /// Wraps `inner`: writes pending for longer than `stall` fail, connections without
-    /// traffic for `idle` close, at most [`MAX_CONNECTIONS`] at once.
-    pub fn new(inner: TcpListener, stall: Duration, idle: Duration) -> GuardedListener {
-        GuardedListener {
-            inner,
-            stall,
-            idle,
-            slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
-        }
-    }
-}
-
-impl axum::serve::Listener for GuardedListener {
-    type Io = GuardedStream;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let permit = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the connection semaphore is never closed");
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    return (
-                        GuardedStream {
-                            inner: stream,
-                            stall: self.stall,
-                            stalled: None,
-                            idle: self.idle,
-                            last_activity: Instant::now(),
-                            idle_timer: None,
-                            _slot: permit,
-                        },
-                        addr,
-                    );
-                }
-                // Per-connection errors (reset before accept) are the client's; resource
-                // exhaustion (EMFILE) gets a pause instead of a busy loop.
-                Err(e) if is_connection_error(&e) => {}
-                Err(e) => {
-                    tracing::error!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
-fn is_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
-}
-
-/// A TCP stream whose writes fail after making no progress for the stall limit.
+/// A TCP stream whose stalled writes and idle reads fail.
 pub struct GuardedStream {
     inner: TcpStream,
     stall: Duration,
     /// Armed while a write is pending; cleared when one makes progress.
     stalled: Option<Pin<Box<Sleep>>>,
     idle: Duration,
-    /// Last time a read or a write made progress.
+    /// Last time a read or a write moved bytes.
     last_activity: Instant,
     /// Armed while a read is pending: fires at the latest `last_activity + idle` (re-armed
     /// lazily when it fires early).
     idle_timer: Option<Pin<Box<Sleep>>>,
-    /// This connection's place under [`MAX_CONNECTIONS`].
+    /// This connection's place under the connection cap; returned when it closes.
     _slot: OwnedSemaphorePermit,
 }
 
 impl GuardedStream {
-    /// Maps a pending write to an error once the stall limit has passed.
-    fn guard<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+    /// Wraps an accepted socket: writes pending for longer than `stall` fail, reads fail
+    /// after `idle` without traffic; `slot` is held until the stream is dropped.
+    pub fn new(
+        inner: TcpStream,
+        stall: Duration,
+        idle: Duration,
+        slot: OwnedSemaphorePermit,
+    ) -> GuardedStream {
+        GuardedStream {
+            inner,
+            stall,
+            stalled: None,
+            idle,
+            last_activity: Instant::now(),
+            idle_timer: None,
+            _slot: slot,
+        }
+    }
+
+    /// Maps a pending write to an error once the stall limit has passed; a write that
+    /// moved `moved` bytes (0 for a flush) counts as activity only if it moved some.
+    fn guard<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+        moved: impl Fn(&T) -> bool,
+    ) -> Poll<io::Result<T>> {
         match poll {
             Poll::Ready(r) => {
                 self.stalled = None;
-                self.last_activity = Instant::now();
+                if r.as_ref().is_ok_and(&moved) {
+                    self.last_activity = Instant::now();
+                }
                 Poll::Ready(r)
             }
             Poll::Pending => {
@@ -152,9 +112,13 @@ impl AsyncRead for GuardedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
-                self.last_activity = Instant::now();
+                // Data or end of file (a ready read of zero bytes into a buffer with room).
+                if r.is_ok() && (buf.filled().len() > before || buf.remaining() > 0) {
+                    self.last_activity = Instant::now();
+                }
                 Poll::Ready(r)
             }
             Poll::Pending => {
@@ -189,7 +153,7 @@ impl AsyncWrite for GuardedStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.guard(cx, poll)
+        self.guard(cx, poll, |n| *n > 0)
     }
 
     fn poll_write_vectored(
@@ -198,7 +162,7 @@ impl AsyncWrite for GuardedStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.guard(cx, poll)
+        self.guard(cx, poll, |n| *n > 0)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -207,7 +171,8 @@ impl AsyncWrite for GuardedStream {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        self.guard(cx, poll)
+        // A flush moves no bytes of its own (TCP has no user-space buffer to empty).
+        self.guard(cx, poll, |_| false)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -42,6 +42,8 @@ pub enum ApiError {
     NotFound(String),
     /// 409.
     Conflict(String),
+    /// 408 with `Connection: close`: the client did not send its request in time.
+    TimedOut(String),
     /// 413.
     TooLarge(String),
     /// 503: the store is unavailable.
@@ -62,6 +64,14 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
+            ApiError::TimedOut(m) => {
+                return (
+                    StatusCode::REQUEST_TIMEOUT,
+                    [(axum::http::header::CONNECTION, "close")],
+                    Json(ErrorBody::new(m)),
+                )
+                    .into_response();
+            }
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             ApiError::RetryLater {
                 message,

@@ -6,41 +6,103 @@
 //! replays everything after its `Last-Event-ID` from the store, then forwards
 //! live events. Event ids increase but may have gaps (PostgreSQL ids follow
 //! transaction ids), so continuity is never judged by arithmetic on ids: each
-//! broadcast event carries the id the tailer sent before it, and a client
-//! forwards it only when that is its own cursor; otherwise it replays from the
-//! store. A client that falls behind the channel replays too, and one whose id
-//! was pruned (below the store's `pruned_through`) gets a `resync` event first.
+//! broadcast batch carries the id the tailer sent before it, and a client
+//! forwards it only when its own cursor is that id or one inside the batch;
+//! otherwise it replays from the store. A client that falls behind the
+//! channel replays too, and one whose id was pruned (below the store's
+//! `pruned_through`) gets a `resync` event first.
+//!
+//! **Fan-out costs one serialisation per event, not one per client.** The
+//! tailer turns each store read into one [`Batch`]: the SSE bytes of all its
+//! events, written once, shared by every client (`Bytes` are reference
+//! counted; a client whose cursor is inside a batch sends a slice of it). A
+//! client woken for several batches (it lagged) drains them all and sends them
+//! as one write. The tailer paces itself: after a broadcast it reads again no
+//! sooner than [`PACE_PER_CLIENT`] × clients (2 ms to 250 ms), so under a
+//! stream of commits each client gets at most one write per pace, and the
+//! fan-out's CPU cost stays a bounded fraction of a core whatever the audience
+//! (the first event after a quiet spell goes out at once; later ones wait at
+//! most one pace). Test: `streams::hundreds_of_sse_clients_each_get_every_event_once_in_order`;
+//! figures: the benchmark's (f).
+//!
+//! **A log stream wakes for its own job only** (`ChangeFeed::subscribe_output`):
+//! a flush of its job costs it one store read; its job's status change, a
+//! job-less `OUTPUT` bump (another process) or the store's output poll costs a
+//! status read too. It reads at most every [`LOG_PACE`] (a read takes every
+//! flush since the last), so a viewer of a job that flushes every 100 ms costs
+//! five reads a second, not ten. Test: `streams::a_log_stream_wakes_only_for_its_own_job`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
-use axum::response::IntoResponse;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use serde_json::json;
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio_util::sync::CancellationToken;
 
 use super::runs::JobIdParam;
 use super::{ApiError, AppState, ErrorBody};
 use crate::model::JobStatus;
-use crate::store::{Store, StoredEvent, change};
+use crate::store::{JobWake, Store, StoredEvent, change};
 
 const REPLAY_PAGE: usize = 500;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// How often a log stream re-reads the store when nothing woke it.
-const LOG_POLL: Duration = Duration::from_secs(1);
+/// How often a log stream looks by itself when its store needs no poll (a safety net
+/// only: every change it must see wakes it).
+const LOG_SAFETY_POLL: Duration = Duration::from_secs(30);
+/// A log stream reads the store at most this often (the first change after a quiet
+/// spell is read at once).
+pub const LOG_PACE: Duration = Duration::from_millis(200);
+/// Batches the broadcast channel holds; a client further behind replays from the store.
+const CHANNEL_BATCHES: usize = 256;
+/// The tailer's pause after a broadcast, per listening client.
+pub const PACE_PER_CLIENT: Duration = Duration::from_micros(100);
+const MIN_PACE: Duration = Duration::from_millis(2);
+const MAX_PACE: Duration = Duration::from_millis(250);
+/// A client that drains a backlog sends at most about this much in one write.
+const COALESCE_BYTES: usize = 256 << 10;
+
+/// One store read's events, serialised once for every client.
+pub struct Batch {
+    /// The id the tailer sent before the first event.
+    prev: i64,
+    /// Each event's id, increasing.
+    ids: Vec<i64>,
+    /// Where each event starts in `wire`.
+    starts: Vec<usize>,
+    /// The SSE text of every event, in order.
+    wire: Bytes,
+}
+
+impl Batch {
+    fn last(&self) -> i64 {
+        self.ids.last().copied().unwrap_or(self.prev)
+    }
+
+    /// What a client whose cursor is `cursor` must send: the whole batch when the cursor
+    /// is the id before it, the rest after the cursor's event when it is inside, `None`
+    /// when the cursor is neither (a gap: replay from the store).
+    fn after(&self, cursor: i64) -> Option<Bytes> {
+        if cursor == self.prev {
+            return Some(self.wire.clone());
+        }
+        let i = self.ids.binary_search(&cursor).ok()?;
+        let from = self.starts.get(i + 1).copied().unwrap_or(self.wire.len());
+        Some(self.wire.slice(from..))
+    }
+}
 
 /// Fans stored events out to this process's SSE clients.
 #[derive(Clone)]
 pub struct EventTailer {
-    /// `(id sent before it, event)`: a client whose cursor is that id may forward it.
-    tx: broadcast::Sender<Arc<(i64, StoredEvent)>>,
+    tx: broadcast::Sender<Arc<Batch>>,
     /// Highest event id broadcast (or passed while nobody listened).
     last: Arc<AtomicI64>,
 }
@@ -48,7 +110,7 @@ pub struct EventTailer {
 impl EventTailer {
     /// Starts tailing from the newest stored event.
     pub async fn start(store: Arc<dyn Store>, stop: CancellationToken) -> EventTailer {
-        let (tx, _) = broadcast::channel(1024);
+        let (tx, _) = broadcast::channel(CHANNEL_BATCHES);
         let start = store.events_bounds().await.map(|(_, max)| max).unwrap_or(0);
         let tailer = EventTailer {
             tx,
@@ -67,35 +129,97 @@ impl EventTailer {
                 // check, so a client that subscribes after the check reads bounds at
                 // least as new, and nothing it expects is skipped.
                 let committed = store.changes().last_event();
-                if t.tx.receiver_count() == 0 {
+                let clients = t.tx.receiver_count();
+                if clients == 0 {
                     t.last.fetch_max(committed, Ordering::AcqRel);
                     continue;
                 }
                 loop {
                     let after = t.last.load(Ordering::Acquire);
-                    let batch = match store.events_after(after, REPLAY_PAGE).await {
+                    let events = match store.events_after(after, REPLAY_PAGE).await {
                         Ok(b) => b,
                         Err(e) => {
                             tracing::warn!("event tailer read failed: {e}");
                             break;
                         }
                     };
-                    let full = batch.len() == REPLAY_PAGE;
-                    for ev in batch {
-                        let prev = t.last.fetch_max(ev.id, Ordering::AcqRel);
-                        if ev.id > prev {
-                            let _ = t.tx.send(Arc::new((prev, ev)));
-                        }
+                    let full = events.len() == REPLAY_PAGE;
+                    if let Some(batch) = batch_of(after, &events) {
+                        t.last.fetch_max(batch.last(), Ordering::AcqRel);
+                        let _ = t.tx.send(Arc::new(batch));
                     }
                     if !full {
                         break;
                     }
+                }
+                // Commits meanwhile mark the feed changed: the next round takes them all.
+                let pace = (PACE_PER_CLIENT * clients as u32).clamp(MIN_PACE, MAX_PACE);
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(pace) => {}
                 }
             }
         });
         tailer
     }
 }
+
+/// The batch of the events after `after` (ids at or below it are dropped).
+fn batch_of(after: i64, events: &[StoredEvent]) -> Option<Batch> {
+    let fresh: Vec<&StoredEvent> = events.iter().filter(|e| e.id > after).collect();
+    if fresh.is_empty() {
+        return None;
+    }
+    let mut wire = Vec::with_capacity(fresh.iter().map(|e| e.data.len() + 48).sum());
+    let mut ids = Vec::with_capacity(fresh.len());
+    let mut starts = Vec::with_capacity(fresh.len());
+    for ev in fresh {
+        starts.push(wire.len());
+        ids.push(ev.id);
+        write_stored(&mut wire, ev);
+    }
+    Some(Batch {
+        prev: after,
+        ids,
+        starts,
+        wire: Bytes::from(wire),
+    })
+}
+
+/// Appends one SSE event (`id:`, `event:`, `data:` lines and the blank line). Data is
+/// split at line breaks into several `data:` lines, as the format requires.
+fn write_event(buf: &mut Vec<u8>, id: Option<&str>, event: &str, data: &str) {
+    if let Some(id) = id {
+        buf.extend_from_slice(b"id: ");
+        buf.extend_from_slice(id.as_bytes());
+        buf.push(b'\n');
+    }
+    buf.extend_from_slice(b"event: ");
+    buf.extend_from_slice(event.as_bytes());
+    buf.push(b'\n');
+    let mut rest = data;
+    loop {
+        let cut = rest.find(['\n', '\r']);
+        buf.extend_from_slice(b"data: ");
+        buf.extend_from_slice(&rest.as_bytes()[..cut.unwrap_or(rest.len())]);
+        buf.push(b'\n');
+        match cut {
+            None => break,
+            Some(i) => {
+                let skip = if rest[i..].starts_with("\r\n") { 2 } else { 1 };
+                rest = &rest[i + skip..];
+            }
+        }
+    }
+    buf.push(b'\n');
+}
+
+fn write_stored(buf: &mut Vec<u8>, ev: &StoredEvent) {
+    write_event(buf, Some(&ev.id.to_string()), &ev.name, &ev.data);
+}
+
+/// A keep-alive comment.
+const KEEP_ALIVE_COMMENT: &[u8] = b":\n\n";
 
 fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     match headers.get("last-event-id") {
@@ -122,9 +246,9 @@ fn stream_permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, 
     })
 }
 
-/// One Server-Sent Event as a client reads it. Every event the streams send is built
-/// from one, so its schema in `/api/openapi.json` is the wire shape (keep-alive
-/// comments aside).
+/// One Server-Sent Event as a client reads it. Every event the streams send is written
+/// from these three fields, so its schema in `/api/openapi.json` is the wire shape
+/// (keep-alive comments aside).
 #[derive(utoipa::ToSchema)]
 pub(super) struct SseEvent {
     /// What to send as `Last-Event-ID` to resume after this event: the event id on
@@ -136,23 +260,24 @@ pub(super) struct SseEvent {
     data: String,
 }
 
-impl From<SseEvent> for Event {
-    fn from(e: SseEvent) -> Event {
-        let event = Event::default().event(e.event).data(e.data);
-        match e.id {
-            Some(id) => event.id(id),
-            None => event,
-        }
+impl SseEvent {
+    fn bytes(&self) -> Bytes {
+        let mut buf = Vec::with_capacity(self.data.len() + 48);
+        write_event(&mut buf, self.id.as_deref(), &self.event, &self.data);
+        Bytes::from(buf)
     }
 }
 
-fn sse_event(ev: &StoredEvent) -> Event {
-    SseEvent {
-        id: Some(ev.id.to_string()),
-        event: ev.name.clone(),
-        data: ev.data.clone(),
-    }
-    .into()
+/// An SSE response over a stream of already-written event bytes.
+fn sse<S: Stream<Item = Result<Bytes, Infallible>> + Send + 'static>(stream: S) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 /// `GET /api/events`: every lifecycle event (`job:created`, `job:progress`, `run:completed`, …)
@@ -177,7 +302,7 @@ fn sse_event(ev: &StoredEvent) -> Event {
 pub(super) async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let resume = last_event_id(&headers)?;
     let permit = stream_permit(&state)?;
     let mut rx = state.tailer.tx.subscribe();
@@ -187,15 +312,18 @@ pub(super) async fn events(
     let shutdown = state.shutdown.clone();
     let stream = async_stream::stream! {
         let _permit = permit;
+        let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+        let mut wrote = false;
         let mut cursor = match resume {
             None => live_from,
             Some(n) => {
                 if n < pruned_through {
-                    yield Ok::<Event, Infallible>(SseEvent {
+                    wrote = true;
+                    yield Ok::<Bytes, Infallible>(SseEvent {
                         id: None,
                         event: "resync".into(),
                         data: json!({"lastEventId": n, "oldestRetained": pruned_through + 1}).to_string(),
-                    }.into());
+                    }.bytes());
                 }
                 n
             }
@@ -206,9 +334,10 @@ pub(super) async fn events(
                 match store.events_after(cursor, REPLAY_PAGE).await {
                     Ok(batch) => {
                         let full = batch.len() == REPLAY_PAGE;
-                        for ev in &batch {
-                            cursor = ev.id;
-                            yield Ok(sse_event(ev));
+                        if let Some(b) = batch_of(cursor, &batch) {
+                            cursor = b.last();
+                            wrote = true;
+                            yield Ok(b.wire);
                         }
                         replay = full;
                         continue;
@@ -219,33 +348,83 @@ pub(super) async fn events(
                     }
                 }
             }
-            let next = tokio::select! {
+            let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = rx.recv() => r,
+                _ = keep_alive.tick() => None,
+                r = rx.recv() => Some(r),
             };
-            match next {
-                // The event right after our cursor: forward it.
-                Ok(item) if item.0 == cursor => {
-                    cursor = item.1.id;
-                    yield Ok(sse_event(&item.1));
+            let Some(first) = first else {
+                if !std::mem::take(&mut wrote) {
+                    yield Ok(Bytes::from_static(KEEP_ALIVE_COMMENT));
                 }
-                // Already sent (replay went past it).
-                Ok(item) if item.1.id <= cursor => {}
-                // Something between our cursor and it (ids the tailer passed while idle, or
-                // a replay that stopped short): fill it from the store.
-                Ok(_) => replay = true,
-                Err(RecvError::Lagged(_)) => replay = true,
-                Err(RecvError::Closed) => break,
+                continue;
+            };
+            // This batch and whatever else is already waiting (a client that lagged
+            // catches up in one write), up to a gap.
+            let mut parts: Vec<Bytes> = Vec::new();
+            let mut size = 0;
+            let mut next = Some(first.map_err(Missing::from));
+            let mut closed = false;
+            while let Some(item) = next.take() {
+                match item {
+                    // Already sent (a replay went past it).
+                    Ok(b) if b.last() <= cursor => {}
+                    Ok(b) => match b.after(cursor) {
+                        Some(part) => {
+                            cursor = b.last();
+                            size += part.len();
+                            parts.push(part);
+                        }
+                        // Something between our cursor and it (ids the tailer passed
+                        // while idle, or a replay that stopped short): fill it from the store.
+                        None => { replay = true; break; }
+                    },
+                    Err(Lagged) => { replay = true; break; }
+                    Err(Closed) => { closed = true; break; }
+                }
+                if size < COALESCE_BYTES {
+                    next = match rx.try_recv() {
+                        Ok(b) => Some(Ok(b)),
+                        Err(TryRecvError::Empty) => None,
+                        Err(TryRecvError::Lagged(_)) => Some(Err(Lagged)),
+                        Err(TryRecvError::Closed) => Some(Err(Closed)),
+                    };
+                }
+            }
+            match parts.len() {
+                0 => {}
+                1 => { wrote = true; yield Ok(parts.pop().expect("one part")); }
+                _ => {
+                    let mut all = Vec::with_capacity(size);
+                    for p in &parts {
+                        all.extend_from_slice(p);
+                    }
+                    wrote = true;
+                    yield Ok(Bytes::from(all));
+                }
+            }
+            if closed {
+                break;
             }
         }
     };
     Ok(sse(stream))
 }
 
-fn sse<S: Stream<Item = Result<Event, Infallible>> + Send + 'static>(
-    stream: S,
-) -> impl IntoResponse {
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+/// Why a client's next batch is not there.
+enum Missing {
+    Lagged,
+    Closed,
+}
+use Missing::{Closed, Lagged};
+
+impl From<RecvError> for Missing {
+    fn from(e: RecvError) -> Missing {
+        match e {
+            RecvError::Lagged(_) => Lagged,
+            RecvError::Closed => Closed,
+        }
+    }
 }
 
 /// `?tail=N`: start with the last N stored lines instead of all of them.
@@ -285,7 +464,7 @@ pub(super) async fn log_stream(
     path: Result<Path<JobIdParam>, PathRejection>,
     query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let job_id = super::runs::job_id(&state, path).await?;
     let Query(q) = query?;
     if state.store.job_get(&job_id).await?.is_none() {
@@ -298,60 +477,95 @@ pub(super) async fn log_stream(
     };
     let store = state.store.clone();
     let shutdown = state.shutdown.clone();
-    let mut output = store.changes().subscribe(change::OUTPUT);
-    let mut events = store.changes().subscribe(change::EVENTS);
+    let metrics = state.metrics.clone();
+    // Followed before the first read: every later change of the job wakes us.
+    let mut wakes = store.changes().subscribe_output(&job_id);
+    let poll = store.changes().output_poll().unwrap_or(LOG_SAFETY_POLL);
     let permit = stream_permit(&state)?;
     let stream = async_stream::stream! {
         let _permit = permit;
-        let mut ended: Option<String> = None;
+        let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+        let mut wrote = false;
+        let mut look_at_status = true;
+        let mut last_read;
         loop {
-            output.borrow_and_update();
-            events.borrow_and_update();
-            let lines = match store.job_output_after(&job_id, after, REPLAY_PAGE).await {
-                Ok(l) => l,
-                Err(e) => { tracing::warn!("log stream read failed: {e}"); break; }
+            last_read = tokio::time::Instant::now();
+            // The status is read before the lines: the final flush commits before the
+            // terminal write, so lines read after a terminal status are all there are.
+            let status = if look_at_status {
+                match store.job_get(&job_id).await {
+                    Ok(Some(job)) => Some(job.status),
+                    _ => break,
+                }
+            } else {
+                None
             };
-            let got = lines.len();
-            for line in lines {
-                after = line.seq;
-                yield Ok::<Event, Infallible>(SseEvent {
-                    id: Some(line.seq.to_string()),
-                    event: "log".into(),
-                    data: json!({"seq": line.seq, "stream": line.stream, "line": line.line,
-                                 "claimSeq": line.claim_seq, "timeMs": line.time}).to_string(),
-                }.into());
+            loop {
+                let lines = match store.job_output_after(&job_id, after, REPLAY_PAGE).await {
+                    Ok(l) => l,
+                    Err(e) => { tracing::warn!("log stream read failed: {e}"); return; }
+                };
+                // A page ends at a chunk boundary: fewer lines than asked means no more.
+                let full = lines.len() >= REPLAY_PAGE;
+                if !lines.is_empty() {
+                    let mut buf = Vec::with_capacity(lines.iter().map(|l| l.line.len() + 96).sum());
+                    for line in &lines {
+                        after = line.seq;
+                        let data = json!({"seq": line.seq, "stream": line.stream, "line": line.line,
+                                          "claimSeq": line.claim_seq, "timeMs": line.time}).to_string();
+                        write_event(&mut buf, Some(&line.seq.to_string()), "log", &data);
+                    }
+                    wrote = true;
+                    yield Ok::<Bytes, Infallible>(Bytes::from(buf));
+                }
+                if !full {
+                    break;
+                }
             }
-            if got > 0 {
-                continue;
-            }
-            if let Some(status) = ended.take() {
-                // Read empty *after* the terminal status was seen: the final flush
-                // commits before the terminal write, so nothing is left to read.
+            if let Some(status) = status
+                && status.parse::<JobStatus>().is_ok_and(JobStatus::is_terminal)
+            {
                 yield Ok(SseEvent {
                     id: None,
                     event: "end".into(),
                     data: json!({"jobId": job_id, "status": status}).to_string(),
-                }.into());
+                }.bytes());
                 break;
             }
-            let status = match store.job_get(&job_id).await {
-                Ok(Some(job)) => job.status,
-                _ => break,
+            // Paced: a busy job's viewer reads at most every LOG_PACE, each read taking
+            // every flush since the last one (changes meanwhile are kept by `wakes`).
+            let since = last_read.elapsed();
+            if since < LOG_PACE {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(LOG_PACE - since) => {}
+                }
+            }
+            // One deadline for the whole wait (keep-alive ticks must not push it on).
+            let poll_at = tokio::time::Instant::now() + poll;
+            look_at_status = loop {
+                let woke = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = keep_alive.tick() => None,
+                    w = wakes.changed() => match w {
+                        None => return,
+                        Some(JobWake::Output) => Some(false),
+                        Some(JobWake::State | JobWake::Unknown) => Some(true),
+                    },
+                    // Output written by another replica reaches no feed without a bus:
+                    // the store says how often to look (a long safety net otherwise).
+                    _ = tokio::time::sleep_until(poll_at) => Some(true),
+                };
+                match woke {
+                    Some(status_too) => break status_too,
+                    None => {
+                        if !std::mem::take(&mut wrote) {
+                            yield Ok(Bytes::from_static(KEEP_ALIVE_COMMENT));
+                        }
+                    }
+                }
             };
-            if status.parse::<JobStatus>().is_ok_and(JobStatus::is_terminal) {
-                // The last lines and the terminal write may both have committed between
-                // the read above and this one: read once more before the end.
-                ended = Some(status);
-                continue;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = output.changed() => {}
-                _ = events.changed() => {}
-                // Output written by another replica reaches this process's feed only through
-                // a bus; without one, look again after a while rather than wait forever.
-                _ = tokio::time::sleep(LOG_POLL) => {}
-            }
+            metrics.log_stream_wakeups.fetch_add(1, Ordering::Relaxed);
         }
     };
     Ok(sse(stream))
@@ -443,4 +657,50 @@ pub(super) async fn log_text(
         ],
         axum::body::Body::from_stream(body),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: i64, data: &str) -> StoredEvent {
+        StoredEvent {
+            id,
+            name: "job:created".into(),
+            data: data.into(),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_written_once_and_sliced_after_any_cursor_inside_it() {
+        let events = [ev(3, "{\"a\":1}"), ev(7, "{\"b\":2}"), ev(9, "{\"c\":3}")];
+        let b = batch_of(2, &events).unwrap();
+        let text = |bytes: Bytes| String::from_utf8(bytes.to_vec()).unwrap();
+        let whole = "id: 3\nevent: job:created\ndata: {\"a\":1}\n\n\
+                     id: 7\nevent: job:created\ndata: {\"b\":2}\n\n\
+                     id: 9\nevent: job:created\ndata: {\"c\":3}\n\n";
+        assert_eq!(text(b.after(2).unwrap()), whole);
+        assert_eq!(
+            text(b.after(7).unwrap()),
+            "id: 9\nevent: job:created\ndata: {\"c\":3}\n\n"
+        );
+        assert_eq!(text(b.after(9).unwrap()), "");
+        // A cursor that is neither the id before nor one inside: a gap, replay.
+        assert!(b.after(1).is_none());
+        assert!(b.after(5).is_none());
+        assert_eq!(b.last(), 9);
+        // Ids at or below the cursor are not in a batch.
+        assert_eq!(batch_of(7, &events).unwrap().ids, vec![9]);
+        assert!(batch_of(9, &events).is_none());
+    }
+
+    #[test]
+    fn data_with_line_breaks_becomes_several_data_lines() {
+        let mut buf = Vec::new();
+        write_event(&mut buf, None, "end", "a\nb\r\nc\rd");
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "event: end\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
+    }
 }

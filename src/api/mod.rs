@@ -7,15 +7,19 @@
 //! (see [`openapi`]). Every request passes [`auth::require`] (tokens or the
 //! dashboard session) and a per-request deadline ([`REQUEST_TIMEOUT`] for
 //! producing the response; streams then run on their own); bodies are capped
-//! at [`MAX_BODY_BYTES`] (413, read no further); connections whose client
-//! stops reading are dropped ([`conn`]).
+//! at [`MAX_BODY_BYTES`] (413, read no further) and must arrive in time (408,
+//! `body`); connections whose client stops reading or sending are dropped
+//! ([`conn`]); the server loop caps connections and keeps `/healthz` answerable
+//! past the cap ([`listen`]).
 
 pub mod auth;
+mod body;
 pub mod conn;
 mod dashboard;
 mod error;
 pub mod events;
 mod history;
+pub mod listen;
 mod openapi;
 mod pipelines;
 mod runs;
@@ -116,6 +120,11 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(doc))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Inside auth (an unauthenticated body is not waited for), inside the deadline.
+        .layer(axum::middleware::from_fn_with_state(
+            body::body_timeout(state.scheduler.settings().server.client_idle_timeout),
+            body::require_in_time,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require,

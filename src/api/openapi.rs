@@ -87,6 +87,13 @@ pub(super) fn finish(mut doc: OpenApi, settings: &Settings) -> OpenApi {
             let Some(op) = op else { continue };
             if let Some(body) = op.request_body.as_mut() {
                 optional_body(body);
+                // `api::body`: a body that does not arrive in time.
+                error_response(
+                    op,
+                    "408",
+                    "The request body did not arrive within 3/4 of client_idle_timeout \
+                     (at most 10 s); the connection is closed",
+                );
             }
             if PUBLIC.contains(&(method, path.as_str())) {
                 // `security: []` lifts the global requirement for this operation.

@@ -16,7 +16,7 @@ use super::runs::{PageQuery, RunPage, list_runs};
 use super::{ApiError, AppState, ErrorBody};
 use crate::clock::rfc3339;
 use crate::config::{OnOrphan, ParamType};
-use crate::scheduler::TriggerRequest;
+use crate::scheduler::{IDEMPOTENCY_KEY_RULE, TriggerRequest};
 use crate::store::PipelineNodeState;
 
 /// The body of `POST /api/pipelines/{id}/trigger` (empty means `{}`).
@@ -34,13 +34,9 @@ pub(super) struct TriggerBody {
     /// Completion webhook target: an absolute `https://` URL whose host resolves to global
     /// addresses only (unless the server allow-lists it); checked at trigger time (400).
     callback_url: Option<String>,
-    /// Makes the trigger idempotent; same as the `Idempotency-Key` header (both must agree).
-    /// No control characters.
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
-    )]
+    /// Makes the trigger idempotent; same as the `Idempotency-Key` header (both must agree)
+    /// and under the same rule: visible ASCII characters and spaces only.
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[ -~]*$")]
     idempotency_key: Option<String>,
 }
 
@@ -150,7 +146,7 @@ pub(super) async fn trigger(
         None => None,
         Some(v) => Some(
             v.to_str()
-                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?
+                .map_err(|_| ApiError::BadRequest(IDEMPOTENCY_KEY_RULE.into()))?
                 .to_string(),
         ),
     };

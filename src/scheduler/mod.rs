@@ -44,6 +44,15 @@ use crate::model::{RunId, job_id_for};
 use crate::store::{AbortOutcome, JobPolicy, NodeRow, RunCreateParams, Store, StoreError};
 use crate::webhook::Webhooks;
 
+/// What an idempotency key may be, in the body (`idempotencyKey`) and in the
+/// `Idempotency-Key` header alike.
+pub const IDEMPOTENCY_KEY_RULE: &str = "idempotencyKey must be 1 to 200 visible ASCII characters or spaces (the Idempotency-Key header's rule)";
+
+/// Whether `key` follows [`IDEMPOTENCY_KEY_RULE`]: 1 to 200 characters from space to `~`.
+pub fn valid_idempotency_key(key: &str) -> bool {
+    (1..=200).contains(&key.len()) && key.bytes().all(|b| (b' '..=b'~').contains(&b))
+}
+
 /// Why a trigger was refused.
 #[derive(Debug, Error)]
 pub enum TriggerError {
@@ -300,15 +309,13 @@ impl Scheduler {
         if shards == 0 || shards > MAX_SHARDS {
             return Err(TriggerError::BadShards);
         }
-        // Characters, not bytes: what the message and the OpenAPI `maxLength` say.
-        // No control characters (NUL cannot even be stored as PostgreSQL text).
+        // One rule for the body field and the `Idempotency-Key` header: what a header can
+        // carry (visible ASCII and space; no control characters, which NUL-hating
+        // PostgreSQL text could not even store), 1 to 200 of them.
         if let Some(key) = &req.idempotency_key
-            && (key.is_empty() || key.chars().count() > 200 || key.chars().any(char::is_control))
+            && !valid_idempotency_key(key)
         {
-            return Err(TriggerError::Unsupported(
-                "idempotencyKey must be 1 to 200 characters, none of them control characters"
-                    .into(),
-            ));
+            return Err(TriggerError::Unsupported(IDEMPOTENCY_KEY_RULE.into()));
         }
         let idempotency_key = req.idempotency_key;
         let callback_url = req.callback_url.or_else(|| pipeline.callback_url.clone());

@@ -21,6 +21,7 @@
 pub mod claim_plan;
 pub mod completion;
 mod error;
+pub mod job_wakes;
 pub mod payload;
 pub mod postgres;
 pub mod sqlite;
@@ -28,6 +29,7 @@ pub mod summary;
 pub mod transition;
 
 pub use error::{ErrorSource, StoreError, StoreResult};
+pub use job_wakes::{JobSubscription, JobWake};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -61,6 +63,11 @@ pub struct ChangeFeed {
     last_event: Arc<std::sync::atomic::AtomicI64>,
     /// Kinds this process committed since the bus last took them ([`ChangeFeed::take_local`]).
     local: Arc<LocalCommits>,
+    /// Followers of single jobs' output and status ([`job_wakes`]).
+    jobs: job_wakes::JobWakes,
+    /// How often a follower of a job must look by itself, in ms (0: never needed),
+    /// because this feed cannot see other nodes' output.
+    output_poll_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// This process's own commits, for the bus to tell other replicas about. Kept apart
@@ -78,6 +85,8 @@ impl Default for ChangeFeed {
             senders: Arc::new(std::array::from_fn(|_| watch::channel(0).0)),
             last_event: Arc::default(),
             local: Arc::default(),
+            jobs: job_wakes::JobWakes::default(),
+            output_poll_ms: Arc::default(),
         }
     }
 }
@@ -96,6 +105,11 @@ impl ChangeFeed {
     /// [`ChangeFeed::bump`] does, and records the kinds for the bus to publish.
     pub fn bump_local(&self, kinds: u8) {
         self.bump(kinds);
+        self.note_local(kinds);
+    }
+
+    /// Records kinds this process committed, for the bus's bridge only.
+    fn note_local(&self, kinds: u8) {
         self.local
             .kinds
             .fetch_or(kinds, std::sync::atomic::Ordering::AcqRel);
@@ -132,6 +146,55 @@ impl ChangeFeed {
     pub fn subscribe(&self, kind: u8) -> watch::Receiver<u64> {
         let bit = kind.trailing_zeros() as usize;
         self.senders[bit.min(3)].subscribe()
+    }
+
+    /// New output of `jobs` is committed: wakes their followers only. (A bump of
+    /// `change::OUTPUT` without job ids still wakes every follower.)
+    pub fn bump_output<'a>(&self, jobs: impl IntoIterator<Item = &'a str>) {
+        self.jobs.bump_output(jobs);
+        // Other nodes hear it through the bus as a plain OUTPUT wake (kinds carry no
+        // job ids), which wakes their followers of any job.
+        self.note_local(change::OUTPUT);
+    }
+
+    /// The status of `jobs` changed (committed): wakes their followers only.
+    pub fn bump_job_state<'a>(&self, jobs: impl IntoIterator<Item = &'a str>) {
+        self.jobs.bump_state(jobs);
+    }
+
+    /// The status of any job of `run_id` may have changed (an abort): wakes their followers.
+    pub fn bump_run_state(&self, run_id: &str) {
+        self.jobs.bump_run_state(run_id);
+    }
+
+    /// Follows one job's output and status (see [`job_wakes`]).
+    pub fn subscribe_output(&self, job_id: &str) -> JobSubscription {
+        self.jobs.subscribe(job_id, self.subscribe(change::OUTPUT))
+    }
+
+    /// Jobs somebody follows on this process.
+    pub fn followed_jobs(&self) -> usize {
+        self.jobs.followed()
+    }
+
+    /// Says that this feed cannot see output committed by other nodes, so a follower must
+    /// look by itself every `every` (PostgreSQL without a bus); `None` undoes it (a bus
+    /// that carries output wake-ups).
+    pub fn set_output_poll(&self, every: Option<std::time::Duration>) {
+        let ms = every.map_or(0, |d| d.as_millis().max(1) as u64);
+        self.output_poll_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How often a follower must look by itself, if at all.
+    pub fn output_poll(&self) -> Option<std::time::Duration> {
+        match self
+            .output_poll_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        }
     }
 }
 

@@ -280,10 +280,10 @@ impl SqliteStore {
 
         let maintenance_conn = Connection::open(path)?;
         maintenance_conn.busy_timeout(BUSY_TIMEOUT)?;
-        let (watch_feed, watch_stop) = (feed.clone(), stop.clone());
+        let (watch_feed, watch_stop, watch_writer) = (feed.clone(), stop.clone(), conn.clone());
         let watcher = std::thread::Builder::new()
             .name("runyard-sqlite-maint".into())
-            .spawn(move || maintenance_loop(maintenance_conn, watch_feed, watch_stop))
+            .spawn(move || maintenance_loop(maintenance_conn, watch_writer, watch_feed, watch_stop))
             .map_err(|e| StoreError::Open {
                 path: path.display().to_string(),
                 message: e.to_string(),
@@ -512,19 +512,32 @@ fn begin_immediate(conn: &Connection) -> StoreResult<()> {
     begin
 }
 
-/// Watches `PRAGMA data_version` (commits by other connections, i.e. other processes on
-/// the file) and runs WAL checkpoints, off the writer thread: a checkpoint fsyncs, and
-/// on the writer it would stall every write behind it.
-fn maintenance_loop(conn: Connection, feed: ChangeFeed, stop: Arc<AtomicBool>) {
-    let read = |c: &Connection| {
-        c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+/// Watches `PRAGMA data_version` (commits by other processes on the file) and runs WAL
+/// checkpoints, off the writer thread: a checkpoint fsyncs, and on the writer it would
+/// stall every write behind it.
+///
+/// The version is read on the *writer's* connection, where it moves only for commits
+/// of other connections — other processes, since this process writes only there. Read
+/// on a connection of its own it moved for this process's commits too, and every one
+/// of them woke every waiter of every kind a second time (every log stream, twice a
+/// read) within 50 ms.
+fn maintenance_loop(
+    conn: Connection,
+    writer: Arc<Mutex<Connection>>,
+    feed: ChangeFeed,
+    stop: Arc<AtomicBool>,
+) {
+    let read = || {
+        let c = writer.lock().unwrap_or_else(|e| e.into_inner());
+        c.prepare_cached("PRAGMA data_version")
+            .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
             .ok()
     };
-    let mut last = read(&conn);
+    let mut last = read();
     let mut ticks = 0u32;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(DATA_VERSION_POLL);
-        let now = read(&conn);
+        let now = read();
         if now != last {
             last = now;
             feed.bump(change::ALL);
@@ -1005,7 +1018,8 @@ impl Store for SqliteStore {
     }
 
     async fn job_output_append(&self, p: OutputAppendParams) -> StoreResult<bool> {
-        self.write(move |conn| {
+        let job_id = p.job_id.clone();
+        let applied = self.write(move |conn| {
             let live: Option<i64> = conn
                 .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1 AND claim_seq = ?2 AND status = 'running'")?
                 .query_row(params![p.job_id, p.claim_seq], |r| r.get(0))
@@ -1028,9 +1042,14 @@ impl Store for SqliteStore {
                 insert.execute(params![p.job_id, p.claim_seq, stream, next, lines.len() as i64, lines.join("\n"), p.now])?;
                 next += lines.len() as i64;
             }
-            Ok((true, change::OUTPUT))
+            // No `change::OUTPUT`: after COMMIT only this job's followers wake.
+            Ok((true, 0))
         })
-        .await
+        .await?;
+        if applied {
+            self.feed.bump_output([job_id.as_str()]);
+        }
+        Ok(applied)
     }
 
     async fn job_progress(&self, p: JobProgressParams) -> StoreResult<bool> {
@@ -1054,12 +1073,18 @@ impl Store for SqliteStore {
     }
 
     async fn job_finish(&self, p: JobFinishParams) -> StoreResult<FinishOutcome> {
-        self.write_now(move |conn| finish_in_tx(conn, &p)).await
+        let job_id = p.job_id.clone();
+        let outcome = self.write_now(move |conn| finish_in_tx(conn, &p)).await?;
+        if outcome.applied {
+            self.feed.bump_job_state([job_id.as_str()]);
+        }
+        Ok(outcome)
     }
 
     async fn run_abort(&self, run_id: &str, now: i64) -> StoreResult<AbortOutcome> {
-        let run_id = run_id.to_string();
-        self.write(move |conn| {
+        let run = run_id.to_string();
+        let outcome = self.write(move |conn| {
+            let run_id = run.as_str();
             let status: Option<String> = conn
                 .prepare_cached("SELECT status FROM runs WHERE id = ?1")?
                 .query_row(params![run_id], |r| r.get(0))
@@ -1083,13 +1108,16 @@ impl Store for SqliteStore {
                 .prepare_cached("UPDATE jobs SET abort_requested = 1 WHERE run_id = ?1 AND status = 'running' AND kind = 'shard'")?
                 .execute(params![run_id])?;
             for (job_id, pipeline, shard_index) in &queued {
-                emit(conn, payload::queued_job_aborted(&run_id, job_id, pipeline, *shard_index), now)?;
-                land_terminal(conn, &run_id, now)?;
+                emit(conn, payload::queued_job_aborted(run_id, job_id, pipeline, *shard_index), now)?;
+                land_terminal(conn, run_id, now)?;
             }
             let aborted_jobs = (queued.len() + flagged) as u32;
             Ok((AbortOutcome::Aborted { aborted_jobs }, change::ABORT | change::EVENTS | change::WORK))
         })
-        .await
+        .await?;
+        // After COMMIT: the followers of this run's jobs look at their status.
+        self.feed.bump_run_state(run_id);
+        Ok(outcome)
     }
 
     async fn node_register(&self, node: NodeRow) -> StoreResult<()> {

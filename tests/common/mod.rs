@@ -428,7 +428,11 @@ impl BinServer {
         env: &[(&str, &str)],
     ) -> BinServer {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_runyard"));
+        // `RUNYARD_TEST_BIN` runs the suite against another build (e.g. a landed binary,
+        // to see a new test fail there).
+        let bin = std::env::var("RUNYARD_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_runyard").to_string());
+        let mut cmd = Command::new(bin);
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }

@@ -65,6 +65,8 @@ const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres_0001_init.sql
 pub(crate) const MAX_RETRIES: u32 = 4;
 /// How often other replicas' commits are looked for (until a bus signals them).
 const CHANGE_POLL: Duration = Duration::from_millis(250);
+/// How often a log stream re-reads by itself (see `ChangeFeed::set_output_poll`).
+const OUTPUT_POLL: Duration = Duration::from_secs(1);
 /// How often the database clock is sampled.
 const CLOCK_SAMPLE: Duration = Duration::from_secs(5);
 /// Waiting longer than this for a pooled connection is "unavailable".
@@ -285,6 +287,9 @@ impl PgStore {
             display,
         };
         store.sample_clock().await?;
+        // Other replicas' output moves no event, so the change poll cannot see it: a log
+        // stream looks by itself this often (a bus that carries output wake-ups may undo it).
+        store.feed.set_output_poll(Some(OUTPUT_POLL));
         store.spawn_change_poll();
         Ok(store)
     }
@@ -558,16 +563,29 @@ impl Store for PgStore {
         write::job_start(self, p).await
     }
     async fn job_output_append(&self, p: OutputAppendParams) -> StoreResult<bool> {
-        write::job_output_append(self, p).await
+        let job_id = p.job_id.clone();
+        let applied = write::job_output_append(self, p).await?;
+        if applied {
+            // After COMMIT: wakes this job's log streams only (see `store::job_wakes`).
+            self.feed.bump_output([job_id.as_str()]);
+        }
+        Ok(applied)
     }
     async fn job_progress(&self, p: JobProgressParams) -> StoreResult<bool> {
         write::job_progress(self, p).await
     }
     async fn job_finish(&self, p: JobFinishParams) -> StoreResult<FinishOutcome> {
-        write::job_finish(self, p).await
+        let job_id = p.job_id.clone();
+        let outcome = write::job_finish(self, p).await?;
+        if outcome.applied {
+            self.feed.bump_job_state([job_id.as_str()]);
+        }
+        Ok(outcome)
     }
     async fn run_abort(&self, run_id: &str, now: i64) -> StoreResult<AbortOutcome> {
-        write::run_abort(self, run_id, now).await
+        let outcome = write::run_abort(self, run_id, now).await?;
+        self.feed.bump_run_state(run_id);
+        Ok(outcome)
     }
     async fn node_register(&self, node: NodeRow) -> StoreResult<()> {
         write::node_register(self, node).await

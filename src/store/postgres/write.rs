@@ -378,7 +378,7 @@ pub(super) async fn job_output_append(s: &PgStore, p: OutputAppendParams) -> Sto
                     .await?;
                     next += lines.len() as i64;
                 }
-                tx.kinds |= change::OUTPUT;
+                // No `change::OUTPUT`: the caller wakes this job's followers only.
                 true
             }
         }
