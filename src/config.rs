@@ -491,6 +491,8 @@ pub struct Pipeline {
     pub max_attempts: u32,
     /// Base of the exponential retry backoff.
     pub retry_backoff: Duration,
+    /// Which failed exit codes are retried (`retry_exit_codes` / `no_retry_exit_codes`).
+    pub retry_on: crate::store::transition::RetryOn,
     /// Jobs of this pipeline running at once over all nodes; 0 = no cap.
     pub concurrency: u32,
     /// Default shard count.
@@ -637,6 +639,8 @@ struct RawPipeline {
     timeout: Option<String>,
     max_attempts: Option<u32>,
     retry_backoff: Option<String>,
+    retry_exit_codes: Option<Vec<i64>>,
+    no_retry_exit_codes: Option<Vec<i64>>,
     concurrency: Option<u32>,
     shards: Option<u32>,
     on_orphan: Option<OnOrphan>,
@@ -1412,6 +1416,45 @@ impl Loader<'_> {
         }))
     }
 
+    /// `retry_exit_codes` (only these codes are retried) or `no_retry_exit_codes` (these
+    /// are not): one of them at most, each a non-empty list of codes 1–255.
+    fn retry_on(
+        &self,
+        t: &str,
+        rp: &RawPipeline,
+    ) -> Result<crate::store::transition::RetryOn, ConfigError> {
+        use crate::store::transition::RetryOn;
+        let codes = |key: &str, list: &[i64]| -> Result<Vec<i32>, ConfigError> {
+            if list.is_empty() {
+                return Err(self.invalid(t, Some(key), "must list at least one exit code"));
+            }
+            let mut out = Vec::new();
+            for code in list {
+                if !(1..=255).contains(code) {
+                    return Err(self.invalid(
+                        t,
+                        Some(key),
+                        format!("{code} is not a failing exit code (1 to 255)"),
+                    ));
+                }
+                out.push(*code as i32);
+            }
+            out.sort_unstable();
+            out.dedup();
+            Ok(out)
+        };
+        match (&rp.retry_exit_codes, &rp.no_retry_exit_codes) {
+            (Some(_), Some(_)) => Err(self.invalid(
+                t,
+                Some("no_retry_exit_codes"),
+                "set either retry_exit_codes (only these are retried) or no_retry_exit_codes (these are not), not both",
+            )),
+            (Some(list), None) => Ok(RetryOn::Only(codes("retry_exit_codes", list)?)),
+            (None, Some(list)) => Ok(RetryOn::Except(codes("no_retry_exit_codes", list)?)),
+            (None, None) => Ok(RetryOn::Any),
+        }
+    }
+
     fn pipeline(
         &self,
         name: &str,
@@ -1581,6 +1624,7 @@ impl Loader<'_> {
         if max_attempts == 0 || max_attempts > 100 {
             return Err(self.invalid(t, Some("max_attempts"), "must be between 1 and 100"));
         }
+        let retry_on = self.retry_on(t, rp)?;
         let timeout = match &rp.timeout {
             None => None,
             Some(s) => Some(parse_duration(s).map_err(|m| self.invalid(t, Some("timeout"), m))?),
@@ -1607,6 +1651,7 @@ impl Loader<'_> {
                 &rp.retry_backoff,
                 Duration::from_secs(1),
             )?,
+            retry_on,
             concurrency: rp.concurrency.unwrap_or(0),
             shards,
             on_orphan: rp.on_orphan.unwrap_or(OnOrphan::Requeue),
@@ -1816,6 +1861,37 @@ pattern = "[a-z]+"
             .unwrap_err()
             .to_string();
         assert!(err.contains("not found on PATH"), "{err}");
+    }
+
+    #[test]
+    fn exit_code_retry_rules_are_one_list_of_failing_codes_or_a_start_error() {
+        use crate::store::transition::RetryOn;
+        let base = "[pipelines.x]\ncommand = [\"true\"]\nmax_attempts = 3\n";
+        let s = load(&format!("{base}no_retry_exit_codes = [1, 1, 2]\n")).unwrap();
+        assert_eq!(s.pipelines["x"].retry_on, RetryOn::Except(vec![1, 2]));
+        let s = load(&format!("{base}retry_exit_codes = [137]\n")).unwrap();
+        assert_eq!(s.pipelines["x"].retry_on, RetryOn::Only(vec![137]));
+        assert_eq!(load(base).unwrap().pipelines["x"].retry_on, RetryOn::Any);
+        let err = load(&format!(
+            "{base}retry_exit_codes = [137]\nno_retry_exit_codes = [1]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(":5: pipelines.x.no_retry_exit_codes") && err.contains("not both"),
+            "{err}"
+        );
+        let err = load(&format!("{base}no_retry_exit_codes = [0]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(":4: pipelines.x.no_retry_exit_codes") && err.contains("1 to 255"),
+            "{err}"
+        );
+        let err = load(&format!("{base}retry_exit_codes = []\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retry_exit_codes"), "{err}");
     }
 
     #[test]

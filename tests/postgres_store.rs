@@ -451,6 +451,7 @@ async fn event_readers_wait_for_runyard_transactions_but_not_for_other_programs(
             retry_backoff_ms: 1000,
             on_orphan: "requeue",
             max_orphan_requeues: 1,
+            retry_on: Default::default(),
         },
         has_finalizer: false,
         callback_url: None,

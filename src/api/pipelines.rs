@@ -18,6 +18,7 @@ use crate::clock::rfc3339;
 use crate::config::{OnOrphan, ParamType};
 use crate::scheduler::TriggerRequest;
 use crate::store::PipelineNodeState;
+use crate::store::transition::RetryOn;
 
 /// The body of `POST /api/pipelines/{id}/trigger` (empty means `{}`).
 #[derive(Deserialize, Default, ToSchema)]
@@ -211,6 +212,12 @@ pub(super) struct PipelineInfo {
     timeout_ms: Option<u64>,
     /// Attempts including the first.
     max_attempts: u32,
+    /// Only these failed exit codes are retried (`retry_exit_codes`), when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_exit_codes: Option<Vec<i32>>,
+    /// These failed exit codes are never retried (`no_retry_exit_codes`), when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    no_retry_exit_codes: Option<Vec<i32>>,
     /// Jobs of this pipeline running at once over all nodes; 0 = no cap.
     concurrency: u32,
     /// Default shard count.
@@ -335,6 +342,14 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineL
                 cwd: p.cwd.clone(),
                 timeout_ms: p.timeout.map(|t| t.as_millis() as u64),
                 max_attempts: p.max_attempts,
+                retry_exit_codes: match &p.retry_on {
+                    RetryOn::Only(codes) => Some(codes.clone()),
+                    _ => None,
+                },
+                no_retry_exit_codes: match &p.retry_on {
+                    RetryOn::Except(codes) => Some(codes.clone()),
+                    _ => None,
+                },
                 concurrency: p.concurrency,
                 shards: p.shards,
                 on_orphan: p.on_orphan,

@@ -335,6 +335,7 @@ impl Scheduler {
                     retry_backoff_ms: pipeline.retry_backoff.as_millis() as i64,
                     on_orphan: pipeline.on_orphan.as_str(),
                     max_orphan_requeues: pipeline.max_orphan_requeues,
+                    retry_on: pipeline.retry_on.clone(),
                 },
                 has_finalizer: pipeline.finalizer.is_some(),
                 callback_url,

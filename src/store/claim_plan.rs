@@ -10,7 +10,8 @@
 //! Tests that catch a violation (conformance suite, both backends):
 //! `claims_respect_pipeline_and_global_caps_and_retry_delays`,
 //! `a_capped_backlog_does_not_hold_up_other_pipelines_and_order_is_fifo`,
-//! `concurrent_claimers_never_exceed_the_global_or_a_pipeline_cap`.
+//! `concurrent_claimers_never_exceed_the_global_or_a_pipeline_cap`,
+//! `a_paused_pipeline_is_claimed_by_no_node_until_resumed`.
 
 use std::collections::HashMap;
 
@@ -54,6 +55,15 @@ pub fn plan(p: &JobClaimParams, running: &HashMap<String, u32>) -> ClaimPlan {
     }
     rooms.sort();
     ClaimPlan { want, rooms }
+}
+
+/// Leaves paused pipelines out of a plan: their queued jobs stay queued for every node
+/// (read inside the claim's transaction, so a claim that starts after a pause commits
+/// never takes one; PostgreSQL filters them in its claim statement instead).
+pub fn leave_out_paused(plan: &mut ClaimPlan, paused: &std::collections::HashSet<String>) {
+    if !paused.is_empty() {
+        plan.rooms.retain(|(name, _)| !paused.contains(name));
+    }
 }
 
 /// The candidates to claim, oldest first, at most `want`.

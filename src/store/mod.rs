@@ -147,6 +147,8 @@ pub struct JobPolicy {
     pub on_orphan: &'static str,
     /// Requeues (orphan or shutdown) before failing.
     pub max_orphan_requeues: u32,
+    /// Which failed exit codes are retried (the rest fail at once).
+    pub retry_on: transition::RetryOn,
 }
 
 /// `run_create` input.
@@ -765,6 +767,30 @@ pub struct PipelineNodeState {
     pub updated_at: i64,
 }
 
+/// `pipeline_pause` input: pause or resume one pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelinePauseParams {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// True to pause, false to resume.
+    pub paused: bool,
+    /// Who asked (token label), when known.
+    pub actor: Option<String>,
+    /// Now (epoch ms).
+    pub now: i64,
+}
+
+/// A paused pipeline as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelinePause {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// When it was paused (epoch ms).
+    pub paused_at: i64,
+    /// Who paused it, when known.
+    pub paused_by: Option<String>,
+}
+
 /// The storage seam. Internal API, free to change; both backends pass the same tests.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -872,6 +898,14 @@ pub trait Store: Send + Sync {
     async fn pipeline_node_set(&self, state: PipelineNodeState) -> StoreResult<()>;
     /// Setup/circuit states of every registered node.
     async fn pipeline_nodes_list(&self) -> StoreResult<Vec<PipelineNodeState>>;
+
+    /// Pauses or resumes a pipeline for every node on the store; true when its state
+    /// changed, and then `pipeline:paused` / `pipeline:resumed` is emitted in the same
+    /// transaction (pausing a paused pipeline changes and emits nothing). Every later claim
+    /// leaves a paused pipeline's jobs queued.
+    async fn pipeline_pause(&self, p: PipelinePauseParams) -> StoreResult<bool>;
+    /// The paused pipelines, by name.
+    async fn pipelines_paused(&self) -> StoreResult<Vec<PipelinePause>>;
 
     /// Stops background work and closes connections; later calls fail with `Closed`.
     async fn close(&self);

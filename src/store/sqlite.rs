@@ -32,7 +32,7 @@ mod outbox;
 use completion::{finalizer_ended, land_terminal};
 
 use super::payload::{self, NewEvent};
-use super::transition::{JobFence, decide, outcome_error};
+use super::transition::{JobFence, RetryOn, decide, outcome_error};
 use super::*;
 use crate::config::Synchronous;
 use crate::model::JobKind;
@@ -41,6 +41,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite_0001_init.sql"),
     include_str!("migrations/sqlite_0002_completion.sql"),
     include_str!("migrations/sqlite_0003_dashboard.sql"),
+    include_str!("migrations/sqlite_0004_retry_on.sql"),
+    include_str!("migrations/sqlite_0005_pipeline_state.sql"),
 ];
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BATCH: usize = 512;
@@ -555,7 +557,7 @@ fn fence_row(conn: &Connection, job_id: &str) -> StoreResult<Option<JobFence>> {
     Ok(conn
         .prepare_cached(
             "SELECT status, claim_seq, attempt, max_attempts, retry_backoff_ms, abort_requested, orphan_requeues,
-                    max_orphan_requeues, on_orphan, run_id, pipeline, shard_index, kind FROM jobs WHERE id = ?1",
+                    max_orphan_requeues, on_orphan, run_id, pipeline, shard_index, kind, retry_on FROM jobs WHERE id = ?1",
         )?
         .query_row(params![job_id], |r| {
             Ok(JobFence {
@@ -572,6 +574,7 @@ fn fence_row(conn: &Connection, job_id: &str) -> StoreResult<Option<JobFence>> {
                 pipeline: r.get(10)?,
                 shard_index: r.get(11)?,
                 kind: JobKind::from_name(r.get_ref(12)?.as_str()?),
+                retry_on: RetryOn::from_column(r.get_ref(13)?.as_str_or_null()?),
             })
         })
         .optional()?)
@@ -601,7 +604,14 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
             running.insert(r.get(0)?, r.get(1)?);
         }
     }
-    let plan = claim_plan::plan(p, &running);
+    let mut plan = claim_plan::plan(p, &running);
+    if !plan.rooms.is_empty() {
+        let paused: std::collections::HashSet<String> = conn
+            .prepare_cached("SELECT pipeline FROM pipeline_state WHERE paused = 1")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        claim_plan::leave_out_paused(&mut plan, &paused);
+    }
     let mut want = plan.want;
     let mut out = ClaimOutcome::default();
     let mut candidates: Vec<(i64, ClaimedJob)> = Vec::new();
@@ -727,7 +737,7 @@ fn finish_fenced(conn: &Connection, p: &JobFinishParams) -> StoreResult<(FinishO
     if !row.is_held_by(p.claim_seq) {
         return Ok((not_applied, 0));
     }
-    let t = decide(&row, &p.outcome, p.now);
+    let t = decide(&row, &p.outcome, p.exit_code, p.now);
     let error = outcome_error(&p.outcome);
     let terminal = t.status.is_terminal();
     let changed = conn
@@ -937,6 +947,7 @@ impl Store for SqliteStore {
                 }
             }
             let shard_count = p.job_ids.len() as i64;
+            let retry_on = p.policy.retry_on.to_column();
             conn.prepare_cached(
                 "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor, idempotency_key, created_at,
                                    has_finalizer, callback_url)
@@ -956,8 +967,8 @@ impl Store for SqliteStore {
             ])?;
             let mut insert = conn.prepare_cached(
                 "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts, retry_backoff_ms,
-                                   on_orphan, max_orphan_requeues, run_after, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?10, ?10)",
+                                   on_orphan, max_orphan_requeues, run_after, created_at, retry_on)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
             )?;
             for (i, job_id) in p.job_ids.iter().enumerate() {
                 insert.execute(params![
@@ -970,7 +981,8 @@ impl Store for SqliteStore {
                     p.policy.retry_backoff_ms,
                     p.policy.on_orphan,
                     p.policy.max_orphan_requeues,
-                    p.now
+                    p.now,
+                    retry_on,
                 ])?;
                 emit(
                     conn,
@@ -1558,6 +1570,51 @@ impl Store for SqliteStore {
         self.read(outbox::pipeline_nodes_list).await
     }
 
+    async fn pipeline_pause(&self, p: PipelinePauseParams) -> StoreResult<bool> {
+        self.write(move |conn| {
+            let was: Option<bool> = conn
+                .prepare_cached("SELECT paused FROM pipeline_state WHERE pipeline = ?1")?
+                .query_row(params![p.pipeline], |r| r.get(0))
+                .optional()?;
+            if was.unwrap_or(false) == p.paused {
+                return Ok((false, 0));
+            }
+            conn.prepare_cached(
+                "INSERT INTO pipeline_state (pipeline, paused, paused_at, paused_by, updated_at)
+                 VALUES (?1, ?2, CASE WHEN ?2 THEN ?4 END, CASE WHEN ?2 THEN ?3 END, ?4)
+                 ON CONFLICT (pipeline) DO UPDATE SET paused = excluded.paused, paused_at = excluded.paused_at,
+                     paused_by = excluded.paused_by, updated_at = excluded.updated_at",
+            )?
+            .execute(params![p.pipeline, p.paused, p.actor, p.now])?;
+            emit(
+                conn,
+                payload::pipeline_paused(&p.pipeline, p.paused, p.actor.as_deref()),
+                p.now,
+            )?;
+            // Resuming makes queued work claimable again.
+            Ok((true, change::WORK | change::EVENTS))
+        })
+        .await
+    }
+
+    async fn pipelines_paused(&self) -> StoreResult<Vec<PipelinePause>> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT pipeline, paused_at, paused_by FROM pipeline_state WHERE paused = 1 ORDER BY pipeline",
+                )?
+                .query_map([], |r| {
+                    Ok(PipelinePause {
+                        pipeline: r.get(0)?,
+                        paused_at: r.get::<_, Option<i64>>(1)?.unwrap_or(0),
+                        paused_by: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     async fn close(&self) {
         self.stop.store(true, Ordering::Relaxed);
         // Dropping the sender ends the writer loop once queued writes are committed.
@@ -1610,6 +1667,7 @@ mod tests {
             retry_backoff_ms: 10,
             on_orphan: "requeue",
             max_orphan_requeues: 1,
+            retry_on: Default::default(),
         }
     }
 

@@ -40,6 +40,7 @@ pub fn policy() -> JobPolicy {
         retry_backoff_ms: 10,
         on_orphan: "requeue",
         max_orphan_requeues: 1,
+        retry_on: Default::default(),
     }
 }
 

@@ -60,7 +60,11 @@ use tokio_postgres::{NoTls, Row};
 use super::*;
 
 /// Schema files, applied in order; the version is the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres_0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/postgres_0001_init.sql"),
+    include_str!("../migrations/postgres_0002_retry_on.sql"),
+    include_str!("../migrations/postgres_0003_pipeline_state.sql"),
+];
 /// Retries of a transaction that lost a race or its connection before COMMIT.
 pub(crate) const MAX_RETRIES: u32 = 4;
 /// How often other replicas' commits are looked for (until a bus signals them).
@@ -657,6 +661,12 @@ impl Store for PgStore {
     }
     async fn pipeline_nodes_list(&self) -> StoreResult<Vec<PipelineNodeState>> {
         self.read_pipeline_nodes().await
+    }
+    async fn pipeline_pause(&self, p: PipelinePauseParams) -> StoreResult<bool> {
+        write::pipeline_pause(self, p).await
+    }
+    async fn pipelines_paused(&self) -> StoreResult<Vec<PipelinePause>> {
+        self.read_paused().await
     }
     async fn close(&self) {
         self.stop.store(true, Ordering::Relaxed);

@@ -13,7 +13,7 @@ use crate::store::{
     DeliveryAttemptRecord, DeliveryRecord, JobLogs, JobRecord, LogLine, NodeRow, PipelineCounts,
     PipelineNodeState, RunFilter, RunRecord, RunningJob, StoredEvent, Stream,
 };
-use crate::store::{PipelineStatsParams, PipelineStatsRow};
+use crate::store::{PipelinePause, PipelineStatsParams, PipelineStatsRow};
 
 /// Event ids below this are final for the statement's snapshot: every transaction of this
 /// deployment that could still insert a smaller one has ended. It is the snapshot's `xmax`
@@ -636,6 +636,22 @@ impl PgStore {
             open_until: r.get(5),
             last_error: r.get(6),
             updated_at: r.get(7),
+        })
+        .collect())
+    }
+
+    pub(super) async fn read_paused(&self) -> StoreResult<Vec<PipelinePause>> {
+        read!(self, c => rows(
+            c,
+            "SELECT pipeline, paused_at, paused_by FROM pipeline_state WHERE paused ORDER BY pipeline",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| PipelinePause {
+            pipeline: r.get(0),
+            paused_at: r.get::<_, Option<i64>>(1).unwrap_or(0),
+            paused_by: r.get(2),
         })
         .collect())
     }

@@ -9,12 +9,12 @@ use crate::store::completion::{
     FINALIZER_MAX_ATTEMPTS, FINALIZER_MIN_REQUEUES, shards_status, status_after_finalizer,
 };
 use crate::store::payload::{self, NewEvent};
-use crate::store::transition::{JobFence, decide, outcome_error};
+use crate::store::transition::{JobFence, RetryOn, decide, outcome_error};
 use crate::store::{
     AbortOutcome, ClaimOutcome, ClaimedJob, DeliveryNext, DeliveryRecordParams, FinishOutcome,
     HeartbeatOutcome, JobClaimParams, JobFinishParams, JobProgressParams, JobStartParams,
     NodeHeartbeatParams, NodeRow, OutputAppendParams, PendingDelivery, PipelineNodeState,
-    PruneOutcome, RunCreateParams, RunCreated, change, claim_plan, summary,
+    PipelinePauseParams, PruneOutcome, RunCreateParams, RunCreated, change, claim_plan, summary,
 };
 
 const STDOUT: i16 = 1;
@@ -129,12 +129,12 @@ pub(super) async fn run_create(s: &PgStore, p: RunCreateParams) -> StoreResult<R
         } else {
             tx.exec(
                 "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts,
-                                   retry_backoff_ms, on_orphan, max_orphan_requeues, run_after, created_at)
-                 SELECT t.id, $2, $3, t.ord - 1, $4, 'queued', $5, $6, $7, $8, $9, $9
+                                   retry_backoff_ms, on_orphan, max_orphan_requeues, run_after, created_at, retry_on)
+                 SELECT t.id, $2, $3, t.ord - 1, $4, 'queued', $5, $6, $7, $8, $9, $9, $10
                  FROM unnest($1::text[]) WITH ORDINALITY AS t(id, ord)",
                 &[&p.job_ids, &p.run_id, &p.pipeline, &shard_count, &(p.policy.max_attempts as i64),
                   &p.policy.retry_backoff_ms, &p.policy.on_orphan, &(p.policy.max_orphan_requeues as i64),
-                  &p.now],
+                  &p.now, &p.policy.retry_on.to_column()],
             )
             .await?;
             let events = p
@@ -226,7 +226,8 @@ async fn claim_in_tx(
             .query(
                 "SELECT c.seq, c.id, c.run_id, c.pipeline, c.shard_index, c.shard_count, c.attempt, c.params,
                         c.kind, c.run_after
-                 FROM unnest($1::text[], $2::bigint[]) AS q(name, room)
+                 FROM (SELECT u.name, u.room FROM unnest($1::text[], $2::bigint[]) AS u(name, room)
+                       WHERE NOT EXISTS (SELECT 1 FROM pipeline_state ps WHERE ps.pipeline = u.name AND ps.paused)) q
                  CROSS JOIN LATERAL (
                      SELECT j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt, r.params,
                             j.kind, j.run_after
@@ -412,7 +413,7 @@ async fn fence_row(tx: &Tx<'_>, job_id: &str) -> StoreResult<Option<JobFence>> {
     Ok(tx
         .query_opt(
             "SELECT status, claim_seq, attempt, max_attempts, retry_backoff_ms, abort_requested, orphan_requeues,
-                    max_orphan_requeues, on_orphan, run_id, pipeline, shard_index, kind
+                    max_orphan_requeues, on_orphan, run_id, pipeline, shard_index, kind, retry_on
              FROM jobs WHERE id = $1 FOR UPDATE",
             &[&job_id],
         )
@@ -433,6 +434,7 @@ async fn fence_row(tx: &Tx<'_>, job_id: &str) -> StoreResult<Option<JobFence>> {
                 pipeline: r.get(10),
                 shard_index: r.get::<_, i64>(11) as u32,
                 kind: JobKind::from_name(&kind),
+                retry_on: RetryOn::from_column(r.get::<_, Option<&str>>(13)),
             }
         }))
 }
@@ -450,7 +452,7 @@ async fn finish_fenced(tx: &mut Tx<'_>, p: &JobFinishParams) -> StoreResult<Fini
     if !row.is_held_by(p.claim_seq) {
         return Ok(not_applied);
     }
-    let t = decide(&row, &p.outcome, p.now);
+    let t = decide(&row, &p.outcome, p.exit_code, p.now);
     let error = outcome_error(&p.outcome);
     let terminal = t.status.is_terminal();
     let finished_at = terminal.then_some(p.now);
@@ -931,5 +933,42 @@ pub(super) async fn pipeline_node_set(s: &PgStore, st: PipelineNodeState) -> Sto
               &st.last_error, &st.updated_at],
         )
         .await?;
+    })
+}
+
+/// Pauses or resumes a pipeline (see [`crate::store::Store::pipeline_pause`]). The row is
+/// locked (or inserted) first, so two concurrent pauses emit one event.
+pub(super) async fn pipeline_pause(s: &PgStore, p: PipelinePauseParams) -> StoreResult<bool> {
+    in_tx!(s, tx => {
+        tx.exec(
+            "INSERT INTO pipeline_state (pipeline, paused, updated_at) VALUES ($1, false, $2)
+             ON CONFLICT (pipeline) DO NOTHING",
+            &[&p.pipeline, &p.now],
+        )
+        .await?;
+        let was: bool = tx
+            .query_opt(
+                "SELECT paused FROM pipeline_state WHERE pipeline = $1 FOR UPDATE",
+                &[&p.pipeline],
+            )
+            .await?
+            .map(|r| r.get(0))
+            .unwrap_or(false);
+        if was == p.paused {
+            false
+        } else {
+            let at = p.paused.then_some(p.now);
+            let by = if p.paused { p.actor.clone() } else { None };
+            tx.exec(
+                "UPDATE pipeline_state SET paused = $2, paused_at = $3, paused_by = $4, updated_at = $5
+                 WHERE pipeline = $1",
+                &[&p.pipeline, &p.paused, &at, &by, &p.now],
+            )
+            .await?;
+            tx.emit(payload::pipeline_paused(&p.pipeline, p.paused, p.actor.as_deref()), p.now)
+                .await?;
+            tx.kinds |= change::WORK;
+            true
+        }
     })
 }
