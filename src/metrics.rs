@@ -162,6 +162,8 @@ pub struct Snapshot {
     pub slots: (usize, usize),
     /// This node's bus.
     pub bus: Option<crate::bus::BusStatus>,
+    /// Pipelines paused on the store (every node shows the same).
+    pub paused: std::collections::BTreeSet<String>,
 }
 
 /// The outcome label of each [`JobEnd`], in rendering order.
@@ -234,6 +236,18 @@ impl Metrics {
                 out,
                 "runyard_queue_depth{{pipeline=\"{}\"}} {queued}",
                 escape(p)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP runyard_pipeline_paused 1 while the pipeline is paused (no node claims its jobs).\n# TYPE runyard_pipeline_paused gauge"
+        );
+        for (p, _, _) in &snap.pipelines {
+            let _ = writeln!(
+                out,
+                "runyard_pipeline_paused{{pipeline=\"{}\"}} {}",
+                escape(p),
+                u8::from(snap.paused.contains(p))
             );
         }
         let _ = writeln!(
@@ -398,7 +412,10 @@ mod tests {
             sse_clients: 2,
             slots: (2, 1),
             bus: Some(crate::bus::Bus::status(&crate::bus::LocalBus::default())),
+            paused: ["idle".to_string()].into(),
         });
+        assert!(text.contains("runyard_pipeline_paused{pipeline=\"idle\"} 1\n"));
+        assert!(text.contains("runyard_pipeline_paused{pipeline=\"a\\\"b\"} 0\n"));
         assert!(text.contains("runyard_claim_latency_seconds_bucket{le=\"0.0005\"} 1\n"));
         assert!(text.contains("runyard_claim_latency_seconds_bucket{le=\"0.025\"} 2\n"));
         assert!(text.contains("runyard_claim_latency_seconds_bucket{le=\"+Inf\"} 3\n"));

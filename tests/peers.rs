@@ -87,3 +87,153 @@ type = "integer"
         .unwrap_or_else(|| panic!("suite in {pipelines}"));
     assert_eq!(suite["noRetryExitCodes"], json!([1]), "{suite}");
 }
+
+/// Runs the CLI against `base`; returns (exit code, stdout).
+fn cli(base: &str, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runyard"))
+        .args(args)
+        .args(["--server", base])
+        .env_remove("RUNYARD_URL")
+        .output()
+        .expect("run the CLI");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+async fn pipeline_info(http: &reqwest::Client, base: &str, id: &str) -> Value {
+    let (_, list) = get(http, &format!("{base}/api/pipelines")).await;
+    list["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} in {list}"))
+}
+
+async fn run_status(http: &reqwest::Client, base: &str, run_id: &str) -> String {
+    get(http, &format!("{base}/api/runs/{run_id}")).await.1["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Triggers a run of `other` and waits for it to end: every run queued before it in an
+/// unpaused pipeline would have been claimed first (claims are FIFO over pipelines), so
+/// afterwards a paused pipeline's runs still queued prove no node took them.
+async fn barrier(http: &reqwest::Client, base: &str, events: &mut EventWatcher) {
+    for _ in 0..2 {
+        let id = trigger(http, base, "other", json!({})).await["runId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let run = wait_run(http, base, events, &id).await;
+        assert_eq!(run["status"], "completed");
+    }
+}
+
+#[tokio::test]
+async fn a_paused_pipeline_holds_its_queue_on_every_node_across_restarts_until_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("go");
+    let config = write_config(
+        dir.path(),
+        "max_workers = 2",
+        &format!(
+            r#"
+[pipelines.work]
+command = ["sh", "-c", "while [ ! -f {gate} ]; do sleep 0.02; done; echo done"]
+[pipelines.other]
+command = ["true"]
+"#,
+            gate = gate.display()
+        ),
+    );
+    let http = reqwest::Client::new();
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = BinServer::start(&config, pa).await;
+    let mut b = BinServer::start(&config, pb).await;
+    let mut events = EventWatcher::connect(&a.base, 0);
+    // A job already running when the pipeline is paused finishes.
+    let running = trigger(&http, &a.base, "work", json!({})).await["runId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    events
+        .wait_for("job:started", |d| d["runId"] == running.as_str(), T)
+        .await;
+    let (code, out) = cli(&a.base, &["pause", "work"]);
+    assert_eq!((code, out.trim()), (0, "pipeline work paused"));
+    let (code, out) = cli(&b.base, &["pause", "work"]);
+    assert_eq!((code, out.trim()), (0, "pipeline work paused (already)"));
+    let paused = events
+        .wait_for("pipeline:paused", |d| d["pipelineId"] == "work", T)
+        .await;
+    assert!(paused.data.get("runId").is_none(), "{:?}", paused.data);
+    // Triggers are accepted on either node, and say the pipeline is paused.
+    let mut held = Vec::new();
+    for base in [&a.base, &b.base, &a.base] {
+        let answer = trigger(&http, base, "work", json!({})).await;
+        assert_eq!(answer["paused"], true, "{answer}");
+        held.push(answer["runId"].as_str().unwrap().to_string());
+    }
+    std::fs::write(&gate, "").unwrap();
+    let run = wait_run(&http, &a.base, &mut events, &running).await;
+    assert_eq!(run["status"], "completed", "the running job finished");
+    barrier(&http, &b.base, &mut events).await;
+    for id in &held {
+        assert_eq!(run_status(&http, &a.base, id).await, "queued", "{id}");
+    }
+    let info = pipeline_info(&http, &b.base, "work").await;
+    assert_eq!(
+        (info["paused"].clone(), info["queued"].clone()),
+        (json!(true), json!(3))
+    );
+    assert!(info["pausedAt"].is_string(), "{info}");
+    let (_, metrics) = get_text(&http, &format!("{}/metrics", b.base)).await;
+    assert!(
+        metrics.contains("runyard_pipeline_paused{pipeline=\"work\"} 1\n")
+            && metrics.contains("runyard_pipeline_paused{pipeline=\"other\"} 0\n"),
+        "{metrics}"
+    );
+    let (code, table) = cli(&a.base, &["pipelines"]);
+    assert_eq!(code, 0);
+    let line = table.lines().find(|l| l.starts_with("work")).unwrap();
+    assert!(line.contains("paused"), "{table}");
+
+    // Durable: both nodes restart and still hold the queue.
+    for server in [&mut a, &mut b] {
+        server.signal("TERM");
+        assert_eq!(server.wait_exit(T).await, Some(0));
+    }
+    let a = BinServer::start(&config, pa).await;
+    let b = BinServer::start(&config, pb).await;
+    let last = events.seen.iter().filter_map(|e| e.id).max().unwrap_or(0);
+    let mut events = EventWatcher::connect(&b.base, last);
+    assert_eq!(pipeline_info(&http, &a.base, "work").await["paused"], true);
+    barrier(&http, &a.base, &mut events).await;
+    for id in &held {
+        assert_eq!(run_status(&http, &b.base, id).await, "queued", "{id}");
+    }
+
+    // Resumed on one node: every held run completes, on either node.
+    let (code, out) = cli(&b.base, &["resume", "work"]);
+    assert_eq!((code, out.trim()), (0, "pipeline work resumed"));
+    events
+        .wait_for("pipeline:resumed", |d| d["pipelineId"] == "work", T)
+        .await;
+    for id in &held {
+        let run = wait_run(&http, &a.base, &mut events, id).await;
+        assert_eq!(run["status"], "completed", "{run}");
+    }
+    assert_eq!(pipeline_info(&http, &a.base, "work").await["paused"], false);
+    let (status, body) = post(
+        &http,
+        &format!("{}/api/pipelines/nope/pause", a.base),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+}

@@ -456,6 +456,7 @@ async fn event_readers_wait_for_runyard_transactions_but_not_for_other_programs(
         has_finalizer: false,
         callback_url: None,
         now: store.clock_ms(),
+        options: Default::default(),
     };
     let visible = |events: &[runyard::store::StoredEvent], run: &str| {
         events.iter().any(|e| e.data.contains(run))

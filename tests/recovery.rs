@@ -37,6 +37,7 @@ async fn queue_claimed(store: &Arc<dyn Store>, node_id: &str, claimed_at: i64) -
             has_finalizer: false,
             callback_url: None,
             now: 1,
+            options: Default::default(),
         })
         .await
         .unwrap();

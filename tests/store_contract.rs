@@ -107,5 +107,6 @@ contract_tests!(
         an_abort_racing_the_finalizers_end_wins,
         exit_codes_the_pipeline_does_not_retry_fail_at_once,
         a_paused_pipeline_is_claimed_by_no_node_until_resumed,
+        a_rerun_of_failed_shards_keeps_the_others_and_the_finalizer_sees_all,
     ]
 );

@@ -83,6 +83,31 @@ pub(super) struct Triggered {
     /// Present (true) when an earlier trigger with the same idempotency key made the run.
     #[serde(skip_serializing_if = "Option::is_none")]
     idempotent_replay: Option<bool>,
+    /// Present (true) when the pipeline is paused: the run is queued and waits until the
+    /// pipeline is resumed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paused: Option<bool>,
+    /// For a re-run: the run it re-runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rerun_of: Option<String>,
+}
+
+impl Triggered {
+    /// The answer for a run the scheduler queued (`rerun_of` for a re-run).
+    pub(super) fn of(t: crate::scheduler::Triggered, rerun_of: Option<String>) -> Triggered {
+        Triggered {
+            job_id: t.run_id.clone(),
+            run_id: t.run_id,
+            job_ids: t.job_ids,
+            pipeline_id: t.pipeline,
+            status: "queued",
+            timestamp: rfc3339(t.created_at),
+            // A retried trigger: the run it names was created by the first one.
+            idempotent_replay: t.existing.then_some(true),
+            paused: t.paused.then_some(true),
+            rerun_of,
+        }
+    }
 }
 
 /// The `{id}` of `/api/pipelines/{id}/…` (what the handlers extract, and its documentation).
@@ -94,7 +119,7 @@ pub(super) struct PipelineIdParam {
 }
 
 /// Who triggered, from the `X-Runyard-Source` header (`cli`, `dashboard`; default `api`).
-fn source(headers: &HeaderMap) -> String {
+pub(super) fn source(headers: &HeaderMap) -> String {
     match headers
         .get("x-runyard-source")
         .and_then(|v| v.to_str().ok())
@@ -175,19 +200,7 @@ pub(super) async fn trigger(
             triggered_by: source(&headers),
         })
         .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Triggered {
-            job_id: triggered.run_id.clone(),
-            run_id: triggered.run_id,
-            job_ids: triggered.job_ids,
-            pipeline_id: triggered.pipeline,
-            status: "queued",
-            timestamp: rfc3339(triggered.created_at),
-            // A retried trigger: the run it names was created by the first one.
-            idempotent_replay: triggered.existing.then_some(true),
-        }),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(Triggered::of(triggered, None))))
 }
 
 /// `GET /api/pipelines` answer.
@@ -238,6 +251,14 @@ pub(super) struct PipelineInfo {
     queued: u64,
     /// Running jobs.
     running: u64,
+    /// True while the pipeline is paused: no node claims its queued jobs.
+    paused: bool,
+    /// When it was paused (RFC 3339), while paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paused_at: Option<String>,
+    /// Who paused it (token label), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paused_by: Option<String>,
 }
 
 /// A declared parameter.
@@ -289,6 +310,7 @@ pub(super) enum Circuit {
 pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineList>, ApiError> {
     let counts = state.store.pipeline_counts().await?;
     let states = state.store.pipeline_nodes_list().await?;
+    let paused = state.store.pipelines_paused().await?;
     let pipelines = state
         .scheduler
         .settings()
@@ -332,6 +354,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineL
             } else {
                 Circuit::Closed
             };
+            let pause = paused.iter().find(|x| x.pipeline == p.name);
             let setup = p.setup.as_ref().map(|s| SetupInfo {
                 command: s.command.clone(),
                 nodes,
@@ -360,6 +383,9 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineL
                 callback_url: p.callback_url.clone(),
                 queued: c.queued,
                 running: c.running,
+                paused: pause.is_some(),
+                paused_at: pause.map(|x| rfc3339(x.paused_at)),
+                paused_by: pause.and_then(|x| x.paused_by.clone()),
             }
         })
         .collect();
@@ -394,4 +420,81 @@ pub(super) async fn runs_of(
     }
     let Query(q) = query?;
     list_runs(&state, Some(pipeline), &q).await
+}
+
+/// The answer to a pause or resume.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct PauseState {
+    /// The pipeline.
+    pipeline_id: String,
+    /// Its state now.
+    paused: bool,
+    /// False when it already was in that state (nothing was written, no event emitted).
+    changed: bool,
+}
+
+async fn set_paused(
+    state: &AppState,
+    actor: super::auth::Actor,
+    path: Result<Path<PipelineIdParam>, PathRejection>,
+    paused: bool,
+) -> Result<Json<PauseState>, ApiError> {
+    let Path(PipelineIdParam { id: pipeline }) = path?;
+    match state.scheduler.pause(&pipeline, paused, actor.0).await? {
+        None => Err(ApiError::NotFound(format!(
+            "Unknown pipeline: {}",
+            pipeline.chars().take(100).collect::<String>()
+        ))),
+        Some(changed) => Ok(Json(PauseState {
+            pipeline_id: pipeline,
+            paused,
+            changed,
+        })),
+    }
+}
+
+/// `POST /api/pipelines/{id}/pause`: no node claims the pipeline's queued jobs until it is
+/// resumed; triggers are still accepted (their answer says `paused`), running jobs finish.
+/// Durable (stored), for every node on the store; emits `pipeline:paused`.
+#[utoipa::path(
+    post,
+    path = "/api/pipelines/{id}/pause",
+    tag = "pipelines",
+    operation_id = "pausePipeline",
+    params(PipelineIdParam),
+    responses(
+        (status = 200, description = "Paused (now or before: see `changed`)", body = PauseState),
+        (status = 404, description = "Unknown pipeline", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    )
+)]
+pub(super) async fn pause(
+    State(state): State<AppState>,
+    axum::Extension(actor): axum::Extension<super::auth::Actor>,
+    path: Result<Path<PipelineIdParam>, PathRejection>,
+) -> Result<Json<PauseState>, ApiError> {
+    set_paused(&state, actor, path, true).await
+}
+
+/// `POST /api/pipelines/{id}/resume`: the pipeline's queued jobs are claimed again; emits
+/// `pipeline:resumed`.
+#[utoipa::path(
+    post,
+    path = "/api/pipelines/{id}/resume",
+    tag = "pipelines",
+    operation_id = "resumePipeline",
+    params(PipelineIdParam),
+    responses(
+        (status = 200, description = "Resumed (now or before: see `changed`)", body = PauseState),
+        (status = 404, description = "Unknown pipeline", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    )
+)]
+pub(super) async fn resume(
+    State(state): State<AppState>,
+    axum::Extension(actor): axum::Extension<super::auth::Actor>,
+    path: Result<Path<PipelineIdParam>, PathRejection>,
+) -> Result<Json<PauseState>, ApiError> {
+    set_paused(&state, actor, path, false).await
 }

@@ -162,6 +162,20 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Pause a pipeline: no node starts its queued jobs (triggers are still queued, running jobs finish).
+    Pause {
+        /// Pipeline name.
+        pipeline: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Resume a paused pipeline: its queued jobs are started again.
+    Resume {
+        /// Pipeline name.
+        pipeline: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List pipelines.
     Pipelines {
         #[command(flatten)]
@@ -379,6 +393,36 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     answer["runId"].as_str().unwrap_or(run),
                     answer["abortedJobs"]
                 ))?;
+            }
+            Ok(exit::OK)
+        }
+        Command::Pause { pipeline, client } | Command::Resume { pipeline, client } => {
+            let (client, json_out) = client_for(&cli, client)?;
+            let verb = if matches!(cli.command, Command::Pause { .. }) {
+                "pause"
+            } else {
+                "resume"
+            };
+            let answer = client
+                .post(
+                    &format!("/api/pipelines/{}/{verb}", segment(pipeline)),
+                    &json!({}),
+                )
+                .await?;
+            if json_out {
+                output::print_json(&answer)?;
+            } else {
+                let state = if answer["paused"] == true {
+                    "paused"
+                } else {
+                    "resumed"
+                };
+                let already = if answer["changed"] == false {
+                    " (already)"
+                } else {
+                    ""
+                };
+                term::out(format_args!("pipeline {pipeline} {state}{already}"))?;
             }
             Ok(exit::OK)
         }

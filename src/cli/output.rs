@@ -170,6 +170,11 @@ pub fn pipelines_table(v: &Value) -> Result<(), Closed> {
                 s(&p["running"]),
                 setup,
                 s(&p["circuit"]),
+                if p["paused"] == true {
+                    "paused".to_string()
+                } else {
+                    "active".to_string()
+                },
                 cmd.join(" "),
             ]
         })
@@ -183,6 +188,7 @@ pub fn pipelines_table(v: &Value) -> Result<(), Closed> {
             "RUNNING",
             "SETUP",
             "CIRCUIT",
+            "STATE",
             "COMMAND",
         ],
         rows,

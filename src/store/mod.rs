@@ -23,6 +23,7 @@ pub mod completion;
 mod error;
 pub mod payload;
 pub mod postgres;
+pub mod rerun;
 pub mod sqlite;
 pub mod summary;
 pub mod transition;
@@ -176,6 +177,19 @@ pub struct RunCreateParams {
     pub callback_url: Option<String>,
     /// Creation time (epoch ms).
     pub now: i64,
+    /// Re-run, delay, priority and schedule of the run (all off by default).
+    pub options: RunOptions,
+}
+
+/// What a run may carry besides its trigger's basics (issue 11). The default is a plain
+/// trigger: no re-run, due at once, priority 0, not scheduled.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The finished run this one re-runs.
+    pub rerun_of: Option<String>,
+    /// Shards copied from `rerun_of` as they ended there, terminal from the start
+    /// (a re-run of failed shards); their jobs are not queued. See [`rerun`].
+    pub kept: Vec<rerun::KeptShard>,
 }
 
 /// `run_create` result.
@@ -484,6 +498,8 @@ pub struct JobRecord {
     pub finished_at: Option<i64>,
     /// The JSON text the job wrote to `$RUNYARD_RESULT_FILE`.
     pub result: Option<String>,
+    /// For a shard a re-run kept: the original run's job it is a copy of.
+    pub kept_from: Option<String>,
 }
 
 /// One run as stored, with its jobs (times in epoch ms); the API's `RunView` is made from it.
@@ -515,6 +531,8 @@ pub struct RunRecord {
     pub shards_status: Option<String>,
     /// Completion webhook target.
     pub callback_url: Option<String>,
+    /// The run this one re-runs.
+    pub rerun_of: Option<String>,
     /// Its shard jobs in shard order.
     pub jobs: Vec<JobRecord>,
     /// Its finalize job, once queued.

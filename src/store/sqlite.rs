@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite_0003_dashboard.sql"),
     include_str!("migrations/sqlite_0004_retry_on.sql"),
     include_str!("migrations/sqlite_0005_pipeline_state.sql"),
+    include_str!("migrations/sqlite_0006_rerun.sql"),
 ];
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BATCH: usize = 512;
@@ -580,6 +581,35 @@ fn fence_row(conn: &Connection, job_id: &str) -> StoreResult<Option<JobFence>> {
         .optional()?)
 }
 
+/// Inserts a re-run's kept shard: a terminal copy of the original's job (see [`rerun`]).
+fn copy_kept(
+    conn: &Connection,
+    run_id: &str,
+    job_id: &str,
+    from: &str,
+    now: i64,
+) -> StoreResult<()> {
+    let copied = conn
+        .prepare_cached(
+            "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, reason, attempt, max_attempts,
+                               retry_backoff_ms, on_orphan, orphan_requeues, max_orphan_requeues, run_after, node_id,
+                               exit_code, error, stdout_bytes, stderr_bytes, truncated, created_at, claimed_at,
+                               started_at, finished_at, kind, result, retry_on, kept_from)
+             SELECT ?1, ?2, pipeline, shard_index, shard_count, status, reason, attempt, max_attempts,
+                    retry_backoff_ms, on_orphan, orphan_requeues, max_orphan_requeues, run_after, node_id,
+                    exit_code, error, stdout_bytes, stderr_bytes, truncated, ?3, claimed_at,
+                    started_at, finished_at, kind, result, retry_on, id
+             FROM jobs WHERE id = ?4 AND finished_at IS NOT NULL",
+        )?
+        .execute(params![job_id, run_id, now, from])?;
+    if copied != 1 {
+        return Err(StoreError::Conflict {
+            message: format!("job {from} is gone or not finished: it cannot be kept"),
+        });
+    }
+    Ok(())
+}
+
 /// Claims queued jobs for a node inside the caller's transaction (see [`Store::job_claim`]).
 fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcome> {
     // A node without a row was declared dead (or has deregistered): it may not claim, so a
@@ -805,7 +835,7 @@ fn running_job(r: &Row<'_>) -> rusqlite::Result<RunningJob> {
 const JOB_COLS: &str =
     "id, run_id, pipeline, shard_index, shard_count, status, reason, attempt, max_attempts,
     orphan_requeues, node_id, pid, exit_code, progress, progress_message, error, abort_requested,
-    stdout_bytes, stderr_bytes, truncated, created_at, started_at, finished_at, kind, result";
+    stdout_bytes, stderr_bytes, truncated, created_at, started_at, finished_at, kind, result, kept_from";
 
 fn job_view(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
     Ok(JobRecord {
@@ -834,10 +864,11 @@ fn job_view(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
         finished_at: r.get(22)?,
         kind: JobKind::from_name(r.get_ref(23)?.as_str()?),
         result: r.get(24)?,
+        kept_from: r.get(25)?,
     })
 }
 
-const RUN_COLS: &str = "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at, shards_status, callback_url";
+const RUN_COLS: &str = "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at, shards_status, callback_url, rerun_of";
 
 fn run_view(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
     let params: String = r.get(3)?;
@@ -855,6 +886,7 @@ fn run_view(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         finished_at: r.get(10)?,
         shards_status: r.get(11)?,
         callback_url: r.get(12)?,
+        rerun_of: r.get(13)?,
         jobs: Vec::new(),
         finalizer: None,
     })
@@ -950,8 +982,8 @@ impl Store for SqliteStore {
             let retry_on = p.policy.retry_on.to_column();
             conn.prepare_cached(
                 "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor, idempotency_key, created_at,
-                                   has_finalizer, callback_url)
-                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                   has_finalizer, callback_url, rerun_of, shards_done)
+                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![
                 p.run_id,
@@ -963,7 +995,9 @@ impl Store for SqliteStore {
                 p.idempotency_key,
                 p.now,
                 p.has_finalizer,
-                p.callback_url
+                p.callback_url,
+                p.options.rerun_of,
+                p.options.kept.len() as i64,
             ])?;
             let mut insert = conn.prepare_cached(
                 "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts, retry_backoff_ms,
@@ -971,6 +1005,10 @@ impl Store for SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
             )?;
             for (i, job_id) in p.job_ids.iter().enumerate() {
+                if let Some(kept) = p.options.kept.iter().find(|k| k.shard_index as usize == i) {
+                    copy_kept(conn, &p.run_id, job_id, &kept.from_job, p.now)?;
+                    continue;
+                }
                 insert.execute(params![
                     job_id,
                     p.run_id,
@@ -1688,6 +1726,7 @@ mod tests {
                 has_finalizer: false,
                 callback_url: None,
                 now: 1,
+                options: Default::default(),
             })
             .await
             .unwrap()

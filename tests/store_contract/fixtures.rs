@@ -59,6 +59,7 @@ pub fn run_params(pipeline: &str, shards: u32) -> RunCreateParams {
         has_finalizer: false,
         callback_url: None,
         now: 1,
+        options: Default::default(),
     }
 }
 

@@ -3,9 +3,11 @@
 //! the backends; these tests hold both stores to it.
 
 use runyard::model::{JobStatus, Reason};
+use runyard::store::rerun::KeptShard;
 use runyard::store::transition::RetryOn;
 use runyard::store::{
     JobClaimParams, JobPolicy, Outcome, PipelinePause, PipelinePauseParams, RunCreateParams,
+    RunOptions,
 };
 
 use crate::factory::{Factory, node_row};
@@ -183,4 +185,172 @@ pub async fn a_paused_pipeline_is_claimed_by_no_node_until_resumed(f: &Factory) 
     assert_eq!(names[0].1["pipelineId"], "p");
     assert_eq!(names[0].1["actor"], "ops");
     assert!(names[0].1.get("runId").is_none());
+}
+
+pub async fn a_rerun_of_failed_shards_keeps_the_others_and_the_finalizer_sees_all(f: &Factory) {
+    let store = f.store().await;
+    // The original: 3 shards (one attempt each) and a finalizer; shard 0 completes with a
+    // result, shards 1 and 2 fail.
+    let original = ok(
+        "run_create",
+        store.run_create(RunCreateParams {
+            has_finalizer: true,
+            policy: JobPolicy {
+                max_attempts: 1,
+                ..policy()
+            },
+            ..run_params("p", 3)
+        }),
+    )
+    .await;
+    let jobs = ok("job_claim", store.job_claim(claim(3))).await.jobs;
+    assert_eq!(jobs.len(), 3);
+    for job in &jobs {
+        let mut end = if job.shard_index == 0 {
+            finish(job, Outcome::Completed)
+        } else {
+            finish(job, failed())
+        };
+        if job.shard_index == 0 {
+            end.result = Some(r#"{"shard":0}"#.into());
+        } else {
+            end.exit_code = Some(1);
+        }
+        ok("job_finish", store.job_finish(end)).await;
+    }
+    let fin = ok("job_claim", store.job_claim(claim_later(1))).await.jobs;
+    ok(
+        "finalizer",
+        store.job_finish(finish(&fin[0], Outcome::Completed)),
+    )
+    .await;
+    let before = ok("run_get", store.run_get(&original.run_id))
+        .await
+        .unwrap();
+    assert_eq!(before.status, "failed");
+
+    // The re-run keeps shard 0 and repeats 1 and 2.
+    let mut again = RunCreateParams {
+        has_finalizer: true,
+        ..run_params("p", 3)
+    };
+    again.now = 200;
+    again.options = RunOptions {
+        rerun_of: Some(original.run_id.clone()),
+        kept: vec![KeptShard {
+            shard_index: 0,
+            job_id: again.job_ids[0].clone(),
+            from_job: before.jobs[0].id.clone(),
+        }],
+    };
+    let new_jobs = again.job_ids.clone();
+    let rerun = ok("run_create", store.run_create(again)).await;
+    let view = ok("run_get", store.run_get(&rerun.run_id)).await.unwrap();
+    assert_eq!(view.rerun_of.as_deref(), Some(original.run_id.as_str()));
+    assert_eq!(view.shards_done, 1);
+    let kept = &view.jobs[0];
+    assert_eq!(
+        (
+            kept.id.as_str(),
+            kept.status.as_str(),
+            kept.kept_from.as_deref()
+        ),
+        (
+            new_jobs[0].as_str(),
+            "completed",
+            Some(before.jobs[0].id.as_str())
+        )
+    );
+    assert_eq!(kept.result.as_deref(), Some(r#"{"shard":0}"#));
+    assert_eq!(kept.finished_at, before.jobs[0].finished_at);
+    assert!(
+        view.jobs[1..]
+            .iter()
+            .all(|j| j.status == "queued" && j.kept_from.is_none())
+    );
+    // Only the repeated shards are claimed; when they land the finalizer runs once and
+    // sees every shard, the kept one's result too.
+    let repeated = ok(
+        "job_claim",
+        store.job_claim(JobClaimParams {
+            now: 300,
+            ..claim(3)
+        }),
+    )
+    .await
+    .jobs;
+    let mut got: Vec<u32> = repeated.iter().map(|j| j.shard_index).collect();
+    got.sort();
+    assert_eq!(got, vec![1, 2]);
+    for job in &repeated {
+        let out = ok(
+            "job_finish",
+            store.job_finish(finish(job, Outcome::Completed)),
+        )
+        .await;
+        assert_eq!(out.run_finalized, None, "the finalizer decides");
+    }
+    let fin = ok(
+        "job_claim",
+        store.job_claim(JobClaimParams {
+            now: 400,
+            ..claim(3)
+        }),
+    )
+    .await
+    .jobs;
+    assert_eq!(fin.len(), 1);
+    assert_eq!(fin[0].kind, runyard::model::JobKind::Finalize);
+    let summary = ok("run_summary", store.run_summary(&rerun.run_id))
+        .await
+        .unwrap();
+    let shards = summary["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 3, "{summary}");
+    assert_eq!(shards[0]["result"]["shard"], 0, "{summary}");
+    assert!(
+        shards.iter().all(|s| s["status"] == "completed"),
+        "{summary}"
+    );
+    let end = ok(
+        "finalizer",
+        store.job_finish(finish(&fin[0], Outcome::Completed)),
+    )
+    .await;
+    assert_eq!(
+        end.run_finalized,
+        Some(runyard::model::RunStatus::Completed)
+    );
+    assert_eq!(run_completed_events(&*store, &rerun.run_id).await, 1);
+    // The original is unchanged.
+    let after = ok("run_get", store.run_get(&original.run_id))
+        .await
+        .unwrap();
+    assert_eq!(
+        (after.status.as_str(), after.finished_at, after.shards_done),
+        (
+            before.status.as_str(),
+            before.finished_at,
+            before.shards_done
+        )
+    );
+    for (a, b) in after.jobs.iter().zip(&before.jobs) {
+        assert_eq!((&a.id, &a.status, a.attempt), (&b.id, &b.status, b.attempt));
+    }
+    // Keeping a job that has not finished is refused, and writes nothing.
+    let live = create(&*store, 1).await;
+    let mut bad = run_params("p", 1);
+    bad.options = RunOptions {
+        rerun_of: Some(live.run_id.clone()),
+        kept: vec![KeptShard {
+            shard_index: 0,
+            job_id: bad.job_ids[0].clone(),
+            from_job: live.job_ids[0].clone(),
+        }],
+    };
+    let bad_id = bad.run_id.clone();
+    assert!(matches!(
+        store.run_create(bad).await,
+        Err(runyard::store::StoreError::Conflict { .. })
+    ));
+    assert!(ok("run_get", store.run_get(&bad_id)).await.is_none());
 }

@@ -287,6 +287,21 @@ function renderStats(data) {
 function pipelineCard(p) {
   const counts = h('span', { class: 'p-counts', 'aria-label': `${p.id} queue` });
   const circuit = h('span', { class: 'badge', hidden: true });
+  const pausedBadge = h('span', { class: 'badge badge-paused', hidden: true, title: 'No node starts its queued jobs; triggers are still queued' }, 'paused');
+  const pauseButton = h('button', { type: 'button', class: 'btn btn-small pause-toggle', 'aria-pressed': 'false' }, 'Pause');
+  pauseButton.addEventListener('click', async () => {
+    const verb = pauseButton.getAttribute('aria-pressed') === 'true' ? 'resume' : 'pause';
+    pauseButton.disabled = true;
+    try {
+      const r = await api(`/api/pipelines/${enc(p.id)}/${verb}`, { method: 'POST', body: {} });
+      setPaused({ pausedBadge, pauseButton }, r.paused);
+      refreshPipelines();
+    } catch (e) {
+      banner(`Could not ${verb} ${p.id}: ${e.status ? `${e.status}: ` : ''}${e.message}`);
+    } finally {
+      pauseButton.disabled = false;
+    }
+  });
   const setup = h('div', { class: 'p-setup', hidden: true });
   const result = h('div', { class: 'trigger-result', role: 'status', 'aria-live': 'polite' });
   const fields = [];
@@ -334,7 +349,8 @@ function pipelineCard(p) {
     result.textContent = 'Queuing…';
     try {
       const r = await api(`/api/pipelines/${enc(p.id)}/trigger`, { method: 'POST', body, headers: { 'X-Runyard-Source': 'dashboard' } });
-      replace(result, r.idempotentReplay ? 'Existing run ' : 'Queued run ', runLink(r.runId, shortId(r.runId), `Open run ${r.runId}`));
+      replace(result, r.idempotentReplay ? 'Existing run ' : 'Queued run ', runLink(r.runId, shortId(r.runId), `Open run ${r.runId}`),
+        r.paused ? ' (pipeline paused: it waits until resumed)' : '');
       result.className = 'trigger-result ok';
       result.dataset.runId = r.runId;
       refreshRuns();
@@ -350,16 +366,24 @@ function pipelineCard(p) {
   const cmd = (p.command || []).join(' ');
   const stats = h('div', { class: 'p-stats-slot', 'aria-label': `${p.id} statistics` });
   const card = h('article', { class: 'pipeline', 'aria-label': `Pipeline ${p.id}` },
-    h('div', { class: 'p-head' }, h('h3', {}, h('a', { href: dashboardHash({ pipeline: p.id, status: '', q: '' }, 0), title: `Runs of ${p.id}` }, p.id)), circuit, h('span', { class: 'spacer' }), counts),
+    h('div', { class: 'p-head' }, h('h3', {}, h('a', { href: dashboardHash({ pipeline: p.id, status: '', q: '' }, 0), title: `Runs of ${p.id}` }, p.id)), circuit, pausedBadge, h('span', { class: 'spacer' }), counts, pauseButton),
     h('code', { class: 'p-cmd', title: cmd }, cmd),
     setup,
     stats,
     form);
-  return { card, counts, circuit, setup, stats };
+  return { card, counts, circuit, setup, stats, pausedBadge, pauseButton };
+}
+
+function setPaused(parts, paused) {
+  parts.pausedBadge.hidden = !paused;
+  parts.pauseButton.textContent = paused ? 'Resume' : 'Pause';
+  parts.pauseButton.setAttribute('aria-pressed', paused ? 'true' : 'false');
+  parts.pauseButton.title = paused ? 'Resume: queued jobs start again' : 'Pause: no node starts queued jobs; running ones finish';
 }
 
 function updatePipelineCard(parts, p) {
   if (!parts) return;
+  setPaused(parts, !!p.paused);
   replace(parts.counts,
     h('span', { class: p.queued ? 'n n-queued' : 'n' }, `${p.queued} queued`), ' · ',
     h('span', { class: p.running ? 'n n-running' : 'n' }, `${p.running} running`));
@@ -583,6 +607,8 @@ const FEED_TEXT = {
   'job:failed': 'failed',
   'job:aborted': 'aborted',
   'run:completed': 'run ended',
+  'pipeline:paused': 'paused',
+  'pipeline:resumed': 'resumed',
   resync: 'resync',
 };
 
@@ -613,6 +639,7 @@ function feedItem({ name, ev, id }) {
   else if (name === 'job:failed' || name === 'job:aborted' || name === 'job:completed') {
     detail = [ev.status !== name.slice(4) ? ev.status : '', ev.reason === 'exit_code' ? '' : ev.reason, ev.exitCode !== null && ev.exitCode !== undefined ? `exit ${ev.exitCode}` : '', ev.nextAttempt ? `retry #${ev.nextAttempt}` : ''].filter(Boolean).join(' · ');
   } else if (name === 'resync') detail = 'events were pruned; lists reloaded';
+  else if (name.startsWith('pipeline:') && ev.actor) detail = `by ${ev.actor}`;
   const target = ev.jobId || ev.runId;
   return h('li', { class: `feed-item ev-${kind}`, dataset: { event: name, id: id ?? '' } },
     h('time', { class: 'feed-time', datetime: ev.timestamp || '', title: stamp(ev.timestamp || new Date().toISOString()) }, clock(ev.timestamp || new Date().toISOString())),

@@ -91,7 +91,7 @@ fn running_job(r: &Row) -> RunningJob {
 const JOB_COLS: &str =
     "id, run_id, pipeline, shard_index, shard_count, status, reason, attempt, max_attempts,
     orphan_requeues, node_id, pid, exit_code, progress, progress_message, error, abort_requested,
-    stdout_bytes, stderr_bytes, truncated, created_at, started_at, finished_at, kind, result";
+    stdout_bytes, stderr_bytes, truncated, created_at, started_at, finished_at, kind, result, kept_from";
 
 fn job_view(r: &Row) -> JobRecord {
     let kind: String = r.get(23);
@@ -121,12 +121,13 @@ fn job_view(r: &Row) -> JobRecord {
         finished_at: r.get(22),
         kind: JobKind::from_name(&kind),
         result: r.get(24),
+        kept_from: r.get(25),
     }
 }
 
 const RUN_COLS: &str =
     "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at,
-    started_at, finished_at, shards_status, callback_url";
+    started_at, finished_at, shards_status, callback_url, rerun_of";
 
 fn run_view(r: &Row) -> RunRecord {
     let params: String = r.get(3);
@@ -144,6 +145,7 @@ fn run_view(r: &Row) -> RunRecord {
         finished_at: r.get(10),
         shards_status: r.get(11),
         callback_url: r.get(12),
+        rerun_of: r.get(13),
         jobs: Vec::new(),
         finalizer: None,
     }

@@ -91,12 +91,13 @@ pub(super) async fn run_create(s: &PgStore, p: RunCreateParams) -> StoreResult<R
         let inserted = tx
             .query_opt(
                 "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor, idempotency_key,
-                                   created_at, has_finalizer, callback_url)
-                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10)
+                                   created_at, has_finalizer, callback_url, rerun_of, shards_done)
+                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                  ON CONFLICT (pipeline, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                  RETURNING id",
                 &[&p.run_id, &p.pipeline, &params_text, &shard_count, &p.triggered_by, &p.actor,
-                  &p.idempotency_key, &p.now, &p.has_finalizer, &p.callback_url],
+                  &p.idempotency_key, &p.now, &p.has_finalizer, &p.callback_url, &p.options.rerun_of,
+                  &(p.options.kept.len() as i64)],
             )
             .await?;
         if inserted.is_none() {
@@ -127,20 +128,58 @@ pub(super) async fn run_create(s: &PgStore, p: RunCreateParams) -> StoreResult<R
                 existing_params: Some(serde_json::from_str(&params_text).unwrap_or_default()),
             }
         } else {
+            // A re-run's kept shards are terminal copies of the original's jobs; the rest
+            // are queued.
+            let kept: Vec<&str> = p.options.kept.iter().map(|k| k.job_id.as_str()).collect();
+            let queued: Vec<&str> =
+                p.job_ids.iter().map(String::as_str).filter(|id| !kept.contains(id)).collect();
+            let queued_index: Vec<i64> = p
+                .job_ids
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| !kept.contains(&id.as_str()))
+                .map(|(i, _)| i as i64)
+                .collect();
+            if !kept.is_empty() {
+                let from: Vec<&str> = p.options.kept.iter().map(|k| k.from_job.as_str()).collect();
+                let copied = tx
+                    .exec(
+                        "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, reason, attempt,
+                                           max_attempts, retry_backoff_ms, on_orphan, orphan_requeues,
+                                           max_orphan_requeues, run_after, node_id, exit_code, error, stdout_bytes,
+                                           stderr_bytes, truncated, created_at, claimed_at, started_at, finished_at,
+                                           kind, result, retry_on, kept_from)
+                         SELECT k.id, $3, j.pipeline, j.shard_index, j.shard_count, j.status, j.reason, j.attempt,
+                                j.max_attempts, j.retry_backoff_ms, j.on_orphan, j.orphan_requeues,
+                                j.max_orphan_requeues, j.run_after, j.node_id, j.exit_code, j.error, j.stdout_bytes,
+                                j.stderr_bytes, j.truncated, $4, j.claimed_at, j.started_at, j.finished_at,
+                                j.kind, j.result, j.retry_on, j.id
+                         FROM unnest($1::text[], $2::text[]) AS k(id, from_id)
+                         JOIN jobs j ON j.id = k.from_id AND j.finished_at IS NOT NULL",
+                        &[&kept, &from, &p.run_id, &p.now],
+                    )
+                    .await?;
+                if copied != kept.len() as u64 {
+                    return Err(StoreError::Conflict {
+                        message: "a kept shard's original job is gone or not finished".into(),
+                    });
+                }
+            }
             tx.exec(
                 "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts,
                                    retry_backoff_ms, on_orphan, max_orphan_requeues, run_after, created_at, retry_on)
-                 SELECT t.id, $2, $3, t.ord - 1, $4, 'queued', $5, $6, $7, $8, $9, $9, $10
-                 FROM unnest($1::text[]) WITH ORDINALITY AS t(id, ord)",
-                &[&p.job_ids, &p.run_id, &p.pipeline, &shard_count, &(p.policy.max_attempts as i64),
+                 SELECT t.id, $2, $3, t.idx, $4, 'queued', $5, $6, $7, $8, $9, $9, $10
+                 FROM unnest($1::text[], $11::bigint[]) AS t(id, idx)",
+                &[&queued, &p.run_id, &p.pipeline, &shard_count, &(p.policy.max_attempts as i64),
                   &p.policy.retry_backoff_ms, &p.policy.on_orphan, &(p.policy.max_orphan_requeues as i64),
-                  &p.now, &p.policy.retry_on.to_column()],
+                  &p.now, &p.policy.retry_on.to_column(), &queued_index],
             )
             .await?;
             let events = p
                 .job_ids
                 .iter()
                 .enumerate()
+                .filter(|(_, id)| !kept.contains(&id.as_str()))
                 .map(|(i, job_id)| {
                     payload::shard_created(&p.run_id, job_id, &p.pipeline, i as u32, shard_count as u32,
                                            &p.triggered_by, p.actor.as_deref())
