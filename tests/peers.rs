@@ -237,3 +237,157 @@ command = ["true"]
     .await;
     assert_eq!(status, 404, "{body}");
 }
+
+#[tokio::test]
+async fn a_rerun_of_failed_shards_keeps_the_others_and_only_finished_runs_can_be_rerun() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    // Shard 0 passes; the others fail until the file `fixed` exists. Each writes a result.
+    std::fs::write(
+        dir.path().join("suite.sh"),
+        format!(
+            "echo \"{{\\\"shard\\\": $RUNYARD_SHARD_INDEX}}\" > \"$RUNYARD_RESULT_FILE\"\n\
+             echo $RUNYARD_SHARD_INDEX >> {d}/ran-$RUNYARD_RUN_ID\n\
+             [ $RUNYARD_SHARD_INDEX = 0 ] || [ -f {d}/fixed ]\n"
+        ),
+    )
+    .unwrap();
+    let config = write_config(
+        dir.path(),
+        "max_workers = 3",
+        &format!(
+            r#"
+[pipelines.suite]
+command = ["sh", "{d}/suite.sh"]
+shards = 3
+finalizer = ["sh", "-c", "cp \"$RUNYARD_SUMMARY_FILE\" {d}/summary-$RUNYARD_RUN_ID.json"]
+[pipelines.suite.params.label]
+default = "x"
+[pipelines.slow]
+command = ["sh", "-c", "sleep 30"]
+"#
+        ),
+    );
+    let s = BinServer::start(&config, free_port()).await;
+    let http = reqwest::Client::new();
+    let mut events = EventWatcher::connect(&s.base, 0);
+    let original = trigger(
+        &http,
+        &s.base,
+        "suite",
+        json!({"parameters": {"label": "nightly"}}),
+    )
+    .await;
+    let original = original["runId"].as_str().unwrap().to_string();
+    let before = wait_run(&http, &s.base, &mut events, &original).await;
+    assert_eq!(before["status"], "failed", "{before}");
+
+    // Unfinished, unknown and malformed re-runs are refused.
+    let slow = trigger(&http, &s.base, "slow", json!({})).await["runId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rerun_url = |id: &str| format!("{}/api/runs/{id}/rerun", s.base);
+    let (status, body) = post(&http, &rerun_url(&slow), json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("only a finished run"),
+        "{body}"
+    );
+    post(
+        &http,
+        &format!("{}/api/runs/{slow}/abort", s.base),
+        json!({}),
+    )
+    .await;
+    let (status, body) = post(&http, &rerun_url(&original), json!({"only": "all"})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = post(&http, &rerun_url(&original), json!({"shards": 2})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = post(
+        &http,
+        &rerun_url("0190a000-0000-7000-8000-000000000000"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // `runyard rerun --failed --wait`: shards 1 and 2 run again, shard 0 is kept, and the
+    // finalizer sees all three.
+    std::fs::write(dir.path().join("fixed"), "").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runyard"))
+        .args([
+            "rerun",
+            &original[..13],
+            "--failed",
+            "--wait",
+            "--server",
+            &s.base,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, list) = get(&http, &format!("{}/api/runs?limit=5", s.base)).await;
+    let rerun = list["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rerunOf"] == original.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("a run with rerunOf in {list}"));
+    let rerun_id = rerun["runId"].as_str().unwrap();
+    let run = get(&http, &format!("{}/api/runs/{rerun_id}", s.base))
+        .await
+        .1;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["parameters"], json!({"label": "nightly"}));
+    assert_eq!(run["shardCount"], 3);
+    assert_eq!(run["jobs"][0]["keptFrom"], before["jobs"][0]["id"], "{run}");
+    assert_eq!(run["jobs"][0]["result"], json!({"shard": 0}));
+    assert!(run["jobs"][1]["keptFrom"].is_null());
+    let mut ran: Vec<String> = std::fs::read_to_string(dir.path().join(format!("ran-{rerun_id}")))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    ran.sort();
+    assert_eq!(ran, vec!["1", "2"], "only the failed shards ran again");
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join(format!("summary-{rerun_id}.json"))).unwrap(),
+    )
+    .unwrap();
+    let shards = summary["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 3, "{summary}");
+    assert_eq!(shards[0]["result"], json!({"shard": 0}), "{summary}");
+    // Nothing left to repeat: 409. A full re-run runs every shard.
+    let (status, body) = post(&http, &rerun_url(rerun_id), json!({"only": "failed"})).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, full) = post(&http, &rerun_url(&original), json!({})).await;
+    assert_eq!(status, 202, "{full}");
+    assert_eq!(full["rerunOf"], original.as_str());
+    let full_id = full["runId"].as_str().unwrap();
+    let run = wait_run(&http, &s.base, &mut events, full_id).await;
+    assert_eq!(run["status"], "completed");
+    assert!(
+        run["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["keptFrom"].is_null())
+    );
+    // The original never changed.
+    let after = get(&http, &format!("{}/api/runs/{original}", s.base))
+        .await
+        .1;
+    assert_eq!(after["status"], "failed");
+    assert_eq!(after["finishedAt"], before["finishedAt"]);
+    assert_eq!(after["jobs"], before["jobs"]);
+}

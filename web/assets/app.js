@@ -714,6 +714,12 @@ function renderRun(run) {
   const terminal = TERMINAL.has(run.status);
   const abortMsg = h('p', { id: 'abort-result', class: `abort-result ${state.abortMsg.cls}`, role: 'status', 'aria-live': 'polite' }, state.abortMsg.text);
   const abortBtn = terminal ? null : h('button', { type: 'button', class: 'btn btn-danger', onclick: () => confirmAbort(run) }, 'Abort run');
+  // A finished run can be re-run: every shard, or (when some failed or were aborted) only those.
+  const redoable = (run.jobs || []).some((j) => j.status === 'failed' || j.status === 'aborted');
+  const rerunBtns = !run.finishedAt ? [] : [
+    h('button', { type: 'button', class: 'btn rerun-btn', title: 'A new run with the same parameters and shard count', onclick: () => rerun(run, false) }, 'Re-run'),
+    redoable ? h('button', { type: 'button', class: 'btn rerun-btn', title: 'A new run of the failed and aborted shards; completed ones keep their outcome', onclick: () => rerun(run, true) }, 'Re-run failed') : null,
+  ];
   const params = Object.entries(run.parameters || {});
   const took = between(run.startedAt, run.finishedAt);
   replace($('run-head'),
@@ -721,12 +727,14 @@ function renderRun(run) {
       h('h1', {}, 'Run ', h('span', { class: 'mono', title: run.runId }, shortId(run.runId))),
       h('span', { 'aria-label': 'Run status', class: 'run-status' }, pill(run.status)),
       h('span', { class: 'spacer' }),
+      rerunBtns,
       abortBtn),
     abortMsg,
     h('dl', { class: 'meta' },
       meta('Pipeline', run.pipelineId),
       meta('Run id', h('code', {}, run.runId)),
       meta('Triggered by', `${run.triggeredBy}${run.actor ? ` (${run.actor})` : ''}`),
+      run.rerunOf ? meta('Re-run of', runLink(run.rerunOf, shortId(run.rerunOf), `Open run ${run.rerunOf}`)) : null,
       meta('Parameters', params.length ? params.map(([k, v]) => h('code', { class: 'param' }, `${k}=${v}`)) : h('span', { class: 'muted' }, 'none')),
       meta('Shards', `${run.shardsDone}/${run.shardCount} done${run.shardsStatus ? ` (${run.shardsStatus})` : ''}`),
       meta('Created', timeEl(run.createdAt, stamp(run.createdAt))),
@@ -839,7 +847,8 @@ function jobsTable(jobs, label, attempts) {
     const reason = [j.status === 'completed' ? null : j.reason, j.error].filter(Boolean).join(': ');
     return h('tr', { dataset: { jobId: j.id } },
       h('th', { scope: 'row' }, jobLabel(j), h('div', { class: 'small muted mono', title: j.id }, shortId(j.id))),
-      h('td', {}, pill(j.status), j.abortRequested && !TERMINAL.has(j.status) ? h('div', { class: 'small warn-text' }, 'abort requested') : null),
+      h('td', {}, pill(j.status), j.abortRequested && !TERMINAL.has(j.status) ? h('div', { class: 'small warn-text' }, 'abort requested') : null,
+        j.keptFrom ? h('div', { class: 'small muted' }, 'kept from ', runLink(j.keptFrom.split(':')[0], shortId(j.keptFrom), `Open the original run of ${j.keptFrom}`)) : null),
       h('td', { class: 'progress-cell' }, bar, j.progressMessage ? h('div', { class: 'small muted ellipsis', title: j.progressMessage }, j.progressMessage) : null),
       h('td', { class: 'num' }, `${j.attempt}/${j.maxAttempts}`, attemptDots((attempts || {})[j.id]), j.requeues ? h('div', { class: 'small muted' }, `${j.requeues} requeued`) : null),
       h('td', { class: 'mono small', title: j.node || '' }, j.node ? shortId(j.node) : '—'),
@@ -893,6 +902,16 @@ function markLogButtons() {
     b.setAttribute('aria-pressed', on ? 'true' : 'false');
     const row = b.closest('tr');
     if (row) row.classList.toggle('selected', on);
+  }
+}
+
+/** Re-runs a finished run (every shard, or only failed ones) and opens the new run. */
+async function rerun(run, onlyFailed) {
+  try {
+    const r = await api(`/api/runs/${enc(run.runId)}/rerun`, { method: 'POST', body: onlyFailed ? { only: 'failed' } : {}, headers: { 'X-Runyard-Source': 'dashboard' } });
+    location.hash = `#/runs/${enc(r.runId)}`;
+  } catch (e) {
+    setAbortMsg(`Could not re-run: ${e.status ? `${e.status}: ` : ''}${e.message}`, 'error');
   }
 }
 
