@@ -13,7 +13,9 @@
 //!     with and without a global cap ([`store`]);
 //! (f) three replicas on PostgreSQL with the Redis bus and without one: abort →
 //!     every shard's process dead, and wake-up latency from a trigger on one
-//!     replica to the job running on another ([`replicas`]).
+//!     replica to the job running on another ([`replicas`]);
+//! (g) claim latency with a million queued jobs (mixed priorities, a tenth held) next
+//!     to a thousand, on SQLite and PostgreSQL ([`claim_depth`]).
 //!
 //! With `BENCH_DATABASE_URL` (or `TEST_DATABASE_URL`) set, (a) also runs on PostgreSQL
 //! (a fresh schema per round) next to SQLite, and (e) runs; (f) also needs
@@ -22,8 +24,10 @@
 //! Environment: `BENCH_RUNS` (default 5000), `BENCH_INGEST` (20000),
 //! `BENCH_QUEUED` (100000), `BENCH_ROUNDS` (3), `BENCH_LATENCY_SAMPLES` (200),
 //! `BENCH_STORE_SECS` (8), `BENCH_ABORTS` (30), `BENCH_WAKE_SAMPLES` (100),
-//! `BENCH_ONLY` (a subset of the letters `abcdef`).
+//! `BENCH_DEEP` (1000000), `BENCH_ONLY` (a subset of the letters `abcdefg`).
 
+#[path = "runyard_bench/claim_depth.rs"]
+mod claim_depth;
 #[path = "runyard_bench/replicas.rs"]
 mod replicas;
 #[path = "runyard_bench/store.rs"]
@@ -467,7 +471,7 @@ fn main() {
                 .unwrap_or(1)
         );
         // BENCH_ONLY=a,c runs a subset.
-        let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcdef".into());
+        let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcdefg".into());
         let pg = database_url();
         if pg.is_none() && (only.contains('a') || only.contains('e')) {
             println!("(PostgreSQL figures skipped: set BENCH_DATABASE_URL or TEST_DATABASE_URL)\n");
@@ -489,6 +493,9 @@ fn main() {
         }
         if let (true, Some(url)) = (only.contains('e'), &pg) {
             store::bench_store(url, rounds, env_usize("BENCH_STORE_SECS", 8) as u64).await;
+        }
+        if only.contains('g') {
+            claim_depth::bench_claim_depth(pg.as_deref(), env_usize("BENCH_DEEP", 1_000_000)).await;
         }
         if only.contains('f') {
             let redis = std::env::var("BENCH_REDIS_URL")

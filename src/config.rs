@@ -495,6 +495,8 @@ pub struct Pipeline {
     pub retry_on: crate::store::transition::RetryOn,
     /// Jobs of this pipeline running at once over all nodes; 0 = no cap.
     pub concurrency: u32,
+    /// Claim order of its runs (higher first), unless a trigger gives its own.
+    pub priority: i32,
     /// Default shard count.
     pub shards: u32,
     /// Rescuer policy.
@@ -642,6 +644,7 @@ struct RawPipeline {
     retry_exit_codes: Option<Vec<i64>>,
     no_retry_exit_codes: Option<Vec<i64>>,
     concurrency: Option<u32>,
+    priority: Option<i64>,
     shards: Option<u32>,
     on_orphan: Option<OnOrphan>,
     max_orphan_requeues: Option<u32>,
@@ -1625,6 +1628,20 @@ impl Loader<'_> {
             return Err(self.invalid(t, Some("max_attempts"), "must be between 1 and 100"));
         }
         let retry_on = self.retry_on(t, rp)?;
+        let range = crate::store::claim_plan::PRIORITY_RANGE;
+        let priority = match rp.priority {
+            None => 0,
+            Some(p) => i32::try_from(p)
+                .ok()
+                .filter(|p| range.contains(p))
+                .ok_or_else(|| {
+                    self.invalid(
+                        t,
+                        Some("priority"),
+                        format!("must be from {} to {}", range.start(), range.end()),
+                    )
+                })?,
+        };
         let timeout = match &rp.timeout {
             None => None,
             Some(s) => Some(parse_duration(s).map_err(|m| self.invalid(t, Some("timeout"), m))?),
@@ -1652,6 +1669,7 @@ impl Loader<'_> {
                 Duration::from_secs(1),
             )?,
             retry_on,
+            priority,
             concurrency: rp.concurrency.unwrap_or(0),
             shards,
             on_orphan: rp.on_orphan.unwrap_or(OnOrphan::Requeue),

@@ -30,6 +30,12 @@ async fn trigger(http: &reqwest::Client, base: &str, pipeline: &str, body: Value
     answer
 }
 
+/// An answer's RFC 3339 time as epoch ms.
+fn epoch_ms(v: &Value) -> i64 {
+    runyard::clock::parse_rfc3339(v.as_str().expect("a time"))
+        .expect("RFC 3339 as the server writes it")
+}
+
 async fn wait_run(
     http: &reqwest::Client,
     base: &str,
@@ -390,4 +396,156 @@ command = ["sh", "-c", "sleep 30"]
     assert_eq!(after["status"], "failed");
     assert_eq!(after["finishedAt"], before["finishedAt"]);
     assert_eq!(after["jobs"], before["jobs"]);
+}
+
+#[tokio::test]
+async fn delayed_runs_wait_for_their_time_and_bad_delays_are_400() {
+    let (_dir, s) = bin(
+        "retention = \"1d\"",
+        r#"
+[pipelines.later]
+command = ["true"]
+"#,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let mut events = EventWatcher::connect(&s.base, 0);
+    let url = format!("{}/api/pipelines/later/trigger", s.base);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let (status, by_delay) = post(&http, &url, json!({"delay": "1500ms"})).await;
+    assert_eq!(status, 202, "{by_delay}");
+    let run_at = epoch_ms(&by_delay["runAt"]);
+    assert!(run_at >= now + 1_400, "{by_delay}");
+    let at = {
+        let t = now + 1_000;
+        let secs = t.div_euclid(1000);
+        // RFC 3339 with an offset (+02:00), as a client in another zone writes it.
+        let z = jiff::Timestamp::from_second(secs).unwrap();
+        z.to_zoned(jiff::tz::TimeZone::fixed(jiff::tz::offset(2)))
+            .strftime("%Y-%m-%dT%H:%M:%S%:z")
+            .to_string()
+    };
+    let (status, by_time) = post(&http, &url, json!({"runAt": at})).await;
+    assert_eq!(status, 202, "{by_time}");
+    for answer in [&by_delay, &by_time] {
+        let id = answer["runId"].as_str().unwrap();
+        let queued = get(&http, &format!("{}/api/runs/{id}", s.base)).await.1;
+        assert_eq!(queued["runAt"], answer["runAt"], "shown in the run view");
+        let run = wait_run(&http, &s.base, &mut events, id).await;
+        assert_eq!(run["status"], "completed");
+        let started = epoch_ms(&run["jobs"][0]["startedAt"]);
+        assert!(
+            started >= epoch_ms(&answer["runAt"]),
+            "started {} before its time {}",
+            run["jobs"][0]["startedAt"],
+            answer["runAt"]
+        );
+    }
+    for (body, says) in [
+        (json!({"delay": "soon"}), "delay"),
+        (json!({"delay": "2d"}), "retention"),
+        (json!({"runAt": "2001-01-01T00:00:00Z"}), "past"),
+        (json!({"runAt": "2999-01-01T00:00:00Z"}), "retention"),
+        (json!({"runAt": "tomorrow"}), "RFC 3339"),
+        (json!({"delay": "1m", "runAt": at}), "not both"),
+        (json!({"priority": 101}), "priority"),
+        (json!({"priority": "high"}), "expected i64"),
+    ] {
+        let (status, answer) = post(&http, &url, body.clone()).await;
+        assert_eq!(status, 400, "{body} → {answer}");
+        assert!(
+            answer["error"].as_str().unwrap_or_default().contains(says),
+            "{body} → {answer}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn two_nodes_claim_higher_priorities_first_and_fifo_within_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("order.log");
+    let config = write_config(
+        dir.path(),
+        "max_workers = 1\nmax_workers_global = 1",
+        &format!(
+            r#"
+[pipelines.work]
+command = ["sh", "-c", "echo {{label}} >> {log}"]
+[pipelines.work.params.label]
+pattern = "[a-z0-9]+"
+[pipelines.urgent]
+command = ["sh", "-c", "echo urgent >> {log}"]
+priority = 50
+[pipelines.blocker]
+command = ["sh", "-c", "while [ ! -f {gate} ]; do sleep 0.02; done"]
+"#,
+            log = log.display(),
+            gate = dir.path().join("go").display()
+        ),
+    );
+    let http = reqwest::Client::new();
+    let a = BinServer::start(&config, free_port()).await;
+    let b = BinServer::start(&config, free_port()).await;
+    let mut events = EventWatcher::connect(&a.base, 0);
+    // The only slot over both nodes is held while the queue fills, so the order in which
+    // the rest start is the claims' choice.
+    let blocker = trigger(&http, &a.base, "blocker", json!({})).await["runId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    events
+        .wait_for("job:started", |d| d["runId"] == blocker.as_str(), T)
+        .await;
+    let mut ids = Vec::new();
+    for (i, (label, priority)) in [
+        ("low1", Some(0)),
+        ("high1", Some(10)),
+        ("low2", None),
+        ("high2", Some(10)),
+        ("bottom", Some(-5)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut body = json!({"parameters": {"label": label}});
+        if let Some(p) = priority {
+            body["priority"] = json!(p);
+        }
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        ids.push(
+            trigger(&http, base, "work", body).await["runId"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    ids.push(
+        trigger(&http, &b.base, "urgent", json!({})).await["runId"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+    let run = get(&http, &format!("{}/api/runs/{}", a.base, ids[5]))
+        .await
+        .1;
+    assert_eq!(run["priority"], 50, "the pipeline's priority");
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    for id in &ids {
+        assert_eq!(
+            wait_run(&http, &a.base, &mut events, id).await["status"],
+            "completed"
+        );
+    }
+    let order: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        order,
+        ["urgent", "high1", "high2", "low1", "low2", "bottom"]
+    );
 }

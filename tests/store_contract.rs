@@ -108,5 +108,7 @@ contract_tests!(
         exit_codes_the_pipeline_does_not_retry_fail_at_once,
         a_paused_pipeline_is_claimed_by_no_node_until_resumed,
         a_rerun_of_failed_shards_keeps_the_others_and_the_finalizer_sees_all,
+        higher_priorities_are_claimed_first_and_fifo_within_one_over_every_pipeline,
+        a_delayed_run_is_held_until_its_time_and_released_by_the_claim,
     ]
 );

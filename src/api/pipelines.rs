@@ -43,6 +43,18 @@ pub(super) struct TriggerBody {
         pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
     )]
     idempotency_key: Option<String>,
+    /// Start no shard before this long from now, e.g. `"10m"` or `"1h30m"` (at most the
+    /// server's `retention`). Not with `runAt`.
+    #[schema(example = "10m")]
+    delay: Option<String>,
+    /// Start no shard before this time: RFC 3339 with an offset (within `retention` from
+    /// now; up to a minute in the past means now). Not with `delay`.
+    #[schema(example = "2030-01-02T03:04:05Z")]
+    run_at: Option<String>,
+    /// Claim order: higher runs first, FIFO within a priority (default: the pipeline's
+    /// `priority`, else 0).
+    #[schema(minimum = -100, maximum = 100)]
+    priority: Option<i64>,
 }
 
 /// `parameters`: an object of at most 64 string, integer or boolean values.
@@ -63,7 +75,7 @@ fn parameters_schema() -> utoipa::openapi::Object {
         .build()
 }
 
-/// The answer to a trigger.
+/// The answer to a trigger (and to a re-run).
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct Triggered {
@@ -90,6 +102,9 @@ pub(super) struct Triggered {
     /// For a re-run: the run it re-runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     rerun_of: Option<String>,
+    /// A delayed run's not-before time (RFC 3339): no shard starts earlier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_at: Option<String>,
 }
 
 impl Triggered {
@@ -106,6 +121,7 @@ impl Triggered {
             idempotent_replay: t.existing.then_some(true),
             paused: t.paused.then_some(true),
             rerun_of,
+            run_at: t.run_at.map(rfc3339),
         }
     }
 }
@@ -198,6 +214,9 @@ pub(super) async fn trigger(
             callback_url: parsed.callback_url,
             actor: actor.0,
             triggered_by: source(&headers),
+            delay: parsed.delay,
+            run_at: parsed.run_at,
+            priority: parsed.priority,
         })
         .await?;
     Ok((StatusCode::ACCEPTED, Json(Triggered::of(triggered, None))))
@@ -233,6 +252,8 @@ pub(super) struct PipelineInfo {
     no_retry_exit_codes: Option<Vec<i32>>,
     /// Jobs of this pipeline running at once over all nodes; 0 = no cap.
     concurrency: u32,
+    /// Claim order of its runs unless a trigger gives one (higher first).
+    priority: i32,
     /// Default shard count.
     shards: u32,
     /// What happens to a job whose node died.
@@ -374,6 +395,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineL
                     _ => None,
                 },
                 concurrency: p.concurrency,
+                priority: p.priority,
                 shards: p.shards,
                 on_orphan: p.on_orphan,
                 params,

@@ -109,6 +109,11 @@ pub struct RunView {
     /// The run this one re-runs (`POST /api/runs/{id}/rerun`). Absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rerun_of: Option<String>,
+    /// Claim order (higher first).
+    pub priority: i32,
+    /// A delayed run's not-before time (RFC 3339): no shard started earlier. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
     /// Its shard jobs in shard order.
     pub jobs: Vec<JobView>,
     /// Its finalize job, once queued.
@@ -208,6 +213,8 @@ impl From<RunRecord> for RunView {
             shards_status: r.shards_status,
             callback_url: r.callback_url,
             rerun_of: r.rerun_of,
+            priority: r.priority,
+            run_at: r.run_at.map(rfc3339),
             jobs: r.jobs.into_iter().map(JobView::from).collect(),
             finalizer: r.finalizer.map(JobView::from),
         }

@@ -18,6 +18,7 @@ mod claim;
 mod heartbeat;
 mod job;
 mod outbox;
+mod placement;
 pub mod rescuer;
 mod setup;
 mod workdir;
@@ -95,6 +96,9 @@ pub enum TriggerError {
         /// When to try again.
         retry_after: Duration,
     },
+    /// A `delay`, `runAt` or `priority` out of range or malformed.
+    #[error("{0}")]
+    BadPlacement(String),
     /// A re-run named no run.
     #[error("Run not found: {0}")]
     RunNotFound(String),
@@ -140,6 +144,12 @@ pub struct TriggerRequest {
     pub triggered_by: String,
     /// Who triggered (the token's label), when the API knows.
     pub actor: Option<String>,
+    /// Start no shard before this long from now (`"10m"`).
+    pub delay: Option<String>,
+    /// Start no shard before this time (RFC 3339).
+    pub run_at: Option<String>,
+    /// Claim order (higher first); the pipeline's `priority` when absent.
+    pub priority: Option<i64>,
 }
 
 /// A queued run.
@@ -157,6 +167,8 @@ pub struct Triggered {
     pub existing: bool,
     /// The pipeline is paused: the run waits until it is resumed.
     pub paused: bool,
+    /// A delayed run's not-before time (epoch ms).
+    pub run_at: Option<i64>,
 }
 
 /// This node's identity and shared state.
@@ -346,7 +358,18 @@ impl Scheduler {
         let run = RunId::new();
         let job_ids: Vec<String> = (0..shards).map(|i| job_id_for(run, i, shards)).collect();
         let wanted_params = params.clone();
-        let options = crate::store::RunOptions::default();
+        let now = self.inner.store.clock_ms();
+        let retention = settings.server.retention.as_millis() as i64;
+        let not_before =
+            placement::not_before(req.delay.as_deref(), req.run_at.as_deref(), now, retention)
+                .map_err(TriggerError::BadPlacement)?;
+        let priority = placement::priority(req.priority, pipeline.priority)
+            .map_err(TriggerError::BadPlacement)?;
+        let options = crate::store::RunOptions {
+            not_before,
+            priority,
+            ..Default::default()
+        };
         let created = self
             .inner
             .store
@@ -367,7 +390,7 @@ impl Scheduler {
                 },
                 has_finalizer: pipeline.finalizer.is_some(),
                 callback_url,
-                now: self.inner.store.clock_ms(),
+                now,
                 options,
             })
             .await?;
@@ -390,6 +413,7 @@ impl Scheduler {
             created_at: created.created_at,
             existing: created.existing,
             paused,
+            run_at: not_before,
         })
     }
 
@@ -466,6 +490,8 @@ impl Scheduler {
                 options: crate::store::RunOptions {
                     rerun_of: Some(original.run_id.clone()),
                     kept,
+                    not_before: None,
+                    priority: original.priority,
                 },
             })
             .await?;
@@ -477,6 +503,7 @@ impl Scheduler {
             created_at: created.created_at,
             existing: false,
             paused,
+            run_at: None,
         })
     }
 

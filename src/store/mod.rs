@@ -190,6 +190,10 @@ pub struct RunOptions {
     /// Shards copied from `rerun_of` as they ended there, terminal from the start
     /// (a re-run of failed shards); their jobs are not queued. See [`rerun`].
     pub kept: Vec<rerun::KeptShard>,
+    /// No shard starts before this (epoch ms): a delayed run. `None` = due at once.
+    pub not_before: Option<i64>,
+    /// Higher is claimed first (bounded by [`claim_plan::PRIORITY_RANGE`]); FIFO within one.
+    pub priority: i32,
 }
 
 /// `run_create` result.
@@ -239,6 +243,8 @@ pub struct ClaimedJob {
     pub attempt: u32,
     /// Fencing token of this claim.
     pub claim_seq: i64,
+    /// Its priority (claims take higher first).
+    pub priority: i32,
     /// The run's parameters.
     pub params: BTreeMap<String, String>,
     /// A shard or the run's finalizer.
@@ -252,7 +258,7 @@ pub struct ClaimedJob {
 pub struct ClaimOutcome {
     /// Jobs now running on the node.
     pub jobs: Vec<ClaimedJob>,
-    /// When the earliest delayed (retry backoff) job becomes due, if any.
+    /// When the earliest held job (a retry's backoff, a delayed run) becomes due, if any.
     pub next_due: Option<i64>,
 }
 
@@ -533,6 +539,10 @@ pub struct RunRecord {
     pub callback_url: Option<String>,
     /// The run this one re-runs.
     pub rerun_of: Option<String>,
+    /// Its priority.
+    pub priority: i32,
+    /// A delayed run's not-before time (epoch ms).
+    pub run_at: Option<i64>,
     /// Its shard jobs in shard order.
     pub jobs: Vec<JobRecord>,
     /// Its finalize job, once queued.

@@ -44,8 +44,12 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite_0004_retry_on.sql"),
     include_str!("migrations/sqlite_0005_pipeline_state.sql"),
     include_str!("migrations/sqlite_0006_rerun.sql"),
+    include_str!("migrations/sqlite_0007_queue_order.sql"),
 ];
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Held jobs one claim releases at most (the rest on the next claims: a due backlog is
+/// released in slices, never in one long transaction).
+const RELEASE_BATCH: usize = 1000;
 const MAX_BATCH: usize = 512;
 /// Reads running at once (each holds a connection and a blocking thread).
 const MAX_READERS: usize = 8;
@@ -622,6 +626,14 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
     if !registered {
         return Ok(ClaimOutcome::default());
     }
+    // Held jobs that fell due (delayed runs, retries past their backoff) join the claim
+    // index: a range of `jobs_held`, nothing when none is due.
+    conn.prepare_cached(
+        "UPDATE jobs SET held = 0 WHERE seq IN (
+             SELECT seq FROM jobs INDEXED BY jobs_held
+             WHERE status = 'queued' AND held = 1 AND run_after <= ?1 ORDER BY run_after LIMIT ?2)",
+    )?
+    .execute(params![p.now, RELEASE_BATCH as i64])?;
     let mut running: HashMap<String, u32> = HashMap::new();
     // Counting running jobs only matters when some cap applies; the single writer
     // serialises the count with the claim.
@@ -648,10 +660,10 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
     if want > 0 {
         let mut head = conn.prepare_cached(
             "SELECT j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt, r.params, j.kind,
-                    j.run_after
-             FROM jobs j INDEXED BY jobs_queued JOIN runs r ON r.id = j.run_id
-             WHERE j.status = 'queued' AND j.pipeline = ?1 AND j.run_after <= ?2
-             ORDER BY j.seq LIMIT ?3",
+                    j.run_after, j.priority
+             FROM jobs j INDEXED BY jobs_ready JOIN runs r ON r.id = j.run_id
+             WHERE j.status = 'queued' AND j.pipeline = ?1 AND j.held = 0 AND j.run_after <= ?2
+             ORDER BY j.priority DESC, j.seq LIMIT ?3",
         )?;
         for (name, room) in &plan.rooms {
             let rows = head.query_map(params![name, p.now, *room as i64], |r| {
@@ -669,6 +681,7 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
                         params: serde_json::from_str(&params).unwrap_or_default(),
                         kind: JobKind::from_name(r.get_ref(8)?.as_str()?),
                         due_at: r.get(9)?,
+                        priority: r.get(10)?,
                     },
                 ))
             })?;
@@ -695,9 +708,9 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
     if want > 0 {
         out.next_due = conn
             .prepare_cached(
-                "SELECT MIN(run_after) FROM jobs WHERE status = 'queued' AND attempt > 1 AND run_after > ?1",
+                "SELECT MIN(run_after) FROM jobs INDEXED BY jobs_held WHERE status = 'queued' AND held = 1",
             )?
-            .query_row(params![p.now], |r| r.get(0))?;
+            .query_row([], |r| r.get(0))?;
     }
     Ok(out)
 }
@@ -774,7 +787,7 @@ fn finish_fenced(conn: &Connection, p: &JobFinishParams) -> StoreResult<(FinishO
         .prepare_cached(
             "UPDATE jobs SET status = ?3, reason = ?4, attempt = ?5, orphan_requeues = ?6, run_after = ?7,
                     exit_code = ?8, error = ?9, stdout_bytes = ?10, stderr_bytes = ?11, truncated = ?12,
-                    finished_at = CASE WHEN ?13 THEN ?14 ELSE NULL END, result = ?15
+                    finished_at = CASE WHEN ?13 THEN ?14 ELSE NULL END, result = ?15, held = ?16
              WHERE id = ?1 AND claim_seq = ?2 AND status = 'running'",
         )?
         .execute(params![
@@ -793,6 +806,7 @@ fn finish_fenced(conn: &Connection, p: &JobFinishParams) -> StoreResult<(FinishO
             terminal,
             p.now,
             p.result,
+            t.status == JobStatus::Queued && claim_plan::held(t.run_after, p.now),
         ])?;
     if changed != 1 {
         return Ok((not_applied, 0));
@@ -868,7 +882,7 @@ fn job_view(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
     })
 }
 
-const RUN_COLS: &str = "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at, shards_status, callback_url, rerun_of";
+const RUN_COLS: &str = "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at";
 
 fn run_view(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
     let params: String = r.get(3)?;
@@ -887,6 +901,8 @@ fn run_view(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         shards_status: r.get(11)?,
         callback_url: r.get(12)?,
         rerun_of: r.get(13)?,
+        priority: r.get(14)?,
+        run_at: r.get(15)?,
         jobs: Vec::new(),
         finalizer: None,
     })
@@ -982,8 +998,8 @@ impl Store for SqliteStore {
             let retry_on = p.policy.retry_on.to_column();
             conn.prepare_cached(
                 "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor, idempotency_key, created_at,
-                                   has_finalizer, callback_url, rerun_of, shards_done)
-                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                   has_finalizer, callback_url, rerun_of, shards_done, priority, run_at)
+                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?
             .execute(params![
                 p.run_id,
@@ -998,11 +1014,15 @@ impl Store for SqliteStore {
                 p.callback_url,
                 p.options.rerun_of,
                 p.options.kept.len() as i64,
+                p.options.priority,
+                p.options.not_before,
             ])?;
+            let run_after = p.options.not_before.map_or(p.now, |t| t.max(p.now));
+            let held = claim_plan::held(run_after, p.now);
             let mut insert = conn.prepare_cached(
                 "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts, retry_backoff_ms,
-                                   on_orphan, max_orphan_requeues, run_after, created_at, retry_on)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
+                                   on_orphan, max_orphan_requeues, run_after, created_at, retry_on, priority, held)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?;
             for (i, job_id) in p.job_ids.iter().enumerate() {
                 if let Some(kept) = p.options.kept.iter().find(|k| k.shard_index as usize == i) {
@@ -1019,8 +1039,11 @@ impl Store for SqliteStore {
                     p.policy.retry_backoff_ms,
                     p.policy.on_orphan,
                     p.policy.max_orphan_requeues,
+                    run_after,
                     p.now,
                     retry_on,
+                    p.options.priority,
+                    held,
                 ])?;
                 emit(
                     conn,

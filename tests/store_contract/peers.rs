@@ -242,6 +242,7 @@ pub async fn a_rerun_of_failed_shards_keeps_the_others_and_the_finalizer_sees_al
             job_id: again.job_ids[0].clone(),
             from_job: before.jobs[0].id.clone(),
         }],
+        ..Default::default()
     };
     let new_jobs = again.job_ids.clone();
     let rerun = ok("run_create", store.run_create(again)).await;
@@ -346,6 +347,7 @@ pub async fn a_rerun_of_failed_shards_keeps_the_others_and_the_finalizer_sees_al
             job_id: bad.job_ids[0].clone(),
             from_job: live.job_ids[0].clone(),
         }],
+        ..Default::default()
     };
     let bad_id = bad.run_id.clone();
     assert!(matches!(
@@ -353,4 +355,148 @@ pub async fn a_rerun_of_failed_shards_keeps_the_others_and_the_finalizer_sees_al
         Err(runyard::store::StoreError::Conflict { .. })
     ));
     assert!(ok("run_get", store.run_get(&bad_id)).await.is_none());
+}
+
+/// A run in `pipeline` with these options, created at time 1.
+async fn create_opts(
+    store: &dyn runyard::store::Store,
+    pipeline: &str,
+    options: RunOptions,
+) -> String {
+    let p = RunCreateParams {
+        options,
+        ..run_params(pipeline, 1)
+    };
+    ok("run_create", store.run_create(p)).await.run_id
+}
+
+pub async fn higher_priorities_are_claimed_first_and_fifo_within_one_over_every_pipeline(
+    f: &Factory,
+) {
+    let store = f.store().await;
+    let other = f.open().await;
+    ok("register n2", other.node_register(node_row("n2"))).await;
+    let mut ids = Vec::new();
+    for (pipeline, priority) in [("a", 0), ("b", 5), ("a", 5), ("b", 0), ("a", -1), ("a", 5)] {
+        let options = RunOptions {
+            priority,
+            ..Default::default()
+        };
+        ids.push(create_opts(&*store, pipeline, options).await);
+    }
+    // One job per claim, alternating between two nodes: the order is global.
+    let mut order = Vec::new();
+    for i in 0..6 {
+        let (s, node) = if i % 2 == 0 {
+            (&store, "n1")
+        } else {
+            (&other, "n2")
+        };
+        let got = ok(
+            "job_claim",
+            s.job_claim(JobClaimParams {
+                node_id: node.into(),
+                pipelines: [("a".to_string(), 0), ("b".to_string(), 0)].into(),
+                ..claim(1)
+            }),
+        )
+        .await
+        .jobs;
+        assert_eq!(got.len(), 1);
+        order.push(got[0].run_id.clone());
+    }
+    let want: Vec<String> = [1, 2, 5, 0, 3, 4].iter().map(|i| ids[*i].clone()).collect();
+    assert_eq!(order, want, "priority 5 (FIFO), then 0 (FIFO), then -1");
+    let view = ok("run_get", store.run_get(&ids[1])).await.unwrap();
+    assert_eq!(view.priority, 5);
+}
+
+pub async fn a_delayed_run_is_held_until_its_time_and_released_by_the_claim(f: &Factory) {
+    let store = f.store().await;
+    let other = f.open().await;
+    ok("register n2", other.node_register(node_row("n2"))).await;
+    let delayed = |at: i64| RunOptions {
+        not_before: Some(at),
+        ..Default::default()
+    };
+    // A backlog of delayed runs ahead of a due one does not hold the due one up.
+    let mut later = Vec::new();
+    for _ in 0..5 {
+        later.push(create_opts(&*store, "p", delayed(1_000)).await);
+    }
+    let now_run = create(&*store, 1).await.run_id;
+    let view = ok("run_get", store.run_get(&later[0])).await.unwrap();
+    assert_eq!(view.run_at, Some(1_000));
+    let got = ok("job_claim", store.job_claim(claim(10))).await;
+    assert_eq!(
+        got.jobs
+            .iter()
+            .map(|j| j.run_id.clone())
+            .collect::<Vec<_>>(),
+        vec![now_run],
+        "only the due run at time 10"
+    );
+    assert_eq!(
+        got.next_due,
+        Some(1_000),
+        "the loop wakes when the delay ends"
+    );
+    let early = ok(
+        "job_claim",
+        other.job_claim(JobClaimParams {
+            node_id: "n2".into(),
+            now: 999,
+            ..claim(10)
+        }),
+    )
+    .await;
+    assert!(early.jobs.is_empty(), "{:?}", early.jobs);
+    // Due: released and claimed, by either node, each exactly once.
+    let a = ok(
+        "job_claim",
+        other.job_claim(JobClaimParams {
+            node_id: "n2".into(),
+            now: 1_000,
+            ..claim(2)
+        }),
+    )
+    .await
+    .jobs;
+    let b = ok(
+        "job_claim",
+        store.job_claim(JobClaimParams {
+            now: 1_001,
+            ..claim(10)
+        }),
+    )
+    .await
+    .jobs;
+    let mut all: Vec<String> = a.iter().chain(&b).map(|j| j.run_id.clone()).collect();
+    all.sort();
+    later.sort();
+    assert_eq!(all, later);
+    // A retry waits as a held job too, and is released when its backoff ends.
+    let mut end = finish(&a[0], failed());
+    end.now = 2_000;
+    ok("job_finish", store.job_finish(end)).await;
+    let retry = ok(
+        "job_claim",
+        store.job_claim(JobClaimParams {
+            now: 2_001,
+            ..claim(10)
+        }),
+    )
+    .await;
+    assert!(retry.jobs.is_empty());
+    assert_eq!(retry.next_due, Some(2_010));
+    let retry = ok(
+        "job_claim",
+        store.job_claim(JobClaimParams {
+            now: 2_010,
+            ..claim(10)
+        }),
+    )
+    .await
+    .jobs;
+    assert_eq!((retry.len(), retry[0].attempt), (1, 2));
 }

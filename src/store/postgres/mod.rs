@@ -65,6 +65,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres_0002_retry_on.sql"),
     include_str!("../migrations/postgres_0003_pipeline_state.sql"),
     include_str!("../migrations/postgres_0004_rerun.sql"),
+    include_str!("../migrations/postgres_0005_queue_order.sql"),
 ];
 /// Retries of a transaction that lost a race or its connection before COMMIT.
 pub(crate) const MAX_RETRIES: u32 = 4;

@@ -127,7 +127,7 @@ fn job_view(r: &Row) -> JobRecord {
 
 const RUN_COLS: &str =
     "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at,
-    started_at, finished_at, shards_status, callback_url, rerun_of";
+    started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at";
 
 fn run_view(r: &Row) -> RunRecord {
     let params: String = r.get(3);
@@ -146,6 +146,8 @@ fn run_view(r: &Row) -> RunRecord {
         shards_status: r.get(11),
         callback_url: r.get(12),
         rerun_of: r.get(13),
+        priority: r.get::<_, i64>(14) as i32,
+        run_at: r.get(15),
         jobs: Vec::new(),
         finalizer: None,
     }

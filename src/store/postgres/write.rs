@@ -19,6 +19,8 @@ use crate::store::{
 
 const STDOUT: i16 = 1;
 const STDERR: i16 = 2;
+/// Held jobs one claim releases at most (as on SQLite).
+const RELEASE_BATCH: i64 = 1000;
 /// Events deleted per pruned-run batch slot (as on SQLite).
 const EVENTS_PER_RUN_PRUNED: usize = 20;
 
@@ -91,13 +93,13 @@ pub(super) async fn run_create(s: &PgStore, p: RunCreateParams) -> StoreResult<R
         let inserted = tx
             .query_opt(
                 "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor, idempotency_key,
-                                   created_at, has_finalizer, callback_url, rerun_of, shards_done)
-                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                                   created_at, has_finalizer, callback_url, rerun_of, shards_done, priority, run_at)
+                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                  ON CONFLICT (pipeline, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                  RETURNING id",
                 &[&p.run_id, &p.pipeline, &params_text, &shard_count, &p.triggered_by, &p.actor,
                   &p.idempotency_key, &p.now, &p.has_finalizer, &p.callback_url, &p.options.rerun_of,
-                  &(p.options.kept.len() as i64)],
+                  &(p.options.kept.len() as i64), &i64::from(p.options.priority), &p.options.not_before],
             )
             .await?;
         if inserted.is_none() {
@@ -165,14 +167,18 @@ pub(super) async fn run_create(s: &PgStore, p: RunCreateParams) -> StoreResult<R
                     });
                 }
             }
+            let run_after = p.options.not_before.map_or(p.now, |t| t.max(p.now));
+            let held = claim_plan::held(run_after, p.now);
             tx.exec(
                 "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts,
-                                   retry_backoff_ms, on_orphan, max_orphan_requeues, run_after, created_at, retry_on)
-                 SELECT t.id, $2, $3, t.idx, $4, 'queued', $5, $6, $7, $8, $9, $9, $10
+                                   retry_backoff_ms, on_orphan, max_orphan_requeues, run_after, created_at, retry_on,
+                                   priority, held)
+                 SELECT t.id, $2, $3, t.idx, $4, 'queued', $5, $6, $7, $8, $12, $9, $10, $13, $14
                  FROM unnest($1::text[], $11::bigint[]) AS t(id, idx)",
                 &[&queued, &p.run_id, &p.pipeline, &shard_count, &(p.policy.max_attempts as i64),
                   &p.policy.retry_backoff_ms, &p.policy.on_orphan, &(p.policy.max_orphan_requeues as i64),
-                  &p.now, &p.policy.retry_on.to_column(), &queued_index],
+                  &p.now, &p.policy.retry_on.to_column(), &queued_index, &run_after,
+                  &i64::from(p.options.priority), &held],
             )
             .await?;
             let events = p
@@ -217,6 +223,16 @@ async fn claim_in_tx(
     if !registered {
         return Ok(ClaimOutcome::default());
     }
+    // Held jobs that fell due (delayed runs, retries past their backoff) join the claim
+    // index: a range of `jobs_held`; rows another claim is releasing are skipped, not
+    // waited for.
+    tx.exec(
+        "UPDATE jobs SET held = false WHERE seq IN (
+             SELECT seq FROM jobs WHERE status = 'queued' AND held AND run_after <= $1
+             ORDER BY run_after LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        &[&p.now, &RELEASE_BATCH],
+    )
+    .await?;
     let mut running: HashMap<String, u32> = HashMap::new();
     if claim_plan::needs_counts(p) {
         // Serialise the count with every other claim that counts the same thing: the
@@ -264,15 +280,15 @@ async fn claim_in_tx(
         let rows = tx
             .query(
                 "SELECT c.seq, c.id, c.run_id, c.pipeline, c.shard_index, c.shard_count, c.attempt, c.params,
-                        c.kind, c.run_after
+                        c.kind, c.run_after, c.priority
                  FROM (SELECT u.name, u.room FROM unnest($1::text[], $2::bigint[]) AS u(name, room)
                        WHERE NOT EXISTS (SELECT 1 FROM pipeline_state ps WHERE ps.pipeline = u.name AND ps.paused)) q
                  CROSS JOIN LATERAL (
                      SELECT j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt, r.params,
-                            j.kind, j.run_after
+                            j.kind, j.run_after, j.priority
                      FROM jobs j JOIN runs r ON r.id = j.run_id
-                     WHERE j.status = 'queued' AND j.pipeline = q.name AND j.run_after <= $3
-                     ORDER BY j.seq LIMIT q.room
+                     WHERE j.status = 'queued' AND j.pipeline = q.name AND j.held = false AND j.run_after <= $3
+                     ORDER BY j.priority DESC, j.seq LIMIT q.room
                      FOR UPDATE OF j SKIP LOCKED) c",
                 &[&names, &rooms, &p.now],
             )
@@ -295,6 +311,7 @@ async fn claim_in_tx(
                         params: serde_json::from_str(&params).unwrap_or_default(),
                         kind: JobKind::from_name(&kind),
                         due_at: r.get(9),
+                        priority: r.get::<_, i64>(10) as i32,
                     },
                 )
             })
@@ -324,8 +341,8 @@ async fn claim_in_tx(
     if out.jobs.len() < plan.want || plan.want == 0 {
         out.next_due = tx
             .query_opt(
-                "SELECT min(run_after) FROM jobs WHERE status = 'queued' AND attempt > 1 AND run_after > $1",
-                &[&p.now],
+                "SELECT min(run_after) FROM jobs WHERE status = 'queued' AND held",
+                &[],
             )
             .await?
             .and_then(|r| r.get::<_, Option<i64>>(0));
@@ -499,7 +516,7 @@ async fn finish_fenced(tx: &mut Tx<'_>, p: &JobFinishParams) -> StoreResult<Fini
         .exec(
             "UPDATE jobs SET status = $3, reason = $4, attempt = $5, orphan_requeues = $6, run_after = $7,
                     exit_code = $8, error = $9, stdout_bytes = $10, stderr_bytes = $11, truncated = $12,
-                    finished_at = $13, result = $14
+                    finished_at = $13, result = $14, held = $15
              WHERE id = $1 AND claim_seq = $2 AND status = 'running'",
             &[
                 &p.job_id,
@@ -516,6 +533,7 @@ async fn finish_fenced(tx: &mut Tx<'_>, p: &JobFinishParams) -> StoreResult<Fini
                 &p.truncated,
                 &finished_at,
                 &p.result,
+                &(t.status == JobStatus::Queued && claim_plan::held(t.run_after, p.now)),
             ],
         )
         .await?;
@@ -600,9 +618,9 @@ async fn queue_finalizer(tx: &mut Tx<'_>, run_id: &str, now: i64) -> StoreResult
     let inserted = tx
         .query_opt(
             "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts, retry_backoff_ms,
-                               on_orphan, max_orphan_requeues, run_after, created_at, kind)
+                               on_orphan, max_orphan_requeues, run_after, created_at, kind, priority)
              SELECT $1, run_id, pipeline, shard_count, shard_count, 'queued', $4, retry_backoff_ms,
-                    'requeue', GREATEST(max_orphan_requeues, $5), $3, $3, 'finalize'
+                    'requeue', GREATEST(max_orphan_requeues, $5), $3, $3, 'finalize', priority
              FROM jobs WHERE run_id = $2 AND kind = 'shard' LIMIT 1
              ON CONFLICT (id) DO NOTHING
              RETURNING pipeline, shard_index",
