@@ -519,6 +519,11 @@ pub struct Pipeline {
     pub finalizer: Option<CommandLine>,
     /// Default completion webhook of the pipeline's runs.
     pub callback_url: Option<String>,
+    /// When runs start on their own (`schedule`, `schedule_tz`), if ever.
+    pub schedule: Option<crate::schedule::Schedule>,
+    /// Parameters of scheduled runs (`schedule_params`), validated like a trigger's, with
+    /// the declared defaults filled in.
+    pub schedule_params: BTreeMap<String, String>,
 }
 
 /// A command other than the pipeline's main one (setup, finalizer): argv with placeholders.
@@ -654,6 +659,9 @@ struct RawPipeline {
     circuit_cooldown: Option<String>,
     finalizer: Option<Vec<String>>,
     callback_url: Option<String>,
+    schedule: Option<String>,
+    schedule_tz: Option<String>,
+    schedule_params: Option<BTreeMap<String, toml::Value>>,
     #[serde(default)]
     params: BTreeMap<String, RawParam>,
 }
@@ -1419,6 +1427,60 @@ impl Loader<'_> {
         }))
     }
 
+    /// `schedule` (cron, 5 or 6 fields), `schedule_tz` (IANA, default UTC) and
+    /// `schedule_params` (checked like a trigger's parameters: declared, typed, matching,
+    /// required ones given). The zone and parameters need a schedule.
+    fn schedule(
+        &self,
+        t: &str,
+        rp: &RawPipeline,
+        params: &BTreeMap<String, ParamSpec>,
+    ) -> Result<(Option<crate::schedule::Schedule>, BTreeMap<String, String>), ConfigError> {
+        use crate::schedule::{Schedule, ScheduleError};
+        let Some(expr) = &rp.schedule else {
+            if rp.schedule_tz.is_some() {
+                return Err(self.invalid(t, Some("schedule_tz"), "needs a schedule"));
+            }
+            if rp.schedule_params.is_some() {
+                return Err(self.invalid(t, Some("schedule_params"), "needs a schedule"));
+            }
+            return Ok((None, BTreeMap::new()));
+        };
+        let tz = rp.schedule_tz.as_deref().unwrap_or("UTC");
+        let schedule = Schedule::parse(expr, tz).map_err(|e| match e {
+            ScheduleError::Zone(_) => self.invalid(t, Some("schedule_tz"), e.to_string()),
+            ScheduleError::Cron { .. } => self.invalid(t, Some("schedule"), e.to_string()),
+        })?;
+        let given = rp.schedule_params.clone().unwrap_or_default();
+        if let Some(name) = given.keys().find(|k| !params.contains_key(*k)) {
+            return Err(self.invalid(
+                t,
+                Some("schedule_params"),
+                format!("{name} is not a declared parameter; declare [{t}.params.{name}]"),
+            ));
+        }
+        let mut values = BTreeMap::new();
+        for (name, spec) in params {
+            let value = match given.get(name) {
+                Some(v) => {
+                    let json = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
+                    spec.accept(&json).map_err(|m| {
+                        self.invalid(t, Some("schedule_params"), format!("{name}: {m}"))
+                    })?
+                }
+                None => spec.default.clone().ok_or_else(|| {
+                    self.invalid(
+                        t,
+                        Some("schedule_params"),
+                        format!("{name} is required (it has no default)"),
+                    )
+                })?,
+            };
+            values.insert(name.clone(), value);
+        }
+        Ok((Some(schedule), values))
+    }
+
     /// `retry_exit_codes` (only these codes are retried) or `no_retry_exit_codes` (these
     /// are not): one of them at most, each a non-empty list of codes 1–255.
     fn retry_on(
@@ -1628,6 +1690,7 @@ impl Loader<'_> {
             return Err(self.invalid(t, Some("max_attempts"), "must be between 1 and 100"));
         }
         let retry_on = self.retry_on(t, rp)?;
+        let (schedule, schedule_params) = self.schedule(t, rp, &params)?;
         let range = crate::store::claim_plan::PRIORITY_RANGE;
         let priority = match rp.priority {
             None => 0,
@@ -1686,6 +1749,8 @@ impl Loader<'_> {
             )?,
             finalizer,
             callback_url: rp.callback_url.clone(),
+            schedule,
+            schedule_params,
             params,
         })
     }
@@ -1910,6 +1975,65 @@ pattern = "[a-z]+"
             .unwrap_err()
             .to_string();
         assert!(err.contains("retry_exit_codes"), "{err}");
+    }
+
+    #[test]
+    fn schedules_are_checked_at_start_naming_the_key() {
+        let base = "[pipelines.x]\ncommand = [\"echo\", \"{suite}\"]\n";
+        let params = "[pipelines.x.params.suite]\npattern = \"[a-z]+\"\n";
+        let s = load(&format!(
+            "{base}schedule = \"0 2 * * *\"\nschedule_tz = \"Europe/Berlin\"\nschedule_params = {{ suite = \"nightly\" }}\n{params}"
+        ))
+        .unwrap();
+        let p = &s.pipelines["x"];
+        assert_eq!(
+            p.schedule.as_ref().unwrap().key(),
+            "0 2 * * * @ Europe/Berlin"
+        );
+        assert_eq!(p.schedule_params["suite"], "nightly");
+        for (extra, key, says) in [
+            (
+                "schedule = \"61 * * * *\"\n",
+                ":3: pipelines.x.schedule",
+                "invalid cron",
+            ),
+            (
+                "schedule = \"* * * *\"\n",
+                ":3: pipelines.x.schedule",
+                "4 fields",
+            ),
+            (
+                "schedule = \"0 2 * * *\"\nschedule_tz = \"Mars/Base\"\n",
+                ":4: pipelines.x.schedule_tz",
+                "unknown time zone",
+            ),
+            (
+                "schedule_tz = \"UTC\"\n",
+                ":3: pipelines.x.schedule_tz",
+                "needs a schedule",
+            ),
+            (
+                "schedule = \"0 2 * * *\"\nschedule_params = { suite = \"NIGHTLY\" }\n",
+                ":4: pipelines.x.schedule_params",
+                "suite",
+            ),
+            (
+                "schedule = \"0 2 * * *\"\nschedule_params = { other = \"a\" }\n",
+                ":4: pipelines.x.schedule_params",
+                "not a declared parameter",
+            ),
+            // Not written at all: the table's line.
+            (
+                "schedule = \"0 2 * * *\"\n",
+                ":1: pipelines.x.schedule_params",
+                "required",
+            ),
+        ] {
+            let err = load(&format!("{base}{extra}{params}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(says), "{extra}: {err}");
+        }
     }
 
     #[test]

@@ -129,6 +129,8 @@ pub struct Metrics {
     pipelines: RwLock<BTreeMap<String, Arc<PipelineInstruments>>>,
     /// Run aborts accepted by this node's API.
     pub aborts: AtomicU64,
+    /// Schedule ticks this node fired (each tick is fired by one node of the store).
+    pub schedule_fires: AtomicU64,
     /// Orphaned executions resolved by this node's rescuer.
     pub orphans_recovered: AtomicU64,
     /// Webhook attempts by outcome: delivered, failed attempt.
@@ -144,6 +146,7 @@ impl Default for Metrics {
             flush_lag: Histogram::new(LATENCY_BOUNDS),
             pipelines: RwLock::default(),
             aborts: AtomicU64::new(0),
+            schedule_fires: AtomicU64::new(0),
             orphans_recovered: AtomicU64::new(0),
             webhooks_delivered: AtomicU64::new(0),
             webhook_failures: AtomicU64::new(0),
@@ -283,6 +286,11 @@ impl Metrics {
                 "runyard_aborts_total",
                 "Run aborts accepted by this node.",
                 &self.aborts,
+            ),
+            (
+                "runyard_schedule_fires_total",
+                "Schedule ticks fired by this node (one node fires each tick; sum over nodes).",
+                &self.schedule_fires,
             ),
             (
                 "runyard_orphans_recovered_total",

@@ -549,3 +549,173 @@ command = ["sh", "-c", "while [ ! -f {gate} ]; do sleep 0.02; done"]
         ["urgent", "high1", "high2", "low1", "low2", "bottom"]
     );
 }
+
+/// The runs of `pipeline`, newest first.
+async fn runs_of(http: &reqwest::Client, base: &str, pipeline: &str) -> Vec<Value> {
+    let (_, page) = get(
+        http,
+        &format!("{base}/api/pipelines/{pipeline}/jobs?limit=200"),
+    )
+    .await;
+    page["runs"].as_array().cloned().unwrap_or_default()
+}
+
+fn fires_total(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("runyard_schedule_fires_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("runyard_schedule_fires_total in {metrics}"))
+}
+
+#[tokio::test]
+async fn two_nodes_fire_each_tick_of_a_schedule_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "max_workers = 2",
+        r#"
+[pipelines.tick]
+command = ["sh", "-c", "echo {suite}"]
+schedule = "* * * * * *"
+schedule_tz = "Europe/Berlin"
+schedule_params = { suite = "nightly" }
+[pipelines.tick.params.suite]
+pattern = "[a-z]+"
+"#,
+    );
+    let http = reqwest::Client::new();
+    let a = BinServer::start(&config, free_port()).await;
+    let b = BinServer::start(&config, free_port()).await;
+    let mut events = EventWatcher::connect(&a.base, 0);
+    // Wait for five scheduled runs to complete (every second; either node fires).
+    events
+        .wait_count("run:completed", |d| d["status"] == "completed", 5, T)
+        .await;
+    let info = pipeline_info(&http, &b.base, "tick").await;
+    assert_eq!(info["schedule"]["cron"], "* * * * * *");
+    assert_eq!(info["schedule"]["timeZone"], "Europe/Berlin");
+    assert!(info["schedule"]["nextFireAt"].is_string(), "{info}");
+    let (code, table) = cli(&a.base, &["pipelines"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("NEXT FIRE") && table.contains("* * * * * *"),
+        "{table}"
+    );
+    // One run per tick, whichever node fired it.
+    let (_, ma) = get_text(&http, &format!("{}/metrics", a.base)).await;
+    let (_, mb) = get_text(&http, &format!("{}/metrics", b.base)).await;
+    let runs = runs_of(&http, &a.base, "tick").await;
+    let mut ticks: Vec<i64> = runs
+        .iter()
+        .map(|r| {
+            assert_eq!(r["triggeredBy"], "schedule", "{r}");
+            assert_eq!(r["parameters"], json!({"suite": "nightly"}));
+            epoch_ms(&r["scheduledFor"])
+        })
+        .collect();
+    let n = ticks.len();
+    assert!(n >= 5, "{n} runs");
+    ticks.sort();
+    ticks.dedup();
+    assert_eq!(ticks.len(), n, "a tick fired twice: {runs:?}");
+    for t in &ticks {
+        assert_eq!(t % 1000, 0, "ticks fall on whole seconds");
+    }
+    // Every node counts what it fired; between the two scrapes and the list at most a
+    // tick or two more may have fired.
+    let fired = fires_total(&ma) + fires_total(&mb);
+    assert!(
+        fired as usize <= n && n <= fired as usize + 3,
+        "fired {fired}, runs {n}"
+    );
+}
+
+#[tokio::test]
+async fn ticks_missed_while_every_node_was_down_fire_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "",
+        r#"
+[pipelines.yearly]
+command = ["true"]
+schedule = "0 0 1 1 *"
+"#,
+    );
+    let http = reqwest::Client::new();
+    let port = free_port();
+    // A first start makes the store (and stops before anything is due).
+    let mut s = BinServer::start(&config, port).await;
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(T).await, Some(0));
+    let schedule = runyard::schedule::Schedule::parse("0 0 1 1 *", "UTC").unwrap();
+    let first = schedule.next_after(runyard::clock::now_ms()).unwrap();
+    // While every node is down, three years of ticks go by (the record is moved back).
+    let back = first - 3 * 366 * 86_400_000;
+    set_next_fire(dir.path(), "yearly", &schedule.key(), back).await;
+    let s = BinServer::start(&config, port).await;
+    let mut events = EventWatcher::connect(&s.base, 0);
+    events
+        .wait_for("run:completed", |d| d["status"] == "completed", T)
+        .await;
+    let info = pipeline_info(&http, &s.base, "yearly").await;
+    assert!(
+        epoch_ms(&info["schedule"]["nextFireAt"]) > back + 365 * 86_400_000,
+        "{info}"
+    );
+    let runs = runs_of(&http, &s.base, "yearly").await;
+    assert_eq!(
+        runs.len(),
+        1,
+        "missed ticks fire once, not as a flood: {runs:?}"
+    );
+    // For the latest missed tick: the last 1 January before now.
+    let for_tick = epoch_ms(&runs[0]["scheduledFor"]);
+    assert!(for_tick > back && for_tick < first, "{}", runs[0]);
+}
+
+/// Moves a pipeline's stored next fire time (the test's stand-in for time passing while
+/// no node runs), on whichever store the test runs on.
+async fn set_next_fire(dir: &std::path::Path, pipeline: &str, key: &str, at: i64) {
+    let section = store_section(dir);
+    if section.is_empty() {
+        let conn = rusqlite::Connection::open(dir.join("data").join("runyard.db")).unwrap();
+        let n = conn
+            .execute(
+                "INSERT INTO pipeline_state (pipeline, schedule_key, next_fire_at, updated_at)
+                 VALUES (?1, ?2, ?3, 0) ON CONFLICT (pipeline) DO UPDATE
+                 SET schedule_key = excluded.schedule_key, next_fire_at = excluded.next_fire_at",
+                rusqlite::params![pipeline, key, at],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        return;
+    }
+    let field = |name: &str| {
+        section
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} = \"")))
+            .map(|v| v.trim_end_matches('"').to_string())
+            .unwrap()
+    };
+    let (client, conn) = tokio_postgres::connect(&field("url"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    let n = client
+        .execute(
+            &format!(
+                "INSERT INTO \"{}\".pipeline_state (pipeline, schedule_key, next_fire_at, updated_at)
+                 VALUES ($1, $2, $3, 0) ON CONFLICT (pipeline) DO UPDATE
+                 SET schedule_key = EXCLUDED.schedule_key, next_fire_at = EXCLUDED.next_fire_at",
+                field("schema")
+            ),
+            &[&pipeline, &key, &at],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(client);
+    let _ = task.await;
+}

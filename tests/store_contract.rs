@@ -110,5 +110,6 @@ contract_tests!(
         a_rerun_of_failed_shards_keeps_the_others_and_the_finalizer_sees_all,
         higher_priorities_are_claimed_first_and_fifo_within_one_over_every_pipeline,
         a_delayed_run_is_held_until_its_time_and_released_by_the_claim,
+        a_schedule_tick_fires_once_however_many_nodes_race_for_it,
     ]
 );

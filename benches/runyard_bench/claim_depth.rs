@@ -70,7 +70,7 @@ async fn pg_fill(url: &str, schema: &str, jobs: usize, now: i64) {
             "SET search_path = {schema};
              INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, created_at)
                  SELECT 'bench-' || lpad(i::text, 8, '0'), '{PIPELINE}', 'queued', '{{}}', 1000, 'bench', {now}
-                 FROM generate_series(0, {runs} - 1) AS i;
+                 FROM generate_series(0::bigint, {runs} - 1) AS i;
              INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts,
                                retry_backoff_ms, on_orphan, max_orphan_requeues, run_after, created_at,
                                priority, held)
@@ -78,7 +78,7 @@ async fn pg_fill(url: &str, schema: &str, jobs: usize, now: i64) {
                         'bench-' || lpad((i / 1000)::text, 8, '0'), '{PIPELINE}', i % 1000, 1000, 'queued',
                         1, 1000, 'requeue', 1, CASE WHEN i % 10 = 0 THEN {far} ELSE {now} END, {now},
                         (i * 7919) % 21 - 10, i % 10 = 0
-                 FROM generate_series(0, {jobs} - 1) AS i ORDER BY i;
+                 FROM generate_series(0::bigint, {jobs} - 1) AS i ORDER BY i;
              ANALYZE runs; ANALYZE jobs;",
             runs = jobs.div_ceil(1000),
             far = now + 365 * 86_400_000i64,

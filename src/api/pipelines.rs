@@ -272,6 +272,9 @@ pub(super) struct PipelineInfo {
     queued: u64,
     /// Running jobs.
     running: u64,
+    /// Its schedule, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedule: Option<ScheduleInfo>,
     /// True while the pipeline is paused: no node claims its queued jobs.
     paused: bool,
     /// When it was paused (RFC 3339), while paused.
@@ -280,6 +283,20 @@ pub(super) struct PipelineInfo {
     /// Who paused it (token label), when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     paused_by: Option<String>,
+}
+
+/// A pipeline's schedule and when it fires next.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ScheduleInfo {
+    /// The cron expression (5 fields, or 6 with leading seconds).
+    cron: String,
+    /// The IANA time zone it is evaluated in.
+    time_zone: String,
+    /// The parameters of its runs.
+    params: BTreeMap<String, String>,
+    /// The next tick (RFC 3339), as stored for every node.
+    next_fire_at: Option<String>,
 }
 
 /// A declared parameter.
@@ -332,6 +349,8 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineL
     let counts = state.store.pipeline_counts().await?;
     let states = state.store.pipeline_nodes_list().await?;
     let paused = state.store.pipelines_paused().await?;
+    let schedules = state.store.schedules_list().await?;
+    let now = state.store.clock_ms();
     let pipelines = state
         .scheduler
         .settings()
@@ -376,6 +395,19 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineL
                 Circuit::Closed
             };
             let pause = paused.iter().find(|x| x.pipeline == p.name);
+            let schedule = p.schedule.as_ref().map(|sch| ScheduleInfo {
+                cron: sch.expr.clone(),
+                time_zone: sch.tz_name.clone(),
+                params: p.schedule_params.clone(),
+                // The stored record when it is this schedule's (a node may not have
+                // started it yet: then the tick it will store).
+                next_fire_at: schedules
+                    .iter()
+                    .find(|r| r.pipeline == p.name && r.key == sch.key())
+                    .map(|r| r.next_fire_at)
+                    .or_else(|| sch.next_after(now))
+                    .map(rfc3339),
+            });
             let setup = p.setup.as_ref().map(|s| SetupInfo {
                 command: s.command.clone(),
                 nodes,
@@ -405,6 +437,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineL
                 callback_url: p.callback_url.clone(),
                 queued: c.queued,
                 running: c.running,
+                schedule,
                 paused: pause.is_some(),
                 paused_at: pause.map(|x| rfc3339(x.paused_at)),
                 paused_by: pause.and_then(|x| x.paused_by.clone()),

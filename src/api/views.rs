@@ -91,7 +91,7 @@ pub struct RunView {
     pub shard_count: u32,
     /// Shards terminal for good.
     pub shards_done: u32,
-    /// `api`, `cli`, `dashboard`.
+    /// `api`, `cli`, `dashboard`, or `schedule`.
     pub triggered_by: String,
     /// Token label, when known.
     pub actor: Option<String>,
@@ -114,6 +114,10 @@ pub struct RunView {
     /// A delayed run's not-before time (RFC 3339): no shard started earlier. Absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_at: Option<String>,
+    /// For a run its pipeline's schedule fired (`triggeredBy: schedule`): the tick it is
+    /// for (RFC 3339). Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<String>,
     /// Its shard jobs in shard order.
     pub jobs: Vec<JobView>,
     /// Its finalize job, once queued.
@@ -215,6 +219,7 @@ impl From<RunRecord> for RunView {
             rerun_of: r.rerun_of,
             priority: r.priority,
             run_at: r.run_at.map(rfc3339),
+            scheduled_for: r.scheduled_for.map(rfc3339),
             jobs: r.jobs.into_iter().map(JobView::from).collect(),
             finalizer: r.finalizer.map(JobView::from),
         }

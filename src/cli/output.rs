@@ -175,6 +175,14 @@ pub fn pipelines_table(v: &Value) -> Result<(), Closed> {
                 } else {
                     "active".to_string()
                 },
+                match p["schedule"]["nextFireAt"].as_str() {
+                    Some(next) => format!(
+                        "{next} ({}, {})",
+                        s(&p["schedule"]["cron"]),
+                        s(&p["schedule"]["timeZone"])
+                    ),
+                    None => "-".to_string(),
+                },
                 cmd.join(" "),
             ]
         })
@@ -189,6 +197,7 @@ pub fn pipelines_table(v: &Value) -> Result<(), Closed> {
             "SETUP",
             "CIRCUIT",
             "STATE",
+            "NEXT FIRE",
             "COMMAND",
         ],
         rows,

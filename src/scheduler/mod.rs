@@ -20,6 +20,7 @@ mod job;
 mod outbox;
 mod placement;
 pub mod rescuer;
+mod schedules;
 mod setup;
 mod workdir;
 
@@ -285,6 +286,16 @@ impl Scheduler {
                 .services
                 .spawn(outbox::outbox_loop(inner.clone(), webhooks));
         }
+        if inner
+            .settings
+            .pipelines
+            .values()
+            .any(|p| p.schedule.is_some())
+        {
+            inner
+                .services
+                .spawn(schedules::schedule_loop(inner.clone()));
+        }
         if reaper::enabled() {
             inner.services.spawn(reaper_loop(inner.clone()));
         }
@@ -381,13 +392,7 @@ impl Scheduler {
                 triggered_by: req.triggered_by,
                 actor: req.actor,
                 idempotency_key: idempotency_key.clone(),
-                policy: JobPolicy {
-                    max_attempts: pipeline.max_attempts,
-                    retry_backoff_ms: pipeline.retry_backoff.as_millis() as i64,
-                    on_orphan: pipeline.on_orphan.as_str(),
-                    max_orphan_requeues: pipeline.max_orphan_requeues,
-                    retry_on: pipeline.retry_on.clone(),
-                },
+                policy: policy_of(pipeline),
                 has_finalizer: pipeline.finalizer.is_some(),
                 callback_url,
                 now,
@@ -477,13 +482,7 @@ impl Scheduler {
                 triggered_by,
                 actor,
                 idempotency_key: None,
-                policy: JobPolicy {
-                    max_attempts: pipeline.max_attempts,
-                    retry_backoff_ms: pipeline.retry_backoff.as_millis() as i64,
-                    on_orphan: pipeline.on_orphan.as_str(),
-                    max_orphan_requeues: pipeline.max_orphan_requeues,
-                    retry_on: pipeline.retry_on.clone(),
-                },
+                policy: policy_of(pipeline),
                 has_finalizer: pipeline.finalizer.is_some(),
                 callback_url: original.callback_url.clone(),
                 now: store.clock_ms(),
@@ -492,6 +491,7 @@ impl Scheduler {
                     kept,
                     not_before: None,
                     priority: original.priority,
+                    scheduled_for: None,
                 },
             })
             .await?;
@@ -643,6 +643,17 @@ impl Scheduler {
             tracing::warn!("could not deregister node: {e}");
         }
         tracing::info!(node = %inner.node.id, "node stopped");
+    }
+}
+
+/// The retry and orphan rules a pipeline's new jobs are queued under.
+fn policy_of(pipeline: &Pipeline) -> JobPolicy {
+    JobPolicy {
+        max_attempts: pipeline.max_attempts,
+        retry_backoff_ms: pipeline.retry_backoff.as_millis() as i64,
+        on_orphan: pipeline.on_orphan.as_str(),
+        max_orphan_requeues: pipeline.max_orphan_requeues,
+        retry_on: pipeline.retry_on.clone(),
     }
 }
 

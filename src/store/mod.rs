@@ -194,6 +194,8 @@ pub struct RunOptions {
     pub not_before: Option<i64>,
     /// Higher is claimed first (bounded by [`claim_plan::PRIORITY_RANGE`]); FIFO within one.
     pub priority: i32,
+    /// The schedule tick this run is for (epoch ms), when a schedule fired it.
+    pub scheduled_for: Option<i64>,
 }
 
 /// `run_create` result.
@@ -543,6 +545,8 @@ pub struct RunRecord {
     pub priority: i32,
     /// A delayed run's not-before time (epoch ms).
     pub run_at: Option<i64>,
+    /// The schedule tick it is for, when a schedule fired it (epoch ms).
+    pub scheduled_for: Option<i64>,
     /// Its shard jobs in shard order.
     pub jobs: Vec<JobRecord>,
     /// Its finalize job, once queued.
@@ -819,6 +823,32 @@ pub struct PipelinePause {
     pub paused_by: Option<String>,
 }
 
+/// A scheduled pipeline's durable next-fire record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleState {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// The schedule the record was computed for (`expr @ zone`).
+    pub key: String,
+    /// The next tick to fire (epoch ms).
+    pub next_fire_at: i64,
+}
+
+/// `schedule_fire` input: fire one tick of a pipeline's schedule.
+#[derive(Debug, Clone)]
+pub struct ScheduleFireParams {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// The schedule the fire was planned for.
+    pub key: String,
+    /// The stored next fire time the node read: the write applies only if it is still there.
+    pub due: i64,
+    /// The next fire time to store.
+    pub next: i64,
+    /// The run to queue (`triggeredBy: schedule`, `scheduled_for` set).
+    pub run: RunCreateParams,
+}
+
 /// The storage seam. Internal API, free to change; both backends pass the same tests.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -934,6 +964,23 @@ pub trait Store: Send + Sync {
     async fn pipeline_pause(&self, p: PipelinePauseParams) -> StoreResult<bool>;
     /// The paused pipelines, by name.
     async fn pipelines_paused(&self) -> StoreResult<Vec<PipelinePause>>;
+
+    /// Every stored schedule record.
+    async fn schedules_list(&self) -> StoreResult<Vec<ScheduleState>>;
+    /// Stores `next_fire_at` for schedule `key` of `pipeline` unless the record already holds
+    /// `key` (the first node to start the schedule, or one whose schedule changed, sets it);
+    /// true when it wrote.
+    async fn schedule_init(
+        &self,
+        pipeline: &str,
+        key: &str,
+        next_fire_at: i64,
+        now: i64,
+    ) -> StoreResult<bool>;
+    /// Fires one tick: only if the record still holds `(key, due)`, advances it to `next` and
+    /// creates the run, in one transaction. `None` when another node fired it first (or the
+    /// schedule changed): each tick fires exactly once over every node.
+    async fn schedule_fire(&self, p: ScheduleFireParams) -> StoreResult<Option<RunCreated>>;
 
     /// Stops background work and closes connections; later calls fail with `Closed`.
     async fn close(&self);

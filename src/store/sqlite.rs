@@ -45,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite_0005_pipeline_state.sql"),
     include_str!("migrations/sqlite_0006_rerun.sql"),
     include_str!("migrations/sqlite_0007_queue_order.sql"),
+    include_str!("migrations/sqlite_0008_schedules.sql"),
 ];
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Held jobs one claim releases at most (the rest on the next claims: a due backlog is
@@ -882,7 +883,7 @@ fn job_view(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
     })
 }
 
-const RUN_COLS: &str = "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at";
+const RUN_COLS: &str = "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at, scheduled_for";
 
 fn run_view(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
     let params: String = r.get(3)?;
@@ -903,6 +904,7 @@ fn run_view(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         rerun_of: r.get(13)?,
         priority: r.get(14)?,
         run_at: r.get(15)?,
+        scheduled_for: r.get(16)?,
         jobs: Vec::new(),
         finalizer: None,
     })
@@ -972,6 +974,110 @@ fn tail_lines(
     Ok(lines)
 }
 
+/// Writes a run, its jobs and their events in the open transaction (see
+/// [`Store::run_create`]); returns it with the change kinds to publish.
+fn create_in_tx(conn: &Connection, p: &RunCreateParams) -> StoreResult<(RunCreated, u8)> {
+    if let Some(key) = &p.idempotency_key {
+        let existing: Option<(String, i64, String)> = conn
+            .prepare_cached("SELECT id, created_at, params FROM runs WHERE pipeline = ?1 AND idempotency_key = ?2")?
+            .query_row(params![p.pipeline, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        if let Some((run_id, created_at, params_text)) = existing {
+            let job_ids = conn
+                .prepare_cached("SELECT id FROM jobs WHERE run_id = ?1 ORDER BY shard_index")?
+                .query_map(params![run_id], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            let existing_params = Some(serde_json::from_str(&params_text).unwrap_or_default());
+            return Ok((
+                RunCreated {
+                    run_id,
+                    job_ids,
+                    created_at,
+                    existing: true,
+                    existing_params,
+                },
+                0,
+            ));
+        }
+    }
+    let shard_count = p.job_ids.len() as i64;
+    let retry_on = p.policy.retry_on.to_column();
+    conn.prepare_cached(
+        "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor, idempotency_key, created_at,
+                           has_finalizer, callback_url, rerun_of, shards_done, priority, run_at, scheduled_for)
+         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?
+    .execute(params![
+        p.run_id,
+        p.pipeline,
+        serde_json::to_string(&p.params).unwrap_or_else(|_| "{}".into()),
+        shard_count,
+        p.triggered_by,
+        p.actor,
+        p.idempotency_key,
+        p.now,
+        p.has_finalizer,
+        p.callback_url,
+        p.options.rerun_of,
+        p.options.kept.len() as i64,
+        p.options.priority,
+        p.options.not_before,
+        p.options.scheduled_for,
+    ])?;
+    let run_after = p.options.not_before.map_or(p.now, |t| t.max(p.now));
+    let held = claim_plan::held(run_after, p.now);
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts, retry_backoff_ms,
+                           on_orphan, max_orphan_requeues, run_after, created_at, retry_on, priority, held)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?;
+    for (i, job_id) in p.job_ids.iter().enumerate() {
+        if let Some(kept) = p.options.kept.iter().find(|k| k.shard_index as usize == i) {
+            copy_kept(conn, &p.run_id, job_id, &kept.from_job, p.now)?;
+            continue;
+        }
+        insert.execute(params![
+            job_id,
+            p.run_id,
+            p.pipeline,
+            i as i64,
+            shard_count,
+            p.policy.max_attempts,
+            p.policy.retry_backoff_ms,
+            p.policy.on_orphan,
+            p.policy.max_orphan_requeues,
+            run_after,
+            p.now,
+            retry_on,
+            p.options.priority,
+            held,
+        ])?;
+        emit(
+            conn,
+            payload::shard_created(
+                &p.run_id,
+                job_id,
+                &p.pipeline,
+                i as u32,
+                shard_count as u32,
+                &p.triggered_by,
+                p.actor.as_deref(),
+            ),
+            p.now,
+        )?;
+    }
+    Ok((
+        RunCreated {
+            run_id: p.run_id.clone(),
+            job_ids: p.job_ids.clone(),
+            created_at: p.now,
+            existing: false,
+            existing_params: None,
+        },
+        change::WORK | change::EVENTS,
+    ))
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn changes(&self) -> &ChangeFeed {
@@ -979,89 +1085,7 @@ impl Store for SqliteStore {
     }
 
     async fn run_create(&self, p: RunCreateParams) -> StoreResult<RunCreated> {
-        self.write(move |conn| {
-            if let Some(key) = &p.idempotency_key {
-                let existing: Option<(String, i64, String)> = conn
-                    .prepare_cached("SELECT id, created_at, params FROM runs WHERE pipeline = ?1 AND idempotency_key = ?2")?
-                    .query_row(params![p.pipeline, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()?;
-                if let Some((run_id, created_at, params_text)) = existing {
-                    let job_ids = conn
-                        .prepare_cached("SELECT id FROM jobs WHERE run_id = ?1 ORDER BY shard_index")?
-                        .query_map(params![run_id], |r| r.get(0))?
-                        .collect::<Result<Vec<String>, _>>()?;
-                    let existing_params = Some(serde_json::from_str(&params_text).unwrap_or_default());
-                    return Ok((RunCreated { run_id, job_ids, created_at, existing: true, existing_params }, 0));
-                }
-            }
-            let shard_count = p.job_ids.len() as i64;
-            let retry_on = p.policy.retry_on.to_column();
-            conn.prepare_cached(
-                "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor, idempotency_key, created_at,
-                                   has_finalizer, callback_url, rerun_of, shards_done, priority, run_at)
-                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            )?
-            .execute(params![
-                p.run_id,
-                p.pipeline,
-                serde_json::to_string(&p.params).unwrap_or_else(|_| "{}".into()),
-                shard_count,
-                p.triggered_by,
-                p.actor,
-                p.idempotency_key,
-                p.now,
-                p.has_finalizer,
-                p.callback_url,
-                p.options.rerun_of,
-                p.options.kept.len() as i64,
-                p.options.priority,
-                p.options.not_before,
-            ])?;
-            let run_after = p.options.not_before.map_or(p.now, |t| t.max(p.now));
-            let held = claim_plan::held(run_after, p.now);
-            let mut insert = conn.prepare_cached(
-                "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts, retry_backoff_ms,
-                                   on_orphan, max_orphan_requeues, run_after, created_at, retry_on, priority, held)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            )?;
-            for (i, job_id) in p.job_ids.iter().enumerate() {
-                if let Some(kept) = p.options.kept.iter().find(|k| k.shard_index as usize == i) {
-                    copy_kept(conn, &p.run_id, job_id, &kept.from_job, p.now)?;
-                    continue;
-                }
-                insert.execute(params![
-                    job_id,
-                    p.run_id,
-                    p.pipeline,
-                    i as i64,
-                    shard_count,
-                    p.policy.max_attempts,
-                    p.policy.retry_backoff_ms,
-                    p.policy.on_orphan,
-                    p.policy.max_orphan_requeues,
-                    run_after,
-                    p.now,
-                    retry_on,
-                    p.options.priority,
-                    held,
-                ])?;
-                emit(
-                    conn,
-                    payload::shard_created(
-                        &p.run_id,
-                        job_id,
-                        &p.pipeline,
-                        i as u32,
-                        shard_count as u32,
-                        &p.triggered_by,
-                        p.actor.as_deref(),
-                    ),
-                    p.now,
-                )?;
-            }
-            Ok((RunCreated { run_id: p.run_id.clone(), job_ids: p.job_ids.clone(), created_at: p.now, existing: false, existing_params: None }, change::WORK | change::EVENTS))
-        })
-        .await
+        self.write(move |conn| create_in_tx(conn, &p)).await
     }
 
     async fn job_claim(&self, p: JobClaimParams) -> StoreResult<ClaimOutcome> {
@@ -1672,6 +1696,66 @@ impl Store for SqliteStore {
                     })
                 })?
                 .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn schedules_list(&self) -> StoreResult<Vec<ScheduleState>> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT pipeline, schedule_key, next_fire_at FROM pipeline_state
+                     WHERE schedule_key IS NOT NULL AND next_fire_at IS NOT NULL ORDER BY pipeline",
+                )?
+                .query_map([], |r| {
+                    Ok(ScheduleState {
+                        pipeline: r.get(0)?,
+                        key: r.get(1)?,
+                        next_fire_at: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn schedule_init(
+        &self,
+        pipeline: &str,
+        key: &str,
+        next_fire_at: i64,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let (pipeline, key) = (pipeline.to_string(), key.to_string());
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "INSERT INTO pipeline_state (pipeline, schedule_key, next_fire_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (pipeline) DO UPDATE SET schedule_key = excluded.schedule_key,
+                         next_fire_at = excluded.next_fire_at, updated_at = excluded.updated_at
+                     WHERE pipeline_state.schedule_key IS NOT excluded.schedule_key
+                        OR pipeline_state.next_fire_at IS NULL",
+                )?
+                .execute(params![pipeline, key, next_fire_at, now])?;
+            Ok((changed == 1, 0))
+        })
+        .await
+    }
+
+    async fn schedule_fire(&self, p: ScheduleFireParams) -> StoreResult<Option<RunCreated>> {
+        self.write(move |conn| {
+            let advanced = conn
+                .prepare_cached(
+                    "UPDATE pipeline_state SET next_fire_at = ?4, updated_at = ?5
+                     WHERE pipeline = ?1 AND schedule_key = ?2 AND next_fire_at = ?3",
+                )?
+                .execute(params![p.pipeline, p.key, p.due, p.next, p.run.now])?;
+            if advanced != 1 {
+                return Ok((None, 0));
+            }
+            let (created, kinds) = create_in_tx(conn, &p.run)?;
+            Ok((Some(created), kinds))
         })
         .await
     }

@@ -7,7 +7,7 @@ use runyard::store::rerun::KeptShard;
 use runyard::store::transition::RetryOn;
 use runyard::store::{
     JobClaimParams, JobPolicy, Outcome, PipelinePause, PipelinePauseParams, RunCreateParams,
-    RunOptions,
+    RunOptions, ScheduleFireParams,
 };
 
 use crate::factory::{Factory, node_row};
@@ -499,4 +499,117 @@ pub async fn a_delayed_run_is_held_until_its_time_and_released_by_the_claim(f: &
     .await
     .jobs;
     assert_eq!((retry.len(), retry[0].attempt), (1, 2));
+}
+
+pub async fn a_schedule_tick_fires_once_however_many_nodes_race_for_it(f: &Factory) {
+    let key = "* * * * * * @ UTC";
+    let mut handles = vec![f.store().await];
+    for _ in 0..3 {
+        handles.push(f.open().await);
+    }
+    // Every node starts the schedule; the first write wins, the rest change nothing.
+    let mut started = 0;
+    for (i, h) in handles.iter().enumerate() {
+        if ok(
+            "schedule_init",
+            h.schedule_init("cron", key, 1_000 + i as i64, 5),
+        )
+        .await
+        {
+            started += 1;
+        }
+    }
+    assert_eq!(started, 1);
+    let state = ok("schedules_list", handles[3].schedules_list()).await;
+    assert_eq!(
+        state,
+        vec![runyard::store::ScheduleState {
+            pipeline: "cron".into(),
+            key: key.into(),
+            next_fire_at: 1_000
+        }]
+    );
+    // Ten ticks, each raced by four handles at once: one run per tick.
+    let mut due = 1_000;
+    for tick in 0..10 {
+        let tasks: Vec<_> = handles
+            .iter()
+            .map(|h| {
+                let h = h.clone();
+                let mut run = run_params("cron", 1);
+                run.triggered_by = "schedule".into();
+                run.now = due;
+                run.options.scheduled_for = Some(due);
+                tokio::spawn(async move {
+                    h.schedule_fire(ScheduleFireParams {
+                        pipeline: "cron".into(),
+                        key: key.into(),
+                        due,
+                        next: due + 1_000,
+                        run,
+                    })
+                    .await
+                })
+            })
+            .collect();
+        let mut fired = Vec::new();
+        for t in tasks {
+            if let Some(created) = within(CALL_LIMIT, "schedule_fire", t)
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                fired.push(created.run_id);
+            }
+        }
+        assert_eq!(fired.len(), 1, "tick {tick} fired {} times", fired.len());
+        let run = ok("run_get", handles[0].run_get(&fired[0])).await.unwrap();
+        assert_eq!(
+            (run.triggered_by.as_str(), run.scheduled_for),
+            ("schedule", Some(due))
+        );
+        due += 1_000;
+    }
+    // A stale read (the tick already advanced) or a changed schedule fires nothing.
+    let stale = ScheduleFireParams {
+        pipeline: "cron".into(),
+        key: key.into(),
+        due: 1_000,
+        next: 2_000,
+        run: run_params("cron", 1),
+    };
+    assert!(
+        ok("stale fire", handles[1].schedule_fire(stale))
+            .await
+            .is_none()
+    );
+    assert!(
+        ok(
+            "changed",
+            handles[2].schedule_init("cron", "0 2 * * * @ UTC", 50_000, 6)
+        )
+        .await
+    );
+    let old = ScheduleFireParams {
+        pipeline: "cron".into(),
+        key: key.into(),
+        due,
+        next: due + 1_000,
+        run: run_params("cron", 1),
+    };
+    assert!(
+        ok("old schedule", handles[0].schedule_fire(old))
+            .await
+            .is_none()
+    );
+    let runs = ok(
+        "runs_list",
+        handles[0].runs_list(runyard::store::RunFilter {
+            pipeline: Some("cron".into()),
+            limit: 100,
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_eq!(runs.len(), 10);
 }

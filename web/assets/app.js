@@ -303,6 +303,7 @@ function pipelineCard(p) {
     }
   });
   const setup = h('div', { class: 'p-setup', hidden: true });
+  const schedule = h('div', { class: 'p-schedule small muted', hidden: true });
   const result = h('div', { class: 'trigger-result', role: 'status', 'aria-live': 'polite' });
   const fields = [];
   const inputs = [];
@@ -368,10 +369,11 @@ function pipelineCard(p) {
   const card = h('article', { class: 'pipeline', 'aria-label': `Pipeline ${p.id}` },
     h('div', { class: 'p-head' }, h('h3', {}, h('a', { href: dashboardHash({ pipeline: p.id, status: '', q: '' }, 0), title: `Runs of ${p.id}` }, p.id)), circuit, pausedBadge, h('span', { class: 'spacer' }), counts, pauseButton),
     h('code', { class: 'p-cmd', title: cmd }, cmd),
+    schedule,
     setup,
     stats,
     form);
-  return { card, counts, circuit, setup, stats, pausedBadge, pauseButton };
+  return { card, counts, circuit, setup, stats, pausedBadge, pauseButton, schedule };
 }
 
 function setPaused(parts, paused) {
@@ -384,6 +386,13 @@ function setPaused(parts, paused) {
 function updatePipelineCard(parts, p) {
   if (!parts) return;
   setPaused(parts, !!p.paused);
+  if (p.schedule) {
+    parts.schedule.hidden = false;
+    replace(parts.schedule, 'schedule ', h('code', {}, p.schedule.cron), ` (${p.schedule.timeZone})`,
+      p.schedule.nextFireAt ? [' · next ', timeEl(p.schedule.nextFireAt, stamp(p.schedule.nextFireAt))] : null);
+  } else {
+    parts.schedule.hidden = true;
+  }
   replace(parts.counts,
     h('span', { class: p.queued ? 'n n-queued' : 'n' }, `${p.queued} queued`), ' · ',
     h('span', { class: p.running ? 'n n-running' : 'n' }, `${p.running} running`));
@@ -735,6 +744,9 @@ function renderRun(run) {
       meta('Run id', h('code', {}, run.runId)),
       meta('Triggered by', `${run.triggeredBy}${run.actor ? ` (${run.actor})` : ''}`),
       run.rerunOf ? meta('Re-run of', runLink(run.rerunOf, shortId(run.rerunOf), `Open run ${run.rerunOf}`)) : null,
+      run.scheduledFor ? meta('Scheduled for', timeEl(run.scheduledFor, stamp(run.scheduledFor))) : null,
+      run.runAt ? meta('Not before', timeEl(run.runAt, stamp(run.runAt))) : null,
+      run.priority ? meta('Priority', String(run.priority)) : null,
       meta('Parameters', params.length ? params.map(([k, v]) => h('code', { class: 'param' }, `${k}=${v}`)) : h('span', { class: 'muted' }, 'none')),
       meta('Shards', `${run.shardsDone}/${run.shardCount} done${run.shardsStatus ? ` (${run.shardsStatus})` : ''}`),
       meta('Created', timeEl(run.createdAt, stamp(run.createdAt))),

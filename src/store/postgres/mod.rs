@@ -66,6 +66,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres_0003_pipeline_state.sql"),
     include_str!("../migrations/postgres_0004_rerun.sql"),
     include_str!("../migrations/postgres_0005_queue_order.sql"),
+    include_str!("../migrations/postgres_0006_schedules.sql"),
 ];
 /// Retries of a transaction that lost a race or its connection before COMMIT.
 pub(crate) const MAX_RETRIES: u32 = 4;
@@ -669,6 +670,21 @@ impl Store for PgStore {
     }
     async fn pipelines_paused(&self) -> StoreResult<Vec<PipelinePause>> {
         self.read_paused().await
+    }
+    async fn schedules_list(&self) -> StoreResult<Vec<ScheduleState>> {
+        self.read_schedules().await
+    }
+    async fn schedule_init(
+        &self,
+        pipeline: &str,
+        key: &str,
+        next_fire_at: i64,
+        now: i64,
+    ) -> StoreResult<bool> {
+        write::schedule_init(self, pipeline, key, next_fire_at, now).await
+    }
+    async fn schedule_fire(&self, p: ScheduleFireParams) -> StoreResult<Option<RunCreated>> {
+        write::schedule_fire(self, p).await
     }
     async fn close(&self) {
         self.stop.store(true, Ordering::Relaxed);

@@ -13,7 +13,7 @@ use crate::store::{
     DeliveryAttemptRecord, DeliveryRecord, JobLogs, JobRecord, LogLine, NodeRow, PipelineCounts,
     PipelineNodeState, RunFilter, RunRecord, RunningJob, StoredEvent, Stream,
 };
-use crate::store::{PipelinePause, PipelineStatsParams, PipelineStatsRow};
+use crate::store::{PipelinePause, PipelineStatsParams, PipelineStatsRow, ScheduleState};
 
 /// Event ids below this are final for the statement's snapshot: every transaction of this
 /// deployment that could still insert a smaller one has ended. It is the snapshot's `xmax`
@@ -127,7 +127,7 @@ fn job_view(r: &Row) -> JobRecord {
 
 const RUN_COLS: &str =
     "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at,
-    started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at";
+    started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at, scheduled_for";
 
 fn run_view(r: &Row) -> RunRecord {
     let params: String = r.get(3);
@@ -148,6 +148,7 @@ fn run_view(r: &Row) -> RunRecord {
         rerun_of: r.get(13),
         priority: r.get::<_, i64>(14) as i32,
         run_at: r.get(15),
+        scheduled_for: r.get(16),
         jobs: Vec::new(),
         finalizer: None,
     }
@@ -656,6 +657,23 @@ impl PgStore {
             pipeline: r.get(0),
             paused_at: r.get::<_, Option<i64>>(1).unwrap_or(0),
             paused_by: r.get(2),
+        })
+        .collect())
+    }
+
+    pub(super) async fn read_schedules(&self) -> StoreResult<Vec<ScheduleState>> {
+        read!(self, c => rows(
+            c,
+            "SELECT pipeline, schedule_key, next_fire_at FROM pipeline_state
+             WHERE schedule_key IS NOT NULL AND next_fire_at IS NOT NULL ORDER BY pipeline",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| ScheduleState {
+            pipeline: r.get(0),
+            key: r.get(1),
+            next_fire_at: r.get(2),
         })
         .collect())
     }

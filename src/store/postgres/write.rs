@@ -14,7 +14,8 @@ use crate::store::{
     AbortOutcome, ClaimOutcome, ClaimedJob, DeliveryNext, DeliveryRecordParams, FinishOutcome,
     HeartbeatOutcome, JobClaimParams, JobFinishParams, JobProgressParams, JobStartParams,
     NodeHeartbeatParams, NodeRow, OutputAppendParams, PendingDelivery, PipelineNodeState,
-    PipelinePauseParams, PruneOutcome, RunCreateParams, RunCreated, change, claim_plan, summary,
+    PipelinePauseParams, PruneOutcome, RunCreateParams, RunCreated, ScheduleFireParams, change,
+    claim_plan, summary,
 };
 
 const STDOUT: i16 = 1;
@@ -87,19 +88,26 @@ impl<'a> Tx<'a> {
 }
 
 pub(super) async fn run_create(s: &PgStore, p: RunCreateParams) -> StoreResult<RunCreated> {
+    in_tx!(s, tx => create_in_tx(tx, &p).await?)
+}
+
+/// Writes a run, its jobs and their events in the open transaction (see [`run_create`]).
+async fn create_in_tx(tx: &mut Tx<'_>, p: &RunCreateParams) -> StoreResult<RunCreated> {
     let params_text = serde_json::to_string(&p.params).unwrap_or_else(|_| "{}".into());
     let shard_count = p.job_ids.len() as i64;
-    in_tx!(s, tx => {
+    Ok({
         let inserted = tx
             .query_opt(
                 "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor, idempotency_key,
-                                   created_at, has_finalizer, callback_url, rerun_of, shards_done, priority, run_at)
-                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                                   created_at, has_finalizer, callback_url, rerun_of, shards_done, priority, run_at,
+                                   scheduled_for)
+                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
                  ON CONFLICT (pipeline, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                  RETURNING id",
                 &[&p.run_id, &p.pipeline, &params_text, &shard_count, &p.triggered_by, &p.actor,
                   &p.idempotency_key, &p.now, &p.has_finalizer, &p.callback_url, &p.options.rerun_of,
-                  &(p.options.kept.len() as i64), &i64::from(p.options.priority), &p.options.not_before],
+                  &(p.options.kept.len() as i64), &i64::from(p.options.priority), &p.options.not_before,
+                  &p.options.scheduled_for],
             )
             .await?;
         if inserted.is_none() {
@@ -133,8 +141,12 @@ pub(super) async fn run_create(s: &PgStore, p: RunCreateParams) -> StoreResult<R
             // A re-run's kept shards are terminal copies of the original's jobs; the rest
             // are queued.
             let kept: Vec<&str> = p.options.kept.iter().map(|k| k.job_id.as_str()).collect();
-            let queued: Vec<&str> =
-                p.job_ids.iter().map(String::as_str).filter(|id| !kept.contains(id)).collect();
+            let queued: Vec<&str> = p
+                .job_ids
+                .iter()
+                .map(String::as_str)
+                .filter(|id| !kept.contains(id))
+                .collect();
             let queued_index: Vec<i64> = p
                 .job_ids
                 .iter()
@@ -187,8 +199,15 @@ pub(super) async fn run_create(s: &PgStore, p: RunCreateParams) -> StoreResult<R
                 .enumerate()
                 .filter(|(_, id)| !kept.contains(&id.as_str()))
                 .map(|(i, job_id)| {
-                    payload::shard_created(&p.run_id, job_id, &p.pipeline, i as u32, shard_count as u32,
-                                           &p.triggered_by, p.actor.as_deref())
+                    payload::shard_created(
+                        &p.run_id,
+                        job_id,
+                        &p.pipeline,
+                        i as u32,
+                        shard_count as u32,
+                        &p.triggered_by,
+                        p.actor.as_deref(),
+                    )
                 })
                 .collect();
             tx.emit_many(events, p.now).await?;
@@ -1026,6 +1045,50 @@ pub(super) async fn pipeline_pause(s: &PgStore, p: PipelinePauseParams) -> Store
                 .await?;
             tx.kinds |= change::WORK;
             true
+        }
+    })
+}
+
+/// Stores a schedule's next fire time unless the record holds that schedule already.
+pub(super) async fn schedule_init(
+    s: &PgStore,
+    pipeline: &str,
+    key: &str,
+    next_fire_at: i64,
+    now: i64,
+) -> StoreResult<bool> {
+    in_tx!(s, tx => {
+        tx.exec(
+            "INSERT INTO pipeline_state (pipeline, schedule_key, next_fire_at, updated_at)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (pipeline) DO UPDATE SET schedule_key = EXCLUDED.schedule_key,
+                 next_fire_at = EXCLUDED.next_fire_at, updated_at = EXCLUDED.updated_at
+             WHERE pipeline_state.schedule_key IS DISTINCT FROM EXCLUDED.schedule_key
+                OR pipeline_state.next_fire_at IS NULL",
+            &[&pipeline, &key, &next_fire_at, &now],
+        )
+        .await? == 1
+    })
+}
+
+/// Fires one tick (see [`crate::store::Store::schedule_fire`]): the conditional advance
+/// locks the record, so a racing node's advance waits, re-checks and changes nothing.
+pub(super) async fn schedule_fire(
+    s: &PgStore,
+    p: ScheduleFireParams,
+) -> StoreResult<Option<RunCreated>> {
+    in_tx!(s, tx => {
+        let advanced = tx
+            .exec(
+                "UPDATE pipeline_state SET next_fire_at = $4, updated_at = $5
+                 WHERE pipeline = $1 AND schedule_key = $2 AND next_fire_at = $3",
+                &[&p.pipeline, &p.key, &p.due, &p.next, &p.run.now],
+            )
+            .await?;
+        if advanced == 1 {
+            Some(create_in_tx(tx, &p.run).await?)
+        } else {
+            None
         }
     })
 }
