@@ -129,15 +129,25 @@ async fn run_status(http: &reqwest::Client, base: &str, run_id: &str) -> String 
 /// Triggers a run of `other` and waits for it to end: every run queued before it in an
 /// unpaused pipeline would have been claimed first (claims are FIFO over pipelines), so
 /// afterwards a paused pipeline's runs still queued prove no node took them.
-async fn barrier(http: &reqwest::Client, base: &str, events: &mut EventWatcher) {
+async fn barrier(http: &reqwest::Client, base: &str) {
     for _ in 0..2 {
         let id = trigger(http, base, "other", json!({})).await["runId"]
             .as_str()
             .unwrap()
             .to_string();
-        let run = wait_run(http, base, events, &id).await;
-        assert_eq!(run["status"], "completed");
+        assert_eq!(wait_finished(http, base, &id).await["status"], "completed");
     }
+}
+
+/// Polls a run until it is finished (a condition with a timeout, not a stream).
+async fn wait_finished(http: &reqwest::Client, base: &str, run_id: &str) -> Value {
+    let url = format!("{base}/api/runs/{run_id}");
+    eventually(T, "the run to finish", || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { get(&http, &url).await.1["finishedAt"].is_string() }
+    })
+    .await;
+    get(http, &url).await.1
 }
 
 #[tokio::test]
@@ -188,7 +198,7 @@ command = ["true"]
     std::fs::write(&gate, "").unwrap();
     let run = wait_run(&http, &a.base, &mut events, &running).await;
     assert_eq!(run["status"], "completed", "the running job finished");
-    barrier(&http, &b.base, &mut events).await;
+    barrier(&http, &b.base).await;
     for id in &held {
         assert_eq!(run_status(&http, &a.base, id).await, "queued", "{id}");
     }
@@ -216,10 +226,13 @@ command = ["true"]
     }
     let a = BinServer::start(&config, pa).await;
     let b = BinServer::start(&config, pb).await;
+    // From here on the test polls the runs instead of following a stream: on PostgreSQL
+    // a stream opened on a node in its first moments can miss another node's commits (a
+    // known issue of the event tailer, outside this feature).
     let last = events.seen.iter().filter_map(|e| e.id).max().unwrap_or(0);
     let mut events = EventWatcher::connect(&b.base, last);
     assert_eq!(pipeline_info(&http, &a.base, "work").await["paused"], true);
-    barrier(&http, &a.base, &mut events).await;
+    barrier(&http, &a.base).await;
     for id in &held {
         assert_eq!(run_status(&http, &b.base, id).await, "queued", "{id}");
     }
@@ -231,7 +244,7 @@ command = ["true"]
         .wait_for("pipeline:resumed", |d| d["pipelineId"] == "work", T)
         .await;
     for id in &held {
-        let run = wait_run(&http, &a.base, &mut events, id).await;
+        let run = wait_finished(&http, &a.base, id).await;
         assert_eq!(run["status"], "completed", "{run}");
     }
     assert_eq!(pipeline_info(&http, &a.base, "work").await["paused"], false);
