@@ -367,7 +367,7 @@ async fn replicas_starting_together_migrate_once_and_a_newer_schema_is_refused()
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 1);
+    assert_eq!(version, runyard::store::postgres::SCHEMA_VERSION);
     c.batch_execute(&format!(
         "UPDATE \"{schema}\".runyard_meta SET value = 99 WHERE key = 'schema_version'"
     ))

@@ -68,6 +68,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres_0005_queue_order.sql"),
     include_str!("../migrations/postgres_0006_schedules.sql"),
 ];
+/// The schema version this build migrates to (the number of migrations).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// Retries of a transaction that lost a race or its connection before COMMIT.
 pub(crate) const MAX_RETRIES: u32 = 4;
 /// How often other replicas' commits are looked for (until a bus signals them).
