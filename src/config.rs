@@ -497,8 +497,12 @@ pub struct Pipeline {
     pub max_attempts: u32,
     /// Base of the exponential retry backoff.
     pub retry_backoff: Duration,
+    /// Which failed exit codes are retried (`retry_exit_codes` / `no_retry_exit_codes`).
+    pub retry_on: crate::store::transition::RetryOn,
     /// Jobs of this pipeline running at once over all nodes; 0 = no cap.
     pub concurrency: u32,
+    /// Claim order of its runs (higher first), unless a trigger gives its own.
+    pub priority: i32,
     /// Default shard count.
     pub shards: u32,
     /// Rescuer policy.
@@ -521,6 +525,11 @@ pub struct Pipeline {
     pub finalizer: Option<CommandLine>,
     /// Default completion webhook of the pipeline's runs.
     pub callback_url: Option<String>,
+    /// When runs start on their own (`schedule`, `schedule_tz`), if ever.
+    pub schedule: Option<crate::schedule::Schedule>,
+    /// Parameters of scheduled runs (`schedule_params`), validated like a trigger's, with
+    /// the declared defaults filled in.
+    pub schedule_params: BTreeMap<String, String>,
 }
 
 /// A command other than the pipeline's main one (setup, finalizer): argv with placeholders.
@@ -644,7 +653,10 @@ struct RawPipeline {
     timeout: Option<String>,
     max_attempts: Option<u32>,
     retry_backoff: Option<String>,
+    retry_exit_codes: Option<Vec<i64>>,
+    no_retry_exit_codes: Option<Vec<i64>>,
     concurrency: Option<u32>,
+    priority: Option<i64>,
     shards: Option<u32>,
     on_orphan: Option<OnOrphan>,
     max_orphan_requeues: Option<u32>,
@@ -654,6 +666,9 @@ struct RawPipeline {
     circuit_cooldown: Option<String>,
     finalizer: Option<Vec<String>>,
     callback_url: Option<String>,
+    schedule: Option<String>,
+    schedule_tz: Option<String>,
+    schedule_params: Option<BTreeMap<String, toml::Value>>,
     #[serde(default)]
     params: BTreeMap<String, RawParam>,
 }
@@ -1440,6 +1455,99 @@ impl Loader<'_> {
         }))
     }
 
+    /// `schedule` (cron, 5 or 6 fields), `schedule_tz` (IANA, default UTC) and
+    /// `schedule_params` (checked like a trigger's parameters: declared, typed, matching,
+    /// required ones given). The zone and parameters need a schedule.
+    fn schedule(
+        &self,
+        t: &str,
+        rp: &RawPipeline,
+        params: &BTreeMap<String, ParamSpec>,
+    ) -> Result<(Option<crate::schedule::Schedule>, BTreeMap<String, String>), ConfigError> {
+        use crate::schedule::{Schedule, ScheduleError};
+        let Some(expr) = &rp.schedule else {
+            if rp.schedule_tz.is_some() {
+                return Err(self.invalid(t, Some("schedule_tz"), "needs a schedule"));
+            }
+            if rp.schedule_params.is_some() {
+                return Err(self.invalid(t, Some("schedule_params"), "needs a schedule"));
+            }
+            return Ok((None, BTreeMap::new()));
+        };
+        let tz = rp.schedule_tz.as_deref().unwrap_or("UTC");
+        let schedule = Schedule::parse(expr, tz).map_err(|e| match e {
+            ScheduleError::Zone(_) => self.invalid(t, Some("schedule_tz"), e.to_string()),
+            ScheduleError::Cron { .. } => self.invalid(t, Some("schedule"), e.to_string()),
+        })?;
+        let given = rp.schedule_params.clone().unwrap_or_default();
+        if let Some(name) = given.keys().find(|k| !params.contains_key(*k)) {
+            return Err(self.invalid(
+                t,
+                Some("schedule_params"),
+                format!("{name} is not a declared parameter; declare [{t}.params.{name}]"),
+            ));
+        }
+        let mut values = BTreeMap::new();
+        for (name, spec) in params {
+            let value = match given.get(name) {
+                Some(v) => {
+                    let json = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
+                    spec.accept(&json).map_err(|m| {
+                        self.invalid(t, Some("schedule_params"), format!("{name}: {m}"))
+                    })?
+                }
+                None => spec.default.clone().ok_or_else(|| {
+                    self.invalid(
+                        t,
+                        Some("schedule_params"),
+                        format!("{name} is required (it has no default)"),
+                    )
+                })?,
+            };
+            values.insert(name.clone(), value);
+        }
+        Ok((Some(schedule), values))
+    }
+
+    /// `retry_exit_codes` (only these codes are retried) or `no_retry_exit_codes` (these
+    /// are not): one of them at most, each a non-empty list of codes 1–255.
+    fn retry_on(
+        &self,
+        t: &str,
+        rp: &RawPipeline,
+    ) -> Result<crate::store::transition::RetryOn, ConfigError> {
+        use crate::store::transition::RetryOn;
+        let codes = |key: &str, list: &[i64]| -> Result<Vec<i32>, ConfigError> {
+            if list.is_empty() {
+                return Err(self.invalid(t, Some(key), "must list at least one exit code"));
+            }
+            let mut out = Vec::new();
+            for code in list {
+                if !(1..=255).contains(code) {
+                    return Err(self.invalid(
+                        t,
+                        Some(key),
+                        format!("{code} is not a failing exit code (1 to 255)"),
+                    ));
+                }
+                out.push(*code as i32);
+            }
+            out.sort_unstable();
+            out.dedup();
+            Ok(out)
+        };
+        match (&rp.retry_exit_codes, &rp.no_retry_exit_codes) {
+            (Some(_), Some(_)) => Err(self.invalid(
+                t,
+                Some("no_retry_exit_codes"),
+                "set either retry_exit_codes (only these are retried) or no_retry_exit_codes (these are not), not both",
+            )),
+            (Some(list), None) => Ok(RetryOn::Only(codes("retry_exit_codes", list)?)),
+            (None, Some(list)) => Ok(RetryOn::Except(codes("no_retry_exit_codes", list)?)),
+            (None, None) => Ok(RetryOn::Any),
+        }
+    }
+
     fn pipeline(
         &self,
         name: &str,
@@ -1609,6 +1717,22 @@ impl Loader<'_> {
         if max_attempts == 0 || max_attempts > 100 {
             return Err(self.invalid(t, Some("max_attempts"), "must be between 1 and 100"));
         }
+        let retry_on = self.retry_on(t, rp)?;
+        let (schedule, schedule_params) = self.schedule(t, rp, &params)?;
+        let range = crate::store::claim_plan::PRIORITY_RANGE;
+        let priority = match rp.priority {
+            None => 0,
+            Some(p) => i32::try_from(p)
+                .ok()
+                .filter(|p| range.contains(p))
+                .ok_or_else(|| {
+                    self.invalid(
+                        t,
+                        Some("priority"),
+                        format!("must be from {} to {}", range.start(), range.end()),
+                    )
+                })?,
+        };
         let timeout = match &rp.timeout {
             None => None,
             Some(s) => Some(parse_duration(s).map_err(|m| self.invalid(t, Some("timeout"), m))?),
@@ -1635,6 +1759,8 @@ impl Loader<'_> {
                 &rp.retry_backoff,
                 Duration::from_secs(1),
             )?,
+            retry_on,
+            priority,
             concurrency: rp.concurrency.unwrap_or(0),
             shards,
             on_orphan: rp.on_orphan.unwrap_or(OnOrphan::Requeue),
@@ -1651,6 +1777,8 @@ impl Loader<'_> {
             )?,
             finalizer,
             callback_url: rp.callback_url.clone(),
+            schedule,
+            schedule_params,
             params,
         })
     }
@@ -1844,6 +1972,96 @@ pattern = "[a-z]+"
             .unwrap_err()
             .to_string();
         assert!(err.contains("not found on PATH"), "{err}");
+    }
+
+    #[test]
+    fn exit_code_retry_rules_are_one_list_of_failing_codes_or_a_start_error() {
+        use crate::store::transition::RetryOn;
+        let base = "[pipelines.x]\ncommand = [\"true\"]\nmax_attempts = 3\n";
+        let s = load(&format!("{base}no_retry_exit_codes = [1, 1, 2]\n")).unwrap();
+        assert_eq!(s.pipelines["x"].retry_on, RetryOn::Except(vec![1, 2]));
+        let s = load(&format!("{base}retry_exit_codes = [137]\n")).unwrap();
+        assert_eq!(s.pipelines["x"].retry_on, RetryOn::Only(vec![137]));
+        assert_eq!(load(base).unwrap().pipelines["x"].retry_on, RetryOn::Any);
+        let err = load(&format!(
+            "{base}retry_exit_codes = [137]\nno_retry_exit_codes = [1]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(":5: pipelines.x.no_retry_exit_codes") && err.contains("not both"),
+            "{err}"
+        );
+        let err = load(&format!("{base}no_retry_exit_codes = [0]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(":4: pipelines.x.no_retry_exit_codes") && err.contains("1 to 255"),
+            "{err}"
+        );
+        let err = load(&format!("{base}retry_exit_codes = []\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retry_exit_codes"), "{err}");
+    }
+
+    #[test]
+    fn schedules_are_checked_at_start_naming_the_key() {
+        let base = "[pipelines.x]\ncommand = [\"echo\", \"{suite}\"]\n";
+        let params = "[pipelines.x.params.suite]\npattern = \"[a-z]+\"\n";
+        let s = load(&format!(
+            "{base}schedule = \"0 2 * * *\"\nschedule_tz = \"Europe/Berlin\"\nschedule_params = {{ suite = \"nightly\" }}\n{params}"
+        ))
+        .unwrap();
+        let p = &s.pipelines["x"];
+        assert_eq!(
+            p.schedule.as_ref().unwrap().key(),
+            "0 2 * * * @ Europe/Berlin"
+        );
+        assert_eq!(p.schedule_params["suite"], "nightly");
+        for (extra, key, says) in [
+            (
+                "schedule = \"61 * * * *\"\n",
+                ":3: pipelines.x.schedule",
+                "invalid cron",
+            ),
+            (
+                "schedule = \"* * * *\"\n",
+                ":3: pipelines.x.schedule",
+                "4 fields",
+            ),
+            (
+                "schedule = \"0 2 * * *\"\nschedule_tz = \"Mars/Base\"\n",
+                ":4: pipelines.x.schedule_tz",
+                "unknown time zone",
+            ),
+            (
+                "schedule_tz = \"UTC\"\n",
+                ":3: pipelines.x.schedule_tz",
+                "needs a schedule",
+            ),
+            (
+                "schedule = \"0 2 * * *\"\nschedule_params = { suite = \"NIGHTLY\" }\n",
+                ":4: pipelines.x.schedule_params",
+                "suite",
+            ),
+            (
+                "schedule = \"0 2 * * *\"\nschedule_params = { other = \"a\" }\n",
+                ":4: pipelines.x.schedule_params",
+                "not a declared parameter",
+            ),
+            // Not written at all: the table's line.
+            (
+                "schedule = \"0 2 * * *\"\n",
+                ":1: pipelines.x.schedule_params",
+                "required",
+            ),
+        ] {
+            let err = load(&format!("{base}{extra}{params}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(says), "{extra}: {err}");
+        }
     }
 
     #[test]

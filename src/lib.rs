@@ -29,6 +29,7 @@ pub mod config;
 pub mod executor;
 pub mod metrics;
 pub mod model;
+pub mod schedule;
 pub mod scheduler;
 pub mod serve;
 pub mod store;

@@ -129,6 +129,8 @@ pub struct Metrics {
     pipelines: RwLock<BTreeMap<String, Arc<PipelineInstruments>>>,
     /// Run aborts accepted by this node's API.
     pub aborts: AtomicU64,
+    /// Schedule ticks this node fired (each tick is fired by one node of the store).
+    pub schedule_fires: AtomicU64,
     /// Orphaned executions resolved by this node's rescuer.
     pub orphans_recovered: AtomicU64,
     /// Times this node stopped its jobs because its own lease ran out.
@@ -152,6 +154,7 @@ impl Default for Metrics {
             flush_lag: Histogram::new(LATENCY_BOUNDS),
             pipelines: RwLock::default(),
             aborts: AtomicU64::new(0),
+            schedule_fires: AtomicU64::new(0),
             orphans_recovered: AtomicU64::new(0),
             self_fences: AtomicU64::new(0),
             nodes_declared_dead: AtomicU64::new(0),
@@ -174,6 +177,8 @@ pub struct Snapshot {
     pub slots: (usize, usize),
     /// This node's bus.
     pub bus: Option<crate::bus::BusStatus>,
+    /// Pipelines paused on the store (every node shows the same).
+    pub paused: std::collections::BTreeSet<String>,
 }
 
 /// The outcome label of each [`JobEnd`], in rendering order.
@@ -250,6 +255,18 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP runyard_pipeline_paused 1 while the pipeline is paused (no node claims its jobs).\n# TYPE runyard_pipeline_paused gauge"
+        );
+        for (p, _, _) in &snap.pipelines {
+            let _ = writeln!(
+                out,
+                "runyard_pipeline_paused{{pipeline=\"{}\"}} {}",
+                escape(p),
+                u8::from(snap.paused.contains(p))
+            );
+        }
+        let _ = writeln!(
+            out,
             "# HELP runyard_node_slots Slots of this node.\n# TYPE runyard_node_slots gauge\nrunyard_node_slots {}\n# HELP runyard_node_slots_busy Busy slots of this node.\n# TYPE runyard_node_slots_busy gauge\nrunyard_node_slots_busy {}",
             snap.slots.0, snap.slots.1
         );
@@ -281,6 +298,11 @@ impl Metrics {
                 "runyard_aborts_total",
                 "Run aborts accepted by this node.",
                 &self.aborts,
+            ),
+            (
+                "runyard_schedule_fires_total",
+                "Schedule ticks fired by this node (one node fires each tick; sum over nodes).",
+                &self.schedule_fires,
             ),
             (
                 "runyard_orphans_recovered_total",
@@ -435,7 +457,10 @@ mod tests {
             sse_clients: 2,
             slots: (2, 1),
             bus: Some(crate::bus::Bus::status(&crate::bus::LocalBus::default())),
+            paused: ["idle".to_string()].into(),
         });
+        assert!(text.contains("runyard_pipeline_paused{pipeline=\"idle\"} 1\n"));
+        assert!(text.contains("runyard_pipeline_paused{pipeline=\"a\\\"b\"} 0\n"));
         assert!(text.contains("runyard_claim_latency_seconds_bucket{le=\"0.0005\"} 1\n"));
         assert!(text.contains("runyard_claim_latency_seconds_bucket{le=\"0.025\"} 2\n"));
         assert!(text.contains("runyard_claim_latency_seconds_bucket{le=\"+Inf\"} 3\n"));

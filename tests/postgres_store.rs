@@ -367,7 +367,7 @@ async fn replicas_starting_together_migrate_once_and_a_newer_schema_is_refused()
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 1);
+    assert_eq!(version, runyard::store::postgres::SCHEMA_VERSION);
     c.batch_execute(&format!(
         "UPDATE \"{schema}\".runyard_meta SET value = 99 WHERE key = 'schema_version'"
     ))
@@ -451,10 +451,12 @@ async fn event_readers_wait_for_runyard_transactions_but_not_for_other_programs(
             retry_backoff_ms: 1000,
             on_orphan: "requeue",
             max_orphan_requeues: 1,
+            retry_on: Default::default(),
         },
         has_finalizer: false,
         callback_url: None,
         now: store.clock_ms(),
+        options: Default::default(),
     };
     let visible = |events: &[runyard::store::StoredEvent], run: &str| {
         events.iter().any(|e| e.data.contains(run))

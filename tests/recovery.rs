@@ -32,10 +32,12 @@ async fn queue_claimed(store: &Arc<dyn Store>, node_id: &str, claimed_at: i64) -
                 retry_backoff_ms: 10,
                 on_orphan: "requeue",
                 max_orphan_requeues: 1,
+                retry_on: Default::default(),
             },
             has_finalizer: false,
             callback_url: None,
             now: 1,
+            options: Default::default(),
         })
         .await
         .unwrap();

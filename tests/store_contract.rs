@@ -21,10 +21,13 @@ mod basic;
 mod factory;
 #[path = "store_contract/fixtures.rs"]
 mod fixtures;
+#[path = "store_contract/peers.rs"]
+mod peers;
 #[path = "store_contract/races.rs"]
 mod races;
 
 use basic::*;
+use peers::*;
 use races::*;
 
 /// One test, however slow the machine, finishes within this or fails.
@@ -103,5 +106,11 @@ contract_tests!(
         a_stale_executions_output_and_finish_change_nothing,
         abort_finish_and_start_racing_on_one_run_never_deadlock,
         an_abort_racing_the_finalizers_end_wins,
+        exit_codes_the_pipeline_does_not_retry_fail_at_once,
+        a_paused_pipeline_is_claimed_by_no_node_until_resumed,
+        a_rerun_of_failed_shards_keeps_the_others_and_the_finalizer_sees_all,
+        higher_priorities_are_claimed_first_and_fifo_within_one_over_every_pipeline,
+        a_delayed_run_is_held_until_its_time_and_released_by_the_claim,
+        a_schedule_tick_fires_once_however_many_nodes_race_for_it,
     ]
 );

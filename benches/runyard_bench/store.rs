@@ -146,7 +146,7 @@ async fn prepare(url: &str, schema: &str, jobs: usize) -> Arc<dyn Store> {
     store
 }
 
-async fn drop_schema(url: &str, schema: &str) {
+pub async fn drop_schema(url: &str, schema: &str) {
     if let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
         let task = tokio::spawn(conn);
         let _ = client

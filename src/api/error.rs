@@ -109,6 +109,10 @@ impl From<TriggerError> for ApiError {
         match e {
             TriggerError::Store(s) => s.into(),
             e @ TriggerError::IdempotencyConflict { .. } => ApiError::Conflict(e.to_string()),
+            e @ (TriggerError::NotFinished { .. } | TriggerError::NothingToRerun(_)) => {
+                ApiError::Conflict(e.to_string())
+            }
+            e @ TriggerError::RunNotFound(_) => ApiError::NotFound(e.to_string()),
             TriggerError::Unavailable {
                 message,
                 retry_after,

@@ -22,6 +22,7 @@ mod history;
 pub mod listen;
 mod openapi;
 mod pipelines;
+mod rerun;
 mod runs;
 mod stats;
 pub mod views;
@@ -80,9 +81,12 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(pipelines::list))
         .routes(routes!(pipelines::trigger))
         .routes(routes!(pipelines::runs_of))
+        .routes(routes!(pipelines::pause))
+        .routes(routes!(pipelines::resume))
         .routes(routes!(runs::list))
         .routes(routes!(runs::get))
         .routes(routes!(runs::abort))
+        .routes(routes!(rerun::rerun))
         .routes(routes!(runs::deliveries))
         .routes(routes!(runs::job))
         .routes(routes!(runs::logs))
@@ -172,11 +176,19 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         })
         .collect();
     pipelines.sort();
+    let paused = state
+        .store
+        .pipelines_paused()
+        .await?
+        .into_iter()
+        .map(|p| p.pipeline)
+        .collect();
     let snap = Snapshot {
         pipelines,
         sse_clients: events::MAX_STREAMS - state.streams.available_permits(),
         slots: state.scheduler.slots(),
         bus: Some(state.scheduler.bus_status()),
+        paused,
     };
     Ok((
         [(

@@ -18,6 +18,7 @@ use crate::clock::rfc3339;
 use crate::config::{OnOrphan, ParamType};
 use crate::scheduler::{IDEMPOTENCY_KEY_RULE, TriggerRequest};
 use crate::store::PipelineNodeState;
+use crate::store::transition::RetryOn;
 
 /// The body of `POST /api/pipelines/{id}/trigger` (empty means `{}`).
 #[derive(Deserialize, Default, ToSchema)]
@@ -38,6 +39,18 @@ pub(super) struct TriggerBody {
     /// and under the same rule: visible ASCII characters and spaces only.
     #[schema(min_length = 1, max_length = 200, pattern = r"^[ -~]*$")]
     idempotency_key: Option<String>,
+    /// Start no shard before this long from now, e.g. `"10m"` or `"1h30m"` (at most the
+    /// server's `retention`). Not with `runAt`.
+    #[schema(example = "10m")]
+    delay: Option<String>,
+    /// Start no shard before this time: RFC 3339 with an offset (within `retention` from
+    /// now; up to a minute in the past means now). Not with `delay`.
+    #[schema(example = "2030-01-02T03:04:05Z")]
+    run_at: Option<String>,
+    /// Claim order: higher runs first, FIFO within a priority (default: the pipeline's
+    /// `priority`, else 0).
+    #[schema(minimum = -100, maximum = 100)]
+    priority: Option<i64>,
 }
 
 /// `parameters`: an object of at most 64 string, integer or boolean values.
@@ -58,7 +71,7 @@ fn parameters_schema() -> utoipa::openapi::Object {
         .build()
 }
 
-/// The answer to a trigger.
+/// The answer to a trigger (and to a re-run).
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct Triggered {
@@ -78,6 +91,35 @@ pub(super) struct Triggered {
     /// Present (true) when an earlier trigger with the same idempotency key made the run.
     #[serde(skip_serializing_if = "Option::is_none")]
     idempotent_replay: Option<bool>,
+    /// Present (true) when the pipeline is paused: the run is queued and waits until the
+    /// pipeline is resumed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paused: Option<bool>,
+    /// For a re-run: the run it re-runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rerun_of: Option<String>,
+    /// A delayed run's not-before time (RFC 3339): no shard starts earlier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_at: Option<String>,
+}
+
+impl Triggered {
+    /// The answer for a run the scheduler queued (`rerun_of` for a re-run).
+    pub(super) fn of(t: crate::scheduler::Triggered, rerun_of: Option<String>) -> Triggered {
+        Triggered {
+            job_id: t.run_id.clone(),
+            run_id: t.run_id,
+            job_ids: t.job_ids,
+            pipeline_id: t.pipeline,
+            status: "queued",
+            timestamp: rfc3339(t.created_at),
+            // A retried trigger: the run it names was created by the first one.
+            idempotent_replay: t.existing.then_some(true),
+            paused: t.paused.then_some(true),
+            rerun_of,
+            run_at: t.run_at.map(rfc3339),
+        }
+    }
 }
 
 /// The `{id}` of `/api/pipelines/{id}/…` (what the handlers extract, and its documentation).
@@ -89,7 +131,7 @@ pub(super) struct PipelineIdParam {
 }
 
 /// Who triggered, from the `X-Runyard-Source` header (`cli`, `dashboard`; default `api`).
-fn source(headers: &HeaderMap) -> String {
+pub(super) fn source(headers: &HeaderMap) -> String {
     match headers
         .get("x-runyard-source")
         .and_then(|v| v.to_str().ok())
@@ -168,21 +210,12 @@ pub(super) async fn trigger(
             callback_url: parsed.callback_url,
             actor: actor.0,
             triggered_by: source(&headers),
+            delay: parsed.delay,
+            run_at: parsed.run_at,
+            priority: parsed.priority,
         })
         .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Triggered {
-            job_id: triggered.run_id.clone(),
-            run_id: triggered.run_id,
-            job_ids: triggered.job_ids,
-            pipeline_id: triggered.pipeline,
-            status: "queued",
-            timestamp: rfc3339(triggered.created_at),
-            // A retried trigger: the run it names was created by the first one.
-            idempotent_replay: triggered.existing.then_some(true),
-        }),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(Triggered::of(triggered, None))))
 }
 
 /// `GET /api/pipelines` answer.
@@ -207,8 +240,16 @@ pub(super) struct PipelineInfo {
     timeout_ms: Option<u64>,
     /// Attempts including the first.
     max_attempts: u32,
+    /// Only these failed exit codes are retried (`retry_exit_codes`), when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_exit_codes: Option<Vec<i32>>,
+    /// These failed exit codes are never retried (`no_retry_exit_codes`), when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    no_retry_exit_codes: Option<Vec<i32>>,
     /// Jobs of this pipeline running at once over all nodes; 0 = no cap.
     concurrency: u32,
+    /// Claim order of its runs unless a trigger gives one (higher first).
+    priority: i32,
     /// Default shard count.
     shards: u32,
     /// What happens to a job whose node died.
@@ -227,6 +268,31 @@ pub(super) struct PipelineInfo {
     queued: u64,
     /// Running jobs.
     running: u64,
+    /// Its schedule, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedule: Option<ScheduleInfo>,
+    /// True while the pipeline is paused: no node claims its queued jobs.
+    paused: bool,
+    /// When it was paused (RFC 3339), while paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paused_at: Option<String>,
+    /// Who paused it (token label), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paused_by: Option<String>,
+}
+
+/// A pipeline's schedule and when it fires next.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ScheduleInfo {
+    /// The cron expression (5 fields, or 6 with leading seconds).
+    cron: String,
+    /// The IANA time zone it is evaluated in.
+    time_zone: String,
+    /// The parameters of its runs.
+    params: BTreeMap<String, String>,
+    /// The next tick (RFC 3339), as stored for every node.
+    next_fire_at: Option<String>,
 }
 
 /// A declared parameter.
@@ -278,6 +344,9 @@ pub(super) enum Circuit {
 pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineList>, ApiError> {
     let counts = state.store.pipeline_counts().await?;
     let states = state.store.pipeline_nodes_list().await?;
+    let paused = state.store.pipelines_paused().await?;
+    let schedules = state.store.schedules_list().await?;
+    let now = state.store.clock_ms();
     let pipelines = state
         .scheduler
         .settings()
@@ -321,6 +390,20 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineL
             } else {
                 Circuit::Closed
             };
+            let pause = paused.iter().find(|x| x.pipeline == p.name);
+            let schedule = p.schedule.as_ref().map(|sch| ScheduleInfo {
+                cron: sch.expr.clone(),
+                time_zone: sch.tz_name.clone(),
+                params: p.schedule_params.clone(),
+                // The stored record when it is this schedule's (a node may not have
+                // started it yet: then the tick it will store).
+                next_fire_at: schedules
+                    .iter()
+                    .find(|r| r.pipeline == p.name && r.key == sch.key())
+                    .map(|r| r.next_fire_at)
+                    .or_else(|| sch.next_after(now))
+                    .map(rfc3339),
+            });
             let setup = p.setup.as_ref().map(|s| SetupInfo {
                 command: s.command.clone(),
                 nodes,
@@ -331,7 +414,16 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineL
                 cwd: p.cwd.clone(),
                 timeout_ms: p.timeout.map(|t| t.as_millis() as u64),
                 max_attempts: p.max_attempts,
+                retry_exit_codes: match &p.retry_on {
+                    RetryOn::Only(codes) => Some(codes.clone()),
+                    _ => None,
+                },
+                no_retry_exit_codes: match &p.retry_on {
+                    RetryOn::Except(codes) => Some(codes.clone()),
+                    _ => None,
+                },
                 concurrency: p.concurrency,
+                priority: p.priority,
                 shards: p.shards,
                 on_orphan: p.on_orphan,
                 params,
@@ -341,6 +433,10 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineL
                 callback_url: p.callback_url.clone(),
                 queued: c.queued,
                 running: c.running,
+                schedule,
+                paused: pause.is_some(),
+                paused_at: pause.map(|x| rfc3339(x.paused_at)),
+                paused_by: pause.and_then(|x| x.paused_by.clone()),
             }
         })
         .collect();
@@ -375,4 +471,81 @@ pub(super) async fn runs_of(
     }
     let Query(q) = query?;
     list_runs(&state, Some(pipeline), &q).await
+}
+
+/// The answer to a pause or resume.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct PauseState {
+    /// The pipeline.
+    pipeline_id: String,
+    /// Its state now.
+    paused: bool,
+    /// False when it already was in that state (nothing was written, no event emitted).
+    changed: bool,
+}
+
+async fn set_paused(
+    state: &AppState,
+    actor: super::auth::Actor,
+    path: Result<Path<PipelineIdParam>, PathRejection>,
+    paused: bool,
+) -> Result<Json<PauseState>, ApiError> {
+    let Path(PipelineIdParam { id: pipeline }) = path?;
+    match state.scheduler.pause(&pipeline, paused, actor.0).await? {
+        None => Err(ApiError::NotFound(format!(
+            "Unknown pipeline: {}",
+            pipeline.chars().take(100).collect::<String>()
+        ))),
+        Some(changed) => Ok(Json(PauseState {
+            pipeline_id: pipeline,
+            paused,
+            changed,
+        })),
+    }
+}
+
+/// `POST /api/pipelines/{id}/pause`: no node claims the pipeline's queued jobs until it is
+/// resumed; triggers are still accepted (their answer says `paused`), running jobs finish.
+/// Durable (stored), for every node on the store; emits `pipeline:paused`.
+#[utoipa::path(
+    post,
+    path = "/api/pipelines/{id}/pause",
+    tag = "pipelines",
+    operation_id = "pausePipeline",
+    params(PipelineIdParam),
+    responses(
+        (status = 200, description = "Paused (now or before: see `changed`)", body = PauseState),
+        (status = 404, description = "Unknown pipeline", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    )
+)]
+pub(super) async fn pause(
+    State(state): State<AppState>,
+    axum::Extension(actor): axum::Extension<super::auth::Actor>,
+    path: Result<Path<PipelineIdParam>, PathRejection>,
+) -> Result<Json<PauseState>, ApiError> {
+    set_paused(&state, actor, path, true).await
+}
+
+/// `POST /api/pipelines/{id}/resume`: the pipeline's queued jobs are claimed again; emits
+/// `pipeline:resumed`.
+#[utoipa::path(
+    post,
+    path = "/api/pipelines/{id}/resume",
+    tag = "pipelines",
+    operation_id = "resumePipeline",
+    params(PipelineIdParam),
+    responses(
+        (status = 200, description = "Resumed (now or before: see `changed`)", body = PauseState),
+        (status = 404, description = "Unknown pipeline", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    )
+)]
+pub(super) async fn resume(
+    State(state): State<AppState>,
+    axum::Extension(actor): axum::Extension<super::auth::Actor>,
+    path: Result<Path<PipelineIdParam>, PathRejection>,
+) -> Result<Json<PauseState>, ApiError> {
+    set_paused(&state, actor, path, false).await
 }

@@ -266,7 +266,7 @@ pub(super) fn page(q: &PageQuery) -> Result<(u32, u32, Option<RunStatus>), ApiEr
 }
 
 /// The canonical form of a run id from the path: any UUID spelling, or a unique prefix.
-async fn run_id(
+pub(super) async fn run_id(
     state: &AppState,
     path: Result<Path<RunIdParam>, PathRejection>,
 ) -> Result<String, ApiError> {

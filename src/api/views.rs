@@ -68,6 +68,10 @@ pub struct JobView {
     pub duration_ms: Option<i64>,
     /// The JSON result the job wrote to `$RUNYARD_RESULT_FILE`.
     pub result: Option<serde_json::Value>,
+    /// For a shard a re-run of failed shards kept: the original run's job it copies
+    /// (its logs are there). Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept_from: Option<String>,
 }
 
 /// One run as the API shows it, with its jobs.
@@ -87,7 +91,7 @@ pub struct RunView {
     pub shard_count: u32,
     /// Shards terminal for good.
     pub shards_done: u32,
-    /// `api`, `cli`, `dashboard`.
+    /// `api`, `cli`, `dashboard`, or `schedule`.
     pub triggered_by: String,
     /// Token label, when known.
     pub actor: Option<String>,
@@ -102,6 +106,18 @@ pub struct RunView {
     pub shards_status: Option<String>,
     /// Completion webhook target.
     pub callback_url: Option<String>,
+    /// The run this one re-runs (`POST /api/runs/{id}/rerun`). Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<String>,
+    /// Claim order (higher first).
+    pub priority: i32,
+    /// A delayed run's not-before time (RFC 3339): no shard started earlier. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
+    /// For a run its pipeline's schedule fired (`triggeredBy: schedule`): the tick it is
+    /// for (RFC 3339). Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<String>,
     /// Its shard jobs in shard order.
     pub jobs: Vec<JobView>,
     /// Its finalize job, once queued.
@@ -179,6 +195,7 @@ impl From<JobRecord> for JobView {
             stdout_bytes: j.stdout_bytes,
             stderr_bytes: j.stderr_bytes,
             truncated: j.truncated,
+            kept_from: j.kept_from,
         }
     }
 }
@@ -199,6 +216,10 @@ impl From<RunRecord> for RunView {
             finished_at: r.finished_at.map(rfc3339),
             shards_status: r.shards_status,
             callback_url: r.callback_url,
+            rerun_of: r.rerun_of,
+            priority: r.priority,
+            run_at: r.run_at.map(rfc3339),
+            scheduled_for: r.scheduled_for.map(rfc3339),
             jobs: r.jobs.into_iter().map(JobView::from).collect(),
             finalizer: r.finalizer.map(JobView::from),
         }

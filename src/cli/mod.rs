@@ -155,10 +155,44 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Re-run a finished run as a new run (same parameters and shard count); prints its id.
+    #[command(after_help = exit::HELP)]
+    Rerun {
+        /// Run id, or a unique prefix of one (at least 8 characters).
+        run: String,
+        /// Only the shards that failed or were aborted; completed ones keep their outcome.
+        #[arg(long)]
+        failed: bool,
+        /// Wait for the new run to end, drawing a progress bar per shard; exit 0/1/130 by its status.
+        #[arg(long)]
+        wait: bool,
+        /// Print the new run's output as it happens (implies --wait).
+        #[arg(long)]
+        follow: bool,
+        /// On Ctrl-C or SIGTERM while waiting, abort the run instead of leaving it running.
+        #[arg(long)]
+        abort_on_interrupt: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Abort a run: stop every shard's process tree.
     Abort {
         /// Run id, or a unique prefix of one (at least 8 characters).
         run: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Pause a pipeline: no node starts its queued jobs (triggers are still queued, running jobs finish).
+    Pause {
+        /// Pipeline name.
+        pipeline: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Resume a paused pipeline: its queued jobs are started again.
+    Resume {
+        /// Pipeline name.
+        pipeline: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -366,6 +400,46 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let (client, json_out) = client_for(&cli, client)?;
             logs(&client, job, *follow, *tail, json_out).await
         }
+        Command::Rerun {
+            run,
+            failed,
+            wait,
+            follow,
+            abort_on_interrupt,
+            client,
+        } => {
+            let (client, json_out) = client_for(&cli, client)?;
+            let body = if *failed {
+                json!({ "only": "failed" })
+            } else {
+                json!({})
+            };
+            let answer = client
+                .post(&format!("/api/runs/{}/rerun", segment(run)), &body)
+                .await?;
+            let run_id = answer["runId"].as_str().unwrap_or_default().to_string();
+            if !(*wait || *follow) {
+                if json_out {
+                    output::print_json(&answer)?;
+                } else {
+                    term::out(&run_id)?;
+                }
+                return Ok(exit::OK);
+            }
+            if !json_out {
+                term::err(format_args!(
+                    "run {run_id} queued (re-run of {})",
+                    answer["rerunOf"].as_str().unwrap_or(run)
+                ));
+            }
+            let how = Watch {
+                follow: *follow,
+                json: json_out,
+                abort_on_interrupt: *abort_on_interrupt,
+                quiet: false,
+            };
+            wait::watch(&client, &run_id, how).await
+        }
         Command::Abort { run, client } => {
             let (client, json_out) = client_for(&cli, client)?;
             let answer = client
@@ -379,6 +453,36 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     answer["runId"].as_str().unwrap_or(run),
                     answer["abortedJobs"]
                 ))?;
+            }
+            Ok(exit::OK)
+        }
+        Command::Pause { pipeline, client } | Command::Resume { pipeline, client } => {
+            let (client, json_out) = client_for(&cli, client)?;
+            let verb = if matches!(cli.command, Command::Pause { .. }) {
+                "pause"
+            } else {
+                "resume"
+            };
+            let answer = client
+                .post(
+                    &format!("/api/pipelines/{}/{verb}", segment(pipeline)),
+                    &json!({}),
+                )
+                .await?;
+            if json_out {
+                output::print_json(&answer)?;
+            } else {
+                let state = if answer["paused"] == true {
+                    "paused"
+                } else {
+                    "resumed"
+                };
+                let already = if answer["changed"] == false {
+                    " (already)"
+                } else {
+                    ""
+                };
+                term::out(format_args!("pipeline {pipeline} {state}{already}"))?;
             }
             Ok(exit::OK)
         }

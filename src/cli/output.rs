@@ -170,6 +170,19 @@ pub fn pipelines_table(v: &Value) -> Result<(), Closed> {
                 s(&p["running"]),
                 setup,
                 s(&p["circuit"]),
+                if p["paused"] == true {
+                    "paused".to_string()
+                } else {
+                    "active".to_string()
+                },
+                match p["schedule"]["nextFireAt"].as_str() {
+                    Some(next) => format!(
+                        "{next} ({}, {})",
+                        s(&p["schedule"]["cron"]),
+                        s(&p["schedule"]["timeZone"])
+                    ),
+                    None => "-".to_string(),
+                },
                 cmd.join(" "),
             ]
         })
@@ -183,6 +196,8 @@ pub fn pipelines_table(v: &Value) -> Result<(), Closed> {
             "RUNNING",
             "SETUP",
             "CIRCUIT",
+            "STATE",
+            "NEXT FIRE",
             "COMMAND",
         ],
         rows,

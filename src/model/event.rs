@@ -19,6 +19,10 @@ pub enum EventName {
     JobAborted,
     /// A run turned terminal; emitted exactly once per run.
     RunCompleted,
+    /// A pipeline was paused: no node claims its queued jobs until it is resumed.
+    PipelinePaused,
+    /// A paused pipeline was resumed.
+    PipelineResumed,
 }
 
 impl EventName {
@@ -32,6 +36,8 @@ impl EventName {
             EventName::JobFailed => "job:failed",
             EventName::JobAborted => "job:aborted",
             EventName::RunCompleted => "run:completed",
+            EventName::PipelinePaused => "pipeline:paused",
+            EventName::PipelineResumed => "pipeline:resumed",
         }
     }
 }

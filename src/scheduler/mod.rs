@@ -19,7 +19,9 @@ mod heartbeat;
 mod job;
 mod lease;
 mod outbox;
+mod placement;
 pub mod rescuer;
+mod schedules;
 mod setup;
 mod workdir;
 
@@ -41,7 +43,9 @@ use crate::executor::redact::Redactor;
 use crate::executor::{process, reaper};
 use crate::metrics::Metrics;
 use crate::model::{RunId, job_id_for};
-use crate::store::{AbortOutcome, JobPolicy, NodeRow, RunCreateParams, Store, StoreError};
+use crate::store::{
+    AbortOutcome, JobPolicy, NodeRow, PipelinePauseParams, RunCreateParams, Store, StoreError,
+};
 use crate::webhook::Webhooks;
 
 /// What an idempotency key may be, in the body (`idempotencyKey`) and in the
@@ -103,9 +107,35 @@ pub enum TriggerError {
         /// When to try again.
         retry_after: Duration,
     },
+    /// A `delay`, `runAt` or `priority` out of range or malformed.
+    #[error("{0}")]
+    BadPlacement(String),
+    /// A re-run named no run.
+    #[error("Run not found: {0}")]
+    RunNotFound(String),
+    /// Only finished runs can be re-run.
+    #[error("Run {run_id} is {status}: only a finished run can be re-run")]
+    NotFinished {
+        /// The run.
+        run_id: String,
+        /// Its status.
+        status: String,
+    },
+    /// A re-run of failed shards found none.
+    #[error("Run {0} has no failed or aborted shard to re-run")]
+    NothingToRerun(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Which shards a re-run repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RerunScope {
+    /// Every shard.
+    All,
+    /// Only shards that failed or were aborted; completed ones are kept.
+    Failed,
 }
 
 /// A trigger request, as validated input arrives from the API or CLI.
@@ -125,6 +155,12 @@ pub struct TriggerRequest {
     pub triggered_by: String,
     /// Who triggered (the token's label), when the API knows.
     pub actor: Option<String>,
+    /// Start no shard before this long from now (`"10m"`).
+    pub delay: Option<String>,
+    /// Start no shard before this time (RFC 3339).
+    pub run_at: Option<String>,
+    /// Claim order (higher first); the pipeline's `priority` when absent.
+    pub priority: Option<i64>,
 }
 
 /// A queued run.
@@ -140,6 +176,10 @@ pub struct Triggered {
     pub created_at: i64,
     /// True when an earlier run with the same idempotency key was returned.
     pub existing: bool,
+    /// The pipeline is paused: the run waits until it is resumed.
+    pub paused: bool,
+    /// A delayed run's not-before time (epoch ms).
+    pub run_at: Option<i64>,
 }
 
 /// This node's identity and shared state.
@@ -265,6 +305,16 @@ impl Scheduler {
                 .services
                 .spawn(outbox::outbox_loop(inner.clone(), webhooks));
         }
+        if inner
+            .settings
+            .pipelines
+            .values()
+            .any(|p| p.schedule.is_some())
+        {
+            inner
+                .services
+                .spawn(schedules::schedule_loop(inner.clone()));
+        }
         if reaper::enabled() {
             inner.services.spawn(reaper_loop(inner.clone()));
         }
@@ -336,6 +386,18 @@ impl Scheduler {
         let run = RunId::new();
         let job_ids: Vec<String> = (0..shards).map(|i| job_id_for(run, i, shards)).collect();
         let wanted_params = params.clone();
+        let now = self.inner.store.clock_ms();
+        let retention = settings.server.retention.as_millis() as i64;
+        let not_before =
+            placement::not_before(req.delay.as_deref(), req.run_at.as_deref(), now, retention)
+                .map_err(TriggerError::BadPlacement)?;
+        let priority = placement::priority(req.priority, pipeline.priority)
+            .map_err(TriggerError::BadPlacement)?;
+        let options = crate::store::RunOptions {
+            not_before,
+            priority,
+            ..Default::default()
+        };
         let created = self
             .inner
             .store
@@ -347,15 +409,11 @@ impl Scheduler {
                 triggered_by: req.triggered_by,
                 actor: req.actor,
                 idempotency_key: idempotency_key.clone(),
-                policy: JobPolicy {
-                    max_attempts: pipeline.max_attempts,
-                    retry_backoff_ms: pipeline.retry_backoff.as_millis() as i64,
-                    on_orphan: pipeline.on_orphan.as_str(),
-                    max_orphan_requeues: pipeline.max_orphan_requeues,
-                },
+                policy: policy_of(pipeline),
                 has_finalizer: pipeline.finalizer.is_some(),
                 callback_url,
-                now: self.inner.store.clock_ms(),
+                now,
+                options,
             })
             .await?;
         let reused = created.existing
@@ -367,13 +425,141 @@ impl Scheduler {
                 run_id: created.run_id,
             });
         }
+        // Read after the run is queued: a pause that committed before this read is
+        // reported; one racing it may not be (the run waits either way).
+        let paused = self.is_paused(&pipeline.name).await?;
         Ok(Triggered {
             run_id: created.run_id,
             job_ids: created.job_ids,
             pipeline: pipeline.name.clone(),
             created_at: created.created_at,
             existing: created.existing,
+            paused,
+            run_at: not_before,
         })
+    }
+
+    /// Re-runs a finished run as a new run (`rerunOf`): same pipeline, parameters, shard
+    /// count and callback; the pipeline's current policy. With [`RerunScope::Failed`] the
+    /// completed shards are kept (see [`crate::store::rerun`]). The original is never changed.
+    pub async fn rerun(
+        &self,
+        run_id: &str,
+        scope: RerunScope,
+        triggered_by: String,
+        actor: Option<String>,
+    ) -> Result<Triggered, TriggerError> {
+        let store = &self.inner.store;
+        let Some(original) = store.run_get(run_id).await? else {
+            return Err(TriggerError::RunNotFound(run_id.to_string()));
+        };
+        if original.finished_at.is_none() {
+            return Err(TriggerError::NotFinished {
+                run_id: original.run_id,
+                status: original.status,
+            });
+        }
+        let settings = &self.inner.settings;
+        let Some(pipeline) = settings.pipelines.get(&original.pipeline_id) else {
+            return Err(TriggerError::UnknownPipeline {
+                name: original.pipeline_id.clone(),
+                supported: settings
+                    .pipelines
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        let shards = original.shard_count;
+        let run = RunId::new();
+        let job_ids: Vec<String> = (0..shards).map(|i| job_id_for(run, i, shards)).collect();
+        let kept: Vec<crate::store::rerun::KeptShard> = match scope {
+            RerunScope::All => Vec::new(),
+            RerunScope::Failed => original
+                .jobs
+                .iter()
+                .filter(|j| crate::store::rerun::keeps(&j.status))
+                .map(|j| crate::store::rerun::KeptShard {
+                    shard_index: j.shard_index,
+                    job_id: job_ids[j.shard_index as usize].clone(),
+                    from_job: j.id.clone(),
+                })
+                .collect(),
+        };
+        if kept.len() == shards as usize {
+            return Err(TriggerError::NothingToRerun(original.run_id));
+        }
+        let created = store
+            .run_create(RunCreateParams {
+                run_id: run.to_string(),
+                job_ids,
+                pipeline: pipeline.name.clone(),
+                params: original.parameters.clone(),
+                triggered_by,
+                actor,
+                idempotency_key: None,
+                policy: policy_of(pipeline),
+                has_finalizer: pipeline.finalizer.is_some(),
+                callback_url: original.callback_url.clone(),
+                now: store.clock_ms(),
+                options: crate::store::RunOptions {
+                    rerun_of: Some(original.run_id.clone()),
+                    kept,
+                    not_before: None,
+                    priority: original.priority,
+                    scheduled_for: None,
+                },
+            })
+            .await?;
+        let paused = self.is_paused(&pipeline.name).await?;
+        Ok(Triggered {
+            run_id: created.run_id,
+            job_ids: created.job_ids,
+            pipeline: pipeline.name.clone(),
+            created_at: created.created_at,
+            existing: false,
+            paused,
+            run_at: None,
+        })
+    }
+
+    /// Pauses (`paused`) or resumes a configured pipeline for every node on the store;
+    /// `Ok(None)` for an unknown pipeline, else whether the state changed.
+    pub async fn pause(
+        &self,
+        pipeline: &str,
+        paused: bool,
+        actor: Option<String>,
+    ) -> Result<Option<bool>, StoreError> {
+        if !self.inner.settings.pipelines.contains_key(pipeline) {
+            return Ok(None);
+        }
+        let changed = self
+            .inner
+            .store
+            .pipeline_pause(PipelinePauseParams {
+                pipeline: pipeline.to_string(),
+                paused,
+                actor,
+                now: self.inner.store.clock_ms(),
+            })
+            .await?;
+        if changed {
+            tracing::info!(pipeline, paused, "pipeline pause state changed");
+        }
+        Ok(Some(changed))
+    }
+
+    /// Whether a pipeline is paused now (as the store says).
+    pub async fn is_paused(&self, pipeline: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .inner
+            .store
+            .pipelines_paused()
+            .await?
+            .iter()
+            .any(|p| p.pipeline == pipeline))
     }
 
     /// 503 when the pipeline's setup circuit is open on every live node (DESIGN decision 19).
@@ -477,6 +663,17 @@ impl Scheduler {
             tracing::warn!("could not deregister node: {e}");
         }
         tracing::info!(node = %inner.node.id, "node stopped");
+    }
+}
+
+/// The retry and orphan rules a pipeline's new jobs are queued under.
+fn policy_of(pipeline: &Pipeline) -> JobPolicy {
+    JobPolicy {
+        max_attempts: pipeline.max_attempts,
+        retry_backoff_ms: pipeline.retry_backoff.as_millis() as i64,
+        on_orphan: pipeline.on_orphan.as_str(),
+        max_orphan_requeues: pipeline.max_orphan_requeues,
+        retry_on: pipeline.retry_on.clone(),
     }
 }
 

@@ -5,12 +5,15 @@
 //! caps: SQLite's single writer, PostgreSQL's advisory lock), asks [`plan`]
 //! for the room of each pipeline, reads at most that many queue heads of each
 //! (index-backed, so a capped backlog is never walked), and claims the merged
-//! heads in `seq` order ([`merge`]): global FIFO and every cap in one pass.
+//! heads by priority, then `seq` ([`merge`]): global order and every cap in one pass.
 //!
 //! Tests that catch a violation (conformance suite, both backends):
 //! `claims_respect_pipeline_and_global_caps_and_retry_delays`,
 //! `a_capped_backlog_does_not_hold_up_other_pipelines_and_order_is_fifo`,
-//! `concurrent_claimers_never_exceed_the_global_or_a_pipeline_cap`.
+//! `concurrent_claimers_never_exceed_the_global_or_a_pipeline_cap`,
+//! `a_paused_pipeline_is_claimed_by_no_node_until_resumed`,
+//! `higher_priorities_are_claimed_first_and_fifo_within_one_over_every_pipeline`,
+//! `a_delayed_run_is_held_until_its_time_and_released_by_the_claim`.
 
 use std::collections::HashMap;
 
@@ -56,9 +59,30 @@ pub fn plan(p: &JobClaimParams, running: &HashMap<String, u32>) -> ClaimPlan {
     ClaimPlan { want, rooms }
 }
 
-/// The candidates to claim, oldest first, at most `want`.
+/// Leaves paused pipelines out of a plan: their queued jobs stay queued for every node
+/// (read inside the claim's transaction, so a claim that starts after a pause commits
+/// never takes one; PostgreSQL filters them in its claim statement instead).
+pub fn leave_out_paused(plan: &mut ClaimPlan, paused: &std::collections::HashSet<String>) {
+    if !paused.is_empty() {
+        plan.rooms.retain(|(name, _)| !paused.contains(name));
+    }
+}
+
+/// The priorities a run may have: higher is claimed first.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -100..=100;
+
+/// Whether a job due at `run_after` waits, held out of the claim index, at `now`: a
+/// delayed run's shards and a retry in its backoff. Held jobs are released by the claim
+/// (in its transaction) once due, so the claim reads only jobs it may take.
+pub fn held(run_after: i64, now: i64) -> bool {
+    run_after > now
+}
+
+/// The candidates to claim, highest priority first and FIFO (`seq`) within a priority,
+/// at most `want` (each pipeline's heads come in that order from its index; this merges
+/// them, so the order holds over every pipeline).
 pub fn merge(mut candidates: Vec<(i64, ClaimedJob)>, want: usize) -> Vec<(i64, ClaimedJob)> {
-    candidates.sort_by_key(|(seq, _)| *seq);
+    candidates.sort_by_key(|(seq, job)| (std::cmp::Reverse(job.priority), *seq));
     candidates.truncate(want);
     candidates
 }

@@ -24,6 +24,7 @@ mod error;
 pub mod job_wakes;
 pub mod payload;
 pub mod postgres;
+pub mod rerun;
 pub mod sqlite;
 pub mod summary;
 pub mod transition;
@@ -210,6 +211,8 @@ pub struct JobPolicy {
     pub on_orphan: &'static str,
     /// Requeues (orphan or shutdown) before failing.
     pub max_orphan_requeues: u32,
+    /// Which failed exit codes are retried (the rest fail at once).
+    pub retry_on: transition::RetryOn,
 }
 
 /// `run_create` input.
@@ -237,6 +240,25 @@ pub struct RunCreateParams {
     pub callback_url: Option<String>,
     /// Creation time (epoch ms).
     pub now: i64,
+    /// Re-run, delay, priority and schedule of the run (all off by default).
+    pub options: RunOptions,
+}
+
+/// What a run may carry besides its trigger's basics (issue 11). The default is a plain
+/// trigger: no re-run, due at once, priority 0, not scheduled.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The finished run this one re-runs.
+    pub rerun_of: Option<String>,
+    /// Shards copied from `rerun_of` as they ended there, terminal from the start
+    /// (a re-run of failed shards); their jobs are not queued. See [`rerun`].
+    pub kept: Vec<rerun::KeptShard>,
+    /// No shard starts before this (epoch ms): a delayed run. `None` = due at once.
+    pub not_before: Option<i64>,
+    /// Higher is claimed first (bounded by [`claim_plan::PRIORITY_RANGE`]); FIFO within one.
+    pub priority: i32,
+    /// The schedule tick this run is for (epoch ms), when a schedule fired it.
+    pub scheduled_for: Option<i64>,
 }
 
 /// `run_create` result.
@@ -286,6 +308,8 @@ pub struct ClaimedJob {
     pub attempt: u32,
     /// Fencing token of this claim.
     pub claim_seq: i64,
+    /// Its priority (claims take higher first).
+    pub priority: i32,
     /// The run's parameters.
     pub params: BTreeMap<String, String>,
     /// A shard or the run's finalizer.
@@ -299,7 +323,7 @@ pub struct ClaimedJob {
 pub struct ClaimOutcome {
     /// Jobs now running on the node.
     pub jobs: Vec<ClaimedJob>,
-    /// When the earliest delayed (retry backoff) job becomes due, if any.
+    /// When the earliest held job (a retry's backoff, a delayed run) becomes due, if any.
     pub next_due: Option<i64>,
 }
 
@@ -545,6 +569,8 @@ pub struct JobRecord {
     pub finished_at: Option<i64>,
     /// The JSON text the job wrote to `$RUNYARD_RESULT_FILE`.
     pub result: Option<String>,
+    /// For a shard a re-run kept: the original run's job it is a copy of.
+    pub kept_from: Option<String>,
 }
 
 /// One run as stored, with its jobs (times in epoch ms); the API's `RunView` is made from it.
@@ -576,6 +602,14 @@ pub struct RunRecord {
     pub shards_status: Option<String>,
     /// Completion webhook target.
     pub callback_url: Option<String>,
+    /// The run this one re-runs.
+    pub rerun_of: Option<String>,
+    /// Its priority.
+    pub priority: i32,
+    /// A delayed run's not-before time (epoch ms).
+    pub run_at: Option<i64>,
+    /// The schedule tick it is for, when a schedule fired it (epoch ms).
+    pub scheduled_for: Option<i64>,
     /// Its shard jobs in shard order.
     pub jobs: Vec<JobRecord>,
     /// Its finalize job, once queued.
@@ -828,6 +862,56 @@ pub struct PipelineNodeState {
     pub updated_at: i64,
 }
 
+/// `pipeline_pause` input: pause or resume one pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelinePauseParams {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// True to pause, false to resume.
+    pub paused: bool,
+    /// Who asked (token label), when known.
+    pub actor: Option<String>,
+    /// Now (epoch ms).
+    pub now: i64,
+}
+
+/// A paused pipeline as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelinePause {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// When it was paused (epoch ms).
+    pub paused_at: i64,
+    /// Who paused it, when known.
+    pub paused_by: Option<String>,
+}
+
+/// A scheduled pipeline's durable next-fire record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleState {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// The schedule the record was computed for (`expr @ zone`).
+    pub key: String,
+    /// The next tick to fire (epoch ms).
+    pub next_fire_at: i64,
+}
+
+/// `schedule_fire` input: fire one tick of a pipeline's schedule.
+#[derive(Debug, Clone)]
+pub struct ScheduleFireParams {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// The schedule the fire was planned for.
+    pub key: String,
+    /// The stored next fire time the node read: the write applies only if it is still there.
+    pub due: i64,
+    /// The next fire time to store.
+    pub next: i64,
+    /// The run to queue (`triggeredBy: schedule`, `scheduled_for` set).
+    pub run: RunCreateParams,
+}
+
 /// The storage seam. Internal API, free to change; both backends pass the same tests.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -940,6 +1024,31 @@ pub trait Store: Send + Sync {
     async fn pipeline_node_set(&self, state: PipelineNodeState) -> StoreResult<()>;
     /// Setup/circuit states of every registered node.
     async fn pipeline_nodes_list(&self) -> StoreResult<Vec<PipelineNodeState>>;
+
+    /// Pauses or resumes a pipeline for every node on the store; true when its state
+    /// changed, and then `pipeline:paused` / `pipeline:resumed` is emitted in the same
+    /// transaction (pausing a paused pipeline changes and emits nothing). Every later claim
+    /// leaves a paused pipeline's jobs queued.
+    async fn pipeline_pause(&self, p: PipelinePauseParams) -> StoreResult<bool>;
+    /// The paused pipelines, by name.
+    async fn pipelines_paused(&self) -> StoreResult<Vec<PipelinePause>>;
+
+    /// Every stored schedule record.
+    async fn schedules_list(&self) -> StoreResult<Vec<ScheduleState>>;
+    /// Stores `next_fire_at` for schedule `key` of `pipeline` unless the record already holds
+    /// `key` (the first node to start the schedule, or one whose schedule changed, sets it);
+    /// true when it wrote.
+    async fn schedule_init(
+        &self,
+        pipeline: &str,
+        key: &str,
+        next_fire_at: i64,
+        now: i64,
+    ) -> StoreResult<bool>;
+    /// Fires one tick: only if the record still holds `(key, due)`, advances it to `next` and
+    /// creates the run, in one transaction. `None` when another node fired it first (or the
+    /// schedule changed): each tick fires exactly once over every node.
+    async fn schedule_fire(&self, p: ScheduleFireParams) -> StoreResult<Option<RunCreated>>;
 
     /// Stops background work and closes connections; later calls fail with `Closed`.
     async fn close(&self);

@@ -31,15 +31,32 @@ impl NewEvent {
         }
     }
 
-    /// The stored JSON text: the payload with `runId` and `timestamp` added (in place: no
-    /// copy of the payload on the path every transition takes).
+    /// The stored JSON text: the payload with `runId` (unless it is a pipeline's event,
+    /// stored with an empty run id) and `timestamp` added (in place: no copy of the
+    /// payload on the path every transition takes).
     pub fn data_text(&mut self, now: i64) -> String {
         if let Value::Object(map) = &mut self.data {
-            map.insert("runId".into(), json!(self.run_id));
+            if !self.run_id.is_empty() {
+                map.insert("runId".into(), json!(self.run_id));
+            }
             map.insert("timestamp".into(), json!(rfc3339(now)));
         }
         self.data.to_string()
     }
+}
+
+/// A pipeline was paused or resumed (`pipeline:paused` / `pipeline:resumed`). It belongs to
+/// no run: stored with an empty run id, and its payload has no `runId`.
+pub fn pipeline_paused(pipeline: &str, paused: bool, actor: Option<&str>) -> NewEvent {
+    NewEvent::new(
+        if paused {
+            EventName::PipelinePaused
+        } else {
+            EventName::PipelineResumed
+        },
+        "",
+        json!({"pipelineId": pipeline, "paused": paused, "actor": actor}),
+    )
 }
 
 /// A shard job queued by a trigger.

@@ -32,7 +32,7 @@ mod outbox;
 use completion::{finalizer_ended, land_terminal};
 
 use super::payload::{self, NewEvent};
-use super::transition::{JobFence, decide, outcome_error};
+use super::transition::{JobFence, RetryOn, decide, outcome_error};
 use super::*;
 use crate::config::Synchronous;
 use crate::model::JobKind;
@@ -41,8 +41,16 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite_0001_init.sql"),
     include_str!("migrations/sqlite_0002_completion.sql"),
     include_str!("migrations/sqlite_0003_dashboard.sql"),
+    include_str!("migrations/sqlite_0004_retry_on.sql"),
+    include_str!("migrations/sqlite_0005_pipeline_state.sql"),
+    include_str!("migrations/sqlite_0006_rerun.sql"),
+    include_str!("migrations/sqlite_0007_queue_order.sql"),
+    include_str!("migrations/sqlite_0008_schedules.sql"),
 ];
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Held jobs one claim releases at most (the rest on the next claims: a due backlog is
+/// released in slices, never in one long transaction).
+const RELEASE_BATCH: usize = 1000;
 const MAX_BATCH: usize = 512;
 /// Reads running at once (each holds a connection and a blocking thread).
 const MAX_READERS: usize = 8;
@@ -568,7 +576,7 @@ fn fence_row(conn: &Connection, job_id: &str) -> StoreResult<Option<JobFence>> {
     Ok(conn
         .prepare_cached(
             "SELECT status, claim_seq, attempt, max_attempts, retry_backoff_ms, abort_requested, orphan_requeues,
-                    max_orphan_requeues, on_orphan, run_id, pipeline, shard_index, kind FROM jobs WHERE id = ?1",
+                    max_orphan_requeues, on_orphan, run_id, pipeline, shard_index, kind, retry_on FROM jobs WHERE id = ?1",
         )?
         .query_row(params![job_id], |r| {
             Ok(JobFence {
@@ -585,9 +593,39 @@ fn fence_row(conn: &Connection, job_id: &str) -> StoreResult<Option<JobFence>> {
                 pipeline: r.get(10)?,
                 shard_index: r.get(11)?,
                 kind: JobKind::from_name(r.get_ref(12)?.as_str()?),
+                retry_on: RetryOn::from_column(r.get_ref(13)?.as_str_or_null()?),
             })
         })
         .optional()?)
+}
+
+/// Inserts a re-run's kept shard: a terminal copy of the original's job (see [`rerun`]).
+fn copy_kept(
+    conn: &Connection,
+    run_id: &str,
+    job_id: &str,
+    from: &str,
+    now: i64,
+) -> StoreResult<()> {
+    let copied = conn
+        .prepare_cached(
+            "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, reason, attempt, max_attempts,
+                               retry_backoff_ms, on_orphan, orphan_requeues, max_orphan_requeues, run_after, node_id,
+                               exit_code, error, stdout_bytes, stderr_bytes, truncated, created_at, claimed_at,
+                               started_at, finished_at, kind, result, retry_on, kept_from)
+             SELECT ?1, ?2, pipeline, shard_index, shard_count, status, reason, attempt, max_attempts,
+                    retry_backoff_ms, on_orphan, orphan_requeues, max_orphan_requeues, run_after, node_id,
+                    exit_code, error, stdout_bytes, stderr_bytes, truncated, ?3, claimed_at,
+                    started_at, finished_at, kind, result, retry_on, id
+             FROM jobs WHERE id = ?4 AND finished_at IS NOT NULL",
+        )?
+        .execute(params![job_id, run_id, now, from])?;
+    if copied != 1 {
+        return Err(StoreError::Conflict {
+            message: format!("job {from} is gone or not finished: it cannot be kept"),
+        });
+    }
+    Ok(())
 }
 
 /// Claims queued jobs for a node inside the caller's transaction (see [`Store::job_claim`]).
@@ -602,6 +640,14 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
     if !registered {
         return Ok(ClaimOutcome::default());
     }
+    // Held jobs that fell due (delayed runs, retries past their backoff) join the claim
+    // index: a range of `jobs_held`, nothing when none is due.
+    conn.prepare_cached(
+        "UPDATE jobs SET held = 0 WHERE seq IN (
+             SELECT seq FROM jobs INDEXED BY jobs_held
+             WHERE status = 'queued' AND held = 1 AND run_after <= ?1 ORDER BY run_after LIMIT ?2)",
+    )?
+    .execute(params![p.now, RELEASE_BATCH as i64])?;
     let mut running: HashMap<String, u32> = HashMap::new();
     // Counting running jobs only matters when some cap applies; the single writer
     // serialises the count with the claim.
@@ -614,17 +660,24 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
             running.insert(r.get(0)?, r.get(1)?);
         }
     }
-    let plan = claim_plan::plan(p, &running);
+    let mut plan = claim_plan::plan(p, &running);
+    if !plan.rooms.is_empty() {
+        let paused: std::collections::HashSet<String> = conn
+            .prepare_cached("SELECT pipeline FROM pipeline_state WHERE paused = 1")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        claim_plan::leave_out_paused(&mut plan, &paused);
+    }
     let mut want = plan.want;
     let mut out = ClaimOutcome::default();
     let mut candidates: Vec<(i64, ClaimedJob)> = Vec::new();
     if want > 0 {
         let mut head = conn.prepare_cached(
             "SELECT j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt, r.params, j.kind,
-                    j.run_after
-             FROM jobs j INDEXED BY jobs_queued JOIN runs r ON r.id = j.run_id
-             WHERE j.status = 'queued' AND j.pipeline = ?1 AND j.run_after <= ?2
-             ORDER BY j.seq LIMIT ?3",
+                    j.run_after, j.priority
+             FROM jobs j INDEXED BY jobs_ready JOIN runs r ON r.id = j.run_id
+             WHERE j.status = 'queued' AND j.pipeline = ?1 AND j.held = 0 AND j.run_after <= ?2
+             ORDER BY j.priority DESC, j.seq LIMIT ?3",
         )?;
         for (name, room) in &plan.rooms {
             let rows = head.query_map(params![name, p.now, *room as i64], |r| {
@@ -642,6 +695,7 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
                         params: serde_json::from_str(&params).unwrap_or_default(),
                         kind: JobKind::from_name(r.get_ref(8)?.as_str()?),
                         due_at: r.get(9)?,
+                        priority: r.get(10)?,
                     },
                 ))
             })?;
@@ -668,9 +722,9 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
     if want > 0 {
         out.next_due = conn
             .prepare_cached(
-                "SELECT MIN(run_after) FROM jobs WHERE status = 'queued' AND attempt > 1 AND run_after > ?1",
+                "SELECT MIN(run_after) FROM jobs INDEXED BY jobs_held WHERE status = 'queued' AND held = 1",
             )?
-            .query_row(params![p.now], |r| r.get(0))?;
+            .query_row([], |r| r.get(0))?;
     }
     Ok(out)
 }
@@ -740,14 +794,14 @@ fn finish_fenced(conn: &Connection, p: &JobFinishParams) -> StoreResult<(FinishO
     if !row.is_held_by(p.claim_seq) {
         return Ok((not_applied, 0));
     }
-    let t = decide(&row, &p.outcome, p.now);
+    let t = decide(&row, &p.outcome, p.exit_code, p.now);
     let error = outcome_error(&p.outcome);
     let terminal = t.status.is_terminal();
     let changed = conn
         .prepare_cached(
             "UPDATE jobs SET status = ?3, reason = ?4, attempt = ?5, orphan_requeues = ?6, run_after = ?7,
                     exit_code = ?8, error = ?9, stdout_bytes = ?10, stderr_bytes = ?11, truncated = ?12,
-                    finished_at = CASE WHEN ?13 THEN ?14 ELSE NULL END, result = ?15
+                    finished_at = CASE WHEN ?13 THEN ?14 ELSE NULL END, result = ?15, held = ?16
              WHERE id = ?1 AND claim_seq = ?2 AND status = 'running'",
         )?
         .execute(params![
@@ -766,6 +820,7 @@ fn finish_fenced(conn: &Connection, p: &JobFinishParams) -> StoreResult<(FinishO
             terminal,
             p.now,
             p.result,
+            t.status == JobStatus::Queued && claim_plan::held(t.run_after, p.now),
         ])?;
     if changed != 1 {
         return Ok((not_applied, 0));
@@ -808,7 +863,7 @@ fn running_job(r: &Row<'_>) -> rusqlite::Result<RunningJob> {
 const JOB_COLS: &str =
     "id, run_id, pipeline, shard_index, shard_count, status, reason, attempt, max_attempts,
     orphan_requeues, node_id, pid, exit_code, progress, progress_message, error, abort_requested,
-    stdout_bytes, stderr_bytes, truncated, created_at, started_at, finished_at, kind, result";
+    stdout_bytes, stderr_bytes, truncated, created_at, started_at, finished_at, kind, result, kept_from";
 
 fn job_view(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
     Ok(JobRecord {
@@ -837,10 +892,11 @@ fn job_view(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
         finished_at: r.get(22)?,
         kind: JobKind::from_name(r.get_ref(23)?.as_str()?),
         result: r.get(24)?,
+        kept_from: r.get(25)?,
     })
 }
 
-const RUN_COLS: &str = "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at, shards_status, callback_url";
+const RUN_COLS: &str = "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at, scheduled_for";
 
 fn run_view(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
     let params: String = r.get(3)?;
@@ -858,6 +914,10 @@ fn run_view(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         finished_at: r.get(10)?,
         shards_status: r.get(11)?,
         callback_url: r.get(12)?,
+        rerun_of: r.get(13)?,
+        priority: r.get(14)?,
+        run_at: r.get(15)?,
+        scheduled_for: r.get(16)?,
         jobs: Vec::new(),
         finalizer: None,
     })
@@ -927,6 +987,110 @@ fn tail_lines(
     Ok(lines)
 }
 
+/// Writes a run, its jobs and their events in the open transaction (see
+/// [`Store::run_create`]); returns it with the change kinds to publish.
+fn create_in_tx(conn: &Connection, p: &RunCreateParams) -> StoreResult<(RunCreated, u8)> {
+    if let Some(key) = &p.idempotency_key {
+        let existing: Option<(String, i64, String)> = conn
+            .prepare_cached("SELECT id, created_at, params FROM runs WHERE pipeline = ?1 AND idempotency_key = ?2")?
+            .query_row(params![p.pipeline, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        if let Some((run_id, created_at, params_text)) = existing {
+            let job_ids = conn
+                .prepare_cached("SELECT id FROM jobs WHERE run_id = ?1 ORDER BY shard_index")?
+                .query_map(params![run_id], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            let existing_params = Some(serde_json::from_str(&params_text).unwrap_or_default());
+            return Ok((
+                RunCreated {
+                    run_id,
+                    job_ids,
+                    created_at,
+                    existing: true,
+                    existing_params,
+                },
+                0,
+            ));
+        }
+    }
+    let shard_count = p.job_ids.len() as i64;
+    let retry_on = p.policy.retry_on.to_column();
+    conn.prepare_cached(
+        "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor, idempotency_key, created_at,
+                           has_finalizer, callback_url, rerun_of, shards_done, priority, run_at, scheduled_for)
+         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?
+    .execute(params![
+        p.run_id,
+        p.pipeline,
+        serde_json::to_string(&p.params).unwrap_or_else(|_| "{}".into()),
+        shard_count,
+        p.triggered_by,
+        p.actor,
+        p.idempotency_key,
+        p.now,
+        p.has_finalizer,
+        p.callback_url,
+        p.options.rerun_of,
+        p.options.kept.len() as i64,
+        p.options.priority,
+        p.options.not_before,
+        p.options.scheduled_for,
+    ])?;
+    let run_after = p.options.not_before.map_or(p.now, |t| t.max(p.now));
+    let held = claim_plan::held(run_after, p.now);
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts, retry_backoff_ms,
+                           on_orphan, max_orphan_requeues, run_after, created_at, retry_on, priority, held)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?;
+    for (i, job_id) in p.job_ids.iter().enumerate() {
+        if let Some(kept) = p.options.kept.iter().find(|k| k.shard_index as usize == i) {
+            copy_kept(conn, &p.run_id, job_id, &kept.from_job, p.now)?;
+            continue;
+        }
+        insert.execute(params![
+            job_id,
+            p.run_id,
+            p.pipeline,
+            i as i64,
+            shard_count,
+            p.policy.max_attempts,
+            p.policy.retry_backoff_ms,
+            p.policy.on_orphan,
+            p.policy.max_orphan_requeues,
+            run_after,
+            p.now,
+            retry_on,
+            p.options.priority,
+            held,
+        ])?;
+        emit(
+            conn,
+            payload::shard_created(
+                &p.run_id,
+                job_id,
+                &p.pipeline,
+                i as u32,
+                shard_count as u32,
+                &p.triggered_by,
+                p.actor.as_deref(),
+            ),
+            p.now,
+        )?;
+    }
+    Ok((
+        RunCreated {
+            run_id: p.run_id.clone(),
+            job_ids: p.job_ids.clone(),
+            created_at: p.now,
+            existing: false,
+            existing_params: None,
+        },
+        change::WORK | change::EVENTS,
+    ))
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn changes(&self) -> &ChangeFeed {
@@ -934,74 +1098,7 @@ impl Store for SqliteStore {
     }
 
     async fn run_create(&self, p: RunCreateParams) -> StoreResult<RunCreated> {
-        self.write(move |conn| {
-            if let Some(key) = &p.idempotency_key {
-                let existing: Option<(String, i64, String)> = conn
-                    .prepare_cached("SELECT id, created_at, params FROM runs WHERE pipeline = ?1 AND idempotency_key = ?2")?
-                    .query_row(params![p.pipeline, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()?;
-                if let Some((run_id, created_at, params_text)) = existing {
-                    let job_ids = conn
-                        .prepare_cached("SELECT id FROM jobs WHERE run_id = ?1 ORDER BY shard_index")?
-                        .query_map(params![run_id], |r| r.get(0))?
-                        .collect::<Result<Vec<String>, _>>()?;
-                    let existing_params = Some(serde_json::from_str(&params_text).unwrap_or_default());
-                    return Ok((RunCreated { run_id, job_ids, created_at, existing: true, existing_params }, 0));
-                }
-            }
-            let shard_count = p.job_ids.len() as i64;
-            conn.prepare_cached(
-                "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor, idempotency_key, created_at,
-                                   has_finalizer, callback_url)
-                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
-                p.run_id,
-                p.pipeline,
-                serde_json::to_string(&p.params).unwrap_or_else(|_| "{}".into()),
-                shard_count,
-                p.triggered_by,
-                p.actor,
-                p.idempotency_key,
-                p.now,
-                p.has_finalizer,
-                p.callback_url
-            ])?;
-            let mut insert = conn.prepare_cached(
-                "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts, retry_backoff_ms,
-                                   on_orphan, max_orphan_requeues, run_after, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?10, ?10)",
-            )?;
-            for (i, job_id) in p.job_ids.iter().enumerate() {
-                insert.execute(params![
-                    job_id,
-                    p.run_id,
-                    p.pipeline,
-                    i as i64,
-                    shard_count,
-                    p.policy.max_attempts,
-                    p.policy.retry_backoff_ms,
-                    p.policy.on_orphan,
-                    p.policy.max_orphan_requeues,
-                    p.now
-                ])?;
-                emit(
-                    conn,
-                    payload::shard_created(
-                        &p.run_id,
-                        job_id,
-                        &p.pipeline,
-                        i as u32,
-                        shard_count as u32,
-                        &p.triggered_by,
-                        p.actor.as_deref(),
-                    ),
-                    p.now,
-                )?;
-            }
-            Ok((RunCreated { run_id: p.run_id.clone(), job_ids: p.job_ids.clone(), created_at: p.now, existing: false, existing_params: None }, change::WORK | change::EVENTS))
-        })
-        .await
+        self.write(move |conn| create_in_tx(conn, &p)).await
     }
 
     async fn job_claim(&self, p: JobClaimParams) -> StoreResult<ClaimOutcome> {
@@ -1602,6 +1699,111 @@ impl Store for SqliteStore {
         self.read(outbox::pipeline_nodes_list).await
     }
 
+    async fn pipeline_pause(&self, p: PipelinePauseParams) -> StoreResult<bool> {
+        self.write(move |conn| {
+            let was: Option<bool> = conn
+                .prepare_cached("SELECT paused FROM pipeline_state WHERE pipeline = ?1")?
+                .query_row(params![p.pipeline], |r| r.get(0))
+                .optional()?;
+            if was.unwrap_or(false) == p.paused {
+                return Ok((false, 0));
+            }
+            conn.prepare_cached(
+                "INSERT INTO pipeline_state (pipeline, paused, paused_at, paused_by, updated_at)
+                 VALUES (?1, ?2, CASE WHEN ?2 THEN ?4 END, CASE WHEN ?2 THEN ?3 END, ?4)
+                 ON CONFLICT (pipeline) DO UPDATE SET paused = excluded.paused, paused_at = excluded.paused_at,
+                     paused_by = excluded.paused_by, updated_at = excluded.updated_at",
+            )?
+            .execute(params![p.pipeline, p.paused, p.actor, p.now])?;
+            emit(
+                conn,
+                payload::pipeline_paused(&p.pipeline, p.paused, p.actor.as_deref()),
+                p.now,
+            )?;
+            // Resuming makes queued work claimable again.
+            Ok((true, change::WORK | change::EVENTS))
+        })
+        .await
+    }
+
+    async fn pipelines_paused(&self) -> StoreResult<Vec<PipelinePause>> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT pipeline, paused_at, paused_by FROM pipeline_state WHERE paused = 1 ORDER BY pipeline",
+                )?
+                .query_map([], |r| {
+                    Ok(PipelinePause {
+                        pipeline: r.get(0)?,
+                        paused_at: r.get::<_, Option<i64>>(1)?.unwrap_or(0),
+                        paused_by: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn schedules_list(&self) -> StoreResult<Vec<ScheduleState>> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT pipeline, schedule_key, next_fire_at FROM pipeline_state
+                     WHERE schedule_key IS NOT NULL AND next_fire_at IS NOT NULL ORDER BY pipeline",
+                )?
+                .query_map([], |r| {
+                    Ok(ScheduleState {
+                        pipeline: r.get(0)?,
+                        key: r.get(1)?,
+                        next_fire_at: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn schedule_init(
+        &self,
+        pipeline: &str,
+        key: &str,
+        next_fire_at: i64,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let (pipeline, key) = (pipeline.to_string(), key.to_string());
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "INSERT INTO pipeline_state (pipeline, schedule_key, next_fire_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (pipeline) DO UPDATE SET schedule_key = excluded.schedule_key,
+                         next_fire_at = excluded.next_fire_at, updated_at = excluded.updated_at
+                     WHERE pipeline_state.schedule_key IS NOT excluded.schedule_key
+                        OR pipeline_state.next_fire_at IS NULL",
+                )?
+                .execute(params![pipeline, key, next_fire_at, now])?;
+            Ok((changed == 1, 0))
+        })
+        .await
+    }
+
+    async fn schedule_fire(&self, p: ScheduleFireParams) -> StoreResult<Option<RunCreated>> {
+        self.write(move |conn| {
+            let advanced = conn
+                .prepare_cached(
+                    "UPDATE pipeline_state SET next_fire_at = ?4, updated_at = ?5
+                     WHERE pipeline = ?1 AND schedule_key = ?2 AND next_fire_at = ?3",
+                )?
+                .execute(params![p.pipeline, p.key, p.due, p.next, p.run.now])?;
+            if advanced != 1 {
+                return Ok((None, 0));
+            }
+            let (created, kinds) = create_in_tx(conn, &p.run)?;
+            Ok((Some(created), kinds))
+        })
+        .await
+    }
+
     async fn close(&self) {
         self.stop.store(true, Ordering::Relaxed);
         // Dropping the sender ends the writer loop once queued writes are committed.
@@ -1654,6 +1856,7 @@ mod tests {
             retry_backoff_ms: 10,
             on_orphan: "requeue",
             max_orphan_requeues: 1,
+            retry_on: Default::default(),
         }
     }
 
@@ -1674,6 +1877,7 @@ mod tests {
                 has_finalizer: false,
                 callback_url: None,
                 now: 1,
+                options: Default::default(),
             })
             .await
             .unwrap()

@@ -13,7 +13,10 @@
 //! - a requeue keeps the attempt and is capped by `max_orphan_requeues`
 //!   (`orphan_requeue_keeps_the_attempt_and_is_capped`);
 //! - a failure retries while attempts remain, after a doubling delay
-//!   (`claims_respect_pipeline_and_global_caps_and_retry_delays`, and the unit tests below).
+//!   (`claims_respect_pipeline_and_global_caps_and_retry_delays`, and the unit tests below);
+//! - a failure whose exit code the pipeline's [`RetryOn`] rule excludes is final at once,
+//!   whatever attempts remain, while a timeout, a signal or another code still retries
+//!   (`exit_codes_the_pipeline_does_not_retry_fail_at_once`).
 
 use super::Outcome;
 use crate::model::{JobKind, JobStatus, Reason};
@@ -26,6 +29,72 @@ pub const MAX_BACKOFF_MS: i64 = 3_600_000;
 pub fn backoff_ms(base: i64, next: u32) -> i64 {
     base.saturating_mul(1i64 << (next.saturating_sub(2)).min(20))
         .min(MAX_BACKOFF_MS)
+}
+
+/// Which failed exit codes are retried (pipeline `retry_exit_codes` / `no_retry_exit_codes`),
+/// copied onto each job at trigger time like the rest of its [`super::JobPolicy`].
+///
+/// The rule only looks at executions that exited with a code: a timeout, a kill by a
+/// signal or a spawn failure has no code and is always retried while attempts remain (the
+/// "infrastructure" failures a test suite wants paid twice; a deterministic test failure
+/// exits with a code the pipeline names).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RetryOn {
+    /// Every failure is retried while attempts remain (the default).
+    #[default]
+    Any,
+    /// Only these exit codes are retried; other codes fail at once.
+    Only(Vec<i32>),
+    /// These exit codes fail at once; others are retried.
+    Except(Vec<i32>),
+}
+
+impl RetryOn {
+    /// Whether an execution that failed with `exit_code` may be retried.
+    pub fn allows(&self, exit_code: Option<i32>) -> bool {
+        match (self, exit_code) {
+            (RetryOn::Any, _) | (_, None) => true,
+            (RetryOn::Only(codes), Some(code)) => codes.contains(&code),
+            (RetryOn::Except(codes), Some(code)) => !codes.contains(&code),
+        }
+    }
+
+    /// The stored form (`jobs.retry_on`): `NULL` for [`RetryOn::Any`], else
+    /// `only:1,2` or `except:3`.
+    pub fn to_column(&self) -> Option<String> {
+        let join = |codes: &[i32]| {
+            codes
+                .iter()
+                .map(i32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match self {
+            RetryOn::Any => None,
+            RetryOn::Only(codes) => Some(format!("only:{}", join(codes))),
+            RetryOn::Except(codes) => Some(format!("except:{}", join(codes))),
+        }
+    }
+
+    /// Reads the stored form back; anything unreadable is [`RetryOn::Any`] (retrying is
+    /// the behaviour of every job stored before the column existed).
+    pub fn from_column(text: Option<&str>) -> RetryOn {
+        let Some(text) = text else {
+            return RetryOn::Any;
+        };
+        let codes = |list: &str| -> Vec<i32> {
+            list.split(',')
+                .filter_map(|c| c.trim().parse().ok())
+                .collect()
+        };
+        if let Some(list) = text.strip_prefix("only:") {
+            RetryOn::Only(codes(list))
+        } else if let Some(list) = text.strip_prefix("except:") {
+            RetryOn::Except(codes(list))
+        } else {
+            RetryOn::Any
+        }
+    }
 }
 
 /// What a backend reads of a job before deciding how its execution ends.
@@ -57,6 +126,8 @@ pub struct JobFence {
     pub shard_index: u32,
     /// Shard or finalizer.
     pub kind: JobKind,
+    /// Which failed exit codes are retried.
+    pub retry_on: RetryOn,
 }
 
 impl JobFence {
@@ -81,8 +152,9 @@ pub struct Transition {
     pub run_after: i64,
 }
 
-/// How an execution that reported `outcome` at `now` moves its job on.
-pub fn decide(row: &JobFence, outcome: &Outcome, now: i64) -> Transition {
+/// How an execution that reported `outcome` (and, when it exited normally, `exit_code`)
+/// at `now` moves its job on.
+pub fn decide(row: &JobFence, outcome: &Outcome, exit_code: Option<i32>, now: i64) -> Transition {
     let stay = |status, reason| Transition {
         status,
         reason,
@@ -94,13 +166,18 @@ pub fn decide(row: &JobFence, outcome: &Outcome, now: i64) -> Transition {
         Outcome::Completed => stay(JobStatus::Completed, Some(Reason::ExitCode)),
         Outcome::Aborted => stay(JobStatus::Aborted, Some(Reason::Aborted)),
         _ if row.abort_requested => stay(JobStatus::Aborted, Some(Reason::Aborted)),
-        Outcome::Failed { reason, .. } if row.attempt < row.max_attempts => Transition {
-            status: JobStatus::Queued,
-            reason: Some(*reason),
-            attempt: row.attempt + 1,
-            orphan_requeues: row.orphan_requeues,
-            run_after: now + backoff_ms(row.retry_backoff_ms, row.attempt + 1),
-        },
+        Outcome::Failed { reason, .. }
+            if row.attempt < row.max_attempts
+                && (*reason != Reason::ExitCode || row.retry_on.allows(exit_code)) =>
+        {
+            Transition {
+                status: JobStatus::Queued,
+                reason: Some(*reason),
+                attempt: row.attempt + 1,
+                orphan_requeues: row.orphan_requeues,
+                run_after: now + backoff_ms(row.retry_backoff_ms, row.attempt + 1),
+            }
+        }
         Outcome::Failed { reason, .. } => stay(JobStatus::Failed, Some(*reason)),
         Outcome::Requeue { reason }
             if row.on_orphan == "requeue" && row.orphan_requeues < row.max_orphan_requeues =>
@@ -145,6 +222,7 @@ mod tests {
             pipeline: "p".into(),
             shard_index: 0,
             kind: JobKind::Shard,
+            retry_on: RetryOn::Any,
         }
     }
 
@@ -163,17 +241,17 @@ mod tests {
             reason: Reason::ExitCode,
             error: None,
         };
-        let t = decide(&fence(1, 3), &failed, 10_000);
+        let t = decide(&fence(1, 3), &failed, Some(1), 10_000);
         assert_eq!(
             (t.status, t.attempt, t.run_after),
             (JobStatus::Queued, 2, 11_000)
         );
-        let t = decide(&fence(2, 3), &failed, 10_000);
+        let t = decide(&fence(2, 3), &failed, Some(1), 10_000);
         assert_eq!(
             (t.status, t.attempt, t.run_after),
             (JobStatus::Queued, 3, 12_000)
         );
-        let t = decide(&fence(3, 3), &failed, 10_000);
+        let t = decide(&fence(3, 3), &failed, Some(1), 10_000);
         assert_eq!((t.status, t.attempt), (JobStatus::Failed, 3));
     }
 
@@ -188,12 +266,56 @@ mod tests {
         let requeue = Outcome::Requeue {
             reason: Reason::Orphaned,
         };
-        assert_eq!(decide(&row, &failed, 0).status, JobStatus::Aborted);
-        assert_eq!(decide(&row, &requeue, 0).status, JobStatus::Aborted);
+        assert_eq!(decide(&row, &failed, Some(1), 0).status, JobStatus::Aborted);
         assert_eq!(
-            decide(&row, &Outcome::Completed, 0).status,
+            decide(&row, &requeue, Some(1), 0).status,
+            JobStatus::Aborted
+        );
+        assert_eq!(
+            decide(&row, &Outcome::Completed, Some(1), 0).status,
             JobStatus::Completed
         );
+    }
+
+    #[test]
+    fn exit_codes_the_rule_excludes_fail_at_once_and_codeless_failures_still_retry() {
+        let failed = Outcome::Failed {
+            reason: Reason::ExitCode,
+            error: None,
+        };
+        let timeout = Outcome::Failed {
+            reason: Reason::Timeout,
+            error: None,
+        };
+        let mut row = fence(1, 3);
+        row.retry_on = RetryOn::Except(vec![1]);
+        assert_eq!(decide(&row, &failed, Some(1), 0).status, JobStatus::Failed);
+        assert_eq!(decide(&row, &failed, Some(2), 0).status, JobStatus::Queued);
+        assert_eq!(decide(&row, &timeout, None, 0).status, JobStatus::Queued);
+        assert_eq!(decide(&row, &failed, None, 0).status, JobStatus::Queued);
+        row.retry_on = RetryOn::Only(vec![137, 143]);
+        assert_eq!(decide(&row, &failed, Some(1), 0).status, JobStatus::Failed);
+        assert_eq!(
+            decide(&row, &failed, Some(137), 0).status,
+            JobStatus::Queued
+        );
+        assert_eq!(decide(&row, &timeout, None, 0).status, JobStatus::Queued);
+        // Attempts still bound a retried code.
+        assert_eq!(
+            decide(&fence(3, 3), &failed, Some(137), 0).status,
+            JobStatus::Failed
+        );
+    }
+
+    #[test]
+    fn the_retry_rule_survives_its_stored_form() {
+        for rule in [
+            RetryOn::Any,
+            RetryOn::Only(vec![1, 2]),
+            RetryOn::Except(vec![3]),
+        ] {
+            assert_eq!(RetryOn::from_column(rule.to_column().as_deref()), rule);
+        }
     }
 
     #[test]
@@ -202,15 +324,15 @@ mod tests {
             reason: Reason::Orphaned,
         };
         let mut row = fence(2, 3);
-        let t = decide(&row, &requeue, 5);
+        let t = decide(&row, &requeue, Some(1), 5);
         assert_eq!(
             (t.status, t.attempt, t.orphan_requeues),
             (JobStatus::Queued, 2, 1)
         );
         row.orphan_requeues = 1;
-        assert_eq!(decide(&row, &requeue, 5).status, JobStatus::Failed);
+        assert_eq!(decide(&row, &requeue, Some(1), 5).status, JobStatus::Failed);
         row.orphan_requeues = 0;
         row.on_orphan = "fail".into();
-        assert_eq!(decide(&row, &requeue, 5).status, JobStatus::Failed);
+        assert_eq!(decide(&row, &requeue, Some(1), 5).status, JobStatus::Failed);
     }
 }

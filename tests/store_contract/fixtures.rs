@@ -40,6 +40,7 @@ pub fn policy() -> JobPolicy {
         retry_backoff_ms: 10,
         on_orphan: "requeue",
         max_orphan_requeues: 1,
+        retry_on: Default::default(),
     }
 }
 
@@ -58,6 +59,7 @@ pub fn run_params(pipeline: &str, shards: u32) -> RunCreateParams {
         has_finalizer: false,
         callback_url: None,
         now: 1,
+        options: Default::default(),
     }
 }
 

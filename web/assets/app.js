@@ -287,7 +287,23 @@ function renderStats(data) {
 function pipelineCard(p) {
   const counts = h('span', { class: 'p-counts', 'aria-label': `${p.id} queue` });
   const circuit = h('span', { class: 'badge', hidden: true });
+  const pausedBadge = h('span', { class: 'badge badge-paused', hidden: true, title: 'No node starts its queued jobs; triggers are still queued' }, 'paused');
+  const pauseButton = h('button', { type: 'button', class: 'btn btn-small pause-toggle', 'aria-pressed': 'false' }, 'Pause');
+  pauseButton.addEventListener('click', async () => {
+    const verb = pauseButton.getAttribute('aria-pressed') === 'true' ? 'resume' : 'pause';
+    pauseButton.disabled = true;
+    try {
+      const r = await api(`/api/pipelines/${enc(p.id)}/${verb}`, { method: 'POST', body: {} });
+      setPaused({ pausedBadge, pauseButton }, r.paused);
+      refreshPipelines();
+    } catch (e) {
+      banner(`Could not ${verb} ${p.id}: ${e.status ? `${e.status}: ` : ''}${e.message}`);
+    } finally {
+      pauseButton.disabled = false;
+    }
+  });
   const setup = h('div', { class: 'p-setup', hidden: true });
+  const schedule = h('div', { class: 'p-schedule small muted', hidden: true });
   const result = h('div', { class: 'trigger-result', role: 'status', 'aria-live': 'polite' });
   const fields = [];
   const inputs = [];
@@ -334,7 +350,8 @@ function pipelineCard(p) {
     result.textContent = 'Queuing…';
     try {
       const r = await api(`/api/pipelines/${enc(p.id)}/trigger`, { method: 'POST', body, headers: { 'X-Runyard-Source': 'dashboard' } });
-      replace(result, r.idempotentReplay ? 'Existing run ' : 'Queued run ', runLink(r.runId, shortId(r.runId), `Open run ${r.runId}`));
+      replace(result, r.idempotentReplay ? 'Existing run ' : 'Queued run ', runLink(r.runId, shortId(r.runId), `Open run ${r.runId}`),
+        r.paused ? ' (pipeline paused: it waits until resumed)' : '');
       result.className = 'trigger-result ok';
       result.dataset.runId = r.runId;
       refreshRuns();
@@ -350,16 +367,32 @@ function pipelineCard(p) {
   const cmd = (p.command || []).join(' ');
   const stats = h('div', { class: 'p-stats-slot', 'aria-label': `${p.id} statistics` });
   const card = h('article', { class: 'pipeline', 'aria-label': `Pipeline ${p.id}` },
-    h('div', { class: 'p-head' }, h('h3', {}, h('a', { href: dashboardHash({ pipeline: p.id, status: '', q: '' }, 0), title: `Runs of ${p.id}` }, p.id)), circuit, h('span', { class: 'spacer' }), counts),
+    h('div', { class: 'p-head' }, h('h3', {}, h('a', { href: dashboardHash({ pipeline: p.id, status: '', q: '' }, 0), title: `Runs of ${p.id}` }, p.id)), circuit, pausedBadge, h('span', { class: 'spacer' }), counts, pauseButton),
     h('code', { class: 'p-cmd', title: cmd }, cmd),
+    schedule,
     setup,
     stats,
     form);
-  return { card, counts, circuit, setup, stats };
+  return { card, counts, circuit, setup, stats, pausedBadge, pauseButton, schedule };
+}
+
+function setPaused(parts, paused) {
+  parts.pausedBadge.hidden = !paused;
+  parts.pauseButton.textContent = paused ? 'Resume' : 'Pause';
+  parts.pauseButton.setAttribute('aria-pressed', paused ? 'true' : 'false');
+  parts.pauseButton.title = paused ? 'Resume: queued jobs start again' : 'Pause: no node starts queued jobs; running ones finish';
 }
 
 function updatePipelineCard(parts, p) {
   if (!parts) return;
+  setPaused(parts, !!p.paused);
+  if (p.schedule) {
+    parts.schedule.hidden = false;
+    replace(parts.schedule, 'schedule ', h('code', {}, p.schedule.cron), ` (${p.schedule.timeZone})`,
+      p.schedule.nextFireAt ? [' · next ', timeEl(p.schedule.nextFireAt, stamp(p.schedule.nextFireAt))] : null);
+  } else {
+    parts.schedule.hidden = true;
+  }
   replace(parts.counts,
     h('span', { class: p.queued ? 'n n-queued' : 'n' }, `${p.queued} queued`), ' · ',
     h('span', { class: p.running ? 'n n-running' : 'n' }, `${p.running} running`));
@@ -583,6 +616,8 @@ const FEED_TEXT = {
   'job:failed': 'failed',
   'job:aborted': 'aborted',
   'run:completed': 'run ended',
+  'pipeline:paused': 'paused',
+  'pipeline:resumed': 'resumed',
   resync: 'resync',
 };
 
@@ -613,6 +648,7 @@ function feedItem({ name, ev, id }) {
   else if (name === 'job:failed' || name === 'job:aborted' || name === 'job:completed') {
     detail = [ev.status !== name.slice(4) ? ev.status : '', ev.reason === 'exit_code' ? '' : ev.reason, ev.exitCode !== null && ev.exitCode !== undefined ? `exit ${ev.exitCode}` : '', ev.nextAttempt ? `retry #${ev.nextAttempt}` : ''].filter(Boolean).join(' · ');
   } else if (name === 'resync') detail = 'events were pruned; lists reloaded';
+  else if (name.startsWith('pipeline:') && ev.actor) detail = `by ${ev.actor}`;
   const target = ev.jobId || ev.runId;
   return h('li', { class: `feed-item ev-${kind}`, dataset: { event: name, id: id ?? '' } },
     h('time', { class: 'feed-time', datetime: ev.timestamp || '', title: stamp(ev.timestamp || new Date().toISOString()) }, clock(ev.timestamp || new Date().toISOString())),
@@ -687,6 +723,12 @@ function renderRun(run) {
   const terminal = TERMINAL.has(run.status);
   const abortMsg = h('p', { id: 'abort-result', class: `abort-result ${state.abortMsg.cls}`, role: 'status', 'aria-live': 'polite' }, state.abortMsg.text);
   const abortBtn = terminal ? null : h('button', { type: 'button', class: 'btn btn-danger', onclick: () => confirmAbort(run) }, 'Abort run');
+  // A finished run can be re-run: every shard, or (when some failed or were aborted) only those.
+  const redoable = (run.jobs || []).some((j) => j.status === 'failed' || j.status === 'aborted');
+  const rerunBtns = !run.finishedAt ? [] : [
+    h('button', { type: 'button', class: 'btn rerun-btn', title: 'A new run with the same parameters and shard count', onclick: () => rerun(run, false) }, 'Re-run'),
+    redoable ? h('button', { type: 'button', class: 'btn rerun-btn', title: 'A new run of the failed and aborted shards; completed ones keep their outcome', onclick: () => rerun(run, true) }, 'Re-run failed') : null,
+  ];
   const params = Object.entries(run.parameters || {});
   const took = between(run.startedAt, run.finishedAt);
   replace($('run-head'),
@@ -694,12 +736,17 @@ function renderRun(run) {
       h('h1', {}, 'Run ', h('span', { class: 'mono', title: run.runId }, shortId(run.runId))),
       h('span', { 'aria-label': 'Run status', class: 'run-status' }, pill(run.status)),
       h('span', { class: 'spacer' }),
+      rerunBtns,
       abortBtn),
     abortMsg,
     h('dl', { class: 'meta' },
       meta('Pipeline', run.pipelineId),
       meta('Run id', h('code', {}, run.runId)),
       meta('Triggered by', `${run.triggeredBy}${run.actor ? ` (${run.actor})` : ''}`),
+      run.rerunOf ? meta('Re-run of', runLink(run.rerunOf, shortId(run.rerunOf), `Open run ${run.rerunOf}`)) : null,
+      run.scheduledFor ? meta('Scheduled for', timeEl(run.scheduledFor, stamp(run.scheduledFor))) : null,
+      run.runAt ? meta('Not before', timeEl(run.runAt, stamp(run.runAt))) : null,
+      run.priority ? meta('Priority', String(run.priority)) : null,
       meta('Parameters', params.length ? params.map(([k, v]) => h('code', { class: 'param' }, `${k}=${v}`)) : h('span', { class: 'muted' }, 'none')),
       meta('Shards', `${run.shardsDone}/${run.shardCount} done${run.shardsStatus ? ` (${run.shardsStatus})` : ''}`),
       meta('Created', timeEl(run.createdAt, stamp(run.createdAt))),
@@ -812,7 +859,8 @@ function jobsTable(jobs, label, attempts) {
     const reason = [j.status === 'completed' ? null : j.reason, j.error].filter(Boolean).join(': ');
     return h('tr', { dataset: { jobId: j.id } },
       h('th', { scope: 'row' }, jobLabel(j), h('div', { class: 'small muted mono', title: j.id }, shortId(j.id))),
-      h('td', {}, pill(j.status), j.abortRequested && !TERMINAL.has(j.status) ? h('div', { class: 'small warn-text' }, 'abort requested') : null),
+      h('td', {}, pill(j.status), j.abortRequested && !TERMINAL.has(j.status) ? h('div', { class: 'small warn-text' }, 'abort requested') : null,
+        j.keptFrom ? h('div', { class: 'small muted' }, 'kept from ', runLink(j.keptFrom.split(':')[0], shortId(j.keptFrom), `Open the original run of ${j.keptFrom}`)) : null),
       h('td', { class: 'progress-cell' }, bar, j.progressMessage ? h('div', { class: 'small muted ellipsis', title: j.progressMessage }, j.progressMessage) : null),
       h('td', { class: 'num' }, `${j.attempt}/${j.maxAttempts}`, attemptDots((attempts || {})[j.id]), j.requeues ? h('div', { class: 'small muted' }, `${j.requeues} requeued`) : null),
       h('td', { class: 'mono small', title: j.node || '' }, j.node ? shortId(j.node) : '—'),
@@ -866,6 +914,16 @@ function markLogButtons() {
     b.setAttribute('aria-pressed', on ? 'true' : 'false');
     const row = b.closest('tr');
     if (row) row.classList.toggle('selected', on);
+  }
+}
+
+/** Re-runs a finished run (every shard, or only failed ones) and opens the new run. */
+async function rerun(run, onlyFailed) {
+  try {
+    const r = await api(`/api/runs/${enc(run.runId)}/rerun`, { method: 'POST', body: onlyFailed ? { only: 'failed' } : {}, headers: { 'X-Runyard-Source': 'dashboard' } });
+    location.hash = `#/runs/${enc(r.runId)}`;
+  } catch (e) {
+    setAbortMsg(`Could not re-run: ${e.status ? `${e.status}: ` : ''}${e.message}`, 'error');
   }
 }
 

@@ -60,7 +60,16 @@ use tokio_postgres::{NoTls, Row};
 use super::*;
 
 /// Schema files, applied in order; the version is the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres_0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/postgres_0001_init.sql"),
+    include_str!("../migrations/postgres_0002_retry_on.sql"),
+    include_str!("../migrations/postgres_0003_pipeline_state.sql"),
+    include_str!("../migrations/postgres_0004_rerun.sql"),
+    include_str!("../migrations/postgres_0005_queue_order.sql"),
+    include_str!("../migrations/postgres_0006_schedules.sql"),
+];
+/// The schema version this build migrates to (the number of migrations).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// Retries of a transaction that lost a race or its connection before COMMIT.
 pub(crate) const MAX_RETRIES: u32 = 4;
 /// How often other replicas' commits are looked for (until a bus signals them).
@@ -678,6 +687,27 @@ impl Store for PgStore {
     }
     async fn pipeline_nodes_list(&self) -> StoreResult<Vec<PipelineNodeState>> {
         self.read_pipeline_nodes().await
+    }
+    async fn pipeline_pause(&self, p: PipelinePauseParams) -> StoreResult<bool> {
+        write::pipeline_pause(self, p).await
+    }
+    async fn pipelines_paused(&self) -> StoreResult<Vec<PipelinePause>> {
+        self.read_paused().await
+    }
+    async fn schedules_list(&self) -> StoreResult<Vec<ScheduleState>> {
+        self.read_schedules().await
+    }
+    async fn schedule_init(
+        &self,
+        pipeline: &str,
+        key: &str,
+        next_fire_at: i64,
+        now: i64,
+    ) -> StoreResult<bool> {
+        write::schedule_init(self, pipeline, key, next_fire_at, now).await
+    }
+    async fn schedule_fire(&self, p: ScheduleFireParams) -> StoreResult<Option<RunCreated>> {
+        write::schedule_fire(self, p).await
     }
     async fn close(&self) {
         self.stop.store(true, Ordering::Relaxed);

@@ -13,7 +13,7 @@ use crate::store::{
     DeliveryAttemptRecord, DeliveryRecord, JobLogs, JobRecord, LogLine, NodeRow, PipelineCounts,
     PipelineNodeState, RunFilter, RunRecord, RunningJob, StoredEvent, Stream,
 };
-use crate::store::{PipelineStatsParams, PipelineStatsRow};
+use crate::store::{PipelinePause, PipelineStatsParams, PipelineStatsRow, ScheduleState};
 
 /// Event ids below this are final for the statement's snapshot: every transaction of this
 /// deployment that could still insert a smaller one has ended. It is the snapshot's `xmax`
@@ -91,7 +91,7 @@ fn running_job(r: &Row) -> RunningJob {
 const JOB_COLS: &str =
     "id, run_id, pipeline, shard_index, shard_count, status, reason, attempt, max_attempts,
     orphan_requeues, node_id, pid, exit_code, progress, progress_message, error, abort_requested,
-    stdout_bytes, stderr_bytes, truncated, created_at, started_at, finished_at, kind, result";
+    stdout_bytes, stderr_bytes, truncated, created_at, started_at, finished_at, kind, result, kept_from";
 
 fn job_view(r: &Row) -> JobRecord {
     let kind: String = r.get(23);
@@ -121,12 +121,13 @@ fn job_view(r: &Row) -> JobRecord {
         finished_at: r.get(22),
         kind: JobKind::from_name(&kind),
         result: r.get(24),
+        kept_from: r.get(25),
     }
 }
 
 const RUN_COLS: &str =
     "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at,
-    started_at, finished_at, shards_status, callback_url";
+    started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at, scheduled_for";
 
 fn run_view(r: &Row) -> RunRecord {
     let params: String = r.get(3);
@@ -144,6 +145,10 @@ fn run_view(r: &Row) -> RunRecord {
         finished_at: r.get(10),
         shards_status: r.get(11),
         callback_url: r.get(12),
+        rerun_of: r.get(13),
+        priority: r.get::<_, i64>(14) as i32,
+        run_at: r.get(15),
+        scheduled_for: r.get(16),
         jobs: Vec::new(),
         finalizer: None,
     }
@@ -636,6 +641,39 @@ impl PgStore {
             open_until: r.get(5),
             last_error: r.get(6),
             updated_at: r.get(7),
+        })
+        .collect())
+    }
+
+    pub(super) async fn read_paused(&self) -> StoreResult<Vec<PipelinePause>> {
+        read!(self, c => rows(
+            c,
+            "SELECT pipeline, paused_at, paused_by FROM pipeline_state WHERE paused ORDER BY pipeline",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| PipelinePause {
+            pipeline: r.get(0),
+            paused_at: r.get::<_, Option<i64>>(1).unwrap_or(0),
+            paused_by: r.get(2),
+        })
+        .collect())
+    }
+
+    pub(super) async fn read_schedules(&self) -> StoreResult<Vec<ScheduleState>> {
+        read!(self, c => rows(
+            c,
+            "SELECT pipeline, schedule_key, next_fire_at FROM pipeline_state
+             WHERE schedule_key IS NOT NULL AND next_fire_at IS NOT NULL ORDER BY pipeline",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| ScheduleState {
+            pipeline: r.get(0),
+            key: r.get(1),
+            next_fire_at: r.get(2),
         })
         .collect())
     }

@@ -9,16 +9,19 @@ use crate::store::completion::{
     FINALIZER_MAX_ATTEMPTS, FINALIZER_MIN_REQUEUES, shards_status, status_after_finalizer,
 };
 use crate::store::payload::{self, NewEvent};
-use crate::store::transition::{JobFence, decide, outcome_error};
+use crate::store::transition::{JobFence, RetryOn, decide, outcome_error};
 use crate::store::{
     AbortOutcome, ClaimOutcome, ClaimedJob, DeliveryNext, DeliveryRecordParams, FinishOutcome,
     HeartbeatOutcome, JobClaimParams, JobFinishParams, JobProgressParams, JobStartParams,
     NodeHeartbeatParams, NodeRow, OutputAppendParams, PendingDelivery, PipelineNodeState,
-    PruneOutcome, RunCreateParams, RunCreated, change, claim_plan, summary,
+    PipelinePauseParams, PruneOutcome, RunCreateParams, RunCreated, ScheduleFireParams, change,
+    claim_plan, summary,
 };
 
 const STDOUT: i16 = 1;
 const STDERR: i16 = 2;
+/// Held jobs one claim releases at most (as on SQLite).
+const RELEASE_BATCH: i64 = 1000;
 /// Events deleted per pruned-run batch slot (as on SQLite).
 const EVENTS_PER_RUN_PRUNED: usize = 20;
 
@@ -85,18 +88,26 @@ impl<'a> Tx<'a> {
 }
 
 pub(super) async fn run_create(s: &PgStore, p: RunCreateParams) -> StoreResult<RunCreated> {
+    in_tx!(s, tx => create_in_tx(tx, &p).await?)
+}
+
+/// Writes a run, its jobs and their events in the open transaction (see [`run_create`]).
+async fn create_in_tx(tx: &mut Tx<'_>, p: &RunCreateParams) -> StoreResult<RunCreated> {
     let params_text = serde_json::to_string(&p.params).unwrap_or_else(|_| "{}".into());
     let shard_count = p.job_ids.len() as i64;
-    in_tx!(s, tx => {
+    Ok({
         let inserted = tx
             .query_opt(
                 "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor, idempotency_key,
-                                   created_at, has_finalizer, callback_url)
-                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10)
+                                   created_at, has_finalizer, callback_url, rerun_of, shards_done, priority, run_at,
+                                   scheduled_for)
+                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
                  ON CONFLICT (pipeline, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                  RETURNING id",
                 &[&p.run_id, &p.pipeline, &params_text, &shard_count, &p.triggered_by, &p.actor,
-                  &p.idempotency_key, &p.now, &p.has_finalizer, &p.callback_url],
+                  &p.idempotency_key, &p.now, &p.has_finalizer, &p.callback_url, &p.options.rerun_of,
+                  &(p.options.kept.len() as i64), &i64::from(p.options.priority), &p.options.not_before,
+                  &p.options.scheduled_for],
             )
             .await?;
         if inserted.is_none() {
@@ -127,23 +138,76 @@ pub(super) async fn run_create(s: &PgStore, p: RunCreateParams) -> StoreResult<R
                 existing_params: Some(serde_json::from_str(&params_text).unwrap_or_default()),
             }
         } else {
+            // A re-run's kept shards are terminal copies of the original's jobs; the rest
+            // are queued.
+            let kept: Vec<&str> = p.options.kept.iter().map(|k| k.job_id.as_str()).collect();
+            let queued: Vec<&str> = p
+                .job_ids
+                .iter()
+                .map(String::as_str)
+                .filter(|id| !kept.contains(id))
+                .collect();
+            let queued_index: Vec<i64> = p
+                .job_ids
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| !kept.contains(&id.as_str()))
+                .map(|(i, _)| i as i64)
+                .collect();
+            if !kept.is_empty() {
+                let from: Vec<&str> = p.options.kept.iter().map(|k| k.from_job.as_str()).collect();
+                let copied = tx
+                    .exec(
+                        "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, reason, attempt,
+                                           max_attempts, retry_backoff_ms, on_orphan, orphan_requeues,
+                                           max_orphan_requeues, run_after, node_id, exit_code, error, stdout_bytes,
+                                           stderr_bytes, truncated, created_at, claimed_at, started_at, finished_at,
+                                           kind, result, retry_on, kept_from)
+                         SELECT k.id, $3, j.pipeline, j.shard_index, j.shard_count, j.status, j.reason, j.attempt,
+                                j.max_attempts, j.retry_backoff_ms, j.on_orphan, j.orphan_requeues,
+                                j.max_orphan_requeues, j.run_after, j.node_id, j.exit_code, j.error, j.stdout_bytes,
+                                j.stderr_bytes, j.truncated, $4, j.claimed_at, j.started_at, j.finished_at,
+                                j.kind, j.result, j.retry_on, j.id
+                         FROM unnest($1::text[], $2::text[]) AS k(id, from_id)
+                         JOIN jobs j ON j.id = k.from_id AND j.finished_at IS NOT NULL",
+                        &[&kept, &from, &p.run_id, &p.now],
+                    )
+                    .await?;
+                if copied != kept.len() as u64 {
+                    return Err(StoreError::Conflict {
+                        message: "a kept shard's original job is gone or not finished".into(),
+                    });
+                }
+            }
+            let run_after = p.options.not_before.map_or(p.now, |t| t.max(p.now));
+            let held = claim_plan::held(run_after, p.now);
             tx.exec(
                 "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts,
-                                   retry_backoff_ms, on_orphan, max_orphan_requeues, run_after, created_at)
-                 SELECT t.id, $2, $3, t.ord - 1, $4, 'queued', $5, $6, $7, $8, $9, $9
-                 FROM unnest($1::text[]) WITH ORDINALITY AS t(id, ord)",
-                &[&p.job_ids, &p.run_id, &p.pipeline, &shard_count, &(p.policy.max_attempts as i64),
+                                   retry_backoff_ms, on_orphan, max_orphan_requeues, run_after, created_at, retry_on,
+                                   priority, held)
+                 SELECT t.id, $2, $3, t.idx, $4, 'queued', $5, $6, $7, $8, $12, $9, $10, $13, $14
+                 FROM unnest($1::text[], $11::bigint[]) AS t(id, idx)",
+                &[&queued, &p.run_id, &p.pipeline, &shard_count, &(p.policy.max_attempts as i64),
                   &p.policy.retry_backoff_ms, &p.policy.on_orphan, &(p.policy.max_orphan_requeues as i64),
-                  &p.now],
+                  &p.now, &p.policy.retry_on.to_column(), &queued_index, &run_after,
+                  &i64::from(p.options.priority), &held],
             )
             .await?;
             let events = p
                 .job_ids
                 .iter()
                 .enumerate()
+                .filter(|(_, id)| !kept.contains(&id.as_str()))
                 .map(|(i, job_id)| {
-                    payload::shard_created(&p.run_id, job_id, &p.pipeline, i as u32, shard_count as u32,
-                                           &p.triggered_by, p.actor.as_deref())
+                    payload::shard_created(
+                        &p.run_id,
+                        job_id,
+                        &p.pipeline,
+                        i as u32,
+                        shard_count as u32,
+                        &p.triggered_by,
+                        p.actor.as_deref(),
+                    )
                 })
                 .collect();
             tx.emit_many(events, p.now).await?;
@@ -178,6 +242,16 @@ async fn claim_in_tx(
     if !registered {
         return Ok(ClaimOutcome::default());
     }
+    // Held jobs that fell due (delayed runs, retries past their backoff) join the claim
+    // index: a range of `jobs_held`; rows another claim is releasing are skipped, not
+    // waited for.
+    tx.exec(
+        "UPDATE jobs SET held = false WHERE seq IN (
+             SELECT seq FROM jobs WHERE status = 'queued' AND held AND run_after <= $1
+             ORDER BY run_after LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        &[&p.now, &RELEASE_BATCH],
+    )
+    .await?;
     let mut running: HashMap<String, u32> = HashMap::new();
     if claim_plan::needs_counts(p) {
         // Serialise the count with every other claim that counts the same thing: the
@@ -225,14 +299,15 @@ async fn claim_in_tx(
         let rows = tx
             .query(
                 "SELECT c.seq, c.id, c.run_id, c.pipeline, c.shard_index, c.shard_count, c.attempt, c.params,
-                        c.kind, c.run_after
-                 FROM unnest($1::text[], $2::bigint[]) AS q(name, room)
+                        c.kind, c.run_after, c.priority
+                 FROM (SELECT u.name, u.room FROM unnest($1::text[], $2::bigint[]) AS u(name, room)
+                       WHERE NOT EXISTS (SELECT 1 FROM pipeline_state ps WHERE ps.pipeline = u.name AND ps.paused)) q
                  CROSS JOIN LATERAL (
                      SELECT j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt, r.params,
-                            j.kind, j.run_after
+                            j.kind, j.run_after, j.priority
                      FROM jobs j JOIN runs r ON r.id = j.run_id
-                     WHERE j.status = 'queued' AND j.pipeline = q.name AND j.run_after <= $3
-                     ORDER BY j.seq LIMIT q.room
+                     WHERE j.status = 'queued' AND j.pipeline = q.name AND j.held = false AND j.run_after <= $3
+                     ORDER BY j.priority DESC, j.seq LIMIT q.room
                      FOR UPDATE OF j SKIP LOCKED) c",
                 &[&names, &rooms, &p.now],
             )
@@ -255,6 +330,7 @@ async fn claim_in_tx(
                         params: serde_json::from_str(&params).unwrap_or_default(),
                         kind: JobKind::from_name(&kind),
                         due_at: r.get(9),
+                        priority: r.get::<_, i64>(10) as i32,
                     },
                 )
             })
@@ -284,8 +360,8 @@ async fn claim_in_tx(
     if out.jobs.len() < plan.want || plan.want == 0 {
         out.next_due = tx
             .query_opt(
-                "SELECT min(run_after) FROM jobs WHERE status = 'queued' AND attempt > 1 AND run_after > $1",
-                &[&p.now],
+                "SELECT min(run_after) FROM jobs WHERE status = 'queued' AND held",
+                &[],
             )
             .await?
             .and_then(|r| r.get::<_, Option<i64>>(0));
@@ -412,7 +488,7 @@ async fn fence_row(tx: &Tx<'_>, job_id: &str) -> StoreResult<Option<JobFence>> {
     Ok(tx
         .query_opt(
             "SELECT status, claim_seq, attempt, max_attempts, retry_backoff_ms, abort_requested, orphan_requeues,
-                    max_orphan_requeues, on_orphan, run_id, pipeline, shard_index, kind
+                    max_orphan_requeues, on_orphan, run_id, pipeline, shard_index, kind, retry_on
              FROM jobs WHERE id = $1 FOR UPDATE",
             &[&job_id],
         )
@@ -433,6 +509,7 @@ async fn fence_row(tx: &Tx<'_>, job_id: &str) -> StoreResult<Option<JobFence>> {
                 pipeline: r.get(10),
                 shard_index: r.get::<_, i64>(11) as u32,
                 kind: JobKind::from_name(&kind),
+                retry_on: RetryOn::from_column(r.get::<_, Option<&str>>(13)),
             }
         }))
 }
@@ -450,7 +527,7 @@ async fn finish_fenced(tx: &mut Tx<'_>, p: &JobFinishParams) -> StoreResult<Fini
     if !row.is_held_by(p.claim_seq) {
         return Ok(not_applied);
     }
-    let t = decide(&row, &p.outcome, p.now);
+    let t = decide(&row, &p.outcome, p.exit_code, p.now);
     let error = outcome_error(&p.outcome);
     let terminal = t.status.is_terminal();
     let finished_at = terminal.then_some(p.now);
@@ -458,7 +535,7 @@ async fn finish_fenced(tx: &mut Tx<'_>, p: &JobFinishParams) -> StoreResult<Fini
         .exec(
             "UPDATE jobs SET status = $3, reason = $4, attempt = $5, orphan_requeues = $6, run_after = $7,
                     exit_code = $8, error = $9, stdout_bytes = $10, stderr_bytes = $11, truncated = $12,
-                    finished_at = $13, result = $14
+                    finished_at = $13, result = $14, held = $15
              WHERE id = $1 AND claim_seq = $2 AND status = 'running'",
             &[
                 &p.job_id,
@@ -475,6 +552,7 @@ async fn finish_fenced(tx: &mut Tx<'_>, p: &JobFinishParams) -> StoreResult<Fini
                 &p.truncated,
                 &finished_at,
                 &p.result,
+                &(t.status == JobStatus::Queued && claim_plan::held(t.run_after, p.now)),
             ],
         )
         .await?;
@@ -559,9 +637,9 @@ async fn queue_finalizer(tx: &mut Tx<'_>, run_id: &str, now: i64) -> StoreResult
     let inserted = tx
         .query_opt(
             "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts, retry_backoff_ms,
-                               on_orphan, max_orphan_requeues, run_after, created_at, kind)
+                               on_orphan, max_orphan_requeues, run_after, created_at, kind, priority)
              SELECT $1, run_id, pipeline, shard_count, shard_count, 'queued', $4, retry_backoff_ms,
-                    'requeue', GREATEST(max_orphan_requeues, $5), $3, $3, 'finalize'
+                    'requeue', GREATEST(max_orphan_requeues, $5), $3, $3, 'finalize', priority
              FROM jobs WHERE run_id = $2 AND kind = 'shard' LIMIT 1
              ON CONFLICT (id) DO NOTHING
              RETURNING pipeline, shard_index",
@@ -948,5 +1026,86 @@ pub(super) async fn pipeline_node_set(s: &PgStore, st: PipelineNodeState) -> Sto
               &st.last_error, &st.updated_at],
         )
         .await?;
+    })
+}
+
+/// Pauses or resumes a pipeline (see [`crate::store::Store::pipeline_pause`]). The row is
+/// locked (or inserted) first, so two concurrent pauses emit one event.
+pub(super) async fn pipeline_pause(s: &PgStore, p: PipelinePauseParams) -> StoreResult<bool> {
+    in_tx!(s, tx => {
+        tx.exec(
+            "INSERT INTO pipeline_state (pipeline, paused, updated_at) VALUES ($1, false, $2)
+             ON CONFLICT (pipeline) DO NOTHING",
+            &[&p.pipeline, &p.now],
+        )
+        .await?;
+        let was: bool = tx
+            .query_opt(
+                "SELECT paused FROM pipeline_state WHERE pipeline = $1 FOR UPDATE",
+                &[&p.pipeline],
+            )
+            .await?
+            .map(|r| r.get(0))
+            .unwrap_or(false);
+        if was == p.paused {
+            false
+        } else {
+            let at = p.paused.then_some(p.now);
+            let by = if p.paused { p.actor.clone() } else { None };
+            tx.exec(
+                "UPDATE pipeline_state SET paused = $2, paused_at = $3, paused_by = $4, updated_at = $5
+                 WHERE pipeline = $1",
+                &[&p.pipeline, &p.paused, &at, &by, &p.now],
+            )
+            .await?;
+            tx.emit(payload::pipeline_paused(&p.pipeline, p.paused, p.actor.as_deref()), p.now)
+                .await?;
+            tx.kinds |= change::WORK;
+            true
+        }
+    })
+}
+
+/// Stores a schedule's next fire time unless the record holds that schedule already.
+pub(super) async fn schedule_init(
+    s: &PgStore,
+    pipeline: &str,
+    key: &str,
+    next_fire_at: i64,
+    now: i64,
+) -> StoreResult<bool> {
+    in_tx!(s, tx => {
+        tx.exec(
+            "INSERT INTO pipeline_state (pipeline, schedule_key, next_fire_at, updated_at)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (pipeline) DO UPDATE SET schedule_key = EXCLUDED.schedule_key,
+                 next_fire_at = EXCLUDED.next_fire_at, updated_at = EXCLUDED.updated_at
+             WHERE pipeline_state.schedule_key IS DISTINCT FROM EXCLUDED.schedule_key
+                OR pipeline_state.next_fire_at IS NULL",
+            &[&pipeline, &key, &next_fire_at, &now],
+        )
+        .await? == 1
+    })
+}
+
+/// Fires one tick (see [`crate::store::Store::schedule_fire`]): the conditional advance
+/// locks the record, so a racing node's advance waits, re-checks and changes nothing.
+pub(super) async fn schedule_fire(
+    s: &PgStore,
+    p: ScheduleFireParams,
+) -> StoreResult<Option<RunCreated>> {
+    in_tx!(s, tx => {
+        let advanced = tx
+            .exec(
+                "UPDATE pipeline_state SET next_fire_at = $4, updated_at = $5
+                 WHERE pipeline = $1 AND schedule_key = $2 AND next_fire_at = $3",
+                &[&p.pipeline, &p.key, &p.due, &p.next, &p.run.now],
+            )
+            .await?;
+        if advanced == 1 {
+            Some(create_in_tx(tx, &p.run).await?)
+        } else {
+            None
+        }
     })
 }
