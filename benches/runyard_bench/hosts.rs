@@ -18,14 +18,14 @@ use serde_json::{Value, json};
 use super::{get_json, ingest, median};
 
 /// A replica process: plain, or pid 1 of its own namespaces (`host`).
-struct Replica {
+pub(crate) struct Replica {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     host: bool,
 }
 
 impl Replica {
-    async fn start(config: &std::path::Path, host: Option<&str>) -> Replica {
+    pub(crate) async fn start(config: &std::path::Path, host: Option<&str>) -> Replica {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

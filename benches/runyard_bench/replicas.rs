@@ -10,69 +10,19 @@
 //!   can run the job; the job is the clock probe of (c). p50 / p99 over
 //!   `BENCH_WAKE_SAMPLES` triggers.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::hosts::Replica;
 use super::{clock_probe, get_json, now_ns, percentile, wait_finished};
 
-struct Replica {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Writes a config and starts one replica on it.
+/// Writes a config and starts one replica on it (a plain process: the same host).
 async fn replica(dir: &std::path::Path, name: &str, text: &str) -> Replica {
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(&config, text).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_runyard"))
-        .args([
-            "serve",
-            "-c",
-            config.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("RUNYARD_LOG", "warn")
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .env_remove("MAX_WORKERS")
-        .env_remove("RUNYARD_MAX_WORKERS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the runyard binary");
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "replica did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Replica { child, base }
+    Replica::start(&config, None).await
 }
 
 fn config(

@@ -290,18 +290,6 @@ impl Cluster {
         &self.hosts[i].base
     }
 
-    /// A request to whichever host answers first, from `from` on.
-    pub async fn get_any(&self, path: &str) -> serde_json::Value {
-        for h in &self.hosts {
-            if let Ok(r) = self.http.get(format!("{}{path}", h.base)).send().await
-                && r.status().is_success()
-            {
-                return r.json().await.unwrap();
-            }
-        }
-        panic!("no host answers {path}");
-    }
-
     /// Every host's own `/metrics` counter `name` (0 for hosts that are down).
     pub async fn counter(&self, i: usize, name: &str) -> u64 {
         let Ok(r) = self
@@ -362,7 +350,6 @@ pub struct Execution {
     pub claim_seq: i64,
     pub first_ns: u128,
     pub last_ns: u128,
-    pub ticks: usize,
 }
 
 /// Every execution recorded in `dir`.
@@ -382,7 +369,6 @@ pub fn executions(dir: &Path) -> Vec<Execution> {
                 claim_seq,
                 first_ns: *first,
                 last_ns: *last,
-                ticks: ticks.len(),
             });
         }
     }
