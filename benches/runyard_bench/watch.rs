@@ -188,14 +188,8 @@ pub async fn bench_watchers(runs: usize, watchers: usize, rounds: usize) {
             let streamed = readers.bytes();
             readers.close().await;
             wait_clients(&http, &server.base, 0).await;
-            // Freed memory goes back to the system over the allocator's decay time
-            // (jemalloc: ~10 s): the figure is the lowest RSS within 20 s of the close.
-            let closed = Instant::now();
-            let mut rss3 = server.rss_kib();
-            while closed.elapsed() < Duration::from_secs(20) {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                rss3 = rss3.min(server.rss_kib());
-            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let rss3 = server.rss_kib();
             let r = runs as f64 / secs;
             if clients > 0 {
                 let pc = (rss1 as f64 - rss0 as f64) / clients as f64;
