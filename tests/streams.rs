@@ -2,7 +2,8 @@
 //! half-sent requests and idle keep-alives all close within `client_idle_timeout`;
 //! late bodies are 408, never 503; at the connection cap new clients are refused at
 //! once while `/healthz` answers and jobs run on; hundreds of SSE clients each get
-//! every event once, in order; a log stream wakes only for its own job.
+//! every event once, in order; a gzip client decodes the same events as an
+//! identity one; a log stream wakes only for its own job.
 //!
 //! Every wait is on a condition or a socket with a timeout; the only pauses are a
 //! client's own behaviour (bytes sent late, on purpose).
@@ -539,4 +540,266 @@ async fn a_log_stream_wakes_only_for_its_own_job() {
     assert_eq!(end.data["status"], "completed");
     let want: Vec<String> = (0..40).map(|i| format!("line {i}")).collect();
     assert_eq!(lines, want);
+}
+
+/// Splits a whole HTTP/1.1 response into its head and its de-chunked body.
+fn head_and_body(response: &[u8]) -> (String, Vec<u8>) {
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&response[..split]).to_lowercase();
+    assert!(
+        head.contains("transfer-encoding: chunked"),
+        "an SSE body is chunked: {head}"
+    );
+    let mut rest = &response[split + 4..];
+    let mut body = Vec::new();
+    loop {
+        let line = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a chunk size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line]).unwrap().trim(), 16)
+            .expect("a hex chunk size");
+        rest = &rest[line + 2..];
+        if size == 0 {
+            return (head, body);
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+/// Opens `/api/events` on a raw socket (from `Last-Event-ID: from`, with extra header
+/// lines `headers`); the task returns everything read until the server closes it.
+async fn open_events(
+    addr: std::net::SocketAddr,
+    headers: &str,
+    from: i64,
+) -> tokio::task::JoinHandle<Vec<u8>> {
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    sock.write_all(
+        format!(
+            "GET /api/events HTTP/1.1\r\nHost: {addr}\r\nLast-Event-ID: {from}\r\n{headers}\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(async move { read_to_close(&mut sock, T).await })
+}
+
+/// (id, event, data) of every event in an SSE text, keep-alive comments left out.
+fn events_of(text: &[u8]) -> Vec<(Option<i64>, String, String)> {
+    let text = String::from_utf8(text.to_vec()).expect("SSE is UTF-8");
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty() && !e.starts_with(':'))
+        .map(|e| {
+            let field = |name: &str| {
+                e.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+            };
+            (
+                field("id:").map(|v| v.parse().unwrap()),
+                field("event:").expect("an event name"),
+                field("data:").expect("a data line"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_gzip_client_decodes_the_same_events_as_an_identity_client_and_a_valid_trailer_at_shutdown()
+ {
+    use std::io::Read;
+
+    let (mut s, _dir) = start(
+        "max_workers = 4",
+        "[pipelines.echo]\ncommand = [\"true\"]\n",
+    )
+    .await;
+    let plain = open_events(s.addr, "", 0).await;
+    let gzip = open_events(s.addr, "Accept-Encoding: br, gzip;q=0.8\r\n", 0).await;
+    let mut watcher = common::EventWatcher::connect(&s.base, 0);
+    let http = reqwest::Client::new();
+    let runs = 60;
+    for i in 0..runs {
+        let t: Value = http
+            .post(format!("{}/api/pipelines/echo/trigger", s.base))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(t["runId"].is_string());
+        if i == runs / 2 {
+            // One that joins in the middle: a replay of its own, then the shared batches.
+            watcher
+                .wait_count("run:completed", |_| true, runs / 4, T)
+                .await;
+        }
+    }
+    let late_from = watcher.seen[watcher.seen.len() / 2].id.unwrap();
+    let late = open_events(s.addr, "Accept-Encoding: gzip\r\n", late_from).await;
+    watcher.wait_count("run:completed", |_| true, runs, T).await;
+    // The server ends every stream at shutdown: the gzip bodies must end whole.
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(T).await, Some(0));
+
+    let (head, want) = head_and_body(&plain.await.unwrap());
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert!(head.contains("vary: accept-encoding"), "{head}");
+    let want_events = events_of(&want);
+    assert_eq!(
+        want_events
+            .iter()
+            .filter(|e| e.1 == "run:completed")
+            .count(),
+        runs
+    );
+    for (name, response, from) in [("gzip", gzip, 0), ("late gzip", late, late_from)] {
+        let (head, body) = head_and_body(&response.await.unwrap());
+        assert!(head.contains("content-encoding: gzip"), "{name}: {head}");
+        assert!(head.contains("vary: accept-encoding"), "{name}: {head}");
+        let mut decoded = Vec::new();
+        // Fails on a bad CRC, a wrong length or a missing trailer.
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut decoded)
+            .unwrap_or_else(|e| panic!("{name}: not a whole gzip stream: {e}"));
+        let expected: Vec<_> = want_events
+            .iter()
+            .filter(|e| e.0.is_some_and(|id| id > from))
+            .cloned()
+            .collect();
+        assert_eq!(
+            events_of(&decoded),
+            expected,
+            "{name}: the identity stream's events"
+        );
+        if from == 0 {
+            assert!(
+                body.len() * 2 < want.len(),
+                "{name}: {} gzip bytes for {} plain ones",
+                body.len(),
+                want.len()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn memory_returns_near_its_baseline_after_a_burst_of_sse_clients_closes() {
+    let (s, _dir) = start(
+        "max_workers = 2",
+        "[pipelines.echo]\ncommand = [\"true\"]\n",
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let sse_clients = || async {
+        let text = http
+            .get(format!("{}/metrics", s.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with("runyard_sse_clients "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+            .unwrap()
+    };
+    let runs = |n: usize| {
+        let http = http.clone();
+        let base = s.base.clone();
+        async move {
+            let mut last = String::new();
+            for _ in 0..n {
+                let t: Value = http
+                    .post(format!("{base}/api/pipelines/echo/trigger"))
+                    .json(&json!({}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                last = t["runId"].as_str().unwrap().to_string();
+            }
+            eventually(T, "the runs to finish", || {
+                let (http, url) = (http.clone(), format!("{base}/api/runs/{last}"));
+                async move {
+                    let run: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+                    run["status"] == "completed"
+                }
+            })
+            .await;
+        }
+    };
+    let open = |n: usize| async move {
+        let mut socks = Vec::new();
+        for _ in 0..n {
+            let mut sock = TcpStream::connect(s.addr).await.unwrap();
+            sock.write_all(
+                format!("GET /api/events HTTP/1.1\r\nHost: {}\r\n\r\n", s.addr).as_bytes(),
+            )
+            .await
+            .unwrap();
+            socks.push(sock);
+        }
+        socks
+    };
+    // Warm up what stays (caches, per-thread state), so the baseline is the server's own.
+    let warm = open(20).await;
+    runs(50).await;
+    drop(warm);
+    eventually(T, "the warm-up clients to go", || async {
+        sse_clients().await == 0
+    })
+    .await;
+    let baseline = s.rss_kib();
+
+    // The burst: 1,000 SSE clients that read what the runs send them.
+    let socks = open(1000).await;
+    let mut readers = tokio::task::JoinSet::new();
+    for mut sock in socks {
+        readers.spawn(async move {
+            let mut buf = vec![0u8; 16 << 10];
+            while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
+        });
+    }
+    eventually(T, "1,000 clients to subscribe", || async {
+        sse_clients().await == 1000
+    })
+    .await;
+    runs(100).await;
+    let peak = s.rss_kib();
+    let growth = peak.saturating_sub(baseline);
+    assert!(
+        growth > 8 << 10,
+        "the burst must cost memory for the test to mean anything: {baseline} → {peak} KiB"
+    );
+    readers.abort_all();
+    while readers.join_next().await.is_some() {}
+    eventually(T, "the clients to go", || async {
+        sse_clients().await == 0
+    })
+    .await;
+    let allowed = baseline + growth / 3;
+    eventually(
+        Duration::from_secs(20),
+        "RSS back near its baseline",
+        || async { s.rss_kib() <= allowed },
+    )
+    .await;
+    eprintln!(
+        "RSS {baseline} KiB → {peak} KiB with 1,000 clients → {} KiB after they closed",
+        s.rss_kib()
+    );
+    // Not by losing anything: the server still serves and runs.
+    runs(5).await;
 }

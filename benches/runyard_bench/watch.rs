@@ -2,9 +2,10 @@
 //!
 //! - End-to-end throughput of `/bin/true` runs (as (a), `max_workers = 2`) with no
 //!   SSE client and with `BENCH_WATCHERS` idle `/api/events` clients (real sockets
-//!   that read and discard), rounds alternating; the server's RSS before the
-//!   clients, with them, after the runs and after they all closed; the server's CPU
-//!   time during the runs.
+//!   that read and discard), identity-encoded (as `curl -N`) and asking for gzip
+//!   (as a browser's `EventSource` does), rounds alternating; the server's RSS
+//!   before the clients, with them, after the runs and after they all closed; the
+//!   server's CPU time during the runs.
 //! - 100 busy jobs (a line every 20 ms, flushed every 100 ms, the fastest flush a
 //!   config allows) with no viewer and then with one log-stream viewer per job: the
 //!   server's CPU over the same window, as a share of one core.
@@ -59,15 +60,23 @@ async fn wait_clients(http: &reqwest::Client, base: &str, n: u64) {
     }
 }
 
-/// Opens `n` SSE clients on `path` that read everything and discard it.
-async fn open_readers(base: &str, paths: &[String], read: &Arc<AtomicU64>) -> JoinSet<()> {
+/// Opens an SSE client on each of `paths` that reads everything and discards it;
+/// `headers` are extra request header lines (each ending in CRLF).
+async fn open_readers(
+    base: &str,
+    paths: &[String],
+    headers: &str,
+    read: &Arc<AtomicU64>,
+) -> JoinSet<()> {
     let addr = base.trim_start_matches("http://").to_string();
     let mut set = JoinSet::new();
     for path in paths {
         let mut sock = TcpStream::connect(&addr).await.unwrap();
         sock.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
-                .as_bytes(),
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{headers}\r\n"
+            )
+            .as_bytes(),
         )
         .await
         .unwrap();
@@ -91,9 +100,23 @@ pub async fn reader_process(spec: &str) {
     let (base, count) = spec.split_once('|').unwrap();
     let paths = vec!["/api/events".to_string(); count.parse().unwrap()];
     let read = Arc::new(AtomicU64::new(0));
-    let mut set = open_readers(base, &paths, &read).await;
+    let mut set = open_readers(base, &paths, "", &read).await;
     println!("ready");
     while set.join_next().await.is_some() {}
+}
+
+/// What the clients of a round are.
+#[derive(Clone, Copy, PartialEq)]
+enum Audience {
+    None,
+    /// Identity-encoded streams (as `curl -N`), read in this process.
+    Plain,
+    /// `Accept-Encoding: gzip` (as every browser's `EventSource`), read in this process
+    /// and not decompressed: like the plain ones, which do not parse SSE, they stand
+    /// for a viewer whose own work is done on its own machine.
+    Gzip,
+    /// Identity-encoded, read by a child process at `nice 19`.
+    Niced,
 }
 
 /// Clients of one round: in this process, or in a niced child process.
@@ -103,8 +126,8 @@ enum Readers {
 }
 
 impl Readers {
-    async fn open(base: &str, n: usize, niced: bool) -> Readers {
-        if niced {
+    async fn open(base: &str, n: usize, audience: Audience) -> Readers {
+        if audience == Audience::Niced {
             let child = std::process::Command::new("nice")
                 .args(["-n", "19"])
                 .arg(std::env::current_exe().unwrap())
@@ -116,7 +139,11 @@ impl Readers {
         } else {
             let read = Arc::new(AtomicU64::new(0));
             let paths = vec!["/api/events".to_string(); n];
-            let set = open_readers(base, &paths, &read).await;
+            let headers = match audience {
+                Audience::Gzip => "Accept-Encoding: gzip, deflate, br, zstd\r\n",
+                _ => "",
+            };
+            let set = open_readers(base, &paths, headers, &read).await;
             Readers::Here(set, read)
         }
     }
@@ -147,16 +174,24 @@ pub async fn bench_watchers(runs: usize, watchers: usize, rounds: usize) {
     println!(
         "(h) watchers: {runs} /bin/true runs (max_workers = 2) with 0 and with {watchers} idle /api/events clients"
     );
-    let mut rate = [Vec::new(), Vec::new(), Vec::new()];
-    let mut cpu = [Vec::new(), Vec::new(), Vec::new()];
+    let audiences = [
+        Audience::None,
+        Audience::Plain,
+        Audience::Gzip,
+        Audience::Niced,
+    ];
+    let mut rate = vec![Vec::new(); audiences.len()];
+    let mut cpu = vec![Vec::new(); audiences.len()];
     let mut per_conn = Vec::new();
     let mut after_runs = Vec::new();
     let mut after_close = Vec::new();
     for round in 1..=rounds {
-        for (k, (clients, niced)) in [(0, false), (watchers, false), (watchers, true)]
-            .into_iter()
-            .enumerate()
-        {
+        for (k, audience) in audiences.into_iter().enumerate() {
+            let clients = if audience == Audience::None {
+                0
+            } else {
+                watchers
+            };
             let server = Server::start(
                 "max_workers = 2",
                 "[pipelines.noop]\ncommand = [\"/bin/true\"]\n",
@@ -165,7 +200,7 @@ pub async fn bench_watchers(runs: usize, watchers: usize, rounds: usize) {
             let http = reqwest::Client::new();
             tokio::time::sleep(Duration::from_millis(300)).await;
             let rss0 = server.rss_kib();
-            let readers = Readers::open(&server.base, clients, niced).await;
+            let readers = Readers::open(&server.base, clients, audience).await;
             wait_clients(&http, &server.base, clients as u64).await;
             let rss1 = server.rss_kib();
             let cpu0 = cpu_secs(server.pid());
@@ -188,12 +223,22 @@ pub async fn bench_watchers(runs: usize, watchers: usize, rounds: usize) {
             let streamed = readers.bytes();
             readers.close().await;
             wait_clients(&http, &server.base, 0).await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let rss3 = server.rss_kib();
+            // The lowest RSS within a while of the close (an allocator returns memory
+            // in its own time).
+            let mut rss3 = server.rss_kib();
+            let settle = Instant::now();
+            while settle.elapsed() < Duration::from_secs(RSS_SETTLE_SECS) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                rss3 = rss3.min(server.rss_kib());
+            }
             let r = runs as f64 / secs;
             if clients > 0 {
                 let pc = (rss1 as f64 - rss0 as f64) / clients as f64;
-                let who = if niced { "niced clients" } else { "clients" };
+                let who = match audience {
+                    Audience::Gzip => "gzip clients",
+                    Audience::Niced => "niced clients",
+                    _ => "clients",
+                };
                 let clients_cpu = match streamed {
                     Some(b) => format!(
                         "the bench's clients {own:.2} s, {:.1} MiB streamed",
@@ -213,33 +258,42 @@ pub async fn bench_watchers(runs: usize, watchers: usize, rounds: usize) {
                 );
             } else {
                 println!(
-                    "    round {round}, no clients: {r:>5.0} runs/s ({secs:.2} s), server CPU {used:.2} s (the bench {own:.2} s)"
+                    "    round {round}, no clients: {r:>5.0} runs/s ({secs:.2} s), server CPU {used:.2} s (the bench {own:.2} s); RSS {:.1} MiB → {:.1} after the runs",
+                    rss0 as f64 / 1024.0,
+                    rss2 as f64 / 1024.0,
                 );
             }
             rate[k].push(r);
             cpu[k].push(used);
         }
     }
-    let (none, with, niced) = (
-        median(rate[0].clone()),
-        median(rate[1].clone()),
-        median(rate[2].clone()),
+    let rates: Vec<f64> = rate.iter().map(|r| median(r.clone())).collect();
+    let cpus: Vec<f64> = cpu.iter().map(|c| median(c.clone())).collect();
+    let share = |k: usize| 100.0 * rates[k] / rates[0];
+    println!(
+        "    median: {:.0} runs/s without clients; with {watchers} clients on the same cores: plain {:.0} = {:.0}%, gzip {:.0} = {:.0}%, plain niced {:.0} = {:.0}% (target ≥ 90%); server CPU {:.2} s / {:.2} s / {:.2} s / {:.2} s",
+        rates[0],
+        rates[1],
+        share(1),
+        rates[2],
+        share(2),
+        rates[3],
+        share(3),
+        cpus[0],
+        cpus[1],
+        cpus[2],
+        cpus[3],
     );
     println!(
-        "    median: {none:.0} runs/s without clients; with {watchers} clients on the same cores {with:.0} = {:.0}%, niced {niced:.0} = {:.0}% (target ≥ 90%); server CPU {:.2} s vs {:.2} s vs {:.2} s",
-        100.0 * with / none,
-        100.0 * niced / none,
-        median(cpu[0].clone()),
-        median(cpu[1].clone()),
-        median(cpu[2].clone()),
-    );
-    println!(
-        "    RSS: {:.1} KiB per SSE connection; growth {:.1} MiB after the runs with {watchers} clients (target ≤ 50 MiB), {:.1} MiB once they closed\n",
+        "    RSS: {:.1} KiB per SSE connection; growth {:.1} MiB after the runs with {watchers} clients (target ≤ 50 MiB), {:.1} MiB once they closed (lowest within {RSS_SETTLE_SECS} s)\n",
         median(per_conn),
         median(after_runs),
         median(after_close),
     );
 }
+
+/// How long after the clients close the bench watches RSS fall.
+const RSS_SETTLE_SECS: u64 = 5;
 
 pub async fn bench_log_viewers(pg: Option<&str>, viewers: usize, rounds: usize) {
     let store = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
@@ -278,7 +332,7 @@ pub async fn bench_log_viewers(pg: Option<&str>, viewers: usize, rounds: usize) 
             .map(|id| format!("/api/jobs/{id}/logs/stream?tail=0"))
             .collect();
         let read = Arc::new(AtomicU64::new(0));
-        let mut readers = open_readers(&server.base, &paths, &read).await;
+        let mut readers = open_readers(&server.base, &paths, "", &read).await;
         wait_clients(&http, &server.base, viewers as u64).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let watched = measure().await;

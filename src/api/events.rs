@@ -33,8 +33,8 @@
 //! five reads a second, not ten. Test: `streams::a_log_stream_wakes_only_for_its_own_job`.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -48,6 +48,7 @@ use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio_util::sync::CancellationToken;
 
 use super::runs::JobIdParam;
+use super::sse_gzip::{GzipStream, Segment, accepts_gzip};
 use super::{ApiError, AppState, ErrorBody};
 use crate::model::JobStatus;
 use crate::store::{JobWake, Store, StoredEvent, change};
@@ -79,6 +80,8 @@ pub struct Batch {
     starts: Vec<usize>,
     /// The SSE text of every event, in order.
     wire: Bytes,
+    /// `wire` deflated, made by the first gzip client that sends the whole batch.
+    gzip: OnceLock<Segment>,
 }
 
 impl Batch {
@@ -96,6 +99,74 @@ impl Batch {
         let i = self.ids.binary_search(&cursor).ok()?;
         let from = self.starts.get(i + 1).copied().unwrap_or(self.wire.len());
         Some(self.wire.slice(from..))
+    }
+
+    /// The whole batch as a shared gzip segment.
+    fn gzip(&self) -> &Segment {
+        self.gzip.get_or_init(|| Segment::of(&self.wire))
+    }
+}
+
+/// How one client's stream is written: as is, or as gzip whose batches are compressed
+/// once for every gzip client (`sse_gzip`).
+enum Encoding {
+    Identity,
+    Gzip(GzipStream),
+}
+
+impl Encoding {
+    /// gzip when the request accepts it, with the bytes that must open the body.
+    fn negotiate(headers: &HeaderMap) -> (Encoding, Option<Bytes>) {
+        let gzip = headers
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(accepts_gzip);
+        if gzip {
+            let (stream, header) = GzipStream::start();
+            (Encoding::Gzip(stream), Some(header))
+        } else {
+            (Encoding::Identity, None)
+        }
+    }
+
+    /// A whole broadcast batch.
+    fn batch(&mut self, batch: &Batch) -> Bytes {
+        match self {
+            Encoding::Identity => batch.wire.clone(),
+            Encoding::Gzip(g) => g.send(batch.gzip()),
+        }
+    }
+
+    /// Bytes only this client sends (a slice, a replay, a `resync`).
+    fn own(&mut self, plain: Bytes) -> Bytes {
+        match self {
+            Encoding::Identity => plain,
+            Encoding::Gzip(g) => g.send(&Segment::of(&plain)),
+        }
+    }
+
+    fn keep_alive(&mut self) -> Bytes {
+        static GZIP: LazyLock<Segment> = LazyLock::new(|| Segment::of(KEEP_ALIVE_COMMENT));
+        match self {
+            Encoding::Identity => Bytes::from_static(KEEP_ALIVE_COMMENT),
+            Encoding::Gzip(g) => g.send(&GZIP),
+        }
+    }
+
+    /// What ends the body when the server ends the stream.
+    fn finish(self) -> Option<Bytes> {
+        match self {
+            Encoding::Identity => None,
+            Encoding::Gzip(g) => Some(g.finish()),
+        }
+    }
+
+    fn content_encoding(&self) -> Option<&'static str> {
+        match self {
+            Encoding::Identity => None,
+            Encoding::Gzip(_) => Some("gzip"),
+        }
     }
 }
 
@@ -183,6 +254,7 @@ fn batch_of(after: i64, events: &[StoredEvent]) -> Option<Batch> {
         ids,
         starts,
         wire: Bytes::from(wire),
+        gzip: OnceLock::new(),
     })
 }
 
@@ -310,8 +382,13 @@ pub(super) async fn events(
     let (pruned_through, live_from) = state.store.events_bounds().await?;
     let store = state.store.clone();
     let shutdown = state.shutdown.clone();
+    let (mut encoding, opening) = Encoding::negotiate(&headers);
+    let content_encoding = encoding.content_encoding();
     let stream = async_stream::stream! {
         let _permit = permit;
+        if let Some(opening) = opening {
+            yield Ok::<Bytes, Infallible>(opening);
+        }
         let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
         let mut wrote = false;
         let mut cursor = match resume {
@@ -319,11 +396,11 @@ pub(super) async fn events(
             Some(n) => {
                 if n < pruned_through {
                     wrote = true;
-                    yield Ok::<Bytes, Infallible>(SseEvent {
+                    yield Ok(encoding.own(SseEvent {
                         id: None,
                         event: "resync".into(),
                         data: json!({"lastEventId": n, "oldestRetained": pruned_through + 1}).to_string(),
-                    }.bytes());
+                    }.bytes()));
                 }
                 n
             }
@@ -337,7 +414,7 @@ pub(super) async fn events(
                         if let Some(b) = batch_of(cursor, &batch) {
                             cursor = b.last();
                             wrote = true;
-                            yield Ok(b.wire);
+                            yield Ok(encoding.own(b.wire));
                         }
                         replay = full;
                         continue;
@@ -355,7 +432,7 @@ pub(super) async fn events(
             };
             let Some(first) = first else {
                 if !std::mem::take(&mut wrote) {
-                    yield Ok(Bytes::from_static(KEEP_ALIVE_COMMENT));
+                    yield Ok(encoding.keep_alive());
                 }
                 continue;
             };
@@ -369,9 +446,17 @@ pub(super) async fn events(
                 match item {
                     // Already sent (a replay went past it).
                     Ok(b) if b.last() <= cursor => {}
+                    // The whole batch: the bytes every client shares.
+                    Ok(b) if b.prev == cursor => {
+                        cursor = b.last();
+                        let part = encoding.batch(&b);
+                        size += part.len();
+                        parts.push(part);
+                    }
                     Ok(b) => match b.after(cursor) {
                         Some(part) => {
                             cursor = b.last();
+                            let part = encoding.own(part);
                             size += part.len();
                             parts.push(part);
                         }
@@ -407,8 +492,25 @@ pub(super) async fn events(
                 break;
             }
         }
+        // The server ends the stream (shutdown, or a store that failed): a gzip body
+        // gets its trailer, so the client sees a whole stream, not a cut one.
+        if let Some(end) = encoding.finish() {
+            yield Ok(end);
+        }
     };
-    Ok(sse(stream))
+    let mut response = sse(stream);
+    let h = response.headers_mut();
+    h.insert(
+        header::VARY,
+        header::HeaderValue::from_static("accept-encoding"),
+    );
+    if let Some(coding) = content_encoding {
+        h.insert(
+            header::CONTENT_ENCODING,
+            header::HeaderValue::from_static(coding),
+        );
+    }
+    Ok(response)
 }
 
 /// Why a client's next batch is not there.

@@ -17,6 +17,9 @@
 //! - **Every connection is tracked**, so the drain after shutdown waits for
 //!   them (SSE streams end when the server's shutdown token is cancelled).
 //!
+//! While it serves, [`super::memory`] watches the number of open connections
+//! and gives a closed burst's memory back.
+//!
 //! Tests: `streams::at_the_connection_cap_new_clients_are_refused_quickly_healthz_answers_and_jobs_run_on`,
 //! `streams::thousands_of_half_sent_requests_and_idle_keep_alives_all_close_within_the_idle_timeout`.
 
@@ -76,6 +79,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let trimmer = {
+        let slots = slots.clone();
+        let cap = limits.max_connections;
+        tokio::spawn(super::memory::trim_after_bursts(move || {
+            cap - slots.available_permits()
+        }))
+    };
     let spares = Arc::new(Semaphore::new(SPARE_CONNECTIONS));
     let tracker = TaskTracker::new();
     let (closing_tx, closing) = watch::channel(false);
@@ -142,6 +152,7 @@ pub async fn serve(
     let _ = closing_tx.send(true);
     tracker.close();
     tracker.wait().await;
+    trimmer.abort();
     Ok(())
 }
 

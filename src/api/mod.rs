@@ -20,10 +20,12 @@ mod error;
 pub mod events;
 mod history;
 pub mod listen;
+mod memory;
 mod openapi;
 mod pipelines;
 mod rerun;
 mod runs;
+mod sse_gzip;
 mod stats;
 pub mod views;
 
