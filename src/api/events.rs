@@ -363,10 +363,16 @@ fn sse<S: Stream<Item = Result<Bytes, Infallible>> + Send + 'static>(stream: S) 
         ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, maximum = 9_223_372_036_854_775_807_i64,
             description = "Resume after this event id (replayed from the store); a `resync` event \
                 comes first when it was pruned. Without it the stream starts with new events."),
+        ("Accept-Encoding" = Option<String>, Header, nullable = false,
+            description = "With `gzip` (as browsers send) the stream is gzip-encoded, every write \
+                decodable on arrival (`Content-Encoding: gzip`)"),
     ),
     responses(
         (status = 200, description = "An endless SSE stream: `id:`, `event:` (the event name), \
-            `data:` (its JSON)", content_type = "text/event-stream", body = SseEvent),
+            `data:` (its JSON); gzip-encoded when the request accepts gzip",
+            content_type = "text/event-stream", body = SseEvent,
+            headers(("Content-Encoding" = String, description = "`gzip` when the request accepted it"),
+                    ("Vary" = String, description = "`accept-encoding`"))),
         (status = 400, description = "Last-Event-ID is not a non-negative integer", body = ErrorBody),
         (status = 503, description = "The store is unavailable or too many streams are open", body = ErrorBody),
     )
