@@ -94,13 +94,19 @@ async fn open_readers(
     set
 }
 
-/// The body of the niced reader process: `base|count`; opens `count` `/api/events`
-/// readers, prints `ready`, and reads until killed.
+/// The body of the niced reader process: `base|count` or `base|count|gzip`; opens
+/// `count` `/api/events` readers, prints `ready`, and reads until killed (also a way
+/// to hold clients on a server by hand, to profile it).
 pub async fn reader_process(spec: &str) {
-    let (base, count) = spec.split_once('|').unwrap();
+    let mut fields = spec.split('|');
+    let (base, count) = (fields.next().unwrap(), fields.next().unwrap());
+    let headers = match fields.next() {
+        Some("gzip") => "Accept-Encoding: gzip\r\n",
+        _ => "",
+    };
     let paths = vec!["/api/events".to_string(); count.parse().unwrap()];
     let read = Arc::new(AtomicU64::new(0));
-    let mut set = open_readers(base, &paths, "", &read).await;
+    let mut set = open_readers(base, &paths, headers, &read).await;
     println!("ready");
     while set.join_next().await.is_some() {}
 }
