@@ -63,6 +63,10 @@ use crate::model::JobStatus;
 use crate::store::{JobWake, Store, StoredEvent, change};
 
 const REPLAY_PAGE: usize = 500;
+/// Events the tailer reads at once: one pace's worth under a heavy stream of commits
+/// (1,000 runs/s are 4,000 events/s, 1,000 per 250 ms), so each client gets one write
+/// per pace and not one per page (every batch wakes every client).
+const TAILER_PAGE: usize = 2_000;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How often a log stream looks by itself when its store needs no poll (a safety net
 /// only: every change it must see wakes it).
@@ -216,14 +220,14 @@ impl EventTailer {
                 }
                 loop {
                     let after = t.last.load(Ordering::Acquire);
-                    let events = match store.events_after(after, REPLAY_PAGE).await {
+                    let events = match store.events_after(after, TAILER_PAGE).await {
                         Ok(b) => b,
                         Err(e) => {
                             tracing::warn!("event tailer read failed: {e}");
                             break;
                         }
                     };
-                    let full = events.len() == REPLAY_PAGE;
+                    let full = events.len() == TAILER_PAGE;
                     if let Some(batch) = batch_of(after, &events) {
                         t.last.fetch_max(batch.last(), Ordering::AcqRel);
                         let _ = t.tx.send(Arc::new(batch));
