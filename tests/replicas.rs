@@ -2,7 +2,8 @@
 //! bus: an abort through one replica stops every shard on all three (with Redis,
 //! with Redis stopped, and after it returns); a job's live log on one replica is
 //! streamed by another; an SSE client that moves between replicas with
-//! `Last-Event-ID` misses nothing and sees nothing twice.
+//! `Last-Event-ID` misses nothing and sees nothing twice; clients that join a
+//! freshly started replica while another commits miss none of its events.
 //!
 //! Needs `TEST_DATABASE_URL` and `TEST_REDIS_URL` (prints `SKIPPED(service)`
 //! without them). Each test has its own schema and bus prefix; the test that
@@ -386,4 +387,99 @@ async fn logs_and_events_follow_a_client_to_any_replica() {
         moving, expected,
         "moving between replicas: nothing missed, nothing twice"
     );
+}
+
+/// Triggers `quick` on `base` as fast as one client can until `stop` is set.
+async fn keep_triggering(base: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let http = reqwest::Client::new();
+    while !stop.load(Ordering::Relaxed) {
+        let (status, t) = post(
+            &http,
+            &format!("{base}/api/pipelines/quick/trigger"),
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 202, "{t}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_joining_a_freshly_started_replica_miss_none_of_another_replicas_events() {
+    let (Some(pg), Some(redis)) = (pg_url(), shared_url()) else {
+        return;
+    };
+    for bus in [true, false] {
+        let schema = Schema {
+            url: pg.clone(),
+            name: fresh_schema(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let bus_section = if bus {
+            format!(
+                "[bus]\nurl = \"{redis}\"\nprefix = \"{}\"\n",
+                fresh_prefix()
+            )
+        } else {
+            String::new()
+        };
+        let config = common::write_config(
+            dir.path(),
+            &format!(
+                "max_workers = 2\n[store]\nurl = \"{pg}\"\nschema = \"{}\"\npool_size = 4\n{bus_section}",
+                schema.name
+            ),
+            "[pipelines.quick]\ncommand = [\"true\"]\n",
+        );
+        let b = BinServer::start(&config, free_port()).await;
+        let mut reference = EventWatcher::connect(&b.base, 0);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = tokio::spawn(keep_triggering(b.base.clone(), stop.clone()));
+        // A starts while B commits; clients join it at once and a little later.
+        let a = BinServer::start(&config, free_port()).await;
+        let mut joined = Vec::new();
+        for pause_ms in [0, 0, 20, 100, 300, 1000] {
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await; // when each client joins
+            joined.push(common::sse_reader(format!("{}/api/events", a.base), None));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await; // how long B keeps committing
+        stop.store(true, Ordering::Relaxed);
+        load.await.unwrap();
+        // Every run B was asked for has completed, as B's reference client saw.
+        let (_, runs) = get(
+            &reqwest::Client::new(),
+            &format!("{}/api/runs?limit=1", b.base),
+        )
+        .await;
+        let newest = runs["runs"][0]["runId"].as_str().unwrap().to_string();
+        reference
+            .wait_for("run:completed", |d| d["runId"] == newest.as_str(), T)
+            .await;
+        let expected: Vec<i64> = reference.seen.iter().filter_map(|e| e.id).collect();
+        let end = *expected.last().unwrap();
+        for (k, rx) in joined.iter_mut().enumerate() {
+            let mut got: Vec<i64> = Vec::new();
+            while got.last().is_none_or(|id| *id < end) {
+                let msg = tokio::time::timeout(T, rx.recv())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!(
+                            "bus {bus}, client {k} on A: stuck at {:?} of {end}",
+                            got.last()
+                        )
+                    })
+                    .expect("the stream stays open");
+                got.extend(msg.id);
+            }
+            let from = expected
+                .iter()
+                .position(|id| *id == got[0])
+                .unwrap_or_else(|| panic!("bus {bus}, client {k}: {} is not B's", got[0]));
+            assert_eq!(
+                got,
+                expected[from..],
+                "bus {bus}, client {k} on A: every event from its first on, once, in order"
+            );
+        }
+        drop(schema);
+    }
 }
