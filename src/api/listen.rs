@@ -79,12 +79,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let trimmer = {
+    // Stops with this function, however it ends.
+    let _trimmer = {
         let slots = slots.clone();
         let cap = limits.max_connections;
-        tokio::spawn(super::memory::trim_after_bursts(move || {
-            cap - slots.available_permits()
-        }))
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(super::memory::trim_after_bursts(
+            move || cap - slots.available_permits(),
+        )))
     };
     let spares = Arc::new(Semaphore::new(SPARE_CONNECTIONS));
     let tracker = TaskTracker::new();
@@ -152,7 +153,6 @@ pub async fn serve(
     let _ = closing_tx.send(true);
     tracker.close();
     tracker.wait().await;
-    trimmer.abort();
     Ok(())
 }
 

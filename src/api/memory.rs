@@ -7,8 +7,10 @@
 //! cost the job throughput of bench (a) about 13 %, so instead a watcher asks
 //! glibc to give its free pages back (`malloc_trim`, which releases every
 //! arena's free pages, not just the top of the heap) when the number of open
-//! connections has fallen by at least [`BURST`] since its peak — once per
-//! burst, on a blocking thread, never on a request's path.
+//! connections has fallen by at least [`BURST`] since its peak, on a blocking
+//! thread, never on a request's path, and at most once per [`MIN_INTERVAL`]:
+//! a trim walks every arena under its lock, and a server whose clients come
+//! and go in waves should not pay for it every second.
 //!
 //! **Invariant: after a burst of connections closes, the server's RSS returns
 //! to near what it was before the burst.** Test:
@@ -23,17 +25,23 @@ pub const BURST: usize = 64;
 /// How often the watcher looks at the number of open connections.
 const CHECK: Duration = Duration::from_secs(1);
 
+/// Least time between two trims.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Watches `open()` (connections open now) until dropped, trimming after each burst.
 pub async fn trim_after_bursts(open: impl Fn() -> usize) {
     let mut peak = open();
+    let mut last_trim: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = open();
         peak = peak.max(now);
-        if peak - now >= BURST {
+        let rested = last_trim.is_none_or(|t| t.elapsed() >= MIN_INTERVAL);
+        if peak - now >= BURST && rested {
             peak = now;
+            last_trim = Some(tokio::time::Instant::now());
             let started = std::time::Instant::now();
             if let Ok(released) = tokio::task::spawn_blocking(trim).await {
                 tracing::debug!(

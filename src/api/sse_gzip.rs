@@ -44,8 +44,9 @@ pub struct Segment {
 }
 
 thread_local! {
-    /// One compressor per thread, reset for every segment (its state is a few hundred KiB,
-    /// too much to build per segment).
+    /// One compressor per thread, reset for every segment: it saves allocating its few
+    /// hundred KiB of state each time, not clearing them (a reset still writes them, so
+    /// even a tiny segment costs some tens of µs; per-client segments are rare).
     static COMPRESSOR: RefCell<Compress> = RefCell::new(Compress::new(Compression::fast(), false));
 }
 
@@ -128,9 +129,11 @@ pub fn accepts_gzip(accept_encoding: &str) -> bool {
     for item in accept_encoding.split(',') {
         let mut parts = item.split(';');
         let coding = parts.next().unwrap_or("").trim();
+        // A q-value that does not parse counts as a refusal.
         let q = parts
             .filter_map(|p| p.trim().strip_prefix("q=").or(p.trim().strip_prefix("Q=")))
-            .find_map(|v| v.trim().parse::<f32>().ok())
+            .map(|v| v.trim().parse::<f32>().unwrap_or(0.0))
+            .next()
             .unwrap_or(1.0);
         if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
             return q > 0.0;
@@ -252,5 +255,8 @@ mod tests {
         assert!(!accepts_gzip("gzip;q=0, *"));
         assert!(!accepts_gzip("*;q=0"));
         assert!(!accepts_gzip("gzipper"));
+        assert!(!accepts_gzip("gzip;q=x"));
+        // Several header lines are one list (joined by the caller).
+        assert!(!accepts_gzip("gzip;q=0,*"));
     }
 }
