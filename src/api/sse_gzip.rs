@@ -14,9 +14,10 @@
 //! dictionary and ended with a sync flush, which byte-aligns and leaves the
 //! stream open (no block is marked final). So any sequence of segments is a
 //! valid deflate stream, and a client's body is: the gzip header, then
-//! segments in order — a broadcast batch's, compressed once by whichever
-//! client sends it first and then shared (`Bytes` are reference counted), or
-//! one of its own (a slice of a batch, a replay, a keep-alive) — and, when the
+//! segments in order — a broadcast batch's, compressed once (by the tailer
+//! while gzip clients listen) and then shared (`Bytes` are reference counted),
+//! the keep-alive's (one per process), or one of its own (a slice of a batch,
+//! a replay, a `resync`) — and, when the
 //! server ends the stream, a final empty block and the trailer: the CRC-32 and
 //! length of everything sent, combined from the segments' own CRCs, so no
 //! client ever reads the bytes it sends.
