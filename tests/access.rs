@@ -416,21 +416,7 @@ async fn a_client_that_never_reads_is_dropped_and_jobs_never_wait_on_it() {
         "GET /api/jobs/{run_id}/logs/stream HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
     )
     .unwrap();
-    let clients = || async {
-        let text = s
-            .http
-            .get(format!("{}/metrics", s.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| l.starts_with("runyard_sse_clients "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap()
-    };
+    let clients = || async { common::metric(&s.http, &s.base, "runyard_sse_clients").await };
     // The test's own event stream is one client; the stalled reader makes two, then is dropped.
     eventually(T, "the stalled stream to open", || async {
         clients().await == 2

@@ -380,20 +380,8 @@ async fn hundreds_of_sse_clients_each_get_every_event_once_in_order() {
         ));
     }
     let http = reqwest::Client::new();
-    let sse_clients = || async {
-        let text = http
-            .get(format!("{}/metrics", s.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| l.starts_with("runyard_sse_clients "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
-            .unwrap()
-    };
+    let sse_clients =
+        || async { common::metric(&http, &s.base, "runyard_sse_clients").await as usize };
     eventually(T, "every client to subscribe", || async {
         sse_clients().await == clients
     })
@@ -719,20 +707,8 @@ async fn memory_returns_near_its_baseline_after_a_burst_of_sse_clients_closes() 
     )
     .await;
     let http = reqwest::Client::new();
-    let sse_clients = || async {
-        let text = http
-            .get(format!("{}/metrics", s.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| l.starts_with("runyard_sse_clients "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
-            .unwrap()
-    };
+    let sse_clients =
+        || async { common::metric(&http, &s.base, "runyard_sse_clients").await as usize };
     let runs = |n: usize| {
         let http = http.clone();
         let base = s.base.clone();

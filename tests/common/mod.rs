@@ -169,6 +169,25 @@ impl TestServer {
     }
 }
 
+/// The value of an unlabelled metric in `{base}/metrics` (panics when it is missing).
+pub async fn metric(http: &reqwest::Client, base: &str, name: &str) -> u64 {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' '))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} at {base}"))
+}
+
 pub async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
     let resp = http.get(url).send().await.expect("request");
     let status = resp.status().as_u16();
