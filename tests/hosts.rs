@@ -570,6 +570,122 @@ async fn postgres_cut_from_every_host_for_30s_loses_nothing_and_rescues_nobody()
     assert!(resumed < Duration::from_secs(10), "{resumed:?}");
 }
 
+/// Issue 19, point 1: a database that blinks for less than the lease — cut (refused,
+/// connections closed) or held (nothing moves) — twenty times under load fences no host
+/// after the heal, starts no job twice, and two executions of one job never overlap.
+/// The beat is 2 s, so the lease is 6 s and a host fences 5 s after its last accepted
+/// beat; each blink lasts 2.2 s, so before the fix (no retry until the next beat) a
+/// blink that swallowed two beats fenced its host after the heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_database_blinks_under_load_fence_nobody_after_the_heal_and_overlap_nothing() {
+    let Some(pg) = pg_url() else { return };
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let ticks = tempfile::tempdir().unwrap();
+    let pipelines = ticking_pipeline("work", ticks.path(), 0.6, "");
+    let c = Cluster::start(
+        &pg,
+        None,
+        3,
+        "heartbeat = \"2s\"\nmax_workers = 2",
+        &pipelines,
+        &[],
+    )
+    .await;
+    c.wait_nodes(0, 3).await;
+    const OUTAGE: Duration = Duration::from_millis(2200);
+    let mut runs = Vec::new();
+    for round in 0..20u64 {
+        for k in 0..6 {
+            runs.push(trigger(&c, k % 3, "work", json!({})).await);
+        }
+        let hold = round % 2 == 1;
+        for p in &c.proxies {
+            if hold { p.hold() } else { p.cut() }
+        }
+        let blink = Instant::now();
+        while blink.elapsed() < OUTAGE {
+            tokio::time::sleep(Duration::from_millis(20)).await; // the outage's length, not a sync
+        }
+        for p in &c.proxies {
+            p.heal();
+        }
+        let healed = Instant::now();
+        // Every host beats again before the next blink.
+        eventually(T, "every host to beat after the heal", || async {
+            let Ok(r) = c
+                .http
+                .get(format!("{}/api/workers", c.base(0)))
+                .send()
+                .await
+            else {
+                return false;
+            };
+            let w: Value = r.json().await.unwrap_or_default();
+            let since = healed.elapsed().as_millis() as i64;
+            w["workers"].as_array().is_some_and(|a| {
+                a.len() == 3
+                    && a.iter()
+                        .all(|n| n["heartbeatAgeMs"].as_i64().is_some_and(|age| age < since))
+            })
+        })
+        .await;
+        // Move the next blink's phase against the beats: 0.2–2.0 s of load in between.
+        let pause = Duration::from_millis(200 + (round * 733) % 1800);
+        while healed.elapsed() < pause {
+            tokio::time::sleep(Duration::from_millis(20)).await; // the workload's pace, not a sync
+        }
+    }
+    eventually(
+        Duration::from_secs(120),
+        "every run to complete",
+        || async {
+            let (_, page) = get(&c.http, &format!("{}/api/runs?limit=500", c.base(0))).await;
+            let done: Vec<&Value> = page["runs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["status"] == "completed")
+                .collect();
+            done.len() == runs.len()
+        },
+    )
+    .await;
+    let mut fences = 0;
+    for i in 0..3 {
+        fences += c.counter(i, "runyard_self_fences_total").await;
+        assert_eq!(c.counter(i, "runyard_nodes_declared_dead_total").await, 0);
+    }
+    // The ledger: each job's executions, from their own ticks.
+    let mut by_job: BTreeMap<String, Vec<Execution>> = BTreeMap::new();
+    for e in executions(ticks.path()) {
+        by_job.entry(e.job.clone()).or_default().push(e);
+    }
+    let mut overlaps = 0;
+    let mut twice = Vec::new();
+    for (job, execs) in by_job.iter_mut() {
+        execs.sort_by_key(|e| e.first_ns);
+        overlaps += execs
+            .windows(2)
+            .filter(|w| w[1].first_ns <= w[0].last_ns)
+            .count();
+        if execs.len() > 1 {
+            twice.push(job.clone());
+        }
+    }
+    println!(
+        "20 blinks of {OUTAGE:?} (cut and hold) over {} runs: {fences} fences, {overlaps} overlaps, {} jobs run twice",
+        runs.len(),
+        twice.len()
+    );
+    assert_eq!(by_job.len(), runs.len(), "every run's job ticked");
+    assert_eq!(overlaps, 0, "two executions of one job overlapped");
+    assert_eq!(
+        fences, 0,
+        "a host fenced itself after a blink shorter than its lease"
+    );
+    assert!(twice.is_empty(), "started twice: {twice:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_default_timings_a_dead_hosts_orphans_run_again_within_45s() {
     let Some(pg) = pg_url() else { return };

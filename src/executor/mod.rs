@@ -109,10 +109,12 @@ impl Running {
     }
 
     /// Waits for the leader to exit, ending the group on timeout or cancellation.
+    /// `grace` (SIGTERM to SIGKILL) is asked for when the process must be ended, so a
+    /// caller can shorten it by why it ends.
     pub async fn wait(
         mut self,
         timeout: Option<Duration>,
-        grace: Duration,
+        grace: impl Fn() -> Duration,
         cancel: CancellationToken,
     ) -> Exit {
         let deadline = async {
@@ -123,8 +125,8 @@ impl Running {
         };
         let (ending, status) = tokio::select! {
             status = self.child.wait() => (Ending::Exited, status),
-            _ = deadline => (Ending::TimedOut, self.terminate(grace).await),
-            _ = cancel.cancelled() => (Ending::Cancelled, self.terminate(grace).await),
+            _ = deadline => (Ending::TimedOut, self.terminate(grace()).await),
+            _ = cancel.cancelled() => (Ending::Cancelled, self.terminate(grace()).await),
         };
         // The leader is gone: end whatever it left behind in its group (and let the
         // subreaper sweep end what escaped the group).

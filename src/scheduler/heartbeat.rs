@@ -1,11 +1,13 @@
 //! Liveness and the slow paths that back up fast signals.
 //!
-//! - The heartbeat loop beats every `heartbeat` with the jobs this node runs;
+//! - The heartbeat loop beats every `heartbeat` with the jobs this node runs
+//!   (a failed beat is tried again within a quarter second, see `lease.rs`);
 //!   the store answers which of them must stop (aborted, or no longer this
 //!   node's claim), and whether this node was declared dead meanwhile (then
 //!   every local job is cancelled — its writes would be refused anyway — and
-//!   the node registers again). Each beat also hands back jobs this node no
-//!   longer runs and, now and then, runs the retention sweep.
+//!   the node registers again). The housekeeping loop, on the same period but
+//!   apart so it never delays a beat, hands back jobs this node no longer runs
+//!   and, now and then, runs the retention sweep.
 //! - The rescuer runs every half heartbeat; the lease watchdog every fifth of
 //!   one (self-fencing, see `lease.rs`).
 //! - The abort sweep reacts to the store's ABORT feed (this process's aborts;
@@ -20,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::abort::CancelCause;
-use super::{Inner, rescuer};
+use super::{Inner, lease, rescuer};
 use crate::bus::Signal;
 use crate::store::{AbortOutcome, NodeHeartbeatParams, StoreError, change};
 
@@ -30,6 +32,29 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 const PRUNE_BATCH: usize = 100;
 
 pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
+    let every = inner.settings.server.heartbeat;
+    let retry = lease::retry_every(every);
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = inner.stop_services.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let started = tokio::time::Instant::now();
+        // A failed beat is tried again within `retry`, not at the next beat: the lease
+        // must be renewed as soon as the store is back, before the watchdog judges it.
+        wait = if beat(&inner).await {
+            every.saturating_sub(started.elapsed())
+        } else {
+            retry
+        };
+    }
+}
+
+/// The slow chores that used to follow each beat, on their own clock so a store that
+/// hangs in one of them never delays a heartbeat: jobs this node no longer runs, and
+/// now and then the retention sweep.
+pub(super) async fn housekeeping_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(inner.settings.server.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune: Option<tokio::time::Instant> = None;
@@ -38,7 +63,6 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
             _ = inner.stop_services.cancelled() => break,
             _ = tick.tick() => {}
         }
-        beat(&inner).await;
         match rescuer::resolve_forgotten(&inner).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!("re-queued {n} job(s) this node no longer runs"),
@@ -69,7 +93,14 @@ pub(super) async fn rescue_loop(inner: Arc<Inner>) {
     }
 }
 
-async fn beat(inner: &Inner) {
+/// How long one heartbeat may take before it counts as failed (and is tried again on a
+/// fresh round trip): a held connection must not stall the lease's renewal.
+fn attempt_limit(heartbeat: Duration) -> Duration {
+    heartbeat.max(Duration::from_secs(1))
+}
+
+/// One heartbeat; true when the store accepted it (or a re-registration).
+async fn beat(inner: &Inner) -> bool {
     // The lease runs from *before* the round trip: the stored beat is no older.
     let started = std::time::Instant::now();
     let params = NodeHeartbeatParams {
@@ -77,7 +108,19 @@ async fn beat(inner: &Inner) {
         running: inner.registry.snapshot(),
         now: inner.store.clock_ms(),
     };
-    match inner.store.node_heartbeat(params).await {
+    let limit = attempt_limit(inner.settings.server.heartbeat);
+    let answer = match tokio::time::timeout(limit, inner.store.node_heartbeat(params)).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            inner.lease.failed();
+            tracing::warn!(
+                "heartbeat took longer than {:.1} s; trying again",
+                limit.as_secs_f64()
+            );
+            return false;
+        }
+    };
+    match answer {
         Ok(out) => {
             if out.registered && inner.lease.confirmed(started) {
                 tracing::info!("a heartbeat was accepted again: claiming jobs");
@@ -88,26 +131,33 @@ async fn beat(inner: &Inner) {
                     .registry
                     .cancel(job_id, *claim_seq, CancelCause::Abort);
             }
-            if !out.registered {
-                tracing::warn!(
-                    "this node was declared dead by a peer; stopping its jobs and registering again"
-                );
-                inner.registry.cancel_all(CancelCause::Lost);
-                let node = crate::store::NodeRow {
-                    heartbeat_at: inner.store.clock_ms(),
-                    ..inner.node.clone()
-                };
-                match inner.store.node_register(node).await {
-                    Ok(()) => {
-                        inner.lease.confirmed(started);
-                    }
-                    Err(e) => tracing::warn!("re-registration failed: {e}"),
+            if out.registered {
+                return true;
+            }
+            tracing::warn!(
+                "this node was declared dead by a peer; stopping its jobs and registering again"
+            );
+            inner.registry.cancel_all(CancelCause::Lost);
+            let node = crate::store::NodeRow {
+                heartbeat_at: inner.store.clock_ms(),
+                ..inner.node.clone()
+            };
+            match inner.store.node_register(node).await {
+                Ok(()) => {
+                    inner.lease.confirmed(started);
+                    true
+                }
+                Err(e) => {
+                    inner.lease.failed();
+                    tracing::warn!("re-registration failed: {e}");
+                    false
                 }
             }
         }
         Err(e) => {
             inner.lease.failed();
             tracing::warn!("heartbeat failed: {e}");
+            false
         }
     }
 }

@@ -29,7 +29,8 @@ use crate::executor::{Collector, Ending, Exit, Running, SpawnSpec};
 use crate::metrics::JobEnd;
 use crate::model::{JobKind, JobStatus, Reason};
 use crate::store::{
-    ClaimedJob, JobFinishParams, JobProgressParams, JobStartParams, Outcome, OutputAppendParams,
+    ClaimedJob, JobClaimParams, JobFinishParams, JobProgressParams, JobStartParams, Outcome,
+    OutputAppendParams,
 };
 
 /// A process that ends sooner has its start recorded in its finishing transaction.
@@ -168,15 +169,41 @@ async fn execute(
     // instead of two). Until then the abort handle (registered before spawn) and the
     // abort sweep cover aborts, and recovery finds the processes by their
     // RUNYARD_JOB_ID/RUNYARD_CLAIM_SEQ environment if the node dies meanwhile.
+    //
+    // While the store is unreachable the start is tried again (the process runs on; the
+    // lease watchdog stops it if the outage outlasts the lease): an outage alone never
+    // costs a running job its execution. If the process ends first, its finishing
+    // transaction records the start instead.
+    let exited = CancellationToken::new();
+    // True when the start is recorded (or need not be: the execution is being stopped).
     let record_start = async {
-        match inner.store.job_start(start.clone()).await {
-            Ok(Some(false)) => {}
-            Ok(Some(true)) => handle.cancel(CancelCause::Abort),
-            Ok(None) => handle.cancel(CancelCause::Lost),
-            Err(e) => {
-                tracing::warn!(job = %job.id, "cannot record the spawned process, killing it: {e}");
-                handle.cancel(CancelCause::Lost);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let attempt = JobStartParams {
+                now: inner.store.clock_ms(),
+                ..start.clone()
+            };
+            match inner.store.job_start(attempt).await {
+                Ok(Some(false)) => return true,
+                Ok(Some(true)) => handle.cancel(CancelCause::Abort),
+                Ok(None) => handle.cancel(CancelCause::Lost),
+                Err(e) if e.is_unavailable() && !handle.token().is_cancelled() => {
+                    if delay == Duration::from_millis(100) {
+                        tracing::warn!(job = %job.id, "cannot record the spawned process yet (retrying): {e}");
+                    }
+                    tokio::select! {
+                        _ = exited.cancelled() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job.id, "cannot record the spawned process, killing it: {e}");
+                    handle.cancel(CancelCause::Lost);
+                }
             }
+            return true;
         }
     };
     // Flushing, recording the start and waiting run side by side in this one task;
@@ -184,7 +211,15 @@ async fn execute(
     let flushing_done = CancellationToken::new();
     let flusher = flush_loop(inner, job, &collector, handle, &flushing_done);
     let run = async {
-        let wait = running.wait(pipeline.timeout, pipeline.kill_grace, handle.token());
+        // A lost execution (self-fence) gets a grace short enough to be gone before any
+        // peer may run the job again.
+        let grace = || match handle.cause() {
+            Some(CancelCause::Lost) => {
+                super::lease::kill_grace(inner.lease.length(), pipeline.kill_grace)
+            }
+            _ => pipeline.kill_grace,
+        };
+        let wait = running.wait(pipeline.timeout, grace, handle.token());
         tokio::pin!(wait);
         let early = tokio::select! {
             exit = &mut wait => Some(exit),
@@ -193,8 +228,13 @@ async fn execute(
         let (exit, unrecorded) = match early {
             Some(exit) => (exit, Some(start.clone())),
             None => {
-                let ((), exit) = tokio::join!(record_start, wait);
-                (exit, None)
+                let wait = async {
+                    let exit = wait.await;
+                    exited.cancel();
+                    exit
+                };
+                let (recorded, exit) = tokio::join!(record_start, wait);
+                (exit, (!recorded).then(|| start.clone()))
             }
         };
         flushing_done.cancel();
@@ -335,10 +375,19 @@ async fn finish(
     let mut attempt = 0u32;
     loop {
         attempt += 1;
+        // Every try reads the clock again, the claim of the next job too: a claim made
+        // after an outage must carry the time it was made (`claimed_at` is what the
+        // forgotten-job check trusts not to re-queue a job whose task is just starting).
+        let now = inner.store.clock_ms();
+        let claim_next = params
+            .claim_next
+            .clone()
+            .map(|c| JobClaimParams { now, ..c });
         match inner
             .store
             .job_finish(JobFinishParams {
-                now: inner.store.clock_ms(),
+                now,
+                claim_next,
                 ..params.clone()
             })
             .await

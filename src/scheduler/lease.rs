@@ -12,7 +12,13 @@
 //!   write can land over a new claim, the store's fence refuses it) and claims
 //!   nothing until a heartbeat confirms its registration again. The margin
 //!   keeps the self-fence ahead of any peer's rescue, whose clock reads at
-//!   least as late.
+//!   least as late, and leaves time to kill what runs (a lost execution gets
+//!   at most half the margin between SIGTERM and SIGKILL, [`kill_grace`]).
+//! - **No claim on a lease that may be about to lapse.** A node claims only
+//!   while its last heartbeat *attempt* succeeded. After an outage the
+//!   heartbeat is retried every [`retry_every`] (not at the next beat), and
+//!   claims resume only once one is accepted, which renews the lease: a job
+//!   claimed after a heal is never stopped by a fence that was already due.
 //! - **The observer guard.** A node judges others dead *by age* only after it has
 //!   itself beaten successfully for one whole lease. After a database outage
 //!   every stored heartbeat is old; without the guard the first node back would
@@ -33,11 +39,25 @@ pub(crate) fn margin(lease: Duration) -> Duration {
     (lease / 6).min(Duration::from_secs(5))
 }
 
+/// SIGTERM-to-SIGKILL grace for an execution stopped because its claim was lost
+/// (a self-fence): the pipeline's `kill_grace`, but at most half the margin, so the
+/// process is gone before any peer may judge the lease expired and run the job again.
+pub(crate) fn kill_grace(lease: Duration, pipeline_grace: Duration) -> Duration {
+    pipeline_grace.min(margin(lease) / 2)
+}
+
+/// How soon a failed heartbeat is tried again: a tenth of a beat, between 50 and
+/// 250 ms, so a healed store renews the lease long before the margin runs out.
+pub(crate) fn retry_every(heartbeat: Duration) -> Duration {
+    (heartbeat / 10).clamp(Duration::from_millis(50), Duration::from_millis(250))
+}
+
 #[derive(Debug)]
 struct State {
     /// Start of the last heartbeat the store accepted for this node.
     last_ok_start: Instant,
-    /// Since when every heartbeat succeeded (`None` after a failure).
+    /// Since when every heartbeat succeeded (`None` after a failure, until one is
+    /// accepted again).
     healthy_since: Option<Instant>,
     /// Jobs stopped for a lease no longer trusted, until a heartbeat confirms it.
     fenced: bool,
@@ -87,7 +107,8 @@ impl Lease {
         self.lock().healthy_since = None;
     }
 
-    /// True while the lease is trusted and no self-fence holds: jobs may be claimed.
+    /// True while the lease is trusted, no self-fence holds and the last heartbeat
+    /// attempt succeeded: jobs may be claimed.
     pub(crate) fn trusted(&self) -> bool {
         self.trusted_at(Instant::now())
     }
@@ -98,7 +119,7 @@ impl Lease {
 
     fn trusted_at(&self, now: Instant) -> bool {
         let s = self.lock();
-        !s.fenced && now < self.expires(&s)
+        !s.fenced && s.healthy_since.is_some() && now < self.expires(&s)
     }
 
     /// Sets the self-fence if the lease is no longer trusted; true when it was set now
@@ -156,6 +177,46 @@ mod tests {
         let beat = t0 + Duration::from_secs(26);
         assert!(lease.confirmed(beat), "a confirmed beat lifts the fence");
         assert!(lease.trusted_at(beat + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_failed_heartbeat_stops_claims_until_one_is_accepted_without_fencing() {
+        let t0 = Instant::now();
+        let lease = Lease::new(Duration::from_secs(30), t0);
+        lease.failed();
+        assert!(!lease.trusted_at(t0 + Duration::from_secs(1)), "no claims");
+        assert!(
+            !lease.fence_if_expired_at(t0 + Duration::from_secs(20)),
+            "but no fence while the lease holds"
+        );
+        let healed = t0 + Duration::from_secs(20);
+        assert!(!lease.confirmed(healed), "no fence to lift");
+        assert!(lease.trusted_at(healed + Duration::from_secs(1)));
+        assert!(
+            !lease.fence_if_expired_at(t0 + Duration::from_secs(26)),
+            "the accepted beat renewed the lease past the old fence time"
+        );
+    }
+
+    #[test]
+    fn a_lost_execution_is_killed_within_the_margin_and_retries_come_fast() {
+        let lease = Duration::from_secs(30);
+        assert_eq!(
+            kill_grace(lease, Duration::from_secs(10)),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            kill_grace(lease, Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            retry_every(Duration::from_secs(10)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            retry_every(Duration::from_millis(100)),
+            Duration::from_millis(50)
+        );
     }
 
     #[test]

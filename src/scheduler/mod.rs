@@ -294,6 +294,9 @@ impl Scheduler {
             .spawn(heartbeat::heartbeat_loop(inner.clone()));
         inner
             .services
+            .spawn(heartbeat::housekeeping_loop(inner.clone()));
+        inner
+            .services
             .spawn(heartbeat::abort_sweep_loop(inner.clone()));
         inner
             .services

@@ -221,7 +221,11 @@ async fn run_setup(
     let running = Running::spawn(spec, collector.clone())
         .map_err(|e| format!("cannot start {}: {e}", spec.program.display()))?;
     let timeout = pipeline.timeout.unwrap_or(DEFAULT_SETUP_TIMEOUT);
-    let wait = running.wait(Some(timeout), pipeline.kill_grace, ctx.stop.child_token());
+    let wait = running.wait(
+        Some(timeout),
+        || pipeline.kill_grace,
+        ctx.stop.child_token(),
+    );
     tokio::pin!(wait);
     // Keep only the last lines, draining as the setup writes so it never blocks on us.
     let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();

@@ -1,20 +1,34 @@
 //! A TCP fault proxy: sits between a server and PostgreSQL (or Redis) so a test can
-//! cut one replica off — every connection closed, new ones refused — and heal it,
-//! without touching the shared database server other tests use.
+//! fail one replica's database the ways networks fail, without touching the shared
+//! database server other tests use:
+//!
+//! - [`FaultProxy::cut`]: every connection closed, new ones refused (a crashed or
+//!   restarted server, a firewall that rejects);
+//! - [`FaultProxy::hold`]: connections stay open and new ones are accepted, but no
+//!   byte moves either way until the heal (a partition that drops packets; TCP
+//!   delivers what was held once it ends).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+/// What the proxy does with traffic now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mode {
+    /// Bumped on every cut: live connections close when it changes.
+    generation: u64,
+    /// New connections are refused.
+    refusing: bool,
+    /// Bytes wait in the proxy.
+    holding: bool,
+}
 
 /// A running proxy to `upstream`.
 pub struct FaultProxy {
     pub addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-    /// Bumped on every cut: live connections watch it and close.
-    generation: watch::Sender<u64>,
+    mode: watch::Sender<Mode>,
 }
 
 impl FaultProxy {
@@ -22,46 +36,87 @@ impl FaultProxy {
     pub async fn start(upstream: SocketAddr) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let cut = Arc::new(AtomicBool::new(false));
-        let (generation, _) = watch::channel(0u64);
-        let (cut2, gen2) = (cut.clone(), generation.clone());
+        let (mode, _) = watch::channel(Mode {
+            generation: 0,
+            refusing: false,
+            holding: false,
+        });
+        let modes = mode.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     break;
                 };
-                if cut2.load(Ordering::SeqCst) {
+                let watch = modes.subscribe();
+                if watch.borrow().refusing {
                     drop(client); // refused: closed at once
                     continue;
                 }
-                let mut closed = gen2.subscribe();
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let (mut client, mut server) = (client, server);
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = closed.changed() => {}
-                    }
-                });
+                tokio::spawn(forward(client, upstream, watch));
             }
         });
-        FaultProxy {
-            addr,
-            cut,
-            generation,
-        }
+        FaultProxy { addr, mode }
     }
 
     /// Closes every connection and refuses new ones until [`FaultProxy::heal`].
     pub fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
+        self.mode.send_modify(|m| {
+            m.generation += 1;
+            m.refusing = true;
+            m.holding = false;
+        });
     }
 
-    /// Accepts connections again.
+    /// Moves no byte on any connection, old or new, until [`FaultProxy::heal`].
+    pub fn hold(&self) {
+        self.mode.send_modify(|m| m.holding = true);
+    }
+
+    /// Accepts connections and moves bytes again.
     pub fn heal(&self) {
-        self.cut.store(false, Ordering::SeqCst);
+        self.mode.send_modify(|m| {
+            m.refusing = false;
+            m.holding = false;
+        });
+    }
+}
+
+async fn forward(client: TcpStream, upstream: SocketAddr, mode: watch::Receiver<Mode>) {
+    let Ok(server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let born = mode.borrow().generation;
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    tokio::select! {
+        _ = pump(client_read, server_write, mode.clone(), born) => {}
+        _ = pump(server_read, client_write, mode.clone(), born) => {}
+    }
+}
+
+/// Copies one direction, waiting while held; returns on EOF, an error or a cut.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+    born: u64,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = mode.wait_for(|m| m.generation != born) => return,
+        };
+        // Held bytes wait here; a cut while holding closes the connection.
+        let held = mode.wait_for(|m| !m.holding || m.generation != born).await;
+        let Ok(m) = held.map(|m| *m) else {
+            return;
+        };
+        if m.generation != born || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
