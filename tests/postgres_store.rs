@@ -176,6 +176,61 @@ async fn a_database_outage_answers_503_loses_nothing_and_work_resumes_within_10s
     drop_schema(&url, &schema).await;
 }
 
+/// Issue 19, point 2 (the reported smallest case): a job prints a line, the database
+/// goes away while it sleeps, it prints its last line and ends during the outage. After
+/// the heal its log holds both lines, once each, and its byte count is what is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_of_a_job_that_ends_during_an_outage_is_stored_once() {
+    let Some(url) = pg_url() else { return };
+    let schema = fresh_schema();
+    let proxy = FaultProxy::start(upstream(&url)).await;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().display();
+    let s = TestServer::start(
+        &format!(
+            "max_workers = 2\n{}",
+            store_toml(&via(&url, proxy.addr), &schema)
+        ),
+        &format!(
+            "[pipelines.blink]\ncommand = [\"sh\", \"-c\", \"echo line1; while [ ! -e {dir}/go ]; do sleep 0.02; done; \
+             echo line2; touch {dir}/ended\"]\n"
+        ),
+    )
+    .await;
+    let gate = Gate(work.path().join("go"));
+    let (status, t) = s.trigger("blink", json!({})).await;
+    assert_eq!(status, 202, "{t}");
+    let id = t["runId"].as_str().unwrap().to_string();
+    eventually(T, "line1 to be stored", || async {
+        s.get(&format!("/api/jobs/{id}/logs")).await.1["stdout"] == json!(["line1"])
+    })
+    .await;
+    proxy.cut();
+    gate.open();
+    let ended = work.path().join("ended");
+    eventually(T, "the job to end during the outage", || {
+        let ended = ended.clone();
+        async move { ended.exists() }
+    })
+    .await;
+    // Its last flush and its end fail now; the outage outlasts a few of their retries.
+    let cut = Instant::now();
+    while cut.elapsed() < Duration::from_millis(1500) {
+        tokio::time::sleep(Duration::from_millis(20)).await; // the outage's length, not a sync
+    }
+    assert_eq!(s.get("/api/runs").await.0, 503, "still down");
+    proxy.heal();
+    let mut events = s.events();
+    let run = s.wait_run(&mut events, &id, T).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    let (_, logs) = s.get(&format!("/api/jobs/{id}/logs")).await;
+    assert_eq!(logs["stdout"], json!(["line1", "line2"]), "{logs}");
+    let (_, job) = s.get(&format!("/api/jobs/{id}")).await;
+    assert_eq!(job["stdoutBytes"], 12, "{job}");
+    s.stop().await;
+    drop_schema(&url, &schema).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_work_and_see_each_others_events_logs_and_aborts() {
     let Some(url) = pg_url() else { return };

@@ -67,6 +67,16 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.stdout.is_empty() && self.stderr.is_empty()
     }
+
+    /// Adds `newer`'s lines behind this batch's, stream by stream.
+    pub fn append(&mut self, newer: Batch) {
+        self.stdout.extend(newer.stdout);
+        self.stderr.extend(newer.stderr);
+        self.oldest = match (self.oldest, newer.oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
 }
 
 /// Byte counts of a finished capture.
@@ -167,25 +177,6 @@ impl Collector {
         drop(st);
         self.drained.notify_waiters();
         batch
-    }
-
-    /// Returns lines a failed flush took, in front of any taken since, so the next flush
-    /// writes them in their original order. They were counted against the cap already.
-    pub fn put_back(&self, batch: Batch) {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        for (taken, s) in [(batch.stdout, &mut st.out), (batch.stderr, &mut st.err)] {
-            if taken.is_empty() {
-                continue;
-            }
-            s.pending_bytes += taken.iter().map(|l| l.len() + 1).sum::<usize>();
-            let newer = std::mem::replace(&mut s.pending, taken);
-            s.pending.extend(newer);
-        }
-        st.oldest = match (batch.oldest, st.oldest) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
     }
 
     /// Takes the latest progress report since the last call.

@@ -8,8 +8,9 @@
 //!   instead (one commit instead of two for short jobs);
 //! - if the spawned pid cannot be recorded, the child is killed (decision 11);
 //! - output is flushed on a timer with no overlap (one flush loop, skipped
-//!   ticks), once more after exit, and only then is the terminal state written,
-//!   so a finished job's log is complete when `job:completed` is emitted;
+//!   ticks), once more after exit — retried until it lands (`job_output.rs`) —
+//!   and only then is the terminal state written, so a finished job's log is
+//!   complete when `job:completed` is emitted;
 //! - the slot permit is held by this task and returned when it ends; the
 //!   finishing transaction may hand the same slot its next job.
 
@@ -22,22 +23,17 @@ use tokio_util::sync::CancellationToken;
 use super::Inner;
 use super::abort::{CancelCause, Handle};
 use super::claim::claim_params;
+use super::job_output::{OutputSink, Persist};
 use super::setup::{SetupBlocked, SetupContext};
 use super::workdir::WorkDir;
 use crate::config::Pipeline;
 use crate::executor::{Collector, Ending, Exit, Running, SpawnSpec};
 use crate::metrics::JobEnd;
 use crate::model::{JobKind, JobStatus, Reason};
-use crate::store::{
-    ClaimedJob, JobClaimParams, JobFinishParams, JobProgressParams, JobStartParams, Outcome,
-    OutputAppendParams,
-};
+use crate::store::{ClaimedJob, JobFinishParams, JobStartParams, Outcome};
 
 /// A process that ends sooner has its start recorded in its finishing transaction.
 const START_RECORD_DELAY: Duration = Duration::from_millis(20);
-
-/// Progress events are coalesced to at most this often per job.
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Runs `job` and then, on the same slot, whatever the finishing transaction claimed next.
 pub(super) async fn run(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
@@ -209,7 +205,8 @@ async fn execute(
     // Flushing, recording the start and waiting run side by side in this one task;
     // the flusher stops once the process has ended.
     let flushing_done = CancellationToken::new();
-    let flusher = flush_loop(inner, job, &collector, handle, &flushing_done);
+    let mut sink = OutputSink::new(inner, job, &collector, handle);
+    let flusher = sink.run_until(&flushing_done);
     let run = async {
         // A lost execution (self-fence) gets a grace short enough to be gone before any
         // peer may run the job again.
@@ -245,8 +242,7 @@ async fn execute(
     inner.metrics.job_duration(&job.pipeline, spawned.elapsed());
 
     let totals = collector.finish();
-    flush_output(inner, job, &collector, handle).await;
-    flush_progress(inner, job, &collector).await;
+    sink.finish().await;
 
     let outcome = outcome_of(&exit, handle.cause(), pipeline);
     let (result, result_error) = read_result(inner, work).await;
@@ -347,12 +343,6 @@ async fn finish(
     start: Option<JobStartParams>,
     result: Option<String>,
 ) -> Vec<ClaimedJob> {
-    // Refill the slot in the same transaction unless the node is stopping, holds
-    // claims for resources, or does not trust its own lease.
-    let claim_next = (!inner.stop_claiming.is_cancelled()
-        && inner.lease.trusted()
-        && inner.admission.check(&inner.settings.server))
-    .then(|| claim_params(inner, 1));
     let params = JobFinishParams {
         job_id: job.id.clone(),
         claim_seq: job.claim_seq,
@@ -361,37 +351,31 @@ async fn finish(
         stdout_bytes: totals.stdout,
         stderr_bytes: totals.stderr,
         truncated: totals.truncated,
-        now: inner.store.clock_ms(),
-        claim_next,
+        now: 0,
+        claim_next: None,
         start,
         result,
     };
-    // A terminal write that fails because the store is unavailable is retried until it lands,
-    // at least once a second, so the job's end is recorded within a second of the store coming
-    // back and its slot stays taken meanwhile (caps fail closed). A node that is shutting down,
-    // or a database error, gives up after 8 tries: the job then stays `running` and is
-    // resolved like any orphan (by the rescuer once the node is gone).
-    let mut delay = Duration::from_millis(100);
-    let mut attempt = 0u32;
+    // The end is retried until it lands (see `Persist`): the slot stays taken meanwhile
+    // (caps fail closed). Given up, the job stays `running` and is resolved like any
+    // orphan (by the rescuer once the node is gone).
+    let mut persist = Persist::new("the job's end");
     loop {
-        attempt += 1;
-        // Every try reads the clock again, the claim of the next job too: a claim made
-        // after an outage must carry the time it was made (`claimed_at` is what the
-        // forgotten-job check trusts not to re-queue a job whose task is just starting).
-        let now = inner.store.clock_ms();
-        let claim_next = params
-            .claim_next
-            .clone()
-            .map(|c| JobClaimParams { now, ..c });
-        match inner
-            .store
-            .job_finish(JobFinishParams {
-                now,
-                claim_next,
-                ..params.clone()
-            })
-            .await
-        {
+        // Each try refills the slot in the same transaction unless the node is stopping,
+        // holds claims for resources, or does not trust its own lease — judged, and the
+        // clock read, at that try: a claim made after an outage must carry the time it
+        // was made (`claimed_at` is what the forgotten-job check trusts not to re-queue a
+        // job whose task is just starting).
+        let claim_next = (!inner.stop_claiming.is_cancelled()
+            && inner.lease.trusted()
+            && inner.admission.check(&inner.settings.server))
+        .then(|| claim_params(inner, 1));
+        let attempt = JobFinishParams {
+            now: inner.store.clock_ms(),
+            claim_next,
+            ..params.clone()
+        };
+        match inner.store.job_finish(attempt).await {
             Ok(out) => {
                 if !out.applied {
                     tracing::info!(job = %job.id, "finish not applied: the claim is no longer ours");
@@ -404,89 +388,11 @@ async fn finish(
                 return out.next;
             }
             Err(e) => {
-                if attempt <= 3 || attempt.is_multiple_of(30) {
-                    tracing::warn!(job = %job.id, attempt, "cannot record the job's end (retrying): {e}");
-                }
-                // Waiting out an outage makes sense; a database error (a bug, a damaged
-                // store) does not go away by itself.
-                let outage = e.is_unavailable();
-                if attempt >= 8 && (inner.stop_claiming.is_cancelled() || !outage) {
-                    tracing::warn!(job = %job.id, "giving up on recording the job's end: {e}");
+                if !persist.again(inner, job, &e).await {
                     return Vec::new();
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
             }
         }
-    }
-}
-
-async fn flush_loop(
-    inner: &Inner,
-    job: &ClaimedJob,
-    collector: &Collector,
-    handle: &Handle,
-    done: &CancellationToken,
-) {
-    let every = inner.settings.server.output_flush_interval;
-    let start = tokio::time::Instant::now();
-    let mut output_tick = tokio::time::interval_at(start + every, every);
-    output_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut progress_tick = tokio::time::interval_at(start + PROGRESS_INTERVAL, PROGRESS_INTERVAL);
-    progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        // One loop does every flush in turn, so a flush never overlaps the previous one.
-        tokio::select! {
-            _ = done.cancelled() => break,
-            _ = output_tick.tick() => flush_output(inner, job, collector, handle).await,
-            _ = collector.flush_wanted() => flush_output(inner, job, collector, handle).await,
-            _ = progress_tick.tick() => flush_progress(inner, job, collector).await,
-        }
-    }
-}
-
-async fn flush_output(inner: &Inner, job: &ClaimedJob, collector: &Collector, handle: &Handle) {
-    let batch = collector.take();
-    if batch.is_empty() {
-        return;
-    }
-    let oldest = batch.oldest;
-    let params = OutputAppendParams {
-        job_id: job.id.clone(),
-        claim_seq: job.claim_seq,
-        stdout: batch.stdout.clone(),
-        stderr: batch.stderr.clone(),
-        now: inner.store.clock_ms(),
-    };
-    let retry = batch;
-    match inner.store.job_output_append(params).await {
-        Ok(true) => {
-            if let Some(t) = oldest {
-                inner.metrics.flush_lag.observe(t.elapsed());
-            }
-        }
-        Ok(false) => handle.cancel(CancelCause::Lost),
-        // Kept for the next flush (bounded by the per-stream cap): an outage loses no line.
-        Err(e) => {
-            tracing::warn!(job = %job.id, "output flush failed (kept for the next one): {e}");
-            collector.put_back(retry);
-        }
-    }
-}
-
-async fn flush_progress(inner: &Inner, job: &ClaimedJob, collector: &Collector) {
-    let Some((percent, message)) = collector.take_progress() else {
-        return;
-    };
-    let params = JobProgressParams {
-        job_id: job.id.clone(),
-        claim_seq: job.claim_seq,
-        percent,
-        message,
-        now: inner.store.clock_ms(),
-    };
-    if let Err(e) = inner.store.job_progress(params).await {
-        tracing::warn!(job = %job.id, "progress update failed: {e}");
     }
 }
 

@@ -17,6 +17,7 @@ mod admission;
 mod claim;
 mod heartbeat;
 mod job;
+mod job_output;
 mod lease;
 mod outbox;
 mod placement;

@@ -316,6 +316,10 @@ pub struct ClaimedJob {
     pub kind: JobKind,
     /// When it became due (epoch ms): queued, or its retry backoff ended.
     pub due_at: i64,
+    /// Output lines the job had stored when it was claimed: the line number its first
+    /// output line of this execution gets (appends are conditional on it, so a flush
+    /// retried after an ambiguous commit writes nothing twice).
+    pub output_lines: i64,
 }
 
 /// `job_claim` result.
@@ -355,6 +359,11 @@ pub struct OutputAppendParams {
     pub stderr: Vec<String>,
     /// The flush's time (epoch ms), stored with the chunk: every line of it shows this time.
     pub now: i64,
+    /// The line number the batch must start at (the job's stored line count). When the
+    /// log already ends at `first_line` + the batch's lines, the batch is taken as written
+    /// (a retry of a commit whose answer was lost) and nothing is added. `None` appends
+    /// wherever the log ends.
+    pub first_line: Option<i64>,
 }
 
 /// `job_progress` input.

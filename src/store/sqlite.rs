@@ -706,6 +706,7 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
                         kind: JobKind::from_name(r.get_ref(8)?.as_str()?),
                         due_at: r.get(9)?,
                         priority: r.get(10)?,
+                        output_lines: 0,
                     },
                 ))
             })?;
@@ -725,6 +726,7 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
             .optional()?
         {
             job.claim_seq = claim_seq;
+            job.output_lines = output_end(conn, &job.id)?;
             want -= 1;
             out.jobs.push(job);
         }
@@ -737,6 +739,25 @@ fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcom
             .query_row([], |r| r.get(0))?;
     }
     Ok(out)
+}
+
+/// What an output append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Append {
+    Written,
+    /// An earlier try of the same batch committed: nothing added.
+    Already,
+    /// Not this execution's claim, or the log does not end where the batch starts.
+    Refused,
+}
+
+/// The next line number of a job's log (its stored line count).
+fn output_end(conn: &Connection, job_id: &str) -> StoreResult<i64> {
+    Ok(conn
+        .prepare_cached("SELECT first_line + line_count FROM output WHERE job_id = ?1 ORDER BY first_line DESC LIMIT 1")?
+        .query_row(params![job_id], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
 }
 
 /// Records a spawned process (fenced); `None` when the claim is no longer ours, else
@@ -1126,19 +1147,21 @@ impl Store for SqliteStore {
 
     async fn job_output_append(&self, p: OutputAppendParams) -> StoreResult<bool> {
         let job_id = p.job_id.clone();
-        let applied = self.write(move |conn| {
+        let total = (p.stdout.len() + p.stderr.len()) as i64;
+        let appended = self.write(move |conn| {
             let live: Option<i64> = conn
                 .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1 AND claim_seq = ?2 AND status = 'running'")?
                 .query_row(params![p.job_id, p.claim_seq], |r| r.get(0))
                 .optional()?;
             if live.is_none() {
-                return Ok((false, 0));
+                return Ok((Append::Refused, 0));
             }
-            let mut next: i64 = conn
-                .prepare_cached("SELECT first_line + line_count FROM output WHERE job_id = ?1 ORDER BY first_line DESC LIMIT 1")?
-                .query_row(params![p.job_id], |r| r.get(0))
-                .optional()?
-                .unwrap_or(0);
+            let mut next = output_end(conn, &p.job_id)?;
+            match p.first_line {
+                Some(expected) if next == expected + total => return Ok((Append::Already, 0)),
+                Some(expected) if next != expected => return Ok((Append::Refused, 0)),
+                _ => {}
+            }
             let mut insert = conn.prepare_cached(
                 "INSERT INTO output (job_id, claim_seq, stream, first_line, line_count, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
@@ -1150,13 +1173,13 @@ impl Store for SqliteStore {
                 next += lines.len() as i64;
             }
             // No `change::OUTPUT`: after COMMIT only this job's followers wake.
-            Ok((true, 0))
+            Ok((Append::Written, 0))
         })
         .await?;
-        if applied {
+        if appended == Append::Written {
             self.feed.bump_output([job_id.as_str()]);
         }
-        Ok(applied)
+        Ok(appended != Append::Refused)
     }
 
     async fn job_progress(&self, p: JobProgressParams) -> StoreResult<bool> {
@@ -1519,14 +1542,7 @@ impl Store for SqliteStore {
 
     async fn job_output_len(&self, job_id: &str) -> StoreResult<i64> {
         let job_id = job_id.to_string();
-        self.read(move |conn| {
-            Ok(conn
-                .prepare_cached("SELECT first_line + line_count FROM output WHERE job_id = ?1 ORDER BY first_line DESC LIMIT 1")?
-                .query_row(params![job_id], |r| r.get(0))
-                .optional()?
-                .unwrap_or(0))
-        })
-        .await
+        self.read(move |conn| output_end(conn, &job_id)).await
     }
 
     async fn events_after(&self, after: i64, limit: usize) -> StoreResult<Vec<StoredEvent>> {

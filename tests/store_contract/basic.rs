@@ -272,6 +272,7 @@ pub async fn stale_and_repeated_finishes_change_nothing(f: &Factory) {
             stdout: vec!["late".into()],
             stderr: vec![],
             now: 30,
+            first_line: None,
         })
         .await
         .unwrap();
@@ -503,6 +504,7 @@ pub async fn output_lines_are_numbered_per_job_and_logs_keep_the_tail(f: &Factor
         stdout: lines(stdout),
         stderr: lines(stderr),
         now: 15,
+        first_line: None,
     };
     for (out, err) in [
         (&["a", "b"][..], &["e1"][..]),
@@ -929,6 +931,7 @@ pub async fn a_runs_events_come_without_progress_and_output_keeps_its_execution_
             stdout: vec!["a".into(), "b".into()],
             stderr: vec!["c".into()],
             now: 15,
+            first_line: None,
         })
         .await
         .unwrap();
@@ -1123,4 +1126,97 @@ pub async fn a_dead_nodes_row_is_removed_only_on_the_heartbeat_it_was_judged_by(
     assert!(!listed(store.nodes_list().await.unwrap()));
     // The node learns it on its next beat.
     assert!(!store.node_heartbeat(beat(300)).await.unwrap().registered);
+}
+
+/// Issue 19: an append names the line it must start at; a retry of a batch whose commit
+/// landed (its answer lost) adds nothing, a batch that does not start where the log ends
+/// is refused, and a new claim learns where the log ends.
+pub async fn an_append_retried_after_its_commit_adds_nothing(f: &Factory) {
+    let store = f.store().await;
+    create(&*store, 1).await;
+    let job = store.job_claim(claim(1)).await.unwrap().jobs.remove(0);
+    assert_eq!(job.output_lines, 0);
+    let append = |job: &ClaimedJob, first: i64, out: &[&str]| OutputAppendParams {
+        job_id: job.id.clone(),
+        claim_seq: job.claim_seq,
+        stdout: lines(out),
+        stderr: lines(&["err"]),
+        now: 15,
+        first_line: Some(first),
+    };
+    assert!(
+        store
+            .job_output_append(append(&job, 0, &["a", "b"]))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .job_output_append(append(&job, 0, &["a", "b"]))
+            .await
+            .unwrap(),
+        "a retry of a landed batch counts as written"
+    );
+    assert_eq!(
+        store.job_output_len(&job.id).await.unwrap(),
+        3,
+        "added once"
+    );
+    assert!(
+        !store
+            .job_output_append(append(&job, 2, &["c"]))
+            .await
+            .unwrap(),
+        "a batch that does not start where the log ends is refused"
+    );
+    assert!(
+        store
+            .job_output_append(append(&job, 3, &["c"]))
+            .await
+            .unwrap()
+    );
+    let stale = ClaimedJob {
+        claim_seq: job.claim_seq - 1,
+        ..job.clone()
+    };
+    assert!(
+        !store
+            .job_output_append(append(&stale, 5, &["x"]))
+            .await
+            .unwrap()
+    );
+    let got: Vec<String> = store
+        .job_output_after(&job.id, -1, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert_eq!(got, ["a", "b", "err", "c", "err"]);
+    // Handed back and claimed again: the next execution's lines follow on.
+    let requeue = Outcome::Requeue {
+        reason: Reason::Orphaned,
+    };
+    assert!(
+        store
+            .job_finish(finish(&job, requeue))
+            .await
+            .unwrap()
+            .applied
+    );
+    let again = store
+        .job_claim(claim_later(1))
+        .await
+        .unwrap()
+        .jobs
+        .remove(0);
+    assert_eq!(again.id, job.id);
+    assert_eq!(again.output_lines, 5);
+    assert!(
+        store
+            .job_output_append(append(&again, 5, &["d"]))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.job_output_len(&job.id).await.unwrap(), 7);
 }

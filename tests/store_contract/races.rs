@@ -595,6 +595,7 @@ pub async fn a_stale_executions_output_and_finish_change_nothing(f: &Factory) {
         stdout,
         stderr,
         now: 14,
+        first_line: None,
     };
     let progress = |job: &ClaimedJob, percent: u8, message: &str| JobProgressParams {
         job_id: job.id.clone(),

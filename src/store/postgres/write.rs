@@ -331,6 +331,7 @@ async fn claim_in_tx(
                         kind: JobKind::from_name(&kind),
                         due_at: r.get(9),
                         priority: r.get::<_, i64>(10) as i32,
+                        output_lines: 0,
                     },
                 )
             })
@@ -338,20 +339,21 @@ async fn claim_in_tx(
         let chosen = claim_plan::merge(candidates, plan.want);
         if !chosen.is_empty() {
             let seqs: Vec<i64> = chosen.iter().map(|(seq, _)| *seq).collect();
-            let claimed: HashMap<i64, i64> = tx
+            let claimed: HashMap<i64, (i64, i64)> = tx
                 .query(
                     "UPDATE jobs SET status = 'running', claim_seq = claim_seq + 1, node_id = $2, claimed_at = $3,
                             pid = NULL, proc_start = NULL, started_at = NULL, exit_code = NULL, abort_requested = false
-                     WHERE seq = ANY($1) AND status = 'queued' RETURNING seq, claim_seq",
+                     WHERE seq = ANY($1) AND status = 'queued' RETURNING seq, claim_seq, output_lines",
                     &[&seqs, &p.node_id, &p.now],
                 )
                 .await?
                 .iter()
-                .map(|r| (r.get(0), r.get(1)))
+                .map(|r| (r.get(0), (r.get(1), r.get(2))))
                 .collect();
             for (seq, mut job) in chosen {
-                if let Some(claim_seq) = claimed.get(&seq) {
+                if let Some((claim_seq, output_lines)) = claimed.get(&seq) {
                     job.claim_seq = *claim_seq;
+                    job.output_lines = *output_lines;
                     out.jobs.push(job);
                 }
             }
@@ -430,16 +432,29 @@ fn chunk(lines: &[String]) -> String {
 pub(super) async fn job_output_append(s: &PgStore, p: OutputAppendParams) -> StoreResult<bool> {
     let total = (p.stdout.len() + p.stderr.len()) as i64;
     in_tx!(s, tx => {
-        // Fence and line-number allocation in one statement.
+        // Fence, the expected first line and line-number allocation in one statement.
         let first = tx
             .query_opt(
                 "UPDATE jobs SET output_lines = output_lines + $3
-                 WHERE id = $1 AND claim_seq = $2 AND status = 'running' RETURNING output_lines - $3",
-                &[&p.job_id, &p.claim_seq, &total],
+                 WHERE id = $1 AND claim_seq = $2 AND status = 'running'
+                   AND ($4::bigint IS NULL OR output_lines = $4)
+                 RETURNING output_lines - $3",
+                &[&p.job_id, &p.claim_seq, &total, &p.first_line],
             )
             .await?;
         match first {
-            None => false,
+            // Not ours, or the log does not end where the batch starts: ours and already
+            // ending after this batch means an earlier try of it committed.
+            None => match p.first_line {
+                None => false,
+                Some(expected) => tx
+                    .query_opt(
+                        "SELECT output_lines FROM jobs WHERE id = $1 AND claim_seq = $2 AND status = 'running'",
+                        &[&p.job_id, &p.claim_seq],
+                    )
+                    .await?
+                    .is_some_and(|r| r.get::<_, i64>(0) == expected + total),
+            },
             Some(row) => {
                 let mut next: i64 = row.get(0);
                 for (stream, lines) in [(STDOUT, &p.stdout), (STDERR, &p.stderr)] {
