@@ -231,6 +231,92 @@ async fn output_of_a_job_that_ends_during_an_outage_is_stored_once() {
     drop_schema(&url, &schema).await;
 }
 
+/// Issue 19, points 3 and 4: one COMMIT in seven reaches PostgreSQL but its answer is
+/// lost. Every trigger is answered 202 (its run was created: it is read back, never a
+/// 503), no run is created twice, no job starts twice or late (a claim whose answer was
+/// lost is released at once, not found by the forgotten-job check a heartbeat later),
+/// and no log line is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_whose_answer_is_lost_create_start_and_log_nothing_twice() {
+    let Some(url) = pg_url() else { return };
+    let schema = fresh_schema();
+    let proxy = FaultProxy::start(upstream(&url)).await;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().display();
+    let s = TestServer::start(
+        &format!("max_workers = 2\n{}", store_toml(&via(&url, proxy.addr), &schema)),
+        &format!(
+            "[pipelines.amb]\ncommand = [\"sh\", \"-c\", \"date +%s%N >> {dir}/$RUNYARD_JOB_ID.runs; \
+             echo one; echo two\"]\n"
+        ),
+    )
+    .await;
+    proxy.cut_commits_every(7);
+    const RUNS: usize = 60;
+    let mut triggered = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..RUNS {
+        let key = format!("amb-{i}");
+        loop {
+            let at = common::hosts::now_ns();
+            let (status, t) = s.trigger("amb", json!({"idempotencyKey": key})).await;
+            if status == 202 {
+                triggered.push((t["runId"].as_str().unwrap().to_string(), at));
+                break;
+            }
+            refused.push(format!("{key}: {status} {t}"));
+            assert!(refused.len() < 20, "{refused:?}");
+        }
+    }
+    eventually(Duration::from_secs(60), "every run to complete", || async {
+        let (_, page) = s.get("/api/runs?limit=500").await;
+        page["runs"]
+            .as_array()
+            .is_some_and(|a| a.iter().filter(|r| r["status"] == "completed").count() >= RUNS)
+    })
+    .await;
+    proxy.cut_commits_every(0);
+    let (_, page) = s.get("/api/runs?limit=500").await;
+    let runs = page["runs"].as_array().unwrap().len();
+    let mut twice = Vec::new();
+    let mut late_ms: f64 = 0.0;
+    let mut duplicated = Vec::new();
+    for (id, at) in &triggered {
+        let ledger = std::fs::read_to_string(work.path().join(format!("{id}.runs"))).unwrap();
+        let starts: Vec<u128> = ledger.lines().filter_map(|l| l.parse().ok()).collect();
+        if starts.len() != 1 {
+            twice.push(id.clone());
+        }
+        late_ms = late_ms.max((starts[0] as f64 - *at as f64) / 1e6);
+        let (_, logs) = s.get(&format!("/api/jobs/{id}/logs")).await;
+        if logs["stdout"] != json!(["one", "two"]) {
+            duplicated.push(logs);
+        }
+    }
+    println!(
+        "{} commits cut over {RUNS} runs: {} triggers refused, {runs} runs stored, {} jobs started twice, \
+         latest start {late_ms:.0} ms after its trigger, {} logs wrong",
+        proxy.commits_cut(),
+        refused.len(),
+        twice.len(),
+        duplicated.len()
+    );
+    assert!(
+        proxy.commits_cut() >= 10,
+        "the proxy cut too few commits to mean anything"
+    );
+    assert!(refused.is_empty(), "triggers refused: {refused:?}");
+    assert_eq!(runs, RUNS, "a run was created twice");
+    assert!(twice.is_empty(), "started twice: {twice:?}");
+    assert!(duplicated.is_empty(), "logs: {duplicated:?}");
+    assert!(
+        late_ms < 5000.0,
+        "a job started {late_ms} ms after its trigger"
+    );
+    s.stop().await;
+    drop_schema(&url, &schema).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_work_and_see_each_others_events_logs_and_aborts() {
     let Some(url) = pg_url() else { return };

@@ -8,13 +8,28 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Inner, POLL_BACKSTOP, job};
+use super::{Inner, POLL_BACKSTOP, job, rescuer};
 use crate::store::{JobClaimParams, change};
 
-/// A claim of up to `max` jobs for this node.
+/// A claim of up to `max` jobs for this node, at a time no other claim of this node has
+/// (so a claim whose commit answer was lost can be found again by its `claimed_at`).
 /// Pipelines whose setup circuit is open on this node are left out.
 pub(super) fn claim_params(inner: &Inner, max: usize) -> JobClaimParams {
-    let now = inner.store.clock_ms();
+    use std::sync::atomic::Ordering;
+    let clock = inner.store.clock_ms();
+    let mut last = inner.last_claim_at.load(Ordering::Acquire);
+    let now = loop {
+        let now = clock.max(last + 1);
+        match inner.last_claim_at.compare_exchange_weak(
+            last,
+            now,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => break now,
+            Err(seen) => last = seen,
+        }
+    };
     JobClaimParams {
         node_id: inner.node.id.clone(),
         max,
@@ -45,7 +60,9 @@ pub(super) async fn claim_loop(inner: Arc<Inner>) {
         } else if free > 0 && !inner.admission.check(&inner.settings.server) {
             wait = POLL_BACKSTOP;
         } else if free > 0 {
-            match inner.store.job_claim(claim_params(&inner, free)).await {
+            let params = claim_params(&inner, free);
+            let claimed_at = params.now;
+            match inner.store.job_claim(params).await {
                 Ok(out) => {
                     let claimed = out.jobs.len();
                     for claimed_job in out.jobs {
@@ -68,6 +85,9 @@ pub(super) async fn claim_loop(inner: Arc<Inner>) {
                 }
                 Err(e) => {
                     tracing::warn!("claim failed: {e}");
+                    if e.is_ambiguous() {
+                        rescuer::release_lost_claims(&inner, &[claimed_at]).await;
+                    }
                     wait = Duration::from_millis(500);
                 }
             }

@@ -24,6 +24,7 @@ use super::Inner;
 use super::abort::{CancelCause, Handle};
 use super::claim::claim_params;
 use super::job_output::{OutputSink, Persist};
+use super::rescuer;
 use super::setup::{SetupBlocked, SetupContext};
 use super::workdir::WorkDir;
 use crate::config::Pipeline;
@@ -360,6 +361,8 @@ async fn finish(
     // (caps fail closed). Given up, the job stays `running` and is resolved like any
     // orphan (by the rescuer once the node is gone).
     let mut persist = Persist::new("the job's end");
+    // Times of claims whose commit answer was lost: the jobs they took are released.
+    let mut lost_claims = Vec::new();
     loop {
         // Each try refills the slot in the same transaction unless the node is stopping,
         // holds claims for resources, or does not trust its own lease — judged, and the
@@ -370,12 +373,22 @@ async fn finish(
             && inner.lease.trusted()
             && inner.admission.check(&inner.settings.server))
         .then(|| claim_params(inner, 1));
+        let claimed_at = claim_next.as_ref().map(|c| c.now);
         let attempt = JobFinishParams {
             now: inner.store.clock_ms(),
             claim_next,
             ..params.clone()
         };
-        match inner.store.job_finish(attempt).await {
+        let answer = inner.store.job_finish(attempt).await;
+        if let Err(e) = &answer
+            && e.is_ambiguous()
+        {
+            lost_claims.extend(claimed_at);
+        }
+        if !lost_claims.is_empty() && !matches!(&answer, Err(e) if e.is_unavailable()) {
+            rescuer::release_lost_claims(inner, &std::mem::take(&mut lost_claims)).await;
+        }
+        match answer {
             Ok(out) => {
                 if !out.applied {
                     tracing::info!(job = %job.id, "finish not applied: the claim is no longer ours");

@@ -205,6 +205,9 @@ pub(crate) struct Inner {
     claimer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Pipeline name → concurrency cap, for claims.
     claimable: HashMap<String, u32>,
+    /// The time of this node's last claim: every claim gets a time of its own, so a claim
+    /// whose commit answer was lost is found again by it (`claimed_at`).
+    last_claim_at: std::sync::atomic::AtomicI64,
     /// Pipeline setups and circuits on this node.
     setups: setup::Setups,
     /// This node's own lease: self-fencing and the observer guard.
@@ -258,6 +261,7 @@ impl Scheduler {
         let lease = lease::Lease::new(3 * settings.server.heartbeat, registering);
         let inner = Arc::new(Inner {
             slots: Arc::new(Semaphore::new(settings.server.max_workers)),
+            last_claim_at: std::sync::atomic::AtomicI64::new(0),
             settings,
             store,
             bus,
@@ -402,10 +406,9 @@ impl Scheduler {
             priority,
             ..Default::default()
         };
-        let created = self
-            .inner
-            .store
-            .run_create(RunCreateParams {
+        let created = create_run(
+            &self.inner.store,
+            RunCreateParams {
                 run_id: run.to_string(),
                 job_ids,
                 pipeline: pipeline.name.clone(),
@@ -418,8 +421,9 @@ impl Scheduler {
                 callback_url,
                 now,
                 options,
-            })
-            .await?;
+            },
+        )
+        .await?;
         let reused = created.existing
             && (created.existing_params.as_ref() != Some(&wanted_params)
                 || created.job_ids.len() != shards as usize);
@@ -494,8 +498,9 @@ impl Scheduler {
         if kept.len() == shards as usize {
             return Err(TriggerError::NothingToRerun(original.run_id));
         }
-        let created = store
-            .run_create(RunCreateParams {
+        let created = create_run(
+            store,
+            RunCreateParams {
                 run_id: run.to_string(),
                 job_ids,
                 pipeline: pipeline.name.clone(),
@@ -514,8 +519,9 @@ impl Scheduler {
                     priority: original.priority,
                     scheduled_for: None,
                 },
-            })
-            .await?;
+            },
+        )
+        .await?;
         let paused = self.is_paused(&pipeline.name).await?;
         Ok(Triggered {
             run_id: created.run_id,
@@ -737,3 +743,49 @@ const REAPER_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The delay before the claim loop looks again without a wake-up (the poll backstop).
 pub(crate) const POLL_BACKSTOP: Duration = Duration::from_secs(1);
+
+/// Creates a run, resolving a commit whose answer was lost (issue 19): the run is read
+/// back by its id (made here, so only this request could have written it) and reported
+/// created when it exists — a created run is never answered 503 — or created again when
+/// it does not (the lost commit did not happen; an idempotency key still dedupes).
+async fn create_run(
+    store: &Arc<dyn Store>,
+    params: RunCreateParams,
+) -> Result<crate::store::RunCreated, StoreError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match store.run_create(params.clone()).await {
+            Err(e) if e.is_ambiguous() && tries < 3 => {
+                tracing::warn!(run = %params.run_id, "the run's commit answer was lost; reading it back: {e}");
+                if read_back_run(store, &params.run_id).await? {
+                    return Ok(crate::store::RunCreated {
+                        run_id: params.run_id,
+                        job_ids: params.job_ids,
+                        created_at: params.now,
+                        existing: false,
+                        existing_params: None,
+                    });
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether run `run_id` exists, asked until the store answers (at most ~2 s).
+async fn read_back_run(store: &Arc<dyn Store>, run_id: &str) -> Result<bool, StoreError> {
+    let mut delay = std::time::Duration::from_millis(50);
+    let mut tries = 0;
+    loop {
+        match store.run_get(run_id).await {
+            Ok(run) => return Ok(run.is_some()),
+            Err(e) if e.is_unavailable() && tries < 6 => {
+                tries += 1;
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

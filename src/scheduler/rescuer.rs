@@ -129,6 +129,54 @@ pub(crate) async fn resolve_forgotten(inner: &Arc<Inner>) -> Result<usize, Store
     Ok(resolved)
 }
 
+/// Releases, at once, the jobs a claim of this node whose commit answer was lost may have
+/// taken (claimed at one of `claimed_at`, not running here, never started): back to the
+/// queue without spending an attempt or a requeue, instead of waiting for the
+/// forgotten-job check a heartbeat later. Every claim of a node has a time of its own
+/// (`claim::claim_params`), so no job of another claim is touched. If the store cannot
+/// be read now, that check still resolves them later.
+pub(crate) async fn release_lost_claims(inner: &Inner, claimed_at: &[i64]) {
+    let mut delay = std::time::Duration::from_millis(50);
+    let mut tries = 0;
+    let recorded = loop {
+        match inner.store.jobs_running_on(&inner.node.id).await {
+            Ok(jobs) => break jobs,
+            Err(e) if e.is_unavailable() && tries < 6 => {
+                tries += 1;
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot look for jobs a lost claim took (the forgotten-job check will): {e}"
+                );
+                return;
+            }
+        }
+    };
+    let live: std::collections::HashSet<(String, i64)> =
+        inner.registry.snapshot().into_iter().collect();
+    for job in recorded {
+        if !claimed_at.contains(&job.claimed_at)
+            || job.pid.is_some()
+            || live.contains(&(job.id.clone(), job.claim_seq))
+        {
+            continue;
+        }
+        let release = Outcome::Release {
+            reason: Reason::Orphaned,
+            error: Some("claimed by a commit whose answer was lost; released unstarted".into()),
+        };
+        match settle(inner, &job, release).await {
+            Ok(true) => tracing::info!(job = %job.id, "released a job a lost claim took"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(job = %job.id, "cannot release a job a lost claim took (the forgotten-job check will): {e}")
+            }
+        }
+    }
+}
+
 /// Kills what is left of an orphaned execution on this host; returns the groups signalled.
 fn kill_leftovers(job: &RunningJob) -> usize {
     match job.pid {
@@ -162,14 +210,20 @@ fn kill_leftovers(job: &RunningJob) -> usize {
 
 /// Re-queues or fails an orphaned execution by its pipeline's policy (one fenced write).
 async fn resolve(inner: &Inner, job: &RunningJob) -> Result<bool, StoreError> {
+    let requeue = Outcome::Requeue {
+        reason: Reason::Orphaned,
+    };
+    settle(inner, job, requeue).await
+}
+
+/// Ends an execution this node does not run with `outcome` (one fenced write).
+async fn settle(inner: &Inner, job: &RunningJob, outcome: Outcome) -> Result<bool, StoreError> {
     let out = inner
         .store
         .job_finish(JobFinishParams {
             job_id: job.id.clone(),
             claim_seq: job.claim_seq,
-            outcome: Outcome::Requeue {
-                reason: Reason::Orphaned,
-            },
+            outcome,
             exit_code: None,
             stdout_bytes: 0,
             stderr_bytes: 0,

@@ -4,7 +4,8 @@
 //! run the same transaction again ([`StoreError::Transient`]: a lock held too
 //! long, a serialization failure, a deadlock victim), tell the client to come
 //! back later ([`StoreError::Unavailable`]: the database cannot be reached —
-//! the API answers 503), report a conflict ([`StoreError::Conflict`]), or
+//! the API answers 503), read back what it wrote ([`StoreError::Ambiguous`]:
+//! the connection was lost after COMMIT was sent), report a conflict ([`StoreError::Conflict`]), or
 //! treat it as a bug ([`StoreError::Database`]). Each backend maps its own
 //! error codes onto these kinds in its module; the driver's error is kept as
 //! the source, so logs still show what the database said.
@@ -33,6 +34,17 @@ pub enum StoreError {
     /// down, pool exhausted): answer 503 and try again later. Nothing was written.
     #[error("store unavailable: {message}")]
     Unavailable {
+        /// What happened.
+        message: String,
+        /// The driver's error.
+        #[source]
+        source: Option<ErrorSource>,
+    },
+    /// The connection was lost after COMMIT was sent: the transaction may or may not
+    /// have committed. Running it again could apply it twice; a caller that must know
+    /// reads back what it wrote (a run by its id, a claim by its time).
+    #[error("store outcome unknown: {message}")]
+    Ambiguous {
         /// What happened.
         message: String,
         /// The driver's error.
@@ -105,12 +117,33 @@ impl StoreError {
         matches!(self, StoreError::Transient { .. })
     }
 
-    /// True when the client should be told to come back later (HTTP 503).
+    /// True when the client should be told to come back later (HTTP 503) unless the
+    /// caller resolves it (an ambiguous commit is read back where it matters).
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Transient { .. } | StoreError::Unavailable { .. } | StoreError::Closed
+            StoreError::Transient { .. }
+                | StoreError::Unavailable { .. }
+                | StoreError::Ambiguous { .. }
+                | StoreError::Closed
         )
+    }
+
+    /// True when the operation may have been applied although it failed.
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, StoreError::Ambiguous { .. })
+    }
+
+    /// A lost connection at COMMIT becomes [`StoreError::Ambiguous`]; anything else is
+    /// kept (a COMMIT refused by the server rolled back).
+    pub fn at_commit(self) -> Self {
+        match self {
+            StoreError::Unavailable { message, source } => StoreError::Ambiguous {
+                message: format!("connection lost at COMMIT: {message}"),
+                source,
+            },
+            other => other,
+        }
     }
 }
 

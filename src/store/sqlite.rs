@@ -766,7 +766,7 @@ fn start_in_tx(conn: &Connection, p: &JobStartParams) -> StoreResult<Option<bool
     let row: Option<(bool, String, String, u32, u32)> = conn
         .prepare_cached(
             "UPDATE jobs SET pid = ?3, proc_start = ?4, started_at = ?5
-             WHERE id = ?1 AND claim_seq = ?2 AND status = 'running'
+             WHERE id = ?1 AND claim_seq = ?2 AND status = 'running' AND pid IS NOT ?3
              RETURNING abort_requested, run_id, pipeline, shard_index, attempt",
         )?
         .query_row(
@@ -775,7 +775,13 @@ fn start_in_tx(conn: &Connection, p: &JobStartParams) -> StoreResult<Option<bool
         )
         .optional()?;
     let Some((abort_requested, run_id, pipeline, shard_index, attempt)) = row else {
-        return Ok(None);
+        // Recorded already (the same start again): no second event.
+        return Ok(conn
+            .prepare_cached(
+                "SELECT abort_requested FROM jobs WHERE id = ?1 AND claim_seq = ?2 AND status = 'running' AND pid = ?3",
+            )?
+            .query_row(params![p.job_id, p.claim_seq, p.pid], |r| r.get(0))
+            .optional()?);
     };
     conn.prepare_cached(
         "UPDATE runs SET status = 'running', started_at = ?2 WHERE id = ?1 AND status = 'queued'",

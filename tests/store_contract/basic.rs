@@ -1220,3 +1220,28 @@ pub async fn an_append_retried_after_its_commit_adds_nothing(f: &Factory) {
     );
     assert_eq!(store.job_output_len(&job.id).await.unwrap(), 7);
 }
+
+/// Issue 19: a start written again (a retry after a commit whose answer was lost) is
+/// taken as recorded and emits no second `job:started`.
+pub async fn a_start_recorded_twice_emits_one_started_event(f: &Factory) {
+    let store = f.store().await;
+    create(&*store, 1).await;
+    let job = store.job_claim(claim(1)).await.unwrap().jobs.remove(0);
+    let start = JobStartParams {
+        job_id: job.id.clone(),
+        claim_seq: job.claim_seq,
+        pid: 4242,
+        proc_start: 7,
+        now: 12,
+    };
+    assert_eq!(store.job_start(start.clone()).await.unwrap(), Some(false));
+    assert_eq!(store.job_start(start).await.unwrap(), Some(false));
+    let started = store
+        .events_after(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.name == "job:started")
+        .count();
+    assert_eq!(started, 1);
+}

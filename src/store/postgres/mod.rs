@@ -448,14 +448,17 @@ macro_rules! in_tx {
                 }
                 .map_err(|e| (e, false))?;
                 let kinds = tx.kinds;
-                tx.inner.commit().await.map_err(|e| (pg_err(e), true))?;
+                tx.inner
+                    .commit()
+                    .await
+                    .map_err(|e| (pg_err(e).at_commit(), true))?;
                 Ok((value, kinds))
             }
             .await;
             match attempt {
                 // A lost race always rolled back; a lost connection only before COMMIT
                 // (after it, the transaction may have committed: running it again could
-                // apply it twice, so the caller hears "unavailable" instead).
+                // apply it twice, so the caller hears "ambiguous" instead).
                 Err((e, at_commit))
                     if (e.is_transient()
                         || (!at_commit && matches!(e, StoreError::Unavailable { .. })))

@@ -380,7 +380,7 @@ async fn start_in_tx(tx: &mut Tx<'_>, p: &JobStartParams) -> StoreResult<Option<
     let Some(row) = tx
         .query_opt(
             "UPDATE jobs SET pid = $3, proc_start = $4, started_at = $5
-             WHERE id = $1 AND claim_seq = $2 AND status = 'running'
+             WHERE id = $1 AND claim_seq = $2 AND status = 'running' AND pid IS DISTINCT FROM $3
              RETURNING abort_requested, run_id, pipeline, shard_index, attempt",
             &[
                 &p.job_id,
@@ -392,7 +392,14 @@ async fn start_in_tx(tx: &mut Tx<'_>, p: &JobStartParams) -> StoreResult<Option<
         )
         .await?
     else {
-        return Ok(None);
+        // Recorded already (a retry after a commit whose answer was lost): no second event.
+        return Ok(tx
+            .query_opt(
+                "SELECT abort_requested FROM jobs WHERE id = $1 AND claim_seq = $2 AND status = 'running' AND pid = $3",
+                &[&p.job_id, &p.claim_seq, &(p.pid as i64)],
+            )
+            .await?
+            .map(|r| r.get(0)));
     };
     let run_id: String = row.get(1);
     let pipeline: String = row.get(2);
