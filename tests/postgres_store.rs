@@ -317,6 +317,99 @@ async fn commits_whose_answer_is_lost_create_start_and_log_nothing_twice() {
     drop_schema(&url, &schema).await;
 }
 
+/// Issue 19, point 3: the journal of ends. A job, and then its run's finalizer, each
+/// exit while the database is cut, and their node is SIGKILLed before it could record
+/// the end. The node restarted on the same `data_dir` replays the journal before it
+/// rescues or claims anything: neither runs again, and each keeps its last lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_and_a_finalizer_that_ended_before_their_node_was_killed_do_not_run_again() {
+    let Some(url) = pg_url() else { return };
+    let schema = fresh_schema();
+    let proxy = FaultProxy::start(upstream(&url)).await;
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path().display();
+    let step = |name: &str, gate: &str| {
+        format!(
+            "[\"sh\", \"-c\", \"echo x >> {d}/{name}.runs; echo {name}-out; \
+             while [ ! -e {d}/{gate} ]; do sleep 0.02; done; echo {name}-last; touch {d}/{name}.ended\"]"
+        )
+    };
+    let config = common::write_config(
+        work.path(),
+        &format!(
+            "max_workers = 2\n{}",
+            store_toml(&via(&url, proxy.addr), &schema)
+        ),
+        &format!(
+            "[pipelines.fin]\ncommand = {}\nfinalizer = {}\n",
+            step("shard", "go1"),
+            step("final", "go2")
+        ),
+    );
+    let gates = [Gate(work.path().join("go1")), Gate(work.path().join("go2"))];
+    let mut node = BinServer::start(&config, free_port()).await;
+    let http = reqwest::Client::new();
+    let (status, t) = post(
+        &http,
+        &format!("{}/api/pipelines/fin/trigger", node.base),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 202, "{t}");
+    let run = t["runId"].as_str().unwrap().to_string();
+    for (i, (job, name)) in [(run.clone(), "shard"), (format!("{run}:finalize"), "final")]
+        .into_iter()
+        .enumerate()
+    {
+        let logs = format!("/api/jobs/{job}/logs");
+        eventually(T, "its first line to be stored", || async {
+            get(&http, &format!("{}{logs}", node.base)).await.1["stdout"]
+                == json!([format!("{name}-out")])
+        })
+        .await;
+        proxy.cut();
+        gates[i].open();
+        let ended = work.path().join(format!("{name}.ended"));
+        eventually(T, "it to end during the outage", || {
+            let ended = ended.clone();
+            async move { ended.exists() }
+        })
+        .await;
+        // Its end is journaled as soon as it exits; give the node a moment to try the
+        // store, then kill it before the store could hear.
+        let exited = Instant::now();
+        while exited.elapsed() < Duration::from_millis(300) {
+            tokio::time::sleep(Duration::from_millis(20)).await; // the outage's length, not a sync
+        }
+        node.child.kill().unwrap();
+        node.child.wait().unwrap();
+        proxy.heal();
+        node = BinServer::start(&config, free_port()).await;
+        eventually(T, "the replayed end to be stored", || async {
+            let (_, j) = get(&http, &format!("{}/api/jobs/{job}", node.base)).await;
+            j["status"] == "completed"
+        })
+        .await;
+        let (_, l) = get(&http, &format!("{}{logs}", node.base)).await;
+        assert_eq!(
+            l["stdout"],
+            json!([format!("{name}-out"), format!("{name}-last")]),
+            "{l}"
+        );
+        let runs = std::fs::read_to_string(work.path().join(format!("{name}.runs"))).unwrap();
+        assert_eq!(
+            runs.lines().count(),
+            1,
+            "{name} ran again after its node was killed"
+        );
+    }
+    let (_, r) = get(&http, &format!("{}/api/runs/{run}", node.base)).await;
+    assert_eq!(r["status"], "completed", "{r}");
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    drop_schema(&url, &schema).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_work_and_see_each_others_events_logs_and_aborts() {
     let Some(url) = pg_url() else { return };

@@ -52,7 +52,7 @@ struct State {
 }
 
 /// Lines taken from a collector for one flush.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Batch {
     /// New stdout lines.
     pub stdout: Vec<String>,

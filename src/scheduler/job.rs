@@ -24,6 +24,7 @@ use super::Inner;
 use super::abort::{CancelCause, Handle};
 use super::claim::claim_params;
 use super::job_output::{OutputSink, Persist};
+use super::journal::Entry;
 use super::rescuer;
 use super::setup::{SetupBlocked, SetupContext};
 use super::workdir::WorkDir;
@@ -56,7 +57,9 @@ async fn run_one(inner: &Arc<Inner>, job: ClaimedJob) -> Vec<ClaimedJob> {
     let Some(pipeline) = inner.settings.pipelines.get(&job.pipeline).cloned() else {
         // Claims only ask for configured pipelines; keep the slot accounting honest anyway.
         let outcome = failed(Reason::ExitCode, "pipeline is not configured on this node");
-        return finish(inner, &job, outcome, None, Default::default(), None, None).await;
+        return finish(inner, &job, outcome, None, Default::default(), None, None)
+            .await
+            .unwrap_or_default();
     };
     let handle = Handle::new(
         &inner.stop_jobs,
@@ -68,7 +71,9 @@ async fn run_one(inner: &Arc<Inner>, job: ClaimedJob) -> Vec<ClaimedJob> {
     inner.registry.register(&job.id, handle.clone());
 
     let next = match prepare(inner, &job, &pipeline).await {
-        Err(outcome) => finish(inner, &job, outcome, None, Default::default(), None, None).await,
+        Err(outcome) => finish(inner, &job, outcome, None, Default::default(), None, None)
+            .await
+            .unwrap_or_default(),
         Ok(work) => {
             let collector = Collector::with_redactor(
                 inner.settings.server.max_output_bytes,
@@ -80,7 +85,9 @@ async fn run_one(inner: &Arc<Inner>, job: ClaimedJob) -> Vec<ClaimedJob> {
                     let message = format!("cannot start {}: {e}", spec.program.display());
                     tracing::warn!(job = %job.id, "{message}");
                     let outcome = failed(Reason::ExitCode, &message);
-                    finish(inner, &job, outcome, None, Default::default(), None, None).await
+                    finish(inner, &job, outcome, None, Default::default(), None, None)
+                        .await
+                        .unwrap_or_default()
                 }
                 Ok(running) => {
                     execute(inner, &job, &pipeline, &handle, collector, running, &work).await
@@ -243,18 +250,33 @@ async fn execute(
     inner.metrics.job_duration(&job.pipeline, spawned.elapsed());
 
     let totals = collector.finish();
-    sink.finish().await;
-
     let outcome = outcome_of(&exit, handle.cause(), pipeline);
     let (result, result_error) = read_result(inner, work).await;
-    let outcome = match (outcome, result_error) {
-        (Outcome::Completed, Some(e)) => {
-            tracing::warn!(job = %job.id, "{e}");
-            Outcome::Completed
-        }
-        (other, _) => other,
-    };
-    finish(inner, job, outcome, exit.code, totals, unrecorded, result).await
+    if let Some(e) = result_error {
+        tracing::warn!(job = %job.id, "{e}");
+    }
+    // The end and the unwritten output go to the journal before the store hears of them
+    // (see journal.rs): a node killed from here on does not run this execution again.
+    if inner.journal.enabled() {
+        inner.journal.record(&Entry {
+            job_id: job.id.clone(),
+            claim_seq: job.claim_seq,
+            output: sink.unwritten(),
+            outcome: outcome.clone(),
+            exit_code: exit.code,
+            stdout_bytes: totals.stdout,
+            stderr_bytes: totals.stderr,
+            truncated: totals.truncated,
+            result: result.clone(),
+            start: unrecorded.as_ref().map(|s| (s.pid, s.proc_start, s.now)),
+        });
+    }
+    sink.finish().await;
+    let ended = finish(inner, job, outcome, exit.code, totals, unrecorded, result).await;
+    if ended.is_some() {
+        inner.journal.remove(&job.id, job.claim_seq);
+    }
+    ended.unwrap_or_default()
 }
 
 fn outcome_of(exit: &Exit, cause: Option<CancelCause>, pipeline: &Pipeline) -> Outcome {
@@ -343,7 +365,7 @@ async fn finish(
     totals: crate::executor::output::Totals,
     start: Option<JobStartParams>,
     result: Option<String>,
-) -> Vec<ClaimedJob> {
+) -> Option<Vec<ClaimedJob>> {
     let params = JobFinishParams {
         job_id: job.id.clone(),
         claim_seq: job.claim_seq,
@@ -398,11 +420,11 @@ async fn finish(
                         .metrics
                         .job_ended(&job.pipeline, ending_of(status, &params.outcome));
                 }
-                return out.next;
+                return Some(out.next);
             }
             Err(e) => {
                 if !persist.again(inner, job, &e).await {
-                    return Vec::new();
+                    return None;
                 }
             }
         }

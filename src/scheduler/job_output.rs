@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Inner;
 use super::abort::{CancelCause, Handle};
+use super::journal::Lines;
 use crate::executor::Collector;
 use crate::executor::output::Batch;
 use crate::store::{ClaimedJob, JobProgressParams, OutputAppendParams, StoreError};
@@ -133,6 +134,26 @@ impl<'a> OutputSink<'a> {
                 Flushed::Failed(e)
             }
         }
+    }
+
+    /// Every line not yet known to be stored (taking what the collector holds), each batch
+    /// with the line number it must start at: what the journal keeps until the store has it.
+    pub(super) fn unwritten(&mut self) -> Vec<Lines> {
+        self.unsent.append(self.collector.take());
+        let mut first_line = self.next_line;
+        let mut out = Vec::new();
+        for batch in self.unknown.iter().chain([&self.unsent]) {
+            if batch.is_empty() {
+                continue;
+            }
+            out.push(Lines {
+                first_line,
+                stdout: batch.stdout.clone(),
+                stderr: batch.stderr.clone(),
+            });
+            first_line += (batch.stdout.len() + batch.stderr.len()) as i64;
+        }
+        out
     }
 
     /// One conditional append; `Ok` when written (or found written, or refused because

@@ -18,6 +18,7 @@ mod claim;
 mod heartbeat;
 mod job;
 mod job_output;
+mod journal;
 mod lease;
 mod outbox;
 mod placement;
@@ -214,6 +215,8 @@ pub(crate) struct Inner {
     lease: lease::Lease,
     /// Resource admission verdict.
     admission: admission::Admission,
+    /// Ends kept on disk until the store has them (PostgreSQL only).
+    journal: journal::Journal,
     /// Masks declared secrets in captured output and results.
     redactor: Option<Arc<Redactor>>,
     /// Checks callback URLs at trigger time.
@@ -259,6 +262,15 @@ impl Scheduler {
             .map(|(name, p)| (name.clone(), p.concurrency))
             .collect();
         let lease = lease::Lease::new(3 * settings.server.heartbeat, registering);
+        // A previous life's ends land before anything is rescued or claimed.
+        let journal = journal::Journal::new(
+            &settings.server.data_dir,
+            matches!(settings.store.url, crate::config::StoreUrl::Postgres(_)),
+        );
+        let replayed = journal.replay(&*store).await;
+        if replayed > 0 {
+            tracing::info!(replayed, "replayed journaled ends before the first claim");
+        }
         let inner = Arc::new(Inner {
             slots: Arc::new(Semaphore::new(settings.server.max_workers)),
             last_claim_at: std::sync::atomic::AtomicI64::new(0),
@@ -278,6 +290,7 @@ impl Scheduler {
             setups: setup::Setups::default(),
             lease,
             admission: admission::Admission::default(),
+            journal,
             redactor,
             webhooks,
             metrics,

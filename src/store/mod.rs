@@ -382,7 +382,8 @@ pub struct JobProgressParams {
 }
 
 /// How an execution ended, as reported by the node that ran it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
     /// Exit code 0.
     Completed,
