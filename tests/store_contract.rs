@@ -78,6 +78,7 @@ contract_tests!(
         a_retried_shard_holds_the_run_open_until_it_ends_for_good,
         an_append_retried_after_its_commit_adds_nothing,
         a_start_recorded_twice_emits_one_started_event,
+        an_idempotent_retry_lists_the_shards_even_with_a_finalizer_queued,
         a_finalizer_runs_once_after_every_shard_and_gates_the_run,
         an_aborted_run_still_gets_its_finalizer_and_stays_aborted,
         a_terminal_run_with_a_callback_has_exactly_one_outbox_row,

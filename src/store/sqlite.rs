@@ -1034,7 +1034,9 @@ fn create_in_tx(conn: &Connection, p: &RunCreateParams) -> StoreResult<(RunCreat
             .optional()?;
         if let Some((run_id, created_at, params_text)) = existing {
             let job_ids = conn
-                .prepare_cached("SELECT id FROM jobs WHERE run_id = ?1 ORDER BY shard_index")?
+                .prepare_cached(
+                    "SELECT id FROM jobs WHERE run_id = ?1 AND kind = 'shard' ORDER BY shard_index",
+                )?
                 .query_map(params![run_id], |r| r.get(0))?
                 .collect::<Result<Vec<String>, _>>()?;
             let existing_params = Some(serde_json::from_str(&params_text).unwrap_or_default());

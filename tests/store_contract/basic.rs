@@ -6,7 +6,7 @@ use runyard::model::{JobKind, JobStatus, Reason, RunStatus, finalize_job_id};
 use runyard::store::{
     AbortOutcome, ClaimedJob, DeliveryNext, DeliveryRecordParams, JobClaimParams,
     JobProgressParams, JobStartParams, NodeHeartbeatParams, Outcome, OutputAppendParams,
-    ParamFilter, PipelineNodeState, PipelineStatsParams, RunFilter, Stream,
+    ParamFilter, PipelineNodeState, PipelineStatsParams, RunCreateParams, RunFilter, Stream,
 };
 
 use crate::factory::{Factory, node_row};
@@ -1244,4 +1244,41 @@ pub async fn a_start_recorded_twice_emits_one_started_event(f: &Factory) {
         .filter(|e| e.name == "job:started")
         .count();
     assert_eq!(started, 1);
+}
+
+/// Issue 18: an idempotent retry answers with the run's shard job ids, the same on every
+/// backend, whether or not its finalizer is queued (SQLite listed the finalizer too, so
+/// the scheduler answered the same request 409 there and 202 on PostgreSQL).
+pub async fn an_idempotent_retry_lists_the_shards_even_with_a_finalizer_queued(f: &Factory) {
+    let store = f.store().await;
+    let params = RunCreateParams {
+        has_finalizer: true,
+        idempotency_key: Some("k-fin".into()),
+        ..run_params("p", 2)
+    };
+    let first = store.run_create(params.clone()).await.unwrap();
+    for job in store.job_claim(claim(2)).await.unwrap().jobs {
+        assert!(
+            store
+                .job_finish(finish(&job, Outcome::Completed))
+                .await
+                .unwrap()
+                .applied
+        );
+    }
+    let run = store.run_get(&first.run_id).await.unwrap().unwrap();
+    assert!(run.finalizer.is_some(), "the finalizer is queued");
+    let again = store
+        .run_create(RunCreateParams {
+            run_id: runyard::model::RunId::new().to_string(),
+            ..params
+        })
+        .await
+        .unwrap();
+    assert!(again.existing);
+    assert_eq!(again.run_id, first.run_id);
+    assert_eq!(
+        again.job_ids, first.job_ids,
+        "the shards, not the finalizer"
+    );
 }
