@@ -103,7 +103,23 @@ pub fn redact_url(url: &str) -> String {
             let _ = u.set_password(Some("***"));
             u.to_string()
         }
-        _ => url.to_string(),
+        Ok(_) => url.to_string(),
+        // Not even a URL: still hide what looks like `user:password@`.
+        Err(_) => match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &url[scheme + 3..at];
+                match userinfo.find(':') {
+                    Some(colon) => format!(
+                        "{}{}:***{}",
+                        &url[..scheme + 3],
+                        &userinfo[..colon],
+                        &url[at..]
+                    ),
+                    None => url.to_string(),
+                }
+            }
+            _ => url.to_string(),
+        },
     }
 }
 
@@ -316,6 +332,8 @@ pub struct StoreSettings {
     /// Where the URL came from (`RUNYARD_DATABASE_URL`, `DATABASE_URL`, `[store] url` or
     /// the default), for the start-up log line.
     pub url_source: &'static str,
+    /// The same, as a user finds it: the variable, or `FILE:LINE` of `[store] url`.
+    pub url_origin: String,
     /// SQLite only.
     pub synchronous: Synchronous,
     /// PostgreSQL only: the schema to use (created if missing).
@@ -863,6 +881,26 @@ impl Loader<'_> {
         }
     }
 
+    /// A store or bus URL that cannot be used, blamed on where it came from: its
+    /// environment variable (password redacted), or its line in the file.
+    fn bad_url(
+        &self,
+        table: &str,
+        source: &str,
+        url: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        if source.contains(' ') {
+            return self.invalid(table, Some("url"), message);
+        }
+        ConfigError::Env {
+            var: source.to_string(),
+            value: redact_url(url),
+            key: format!("{table}.url"),
+            message: message.into(),
+        }
+    }
+
     /// An override from the environment: `RUNYARD_<name>` wins over the seeds' unprefixed
     /// `<name>` (kept working when `legacy`). Returns the variable that supplied it.
     fn env_override(&self, name: &str, legacy: bool) -> Option<EnvValue> {
@@ -1322,17 +1360,19 @@ impl Loader<'_> {
                     StoreUrl::Sqlite(self.resolve_dir(path))
                 } else if u.starts_with("postgres://") || u.starts_with("postgresql://") {
                     if let Err(e) = u.parse::<tokio_postgres::Config>() {
-                        return Err(self.invalid(
+                        return Err(self.bad_url(
                             "store",
-                            Some("url"),
-                            format!("not a valid PostgreSQL URL ({url_source}): {e}"),
+                            url_source,
+                            &u,
+                            format!("not a valid PostgreSQL URL: {e}"),
                         ));
                     }
                     StoreUrl::Postgres(u)
                 } else {
-                    return Err(self.invalid(
+                    return Err(self.bad_url(
                         "store",
-                        Some("url"),
+                        url_source,
+                        &u,
                         "expected sqlite://PATH or postgres://…",
                     ));
                 }
@@ -1389,9 +1429,18 @@ impl Loader<'_> {
                 "only applies to a postgres:// store",
             ));
         }
+        let url_origin = match url_source {
+            "[store] url" => format!(
+                "{}:{}",
+                self.path.display(),
+                self.line_of("store", Some("url"))
+            ),
+            var => var.to_string(),
+        };
         Ok(StoreSettings {
             url,
             url_source,
+            url_origin,
             synchronous,
             schema,
             pool_size,
@@ -1422,15 +1471,16 @@ impl Loader<'_> {
                 "rediss:// (TLS) is not supported by this build: use redis:// on a trusted network"
                     .to_string()
             } else {
-                format!("expected redis://HOST:PORT ({url_source})")
+                "expected redis://HOST:PORT".to_string()
             };
-            return Err(self.invalid("bus", Some("url"), why));
+            return Err(self.bad_url("bus", url_source, &url, why));
         }
         if let Err(e) = redis::Client::open(url.as_str()) {
-            return Err(self.invalid(
+            return Err(self.bad_url(
                 "bus",
-                Some("url"),
-                format!("not a valid Redis URL ({url_source}): {e}"),
+                url_source,
+                &url,
+                format!("not a valid Redis URL: {e}"),
             ));
         }
         let prefix = rb

@@ -43,7 +43,9 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
                     .pool_size
                     .unwrap_or((settings.server.max_workers + 10).min(32)),
             };
-            let store = PgStore::open(&opts).await?;
+            let store = PgStore::open(&opts)
+                .await
+                .with_context(|| format!("store URL from {}", settings.store.url_origin))?;
             tracing::info!(
                 url = store.display(),
                 schema = opts.schema.as_deref().unwrap_or("public"),

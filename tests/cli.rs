@@ -644,3 +644,63 @@ async fn a_wait_rides_out_a_restart_of_the_node() {
         "{seen:#?}"
     );
 }
+
+/// Issue 23: a store that cannot be used at start says why in the server's own words
+/// (not the pool's), with the redacted URL, where it came from, and what to do; a
+/// malformed URL in the environment is blamed on the variable, not the file.
+#[test]
+fn store_errors_at_start_name_their_cause_their_origin_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("runyard.toml");
+    let closed = common::free_port();
+    let write = |url: &str| {
+        std::fs::write(
+            &config,
+            format!("[server]\nmax_workers = 1\n\n[store]\nurl = \"{url}\"\n\n[pipelines.x]\ncommand = [\"true\"]\n"),
+        )
+        .unwrap()
+    };
+    let serve = |env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_runyard"))
+            .args([
+                "serve",
+                "-c",
+                config.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env_remove("RUNYARD_DATABASE_URL")
+            .env_remove("DATABASE_URL")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    write(&format!("postgres://u:secret@127.0.0.1:{closed}/db"));
+    let err = serve(&[]);
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(err.contains("runyard.toml:5"), "{err}");
+    assert!(err.contains("u:***@") && !err.contains("secret"), "{err}");
+    assert!(err.contains("is PostgreSQL running"), "{err}");
+    assert!(!err.contains("creating a new object"), "{err}");
+
+    let err = serve(&[("RUNYARD_DATABASE_URL", "postgres://u:secret@[oops")]);
+    assert!(
+        err.contains("environment variable RUNYARD_DATABASE_URL"),
+        "{err}"
+    );
+    assert!(!err.contains("runyard.toml:"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
+
+    let Ok(pg) = std::env::var("TEST_DATABASE_URL") else {
+        println!("SKIPPED(service): TEST_DATABASE_URL not set");
+        return;
+    };
+    let mut missing = url::Url::parse(&pg).unwrap();
+    missing.set_path(&format!("runyard_missing_{}", std::process::id()));
+    write(missing.as_str());
+    let err = serve(&[]);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(err.contains("createdb"), "{err}");
+}

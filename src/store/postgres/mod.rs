@@ -131,6 +131,51 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Why a connection could not be made, in the server's (or the OS's) own words and with
+/// what to do about it — not the pool's wrappers ("error occurred while creating a new
+/// object", "db error"): the deepest cause in the chain, and PostgreSQL's message when it
+/// answered at all.
+pub(crate) fn connect_failure(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e.to_string();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(db) = err
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(|pg| pg.as_db_error())
+        {
+            cause = db.message().to_string();
+            if let Some(hint) = db.hint() {
+                cause.push_str(&format!(" (hint: {hint})"));
+            }
+            break;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            cause = io.to_string();
+            break;
+        }
+        cause = err.to_string();
+        next = err.source();
+    }
+    let lower = cause.to_ascii_lowercase();
+    let todo = if lower.contains("refused") {
+        "is PostgreSQL running and listening on that host and port?"
+    } else if lower.contains("does not exist") && lower.contains("database") {
+        "create the database (createdb NAME) or fix the URL's path"
+    } else if lower.contains("password") || lower.contains("authentication") {
+        "check the user and password in the URL"
+    } else if lower.contains("timed out") || lower.contains("timeout") {
+        "is the host reachable from here (firewall, address)?"
+    } else if lower.contains("lookup")
+        || lower.contains("resolve")
+        || lower.contains("name or service")
+    {
+        "check the host name in the URL"
+    } else {
+        "check the URL and that the server accepts connections from this host"
+    };
+    format!("{cause} — {todo}")
+}
+
 /// Maps a driver error onto what the caller should do about it.
 pub(crate) fn pg_err(e: tokio_postgres::Error) -> StoreError {
     enum Kind {
@@ -246,7 +291,7 @@ impl PgStore {
             let (client, conn) = plain
                 .connect(NoTls)
                 .await
-                .map_err(|e| open_err(format!("cannot connect: {e}")))?;
+                .map_err(|e| open_err(format!("cannot connect: {}", connect_failure(&e))))?;
             let task = tokio::spawn(conn);
             let created = client
                 .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
@@ -280,7 +325,7 @@ impl PgStore {
             let mut client = pool
                 .get()
                 .await
-                .map_err(|e| open_err(format!("cannot connect: {e}")))?;
+                .map_err(|e| open_err(format!("cannot connect: {}", connect_failure(&e))))?;
             migrate(&mut client)
                 .await
                 .map_err(|e| open_err(e.to_string()))?;
