@@ -94,6 +94,9 @@ pub struct Settings {
     /// What loading passed over, for the server to log at start (e.g. an unusable
     /// `REDIS_URL` set for other programs).
     pub warnings: Vec<String>,
+    /// Where each overridable setting came from (`server.max_workers` → `MAX_WORKERS`,
+    /// `FILE:LINE` or `default`), for `runyard check`.
+    pub origins: BTreeMap<String, String>,
 }
 
 /// A connection URL as it may be shown in logs and errors: without its password.
@@ -821,6 +824,7 @@ impl Settings {
             path,
             base,
             env,
+            origins: Default::default(),
         }
         .build(raw)
     }
@@ -837,9 +841,25 @@ struct Loader<'a> {
     path: &'a Path,
     base: PathBuf,
     env: EnvLookup<'a>,
+    origins: std::cell::RefCell<BTreeMap<String, String>>,
 }
 
 impl Loader<'_> {
+    /// Records where `table.key` came from: `var` when an environment variable set it,
+    /// else the file's line when it is written there, else the default.
+    fn note(&self, table: &str, key: &str, var: Option<&str>, in_file: bool) {
+        let origin = match var {
+            Some(var) => var.to_string(),
+            None if in_file => {
+                format!("{}:{}", self.path.display(), self.line_of(table, Some(key)))
+            }
+            None => "default".to_string(),
+        };
+        self.origins
+            .borrow_mut()
+            .insert(format!("{table}.{key}"), origin);
+    }
+
     /// The 1-based line where `key` (or its table header) is written, best effort.
     fn line_of(&self, table: &str, key: Option<&str>) -> usize {
         let header = format!("[{table}]");
@@ -925,7 +945,14 @@ impl Loader<'_> {
         default: T,
         check: &dyn Fn(&T) -> Result<(), String>,
     ) -> Result<T, ConfigError> {
-        match self.env_override(&key.to_ascii_uppercase(), legacy) {
+        let ev = self.env_override(&key.to_ascii_uppercase(), legacy);
+        self.note(
+            table,
+            key,
+            ev.as_ref().map(|e| e.var.as_str()),
+            file.is_some(),
+        );
+        match ev {
             Some(ev) => {
                 let value = ev.value.trim().parse::<T>().map_err(|_| {
                     self.env_invalid(&ev, &format!("{table}.{key}"), "not a whole number")
@@ -957,6 +984,9 @@ impl Loader<'_> {
         v: &Option<String>,
         default: Duration,
     ) -> Result<Duration, ConfigError> {
+        if table == "server" {
+            self.note(table, key, None, v.is_some());
+        }
         match v {
             None => Ok(default),
             Some(s) => parse_duration(s).map_err(|m| self.invalid(table, Some(key), m)),
@@ -1012,6 +1042,7 @@ impl Loader<'_> {
             auth,
             bus,
             warnings,
+            origins: self.origins.take(),
         })
     }
 
@@ -1174,7 +1205,14 @@ impl Loader<'_> {
     fn server(&self, rs: &RawServer) -> Result<ServerSettings, ConfigError> {
         let t = "server";
         let bad_listen = |text: &str| format!("invalid address {text:?} (e.g. \"127.0.0.1:7878\")");
-        let listen: SocketAddr = match self.env_override("LISTEN", false) {
+        let listen_env = self.env_override("LISTEN", false);
+        self.note(
+            t,
+            "listen",
+            listen_env.as_ref().map(|e| e.var.as_str()),
+            rs.listen.is_some(),
+        );
+        let listen: SocketAddr = match listen_env {
             Some(ev) => ev
                 .value
                 .trim()
@@ -1212,7 +1250,14 @@ impl Loader<'_> {
         )?;
         // Relative to the working directory when from the environment (like any path given
         // on a command line), to the config file's directory when written in it.
-        let data_dir = match self.env_override("DATA_DIR", false) {
+        let data_dir_env = self.env_override("DATA_DIR", false);
+        self.note(
+            t,
+            "data_dir",
+            data_dir_env.as_ref().map(|e| e.var.as_str()),
+            rs.data_dir.is_some(),
+        );
+        let data_dir = match data_dir_env {
             Some(ev) if ev.value.trim().is_empty() => {
                 return Err(self.env_invalid(&ev, "server.data_dir", "must not be empty"));
             }
@@ -1429,14 +1474,15 @@ impl Loader<'_> {
                 "only applies to a postgres:// store",
             ));
         }
-        let url_origin = match url_source {
-            "[store] url" => format!(
-                "{}:{}",
-                self.path.display(),
-                self.line_of("store", Some("url"))
-            ),
-            var => var.to_string(),
-        };
+        self.note(
+            "store",
+            "url",
+            url_source
+                .starts_with(char::is_uppercase)
+                .then_some(url_source),
+            url_source == "[store] url",
+        );
+        let url_origin = self.origins.borrow()["store.url"].clone();
         Ok(StoreSettings {
             url,
             url_source,
@@ -1486,6 +1532,12 @@ impl Loader<'_> {
         let prefix = rb
             .and_then(|b| b.prefix.clone())
             .unwrap_or_else(|| "runyard".into());
+        self.note(
+            "bus",
+            "prefix",
+            None,
+            rb.is_some_and(|b| b.prefix.is_some()),
+        );
         let ok = !prefix.is_empty()
             && prefix.len() <= 64
             && prefix
@@ -1498,6 +1550,14 @@ impl Loader<'_> {
                 format!("{prefix:?}: 1–64 letters, digits, _ - . or :"),
             ));
         }
+        self.note(
+            "bus",
+            "url",
+            url_source
+                .starts_with(char::is_uppercase)
+                .then_some(url_source),
+            url_source == "[bus] url",
+        );
         Ok(Some(BusSettings {
             url,
             url_source,

@@ -704,3 +704,79 @@ fn store_errors_at_start_name_their_cause_their_origin_and_what_to_do() {
     assert!(err.contains("does not exist"), "{err}");
     assert!(err.contains("createdb"), "{err}");
 }
+
+/// Issue 23: `runyard check` validates the config with the environment applied, reaches
+/// the store and the bus without joining (no database file, no schema, no node row), and
+/// prints each setting with where it came from; exit 0, or 2 naming what is wrong.
+#[test]
+fn check_reaches_the_store_and_bus_without_joining_and_says_where_settings_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("runyard.toml");
+    let check = |text: &str, env: &[(&str, &str)]| {
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_runyard"))
+            .args(["check", "-c", config.to_str().unwrap()])
+            .env_remove("RUNYARD_DATABASE_URL")
+            .env_remove("DATABASE_URL")
+            .env_remove("RUNYARD_REDIS_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("MAX_WORKERS")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (out.status.code(), stdout(&out), stderr(&out))
+    };
+    let pipelines = "[pipelines.x]\ncommand = [\"true\"]\n";
+    let (code, out, err) = check(
+        &format!("[server]\nmax_workers = 3\n\n{pipelines}"),
+        &[("MAX_WORKERS", "5")],
+    );
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let workers = out
+        .lines()
+        .find(|l| l.starts_with("server.max_workers "))
+        .unwrap();
+    assert!(
+        workers.contains(" 5 ") && workers.ends_with("(MAX_WORKERS)"),
+        "{out}"
+    );
+    assert!(out.contains("does not exist yet"), "{out}");
+    assert!(
+        !dir.path().join(".runyard").exists(),
+        "check created the data dir"
+    );
+
+    let closed = common::free_port();
+    let (code, out, err) = check(
+        &format!("[bus]\nurl = \"redis://127.0.0.1:{closed}\"\n\n{pipelines}"),
+        &[],
+    );
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert!(err.contains("bus:") && err.contains("refused"), "{err}");
+    assert!(out.contains("runyard.toml:2"), "the bus URL's line: {out}");
+
+    let Ok(pg) = std::env::var("TEST_DATABASE_URL") else {
+        println!("SKIPPED(service): TEST_DATABASE_URL not set");
+        return;
+    };
+    let schema = format!("check_{}", std::process::id());
+    let (code, out, err) = check(
+        &format!("[store]\nurl = \"{pg}\"\nschema = \"{schema}\"\n\n{pipelines}"),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("not set up yet"), "{out}");
+    let made = Command::new("psql")
+        .args([
+            pg.as_str(),
+            "-tAc",
+            &format!("SELECT count(*) FROM pg_namespace WHERE nspname = '{schema}'"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&made.stdout).trim(),
+        "0",
+        "check made the schema"
+    );
+}

@@ -108,6 +108,22 @@ pub struct BusUrlError {
 }
 
 impl RedisBus {
+    /// What `runyard check` says of the Redis at `url`: one connection and a PING, within
+    /// `timeout`, subscribing to nothing and publishing nothing.
+    pub async fn probe(url: &str, timeout: Duration) -> Result<String, String> {
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        let started = std::time::Instant::now();
+        let ping = async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        };
+        match tokio::time::timeout(timeout, ping).await {
+            Ok(Ok(pong)) => Ok(format!("{pong} in {} ms", started.elapsed().as_millis())),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
+        }
+    }
+
     /// Starts the bus's tasks. Returns at once: connecting happens in the
     /// background, and until it succeeds the bus is down (degraded mode, a warning).
     pub fn start(settings: &BusSettings, feed: ChangeFeed) -> Result<RedisBus, BusUrlError> {

@@ -10,6 +10,7 @@
 //! what `serve` uses); they are also accepted before the command name, as they always
 //! were (`runyard --server URL runs`).
 
+mod check;
 mod client;
 mod exit;
 mod output;
@@ -75,6 +76,14 @@ enum Command {
         /// Listen address (overrides `server.listen`; env RUNYARD_LISTEN).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+    },
+    /// Check a config without joining: validate it with the environment applied, connect
+    /// to the store and the bus (no node row, no claims), print the effective settings and
+    /// where each came from. Exit 0, or 2 with the problems.
+    Check {
+        /// Config file.
+        #[arg(short, long, env = "RUNYARD_CONFIG", default_value = "runyard.toml")]
+        config: PathBuf,
     },
     /// Trigger a run of a pipeline; prints its run id (or waits for it).
     #[command(after_help = exit::HELP)]
@@ -281,6 +290,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             serve(config.clone(), listen.clone()).await
         }
+        Command::Check { config } => check::check(config).await,
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "runyard", &mut buf);
@@ -608,8 +618,9 @@ fn man(dir: Option<&std::path::Path>) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-async fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<u8> {
-    let mut settings = Settings::load(&config).map_err(|e| match e {
+/// The config at `path` with the environment applied, as `serve` and `check` read it.
+fn load_settings(path: &std::path::Path) -> anyhow::Result<Settings> {
+    Settings::load(path).map_err(|e| match e {
         crate::config::ConfigError::Read { path, source }
             if source.kind() == std::io::ErrorKind::NotFound =>
         {
@@ -619,7 +630,11 @@ async fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<u8> {
             )
         }
         other => anyhow::anyhow!(other),
-    })?;
+    })
+}
+
+async fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<u8> {
+    let mut settings = load_settings(&config)?;
     if let Some(addr) = listen {
         let addr: std::net::SocketAddr = addr
             .parse()

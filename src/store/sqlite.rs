@@ -266,6 +266,32 @@ fn migrate(conn: &Connection, path: &Path) -> StoreResult<()> {
 }
 
 impl SqliteStore {
+    /// What `runyard check` says of the file at `path`, read-only: its schema version
+    /// against this build's, or that the first `serve` will create it.
+    pub fn probe(path: &Path) -> StoreResult<String> {
+        if !path.exists() {
+            return Ok(format!(
+                "{} does not exist yet: the first serve creates it (schema version {})",
+                path.display(),
+                MIGRATIONS.len()
+            ));
+        }
+        let open_err = |e: rusqlite::Error| StoreError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(open_err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
+        Ok(format!(
+            "SQLite {}, schema version {version} (this build: {})",
+            rusqlite::version(),
+            MIGRATIONS.len()
+        ))
+    }
+
     /// Opens (creating if needed) the store at `path` and applies migrations.
     pub fn open(path: &Path, sync: Synchronous) -> StoreResult<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -248,12 +248,11 @@ fn valid_schema(name: &str) -> bool {
 }
 
 impl PgStore {
-    /// Connects, creates the schema if asked, applies migrations (once, whichever replica
-    /// gets there first) and starts the change poll.
-    pub async fn open(opts: &PgOptions) -> StoreResult<PgStore> {
-        let display = crate::config::redact_url(&opts.url);
+    /// The connection settings of `opts`: its URL, the schema's search path, the session
+    /// limits and this deployment's application name.
+    fn config_of(opts: &PgOptions) -> StoreResult<tokio_postgres::Config> {
         let open_err = |message: String| StoreError::Open {
-            path: display.clone(),
+            path: crate::config::redact_url(&opts.url),
             message,
         };
         let mut config: tokio_postgres::Config = opts
@@ -282,6 +281,69 @@ impl PgStore {
             tracing::info!("application_name in the store URL is replaced by {name:?}");
         }
         config.application_name(&name);
+        Ok(config)
+    }
+
+    /// What `runyard check` says of the database, without changing it (no schema made,
+    /// no migration, no node row): the server's version and the schema's against this
+    /// build's.
+    pub async fn probe(opts: &PgOptions) -> StoreResult<String> {
+        let display = crate::config::redact_url(&opts.url);
+        let open_err = |message: String| StoreError::Open {
+            path: display.clone(),
+            message,
+        };
+        let mut config = Self::config_of(opts)?;
+        config.options(SESSION_OPTIONS);
+        let (client, conn) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| open_err(format!("cannot connect: {}", connect_failure(&e))))?;
+        let task = tokio::spawn(conn);
+        let schema = opts.schema.as_deref().unwrap_or("public");
+        let answer = async {
+            let server: String = client.query_one("SHOW server_version", &[]).await?.get(0);
+            let meta = format!("\"{schema}\".runyard_meta");
+            let exists: bool = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&meta])
+                .await?
+                .get(0);
+            let version: Option<i64> = if exists {
+                client
+                    .query_opt(
+                        &format!("SELECT value FROM {meta} WHERE key = 'schema_version'"),
+                        &[],
+                    )
+                    .await?
+                    .map(|r| r.get(0))
+            } else {
+                None
+            };
+            Ok::<_, tokio_postgres::Error>((server, version))
+        }
+        .await;
+        drop(client);
+        let _ = task.await;
+        let (server, version) = answer.map_err(|e| open_err(connect_failure(&e)))?;
+        Ok(match version {
+            Some(v) => format!(
+                "PostgreSQL {server}, schema {schema} at version {v} (this build: {SCHEMA_VERSION})"
+            ),
+            None => format!(
+                "PostgreSQL {server}, schema {schema} not set up yet: the first serve migrates it to version {SCHEMA_VERSION}"
+            ),
+        })
+    }
+
+    /// Connects, creates the schema if asked, applies migrations (once, whichever replica
+    /// gets there first) and starts the change poll.
+    pub async fn open(opts: &PgOptions) -> StoreResult<PgStore> {
+        let display = crate::config::redact_url(&opts.url);
+        let open_err = |message: String| StoreError::Open {
+            path: display.clone(),
+            message,
+        };
+        let config = Self::config_of(opts)?;
 
         // Create the schema on a plain connection first: search_path must name an existing
         // schema for the pooled connections' unqualified names to resolve.
