@@ -1166,14 +1166,15 @@ impl Loader<'_> {
         Ok(Secrets { values })
     }
 
-    /// Parses a setup or finalizer argv, allowing the given placeholders.
+    /// Parses a setup or finalizer argv, allowing the `available` placeholders (an unknown
+    /// one is refused with the nearest and the whole list).
     fn command_line(
         &self,
         table: &str,
         key: &str,
         argv: &[String],
         cwd: &Path,
-        allowed: &dyn Fn(&str) -> bool,
+        available: &[&str],
     ) -> Result<CommandLine, ConfigError> {
         let Some((program, args)) = argv.split_first() else {
             return Err(self.invalid(table, Some(key), "must name a program"));
@@ -1186,11 +1187,20 @@ impl Loader<'_> {
         let mut templates = Vec::new();
         for arg in args {
             let tpl = Template::parse(arg).map_err(|m| self.invalid(table, Some(key), m))?;
-            if let Some(var) = tpl.vars().find(|v| !allowed(v)) {
+            if let Some(var) = tpl.vars().find(|v| !available.contains(v)) {
+                let hint = match nearest(var, available.iter().copied()) {
+                    Some(n) => format!("did you mean {{{n}}}? "),
+                    None => String::new(),
+                };
+                let list = if available.is_empty() {
+                    "none are".to_string()
+                } else {
+                    format!("available: {}", available.join(", "))
+                };
                 return Err(self.invalid(
                     table,
                     Some(key),
-                    format!("placeholder {{{var}}} is not available here"),
+                    format!("placeholder {{{var}}} is not available here: {hint}{list}"),
                 ));
             }
             templates.push(tpl);
@@ -1803,13 +1813,18 @@ impl Loader<'_> {
         let here = cwd.as_deref().unwrap_or(&self.base);
         let setup = match &rp.setup {
             None => None,
-            Some(argv) => Some(self.command_line(t, "setup", argv, here, &|_| false)?),
+            Some(argv) => Some(self.command_line(t, "setup", argv, here, &[])?),
         };
         let finalizer = match &rp.finalizer {
             None => None,
-            Some(argv) => Some(self.command_line(t, "finalizer", argv, here, &|v| {
-                FINALIZER_PLACEHOLDERS.contains(&v) || params.contains_key(v)
-            })?),
+            Some(argv) => {
+                let available: Vec<&str> = FINALIZER_PLACEHOLDERS
+                    .iter()
+                    .copied()
+                    .chain(params.keys().map(String::as_str))
+                    .collect();
+                Some(self.command_line(t, "finalizer", argv, here, &available)?)
+            }
         };
         let circuit_threshold = rp.circuit_threshold.unwrap_or(3);
         if circuit_threshold == 0 {
@@ -2341,6 +2356,13 @@ pattern = "[a-z]+"
             .unwrap_err()
             .to_string();
         assert!(err.contains("did you mean {shard_number}?"), "{err}");
+        // A finalizer's placeholders, with the nearest one and the list.
+        let err =
+            load("[pipelines.x]\ncommand = [\"true\"]\nfinalizer = [\"cat\", \"{sumary_file}\"]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("did you mean {summary_file}?"), "{err}");
+        assert!(err.contains("available: run_id, job_id"), "{err}");
     }
 
     #[test]

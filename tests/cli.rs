@@ -140,10 +140,29 @@ async fn client_commands_show_runs_logs_and_errors() {
     let runs = cli(&s, &["runs", "--json"]).await;
     let v: Value = serde_json::from_slice(&runs.stdout).unwrap();
     assert_eq!(v["runs"][0]["runId"], run_id.as_str());
+    // One short form everywhere: the last 8 hex digits, shown by `runs` and `show`, and
+    // accepted wherever a run id goes.
+    let short = run_id.replace('-', "")[24..].to_string();
     let table = cli(&s, &["runs"]).await;
-    assert!(stdout(&table).starts_with("RUN") && stdout(&table).contains("greet"));
-    let show = cli(&s, &["show", &run_id]).await;
+    assert!(stdout(&table).starts_with("ID") && stdout(&table).contains("greet"));
+    let row = stdout(&table).lines().nth(1).unwrap().to_string();
+    assert!(row.starts_with(&short), "{row}");
+    let show = cli(&s, &["show", &short]).await;
     assert!(stdout(&show).contains("completed"));
+    assert!(
+        stdout(&show).contains(&format!("(short id {short})")),
+        "{}",
+        stdout(&show)
+    );
+    let job_row = stdout(&show)
+        .lines()
+        .find(|l| l.starts_with(&run_id))
+        .unwrap()
+        .to_string();
+    assert!(
+        !job_row.contains("exit_code"),
+        "no reason for a completed job: {job_row}"
+    );
     let pipelines = cli(&s, &["pipelines"]).await;
     assert!(stdout(&pipelines).contains("slow"));
     let workers = cli(&s, &["workers", "--json"]).await;

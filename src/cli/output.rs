@@ -57,6 +57,7 @@ pub fn runs_table(v: &Value) -> Result<(), Closed> {
         .flatten()
         .map(|r| {
             vec![
+                short_id(&s(&r["runId"])),
                 s(&r["runId"]),
                 s(&r["pipelineId"]),
                 s(&r["status"]),
@@ -67,15 +68,27 @@ pub fn runs_table(v: &Value) -> Result<(), Closed> {
         })
         .collect();
     table(
-        &["RUN", "PIPELINE", "STATUS", "SHARDS", "BY", "CREATED"],
+        &["ID", "RUN", "PIPELINE", "STATUS", "SHARDS", "BY", "CREATED"],
         rows,
     )
+}
+
+/// The short form of a run id shown everywhere (the dashboard too): its last 8 hex
+/// digits, the random end of a UUIDv7 (its start is the time, shared by runs made
+/// together). Every route and command accepts it.
+pub fn short_id(run_id: &str) -> String {
+    let digits: String = run_id.chars().filter(char::is_ascii_hexdigit).collect();
+    digits[digits.len().saturating_sub(8)..].to_string()
 }
 
 /// `runyard show`.
 pub fn run_details(r: &Value) -> Result<(), Closed> {
     let colour = term::colour_on_stdout();
-    term::out(format_args!("run       {}", s(&r["runId"])))?;
+    let run_id = s(&r["runId"]);
+    term::out(format_args!(
+        "run       {run_id} (short id {})",
+        short_id(&run_id)
+    ))?;
     term::out(format_args!("pipeline  {}", s(&r["pipelineId"])))?;
     term::out(format_args!(
         "status    {}",
@@ -101,7 +114,12 @@ pub fn run_details(r: &Value) -> Result<(), Closed> {
                     .as_u64()
                     .map(|p| format!("{p}%"))
                     .unwrap_or_else(|| "-".into()),
-                s(&j["reason"]),
+                // A completed job's reason is always `exit_code`: nothing to say.
+                if j["status"] == "completed" {
+                    "-".to_string()
+                } else {
+                    s(&j["reason"])
+                },
                 s(&j["error"]),
             ]
         })
