@@ -314,6 +314,32 @@ async fn bench_throughput(pg: Option<&str>, runs: usize, rounds: usize) {
             100.0 * rate / r,
             100.0 * exec_rate / r
         );
+        if pg.is_some() {
+            let traffic = store_traffic(&http, &server.base).await;
+            let (mut trigger, mut drain) = ((0u64, 0u64), (0u64, 0u64));
+            for (op, (st, co)) in &traffic {
+                let side = if op == "run_create" {
+                    &mut trigger
+                } else {
+                    &mut drain
+                };
+                side.0 += st;
+                side.1 += co;
+            }
+            let per = |n: u64| n as f64 / runs as f64;
+            println!(
+                "        store traffic per run: trigger {:.2} statements / {:.2} commits; draining {:.2} statements / {:.2} commits ({})",
+                per(trigger.0),
+                per(trigger.1),
+                per(drain.0),
+                per(drain.1),
+                traffic
+                    .iter()
+                    .map(|(op, (st, co))| format!("{op} {:.2}/{:.2}", per(*st), per(*co)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         e2e.push(rate);
         exec.push(exec_rate);
         raw.push(r);
@@ -324,6 +350,43 @@ async fn bench_throughput(pg: Option<&str>, runs: usize, rounds: usize) {
         100.0 * m_e2e / m_raw,
         100.0 * m_exec / m_raw
     );
+}
+
+/// `op → (statements, commits)` from the node's `runyard_store_*_total` counters.
+async fn store_traffic(
+    http: &reqwest::Client,
+    base: &str,
+) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut out: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for line in text.lines() {
+        for (name, commits) in [
+            ("runyard_store_statements_total{", false),
+            ("runyard_store_commits_total{", true),
+        ] {
+            let Some(rest) = line.strip_prefix(name) else {
+                continue;
+            };
+            let op = rest.split("op=\"").nth(1).and_then(|r| r.split('"').next());
+            let value = rest.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok());
+            if let (Some(op), Some(value)) = (op, value) {
+                let entry = out.entry(op.to_string()).or_default();
+                if commits {
+                    entry.1 += value;
+                } else {
+                    entry.0 += value;
+                }
+            }
+        }
+    }
+    out
 }
 
 async fn bench_ingest(n: usize, rounds: usize) {

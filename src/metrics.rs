@@ -179,6 +179,8 @@ pub struct Snapshot {
     pub bus: Option<crate::bus::BusStatus>,
     /// Pipelines paused on the store (every node shows the same).
     pub paused: std::collections::BTreeSet<String>,
+    /// `(backend, op, statements, commits)` this node's store sent.
+    pub store_traffic: Vec<(&'static str, &'static str, u64, u64)>,
 }
 
 /// The outcome label of each [`JobEnd`], in rendering order.
@@ -227,6 +229,24 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, snap: &Snapshot) -> String {
         let mut out = String::with_capacity(8 * 1024);
+        for (name, help, pick) in [
+            (
+                "runyard_store_statements_total",
+                "Statements this node sent in store write transactions, by backend and operation (BEGIN and COMMIT not counted).",
+                2usize,
+            ),
+            (
+                "runyard_store_commits_total",
+                "Store write transactions this node committed (or tried to), by backend and operation.",
+                3,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for t in &snap.store_traffic {
+                let value = if pick == 2 { t.2 } else { t.3 };
+                let _ = writeln!(out, "{name}{{backend=\"{}\",op=\"{}\"}} {value}", t.0, t.1);
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP runyard_jobs Jobs in the store by pipeline and state.\n# TYPE runyard_jobs gauge"
@@ -458,7 +478,16 @@ mod tests {
             slots: (2, 1),
             bus: Some(crate::bus::Bus::status(&crate::bus::LocalBus::default())),
             paused: ["idle".to_string()].into(),
+            store_traffic: vec![("postgres", "job_finish", 9, 1)],
         });
+        assert!(text.contains(
+            "runyard_store_statements_total{backend=\"postgres\",op=\"job_finish\"} 9\n"
+        ));
+        assert!(
+            text.contains(
+                "runyard_store_commits_total{backend=\"postgres\",op=\"job_finish\"} 1\n"
+            )
+        );
         assert!(text.contains("runyard_pipeline_paused{pipeline=\"idle\"} 1\n"));
         assert!(text.contains("runyard_pipeline_paused{pipeline=\"a\\\"b\"} 0\n"));
         assert!(text.contains("runyard_claim_latency_seconds_bucket{le=\"0.0005\"} 1\n"));

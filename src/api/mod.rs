@@ -191,6 +191,7 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         slots: state.scheduler.slots(),
         bus: Some(state.scheduler.bus_status()),
         paused,
+        store_traffic: state.store.traffic(),
     };
     Ok((
         [(

@@ -381,6 +381,28 @@ pub struct JobProgressParams {
     pub now: i64,
 }
 
+/// Statements and commits a store sent, by operation: what `/metrics` shows as
+/// `runyard_store_statements_total` and `runyard_store_commits_total` (PostgreSQL's
+/// write transactions; BEGIN and COMMIT are not statements here).
+#[derive(Debug, Default)]
+pub struct Traffic(std::sync::Mutex<BTreeMap<&'static str, (u64, u64)>>);
+
+impl Traffic {
+    /// One transaction of `op` that sent `statements` and `commits` COMMITs.
+    pub fn record(&self, op: &'static str, statements: u64, commits: u64) {
+        let mut by_op = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = by_op.entry(op).or_default();
+        entry.0 += statements;
+        entry.1 += commits;
+    }
+
+    /// `(op, statements, commits)` so far.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64, u64)> {
+        let by_op = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        by_op.iter().map(|(op, (s, c))| (*op, *s, *c)).collect()
+    }
+}
+
 /// How an execution ended, as reported by the node that ran it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -927,6 +949,12 @@ pub struct ScheduleFireParams {
 pub trait Store: Send + Sync {
     /// The feed of committed changes (local commits and, for SQLite, other processes').
     fn changes(&self) -> &ChangeFeed;
+
+    /// `(backend, op, statements, commits)` this store sent so far (empty where it is not
+    /// counted: SQLite's writes are local calls, not round trips).
+    fn traffic(&self) -> Vec<(&'static str, &'static str, u64, u64)> {
+        Vec::new()
+    }
 
     /// The store's clock (epoch ms): every lease, heartbeat and due time is judged by it,
     /// so nodes whose host clocks disagree still agree on who is late. SQLite lives on one

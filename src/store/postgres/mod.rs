@@ -46,7 +46,7 @@
 mod read;
 mod write;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -99,6 +99,8 @@ pub struct PgOptions {
 pub struct PgStore {
     pool: Pool,
     feed: ChangeFeed,
+    /// Statements and commits sent, by operation (`runyard_store_*_total`).
+    traffic: Arc<crate::store::Traffic>,
     clock: Arc<Mutex<ClockSample>>,
     stop: Arc<AtomicBool>,
     /// Where, for messages (the URL without a password).
@@ -395,6 +397,7 @@ impl PgStore {
         let store = PgStore {
             pool,
             feed: ChangeFeed::default(),
+            traffic: Arc::default(),
             clock: Arc::new(Mutex::new(ClockSample {
                 db_ms: crate::clock::now_ms(),
                 at: Instant::now(),
@@ -538,7 +541,7 @@ async fn migrate(client: &mut deadpool_postgres::Object) -> StoreResult<()> {
 /// one transaction, committing at the end; re-runs it on a lost race or a connection lost
 /// before COMMIT. Evaluates to `StoreResult<T>`.
 macro_rules! in_tx {
-    ($store:expr, $tx:ident => $body:expr) => {{
+    ($store:expr, $op:literal, $tx:ident => $body:expr) => {{
         use $crate::store::postgres::{MAX_RETRIES, Tx, pg_err};
         use $crate::store::{StoreError, StoreResult};
         let mut tries = 0u32;
@@ -554,7 +557,9 @@ macro_rules! in_tx {
                     run
                 }
                 .map_err(|e| (e, false))?;
+                tx.flush_events().await.map_err(|e| (e, false))?;
                 let kinds = tx.kinds;
+                $store.traffic.record($op, tx.statements(), 1);
                 tx.inner
                     .commit()
                     .await
@@ -590,21 +595,42 @@ macro_rules! in_tx {
 }
 pub(crate) use in_tx;
 
-/// An open transaction with what it emits: the event counter for ids and the change
-/// kinds to publish after COMMIT.
+/// An open transaction with what it emits: its events (written together just before
+/// COMMIT, in one statement), the change kinds to publish after COMMIT, and the
+/// statements it sent.
 pub(crate) struct Tx<'a> {
     pub(crate) inner: deadpool_postgres::Transaction<'a>,
-    events: i64,
+    events: Vec<PendingEvent>,
     pub(crate) kinds: u8,
+    statements: AtomicU64,
+}
+
+/// An event of this transaction, not yet inserted.
+struct PendingEvent {
+    name: String,
+    run_id: String,
+    data: String,
+    at: i64,
 }
 
 impl<'a> Tx<'a> {
     pub(crate) fn new(inner: deadpool_postgres::Transaction<'a>) -> Tx<'a> {
         Tx {
             inner,
-            events: 0,
+            events: Vec::new(),
             kinds: 0,
+            statements: AtomicU64::new(0),
         }
+    }
+
+    /// Statements sent so far (BEGIN and COMMIT not counted).
+    pub(crate) fn statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+
+    async fn statement(&self, sql: &str) -> StoreResult<tokio_postgres::Statement> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        self.inner.prepare_cached(sql).await.map_err(pg_err)
     }
 
     /// Runs a statement (prepared once per connection); rows changed.
@@ -613,7 +639,7 @@ impl<'a> Tx<'a> {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> StoreResult<u64> {
-        let st = self.inner.prepare_cached(sql).await.map_err(pg_err)?;
+        let st = self.statement(sql).await?;
         self.inner.execute(&st, params).await.map_err(pg_err)
     }
 
@@ -623,7 +649,7 @@ impl<'a> Tx<'a> {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> StoreResult<Vec<Row>> {
-        let st = self.inner.prepare_cached(sql).await.map_err(pg_err)?;
+        let st = self.statement(sql).await?;
         self.inner.query(&st, params).await.map_err(pg_err)
     }
 
@@ -633,31 +659,53 @@ impl<'a> Tx<'a> {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> StoreResult<Option<Row>> {
-        let st = self.inner.prepare_cached(sql).await.map_err(pg_err)?;
+        let st = self.statement(sql).await?;
         self.inner.query_opt(&st, params).await.map_err(pg_err)
     }
 
-    /// Inserts an event with the next id of this transaction.
+    /// Adds an event with the next id of this transaction; it is inserted with the
+    /// others just before COMMIT ([`Tx::flush_events`]).
     pub(crate) async fn emit(
         &mut self,
         mut event: super::payload::NewEvent,
         now: i64,
     ) -> StoreResult<()> {
-        let n = self.events;
-        if n >= 1 << 16 {
+        if self.events.len() >= 1 << 16 {
             return Err(StoreError::internal(
                 "more than 65,536 events in one transaction",
             ));
         }
-        self.events += 1;
         let data = event.data_text(now);
+        self.events.push(PendingEvent {
+            name: event.name.as_str().to_string(),
+            run_id: event.run_id.clone(),
+            data,
+            at: now,
+        });
+        self.kinds |= change::EVENTS;
+        Ok(())
+    }
+
+    /// Inserts this transaction's events in one statement, in the order they were
+    /// emitted (ids: the transaction id, then their index).
+    pub(crate) async fn flush_events(&mut self) -> StoreResult<()> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        let events = std::mem::take(&mut self.events);
+        let index: Vec<i64> = (0..events.len() as i64).collect();
+        let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+        let runs: Vec<&str> = events.iter().map(|e| e.run_id.as_str()).collect();
+        let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+        let at: Vec<i64> = events.iter().map(|e| e.at).collect();
         self.exec(
             "INSERT INTO events (id, name, run_id, data, created_at)
-             VALUES ((pg_current_xact_id()::text::bigint << 16) | $1, $2, $3, $4, $5)",
-            &[&n, &event.name.as_str(), &event.run_id, &data, &now],
+             SELECT (pg_current_xact_id()::text::bigint << 16) | e.n, e.name, e.run_id, e.data, e.at
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+                  AS e(n, name, run_id, data, at)",
+            &[&index, &names, &runs, &data, &at],
         )
         .await?;
-        self.kinds |= change::EVENTS;
         Ok(())
     }
 }
@@ -666,6 +714,14 @@ impl<'a> Tx<'a> {
 impl Store for PgStore {
     fn changes(&self) -> &ChangeFeed {
         &self.feed
+    }
+
+    fn traffic(&self) -> Vec<(&'static str, &'static str, u64, u64)> {
+        self.traffic
+            .snapshot()
+            .into_iter()
+            .map(|(op, s, c)| ("postgres", op, s, c))
+            .collect()
     }
 
     fn clock_ms(&self) -> i64 {

@@ -59,36 +59,17 @@ impl Tx<'_> {
 }
 
 impl<'a> Tx<'a> {
-    /// Inserts several events in one statement, with consecutive ids of this transaction.
-    async fn emit_many(&mut self, mut events: Vec<NewEvent>, now: i64) -> StoreResult<()> {
-        if events.is_empty() {
-            return Ok(());
+    /// Adds several events (inserted with the transaction's others before COMMIT).
+    async fn emit_many(&mut self, events: Vec<NewEvent>, now: i64) -> StoreResult<()> {
+        for event in events {
+            self.emit(event, now).await?;
         }
-        let first = self.events;
-        let count = events.len() as i64;
-        if first + count > 1 << 16 {
-            return Err(StoreError::internal(
-                "more than 65,536 events in one transaction",
-            ));
-        }
-        self.events += count;
-        let data: Vec<String> = events.iter_mut().map(|e| e.data_text(now)).collect();
-        let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
-        let runs: Vec<&str> = events.iter().map(|e| e.run_id.as_str()).collect();
-        self.exec(
-            "INSERT INTO events (id, name, run_id, data, created_at)
-             SELECT (pg_current_xact_id()::text::bigint << 16) | ($1 + e.ord - 1), e.name, e.run_id, e.data, $5
-             FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS e(name, run_id, data, ord)",
-            &[&first, &names, &runs, &data, &now],
-        )
-        .await?;
-        self.kinds |= change::EVENTS;
         Ok(())
     }
 }
 
 pub(super) async fn run_create(s: &PgStore, p: RunCreateParams) -> StoreResult<RunCreated> {
-    in_tx!(s, tx => create_in_tx(tx, &p).await?)
+    in_tx!(s, "run_create", tx => create_in_tx(tx, &p).await?)
 }
 
 /// Writes a run, its jobs and their events in the open transaction (see [`run_create`]).
@@ -231,27 +212,24 @@ async fn claim_in_tx(
 ) -> StoreResult<ClaimOutcome> {
     // A node without a row was declared dead (or deregistered): it may not claim. KEY
     // SHARE keeps a rescuer from deleting the row until this claim commits, so the
-    // rescuer's requeue then sees the jobs claimed here.
+    // rescuer's requeue then sees the jobs claimed here. In the same statement, held jobs
+    // that fell due (delayed runs, retries past their backoff) join the claim index: a
+    // range of `jobs_held`; rows another claim is releasing are skipped, not waited for.
     let registered = tx
         .query_opt(
-            "SELECT 1 FROM nodes WHERE id = $1 FOR KEY SHARE",
-            &[&p.node_id],
+            "WITH me AS (SELECT 1 FROM nodes WHERE id = $1 FOR KEY SHARE),
+                  due AS (UPDATE jobs SET held = false WHERE EXISTS (SELECT 1 FROM me) AND seq IN (
+                              SELECT seq FROM jobs WHERE status = 'queued' AND held AND run_after <= $2
+                              ORDER BY run_after LIMIT $3 FOR UPDATE SKIP LOCKED)
+                          RETURNING 1)
+             SELECT (SELECT count(*) FROM due) FROM me",
+            &[&p.node_id, &p.now, &RELEASE_BATCH],
         )
         .await?
         .is_some();
     if !registered {
         return Ok(ClaimOutcome::default());
     }
-    // Held jobs that fell due (delayed runs, retries past their backoff) join the claim
-    // index: a range of `jobs_held`; rows another claim is releasing are skipped, not
-    // waited for.
-    tx.exec(
-        "UPDATE jobs SET held = false WHERE seq IN (
-             SELECT seq FROM jobs WHERE status = 'queued' AND held AND run_after <= $1
-             ORDER BY run_after LIMIT $2 FOR UPDATE SKIP LOCKED)",
-        &[&p.now, &RELEASE_BATCH],
-    )
-    .await?;
     let mut running: HashMap<String, u32> = HashMap::new();
     if claim_plan::needs_counts(p) {
         // Serialise the count with every other claim that counts the same thing: the
@@ -372,7 +350,7 @@ async fn claim_in_tx(
 }
 
 pub(super) async fn job_claim(s: &PgStore, p: JobClaimParams) -> StoreResult<ClaimOutcome> {
-    in_tx!(s, tx => claim_in_tx(tx, &p, CapWait::Wait).await?)
+    in_tx!(s, "job_claim", tx => claim_in_tx(tx, &p, CapWait::Wait).await?)
 }
 
 /// Records a spawned process (fenced); `None` when the claim is no longer ours.
@@ -422,7 +400,7 @@ async fn start_in_tx(tx: &mut Tx<'_>, p: &JobStartParams) -> StoreResult<Option<
 }
 
 pub(super) async fn job_start(s: &PgStore, p: JobStartParams) -> StoreResult<Option<bool>> {
-    in_tx!(s, tx => start_in_tx(tx, &p).await?)
+    in_tx!(s, "job_start", tx => start_in_tx(tx, &p).await?)
 }
 
 /// PostgreSQL text cannot hold NUL; the executor already maps it, and this guard keeps one
@@ -438,7 +416,7 @@ fn chunk(lines: &[String]) -> String {
 
 pub(super) async fn job_output_append(s: &PgStore, p: OutputAppendParams) -> StoreResult<bool> {
     let total = (p.stdout.len() + p.stderr.len()) as i64;
-    in_tx!(s, tx => {
+    in_tx!(s, "job_output_append", tx => {
         // Fence, the expected first line and line-number allocation in one statement.
         let first = tx
             .query_opt(
@@ -484,7 +462,7 @@ pub(super) async fn job_output_append(s: &PgStore, p: OutputAppendParams) -> Sto
 }
 
 pub(super) async fn job_progress(s: &PgStore, p: JobProgressParams) -> StoreResult<bool> {
-    in_tx!(s, tx => {
+    in_tx!(s, "job_progress", tx => {
         let row = tx
             .query_opt(
                 "UPDATE jobs SET progress = $3, progress_message = $4
@@ -584,9 +562,9 @@ async fn finish_fenced(tx: &mut Tx<'_>, p: &JobFinishParams) -> StoreResult<Fini
     let event = payload::job_ended(&p.job_id, &row, &t, p.exit_code, error.as_deref());
     tx.emit(event, p.now).await?;
     let run_finalized = if terminal && row.kind == JobKind::Finalize {
-        finalizer_ended(tx, &row.run_id, t.status, p.now).await?
+        finalizer_ended(tx, &row.run_id, t.status, p.exit_code, p.now).await?
     } else if terminal {
-        land_terminal(tx, &row.run_id, p.now).await?
+        land_terminal(tx, &row.run_id, t.status, p.now).await?
     } else {
         None
     };
@@ -600,7 +578,7 @@ async fn finish_fenced(tx: &mut Tx<'_>, p: &JobFinishParams) -> StoreResult<Fini
 }
 
 pub(super) async fn job_finish(s: &PgStore, p: JobFinishParams) -> StoreResult<FinishOutcome> {
-    in_tx!(s, tx => {
+    in_tx!(s, "job_finish", tx => {
         if let Some(start) = &p.start {
             start_in_tx(tx, start).await?;
         }
@@ -612,9 +590,16 @@ pub(super) async fn job_finish(s: &PgStore, p: JobFinishParams) -> StoreResult<F
     })
 }
 
-/// Bumps the run's counter for one terminal shard; when it lands, finalises the run or
-/// queues its finalizer (the flow of [`crate::store::completion`]).
-async fn land_terminal(tx: &mut Tx<'_>, run_id: &str, now: i64) -> StoreResult<Option<RunStatus>> {
+/// Bumps the run's counter for one terminal shard (`this`: the status it just got);
+/// when it lands, finalises the run or queues its finalizer (the flow of
+/// [`crate::store::completion`]). A one-shard run needs no read of its shards (the one
+/// is `this`), and without a finalizer its shard status is written with its end.
+async fn land_terminal(
+    tx: &mut Tx<'_>,
+    run_id: &str,
+    this: JobStatus,
+    now: i64,
+) -> StoreResult<Option<RunStatus>> {
     let Some(row) = tx
         .query_opt(
             "UPDATE runs SET shards_done = shards_done + 1 WHERE id = $1 AND shards_done < shard_count
@@ -631,27 +616,30 @@ async fn land_terminal(tx: &mut Tx<'_>, run_id: &str, now: i64) -> StoreResult<O
     }
     let status: String = row.get(2);
     let has_finalizer: bool = row.get(3);
-    // A new statement: every earlier lander committed (they all held the run row).
-    let shards: Vec<JobStatus> = tx
-        .query(
+    let shards: Vec<JobStatus> = if count == 1 {
+        vec![this]
+    } else {
+        // A new statement: every earlier lander committed (they all held the run row).
+        tx.query(
             "SELECT status FROM jobs WHERE run_id = $1 AND kind = 'shard'",
             &[&run_id],
         )
         .await?
         .iter()
         .filter_map(|r| r.get::<_, String>(0).parse().ok())
-        .collect();
+        .collect()
+    };
     let shards_status = shards_status(&status, shards);
-    tx.exec(
-        "UPDATE runs SET shards_status = $2 WHERE id = $1",
-        &[&run_id, &shards_status.as_str()],
-    )
-    .await?;
     if has_finalizer {
+        tx.exec(
+            "UPDATE runs SET shards_status = $2 WHERE id = $1",
+            &[&run_id, &shards_status.as_str()],
+        )
+        .await?;
         queue_finalizer(tx, run_id, now).await?;
         return Ok(None);
     }
-    turn_terminal(tx, run_id, shards_status, now).await
+    turn_terminal(tx, run_id, shards_status, Finalizer::None, now).await
 }
 
 async fn queue_finalizer(tx: &mut Tx<'_>, run_id: &str, now: i64) -> StoreResult<()> {
@@ -682,6 +670,7 @@ async fn finalizer_ended(
     tx: &mut Tx<'_>,
     run_id: &str,
     status: JobStatus,
+    exit_code: Option<i32>,
     now: i64,
 ) -> StoreResult<Option<RunStatus>> {
     let Some(row) = tx
@@ -699,21 +688,41 @@ async fn finalizer_ended(
     let current: String = row.get(0);
     let shards: Option<String> = row.get(1);
     let final_status = status_after_finalizer(&current, status, shards.as_deref());
-    turn_terminal(tx, run_id, final_status, now).await
+    turn_terminal(
+        tx,
+        run_id,
+        final_status,
+        Finalizer::Ended(status, exit_code),
+        now,
+    )
+    .await
 }
 
-/// Marks the run terminal (once), emits `run:completed` and writes the webhook outbox row.
+/// What `run:completed` says of the run's finalizer.
+enum Finalizer {
+    /// The run has none.
+    None,
+    /// It just ended so.
+    Ended(JobStatus, Option<i32>),
+}
+
+/// Marks the run terminal (once) with its status and, when it had no finalizer, its
+/// shards' status (the same thing then); emits `run:completed` and writes the webhook
+/// outbox row.
 async fn turn_terminal(
     tx: &mut Tx<'_>,
     run_id: &str,
     status: RunStatus,
+    finalizer: Finalizer,
     now: i64,
 ) -> StoreResult<Option<RunStatus>> {
+    let shards_status = matches!(finalizer, Finalizer::None).then_some(status.as_str());
     let Some(row) = tx
         .query_opt(
-            "UPDATE runs SET status = $2, finished_at = $3 WHERE id = $1 AND finished_at IS NULL
+            "UPDATE runs SET status = $2, finished_at = $3, shards_status = COALESCE($4, shards_status)
+             WHERE id = $1 AND finished_at IS NULL
              RETURNING pipeline, shard_count, callback_url",
-            &[&run_id, &status.as_str(), &now],
+            &[&run_id, &status.as_str(), &now, &shards_status],
         )
         .await?
     else {
@@ -721,24 +730,16 @@ async fn turn_terminal(
     };
     let pipeline: String = row.get(0);
     let callback_url: Option<String> = row.get(2);
-    let finalizer = tx
-        .query_opt(
-            "SELECT status, exit_code FROM jobs WHERE id = $1",
-            &[&finalize_job_id(run_id)],
-        )
-        .await?
-        .map(|r| {
-            (
-                r.get::<_, String>(0),
-                r.get::<_, Option<i64>>(1).map(|c| c as i32),
-            )
-        });
+    let finalizer = match finalizer {
+        Finalizer::None => None,
+        Finalizer::Ended(status, exit_code) => Some((status.as_str(), exit_code)),
+    };
     let event = payload::run_completed(
         run_id,
         &pipeline,
         status,
         row.get::<_, i64>(1) as u32,
-        finalizer.as_ref().map(|(s, c)| (s.as_str(), *c)),
+        finalizer,
     );
     tx.emit(event, now).await?;
     if let Some(url) = callback_url {
@@ -764,7 +765,7 @@ pub(super) async fn run_abort(s: &PgStore, run_id: &str, now: i64) -> StoreResul
             _ => None,
         }
     }
-    in_tx!(s, tx => {
+    in_tx!(s, "run_abort", tx => {
         let status = tx
             .query_opt("SELECT status FROM runs WHERE id = $1", &[&run_id])
             .await?
@@ -817,7 +818,7 @@ pub(super) async fn run_abort(s: &PgStore, run_id: &str, now: i64) -> StoreResul
                         .collect();
                     tx.emit_many(events, now).await?;
                     for _ in &queued {
-                        land_terminal(tx, run_id, now).await?;
+                        land_terminal(tx, run_id, JobStatus::Aborted, now).await?;
                     }
                     tx.kinds |= change::ABORT | change::WORK;
                     AbortOutcome::Aborted { aborted_jobs: (queued.len() as u64 + flagged) as u32 }
@@ -828,7 +829,7 @@ pub(super) async fn run_abort(s: &PgStore, run_id: &str, now: i64) -> StoreResul
 }
 
 pub(super) async fn node_register(s: &PgStore, node: NodeRow) -> StoreResult<()> {
-    in_tx!(s, tx => {
+    in_tx!(s, "node_register", tx => {
         tx.exec(
             "INSERT INTO nodes (id, host, pid, proc_start, boot_id, slots, started_at, heartbeat_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -847,7 +848,7 @@ pub(super) async fn node_heartbeat(
     p: NodeHeartbeatParams,
 ) -> StoreResult<HeartbeatOutcome> {
     let ids: Vec<&str> = p.running.iter().map(|(id, _)| id.as_str()).collect();
-    in_tx!(s, tx => {
+    in_tx!(s, "node_heartbeat", tx => {
         let registered = tx
             .exec("UPDATE nodes SET heartbeat_at = $2 WHERE id = $1", &[&p.node_id, &p.now])
             .await?
@@ -875,7 +876,7 @@ pub(super) async fn node_heartbeat(
 }
 
 pub(super) async fn node_remove(s: &PgStore, node_id: &str) -> StoreResult<()> {
-    in_tx!(s, tx => {
+    in_tx!(s, "node_remove", tx => {
         tx.exec("DELETE FROM nodes WHERE id = $1", &[&node_id]).await?;
         tx.exec("DELETE FROM pipeline_nodes WHERE node_id = $1", &[&node_id]).await?;
     })
@@ -886,7 +887,7 @@ pub(super) async fn node_remove_stale(
     node_id: &str,
     seen_heartbeat_at: i64,
 ) -> StoreResult<bool> {
-    in_tx!(s, tx => {
+    in_tx!(s, "node_remove_stale", tx => {
         let removed = tx
             .exec("DELETE FROM nodes WHERE id = $1 AND heartbeat_at = $2", &[&node_id, &seen_heartbeat_at])
             .await?
@@ -903,7 +904,7 @@ pub(super) async fn runs_prune(
     before: i64,
     batch: usize,
 ) -> StoreResult<PruneOutcome> {
-    in_tx!(s, tx => {
+    in_tx!(s, "runs_prune", tx => {
         // One node prunes at a time; the others skip this round instead of fighting.
         let ours: bool = tx
             .query_opt(
@@ -978,7 +979,7 @@ pub(super) async fn deliveries_claim(
     lease_ms: i64,
     limit: usize,
 ) -> StoreResult<Vec<PendingDelivery>> {
-    in_tx!(s, tx => {
+    in_tx!(s, "deliveries_claim", tx => {
         tx.query(
             "UPDATE deliveries SET lease_node = $1, lease_until = $2 + $3
              WHERE id IN (SELECT id FROM deliveries
@@ -1009,7 +1010,7 @@ pub(super) async fn delivery_record(s: &PgStore, p: DeliveryRecordParams) -> Sto
         DeliveryNext::GiveUp => ("failed", None, Some(now)),
     };
     let code = p.status_code.map(i64::from);
-    in_tx!(s, tx => {
+    in_tx!(s, "delivery_record", tx => {
         let attempt = tx
             .query_opt(
                 "UPDATE deliveries SET attempts = attempts + 1, status = $3,
@@ -1037,7 +1038,7 @@ pub(super) async fn delivery_record(s: &PgStore, p: DeliveryRecordParams) -> Sto
 }
 
 pub(super) async fn pipeline_node_set(s: &PgStore, st: PipelineNodeState) -> StoreResult<()> {
-    in_tx!(s, tx => {
+    in_tx!(s, "pipeline_node_set", tx => {
         tx.exec(
             "INSERT INTO pipeline_nodes (node_id, pipeline, setup, failures, circuit, open_until, last_error, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -1054,7 +1055,7 @@ pub(super) async fn pipeline_node_set(s: &PgStore, st: PipelineNodeState) -> Sto
 /// Pauses or resumes a pipeline (see [`crate::store::Store::pipeline_pause`]). The row is
 /// locked (or inserted) first, so two concurrent pauses emit one event.
 pub(super) async fn pipeline_pause(s: &PgStore, p: PipelinePauseParams) -> StoreResult<bool> {
-    in_tx!(s, tx => {
+    in_tx!(s, "pipeline_pause", tx => {
         tx.exec(
             "INSERT INTO pipeline_state (pipeline, paused, updated_at) VALUES ($1, false, $2)
              ON CONFLICT (pipeline) DO NOTHING",
@@ -1096,7 +1097,7 @@ pub(super) async fn schedule_init(
     next_fire_at: i64,
     now: i64,
 ) -> StoreResult<bool> {
-    in_tx!(s, tx => {
+    in_tx!(s, "schedule_init", tx => {
         tx.exec(
             "INSERT INTO pipeline_state (pipeline, schedule_key, next_fire_at, updated_at)
              VALUES ($1, $2, $3, $4)
@@ -1116,7 +1117,7 @@ pub(super) async fn schedule_fire(
     s: &PgStore,
     p: ScheduleFireParams,
 ) -> StoreResult<Option<RunCreated>> {
-    in_tx!(s, tx => {
+    in_tx!(s, "schedule_fire", tx => {
         let advanced = tx
             .exec(
                 "UPDATE pipeline_state SET next_fire_at = $4, updated_at = $5
