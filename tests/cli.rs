@@ -428,6 +428,10 @@ async fn wait_summarises_shards_and_logs_of_a_sharded_run_show_every_shard() {
     assert!(summary[2].starts_with("s1     failed     5 "), "{err}");
     assert!(summary[2].contains("2/2"), "{err}");
     assert!(
+        summary[0].contains("EXECUTIONS") && summary[2].contains("  2  "),
+        "s1 ran twice: {err}"
+    );
+    assert!(
         summary
             .iter()
             .any(|l| l.starts_with(&format!("run {run_id} failed in "))),
@@ -447,8 +451,15 @@ async fn wait_summarises_shards_and_logs_of_a_sharded_run_show_every_shard() {
         "{text}"
     );
     assert!(
-        text.contains("[s0] ::progress 40 warming"),
-        "stored output is verbatim"
+        text.contains("[s0] ::progress 40 warming") && text.contains("[s1] ::progress 40 warming"),
+        "stored output is verbatim: {text}"
+    );
+    // s1 ran twice: its second execution is set apart (on stderr).
+    assert_eq!(text.matches("[s1] line of 1\n").count(), 2, "{text}");
+    assert!(
+        stderr(&logs).contains("[s1] --- next execution (claim 2) ---"),
+        "{}",
+        stderr(&logs)
     );
     let follow = cli(&s, &["logs", &run_id, "-f"]).await;
     assert_eq!(follow.status.code(), Some(1), "by the run's status");

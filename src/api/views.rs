@@ -38,9 +38,10 @@ pub struct JobView {
     pub max_attempts: u32,
     /// Times re-queued after an orphaning or shutdown.
     pub requeues: u32,
-    /// Node running or last running it.
+    /// Node running or last running it; null while it is queued (a re-queued job's
+    /// earlier executions, with their nodes and pids, are in its run's `attempts`).
     pub node: Option<String>,
-    /// Leader pid of the current or last execution.
+    /// Leader pid of the current or last execution; null while it is queued.
     pub pid: Option<u32>,
     /// Exit code of the last execution.
     pub exit_code: Option<i32>,
@@ -168,6 +169,9 @@ pub struct DeliveryView {
 
 impl From<JobRecord> for JobView {
     fn from(j: JobRecord) -> JobView {
+        // A queued job runs nowhere: the node and pid of an execution that ended (a
+        // requeue after its node died) would read as where it runs now.
+        let queued = j.status == "queued";
         JobView {
             duration_ms: j.started_at.zip(j.finished_at).map(|(s, f)| (f - s).max(0)),
             created_at: rfc3339(j.created_at),
@@ -185,8 +189,8 @@ impl From<JobRecord> for JobView {
             attempt: j.attempt,
             max_attempts: j.max_attempts,
             requeues: j.requeues,
-            node: j.node,
-            pid: j.pid,
+            node: j.node.filter(|_| !queued),
+            pid: j.pid.filter(|_| !queued),
             exit_code: j.exit_code,
             progress: j.progress,
             progress_message: j.progress_message,

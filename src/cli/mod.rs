@@ -570,8 +570,29 @@ async fn logs(
     if let Some(n) = tail {
         query.push(("tail", n.to_string()));
     }
+    // A finished job that ran more than once (a retry, a requeue after its node died)
+    // is replayed from its stream, whose lines name their execution, so each later
+    // execution is set apart.
+    let run_id = jobs[0].0.split(':').next().unwrap_or_default();
+    let executions = if json_out {
+        Value::Null
+    } else {
+        client
+            .get(&format!("/api/runs/{}", segment(run_id)))
+            .await
+            .map(|run| run["attempts"].clone())
+            .unwrap_or(Value::Null)
+    };
     let mut answers = Vec::new();
     for (job, prefix) in &jobs {
+        let runs = executions[job.as_str()].as_array();
+        let finished = runs
+            .and_then(|r| r.last())
+            .is_some_and(|e| e["outcome"] != "running");
+        if runs.is_some_and(|r| r.len() > 1) && finished {
+            wait::stream_job(client, job, tail, prefix.as_deref(), true).await?;
+            continue;
+        }
         let answer = client
             .get_query(&format!("/api/jobs/{}/logs", segment(job)), &query)
             .await?;

@@ -132,21 +132,42 @@ pub async fn follow_job(
     tail: Option<usize>,
     prefix: Option<&str>,
 ) -> Result<String, ClientError> {
+    stream_job(client, job, tail, prefix, false).await
+}
+
+/// A job's log from its stream (stored lines, then live ones until it ends), each later
+/// execution set apart on stderr; `verbatim` prints `::progress` lines as stored.
+pub async fn stream_job(
+    client: &Client,
+    job: &str,
+    tail: Option<usize>,
+    prefix: Option<&str>,
+    verbatim: bool,
+) -> Result<String, ClientError> {
     let mut path = format!("/api/jobs/{}/logs/stream", segment(job));
     if let Some(n) = tail {
         path.push_str(&format!("?tail={n}"));
     }
     let p = prefix.map(|p| format!("[{p}] ")).unwrap_or_default();
     let mut status = String::from("failed");
+    let mut execution: Option<i64> = None;
     client
         .sse(&path, |msg| match msg.event.as_str() {
             "log" => {
                 let v: Value = serde_json::from_str(&msg.data).unwrap_or(Value::Null);
                 let line = v["line"].as_str().unwrap_or_default();
+                // Lines of a later execution (a retry, or a requeue after its node died)
+                // are set apart, on stderr so stdout stays the job's own output.
+                if let Some(seq) = v["claimSeq"].as_i64() {
+                    if execution.is_some_and(|e| e != seq) {
+                        term::err(format_args!("{p}--- next execution (claim {seq}) ---"));
+                    }
+                    execution = Some(seq);
+                }
                 if v["stream"] == "stderr" {
                     term::err(format_args!("{p}{line}"));
                 } else {
-                    match render_progress(line) {
+                    match render_progress(line).filter(|_| !verbatim) {
                         Some(shown) => term::out(format_args!("{p}{shown}"))?,
                         None => term::out(format_args!("{p}{line}"))?,
                     }
@@ -363,6 +384,13 @@ fn summary(run: &Value, colour: bool) {
                 .as_i64()
                 .map_or("-".to_string(), human_duration),
             format!("{}/{}", j["attempt"], j["maxAttempts"]),
+            // Executions, requeues included: a shard re-run after its node died ran
+            // twice within one attempt.
+            run["attempts"][j["id"].as_str().unwrap_or_default()]
+                .as_array()
+                .map_or(1, Vec::len)
+                .max(1)
+                .to_string(),
             // A completed job's reason is always `exit_code`: only failures need one.
             match status {
                 "completed" => "-".to_string(),
@@ -370,7 +398,15 @@ fn summary(run: &Value, colour: bool) {
             },
         ]);
     }
-    let headers = ["SHARD", "STATUS", "EXIT", "DURATION", "ATTEMPTS", "REASON"];
+    let headers = [
+        "SHARD",
+        "STATUS",
+        "EXIT",
+        "DURATION",
+        "ATTEMPTS",
+        "EXECUTIONS",
+        "REASON",
+    ];
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
