@@ -396,3 +396,44 @@ async fn short_run_ids_work_on_every_route_and_an_ambiguous_one_is_a_clear_400()
     );
     s.stop().await;
 }
+
+/// Issue 23: every id the API hands out resolves where it is documented to be used. A
+/// sharded run's trigger answer names the run as `jobId`; the jobs routes answer for it
+/// with the run as one job and its shards, and with every shard's lines.
+#[tokio::test]
+async fn a_sharded_runs_job_id_resolves_on_the_jobs_routes() {
+    let s = TestServer::start(
+        "",
+        "[pipelines.parts]\ncommand = [\"sh\", \"-c\", \"echo out $RUNYARD_SHARD_INDEX; echo err >&2\"]\nshards = 2\n",
+    )
+    .await;
+    let (status, t) = s.trigger("parts", json!({})).await;
+    assert_eq!(status, 202, "{t}");
+    let job_id = t["jobId"].as_str().unwrap().to_string();
+    let mut events = s.events();
+    s.wait_run(&mut events, &job_id, Duration::from_secs(20))
+        .await;
+    let (status, job) = s.get(&format!("/api/jobs/{job_id}")).await;
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(job["kind"], "run");
+    assert_eq!(job["status"], "completed");
+    assert_eq!(job["shardCount"], 2);
+    let shards: Vec<&str> = job["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(shards, [format!("{job_id}:s0"), format!("{job_id}:s1")]);
+    let (status, logs) = s.get(&format!("/api/jobs/{job_id}/logs")).await;
+    assert_eq!(status, 200, "{logs}");
+    assert_eq!(logs["stdout"], json!(["[s0] out 0", "[s1] out 1"]));
+    assert_eq!(logs["stderr"], json!(["[s0] err", "[s1] err"]));
+    // A shard's own id and an unknown one behave as before.
+    let (status, shard) = s.get(&format!("/api/jobs/{job_id}:s1")).await;
+    assert_eq!((status, shard["kind"].as_str()), (200, Some("shard")));
+    assert!(shard.get("shards").is_none());
+    let (status, _) = s.get(&format!("/api/jobs/{job_id}:s7")).await;
+    assert_eq!(status, 404);
+    s.stop().await;
+}

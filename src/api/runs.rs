@@ -508,7 +508,8 @@ pub(super) async fn abort(
     }
 }
 
-/// `GET /api/jobs/{id}`: one job.
+/// `GET /api/jobs/{id}`: one job. A sharded run's id (the trigger answer's `jobId`)
+/// answers with the run as one job (`kind: run`) and its jobs in `shards`.
 #[utoipa::path(
     get,
     path = "/api/jobs/{id}",
@@ -527,12 +528,26 @@ pub(super) async fn job(
     path: Result<Path<JobIdParam>, PathRejection>,
 ) -> Result<Json<JobView>, ApiError> {
     let id = job_id(&state, path).await?;
-    let job = state
-        .store
-        .job_get(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("Job not found: {id}")))?;
-    Ok(Json(job.into()))
+    if let Some(job) = state.store.job_get(&id).await? {
+        return Ok(Json(job.into()));
+    }
+    // The trigger answer's `jobId` is the run id, which names no job of a sharded run:
+    // answer with the run as one job and its shards.
+    match sharded_run(&state, &id).await? {
+        Some(run) => Ok(Json(JobView::of_run(run))),
+        None => Err(ApiError::NotFound(format!("Job not found: {id}"))),
+    }
+}
+
+/// The sharded run `id` names, when it is a run id and not a job's.
+async fn sharded_run(
+    state: &AppState,
+    id: &str,
+) -> Result<Option<crate::store::RunRecord>, ApiError> {
+    if id.contains(':') {
+        return Ok(None);
+    }
+    Ok(state.store.run_get(id).await?)
 }
 
 /// `?tail=N`.
@@ -544,7 +559,8 @@ pub(super) struct LogsQuery {
     tail: Option<usize>,
 }
 
-/// `GET /api/jobs/{id}/logs`: the job's stored output.
+/// `GET /api/jobs/{id}/logs`: the job's stored output. A sharded run's id answers with
+/// every shard's lines and the finalizer's, each prefixed with its part (`[s0] `).
 #[utoipa::path(
     get,
     path = "/api/jobs/{id}/logs",
@@ -570,24 +586,35 @@ pub(super) async fn logs(
             "tail must be between 1 and 1000000".into(),
         ));
     }
-    let logs = state
-        .store
-        .job_logs(&id, q.tail)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("Job not found: {id}")))?;
+    let (stdout, stderr, truncated) = match state.store.job_logs(&id, q.tail).await? {
+        Some(logs) => (logs.stdout, logs.stderr, logs.truncated),
+        // A sharded run's id (the trigger answer's `jobId`): every shard's lines, and
+        // the finalizer's, each prefixed with its part (`[s0] `, `[finalize] `).
+        None => {
+            let run = sharded_run(&state, &id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("Job not found: {id}")))?;
+            let (mut stdout, mut stderr, mut truncated) = (Vec::new(), Vec::new(), false);
+            for job in run.jobs.iter().chain(&run.finalizer) {
+                let Some(logs) = state.store.job_logs(&job.id, q.tail).await? else {
+                    continue;
+                };
+                let part = job.id.rsplit_once(':').map_or("s0", |(_, p)| p);
+                stdout.extend(logs.stdout.iter().map(|l| format!("[{part}] {l}")));
+                stderr.extend(logs.stderr.iter().map(|l| format!("[{part}] {l}")));
+                truncated |= logs.truncated;
+            }
+            (stdout, stderr, truncated)
+        }
+    };
     // totalSize counts what is returned: each line's bytes plus its newline.
-    let total_size: usize = logs
-        .stdout
-        .iter()
-        .chain(&logs.stderr)
-        .map(|l| l.len() + 1)
-        .sum();
+    let total_size: usize = stdout.iter().chain(&stderr).map(|l| l.len() + 1).sum();
     Ok(Json(JobLogsView {
         job_id: id,
-        stdout: logs.stdout,
-        stderr: logs.stderr,
+        stdout,
+        stderr,
         total_size: total_size as u64,
-        truncated: logs.truncated,
+        truncated,
     }))
 }
 

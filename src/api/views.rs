@@ -15,8 +15,9 @@ use crate::store::{DeliveryAttemptRecord, DeliveryRecord, JobRecord, RunRecord};
 pub struct JobView {
     /// Job id.
     pub id: String,
-    /// `shard` or `finalize`.
-    #[schema(pattern = "^(shard|finalize)$")]
+    /// `shard` or `finalize`; `run` when a sharded run's id (the trigger answer's
+    /// `jobId`) was asked for: the run as one job, with its shards in `shards`.
+    #[schema(pattern = "^(shard|finalize|run)$")]
     pub kind: &'static str,
     /// Run id.
     pub run_id: String,
@@ -73,6 +74,11 @@ pub struct JobView {
     /// (its logs are there). Absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kept_from: Option<String>,
+    /// For kind `run`: the run's shards (and its finalizer, last), each as a job.
+    /// Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(no_recursion)]
+    pub shards: Option<Vec<JobView>>,
 }
 
 /// One run as the API shows it, with its jobs.
@@ -200,6 +206,55 @@ impl From<JobRecord> for JobView {
             stderr_bytes: j.stderr_bytes,
             truncated: j.truncated,
             kept_from: j.kept_from,
+            shards: None,
+        }
+    }
+}
+
+impl JobView {
+    /// A sharded run seen as one job (what `GET /api/jobs/{runId}` answers, the run id
+    /// being the trigger answer's `jobId`): the run's status and times, its shards'
+    /// sums and least progress, and the jobs themselves in `shards`.
+    pub fn of_run(run: RunRecord) -> JobView {
+        let jobs: Vec<JobView> = run
+            .jobs
+            .into_iter()
+            .chain(run.finalizer)
+            .map(JobView::from)
+            .collect();
+        let sum = |f: fn(&JobView) -> u64| jobs.iter().map(f).sum::<u64>();
+        JobView {
+            id: run.run_id.clone(),
+            kind: "run",
+            run_id: run.run_id,
+            pipeline_id: run.pipeline_id,
+            shard_index: 0,
+            shard_count: run.shard_count,
+            status: run.status,
+            reason: None,
+            attempt: jobs.iter().map(|j| j.attempt).max().unwrap_or(1),
+            max_attempts: jobs.iter().map(|j| j.max_attempts).max().unwrap_or(1),
+            requeues: jobs.iter().map(|j| j.requeues).sum(),
+            node: None,
+            pid: None,
+            exit_code: None,
+            progress: jobs.iter().filter_map(|j| j.progress).min(),
+            progress_message: None,
+            error: None,
+            abort_requested: jobs.iter().any(|j| j.abort_requested),
+            stdout_bytes: sum(|j| j.stdout_bytes),
+            stderr_bytes: sum(|j| j.stderr_bytes),
+            truncated: jobs.iter().any(|j| j.truncated),
+            created_at: rfc3339(run.created_at),
+            started_at: run.started_at.map(rfc3339),
+            finished_at: run.finished_at.map(rfc3339),
+            duration_ms: run
+                .started_at
+                .zip(run.finished_at)
+                .map(|(s, f)| (f - s).max(0)),
+            result: None,
+            kept_from: None,
+            shards: Some(jobs),
         }
     }
 }
