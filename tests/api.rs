@@ -225,18 +225,46 @@ async fn abort_answers_202_then_idempotent_and_409_when_finished() {
         .await;
     assert_eq!(status, 202);
     assert_eq!(
-        body,
-        json!({"runId": slow_id, "status": "aborted", "abortedJobs": 1})
+        (&body["runId"], &body["status"], &body["abortedJobs"]),
+        (&json!(slow_id), &json!("aborted"), &json!(1))
     );
+    // What was stopped, counted apart: the one job was queued or running.
+    let (queued, running) = (
+        body["queuedAborted"].as_u64().unwrap(),
+        body["runningStopping"].as_u64().unwrap(),
+    );
+    assert_eq!(queued + running, 1, "{body}");
     let (status, body) = s
         .post(&format!("/api/runs/{slow_id}/abort"), json!({}))
         .await;
     assert_eq!(status, 202, "aborting an aborted run is idempotent");
-    assert_eq!(body["abortedJobs"], 0);
+    assert_eq!(
+        (
+            &body["abortedJobs"],
+            &body["queuedAborted"],
+            &body["runningStopping"]
+        ),
+        (&json!(0), &json!(0), &json!(0))
+    );
     let run = s
         .wait_run(&mut events, slow_id, Duration::from_secs(10))
         .await;
     assert_eq!(run["status"], "aborted");
+    // Who aborted: in the run's view and its run:completed event.
+    let (_, workers) = s.get("/api/workers").await;
+    let node = workers["workers"][0]["id"].clone();
+    let (_, view) = s.get(&format!("/api/runs/{slow_id}")).await;
+    assert_eq!(
+        view["abortedBy"],
+        json!({"actor": null, "node": node, "via": "api"}),
+        "{view}"
+    );
+    let ended = events
+        .seen
+        .iter()
+        .find(|e| e.event == "run:completed" && e.data["runId"] == slow_id)
+        .unwrap();
+    assert_eq!(ended.data["abortedBy"]["via"], "api", "{:?}", ended.data);
     s.stop().await;
 }
 

@@ -109,7 +109,20 @@ async fn trigger_wait_exits_by_run_status() {
     let run_id = started.data["runId"].as_str().unwrap().to_string();
     let abort = cli(&s, &["abort", &run_id]).await;
     assert_eq!(abort.status.code(), Some(0));
-    assert!(stdout(&abort).contains("aborted"));
+    assert!(
+        stdout(&abort).contains("aborted: 0 queued job(s) aborted, 1 running job(s) told to stop"),
+        "{}",
+        stdout(&abort)
+    );
+    let again = cli(&s, &["abort", &run_id]).await;
+    assert_eq!(again.status.code(), Some(0), "a second abort is 202");
+    assert!(
+        stdout(&again).contains("was already aborted"),
+        "{}",
+        stdout(&again)
+    );
+    let (_, view) = s.get(&format!("/api/runs/{run_id}")).await;
+    assert_eq!(view["abortedBy"]["via"], "cli", "{view}");
     let waited = tokio::time::timeout(Duration::from_secs(20), waiter)
         .await
         .unwrap()

@@ -170,8 +170,14 @@ pub(super) struct Aborted {
     /// Always `aborted`.
     #[schema(pattern = "^aborted$")]
     status: &'static str,
-    /// Jobs that were not terminal when the abort landed (0 when it was aborted before).
+    /// Jobs that were not terminal when the abort landed (0 when it was aborted before):
+    /// `queuedAborted` + `runningStopping`.
     aborted_jobs: u32,
+    /// Queued jobs aborted there and then: they never run.
+    queued_aborted: u32,
+    /// Running jobs told to stop: each ends `aborted` unless it finishes first (its run
+    /// stays `aborted` either way).
+    running_stopping: u32,
 }
 
 /// `GET /api/jobs/{id}/logs` answer.
@@ -489,20 +495,32 @@ fn delivery_views(records: Vec<crate::store::DeliveryRecord>) -> Vec<DeliveryVie
 )]
 pub(super) async fn abort(
     State(state): State<AppState>,
+    axum::Extension(actor): axum::Extension<super::auth::Actor>,
+    headers: axum::http::HeaderMap,
     path: Result<Path<RunIdParam>, PathRejection>,
 ) -> Result<(StatusCode, Json<Aborted>), ApiError> {
     let id = run_id(&state, path).await?;
-    match state.scheduler.abort(&id).await? {
+    let by = crate::scheduler::AbortedBy {
+        actor: actor.0,
+        via: super::pipelines::source(&headers),
+    };
+    match state.scheduler.abort(&id, by).await? {
         AbortOutcome::NotFound => Err(ApiError::NotFound(format!("Run not found: {id}"))),
         AbortOutcome::Finished(status) => Err(ApiError::Conflict(format!(
             "Run {id} already finished with status {status}"
         ))),
-        AbortOutcome::Aborted { aborted_jobs } => Ok((
+        AbortOutcome::Aborted {
+            aborted_jobs,
+            queued,
+            running,
+        } => Ok((
             StatusCode::ACCEPTED,
             Json(Aborted {
                 run_id: id,
                 status: "aborted",
                 aborted_jobs,
+                queued_aborted: queued,
+                running_stopping: running,
             }),
         )),
     }

@@ -125,6 +125,12 @@ pub struct RunView {
     /// for (RFC 3339). Absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduled_for: Option<String>,
+    /// For an aborted run: who aborted it — `actor` (the token's label, or null), `node`
+    /// (the node that took the request) and `via` (`api`, `cli`, `dashboard`, `bus`).
+    /// Absent otherwise (and for runs aborted before this was recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub aborted_by: Option<serde_json::Value>,
     /// Its shard jobs in shard order.
     pub jobs: Vec<JobView>,
     /// Its finalize job, once queued.
@@ -279,6 +285,10 @@ impl From<RunRecord> for RunView {
             priority: r.priority,
             run_at: r.run_at.map(rfc3339),
             scheduled_for: r.scheduled_for.map(rfc3339),
+            aborted_by: r
+                .aborted_by
+                .as_deref()
+                .and_then(|t| serde_json::from_str(t).ok()),
             jobs: r.jobs.into_iter().map(JobView::from).collect(),
             finalizer: r.finalizer.map(JobView::from),
         }

@@ -458,11 +458,19 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             if json_out {
                 output::print_json(&answer)?;
             } else {
-                term::out(format_args!(
-                    "run {} aborted ({} job(s) stopped)",
-                    answer["runId"].as_str().unwrap_or(run),
-                    answer["abortedJobs"]
-                ))?;
+                let id = answer["runId"].as_str().unwrap_or(run);
+                let (queued, running) = (
+                    answer["queuedAborted"].as_u64().unwrap_or(0),
+                    answer["runningStopping"].as_u64().unwrap_or(0),
+                );
+                if queued + running == 0 {
+                    term::out(format_args!("run {id} was already aborted"))?;
+                } else {
+                    term::out(format_args!(
+                        "run {id} aborted: {queued} queued job(s) aborted, {running} running \
+                         job(s) told to stop (one that finishes first keeps its result)"
+                    ))?;
+                }
             }
             Ok(exit::OK)
         }

@@ -348,7 +348,18 @@ async fn abort_from_bus(
 ) {
     let deadline = tokio::time::Instant::now() + BUS_ABORT_RETRY;
     let outcome = loop {
-        match inner.store.run_abort(run_id, inner.store.clock_ms()).await {
+        // Who published it is not known here: the message carries the publishing process's
+        // origin only (a replica that published it has marked the run itself already).
+        let by = super::AbortedBy {
+            actor: None,
+            via: "bus".into(),
+        }
+        .json(&inner.node.id, origin);
+        match inner
+            .store
+            .run_abort_by(run_id, inner.store.clock_ms(), Some(by))
+            .await
+        {
             Err(StoreError::Unavailable { .. }) if tokio::time::Instant::now() < deadline => {
                 tokio::select! {
                     _ = inner.stop_services.cancelled() => return,
@@ -359,7 +370,7 @@ async fn abort_from_bus(
         }
     };
     match outcome {
-        Ok(AbortOutcome::Aborted { aborted_jobs }) => {
+        Ok(AbortOutcome::Aborted { aborted_jobs, .. }) => {
             let n = inner.registry.abort_all_shards_for_run(run_id);
             tracing::debug!(run = %run_id, origin, cancelled = n, aborted_jobs, "abort from the bus");
         }

@@ -637,13 +637,14 @@ impl Scheduler {
     }
 
     /// Aborts a run: durable mark first, then local cancellation, then the bus (DESIGN "Life of a run" 5).
-    pub async fn abort(&self, run_id: &str) -> Result<AbortOutcome, StoreError> {
+    pub async fn abort(&self, run_id: &str, by: AbortedBy) -> Result<AbortOutcome, StoreError> {
+        let by = by.json(&self.inner.node.id, None);
         let outcome = self
             .inner
             .store
-            .run_abort(run_id, self.inner.store.clock_ms())
+            .run_abort_by(run_id, self.inner.store.clock_ms(), Some(by))
             .await?;
-        if let AbortOutcome::Aborted { aborted_jobs } = outcome {
+        if let AbortOutcome::Aborted { aborted_jobs, .. } = outcome {
             Metrics::add(&self.inner.metrics.aborts, 1);
             self.inner.registry.abort_all_shards_for_run(run_id);
             // Repeating an abort changes nothing anywhere: only a new one is published.
@@ -800,5 +801,26 @@ async fn read_back_run(store: &Arc<dyn Store>, run_id: &str) -> Result<bool, Sto
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Who asks for an abort: recorded with the run when this abort marks it, and shown in
+/// the run's view (`abortedBy`), its `run:completed` event and the dashboard.
+#[derive(Debug, Clone)]
+pub struct AbortedBy {
+    /// The token's label, when the request carried one.
+    pub actor: Option<String>,
+    /// `api`, `cli`, `dashboard`, or `bus` (another process's message).
+    pub via: String,
+}
+
+impl AbortedBy {
+    /// `{"actor", "node", "via"}` (and `origin` for a bus message), as stored.
+    fn json(&self, node: &str, origin: Option<&str>) -> String {
+        let mut v = serde_json::json!({"actor": self.actor, "node": node, "via": self.via});
+        if let Some(origin) = origin {
+            v["origin"] = origin.into();
+        }
+        v.to_string()
     }
 }

@@ -483,8 +483,13 @@ pub enum AbortOutcome {
     Finished(RunStatus),
     /// The run is aborted (now or before).
     Aborted {
-        /// Jobs not terminal at the moment of the abort.
+        /// Jobs not terminal at the moment of the abort (`queued` + `running`); 0 when
+        /// the run was aborted before.
         aborted_jobs: u32,
+        /// Queued jobs aborted there and then: they never run.
+        queued: u32,
+        /// Running jobs told to stop: each ends `aborted` unless it finishes first.
+        running: u32,
     },
 }
 
@@ -642,6 +647,8 @@ pub struct RunRecord {
     pub run_at: Option<i64>,
     /// The schedule tick it is for, when a schedule fired it (epoch ms).
     pub scheduled_for: Option<i64>,
+    /// Who aborted it, as JSON `{"actor", "node", "via"}`, when it was aborted.
+    pub aborted_by: Option<String>,
     /// Its shard jobs in shard order.
     pub jobs: Vec<JobRecord>,
     /// Its finalize job, once queued.
@@ -977,7 +984,17 @@ pub trait Store: Send + Sync {
     /// Ends an execution (terminal, retry or requeue) and finalises the run when it lands.
     async fn job_finish(&self, p: JobFinishParams) -> StoreResult<FinishOutcome>;
     /// Aborts a run: marks it, aborts queued jobs, flags running ones.
-    async fn run_abort(&self, run_id: &str, now: i64) -> StoreResult<AbortOutcome>;
+    async fn run_abort(&self, run_id: &str, now: i64) -> StoreResult<AbortOutcome> {
+        self.run_abort_by(run_id, now, None).await
+    }
+    /// Aborts a run, recording who asked (`by`: JSON `{"actor", "node", "via"}`) when
+    /// this call is the one that marks it.
+    async fn run_abort_by(
+        &self,
+        run_id: &str,
+        now: i64,
+        by: Option<String>,
+    ) -> StoreResult<AbortOutcome>;
 
     /// Inserts or replaces this node's row.
     async fn node_register(&self, node: NodeRow) -> StoreResult<()>;

@@ -175,11 +175,16 @@ pub fn run_completed(
     status: RunStatus,
     shard_count: u32,
     finalizer: Option<(&str, Option<i32>)>,
+    aborted_by: Option<&str>,
 ) -> NewEvent {
     let mut data =
         json!({"pipelineId": pipeline, "status": status.as_str(), "shardCount": shard_count});
     if let Some((fin_status, exit_code)) = finalizer {
         data["finalizer"] = json!({"status": fin_status, "exitCode": exit_code});
+    }
+    // Who aborted an aborted run (`{"actor", "node", "via"}`).
+    if let Some(by) = aborted_by.and_then(|t| serde_json::from_str::<Value>(t).ok()) {
+        data["abortedBy"] = by;
     }
     NewEvent::new(EventName::RunCompleted, run_id, data)
 }

@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite_0006_rerun.sql"),
     include_str!("migrations/sqlite_0007_queue_order.sql"),
     include_str!("migrations/sqlite_0008_schedules.sql"),
+    include_str!("migrations/sqlite_0009_aborted_by.sql"),
 ];
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Held jobs one claim releases at most (the rest on the next claims: a due backlog is
@@ -959,7 +960,7 @@ fn job_view(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
     })
 }
 
-const RUN_COLS: &str = "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at, scheduled_for";
+const RUN_COLS: &str = "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at, scheduled_for, aborted_by";
 
 fn run_view(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
     let params: String = r.get(3)?;
@@ -981,6 +982,7 @@ fn run_view(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         priority: r.get(14)?,
         run_at: r.get(15)?,
         scheduled_for: r.get(16)?,
+        aborted_by: r.get(17)?,
         jobs: Vec::new(),
         finalizer: None,
     })
@@ -1245,7 +1247,12 @@ impl Store for SqliteStore {
         Ok(outcome)
     }
 
-    async fn run_abort(&self, run_id: &str, now: i64) -> StoreResult<AbortOutcome> {
+    async fn run_abort_by(
+        &self,
+        run_id: &str,
+        now: i64,
+        by: Option<String>,
+    ) -> StoreResult<AbortOutcome> {
         let run = run_id.to_string();
         let outcome = self.write(move |conn| {
             let run_id = run.as_str();
@@ -1255,12 +1262,14 @@ impl Store for SqliteStore {
                 .optional()?;
             let Some(status) = status else { return Ok((AbortOutcome::NotFound, 0)) };
             match status.parse::<RunStatus>() {
-                Ok(RunStatus::Aborted) => return Ok((AbortOutcome::Aborted { aborted_jobs: 0 }, 0)),
+                Ok(RunStatus::Aborted) => return Ok((AbortOutcome::Aborted { aborted_jobs: 0, queued: 0, running: 0 }, 0)),
                 Ok(s @ (RunStatus::Completed | RunStatus::Failed)) => return Ok((AbortOutcome::Finished(s), 0)),
                 _ => {}
             }
-            conn.prepare_cached("UPDATE runs SET status = 'aborted' WHERE id = ?1 AND status IN ('queued', 'running')")?
-                .execute(params![run_id])?;
+            conn.prepare_cached(
+                "UPDATE runs SET status = 'aborted', aborted_by = ?2 WHERE id = ?1 AND status IN ('queued', 'running')",
+            )?
+            .execute(params![run_id, by])?;
             let queued: Vec<(String, String, u32)> = conn
                 .prepare_cached(
                     "UPDATE jobs SET status = 'aborted', reason = 'aborted', finished_at = ?2
@@ -1275,8 +1284,9 @@ impl Store for SqliteStore {
                 emit(conn, payload::queued_job_aborted(run_id, job_id, pipeline, *shard_index), now)?;
                 land_terminal(conn, run_id, now)?;
             }
-            let aborted_jobs = (queued.len() + flagged) as u32;
-            Ok((AbortOutcome::Aborted { aborted_jobs }, change::ABORT | change::EVENTS | change::WORK))
+            let (queued, running) = (queued.len() as u32, flagged as u32);
+            let aborted = AbortOutcome::Aborted { aborted_jobs: queued + running, queued, running };
+            Ok((aborted, change::ABORT | change::EVENTS | change::WORK))
         })
         .await?;
         // After COMMIT: the followers of this run's jobs look at their status.

@@ -755,7 +755,8 @@ async function main() {
       await page.getByLabel('Run status').filter({ hasText: 'aborted' }).waitFor({ timeout: 20000 });
       const shard = page.getByRole('table', { name: 'Shards' }).locator('tbody tr').first();
       await until('the shard marked aborted', async () => (await shard.locator('.pill').textContent()) === 'aborted', 20000);
-      await until('the abort answer shown', async () => /Abort requested/.test(await page.locator('#abort-result').textContent()), 10000);
+      await until('the abort answer shown, counted', async () => /^Aborted: 1 running job told to stop/.test(await page.locator('#abort-result').textContent()), 10000);
+      await until('who aborted, on the run page', async () => /dashboard on node/.test(await page.locator('dl.meta').textContent()), 10000);
       await until('no abort button on a finished run', async () => (await page.getByRole('button', { name: 'Abort run' }).count()) === 0, 10000);
       await page.screenshot({ path: path.join(shots, 'run-aborted.png'), fullPage: true });
     });

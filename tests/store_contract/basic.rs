@@ -137,7 +137,11 @@ pub async fn an_aborted_run_still_gets_its_finalizer_and_stays_aborted(f: &Facto
     // A second abort while it runs changes nothing for the finalizer.
     assert_eq!(
         store.run_abort(&run.run_id, 16).await.unwrap(),
-        AbortOutcome::Aborted { aborted_jobs: 0 }
+        AbortOutcome::Aborted {
+            aborted_jobs: 0,
+            queued: 0,
+            running: 0
+        }
     );
     let done = store
         .job_finish(finish(&fin, Outcome::Completed))
@@ -850,7 +854,11 @@ pub async fn a_start_after_an_abort_learns_of_it_and_does_not_revive_the_run(f: 
     let job = store.job_claim(claim(1)).await.unwrap().jobs.remove(0);
     assert_eq!(
         store.run_abort(&run.run_id, 11).await.unwrap(),
-        AbortOutcome::Aborted { aborted_jobs: 1 }
+        AbortOutcome::Aborted {
+            aborted_jobs: 1,
+            queued: 0,
+            running: 1
+        }
     );
     let started = store
         .job_start(JobStartParams {
@@ -880,7 +888,11 @@ pub async fn a_start_after_an_abort_learns_of_it_and_does_not_revive_the_run(f: 
     assert_eq!(end.run_finalized, Some(RunStatus::Aborted));
     assert_eq!(
         store.run_abort(&run.run_id, 30).await.unwrap(),
-        AbortOutcome::Aborted { aborted_jobs: 0 }
+        AbortOutcome::Aborted {
+            aborted_jobs: 0,
+            queued: 0,
+            running: 0
+        }
     );
     assert_eq!(
         store.run_abort("no-such-run", 30).await.unwrap(),

@@ -743,6 +743,7 @@ function renderRun(run) {
       meta('Pipeline', run.pipelineId),
       meta('Run id', h('code', {}, run.runId)),
       meta('Triggered by', `${run.triggeredBy}${run.actor ? ` (${run.actor})` : ''}`),
+      run.abortedBy ? meta('Aborted by', `${run.abortedBy.via}${run.abortedBy.actor ? ` (${run.abortedBy.actor})` : ''} on node ${shortId(run.abortedBy.node || '')}`) : null,
       run.rerunOf ? meta('Re-run of', runLink(run.rerunOf, shortId(run.rerunOf), `Open run ${run.rerunOf}`)) : null,
       run.scheduledFor ? meta('Scheduled for', timeEl(run.scheduledFor, stamp(run.scheduledFor))) : null,
       run.runAt ? meta('Not before', timeEl(run.runAt, stamp(run.runAt))) : null,
@@ -937,6 +938,19 @@ function setAbortMsg(text, cls) {
   }
 }
 
+/** What an abort answer means, counted as it is: queued jobs never run; running ones
+ *  were told to stop and end `aborted` unless they finish first. */
+function abortSummary(r) {
+  const plural = (n, one) => `${n} ${one}${n === 1 ? '' : 's'}`;
+  const queued = r.queuedAborted ?? 0;
+  const running = r.runningStopping ?? 0;
+  if (queued + running === 0) return 'Already aborted: nothing left to stop.';
+  const parts = [];
+  if (queued) parts.push(`${plural(queued, 'queued job')} aborted`);
+  if (running) parts.push(`${plural(running, 'running job')} told to stop (a job that finishes first keeps its result)`);
+  return `Aborted: ${parts.join('; ')}.`;
+}
+
 function confirmAbort(run) {
   const dlg = $('confirm-dialog');
   $('confirm-text').textContent = `Abort run ${run.runId} of ${run.pipelineId}? Queued shards are cancelled and running ones are stopped (SIGTERM, then SIGKILL).`;
@@ -945,9 +959,8 @@ function confirmAbort(run) {
     if (dlg.returnValue !== 'confirm') return;
     setAbortMsg('Aborting…');
     try {
-      const r = await api(`/api/runs/${enc(run.runId)}/abort`, { method: 'POST' });
-      const n = r.abortedJobs ?? 0;
-      setAbortMsg(`Abort requested: ${n} job${n === 1 ? '' : 's'} cancelled or being stopped.`, 'ok');
+      const r = await api(`/api/runs/${enc(run.runId)}/abort`, { method: 'POST', headers: { 'X-Runyard-Source': 'dashboard' } });
+      setAbortMsg(abortSummary(r), 'ok');
     } catch (e) {
       setAbortMsg(e.status === 409 ? `Already finished: ${e.message}` : `Abort failed: ${e.message}`, 'error');
     }

@@ -67,6 +67,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres_0004_rerun.sql"),
     include_str!("../migrations/postgres_0005_queue_order.sql"),
     include_str!("../migrations/postgres_0006_schedules.sql"),
+    include_str!("../migrations/postgres_0007_aborted_by.sql"),
 ];
 /// The schema version this build migrates to (the number of migrations).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -757,8 +758,13 @@ impl Store for PgStore {
         }
         Ok(outcome)
     }
-    async fn run_abort(&self, run_id: &str, now: i64) -> StoreResult<AbortOutcome> {
-        let outcome = write::run_abort(self, run_id, now).await?;
+    async fn run_abort_by(
+        &self,
+        run_id: &str,
+        now: i64,
+        by: Option<String>,
+    ) -> StoreResult<AbortOutcome> {
+        let outcome = write::run_abort(self, run_id, now, by).await?;
         self.feed.bump_run_state(run_id);
         Ok(outcome)
     }

@@ -127,7 +127,7 @@ fn job_view(r: &Row) -> JobRecord {
 
 const RUN_COLS: &str =
     "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at,
-    started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at, scheduled_for";
+    started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at, scheduled_for, aborted_by";
 
 fn run_view(r: &Row) -> RunRecord {
     let params: String = r.get(3);
@@ -149,6 +149,7 @@ fn run_view(r: &Row) -> RunRecord {
         priority: r.get::<_, i64>(14) as i32,
         run_at: r.get(15),
         scheduled_for: r.get(16),
+        aborted_by: r.get(17),
         jobs: Vec::new(),
         finalizer: None,
     }

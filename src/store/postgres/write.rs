@@ -721,7 +721,7 @@ async fn turn_terminal(
         .query_opt(
             "UPDATE runs SET status = $2, finished_at = $3, shards_status = COALESCE($4, shards_status)
              WHERE id = $1 AND finished_at IS NULL
-             RETURNING pipeline, shard_count, callback_url",
+             RETURNING pipeline, shard_count, callback_url, aborted_by",
             &[&run_id, &status.as_str(), &now, &shards_status],
         )
         .await?
@@ -740,6 +740,7 @@ async fn turn_terminal(
         status,
         row.get::<_, i64>(1) as u32,
         finalizer,
+        row.get::<_, Option<&str>>(3),
     );
     tx.emit(event, now).await?;
     if let Some(url) = callback_url {
@@ -757,10 +758,19 @@ async fn turn_terminal(
     Ok(Some(status))
 }
 
-pub(super) async fn run_abort(s: &PgStore, run_id: &str, now: i64) -> StoreResult<AbortOutcome> {
+pub(super) async fn run_abort(
+    s: &PgStore,
+    run_id: &str,
+    now: i64,
+    by: Option<String>,
+) -> StoreResult<AbortOutcome> {
     fn settled(status: &str) -> Option<AbortOutcome> {
         match status.parse::<RunStatus>() {
-            Ok(RunStatus::Aborted) => Some(AbortOutcome::Aborted { aborted_jobs: 0 }),
+            Ok(RunStatus::Aborted) => Some(AbortOutcome::Aborted {
+                aborted_jobs: 0,
+                queued: 0,
+                running: 0,
+            }),
             Ok(s @ (RunStatus::Completed | RunStatus::Failed)) => Some(AbortOutcome::Finished(s)),
             _ => None,
         }
@@ -783,8 +793,8 @@ pub(super) async fn run_abort(s: &PgStore, run_id: &str, now: i64) -> StoreResul
                 .await?;
                 let marked = tx
                     .exec(
-                        "UPDATE runs SET status = 'aborted' WHERE id = $1 AND status IN ('queued', 'running')",
-                        &[&run_id],
+                        "UPDATE runs SET status = 'aborted', aborted_by = $2 WHERE id = $1 AND status IN ('queued', 'running')",
+                        &[&run_id, &by],
                     )
                     .await?;
                 if marked == 0 {
@@ -821,7 +831,8 @@ pub(super) async fn run_abort(s: &PgStore, run_id: &str, now: i64) -> StoreResul
                         land_terminal(tx, run_id, JobStatus::Aborted, now).await?;
                     }
                     tx.kinds |= change::ABORT | change::WORK;
-                    AbortOutcome::Aborted { aborted_jobs: (queued.len() as u64 + flagged) as u32 }
+                    let (queued, running) = (queued.len() as u32, flagged as u32);
+                    AbortOutcome::Aborted { aborted_jobs: queued + running, queued, running }
                 }
             }
         }

@@ -101,16 +101,17 @@ fn turn_terminal(
     status: RunStatus,
     now: i64,
 ) -> StoreResult<Option<RunStatus>> {
-    let changed: Option<(String, u32, Option<String>)> = conn
+    type Ended = (String, u32, Option<String>, Option<String>);
+    let changed: Option<Ended> = conn
         .prepare_cached(
             "UPDATE runs SET status = ?2, finished_at = ?3 WHERE id = ?1 AND finished_at IS NULL
-             RETURNING pipeline, shard_count, callback_url",
+             RETURNING pipeline, shard_count, callback_url, aborted_by",
         )?
         .query_row(params![run_id, status.as_str(), now], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })
         .optional()?;
-    let Some((pipeline, count, callback_url)) = changed else {
+    let Some((pipeline, count, callback_url, aborted_by)) = changed else {
         return Ok(None);
     };
     let finalizer: Option<(String, Option<i32>)> = conn
@@ -125,6 +126,7 @@ fn turn_terminal(
         status,
         count,
         finalizer.as_ref().map(|(s, code)| (s.as_str(), *code)),
+        aborted_by.as_deref(),
     );
     emit(conn, event, now)?;
     if let Some(url) = callback_url {
