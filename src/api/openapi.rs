@@ -117,10 +117,13 @@ pub(super) fn finish(mut doc: OpenApi, settings: &Settings) -> OpenApi {
             if path.starts_with("/api/pipelines/{id}") && !names.is_empty() {
                 for param in op.parameters.iter_mut().flatten() {
                     if param.name == "id" && param.parameter_in == ParameterIn::Path {
+                        // A string with the configured names as examples, not an enum:
+                        // a client generated from this document must not need
+                        // regenerating whenever a pipeline is added.
                         param.schema = Some(RefOr::T(Schema::Object(
                             ObjectBuilder::new()
                                 .schema_type(Type::String)
-                                .enum_values(Some(names.clone()))
+                                .examples(names.clone())
                                 .build(),
                         )));
                     }

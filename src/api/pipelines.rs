@@ -83,8 +83,8 @@ pub(super) struct Triggered {
     job_ids: Vec<String>,
     /// The pipeline.
     pipeline_id: String,
-    /// Always `queued`.
-    #[schema(pattern = "^queued$")]
+    /// Always `queued` (a run status).
+    #[schema(value_type = crate::model::RunStatus)]
     status: &'static str,
     /// When the run was created (RFC 3339).
     timestamp: String,
