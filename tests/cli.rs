@@ -823,3 +823,50 @@ fn check_reaches_the_store_and_bus_without_joining_and_says_where_settings_came_
         "check made the schema"
     );
 }
+
+/// Issue 23: completion knows the server — pipeline names after `trigger`, recent run ids
+/// (the short form) after `abort`/`logs`/`show` — through a hidden `__complete` command
+/// that prints nothing, quickly, when no server answers.
+#[tokio::test]
+async fn completions_offer_the_servers_pipelines_and_recent_runs() {
+    let s = TestServer::start("", PIPELINES).await;
+    let (_, t) = s
+        .trigger("greet", json!({"parameters": {"name": "ada"}}))
+        .await;
+    let run_id = t["runId"].as_str().unwrap().to_string();
+    let pipelines = cli(&s, &["__complete", "pipelines"]).await;
+    assert_eq!(pipelines.status.code(), Some(0));
+    let names: Vec<&str> = std::str::from_utf8(&pipelines.stdout)
+        .unwrap()
+        .lines()
+        .collect();
+    assert!(
+        names.contains(&"greet") && names.contains(&"slow"),
+        "{names:?}"
+    );
+    let runs = cli(&s, &["__complete", "runs"]).await;
+    let short = run_id.replace('-', "")[24..].to_string();
+    assert_eq!(stdout(&runs).lines().next(), Some(short.as_str()));
+    // No server: nothing, at once, and success.
+    let started = std::time::Instant::now();
+    let none = run(runyard(&[
+        "--server",
+        &format!("127.0.0.1:{}", common::free_port()),
+        "__complete",
+        "runs",
+    ]))
+    .await;
+    assert_eq!(
+        (none.status.code(), stdout(&none)),
+        (Some(0), String::new())
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The scripts ask for them; the command stays out of the help.
+    let bash = run(runyard(&["completions", "bash"])).await;
+    assert!(stdout(&bash).contains("runyard __complete \"$what\""));
+    let fish = run(runyard(&["completions", "fish"])).await;
+    assert!(stdout(&fish).contains("runyard __complete pipelines"));
+    let help = run(runyard(&["--help"])).await;
+    assert!(!stdout(&help).contains("__complete"));
+    s.stop().await;
+}

@@ -315,7 +315,10 @@ async fn the_document_is_valid_openapi_3_and_lists_exactly_the_served_routes() {
     assert!(id.get("enum").is_none(), "{id}");
     // A trigger's status is the run-status schema.
     let triggered = &doc["components"]["schemas"]["Triggered"]["properties"]["status"];
-    assert_eq!(triggered["$ref"], "#/components/schemas/RunStatus", "{triggered}");
+    assert_eq!(
+        triggered["$ref"], "#/components/schemas/RunStatus",
+        "{triggered}"
+    );
 
     // Documented ⊆ served: no documented operation reaches the router's fallbacks.
     let http = reqwest::Client::builder()

@@ -12,6 +12,7 @@
 
 mod check;
 mod client;
+mod complete;
 mod exit;
 mod output;
 mod term;
@@ -220,6 +221,14 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Words for shell completion from the server (used by the completion scripts).
+    #[command(name = "__complete", hide = true)]
+    Complete {
+        /// `pipelines` or `runs`.
+        what: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print the manual page (roff), or write one page per command into a directory.
     Man {
         /// Write runyard.1 and runyard-<command>.1 here instead of printing runyard.1.
@@ -295,7 +304,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let mut buf = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "runyard", &mut buf);
             term::out(String::from_utf8_lossy(&buf).trim_end())?;
+            if let Some(dynamic) = complete::dynamic(*shell) {
+                term::out(dynamic.trim_end())?;
+            }
             Ok(exit::OK)
+        }
+        Command::Complete { what, client } => {
+            let (client, _) = client_for(&cli, client)?;
+            complete::words(&client, what).await
         }
         Command::Man { dir } => man(dir.as_deref()),
         Command::Trigger {
