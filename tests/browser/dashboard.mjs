@@ -78,6 +78,10 @@ function writeConfig(dir, extra = '') {
 [pipelines.noop]
 command = ["true"]
 
+# A JUnit-like result (tests, failures, errors, skipped): shown as a pass/fail line.
+[pipelines.junit]
+command = ["sh", "-c", "echo '{{\\"tests\\": 10, \\"failures\\": 1, \\"errors\\": 0, \\"skipped\\": 2}}' > \\"$RUNYARD_RESULT_FILE\\""]
+
 # About 50 MB of stdout as fast as the pipe takes it, then one stderr line.
 [pipelines.biglog]
 command = ["sh", "-c", "yes 'line of log text: the quick brown fox jumps over the lazy dog 0123456789' | head -c ${BIG_LOG_BYTES}; echo; echo 'done writing (stderr)' >&2"]
@@ -323,6 +327,13 @@ async function operatorPhase(browser) {
     await step('per-pipeline totals and charts match /api/stats', async () => {
       const failed = page.getByRole('article', { name: 'Pipeline failing' }).locator('dd[data-k="failed"]');
       await until('the failing pipeline counts one failed run', async () => (await failed.textContent()).startsWith('1'), 20000);
+      // Until a window is picked, the charts fit the data: every run is from this hour (or,
+      // across an hour's turn, the last two).
+      let fitted = '';
+      await until('the chart window fitted to the data', async () => ['1h', '6h'].includes(fitted = await page.getByLabel('Chart window').inputValue()), 20000);
+      const bucketsOfFit = { '1h': 12, '6h': 24 }[fitted];
+      await until(`${bucketsOfFit} buckets in the fitted ${fitted} window`, async () => (await page.getByRole('article', { name: 'Pipeline hello' }).locator('svg.chart g.bucket').count()) === bucketsOfFit, 10000);
+      await page.getByLabel('Chart window').selectOption('24h');
       const stats = (await apiJson(base, '/api/stats?window=24h')).body;
       for (const name of ['failing', 'flaky', 'report', 'hello']) {
         const want = stats.pipelines.find((p) => p.pipelineId === name);
@@ -393,7 +404,7 @@ async function operatorPhase(browser) {
       await page.getByRole('link', { name: `Run ${ids.failing}` }).click();
       await page.getByLabel('Run status').filter({ hasText: 'failed' }).waitFor();
       assert(hashOf(page).startsWith(`#/runs/${ids.failing}`), `run in the URL: ${hashOf(page)}`);
-      const attempts = page.getByRole('table', { name: 'Attempts of shard 1' });
+      const attempts = page.getByRole('table', { name: 'Attempts of s0' });
       await attempts.waitFor();
       const rows = await attempts.locator('tbody tr').evaluateAll((r) => r.map((x) => [...x.children].map((c) => c.textContent)));
       assert(rows.length === 2, `two executions: ${JSON.stringify(rows)}`);
@@ -429,9 +440,9 @@ async function operatorPhase(browser) {
     await step('a retried run: its log by attempt, timestamps, wrap, downloads in order', async () => {
       await page.goto(`${base}/#/runs/${ids.flaky}`);
       await page.getByLabel('Run status').filter({ hasText: 'completed' }).waitFor();
-      await page.getByRole('button', { name: 'Show log of shard 1' }).click();
+      await page.getByRole('button', { name: 'Show log of s0' }).click();
       assert(hashOf(page) === `#/runs/${ids.flaky}?job=${ids.flaky}`, `the job is in the URL: ${hashOf(page)}`);
-      const attempts = page.getByRole('table', { name: 'Attempts of shard 1' });
+      const attempts = page.getByRole('table', { name: 'Attempts of s0' });
       await until('three executions', async () => (await attempts.locator('tbody tr').count()) === 3, 10000);
       const outcomes = await attempts.locator('tbody tr .pill').allTextContents();
       assert(JSON.stringify(outcomes) === JSON.stringify(['retried', 'retried', 'completed']), `outcomes ${outcomes}`);
@@ -449,8 +460,8 @@ async function operatorPhase(browser) {
       await sel.selectOption('');
       // Reload: the same run and job are open.
       await page.reload();
-      await page.getByRole('table', { name: 'Attempts of shard 1' }).waitFor();
-      assert(await page.getByRole('button', { name: 'Show log of shard 1' }).getAttribute('aria-pressed') === 'true', 'the URL job is selected after a reload');
+      await page.getByRole('table', { name: 'Attempts of s0' }).waitFor();
+      assert(await page.getByRole('button', { name: 'Show log of s0' }).getAttribute('aria-pressed') === 'true', 'the URL job is selected after a reload');
       // Timestamps: each line's capture time, in the page's zone.
       const stamped = await (await fetch(`${base}/api/jobs/${ids.flaky}/logs/text?timestamps=true`)).text();
       const firstTs = stamped.split('\n')[0].split(' ')[0];
@@ -498,14 +509,21 @@ async function operatorPhase(browser) {
       const merged = JSON.parse(await fin.getByLabel('Finalizer result').textContent());
       assert(merged.passed === 12, `the finalizer's result: ${JSON.stringify(merged)}`);
       const inline = await page.getByRole('table', { name: 'Shards' }).locator('.result-cell').allTextContents();
-      assert(JSON.stringify(inline) === JSON.stringify(['{"passed":3,"shard":0}', '{"passed":4,"shard":1}', '{"passed":5,"shard":2}']), `shard results: ${inline}`);
-      await page.getByRole('button', { name: 'Show log of shard 2' }).click();
-      const result = JSON.parse(await page.getByLabel('Result of shard 2').textContent());
+      assert(JSON.stringify(inline) === JSON.stringify(['passed: 3 · shard: 0', 'passed: 4 · shard: 1', 'passed: 5 · shard: 2']), `shard results as key/value pairs: ${inline}`);
+      await page.getByRole('button', { name: 'Show log of s1' }).click();
+      const result = JSON.parse(await page.getByLabel('Result of s1').textContent());
       assert(result.shard === 1 && result.passed === 4, `shard 2's result: ${JSON.stringify(result)}`);
       await page.getByRole('button', { name: 'Show log of finalizer' }).click();
       await page.getByRole('table', { name: 'Attempts of finalizer' }).waitFor();
       await page.locator('.log-lines .ln').filter({ hasText: 'tests passed over all shards: 12' }).waitFor();
       await page.screenshot({ path: path.join(shots, 'run-results.png'), fullPage: true });
+      // Test counts as a pass/fail line.
+      const t = await apiJson(base, '/api/pipelines/junit/trigger', { method: 'POST', body: {} });
+      const junit = t.body.runId;
+      await until('the junit run completed', async () => (await apiJson(base, `/api/runs/${junit}`)).body.status === 'completed', 20000);
+      await page.goto(`${base}/#/runs/${junit}`);
+      const cell = page.getByRole('table', { name: 'Shards' }).locator('.result-cell');
+      await until('test counts as a pass/fail line', async () => (await cell.textContent()) === '✗ 7 passed · 1 failed · 2 skipped', 10000);
     });
 
     let sleeper;
@@ -544,7 +562,7 @@ async function operatorPhase(browser) {
       assert(dark[1] === 'rgb(22, 27, 34)', `cards dark: ${dark[1]}`);
       await page.screenshot({ path: path.join(shots, 'dark-nodes.png'), fullPage: true });
       await page.goto(`${base}/#/runs/${ids.flaky}`);
-      await page.getByRole('table', { name: 'Attempts of shard 1' }).waitFor();
+      await page.getByRole('table', { name: 'Attempts of s0' }).waitFor();
       await page.locator('.log-lines .ln').first().waitFor();
       await page.screenshot({ path: path.join(shots, 'dark-run.png'), fullPage: true });
       await page.goto(`${base}/#/`);
@@ -710,7 +728,7 @@ async function main() {
     await step('open the run page and follow shard 4\'s log live', async () => {
       await page.locator(`#runs-body tr[data-run-id="${shardedRun}"] a`).first().click();
       await page.getByRole('region', { name: 'Run summary' }).waitFor();
-      await page.getByRole('button', { name: 'Show log of shard 4' }).click();
+      await page.getByRole('button', { name: 'Show log of s3' }).click();
       const logEl = page.getByRole('log', { name: 'Log output' });
       const lines = logEl.locator('.ln');
       await until('the first live line of shard 4', async () => (await lines.count()) >= 1, 30000, 50);
@@ -825,7 +843,7 @@ async function main() {
       const form = page.getByRole('form', { name: 'Trigger biglog' });
       await form.getByRole('button', { name: 'Trigger' }).click();
       await form.getByRole('link', { name: /^Open run / }).click();
-      await page.getByRole('button', { name: 'Show log of shard 1' }).click();
+      await page.getByRole('button', { name: 'Show log of s0' }).click();
       const t0 = Date.now();
       let maxRt = 0;
       let samples = 0;

@@ -29,6 +29,7 @@ const state = {
   filter: { pipeline: '', status: '', q: '' },
   dashboardHash: '#/', // the last runs-list URL (filters, page): where "All runs" leads
   statsWindow: '24h',
+  statsChosen: false, // the user picked the chart window (else it fits the data)
   stats: null,
   nodesTimer: 0,
   offset: 0,
@@ -82,9 +83,10 @@ function runLink(runId, text, label) {
   return h('a', { href: `#/runs/${enc(runId)}`, title: runId, 'aria-label': label || `Run ${runId}` }, text || shortId(runId));
 }
 
+/** A job's label: `s0`, `s1`, … as in its id (`RUN:s0`) and in the CLI, or `finalizer`. */
 function jobLabel(job) {
   if (job.kind === 'finalize') return 'finalizer';
-  return `shard ${job.shardIndex + 1}`;
+  return `s${job.shardIndex}`;
 }
 
 // ───────────────────────── session / login ─────────────────────────
@@ -266,9 +268,35 @@ function renderPipelines(list) {
 
 // ───────────────────────── pipeline totals and charts ─────────────────────────
 
+/** The narrowest chart window that holds every run finished in the last 24 h (given
+ *  its hourly buckets): `1h` when they all fall in the current hour, `6h` within the
+ *  last six, else `24h` (also when there are none). */
+function fittingWindow(day) {
+  let oldest = 0; // buckets back from now (1: the current hour)
+  for (const p of day.pipelines || []) {
+    const buckets = p.buckets || [];
+    buckets.forEach((b, i) => {
+      if (b.completed + b.failed + b.aborted > 0) oldest = Math.max(oldest, buckets.length - i);
+    });
+  }
+  if (oldest === 0) return '24h';
+  if (oldest === 1) return '1h';
+  return oldest <= 6 ? '6h' : '24h';
+}
+
 async function loadStats() {
   try {
-    const data = await api(`/api/stats?window=${enc(state.statsWindow)}`);
+    let data = await api(`/api/stats?window=${enc(state.statsWindow)}`);
+    // Until the user picks a window, the charts use one that fits the data.
+    if (!state.statsChosen) {
+      const day = data.window === '24h' ? data : await api('/api/stats?window=24h');
+      const fit = fittingWindow(day);
+      if (fit !== state.statsWindow) {
+        state.statsWindow = fit;
+        $('stats-window').value = fit;
+        data = fit === '24h' ? day : await api(`/api/stats?window=${enc(fit)}`);
+      }
+    }
     state.stats = data;
     renderStats(data);
   } catch (e) {
@@ -501,7 +529,7 @@ function shardBars(run, registry, labelPrefix) {
     return h('div', { class: 'bars' }, bar, h('span', { class: 'small muted' }, `${done}/${run.shardCount}`));
   }
   return h('div', { class: 'bars' }, jobs.map((j) => {
-    const bar = progressBar(`${labelPrefix}shard ${j.shardIndex + 1} progress`, j.progress ?? 0, j.status);
+    const bar = progressBar(`${labelPrefix}s${j.shardIndex} progress`, j.progress ?? 0, j.status);
     setProgress(bar, j.progress ?? 0, j.status, j.progressMessage);
     registry.set(j.id, bar);
     return bar;
@@ -637,6 +665,7 @@ function flushFeed() {
   const feed = $('feed');
   feed.prepend(frag);
   while (feed.childElementCount > FEED_MAX) feed.lastElementChild.remove();
+  $('feed-empty').hidden = true;
   $('feed-count').textContent = `${state.feedTotal.toLocaleString()} event${state.feedTotal === 1 ? '' : 's'}`;
 }
 
@@ -839,10 +868,29 @@ function attemptDots(list) {
     list.map((a) => h('span', { class: `dot dot-${a.outcome}`, title: `attempt ${a.attempt}: ${a.outcome}${a.exitCode !== null && a.exitCode !== undefined ? `, exit ${a.exitCode}` : ''}${a.reason && a.outcome !== 'completed' ? `, ${a.reason}` : ''}` })));
 }
 
+/** A job's result in one cell: test counts (`tests`, `failures`, `errors`, `skipped`, as
+ *  JUnit reports them) as a pass/fail line; a small flat object as `key: value` pairs;
+ *  anything else as JSON, shortened (the whole of it in the title and the result block). */
 function resultSummary(result) {
   if (result === null || result === undefined) return '—';
+  const full = JSON.stringify(result, null, 2);
+  const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
+  if (result && typeof result === 'object' && !Array.isArray(result) && typeof result.tests === 'number') {
+    const failed = num(result.failures) + num(result.errors);
+    const skipped = num(result.skipped);
+    const passed = Math.max(0, result.tests - failed - skipped);
+    const parts = [`${passed} passed`];
+    if (failed) parts.push(`${failed} failed`);
+    if (skipped) parts.push(`${skipped} skipped`);
+    return h('span', { class: `result-inline ${failed ? 'warn-text' : ''}`, title: full }, `${failed ? '✗' : '✓'} ${parts.join(' · ')}`);
+  }
+  const entries = result && typeof result === 'object' && !Array.isArray(result) ? Object.entries(result) : null;
+  if (entries && entries.length <= 4 && entries.every(([, v]) => v === null || typeof v !== 'object')) {
+    const text = entries.map(([k, v]) => `${k}: ${v}`).join(' · ');
+    if (text.length <= 60) return h('span', { class: 'result-inline', title: full }, text);
+  }
   const text = JSON.stringify(result);
-  return h('code', { class: 'result-inline', title: JSON.stringify(result, null, 2) }, text.length > 60 ? `${text.slice(0, 57)}…` : text);
+  return h('code', { class: 'result-inline', title: full }, text.length > 60 ? `${text.slice(0, 57)}…` : text);
 }
 
 function meta(label, ...value) {
@@ -1019,11 +1067,16 @@ async function boot() {
   $('page-next').addEventListener('click', () => { if (state.hasNext) { state.offset += PAGE; navigateList(); } });
   $('zone').textContent = zoneLabel();
   $('chart-legend').replaceWith(legend());
-  try { state.statsWindow = localStorage.getItem('runyard.stats.window') || '24h'; } catch { /* private mode */ }
+  try {
+    const chosen = localStorage.getItem('runyard.stats.window');
+    state.statsChosen = Boolean(chosen);
+    state.statsWindow = chosen || '24h';
+  } catch { /* private mode */ }
   if (![...$('stats-window').options].some((o) => o.value === state.statsWindow)) state.statsWindow = '24h';
   $('stats-window').value = state.statsWindow;
   $('stats-window').addEventListener('change', () => {
     state.statsWindow = $('stats-window').value;
+    state.statsChosen = true;
     try { localStorage.setItem('runyard.stats.window', state.statsWindow); } catch { /* private mode */ }
     loadStats();
   });
