@@ -134,6 +134,11 @@ retry_backoff = "50ms"
         ],
         "{attempts:#?}"
     );
+    // The same executions as one flat list, each naming its job (for jq).
+    let executions = run["executions"].as_array().unwrap();
+    assert_eq!(executions.len(), 3, "{run:#}");
+    assert!(executions.iter().all(|e| e["jobId"] == run_id.as_str()));
+    assert_eq!(executions[2]["outcome"], "completed");
     for a in &attempts {
         assert!(
             a["startedAt"].is_string() && a["finishedAt"].is_string(),

@@ -146,6 +146,19 @@ pub(super) struct RunDetail {
     /// Every execution of each job (shards and finalizer), oldest first, keyed by job id;
     /// derived from the run's stored events.
     attempts: BTreeMap<String, Vec<AttemptView>>,
+    /// The same executions as one list (each with its `jobId`), in job then execution
+    /// order: `jq '.executions[] | select(.outcome == "requeued")'`.
+    executions: Vec<ExecutionView>,
+}
+
+/// One execution of one of a run's jobs.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ExecutionView {
+    /// The job it executed.
+    job_id: String,
+    #[serde(flatten)]
+    execution: AttemptView,
 }
 
 /// Events read to build a run's attempt history (a run of 1,000 shards with retries fits).
@@ -438,10 +451,20 @@ pub(super) async fn get(
         None => None,
     };
     let attempts = attempts(&state.store.run_events(&id, HISTORY_EVENTS).await?);
+    let executions = attempts
+        .iter()
+        .flat_map(|(job, list)| {
+            list.iter().map(|a| ExecutionView {
+                job_id: job.clone(),
+                execution: a.clone(),
+            })
+        })
+        .collect();
     Ok(Json(RunDetail {
         run: run.into(),
         deliveries,
         attempts,
+        executions,
     }))
 }
 
