@@ -463,5 +463,13 @@ async fn a_sharded_runs_job_id_resolves_on_the_jobs_routes() {
     assert!(shard.get("shards").is_none());
     let (status, _) = s.get(&format!("/api/jobs/{job_id}:s7")).await;
     assert_eq!(status, 404);
+    // The one-job routes (a live stream, a download) name the run's jobs instead.
+    let (status, err) = s.get(&format!("/api/jobs/{job_id}/logs/stream")).await;
+    assert_eq!(status, 404);
+    let msg = err["error"].as_str().unwrap();
+    assert!(
+        msg.contains("is a run of 2 shards") && msg.contains(&format!("{job_id}:s1")),
+        "{msg}"
+    );
     s.stop().await;
 }

@@ -631,7 +631,7 @@ pub(super) async fn log_stream(
     let job_id = super::runs::job_id(&state, path).await?;
     let Query(q) = query?;
     if state.store.job_get(&job_id).await?.is_none() {
-        return Err(ApiError::NotFound(format!("Job not found: {job_id}")));
+        return Err(super::runs::job_not_found(&state, &job_id).await);
     }
     let mut after = match (last_event_id(&headers)?, q.tail) {
         (Some(id), _) => id,
@@ -770,7 +770,7 @@ pub(super) async fn log_text(
     let job_id = super::runs::job_id(&state, path).await?;
     let Query(q) = query?;
     if state.store.job_get(&job_id).await?.is_none() {
-        return Err(ApiError::NotFound(format!("Job not found: {job_id}")));
+        return Err(super::runs::job_not_found(&state, &job_id).await);
     }
     let timestamps = q.timestamps.unwrap_or(false);
     let store = state.store.clone();

@@ -580,6 +580,24 @@ pub(super) async fn job(
     }
 }
 
+/// The 404 for a job id that names no job; for a sharded run's id (the trigger answer's
+/// `jobId`) it names the run's jobs, whose one-job routes (a log stream, a log download)
+/// take each of them.
+pub(super) async fn job_not_found(state: &AppState, id: &str) -> ApiError {
+    match sharded_run(state, id).await {
+        Ok(Some(run)) => {
+            let jobs: Vec<&str> = run.jobs.iter().map(|j| j.id.as_str()).collect();
+            ApiError::NotFound(format!(
+                "{id} is a run of {} shards, not one job: use one of its jobs ({}), or \
+                 GET /api/jobs/{id} and /api/jobs/{id}/logs for all of them",
+                run.shard_count,
+                jobs.join(", ")
+            ))
+        }
+        _ => ApiError::NotFound(format!("Job not found: {id}")),
+    }
+}
+
 /// The sharded run `id` names, when it is a run id and not a job's.
 async fn sharded_run(
     state: &AppState,
