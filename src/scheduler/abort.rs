@@ -165,6 +165,27 @@ impl AbortRegistry {
     }
 }
 
+/// Who asks for an abort: recorded with the run when this abort marks it, and shown in
+/// the run's view (`abortedBy`), its `run:completed` event and the dashboard.
+#[derive(Debug, Clone)]
+pub struct AbortedBy {
+    /// The token's label, when the request carried one.
+    pub actor: Option<String>,
+    /// `api`, `cli`, `dashboard`, or `bus` (another process's message).
+    pub via: String,
+}
+
+impl AbortedBy {
+    /// `{"actor", "node", "via"}` (and `origin` for a bus message), as stored.
+    pub(super) fn json(&self, node: &str, origin: Option<&str>) -> String {
+        let mut v = serde_json::json!({"actor": self.actor, "node": node, "via": self.via});
+        if let Some(origin) = origin {
+            v["origin"] = origin.into();
+        }
+        v.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@
 mod abort;
 mod admission;
 mod claim;
+mod create;
 mod heartbeat;
 mod job;
 mod job_output;
@@ -37,7 +38,8 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use abort::{AbortRegistry, CancelCause};
+pub use abort::{AbortRegistry, AbortedBy, CancelCause};
+use create::create_run;
 
 use crate::bus::Bus;
 use crate::config::{MAX_SHARDS, Pipeline, Settings};
@@ -757,70 +759,3 @@ const REAPER_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The delay before the claim loop looks again without a wake-up (the poll backstop).
 pub(crate) const POLL_BACKSTOP: Duration = Duration::from_secs(1);
-
-/// Creates a run, resolving a commit whose answer was lost (issue 19): the run is read
-/// back by its id (made here, so only this request could have written it) and reported
-/// created when it exists — a created run is never answered 503 — or created again when
-/// it does not (the lost commit did not happen; an idempotency key still dedupes).
-async fn create_run(
-    store: &Arc<dyn Store>,
-    params: RunCreateParams,
-) -> Result<crate::store::RunCreated, StoreError> {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match store.run_create(params.clone()).await {
-            Err(e) if e.is_ambiguous() && tries < 3 => {
-                tracing::warn!(run = %params.run_id, "the run's commit answer was lost; reading it back: {e}");
-                if read_back_run(store, &params.run_id).await? {
-                    return Ok(crate::store::RunCreated {
-                        run_id: params.run_id,
-                        job_ids: params.job_ids,
-                        created_at: params.now,
-                        existing: false,
-                        existing_params: None,
-                    });
-                }
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Whether run `run_id` exists, asked until the store answers (at most ~2 s).
-async fn read_back_run(store: &Arc<dyn Store>, run_id: &str) -> Result<bool, StoreError> {
-    let mut delay = std::time::Duration::from_millis(50);
-    let mut tries = 0;
-    loop {
-        match store.run_get(run_id).await {
-            Ok(run) => return Ok(run.is_some()),
-            Err(e) if e.is_unavailable() && tries < 6 => {
-                tries += 1;
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Who asks for an abort: recorded with the run when this abort marks it, and shown in
-/// the run's view (`abortedBy`), its `run:completed` event and the dashboard.
-#[derive(Debug, Clone)]
-pub struct AbortedBy {
-    /// The token's label, when the request carried one.
-    pub actor: Option<String>,
-    /// `api`, `cli`, `dashboard`, or `bus` (another process's message).
-    pub via: String,
-}
-
-impl AbortedBy {
-    /// `{"actor", "node", "via"}` (and `origin` for a bus message), as stored.
-    fn json(&self, node: &str, origin: Option<&str>) -> String {
-        let mut v = serde_json::json!({"actor": self.actor, "node": node, "via": self.via});
-        if let Some(origin) = origin {
-            v["origin"] = origin.into();
-        }
-        v.to_string()
-    }
-}
