@@ -43,6 +43,9 @@
 //!   through a timed poll of the event horizon (every 250 ms) until a bus
 //!   carries them; log streams poll on their own.
 
+mod claim;
+mod finish;
+mod group_commit;
 mod read;
 mod write;
 
@@ -102,6 +105,8 @@ pub struct PgStore {
     feed: ChangeFeed,
     /// Statements and commits sent, by operation (`runyard_store_*_total`).
     traffic: Arc<crate::store::Traffic>,
+    /// Job ends waiting to share a transaction ([`group_commit`]).
+    finishes: group_commit::FinishQueue,
     clock: Arc<Mutex<ClockSample>>,
     stop: Arc<AtomicBool>,
     /// Where, for messages (the URL without a password).
@@ -399,6 +404,7 @@ impl PgStore {
             pool,
             feed: ChangeFeed::default(),
             traffic: Arc::default(),
+            finishes: Default::default(),
             clock: Arc::new(Mutex::new(ClockSample {
                 db_ms: crate::clock::now_ms(),
                 at: Instant::now(),
@@ -733,7 +739,7 @@ impl Store for PgStore {
         write::run_create(self, p).await
     }
     async fn job_claim(&self, p: JobClaimParams) -> StoreResult<ClaimOutcome> {
-        write::job_claim(self, p).await
+        claim::job_claim(self, p).await
     }
     async fn job_start(&self, p: JobStartParams) -> StoreResult<Option<bool>> {
         write::job_start(self, p).await
@@ -752,7 +758,7 @@ impl Store for PgStore {
     }
     async fn job_finish(&self, p: JobFinishParams) -> StoreResult<FinishOutcome> {
         let job_id = p.job_id.clone();
-        let outcome = write::job_finish(self, p).await?;
+        let outcome = group_commit::job_finish(self, p).await?;
         if outcome.applied {
             self.feed.bump_job_state([job_id.as_str()]);
         }

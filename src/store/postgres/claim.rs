@@ -1,0 +1,187 @@
+//! Claiming queued jobs on PostgreSQL: one statement when no cap applies.
+//!
+//! The statement checks the node is still registered (`FOR KEY SHARE`, so a rescuer
+//! cannot delete it until the claim commits, and its requeue then sees these jobs),
+//! moves held jobs that fell due into the claim index, picks the best queued jobs of
+//! each pipeline with room (`FOR UPDATE SKIP LOCKED`: two claimers never take one job),
+//! merges them by priority and queue order, and marks them `running` under a new claim.
+//! A claim under a cap first takes the cap's advisory keys and counts what runs, so two
+//! claimers cannot both count the same free room; the claim statement follows.
+
+use std::collections::HashMap;
+
+use super::{PgStore, StoreResult, Tx, in_tx};
+use crate::model::JobKind;
+use crate::store::{ClaimOutcome, ClaimedJob, JobClaimParams, claim_plan};
+
+/// Held jobs one claim releases at most (as on SQLite).
+const RELEASE_BATCH: i64 = 1000;
+/// An advisory lock key of this schema (advisory locks are per database, not per schema).
+const LOCK_KEY: &str = "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || $1, 0))";
+/// The same key, only if it is free now: true when granted.
+const TRY_LOCK_KEY: &str =
+    "SELECT pg_try_advisory_xact_lock(hashtextextended(current_schema() || $1, 0))";
+
+/// Whether a claim may wait for the cap keys.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum CapWait {
+    /// A plain claim: it holds no row locks, so it queues for the keys.
+    Wait,
+    /// The follow-up claim of a finish: it holds its job and run rows, and its job still
+    /// counts as running until it commits, so it never queues behind other claims (a
+    /// convoy: finished jobs filling the cap while they wait). Keys taken → it claims;
+    /// keys busy → it claims nothing, and the node's claim loop refills the slot.
+    Try,
+}
+
+impl Tx<'_> {
+    /// Takes one cap key; false when `CapWait::Try` found it held.
+    async fn cap_key(&self, key: &str, wait: CapWait) -> StoreResult<bool> {
+        if wait == CapWait::Wait {
+            self.exec(LOCK_KEY, &[&key]).await?;
+            return Ok(true);
+        }
+        Ok(self
+            .query_opt(TRY_LOCK_KEY, &[&key])
+            .await?
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false))
+    }
+}
+
+/// Claims queued jobs inside the open transaction (see [`crate::store::Store::job_claim`]).
+pub(super) async fn claim_in_tx(
+    tx: &mut Tx<'_>,
+    p: &JobClaimParams,
+    wait: CapWait,
+) -> StoreResult<ClaimOutcome> {
+    let mut running: HashMap<String, u32> = HashMap::new();
+    if claim_plan::needs_counts(p) {
+        // Serialise the count with every other claim that counts the same thing: the
+        // global key when this claim applies the global cap, and one key per capped
+        // pipeline it claims from, whether or not it also applies the global cap (a claim
+        // without it takes only the pipeline keys, and must still meet this one there).
+        // A fixed order (global, then pipelines sorted), so claims never deadlock.
+        let mut keys: Vec<String> = Vec::new();
+        if p.global_cap > 0 {
+            keys.push("/runyard/cap".into());
+        }
+        let mut capped: Vec<&String> = p
+            .pipelines
+            .iter()
+            .filter(|(_, cap)| **cap > 0)
+            .map(|(name, _)| name)
+            .collect();
+        capped.sort();
+        keys.extend(
+            capped
+                .into_iter()
+                .map(|name| format!("/runyard/cap/{name}")),
+        );
+        for key in &keys {
+            if !tx.cap_key(key, wait).await? {
+                return Ok(ClaimOutcome::default());
+            }
+        }
+        // A new statement after the lock: it sees every earlier holder's commit.
+        for r in tx
+            .query(
+                "SELECT pipeline, count(*) FROM jobs WHERE status = 'running' GROUP BY pipeline",
+                &[],
+            )
+            .await?
+        {
+            running.insert(r.get(0), r.get::<_, i64>(1) as u32);
+        }
+    }
+    let plan = claim_plan::plan(p, &running);
+    let names: Vec<&str> = plan.rooms.iter().map(|(n, _)| n.as_str()).collect();
+    let rooms: Vec<i64> = plan.rooms.iter().map(|(_, r)| *r as i64).collect();
+    // Held jobs that fell due are candidates as they are (from their own index, by due
+    // time), and the rest of them are released into the claim index (`due`: disjoint
+    // from the picked rows, as one statement may not update a row twice); rows another
+    // claim is releasing are skipped, not waited for.
+    let rows = tx
+        .query(
+            "WITH me AS (SELECT 1 FROM nodes WHERE id = $1 FOR KEY SHARE),
+                  rooms AS (SELECT q.name, q.room FROM unnest($4::text[], $5::bigint[]) AS q(name, room)
+                            WHERE EXISTS (SELECT 1 FROM me)
+                              AND NOT EXISTS (SELECT 1 FROM pipeline_state ps
+                                              WHERE ps.pipeline = q.name AND ps.paused)),
+                  ready AS (SELECT c.seq, c.priority FROM rooms q CROSS JOIN LATERAL (
+                                SELECT j.seq, j.priority FROM jobs j
+                                WHERE j.status = 'queued' AND j.pipeline = q.name AND j.held = false
+                                      AND j.run_after <= $2
+                                ORDER BY j.priority DESC, j.seq LIMIT q.room
+                                FOR UPDATE SKIP LOCKED) c),
+                  ripe AS (SELECT c.seq, c.priority FROM rooms q CROSS JOIN LATERAL (
+                               SELECT j.seq, j.priority FROM jobs j
+                               WHERE j.status = 'queued' AND j.held AND j.run_after <= $2 AND j.pipeline = q.name
+                               ORDER BY j.run_after LIMIT q.room
+                               FOR UPDATE SKIP LOCKED) c),
+                  cand AS (SELECT seq, priority FROM ready UNION ALL SELECT seq, priority FROM ripe),
+                  pick AS (SELECT seq FROM cand ORDER BY priority DESC, seq LIMIT $6),
+                  due AS (UPDATE jobs SET held = false WHERE EXISTS (SELECT 1 FROM me) AND seq IN (
+                              SELECT seq FROM jobs WHERE status = 'queued' AND held AND run_after <= $2
+                              ORDER BY run_after LIMIT $3 FOR UPDATE SKIP LOCKED)
+                            AND seq NOT IN (SELECT seq FROM pick)),
+                  claimed AS (
+                      UPDATE jobs j SET status = 'running', claim_seq = j.claim_seq + 1, node_id = $1,
+                             claimed_at = $2, pid = NULL, proc_start = NULL, started_at = NULL,
+                             exit_code = NULL, abort_requested = false, held = false
+                      FROM pick WHERE j.seq = pick.seq AND j.status = 'queued'
+                      RETURNING j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt,
+                                j.kind, j.run_after, j.priority, j.claim_seq, j.output_lines)
+             SELECT c.id, c.run_id, c.pipeline, c.shard_index, c.shard_count, c.attempt, r.params, c.kind,
+                    c.run_after, c.priority, c.claim_seq, c.output_lines
+             FROM claimed c JOIN runs r ON r.id = c.run_id
+             ORDER BY c.priority DESC, c.seq",
+            &[
+                &p.node_id,
+                &p.now,
+                &RELEASE_BATCH,
+                &names,
+                &rooms,
+                &(plan.want as i64),
+            ],
+        )
+        .await?;
+    let mut out = ClaimOutcome {
+        jobs: rows
+            .iter()
+            .map(|r| {
+                let params: String = r.get(6);
+                let kind: String = r.get(7);
+                ClaimedJob {
+                    id: r.get(0),
+                    run_id: r.get(1),
+                    pipeline: r.get(2),
+                    shard_index: r.get::<_, i64>(3) as u32,
+                    shard_count: r.get::<_, i64>(4) as u32,
+                    attempt: r.get::<_, i64>(5) as u32,
+                    claim_seq: r.get(10),
+                    params: serde_json::from_str(&params).unwrap_or_default(),
+                    kind: JobKind::from_name(&kind),
+                    due_at: r.get(8),
+                    priority: r.get::<_, i64>(9) as i32,
+                    output_lines: r.get(11),
+                }
+            })
+            .collect(),
+        next_due: None,
+    };
+    if out.jobs.len() < plan.want || plan.want == 0 {
+        out.next_due = tx
+            .query_opt(
+                "SELECT min(run_after) FROM jobs WHERE status = 'queued' AND held",
+                &[],
+            )
+            .await?
+            .and_then(|r| r.get::<_, Option<i64>>(0));
+    }
+    Ok(out)
+}
+
+pub(super) async fn job_claim(s: &PgStore, p: JobClaimParams) -> StoreResult<ClaimOutcome> {
+    in_tx!(s, "job_claim", tx => claim_in_tx(tx, &p, CapWait::Wait).await?)
+}

@@ -1,0 +1,492 @@
+//! Ending executions on PostgreSQL, several in one transaction.
+//!
+//! The rules are the backend-neutral ones ([`decide`], [`shards_status`],
+//! [`status_after_finalizer`], [`payload`]); this file only turns their answers into
+//! as few statements as the batch allows. A batch of any size costs, in the common case
+//! (every job a shard, no finalizer, no webhook): one fenced read of all its jobs, one
+//! `UPDATE … FROM unnest` of them, one update of their runs (landing and the `running`
+//! mark of starts recorded here), one update of the runs that ended, and the events in
+//! one insert (`Tx::flush_events`). Rare paths (a finalizer queued or ended, a webhook's
+//! outbox row, a multi-shard run's shard statuses) add statements only when they occur.
+//!
+//! Fencing inside a batch: the read locks every job row (`FOR UPDATE`, in id order —
+//! the lock order of the module docs), and only a job whose row is still `running` under
+//! the caller's `claim_seq` is written; a stale execution's end changes nothing and does
+//! not fail the others. The callers make sure a batch never holds one job twice.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::{StoreResult, Tx};
+use crate::model::{JobKind, JobStatus, RunStatus, finalize_job_id};
+use crate::store::completion::{
+    FINALIZER_MAX_ATTEMPTS, FINALIZER_MIN_REQUEUES, shards_status, status_after_finalizer,
+};
+use crate::store::payload;
+use crate::store::transition::{JobFence, RetryOn, Transition, decide, outcome_error};
+use crate::store::{FinishOutcome, JobFinishParams, change, claim_plan, summary};
+
+/// A job of the batch whose end is written.
+struct Ending<'p> {
+    /// Index in the batch (the caller's answer slot).
+    at: usize,
+    p: &'p JobFinishParams,
+    fence: JobFence,
+    t: Transition,
+    /// The execution's start is written by this end (it was not recorded before).
+    new_start: bool,
+}
+
+/// Ends the executions `batch` names (each fenced on its own claim) and lands their
+/// runs; one answer per entry, in order.
+pub(super) async fn finish_batch(
+    tx: &mut Tx<'_>,
+    batch: &[JobFinishParams],
+) -> StoreResult<Vec<FinishOutcome>> {
+    let mut answers: Vec<FinishOutcome> = batch.iter().map(|_| not_applied()).collect();
+    let ids: Vec<&str> = batch.iter().map(|p| p.job_id.as_str()).collect();
+    let fences = read_fences(tx, &ids).await?;
+    let mut endings = Vec::new();
+    for (at, p) in batch.iter().enumerate() {
+        let Some((fence, pid)) = fences.get(p.job_id.as_str()) else {
+            continue;
+        };
+        if !fence.is_held_by(p.claim_seq) {
+            continue;
+        }
+        let new_start = p
+            .start
+            .as_ref()
+            .is_some_and(|s| *pid != Some(i64::from(s.pid)));
+        let t = decide(fence, &p.outcome, p.exit_code, p.now);
+        endings.push(Ending {
+            at,
+            p,
+            fence: fence.clone(),
+            t,
+            new_start,
+        });
+    }
+    if endings.is_empty() {
+        return Ok(answers);
+    }
+    let written = write_jobs(tx, &endings).await?;
+    endings.retain(|e| written.contains(&e.p.job_id));
+    for e in &endings {
+        if let (true, Some(s)) = (e.new_start, &e.p.start) {
+            let event = payload::job_started(
+                &e.fence.run_id,
+                &e.p.job_id,
+                &e.fence.pipeline,
+                e.fence.shard_index,
+                e.fence.attempt,
+                s.pid,
+                s.claim_seq,
+            );
+            tx.emit(event, s.now).await?;
+        }
+        let error = outcome_error(&e.p.outcome);
+        let event =
+            payload::job_ended(&e.p.job_id, &e.fence, &e.t, e.p.exit_code, error.as_deref());
+        tx.emit(event, e.p.now).await?;
+        answers[e.at] = FinishOutcome {
+            applied: true,
+            status: Some(e.t.status),
+            run_finalized: None,
+            next: Vec::new(),
+        };
+    }
+    tx.kinds |= change::WORK;
+    for (run_id, status) in land_runs(tx, &endings).await? {
+        // The answer of the last job of that run in the batch says how the run ended.
+        if let Some(e) = endings.iter().rev().find(|e| e.fence.run_id == run_id) {
+            answers[e.at].run_finalized = Some(status);
+        }
+    }
+    Ok(answers)
+}
+
+fn not_applied() -> FinishOutcome {
+    FinishOutcome {
+        applied: false,
+        status: None,
+        run_finalized: None,
+        next: Vec::new(),
+    }
+}
+
+/// The fence rows of `ids`, locked in id order, with each job's recorded pid.
+async fn read_fences(
+    tx: &Tx<'_>,
+    ids: &[&str],
+) -> StoreResult<HashMap<String, (JobFence, Option<i64>)>> {
+    let rows = tx
+        .query(
+            "SELECT id, status, claim_seq, attempt, max_attempts, retry_backoff_ms, abort_requested,
+                    orphan_requeues, max_orphan_requeues, on_orphan, run_id, pipeline, shard_index, kind,
+                    retry_on, pid
+             FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let kind: String = r.get(13);
+            let fence = JobFence {
+                status: r.get(1),
+                claim_seq: r.get(2),
+                attempt: r.get::<_, i64>(3) as u32,
+                max_attempts: r.get::<_, i64>(4) as u32,
+                retry_backoff_ms: r.get(5),
+                abort_requested: r.get(6),
+                orphan_requeues: r.get::<_, i64>(7) as u32,
+                max_orphan_requeues: r.get::<_, i64>(8) as u32,
+                on_orphan: r.get(9),
+                run_id: r.get(10),
+                pipeline: r.get(11),
+                shard_index: r.get::<_, i64>(12) as u32,
+                kind: JobKind::from_name(&kind),
+                retry_on: RetryOn::from_column(r.get::<_, Option<&str>>(14)),
+            };
+            (r.get(0), (fence, r.get(15)))
+        })
+        .collect())
+}
+
+/// Writes every decided end (and the start it carries, if new) in one statement,
+/// fenced on `(id, claim_seq, status='running')`; the ids written.
+async fn write_jobs(tx: &Tx<'_>, endings: &[Ending<'_>]) -> StoreResult<Vec<String>> {
+    let col = |f: &dyn Fn(&Ending<'_>) -> Option<i64>| -> Vec<Option<i64>> {
+        endings.iter().map(f).collect()
+    };
+    let ids: Vec<&str> = endings.iter().map(|e| e.p.job_id.as_str()).collect();
+    let claims = col(&|e| Some(e.p.claim_seq));
+    let statuses: Vec<&str> = endings.iter().map(|e| e.t.status.as_str()).collect();
+    let reasons: Vec<Option<&str>> = endings
+        .iter()
+        .map(|e| e.t.reason.map(|r| r.as_str()))
+        .collect();
+    let attempts = col(&|e| Some(i64::from(e.t.attempt)));
+    let requeues = col(&|e| Some(i64::from(e.t.orphan_requeues)));
+    let run_after = col(&|e| Some(e.t.run_after));
+    let exit_codes = col(&|e| e.p.exit_code.map(i64::from));
+    let errors: Vec<Option<String>> = endings
+        .iter()
+        .map(|e| outcome_error(&e.p.outcome))
+        .collect();
+    let stdout = col(&|e| Some(e.p.stdout_bytes as i64));
+    let stderr = col(&|e| Some(e.p.stderr_bytes as i64));
+    let truncated: Vec<bool> = endings.iter().map(|e| e.p.truncated).collect();
+    let finished_at = col(&|e| e.t.status.is_terminal().then_some(e.p.now));
+    let results: Vec<Option<&str>> = endings.iter().map(|e| e.p.result.as_deref()).collect();
+    let held: Vec<bool> = endings
+        .iter()
+        .map(|e| e.t.status == JobStatus::Queued && claim_plan::held(e.t.run_after, e.p.now))
+        .collect();
+    let start = |f: &dyn Fn(&crate::store::JobStartParams) -> i64| -> Vec<Option<i64>> {
+        endings
+            .iter()
+            .map(|e| e.p.start.as_ref().filter(|_| e.new_start).map(f))
+            .collect()
+    };
+    let pids = start(&|s| i64::from(s.pid));
+    let proc_starts = start(&|s| s.proc_start as i64);
+    let started_at = start(&|s| s.now);
+    let rows = tx
+        .query(
+            "UPDATE jobs j SET status = u.status, reason = u.reason, attempt = u.attempt,
+                    orphan_requeues = u.requeues, run_after = u.run_after, exit_code = u.exit_code,
+                    error = u.error, stdout_bytes = u.stdout, stderr_bytes = u.stderr, truncated = u.truncated,
+                    finished_at = u.finished_at, result = u.result, held = u.held,
+                    pid = COALESCE(u.pid, j.pid), proc_start = COALESCE(u.proc_start, j.proc_start),
+                    started_at = COALESCE(u.started_at, j.started_at)
+             FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
+                         $7::bigint[], $8::bigint[], $9::text[], $10::bigint[], $11::bigint[], $12::bool[],
+                         $13::bigint[], $14::text[], $15::bool[], $16::bigint[], $17::bigint[], $18::bigint[])
+                  AS u(id, claim_seq, status, reason, attempt, requeues, run_after, exit_code, error, stdout,
+                       stderr, truncated, finished_at, result, held, pid, proc_start, started_at)
+             WHERE j.id = u.id AND j.claim_seq = u.claim_seq AND j.status = 'running'
+             RETURNING j.id",
+            &[
+                &ids,
+                &claims,
+                &statuses,
+                &reasons,
+                &attempts,
+                &requeues,
+                &run_after,
+                &exit_codes,
+                &errors,
+                &stdout,
+                &stderr,
+                &truncated,
+                &finished_at,
+                &results,
+                &held,
+                &pids,
+                &proc_starts,
+                &started_at,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// What the batch does to one run.
+#[derive(Default)]
+struct RunTouch {
+    /// Its shards that turned terminal here, with their statuses.
+    landed: Vec<JobStatus>,
+    /// A start recorded here: a `queued` run turns `running` (at this time).
+    started_at: Option<i64>,
+    /// Its finalizer ended here: (status, exit code).
+    finalizer: Option<(JobStatus, Option<i32>)>,
+    now: i64,
+}
+
+/// Lands the batch's runs: counts their terminal shards, marks started runs `running`,
+/// and for each run whose last shard landed here queues its finalizer or ends it; a run
+/// whose finalizer ended here ends as the finalizer decides. The runs that ended, with
+/// their statuses.
+async fn land_runs(
+    tx: &mut Tx<'_>,
+    endings: &[Ending<'_>],
+) -> StoreResult<Vec<(String, RunStatus)>> {
+    // Sorted by run id: the order their rows are locked in.
+    let mut runs: BTreeMap<&str, RunTouch> = BTreeMap::new();
+    for e in endings {
+        let touch = runs.entry(&e.fence.run_id).or_default();
+        touch.now = touch.now.max(e.p.now);
+        if e.new_start {
+            touch.started_at = e.p.start.as_ref().map(|s| s.now);
+        }
+        if e.t.status.is_terminal() {
+            match e.fence.kind {
+                JobKind::Finalize => touch.finalizer = Some((e.t.status, e.p.exit_code)),
+                JobKind::Shard => touch.landed.push(e.t.status),
+            }
+        }
+    }
+    runs.retain(|_, t| t.started_at.is_some() || !t.landed.is_empty() || t.finalizer.is_some());
+    if runs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = runs.keys().copied().collect();
+    let landed: Vec<i64> = runs.values().map(|t| t.landed.len() as i64).collect();
+    let started: Vec<Option<i64>> = runs.values().map(|t| t.started_at).collect();
+    // Locked in id order first (the `locked` CTE), then updated: `before` is the count
+    // as this transaction found it, so "this batch landed the run" is exact.
+    let rows = tx
+        .query(
+            "WITH locked AS (SELECT id, shards_done AS before FROM runs WHERE id = ANY($1) ORDER BY id FOR UPDATE)
+             UPDATE runs r SET
+                    shards_done = LEAST(r.shards_done + u.landed, r.shard_count),
+                    status = CASE WHEN u.started_at IS NOT NULL AND r.status = 'queued' THEN 'running' ELSE r.status END,
+                    started_at = CASE WHEN u.started_at IS NOT NULL AND r.status = 'queued' THEN u.started_at
+                                      ELSE r.started_at END
+             FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(id, landed, started_at), locked l
+             WHERE r.id = u.id AND l.id = u.id
+             RETURNING r.id, l.before, r.shards_done, r.shard_count, r.status, r.has_finalizer, r.shards_status",
+            &[&ids, &landed, &started],
+        )
+        .await?;
+    let mut ends: Vec<(String, RunStatus, Finalizer)> = Vec::new();
+    let mut multi: Vec<(String, String)> = Vec::new();
+    for r in &rows {
+        let id: String = r.get(0);
+        let Some(touch) = runs.get(id.as_str()) else {
+            continue;
+        };
+        let (before, done, count): (i64, i64, i64) = (r.get(1), r.get(2), r.get(3));
+        let status: String = r.get(4);
+        if let Some((fin, exit_code)) = touch.finalizer {
+            let shards: Option<String> = r.get(6);
+            let end = status_after_finalizer(&status, fin, shards.as_deref());
+            ends.push((id, end, Finalizer::Ended(fin, exit_code)));
+            continue;
+        }
+        if touch.landed.is_empty() || before >= count || done < count {
+            continue;
+        }
+        let has_finalizer: bool = r.get(5);
+        if count == 1 && !has_finalizer {
+            let end = shards_status(&status, touch.landed.iter().copied());
+            ends.push((id, end, Finalizer::None));
+        } else {
+            multi.push((id, status));
+        }
+    }
+    let now = runs.values().map(|t| t.now).max().unwrap_or_default();
+    for (run_id, status) in multi {
+        // A new statement: every earlier lander committed (they all held the run row).
+        let shards: Vec<JobStatus> = tx
+            .query(
+                "SELECT status FROM jobs WHERE run_id = $1 AND kind = 'shard'",
+                &[&run_id],
+            )
+            .await?
+            .iter()
+            .filter_map(|r| r.get::<_, String>(0).parse().ok())
+            .collect();
+        let has_finalizer = rows
+            .iter()
+            .any(|r| r.get::<_, &str>(0) == run_id && r.get::<_, bool>(5));
+        let end = shards_status(&status, shards);
+        if has_finalizer {
+            tx.exec(
+                "UPDATE runs SET shards_status = $2 WHERE id = $1",
+                &[&run_id, &end.as_str()],
+            )
+            .await?;
+            queue_finalizer(tx, &run_id, now).await?;
+        } else {
+            ends.push((run_id, end, Finalizer::None));
+        }
+    }
+    turn_terminal(tx, ends, now).await
+}
+
+/// Queues the run's finalizer (once) after its last shard landed.
+pub(super) async fn queue_finalizer(tx: &mut Tx<'_>, run_id: &str, now: i64) -> StoreResult<()> {
+    let job_id = finalize_job_id(run_id);
+    let inserted = tx
+        .query_opt(
+            "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts, retry_backoff_ms,
+                               on_orphan, max_orphan_requeues, run_after, created_at, kind, priority)
+             SELECT $1, run_id, pipeline, shard_count, shard_count, 'queued', $4, retry_backoff_ms,
+                    'requeue', GREATEST(max_orphan_requeues, $5), $3, $3, 'finalize', priority
+             FROM jobs WHERE run_id = $2 AND kind = 'shard' LIMIT 1
+             ON CONFLICT (id) DO NOTHING
+             RETURNING pipeline, shard_index",
+            &[&job_id, &run_id, &now, &(FINALIZER_MAX_ATTEMPTS as i64), &(FINALIZER_MIN_REQUEUES as i64)],
+        )
+        .await?;
+    if let Some(r) = inserted {
+        let pipeline: String = r.get(0);
+        let event =
+            payload::finalizer_created(run_id, &job_id, &pipeline, r.get::<_, i64>(1) as u32);
+        tx.emit(event, now).await?;
+        tx.kinds |= change::WORK;
+    }
+    Ok(())
+}
+
+/// What `run:completed` says of the run's finalizer.
+pub(super) enum Finalizer {
+    /// The run has none.
+    None,
+    /// It just ended so.
+    Ended(JobStatus, Option<i32>),
+}
+
+/// Marks each run terminal (once) with its status and, when it had no finalizer, its
+/// shards' status (the same thing then); emits `run:completed` and writes the webhook
+/// outbox rows. The runs this call ended.
+pub(super) async fn turn_terminal(
+    tx: &mut Tx<'_>,
+    ends: Vec<(String, RunStatus, Finalizer)>,
+    now: i64,
+) -> StoreResult<Vec<(String, RunStatus)>> {
+    if ends.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = ends.iter().map(|(id, _, _)| id.as_str()).collect();
+    let statuses: Vec<&str> = ends.iter().map(|(_, s, _)| s.as_str()).collect();
+    let shards: Vec<Option<&str>> = ends
+        .iter()
+        .map(|(_, s, f)| matches!(f, Finalizer::None).then_some(s.as_str()))
+        .collect();
+    let rows = tx
+        .query(
+            "UPDATE runs r SET status = u.status, finished_at = $4, shards_status = COALESCE(u.shards, r.shards_status)
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS u(id, status, shards)
+             WHERE r.id = u.id AND r.finished_at IS NULL
+             RETURNING r.id, r.pipeline, r.shard_count, r.callback_url, r.aborted_by",
+            &[&ids, &statuses, &shards, &now],
+        )
+        .await?;
+    let mut ended = Vec::new();
+    for r in &rows {
+        let run_id: String = r.get(0);
+        let Some((_, status, finalizer)) = ends.iter().find(|(id, _, _)| *id == run_id) else {
+            continue;
+        };
+        let pipeline: String = r.get(1);
+        let finalizer = match finalizer {
+            Finalizer::None => None,
+            Finalizer::Ended(status, exit_code) => Some((status.as_str(), *exit_code)),
+        };
+        let event = payload::run_completed(
+            &run_id,
+            &pipeline,
+            *status,
+            r.get::<_, i64>(2) as u32,
+            finalizer,
+            r.get::<_, Option<&str>>(4),
+        );
+        tx.emit(event, now).await?;
+        if let Some(url) = r.get::<_, Option<String>>(3) {
+            let run_summary = super::read::summary_in(&tx.inner, &run_id)
+                .await?
+                .unwrap_or(serde_json::Value::Null);
+            let envelope = summary::webhook_envelope(run_summary, now);
+            tx.exec(
+                "INSERT INTO deliveries (id, run_id, url, payload, status, next_attempt_at, created_at)
+                 VALUES ($1, $2, $3, $4, 'pending', $5, $5)",
+                &[&envelope.id, &run_id, &url, &envelope.payload, &now],
+            )
+            .await?;
+        }
+        ended.push((run_id, *status));
+    }
+    Ok(ended)
+}
+
+/// Lands `n` shards of one run that an abort ended while queued (the abort holds the
+/// run's job rows and will update the run next: the lock order holds).
+pub(super) async fn land_aborted(
+    tx: &mut Tx<'_>,
+    run_id: &str,
+    n: usize,
+    now: i64,
+) -> StoreResult<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let Some(row) = tx
+        .query_opt(
+            "UPDATE runs SET shards_done = LEAST(shards_done + $2, shard_count)
+             WHERE id = $1 AND shards_done < shard_count
+             RETURNING shards_done, shard_count, status, has_finalizer",
+            &[&run_id, &(n as i64)],
+        )
+        .await?
+    else {
+        return Ok(());
+    };
+    let (done, count): (i64, i64) = (row.get(0), row.get(1));
+    if done < count {
+        return Ok(());
+    }
+    let status: String = row.get(2);
+    let shards: Vec<JobStatus> = tx
+        .query(
+            "SELECT status FROM jobs WHERE run_id = $1 AND kind = 'shard'",
+            &[&run_id],
+        )
+        .await?
+        .iter()
+        .filter_map(|r| r.get::<_, String>(0).parse().ok())
+        .collect();
+    let end = shards_status(&status, shards);
+    if row.get::<_, bool>(3) {
+        tx.exec(
+            "UPDATE runs SET shards_status = $2 WHERE id = $1",
+            &[&run_id, &end.as_str()],
+        )
+        .await?;
+        return queue_finalizer(tx, run_id, now).await;
+    }
+    turn_terminal(tx, vec![(run_id.to_string(), end, Finalizer::None)], now).await?;
+    Ok(())
+}

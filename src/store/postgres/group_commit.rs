@@ -1,0 +1,144 @@
+//! Group commit of job ends: the ends that arrive while one transaction is in flight
+//! share the next one.
+//!
+//! A finishing job queues its end and then either finds it answered or becomes the
+//! leader: it takes every end queued so far (at most [`MAX_BATCH`], one per job) and
+//! writes them in one transaction ([`super::finish::finish_batch`]), with one claim
+//! that refills all their slots. There is no timer: a lone end is written at once, and
+//! ends batch only when they would otherwise wait for the database anyway, so a batch
+//! adds no latency. Each end is durable before its caller hears of it (the answer is
+//! sent after COMMIT); a crash before COMMIT loses the batch's ends together, and each
+//! caller's retry (or, after a node crash, the journal and the rescuer) resolves them.
+//!
+//! A batch that fails for a reason other than the database being out of reach is split:
+//! each end is written alone, so one bad end never fails the others.
+
+use std::sync::Mutex;
+
+use tokio::sync::oneshot;
+
+use super::claim::{CapWait, claim_in_tx};
+use super::finish::finish_batch;
+use super::{PgStore, in_tx};
+use crate::store::{
+    ClaimedJob, FinishOutcome, JobClaimParams, JobFinishParams, StoreError, StoreResult,
+};
+
+/// Ends written in one transaction at most.
+const MAX_BATCH: usize = 64;
+
+/// Ends waiting for a transaction, and the right to run one.
+#[derive(Default)]
+pub(super) struct FinishQueue {
+    pending: Mutex<Vec<Waiting>>,
+    leader: tokio::sync::Mutex<()>,
+}
+
+struct Waiting {
+    p: JobFinishParams,
+    answer: oneshot::Sender<StoreResult<FinishOutcome>>,
+}
+
+impl FinishQueue {
+    /// Up to [`MAX_BATCH`] queued ends, oldest first, never two of one job.
+    fn take(&self) -> Vec<Waiting> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch: Vec<Waiting> = Vec::new();
+        let mut rest = Vec::new();
+        for w in pending.drain(..) {
+            if batch.len() < MAX_BATCH && !batch.iter().any(|b| b.p.job_id == w.p.job_id) {
+                batch.push(w);
+            } else {
+                rest.push(w);
+            }
+        }
+        *pending = rest;
+        batch
+    }
+}
+
+/// Writes `p` with whatever other ends are queued; see the module docs.
+pub(super) async fn job_finish(s: &PgStore, p: JobFinishParams) -> StoreResult<FinishOutcome> {
+    let (send, mut answer) = oneshot::channel();
+    s.finishes
+        .pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Waiting { p, answer: send });
+    loop {
+        tokio::select! {
+            biased;
+            got = &mut answer => {
+                // A leader dropped mid-batch (its task was cancelled): whether that
+                // transaction committed is unknown.
+                return got.unwrap_or_else(|_| Err(StoreError::Ambiguous {
+                    message: "the transaction writing this end was abandoned".into(),
+                    source: None,
+                }));
+            }
+            _leader = s.finishes.leader.lock() => {
+                let batch = s.finishes.take();
+                if !batch.is_empty() {
+                    write(s, batch).await;
+                }
+            }
+        }
+    }
+}
+
+/// Writes one batch and answers its callers; a batch that fails is split.
+async fn write(s: &PgStore, batch: Vec<Waiting>) {
+    let params: Vec<JobFinishParams> = batch.iter().map(|w| w.p.clone()).collect();
+    let claim = combined_claim(&params);
+    let written = in_tx!(s, "job_finish", tx => {
+        let mut outs = finish_batch(tx, &params).await?;
+        if let Some(claim) = &claim {
+            let jobs = claim_in_tx(tx, claim, CapWait::Try).await?.jobs;
+            hand_out(&params, &mut outs, jobs);
+        }
+        outs
+    });
+    match written {
+        Ok(outs) => {
+            for (w, out) in batch.into_iter().zip(outs) {
+                let _ = w.answer.send(Ok(out));
+            }
+        }
+        Err(e) if batch.len() > 1 && !e.is_unavailable() && !e.is_ambiguous() => {
+            tracing::debug!(
+                "a batch of {} job ends failed, writing them one by one: {e}",
+                batch.len()
+            );
+            for w in batch {
+                Box::pin(write(s, vec![w])).await;
+            }
+        }
+        Err(e) => {
+            for w in batch {
+                let _ = w.answer.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// One claim for every slot the batch frees: the newest caller's claim (its time is
+/// the claim's, so a caller whose answer is lost releases exactly that claim) asking
+/// for all of them.
+fn combined_claim(batch: &[JobFinishParams]) -> Option<JobClaimParams> {
+    let asks = batch.iter().filter_map(|p| p.claim_next.as_ref());
+    let max: usize = asks.clone().map(|c| c.max).sum();
+    let newest = asks.max_by_key(|c| c.now)?;
+    Some(JobClaimParams {
+        max,
+        ..newest.clone()
+    })
+}
+
+/// Gives each caller that asked for a claim its share of the claimed jobs, in order.
+fn hand_out(batch: &[JobFinishParams], outs: &mut [FinishOutcome], jobs: Vec<ClaimedJob>) {
+    let mut jobs = jobs.into_iter();
+    for (p, out) in batch.iter().zip(outs.iter_mut()) {
+        let Some(ask) = &p.claim_next else { continue };
+        out.next.extend(jobs.by_ref().take(ask.max));
+    }
+}
