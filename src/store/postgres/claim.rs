@@ -10,6 +10,9 @@
 
 use std::collections::HashMap;
 
+use tokio_postgres::types::ToSql;
+
+use super::rows::Rows;
 use super::{PgStore, StoreResult, Tx, in_tx};
 use crate::model::JobKind;
 use crate::store::{ClaimOutcome, ClaimedJob, JobClaimParams, claim_plan};
@@ -95,16 +98,26 @@ pub(super) async fn claim_in_tx(
         }
     }
     let plan = claim_plan::plan(p, &running);
-    let names: Vec<&str> = plan.rooms.iter().map(|(n, _)| n.as_str()).collect();
-    let rooms: Vec<i64> = plan.rooms.iter().map(|(_, r)| *r as i64).collect();
+    let mut rooms = Rows::new(&[("name", "text"), ("room", "bigint")]);
+    for (name, room) in &plan.rooms {
+        rooms.push(vec![Box::new(name.clone()), Box::new(*room as i64)]);
+    }
+    let rooms_sql = if rooms.len() == 0 {
+        "(SELECT NULL::text, NULL::bigint WHERE false) AS q(name, room)".to_string()
+    } else {
+        rooms.sql("q", 5)
+    };
+    let want = plan.want as i64;
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&p.node_id, &p.now, &RELEASE_BATCH, &want];
+    params.extend(rooms.params());
     // Held jobs that fell due are candidates as they are (from their own index, by due
     // time), and the rest of them are released into the claim index (`due`: disjoint
     // from the picked rows, as one statement may not update a row twice); rows another
     // claim is releasing are skipped, not waited for.
     let rows = tx
         .query(
-            "WITH me AS (SELECT 1 FROM nodes WHERE id = $1 FOR KEY SHARE),
-                  rooms AS (SELECT q.name, q.room FROM unnest($4::text[], $5::bigint[]) AS q(name, room)
+            &format!("WITH me AS (SELECT 1 FROM nodes WHERE id = $1 FOR KEY SHARE),
+                  rooms AS (SELECT q.name, q.room FROM {rooms_sql}
                             WHERE EXISTS (SELECT 1 FROM me)
                               AND NOT EXISTS (SELECT 1 FROM pipeline_state ps
                                               WHERE ps.pipeline = q.name AND ps.paused)),
@@ -120,7 +133,7 @@ pub(super) async fn claim_in_tx(
                                ORDER BY j.run_after LIMIT q.room
                                FOR UPDATE SKIP LOCKED) c),
                   cand AS (SELECT seq, priority FROM ready UNION ALL SELECT seq, priority FROM ripe),
-                  pick AS (SELECT seq FROM cand ORDER BY priority DESC, seq LIMIT $6),
+                  pick AS (SELECT seq FROM cand ORDER BY priority DESC, seq LIMIT $4),
                   due AS (UPDATE jobs SET held = false WHERE EXISTS (SELECT 1 FROM me) AND seq IN (
                               SELECT seq FROM jobs WHERE status = 'queued' AND held AND run_after <= $2
                               ORDER BY run_after LIMIT $3 FOR UPDATE SKIP LOCKED)
@@ -135,15 +148,8 @@ pub(super) async fn claim_in_tx(
              SELECT c.id, c.run_id, c.pipeline, c.shard_index, c.shard_count, c.attempt, r.params, c.kind,
                     c.run_after, c.priority, c.claim_seq, c.output_lines
              FROM claimed c JOIN runs r ON r.id = c.run_id
-             ORDER BY c.priority DESC, c.seq",
-            &[
-                &p.node_id,
-                &p.now,
-                &RELEASE_BATCH,
-                &names,
-                &rooms,
-                &(plan.want as i64),
-            ],
+             ORDER BY c.priority DESC, c.seq"),
+            &params,
         )
         .await?;
     let mut out = ClaimOutcome {

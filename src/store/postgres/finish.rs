@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::rows::Rows;
 use super::{StoreResult, Tx};
 use crate::model::{JobKind, JobStatus, RunStatus, finalize_job_id};
 use crate::store::completion::{
@@ -119,13 +120,20 @@ async fn read_fences(
     tx: &Tx<'_>,
     ids: &[&str],
 ) -> StoreResult<HashMap<String, (JobFence, Option<i64>)>> {
+    let mut list = Rows::new(&[("id", "text")]);
+    for id in ids {
+        list.push(vec![Box::new(id.to_string())]);
+    }
     let rows = tx
         .query(
-            "SELECT id, status, claim_seq, attempt, max_attempts, retry_backoff_ms, abort_requested,
-                    orphan_requeues, max_orphan_requeues, on_orphan, run_id, pipeline, shard_index, kind,
-                    retry_on, pid
-             FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            &[&ids],
+            &format!(
+                "SELECT id, status, claim_seq, attempt, max_attempts, retry_backoff_ms, abort_requested,
+                        orphan_requeues, max_orphan_requeues, on_orphan, run_id, pipeline, shard_index, kind,
+                        retry_on, pid
+                 FROM jobs WHERE id IN (SELECT id FROM {}) ORDER BY id FOR UPDATE",
+                list.sql("v", 1)
+            ),
+            &list.params(),
         )
         .await?;
     Ok(rows
@@ -153,80 +161,70 @@ async fn read_fences(
         .collect())
 }
 
+/// The columns of one decided end.
+const ENDS: &[(&str, &str)] = &[
+    ("id", "text"),
+    ("claim_seq", "bigint"),
+    ("status", "text"),
+    ("reason", "text"),
+    ("attempt", "bigint"),
+    ("requeues", "bigint"),
+    ("run_after", "bigint"),
+    ("exit_code", "bigint"),
+    ("error", "text"),
+    ("stdout", "bigint"),
+    ("stderr", "bigint"),
+    ("truncated", "boolean"),
+    ("finished_at", "bigint"),
+    ("result", "text"),
+    ("held", "boolean"),
+    ("pid", "bigint"),
+    ("proc_start", "bigint"),
+    ("started_at", "bigint"),
+];
+
 /// Writes every decided end (and the start it carries, if new) in one statement,
 /// fenced on `(id, claim_seq, status='running')`; the ids written.
 async fn write_jobs(tx: &Tx<'_>, endings: &[Ending<'_>]) -> StoreResult<Vec<String>> {
-    let col = |f: &dyn Fn(&Ending<'_>) -> Option<i64>| -> Vec<Option<i64>> {
-        endings.iter().map(f).collect()
-    };
-    let ids: Vec<&str> = endings.iter().map(|e| e.p.job_id.as_str()).collect();
-    let claims = col(&|e| Some(e.p.claim_seq));
-    let statuses: Vec<&str> = endings.iter().map(|e| e.t.status.as_str()).collect();
-    let reasons: Vec<Option<&str>> = endings
-        .iter()
-        .map(|e| e.t.reason.map(|r| r.as_str()))
-        .collect();
-    let attempts = col(&|e| Some(i64::from(e.t.attempt)));
-    let requeues = col(&|e| Some(i64::from(e.t.orphan_requeues)));
-    let run_after = col(&|e| Some(e.t.run_after));
-    let exit_codes = col(&|e| e.p.exit_code.map(i64::from));
-    let errors: Vec<Option<String>> = endings
-        .iter()
-        .map(|e| outcome_error(&e.p.outcome))
-        .collect();
-    let stdout = col(&|e| Some(e.p.stdout_bytes as i64));
-    let stderr = col(&|e| Some(e.p.stderr_bytes as i64));
-    let truncated: Vec<bool> = endings.iter().map(|e| e.p.truncated).collect();
-    let finished_at = col(&|e| e.t.status.is_terminal().then_some(e.p.now));
-    let results: Vec<Option<&str>> = endings.iter().map(|e| e.p.result.as_deref()).collect();
-    let held: Vec<bool> = endings
-        .iter()
-        .map(|e| e.t.status == JobStatus::Queued && claim_plan::held(e.t.run_after, e.p.now))
-        .collect();
-    let start = |f: &dyn Fn(&crate::store::JobStartParams) -> i64| -> Vec<Option<i64>> {
-        endings
-            .iter()
-            .map(|e| e.p.start.as_ref().filter(|_| e.new_start).map(f))
-            .collect()
-    };
-    let pids = start(&|s| i64::from(s.pid));
-    let proc_starts = start(&|s| s.proc_start as i64);
-    let started_at = start(&|s| s.now);
+    let mut ends = Rows::new(ENDS);
+    for e in endings {
+        let start = e.p.start.as_ref().filter(|_| e.new_start);
+        ends.push(vec![
+            Box::new(e.p.job_id.clone()),
+            Box::new(e.p.claim_seq),
+            Box::new(e.t.status.as_str()),
+            Box::new(e.t.reason.map(|r| r.as_str())),
+            Box::new(i64::from(e.t.attempt)),
+            Box::new(i64::from(e.t.orphan_requeues)),
+            Box::new(e.t.run_after),
+            Box::new(e.p.exit_code.map(i64::from)),
+            Box::new(outcome_error(&e.p.outcome)),
+            Box::new(e.p.stdout_bytes as i64),
+            Box::new(e.p.stderr_bytes as i64),
+            Box::new(e.p.truncated),
+            Box::new(e.t.status.is_terminal().then_some(e.p.now)),
+            Box::new(e.p.result.clone()),
+            Box::new(e.t.status == JobStatus::Queued && claim_plan::held(e.t.run_after, e.p.now)),
+            Box::new(start.map(|s| i64::from(s.pid))),
+            Box::new(start.map(|s| s.proc_start as i64)),
+            Box::new(start.map(|s| s.now)),
+        ]);
+    }
     let rows = tx
         .query(
-            "UPDATE jobs j SET status = u.status, reason = u.reason, attempt = u.attempt,
-                    orphan_requeues = u.requeues, run_after = u.run_after, exit_code = u.exit_code,
-                    error = u.error, stdout_bytes = u.stdout, stderr_bytes = u.stderr, truncated = u.truncated,
-                    finished_at = u.finished_at, result = u.result, held = u.held,
-                    pid = COALESCE(u.pid, j.pid), proc_start = COALESCE(u.proc_start, j.proc_start),
-                    started_at = COALESCE(u.started_at, j.started_at)
-             FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
-                         $7::bigint[], $8::bigint[], $9::text[], $10::bigint[], $11::bigint[], $12::bool[],
-                         $13::bigint[], $14::text[], $15::bool[], $16::bigint[], $17::bigint[], $18::bigint[])
-                  AS u(id, claim_seq, status, reason, attempt, requeues, run_after, exit_code, error, stdout,
-                       stderr, truncated, finished_at, result, held, pid, proc_start, started_at)
-             WHERE j.id = u.id AND j.claim_seq = u.claim_seq AND j.status = 'running'
-             RETURNING j.id",
-            &[
-                &ids,
-                &claims,
-                &statuses,
-                &reasons,
-                &attempts,
-                &requeues,
-                &run_after,
-                &exit_codes,
-                &errors,
-                &stdout,
-                &stderr,
-                &truncated,
-                &finished_at,
-                &results,
-                &held,
-                &pids,
-                &proc_starts,
-                &started_at,
-            ],
+            &format!(
+                "UPDATE jobs j SET status = u.status, reason = u.reason, attempt = u.attempt,
+                        orphan_requeues = u.requeues, run_after = u.run_after, exit_code = u.exit_code,
+                        error = u.error, stdout_bytes = u.stdout, stderr_bytes = u.stderr, truncated = u.truncated,
+                        finished_at = u.finished_at, result = u.result, held = u.held,
+                        pid = COALESCE(u.pid, j.pid), proc_start = COALESCE(u.proc_start, j.proc_start),
+                        started_at = COALESCE(u.started_at, j.started_at)
+                 FROM {}
+                 WHERE j.id = u.id AND j.claim_seq = u.claim_seq AND j.status = 'running'
+                 RETURNING j.id",
+                ends.sql("u", 1)
+            ),
+            &ends.params(),
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -271,23 +269,37 @@ async fn land_runs(
     if runs.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<&str> = runs.keys().copied().collect();
-    let landed: Vec<i64> = runs.values().map(|t| t.landed.len() as i64).collect();
-    let started: Vec<Option<i64>> = runs.values().map(|t| t.started_at).collect();
+    let mut touched = Rows::new(&[
+        ("id", "text"),
+        ("landed", "bigint"),
+        ("started_at", "bigint"),
+    ]);
+    for (id, t) in &runs {
+        touched.push(vec![
+            Box::new(id.to_string()),
+            Box::new(t.landed.len() as i64),
+            Box::new(t.started_at),
+        ]);
+    }
+    let list = touched.sql("u", 1);
     // Locked in id order first (the `locked` CTE), then updated: `before` is the count
     // as this transaction found it, so "this batch landed the run" is exact.
     let rows = tx
         .query(
-            "WITH locked AS (SELECT id, shards_done AS before FROM runs WHERE id = ANY($1) ORDER BY id FOR UPDATE)
-             UPDATE runs r SET
-                    shards_done = LEAST(r.shards_done + u.landed, r.shard_count),
-                    status = CASE WHEN u.started_at IS NOT NULL AND r.status = 'queued' THEN 'running' ELSE r.status END,
-                    started_at = CASE WHEN u.started_at IS NOT NULL AND r.status = 'queued' THEN u.started_at
-                                      ELSE r.started_at END
-             FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(id, landed, started_at), locked l
-             WHERE r.id = u.id AND l.id = u.id
-             RETURNING r.id, l.before, r.shards_done, r.shard_count, r.status, r.has_finalizer, r.shards_status",
-            &[&ids, &landed, &started],
+            &format!(
+                "WITH locked AS (SELECT id, shards_done AS before FROM runs
+                                 WHERE id IN (SELECT id FROM {list}) ORDER BY id FOR UPDATE)
+                 UPDATE runs r SET
+                        shards_done = LEAST(r.shards_done + u.landed, r.shard_count),
+                        status = CASE WHEN u.started_at IS NOT NULL AND r.status = 'queued' THEN 'running'
+                                      ELSE r.status END,
+                        started_at = CASE WHEN u.started_at IS NOT NULL AND r.status = 'queued' THEN u.started_at
+                                          ELSE r.started_at END
+                 FROM {list}, locked l
+                 WHERE r.id = u.id AND l.id = u.id
+                 RETURNING r.id, l.before, r.shards_done, r.shard_count, r.status, r.has_finalizer, r.shards_status"
+            ),
+            &touched.params(),
         )
         .await?;
     let mut ends: Vec<(String, RunStatus, Finalizer)> = Vec::new();
@@ -390,19 +402,27 @@ pub(super) async fn turn_terminal(
     if ends.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<&str> = ends.iter().map(|(id, _, _)| id.as_str()).collect();
-    let statuses: Vec<&str> = ends.iter().map(|(_, s, _)| s.as_str()).collect();
-    let shards: Vec<Option<&str>> = ends
-        .iter()
-        .map(|(_, s, f)| matches!(f, Finalizer::None).then_some(s.as_str()))
-        .collect();
+    let mut list = Rows::new(&[("id", "text"), ("status", "text"), ("shards", "text")]);
+    for (id, status, finalizer) in &ends {
+        list.push(vec![
+            Box::new(id.clone()),
+            Box::new(status.as_str()),
+            Box::new(matches!(finalizer, Finalizer::None).then_some(status.as_str())),
+        ]);
+    }
+    let mut params = list.params();
+    params.push(&now);
     let rows = tx
         .query(
-            "UPDATE runs r SET status = u.status, finished_at = $4, shards_status = COALESCE(u.shards, r.shards_status)
-             FROM unnest($1::text[], $2::text[], $3::text[]) AS u(id, status, shards)
-             WHERE r.id = u.id AND r.finished_at IS NULL
-             RETURNING r.id, r.pipeline, r.shard_count, r.callback_url, r.aborted_by",
-            &[&ids, &statuses, &shards, &now],
+            &format!(
+                "UPDATE runs r SET status = u.status, finished_at = ${}, shards_status = COALESCE(u.shards, r.shards_status)
+                 FROM {}
+                 WHERE r.id = u.id AND r.finished_at IS NULL
+                 RETURNING r.id, r.pipeline, r.shard_count, r.callback_url, r.aborted_by",
+                params.len(),
+                list.sql("u", 1)
+            ),
+            &params,
         )
         .await?;
     let mut ended = Vec::new();

@@ -47,6 +47,7 @@ mod claim;
 mod finish;
 mod group_commit;
 mod read;
+mod rows;
 mod write;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
