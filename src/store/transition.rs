@@ -152,6 +152,18 @@ pub struct Transition {
     pub run_after: i64,
 }
 
+/// The status and reason `outcome` leads to whatever the job's row holds: a completion
+/// and an abort keep the attempt and requeue counts and end the job. A backend may then
+/// write the end without reading the row first (the write's fence still applies); every
+/// other outcome needs the row ([`decide`]).
+pub fn decided_without_row(outcome: &Outcome) -> Option<(JobStatus, Reason)> {
+    match outcome {
+        Outcome::Completed => Some((JobStatus::Completed, Reason::ExitCode)),
+        Outcome::Aborted => Some((JobStatus::Aborted, Reason::Aborted)),
+        _ => None,
+    }
+}
+
 /// How an execution that reported `outcome` (and, when it exited normally, `exit_code`)
 /// at `now` moves its job on.
 pub fn decide(row: &JobFence, outcome: &Outcome, exit_code: Option<i32>, now: i64) -> Transition {
@@ -224,6 +236,24 @@ mod tests {
             kind: JobKind::Shard,
             retry_on: RetryOn::Any,
         }
+    }
+
+    #[test]
+    fn what_is_decided_without_the_row_is_what_the_row_decides() {
+        let mut row = fence(2, 3);
+        row.abort_requested = true;
+        row.orphan_requeues = 1;
+        for outcome in [Outcome::Completed, Outcome::Aborted] {
+            let (status, reason) = decided_without_row(&outcome).unwrap();
+            let t = decide(&row, &outcome, Some(0), 500);
+            assert_eq!((t.status, t.reason), (status, Some(reason)));
+            assert_eq!((t.attempt, t.orphan_requeues, t.run_after), (2, 1, 500));
+        }
+        let failed = Outcome::Failed {
+            reason: Reason::ExitCode,
+            error: None,
+        };
+        assert_eq!(decided_without_row(&failed), None);
     }
 
     #[test]

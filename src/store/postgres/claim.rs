@@ -54,7 +54,7 @@ impl Tx<'_> {
 
 /// Claims queued jobs inside the open transaction (see [`crate::store::Store::job_claim`]).
 pub(super) async fn claim_in_tx(
-    tx: &mut Tx<'_>,
+    tx: &Tx<'_>,
     p: &JobClaimParams,
     wait: CapWait,
 ) -> StoreResult<ClaimOutcome> {

@@ -16,15 +16,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::rows::Rows;
-use super::{StoreResult, Tx};
+use super::claim::{CapWait, claim_in_tx};
+use super::rows::{Rows, Value};
+use super::{StoreError, StoreResult, Tx};
 use crate::model::{JobKind, JobStatus, RunStatus, finalize_job_id};
 use crate::store::completion::{
     FINALIZER_MAX_ATTEMPTS, FINALIZER_MIN_REQUEUES, shards_status, status_after_finalizer,
 };
 use crate::store::payload;
-use crate::store::transition::{JobFence, RetryOn, Transition, decide, outcome_error};
-use crate::store::{FinishOutcome, JobFinishParams, change, claim_plan, summary};
+use crate::store::transition::{
+    JobFence, RetryOn, Transition, decide, decided_without_row, outcome_error,
+};
+use crate::store::{
+    ClaimedJob, FinishOutcome, JobClaimParams, JobFinishParams, change, claim_plan, summary,
+};
 
 /// A job of the batch whose end is written.
 struct Ending<'p> {
@@ -37,15 +42,43 @@ struct Ending<'p> {
     new_start: bool,
 }
 
-/// Ends the executions `batch` names (each fenced on its own claim) and lands their
-/// runs; one answer per entry, in order.
+/// Ends the executions `batch` names (each fenced on its own claim), lands their runs
+/// and, with `claim`, claims the jobs that refill their slots; one answer per entry, in
+/// order, and the jobs claimed.
+///
+/// Statements that do not wait on each other's answers go out together (tokio-postgres
+/// pipelines the queries of one connection that are awaited at once): the fenced read
+/// with the write when every end is decided without its row, and the runs' terminal
+/// update with the events and the claim. A batch of completions costs four round trips
+/// and COMMIT.
 pub(super) async fn finish_batch(
     tx: &mut Tx<'_>,
     batch: &[JobFinishParams],
-) -> StoreResult<Vec<FinishOutcome>> {
+    claim: Option<&JobClaimParams>,
+) -> StoreResult<(Vec<FinishOutcome>, Vec<ClaimedJob>)> {
     let mut answers: Vec<FinishOutcome> = batch.iter().map(|_| not_applied()).collect();
     let ids: Vec<&str> = batch.iter().map(|p| p.job_id.as_str()).collect();
-    let fences = read_fences(tx, &ids).await?;
+    let blind: Option<Vec<_>> = batch
+        .iter()
+        .map(|p| decided_without_row(&p.outcome))
+        .collect();
+    // Without waiting for the rows when no end needs them: the write is fenced by its
+    // own condition, and the read (sent first, locking in id order) sees the rows as
+    // they were before it.
+    let (fences, blind_written) = if let Some(decided) = blind {
+        let ends = end_rows(
+            batch
+                .iter()
+                .zip(decided)
+                .map(|(p, (status, reason))| (p, status, Some(reason), None)),
+        );
+        tx.prepare(&fences_sql(&id_rows(&ids))).await?;
+        tx.prepare(&ends_sql(&ends)).await?;
+        let (fences, written) = tokio::try_join!(read_fences(tx, &ids), write_ends(tx, &ends))?;
+        (fences, Some(written))
+    } else {
+        (read_fences(tx, &ids).await?, None)
+    };
     let mut endings = Vec::new();
     for (at, p) in batch.iter().enumerate() {
         let Some((fence, pid)) = fences.get(p.job_id.as_str()) else {
@@ -67,11 +100,26 @@ pub(super) async fn finish_batch(
             new_start,
         });
     }
-    if endings.is_empty() {
-        return Ok(answers);
+    let written = match blind_written {
+        Some(written) => written,
+        None if endings.is_empty() => Vec::new(),
+        None => {
+            let ends = end_rows(
+                endings
+                    .iter()
+                    .map(|e| (e.p, e.t.status, e.t.reason, Some(&e.t))),
+            );
+            write_ends(tx, &ends).await?
+        }
+    };
+    if written.len() != endings.len() {
+        // The read held every row it found; the write changes exactly those still held.
+        return Err(StoreError::internal(format!(
+            "a batch wrote {} job ends where its read found {} still running",
+            written.len(),
+            endings.len()
+        )));
     }
-    let written = write_jobs(tx, &endings).await?;
-    endings.retain(|e| written.contains(&e.p.job_id));
     for e in &endings {
         if let (true, Some(s)) = (e.new_start, &e.p.start) {
             let event = payload::job_started(
@@ -96,14 +144,92 @@ pub(super) async fn finish_batch(
             next: Vec::new(),
         };
     }
-    tx.kinds |= change::WORK;
-    for (run_id, status) in land_runs(tx, &endings).await? {
+    if !endings.is_empty() {
+        tx.kinds |= change::WORK;
+    }
+    let landing = land_runs(tx, &endings).await?;
+    let now = batch.iter().map(|p| p.now).max().unwrap_or_default();
+    let (ended, claimed) = end_runs(tx, landing, claim, now).await?;
+    for (run_id, status) in ended {
         // The answer of the last job of that run in the batch says how the run ended.
         if let Some(e) = endings.iter().rev().find(|e| e.fence.run_id == run_id) {
             answers[e.at].run_finalized = Some(status);
         }
     }
-    Ok(answers)
+    Ok((answers, claimed))
+}
+
+/// Ends the runs that landed, writes the transaction's events and claims, in one round
+/// trip unless a run's webhook needs its summary read first.
+async fn end_runs(
+    tx: &mut Tx<'_>,
+    landing: Landing,
+    claim: Option<&JobClaimParams>,
+    now: i64,
+) -> StoreResult<(Vec<(String, RunStatus)>, Vec<ClaimedJob>)> {
+    let webhooks = landing
+        .ends
+        .iter()
+        .any(|(id, _, _)| landing.runs.get(id).is_some_and(|r| r.callback_url));
+    if webhooks {
+        let ended = turn_terminal(tx, landing.ends, now).await?;
+        let events = tx.take_events();
+        let tx = &*tx;
+        let claimed = async {
+            match claim {
+                Some(c) => Ok(claim_in_tx(tx, c, CapWait::Try).await?.jobs),
+                None => Ok(Vec::new()),
+            }
+        };
+        let ((), claimed) = tokio::try_join!(tx.insert_events(events), claimed)?;
+        return Ok((ended, claimed));
+    }
+    // No webhook: the runs are locked by the landing, so which of them turn terminal
+    // is known before the update (those not finished yet), and their events with it.
+    let mut ended = Vec::new();
+    let mut ends = Rows::new(TERMINAL);
+    for (run_id, status, finalizer) in &landing.ends {
+        let Some(run) = landing.runs.get(run_id).filter(|r| !r.finished) else {
+            continue;
+        };
+        let finalizer_said = match finalizer {
+            Finalizer::None => None,
+            Finalizer::Ended(status, exit_code) => Some((status.as_str(), *exit_code)),
+        };
+        let event = payload::run_completed(
+            run_id,
+            &run.pipeline,
+            *status,
+            run.shard_count,
+            finalizer_said,
+            run.aborted_by.as_deref(),
+        );
+        tx.emit(event, now).await?;
+        ends.push(terminal_row(run_id, *status, finalizer));
+        ended.push((run_id.clone(), *status));
+    }
+    let events = tx.take_events();
+    let tx = &*tx;
+    let terminal = async {
+        if ended.is_empty() {
+            return Ok(0);
+        }
+        write_terminal(tx, &ends, now).await.map(|rows| rows.len())
+    };
+    let claimed = async {
+        match claim {
+            Some(c) => Ok(claim_in_tx(tx, c, CapWait::Try).await?.jobs),
+            None => Ok(Vec::new()),
+        }
+    };
+    let (turned, (), claimed) = tokio::try_join!(terminal, tx.insert_events(events), claimed)?;
+    if turned != ended.len() {
+        return Err(StoreError::internal(format!(
+            "{turned} runs turned terminal where {} were expected",
+            ended.len()
+        )));
+    }
+    Ok((ended, claimed))
 }
 
 fn not_applied() -> FinishOutcome {
@@ -115,27 +241,31 @@ fn not_applied() -> FinishOutcome {
     }
 }
 
+fn id_rows(ids: &[&str]) -> Rows {
+    let mut list = Rows::new(&[("id", "text")]);
+    for id in ids {
+        list.push(vec![Box::new(id.to_string())]);
+    }
+    list
+}
+
+fn fences_sql(ids: &Rows) -> String {
+    format!(
+        "SELECT id, status, claim_seq, attempt, max_attempts, retry_backoff_ms, abort_requested,
+                orphan_requeues, max_orphan_requeues, on_orphan, run_id, pipeline, shard_index, kind,
+                retry_on, pid
+         FROM jobs WHERE id IN (SELECT id FROM {}) ORDER BY id FOR UPDATE",
+        ids.sql("v", 1)
+    )
+}
+
 /// The fence rows of `ids`, locked in id order, with each job's recorded pid.
 async fn read_fences(
     tx: &Tx<'_>,
     ids: &[&str],
 ) -> StoreResult<HashMap<String, (JobFence, Option<i64>)>> {
-    let mut list = Rows::new(&[("id", "text")]);
-    for id in ids {
-        list.push(vec![Box::new(id.to_string())]);
-    }
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT id, status, claim_seq, attempt, max_attempts, retry_backoff_ms, abort_requested,
-                        orphan_requeues, max_orphan_requeues, on_orphan, run_id, pipeline, shard_index, kind,
-                        retry_on, pid
-                 FROM jobs WHERE id IN (SELECT id FROM {}) ORDER BY id FOR UPDATE",
-                list.sql("v", 1)
-            ),
-            &list.params(),
-        )
-        .await?;
+    let list = id_rows(ids);
+    let rows = tx.query(&fences_sql(&list), &list.params()).await?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -183,50 +313,70 @@ const ENDS: &[(&str, &str)] = &[
     ("started_at", "bigint"),
 ];
 
-/// Writes every decided end (and the start it carries, if new) in one statement,
-/// fenced on `(id, claim_seq, status='running')`; the ids written.
-async fn write_jobs(tx: &Tx<'_>, endings: &[Ending<'_>]) -> StoreResult<Vec<String>> {
-    let mut ends = Rows::new(ENDS);
-    for e in endings {
-        let start = e.p.start.as_ref().filter(|_| e.new_start);
-        ends.push(vec![
-            Box::new(e.p.job_id.clone()),
-            Box::new(e.p.claim_seq),
-            Box::new(e.t.status.as_str()),
-            Box::new(e.t.reason.map(|r| r.as_str())),
-            Box::new(i64::from(e.t.attempt)),
-            Box::new(i64::from(e.t.orphan_requeues)),
-            Box::new(e.t.run_after),
-            Box::new(e.p.exit_code.map(i64::from)),
-            Box::new(outcome_error(&e.p.outcome)),
-            Box::new(e.p.stdout_bytes as i64),
-            Box::new(e.p.stderr_bytes as i64),
-            Box::new(e.p.truncated),
-            Box::new(e.t.status.is_terminal().then_some(e.p.now)),
-            Box::new(e.p.result.clone()),
-            Box::new(e.t.status == JobStatus::Queued && claim_plan::held(e.t.run_after, e.p.now)),
+/// The `VALUES` rows of ends: each with its decided status and reason and, when decided
+/// from the row, its counts (`None`: keep the row's).
+fn end_rows<'p>(
+    ends: impl Iterator<
+        Item = (
+            &'p JobFinishParams,
+            JobStatus,
+            Option<crate::model::Reason>,
+            Option<&'p Transition>,
+        ),
+    >,
+) -> Rows {
+    let mut rows = Rows::new(ENDS);
+    for (p, status, reason, t) in ends {
+        let run_after = t.map_or(p.now, |t| t.run_after);
+        let start = p.start.as_ref();
+        rows.push(vec![
+            Box::new(p.job_id.clone()),
+            Box::new(p.claim_seq),
+            Box::new(status.as_str()),
+            Box::new(reason.map(|r| r.as_str())),
+            Box::new(t.map(|t| i64::from(t.attempt))),
+            Box::new(t.map(|t| i64::from(t.orphan_requeues))),
+            Box::new(run_after),
+            Box::new(p.exit_code.map(i64::from)),
+            Box::new(outcome_error(&p.outcome)),
+            Box::new(p.stdout_bytes as i64),
+            Box::new(p.stderr_bytes as i64),
+            Box::new(p.truncated),
+            Box::new(status.is_terminal().then_some(p.now)),
+            Box::new(p.result.clone()),
+            Box::new(status == JobStatus::Queued && claim_plan::held(run_after, p.now)),
             Box::new(start.map(|s| i64::from(s.pid))),
             Box::new(start.map(|s| s.proc_start as i64)),
             Box::new(start.map(|s| s.now)),
         ]);
     }
-    let rows = tx
-        .query(
-            &format!(
-                "UPDATE jobs j SET status = u.status, reason = u.reason, attempt = u.attempt,
-                        orphan_requeues = u.requeues, run_after = u.run_after, exit_code = u.exit_code,
-                        error = u.error, stdout_bytes = u.stdout, stderr_bytes = u.stderr, truncated = u.truncated,
-                        finished_at = u.finished_at, result = u.result, held = u.held,
-                        pid = COALESCE(u.pid, j.pid), proc_start = COALESCE(u.proc_start, j.proc_start),
-                        started_at = COALESCE(u.started_at, j.started_at)
-                 FROM {}
-                 WHERE j.id = u.id AND j.claim_seq = u.claim_seq AND j.status = 'running'
-                 RETURNING j.id",
-                ends.sql("u", 1)
-            ),
-            &ends.params(),
-        )
-        .await?;
+    rows
+}
+
+fn ends_sql(ends: &Rows) -> String {
+    format!(
+        "UPDATE jobs j SET status = u.status, reason = u.reason,
+                attempt = COALESCE(u.attempt, j.attempt),
+                orphan_requeues = COALESCE(u.requeues, j.orphan_requeues),
+                run_after = u.run_after, exit_code = u.exit_code, error = u.error,
+                stdout_bytes = u.stdout, stderr_bytes = u.stderr, truncated = u.truncated,
+                finished_at = u.finished_at, result = u.result, held = u.held,
+                pid = COALESCE(u.pid, j.pid),
+                proc_start = CASE WHEN u.pid IS NOT NULL AND j.pid IS DISTINCT FROM u.pid
+                                  THEN u.proc_start ELSE j.proc_start END,
+                started_at = CASE WHEN u.pid IS NOT NULL AND j.pid IS DISTINCT FROM u.pid
+                                  THEN u.started_at ELSE j.started_at END
+         FROM {}
+         WHERE j.id = u.id AND j.claim_seq = u.claim_seq AND j.status = 'running'
+         RETURNING j.id",
+        ends.sql("u", 1)
+    )
+}
+
+/// Writes the ends (and the start each carries, unless that start is recorded already)
+/// in one statement, fenced on `(id, claim_seq, status='running')`; the ids written.
+async fn write_ends(tx: &Tx<'_>, ends: &Rows) -> StoreResult<Vec<String>> {
+    let rows = tx.query(&ends_sql(ends), &ends.params()).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
@@ -246,10 +396,7 @@ struct RunTouch {
 /// and for each run whose last shard landed here queues its finalizer or ends it; a run
 /// whose finalizer ended here ends as the finalizer decides. The runs that ended, with
 /// their statuses.
-async fn land_runs(
-    tx: &mut Tx<'_>,
-    endings: &[Ending<'_>],
-) -> StoreResult<Vec<(String, RunStatus)>> {
+async fn land_runs(tx: &mut Tx<'_>, endings: &[Ending<'_>]) -> StoreResult<Landing> {
     // Sorted by run id: the order their rows are locked in.
     let mut runs: BTreeMap<&str, RunTouch> = BTreeMap::new();
     for e in endings {
@@ -267,7 +414,7 @@ async fn land_runs(
     }
     runs.retain(|_, t| t.started_at.is_some() || !t.landed.is_empty() || t.finalizer.is_some());
     if runs.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Landing::default());
     }
     let mut touched = Rows::new(&[
         ("id", "text"),
@@ -297,15 +444,27 @@ async fn land_runs(
                                           ELSE r.started_at END
                  FROM {list}, locked l
                  WHERE r.id = u.id AND l.id = u.id
-                 RETURNING r.id, l.before, r.shards_done, r.shard_count, r.status, r.has_finalizer, r.shards_status"
+                 RETURNING r.id, l.before, r.shards_done, r.shard_count, r.status, r.has_finalizer, r.shards_status,
+                           r.pipeline, r.aborted_by, r.callback_url IS NOT NULL, r.finished_at IS NOT NULL"
             ),
             &touched.params(),
         )
         .await?;
     let mut ends: Vec<(String, RunStatus, Finalizer)> = Vec::new();
     let mut multi: Vec<(String, String)> = Vec::new();
+    let mut landed_runs = HashMap::new();
     for r in &rows {
         let id: String = r.get(0);
+        landed_runs.insert(
+            id.clone(),
+            LandedRun {
+                pipeline: r.get(7),
+                shard_count: r.get::<_, i64>(3) as u32,
+                aborted_by: r.get(8),
+                callback_url: r.get(9),
+                finished: r.get(10),
+            },
+        );
         let Some(touch) = runs.get(id.as_str()) else {
             continue;
         };
@@ -355,7 +514,65 @@ async fn land_runs(
             ends.push((run_id, end, Finalizer::None));
         }
     }
-    turn_terminal(tx, ends, now).await
+    Ok(Landing {
+        ends,
+        runs: landed_runs,
+    })
+}
+
+/// What the landing found: the runs to end, and what their `run:completed` says.
+#[derive(Default)]
+struct Landing {
+    /// Runs that end now: status, and what their finalizer did.
+    ends: Vec<(String, RunStatus, Finalizer)>,
+    /// Every run the batch touched, locked.
+    runs: HashMap<String, LandedRun>,
+}
+
+/// A run as the landing left it (locked until COMMIT).
+struct LandedRun {
+    pipeline: String,
+    shard_count: u32,
+    aborted_by: Option<String>,
+    /// It has a webhook (its outbox row needs the run's summary).
+    callback_url: bool,
+    /// It had ended before (nothing turns it terminal again).
+    finished: bool,
+}
+
+/// The columns of one run turning terminal.
+const TERMINAL: &[(&str, &str)] = &[("id", "text"), ("status", "text"), ("shards", "text")];
+
+fn terminal_row(run_id: &str, status: RunStatus, finalizer: &Finalizer) -> Vec<Value> {
+    vec![
+        Box::new(run_id.to_string()),
+        Box::new(status.as_str()),
+        Box::new(matches!(finalizer, Finalizer::None).then_some(status.as_str())),
+    ]
+}
+
+/// Marks the runs terminal (once); the shards' status is written with it for a run
+/// without a finalizer (the same thing then). Rows: id, pipeline, shard count, callback
+/// URL, aborted by.
+async fn write_terminal(
+    tx: &Tx<'_>,
+    ends: &Rows,
+    now: i64,
+) -> StoreResult<Vec<tokio_postgres::Row>> {
+    let mut params = ends.params();
+    params.push(&now);
+    tx.query(
+        &format!(
+            "UPDATE runs r SET status = u.status, finished_at = ${}, shards_status = COALESCE(u.shards, r.shards_status)
+             FROM {}
+             WHERE r.id = u.id AND r.finished_at IS NULL
+             RETURNING r.id, r.pipeline, r.shard_count, r.callback_url, r.aborted_by",
+            params.len(),
+            ends.sql("u", 1)
+        ),
+        &params,
+    )
+    .await
 }
 
 /// Queues the run's finalizer (once) after its last shard landed.
@@ -402,29 +619,11 @@ pub(super) async fn turn_terminal(
     if ends.is_empty() {
         return Ok(Vec::new());
     }
-    let mut list = Rows::new(&[("id", "text"), ("status", "text"), ("shards", "text")]);
+    let mut list = Rows::new(TERMINAL);
     for (id, status, finalizer) in &ends {
-        list.push(vec![
-            Box::new(id.clone()),
-            Box::new(status.as_str()),
-            Box::new(matches!(finalizer, Finalizer::None).then_some(status.as_str())),
-        ]);
+        list.push(terminal_row(id, *status, finalizer));
     }
-    let mut params = list.params();
-    params.push(&now);
-    let rows = tx
-        .query(
-            &format!(
-                "UPDATE runs r SET status = u.status, finished_at = ${}, shards_status = COALESCE(u.shards, r.shards_status)
-                 FROM {}
-                 WHERE r.id = u.id AND r.finished_at IS NULL
-                 RETURNING r.id, r.pipeline, r.shard_count, r.callback_url, r.aborted_by",
-                params.len(),
-                list.sql("u", 1)
-            ),
-            &params,
-        )
-        .await?;
+    let rows = write_terminal(tx, &list, now).await?;
     let mut ended = Vec::new();
     for r in &rows {
         let run_id: String = r.get(0);

@@ -17,7 +17,6 @@ use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
-use super::claim::{CapWait, claim_in_tx};
 use super::finish::finish_batch;
 use super::{PgStore, in_tx};
 use crate::store::{
@@ -91,11 +90,8 @@ async fn write(s: &PgStore, batch: Vec<Waiting>) {
     let params: Vec<JobFinishParams> = batch.iter().map(|w| w.p.clone()).collect();
     let claim = combined_claim(&params);
     let written = in_tx!(s, "job_finish", tx => {
-        let mut outs = finish_batch(tx, &params).await?;
-        if let Some(claim) = &claim {
-            let jobs = claim_in_tx(tx, claim, CapWait::Try).await?.jobs;
-            hand_out(&params, &mut outs, jobs);
-        }
+        let (mut outs, claimed) = finish_batch(tx, &params, claim.as_ref()).await?;
+        hand_out(&params, &mut outs, claimed);
         outs
     });
     match written {

@@ -614,7 +614,7 @@ pub(crate) struct Tx<'a> {
 }
 
 /// An event of this transaction, not yet inserted.
-struct PendingEvent {
+pub(crate) struct PendingEvent {
     name: String,
     run_id: String,
     data: String,
@@ -639,6 +639,14 @@ impl<'a> Tx<'a> {
     async fn statement(&self, sql: &str) -> StoreResult<tokio_postgres::Statement> {
         self.statements.fetch_add(1, Ordering::Relaxed);
         self.inner.prepare_cached(sql).await.map_err(pg_err)
+    }
+
+    /// Prepares `sql` on this connection unless it is already (no statement counted):
+    /// statements sent together in one round trip must be prepared first, so that each
+    /// goes out when its future is first polled, in the order they are awaited.
+    pub(crate) async fn prepare(&self, sql: &str) -> StoreResult<()> {
+        self.inner.prepare_cached(sql).await.map_err(pg_err)?;
+        Ok(())
     }
 
     /// Runs a statement (prepared once per connection); rows changed.
@@ -697,10 +705,21 @@ impl<'a> Tx<'a> {
     /// Inserts this transaction's events in one statement, in the order they were
     /// emitted (ids: the transaction id, then their index).
     pub(crate) async fn flush_events(&mut self) -> StoreResult<()> {
-        if self.events.is_empty() {
+        let events = self.take_events();
+        self.insert_events(events).await
+    }
+
+    /// The events emitted so far, to insert with [`Tx::insert_events`] (beside other
+    /// statements of the same round trip).
+    pub(crate) fn take_events(&mut self) -> Vec<PendingEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Inserts `events` (taken in emission order) in one statement.
+    pub(crate) async fn insert_events(&self, events: Vec<PendingEvent>) -> StoreResult<()> {
+        if events.is_empty() {
             return Ok(());
         }
-        let events = std::mem::take(&mut self.events);
         let index: Vec<i64> = (0..events.len() as i64).collect();
         let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
         let runs: Vec<&str> = events.iter().map(|e| e.run_id.as_str()).collect();
