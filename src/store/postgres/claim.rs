@@ -37,7 +37,7 @@ pub(super) enum CapWait {
     Try,
 }
 
-impl Tx<'_> {
+impl Tx {
     /// Takes one cap key; false when `CapWait::Try` found it held.
     async fn cap_key(&self, key: &str, wait: CapWait) -> StoreResult<bool> {
         if wait == CapWait::Wait {
@@ -54,7 +54,7 @@ impl Tx<'_> {
 
 /// Claims queued jobs inside the open transaction (see [`crate::store::Store::job_claim`]).
 pub(super) async fn claim_in_tx(
-    tx: &Tx<'_>,
+    tx: &Tx,
     p: &JobClaimParams,
     wait: CapWait,
 ) -> StoreResult<ClaimOutcome> {

@@ -15,11 +15,12 @@
 //! not fail the others. The callers make sure a batch never holds one job twice.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::claim::{CapWait, claim_in_tx};
 use super::rows::{Rows, Value};
 use super::{StoreError, StoreResult, Tx};
-use crate::model::{JobKind, JobStatus, RunStatus, finalize_job_id};
+use crate::model::{JobKind, JobPart, JobStatus, RunStatus, finalize_job_id, parse_job_id};
 use crate::store::completion::{
     FINALIZER_MAX_ATTEMPTS, FINALIZER_MIN_REQUEUES, shards_status, status_after_finalizer,
 };
@@ -52,9 +53,10 @@ struct Ending<'p> {
 /// update with the events and the claim. A batch of completions costs four round trips
 /// and COMMIT.
 pub(super) async fn finish_batch(
-    tx: &mut Tx<'_>,
+    tx: &mut Tx,
     batch: &[JobFinishParams],
     claim: Option<&JobClaimParams>,
+    careful: &AtomicBool,
 ) -> StoreResult<(Vec<FinishOutcome>, Vec<ClaimedJob>)> {
     let mut answers: Vec<FinishOutcome> = batch.iter().map(|_| not_applied()).collect();
     let ids: Vec<&str> = batch.iter().map(|p| p.job_id.as_str()).collect();
@@ -64,18 +66,60 @@ pub(super) async fn finish_batch(
         .collect();
     // Without waiting for the rows when no end needs them: the write is fenced by its
     // own condition, and the read (sent first, locking in id order) sees the rows as
-    // they were before it.
+    // they were before it. The landing goes too, computed as if every end is still its
+    // execution's (a job id names its run and kind); when one is not (a stale end), the
+    // transaction is rolled back and run again reading first.
+    let parsed: Option<Vec<_>> = batch.iter().map(|p| parse_job_id(&p.job_id).ok()).collect();
+    let run_ids: Vec<String> = parsed
+        .iter()
+        .flatten()
+        .map(|(run, _)| run.to_string())
+        .collect();
+    let mut optimistic: Option<Vec<tokio_postgres::Row>> = None;
+    let mut predicted = BTreeMap::new();
     let (fences, blind_written) = if let Some(decided) = blind {
         let ends = end_rows(
             batch
                 .iter()
-                .zip(decided)
-                .map(|(p, (status, reason))| (p, status, Some(reason), None)),
+                .zip(&decided)
+                .map(|(p, (status, reason))| (p, *status, Some(*reason), None)),
         );
-        tx.prepare(&fences_sql(&id_rows(&ids))).await?;
-        tx.prepare(&ends_sql(&ends)).await?;
-        let (fences, written) = tokio::try_join!(read_fences(tx, &ids), write_ends(tx, &ends))?;
-        (fences, Some(written))
+        match parsed.filter(|_| !careful.load(Ordering::Relaxed)) {
+            Some(parsed) => {
+                predicted = touches(batch.iter().zip(&decided).zip(&parsed).zip(&run_ids).map(
+                    |(((p, (status, _)), (_, part)), run_id)| EndFact {
+                        run_id,
+                        kind: if *part == JobPart::Finalize {
+                            JobKind::Finalize
+                        } else {
+                            JobKind::Shard
+                        },
+                        status: *status,
+                        started_at: p.start.as_ref().map(|s| s.now),
+                        exit_code: p.exit_code,
+                        now: p.now,
+                    },
+                ));
+                let touched = touch_rows(&predicted);
+                tx.prepare(&fences_sql(&id_rows(&ids))).await?;
+                tx.prepare(&ends_sql(&ends)).await?;
+                tx.prepare(&land_sql(&touched)).await?;
+                let (fences, written, landed) = tokio::try_join!(
+                    read_fences(tx, &ids),
+                    write_ends(tx, &ends),
+                    land_query(tx, &touched)
+                )?;
+                optimistic = Some(landed);
+                (fences, Some(written))
+            }
+            None => {
+                tx.prepare(&fences_sql(&id_rows(&ids))).await?;
+                tx.prepare(&ends_sql(&ends)).await?;
+                let (fences, written) =
+                    tokio::try_join!(read_fences(tx, &ids), write_ends(tx, &ends))?;
+                (fences, Some(written))
+            }
+        }
     } else {
         (read_fences(tx, &ids).await?, None)
     };
@@ -112,6 +156,13 @@ pub(super) async fn finish_batch(
             write_ends(tx, &ends).await?
         }
     };
+    if optimistic.is_some() && endings.len() != batch.len() {
+        careful.store(true, Ordering::Relaxed);
+        return Err(StoreError::Transient {
+            message: "a stale end in a batch written before its rows were read".into(),
+            source: None,
+        });
+    }
     if written.len() != endings.len() {
         // The read held every row it found; the write changes exactly those still held.
         return Err(StoreError::internal(format!(
@@ -147,7 +198,10 @@ pub(super) async fn finish_batch(
     if !endings.is_empty() {
         tx.kinds |= change::WORK;
     }
-    let landing = land_runs(tx, &endings).await?;
+    let landing = match optimistic {
+        Some(rows) => landed(tx, &predicted, rows).await?,
+        None => land_runs(tx, &endings).await?,
+    };
     let now = batch.iter().map(|p| p.now).max().unwrap_or_default();
     let (ended, claimed) = end_runs(tx, landing, claim, now).await?;
     for (run_id, status) in ended {
@@ -162,7 +216,7 @@ pub(super) async fn finish_batch(
 /// Ends the runs that landed, writes the transaction's events and claims, in one round
 /// trip unless a run's webhook needs its summary read first.
 async fn end_runs(
-    tx: &mut Tx<'_>,
+    tx: &mut Tx,
     landing: Landing,
     claim: Option<&JobClaimParams>,
     now: i64,
@@ -261,7 +315,7 @@ fn fences_sql(ids: &Rows) -> String {
 
 /// The fence rows of `ids`, locked in id order, with each job's recorded pid.
 async fn read_fences(
-    tx: &Tx<'_>,
+    tx: &Tx,
     ids: &[&str],
 ) -> StoreResult<HashMap<String, (JobFence, Option<i64>)>> {
     let list = id_rows(ids);
@@ -375,7 +429,7 @@ fn ends_sql(ends: &Rows) -> String {
 
 /// Writes the ends (and the start each carries, unless that start is recorded already)
 /// in one statement, fenced on `(id, claim_seq, status='running')`; the ids written.
-async fn write_ends(tx: &Tx<'_>, ends: &Rows) -> StoreResult<Vec<String>> {
+async fn write_ends(tx: &Tx, ends: &Rows) -> StoreResult<Vec<String>> {
     let rows = tx.query(&ends_sql(ends), &ends.params()).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
@@ -396,60 +450,103 @@ struct RunTouch {
 /// and for each run whose last shard landed here queues its finalizer or ends it; a run
 /// whose finalizer ended here ends as the finalizer decides. The runs that ended, with
 /// their statuses.
-async fn land_runs(tx: &mut Tx<'_>, endings: &[Ending<'_>]) -> StoreResult<Landing> {
-    // Sorted by run id: the order their rows are locked in.
+/// One job's end as the landing needs it.
+struct EndFact<'a> {
+    run_id: &'a str,
+    kind: JobKind,
+    status: JobStatus,
+    /// When its start (written with this end) happened.
+    started_at: Option<i64>,
+    exit_code: Option<i32>,
+    now: i64,
+}
+
+/// What the ends do to their runs, by run id (the order their rows are locked in).
+fn touches<'a>(facts: impl Iterator<Item = EndFact<'a>>) -> BTreeMap<&'a str, RunTouch> {
     let mut runs: BTreeMap<&str, RunTouch> = BTreeMap::new();
-    for e in endings {
-        let touch = runs.entry(&e.fence.run_id).or_default();
-        touch.now = touch.now.max(e.p.now);
-        if e.new_start {
-            touch.started_at = e.p.start.as_ref().map(|s| s.now);
+    for f in facts {
+        let touch = runs.entry(f.run_id).or_default();
+        touch.now = touch.now.max(f.now);
+        if f.started_at.is_some() {
+            touch.started_at = f.started_at;
         }
-        if e.t.status.is_terminal() {
-            match e.fence.kind {
-                JobKind::Finalize => touch.finalizer = Some((e.t.status, e.p.exit_code)),
-                JobKind::Shard => touch.landed.push(e.t.status),
+        if f.status.is_terminal() {
+            match f.kind {
+                JobKind::Finalize => touch.finalizer = Some((f.status, f.exit_code)),
+                JobKind::Shard => touch.landed.push(f.status),
             }
         }
     }
     runs.retain(|_, t| t.started_at.is_some() || !t.landed.is_empty() || t.finalizer.is_some());
-    if runs.is_empty() {
-        return Ok(Landing::default());
-    }
+    runs
+}
+
+fn touch_rows(runs: &BTreeMap<&str, RunTouch>) -> Rows {
     let mut touched = Rows::new(&[
         ("id", "text"),
         ("landed", "bigint"),
         ("started_at", "bigint"),
     ]);
-    for (id, t) in &runs {
+    for (id, t) in runs {
         touched.push(vec![
             Box::new(id.to_string()),
             Box::new(t.landed.len() as i64),
             Box::new(t.started_at),
         ]);
     }
+    touched
+}
+
+/// Counts the runs' terminal shards and marks started runs `running`. The runs are
+/// locked in id order first (the `locked` CTE), then updated: `before` is the count as
+/// this transaction found it, so "this batch landed the run" is exact.
+fn land_sql(touched: &Rows) -> String {
     let list = touched.sql("u", 1);
-    // Locked in id order first (the `locked` CTE), then updated: `before` is the count
-    // as this transaction found it, so "this batch landed the run" is exact.
-    let rows = tx
-        .query(
-            &format!(
-                "WITH locked AS (SELECT id, shards_done AS before FROM runs
-                                 WHERE id IN (SELECT id FROM {list}) ORDER BY id FOR UPDATE)
-                 UPDATE runs r SET
-                        shards_done = LEAST(r.shards_done + u.landed, r.shard_count),
-                        status = CASE WHEN u.started_at IS NOT NULL AND r.status = 'queued' THEN 'running'
-                                      ELSE r.status END,
-                        started_at = CASE WHEN u.started_at IS NOT NULL AND r.status = 'queued' THEN u.started_at
-                                          ELSE r.started_at END
-                 FROM {list}, locked l
-                 WHERE r.id = u.id AND l.id = u.id
-                 RETURNING r.id, l.before, r.shards_done, r.shard_count, r.status, r.has_finalizer, r.shards_status,
-                           r.pipeline, r.aborted_by, r.callback_url IS NOT NULL, r.finished_at IS NOT NULL"
-            ),
-            &touched.params(),
-        )
-        .await?;
+    format!(
+        "WITH locked AS (SELECT id, shards_done AS before FROM runs
+                         WHERE id IN (SELECT id FROM {list}) ORDER BY id FOR UPDATE)
+         UPDATE runs r SET
+                shards_done = LEAST(r.shards_done + u.landed, r.shard_count),
+                status = CASE WHEN u.started_at IS NOT NULL AND r.status = 'queued' THEN 'running'
+                              ELSE r.status END,
+                started_at = CASE WHEN u.started_at IS NOT NULL AND r.status = 'queued' THEN u.started_at
+                                  ELSE r.started_at END
+         FROM {list}, locked l
+         WHERE r.id = u.id AND l.id = u.id
+         RETURNING r.id, l.before, r.shards_done, r.shard_count, r.status, r.has_finalizer, r.shards_status,
+                   r.pipeline, r.aborted_by, r.callback_url IS NOT NULL, r.finished_at IS NOT NULL"
+    )
+}
+
+async fn land_query(tx: &Tx, touched: &Rows) -> StoreResult<Vec<tokio_postgres::Row>> {
+    if touched.len() == 0 {
+        return Ok(Vec::new());
+    }
+    tx.query(&land_sql(touched), &touched.params()).await
+}
+
+/// Lands the batch's runs: counts their terminal shards, marks started runs `running`,
+/// and for each run whose last shard landed here queues its finalizer or ends it; a run
+/// whose finalizer ended here ends as the finalizer decides.
+async fn land_runs(tx: &mut Tx, endings: &[Ending<'_>]) -> StoreResult<Landing> {
+    let runs = touches(endings.iter().map(|e| EndFact {
+        run_id: &e.fence.run_id,
+        kind: e.fence.kind,
+        status: e.t.status,
+        started_at: e.p.start.as_ref().map(|s| s.now),
+        exit_code: e.p.exit_code,
+        now: e.p.now,
+    }));
+    let rows = land_query(tx, &touch_rows(&runs)).await?;
+    landed(tx, &runs, rows).await
+}
+
+/// What the landing statement's rows mean: which runs end, which queue their finalizer.
+async fn landed(
+    tx: &mut Tx,
+    runs: &BTreeMap<&str, RunTouch>,
+    rows: Vec<tokio_postgres::Row>,
+) -> StoreResult<Landing> {
     let mut ends: Vec<(String, RunStatus, Finalizer)> = Vec::new();
     let mut multi: Vec<(String, String)> = Vec::new();
     let mut landed_runs = HashMap::new();
@@ -554,11 +651,7 @@ fn terminal_row(run_id: &str, status: RunStatus, finalizer: &Finalizer) -> Vec<V
 /// Marks the runs terminal (once); the shards' status is written with it for a run
 /// without a finalizer (the same thing then). Rows: id, pipeline, shard count, callback
 /// URL, aborted by.
-async fn write_terminal(
-    tx: &Tx<'_>,
-    ends: &Rows,
-    now: i64,
-) -> StoreResult<Vec<tokio_postgres::Row>> {
+async fn write_terminal(tx: &Tx, ends: &Rows, now: i64) -> StoreResult<Vec<tokio_postgres::Row>> {
     let mut params = ends.params();
     params.push(&now);
     tx.query(
@@ -576,7 +669,7 @@ async fn write_terminal(
 }
 
 /// Queues the run's finalizer (once) after its last shard landed.
-pub(super) async fn queue_finalizer(tx: &mut Tx<'_>, run_id: &str, now: i64) -> StoreResult<()> {
+pub(super) async fn queue_finalizer(tx: &mut Tx, run_id: &str, now: i64) -> StoreResult<()> {
     let job_id = finalize_job_id(run_id);
     let inserted = tx
         .query_opt(
@@ -612,7 +705,7 @@ pub(super) enum Finalizer {
 /// shards' status (the same thing then); emits `run:completed` and writes the webhook
 /// outbox rows. The runs this call ended.
 pub(super) async fn turn_terminal(
-    tx: &mut Tx<'_>,
+    tx: &mut Tx,
     ends: Vec<(String, RunStatus, Finalizer)>,
     now: i64,
 ) -> StoreResult<Vec<(String, RunStatus)>> {
@@ -645,7 +738,7 @@ pub(super) async fn turn_terminal(
         );
         tx.emit(event, now).await?;
         if let Some(url) = r.get::<_, Option<String>>(3) {
-            let run_summary = super::read::summary_in(&tx.inner, &run_id)
+            let run_summary = super::read::summary_in(tx.client(), &run_id)
                 .await?
                 .unwrap_or(serde_json::Value::Null);
             let envelope = summary::webhook_envelope(run_summary, now);
@@ -663,12 +756,7 @@ pub(super) async fn turn_terminal(
 
 /// Lands `n` shards of one run that an abort ended while queued (the abort holds the
 /// run's job rows and will update the run next: the lock order holds).
-pub(super) async fn land_aborted(
-    tx: &mut Tx<'_>,
-    run_id: &str,
-    n: usize,
-    now: i64,
-) -> StoreResult<()> {
+pub(super) async fn land_aborted(tx: &mut Tx, run_id: &str, n: usize, now: i64) -> StoreResult<()> {
     if n == 0 {
         return Ok(());
     }

@@ -14,6 +14,7 @@
 //! each end is written alone, so one bad end never fails the others.
 
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 
 use tokio::sync::oneshot;
 
@@ -89,8 +90,10 @@ pub(super) async fn job_finish(s: &PgStore, p: JobFinishParams) -> StoreResult<F
 async fn write(s: &PgStore, batch: Vec<Waiting>) {
     let params: Vec<JobFinishParams> = batch.iter().map(|w| w.p.clone()).collect();
     let claim = combined_claim(&params);
+    // Set when a batch written before its rows were read met a stale end: the retry reads first.
+    let careful = AtomicBool::new(false);
     let written = in_tx!(s, "job_finish", tx => {
-        let (mut outs, claimed) = finish_batch(tx, &params, claim.as_ref()).await?;
+        let (mut outs, claimed) = finish_batch(tx, &params, claim.as_ref(), &careful).await?;
         hand_out(&params, &mut outs, claimed);
         outs
     });

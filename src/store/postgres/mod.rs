@@ -550,28 +550,33 @@ async fn migrate(client: &mut deadpool_postgres::Object) -> StoreResult<()> {
 /// before COMMIT. Evaluates to `StoreResult<T>`.
 macro_rules! in_tx {
     ($store:expr, $op:literal, $tx:ident => $body:expr) => {{
-        use $crate::store::postgres::{MAX_RETRIES, Tx, pg_err};
+        use $crate::store::postgres::{MAX_RETRIES, Tx};
         use $crate::store::{StoreError, StoreResult};
         let mut tries = 0u32;
         loop {
             // `Err((e, true))`: the COMMIT itself failed.
             let attempt: Result<_, (StoreError, bool)> = async {
-                let mut conn = $store.conn().await.map_err(|e| (e, false))?;
-                let inner = conn.transaction().await.map_err(|e| (pg_err(e), false))?;
-                let mut tx = Tx::new(inner);
+                let conn = $store.conn().await.map_err(|e| (e, false))?;
+                let mut tx = Tx::new(conn);
                 let value = {
                     let $tx = &mut tx;
                     let run: StoreResult<_> = async { Ok($body) }.await;
                     run
-                }
-                .map_err(|e| (e, false))?;
-                tx.flush_events().await.map_err(|e| (e, false))?;
+                };
+                let value = match value {
+                    Ok(value) => value,
+                    Err(e) => {
+                        tx.rollback().await;
+                        return Err((e, false));
+                    }
+                };
                 let kinds = tx.kinds;
-                $store.traffic.record($op, tx.statements(), 1);
-                tx.inner
-                    .commit()
-                    .await
-                    .map_err(|e| (pg_err(e).at_commit(), true))?;
+                let statements = tx.statements() + tx.pending_events();
+                let committed = tx.commit().await;
+                $store
+                    .traffic
+                    .record($op, statements, u64::from(committed.is_ok()));
+                committed?;
                 Ok((value, kinds))
             }
             .await;
@@ -606,8 +611,17 @@ pub(crate) use in_tx;
 /// An open transaction with what it emits: its events (written together just before
 /// COMMIT, in one statement), the change kinds to publish after COMMIT, and the
 /// statements it sent.
-pub(crate) struct Tx<'a> {
-    pub(crate) inner: deadpool_postgres::Transaction<'a>,
+///
+/// BEGIN goes out with the transaction's first statement and COMMIT with its events
+/// (one round trip each instead of two). A transaction dropped while open (its task
+/// cancelled) takes its connection out of the pool, so no other transaction ever runs
+/// on a session still inside this one.
+pub(crate) struct Tx {
+    conn: Option<deadpool_postgres::Object>,
+    /// BEGIN was sent.
+    begun: AtomicBool,
+    /// COMMIT or ROLLBACK answered: the session is outside any transaction again.
+    ended: bool,
     events: Vec<PendingEvent>,
     pub(crate) kinds: u8,
     statements: AtomicU64,
@@ -621,14 +635,35 @@ pub(crate) struct PendingEvent {
     at: i64,
 }
 
-impl<'a> Tx<'a> {
-    pub(crate) fn new(inner: deadpool_postgres::Transaction<'a>) -> Tx<'a> {
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if self.begun.load(Ordering::Relaxed)
+            && !self.ended
+            && let Some(conn) = self.conn.take()
+        {
+            // Closing the session rolls the transaction back.
+            drop(deadpool_postgres::Object::take(conn));
+        }
+    }
+}
+
+impl Tx {
+    pub(crate) fn new(conn: deadpool_postgres::Object) -> Tx {
         Tx {
-            inner,
+            conn: Some(conn),
+            begun: AtomicBool::new(false),
+            ended: false,
             events: Vec::new(),
             kinds: 0,
             statements: AtomicU64::new(0),
         }
+    }
+
+    /// The session (present until the transaction is dropped).
+    pub(crate) fn client(&self) -> &deadpool_postgres::Object {
+        self.conn
+            .as_ref()
+            .expect("a transaction's connection is held until it is dropped")
     }
 
     /// Statements sent so far (BEGIN and COMMIT not counted).
@@ -636,16 +671,74 @@ impl<'a> Tx<'a> {
         self.statements.load(Ordering::Relaxed)
     }
 
+    /// 1 when events wait to be inserted with COMMIT (one statement), else 0.
+    pub(crate) fn pending_events(&self) -> u64 {
+        u64::from(!self.events.is_empty())
+    }
+
     async fn statement(&self, sql: &str) -> StoreResult<tokio_postgres::Statement> {
         self.statements.fetch_add(1, Ordering::Relaxed);
-        self.inner.prepare_cached(sql).await.map_err(pg_err)
+        self.client().prepare_cached(sql).await.map_err(pg_err)
+    }
+
+    /// Sends BEGIN before the first statement, in the same round trip: `run` sends its
+    /// statement when first polled, right after BEGIN.
+    async fn begun<T>(
+        &self,
+        run: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> StoreResult<T> {
+        if self.begun.swap(true, Ordering::Relaxed) {
+            return run.await.map_err(pg_err);
+        }
+        let (begin, out) = tokio::join!(self.client().batch_execute("BEGIN"), run);
+        begin.map_err(pg_err)?;
+        out.map_err(pg_err)
+    }
+
+    /// Inserts the events and commits, in one round trip. `Err((e, true))`: whether it
+    /// committed is unknown.
+    pub(crate) async fn commit(&mut self) -> Result<(), (StoreError, bool)> {
+        if !self.begun.load(Ordering::Relaxed) && self.events.is_empty() {
+            self.ended = true;
+            return Ok(());
+        }
+        let events = self.take_events();
+        // Only reached after a statement, so BEGIN was sent (events come with statements).
+        let (inserted, committed) = tokio::join!(
+            self.insert_events(events),
+            self.client().batch_execute("COMMIT")
+        );
+        match (inserted, committed) {
+            (Ok(()), Ok(())) => {
+                self.ended = true;
+                Ok(())
+            }
+            // A statement that failed aborted the transaction: COMMIT rolled it back.
+            (Err(e), Ok(())) if !e.is_unavailable() => {
+                self.ended = true;
+                Err((e, false))
+            }
+            (Err(e), _) => Err((e.at_commit(), true)),
+            (Ok(()), Err(e)) => Err((pg_err(e).at_commit(), true)),
+        }
+    }
+
+    /// Rolls back (a session that cannot is closed when the transaction is dropped).
+    pub(crate) async fn rollback(&mut self) {
+        if !self.begun.load(Ordering::Relaxed) {
+            self.ended = true;
+            return;
+        }
+        if self.client().batch_execute("ROLLBACK").await.is_ok() {
+            self.ended = true;
+        }
     }
 
     /// Prepares `sql` on this connection unless it is already (no statement counted):
     /// statements sent together in one round trip must be prepared first, so that each
     /// goes out when its future is first polled, in the order they are awaited.
     pub(crate) async fn prepare(&self, sql: &str) -> StoreResult<()> {
-        self.inner.prepare_cached(sql).await.map_err(pg_err)?;
+        self.client().prepare_cached(sql).await.map_err(pg_err)?;
         Ok(())
     }
 
@@ -656,7 +749,7 @@ impl<'a> Tx<'a> {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> StoreResult<u64> {
         let st = self.statement(sql).await?;
-        self.inner.execute(&st, params).await.map_err(pg_err)
+        self.begun(self.client().execute(&st, params)).await
     }
 
     /// Runs a query; its rows.
@@ -666,7 +759,7 @@ impl<'a> Tx<'a> {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> StoreResult<Vec<Row>> {
         let st = self.statement(sql).await?;
-        self.inner.query(&st, params).await.map_err(pg_err)
+        self.begun(self.client().query(&st, params)).await
     }
 
     /// Runs a query; its row, if any.
@@ -676,7 +769,7 @@ impl<'a> Tx<'a> {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> StoreResult<Option<Row>> {
         let st = self.statement(sql).await?;
-        self.inner.query_opt(&st, params).await.map_err(pg_err)
+        self.begun(self.client().query_opt(&st, params)).await
     }
 
     /// Adds an event with the next id of this transaction; it is inserted with the
@@ -700,13 +793,6 @@ impl<'a> Tx<'a> {
         });
         self.kinds |= change::EVENTS;
         Ok(())
-    }
-
-    /// Inserts this transaction's events in one statement, in the order they were
-    /// emitted (ids: the transaction id, then their index).
-    pub(crate) async fn flush_events(&mut self) -> StoreResult<()> {
-        let events = self.take_events();
-        self.insert_events(events).await
     }
 
     /// The events emitted so far, to insert with [`Tx::insert_events`] (beside other

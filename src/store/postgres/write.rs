@@ -18,7 +18,7 @@ const STDERR: i16 = 2;
 /// Events deleted per pruned-run batch slot (as on SQLite).
 const EVENTS_PER_RUN_PRUNED: usize = 20;
 
-impl<'a> Tx<'a> {
+impl Tx {
     /// Adds several events (inserted with the transaction's others before COMMIT).
     async fn emit_many(&mut self, events: Vec<NewEvent>, now: i64) -> StoreResult<()> {
         for event in events {
@@ -33,7 +33,7 @@ pub(super) async fn run_create(s: &PgStore, p: RunCreateParams) -> StoreResult<R
 }
 
 /// Writes a run, its jobs and their events in the open transaction (see [`run_create`]).
-async fn create_in_tx(tx: &mut Tx<'_>, p: &RunCreateParams) -> StoreResult<RunCreated> {
+async fn create_in_tx(tx: &mut Tx, p: &RunCreateParams) -> StoreResult<RunCreated> {
     let params_text = serde_json::to_string(&p.params).unwrap_or_else(|_| "{}".into());
     let shard_count = p.job_ids.len() as i64;
     Ok({
@@ -165,7 +165,7 @@ async fn create_in_tx(tx: &mut Tx<'_>, p: &RunCreateParams) -> StoreResult<RunCr
 }
 
 /// Records a spawned process (fenced); `None` when the claim is no longer ours.
-async fn start_in_tx(tx: &mut Tx<'_>, p: &JobStartParams) -> StoreResult<Option<bool>> {
+async fn start_in_tx(tx: &mut Tx, p: &JobStartParams) -> StoreResult<Option<bool>> {
     let Some(row) = tx
         .query_opt(
             "UPDATE jobs SET pid = $3, proc_start = $4, started_at = $5
