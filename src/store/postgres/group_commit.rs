@@ -1,11 +1,12 @@
 //! Group commit of job ends: the ends that arrive while one transaction is in flight
 //! share the next one.
 //!
-//! A finishing job queues its end and then either finds it answered or becomes the
-//! leader: it takes every end queued so far (at most [`MAX_BATCH`], one per job) and
-//! writes them in one transaction ([`super::finish::finish_batch`]), with one claim
-//! that refills all their slots. There is no timer: a lone end is written at once, and
-//! ends batch only when they would otherwise wait for the database anyway, so a batch
+//! A finishing job queues its end and then either finds it answered or becomes a
+//! writer (one of [`WRITERS`]): it takes every end queued so far (at most
+//! [`MAX_BATCH`], one per job) and writes them in one transaction
+//! ([`super::finish::finish_batch`]), with one claim that refills all their slots.
+//! There is no timer: a lone end is written at once, and ends batch only when every
+//! writer is busy and they would otherwise wait for the database anyway, so a batch
 //! adds no latency. Each end is durable before its caller hears of it (the answer is
 //! sent after COMMIT); a crash before COMMIT loses the batch's ends together, and each
 //! caller's retry (or, after a node crash, the journal and the rescuer) resolves them.
@@ -27,11 +28,24 @@ use crate::store::{
 /// Ends written in one transaction at most.
 const MAX_BATCH: usize = 64;
 
+/// Transactions writing ends at once, at most. One would make every end wait for the
+/// previous one's transaction even when nothing else is queued (two slots alternating
+/// then pay two transactions per end); more than a few only spreads the ends thinner.
+const WRITERS: usize = 2;
+
 /// Ends waiting for a transaction, and the right to run one.
-#[derive(Default)]
 pub(super) struct FinishQueue {
     pending: Mutex<Vec<Waiting>>,
-    leader: tokio::sync::Mutex<()>,
+    writers: tokio::sync::Semaphore,
+}
+
+impl Default for FinishQueue {
+    fn default() -> Self {
+        FinishQueue {
+            pending: Mutex::default(),
+            writers: tokio::sync::Semaphore::new(WRITERS),
+        }
+    }
 }
 
 struct Waiting {
@@ -76,7 +90,7 @@ pub(super) async fn job_finish(s: &PgStore, p: JobFinishParams) -> StoreResult<F
                     source: None,
                 }));
             }
-            _leader = s.finishes.leader.lock() => {
+            _writer = s.finishes.writers.acquire() => {
                 let batch = s.finishes.take();
                 if !batch.is_empty() {
                     write(s, batch).await;
