@@ -17,6 +17,8 @@
 
 #[path = "store_contract/basic.rs"]
 mod basic;
+#[path = "store_contract/batches.rs"]
+mod batches;
 #[path = "store_contract/factory.rs"]
 mod factory;
 #[path = "store_contract/fixtures.rs"]
@@ -27,6 +29,7 @@ mod peers;
 mod races;
 
 use basic::*;
+use batches::*;
 use peers::*;
 use races::*;
 
@@ -115,5 +118,8 @@ contract_tests!(
         higher_priorities_are_claimed_first_and_fifo_within_one_over_every_pipeline,
         a_delayed_run_is_held_until_its_time_and_released_by_the_claim,
         a_schedule_tick_fires_once_however_many_nodes_race_for_it,
+        a_batch_fences_each_end_on_its_own_and_lands_each_run_once,
+        an_end_that_cannot_be_stored_does_not_fail_its_batch,
+        ends_batched_on_two_handles_land_every_run_exactly_once,
     ]
 );

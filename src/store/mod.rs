@@ -983,6 +983,17 @@ pub trait Store: Send + Sync {
     async fn job_progress(&self, p: JobProgressParams) -> StoreResult<bool>;
     /// Ends an execution (terminal, retry or requeue) and finalises the run when it lands.
     async fn job_finish(&self, p: JobFinishParams) -> StoreResult<FinishOutcome>;
+    /// Ends several executions, each fenced on its own claim and answered on its own, as
+    /// [`Store::job_finish`] would one by one: a stale end changes nothing and fails none
+    /// of the others. A backend that batches writes them in one transaction (PostgreSQL;
+    /// its `job_finish` batches ends that arrive together the same way).
+    async fn job_finish_many(&self, ps: Vec<JobFinishParams>) -> Vec<StoreResult<FinishOutcome>> {
+        let mut answers = Vec::with_capacity(ps.len());
+        for p in ps {
+            answers.push(self.job_finish(p).await);
+        }
+        answers
+    }
     /// Aborts a run: marks it, aborts queued jobs, flags running ones.
     async fn run_abort(&self, run_id: &str, now: i64) -> StoreResult<AbortOutcome> {
         self.run_abort_by(run_id, now, None).await

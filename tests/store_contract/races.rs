@@ -18,7 +18,7 @@ use crate::factory::{Factory, node_row};
 use crate::fixtures::*;
 
 /// Awaits a spawned task, failing the test when it panicked or hangs.
-async fn join<T>(what: &str, task: JoinHandle<T>) -> T {
+pub(crate) async fn join<T>(what: &str, task: JoinHandle<T>) -> T {
     match within(Duration::from_secs(90), what, task).await {
         Ok(v) => v,
         Err(e) => std::panic::resume_unwind(e.into_panic()),

@@ -100,37 +100,43 @@ pub(super) async fn job_finish(s: &PgStore, p: JobFinishParams) -> StoreResult<F
     }
 }
 
-/// Writes one batch and answers its callers; a batch that fails is split.
+/// Writes one batch and answers its callers.
 async fn write(s: &PgStore, batch: Vec<Waiting>) {
     let params: Vec<JobFinishParams> = batch.iter().map(|w| w.p.clone()).collect();
-    let claim = combined_claim(&params);
+    for (w, answer) in batch.into_iter().zip(write_batch(s, params).await) {
+        let _ = w.answer.send(answer);
+    }
+}
+
+/// Writes `batch` (one end per job) in one transaction; one answer per end, in order.
+/// A batch that fails for another reason than the database being out of reach is split,
+/// so one end that cannot be written does not fail the others.
+pub(super) async fn write_batch(
+    s: &PgStore,
+    batch: Vec<JobFinishParams>,
+) -> Vec<StoreResult<FinishOutcome>> {
+    let claim = combined_claim(&batch);
     // Set when a batch written before its rows were read met a stale end: the retry reads first.
     let careful = AtomicBool::new(false);
     let written = in_tx!(s, "job_finish", tx => {
-        let (mut outs, claimed) = finish_batch(tx, &params, claim.as_ref(), &careful).await?;
-        hand_out(&params, &mut outs, claimed);
+        let (mut outs, claimed) = finish_batch(tx, &batch, claim.as_ref(), &careful).await?;
+        hand_out(&batch, &mut outs, claimed);
         outs
     });
     match written {
-        Ok(outs) => {
-            for (w, out) in batch.into_iter().zip(outs) {
-                let _ = w.answer.send(Ok(out));
-            }
-        }
+        Ok(outs) => outs.into_iter().map(Ok).collect(),
         Err(e) if batch.len() > 1 && !e.is_unavailable() && !e.is_ambiguous() => {
             tracing::debug!(
                 "a batch of {} job ends failed, writing them one by one: {e}",
                 batch.len()
             );
-            for w in batch {
-                Box::pin(write(s, vec![w])).await;
+            let mut answers = Vec::with_capacity(batch.len());
+            for p in batch {
+                answers.extend(Box::pin(write_batch(s, vec![p])).await);
             }
+            answers
         }
-        Err(e) => {
-            for w in batch {
-                let _ = w.answer.send(Err(e.clone()));
-            }
-        }
+        Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
     }
 }
 

@@ -870,6 +870,28 @@ impl Store for PgStore {
         }
         Ok(outcome)
     }
+    async fn job_finish_many(&self, ps: Vec<JobFinishParams>) -> Vec<StoreResult<FinishOutcome>> {
+        let mut ids: Vec<&str> = ps.iter().map(|p| p.job_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() < ps.len() {
+            // One job twice: its ends must be written in order, one after the other.
+            let mut answers = Vec::with_capacity(ps.len());
+            for p in ps {
+                answers.push(self.job_finish(p).await);
+            }
+            return answers;
+        }
+        let jobs: Vec<String> = ps.iter().map(|p| p.job_id.clone()).collect();
+        let answers = group_commit::write_batch(self, ps).await;
+        self.feed.bump_job_state(
+            jobs.iter()
+                .zip(&answers)
+                .filter(|(_, a)| matches!(a, Ok(out) if out.applied))
+                .map(|(id, _)| id.as_str()),
+        );
+        answers
+    }
     async fn run_abort_by(
         &self,
         run_id: &str,
