@@ -30,6 +30,7 @@ pub(super) async fn create_run(
                         created_at: params.now,
                         existing: false,
                         existing_params: None,
+                        paused: None,
                     });
                 }
             }

@@ -448,9 +448,12 @@ impl Scheduler {
                 run_id: created.run_id,
             });
         }
-        // Read after the run is queued: a pause that committed before this read is
-        // reported; one racing it may not be (the run waits either way).
-        let paused = self.is_paused(&pipeline.name).await?;
+        // Read with the run's insert (or after it): a pause that committed before that
+        // read is reported; one racing it may not be (the run waits either way).
+        let paused = match created.paused {
+            Some(paused) => paused,
+            None => self.is_paused(&pipeline.name).await?,
+        };
         Ok(Triggered {
             run_id: created.run_id,
             job_ids: created.job_ids,
@@ -537,7 +540,10 @@ impl Scheduler {
             },
         )
         .await?;
-        let paused = self.is_paused(&pipeline.name).await?;
+        let paused = match created.paused {
+            Some(paused) => paused,
+            None => self.is_paused(&pipeline.name).await?,
+        };
         Ok(Triggered {
             run_id: created.run_id,
             job_ids: created.job_ids,

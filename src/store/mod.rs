@@ -274,6 +274,9 @@ pub struct RunCreated {
     pub existing: bool,
     /// For an earlier run: the parameters it was created with (to detect a reused key).
     pub existing_params: Option<BTreeMap<String, String>>,
+    /// Whether the pipeline was paused when the run was created, when the store read it
+    /// in the same transaction (`None`: ask [`Store::pipelines_paused`]).
+    pub paused: Option<bool>,
 }
 
 /// `job_claim` input.

@@ -1075,6 +1075,7 @@ fn create_in_tx(conn: &Connection, p: &RunCreateParams) -> StoreResult<(RunCreat
                     created_at,
                     existing: true,
                     existing_params,
+                    paused: None,
                 },
                 0,
             ));
@@ -1153,6 +1154,7 @@ fn create_in_tx(conn: &Connection, p: &RunCreateParams) -> StoreResult<(RunCreat
             created_at: p.now,
             existing: false,
             existing_params: None,
+            paused: None,
         },
         change::WORK | change::EVENTS,
     ))

@@ -6,8 +6,8 @@ use runyard::model::{EventName, JobStatus, Reason, RunStatus};
 use runyard::store::{ClaimedJob, JobFinishParams, Outcome, StoreResult};
 
 use crate::factory::Factory;
-use crate::races::join;
 use crate::fixtures::*;
+use crate::races::join;
 
 fn failed(error: &str) -> Outcome {
     Outcome::Failed {

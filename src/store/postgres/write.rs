@@ -33,24 +33,89 @@ pub(super) async fn run_create(s: &PgStore, p: RunCreateParams) -> StoreResult<R
 }
 
 /// Writes a run, its jobs and their events in the open transaction (see [`run_create`]).
+const INSERT_RUN: &str = "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor,
+                                       idempotency_key, created_at, has_finalizer, callback_url, rerun_of,
+                                       shards_done, priority, run_at, scheduled_for)
+     VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+     ON CONFLICT (pipeline, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+     RETURNING id, EXISTS (SELECT 1 FROM pipeline_state WHERE pipeline = $2 AND paused)";
+
+const INSERT_QUEUED_JOBS: &str = "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status,
+                                   max_attempts, retry_backoff_ms, on_orphan, max_orphan_requeues, run_after,
+                                   created_at, retry_on, priority, held)
+     SELECT t.id, $2, $3, t.idx, $4, 'queued', $5, $6, $7, $8, $12, $9, $10, $13, $14
+     FROM unnest($1::text[], $11::bigint[]) AS t(id, idx)";
+
+/// Inserts the run's queued jobs (all but a re-run's kept shards).
+async fn insert_queued_jobs(tx: &Tx, p: &RunCreateParams) -> StoreResult<u64> {
+    let kept: Vec<&str> = p.options.kept.iter().map(|k| k.job_id.as_str()).collect();
+    let (queued, queued_index): (Vec<&str>, Vec<i64>) = p
+        .job_ids
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| !kept.contains(&id.as_str()))
+        .map(|(i, id)| (id.as_str(), i as i64))
+        .unzip();
+    let run_after = p.options.not_before.map_or(p.now, |t| t.max(p.now));
+    let held = claim_plan::held(run_after, p.now);
+    tx.exec(
+        INSERT_QUEUED_JOBS,
+        &[
+            &queued,
+            &p.run_id,
+            &p.pipeline,
+            &(p.job_ids.len() as i64),
+            &(p.policy.max_attempts as i64),
+            &p.policy.retry_backoff_ms,
+            &p.policy.on_orphan,
+            &(p.policy.max_orphan_requeues as i64),
+            &p.now,
+            &p.policy.retry_on.to_column(),
+            &queued_index,
+            &run_after,
+            &i64::from(p.options.priority),
+            &held,
+        ],
+    )
+    .await
+}
+
 async fn create_in_tx(tx: &mut Tx, p: &RunCreateParams) -> StoreResult<RunCreated> {
     let params_text = serde_json::to_string(&p.params).unwrap_or_else(|_| "{}".into());
     let shard_count = p.job_ids.len() as i64;
+    let run_values: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
+        &p.run_id,
+        &p.pipeline,
+        &params_text,
+        &shard_count,
+        &p.triggered_by,
+        &p.actor,
+        &p.idempotency_key,
+        &p.now,
+        &p.has_finalizer,
+        &p.callback_url,
+        &p.options.rerun_of,
+        &(p.options.kept.len() as i64),
+        &i64::from(p.options.priority),
+        &p.options.not_before,
+        &p.options.scheduled_for,
+    ];
+    // Without an idempotency key or kept shards nothing can stop the insert: the run and
+    // its jobs go out in one round trip.
+    let plain = p.idempotency_key.is_none() && p.options.kept.is_empty();
+    let (inserted, jobs_inserted) = if plain {
+        tx.prepare(INSERT_RUN).await?;
+        tx.prepare(INSERT_QUEUED_JOBS).await?;
+        let (row, _) = tokio::try_join!(
+            tx.query_opt(INSERT_RUN, &run_values),
+            insert_queued_jobs(tx, p)
+        )?;
+        (row, true)
+    } else {
+        (tx.query_opt(INSERT_RUN, &run_values).await?, false)
+    };
+    let paused = inserted.as_ref().map(|r| r.get::<_, bool>(1));
     Ok({
-        let inserted = tx
-            .query_opt(
-                "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor, idempotency_key,
-                                   created_at, has_finalizer, callback_url, rerun_of, shards_done, priority, run_at,
-                                   scheduled_for)
-                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-                 ON CONFLICT (pipeline, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-                 RETURNING id",
-                &[&p.run_id, &p.pipeline, &params_text, &shard_count, &p.triggered_by, &p.actor,
-                  &p.idempotency_key, &p.now, &p.has_finalizer, &p.callback_url, &p.options.rerun_of,
-                  &(p.options.kept.len() as i64), &i64::from(p.options.priority), &p.options.not_before,
-                  &p.options.scheduled_for],
-            )
-            .await?;
         if inserted.is_none() {
             // The key belongs to an earlier run, committed (ON CONFLICT waited for it).
             let row = tx
@@ -77,24 +142,12 @@ async fn create_in_tx(tx: &mut Tx, p: &RunCreateParams) -> StoreResult<RunCreate
                 created_at: row.get(1),
                 existing: true,
                 existing_params: Some(serde_json::from_str(&params_text).unwrap_or_default()),
+                paused: None,
             }
         } else {
             // A re-run's kept shards are terminal copies of the original's jobs; the rest
             // are queued.
             let kept: Vec<&str> = p.options.kept.iter().map(|k| k.job_id.as_str()).collect();
-            let queued: Vec<&str> = p
-                .job_ids
-                .iter()
-                .map(String::as_str)
-                .filter(|id| !kept.contains(id))
-                .collect();
-            let queued_index: Vec<i64> = p
-                .job_ids
-                .iter()
-                .enumerate()
-                .filter(|(_, id)| !kept.contains(&id.as_str()))
-                .map(|(i, _)| i as i64)
-                .collect();
             if !kept.is_empty() {
                 let from: Vec<&str> = p.options.kept.iter().map(|k| k.from_job.as_str()).collect();
                 let copied = tx
@@ -120,20 +173,9 @@ async fn create_in_tx(tx: &mut Tx, p: &RunCreateParams) -> StoreResult<RunCreate
                     });
                 }
             }
-            let run_after = p.options.not_before.map_or(p.now, |t| t.max(p.now));
-            let held = claim_plan::held(run_after, p.now);
-            tx.exec(
-                "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts,
-                                   retry_backoff_ms, on_orphan, max_orphan_requeues, run_after, created_at, retry_on,
-                                   priority, held)
-                 SELECT t.id, $2, $3, t.idx, $4, 'queued', $5, $6, $7, $8, $12, $9, $10, $13, $14
-                 FROM unnest($1::text[], $11::bigint[]) AS t(id, idx)",
-                &[&queued, &p.run_id, &p.pipeline, &shard_count, &(p.policy.max_attempts as i64),
-                  &p.policy.retry_backoff_ms, &p.policy.on_orphan, &(p.policy.max_orphan_requeues as i64),
-                  &p.now, &p.policy.retry_on.to_column(), &queued_index, &run_after,
-                  &i64::from(p.options.priority), &held],
-            )
-            .await?;
+            if !jobs_inserted {
+                insert_queued_jobs(tx, p).await?;
+            }
             let events = p
                 .job_ids
                 .iter()
@@ -159,6 +201,7 @@ async fn create_in_tx(tx: &mut Tx, p: &RunCreateParams) -> StoreResult<RunCreate
                 created_at: p.now,
                 existing: false,
                 existing_params: None,
+                paused,
             }
         }
     })
