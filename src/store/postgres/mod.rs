@@ -44,13 +44,21 @@
 //!   carries them; log streams poll on their own.
 
 mod claim;
+mod executions;
 mod finish;
 mod group_commit;
+mod landing;
+mod nodes;
+mod outbox;
+mod pipeline_state;
 mod read;
 mod rows;
-mod write;
+mod runs;
+mod tx;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+pub(crate) use tx::{Tx, in_tx};
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,8 +66,8 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row};
 
 use super::*;
 
@@ -545,284 +553,6 @@ async fn migrate(client: &mut deadpool_postgres::Object) -> StoreResult<()> {
     Ok(())
 }
 
-/// Runs `$body` (an expression that may `.await` and `?`, using the transaction `$tx`) in
-/// one transaction, committing at the end; re-runs it on a lost race or a connection lost
-/// before COMMIT. Evaluates to `StoreResult<T>`.
-macro_rules! in_tx {
-    ($store:expr, $op:literal, $tx:ident => $body:expr) => {{
-        use $crate::store::postgres::{MAX_RETRIES, Tx};
-        use $crate::store::{StoreError, StoreResult};
-        let mut tries = 0u32;
-        loop {
-            // `Err((e, true))`: the COMMIT itself failed.
-            let attempt: Result<_, (StoreError, bool)> = async {
-                let conn = $store.conn().await.map_err(|e| (e, false))?;
-                let mut tx = Tx::new(conn);
-                let value = {
-                    let $tx = &mut tx;
-                    let run: StoreResult<_> = async { Ok($body) }.await;
-                    run
-                };
-                let value = match value {
-                    Ok(value) => value,
-                    Err(e) => {
-                        tx.rollback().await;
-                        return Err((e, false));
-                    }
-                };
-                let kinds = tx.kinds;
-                let statements = tx.statements() + tx.pending_events();
-                let committed = tx.commit().await;
-                $store
-                    .traffic
-                    .record($op, statements, u64::from(committed.is_ok()));
-                committed?;
-                Ok((value, kinds))
-            }
-            .await;
-            match attempt {
-                // A lost race always rolled back; a lost connection only before COMMIT
-                // (after it, the transaction may have committed: running it again could
-                // apply it twice, so the caller hears "ambiguous" instead).
-                Err((e, at_commit))
-                    if (e.is_transient()
-                        || (!at_commit && matches!(e, StoreError::Unavailable { .. })))
-                        && tries < MAX_RETRIES =>
-                {
-                    tries += 1;
-                    tracing::debug!("retrying a store transaction ({tries}): {e}");
-                    let jitter = (uuid::Uuid::new_v4().as_u128() % 20) as u64;
-                    let pause = 5 * u64::from(tries) + jitter;
-                    tokio::time::sleep(::std::time::Duration::from_millis(pause)).await;
-                }
-                Err((e, _)) => break Err(e),
-                Ok((value, kinds)) => {
-                    if kinds != 0 {
-                        $store.feed.bump_local(kinds);
-                    }
-                    break Ok(value);
-                }
-            }
-        }
-    }};
-}
-pub(crate) use in_tx;
-
-/// An open transaction with what it emits: its events (written together just before
-/// COMMIT, in one statement), the change kinds to publish after COMMIT, and the
-/// statements it sent.
-///
-/// BEGIN goes out with the transaction's first statement and COMMIT with its events
-/// (one round trip each instead of two). A transaction dropped while open (its task
-/// cancelled) takes its connection out of the pool, so no other transaction ever runs
-/// on a session still inside this one.
-pub(crate) struct Tx {
-    conn: Option<deadpool_postgres::Object>,
-    /// BEGIN was sent.
-    begun: AtomicBool,
-    /// COMMIT or ROLLBACK answered: the session is outside any transaction again.
-    ended: bool,
-    events: Vec<PendingEvent>,
-    pub(crate) kinds: u8,
-    statements: AtomicU64,
-}
-
-/// An event of this transaction, not yet inserted.
-pub(crate) struct PendingEvent {
-    name: String,
-    run_id: String,
-    data: String,
-    at: i64,
-}
-
-impl Drop for Tx {
-    fn drop(&mut self) {
-        if self.begun.load(Ordering::Relaxed)
-            && !self.ended
-            && let Some(conn) = self.conn.take()
-        {
-            // Closing the session rolls the transaction back.
-            drop(deadpool_postgres::Object::take(conn));
-        }
-    }
-}
-
-impl Tx {
-    pub(crate) fn new(conn: deadpool_postgres::Object) -> Tx {
-        Tx {
-            conn: Some(conn),
-            begun: AtomicBool::new(false),
-            ended: false,
-            events: Vec::new(),
-            kinds: 0,
-            statements: AtomicU64::new(0),
-        }
-    }
-
-    /// The session (present until the transaction is dropped).
-    pub(crate) fn client(&self) -> &deadpool_postgres::Object {
-        self.conn
-            .as_ref()
-            .expect("a transaction's connection is held until it is dropped")
-    }
-
-    /// Statements sent so far (BEGIN and COMMIT not counted).
-    pub(crate) fn statements(&self) -> u64 {
-        self.statements.load(Ordering::Relaxed)
-    }
-
-    /// 1 when events wait to be inserted with COMMIT (one statement), else 0.
-    pub(crate) fn pending_events(&self) -> u64 {
-        u64::from(!self.events.is_empty())
-    }
-
-    async fn statement(&self, sql: &str) -> StoreResult<tokio_postgres::Statement> {
-        self.statements.fetch_add(1, Ordering::Relaxed);
-        self.client().prepare_cached(sql).await.map_err(pg_err)
-    }
-
-    /// Sends BEGIN before the first statement, in the same round trip: `run` sends its
-    /// statement when first polled, right after BEGIN.
-    async fn begun<T>(
-        &self,
-        run: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-    ) -> StoreResult<T> {
-        if self.begun.swap(true, Ordering::Relaxed) {
-            return run.await.map_err(pg_err);
-        }
-        let (begin, out) = tokio::join!(self.client().batch_execute("BEGIN"), run);
-        begin.map_err(pg_err)?;
-        out.map_err(pg_err)
-    }
-
-    /// Inserts the events and commits, in one round trip. `Err((e, true))`: whether it
-    /// committed is unknown.
-    pub(crate) async fn commit(&mut self) -> Result<(), (StoreError, bool)> {
-        if !self.begun.load(Ordering::Relaxed) && self.events.is_empty() {
-            self.ended = true;
-            return Ok(());
-        }
-        let events = self.take_events();
-        // Only reached after a statement, so BEGIN was sent (events come with statements).
-        let (inserted, committed) = tokio::join!(
-            self.insert_events(events),
-            self.client().batch_execute("COMMIT")
-        );
-        match (inserted, committed) {
-            (Ok(()), Ok(())) => {
-                self.ended = true;
-                Ok(())
-            }
-            // A statement that failed aborted the transaction: COMMIT rolled it back.
-            (Err(e), Ok(())) if !e.is_unavailable() => {
-                self.ended = true;
-                Err((e, false))
-            }
-            (Err(e), _) => Err((e.at_commit(), true)),
-            (Ok(()), Err(e)) => Err((pg_err(e).at_commit(), true)),
-        }
-    }
-
-    /// Rolls back (a session that cannot is closed when the transaction is dropped).
-    pub(crate) async fn rollback(&mut self) {
-        if !self.begun.load(Ordering::Relaxed) {
-            self.ended = true;
-            return;
-        }
-        if self.client().batch_execute("ROLLBACK").await.is_ok() {
-            self.ended = true;
-        }
-    }
-
-    /// Prepares `sql` on this connection unless it is already (no statement counted):
-    /// statements sent together in one round trip must be prepared first, so that each
-    /// goes out when its future is first polled, in the order they are awaited.
-    pub(crate) async fn prepare(&self, sql: &str) -> StoreResult<()> {
-        self.client().prepare_cached(sql).await.map_err(pg_err)?;
-        Ok(())
-    }
-
-    /// Runs a statement (prepared once per connection); rows changed.
-    pub(crate) async fn exec(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> StoreResult<u64> {
-        let st = self.statement(sql).await?;
-        self.begun(self.client().execute(&st, params)).await
-    }
-
-    /// Runs a query; its rows.
-    pub(crate) async fn query(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> StoreResult<Vec<Row>> {
-        let st = self.statement(sql).await?;
-        self.begun(self.client().query(&st, params)).await
-    }
-
-    /// Runs a query; its row, if any.
-    pub(crate) async fn query_opt(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> StoreResult<Option<Row>> {
-        let st = self.statement(sql).await?;
-        self.begun(self.client().query_opt(&st, params)).await
-    }
-
-    /// Adds an event with the next id of this transaction; it is inserted with the
-    /// others just before COMMIT ([`Tx::flush_events`]).
-    pub(crate) async fn emit(
-        &mut self,
-        mut event: super::payload::NewEvent,
-        now: i64,
-    ) -> StoreResult<()> {
-        if self.events.len() >= 1 << 16 {
-            return Err(StoreError::internal(
-                "more than 65,536 events in one transaction",
-            ));
-        }
-        let data = event.data_text(now);
-        self.events.push(PendingEvent {
-            name: event.name.as_str().to_string(),
-            run_id: event.run_id.clone(),
-            data,
-            at: now,
-        });
-        self.kinds |= change::EVENTS;
-        Ok(())
-    }
-
-    /// The events emitted so far, to insert with [`Tx::insert_events`] (beside other
-    /// statements of the same round trip).
-    pub(crate) fn take_events(&mut self) -> Vec<PendingEvent> {
-        std::mem::take(&mut self.events)
-    }
-
-    /// Inserts `events` (taken in emission order) in one statement.
-    pub(crate) async fn insert_events(&self, events: Vec<PendingEvent>) -> StoreResult<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let index: Vec<i64> = (0..events.len() as i64).collect();
-        let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
-        let runs: Vec<&str> = events.iter().map(|e| e.run_id.as_str()).collect();
-        let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
-        let at: Vec<i64> = events.iter().map(|e| e.at).collect();
-        self.exec(
-            "INSERT INTO events (id, name, run_id, data, created_at)
-             SELECT (pg_current_xact_id()::text::bigint << 16) | e.n, e.name, e.run_id, e.data, e.at
-             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[])
-                  AS e(n, name, run_id, data, at)",
-            &[&index, &names, &runs, &data, &at],
-        )
-        .await?;
-        Ok(())
-    }
-}
-
 #[async_trait]
 impl Store for PgStore {
     fn changes(&self) -> &ChangeFeed {
@@ -842,17 +572,17 @@ impl Store for PgStore {
     }
 
     async fn run_create(&self, p: RunCreateParams) -> StoreResult<RunCreated> {
-        write::run_create(self, p).await
+        runs::run_create(self, p).await
     }
     async fn job_claim(&self, p: JobClaimParams) -> StoreResult<ClaimOutcome> {
         claim::job_claim(self, p).await
     }
     async fn job_start(&self, p: JobStartParams) -> StoreResult<Option<bool>> {
-        write::job_start(self, p).await
+        executions::job_start(self, p).await
     }
     async fn job_output_append(&self, p: OutputAppendParams) -> StoreResult<bool> {
         let job_id = p.job_id.clone();
-        let applied = write::job_output_append(self, p).await?;
+        let applied = executions::job_output_append(self, p).await?;
         if applied {
             // After COMMIT: wakes this job's log streams only (see `store::job_wakes`).
             self.feed.bump_output([job_id.as_str()]);
@@ -860,7 +590,7 @@ impl Store for PgStore {
         Ok(applied)
     }
     async fn job_progress(&self, p: JobProgressParams) -> StoreResult<bool> {
-        write::job_progress(self, p).await
+        executions::job_progress(self, p).await
     }
     async fn job_finish(&self, p: JobFinishParams) -> StoreResult<FinishOutcome> {
         let job_id = p.job_id.clone();
@@ -898,21 +628,21 @@ impl Store for PgStore {
         now: i64,
         by: Option<String>,
     ) -> StoreResult<AbortOutcome> {
-        let outcome = write::run_abort(self, run_id, now, by).await?;
+        let outcome = runs::run_abort(self, run_id, now, by).await?;
         self.feed.bump_run_state(run_id);
         Ok(outcome)
     }
     async fn node_register(&self, node: NodeRow) -> StoreResult<()> {
-        write::node_register(self, node).await
+        nodes::node_register(self, node).await
     }
     async fn node_heartbeat(&self, p: NodeHeartbeatParams) -> StoreResult<HeartbeatOutcome> {
-        write::node_heartbeat(self, p).await
+        nodes::node_heartbeat(self, p).await
     }
     async fn node_remove(&self, node_id: &str) -> StoreResult<()> {
-        write::node_remove(self, node_id).await
+        nodes::node_remove(self, node_id).await
     }
     async fn node_remove_stale(&self, node_id: &str, seen_heartbeat_at: i64) -> StoreResult<bool> {
-        write::node_remove_stale(self, node_id, seen_heartbeat_at).await
+        nodes::node_remove_stale(self, node_id, seen_heartbeat_at).await
     }
     async fn nodes_list(&self) -> StoreResult<Vec<NodeRow>> {
         self.read_nodes().await
@@ -968,7 +698,7 @@ impl Store for PgStore {
         self.read_pipeline_counts().await
     }
     async fn runs_prune(&self, before: i64, batch: usize) -> StoreResult<PruneOutcome> {
-        write::runs_prune(self, before, batch).await
+        runs::runs_prune(self, before, batch).await
     }
     async fn run_summary(&self, run_id: &str) -> StoreResult<Option<serde_json::Value>> {
         self.read_summary(run_id).await
@@ -980,22 +710,22 @@ impl Store for PgStore {
         lease_ms: i64,
         limit: usize,
     ) -> StoreResult<Vec<PendingDelivery>> {
-        write::deliveries_claim(self, node_id, now, lease_ms, limit).await
+        outbox::deliveries_claim(self, node_id, now, lease_ms, limit).await
     }
     async fn delivery_record(&self, p: DeliveryRecordParams) -> StoreResult<bool> {
-        write::delivery_record(self, p).await
+        outbox::delivery_record(self, p).await
     }
     async fn deliveries_of_run(&self, run_id: &str) -> StoreResult<Vec<DeliveryRecord>> {
         self.read_deliveries(run_id).await
     }
     async fn pipeline_node_set(&self, state: PipelineNodeState) -> StoreResult<()> {
-        write::pipeline_node_set(self, state).await
+        pipeline_state::pipeline_node_set(self, state).await
     }
     async fn pipeline_nodes_list(&self) -> StoreResult<Vec<PipelineNodeState>> {
         self.read_pipeline_nodes().await
     }
     async fn pipeline_pause(&self, p: PipelinePauseParams) -> StoreResult<bool> {
-        write::pipeline_pause(self, p).await
+        pipeline_state::pipeline_pause(self, p).await
     }
     async fn pipelines_paused(&self) -> StoreResult<Vec<PipelinePause>> {
         self.read_paused().await
@@ -1010,10 +740,10 @@ impl Store for PgStore {
         next_fire_at: i64,
         now: i64,
     ) -> StoreResult<bool> {
-        write::schedule_init(self, pipeline, key, next_fire_at, now).await
+        pipeline_state::schedule_init(self, pipeline, key, next_fire_at, now).await
     }
     async fn schedule_fire(&self, p: ScheduleFireParams) -> StoreResult<Option<RunCreated>> {
-        write::schedule_fire(self, p).await
+        pipeline_state::schedule_fire(self, p).await
     }
     async fn close(&self) {
         self.stop.store(true, Ordering::Relaxed);
