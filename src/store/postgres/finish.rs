@@ -1,13 +1,14 @@
 //! Ending executions on PostgreSQL, several in one transaction.
 //!
-//! The rules are the backend-neutral ones ([`decide`], [`shards_status`],
-//! [`status_after_finalizer`], [`payload`]); this file only turns their answers into
-//! as few statements as the batch allows. A batch of any size costs, in the common case
-//! (every job a shard, no finalizer, no webhook): one fenced read of all its jobs, one
-//! `UPDATE … FROM unnest` of them, one update of their runs (landing and the `running`
-//! mark of starts recorded here), one update of the runs that ended, and the events in
-//! one insert (`Tx::flush_events`). Rare paths (a finalizer queued or ended, a webhook's
-//! outbox row, a multi-shard run's shard statuses) add statements only when they occur.
+//! The rules are the backend-neutral ones ([`decide`], [`decided_without_row`], the
+//! landing's [`crate::store::completion`], [`payload`]); this file only turns their
+//! answers into as few statements and round trips as the batch allows. A batch of any
+//! size costs, in the common case (completions, shards, no finalizer, no webhook): the
+//! fenced read of all its jobs, the write of their ends (`UPDATE … FROM (VALUES …)`)
+//! and the landing of their runs, sent together; then the runs' terminal update, the
+//! events and the claim, sent together; then COMMIT. Rare paths (a retry or requeue
+//! decided from the row, a finalizer queued or ended, a webhook's outbox row, a
+//! multi-shard run's shard statuses) add statements only when they occur.
 //!
 //! Fencing inside a batch: the read locks every job row (`FOR UPDATE`, in id order —
 //! the lock order of the module docs), and only a job whose row is still `running` under

@@ -239,7 +239,7 @@ impl Tx {
     }
 
     /// Adds an event with the next id of this transaction; it is inserted with the
-    /// others just before COMMIT ([`Tx::flush_events`]).
+    /// others with COMMIT ([`Tx::commit`]).
     pub(crate) async fn emit(
         &mut self,
         mut event: super::payload::NewEvent,
