@@ -314,7 +314,7 @@ async fn bench_throughput(pg: Option<&str>, runs: usize, rounds: usize) {
             100.0 * rate / r,
             100.0 * exec_rate / r
         );
-        if pg.is_some() {
+        {
             let traffic = store_traffic(&http, &server.base).await;
             let (mut trigger, mut drain) = ((0u64, 0u64), (0u64, 0u64));
             for (op, (st, co)) in &traffic {

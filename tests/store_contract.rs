@@ -121,5 +121,6 @@ contract_tests!(
         a_batch_fences_each_end_on_its_own_and_lands_each_run_once,
         an_end_that_cannot_be_stored_does_not_fail_its_batch,
         ends_batched_on_two_handles_land_every_run_exactly_once,
+        writes_are_counted_by_operation,
     ]
 );

@@ -385,8 +385,10 @@ pub struct JobProgressParams {
 }
 
 /// Statements and commits a store sent, by operation: what `/metrics` shows as
-/// `runyard_store_statements_total` and `runyard_store_commits_total` (PostgreSQL's
-/// write transactions; BEGIN and COMMIT are not statements here).
+/// `runyard_store_statements_total` and `runyard_store_commits_total`: the statements
+/// and commits of a store's write transactions, by operation (BEGIN, COMMIT and
+/// ROLLBACK are not statements here). On SQLite a commit covers a batch of writes and is
+/// counted on the batch's first operation.
 #[derive(Debug, Default)]
 pub struct Traffic(std::sync::Mutex<BTreeMap<&'static str, (u64, u64)>>);
 
@@ -960,11 +962,8 @@ pub trait Store: Send + Sync {
     /// The feed of committed changes (local commits and, for SQLite, other processes').
     fn changes(&self) -> &ChangeFeed;
 
-    /// `(backend, op, statements, commits)` this store sent so far (empty where it is not
-    /// counted: SQLite's writes are local calls, not round trips).
-    fn traffic(&self) -> Vec<(&'static str, &'static str, u64, u64)> {
-        Vec::new()
-    }
+    /// `(backend, op, statements, commits)` of this store's writes so far.
+    fn traffic(&self) -> Vec<(&'static str, &'static str, u64, u64)>;
 
     /// The store's clock (epoch ms): every lease, heartbeat and due time is judged by it,
     /// so nodes whose host clocks disagree still agree on who is late. SQLite lives on one

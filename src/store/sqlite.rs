@@ -67,6 +67,8 @@ const CHECKPOINT_EVERY_TICKS: u32 = 5;
 /// own, so one bad request never takes the others with it and no savepoints are
 /// needed on the fast path.
 trait WriteOp: Send {
+    /// The store operation it belongs to (`runyard_store_*_total{op}`).
+    fn op(&self) -> &'static str;
     /// Runs in the open transaction; returns the change kinds and whether it succeeded.
     fn run(&mut self, conn: &Connection) -> (u8, bool);
     /// Answers the caller with the last run's result, given how the transaction ended.
@@ -74,6 +76,7 @@ trait WriteOp: Send {
 }
 
 struct Op<T, F> {
+    op: &'static str,
     f: F,
     result: Option<StoreResult<(T, u8)>>,
     reply: oneshot::Sender<StoreResult<T>>,
@@ -84,6 +87,10 @@ where
     T: Send,
     F: FnMut(&Connection) -> StoreResult<(T, u8)> + Send,
 {
+    fn op(&self) -> &'static str {
+        self.op
+    }
+
     fn run(&mut self, conn: &Connection) -> (u8, bool) {
         let result = (self.f)(conn);
         let out = match &result {
@@ -152,6 +159,8 @@ pub struct SqliteStore {
     readers: Arc<ReaderPool>,
     read_slots: tokio::sync::Semaphore,
     feed: ChangeFeed,
+    /// Statements and commits of its writes, by operation (`runyard_store_*_total`).
+    traffic: Arc<Traffic>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -211,6 +220,10 @@ fn open_writer(path: &Path, sync: Synchronous) -> StoreResult<Connection> {
     let conn = Connection::open(path).map_err(open_err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
     configure_connection(&conn).map_err(open_err)?;
+    conn.trace_v2(
+        rusqlite::trace::TraceEventCodes::SQLITE_TRACE_STMT,
+        Some(count_statement),
+    );
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(open_err)?;
@@ -312,11 +325,13 @@ impl SqliteStore {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::unbounded_channel();
         let writer_feed = feed.clone();
+        let traffic = Arc::new(Traffic::default());
+        let writer_traffic = traffic.clone();
         let conn = Arc::new(Mutex::new(conn));
         let writer_conn = conn.clone();
         let writer = std::thread::Builder::new()
             .name("runyard-sqlite-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx, writer_feed))
+            .spawn(move || writer_loop(writer_conn, rx, writer_feed, writer_traffic))
             .map_err(|e| StoreError::Open {
                 path: path.display().to_string(),
                 message: e.to_string(),
@@ -344,6 +359,7 @@ impl SqliteStore {
                 idle: Mutex::new(Vec::new()),
             }),
             feed,
+            traffic,
             stop,
             threads: Mutex::new(vec![writer, watcher]),
         })
@@ -351,31 +367,32 @@ impl SqliteStore {
 
     /// A write through the writer thread, batched with whatever else is waiting (group
     /// commit): the right path for many concurrent small writes such as triggers.
-    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    async fn write<T, F>(&self, op: &'static str, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnMut(&Connection) -> StoreResult<(T, u8)> + Send + 'static,
     {
-        self.submit(f, false).await
+        self.submit(op, f, false).await
     }
 
     /// A write on a latency-critical path (a slot waits for it): run on the caller's
     /// thread when the connection is free, else like [`Self::write`].
-    async fn write_now<T, F>(&self, f: F) -> StoreResult<T>
+    async fn write_now<T, F>(&self, op: &'static str, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnMut(&Connection) -> StoreResult<(T, u8)> + Send + 'static,
     {
-        self.submit(f, true).await
+        self.submit(op, f, true).await
     }
 
-    async fn submit<T, F>(&self, f: F, inline: bool) -> StoreResult<T>
+    async fn submit<T, F>(&self, op: &'static str, f: F, inline: bool) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnMut(&Connection) -> StoreResult<(T, u8)> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel::<StoreResult<T>>();
         let job: Box<dyn WriteOp> = Box::new(Op {
+            op,
             f,
             result: None,
             reply,
@@ -414,7 +431,7 @@ impl SqliteStore {
         if begin.is_err() {
             return Err(job);
         }
-        run_batch(&conn, &self.feed, vec![job], begin);
+        run_batch(&conn, &self.feed, &self.traffic, vec![job], begin);
         Ok(())
     }
 
@@ -449,6 +466,7 @@ fn writer_loop(
     conn: Arc<Mutex<Connection>>,
     mut rx: mpsc::UnboundedReceiver<Box<dyn WriteOp>>,
     feed: ChangeFeed,
+    traffic: Arc<Traffic>,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = Vec::with_capacity(16);
@@ -462,14 +480,46 @@ fn writer_loop(
         let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
         let _ = conn.busy_timeout(BUSY_TIMEOUT);
         let begin = begin_immediate(&conn);
-        run_batch(&conn, &feed, batch, begin);
+        run_batch(&conn, &feed, &traffic, batch, begin);
     }
+}
+
+thread_local! {
+    /// Statements the write connection ran on this thread (see [`count_statement`]).
+    static STATEMENTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The write connection's statement tracer: every statement it starts, except the
+/// transaction's own (BEGIN, COMMIT, ROLLBACK), as PostgreSQL's are counted.
+fn count_statement(event: rusqlite::trace::TraceEvent<'_>) {
+    if let rusqlite::trace::TraceEvent::Stmt(_, sql) = event {
+        let head = sql
+            .trim_start()
+            .get(..8)
+            .unwrap_or(sql)
+            .to_ascii_uppercase();
+        if !["BEGIN", "COMMIT", "ROLLBACK"]
+            .iter()
+            .any(|k| head.starts_with(k))
+        {
+            STATEMENTS.with(|n| n.set(n.get() + 1));
+        }
+    }
+}
+
+/// Runs one operation of a batch, recording the statements it ran.
+fn counted<T>(traffic: &Traffic, op: &'static str, run: impl FnOnce() -> T) -> T {
+    let before = STATEMENTS.with(|n| n.get());
+    let out = run();
+    traffic.record(op, STATEMENTS.with(|n| n.get()) - before, 0);
+    out
 }
 
 /// Runs a batch in the transaction `begin` opened (or answers every request with its error).
 fn run_batch(
     conn: &Connection,
     feed: &ChangeFeed,
+    traffic: &Traffic,
     mut batch: Vec<Box<dyn WriteOp>>,
     begin: StoreResult<()>,
 ) {
@@ -477,7 +527,7 @@ fn run_batch(
     let mut all_ok = true;
     if begin.is_ok() {
         for op in batch.iter_mut() {
-            let (k, ok) = op.run(conn);
+            let (k, ok) = counted(traffic, op.op(), || op.run(conn));
             kinds |= k;
             all_ok &= ok;
             if !ok {
@@ -493,6 +543,10 @@ fn run_batch(
         }
         Ok(()) if all_ok => {
             let commit = exec_cached(conn, "COMMIT");
+            if let (Ok(()), Some(first)) = (&commit, batch.first()) {
+                // One commit for the batch, counted on its first operation.
+                traffic.record(first.op(), 0, 1);
+            }
             if commit.is_err() {
                 let _ = conn.execute_batch("ROLLBACK");
             } else if kinds != 0 {
@@ -508,9 +562,12 @@ fn run_batch(
             let _ = exec_cached(conn, "ROLLBACK");
             for mut op in batch {
                 let commit = begin_immediate(conn).and_then(|()| {
-                    let (k, ok) = op.run(conn);
+                    let (k, ok) = counted(traffic, op.op(), || op.run(conn));
                     if ok {
-                        exec_cached(conn, "COMMIT").inspect(|()| publish(conn, feed, k))
+                        exec_cached(conn, "COMMIT").inspect(|()| {
+                            traffic.record(op.op(), 0, 1);
+                            publish(conn, feed, k)
+                        })
                     } else {
                         exec_cached(conn, "ROLLBACK")
                     }
@@ -1166,17 +1223,26 @@ impl Store for SqliteStore {
         &self.feed
     }
 
+    fn traffic(&self) -> Vec<(&'static str, &'static str, u64, u64)> {
+        self.traffic
+            .snapshot()
+            .into_iter()
+            .map(|(op, s, c)| ("sqlite", op, s, c))
+            .collect()
+    }
+
     async fn run_create(&self, p: RunCreateParams) -> StoreResult<RunCreated> {
-        self.write(move |conn| create_in_tx(conn, &p)).await
+        self.write("run_create", move |conn| create_in_tx(conn, &p))
+            .await
     }
 
     async fn job_claim(&self, p: JobClaimParams) -> StoreResult<ClaimOutcome> {
-        self.write_now(move |conn| Ok((claim_in_tx(conn, &p)?, 0)))
+        self.write_now("job_claim", move |conn| Ok((claim_in_tx(conn, &p)?, 0)))
             .await
     }
 
     async fn job_start(&self, p: JobStartParams) -> StoreResult<Option<bool>> {
-        self.write(move |conn| {
+        self.write("job_start", move |conn| {
             let started = start_in_tx(conn, &p)?;
             Ok((started, if started.is_some() { change::EVENTS } else { 0 }))
         })
@@ -1186,7 +1252,7 @@ impl Store for SqliteStore {
     async fn job_output_append(&self, p: OutputAppendParams) -> StoreResult<bool> {
         let job_id = p.job_id.clone();
         let total = (p.stdout.len() + p.stderr.len()) as i64;
-        let appended = self.write(move |conn| {
+        let appended = self.write("job_output_append", move |conn| {
             let live: Option<i64> = conn
                 .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1 AND claim_seq = ?2 AND status = 'running'")?
                 .query_row(params![p.job_id, p.claim_seq], |r| r.get(0))
@@ -1221,7 +1287,7 @@ impl Store for SqliteStore {
     }
 
     async fn job_progress(&self, p: JobProgressParams) -> StoreResult<bool> {
-        self.write(move |conn| {
+        self.write("job_progress", move |conn| {
             let row: Option<(String, String, u32)> = conn
                 .prepare_cached(
                     "UPDATE jobs SET progress = ?3, progress_message = ?4
@@ -1242,7 +1308,9 @@ impl Store for SqliteStore {
 
     async fn job_finish(&self, p: JobFinishParams) -> StoreResult<FinishOutcome> {
         let job_id = p.job_id.clone();
-        let outcome = self.write_now(move |conn| finish_in_tx(conn, &p)).await?;
+        let outcome = self
+            .write_now("job_finish", move |conn| finish_in_tx(conn, &p))
+            .await?;
         if outcome.applied {
             self.feed.bump_job_state([job_id.as_str()]);
         }
@@ -1256,7 +1324,7 @@ impl Store for SqliteStore {
         by: Option<String>,
     ) -> StoreResult<AbortOutcome> {
         let run = run_id.to_string();
-        let outcome = self.write(move |conn| {
+        let outcome = self.write("run_abort_by", move |conn| {
             let run_id = run.as_str();
             let status: Option<String> = conn
                 .prepare_cached("SELECT status FROM runs WHERE id = ?1")?
@@ -1297,7 +1365,7 @@ impl Store for SqliteStore {
     }
 
     async fn node_register(&self, node: NodeRow) -> StoreResult<()> {
-        self.write(move |conn| {
+        self.write("node_register", move |conn| {
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO nodes (id, host, pid, proc_start, boot_id, slots, started_at, heartbeat_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -1318,7 +1386,7 @@ impl Store for SqliteStore {
     }
 
     async fn node_heartbeat(&self, p: NodeHeartbeatParams) -> StoreResult<HeartbeatOutcome> {
-        self.write(move |conn| {
+        self.write("node_heartbeat", move |conn| {
             let registered = conn
                 .prepare_cached("UPDATE nodes SET heartbeat_at = ?2 WHERE id = ?1")?
                 .execute(params![p.node_id, p.now])?
@@ -1340,7 +1408,7 @@ impl Store for SqliteStore {
 
     async fn node_remove(&self, node_id: &str) -> StoreResult<()> {
         let node_id = node_id.to_string();
-        self.write(move |conn| {
+        self.write("node_remove", move |conn| {
             conn.prepare_cached("DELETE FROM nodes WHERE id = ?1")?
                 .execute(params![node_id])?;
             conn.prepare_cached("DELETE FROM pipeline_nodes WHERE node_id = ?1")?
@@ -1352,7 +1420,7 @@ impl Store for SqliteStore {
 
     async fn node_remove_stale(&self, node_id: &str, seen_heartbeat_at: i64) -> StoreResult<bool> {
         let node_id = node_id.to_string();
-        self.write(move |conn| {
+        self.write("node_remove_stale", move |conn| {
             let removed = conn
                 .prepare_cached("DELETE FROM nodes WHERE id = ?1 AND heartbeat_at = ?2")?
                 .execute(params![node_id, seen_heartbeat_at])?
@@ -1695,7 +1763,7 @@ impl Store for SqliteStore {
     }
 
     async fn runs_prune(&self, before: i64, batch: usize) -> StoreResult<PruneOutcome> {
-        self.write(move |conn| {
+        self.write("runs_prune", move |conn| {
             let ids: Vec<String> = conn
                 .prepare_cached(
                     "SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?1 LIMIT ?2",
@@ -1748,13 +1816,17 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> StoreResult<Vec<PendingDelivery>> {
         let node_id = node_id.to_string();
-        self.write(move |conn| Ok((outbox::claim(conn, &node_id, now, lease_ms, limit)?, 0)))
-            .await
+        self.write("deliveries_claim", move |conn| {
+            Ok((outbox::claim(conn, &node_id, now, lease_ms, limit)?, 0))
+        })
+        .await
     }
 
     async fn delivery_record(&self, p: DeliveryRecordParams) -> StoreResult<bool> {
-        self.write(move |conn| Ok((outbox::record(conn, &p)?, 0)))
-            .await
+        self.write("delivery_record", move |conn| {
+            Ok((outbox::record(conn, &p)?, 0))
+        })
+        .await
     }
 
     async fn deliveries_of_run(&self, run_id: &str) -> StoreResult<Vec<DeliveryRecord>> {
@@ -1763,8 +1835,10 @@ impl Store for SqliteStore {
     }
 
     async fn pipeline_node_set(&self, state: PipelineNodeState) -> StoreResult<()> {
-        self.write(move |conn| Ok((outbox::pipeline_node_set(conn, &state)?, 0)))
-            .await
+        self.write("pipeline_node_set", move |conn| {
+            Ok((outbox::pipeline_node_set(conn, &state)?, 0))
+        })
+        .await
     }
 
     async fn pipeline_nodes_list(&self) -> StoreResult<Vec<PipelineNodeState>> {
@@ -1772,7 +1846,7 @@ impl Store for SqliteStore {
     }
 
     async fn pipeline_pause(&self, p: PipelinePauseParams) -> StoreResult<bool> {
-        self.write(move |conn| {
+        self.write("pipeline_pause", move |conn| {
             let was: Option<bool> = conn
                 .prepare_cached("SELECT paused FROM pipeline_state WHERE pipeline = ?1")?
                 .query_row(params![p.pipeline], |r| r.get(0))
@@ -1843,7 +1917,7 @@ impl Store for SqliteStore {
         now: i64,
     ) -> StoreResult<bool> {
         let (pipeline, key) = (pipeline.to_string(), key.to_string());
-        self.write(move |conn| {
+        self.write("schedule_init", move |conn| {
             let changed = conn
                 .prepare_cached(
                     "INSERT INTO pipeline_state (pipeline, schedule_key, next_fire_at, updated_at)
@@ -1860,7 +1934,7 @@ impl Store for SqliteStore {
     }
 
     async fn schedule_fire(&self, p: ScheduleFireParams) -> StoreResult<Option<RunCreated>> {
-        self.write(move |conn| {
+        self.write("schedule_fire", move |conn| {
             let advanced = conn
                 .prepare_cached(
                     "UPDATE pipeline_state SET next_fire_at = ?4, updated_at = ?5
@@ -1974,7 +2048,7 @@ mod tests {
             calls.push(tokio::spawn(async move {
                 if i == 20 {
                     store
-                        .write(|conn| {
+                        .write("test", |conn| {
                             conn.execute("INSERT INTO no_such_table VALUES (1)", [])?;
                             Ok(((), 0))
                         })

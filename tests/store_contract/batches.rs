@@ -194,3 +194,32 @@ pub async fn ends_batched_on_two_handles_land_every_run_exactly_once(f: &Factory
         assert_eq!(completed_events(&*a, run).await, 1);
     }
 }
+
+pub async fn writes_are_counted_by_operation(f: &Factory) {
+    let store = f.store().await;
+    create(&*store, 1).await;
+    let job = store.job_claim(claim(1)).await.unwrap().jobs.remove(0);
+    store
+        .job_finish(finish(&job, Outcome::Completed))
+        .await
+        .unwrap();
+    let traffic = store.traffic();
+    let of = |op: &str| {
+        traffic
+            .iter()
+            .find(|(_, o, _, _)| *o == op)
+            .map(|(backend, _, statements, commits)| (*backend, *statements, *commits))
+            .unwrap_or_else(|| panic!("{op} not counted: {traffic:?}"))
+    };
+    // One commit each; on PostgreSQL, where each statement is sent to a server, at
+    // most a few statements (bounds, not exact figures).
+    for (op, most) in [("run_create", 3), ("job_claim", 2), ("job_finish", 6)] {
+        let (backend, statements, commits) = of(op);
+        assert_eq!(backend, f.name());
+        let most = if f.is_postgres() { most } else { u64::MAX };
+        assert!(
+            (1..=most).contains(&statements) && commits == 1,
+            "{op}: {statements} statements, {commits} commits"
+        );
+    }
+}
