@@ -178,3 +178,32 @@ pub(super) fn pipeline_nodes_list(conn: &Connection) -> StoreResult<Vec<Pipeline
         .collect::<Result<_, _>>()?;
     Ok(rows)
 }
+
+use super::SqliteStore;
+
+pub(super) async fn deliveries_claim(
+    s: &SqliteStore,
+    node_id: &str,
+    now: i64,
+    lease_ms: i64,
+    limit: usize,
+) -> StoreResult<Vec<PendingDelivery>> {
+    let node_id = node_id.to_string();
+    s.write("deliveries_claim", move |conn| {
+        Ok((claim(conn, &node_id, now, lease_ms, limit)?, 0))
+    })
+    .await
+}
+
+pub(super) async fn delivery_record(s: &SqliteStore, p: DeliveryRecordParams) -> StoreResult<bool> {
+    s.write("delivery_record", move |conn| Ok((record(conn, &p)?, 0)))
+        .await
+}
+
+pub(super) async fn deliveries_of_run(
+    s: &SqliteStore,
+    run_id: &str,
+) -> StoreResult<Vec<DeliveryRecord>> {
+    let run_id = run_id.to_string();
+    s.read(move |conn| of_run(conn, &run_id)).await
+}

@@ -1,0 +1,204 @@
+//! The SQLite writer: one thread per process takes every waiting write, runs them in one
+//! `BEGIN IMMEDIATE` transaction (each in its own savepoint, so one failing write rolls
+//! back alone), commits once and only then answers; a lone write may run inline on its
+//! caller's thread instead. Statements and commits are counted here by operation.
+
+use super::*;
+
+/// A write request queued for the writer thread. It may run more than once: the
+/// fast path runs a whole batch in one transaction; if any request in it fails,
+/// the batch is rolled back and every request runs again in a transaction of its
+/// own, so one bad request never takes the others with it and no savepoints are
+/// needed on the fast path.
+pub(super) trait WriteOp: Send {
+    /// The store operation it belongs to (`runyard_store_*_total{op}`).
+    fn op(&self) -> &'static str;
+    /// Runs in the open transaction; returns the change kinds and whether it succeeded.
+    fn run(&mut self, conn: &Connection) -> (u8, bool);
+    /// Answers the caller with the last run's result, given how the transaction ended.
+    fn answer(self: Box<Self>, commit: StoreResult<()>);
+}
+
+pub(super) struct Op<T, F> {
+    pub(super) op: &'static str,
+    pub(super) f: F,
+    pub(super) result: Option<StoreResult<(T, u8)>>,
+    pub(super) reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> WriteOp for Op<T, F>
+where
+    T: Send,
+    F: FnMut(&Connection) -> StoreResult<(T, u8)> + Send,
+{
+    fn op(&self) -> &'static str {
+        self.op
+    }
+
+    fn run(&mut self, conn: &Connection) -> (u8, bool) {
+        let result = (self.f)(conn);
+        let out = match &result {
+            Ok((_, kinds)) => (*kinds, true),
+            Err(_) => (0, false),
+        };
+        self.result = Some(result);
+        out
+    }
+
+    fn answer(self: Box<Self>, commit: StoreResult<()>) {
+        let result = self.result.unwrap_or(Err(StoreError::Closed));
+        let _ = self.reply.send(commit.and(result).map(|(t, _)| t));
+    }
+}
+
+pub(super) fn writer_loop(
+    conn: Arc<Mutex<Connection>>,
+    mut rx: mpsc::UnboundedReceiver<Box<dyn WriteOp>>,
+    feed: ChangeFeed,
+    traffic: Arc<Traffic>,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = Vec::with_capacity(16);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        let begin = begin_immediate(&conn);
+        run_batch(&conn, &feed, &traffic, batch, begin);
+    }
+}
+
+thread_local! {
+    /// Statements the write connection ran on this thread (see [`count_statement`]).
+    static STATEMENTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The write connection's statement tracer: every statement it starts, except the
+/// transaction's own (BEGIN, COMMIT, ROLLBACK), as PostgreSQL's are counted.
+pub(super) fn count_statement(event: rusqlite::trace::TraceEvent<'_>) {
+    if let rusqlite::trace::TraceEvent::Stmt(_, sql) = event {
+        let head = sql
+            .trim_start()
+            .get(..8)
+            .unwrap_or(sql)
+            .to_ascii_uppercase();
+        if !["BEGIN", "COMMIT", "ROLLBACK"]
+            .iter()
+            .any(|k| head.starts_with(k))
+        {
+            STATEMENTS.with(|n| n.set(n.get() + 1));
+        }
+    }
+}
+
+/// Runs one operation of a batch, recording the statements it ran.
+pub(super) fn counted<T>(traffic: &Traffic, op: &'static str, run: impl FnOnce() -> T) -> T {
+    let before = STATEMENTS.with(|n| n.get());
+    let out = run();
+    traffic.record(op, STATEMENTS.with(|n| n.get()) - before, 0);
+    out
+}
+
+/// Runs a batch in the transaction `begin` opened (or answers every request with its error).
+pub(super) fn run_batch(
+    conn: &Connection,
+    feed: &ChangeFeed,
+    traffic: &Traffic,
+    mut batch: Vec<Box<dyn WriteOp>>,
+    begin: StoreResult<()>,
+) {
+    let mut kinds = 0u8;
+    let mut all_ok = true;
+    if begin.is_ok() {
+        for op in batch.iter_mut() {
+            let (k, ok) = counted(traffic, op.op(), || op.run(conn));
+            kinds |= k;
+            all_ok &= ok;
+            if !ok {
+                break;
+            }
+        }
+    }
+    match begin {
+        Err(err) => {
+            for op in batch {
+                op.answer(Err(err.clone()));
+            }
+        }
+        Ok(()) if all_ok => {
+            let commit = exec_cached(conn, "COMMIT");
+            if let (Ok(()), Some(first)) = (&commit, batch.first()) {
+                // One commit for the batch, counted on its first operation.
+                traffic.record(first.op(), 0, 1);
+            }
+            if commit.is_err() {
+                let _ = conn.execute_batch("ROLLBACK");
+            } else if kinds != 0 {
+                publish(conn, feed, kinds);
+            }
+            for op in batch {
+                op.answer(commit.clone());
+            }
+        }
+        Ok(()) => {
+            // Slow path: something failed, so nothing of this batch is kept; each
+            // request runs again alone and fails or commits on its own.
+            let _ = exec_cached(conn, "ROLLBACK");
+            for mut op in batch {
+                let commit = begin_immediate(conn).and_then(|()| {
+                    let (k, ok) = counted(traffic, op.op(), || op.run(conn));
+                    if ok {
+                        exec_cached(conn, "COMMIT").inspect(|()| {
+                            traffic.record(op.op(), 0, 1);
+                            publish(conn, feed, k)
+                        })
+                    } else {
+                        exec_cached(conn, "ROLLBACK")
+                    }
+                });
+                if commit.is_err() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                op.answer(commit);
+            }
+        }
+    }
+}
+
+/// After a commit: record the newest event id (for the idle event tailer), then wake
+/// the waiters of every changed kind.
+pub(super) fn publish(conn: &Connection, feed: &ChangeFeed, kinds: u8) {
+    if kinds & change::EVENTS != 0 {
+        let high: Option<i64> = conn
+            .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+            .and_then(|mut st| st.query_row([], |r| r.get(0)).optional())
+            .ok()
+            .flatten();
+        if let Some(id) = high {
+            feed.publish_last_event(id);
+        }
+    }
+    feed.bump_local(kinds);
+}
+
+/// `BEGIN IMMEDIATE` takes the write lock up front, waiting up to `busy_timeout` for
+/// another process's writer; it is retried a few times more before failing, so lock
+/// contention between processes never reaches callers as an error.
+pub(super) fn begin_immediate(conn: &Connection) -> StoreResult<()> {
+    let mut begin = exec_cached(conn, "BEGIN IMMEDIATE");
+    let mut tries = 0;
+    while matches!(&begin, Err(e) if e.is_transient()) && tries < 6 {
+        tries += 1;
+        tracing::warn!(
+            "sqlite write lock busy for {:?}; retrying",
+            BUSY_TIMEOUT * tries
+        );
+        begin = exec_cached(conn, "BEGIN IMMEDIATE");
+    }
+    begin
+}
