@@ -9,7 +9,7 @@
 //! | --- | --- |
 //! | [`config`] | `runyard.toml` + env → validated [`config::Settings`] |
 //! | [`model`] | ids, statuses, event names; pure |
-//! | [`store`] | the [`store::Store`] trait and its SQLite implementation |
+//! | [`store`] | the [`store::Store`] trait, the rules above its backends, SQLite and PostgreSQL |
 //! | [`bus`] | the [`bus::Bus`] trait and the in-process bus |
 //! | [`executor`] | spawning, output capture, progress, timeouts, killing |
 //! | [`metrics`] | this node's counters and histograms, Prometheus text |
