@@ -257,12 +257,19 @@ pub(crate) async fn wait_finished(http: &reqwest::Client, run_url: &str, every: 
 
 /// Raw spawn+wait rate of /bin/true with `parallel` threads.
 fn raw_spawn_rate(n: usize, parallel: usize) -> f64 {
+    raw_rate(&["/bin/true"], n, parallel)
+}
+
+/// Processes of `argv` run and waited for per second, `parallel` at a time (the
+/// machine's ceiling for a drain of such jobs).
+pub(crate) fn raw_rate(argv: &[&str], n: usize, parallel: usize) -> f64 {
     let started = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..parallel {
             s.spawn(|| {
                 for _ in 0..n / parallel {
-                    let st = Command::new("/bin/true")
+                    let st = Command::new(argv[0])
+                        .args(&argv[1..])
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .status()

@@ -331,11 +331,17 @@ async fn orphan_recovery(pg: &str, kills: usize) -> Vec<f64> {
 }
 
 /// The two job shapes of the throughput figure: label, command, slots per replica.
-const SHAPES: [(&str, &str, usize); 2] = [
-    ("/bin/true, 2 slots per replica", "[\"/bin/true\"]", 2),
+const SHAPES: [(&str, &str, &[&str], usize); 2] = [
+    (
+        "/bin/true, 2 slots per replica",
+        "[\"/bin/true\"]",
+        &["/bin/true"],
+        2,
+    ),
     (
         "sleep 0.02, 8 slots per replica",
         "[\"sleep\", \"0.02\"]",
+        &["sleep", "0.02"],
         8,
     ),
 ];
@@ -346,7 +352,11 @@ pub async fn bench_scale(pg: &str, runs: usize, rounds: usize, kills: usize) {
         "(g) replicas on one PostgreSQL schema: {runs} queued single-shard runs drained by 1 and by 3 replicas"
     );
     let shapes = if runs == 0 { &[][..] } else { &SHAPES[..] };
-    for &(label, command, slots) in shapes {
+    for &(label, command, argv, slots) in shapes {
+        let raw = crate::raw_rate(argv, runs.min(1000), slots);
+        println!(
+            "    {label}: the same processes run and waited for directly, {slots} at a time: {raw:.0}/s"
+        );
         let mut by_n = Vec::new();
         for n in [1, 3] {
             let mut rates = Vec::new();
@@ -360,7 +370,8 @@ pub async fn bench_scale(pg: &str, runs: usize, rounds: usize, kills: usize) {
             }
             let (rate, share, b) = (median(rates), median(shares), median(busy));
             println!(
-                "    {label}, {n} replica(s): {rate:.0} runs/s (machine {:.0}% busy; replicas {:.0}% of that)",
+                "    {label}, {n} replica(s): {rate:.0} runs/s = {:.2}× direct (machine {:.0}% busy; replicas {:.0}% of that)",
+                rate / raw,
                 100.0 * b,
                 100.0 * share
             );
