@@ -149,29 +149,11 @@ pub(super) async fn landed(
     }
     let now = runs.values().map(|t| t.now).max().unwrap_or_default();
     for (run_id, status) in multi {
-        // A new statement: every earlier lander committed (they all held the run row).
-        let shards: Vec<JobStatus> = tx
-            .query(
-                "SELECT status FROM jobs WHERE run_id = $1 AND kind = 'shard'",
-                &[&run_id],
-            )
-            .await?
-            .iter()
-            .filter_map(|r| r.get::<_, String>(0).parse().ok())
-            .collect();
         let has_finalizer = rows
             .iter()
             .any(|r| r.get::<_, &str>(0) == run_id && r.get::<_, bool>(5));
-        let end = shards_status(&status, shards);
-        if has_finalizer {
-            tx.exec(
-                "UPDATE runs SET shards_status = $2 WHERE id = $1",
-                &[&run_id, &end.as_str()],
-            )
-            .await?;
-            queue_finalizer(tx, &run_id, now).await?;
-        } else {
-            ends.push((run_id, end, Finalizer::None));
+        if let Some(end) = land_by_shards(tx, &run_id, &status, has_finalizer, now).await? {
+            ends.push(end);
         }
     }
     Ok(Landing {
@@ -344,6 +326,22 @@ pub(super) async fn land_aborted(tx: &mut Tx, run_id: &str, n: usize, now: i64) 
         return Ok(());
     }
     let status: String = row.get(2);
+    if let Some(end) = land_by_shards(tx, run_id, &status, row.get(3), now).await? {
+        turn_terminal(tx, vec![end], now).await?;
+    }
+    Ok(())
+}
+
+/// A run whose last shard just landed, decided from all its shards' statuses (read in
+/// a new statement: every earlier lander committed, as they all held the run row): its
+/// finalizer is queued (`None`), or the end to write.
+async fn land_by_shards(
+    tx: &mut Tx,
+    run_id: &str,
+    status: &str,
+    has_finalizer: bool,
+    now: i64,
+) -> StoreResult<Option<(String, RunStatus, Finalizer)>> {
     let shards: Vec<JobStatus> = tx
         .query(
             "SELECT status FROM jobs WHERE run_id = $1 AND kind = 'shard'",
@@ -353,15 +351,15 @@ pub(super) async fn land_aborted(tx: &mut Tx, run_id: &str, n: usize, now: i64) 
         .iter()
         .filter_map(|r| r.get::<_, String>(0).parse().ok())
         .collect();
-    let end = shards_status(&status, shards);
-    if row.get::<_, bool>(3) {
+    let end = shards_status(status, shards);
+    if has_finalizer {
         tx.exec(
             "UPDATE runs SET shards_status = $2 WHERE id = $1",
             &[&run_id, &end.as_str()],
         )
         .await?;
-        return queue_finalizer(tx, run_id, now).await;
+        queue_finalizer(tx, run_id, now).await?;
+        return Ok(None);
     }
-    turn_terminal(tx, vec![(run_id.to_string(), end, Finalizer::None)], now).await?;
-    Ok(())
+    Ok(Some((run_id.to_string(), end, Finalizer::None)))
 }
