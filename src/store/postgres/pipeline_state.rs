@@ -96,7 +96,7 @@ pub(super) async fn schedule_fire(
             )
             .await?;
         if advanced == 1 {
-            Some(super::runs::create_in_tx(tx, &p.run).await?)
+            Some(super::runs::create_in_tx(tx, &p.run, super::runs::Then::Continue).await?)
         } else {
             None
         }

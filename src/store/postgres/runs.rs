@@ -4,14 +4,46 @@
 
 use super::{PgStore, StoreError, StoreResult, Tx, in_tx};
 use crate::model::RunStatus;
-use crate::store::payload::{self};
+
+use crate::store::payload::{self, NewEvent};
 use crate::store::{AbortOutcome, PruneOutcome, RunCreateParams, RunCreated, change, claim_plan};
 
 /// Events deleted per pruned-run batch slot (as on SQLite).
 const EVENTS_PER_RUN_PRUNED: usize = 20;
 
 pub(super) async fn run_create(s: &PgStore, p: RunCreateParams) -> StoreResult<RunCreated> {
-    in_tx!(s, "run_create", tx => create_in_tx(tx, &p).await?)
+    in_tx!(s, "run_create", tx => create_in_tx(tx, &p, Then::Commit).await?)
+}
+
+/// What follows a run's creation in its transaction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Then {
+    /// Nothing: a run without an idempotency key or kept shards goes out with its
+    /// jobs, its events and COMMIT in one round trip.
+    Commit,
+    /// More statements (a schedule's advance).
+    Continue,
+}
+
+/// The `job:created` events of the run's queued shards (a re-run's kept ones are not new).
+fn shard_events(p: &RunCreateParams) -> Vec<NewEvent> {
+    let kept: Vec<&str> = p.options.kept.iter().map(|k| k.job_id.as_str()).collect();
+    p.job_ids
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| !kept.contains(&id.as_str()))
+        .map(|(i, job_id)| {
+            payload::shard_created(
+                &p.run_id,
+                job_id,
+                &p.pipeline,
+                i as u32,
+                p.job_ids.len() as u32,
+                &p.triggered_by,
+                p.actor.as_deref(),
+            )
+        })
+        .collect()
 }
 
 /// Writes a run, its jobs and their events in the open transaction (see [`run_create`]).
@@ -62,7 +94,11 @@ async fn insert_queued_jobs(tx: &Tx, p: &RunCreateParams) -> StoreResult<u64> {
     .await
 }
 
-pub(super) async fn create_in_tx(tx: &mut Tx, p: &RunCreateParams) -> StoreResult<RunCreated> {
+pub(super) async fn create_in_tx(
+    tx: &mut Tx,
+    p: &RunCreateParams,
+    then: Then,
+) -> StoreResult<RunCreated> {
     let params_text = serde_json::to_string(&p.params).unwrap_or_else(|_| "{}".into());
     let shard_count = p.job_ids.len() as i64;
     let run_values: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
@@ -88,10 +124,26 @@ pub(super) async fn create_in_tx(tx: &mut Tx, p: &RunCreateParams) -> StoreResul
     let (inserted, jobs_inserted) = if plain {
         tx.prepare(INSERT_RUN).await?;
         tx.prepare(INSERT_QUEUED_JOBS).await?;
-        let (row, _) = tokio::try_join!(
-            tx.query_opt(INSERT_RUN, &run_values),
-            insert_queued_jobs(tx, p)
-        )?;
+        // The events are known before the inserts (a failed insert rolls them back).
+        tx.emit_many(shard_events(p), p.now).await?;
+        tx.kinds |= change::WORK;
+        let (row, _) = match then {
+            Then::Commit => {
+                let events = tx.take_events();
+                let tx = &*tx;
+                let sent = async {
+                    tokio::try_join!(
+                        tx.query_opt(INSERT_RUN, &run_values),
+                        insert_queued_jobs(tx, p)
+                    )
+                };
+                tx.commit_with(events, sent).await?
+            }
+            Then::Continue => tokio::try_join!(
+                tx.query_opt(INSERT_RUN, &run_values),
+                insert_queued_jobs(tx, p)
+            )?,
+        };
         (row, true)
     } else {
         (tx.query_opt(INSERT_RUN, &run_values).await?, false)
@@ -157,26 +209,9 @@ pub(super) async fn create_in_tx(tx: &mut Tx, p: &RunCreateParams) -> StoreResul
             }
             if !jobs_inserted {
                 insert_queued_jobs(tx, p).await?;
+                tx.emit_many(shard_events(p), p.now).await?;
+                tx.kinds |= change::WORK;
             }
-            let events = p
-                .job_ids
-                .iter()
-                .enumerate()
-                .filter(|(_, id)| !kept.contains(&id.as_str()))
-                .map(|(i, job_id)| {
-                    payload::shard_created(
-                        &p.run_id,
-                        job_id,
-                        &p.pipeline,
-                        i as u32,
-                        shard_count as u32,
-                        &p.triggered_by,
-                        p.actor.as_deref(),
-                    )
-                })
-                .collect();
-            tx.emit_many(events, p.now).await?;
-            tx.kinds |= change::WORK;
             RunCreated {
                 run_id: p.run_id.clone(),
                 job_ids: p.job_ids.clone(),

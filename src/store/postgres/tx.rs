@@ -9,6 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio_postgres::Row;
 
+/// A transaction's events, in emission order (ids: the transaction id, then the index).
+const INSERT_EVENTS: &str = "INSERT INTO events (id, name, run_id, data, created_at)
+     SELECT (pg_current_xact_id()::text::bigint << 16) | e.n, e.name, e.run_id, e.data, e.at
+     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+          AS e(n, name, run_id, data, at)";
+
 use super::{StoreError, StoreResult, change, pg_err};
 
 /// Runs `$body` (an expression that may `.await` and `?`, using the transaction `$tx`) in
@@ -87,7 +93,7 @@ pub(crate) struct Tx {
     /// BEGIN was sent.
     begun: AtomicBool,
     /// COMMIT or ROLLBACK answered: the session is outside any transaction again.
-    ended: bool,
+    ended: AtomicBool,
     events: Vec<PendingEvent>,
     pub(crate) kinds: u8,
     statements: AtomicU64,
@@ -104,7 +110,7 @@ pub(crate) struct PendingEvent {
 impl Drop for Tx {
     fn drop(&mut self) {
         if self.begun.load(Ordering::Relaxed)
-            && !self.ended
+            && !self.ended.load(Ordering::Relaxed)
             && let Some(conn) = self.conn.take()
         {
             // Closing the session rolls the transaction back.
@@ -118,7 +124,7 @@ impl Tx {
         Tx {
             conn: Some(conn),
             begun: AtomicBool::new(false),
-            ended: false,
+            ended: AtomicBool::new(false),
             events: Vec::new(),
             kinds: 0,
             statements: AtomicU64::new(0),
@@ -165,23 +171,30 @@ impl Tx {
     /// committed is unknown.
     pub(crate) async fn commit(&mut self) -> Result<(), (StoreError, bool)> {
         if !self.begun.load(Ordering::Relaxed) && self.events.is_empty() {
-            self.ended = true;
+            self.ended.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        if self.ended.load(Ordering::Relaxed) {
             return Ok(());
         }
         let events = self.take_events();
-        // Only reached after a statement, so BEGIN was sent (events come with statements).
+        // Prepared first, so the insert goes out before COMMIT. Only reached after a
+        // statement, so BEGIN was sent (events come with statements).
+        if !events.is_empty() {
+            self.prepare(INSERT_EVENTS).await.map_err(|e| (e, false))?;
+        }
         let (inserted, committed) = tokio::join!(
             self.insert_events(events),
             self.client().batch_execute("COMMIT")
         );
         match (inserted, committed) {
             (Ok(()), Ok(())) => {
-                self.ended = true;
+                self.ended.store(true, Ordering::Relaxed);
                 Ok(())
             }
             // A statement that failed aborted the transaction: COMMIT rolled it back.
             (Err(e), Ok(())) if !e.is_unavailable() => {
-                self.ended = true;
+                self.ended.store(true, Ordering::Relaxed);
                 Err((e, false))
             }
             (Err(e), _) => Err((e.at_commit(), true)),
@@ -189,14 +202,47 @@ impl Tx {
         }
     }
 
+    /// Sends `last` (statements prepared already, so each goes out when first polled),
+    /// `events` and COMMIT in one round trip, and ends the transaction (the commit that
+    /// [`in_tx!`] would send is then skipped). An answer lost on the way is ambiguous:
+    /// COMMIT was sent.
+    pub(crate) async fn commit_with<T>(
+        &self,
+        events: Vec<PendingEvent>,
+        last: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        if !events.is_empty() {
+            self.prepare(INSERT_EVENTS).await?;
+        }
+        let (out, inserted, committed) = tokio::join!(
+            last,
+            self.insert_events(events),
+            self.client().batch_execute("COMMIT")
+        );
+        let committed = committed.map_err(|e| pg_err(e).at_commit());
+        match (out, inserted, committed) {
+            (Ok(out), Ok(()), Ok(())) => {
+                self.ended.store(true, Ordering::Relaxed);
+                Ok(out)
+            }
+            // A failed statement aborted the transaction: COMMIT rolled it back.
+            (Err(e), _, Ok(())) | (Ok(_), Err(e), Ok(())) if !e.is_unavailable() => {
+                self.ended.store(true, Ordering::Relaxed);
+                Err(e)
+            }
+            (Err(e), _, _) | (Ok(_), Err(e), _) => Err(e.at_commit()),
+            (Ok(_), Ok(()), Err(e)) => Err(e),
+        }
+    }
+
     /// Rolls back (a session that cannot is closed when the transaction is dropped).
     pub(crate) async fn rollback(&mut self) {
-        if !self.begun.load(Ordering::Relaxed) {
-            self.ended = true;
+        if !self.begun.load(Ordering::Relaxed) || self.ended.load(Ordering::Relaxed) {
+            self.ended.store(true, Ordering::Relaxed);
             return;
         }
         if self.client().batch_execute("ROLLBACK").await.is_ok() {
-            self.ended = true;
+            self.ended.store(true, Ordering::Relaxed);
         }
     }
 
@@ -289,14 +335,8 @@ impl Tx {
         let runs: Vec<&str> = events.iter().map(|e| e.run_id.as_str()).collect();
         let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
         let at: Vec<i64> = events.iter().map(|e| e.at).collect();
-        self.exec(
-            "INSERT INTO events (id, name, run_id, data, created_at)
-             SELECT (pg_current_xact_id()::text::bigint << 16) | e.n, e.name, e.run_id, e.data, e.at
-             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[])
-                  AS e(n, name, run_id, data, at)",
-            &[&index, &names, &runs, &data, &at],
-        )
-        .await?;
+        self.exec(INSERT_EVENTS, &[&index, &names, &runs, &data, &at])
+            .await?;
         Ok(())
     }
 }
