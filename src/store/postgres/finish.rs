@@ -51,9 +51,9 @@ struct Ending<'p> {
 ///
 /// Statements that do not wait on each other's answers go out together (tokio-postgres
 /// pipelines the queries of one connection that are awaited at once): the fenced read
-/// with the write when every end is decided without its row, and the runs' terminal
-/// update with the events and the claim. A batch of completions costs four round trips
-/// and COMMIT.
+/// with the write (and the landing) when every end is decided without its row, and the
+/// runs' terminal update with the events and the claim. A batch of completions costs two
+/// round trips and COMMIT (BEGIN rides with the first).
 pub(super) async fn finish_batch(
     tx: &mut Tx,
     batch: &[JobFinishParams],
@@ -70,7 +70,7 @@ pub(super) async fn finish_batch(
     // own condition, and the read (sent first, locking in id order) sees the rows as
     // they were before it. The landing goes too, computed as if every end is still its
     // execution's (a job id names its run and kind); when one is not (a stale end), the
-    // transaction is rolled back and run again reading first.
+    // transaction is rolled back and run again landing only what the read found held.
     let parsed: Option<Vec<_>> = batch.iter().map(|p| parse_job_id(&p.job_id).ok()).collect();
     let run_ids: Vec<String> = parsed
         .iter()
