@@ -116,7 +116,8 @@ pub(super) async fn write_batch(
     batch: Vec<JobFinishParams>,
 ) -> Vec<StoreResult<FinishOutcome>> {
     let claim = combined_claim(&batch);
-    // Set when a batch landed before its rows were read met a stale end: the retry lands only what its read found held.
+    // Set when a batch landed before its rows were read met a stale end: the retry
+    // lands only what its read found held.
     let careful = AtomicBool::new(false);
     let written = in_tx!(s, "job_finish", tx => {
         let (mut outs, claimed) = finish_batch(tx, &batch, claim.as_ref(), &careful).await?;
