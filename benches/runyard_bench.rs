@@ -23,7 +23,10 @@
 //! (i) the server CPU that 100 viewers of 100 busy jobs' log streams cost ([`watch`]),
 //!     also on PostgreSQL with a database URL;
 //! (j) claim latency with a million queued jobs (mixed priorities, a tenth held) next
-//!     to a thousand, on SQLite and PostgreSQL ([`claim_depth`]).
+//!     to a thousand, on SQLite and PostgreSQL ([`claim_depth`]);
+//! (k) runyard's count of the statements it sends against `pg_stat_statements` in a
+//!     throwaway PostgreSQL cluster the bench starts ([`pgss`]; needs the server
+//!     binaries).
 //!
 //! With `BENCH_DATABASE_URL` (or `TEST_DATABASE_URL`) set, (a) also runs on PostgreSQL
 //! (a fresh schema per round) next to SQLite, and (e) runs; (f) also needs
@@ -33,14 +36,16 @@
 //! `BENCH_QUEUED` (100000), `BENCH_ROUNDS` (3), `BENCH_LATENCY_SAMPLES` (200),
 //! `BENCH_STORE_SECS` (8), `BENCH_ABORTS` (30), `BENCH_WAKE_SAMPLES` (100),
 //! `BENCH_SCALE_RUNS` (2000), `BENCH_HOST_KILLS` (5), `BENCH_WATCH_RUNS` (2000),
-//! `BENCH_WATCHERS` (1000), `BENCH_VIEWERS` (100), `BENCH_DEEP` (1000000), `BENCH_ONLY` (a subset of
-//! the letters `abcdefghij`), `BENCH_BIN` (the server binary to measure; default: this
+//! `BENCH_WATCHERS` (1000), `BENCH_VIEWERS` (100), `BENCH_DEEP` (1000000), `BENCH_PGSS_RUNS` (2000),
+//! `BENCH_ONLY` (a subset of the letters `abcdefghijk`), `BENCH_BIN` (the server binary to measure; default: this
 //! build's, so a landed binary can be measured with the same bench).
 
 #[path = "runyard_bench/claim_depth.rs"]
 mod claim_depth;
 #[path = "runyard_bench/hosts.rs"]
 mod hosts;
+#[path = "runyard_bench/pgss.rs"]
+mod pgss;
 #[path = "runyard_bench/replicas.rs"]
 mod replicas;
 #[path = "runyard_bench/store.rs"]
@@ -360,7 +365,7 @@ async fn bench_throughput(pg: Option<&str>, runs: usize, rounds: usize) {
 }
 
 /// `op → (statements, commits)` from the node's `runyard_store_*_total` counters.
-async fn store_traffic(
+pub(crate) async fn store_traffic(
     http: &reqwest::Client,
     base: &str,
 ) -> std::collections::BTreeMap<String, (u64, u64)> {
@@ -572,7 +577,7 @@ fn main() {
                 .unwrap_or(1)
         );
         // BENCH_ONLY=a,c runs a subset.
-        let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcdefghij".into());
+        let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcdefghijk".into());
         let pg = database_url();
         if pg.is_none() && (only.contains('a') || only.contains('e') || only.contains('g')) {
             println!("(PostgreSQL figures skipped: set BENCH_DATABASE_URL or TEST_DATABASE_URL)\n");
@@ -594,6 +599,9 @@ fn main() {
         }
         if let (true, Some(url)) = (only.contains('e'), &pg) {
             store::bench_store(url, rounds, env_usize("BENCH_STORE_SECS", 8) as u64).await;
+        }
+        if only.contains('k') {
+            pgss::bench_pgss(env_usize("BENCH_PGSS_RUNS", 2000)).await;
         }
         if only.contains('j') {
             claim_depth::bench_claim_depth(pg.as_deref(), env_usize("BENCH_DEEP", 1_000_000)).await;

@@ -537,7 +537,11 @@ circuit_cooldown = "3s"
     std::fs::write(work.path().join("fixed"), "").unwrap();
     let run = s.wait_run(&mut events, &first, T).await;
     assert_eq!(run["status"], "completed");
-    assert_eq!(lines(&work.path().join("count")).len(), 4);
+    // Three failures opened it and the trial after the fix closed it: four setups. A
+    // trial the cool-down let in before the fix was written (a loaded machine: the steps
+    // above took over 3 s) failed and reopened it, one more each time.
+    let setups = lines(&work.path().join("count")).len();
+    assert!(setups >= 4, "{setups} setups");
     let (_, p) = s.get("/api/pipelines").await;
     assert_eq!(p["pipelines"][0]["circuit"], "closed");
     assert_eq!(p["pipelines"][0]["setup"]["nodes"][0]["setup"], "ready");

@@ -1,0 +1,159 @@
+//! (k) The store's own count of what it sends, checked against the server's: a
+//! throwaway PostgreSQL cluster (`initdb` in a temporary directory, a free port,
+//! `pg_stat_statements` preloaded with `track = all`) drains (a)'s workload, and the
+//! client statements the server saw per run are printed next to runyard's
+//! `runyard_store_*_total`. Needs PostgreSQL's server binaries (`pg_config --bindir`);
+//! as root the cluster runs as the `postgres` user (`initdb` refuses root).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::{Server, counts, ingest, store_traffic, wait_finished};
+
+fn bindir() -> Option<PathBuf> {
+    let out = Command::new("pg_config").arg("--bindir").output().ok()?;
+    let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    dir.join("initdb").exists().then_some(dir)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Runs a server binary of PostgreSQL, as `postgres` when we are root.
+fn pg(bin: &Path, args: &[&str]) -> bool {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    cmd.args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn psql(url: &str, sql: &str) -> Option<String> {
+    let out = Command::new("psql")
+        .args([url, "-Atc", sql])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub async fn bench_pgss(runs: usize) {
+    println!(
+        "(k) statements per run, runyard's count against pg_stat_statements in a throwaway cluster"
+    );
+    let Some(bin) = bindir() else {
+        println!("    (skipped: no PostgreSQL server binaries; pg_config --bindir)\n");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    if is_root() {
+        let _ = Command::new("chown")
+            .args(["postgres", dir.path().to_str().unwrap()])
+            .status();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let options = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c shared_preload_libraries=pg_stat_statements \
+         -c pg_stat_statements.track=all -c max_connections=100",
+        dir.path().display()
+    );
+    let log = dir.path().join("log");
+    let started = pg(
+        &bin.join("initdb"),
+        &[
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+        ],
+    ) && pg(
+        &bin.join("pg_ctl"),
+        &[
+            "-D",
+            data.to_str().unwrap(),
+            "-o",
+            &options,
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "start",
+        ],
+    );
+    if !started {
+        println!("    (skipped: the throwaway cluster did not start)\n");
+        return;
+    }
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let measured = async {
+        psql(&url, "CREATE EXTENSION pg_stat_statements")?;
+        let server = Server::start_on(
+            Some(&url),
+            "max_workers = 2",
+            "[pipelines.noop]\ncommand = [\"/bin/true\"]\n",
+        )
+        .await;
+        let http = reqwest::Client::new();
+        // Only the drain and its triggers: reset after start-up (migrations, registration).
+        psql(&url, "SELECT pg_stat_statements_reset()")?;
+        let (_, ids) = ingest(&server.base, "noop", runs, 16).await;
+        let last = format!("{}/api/runs/{}", server.base, ids.iter().max().unwrap());
+        wait_finished(&http, &last, Duration::from_millis(20)).await;
+        while counts(&http, &server.base, "noop").await != (0, 0) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let ours: u64 = store_traffic(&http, &server.base)
+            .await
+            .values()
+            .map(|(statements, _)| statements)
+            .sum();
+        // What the server executed for runyard's writes and reads: every statement
+        // except the transaction's own BEGIN/COMMIT/ROLLBACK and this check's.
+        let seen = psql(
+            &url,
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements
+             WHERE query !~* '^(BEGIN|START TRANSACTION|COMMIT|ROLLBACK)' AND query !~* 'pg_stat_statements'",
+        )?;
+        let transactions = psql(
+            &url,
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query ~* '^COMMIT'",
+        )?;
+        Some((ours, seen.parse::<u64>().ok()?, transactions.parse::<u64>().ok()?))
+    }
+    .await;
+    pg(
+        &bin.join("pg_ctl"),
+        &["-D", data.to_str().unwrap(), "-m", "fast", "stop"],
+    );
+    match measured {
+        Some((ours, seen, commits)) => {
+            let per = |n: u64| n as f64 / runs as f64;
+            println!(
+                "    {runs} runs: runyard counted {:.2} write statements per run; the server executed {:.2} \
+                 statements per run (writes and reads, without BEGIN/COMMIT) and {:.2} COMMITs\n",
+                per(ours),
+                per(seen),
+                per(commits)
+            );
+        }
+        None => println!("    (skipped: psql could not query the throwaway cluster)\n"),
+    }
+}
