@@ -83,7 +83,7 @@ pub(super) async fn job_finish(s: &PgStore, p: JobFinishParams) -> StoreResult<F
         tokio::select! {
             biased;
             got = &mut answer => {
-                // A leader dropped mid-batch (its task was cancelled): whether that
+                // A writer dropped mid-batch (its task was cancelled): whether that
                 // transaction committed is unknown.
                 return got.unwrap_or_else(|_| Err(StoreError::Ambiguous {
                     message: "the transaction writing this end was abandoned".into(),
