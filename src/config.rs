@@ -519,7 +519,7 @@ pub struct Pipeline {
     /// Base of the exponential retry backoff.
     pub retry_backoff: Duration,
     /// Which failed exit codes are retried (`retry_exit_codes` / `no_retry_exit_codes`).
-    pub retry_on: crate::store::transition::RetryOn,
+    pub retry_on: crate::model::RetryOn,
     /// Jobs of this pipeline running at once over all nodes; 0 = no cap.
     pub concurrency: u32,
     /// Claim order of its runs (higher first), unless a trigger gives its own.
@@ -1631,12 +1631,8 @@ impl Loader<'_> {
 
     /// `retry_exit_codes` (only these codes are retried) or `no_retry_exit_codes` (these
     /// are not): one of them at most, each a non-empty list of codes 1–255.
-    fn retry_on(
-        &self,
-        t: &str,
-        rp: &RawPipeline,
-    ) -> Result<crate::store::transition::RetryOn, ConfigError> {
-        use crate::store::transition::RetryOn;
+    fn retry_on(&self, t: &str, rp: &RawPipeline) -> Result<crate::model::RetryOn, ConfigError> {
+        use crate::model::RetryOn;
         let codes = |key: &str, list: &[i64]| -> Result<Vec<i32>, ConfigError> {
             if list.is_empty() {
                 return Err(self.invalid(t, Some(key), "must list at least one exit code"));
@@ -1844,7 +1840,7 @@ impl Loader<'_> {
         }
         let retry_on = self.retry_on(t, rp)?;
         let (schedule, schedule_params) = self.schedule(t, rp, &params)?;
-        let range = crate::store::claim_plan::PRIORITY_RANGE;
+        let range = crate::model::PRIORITY_RANGE;
         let priority = match rp.priority {
             None => 0,
             Some(p) => i32::try_from(p)
@@ -2101,7 +2097,7 @@ pattern = "[a-z]+"
 
     #[test]
     fn exit_code_retry_rules_are_one_list_of_failing_codes_or_a_start_error() {
-        use crate::store::transition::RetryOn;
+        use crate::model::RetryOn;
         let base = "[pipelines.x]\ncommand = [\"true\"]\nmax_attempts = 3\n";
         let s = load(&format!("{base}no_retry_exit_codes = [1, 1, 2]\n")).unwrap();
         assert_eq!(s.pipelines["x"].retry_on, RetryOn::Except(vec![1, 2]));

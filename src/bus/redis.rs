@@ -137,7 +137,7 @@ impl RedisBus {
         let named = info
             .redis_settings()
             .clone()
-            .set_lib_name("runyard", crate::metrics::VERSION);
+            .set_lib_name("runyard", env!("CARGO_PKG_VERSION"));
         let client = redis::Client::open(info.set_redis_settings(named)).map_err(bad)?;
         let (outbox, outgoing) = mpsc::channel(1024);
         let shared = Arc::new(Shared {

@@ -1,10 +1,12 @@
-//! Pure domain types shared by every module: ids, statuses and event names.
+//! Pure domain types shared by every module: ids, statuses, event names and the
+//! policy rules a pipeline states (retried exit codes, priorities).
 //!
 //! Nothing here does I/O; `model` is the one module everyone may import, so it
 //! stays free of tokio, SQL and the file system.
 
 mod event;
 mod id;
+mod policy;
 mod status;
 
 pub use event::EventName;
@@ -12,4 +14,5 @@ pub use id::{
     JobIdError, JobKind, JobPart, MIN_SHORT_ID, RunId, canonical_job_id, finalize_job_id,
     job_id_for, parse_job_id, short_run_id,
 };
+pub use policy::{PRIORITY_RANGE, RetryOn};
 pub use status::{JobStatus, Reason, RunStatus, StatusParseError};

@@ -8,41 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Inner, POLL_BACKSTOP, job, rescuer};
-use crate::store::{JobClaimParams, change};
-
-/// A claim of up to `max` jobs for this node, at a time no other claim of this node has
-/// (so a claim whose commit answer was lost can be found again by its `claimed_at`).
-/// Pipelines whose setup circuit is open on this node are left out.
-pub(super) fn claim_params(inner: &Inner, max: usize) -> JobClaimParams {
-    use std::sync::atomic::Ordering;
-    let clock = inner.store.clock_ms();
-    let mut last = inner.last_claim_at.load(Ordering::Acquire);
-    let now = loop {
-        let now = clock.max(last + 1);
-        match inner.last_claim_at.compare_exchange_weak(
-            last,
-            now,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => break now,
-            Err(seen) => last = seen,
-        }
-    };
-    JobClaimParams {
-        node_id: inner.node.id.clone(),
-        max,
-        global_cap: inner.settings.server.max_workers_global,
-        pipelines: inner
-            .claimable
-            .iter()
-            .filter(|(name, _)| inner.setups.claimable(name, now))
-            .map(|(name, cap)| (name.clone(), *cap))
-            .collect(),
-        now,
-    }
-}
+use super::{Inner, POLL_BACKSTOP, claim_params, job, rescuer};
+use crate::store::change;
 
 pub(super) async fn claim_loop(inner: Arc<Inner>) {
     let mut work = inner.store.changes().subscribe(change::WORK);

@@ -20,14 +20,13 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use super::Inner;
 use super::abort::{CancelCause, Handle};
-use super::claim::claim_params;
 use super::job_output::{OutputSink, Persist};
 use super::journal::Entry;
 use super::rescuer;
 use super::setup::{SetupBlocked, SetupContext};
 use super::workdir::WorkDir;
+use super::{Inner, claim_params};
 use crate::config::Pipeline;
 use crate::executor::{Collector, Ending, Exit, Running, SpawnSpec};
 use crate::metrics::JobEnd;

@@ -765,3 +765,36 @@ const REAPER_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The delay before the claim loop looks again without a wake-up (the poll backstop).
 pub(crate) const POLL_BACKSTOP: Duration = Duration::from_secs(1);
+
+/// A claim of up to `max` jobs for this node, at a time no other claim of this node has
+/// (so a claim whose commit answer was lost can be found again by its `claimed_at`).
+/// Pipelines whose setup circuit is open on this node are left out.
+fn claim_params(inner: &Inner, max: usize) -> crate::store::JobClaimParams {
+    use std::sync::atomic::Ordering;
+    let clock = inner.store.clock_ms();
+    let mut last = inner.last_claim_at.load(Ordering::Acquire);
+    let now = loop {
+        let now = clock.max(last + 1);
+        match inner.last_claim_at.compare_exchange_weak(
+            last,
+            now,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => break now,
+            Err(seen) => last = seen,
+        }
+    };
+    crate::store::JobClaimParams {
+        node_id: inner.node.id.clone(),
+        max,
+        global_cap: inner.settings.server.max_workers_global,
+        pipelines: inner
+            .claimable
+            .iter()
+            .filter(|(name, _)| inner.setups.claimable(name, now))
+            .map(|(name, cap)| (name.clone(), *cap))
+            .collect(),
+        now,
+    }
+}

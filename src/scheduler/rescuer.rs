@@ -133,7 +133,7 @@ pub(crate) async fn resolve_forgotten(inner: &Arc<Inner>) -> Result<usize, Store
 /// taken (claimed at one of `claimed_at`, not running here, never started): back to the
 /// queue without spending an attempt or a requeue, instead of waiting for the
 /// forgotten-job check a heartbeat later. Every claim of a node has a time of its own
-/// (`claim::claim_params`), so no job of another claim is touched. If the store cannot
+/// (`claim_params` in `scheduler/mod.rs`), so no job of another claim is touched. If the store cannot
 /// be read now, that check still resolves them later.
 pub(crate) async fn release_lost_claims(inner: &Inner, claimed_at: &[i64]) {
     let mut delay = std::time::Duration::from_millis(50);

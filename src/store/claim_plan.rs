@@ -68,8 +68,7 @@ pub fn leave_out_paused(plan: &mut ClaimPlan, paused: &std::collections::HashSet
     }
 }
 
-/// The priorities a run may have: higher is claimed first.
-pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -100..=100;
+pub use crate::model::PRIORITY_RANGE;
 
 /// Whether a job due at `run_after` waits, held out of the claim index, at `now`: a
 /// delayed run's shards and a retry in its backoff. Held jobs are released by the claim
