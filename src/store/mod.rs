@@ -401,6 +401,14 @@ impl Traffic {
         entry.1 += commits;
     }
 
+    /// `(backend, op, statements, commits)` so far, as [`Store::traffic`] answers.
+    pub fn by_backend(&self, backend: &'static str) -> Vec<(&'static str, &'static str, u64, u64)> {
+        self.snapshot()
+            .into_iter()
+            .map(|(op, s, c)| (backend, op, s, c))
+            .collect()
+    }
+
     /// `(op, statements, commits)` so far.
     pub fn snapshot(&self) -> Vec<(&'static str, u64, u64)> {
         let by_op = self.0.lock().unwrap_or_else(|e| e.into_inner());

@@ -560,11 +560,7 @@ impl Store for PgStore {
     }
 
     fn traffic(&self) -> Vec<(&'static str, &'static str, u64, u64)> {
-        self.traffic
-            .snapshot()
-            .into_iter()
-            .map(|(op, s, c)| ("postgres", op, s, c))
-            .collect()
+        self.traffic.by_backend("postgres")
     }
 
     fn clock_ms(&self) -> i64 {

@@ -482,8 +482,6 @@ fn emit(conn: &Connection, mut event: NewEvent, now: i64) -> StoreResult<()> {
     Ok(())
 }
 
-// ---------------------------------------------------------------- read helpers
-
 #[async_trait]
 impl Store for SqliteStore {
     fn changes(&self) -> &ChangeFeed {
@@ -491,11 +489,7 @@ impl Store for SqliteStore {
     }
 
     fn traffic(&self) -> Vec<(&'static str, &'static str, u64, u64)> {
-        self.traffic
-            .snapshot()
-            .into_iter()
-            .map(|(op, s, c)| ("sqlite", op, s, c))
-            .collect()
+        self.traffic.by_backend("sqlite")
     }
 
     async fn run_create(&self, p: RunCreateParams) -> StoreResult<RunCreated> {
