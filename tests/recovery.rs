@@ -91,6 +91,7 @@ async fn a_reused_pid_is_never_signalled_and_the_orphan_is_requeued() {
         slots: 1,
         started_at: 0,
         heartbeat_at: runyard::clock::now_ms(), // a fresh heartbeat must not save it
+        ..Default::default()
     };
     store.node_register(dead.clone()).await.unwrap();
     let job = queue_claimed(&store, &dead.id, 2).await;

@@ -32,6 +32,7 @@ fn node() -> NodeRow {
         slots: 1,
         started_at: 0,
         heartbeat_at: 0,
+        ..Default::default()
     }
 }
 

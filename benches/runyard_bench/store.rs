@@ -54,6 +54,7 @@ pub async fn worker(url: &str, schema: &str, secs: u64, cap: usize) {
             slots: TASKS as u32,
             started_at: now,
             heartbeat_at: now,
+            ..Default::default()
         })
         .await
         .unwrap();

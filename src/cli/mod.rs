@@ -693,6 +693,13 @@ async fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<u8> {
     let listener = tokio::net::TcpListener::bind(settings.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
+    if settings.server.node_name.is_none() {
+        let port = listener.local_addr()?.port();
+        settings.server.node_name = Some(crate::config::default_node_name(
+            &crate::executor::process::hostname(),
+            port,
+        ));
+    }
     // Descendants that escape a job's process group are re-parented to us, to be swept.
     if let Err(e) = crate::executor::reaper::enable() {
         tracing::warn!(

@@ -6,6 +6,7 @@
 
 mod event;
 mod id;
+mod placement;
 mod policy;
 mod status;
 
@@ -13,6 +14,9 @@ pub use event::EventName;
 pub use id::{
     JobIdError, JobKind, JobPart, MIN_SHORT_ID, RunId, canonical_job_id, finalize_job_id,
     job_id_for, parse_job_id, short_run_id,
+};
+pub use placement::{
+    Labels, Requirement, Requirements, check_label_name, parse_labels, satisfies, unmet, unplaceable,
 };
 pub use policy::{PRIORITY_RANGE, RetryOn};
 pub use status::{JobStatus, Reason, RunStatus, StatusParseError};

@@ -23,6 +23,7 @@ mod journal;
 mod lease;
 mod outbox;
 mod placement;
+pub mod registration;
 pub mod rescuer;
 mod schedules;
 mod setup;
@@ -225,6 +226,8 @@ pub(crate) struct Inner {
     webhooks: Option<Arc<Webhooks>>,
     /// This node's instruments.
     metrics: Arc<Metrics>,
+    /// Whether this node's config digest differs from its live peers' (last seen).
+    config_differs: std::sync::atomic::AtomicBool,
 }
 
 /// Handle to this node's scheduler.
@@ -253,14 +256,28 @@ impl Scheduler {
             slots: settings.server.max_workers as u32,
             started_at: now,
             heartbeat_at: now,
+            name: settings.server.node_name.clone().unwrap_or_else(|| {
+                crate::config::default_node_name(&process::hostname(), settings.server.listen.port())
+            }),
+            url: settings.server.advertise_url.clone(),
+            labels: settings.server.labels.clone(),
+            config_digest: settings.config_digest(),
         };
         let registering = std::time::Instant::now();
-        store.node_register(node.clone()).await?;
         let redactor =
             Some(Arc::new(Redactor::new(settings.secrets.values()))).filter(|r| !r.is_empty());
+        // Placement inside the claim: a node claims only from the pipelines whose
+        // `requires` its labels meet (requirements are per pipeline, so this is exact).
         let claimable = settings
             .pipelines
             .iter()
+            .filter(|(name, p)| match crate::model::unmet(&p.requires, &settings.server.labels) {
+                None => true,
+                Some(why) => {
+                    tracing::info!(pipeline = %name, "this node claims none of its jobs: {why}");
+                    false
+                }
+            })
             .map(|(name, p)| (name.clone(), p.concurrency))
             .collect();
         let lease = lease::Lease::new(3 * settings.server.heartbeat, registering);
@@ -296,7 +313,12 @@ impl Scheduler {
             redactor,
             webhooks,
             metrics,
+            config_differs: std::sync::atomic::AtomicBool::new(false),
         });
+        let taken_back = registration::register(&inner).await?;
+        if taken_back.dead_nodes > 0 {
+            tracing::info!(report = ?taken_back, "resolved what this node's previous life left");
+        }
         match rescuer::run_once(&inner).await {
             Ok(report) if report.orphans > 0 || report.dead_nodes > 0 => {
                 tracing::info!(

@@ -63,36 +63,12 @@ pub(crate) async fn run_once(inner: &Arc<Inner>) -> Result<RescueReport, StoreEr
     let lease_ms = inner.lease.length().as_millis() as i64;
     let by_age = inner.lease.may_judge_by_age();
     let nodes = inner.store.nodes_list().await?;
+    super::registration::note_config_drift(inner, &nodes);
     for node in nodes
         .iter()
         .filter(|n| is_dead(&inner.node, n, lease_ms, inner.store.clock_ms(), by_age))
     {
-        // Claim the rescue: lost to another rescuer, or the node beat meanwhile.
-        if !inner
-            .store
-            .node_remove_stale(&node.id, node.heartbeat_at)
-            .await?
-        {
-            continue;
-        }
-        report.dead_nodes += 1;
-        crate::metrics::Metrics::add(&inner.metrics.nodes_declared_dead, 1);
-        tracing::warn!(
-            dead_node = %node.id,
-            host = %node.host,
-            silent_ms = inner.store.clock_ms() - node.heartbeat_at,
-            "declared a node dead; resolving its jobs"
-        );
-        let same_scope = node.host == inner.node.host && node.boot_id == inner.node.boot_id;
-        for job in inner.store.jobs_running_on(&node.id).await? {
-            if same_scope {
-                report.groups_killed += kill_leftovers(&job);
-            }
-            if resolve(inner, &job).await? {
-                report.orphans += 1;
-                tracing::info!(job = %job.id, dead_node = %node.id, "resolved orphaned job");
-            }
-        }
+        rescue(inner, node, &mut report).await?;
     }
     // Jobs left `running` by a node that is gone without a trace (its end could not be
     // recorded before it stopped, or its rescuer died after removing its row).
@@ -104,6 +80,44 @@ pub(crate) async fn run_once(inner: &Arc<Inner>) -> Result<RescueReport, StoreEr
     }
     crate::metrics::Metrics::add(&inner.metrics.orphans_recovered, report.orphans as u64);
     Ok(report)
+}
+
+/// Rescues one node judged dead: a compare-and-delete of its row on the heartbeat that
+/// was judged (lost to another rescuer, or the node beat meanwhile: nothing is done,
+/// `false`), then each of its running jobs resolved with one fenced write, leftover
+/// process groups on this host killed first.
+pub(crate) async fn rescue(
+    inner: &Inner,
+    node: &NodeRow,
+    report: &mut RescueReport,
+) -> Result<bool, StoreError> {
+    if !inner
+        .store
+        .node_remove_stale(&node.id, node.heartbeat_at)
+        .await?
+    {
+        return Ok(false);
+    }
+    report.dead_nodes += 1;
+    crate::metrics::Metrics::add(&inner.metrics.nodes_declared_dead, 1);
+    tracing::warn!(
+        dead_node = %node.id,
+        dead_node_name = %node.name,
+        host = %node.host,
+        silent_ms = inner.store.clock_ms() - node.heartbeat_at,
+        "declared a node dead; resolving its jobs"
+    );
+    let same_scope = node.host == inner.node.host && node.boot_id == inner.node.boot_id;
+    for job in inner.store.jobs_running_on(&node.id).await? {
+        if same_scope {
+            report.groups_killed += kill_leftovers(&job);
+        }
+        if resolve(inner, &job).await? {
+            report.orphans += 1;
+            tracing::info!(job = %job.id, dead_node = %node.id, "resolved orphaned job");
+        }
+    }
+    Ok(true)
 }
 
 /// Jobs the store says run here but this node no longer runs (their end could not be
@@ -251,6 +265,7 @@ mod tests {
             slots: 2,
             started_at: 0,
             heartbeat_at: beat,
+            ..Default::default()
         }
     }
 

@@ -507,7 +507,7 @@ pub enum AbortOutcome {
 }
 
 /// A node's registration row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeRow {
     /// Random per boot of the process.
@@ -528,7 +528,45 @@ pub struct NodeRow {
     pub started_at: i64,
     /// Last heartbeat (epoch ms).
     pub heartbeat_at: i64,
+    /// Its name, unique among registered nodes (empty for a node from before names).
+    pub name: String,
+    /// Where its API is reached (`advertise_url`), if it said.
+    pub url: Option<String>,
+    /// Its labels, matched against pipelines' `requires`.
+    pub labels: crate::model::Labels,
+    /// Digest of the config it runs ([`crate::config::Settings::config_digest`]).
+    pub config_digest: String,
 }
+
+impl NodeRow {
+    /// `{"url", "labels", "configDigest"}`: the `info` column both stores keep.
+    pub fn info_json(&self) -> String {
+        serde_json::json!({"url": self.url, "labels": self.labels, "configDigest": self.config_digest})
+            .to_string()
+    }
+
+    /// Fills `url`, `labels` and `config_digest` from an `info` column (absent or
+    /// unreadable: left empty, as for a node from before names).
+    pub fn with_info(mut self, info: Option<&str>) -> NodeRow {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(rename_all = "camelCase", default)]
+        struct Info {
+            url: Option<String>,
+            labels: crate::model::Labels,
+            config_digest: String,
+        }
+        let info: Info = info
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or_default();
+        self.url = info.url;
+        self.labels = info.labels;
+        self.config_digest = info.config_digest;
+        self
+    }
+}
+
+/// How long a node id's name is kept after the node is gone (`node_names`).
+pub const NODE_NAME_KEEP_MS: i64 = 90 * 86_400_000;
 
 /// `node_heartbeat` input.
 #[derive(Debug, Clone)]
@@ -803,6 +841,9 @@ pub struct PipelineCounts {
     pub queued: u64,
     /// Running jobs.
     pub running: u64,
+    /// The earliest due time (epoch ms) of its queued jobs, delayed ones included; `None`
+    /// when none is queued.
+    pub oldest_due_at: Option<i64>,
 }
 
 /// A completion webhook due for delivery, leased to one node.
@@ -1030,6 +1071,9 @@ pub trait Store: Send + Sync {
     async fn node_remove_stale(&self, node_id: &str, seen_heartbeat_at: i64) -> StoreResult<bool>;
     /// Every registered node.
     async fn nodes_list(&self) -> StoreResult<Vec<NodeRow>>;
+    /// The name of every node id registered in the last [`NODE_NAME_KEEP_MS`], live or
+    /// gone (a finished job's view names the node that ran it).
+    async fn node_names(&self) -> StoreResult<HashMap<String, String>>;
     /// Jobs in `running` owned by a node.
     async fn jobs_running_on(&self, node_id: &str) -> StoreResult<Vec<RunningJob>>;
     /// Jobs in `running` whose node has no row any more (stranded: e.g. their end could not

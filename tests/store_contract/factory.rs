@@ -205,5 +205,6 @@ pub fn node_row(id: &str) -> NodeRow {
         slots: 2,
         started_at: 0,
         heartbeat_at: 0,
+        ..Default::default()
     }
 }

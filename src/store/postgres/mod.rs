@@ -80,6 +80,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres_0005_queue_order.sql"),
     include_str!("../migrations/postgres_0006_schedules.sql"),
     include_str!("../migrations/postgres_0007_aborted_by.sql"),
+    include_str!("../migrations/postgres_0008_node_names.sql"),
 ];
 /// The schema version this build migrates to (the number of migrations).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -642,6 +643,9 @@ impl Store for PgStore {
     }
     async fn nodes_list(&self) -> StoreResult<Vec<NodeRow>> {
         self.read_nodes().await
+    }
+    async fn node_names(&self) -> StoreResult<HashMap<String, String>> {
+        self.read_node_names().await
     }
     async fn jobs_running_on(&self, node_id: &str) -> StoreResult<Vec<RunningJob>> {
         self.read_running_on(node_id).await

@@ -7,17 +7,34 @@ use super::{PgStore, StoreResult, in_tx};
 use crate::store::{HeartbeatOutcome, NodeHeartbeatParams, NodeRow};
 
 pub(super) async fn node_register(s: &PgStore, node: NodeRow) -> StoreResult<()> {
+    // A name held by another registered node fails the insert (unique index):
+    // `StoreError::Conflict`, which the caller reports with that node's host and pid.
     in_tx!(s, "node_register", tx => {
         tx.exec(
-            "INSERT INTO nodes (id, host, pid, proc_start, boot_id, slots, started_at, heartbeat_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO nodes (id, host, pid, proc_start, boot_id, slots, started_at, heartbeat_at, name, info)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULLIF($9, ''), $10)
              ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,
                  proc_start = EXCLUDED.proc_start, boot_id = EXCLUDED.boot_id, slots = EXCLUDED.slots,
-                 started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at",
+                 started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at,
+                 name = EXCLUDED.name, info = EXCLUDED.info",
             &[&node.id, &node.host, &(node.pid as i64), &(node.proc_start as i64), &node.boot_id,
-              &(node.slots as i64), &node.started_at, &node.heartbeat_at],
+              &(node.slots as i64), &node.started_at, &node.heartbeat_at, &node.name, &node.info_json()],
         )
         .await?;
+        if !node.name.is_empty() {
+            tx.exec(
+                "INSERT INTO node_names (id, name, started_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name",
+                &[&node.id, &node.name, &node.started_at],
+            )
+            .await?;
+            tx.exec(
+                "DELETE FROM node_names n WHERE n.started_at < $1
+                   AND NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.id = n.id)",
+                &[&(node.started_at - crate::store::NODE_NAME_KEEP_MS)],
+            )
+            .await?;
+        }
     })
 }
 

@@ -291,7 +291,8 @@ async fn tail_lines<C: GenericClient>(
 
 impl PgStore {
     pub(super) async fn read_nodes(&self) -> StoreResult<Vec<NodeRow>> {
-        read!(self, c => rows(c, "SELECT id, host, pid, proc_start, boot_id, slots, started_at, heartbeat_at
+        read!(self, c => rows(c, "SELECT id, host, pid, proc_start, boot_id, slots, started_at, heartbeat_at,
+                                         COALESCE(name, ''), info
                                   FROM nodes ORDER BY started_at", &[])
             .await?
             .iter()
@@ -304,7 +305,20 @@ impl PgStore {
                 slots: u32_of(r, 5),
                 started_at: r.get(6),
                 heartbeat_at: r.get(7),
-            })
+                name: r.get(8),
+                url: None,
+                labels: Default::default(),
+                config_digest: String::new(),
+            }
+            .with_info(r.get::<_, Option<String>>(9).as_deref()))
+            .collect())
+    }
+
+    pub(super) async fn read_node_names(&self) -> StoreResult<HashMap<String, String>> {
+        read!(self, c => rows(c, "SELECT id, name FROM node_names", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
             .collect())
     }
 
@@ -550,8 +564,8 @@ impl PgStore {
             let mut out: HashMap<String, PipelineCounts> = HashMap::new();
             for r in rows(
                 c,
-                "SELECT pipeline, status, count(*) FROM jobs WHERE status IN ('queued', 'running')
-                 GROUP BY pipeline, status",
+                "SELECT pipeline, status, count(*), min(run_after) FROM jobs
+                 WHERE status IN ('queued', 'running') GROUP BY pipeline, status",
                 &[],
             )
             .await?
@@ -560,6 +574,7 @@ impl PgStore {
                 let n = r.get::<_, i64>(2) as u64;
                 if r.get::<_, &str>(1) == "queued" {
                     entry.queued = n;
+                    entry.oldest_due_at = r.get(3);
                 } else {
                     entry.running = n;
                 }

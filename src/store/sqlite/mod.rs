@@ -61,6 +61,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite_0007_queue_order.sql"),
     include_str!("../migrations/sqlite_0008_schedules.sql"),
     include_str!("../migrations/sqlite_0009_aborted_by.sql"),
+    include_str!("../migrations/sqlite_0010_node_names.sql"),
 ];
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Held jobs one claim releases at most (the rest on the next claims: a due backlog is
@@ -543,6 +544,9 @@ impl Store for SqliteStore {
 
     async fn nodes_list(&self) -> StoreResult<Vec<NodeRow>> {
         nodes::nodes_list(self).await
+    }
+    async fn node_names(&self) -> StoreResult<HashMap<String, String>> {
+        nodes::node_names(self).await
     }
 
     async fn jobs_running_on(&self, node_id: &str) -> StoreResult<Vec<RunningJob>> {

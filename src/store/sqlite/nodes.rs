@@ -5,9 +5,15 @@ use super::*;
 
 pub(super) async fn node_register(s: &SqliteStore, node: NodeRow) -> StoreResult<()> {
     s.write("node_register", move |conn| {
+        // A name held by another registered node fails the insert (unique index):
+        // `StoreError::Conflict`, which the caller reports with that node's host and pid.
         conn.prepare_cached(
-            "INSERT OR REPLACE INTO nodes (id, host, pid, proc_start, boot_id, slots, started_at, heartbeat_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO nodes (id, host, pid, proc_start, boot_id, slots, started_at, heartbeat_at, name, info)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULLIF(?9, ''), ?10)
+             ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,
+                 proc_start = excluded.proc_start, boot_id = excluded.boot_id, slots = excluded.slots,
+                 started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,
+                 name = excluded.name, info = excluded.info",
         )?
         .execute(params![
             node.id,
@@ -17,9 +23,31 @@ pub(super) async fn node_register(s: &SqliteStore, node: NodeRow) -> StoreResult
             node.boot_id,
             node.slots,
             node.started_at,
-            node.heartbeat_at
+            node.heartbeat_at,
+            node.name,
+            node.info_json()
         ])?;
+        if !node.name.is_empty() {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO node_names (id, name, started_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![node.id, node.name, node.started_at])?;
+            conn.prepare_cached(
+                "DELETE FROM node_names WHERE started_at < ?1 AND id NOT IN (SELECT id FROM nodes)",
+            )?
+            .execute(params![node.started_at - NODE_NAME_KEEP_MS])?;
+        }
         Ok(((), 0))
+    })
+    .await
+}
+
+pub(super) async fn node_names(s: &SqliteStore) -> StoreResult<HashMap<String, String>> {
+    s.read(|conn| {
+        Ok(conn
+            .prepare_cached("SELECT id, name FROM node_names")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?)
     })
     .await
 }
@@ -86,8 +114,10 @@ pub(super) async fn node_remove_stale(
 pub(super) async fn nodes_list(s: &SqliteStore) -> StoreResult<Vec<NodeRow>> {
     s.read(|conn| {
         Ok(conn
-            .prepare_cached("SELECT id, host, pid, proc_start, boot_id, slots, started_at, heartbeat_at FROM nodes ORDER BY started_at")?
+            .prepare_cached("SELECT id, host, pid, proc_start, boot_id, slots, started_at, heartbeat_at,
+                                    COALESCE(name, ''), info FROM nodes ORDER BY started_at")?
             .query_map([], |r| {
+                let info: Option<String> = r.get(9)?;
                 Ok(NodeRow {
                     id: r.get(0)?,
                     host: r.get(1)?,
@@ -97,7 +127,12 @@ pub(super) async fn nodes_list(s: &SqliteStore) -> StoreResult<Vec<NodeRow>> {
                     slots: r.get(5)?,
                     started_at: r.get(6)?,
                     heartbeat_at: r.get(7)?,
-                })
+                    name: r.get(8)?,
+                    url: None,
+                    labels: Default::default(),
+                    config_digest: String::new(),
+                }
+                .with_info(info.as_deref()))
             })?
             .collect::<Result<_, _>>()?)
     })

@@ -275,7 +275,8 @@ pub(super) async fn pipeline_counts(
     s.read(|conn| {
         let mut out: HashMap<String, PipelineCounts> = HashMap::new();
         let mut stmt = conn.prepare_cached(
-            "SELECT pipeline, status, COUNT(*) FROM jobs WHERE status IN ('queued', 'running') GROUP BY pipeline, status",
+            "SELECT pipeline, status, COUNT(*), MIN(run_after) FROM jobs
+             WHERE status IN ('queued', 'running') GROUP BY pipeline, status",
         )?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
@@ -283,6 +284,7 @@ pub(super) async fn pipeline_counts(
             let n: i64 = r.get(2)?;
             if r.get_ref(1)?.as_str()? == "queued" {
                 entry.queued = n as u64;
+                entry.oldest_due_at = r.get(3)?;
             } else {
                 entry.running = n as u64;
             }

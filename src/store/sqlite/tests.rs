@@ -17,6 +17,7 @@ async fn open() -> (tempfile::TempDir, Arc<SqliteStore>) {
         slots: 2,
         started_at: 0,
         heartbeat_at: 0,
+        ..Default::default()
     };
     store.node_register(node).await.unwrap();
     (dir, Arc::new(store))

@@ -17,6 +17,10 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod placement;
+
+pub use placement::{check_node_name, default_node_name};
+
 /// Placeholders every pipeline may use in its command.
 pub const BUILTIN_PLACEHOLDERS: &[&str] = &[
     "run_id",
@@ -306,6 +310,13 @@ pub struct ServerSettings {
     pub admit_max_load: Option<f64>,
     /// Resource admission: no job starts while available memory is below this (bytes).
     pub admit_min_free_memory: Option<u64>,
+    /// This node's name, unique among live nodes (`node_name`); `None`: the default,
+    /// `{host}:{port}` ([`default_node_name`]), taken once the listener is bound.
+    pub node_name: Option<String>,
+    /// How peers and people reach this node's API (`advertise_url`), if given.
+    pub advertise_url: Option<String>,
+    /// This node's labels, matched against pipelines' `requires`.
+    pub labels: crate::model::Labels,
 }
 
 /// Which store to open.
@@ -522,6 +533,8 @@ pub struct Pipeline {
     pub retry_on: crate::model::RetryOn,
     /// Jobs of this pipeline running at once over all nodes; 0 = no cap.
     pub concurrency: u32,
+    /// Labels a node must have to claim its jobs (`requires`); empty: any node.
+    pub requires: crate::model::Requirements,
     /// Claim order of its runs (higher first), unless a trigger gives its own.
     pub priority: i32,
     /// Default shard count.
@@ -646,6 +659,9 @@ struct RawServer {
     client_write_timeout: Option<String>,
     client_idle_timeout: Option<String>,
     max_connections: Option<i64>,
+    node_name: Option<String>,
+    advertise_url: Option<String>,
+    labels: Option<BTreeMap<String, toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -690,6 +706,7 @@ struct RawPipeline {
     schedule: Option<String>,
     schedule_tz: Option<String>,
     schedule_params: Option<BTreeMap<String, toml::Value>>,
+    requires: Option<BTreeMap<String, toml::Value>>,
     #[serde(default)]
     params: BTreeMap<String, RawParam>,
 }
@@ -1293,10 +1310,16 @@ impl Loader<'_> {
             return Err(self.invalid(t, Some("max_output_bytes"), "must be at least 1KiB"));
         }
         let heartbeat = self.duration(t, "heartbeat", &rs.heartbeat, Duration::from_secs(10))?;
+        let node_name = self.node_name(rs.node_name.as_deref())?;
+        let advertise_url = self.advertise_url(rs.advertise_url.as_deref())?;
+        let labels = self.labels(rs.labels.as_ref())?;
         if heartbeat < Duration::from_millis(100) {
             return Err(self.invalid(t, Some("heartbeat"), "must be at least 100ms"));
         }
         Ok(ServerSettings {
+            node_name,
+            advertise_url,
+            labels,
             listen,
             data_dir,
             max_workers,
@@ -1883,6 +1906,7 @@ impl Loader<'_> {
             retry_on,
             priority,
             concurrency: rp.concurrency.unwrap_or(0),
+            requires: self.requires(t, rp.requires.as_ref())?,
             shards,
             on_orphan: rp.on_orphan.unwrap_or(OnOrphan::Requeue),
             max_orphan_requeues: rp.max_orphan_requeues.unwrap_or(1),

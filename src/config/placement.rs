@@ -1,0 +1,207 @@
+//! The placement keys of a config: who this node is (`[server] node_name`,
+//! `advertise_url`, `labels`) and where a pipeline may run (`requires`), plus the
+//! digest that lets replicas notice they run different configs.
+//!
+//! A node's default name is `{host}:{port}`: nothing to set on one host, unique among
+//! replicas that share a host (they listen on different ports), and the same after a
+//! restart, so a node that comes back takes its name back.
+
+use std::collections::BTreeMap;
+
+use sha2::Digest;
+
+use super::{ConfigError, Loader, Settings};
+use crate::model::{Labels, Requirement, Requirements, check_label_name, parse_labels};
+
+/// Node names: letters, digits, `.`, `_`, `-`, `:`; 1–128 characters.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid node name {name:?} (letters, digits, . _ - :, at most 128)"
+        ))
+    }
+}
+
+/// The name a node takes when none is set: `{host}:{port}` (`{host}:{pid}` when it
+/// listens on an ephemeral port, which no restart can reuse anyway).
+pub fn default_node_name(host: &str, port: u16) -> String {
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    match port {
+        0 => format!("{host}:{}", std::process::id()),
+        p => format!("{host}:{p}"),
+    }
+}
+
+impl Loader<'_> {
+    /// `[server] node_name` (env `RUNYARD_NODE_NAME`), or `None` for the default.
+    pub(super) fn node_name(&self, file: Option<&str>) -> Result<Option<String>, ConfigError> {
+        let t = "server";
+        let ev = self.env_override("NODE_NAME", false);
+        self.note(t, "node_name", ev.as_ref().map(|e| e.var.as_str()), file.is_some());
+        match ev {
+            Some(ev) => {
+                let name = ev.value.trim().to_string();
+                check_node_name(&name).map_err(|m| self.env_invalid(&ev, "server.node_name", m))?;
+                Ok(Some(name))
+            }
+            None => match file {
+                None => Ok(None),
+                Some(name) => {
+                    check_node_name(name).map_err(|m| self.invalid(t, Some("node_name"), m))?;
+                    Ok(Some(name.to_string()))
+                }
+            },
+        }
+    }
+
+    /// `[server] advertise_url` (env `RUNYARD_ADVERTISE_URL`): how peers and people reach
+    /// this node's API.
+    pub(super) fn advertise_url(&self, file: Option<&str>) -> Result<Option<String>, ConfigError> {
+        let t = "server";
+        let ev = self.env_override("ADVERTISE_URL", false);
+        self.note(t, "advertise_url", ev.as_ref().map(|e| e.var.as_str()), file.is_some());
+        let check = |u: &str| match url::Url::parse(u) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(u.trim_end_matches('/').to_string()),
+            _ => Err(format!("{u:?} is not an http(s) URL")),
+        };
+        match ev {
+            Some(ev) => check(ev.value.trim())
+                .map(Some)
+                .map_err(|m| self.env_invalid(&ev, "server.advertise_url", m)),
+            None => file
+                .map(|u| check(u).map_err(|m| self.invalid(t, Some("advertise_url"), m)))
+                .transpose(),
+        }
+    }
+
+    /// `[server] labels = { gpu = "a100" }`; env `RUNYARD_LABELS=gpu=a100,zone=eu-1`
+    /// replaces them as a whole.
+    pub(super) fn labels(
+        &self,
+        file: Option<&BTreeMap<String, toml::Value>>,
+    ) -> Result<Labels, ConfigError> {
+        let t = "server";
+        let ev = self.env_override("LABELS", false);
+        self.note(t, "labels", ev.as_ref().map(|e| e.var.as_str()), file.is_some());
+        if let Some(ev) = ev {
+            return parse_labels(&ev.value).map_err(|m| self.env_invalid(&ev, "server.labels", m));
+        }
+        let mut labels = Labels::new();
+        for (k, v) in file.into_iter().flatten() {
+            check_label_name(k).map_err(|m| self.invalid(t, Some("labels"), m))?;
+            let value = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => {
+                    return Err(self.invalid(
+                        t,
+                        Some("labels"),
+                        format!("label {k}: expected a string value"),
+                    ));
+                }
+            };
+            labels.insert(k.clone(), value);
+        }
+        Ok(labels)
+    }
+
+    /// A pipeline's `requires = { gpu = "*", zone = ["eu-1", "eu-2"] }`.
+    pub(super) fn requires(
+        &self,
+        table: &str,
+        file: Option<&BTreeMap<String, toml::Value>>,
+    ) -> Result<Requirements, ConfigError> {
+        let bad = |m: String| self.invalid(table, Some("requires"), m);
+        let mut reqs = Requirements::new();
+        for (k, v) in file.into_iter().flatten() {
+            check_label_name(k).map_err(&bad)?;
+            let req = match v {
+                toml::Value::String(s) if s == "*" => Requirement::Present,
+                toml::Value::String(s) => Requirement::Equals(s.clone()),
+                toml::Value::Integer(n) => Requirement::Equals(n.to_string()),
+                toml::Value::Array(items) if !items.is_empty() => Requirement::OneOf(
+                    items
+                        .iter()
+                        .map(|i| match i {
+                            toml::Value::String(s) if s != "*" => Ok(s.clone()),
+                            toml::Value::Integer(n) => Ok(n.to_string()),
+                            _ => Err(bad(format!("{k}: list items are label values (strings)"))),
+                        })
+                        .collect::<Result<_, _>>()?,
+                ),
+                _ => {
+                    return Err(bad(format!(
+                        "{k}: expected \"*\" (present), a value, or a list of values"
+                    )));
+                }
+            };
+            reqs.insert(k.clone(), req);
+        }
+        Ok(reqs)
+    }
+}
+
+impl Settings {
+    /// A short digest of what every replica must agree on: the pipelines as they run
+    /// (commands, environment names, limits, caps, requirements, parameters) and the
+    /// global cap. Replicas whose digests differ run different configs (a rolling restart
+    /// half done); secrets' values and per-node keys (name, labels, slots) are left out.
+    pub fn config_digest(&self) -> String {
+        let mut h = sha2::Sha256::new();
+        h.update(format!("global={}\n", self.server.max_workers_global));
+        for (name, p) in &self.pipelines {
+            h.update(format!(
+                "{name}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}\n",
+                p.command,
+                p.cwd,
+                p.env,
+                p.timeout,
+                p.max_attempts,
+                p.retry_backoff,
+                p.retry_on,
+                p.concurrency,
+                p.priority,
+                p.shards,
+                p.on_orphan,
+                p.max_orphan_requeues,
+                p.secret_env.keys().collect::<Vec<_>>(),
+                p.params.keys().collect::<Vec<_>>(),
+                p.finalizer.as_ref().map(|f| &f.command),
+                p.requires,
+            ));
+        }
+        let digest = h.finalize();
+        digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_are_host_and_port_and_stay_valid() {
+        assert_eq!(default_node_name("box", 7878), "box:7878");
+        assert_eq!(default_node_name("my box/1", 80), "my-box-1:80");
+        assert!(check_node_name(&default_node_name("my box/1", 80)).is_ok());
+        assert!(default_node_name("box", 0).starts_with("box:"));
+        assert!(check_node_name("").is_err() && check_node_name("a b").is_err());
+    }
+}
