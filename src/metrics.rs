@@ -171,6 +171,10 @@ impl Default for Metrics {
 pub struct Snapshot {
     /// `(pipeline, queued, running)`.
     pub pipelines: Vec<(String, u64, u64)>,
+    /// `(pipeline, oldest queued seconds, unplaceable jobs)`.
+    pub backlog: Vec<(String, f64, u64)>,
+    /// This node's `(id, name)`.
+    pub node: (String, String),
     /// Open SSE streams on this node.
     pub sse_clients: usize,
     /// Slots of this node and how many are busy.
@@ -273,6 +277,34 @@ impl Metrics {
                 escape(p)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP runyard_queue_oldest_seconds Seconds the longest-waiting due job of the pipeline has waited.\n# TYPE runyard_queue_oldest_seconds gauge"
+        );
+        for (p, oldest, _) in &snap.backlog {
+            let _ = writeln!(
+                out,
+                "runyard_queue_oldest_seconds{{pipeline=\"{}\"}} {oldest:.3}",
+                escape(p)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP runyard_jobs_unplaceable Queued jobs no live node can take (labels miss the pipeline's requires).\n# TYPE runyard_jobs_unplaceable gauge"
+        );
+        for (p, _, n) in &snap.backlog {
+            let _ = writeln!(
+                out,
+                "runyard_jobs_unplaceable{{pipeline=\"{}\"}} {n}",
+                escape(p)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP runyard_node_info This node's id and name (always 1).\n# TYPE runyard_node_info gauge\nrunyard_node_info{{node=\"{}\",name=\"{}\"}} 1",
+            escape(&snap.node.0),
+            escape(&snap.node.1)
+        );
         let _ = writeln!(
             out,
             "# HELP runyard_pipeline_paused 1 while the pipeline is paused (no node claims its jobs).\n# TYPE runyard_pipeline_paused gauge"
@@ -479,7 +511,12 @@ mod tests {
             bus: Some(crate::bus::Bus::status(&crate::bus::LocalBus::default())),
             paused: ["idle".to_string()].into(),
             store_traffic: vec![("postgres", "job_finish", 9, 1)],
+            backlog: vec![("gpu".into(), 12.5, 4)],
+            node: ("n1".into(), "box:7878".into()),
         });
+        assert!(text.contains("runyard_queue_oldest_seconds{pipeline=\"gpu\"} 12.500\n"));
+        assert!(text.contains("runyard_jobs_unplaceable{pipeline=\"gpu\"} 4\n"));
+        assert!(text.contains("runyard_node_info{node=\"n1\",name=\"box:7878\"} 1\n"));
         assert!(text.contains(
             "runyard_store_statements_total{backend=\"postgres\",op=\"job_finish\"} 9\n"
         ));

@@ -21,6 +21,7 @@ pub mod events;
 mod history;
 pub mod listen;
 mod memory;
+mod nodes;
 mod openapi;
 mod pipelines;
 mod rerun;
@@ -96,7 +97,8 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(events::log_text))
         .routes(routes!(stats::stats))
         .routes(routes!(events::events))
-        .routes(routes!(runs::workers))
+        .routes(routes!(nodes::workers))
+        .routes(routes!(nodes::queue))
         .routes(routes!(openapi::document))
         .routes(routes!(auth::status, auth::login, auth::logout))
         .routes(routes!(metrics))
@@ -166,18 +168,21 @@ async fn deadline(
     )
 )]
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let counts = state.store.pipeline_counts().await?;
-    let mut pipelines: Vec<(String, u64, u64)> = state
-        .scheduler
-        .settings()
-        .pipelines
-        .keys()
-        .map(|name| {
-            let c = counts.get(name).copied().unwrap_or_default();
-            (name.clone(), c.queued, c.running)
+    let queue = nodes::queue_of(&state).await?;
+    let pipelines: Vec<(String, u64, u64)> = queue
+        .iter()
+        .map(|q| (q.pipeline.clone(), q.queued, q.running))
+        .collect();
+    let backlog = queue
+        .iter()
+        .map(|q| {
+            (
+                q.pipeline.clone(),
+                q.oldest_queued_seconds,
+                q.unplaceable,
+            )
         })
         .collect();
-    pipelines.sort();
     let paused = state
         .store
         .pipelines_paused()
@@ -192,6 +197,11 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         bus: Some(state.scheduler.bus_status()),
         paused,
         store_traffic: state.store.traffic(),
+        backlog,
+        node: (
+            state.scheduler.node_id().to_string(),
+            state.scheduler.node_name().to_string(),
+        ),
     };
     Ok((
         [(

@@ -13,7 +13,7 @@ use super::history::{AttemptView, attempts};
 use super::views::{DeliveryView, JobView, RunView};
 use super::{ApiError, AppState, ErrorBody};
 use crate::model::{self, MIN_SHORT_ID, RunId, RunStatus, parse_job_id, short_run_id};
-use crate::store::{AbortOutcome, ParamFilter, PipelineNodeState, RunFilter};
+use crate::store::{AbortOutcome, ParamFilter, RunFilter};
 
 /// `?limit=&offset=&status=&run=&param=&actor=`.
 #[derive(Deserialize, Default, IntoParams)]
@@ -209,47 +209,6 @@ pub(super) struct JobLogsView {
     truncated: bool,
 }
 
-/// `GET /api/workers` answer.
-#[derive(Serialize, ToSchema)]
-pub(super) struct WorkerList {
-    /// Every live node sharing the store.
-    workers: Vec<WorkerView>,
-}
-
-/// One node.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct WorkerView {
-    /// Node id (random per boot).
-    id: String,
-    /// Host name.
-    host: String,
-    /// OS pid.
-    pid: u32,
-    /// Slots (`max_workers`).
-    slots: u32,
-    /// Registration time (RFC 3339).
-    started: String,
-    /// Last heartbeat (RFC 3339).
-    heartbeat: String,
-    /// Jobs it runs now.
-    running_jobs: Vec<String>,
-    /// True for the node that answers.
-    #[serde(rename = "self")]
-    is_self: bool,
-    /// For the answering node: `admitting`, or `held: <why>` while resource admission
-    /// holds claims; null for other nodes.
-    admission: Option<String>,
-    /// Milliseconds since its last heartbeat, by the answering node's clock.
-    heartbeat_age_ms: i64,
-    /// The answering node's heartbeat interval: a node silent for 3 of them is dead.
-    heartbeat_every_ms: u64,
-    /// For the answering node: its bus and whether it is connected; null for other nodes.
-    bus: Option<crate::bus::BusStatus>,
-    /// Its setup and circuit state per pipeline (pipelines with a setup it has tried).
-    pipelines: Vec<PipelineNodeState>,
-}
-
 /// Deepest page offset (deeper pages cost a scan of everything before them).
 const MAX_OFFSET: u32 = 100_000;
 
@@ -415,8 +374,16 @@ pub(super) async fn list_runs(
             offset,
         })
         .await?;
+    let fleet = super::nodes::Fleet::load(state).await?;
     Ok(Json(RunPage {
-        runs: runs.into_iter().map(RunView::from).collect(),
+        runs: runs
+            .into_iter()
+            .map(|r| {
+                let mut view = RunView::from(r);
+                fleet.annotate_run(state, &mut view);
+                view
+            })
+            .collect(),
         limit,
         offset,
     }))
@@ -460,8 +427,12 @@ pub(super) async fn get(
             })
         })
         .collect();
+    let mut run: RunView = run.into();
+    super::nodes::Fleet::load(&state)
+        .await?
+        .annotate_run(&state, &mut run);
     Ok(Json(RunDetail {
-        run: run.into(),
+        run,
         deliveries,
         attempts,
         executions,
@@ -569,15 +540,19 @@ pub(super) async fn job(
     path: Result<Path<JobIdParam>, PathRejection>,
 ) -> Result<Json<JobView>, ApiError> {
     let id = job_id(&state, path).await?;
-    if let Some(job) = state.store.job_get(&id).await? {
-        return Ok(Json(job.into()));
-    }
-    // The trigger answer's `jobId` is the run id, which names no job of a sharded run:
-    // answer with the run as one job and its shards.
-    match sharded_run(&state, &id).await? {
-        Some(run) => Ok(Json(JobView::of_run(run))),
-        None => Err(ApiError::NotFound(format!("Job not found: {id}"))),
-    }
+    let mut view = match state.store.job_get(&id).await? {
+        Some(job) => JobView::from(job),
+        // The trigger answer's `jobId` is the run id, which names no job of a sharded
+        // run: answer with the run as one job and its shards.
+        None => match sharded_run(&state, &id).await? {
+            Some(run) => JobView::of_run(run),
+            None => return Err(ApiError::NotFound(format!("Job not found: {id}"))),
+        },
+    };
+    super::nodes::Fleet::load(&state)
+        .await?
+        .annotate(&state, &mut view);
+    Ok(Json(view))
 }
 
 /// The 404 for a job id that names no job; for a sharded run's id (the trigger answer's
@@ -677,56 +652,3 @@ pub(super) async fn logs(
     }))
 }
 
-/// `GET /api/workers`: the live nodes sharing this store.
-#[utoipa::path(
-    get,
-    path = "/api/workers",
-    tag = "node",
-    operation_id = "listWorkers",
-    responses(
-        (status = 200, description = "Every live node", body = WorkerList),
-        (status = 503, description = "The store is unavailable", body = ErrorBody),
-    )
-)]
-pub(super) async fn workers(State(state): State<AppState>) -> Result<Json<WorkerList>, ApiError> {
-    let nodes = state.store.nodes_list().await?;
-    let setups = state.store.pipeline_nodes_list().await?;
-    let now = crate::clock::now_ms();
-    let every = state.scheduler.settings().server.heartbeat.as_millis() as u64;
-    let mut out = Vec::with_capacity(nodes.len());
-    for node in nodes {
-        let running: Vec<String> = state
-            .store
-            .jobs_running_on(&node.id)
-            .await?
-            .into_iter()
-            .map(|j| j.id)
-            .collect();
-        let is_self = node.id == state.scheduler.node_id();
-        out.push(WorkerView {
-            started: crate::clock::rfc3339(node.started_at),
-            heartbeat: crate::clock::rfc3339(node.heartbeat_at),
-            running_jobs: running,
-            admission: is_self.then(|| {
-                state
-                    .scheduler
-                    .admission_held()
-                    .map_or("admitting".to_string(), |why| format!("held: {why}"))
-            }),
-            heartbeat_age_ms: (now - node.heartbeat_at).max(0),
-            heartbeat_every_ms: every,
-            bus: is_self.then(|| state.scheduler.bus_status()),
-            pipelines: setups
-                .iter()
-                .filter(|p| p.node_id == node.id)
-                .cloned()
-                .collect(),
-            is_self,
-            id: node.id,
-            host: node.host,
-            pid: node.pid,
-            slots: node.slots,
-        });
-    }
-    Ok(Json(WorkerList { workers: out }))
-}

@@ -42,6 +42,11 @@ pub struct JobView {
     /// Node running or last running it; null while it is queued (a re-queued job's
     /// earlier executions, with their nodes and pids, are in its run's `attempts`).
     pub node: Option<String>,
+    /// The name of that node (`[server] node_name`).
+    pub node_name: Option<String>,
+    /// For a queued job that no live node can take (their labels miss its pipeline's
+    /// `requires`): why, in one line; null when some live node can.
+    pub unplaceable: Option<String>,
     /// Leader pid of the current or last execution; null while it is queued.
     pub pid: Option<u32>,
     /// Exit code of the last execution.
@@ -202,6 +207,8 @@ impl From<JobRecord> for JobView {
             max_attempts: j.max_attempts,
             requeues: j.requeues,
             node: j.node.filter(|_| !queued),
+            node_name: None,
+            unplaceable: None,
             pid: j.pid.filter(|_| !queued),
             exit_code: j.exit_code,
             progress: j.progress,
@@ -242,6 +249,8 @@ impl JobView {
             max_attempts: jobs.iter().map(|j| j.max_attempts).max().unwrap_or(1),
             requeues: jobs.iter().map(|j| j.requeues).sum(),
             node: None,
+            node_name: None,
+            unplaceable: None,
             pid: None,
             exit_code: None,
             progress: jobs.iter().filter_map(|j| j.progress).min(),

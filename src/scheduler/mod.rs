@@ -372,6 +372,11 @@ impl Scheduler {
         &self.inner.node.id
     }
 
+    /// This node's name, unique among live nodes.
+    pub fn node_name(&self) -> &str {
+        &self.inner.node.name
+    }
+
     /// The settings the node runs with.
     pub fn settings(&self) -> &Arc<Settings> {
         &self.inner.settings
