@@ -248,6 +248,10 @@ pub(super) struct PipelineInfo {
     no_retry_exit_codes: Option<Vec<i32>>,
     /// Jobs of this pipeline running at once over all nodes; 0 = no cap.
     concurrency: u32,
+    /// Labels a node must have to claim its jobs (`requires`): `"*"` (present), a value,
+    /// or a list of values; empty: any node.
+    #[schema(value_type = Object)]
+    requires: crate::model::Requirements,
     /// Claim order of its runs unless a trigger gives one (higher first).
     priority: i32,
     /// Default shard count.
@@ -423,6 +427,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineL
                     _ => None,
                 },
                 concurrency: p.concurrency,
+                requires: p.requires.clone(),
                 priority: p.priority,
                 shards: p.shards,
                 on_orphan: p.on_orphan,

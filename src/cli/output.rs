@@ -120,13 +120,17 @@ pub fn run_details(r: &Value) -> Result<(), Closed> {
                 } else {
                     s(&j["reason"])
                 },
-                s(&j["error"]),
+                match j["unplaceable"].as_str() {
+                    Some(why) => format!("unplaceable: {why}"),
+                    None => s(&j["error"]),
+                },
+                s(&j["nodeName"]),
             ]
         })
         .collect();
     table(
         &[
-            "JOB", "STATUS", "ATTEMPT", "EXIT", "PROGRESS", "REASON", "ERROR",
+            "JOB", "STATUS", "ATTEMPT", "EXIT", "PROGRESS", "REASON", "ERROR", "NODE",
         ],
         rows,
     )?;
@@ -184,6 +188,7 @@ pub fn pipelines_table(v: &Value) -> Result<(), Closed> {
                 s(&p["id"]),
                 s(&p["shards"]),
                 s(&p["concurrency"]),
+                requires(&p["requires"]),
                 s(&p["queued"]),
                 s(&p["running"]),
                 setup,
@@ -210,6 +215,7 @@ pub fn pipelines_table(v: &Value) -> Result<(), Closed> {
             "PIPELINE",
             "SHARDS",
             "CONCURRENCY",
+            "REQUIRES",
             "QUEUED",
             "RUNNING",
             "SETUP",
@@ -230,18 +236,64 @@ pub fn workers_table(v: &Value) -> Result<(), Closed> {
         .flatten()
         .map(|w| {
             let running = w["runningJobs"].as_array().map(|a| a.len()).unwrap_or(0);
+            let labels: Vec<String> = w["labels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", s(v)))
+                .collect();
             vec![
+                s(&w["name"]),
                 s(&w["id"]),
                 s(&w["host"]),
                 s(&w["pid"]),
                 format!("{running}/{}", w["slots"]),
+                if labels.is_empty() {
+                    "-".to_string()
+                } else {
+                    labels.join(",")
+                },
+                match w["configDiffers"] == true {
+                    true => format!("{} (differs)", s(&w["configDigest"])),
+                    false => s(&w["configDigest"]),
+                },
                 s(&w["heartbeat"]),
                 s(&w["admission"]),
+                s(&w["url"]),
             ]
         })
         .collect();
     table(
-        &["NODE", "HOST", "PID", "BUSY", "HEARTBEAT", "ADMISSION"],
+        &[
+            "NAME",
+            "NODE",
+            "HOST",
+            "PID",
+            "BUSY",
+            "LABELS",
+            "CONFIG",
+            "HEARTBEAT",
+            "ADMISSION",
+            "URL",
+        ],
         rows,
     )
+}
+
+/// A pipeline's `requires` as one cell: `gpu=*,zone=eu-1|eu-2`, or `-`.
+fn requires(v: &Value) -> String {
+    let items: Vec<String> = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, r)| match r.as_array() {
+            Some(any) => format!("{k}={}", any.iter().map(s).collect::<Vec<_>>().join("|")),
+            None => format!("{k}={}", s(r)),
+        })
+        .collect();
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(",")
+    }
 }

@@ -394,9 +394,14 @@ function pipelineCard(p) {
   });
   const cmd = (p.command || []).join(' ');
   const stats = h('div', { class: 'p-stats-slot', 'aria-label': `${p.id} statistics` });
+  const reqs = Object.entries(p.requires || {}).map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('|') : v}`);
+  const requires = reqs.length
+    ? h('div', { class: 'p-requires small muted', 'aria-label': `${p.id} requires` }, 'runs on nodes with ', reqs.map((r) => h('span', { class: 'badge label mono' }, r)))
+    : null;
   const card = h('article', { class: 'pipeline', 'aria-label': `Pipeline ${p.id}` },
     h('div', { class: 'p-head' }, h('h3', {}, h('a', { href: dashboardHash({ pipeline: p.id, status: '', q: '' }, 0), title: `Runs of ${p.id}` }, p.id)), circuit, pausedBadge, h('span', { class: 'spacer' }), counts, pauseButton),
     h('code', { class: 'p-cmd', title: cmd }, cmd),
+    requires,
     schedule,
     setup,
     stats,
@@ -909,10 +914,11 @@ function jobsTable(jobs, label, attempts) {
     return h('tr', { dataset: { jobId: j.id } },
       h('th', { scope: 'row' }, jobLabel(j), h('div', { class: 'small muted mono', title: j.id }, shortId(j.id))),
       h('td', {}, pill(j.status), j.abortRequested && !TERMINAL.has(j.status) ? h('div', { class: 'small warn-text' }, 'abort requested') : null,
+        j.unplaceable ? h('div', { class: 'small warn-text unplaceable', title: j.unplaceable }, 'unplaceable: ', j.unplaceable) : null,
         j.keptFrom ? h('div', { class: 'small muted' }, 'kept from ', runLink(j.keptFrom.split(':')[0], shortId(j.keptFrom), `Open the original run of ${j.keptFrom}`)) : null),
       h('td', { class: 'progress-cell' }, bar, j.progressMessage ? h('div', { class: 'small muted ellipsis', title: j.progressMessage }, j.progressMessage) : null),
       h('td', { class: 'num' }, `${j.attempt}/${j.maxAttempts}`, attemptDots((attempts || {})[j.id]), j.requeues ? h('div', { class: 'small muted' }, `${j.requeues} requeued`) : null),
-      h('td', { class: 'mono small', title: j.node || '' }, j.node ? shortId(j.node) : '—'),
+      h('td', { class: 'mono small', title: j.node ? `node id ${j.node}` : '' }, j.nodeName || (j.node ? shortId(j.node) : '—')),
       h('td', { class: 'num mono small' }, j.pid ?? '—'),
       h('td', { class: 'num' }, j.exitCode ?? '—'),
       h('td', { class: 'small' }, reason || '—'),

@@ -1,4 +1,5 @@
 // The nodes page (`#/nodes`): every live node sharing the store, from `GET /api/workers`:
+// its name, URL, labels and config digest (flagged when it differs from its peers'),
 // slots in use, the jobs it runs, how long ago it beat (by the server's clock), its bus
 // and admission (for the answering node) and, per pipeline with a setup, its setup and
 // circuit-breaker state.
@@ -41,13 +42,21 @@ function nodeCard(w) {
         h('td', {}, h('span', { class: `badge circuit-${cls(p.circuit)}` }, p.circuit)),
         h('td', { class: 'num' }, String(p.failures)),
         h('td', { class: `small ellipsis${p.lastError ? ' error-text' : ' muted'}`, title: p.lastError || '' }, p.lastError || '—'))))));
-  return h('article', { class: 'card node', 'aria-label': `Node ${shortId(w.id)}`, dataset: { nodeId: w.id } },
+  const labels = Object.entries(w.labels || {});
+  const config = w.configDigest
+    ? h('span', { class: `badge ${w.configDiffers ? 'state-warn' : 'state-ok'}`, 'aria-label': 'Config', title: w.configDiffers ? 'This node runs a config that differs from its live peers\' (a rolling restart half done?)' : 'Same config as its live peers' },
+      w.configDiffers ? `config ${w.configDigest} differs` : `config ${w.configDigest}`)
+    : null;
+  return h('article', { class: 'card node', 'aria-label': `Node ${w.name || shortId(w.id)}`, dataset: { nodeId: w.id, nodeName: w.name || '' } },
     h('div', { class: 'card-head' },
-      h('h2', {}, h('span', { class: 'mono', title: w.id }, shortId(w.id))),
+      h('h2', {}, h('span', { class: 'mono', title: `node id ${w.id}` }, w.name || shortId(w.id))),
       w.self ? h('span', { class: 'badge state-info' }, 'this node') : null,
-      bus, admission),
+      bus, admission, config),
     h('dl', { class: 'meta' },
-      meta('Host', `${w.host} · pid ${w.pid}`),
+      meta('Host', `${w.host} · pid ${w.pid} · id ${shortId(w.id)}`),
+      w.url ? meta('URL', h('a', { href: w.url, class: 'mono', rel: 'noopener' }, w.url)) : null,
+      meta('Labels', labels.length === 0 ? h('span', { class: 'small muted' }, 'none')
+        : h('span', { 'aria-label': 'Labels' }, labels.map(([k, v]) => h('span', { class: 'badge label mono' }, `${k}=${v}`)))),
       meta('Slots', h('div', { class: 'slots' }, bar, h('span', { class: 'small', 'aria-label': 'Slots in use' }, `${busy}/${w.slots} busy`))),
       meta('Heartbeat', h('span', { class: `beat beat-${beat}`, 'aria-label': 'Heartbeat age', title: `every ${duration(w.heartbeatEveryMs)}; last ${stamp(w.heartbeat)}` },
         `${duration(w.heartbeatAgeMs)} ago`, beat === 'bad' ? ' (missed 3 beats)' : beat === 'warn' ? ' (late)' : '')),
@@ -78,7 +87,7 @@ function meta(label, ...value) {
 
 /** Renders the nodes page into `root`. */
 export function renderNodes(root, workers) {
-  const list = [...(workers || [])].sort((a, b) => (b.self - a.self) || a.host.localeCompare(b.host) || a.id.localeCompare(b.id));
+  const list = [...(workers || [])].sort((a, b) => (b.self - a.self) || (a.name || a.host).localeCompare(b.name || b.host) || a.id.localeCompare(b.id));
   replace(root, list);
 }
 
