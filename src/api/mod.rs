@@ -175,13 +175,7 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         .collect();
     let backlog = queue
         .iter()
-        .map(|q| {
-            (
-                q.pipeline.clone(),
-                q.oldest_queued_seconds,
-                q.unplaceable,
-            )
-        })
+        .map(|q| (q.pipeline.clone(), q.oldest_queued_seconds, q.unplaceable))
         .collect();
     let paused = state
         .store

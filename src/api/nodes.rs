@@ -223,7 +223,10 @@ impl Fleet {
     async fn live(state: &AppState) -> Result<Fleet, ApiError> {
         let nodes: Vec<NodeRow> = state.store.nodes_list().await?;
         Ok(Fleet {
-            names: nodes.iter().map(|n| (n.id.clone(), n.name.clone())).collect(),
+            names: nodes
+                .iter()
+                .map(|n| (n.id.clone(), n.name.clone()))
+                .collect(),
             labels: nodes.into_iter().map(|n| n.labels).collect(),
         })
     }

@@ -651,4 +651,3 @@ pub(super) async fn logs(
         truncated,
     }))
 }
-

@@ -53,7 +53,12 @@ impl Loader<'_> {
     pub(super) fn node_name(&self, file: Option<&str>) -> Result<Option<String>, ConfigError> {
         let t = "server";
         let ev = self.env_override("NODE_NAME", false);
-        self.note(t, "node_name", ev.as_ref().map(|e| e.var.as_str()), file.is_some());
+        self.note(
+            t,
+            "node_name",
+            ev.as_ref().map(|e| e.var.as_str()),
+            file.is_some(),
+        );
         match ev {
             Some(ev) => {
                 let name = ev.value.trim().to_string();
@@ -75,9 +80,16 @@ impl Loader<'_> {
     pub(super) fn advertise_url(&self, file: Option<&str>) -> Result<Option<String>, ConfigError> {
         let t = "server";
         let ev = self.env_override("ADVERTISE_URL", false);
-        self.note(t, "advertise_url", ev.as_ref().map(|e| e.var.as_str()), file.is_some());
+        self.note(
+            t,
+            "advertise_url",
+            ev.as_ref().map(|e| e.var.as_str()),
+            file.is_some(),
+        );
         let check = |u: &str| match url::Url::parse(u) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(u.trim_end_matches('/').to_string()),
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {
+                Ok(u.trim_end_matches('/').to_string())
+            }
             _ => Err(format!("{u:?} is not an http(s) URL")),
         };
         match ev {
@@ -98,7 +110,12 @@ impl Loader<'_> {
     ) -> Result<Labels, ConfigError> {
         let t = "server";
         let ev = self.env_override("LABELS", false);
-        self.note(t, "labels", ev.as_ref().map(|e| e.var.as_str()), file.is_some());
+        self.note(
+            t,
+            "labels",
+            ev.as_ref().map(|e| e.var.as_str()),
+            file.is_some(),
+        );
         if let Some(ev) = ev {
             return parse_labels(&ev.value).map_err(|m| self.env_invalid(&ev, "server.labels", m));
         }
@@ -195,6 +212,98 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    fn load(text: &str, env: super::super::EnvLookup<'_>) -> Result<Settings, ConfigError> {
+        Settings::from_toml(text, Path::new("/tmp/runyard.toml"), env)
+    }
+
+    const CONFIG: &str = r#"
+[server]
+node_name = "gpu-1"
+advertise_url = "http://gpu-1.internal:7878/"
+labels = { gpu = "a100", zone = "eu-1", rack = 4 }
+
+[pipelines.train]
+command = ["/bin/true"]
+requires = { gpu = "*", zone = ["eu-1", "eu-2"] }
+
+[pipelines.any]
+command = ["/bin/true"]
+"#;
+
+    #[test]
+    fn names_labels_and_requirements_load_and_the_environment_wins() {
+        let s = load(CONFIG, &|_| None).unwrap();
+        assert_eq!(s.server.node_name.as_deref(), Some("gpu-1"));
+        assert_eq!(
+            s.server.advertise_url.as_deref(),
+            Some("http://gpu-1.internal:7878")
+        );
+        assert_eq!(s.server.labels["rack"], "4");
+        let train = &s.pipelines["train"];
+        assert_eq!(train.requires["gpu"], Requirement::Present);
+        assert!(crate::model::satisfies(&train.requires, &s.server.labels));
+        assert!(s.pipelines["any"].requires.is_empty());
+        let env = |k: &str| match k {
+            "RUNYARD_NODE_NAME" => Some("cpu-7".to_string()),
+            "RUNYARD_LABELS" => Some("zone=us-1".to_string()),
+            _ => None,
+        };
+        let s = load(CONFIG, &env).unwrap();
+        assert_eq!(s.server.node_name.as_deref(), Some("cpu-7"));
+        assert_eq!(
+            s.server.labels,
+            [("zone".to_string(), "us-1".to_string())].into()
+        );
+        assert!(!crate::model::satisfies(
+            &s.pipelines["train"].requires,
+            &s.server.labels
+        ));
+    }
+
+    #[test]
+    fn bad_placement_keys_fail_at_start_with_their_line() {
+        let bad = CONFIG.replace(r#"zone = ["eu-1", "eu-2"]"#, "zone = []");
+        let err = load(&bad, &|_| None).unwrap_err().to_string();
+        assert!(
+            err.contains("pipelines.train.requires") && err.contains(":9:"),
+            "{err}"
+        );
+        let bad = CONFIG.replace(r#"node_name = "gpu-1""#, r#"node_name = "gpu 1""#);
+        let err = load(&bad, &|_| None).unwrap_err().to_string();
+        assert!(
+            err.contains("server.node_name") && err.contains(":3:"),
+            "{err}"
+        );
+        let bad = CONFIG.replace("http://gpu-1.internal:7878/", "gpu-1:7878");
+        let err = load(&bad, &|_| None).unwrap_err().to_string();
+        assert!(err.contains("server.advertise_url"), "{err}");
+        let env = |k: &str| (k == "RUNYARD_LABELS").then(|| "gpu".to_string());
+        let err = load(CONFIG, &env).unwrap_err().to_string();
+        assert!(
+            err.contains("RUNYARD_LABELS") && err.contains("name=value"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_digest_changes_with_a_pipeline_and_not_with_node_keys() {
+        let a = load(CONFIG, &|_| None).unwrap();
+        let renamed = CONFIG.replace(r#"node_name = "gpu-1""#, r#"node_name = "gpu-2""#);
+        assert_eq!(
+            a.config_digest(),
+            load(&renamed, &|_| None).unwrap().config_digest()
+        );
+        let changed = CONFIG.replace(
+            "[pipelines.any]\ncommand = [\"/bin/true\"]",
+            "[pipelines.any]\ncommand = [\"/bin/false\"]",
+        );
+        assert_ne!(
+            a.config_digest(),
+            load(&changed, &|_| None).unwrap().config_digest()
+        );
+    }
 
     #[test]
     fn default_names_are_host_and_port_and_stay_valid() {

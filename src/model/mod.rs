@@ -16,7 +16,8 @@ pub use id::{
     job_id_for, parse_job_id, short_run_id,
 };
 pub use placement::{
-    Labels, Requirement, Requirements, check_label_name, parse_labels, satisfies, unmet, unplaceable,
+    Labels, Requirement, Requirements, check_label_name, parse_labels, satisfies, unmet,
+    unplaceable,
 };
 pub use policy::{PRIORITY_RANGE, RetryOn};
 pub use status::{JobStatus, Reason, RunStatus, StatusParseError};

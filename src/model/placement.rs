@@ -156,7 +156,10 @@ mod tests {
 
     #[test]
     fn present_equal_and_one_of_are_matched() {
-        assert!(satisfies(&reqs(), &labels(&[("gpu", "a100"), ("zone", "eu-2")])));
+        assert!(satisfies(
+            &reqs(),
+            &labels(&[("gpu", "a100"), ("zone", "eu-2")])
+        ));
         assert_eq!(
             unmet(&reqs(), &labels(&[("zone", "eu-1")])).as_deref(),
             Some("needs label gpu=*")
@@ -176,7 +179,10 @@ mod tests {
         let cpu = labels(&[("zone", "eu-1")]);
         assert_eq!(unplaceable(&reqs(), [&cpu, &gpu]), None);
         let why = unplaceable(&reqs(), [&cpu]).unwrap();
-        assert!(why.contains("gpu=*") && why.contains("1 live node checked"), "{why}");
+        assert!(
+            why.contains("gpu=*") && why.contains("1 live node checked"),
+            "{why}"
+        );
         assert_eq!(unplaceable(&Requirements::new(), []), None);
     }
 
@@ -187,6 +193,10 @@ mod tests {
             labels(&[("gpu", "a100"), ("zone", "eu-1")])
         );
         assert!(parse_labels("gpu").unwrap_err().contains("name=value"));
-        assert!(parse_labels("a b=1").unwrap_err().contains("invalid label name"));
+        assert!(
+            parse_labels("a b=1")
+                .unwrap_err()
+                .contains("invalid label name")
+        );
     }
 }

@@ -257,7 +257,10 @@ impl Scheduler {
             started_at: now,
             heartbeat_at: now,
             name: settings.server.node_name.clone().unwrap_or_else(|| {
-                crate::config::default_node_name(&process::hostname(), settings.server.listen.port())
+                crate::config::default_node_name(
+                    &process::hostname(),
+                    settings.server.listen.port(),
+                )
             }),
             url: settings.server.advertise_url.clone(),
             labels: settings.server.labels.clone(),

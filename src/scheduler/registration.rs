@@ -33,7 +33,11 @@ pub(super) async fn register(inner: &Inner) -> Result<RescueReport, StoreError> 
         // Another node took the name between our read and our insert.
         Err(StoreError::Conflict { .. }) => match holder_of(inner).await? {
             Some(holder) => Err(taken(&holder, inner.store.clock_ms())),
-            None => inner.store.node_register(inner.node.clone()).await.map(|_| report),
+            None => inner
+                .store
+                .node_register(inner.node.clone())
+                .await
+                .map(|_| report),
         },
         other => other.map(|_| report),
     }
@@ -121,7 +125,12 @@ mod tests {
 
     #[test]
     fn the_odd_one_out_is_flagged_and_a_tie_flags_both() {
-        let fleet = [node("a", "x"), node("b", "x"), node("c", "y"), node("old", "")];
+        let fleet = [
+            node("a", "x"),
+            node("b", "x"),
+            node("c", "y"),
+            node("old", ""),
+        ];
         assert_eq!(config_outliers(&fleet), ["c".to_string()].into());
         let tie = [node("a", "x"), node("b", "y")];
         assert_eq!(config_outliers(&tie).len(), 2);

@@ -259,6 +259,11 @@ impl Cluster {
     /// Starts one more host (a new machine, or a crashed one coming back), through a
     /// proxy of its own; returns its index.
     pub async fn add_host(&mut self, skew: Skew) -> usize {
+        self.add_host_with(skew, "").await
+    }
+
+    /// [`Cluster::add_host`] with `[server]` keys of this host only (its name, labels).
+    pub async fn add_host_with(&mut self, skew: Skew, own_server: &str) -> usize {
         let i = self.started;
         self.started += 1;
         let proxy = FaultProxy::start(upstream(&self.pg)).await;
@@ -271,7 +276,7 @@ impl Cluster {
         std::fs::write(
             &config,
             format!(
-                "[server]\ndata_dir = \"{}\"\noutput_flush_interval_ms = 100\nkill_grace = \"500ms\"\n{}\n\n\
+                "[server]\ndata_dir = \"{}\"\noutput_flush_interval_ms = 100\nkill_grace = \"500ms\"\n{}\n{own_server}\n\n\
                  [store]\nurl = \"{url}\"\nschema = \"{}\"\npool_size = 4\n\n{}\n{}\n",
                 data.display(),
                 self.server,

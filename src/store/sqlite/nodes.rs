@@ -114,8 +114,10 @@ pub(super) async fn node_remove_stale(
 pub(super) async fn nodes_list(s: &SqliteStore) -> StoreResult<Vec<NodeRow>> {
     s.read(|conn| {
         Ok(conn
-            .prepare_cached("SELECT id, host, pid, proc_start, boot_id, slots, started_at, heartbeat_at,
-                                    COALESCE(name, ''), info FROM nodes ORDER BY started_at")?
+            .prepare_cached(
+                "SELECT id, host, pid, proc_start, boot_id, slots, started_at, heartbeat_at,
+                                    COALESCE(name, ''), info FROM nodes ORDER BY started_at",
+            )?
             .query_map([], |r| {
                 let info: Option<String> = r.get(9)?;
                 Ok(NodeRow {
