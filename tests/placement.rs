@@ -317,3 +317,90 @@ impl Drop for DropSchema {
             .output();
     }
 }
+
+/// One node with 4 cores and 2 GPUs of its own, 8 slots: GPU jobs (1 core, 1 GPU each)
+/// and heavy jobs (3 cores) never hold more than it has at once, by their own clocks,
+/// and two GPU jobs that overlap never share an index. On either store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_bound_what_runs_at_once_and_gpus_are_never_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("spans");
+    let script = format!(
+        "s=$(date +%s%N); sleep 0.3; echo \"$s $(date +%s%N) $0 gpus=$RUNYARD_GPU_IDS\" >> {}",
+        log.display()
+    );
+    let config = common::write_config(
+        dir.path(),
+        "max_workers = 8\nresources = { cpu = 4, memory = \"8GiB\", gpu = 2 }",
+        &format!(
+            "[pipelines.gpu]\ncommand = [\"/bin/sh\", \"-c\", {script:?}, \"gpu\"]\n\
+             resources = {{ cpu = 1, gpu = 1 }}\n\
+             [pipelines.heavy]\ncommand = [\"/bin/sh\", \"-c\", {script:?}, \"heavy\"]\n\
+             resources = {{ cpu = 3, memory = \"1GiB\" }}\n\
+             [pipelines.huge]\ncommand = [\"/bin/true\"]\nresources = {{ gpu = 4 }}\n"
+        ),
+    );
+    let server = BinServer::start(&config, free_port()).await;
+    let http = reqwest::Client::new();
+    let gpu = trigger(&http, &server.base, "gpu", json!({"shards": 6})).await;
+    let heavy = trigger(&http, &server.base, "heavy", json!({"shards": 2})).await;
+    let huge = trigger(&http, &server.base, "huge", json!({})).await;
+    for run in [&gpu, &heavy] {
+        wait_status(&http, &server.base, run, "completed").await;
+    }
+    // A job larger than any node stays queued, and says why.
+    let waiting = run_of(&http, &server.base, &huge).await;
+    assert_eq!(waiting["jobs"][0]["status"], "queued");
+    let why = waiting["jobs"][0]["unplaceable"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why.contains("no live node has room for one job (gpu=4)"),
+        "{waiting}"
+    );
+
+    // (start, end, kind, gpus) as each job saw them.
+    let spans: Vec<(u128, u128, String, String)> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].to_string(),
+                f[3].trim_start_matches("gpus=").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(spans.len(), 8);
+    let (mut most_gpu, mut most_cpu) = (0, 0);
+    for (start, _, _, _) in &spans {
+        let live: Vec<_> = spans
+            .iter()
+            .filter(|(s, e, _, _)| s <= start && start < e)
+            .collect();
+        let gpus: Vec<&str> = live
+            .iter()
+            .filter(|(_, _, k, _)| k == "gpu")
+            .map(|(_, _, _, g)| g.as_str())
+            .collect();
+        let cpu: usize = live
+            .iter()
+            .map(|(_, _, k, _)| if k == "gpu" { 1 } else { 3 })
+            .sum();
+        let distinct: std::collections::HashSet<&&str> = gpus.iter().collect();
+        assert_eq!(distinct.len(), gpus.len(), "a GPU shared at once: {gpus:?}");
+        assert!(gpus.iter().all(|g| ["0", "1"].contains(g)), "{gpus:?}");
+        most_gpu = most_gpu.max(gpus.len());
+        most_cpu = most_cpu.max(cpu);
+    }
+    assert!(
+        most_gpu <= 2 && most_cpu <= 4,
+        "gpu {most_gpu}, cpu {most_cpu}"
+    );
+    assert_eq!(most_gpu, 2, "two GPU jobs should have run side by side");
+    let (_, w) = get(&http, &format!("{}/api/workers", server.base)).await;
+    assert_eq!(w["workers"][0]["capacity"]["gpu"], 2, "{w}");
+    assert_eq!(w["workers"][0]["inUse"]["gpu"], 0, "{w}");
+}

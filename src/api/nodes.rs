@@ -13,7 +13,8 @@ use utoipa::ToSchema;
 
 use super::views::{JobView, RunView};
 use super::{ApiError, AppState, ErrorBody};
-use crate::model::{Labels, Requirements};
+use crate::config::Pipeline;
+use crate::model::{Labels, Requirements, Resources};
 use crate::store::{NodeRow, PipelineNodeState};
 
 /// `GET /api/workers` answer.
@@ -46,6 +47,11 @@ pub(super) struct WorkerView {
     pid: u32,
     /// Slots (`max_workers`).
     slots: u32,
+    /// What it has for its jobs (`[server] resources`; default: the machine's cores and
+    /// memory, no GPU). CPU in thousandths of a core, memory in bytes.
+    capacity: crate::model::Resources,
+    /// For the answering node: what its running jobs hold of that; null for other nodes.
+    in_use: Option<crate::model::Resources>,
     /// Registration time (RFC 3339).
     started: String,
     /// Last heartbeat (RFC 3339).
@@ -123,6 +129,8 @@ pub(super) async fn workers(State(state): State<AppState>) -> Result<Json<Worker
             host: node.host,
             pid: node.pid,
             slots: node.slots,
+            capacity: node.capacity,
+            in_use: is_self.then(|| state.scheduler.resources_in_use()),
         });
     }
     Ok(Json(WorkerList { workers: out }))
@@ -186,7 +194,7 @@ pub(super) async fn queue_of(state: &AppState) -> Result<Vec<PipelineQueue>, Api
         .values()
         .map(|p| {
             let c = counts.get(&p.name).cloned().unwrap_or_default();
-            let reason = fleet.unplaceable(&p.requires);
+            let reason = fleet.unplaceable(p);
             PipelineQueue {
                 pipeline: p.name.clone(),
                 queued: c.queued,
@@ -206,7 +214,8 @@ pub(super) async fn queue_of(state: &AppState) -> Result<Vec<PipelineQueue>, Api
 /// judges whether a pipeline's requirements can be met.
 pub(super) struct Fleet {
     names: HashMap<String, String>,
-    labels: Vec<Labels>,
+    /// Each live node's labels and capacity.
+    nodes: Vec<(Labels, Resources)>,
 }
 
 impl Fleet {
@@ -227,13 +236,34 @@ impl Fleet {
                 .iter()
                 .map(|n| (n.id.clone(), n.name.clone()))
                 .collect(),
-            labels: nodes.into_iter().map(|n| n.labels).collect(),
+            nodes: nodes.into_iter().map(|n| (n.labels, n.capacity)).collect(),
         })
     }
 
-    /// Why no live node can take a job with `requires`; `None` when one can.
-    pub(super) fn unplaceable(&self, requires: &Requirements) -> Option<String> {
-        crate::model::unplaceable(requires, &self.labels)
+    /// Why no live node can take a job of `pipeline` (labels, or a one-job need larger
+    /// than any node has); `None` when one can.
+    pub(super) fn unplaceable(&self, pipeline: &Pipeline) -> Option<String> {
+        let big_enough = self
+            .nodes
+            .iter()
+            .filter(|(_, cap)| pipeline.resources.fits(cap))
+            .map(|(labels, _)| labels);
+        match crate::model::unplaceable(&pipeline.requires, big_enough) {
+            Some(why) => Some(why),
+            None if !pipeline.resources.is_zero()
+                && !self.nodes.iter().any(|(l, cap)| {
+                    pipeline.resources.fits(cap) && crate::model::satisfies(&pipeline.requires, l)
+                }) =>
+            {
+                Some(format!(
+                    "no live node has room for one job ({}) ({} live node{} checked)",
+                    pipeline.resources.describe(),
+                    self.nodes.len(),
+                    if self.nodes.len() == 1 { "" } else { "s" }
+                ))
+            }
+            None => None,
+        }
     }
 
     /// Fills a job view's `nodeName` and, for a queued job, `unplaceable`.
@@ -242,7 +272,7 @@ impl Fleet {
         if job.status == "queued"
             && let Some(p) = state.scheduler.settings().pipelines.get(&job.pipeline_id)
         {
-            job.unplaceable = self.unplaceable(&p.requires);
+            job.unplaceable = self.unplaceable(p);
         }
         for shard in job.shards.iter_mut().flatten() {
             self.annotate(state, shard);

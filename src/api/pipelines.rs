@@ -252,6 +252,8 @@ pub(super) struct PipelineInfo {
     /// or a list of values; empty: any node.
     #[schema(value_type = Object)]
     requires: crate::model::Requirements,
+    /// What one of its jobs needs of a node (`resources`; zero: only a slot).
+    resources: crate::model::Resources,
     /// Claim order of its runs unless a trigger gives one (higher first).
     priority: i32,
     /// Default shard count.
@@ -428,6 +430,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineL
                 },
                 concurrency: p.concurrency,
                 requires: p.requires.clone(),
+                resources: p.resources,
                 priority: p.priority,
                 shards: p.shards,
                 on_orphan: p.on_orphan,

@@ -317,6 +317,9 @@ pub struct ServerSettings {
     pub advertise_url: Option<String>,
     /// This node's labels, matched against pipelines' `requires`.
     pub labels: crate::model::Labels,
+    /// What this node has for its jobs (`resources`); `None`: the machine's cores and
+    /// memory, no GPU (read at start).
+    pub resources: Option<crate::model::Resources>,
 }
 
 /// Which store to open.
@@ -535,6 +538,8 @@ pub struct Pipeline {
     pub concurrency: u32,
     /// Labels a node must have to claim its jobs (`requires`); empty: any node.
     pub requires: crate::model::Requirements,
+    /// What one of its jobs needs of a node (`resources`); zero: only a slot.
+    pub resources: crate::model::Resources,
     /// Claim order of its runs (higher first), unless a trigger gives its own.
     pub priority: i32,
     /// Default shard count.
@@ -662,6 +667,7 @@ struct RawServer {
     node_name: Option<String>,
     advertise_url: Option<String>,
     labels: Option<BTreeMap<String, toml::Value>>,
+    resources: Option<BTreeMap<String, toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -707,6 +713,7 @@ struct RawPipeline {
     schedule_tz: Option<String>,
     schedule_params: Option<BTreeMap<String, toml::Value>>,
     requires: Option<BTreeMap<String, toml::Value>>,
+    resources: Option<BTreeMap<String, toml::Value>>,
     #[serde(default)]
     params: BTreeMap<String, RawParam>,
 }
@@ -1313,6 +1320,7 @@ impl Loader<'_> {
         let node_name = self.node_name(rs.node_name.as_deref())?;
         let advertise_url = self.advertise_url(rs.advertise_url.as_deref())?;
         let labels = self.labels(rs.labels.as_ref())?;
+        let resources = self.resources(t, rs.resources.as_ref())?;
         if heartbeat < Duration::from_millis(100) {
             return Err(self.invalid(t, Some("heartbeat"), "must be at least 100ms"));
         }
@@ -1320,6 +1328,7 @@ impl Loader<'_> {
             node_name,
             advertise_url,
             labels,
+            resources,
             listen,
             data_dir,
             max_workers,
@@ -1907,6 +1916,9 @@ impl Loader<'_> {
             priority,
             concurrency: rp.concurrency.unwrap_or(0),
             requires: self.requires(t, rp.requires.as_ref())?,
+            resources: self
+                .resources(t, rp.resources.as_ref())?
+                .unwrap_or_default(),
             shards,
             on_orphan: rp.on_orphan.unwrap_or(OnOrphan::Requeue),
             max_orphan_requeues: rp.max_orphan_requeues.unwrap_or(1),

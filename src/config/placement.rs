@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use sha2::Digest;
 
 use super::{ConfigError, Loader, Settings};
-use crate::model::{Labels, Requirement, Requirements, check_label_name, parse_labels};
+use crate::model::{Labels, Requirement, Requirements, Resources, check_label_name, parse_labels};
 
 /// Node names: letters, digits, `.`, `_`, `-`, `:`; 1–128 characters.
 pub fn check_node_name(name: &str) -> Result<(), String> {
@@ -175,6 +175,45 @@ impl Loader<'_> {
     }
 }
 
+impl Loader<'_> {
+    /// `resources = { cpu = 2, memory = "4GiB", gpu = 1 }` (`[server]`: what the node has;
+    /// a pipeline: what one of its jobs needs). `None` when not written.
+    pub(super) fn resources(
+        &self,
+        table: &str,
+        file: Option<&BTreeMap<String, toml::Value>>,
+    ) -> Result<Option<Resources>, ConfigError> {
+        let Some(file) = file else { return Ok(None) };
+        let bad = |m: String| self.invalid(table, Some("resources"), m);
+        let mut r = Resources::default();
+        for (k, v) in file {
+            match (k.as_str(), v) {
+                ("cpu", toml::Value::Integer(n)) if *n >= 0 => r.cpu_milli = *n as u64 * 1000,
+                ("cpu", toml::Value::Float(f)) if *f >= 0.0 && f.is_finite() => {
+                    r.cpu_milli = (f * 1000.0).round() as u64
+                }
+                ("memory", toml::Value::Integer(n)) if *n >= 0 => r.memory = *n as u64,
+                ("memory", toml::Value::String(text)) => {
+                    r.memory = super::parse_size(text).map_err(|m| bad(format!("memory: {m}")))?
+                }
+                ("gpu", toml::Value::Integer(n)) if (0..=64).contains(n) => r.gpu = *n as u32,
+                ("cpu" | "memory" | "gpu", _) => {
+                    return Err(bad(format!(
+                        "{k}: expected {}",
+                        match k.as_str() {
+                            "cpu" => "a number of cores, e.g. 2 or 0.5",
+                            "memory" => "a size such as \"4GiB\"",
+                            _ => "a whole number of GPUs from 0 to 64",
+                        }
+                    )));
+                }
+                _ => return Err(bad(format!("unknown resource {k:?} (cpu, memory, gpu)"))),
+            }
+        }
+        Ok(Some(r))
+    }
+}
+
 impl Settings {
     /// A short digest of what every replica must agree on: the pipelines as they run
     /// (commands, environment names, limits, caps, requirements, parameters) and the
@@ -185,7 +224,7 @@ impl Settings {
         h.update(format!("global={}\n", self.server.max_workers_global));
         for (name, p) in &self.pipelines {
             h.update(format!(
-                "{name}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}\n",
+                "{name}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}\n",
                 p.command,
                 p.cwd,
                 p.env,
@@ -202,6 +241,7 @@ impl Settings {
                 p.params.keys().collect::<Vec<_>>(),
                 p.finalizer.as_ref().map(|f| &f.command),
                 p.requires,
+                p.resources,
             ));
         }
         let digest = h.finalize();

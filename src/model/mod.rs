@@ -8,6 +8,7 @@ mod event;
 mod id;
 mod placement;
 mod policy;
+mod resources;
 mod status;
 
 pub use event::EventName;
@@ -20,4 +21,5 @@ pub use placement::{
     unplaceable,
 };
 pub use policy::{PRIORITY_RANGE, RetryOn};
+pub use resources::Resources;
 pub use status::{JobStatus, Reason, RunStatus, StatusParseError};

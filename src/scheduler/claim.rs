@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Inner, POLL_BACKSTOP, claim_params, job, rescuer};
+use super::{Inner, POLL_BACKSTOP, claim_params, claimable_needs, job, need_of, rescuer};
 use crate::store::change;
 
 pub(super) async fn claim_loop(inner: Arc<Inner>) {
@@ -27,7 +27,20 @@ pub(super) async fn claim_loop(inner: Arc<Inner>) {
         } else if free > 0 && !inner.admission.check(&inner.settings.server) {
             wait = POLL_BACKSTOP;
         } else if free > 0 {
-            let params = claim_params(&inner, free);
+            // Room for what the jobs need of this node: a claim takes no more than fits.
+            let mut room = inner.resources.reserve(claimable_needs(&inner), free);
+            if room.max == 0 {
+                drop(room);
+                // Nothing fits until a job here ends (which frees a slot and wakes us).
+                tokio::select! {
+                    _ = inner.stop_claiming.cancelled() => break,
+                    _ = inner.slot_freed.notified() => {}
+                    _ = tokio::time::sleep(POLL_BACKSTOP) => {}
+                }
+                continue;
+            }
+            let max = room.max;
+            let params = claim_params(&inner, max, room.allowed.as_deref());
             let claimed_at = params.now;
             match inner.store.job_claim(params).await {
                 Ok(out) => {
@@ -37,12 +50,14 @@ pub(super) async fn claim_loop(inner: Arc<Inner>) {
                             tracing::error!("claimed more jobs than free slots; this is a bug");
                             break;
                         };
+                        room.take(&claimed_job.id, need_of(&inner, &claimed_job.pipeline));
                         inner
                             .jobs
                             .spawn(job::run(inner.clone(), claimed_job, permit));
                     }
-                    if claimed == free {
-                        continue; // full: nothing to wait for until a slot frees
+                    drop(room);
+                    if claimed == max {
+                        continue; // took all it could: claim again, or wait for a slot
                     }
                     if let Some(due) = out.next_due {
                         let until =

@@ -26,7 +26,7 @@ use super::journal::Entry;
 use super::rescuer;
 use super::setup::{SetupBlocked, SetupContext};
 use super::workdir::WorkDir;
-use super::{Inner, claim_params};
+use super::{Inner, claim_params, claimable_needs, need_of};
 use crate::config::Pipeline;
 use crate::executor::{Collector, Ending, Exit, Running, SpawnSpec};
 use crate::metrics::JobEnd;
@@ -40,7 +40,9 @@ const START_RECORD_DELAY: Duration = Duration::from_millis(20);
 pub(super) async fn run(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
     let mut next = Some(job);
     while let Some(job) = next.take() {
+        let id = job.id.clone();
         next = run_one(&inner, job).await.into_iter().next();
+        inner.resources.release(&id);
     }
     drop(permit);
     inner.slot_freed.notify_one();
@@ -78,7 +80,7 @@ async fn run_one(inner: &Arc<Inner>, job: ClaimedJob) -> Vec<ClaimedJob> {
                 inner.settings.server.max_output_bytes,
                 inner.redactor.clone(),
             );
-            let spec = spawn_spec(&pipeline, &job, &work);
+            let spec = spawn_spec(&pipeline, &job, &work, &inner.resources.gpus_of(&job.id));
             match Running::spawn(&spec, collector.clone()) {
                 Err(e) => {
                     let message = format!("cannot start {}: {e}", spec.program.display());
@@ -390,10 +392,14 @@ async fn finish(
         // clock read, at that try: a claim made after an outage must carry the time it
         // was made (`claimed_at` is what the forgotten-job check trusts not to re-queue a
         // job whose task is just starting).
+        // The process has ended: what it held of this node is free for the next job.
+        inner.resources.release(&job.id);
+        let mut room = inner.resources.reserve(claimable_needs(inner), 1);
         let claim_next = (!inner.stop_claiming.is_cancelled()
             && inner.lease.trusted()
+            && room.max == 1
             && inner.admission.check(&inner.settings.server))
-        .then(|| claim_params(inner, 1));
+        .then(|| claim_params(inner, 1, room.allowed.as_deref()));
         let claimed_at = claim_next.as_ref().map(|c| c.now);
         let attempt = JobFinishParams {
             now: inner.store.clock_ms(),
@@ -419,6 +425,9 @@ async fn finish(
                         .metrics
                         .job_ended(&job.pipeline, ending_of(status, &params.outcome));
                 }
+                for next in &out.next {
+                    room.take(&next.id, need_of(inner, &next.pipeline));
+                }
                 return Some(out.next);
             }
             Err(e) => {
@@ -431,7 +440,12 @@ async fn finish(
 }
 
 /// The argv and environment of one execution: placeholders substituted per argv element.
-pub(crate) fn spawn_spec(pipeline: &Pipeline, job: &ClaimedJob, work: &WorkDir) -> SpawnSpec {
+pub(crate) fn spawn_spec(
+    pipeline: &Pipeline,
+    job: &ClaimedJob,
+    work: &WorkDir,
+    gpus: &[u32],
+) -> SpawnSpec {
     let summary = work.summary_path().display().to_string();
     let lookup = |name: &str| -> Option<String> {
         Some(match name {
@@ -486,6 +500,12 @@ pub(crate) fn spawn_spec(pipeline: &Pipeline, job: &ClaimedJob, work: &WorkDir) 
             env.push(("RUNYARD_SUMMARY_FILE".to_string(), summary.clone()));
             env.push(("RUNYARD_RUN_STATUS".to_string(), work.run_status.clone()));
         }
+    }
+    if pipeline.resources.gpu > 0 {
+        // This job's own GPUs: no running job on this node holds any of them.
+        let ids: Vec<String> = gpus.iter().map(u32::to_string).collect();
+        env.push(("RUNYARD_GPU_IDS".to_string(), ids.join(",")));
+        env.push(("CUDA_VISIBLE_DEVICES".to_string(), ids.join(",")));
     }
     for (name, value) in &job.params {
         env.push((

@@ -25,6 +25,7 @@ mod outbox;
 mod placement;
 pub mod registration;
 pub mod rescuer;
+mod resources;
 mod schedules;
 mod setup;
 mod workdir;
@@ -228,6 +229,8 @@ pub(crate) struct Inner {
     metrics: Arc<Metrics>,
     /// Whether this node's config digest differs from its live peers' (last seen).
     config_differs: std::sync::atomic::AtomicBool,
+    /// This node's resources and what its running jobs hold.
+    resources: resources::Ledger,
 }
 
 /// Handle to this node's scheduler.
@@ -265,16 +268,19 @@ impl Scheduler {
             url: settings.server.advertise_url.clone(),
             labels: settings.server.labels.clone(),
             config_digest: settings.config_digest(),
+            capacity: settings.server.resources.unwrap_or_else(resources::machine),
         };
         let registering = std::time::Instant::now();
         let redactor =
             Some(Arc::new(Redactor::new(settings.secrets.values()))).filter(|r| !r.is_empty());
         // Placement inside the claim: a node claims only from the pipelines whose
-        // `requires` its labels meet (requirements are per pipeline, so this is exact).
-        let claimable = settings
+        // `requires` its labels meet and whose one-job needs its capacity can hold
+        // (both per pipeline, so this is exact).
+        let capacity = node.capacity;
+        let claimable: HashMap<String, u32> = settings
             .pipelines
             .iter()
-            .filter(|(name, p)| match crate::model::unmet(&p.requires, &settings.server.labels) {
+            .filter(|(name, p)| match placement_refusal(p, &node) {
                 None => true,
                 Some(why) => {
                     tracing::info!(pipeline = %name, "this node claims none of its jobs: {why}");
@@ -283,6 +289,12 @@ impl Scheduler {
             })
             .map(|(name, p)| (name.clone(), p.concurrency))
             .collect();
+        let resources = resources::Ledger::new(
+            capacity,
+            claimable
+                .keys()
+                .map(|name| &settings.pipelines[name].resources),
+        );
         let lease = lease::Lease::new(3 * settings.server.heartbeat, registering);
         // A previous life's ends land before anything is rescued or claimed.
         let journal = journal::Journal::new(
@@ -317,6 +329,7 @@ impl Scheduler {
             webhooks,
             metrics,
             config_differs: std::sync::atomic::AtomicBool::new(false),
+            resources,
         });
         let taken_back = registration::register(&inner).await?;
         if taken_back.dead_nodes > 0 {
@@ -674,6 +687,11 @@ impl Scheduler {
         self.inner.admission.held()
     }
 
+    /// What this node's running jobs hold of its resources.
+    pub fn resources_in_use(&self) -> crate::model::Resources {
+        self.inner.resources.in_use()
+    }
+
     /// Aborts a run: durable mark first, then local cancellation, then the bus (DESIGN "Life of a run" 5).
     pub async fn abort(&self, run_id: &str, by: AbortedBy) -> Result<AbortOutcome, StoreError> {
         let by = by.json(&self.inner.node.id, None);
@@ -799,7 +817,11 @@ pub(crate) const POLL_BACKSTOP: Duration = Duration::from_secs(1);
 /// A claim of up to `max` jobs for this node, at a time no other claim of this node has
 /// (so a claim whose commit answer was lost can be found again by its `claimed_at`).
 /// Pipelines whose setup circuit is open on this node are left out.
-fn claim_params(inner: &Inner, max: usize) -> crate::store::JobClaimParams {
+fn claim_params(
+    inner: &Inner,
+    max: usize,
+    allowed: Option<&[String]>,
+) -> crate::store::JobClaimParams {
     use std::sync::atomic::Ordering;
     let clock = inner.store.clock_ms();
     let mut last = inner.last_claim_at.load(Ordering::Acquire);
@@ -823,8 +845,45 @@ fn claim_params(inner: &Inner, max: usize) -> crate::store::JobClaimParams {
             .claimable
             .iter()
             .filter(|(name, _)| inner.setups.claimable(name, now))
+            .filter(|(name, _)| allowed.is_none_or(|a| a.contains(name)))
             .map(|(name, cap)| (name.clone(), *cap))
             .collect(),
         now,
     }
+}
+
+/// Why this node never claims `pipeline`'s jobs (its labels miss a requirement, or one
+/// job needs more than the node has), or `None`.
+fn placement_refusal(pipeline: &crate::config::Pipeline, node: &NodeRow) -> Option<String> {
+    crate::model::unmet(&pipeline.requires, &node.labels).or_else(|| {
+        (!pipeline.resources.fits(&node.capacity)).then(|| {
+            format!(
+                "one job needs {}, more than this node has ({})",
+                pipeline.resources.describe(),
+                node.capacity.describe()
+            )
+        })
+    })
+}
+
+/// Each claimable pipeline with what one of its jobs needs.
+fn claimable_needs(inner: &Inner) -> impl Iterator<Item = (&str, &crate::model::Resources)> {
+    inner
+        .claimable
+        .keys()
+        .map(|name| (name.as_str(), &inner.settings.pipelines[name].resources))
+}
+
+/// What one job of `pipeline` needs (nothing for a pipeline not configured here).
+fn need_of<'a>(inner: &'a Inner, pipeline: &str) -> &'a crate::model::Resources {
+    static NOTHING: crate::model::Resources = crate::model::Resources {
+        cpu_milli: 0,
+        memory: 0,
+        gpu: 0,
+    };
+    inner
+        .settings
+        .pipelines
+        .get(pipeline)
+        .map_or(&NOTHING, |p| &p.resources)
 }

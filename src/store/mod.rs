@@ -536,13 +536,16 @@ pub struct NodeRow {
     pub labels: crate::model::Labels,
     /// Digest of the config it runs ([`crate::config::Settings::config_digest`]).
     pub config_digest: String,
+    /// What it has for its jobs (`[server] resources`).
+    pub capacity: crate::model::Resources,
 }
 
 impl NodeRow {
-    /// `{"url", "labels", "configDigest"}`: the `info` column both stores keep.
+    /// `{"url", "labels", "configDigest", "capacity"}`: the `info` column both stores keep.
     pub fn info_json(&self) -> String {
-        serde_json::json!({"url": self.url, "labels": self.labels, "configDigest": self.config_digest})
-            .to_string()
+        serde_json::json!({"url": self.url, "labels": self.labels,
+            "configDigest": self.config_digest, "capacity": self.capacity})
+        .to_string()
     }
 
     /// Fills `url`, `labels` and `config_digest` from an `info` column (absent or
@@ -554,6 +557,7 @@ impl NodeRow {
             url: Option<String>,
             labels: crate::model::Labels,
             config_digest: String,
+            capacity: crate::model::Resources,
         }
         let info: Info = info
             .and_then(|t| serde_json::from_str(t).ok())
@@ -561,6 +565,7 @@ impl NodeRow {
         self.url = info.url;
         self.labels = info.labels;
         self.config_digest = info.config_digest;
+        self.capacity = info.capacity;
         self
     }
 }

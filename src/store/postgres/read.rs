@@ -309,6 +309,7 @@ impl PgStore {
                 url: None,
                 labels: Default::default(),
                 config_digest: String::new(),
+                capacity: Default::default(),
             }
             .with_info(r.get::<_, Option<String>>(9).as_deref()))
             .collect())

@@ -133,6 +133,7 @@ pub(super) async fn nodes_list(s: &SqliteStore) -> StoreResult<Vec<NodeRow>> {
                     url: None,
                     labels: Default::default(),
                     config_digest: String::new(),
+                    capacity: Default::default(),
                 }
                 .with_info(info.as_deref()))
             })?
