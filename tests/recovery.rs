@@ -47,6 +47,7 @@ async fn queue_claimed(store: &Arc<dyn Store>, node_id: &str, claimed_at: i64) -
         global_cap: 0,
         pipelines: [("elsewhere".to_string(), 0)].into(),
         now: claimed_at,
+        keyed: Default::default(),
     };
     store.job_claim(claim).await.unwrap().jobs.remove(0)
 }

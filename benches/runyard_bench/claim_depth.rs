@@ -114,6 +114,7 @@ async fn measure(store: &Arc<dyn Store>) -> (f64, f64) {
                 global_cap: 0,
                 pipelines: [(PIPELINE.to_string(), 0)].into(),
                 now,
+                keyed: Default::default(),
             })
             .await
             .unwrap();

@@ -28,6 +28,7 @@ fn claim_params(node: &str, cap: usize) -> JobClaimParams {
         global_cap: cap,
         pipelines: HashMap::from([(PIPELINE.to_string(), 0)]),
         now: runyard::clock::now_ms(),
+        keyed: Default::default(),
     }
 }
 

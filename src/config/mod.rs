@@ -540,6 +540,11 @@ pub struct Pipeline {
     pub requires: crate::model::Requirements,
     /// What one of its jobs needs of a node (`resources`); zero: only a slot.
     pub resources: crate::model::Resources,
+    /// The key its runs are capped and shared fairly by (`concurrency_key`, a template
+    /// over the run's parameters), if any.
+    pub concurrency_key: Option<Template>,
+    /// Running jobs per key value over all nodes (`concurrency_per_key`); 0 = no cap.
+    pub concurrency_per_key: u32,
     /// Claim order of its runs (higher first), unless a trigger gives its own.
     pub priority: i32,
     /// Default shard count.
@@ -714,6 +719,8 @@ struct RawPipeline {
     schedule_params: Option<BTreeMap<String, toml::Value>>,
     requires: Option<BTreeMap<String, toml::Value>>,
     resources: Option<BTreeMap<String, toml::Value>>,
+    concurrency_key: Option<String>,
+    concurrency_per_key: Option<u32>,
     #[serde(default)]
     params: BTreeMap<String, RawParam>,
 }
@@ -1812,6 +1819,12 @@ impl Loader<'_> {
             }
             templates.push(tpl);
         }
+        let (concurrency_key, concurrency_per_key) = self.concurrency_key(
+            t,
+            rp.concurrency_key.as_deref(),
+            rp.concurrency_per_key,
+            &params,
+        )?;
         let mut env = BTreeMap::new();
         let mut secret_env = BTreeMap::new();
         for (key, value) in &rp.env {
@@ -1915,6 +1928,8 @@ impl Loader<'_> {
             retry_on,
             priority,
             concurrency: rp.concurrency.unwrap_or(0),
+            concurrency_key,
+            concurrency_per_key,
             requires: self.requires(t, rp.requires.as_ref())?,
             resources: self
                 .resources(t, rp.resources.as_ref())?

@@ -214,6 +214,47 @@ impl Loader<'_> {
     }
 }
 
+impl Loader<'_> {
+    /// `concurrency_key = "{tenant}"` (placeholders: the pipeline's declared parameters
+    /// only, so every run has a value) and `concurrency_per_key = N` (needs a key).
+    pub(super) fn concurrency_key(
+        &self,
+        table: &str,
+        key: Option<&str>,
+        per_key: Option<u32>,
+        params: &BTreeMap<String, super::ParamSpec>,
+    ) -> Result<(Option<super::Template>, u32), ConfigError> {
+        let Some(text) = key else {
+            if per_key.is_some() {
+                return Err(self.invalid(
+                    table,
+                    Some("concurrency_per_key"),
+                    "needs concurrency_key (the template, e.g. \"{tenant}\", whose value is capped)",
+                ));
+            }
+            return Ok((None, 0));
+        };
+        let tpl = super::Template::parse(text)
+            .map_err(|m| self.invalid(table, Some("concurrency_key"), m))?;
+        let vars: Vec<&str> = tpl.vars().collect();
+        if vars.is_empty() {
+            return Err(self.invalid(
+                table,
+                Some("concurrency_key"),
+                "must name at least one parameter, e.g. \"{tenant}\" (a constant key is the pipeline's `concurrency`)",
+            ));
+        }
+        if let Some(var) = vars.iter().find(|v| !params.contains_key(**v)) {
+            return Err(self.invalid(
+                table,
+                Some("concurrency_key"),
+                format!("unknown parameter {{{var}}}: declare [{table}.params.{var}]"),
+            ));
+        }
+        Ok((Some(tpl), per_key.unwrap_or(0)))
+    }
+}
+
 impl Settings {
     /// A short digest of what every replica must agree on: the pipelines as they run
     /// (commands, environment names, limits, caps, requirements, parameters) and the
@@ -243,6 +284,9 @@ impl Settings {
                 p.requires,
                 p.resources,
             ));
+            if let Some(key) = &p.concurrency_key {
+                h.update(format!("{name}|key={key:?}|{}\n", p.concurrency_per_key));
+            }
         }
         let digest = h.finalize();
         digest[..6].iter().map(|b| format!("{b:02x}")).collect()

@@ -71,6 +71,21 @@ pub(super) async fn housekeeping_loop(inner: Arc<Inner>) {
         if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(tokio::time::Instant::now());
             prune(&inner).await;
+            adopt_keys(&inner).await;
+        }
+    }
+}
+
+/// Gives queued jobs of this node's keyed pipelines that have no key (queued by a node
+/// whose config had no `concurrency_key` yet) the key `''`, so keyed claims take them.
+pub(super) async fn adopt_keys(inner: &Inner) {
+    for pipeline in inner.keyed.keys() {
+        match inner.store.jobs_adopt_key(pipeline).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(%pipeline, "{n} queued job(s) without a concurrency key get the key \"\"")
+            }
+            Err(e) => tracing::warn!(%pipeline, "cannot give queued jobs a concurrency key: {e}"),
         }
     }
 }

@@ -210,6 +210,8 @@ pub(crate) struct Inner {
     claimer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Pipeline name → concurrency cap, for claims.
     claimable: HashMap<String, u32>,
+    /// Keyed pipeline name → per-key cap (0 = fair shares only), for claims.
+    keyed: HashMap<String, u32>,
     /// The time of this node's last claim: every claim gets a time of its own, so a claim
     /// whose commit answer was lost is found again by it (`claimed_at`).
     last_claim_at: std::sync::atomic::AtomicI64,
@@ -289,6 +291,12 @@ impl Scheduler {
             })
             .map(|(name, p)| (name.clone(), p.concurrency))
             .collect();
+        let keyed = settings
+            .pipelines
+            .values()
+            .filter(|p| p.concurrency_key.is_some())
+            .map(|p| (p.name.clone(), p.concurrency_per_key))
+            .collect();
         let resources = resources::Ledger::new(
             capacity,
             claimable
@@ -320,6 +328,7 @@ impl Scheduler {
             services: TaskTracker::new(),
             slot_freed: Notify::new(),
             claimer: std::sync::Mutex::new(None),
+            keyed,
             claimable,
             setups: setup::Setups::default(),
             lease,
@@ -332,6 +341,7 @@ impl Scheduler {
             resources,
         });
         let taken_back = registration::register(&inner).await?;
+        heartbeat::adopt_keys(&inner).await;
         if taken_back.dead_nodes > 0 {
             tracing::info!(report = ?taken_back, "resolved what this node's previous life left");
         }
@@ -462,6 +472,7 @@ impl Scheduler {
         let options = crate::store::RunOptions {
             not_before,
             priority,
+            concurrency_key: concurrency_key_of(pipeline, &params),
             ..Default::default()
         };
         let created = create_run(
@@ -579,6 +590,7 @@ impl Scheduler {
                     not_before: None,
                     priority: original.priority,
                     scheduled_for: None,
+                    concurrency_key: concurrency_key_of(pipeline, &original.parameters),
                 },
             },
         )
@@ -747,6 +759,18 @@ impl Scheduler {
 }
 
 /// The retry and orphan rules a pipeline's new jobs are queued under.
+/// A run's concurrency key: its pipeline's `concurrency_key` rendered with its
+/// parameters (every placeholder is a declared parameter, so each has a value).
+fn concurrency_key_of(
+    pipeline: &Pipeline,
+    params: &std::collections::BTreeMap<String, String>,
+) -> Option<String> {
+    pipeline
+        .concurrency_key
+        .as_ref()
+        .map(|t| t.render(|name| params.get(name).cloned()))
+}
+
 fn policy_of(pipeline: &Pipeline) -> JobPolicy {
     JobPolicy {
         max_attempts: pipeline.max_attempts,
@@ -846,6 +870,12 @@ fn claim_params(
             .iter()
             .filter(|(name, _)| inner.setups.claimable(name, now))
             .filter(|(name, _)| allowed.is_none_or(|a| a.contains(name)))
+            .map(|(name, cap)| (name.clone(), *cap))
+            .collect(),
+        keyed: inner
+            .keyed
+            .iter()
+            .filter(|(name, _)| inner.claimable.contains_key(*name))
             .map(|(name, cap)| (name.clone(), *cap))
             .collect(),
         now,

@@ -100,6 +100,10 @@ pub(super) async fn run_once(inner: &Inner) -> Result<Option<i64>, StoreError> {
                     options: RunOptions {
                         priority: pipeline.priority,
                         scheduled_for: Some(fire.scheduled_for),
+                        concurrency_key: super::concurrency_key_of(
+                            pipeline,
+                            &pipeline.schedule_params,
+                        ),
                         ..Default::default()
                     },
                 },

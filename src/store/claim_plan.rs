@@ -22,7 +22,98 @@ use super::{ClaimedJob, JobClaimParams};
 /// True when some cap applies, so running jobs must be counted (and, on a shared
 /// database, the count serialised).
 pub fn needs_counts(p: &JobClaimParams) -> bool {
-    p.global_cap > 0 || p.pipelines.values().any(|cap| *cap > 0)
+    p.global_cap > 0 || p.pipelines.values().any(|cap| *cap > 0) || !p.keyed.is_empty()
+}
+
+/// Keys of one pipeline a claim looks at at most (the rest on later claims: the scan goes
+/// on after the last key taken, round the key space).
+pub const KEY_SCAN: usize = 256;
+
+/// A queue head a backend read, with its concurrency key when its pipeline is keyed.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Queue order.
+    pub seq: i64,
+    /// The job as it would be claimed.
+    pub job: ClaimedJob,
+    /// Its concurrency key (keyed pipelines only).
+    pub key: Option<String>,
+}
+
+/// How many heads of one key to read: its room under the per-key cap (`cap` 0: none),
+/// at most the pipeline's room.
+pub fn key_room(cap: u32, running: u32, pipeline_room: usize) -> usize {
+    match cap {
+        0 => pipeline_room,
+        cap => (cap.saturating_sub(running) as usize).min(pipeline_room),
+    }
+}
+
+/// The jobs to claim, fair over keys: a keyed job's rank is how many jobs of its key
+/// run plus how many of its key's heads come before it, so a claim takes every key's
+/// first job before any key's second, and a key with jobs running waits behind keys
+/// without. Backends read keys round-robin ([`scan_start`]): each claim looks at the
+/// keys after the last one taken, so over claims every key with queued work gets its
+/// turn. Unkeyed jobs rank 0. Order: priority (higher first), then rank, then queue
+/// order; no pipeline past its room, no key past its cap, at most `want`.
+pub fn pick(
+    mut candidates: Vec<Candidate>,
+    p: &JobClaimParams,
+    plan: &ClaimPlan,
+    running_by_key: &HashMap<(String, String), u32>,
+) -> Vec<(i64, ClaimedJob)> {
+    candidates.sort_by(|a, b| {
+        (
+            &a.job.pipeline,
+            &a.key,
+            std::cmp::Reverse(a.job.priority),
+            a.seq,
+        )
+            .cmp(&(
+                &b.job.pipeline,
+                &b.key,
+                std::cmp::Reverse(b.job.priority),
+                b.seq,
+            ))
+    });
+    let mut ranked: Vec<(u32, Candidate)> = Vec::with_capacity(candidates.len());
+    let mut position: HashMap<(String, String), u32> = HashMap::new();
+    for c in candidates {
+        let rank = match &c.key {
+            None => 0,
+            Some(key) => {
+                let id = (c.job.pipeline.clone(), key.clone());
+                let before = position.entry(id.clone()).or_insert(0);
+                let rank = running_by_key.get(&id).copied().unwrap_or(0) + *before;
+                *before += 1;
+                let cap = p.keyed.get(&c.job.pipeline).copied().unwrap_or(0);
+                if cap > 0 && rank >= cap {
+                    continue;
+                }
+                rank
+            }
+        };
+        ranked.push((rank, c));
+    }
+    ranked.sort_by_key(|(rank, c)| (std::cmp::Reverse(c.job.priority), *rank, c.seq));
+    let mut room: HashMap<&str, usize> = plan
+        .rooms
+        .iter()
+        .map(|(name, room)| (name.as_str(), *room))
+        .collect();
+    let mut out = Vec::new();
+    for (_, c) in ranked {
+        if out.len() == plan.want {
+            break;
+        }
+        if let Some(left) = room.get_mut(c.job.pipeline.as_str())
+            && *left > 0
+        {
+            *left -= 1;
+            out.push((c.seq, c.job));
+        }
+    }
+    out
 }
 
 /// How much one claim may take.
@@ -86,6 +177,47 @@ pub fn merge(mut candidates: Vec<(i64, ClaimedJob)>, want: usize) -> Vec<(i64, C
     candidates
 }
 
+/// Where a claim's scan of one pipeline's keys starts: after the last key a claim of
+/// this process took a job from (round-robin), at the start when none did yet. Scans go
+/// on round the key space, so each key's turn comes.
+pub static KEY_CURSOR: std::sync::LazyLock<std::sync::Mutex<HashMap<String, String>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The key after which a claim's scan of `pipeline` starts (`None`: the first key).
+pub fn scan_start(pipeline: &str) -> Option<String> {
+    KEY_CURSOR
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(pipeline)
+        .cloned()
+}
+
+/// Moves the cursor past the last key (in scan order) a claim took a job from.
+pub fn scanned(
+    pipeline: &str,
+    scan_order: &[String],
+    picked: &[(i64, ClaimedJob)],
+    keys: &HashMap<i64, String>,
+) {
+    let taken: std::collections::HashSet<&str> = picked
+        .iter()
+        .filter_map(|(seq, _)| keys.get(seq).map(String::as_str))
+        .collect();
+    if let Some(last) = scan_order.iter().rev().find(|k| taken.contains(k.as_str())) {
+        KEY_CURSOR
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pipeline.to_string(), last.clone());
+    }
+}
+
+/// Whether a scan that has read `keys` keys, `contributing` of which had room, stops:
+/// every key with room gives at least its head, so `room` of them fill the claim (the
+/// keys after wait for the next claims, which start after the last key taken).
+pub fn scan_done(keys: usize, contributing: usize, room: usize) -> bool {
+    contributing >= room || keys >= KEY_SCAN
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,7 +229,66 @@ mod tests {
             global_cap,
             pipelines: caps.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             now: 0,
+            keyed: Default::default(),
         }
+    }
+
+    fn job(pipeline: &str, priority: i32) -> ClaimedJob {
+        ClaimedJob {
+            id: String::new(),
+            run_id: String::new(),
+            pipeline: pipeline.into(),
+            shard_index: 0,
+            shard_count: 1,
+            attempt: 1,
+            claim_seq: 0,
+            priority,
+            params: Default::default(),
+            kind: crate::model::JobKind::Shard,
+            due_at: 0,
+            output_lines: 0,
+        }
+    }
+
+    #[test]
+    fn keyed_claims_take_every_keys_head_first_and_respect_the_per_key_cap() {
+        let mut p = params(8, 0, &[("t", 0), ("u", 0)]);
+        p.keyed = [("t".to_string(), 2)].into();
+        let plan = plan(&p, &HashMap::new());
+        let cand = |seq, key: &str| Candidate {
+            seq,
+            job: job("t", 0),
+            key: Some(key.into()),
+        };
+        // Tenant "big" queued first and has one running; "small" has none.
+        let candidates = vec![
+            cand(1, "big"),
+            cand(2, "big"),
+            cand(3, "big"),
+            cand(9, "small"),
+        ];
+        let running = [(("t".to_string(), "big".to_string()), 1)].into();
+        let picked: Vec<i64> = pick(candidates, &p, &plan, &running)
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        // small's head (rank 0) first, then big's head (rank 1); big's second would be its
+        // third running job, over the cap of 2.
+        assert_eq!(picked, vec![9, 1]);
+        // Priority still comes first, and unkeyed jobs rank 0.
+        let mut hi = cand(5, "big");
+        hi.job.priority = 5;
+        let plain = Candidate {
+            seq: 4,
+            job: job("u", 0),
+            key: None,
+        };
+        let picked: Vec<i64> = pick(vec![cand(2, "big"), plain, hi], &p, &plan, &HashMap::new())
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        // big's second (rank 1) comes after the unkeyed head at rank 0.
+        assert_eq!(picked, vec![5, 4, 2]);
     }
 
     #[test]

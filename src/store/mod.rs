@@ -259,6 +259,9 @@ pub struct RunOptions {
     pub priority: i32,
     /// The schedule tick this run is for (epoch ms), when a schedule fired it.
     pub scheduled_for: Option<i64>,
+    /// Its pipeline's `concurrency_key` rendered with its parameters: the key its jobs
+    /// are capped (`concurrency_per_key`) and shared fairly by. `None`: no key.
+    pub concurrency_key: Option<String>,
 }
 
 /// `run_create` result.
@@ -290,6 +293,9 @@ pub struct JobClaimParams {
     pub global_cap: usize,
     /// Pipelines this node can run, with their concurrency caps (0 = none).
     pub pipelines: HashMap<String, u32>,
+    /// Of those, the pipelines with a `concurrency_key`: their per-key cap
+    /// (`concurrency_per_key`, 0 = none). Their jobs are claimed fairly over keys.
+    pub keyed: HashMap<String, u32>,
     /// Now (epoch ms); jobs whose `run_after` is later wait.
     pub now: i64,
 }
@@ -1028,6 +1034,9 @@ pub trait Store: Send + Sync {
 
     /// Writes a run and its jobs (status `queued`) and their `job:created` events in one transaction.
     async fn run_create(&self, p: RunCreateParams) -> StoreResult<RunCreated>;
+    /// Gives the key `''` to `pipeline`'s queued jobs that have none (queued before the
+    /// pipeline had a `concurrency_key`), so keyed claims see them; returns how many.
+    async fn jobs_adopt_key(&self, pipeline: &str) -> StoreResult<u64>;
     /// Claims queued jobs for a node within its slots and the caps.
     async fn job_claim(&self, p: JobClaimParams) -> StoreResult<ClaimOutcome>;
     /// Records the spawned process; `None` when the claim is no longer ours,

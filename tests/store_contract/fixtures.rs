@@ -97,6 +97,7 @@ pub fn claim(max: usize) -> JobClaimParams {
         global_cap: 0,
         pipelines: [("p".to_string(), 0)].into(),
         now: 10,
+        keyed: Default::default(),
     }
 }
 

@@ -137,6 +137,7 @@ async fn claim_race(
                 global_cap,
                 pipelines: [("capped".to_string(), CAPPED_CAP), ("free".to_string(), 0)].into(),
                 now: 10,
+                keyed: Default::default(),
             };
             let took = |jobs: &[ClaimedJob]| {
                 for job in jobs {

@@ -72,7 +72,7 @@ pub(super) async fn claim_in_tx(
         let mut capped: Vec<&String> = p
             .pipelines
             .iter()
-            .filter(|(_, cap)| **cap > 0)
+            .filter(|(name, cap)| **cap > 0 || p.keyed.contains_key(*name))
             .map(|(name, _)| name)
             .collect();
         capped.sort();
@@ -98,6 +98,13 @@ pub(super) async fn claim_in_tx(
         }
     }
     let plan = claim_plan::plan(p, &running);
+    if plan
+        .rooms
+        .iter()
+        .any(|(name, _)| p.keyed.contains_key(name))
+    {
+        return super::claim_keyed::claim(tx, p, plan).await;
+    }
     let mut rooms = Rows::new(&[("name", "text"), ("room", "bigint")]);
     for (name, room) in &plan.rooms {
         rooms.push(vec![Box::new(name.clone()), Box::new(*room as i64)]);

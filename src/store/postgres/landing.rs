@@ -224,9 +224,9 @@ pub(super) async fn queue_finalizer(tx: &mut Tx, run_id: &str, now: i64) -> Stor
     let inserted = tx
         .query_opt(
             "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts, retry_backoff_ms,
-                               on_orphan, max_orphan_requeues, run_after, created_at, kind, priority)
+                               on_orphan, max_orphan_requeues, run_after, created_at, kind, priority, ckey)
              SELECT $1, run_id, pipeline, shard_count, shard_count, 'queued', $4, retry_backoff_ms,
-                    'requeue', GREATEST(max_orphan_requeues, $5), $3, $3, 'finalize', priority
+                    'requeue', GREATEST(max_orphan_requeues, $5), $3, $3, 'finalize', priority, ckey
              FROM jobs WHERE run_id = $2 AND kind = 'shard' LIMIT 1
              ON CONFLICT (id) DO NOTHING
              RETURNING pipeline, shard_index",

@@ -44,6 +44,7 @@
 //!   carries them; log streams poll on their own.
 
 mod claim;
+mod claim_keyed;
 mod executions;
 mod finish;
 mod group_commit;
@@ -80,7 +81,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres_0005_queue_order.sql"),
     include_str!("../migrations/postgres_0006_schedules.sql"),
     include_str!("../migrations/postgres_0007_aborted_by.sql"),
-    include_str!("../migrations/postgres_0008_node_names.sql"),
+    include_str!("../migrations/postgres_0008_placement.sql"),
 ];
 /// The schema version this build migrates to (the number of migrations).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -570,6 +571,9 @@ impl Store for PgStore {
 
     async fn run_create(&self, p: RunCreateParams) -> StoreResult<RunCreated> {
         runs::run_create(self, p).await
+    }
+    async fn jobs_adopt_key(&self, pipeline: &str) -> StoreResult<u64> {
+        claim_keyed::jobs_adopt_key(self, pipeline).await
     }
     async fn job_claim(&self, p: JobClaimParams) -> StoreResult<ClaimOutcome> {
         claim::job_claim(self, p).await

@@ -56,8 +56,8 @@ const INSERT_RUN: &str = "INSERT INTO runs (id, pipeline, status, params, shard_
 
 const INSERT_QUEUED_JOBS: &str = "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status,
                                    max_attempts, retry_backoff_ms, on_orphan, max_orphan_requeues, run_after,
-                                   created_at, retry_on, priority, held)
-     SELECT t.id, $2, $3, t.idx, $4, 'queued', $5, $6, $7, $8, $12, $9, $10, $13, $14
+                                   created_at, retry_on, priority, held, ckey)
+     SELECT t.id, $2, $3, t.idx, $4, 'queued', $5, $6, $7, $8, $12, $9, $10, $13, $14, $15
      FROM unnest($1::text[], $11::bigint[]) AS t(id, idx)";
 
 /// Inserts the run's queued jobs (all but a re-run's kept shards).
@@ -89,6 +89,7 @@ async fn insert_queued_jobs(tx: &Tx, p: &RunCreateParams) -> StoreResult<u64> {
             &run_after,
             &i64::from(p.options.priority),
             &held,
+            &p.options.concurrency_key,
         ],
     )
     .await

@@ -8,6 +8,20 @@ pub(super) async fn job_claim(s: &SqliteStore, p: JobClaimParams) -> StoreResult
         .await
 }
 
+/// See [`Store::jobs_adopt_key`].
+pub(super) async fn jobs_adopt_key(s: &SqliteStore, pipeline: &str) -> StoreResult<u64> {
+    let pipeline = pipeline.to_string();
+    s.write("jobs_adopt_key", move |conn| {
+        let n = conn
+            .prepare_cached(
+                "UPDATE jobs SET ckey = '' WHERE pipeline = ?1 AND status = 'queued' AND ckey IS NULL",
+            )?
+            .execute(params![pipeline])?;
+        Ok((n as u64, 0))
+    })
+    .await
+}
+
 /// Claims queued jobs for a node inside the caller's transaction (see [`Store::job_claim`]).
 pub(super) fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcome> {
     // A node without a row was declared dead (or has deregistered): it may not claim, so a
@@ -40,6 +54,17 @@ pub(super) fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<
             running.insert(r.get(0)?, r.get(1)?);
         }
     }
+    let mut running_by_key: HashMap<(String, String), u32> = HashMap::new();
+    if !p.keyed.is_empty() {
+        let mut stmt = conn.prepare_cached(
+            "SELECT pipeline, ckey, COUNT(*) FROM jobs
+             WHERE status = 'running' AND ckey IS NOT NULL GROUP BY pipeline, ckey",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            running_by_key.insert((r.get(0)?, r.get(1)?), r.get(2)?);
+        }
+    }
     let mut plan = claim_plan::plan(p, &running);
     if !plan.rooms.is_empty() {
         let paused: std::collections::HashSet<String> = conn
@@ -50,7 +75,9 @@ pub(super) fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<
     }
     let mut want = plan.want;
     let mut out = ClaimOutcome::default();
-    let mut candidates: Vec<(i64, ClaimedJob)> = Vec::new();
+    let mut candidates: Vec<claim_plan::Candidate> = Vec::new();
+    let mut keys_of: HashMap<i64, String> = HashMap::new();
+    let mut scans: Vec<(String, Vec<String>)> = Vec::new();
     if want > 0 {
         let mut head = conn.prepare_cached(
             "SELECT j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt, r.params, j.kind,
@@ -60,28 +87,18 @@ pub(super) fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<
              ORDER BY j.priority DESC, j.seq LIMIT ?3",
         )?;
         for (name, room) in &plan.rooms {
-            let rows = head.query_map(params![name, p.now, *room as i64], |r| {
-                let params: String = r.get(7)?;
-                Ok((
-                    r.get(0)?,
-                    ClaimedJob {
-                        id: r.get(1)?,
-                        run_id: r.get(2)?,
-                        pipeline: r.get(3)?,
-                        shard_index: r.get(4)?,
-                        shard_count: r.get(5)?,
-                        attempt: r.get(6)?,
-                        claim_seq: 0,
-                        params: serde_json::from_str(&params).unwrap_or_default(),
-                        kind: JobKind::from_name(r.get_ref(8)?.as_str()?),
-                        due_at: r.get(9)?,
-                        priority: r.get(10)?,
-                        output_lines: 0,
-                    },
-                ))
-            })?;
+            if let Some(cap) = p.keyed.get(name) {
+                let order =
+                    keyed_heads(conn, p, name, *room, *cap, &running_by_key, &mut candidates)?;
+                for c in candidates.iter().filter(|c| c.key.is_some()) {
+                    keys_of.insert(c.seq, c.key.clone().unwrap_or_default());
+                }
+                scans.push((name.clone(), order));
+                continue;
+            }
+            let rows = head.query_map(params![name, p.now, *room as i64], candidate)?;
             for row in rows {
-                candidates.push(row?);
+                candidates.push(claim_plan::Candidate { key: None, ..row? });
             }
         }
     }
@@ -90,7 +107,11 @@ pub(super) fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<
                 pid = NULL, proc_start = NULL, started_at = NULL, exit_code = NULL, abort_requested = 0
          WHERE seq = ?1 AND status = 'queued' RETURNING claim_seq",
     )?;
-    for (seq, mut job) in claim_plan::merge(candidates, want) {
+    let picked = claim_plan::pick(candidates, p, &plan, &running_by_key);
+    for (pipeline, order) in &scans {
+        claim_plan::scanned(pipeline, order, &picked, &keys_of);
+    }
+    for (seq, mut job) in picked {
         if let Some(claim_seq) = claim
             .query_row(params![seq, p.node_id, p.now], |r| r.get(0))
             .optional()?
@@ -109,4 +130,108 @@ pub(super) fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<
             .query_row([], |r| r.get(0))?;
     }
     Ok(out)
+}
+
+/// One row of a head query (`seq, id, run_id, pipeline, shard_index, shard_count,
+/// attempt, params, kind, run_after, priority`) as a candidate without a key.
+fn candidate(r: &rusqlite::Row<'_>) -> rusqlite::Result<claim_plan::Candidate> {
+    let params: String = r.get(7)?;
+    Ok(claim_plan::Candidate {
+        seq: r.get(0)?,
+        job: ClaimedJob {
+            id: r.get(1)?,
+            run_id: r.get(2)?,
+            pipeline: r.get(3)?,
+            shard_index: r.get(4)?,
+            shard_count: r.get(5)?,
+            attempt: r.get(6)?,
+            claim_seq: 0,
+            params: serde_json::from_str(&params).unwrap_or_default(),
+            kind: JobKind::from_name(r.get_ref(8)?.as_str()?),
+            due_at: r.get(9)?,
+            priority: r.get(10)?,
+            output_lines: 0,
+        },
+        key: None,
+    })
+}
+
+/// The heads of a keyed pipeline, key by key round-robin from where the last claim
+/// stopped (`claim_plan::scan_start`), each key's up to its room under the per-key cap;
+/// returns the keys in the order they were looked at.
+fn keyed_heads(
+    conn: &Connection,
+    p: &JobClaimParams,
+    pipeline: &str,
+    room: usize,
+    cap: u32,
+    running_by_key: &HashMap<(String, String), u32>,
+    out: &mut Vec<claim_plan::Candidate>,
+) -> StoreResult<Vec<String>> {
+    let mut first = conn.prepare_cached(
+        "SELECT ckey FROM jobs INDEXED BY jobs_keyed
+         WHERE status = 'queued' AND held = 0 AND ckey IS NOT NULL AND pipeline = ?1
+         ORDER BY ckey LIMIT 1",
+    )?;
+    let mut after = conn.prepare_cached(
+        "SELECT ckey FROM jobs INDEXED BY jobs_keyed
+         WHERE status = 'queued' AND held = 0 AND ckey IS NOT NULL AND pipeline = ?1 AND ckey > ?2
+         ORDER BY ckey LIMIT 1",
+    )?;
+    let mut heads = conn.prepare_cached(
+        "SELECT j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt, r.params, j.kind,
+                j.run_after, j.priority
+         FROM jobs j INDEXED BY jobs_keyed JOIN runs r ON r.id = j.run_id
+         WHERE j.status = 'queued' AND j.held = 0 AND j.ckey IS NOT NULL AND j.pipeline = ?1
+               AND j.ckey = ?2 AND j.run_after <= ?3
+         ORDER BY j.priority DESC, j.seq LIMIT ?4",
+    )?;
+    let start = claim_plan::scan_start(pipeline);
+    let mut order: Vec<String> = Vec::new();
+    let mut contributing = 0;
+    let mut cursor = start.clone();
+    let mut wrapped = start.is_none();
+    loop {
+        let next: Option<String> = match &cursor {
+            None => first
+                .query_row(params![pipeline], |r| r.get(0))
+                .optional()?,
+            Some(k) => after
+                .query_row(params![pipeline, k], |r| r.get(0))
+                .optional()?,
+        };
+        let key = match next {
+            // Round the key space once: past the start again means every key was seen.
+            Some(k) if wrapped && start.as_ref().is_some_and(|s| &k > s) => break,
+            Some(k) => k,
+            None if !wrapped => {
+                wrapped = true;
+                cursor = None;
+                continue;
+            }
+            None => break,
+        };
+        cursor = Some(key.clone());
+        let running = running_by_key
+            .get(&(pipeline.to_string(), key.clone()))
+            .copied()
+            .unwrap_or(0);
+        let n = claim_plan::key_room(cap, running, room);
+        if n > 0 {
+            let mut found = false;
+            for row in heads.query_map(params![pipeline, key, p.now, n as i64], candidate)? {
+                out.push(claim_plan::Candidate {
+                    key: Some(key.clone()),
+                    ..row?
+                });
+                found = true;
+            }
+            contributing += usize::from(found);
+        }
+        order.push(key);
+        if claim_plan::scan_done(order.len(), contributing, room) {
+            break;
+        }
+    }
+    Ok(order)
 }

@@ -54,9 +54,9 @@ fn queue_finalizer(conn: &Connection, run_id: &str, now: i64) -> StoreResult<()>
     let inserted: Option<(String, u32)> = conn
         .prepare_cached(
             "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts, retry_backoff_ms,
-                               on_orphan, max_orphan_requeues, run_after, created_at, kind, priority)
+                               on_orphan, max_orphan_requeues, run_after, created_at, kind, priority, ckey)
              SELECT ?1, run_id, pipeline, shard_count, shard_count, 'queued', ?4, retry_backoff_ms,
-                    'requeue', MAX(max_orphan_requeues, ?5), ?3, ?3, 'finalize', priority
+                    'requeue', MAX(max_orphan_requeues, ?5), ?3, ?3, 'finalize', priority, ckey
              FROM jobs WHERE run_id = ?2 AND kind = 'shard' LIMIT 1
              ON CONFLICT (id) DO NOTHING
              RETURNING pipeline, shard_index",

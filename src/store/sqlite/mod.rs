@@ -61,7 +61,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite_0007_queue_order.sql"),
     include_str!("../migrations/sqlite_0008_schedules.sql"),
     include_str!("../migrations/sqlite_0009_aborted_by.sql"),
-    include_str!("../migrations/sqlite_0010_node_names.sql"),
+    include_str!("../migrations/sqlite_0010_placement.sql"),
 ];
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Held jobs one claim releases at most (the rest on the next claims: a due backlog is
@@ -497,6 +497,9 @@ impl Store for SqliteStore {
         runs::run_create(self, p).await
     }
 
+    async fn jobs_adopt_key(&self, pipeline: &str) -> StoreResult<u64> {
+        claim::jobs_adopt_key(self, pipeline).await
+    }
     async fn job_claim(&self, p: JobClaimParams) -> StoreResult<ClaimOutcome> {
         claim::job_claim(self, p).await
     }

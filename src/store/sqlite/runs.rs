@@ -159,8 +159,8 @@ pub(super) fn create_in_tx(
     let held = claim_plan::held(run_after, p.now);
     let mut insert = conn.prepare_cached(
         "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts, retry_backoff_ms,
-                           on_orphan, max_orphan_requeues, run_after, created_at, retry_on, priority, held)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                           on_orphan, max_orphan_requeues, run_after, created_at, retry_on, priority, held, ckey)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?;
     for (i, job_id) in p.job_ids.iter().enumerate() {
         if let Some(kept) = p.options.kept.iter().find(|k| k.shard_index as usize == i) {
@@ -182,6 +182,7 @@ pub(super) fn create_in_tx(
             retry_on,
             p.options.priority,
             held,
+            p.options.concurrency_key,
         ])?;
         emit(
             conn,

@@ -63,6 +63,7 @@ fn claim(max: usize) -> JobClaimParams {
         global_cap: 0,
         pipelines: [("p".to_string(), 0)].into(),
         now: 10,
+        keyed: Default::default(),
     }
 }
 
