@@ -23,6 +23,8 @@ mod batches;
 mod factory;
 #[path = "store_contract/fixtures.rs"]
 mod fixtures;
+#[path = "store_contract/keyed.rs"]
+mod keyed;
 #[path = "store_contract/peers.rs"]
 mod peers;
 #[path = "store_contract/races.rs"]
@@ -30,6 +32,7 @@ mod races;
 
 use basic::*;
 use batches::*;
+use keyed::*;
 use peers::*;
 use races::*;
 
@@ -122,5 +125,7 @@ contract_tests!(
         an_end_that_cannot_be_stored_does_not_fail_its_batch,
         ends_batched_on_two_handles_land_every_run_exactly_once,
         writes_are_counted_by_operation,
+        concurrent_claimers_never_exceed_a_per_key_cap,
+        a_small_tenant_is_not_kept_behind_a_large_ones_backlog,
     ]
 );
