@@ -27,6 +27,8 @@
 //! (k) runyard's count of the statements it sends against `pg_stat_statements` in a
 //!     throwaway PostgreSQL cluster the bench starts ([`pgss`]; needs the server
 //!     binaries).
+//! (l) what per-key caps and fair shares cost: runs over 100 tenants with the pipeline
+//!     keyed by tenant next to the same runs without a key ([`keys`]).
 //!
 //! With `BENCH_DATABASE_URL` (or `TEST_DATABASE_URL`) set, (a) also runs on PostgreSQL
 //! (a fresh schema per round) next to SQLite, and (e) runs; (f) also needs
@@ -37,13 +39,15 @@
 //! `BENCH_STORE_SECS` (8), `BENCH_ABORTS` (30), `BENCH_WAKE_SAMPLES` (100),
 //! `BENCH_SCALE_RUNS` (2000), `BENCH_HOST_KILLS` (5), `BENCH_WATCH_RUNS` (2000),
 //! `BENCH_WATCHERS` (1000), `BENCH_VIEWERS` (100), `BENCH_DEEP` (1000000), `BENCH_PGSS_RUNS` (2000),
-//! `BENCH_ONLY` (a subset of the letters `abcdefghijk`), `BENCH_BIN` (the server binary to measure; default: this
+//! `BENCH_ONLY` (a subset of the letters `abcdefghijkl`), `BENCH_BIN` (the server binary to measure; default: this
 //! build's, so a landed binary can be measured with the same bench).
 
 #[path = "runyard_bench/claim_depth.rs"]
 mod claim_depth;
 #[path = "runyard_bench/hosts.rs"]
 mod hosts;
+#[path = "runyard_bench/keys.rs"]
+mod keys;
 #[path = "runyard_bench/pgss.rs"]
 mod pgss;
 #[path = "runyard_bench/replicas.rs"]
@@ -577,7 +581,7 @@ fn main() {
                 .unwrap_or(1)
         );
         // BENCH_ONLY=a,c runs a subset.
-        let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcdefghijk".into());
+        let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcdefghijkl".into());
         let pg = database_url();
         if pg.is_none() && (only.contains('a') || only.contains('e') || only.contains('g')) {
             println!("(PostgreSQL figures skipped: set BENCH_DATABASE_URL or TEST_DATABASE_URL)\n");
@@ -633,6 +637,12 @@ fn main() {
                 env_usize("BENCH_HOST_KILLS", 5),
             )
             .await;
+        }
+        if only.contains('l') {
+            keys::bench_keys(None, env_usize("BENCH_RUNS", 5000), rounds).await;
+            if let Some(url) = &pg {
+                keys::bench_keys(Some(url), env_usize("BENCH_RUNS", 5000), rounds).await;
+            }
         }
         if only.contains('h') {
             watch::bench_watchers(
