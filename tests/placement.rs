@@ -5,6 +5,9 @@
 //!   host killed its jobs (a requeued orphan and a new run) wait, each job view saying
 //!   `unplaceable` and `/api/queue` and `/metrics` counting them, while other work runs;
 //!   a matching host that joins takes them at once.
+//! - A per-key cap (`concurrency_key = "{tenant}"`, `concurrency_per_key = 2`) holds
+//!   over three hosts while one holding jobs is killed, by the jobs' own clocks.
+//! - Resources bound what runs at once on a node, and GPU indices are never shared.
 //! - A node name is refused while the node holding it lives (naming its host and pid),
 //!   and a node restarted after a crash takes its name back at once, killing what its
 //!   previous life left running and re-running its job.
@@ -16,11 +19,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::hosts::{Cluster, can_unshare};
+use common::hosts::{Cluster, can_unshare, executions, max_overlap_ticks, ticking_pipeline};
 use common::{BinServer, eventually, free_port, get, post};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
+
+/// One hosts scenario at a time: each runs several hosts with sub-second leases on two
+/// cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn pg_url() -> Option<String> {
     match std::env::var("TEST_DATABASE_URL") {
@@ -85,6 +92,7 @@ async fn a_labelled_pipeline_runs_only_on_matching_hosts_and_waits_unplaceable()
     if !first_pass() || !can_unshare() {
         return;
     }
+    let _alone = ONE_AT_A_TIME.lock().await;
     let marks = tempfile::tempdir().unwrap();
     let m = marks.path().display();
     // `train` records the host it ran on; its shard 0 of a `slow` run blocks until
@@ -403,4 +411,79 @@ async fn resources_bound_what_runs_at_once_and_gpus_are_never_shared() {
     let (_, w) = get(&http, &format!("{}/api/workers", server.base)).await;
     assert_eq!(w["workers"][0]["capacity"]["gpu"], 2, "{w}");
     assert_eq!(w["workers"][0]["inUse"]["gpu"], 0, "{w}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_key_cap_holds_over_three_hosts_while_one_is_killed() {
+    let Some(pg) = pg_url() else { return };
+    if !first_pass() || !can_unshare() {
+        return;
+    }
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let ticks = tempfile::tempdir().unwrap();
+    let pipelines = ticking_pipeline(
+        "work",
+        ticks.path(),
+        0.4,
+        "concurrency_key = \"{tenant}\"\nconcurrency_per_key = 2\n\
+         [pipelines.work.params.tenant]\npattern = \"t[0-9]\"",
+    );
+    let mut c = Cluster::start(
+        &pg,
+        None,
+        3,
+        "heartbeat = \"500ms\"\nmax_workers = 4",
+        &pipelines,
+        &[],
+    )
+    .await;
+    c.wait_nodes(0, 3).await;
+    let http = c.http.clone();
+    let mut tenant_of = std::collections::HashMap::new();
+    for k in 0..30 {
+        let tenant = format!("t{}", k % 3);
+        let run = trigger(
+            &http,
+            c.base(k % 3),
+            "work",
+            json!({"parameters": {"tenant": tenant}}),
+        )
+        .await;
+        tenant_of.insert(run, tenant);
+    }
+    // Kill a host while it runs jobs.
+    let victim = loop {
+        let (_, w) = get(&http, &format!("{}/api/workers", c.base(0))).await;
+        let busy = w["workers"].as_array().unwrap().iter().find(|n| {
+            n["self"] == false && n["runningJobs"].as_array().is_some_and(|j| !j.is_empty())
+        });
+        if let Some(n) = busy {
+            let name = n["name"].as_str().unwrap().to_string();
+            break (1..3)
+                .find(|i| name.starts_with(&format!("host-{i}:")))
+                .expect("a host by its default name");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    c.hosts[victim].crash();
+    for run in tenant_of.keys() {
+        wait_status(&http, c.base(0), run, "completed").await;
+    }
+    let execs = executions(ticks.path());
+    let mut most = 0;
+    for tenant in ["t0", "t1", "t2"] {
+        let mine: Vec<_> = execs
+            .iter()
+            .filter(|e| tenant_of.get(&e.job).is_some_and(|t| t == tenant))
+            .cloned()
+            .collect();
+        most = most.max(max_overlap_ticks(&mine));
+    }
+    let all = max_overlap_ticks(&execs);
+    println!(
+        "per-key cap 2 over 3 hosts, one killed: at most {most} of one tenant at once, {all} in all"
+    );
+    assert!(most <= 2, "per-key cap exceeded: {most}");
+    assert_eq!(most, 2, "the cap never filled");
+    assert!(all <= 6, "three tenants × 2: {all}");
 }
