@@ -254,6 +254,12 @@ pub(super) struct PipelineInfo {
     requires: crate::model::Requirements,
     /// What one of its jobs needs of a node (`resources`; zero: only a slot).
     resources: crate::model::Resources,
+    /// The template its runs are capped and shared fairly by (`concurrency_key`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    concurrency_key: Option<String>,
+    /// Running jobs per key value over all nodes (`concurrency_per_key`; 0 = no cap).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    concurrency_per_key: Option<u32>,
     /// Claim order of its runs unless a trigger gives one (higher first).
     priority: i32,
     /// Default shard count.
@@ -431,6 +437,8 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineL
                 concurrency: p.concurrency,
                 requires: p.requires.clone(),
                 resources: p.resources,
+                concurrency_key: p.concurrency_key.as_ref().map(|t| t.to_string()),
+                concurrency_per_key: p.concurrency_key.as_ref().map(|_| p.concurrency_per_key),
                 priority: p.priority,
                 shards: p.shards,
                 on_orphan: p.on_orphan,

@@ -52,6 +52,31 @@ pub(super) async fn check(config: &Path) -> anyhow::Result<u8> {
         line(key, value, origin(key));
     }
     line(
+        "server.node_name",
+        s.node_name.clone().unwrap_or_else(|| {
+            crate::config::default_node_name(&crate::executor::process::hostname(), s.listen.port())
+        }),
+        origin("server.node_name"),
+    );
+    line(
+        "server.labels",
+        if s.labels.is_empty() {
+            "none".into()
+        } else {
+            s.labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        },
+        origin("server.labels"),
+    );
+    line(
+        "config digest",
+        settings.config_digest(),
+        "pipelines and caps".into(),
+    );
+    line(
         "server.heartbeat",
         format!("{:?} (lease {:?})", s.heartbeat, 3 * s.heartbeat),
         origin("server.heartbeat"),

@@ -187,7 +187,14 @@ pub fn pipelines_table(v: &Value) -> Result<(), Closed> {
             vec![
                 s(&p["id"]),
                 s(&p["shards"]),
-                s(&p["concurrency"]),
+                match p["concurrencyKey"].as_str() {
+                    Some(key) => format!(
+                        "{} ({key} ≤ {})",
+                        s(&p["concurrency"]),
+                        s(&p["concurrencyPerKey"])
+                    ),
+                    None => s(&p["concurrency"]),
+                },
                 requires(&p["requires"]),
                 s(&p["queued"]),
                 s(&p["running"]),

@@ -418,6 +418,19 @@ pub enum Piece {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template(pub Vec<Piece>);
 
+impl std::fmt::Display for Template {
+    /// As written in the config: placeholders in braces, literal braces doubled.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for piece in &self.0 {
+            match piece {
+                Piece::Lit(text) => f.write_str(&text.replace('{', "{{").replace('}', "}}"))?,
+                Piece::Var(name) => write!(f, "{{{name}}}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Template {
     /// Parses `s`; the error says what is malformed.
     pub fn parse(s: &str) -> Result<Template, String> {
@@ -2441,6 +2454,7 @@ pattern = "[a-z]+"
             })
         });
         assert_eq!(out, "--shard=2/4 {x}");
+        assert_eq!(t.to_string(), "--shard={shard_number}/{shard_count} {{x}}");
         assert!(Template::parse("{open").is_err());
         assert!(Template::parse("a}b").is_err());
     }

@@ -285,7 +285,7 @@ impl Settings {
                 p.resources,
             ));
             if let Some(key) = &p.concurrency_key {
-                h.update(format!("{name}|key={key:?}|{}\n", p.concurrency_per_key));
+                h.update(format!("{name}|key={key}|{}\n", p.concurrency_per_key));
             }
         }
         let digest = h.finalize();
@@ -369,6 +369,55 @@ command = ["/bin/true"]
             err.contains("RUNYARD_LABELS") && err.contains("name=value"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn concurrency_keys_need_declared_parameters_and_resources_parse() {
+        let base = "[pipelines.t]\ncommand = [\"/bin/true\"]\n";
+        let ok = format!(
+            "{base}concurrency_key = \"{{tenant}}-{{region}}\"\nconcurrency_per_key = 2\n\
+             resources = {{ cpu = 0.5, memory = \"1GiB\", gpu = 1 }}\n\
+             [pipelines.t.params.tenant]\n[pipelines.t.params.region]\ndefault = \"eu\"\n"
+        );
+        let s = load(&ok, &|_| None).unwrap();
+        let t = &s.pipelines["t"];
+        assert_eq!(t.concurrency_per_key, 2);
+        assert_eq!(
+            t.concurrency_key.as_ref().unwrap().to_string(),
+            "{tenant}-{region}"
+        );
+        assert_eq!(
+            (t.resources.cpu_milli, t.resources.memory, t.resources.gpu),
+            (500, 1 << 30, 1)
+        );
+        for (bad, want) in [
+            (
+                format!("{base}concurrency_per_key = 2\n"),
+                "needs concurrency_key",
+            ),
+            (
+                format!("{base}concurrency_key = \"{{who}}\"\n"),
+                "unknown parameter {who}",
+            ),
+            (
+                format!("{base}concurrency_key = \"all\"\n"),
+                "at least one parameter",
+            ),
+            (
+                format!("{base}resources = {{ disk = 1 }}\n"),
+                "unknown resource \"disk\"",
+            ),
+            (
+                format!("{base}resources = {{ gpu = 1.5 }}\n"),
+                "whole number of GPUs",
+            ),
+        ] {
+            let err = load(&bad, &|_| None).unwrap_err().to_string();
+            assert!(
+                err.contains(want) && err.contains("pipelines.t."),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

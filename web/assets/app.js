@@ -395,8 +395,13 @@ function pipelineCard(p) {
   const cmd = (p.command || []).join(' ');
   const stats = h('div', { class: 'p-stats-slot', 'aria-label': `${p.id} statistics` });
   const reqs = Object.entries(p.requires || {}).map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('|') : v}`);
-  const requires = reqs.length
-    ? h('div', { class: 'p-requires small muted', 'aria-label': `${p.id} requires` }, 'runs on nodes with ', reqs.map((r) => h('span', { class: 'badge label mono' }, r)))
+  const needs = Object.entries(p.resources || {}).filter(([, v]) => v > 0).map(([k, v]) =>
+    k === 'cpuMilli' ? `cpu=${v / 1000}` : k === 'memory' ? `memory=${bytes(v)}` : `${k}=${v}`);
+  const requires = reqs.length || needs.length || p.concurrencyKey
+    ? h('div', { class: 'p-requires small muted', 'aria-label': `${p.id} placement` },
+      reqs.length ? ['runs on nodes with ', reqs.map((r) => h('span', { class: 'badge label mono' }, r))] : null,
+      needs.length ? [' needs ', needs.map((r) => h('span', { class: 'badge label mono' }, r))] : null,
+      p.concurrencyKey ? [' per ', h('code', {}, p.concurrencyKey), p.concurrencyPerKey ? ` at most ${p.concurrencyPerKey} at once` : ' (fair shares)'] : null)
     : null;
   const card = h('article', { class: 'pipeline', 'aria-label': `Pipeline ${p.id}` },
     h('div', { class: 'p-head' }, h('h3', {}, h('a', { href: dashboardHash({ pipeline: p.id, status: '', q: '' }, 0), title: `Runs of ${p.id}` }, p.id)), circuit, pausedBadge, h('span', { class: 'spacer' }), counts, pauseButton),
