@@ -253,10 +253,11 @@ async fn abort_answers_202_then_idempotent_and_409_when_finished() {
     // Who aborted: in the run's view and its run:completed event.
     let (_, workers) = s.get("/api/workers").await;
     let node = workers["workers"][0]["id"].clone();
+    let name = workers["workers"][0]["name"].clone();
     let (_, view) = s.get(&format!("/api/runs/{slow_id}")).await;
     assert_eq!(
         view["abortedBy"],
-        json!({"actor": null, "node": node, "via": "api"}),
+        json!({"actor": null, "node": node, "nodeName": name, "via": "api"}),
         "{view}"
     );
     let ended = events

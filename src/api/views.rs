@@ -131,7 +131,8 @@ pub struct RunView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduled_for: Option<String>,
     /// For an aborted run: who aborted it — `actor` (the token's label, or null), `node`
-    /// (the node that took the request) and `via` (`api`, `cli`, `dashboard`, `bus`).
+    /// (the id of the node that took the request) and its `nodeName`, and `via` (`api`,
+    /// `cli`, `dashboard`, `bus`).
     /// Absent otherwise (and for runs aborted before this was recorded).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]

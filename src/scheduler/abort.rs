@@ -176,9 +176,10 @@ pub struct AbortedBy {
 }
 
 impl AbortedBy {
-    /// `{"actor", "node", "via"}` (and `origin` for a bus message), as stored.
-    pub(super) fn json(&self, node: &str, origin: Option<&str>) -> String {
-        let mut v = serde_json::json!({"actor": self.actor, "node": node, "via": self.via});
+    /// `{"actor", "node", "nodeName", "via"}` (and `origin` for a bus message), as stored.
+    pub(super) fn json(&self, node: &crate::store::NodeRow, origin: Option<&str>) -> String {
+        let mut v = serde_json::json!({"actor": self.actor, "node": node.id,
+            "nodeName": node.name, "via": self.via});
         if let Some(origin) = origin {
             v["origin"] = origin.into();
         }

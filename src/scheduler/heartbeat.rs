@@ -369,7 +369,7 @@ async fn abort_from_bus(
             actor: None,
             via: "bus".into(),
         }
-        .json(&inner.node.id, origin);
+        .json(&inner.node, origin);
         match inner
             .store
             .run_abort_by(run_id, inner.store.clock_ms(), Some(by))

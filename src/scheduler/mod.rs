@@ -389,7 +389,13 @@ impl Scheduler {
         if reaper::enabled() {
             inner.services.spawn(reaper_loop(inner.clone()));
         }
-        tracing::info!(node = %inner.node.id, slots = inner.node.slots, "node started");
+        tracing::info!(
+            node = %inner.node.id,
+            name = %inner.node.name,
+            slots = inner.node.slots,
+            capacity = %inner.node.capacity.describe(),
+            "node started"
+        );
         Ok(Scheduler { inner })
     }
 
@@ -706,7 +712,7 @@ impl Scheduler {
 
     /// Aborts a run: durable mark first, then local cancellation, then the bus (DESIGN "Life of a run" 5).
     pub async fn abort(&self, run_id: &str, by: AbortedBy) -> Result<AbortOutcome, StoreError> {
-        let by = by.json(&self.inner.node.id, None);
+        let by = by.json(&self.inner.node, None);
         let outcome = self
             .inner
             .store

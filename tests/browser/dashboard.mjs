@@ -527,14 +527,17 @@ async function operatorPhase(browser) {
     });
 
     let sleeper;
-    await step('the nodes page: slots, running jobs, heartbeat, bus, circuits', async () => {
+    await step('the nodes page: name, capacity, slots, running jobs, heartbeat, bus, circuits', async () => {
       await page.getByRole('link', { name: 'Nodes' }).click();
       assert(hashOf(page) === '#/nodes', `nodes in the URL: ${hashOf(page)}`);
       const me = (await apiJson(base, '/api/workers')).body.workers[0];
-      const card = page.getByRole('article', { name: `Node ${short(me.id)}` });
+      const card = page.getByRole('article', { name: `Node ${me.name}` });
       await card.waitFor();
       const text = await card.textContent();
       assert(/this node/.test(text) && /bus local/.test(text) && /admitting/.test(text), `node facts: ${text}`);
+      // Named, with its config digest, capacity and what is in use.
+      assert(text.includes(me.name) && text.includes(`config ${me.configDigest}`), `name and digest: ${text}`);
+      assert(/cpu \d+/.test(await card.getByLabel('Capacity').textContent()), 'capacity shown');
       assert(await card.getByLabel('Slots in use', { exact: true }).textContent() === '0/2 busy', 'idle slots');
       assert(/ago$/.test(await card.getByLabel('Heartbeat age').textContent()), 'heartbeat age');
       const circuit = card.getByRole('table', { name: `Circuits of node ${short(me.id)}` }).locator('tr[data-pipeline="report"]');

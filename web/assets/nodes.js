@@ -55,6 +55,8 @@ function nodeCard(w) {
     h('dl', { class: 'meta' },
       meta('Host', `${w.host} · pid ${w.pid} · id ${shortId(w.id)}`),
       w.url ? meta('URL', h('a', { href: w.url, class: 'mono', rel: 'noopener' }, w.url)) : null,
+      meta('Capacity', h('span', { class: 'small', 'aria-label': 'Capacity' }, resourcesLine(w.capacity),
+        w.inUse ? ` · in use ${resourcesLine(w.inUse)}` : '')),
       meta('Labels', labels.length === 0 ? h('span', { class: 'small muted' }, 'none')
         : h('span', { 'aria-label': 'Labels' }, labels.map(([k, v]) => h('span', { class: 'badge label mono' }, `${k}=${v}`)))),
       meta('Slots', h('div', { class: 'slots' }, bar, h('span', { class: 'small', 'aria-label': 'Slots in use' }, `${busy}/${w.slots} busy`))),
@@ -68,6 +70,16 @@ function nodeCard(w) {
         : h('ul', { class: 'job-list', 'aria-label': `Jobs running on node ${shortId(w.id)}` }, w.runningJobs.map((j) => h('li', {},
           h('a', { href: `#/runs/${enc(runOf(j))}?job=${enc(j)}`, title: j, class: 'mono' }, shortId(j)), ' ', pill('running'))))),
     h('div', { class: 'node-circuits' }, h('h3', {}, 'Pipeline setup and circuits'), circuits));
+}
+
+/** `cpu 8 · memory 16.0 GiB · gpu 2` (zero dimensions left out; `—` for none). */
+export function resourcesLine(r) {
+  if (!r) return '—';
+  const parts = [];
+  if (r.cpuMilli) parts.push(`cpu ${r.cpuMilli / 1000}`);
+  if (r.memory) parts.push(`memory ${(r.memory / 2 ** 30).toFixed(1)} GiB`);
+  if (r.gpu) parts.push(`gpu ${r.gpu}`);
+  return parts.length ? parts.join(' · ') : 'nothing';
 }
 
 /** The bus badge's tooltip: who this process is on the bus. */
