@@ -10,6 +10,7 @@ mod placement;
 mod policy;
 mod resources;
 mod status;
+pub mod template;
 
 pub use event::EventName;
 pub use id::{
