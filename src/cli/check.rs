@@ -21,7 +21,7 @@ use super::{exit, term};
 const BUS_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(super) async fn check(config: &Path) -> anyhow::Result<u8> {
-    let settings = super::load_settings(config)?;
+    let settings = super::serve::load_settings(config)?;
     let origin = |key: &str| {
         settings
             .origins

@@ -12,22 +12,21 @@
 
 mod check;
 mod client;
+mod commands;
 mod complete;
 mod exit;
+mod logs;
 mod output;
+mod serve;
 mod term;
 mod wait;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::{Args, CommandFactory, Parser, Subcommand};
-use serde_json::{Map, Value, json};
+use clap::{Args, Parser, Subcommand};
 
-use crate::config::Settings;
-use client::{Client, ClientError, segment};
-use wait::Watch;
+use client::{Client, ClientError};
 
 /// Where client commands go when neither `--server` nor `RUNYARD_URL` says.
 const DEFAULT_SERVER: &str = "http://127.0.0.1:7878";
@@ -88,33 +87,7 @@ enum Command {
     },
     /// Trigger a run of a pipeline; prints its run id (or waits for it).
     #[command(after_help = exit::HELP)]
-    Trigger {
-        /// Pipeline name.
-        pipeline: String,
-        /// A parameter, `key=value` (repeatable).
-        #[arg(short = 'p', long = "param", value_name = "KEY=VALUE")]
-        params: Vec<String>,
-        /// Shard count (default: the pipeline's).
-        #[arg(long)]
-        shards: Option<u32>,
-        /// Wait for the run to end, drawing a progress bar per shard; exit 0/1/130 by its status.
-        #[arg(long)]
-        wait: bool,
-        /// Print the run's output as it happens (implies --wait).
-        #[arg(long)]
-        follow: bool,
-        /// On Ctrl-C or SIGTERM while waiting, abort the run instead of leaving it running.
-        #[arg(long)]
-        abort_on_interrupt: bool,
-        /// Make retries of this trigger return the same run.
-        #[arg(long)]
-        idempotency_key: Option<String>,
-        /// POST the run's summary here when it ends (a signed completion webhook).
-        #[arg(long, value_name = "URL")]
-        callback_url: Option<String>,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Trigger(commands::TriggerArgs),
     /// Wait for a run started elsewhere; exit 0/1/130 by its status.
     #[command(after_help = exit::HELP)]
     Wait {
@@ -167,24 +140,7 @@ enum Command {
     },
     /// Re-run a finished run as a new run (same parameters and shard count); prints its id.
     #[command(after_help = exit::HELP)]
-    Rerun {
-        /// Run id, or a unique prefix of one (at least 8 characters).
-        run: String,
-        /// Only the shards that failed or were aborted; completed ones keep their outcome.
-        #[arg(long)]
-        failed: bool,
-        /// Wait for the new run to end, drawing a progress bar per shard; exit 0/1/130 by its status.
-        #[arg(long)]
-        wait: bool,
-        /// Print the new run's output as it happens (implies --wait).
-        #[arg(long)]
-        follow: bool,
-        /// On Ctrl-C or SIGTERM while waiting, abort the run instead of leaving it running.
-        #[arg(long)]
-        abort_on_interrupt: bool,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Rerun(commands::RerunArgs),
     /// Abort a run: stop every shard's process tree.
     Abort {
         /// Run id, or a unique prefix of one (at least 8 characters).
@@ -297,126 +253,26 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 !cli.json,
                 "--json is for client commands; serve logs JSON with --log-format json"
             );
-            serve(config.clone(), listen.clone()).await
+            serve::serve(config.clone(), listen.clone()).await
         }
         Command::Check { config } => check::check(config).await,
-        Command::Completions { shell } => {
-            let mut buf = Vec::new();
-            clap_complete::generate(*shell, &mut Cli::command(), "runyard", &mut buf);
-            term::out(String::from_utf8_lossy(&buf).trim_end())?;
-            if let Some(dynamic) = complete::dynamic(*shell) {
-                term::out(dynamic.trim_end())?;
-            }
-            Ok(exit::OK)
-        }
-        Command::Complete { what, client } => {
-            let (client, _) = client_for(&cli, client)?;
-            complete::words(&client, what).await
-        }
-        Command::Man { dir } => man(dir.as_deref()),
-        Command::Trigger {
-            pipeline,
-            params,
-            shards,
-            wait,
-            follow,
-            abort_on_interrupt,
-            idempotency_key,
-            callback_url,
-            client,
-        } => {
-            let (client, json_out) = client_for(&cli, client)?;
-            let mut parameters = Map::new();
-            for p in params {
-                let (k, v) = p
-                    .split_once('=')
-                    .with_context(|| format!("parameter {p:?} is not KEY=VALUE"))?;
-                parameters.insert(k.to_string(), Value::String(v.to_string()));
-            }
-            let mut body = json!({ "parameters": parameters });
-            if let Some(n) = shards {
-                body["shards"] = json!(n);
-            }
-            if let Some(k) = idempotency_key {
-                body["idempotencyKey"] = json!(k);
-            }
-            if let Some(url) = callback_url {
-                body["callbackUrl"] = json!(url);
-            }
-            let answer = client
-                .post(
-                    &format!("/api/pipelines/{}/trigger", segment(pipeline)),
-                    &body,
-                )
-                .await?;
-            let run_id = answer["runId"].as_str().unwrap_or_default().to_string();
-            if !(*wait || *follow) {
-                if json_out {
-                    output::print_json(&answer)?;
-                } else {
-                    term::out(&run_id)?;
-                }
-                return Ok(exit::OK);
-            }
-            if !json_out {
-                term::err(format_args!("run {run_id} queued"));
-            }
-            let how = Watch {
-                follow: *follow,
-                json: json_out,
-                abort_on_interrupt: *abort_on_interrupt,
-                quiet: false,
-            };
-            wait::watch(&client, &run_id, how).await
-        }
+        Command::Completions { shell } => commands::completions(*shell),
+        Command::Complete { what, client } => commands::complete_words(&cli, what, client).await,
+        Command::Man { dir } => commands::man(dir.as_deref()),
+        Command::Trigger(a) => commands::trigger(&cli, a).await,
         Command::Wait {
             run,
             follow,
             abort_on_interrupt,
             client,
-        } => {
-            let (client, json_out) = client_for(&cli, client)?;
-            let how = Watch {
-                follow: *follow,
-                json: json_out,
-                abort_on_interrupt: *abort_on_interrupt,
-                quiet: false,
-            };
-            wait::watch(&client, run, how).await
-        }
+        } => commands::wait(&cli, run, *follow, *abort_on_interrupt, client).await,
         Command::Runs {
             status,
             pipeline,
             limit,
             client,
-        } => {
-            let (client, json_out) = client_for(&cli, client)?;
-            let mut query = vec![("limit", limit.to_string())];
-            if let Some(s) = status {
-                query.push(("status", s.clone()));
-            }
-            let path = match pipeline {
-                Some(p) => format!("/api/pipelines/{}/jobs", segment(p)),
-                None => "/api/runs".to_string(),
-            };
-            let answer = client.get_query(&path, &query).await?;
-            if json_out {
-                output::print_json(&answer)?
-            } else {
-                output::runs_table(&answer)?
-            }
-            Ok(exit::OK)
-        }
-        Command::Show { run, client } => {
-            let (client, json_out) = client_for(&cli, client)?;
-            let answer = client.get(&format!("/api/runs/{}", segment(run))).await?;
-            if json_out {
-                output::print_json(&answer)?
-            } else {
-                output::run_details(&answer)?
-            }
-            Ok(exit::OK)
-        }
+        } => commands::runs(&cli, status.as_deref(), pipeline.as_deref(), *limit, client).await,
+        Command::Show { run, client } => commands::show(&cli, run, client).await,
         Command::Logs {
             job,
             follow,
@@ -424,304 +280,21 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             client,
         } => {
             let (client, json_out) = client_for(&cli, client)?;
-            logs(&client, job, *follow, *tail, json_out).await
+            logs::logs(&client, job, *follow, *tail, json_out).await
         }
-        Command::Rerun {
-            run,
-            failed,
-            wait,
-            follow,
-            abort_on_interrupt,
-            client,
-        } => {
-            let (client, json_out) = client_for(&cli, client)?;
-            let body = if *failed {
-                json!({ "only": "failed" })
-            } else {
-                json!({})
-            };
-            let answer = client
-                .post(&format!("/api/runs/{}/rerun", segment(run)), &body)
-                .await?;
-            let run_id = answer["runId"].as_str().unwrap_or_default().to_string();
-            if !(*wait || *follow) {
-                if json_out {
-                    output::print_json(&answer)?;
-                } else {
-                    term::out(&run_id)?;
-                }
-                return Ok(exit::OK);
-            }
-            if !json_out {
-                term::err(format_args!(
-                    "run {run_id} queued (re-run of {})",
-                    answer["rerunOf"].as_str().unwrap_or(run)
-                ));
-            }
-            let how = Watch {
-                follow: *follow,
-                json: json_out,
-                abort_on_interrupt: *abort_on_interrupt,
-                quiet: false,
-            };
-            wait::watch(&client, &run_id, how).await
+        Command::Rerun(a) => commands::rerun(&cli, a).await,
+        Command::Abort { run, client } => commands::abort(&cli, run, client).await,
+        Command::Pause { pipeline, client } => {
+            commands::pause_or_resume(&cli, "pause", pipeline, client).await
         }
-        Command::Abort { run, client } => {
-            let (client, json_out) = client_for(&cli, client)?;
-            let answer = client
-                .post(&format!("/api/runs/{}/abort", segment(run)), &json!({}))
-                .await?;
-            if json_out {
-                output::print_json(&answer)?;
-            } else {
-                let id = answer["runId"].as_str().unwrap_or(run);
-                let (queued, running) = (
-                    answer["queuedAborted"].as_u64().unwrap_or(0),
-                    answer["runningStopping"].as_u64().unwrap_or(0),
-                );
-                if queued + running == 0 {
-                    term::out(format_args!("run {id} was already aborted"))?;
-                } else {
-                    term::out(format_args!(
-                        "run {id} aborted: {queued} queued job(s) aborted, {running} running \
-                         job(s) told to stop (one that finishes first keeps its result)"
-                    ))?;
-                }
-            }
-            Ok(exit::OK)
-        }
-        Command::Pause { pipeline, client } | Command::Resume { pipeline, client } => {
-            let (client, json_out) = client_for(&cli, client)?;
-            let verb = if matches!(cli.command, Command::Pause { .. }) {
-                "pause"
-            } else {
-                "resume"
-            };
-            let answer = client
-                .post(
-                    &format!("/api/pipelines/{}/{verb}", segment(pipeline)),
-                    &json!({}),
-                )
-                .await?;
-            if json_out {
-                output::print_json(&answer)?;
-            } else {
-                let state = if answer["paused"] == true {
-                    "paused"
-                } else {
-                    "resumed"
-                };
-                let already = if answer["changed"] == false {
-                    " (already)"
-                } else {
-                    ""
-                };
-                term::out(format_args!("pipeline {pipeline} {state}{already}"))?;
-            }
-            Ok(exit::OK)
+        Command::Resume { pipeline, client } => {
+            commands::pause_or_resume(&cli, "resume", pipeline, client).await
         }
         Command::Pipelines { client } => {
-            let (client, json_out) = client_for(&cli, client)?;
-            let answer = client.get("/api/pipelines").await?;
-            if json_out {
-                output::print_json(&answer)?
-            } else {
-                output::pipelines_table(&answer)?
-            }
-            Ok(exit::OK)
+            commands::list(&cli, "/api/pipelines", output::pipelines_table, client).await
         }
         Command::Workers { client } => {
-            let (client, json_out) = client_for(&cli, client)?;
-            let answer = client.get("/api/workers").await?;
-            if json_out {
-                output::print_json(&answer)?
-            } else {
-                output::workers_table(&answer)?
-            }
-            Ok(exit::OK)
+            commands::list(&cli, "/api/workers", output::workers_table, client).await
         }
-    }
-}
-
-/// `runyard logs ID`: a job's output; for a run id, every job of the run (a sharded
-/// run's lines prefixed `[sN]`, the finalizer's `[finalize]`, as `--follow` does).
-async fn logs(
-    client: &Client,
-    id: &str,
-    follow: bool,
-    tail: Option<usize>,
-    json_out: bool,
-) -> anyhow::Result<u8> {
-    // A job id names its part; a bare id is a run id (or a single-shard run's job id,
-    // which is the same): the run says which jobs it has.
-    let jobs: Vec<(String, Option<String>)> = if id.contains(':') {
-        vec![(id.to_string(), None)]
-    } else {
-        let run = client.get(&format!("/api/runs/{}", segment(id))).await?;
-        let run_id = run["runId"].as_str().unwrap_or(id).to_string();
-        let mut jobs: Vec<(String, Option<String>)> = Vec::new();
-        let shards = run["jobs"].as_array().cloned().unwrap_or_default();
-        let prefixed = shards.len() > 1 || run["finalizer"].is_object();
-        if follow && prefixed {
-            let how = Watch {
-                follow: true,
-                json: false,
-                abort_on_interrupt: false,
-                quiet: true,
-            };
-            return wait::watch(client, &run_id, how).await;
-        }
-        for job in shards
-            .iter()
-            .chain(run["finalizer"].as_object().map(|_| &run["finalizer"]))
-        {
-            let jid = job["id"].as_str().unwrap_or_default().to_string();
-            let label = if job["kind"] == "finalize" {
-                "finalize".to_string()
-            } else {
-                format!("s{}", job["shardIndex"])
-            };
-            jobs.push((jid, prefixed.then_some(label)));
-        }
-        jobs
-    };
-    if follow {
-        let (job, _) = &jobs[0];
-        let status = wait::follow_job(client, job, tail, None).await?;
-        return Ok(exit::of_status(&status));
-    }
-    let mut query = Vec::new();
-    if let Some(n) = tail {
-        query.push(("tail", n.to_string()));
-    }
-    // A finished job that ran more than once (a retry, a requeue after its node died)
-    // is replayed from its stream, whose lines name their execution, so each later
-    // execution is set apart.
-    let run_id = jobs[0].0.split(':').next().unwrap_or_default();
-    let executions = if json_out {
-        Value::Null
-    } else {
-        client
-            .get(&format!("/api/runs/{}", segment(run_id)))
-            .await
-            .map(|run| run["attempts"].clone())
-            .unwrap_or(Value::Null)
-    };
-    let mut answers = Vec::new();
-    for (job, prefix) in &jobs {
-        let runs = executions[job.as_str()].as_array();
-        let finished = runs
-            .and_then(|r| r.last())
-            .is_some_and(|e| e["outcome"] != "running");
-        if runs.is_some_and(|r| r.len() > 1) && finished {
-            wait::stream_job(client, job, tail, prefix.as_deref(), true).await?;
-            continue;
-        }
-        let answer = client
-            .get_query(&format!("/api/jobs/{}/logs", segment(job)), &query)
-            .await?;
-        if json_out {
-            answers.push(answer);
-            continue;
-        }
-        let p = prefix
-            .as_ref()
-            .map(|p| format!("[{p}] "))
-            .unwrap_or_default();
-        for line in answer["stdout"].as_array().into_iter().flatten() {
-            term::out(format_args!("{p}{}", line.as_str().unwrap_or_default()))?;
-        }
-        for line in answer["stderr"].as_array().into_iter().flatten() {
-            term::err(format_args!("{p}{}", line.as_str().unwrap_or_default()));
-        }
-    }
-    if json_out {
-        // One job: its answer as before; several: `{"jobs": [...]}`.
-        match answers.len() {
-            1 => output::print_json(&answers[0])?,
-            _ => output::print_json(&json!({ "jobs": answers }))?,
-        }
-    }
-    Ok(exit::OK)
-}
-
-/// `runyard man`: runyard.1 to stdout, or every page into `dir`.
-fn man(dir: Option<&std::path::Path>) -> anyhow::Result<u8> {
-    let cmd = Cli::command();
-    match dir {
-        None => {
-            let mut buf = Vec::new();
-            clap_mangen::Man::new(cmd).render(&mut buf)?;
-            term::out(String::from_utf8_lossy(&buf).trim_end())?;
-        }
-        Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            clap_mangen::generate_to(cmd, dir)
-                .with_context(|| format!("writing manual pages into {}", dir.display()))?;
-        }
-    }
-    Ok(exit::OK)
-}
-
-/// The config at `path` with the environment applied, as `serve` and `check` read it.
-fn load_settings(path: &std::path::Path) -> anyhow::Result<Settings> {
-    Settings::load(path).map_err(|e| match e {
-        crate::config::ConfigError::Read { path, source }
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
-            anyhow::anyhow!(
-                "config file {} not found (pass -c PATH; examples/runyard.toml is a start)",
-                path.display()
-            )
-        }
-        other => anyhow::anyhow!(other),
-    })
-}
-
-async fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<u8> {
-    let mut settings = load_settings(&config)?;
-    if let Some(addr) = listen {
-        let addr: std::net::SocketAddr = addr
-            .parse()
-            .with_context(|| format!("invalid --listen address {addr:?}"))?;
-        anyhow::ensure!(
-            addr.ip().is_loopback() || settings.auth.required(),
-            "--listen {addr} is not a loopback address: set [auth] tokens before listening beyond this host"
-        );
-        settings.server.listen = addr;
-    }
-    let listener = tokio::net::TcpListener::bind(settings.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
-    if settings.server.node_name.is_none() {
-        let port = listener.local_addr()?.port();
-        settings.server.node_name = Some(crate::config::default_node_name(
-            &crate::executor::process::hostname(),
-            port,
-        ));
-    }
-    // Descendants that escape a job's process group are re-parented to us, to be swept.
-    if let Err(e) = crate::executor::reaper::enable() {
-        tracing::warn!(
-            "cannot become a child subreaper; setsid escapees of jobs will outlive them: {e}"
-        );
-    }
-    crate::serve::run(settings, listener, shutdown_signal()).await?;
-    Ok(exit::OK)
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }
