@@ -1,6 +1,6 @@
 //! Giving a burst's memory back once its connections have closed.
 //!
-//! Each connection costs buffers (an SSE client about 12 KiB, see the README);
+//! Each connection costs buffers (an SSE client about 12 KiB, see docs/security.md);
 //! when a burst of them closes, glibc's malloc keeps the freed memory for
 //! reuse, and the server stays larger for good (+11.6 MiB after 1,000 SSE
 //! clients, measured by bench (h)). jemalloc's background purge returns it but

@@ -28,7 +28,7 @@
 //! abort mark, its change polls and the claim loop's backstop keep working, so a
 //! lost message or a lost Redis delays, and never loses, anything runyard wrote.
 //! (An abort published by another service while no node listens has no durable
-//! twin: it is lost, which is why the README points such services at the HTTP
+//! twin: it is lost, which is why docs/replicas.md points such services at the HTTP
 //! route when they need a guarantee.)
 //!
 //! Tests that catch a violation: `tests/bus.rs` (two subscribers receive, the
