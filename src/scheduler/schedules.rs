@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Inner, policy_of};
+use super::Inner;
+use super::trigger::{concurrency_key_of, policy_of};
 use crate::metrics::Metrics;
 use crate::model::{RunId, job_id_for};
 use crate::store::{RunCreateParams, RunOptions, ScheduleFireParams, StoreError};
@@ -100,10 +101,7 @@ pub(super) async fn run_once(inner: &Inner) -> Result<Option<i64>, StoreError> {
                     options: RunOptions {
                         priority: pipeline.priority,
                         scheduled_for: Some(fire.scheduled_for),
-                        concurrency_key: super::concurrency_key_of(
-                            pipeline,
-                            &pipeline.schedule_params,
-                        ),
+                        concurrency_key: concurrency_key_of(pipeline, &pipeline.schedule_params),
                         ..Default::default()
                     },
                 },
