@@ -150,7 +150,7 @@ pub async fn run(
         store: store.clone(),
         tailer,
         shutdown: http_stop.clone(),
-        streams: Arc::new(tokio::sync::Semaphore::new(api::events::MAX_STREAMS)),
+        streams: Arc::new(tokio::sync::Semaphore::new(api::sse::MAX_STREAMS)),
         auth: Auth::new(
             &settings.auth,
             &api::auth::session_secret(&settings.server.data_dir)

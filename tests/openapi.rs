@@ -385,10 +385,13 @@ async fn routes_registered_outside_routes_macro_are_documented() {
         .keys()
         .map(String::as_str)
         .collect();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api");
+    let mut files = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api")];
     let mut routed = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
         let text = std::fs::read_to_string(&path).unwrap();
         for piece in text.split(".route(\"").skip(1) {
             let route = piece.split('"').next().unwrap().to_string();

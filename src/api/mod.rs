@@ -17,7 +17,6 @@ mod body;
 pub mod conn;
 mod dashboard;
 mod error;
-pub mod events;
 mod history;
 pub mod listen;
 mod memory;
@@ -26,7 +25,7 @@ mod openapi;
 mod pipelines;
 mod rerun;
 mod runs;
-mod sse_gzip;
+pub mod sse;
 mod stats;
 pub mod views;
 
@@ -44,8 +43,8 @@ use utoipa_axum::routes;
 
 pub use auth::Auth;
 pub use error::{ApiError, ErrorBody};
-pub use events::EventTailer;
 pub use openapi::BEARER_AUTH;
+pub use sse::EventTailer;
 
 use crate::config::Settings;
 use crate::metrics::{Metrics, Snapshot};
@@ -93,10 +92,10 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::deliveries))
         .routes(routes!(runs::job))
         .routes(routes!(runs::logs))
-        .routes(routes!(events::log_stream))
-        .routes(routes!(events::log_text))
+        .routes(routes!(sse::log_stream))
+        .routes(routes!(sse::log_text))
         .routes(routes!(stats::stats))
-        .routes(routes!(events::events))
+        .routes(routes!(sse::events))
         .routes(routes!(nodes::workers))
         .routes(routes!(nodes::queue))
         .routes(routes!(openapi::document))
@@ -186,7 +185,7 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         .collect();
     let snap = Snapshot {
         pipelines,
-        sse_clients: events::MAX_STREAMS - state.streams.available_permits(),
+        sse_clients: sse::MAX_STREAMS - state.streams.available_permits(),
         slots: state.scheduler.slots(),
         bus: Some(state.scheduler.bus_status()),
         paused,
