@@ -12,7 +12,7 @@ use super::gzip::{GzipStream, Segment, accepts_gzip};
 use super::*;
 
 /// How one client's stream is written: as is, or as gzip whose batches are compressed
-/// once for every gzip client (`sse_gzip`).
+/// once for every gzip client (`gzip.rs`).
 pub(super) enum Encoding {
     Identity,
     Gzip {
