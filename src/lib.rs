@@ -7,16 +7,18 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | [`config`] | `runyard.toml` + env → validated [`config::Settings`] |
-//! | [`model`] | ids, statuses, event names; pure |
-//! | [`store`] | the [`store::Store`] trait, the rules above its backends, SQLite and PostgreSQL |
-//! | [`bus`] | the [`bus::Bus`] trait and the in-process bus |
-//! | [`executor`] | spawning, output capture, progress, timeouts, killing |
+//! | [`config`] | `runyard.toml` + env → validated [`config::Settings`], one file per table |
+//! | [`model`] | ids, statuses, event names, parameters and templates, placement rules; pure |
+//! | [`store`] | the [`store::Store`] trait and its types, the rules above its backends, SQLite and PostgreSQL |
+//! | [`bus`] | the [`bus::Bus`] trait, the in-process bus and the Redis bus |
+//! | [`executor`] | spawning, output capture, secret masking, progress, killing, the subreaper |
 //! | [`metrics`] | this node's counters and histograms, Prometheus text |
-//! | [`scheduler`] | triggers, claims, slots and caps, aborts, heartbeats, rescue |
-//! | [`api`] | HTTP routes and SSE |
-//! | [`cli`] | the command-line client and `serve` |
+//! | [`scheduler`] | triggers, claims (slots, caps, labels, resources), aborts, heartbeats, names, rescue |
+//! | [`api`] | HTTP routes, SSE (`api::sse`), the fleet view, the dashboard |
+//! | [`cli`] | the command-line client, one function per command, and `serve` |
 //! | [`serve`] | composition root: builds everything, runs, drains |
+//! | [`schedule`] | cron schedules: parsing and next fire times |
+//! | [`clock`] | wall-clock time and RFC 3339 |
 //! | [`webhook`] | callback-URL policy (SSRF), pinned and signed webhook delivery |
 //!
 //! See `ARCHITECTURE.md` for the life of a run and the invariants.
