@@ -192,6 +192,64 @@ pub fn scan_start(pipeline: &str) -> Option<String> {
         .cloned()
 }
 
+/// A walk over one pipeline's keys, round-robin from [`scan_start`]: the backend asks
+/// the store for the first key after [`KeyScan::after`] (`None`: the first key) and
+/// hands the answer to [`KeyScan::next`], until it says [`ScanStep::Done`]. Past the
+/// last key it wraps round once, up to the key it started after.
+#[derive(Debug)]
+pub struct KeyScan {
+    start: Option<String>,
+    cursor: Option<String>,
+    wrapped: bool,
+}
+
+/// What a backend does with one answer of its key query.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ScanStep {
+    /// Read this key's heads.
+    Key(String),
+    /// The scan wrapped round: ask again (from the first key).
+    Again,
+    /// Every key was seen.
+    Done,
+}
+
+impl KeyScan {
+    /// A scan of `pipeline`'s keys starting after the last key a claim took.
+    pub fn new(pipeline: &str) -> KeyScan {
+        let start = scan_start(pipeline);
+        KeyScan {
+            cursor: start.clone(),
+            wrapped: start.is_none(),
+            start,
+        }
+    }
+
+    /// The key the next query starts after (`None`: from the first key).
+    pub fn after(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+
+    /// The next step, given the key the query found (`None`: no key after the bound).
+    pub fn next(&mut self, found: Option<String>) -> ScanStep {
+        match found {
+            Some(k) if self.wrapped && self.start.as_ref().is_some_and(|s| &k > s) => {
+                ScanStep::Done
+            }
+            Some(k) => {
+                self.cursor = Some(k.clone());
+                ScanStep::Key(k)
+            }
+            None if !self.wrapped => {
+                self.wrapped = true;
+                self.cursor = None;
+                ScanStep::Again
+            }
+            None => ScanStep::Done,
+        }
+    }
+}
+
 /// Moves the cursor past the last key (in scan order) a claim took a job from.
 pub fn scanned(
     pipeline: &str,
@@ -289,6 +347,33 @@ mod tests {
             .collect();
         // big's second (rank 1) comes after the unkeyed head at rank 0.
         assert_eq!(picked, vec![5, 4, 2]);
+    }
+
+    #[test]
+    fn a_key_scan_starts_after_the_cursor_and_wraps_round_once() {
+        let keys = ["a", "b", "c", "d"];
+        let first_after = |after: Option<&str>| {
+            keys.iter()
+                .find(|k| after.is_none_or(|a| **k > a))
+                .map(|k| k.to_string())
+        };
+        let walk = |pipeline: &str| {
+            let mut scan = KeyScan::new(pipeline);
+            let mut seen = Vec::new();
+            loop {
+                match scan.next(first_after(scan.after())) {
+                    ScanStep::Key(k) => seen.push(k),
+                    ScanStep::Again => continue,
+                    ScanStep::Done => break seen,
+                }
+            }
+        };
+        assert_eq!(walk("scan-test-fresh"), ["a", "b", "c", "d"]);
+        KEY_CURSOR
+            .lock()
+            .unwrap()
+            .insert("scan-test-b".into(), "b".into());
+        assert_eq!(walk("scan-test-b"), ["c", "d", "a", "b"]);
     }
 
     #[test]

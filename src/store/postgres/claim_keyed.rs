@@ -168,13 +168,11 @@ async fn keyed_heads(
     running_by_key: &HashMap<(String, String), u32>,
     out: &mut Vec<Candidate>,
 ) -> StoreResult<Vec<String>> {
-    let start = claim_plan::scan_start(pipeline);
+    let mut scan = claim_plan::KeyScan::new(pipeline);
     let mut order: Vec<String> = Vec::new();
     let mut contributing = 0;
-    let mut cursor = start.clone();
-    let mut wrapped = start.is_none();
     loop {
-        let next: Option<String> = match &cursor {
+        let found: Option<String> = match scan.after() {
             None => tx
                 .query_opt(
                     "SELECT ckey FROM jobs WHERE status = 'queued' AND NOT held AND ckey IS NOT NULL
@@ -187,22 +185,16 @@ async fn keyed_heads(
                 .query_opt(
                     "SELECT ckey FROM jobs WHERE status = 'queued' AND NOT held AND ckey IS NOT NULL
                      AND pipeline = $1 AND ckey > $2 ORDER BY ckey LIMIT 1",
-                    &[&pipeline, k],
+                    &[&pipeline, &k],
                 )
                 .await?
                 .map(|r| r.get(0)),
         };
-        let key = match next {
-            Some(k) if wrapped && start.as_ref().is_some_and(|s| &k > s) => break,
-            Some(k) => k,
-            None if !wrapped => {
-                wrapped = true;
-                cursor = None;
-                continue;
-            }
-            None => break,
+        let key = match scan.next(found) {
+            claim_plan::ScanStep::Key(k) => k,
+            claim_plan::ScanStep::Again => continue,
+            claim_plan::ScanStep::Done => break,
         };
-        cursor = Some(key.clone());
         let running = running_by_key
             .get(&(pipeline.to_string(), key.clone()))
             .copied()

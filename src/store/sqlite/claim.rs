@@ -186,13 +186,11 @@ fn keyed_heads(
                AND j.ckey = ?2 AND j.run_after <= ?3
          ORDER BY j.priority DESC, j.seq LIMIT ?4",
     )?;
-    let start = claim_plan::scan_start(pipeline);
+    let mut scan = claim_plan::KeyScan::new(pipeline);
     let mut order: Vec<String> = Vec::new();
     let mut contributing = 0;
-    let mut cursor = start.clone();
-    let mut wrapped = start.is_none();
     loop {
-        let next: Option<String> = match &cursor {
+        let found: Option<String> = match scan.after() {
             None => first
                 .query_row(params![pipeline], |r| r.get(0))
                 .optional()?,
@@ -200,18 +198,11 @@ fn keyed_heads(
                 .query_row(params![pipeline, k], |r| r.get(0))
                 .optional()?,
         };
-        let key = match next {
-            // Round the key space once: past the start again means every key was seen.
-            Some(k) if wrapped && start.as_ref().is_some_and(|s| &k > s) => break,
-            Some(k) => k,
-            None if !wrapped => {
-                wrapped = true;
-                cursor = None;
-                continue;
-            }
-            None => break,
+        let key = match scan.next(found) {
+            claim_plan::ScanStep::Key(k) => k,
+            claim_plan::ScanStep::Again => continue,
+            claim_plan::ScanStep::Done => break,
         };
-        cursor = Some(key.clone());
         let running = running_by_key
             .get(&(pipeline.to_string(), key.clone()))
             .copied()
