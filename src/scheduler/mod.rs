@@ -231,14 +231,12 @@ impl Scheduler {
         inner
             .services
             .spawn(heartbeat::housekeeping_loop(inner.clone()));
-        inner
-            .services
-            .spawn(heartbeat::abort_sweep_loop(inner.clone()));
+        inner.services.spawn(abort::abort_sweep_loop(inner.clone()));
         inner
             .services
             .spawn(heartbeat::lease_watchdog(inner.clone()));
         inner.services.spawn(heartbeat::rescue_loop(inner.clone()));
-        inner.services.spawn(heartbeat::bus_listener(inner.clone()));
+        inner.services.spawn(abort::bus_listener(inner.clone()));
         if let Some(webhooks) = inner.webhooks.clone() {
             inner
                 .services

@@ -7,6 +7,10 @@
 //! refuses it). The API route and the bus subscriber both call
 //! [`AbortRegistry::abort_all_shards_for_run`] (DESIGN decision 9).
 
+mod listen;
+
+pub(in crate::scheduler) use listen::{abort_sweep_loop, bus_listener};
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
