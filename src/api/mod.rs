@@ -18,6 +18,8 @@ pub mod conn;
 mod dashboard;
 mod error;
 mod history;
+mod ids;
+mod jobs;
 pub mod listen;
 mod memory;
 mod nodes;
@@ -90,8 +92,8 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::abort))
         .routes(routes!(rerun::rerun))
         .routes(routes!(runs::deliveries))
-        .routes(routes!(runs::job))
-        .routes(routes!(runs::logs))
+        .routes(routes!(jobs::job))
+        .routes(routes!(jobs::logs))
         .routes(routes!(sse::log_stream))
         .routes(routes!(sse::log_text))
         .routes(routes!(stats::stats))

@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use super::ids::{RunIdParam, run_id};
 use super::pipelines::{Triggered, source};
-use super::runs::{RunIdParam, run_id};
 use super::{ApiError, AppState, ErrorBody};
 use crate::scheduler::RerunScope;
 

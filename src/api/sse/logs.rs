@@ -11,7 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::api::runs::JobIdParam;
+use crate::api::ids::JobIdParam;
 use crate::api::{ApiError, AppState, ErrorBody};
 use crate::model::JobStatus;
 use crate::store::JobWake;
@@ -56,10 +56,10 @@ pub(in crate::api) async fn log_stream(
     query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let job_id = crate::api::runs::job_id(&state, path).await?;
+    let job_id = crate::api::ids::job_id(&state, path).await?;
     let Query(q) = query?;
     if state.store.job_get(&job_id).await?.is_none() {
-        return Err(crate::api::runs::job_not_found(&state, &job_id).await);
+        return Err(crate::api::jobs::job_not_found(&state, &job_id).await);
     }
     let mut after = match (last_event_id(&headers)?, q.tail) {
         (Some(id), _) => id,
@@ -195,10 +195,10 @@ pub(in crate::api) async fn log_text(
     path: Result<Path<JobIdParam>, PathRejection>,
     query: Result<Query<LogTextQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let job_id = crate::api::runs::job_id(&state, path).await?;
+    let job_id = crate::api::ids::job_id(&state, path).await?;
     let Query(q) = query?;
     if state.store.job_get(&job_id).await?.is_none() {
-        return Err(crate::api::runs::job_not_found(&state, &job_id).await);
+        return Err(crate::api::jobs::job_not_found(&state, &job_id).await);
     }
     let timestamps = q.timestamps.unwrap_or(false);
     let store = state.store.clone();
