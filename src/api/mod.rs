@@ -29,6 +29,7 @@ mod rerun;
 mod runs;
 pub mod sse;
 mod stats;
+mod trigger;
 pub mod views;
 
 use std::sync::Arc;
@@ -83,7 +84,7 @@ fn documented() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(pipelines::list))
-        .routes(routes!(pipelines::trigger))
+        .routes(routes!(trigger::trigger))
         .routes(routes!(pipelines::runs_of))
         .routes(routes!(pipelines::pause))
         .routes(routes!(pipelines::resume))

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::ids::{RunIdParam, run_id};
-use super::pipelines::{Triggered, source};
+use super::trigger::{Triggered, source};
 use super::{ApiError, AppState, ErrorBody};
 use crate::scheduler::RerunScope;
 

@@ -367,7 +367,7 @@ pub(super) async fn abort(
     let id = run_id(&state, path).await?;
     let by = crate::scheduler::AbortedBy {
         actor: actor.0,
-        via: super::pipelines::source(&headers),
+        via: super::trigger::source(&headers),
     };
     match state.scheduler.abort(&id, by).await? {
         AbortOutcome::NotFound => Err(ApiError::NotFound(format!("Run not found: {id}"))),
