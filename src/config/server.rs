@@ -52,8 +52,8 @@ pub struct ServerSettings {
     pub advertise_url: Option<String>,
     /// This node's labels, matched against pipelines' `requires`.
     pub labels: crate::model::Labels,
-    /// What this node has for its jobs (`resources`); `None`: the machine's cores and
-    /// memory, no GPU (read at start).
+    /// What this node has for its jobs (`resources`); `None`, or a dimension left out:
+    /// the machine's cores and memory, no GPU (read at start).
     pub resources: Option<crate::model::Resources>,
 }
 

@@ -138,7 +138,7 @@ impl Scheduler {
             url: settings.server.advertise_url.clone(),
             labels: settings.server.labels.clone(),
             config_digest: settings.config_digest(),
-            capacity: settings.server.resources.unwrap_or_else(resources::machine),
+            capacity: resources::capacity(settings.server.resources),
         };
         let registering = std::time::Instant::now();
         let redactor =

@@ -161,6 +161,28 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// A node's capacity: `[server] resources` with the machine's cores and memory for
+/// what it leaves out (a node that names only its GPUs still has its CPU and memory).
+pub(crate) fn capacity(configured: Option<Resources>) -> Resources {
+    let machine = machine();
+    match configured {
+        None => machine,
+        Some(r) => Resources {
+            cpu_milli: if r.cpu_milli == 0 {
+                machine.cpu_milli
+            } else {
+                r.cpu_milli
+            },
+            memory: if r.memory == 0 {
+                machine.memory
+            } else {
+                r.memory
+            },
+            gpu: r.gpu,
+        },
+    }
+}
+
 /// The machine's cores and memory, no GPU: a node's capacity when it names none.
 pub(crate) fn machine() -> Resources {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
@@ -217,6 +239,14 @@ mod tests {
         assert_eq!(ledger.in_use(), r(4000, 2));
         drop(res);
         assert_eq!(ledger.in_use(), r(2000, 1));
+    }
+
+    #[test]
+    fn a_capacity_that_names_only_gpus_keeps_the_machines_cpu_and_memory() {
+        let only_gpus = capacity(Some(r(0, 2)));
+        assert_eq!(only_gpus.gpu, 2);
+        assert_eq!(only_gpus.cpu_milli, machine().cpu_milli);
+        assert_eq!(capacity(Some(r(500, 0))).cpu_milli, 500);
     }
 
     #[test]
