@@ -86,25 +86,37 @@ pub(super) async fn trigger(cli: &Cli, a: &TriggerArgs) -> anyhow::Result<u8> {
             &body,
         )
         .await?;
-    let run_id = answer["runId"].as_str().unwrap_or_default().to_string();
-    if !(a.wait || a.follow) {
-        if json_out {
-            output::print_json(&answer)?;
-        } else {
-            term::out(&run_id)?;
-        }
-        return Ok(exit::OK);
-    }
-    if !json_out {
-        term::err(format_args!("run {run_id} queued"));
-    }
-    let how = Watch {
+    let watch = Watch {
         follow: a.follow,
         json: json_out,
         abort_on_interrupt: a.abort_on_interrupt,
         quiet: false,
     };
-    wait::watch(&client, &run_id, how).await
+    queued(&client, &answer, a.wait || a.follow, watch, String::new()).await
+}
+
+/// What `trigger` and `rerun` do with their 202: print the run id (the answer with
+/// `--json`), or say it is queued (`also`: what else to say) and watch it to its end.
+async fn queued(
+    client: &super::client::Client,
+    answer: &Value,
+    wait: bool,
+    watch: Watch,
+    also: String,
+) -> anyhow::Result<u8> {
+    let run_id = answer["runId"].as_str().unwrap_or_default().to_string();
+    if !wait {
+        if watch.json {
+            output::print_json(answer)?;
+        } else {
+            term::out(&run_id)?;
+        }
+        return Ok(exit::OK);
+    }
+    if !watch.json {
+        term::err(format_args!("run {run_id} queued{also}"));
+    }
+    wait::watch(client, &run_id, watch).await
 }
 
 /// `runyard wait RUN`: watches a run started elsewhere to its end.
@@ -174,28 +186,17 @@ pub(super) async fn rerun(cli: &Cli, a: &RerunArgs) -> anyhow::Result<u8> {
     let answer = client
         .post(&format!("/api/runs/{}/rerun", segment(&a.run)), &body)
         .await?;
-    let run_id = answer["runId"].as_str().unwrap_or_default().to_string();
-    if !(a.wait || a.follow) {
-        if json_out {
-            output::print_json(&answer)?;
-        } else {
-            term::out(&run_id)?;
-        }
-        return Ok(exit::OK);
-    }
-    if !json_out {
-        term::err(format_args!(
-            "run {run_id} queued (re-run of {})",
-            answer["rerunOf"].as_str().unwrap_or(&a.run)
-        ));
-    }
-    let how = Watch {
+    let also = format!(
+        " (re-run of {})",
+        answer["rerunOf"].as_str().unwrap_or(&a.run)
+    );
+    let watch = Watch {
         follow: a.follow,
         json: json_out,
         abort_on_interrupt: a.abort_on_interrupt,
         quiet: false,
     };
-    wait::watch(&client, &run_id, how).await
+    queued(&client, &answer, a.wait || a.follow, watch, also).await
 }
 
 /// `runyard abort RUN`.
