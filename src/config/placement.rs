@@ -1,6 +1,7 @@
 //! The placement keys of a config: who this node is (`[server] node_name`,
 //! `advertise_url`, `labels`) and where a pipeline may run (`requires`), plus the
 //! digest that lets replicas notice they run different configs.
+//! (Past 400 lines only with its tests, which load whole configs.)
 //!
 //! A node's default name is `{host}:{port}`: nothing to set on one host, unique among
 //! replicas that share a host (they listen on different ports), and the same after a

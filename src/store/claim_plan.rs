@@ -5,7 +5,7 @@
 //! caps: SQLite's single writer, PostgreSQL's advisory lock), asks [`plan`]
 //! for the room of each pipeline, reads at most that many queue heads of each
 //! (index-backed, so a capped backlog is never walked), and claims the merged
-//! heads by priority, then `seq` ([`merge`]): global order and every cap in one pass.
+//! heads by priority, then `seq` ([`pick`]): global order and every cap in one pass.
 //!
 //! Tests that catch a violation (conformance suite, both backends):
 //! `claims_respect_pipeline_and_global_caps_and_retry_delays`,
@@ -166,15 +166,6 @@ pub use crate::model::PRIORITY_RANGE;
 /// (in its transaction) once due, so the claim reads only jobs it may take.
 pub fn held(run_after: i64, now: i64) -> bool {
     run_after > now
-}
-
-/// The candidates to claim, highest priority first and FIFO (`seq`) within a priority,
-/// at most `want` (each pipeline's heads come in that order from its index; this merges
-/// them, so the order holds over every pipeline).
-pub fn merge(mut candidates: Vec<(i64, ClaimedJob)>, want: usize) -> Vec<(i64, ClaimedJob)> {
-    candidates.sort_by_key(|(seq, job)| (std::cmp::Reverse(job.priority), *seq));
-    candidates.truncate(want);
-    candidates
 }
 
 /// Where a claim's scan of one pipeline's keys starts: after the last key a claim of

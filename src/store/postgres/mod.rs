@@ -1,5 +1,8 @@
 //! The shared store: PostgreSQL, for many replicas on many hosts.
 //!
+//! (One concern past 400 lines: the `Store` impl as a table of one-line calls, plus
+//! opening, migrating and the database clock; each transition's SQL has its own file.)
+//!
 //! Each [`Store`] method is one READ COMMITTED transaction on a pooled
 //! connection (deadpool-postgres, statements prepared once per connection).
 //! The rules come from the backend-neutral modules (`transition`,

@@ -1,4 +1,5 @@
 //! The PostgreSQL store's reads: views, logs, events below the horizon, counts.
+//! One concern past 400 lines: every read maps its columns into a view by hand.
 
 use std::collections::HashMap;
 

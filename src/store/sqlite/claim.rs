@@ -88,11 +88,12 @@ pub(super) fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<
         )?;
         for (name, room) in &plan.rooms {
             if let Some(cap) = p.keyed.get(name) {
-                let order =
-                    keyed_heads(conn, p, name, *room, *cap, &running_by_key, &mut candidates)?;
-                for c in candidates.iter().filter(|c| c.key.is_some()) {
+                let mut keyed = Vec::new();
+                let order = keyed_heads(conn, p, name, *room, *cap, &running_by_key, &mut keyed)?;
+                for c in &keyed {
                     keys_of.insert(c.seq, c.key.clone().unwrap_or_default());
                 }
+                candidates.extend(keyed);
                 scans.push((name.clone(), order));
                 continue;
             }

@@ -1,6 +1,9 @@
 //! The embedded store: one SQLite file in WAL mode, shareable by several
 //! `runyard serve` processes on one host.
 //!
+//! (One concern past 400 lines: the `Store` impl as a table of one-line calls, plus
+//! opening, the writer thread and migrations; each transition's SQL has its own file.)
+//!
 //! Writes go through **one writer thread per process** with group commit
 //! (DESIGN decision 13): callers send closures over a channel; the thread
 //! takes every waiting request, runs them in one `BEGIN IMMEDIATE`
