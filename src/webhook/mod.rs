@@ -18,11 +18,13 @@
 //! outbox, retry schedule and configuration parsing live with the caller.
 
 mod address;
+mod allow_list;
 mod deliver;
 mod policy;
 mod sign;
 
 pub use address::is_global;
 pub use deliver::{DeliveryOutcome, EXCERPT_BYTES, USER_AGENT, Webhooks};
-pub use policy::{AllowList, PolicyError, WebhookPolicy};
+pub use allow_list::AllowList;
+pub use policy::{PolicyError, WebhookPolicy};
 pub use sign::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, secret_key, sign};
