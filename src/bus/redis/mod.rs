@@ -31,7 +31,7 @@
 //! twin: it is lost, which is why docs/replicas.md points such services at the HTTP
 //! route when they need a guarantee.)
 //!
-//! Tests that catch a violation: `tests/bus.rs` (two subscribers receive, the
+//! Tests that catch a violation: `tests/redis_bus.rs` (two subscribers receive, the
 //! publisher drops its echo; one dispatch per message after five forced
 //! resubscribes; malformed messages dropped; a plain `PUBLISH` aborts a run;
 //! reconnection after Redis restarts) and `tests/replicas.rs` (three replicas).
@@ -39,14 +39,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+mod publisher;
+mod subscriber;
 
 use super::wire::{self, Channels, Message};
 use super::{Bus, BusCounters, BusStatus, Signal, new_origin};
 use crate::config::BusSettings;
-use crate::store::{ChangeFeed, change};
+use crate::store::ChangeFeed;
 
 /// Longest wait for a connection or a subscription.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -157,9 +159,9 @@ impl RedisBus {
             feed,
             stop: CancellationToken::new(),
         });
-        tokio::spawn(dispatcher(shared.clone()));
-        tokio::spawn(publisher(shared.clone(), outgoing));
-        tokio::spawn(bridge(shared.clone()));
+        tokio::spawn(subscriber::dispatcher(shared.clone()));
+        tokio::spawn(publisher::publisher(shared.clone(), outgoing));
+        tokio::spawn(publisher::bridge(shared.clone()));
         Ok(RedisBus { shared })
     }
 
@@ -275,253 +277,5 @@ impl Shared {
             }
             Message::Changes { kinds, .. } => self.feed.bump(kinds),
         }
-    }
-}
-
-/// The pause before attempt `n` (0-based) after a loss: doubling, capped, with ±25 % jitter.
-fn backoff(n: u32) -> Duration {
-    let base = BACKOFF_MIN
-        .saturating_mul(1u32 << n.min(5))
-        .min(BACKOFF_MAX);
-    let jitter = (uuid::Uuid::new_v4().as_u128() % 500) as u32; // 0..500 ‰ of a half
-    base.mul_f64(0.75 + f64::from(jitter) / 1000.0)
-}
-
-/// The one subscription of this process, for the bus's whole life.
-async fn dispatcher(shared: Arc<Shared>) {
-    let mut failures = 0u32;
-    let mut last_warning = None;
-    let mut ever_connected = false;
-    loop {
-        let mut subscribed_at = None;
-        let outcome = subscription(
-            &shared,
-            &mut subscribed_at,
-            &mut ever_connected,
-            &mut last_warning,
-        )
-        .await;
-        shared.set_connected(false);
-        let Err(e) = outcome else { break };
-        // A subscription that held for a while was a real recovery: the backoff starts
-        // over. One that Redis drops at once (an output-buffer limit, a proxy) keeps
-        // backing off, so a flapping server costs a reconnect every 2 s, not every 100 ms.
-        if subscribed_at.is_some_and(|t: Instant| t.elapsed() >= STABLE) {
-            failures = 0;
-        }
-        if failures == 0 {
-            if ever_connected {
-                tracing::warn!(url = %shared.url, "bus: lost Redis ({e}); reconnecting, store polls carry on meanwhile");
-            } else {
-                tracing::warn!(url = %shared.url, "bus: Redis unreachable ({e}); running degraded (store polls) until it answers");
-            }
-        } else {
-            tracing::debug!("bus: reconnect attempt {failures} failed: {e}");
-        }
-        let pause = backoff(failures);
-        failures = failures.saturating_add(1);
-        tokio::select! {
-            _ = shared.stop.cancelled() => break,
-            _ = tokio::time::sleep(pause) => {}
-        }
-    }
-}
-
-/// One connection's life: connect, subscribe, dispatch until it fails or the bus stops.
-async fn subscription(
-    shared: &Shared,
-    subscribed_at: &mut Option<Instant>,
-    ever_connected: &mut bool,
-    last_warning: &mut Option<Instant>,
-) -> Result<(), String> {
-    let connect = async {
-        let mut pubsub = shared.client.get_async_pubsub().await?;
-        pubsub
-            .subscribe(&[
-                shared.channels.abort.as_str(),
-                shared.channels.changes.as_str(),
-            ])
-            .await?;
-        Ok::<_, redis::RedisError>(pubsub)
-    };
-    let pubsub = tokio::select! {
-        _ = shared.stop.cancelled() => return Ok(()),
-        r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => r
-            .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))?
-            .map_err(|e| e.to_string())?,
-    };
-    let (mut sink, mut stream) = pubsub.split();
-    if let Some(down_for) = shared.set_connected(true) {
-        if *ever_connected {
-            BusCounters::inc(&shared.counters.reconnects);
-            tracing::info!(url = %shared.url, "bus: recovered after {:.1} s", down_for.as_secs_f64());
-        } else {
-            tracing::info!(url = %shared.url, prefix = %shared.prefix, origin = %shared.origin, "bus: Redis connected");
-        }
-    }
-    *ever_connected = true;
-    *subscribed_at = Some(Instant::now());
-    // Catch-up, both ways: whatever was published while this node was not subscribed
-    // is in the store, and so is what it committed meanwhile, which the others were
-    // not told about.
-    shared.feed.bump(change::ALL);
-    shared.send(Outgoing::Changes(change::ALL));
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
-    loop {
-        tokio::select! {
-            _ = shared.stop.cancelled() => return Ok(()),
-            msg = stream.next() => match msg {
-                Some(m) => shared.dispatch(m.get_channel_name(), m.get_payload_bytes(), last_warning),
-                None => return Err("connection closed".into()),
-            },
-            _ = ping.tick() => {
-                match tokio::time::timeout(REPLY_TIMEOUT, sink.ping::<redis::Value>()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(format!("PING failed: {e}")),
-                    Err(_) => return Err(format!("no PING answer within {REPLY_TIMEOUT:?}")),
-                }
-            }
-        }
-    }
-}
-
-/// Sends this node's messages on a connection of its own. A multiplexed connection
-/// does not come back by itself once Redis closed it, so a failed PUBLISH is tried
-/// once more on a fresh connection before it counts as unsent; messages queued while
-/// the bus went down are dropped when taken (never waited on one by one), and queued
-/// wake-ups are merged into one.
-async fn publisher(shared: Arc<Shared>, mut outgoing: mpsc::Receiver<Outgoing>) {
-    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
-    let mut warned = false;
-    loop {
-        let first = tokio::select! {
-            _ = shared.stop.cancelled() => break,
-            m = outgoing.recv() => match m { Some(m) => m, None => break },
-        };
-        let mut batch = vec![first];
-        while let Ok(more) = outgoing.try_recv() {
-            batch.push(more);
-        }
-        for msg in coalesce(batch) {
-            if !shared.connected() {
-                BusCounters::inc(&shared.counters.dropped_unsent);
-                continue;
-            }
-            let (channel, payload) = match &msg {
-                Outgoing::Abort(run_id) => (
-                    &shared.channels.abort,
-                    wire::encode_abort(run_id, &shared.origin),
-                ),
-                Outgoing::Changes(kinds) => (
-                    &shared.channels.changes,
-                    wire::encode_changes(*kinds, &shared.origin),
-                ),
-            };
-            let mut why = String::new();
-            let mut sent = false;
-            for _attempt in 0..2 {
-                match tokio::time::timeout(
-                    REPLY_TIMEOUT,
-                    publish_on(&shared, &mut conn, channel, &payload),
-                )
-                .await
-                {
-                    Ok(Ok(())) => {
-                        sent = true;
-                        break;
-                    }
-                    Ok(Err(e)) => why = e.to_string(),
-                    Err(_) => why = format!("no answer within {REPLY_TIMEOUT:?}"),
-                }
-                conn = None;
-            }
-            if sent {
-                BusCounters::inc(&shared.counters.published);
-                warned = false;
-            } else {
-                BusCounters::inc(&shared.counters.dropped_unsent);
-                if matches!(msg, Outgoing::Abort(_)) || !std::mem::replace(&mut warned, true) {
-                    tracing::warn!(
-                        "bus: publish on {channel} failed ({why}); other nodes see the store instead"
-                    );
-                }
-            }
-        }
-    }
-}
-
-/// One PUBLISH, connecting first if there is no connection.
-async fn publish_on(
-    shared: &Shared,
-    conn: &mut Option<redis::aio::MultiplexedConnection>,
-    channel: &str,
-    payload: &str,
-) -> redis::RedisResult<()> {
-    if conn.is_none() {
-        *conn = Some(shared.client.get_multiplexed_async_connection().await?);
-    }
-    let c = conn.as_mut().expect("connected above");
-    redis::cmd("PUBLISH")
-        .arg(channel)
-        .arg(payload)
-        .query_async::<i64>(c)
-        .await
-        .map(drop)
-}
-
-/// Aborts in order, and every wake-up of the batch as one message after them.
-fn coalesce(batch: Vec<Outgoing>) -> Vec<Outgoing> {
-    let mut kinds = 0u8;
-    let mut out: Vec<Outgoing> = batch
-        .into_iter()
-        .filter_map(|m| match m {
-            Outgoing::Changes(k) => {
-                kinds |= k;
-                None
-            }
-            abort => Some(abort),
-        })
-        .collect();
-    if kinds != 0 {
-        out.push(Outgoing::Changes(kinds));
-    }
-    out
-}
-
-/// Publishes this process's commits as wake-ups for the others, coalesced.
-async fn bridge(shared: Arc<Shared>) {
-    loop {
-        let kinds = tokio::select! {
-            _ = shared.stop.cancelled() => break,
-            k = shared.feed.take_local() => k,
-        };
-        // While down, the others are polling the store; nothing to tell.
-        if shared.connected() {
-            shared.send(Outgoing::Changes(kinds));
-        }
-        tokio::select! {
-            _ = shared.stop.cancelled() => break,
-            _ = tokio::time::sleep(COALESCE) => {}
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_its_cap_with_jitter() {
-        for n in 0..10 {
-            let b = backoff(n);
-            let base = BACKOFF_MIN.saturating_mul(1 << n.min(5)).min(BACKOFF_MAX);
-            assert!(
-                b >= base.mul_f64(0.75) && b <= base.mul_f64(1.25),
-                "{n}: {b:?}"
-            );
-        }
-        assert!(backoff(20) <= BACKOFF_MAX.mul_f64(1.25));
     }
 }
