@@ -19,6 +19,7 @@ mod claim_params;
 mod create;
 mod heartbeat;
 mod job;
+mod job_end;
 mod job_output;
 mod journal;
 mod lease;

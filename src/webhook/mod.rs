@@ -24,7 +24,7 @@ mod policy;
 mod sign;
 
 pub use address::is_global;
-pub use deliver::{DeliveryOutcome, EXCERPT_BYTES, USER_AGENT, Webhooks};
 pub use allow_list::AllowList;
+pub use deliver::{DeliveryOutcome, EXCERPT_BYTES, USER_AGENT, Webhooks};
 pub use policy::{PolicyError, WebhookPolicy};
 pub use sign::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, secret_key, sign};
