@@ -27,6 +27,7 @@ mod openapi;
 mod pipelines;
 mod rerun;
 mod runs;
+mod session;
 pub mod sse;
 mod stats;
 mod trigger;
@@ -102,7 +103,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(nodes::workers))
         .routes(routes!(nodes::queue))
         .routes(routes!(openapi::document))
-        .routes(routes!(auth::status, auth::login, auth::logout))
+        .routes(routes!(session::status, session::login, session::logout))
         .routes(routes!(metrics))
         // The dashboard (static, embedded): `/` and `/assets/{file}`; see `dashboard.rs`.
         .routes(routes!(dashboard::index))
