@@ -10,7 +10,7 @@
 //!
 //! Tests: the unit tests below (5 and 6 fields, time zones with DST, missed ticks),
 //! `store_contract::*::a_schedule_tick_fires_once_however_many_nodes_race_for_it`,
-//! `peers::two_nodes_fire_each_tick_of_a_schedule_exactly_once`.
+//! `scheduling::two_nodes_fire_each_tick_of_a_schedule_exactly_once`.
 
 use std::str::FromStr;
 

@@ -14,7 +14,7 @@
 //! business. A descendant that also clears its environment is re-parented and
 //! reaped, but not killed (nothing ties it to a job).
 //!
-//! The test that would catch a regression: `processes::a_setsid_escapee_is_killed_when_its_job_ends`.
+//! The test that would catch a regression: `server_lifecycle::a_setsid_escapee_is_killed_when_its_job_ends`.
 
 use std::collections::HashSet;
 use std::sync::Mutex;

@@ -11,7 +11,7 @@
 //!
 //! The test that would catch a leak:
 //! `a_secret_split_across_a_long_line_cut_is_masked` (here) and the server
-//! test `secrets_are_masked_in_stored_output_sse_and_webhooks`.
+//! test `run_completion::secrets_are_masked_in_stored_output_sse_results_and_webhooks`.
 
 /// What replaces a secret.
 pub const MASK: &str = "[redacted]";

@@ -10,7 +10,7 @@
 //! atomic add per job end afterwards); pipelines of the config that have not run
 //! here yet render as zeros, so every series exists from the first scrape.
 //!
-//! Test: `access::metrics_expose_jobs_queue_latency_and_sse_clients`.
+//! Test: `access_control::metrics_expose_jobs_queue_latency_and_sse_clients`.
 
 mod render;
 

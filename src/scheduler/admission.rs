@@ -4,7 +4,7 @@
 //! never fail for it. Checked before every claim; the latest verdict is kept
 //! for `GET /api/workers`.
 //!
-//! The test that would catch a violation: `completion::admission_holds_jobs_queued_until_resources_allow`.
+//! The test that would catch a violation: `run_completion::admission_holds_jobs_queued_until_resources_allow`.
 
 use std::sync::Mutex;
 

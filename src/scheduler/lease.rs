@@ -25,7 +25,7 @@
 //!   re-queue every healthy replica's jobs. Pid liveness on the same host is
 //!   not age and needs no guard.
 //!
-//! Tests that catch a violation: `tests/hosts.rs` (a frozen host thawed after
+//! Tests that catch a violation: `tests/host_faults.rs` (a frozen host thawed after
 //! twice the lease kills its copies at once and none of its writes land; a
 //! database cut from every replica for longer than the lease re-queues nothing
 //! by age) and the unit tests below.

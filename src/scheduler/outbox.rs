@@ -11,7 +11,7 @@
 //! receivers deduplicate. Wakes on new events (a run turning terminal writes
 //! one), at most every 200 ms, and polls as a backstop.
 //!
-//! Tests: `completion::webhook_is_signed_delivered_once_and_retried_with_history`.
+//! Tests: `run_completion::webhook_is_signed_delivered_and_retried_with_visible_attempts`.
 
 use std::sync::Arc;
 use std::time::Duration;

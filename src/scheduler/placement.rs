@@ -5,7 +5,7 @@
 //! unfinished, so it is never pruned; an unbounded delay would keep rows forever) and no
 //! more than [`PAST_TOLERANCE_MS`] in the past (an older one is a mistake, not "now");
 //! a priority lies in [`PRIORITY_RANGE`]. Tests: the unit tests below, and
-//! `peers::delayed_runs_wait_for_their_time_and_bad_delays_are_400`.
+//! `scheduling::delayed_runs_wait_for_their_time_and_bad_delays_are_400`.
 
 use crate::clock::rfc3339;
 use crate::config::parse_duration;

@@ -5,8 +5,8 @@
 //! record decides what fires.
 //!
 //! Tests: `store_contract::*::a_schedule_tick_fires_once_however_many_nodes_race_for_it`,
-//! `peers::two_nodes_fire_each_tick_of_a_schedule_exactly_once`,
-//! `peers::ticks_missed_while_every_node_was_down_fire_once`.
+//! `scheduling::two_nodes_fire_each_tick_of_a_schedule_exactly_once`,
+//! `scheduling::ticks_missed_while_every_node_was_down_fire_once`.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -16,8 +16,8 @@
 //! A job whose setup failed (or found the circuit open) is released back to
 //! the queue without spending an attempt (`Outcome::Release`).
 //!
-//! Tests that would catch a violation: `setup::setup_runs_once_per_node_for_concurrent_first_jobs`,
-//! `setup::failing_setup_opens_the_circuit_and_jobs_wait_then_half_open_recovers`.
+//! Tests that would catch a violation: `run_completion::setup_runs_once_per_node_for_concurrent_first_jobs`,
+//! `run_completion::failing_setup_opens_the_circuit_jobs_wait_and_a_half_open_trial_recovers`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

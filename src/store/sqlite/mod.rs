@@ -7,8 +7,9 @@
 //! Writes go through **one writer thread per process** with group commit
 //! (DESIGN decision 13): callers send closures over a channel; the thread
 //! takes every waiting request, runs them in one `BEGIN IMMEDIATE`
-//! transaction, each inside its own savepoint (so one failing request rolls
-//! back alone), commits once, and only then answers each caller. Nothing is
+//! transaction and commits once (if one request fails, the batch is rolled back
+//! and each request runs again in a transaction of its own, so one failing request
+//! takes no other with it), and only then answers each caller. Nothing is
 //! acknowledged before it is committed. `BEGIN IMMEDIATE` takes the write lock
 //! up front, so `busy_timeout` applies and no deferred transaction is ever
 //! upgraded into an instant `SQLITE_BUSY`.

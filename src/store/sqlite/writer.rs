@@ -1,6 +1,6 @@
 //! The SQLite writer: one thread per process takes every waiting write, runs them in one
-//! `BEGIN IMMEDIATE` transaction (each in its own savepoint, so one failing write rolls
-//! back alone), commits once and only then answers; a lone write may run inline on its
+//! `BEGIN IMMEDIATE` transaction, commits once and only then answers (a failing write
+//! sends the batch back to run one write per transaction, so it fails alone); a lone write may run inline on its
 //! caller's thread instead. Statements and commits are counted here by operation.
 
 use super::*;
