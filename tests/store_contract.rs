@@ -8,33 +8,73 @@
 //!   handles are several `PgStore`s with pools of their own. Without `TEST_DATABASE_URL`
 //!   each test prints `SKIPPED(service)` and returns (CI fails on that marker).
 //!
-//! `basic` holds the contract step by step; `races` the races that one SQLite writer
-//! passes trivially and PostgreSQL can lose (caps under concurrent claims, the last two
-//! shards together, identical idempotent triggers, a reader following the event cursor,
-//! stale executions, abort × finish × start).
+//! The contract step by step, by area (in `store_contract/`):
+//!
+//! - `finalization.rs`: how a run ends: retried shards, the finalizer, the webhook outbox.
+//! - `claims.rs`: caps, retry delays, queue order, registered nodes, orphans, stranded jobs.
+//! - `fencing.rs`: stale and repeated finishes and starts, an abort racing a finish or
+//!   preceding a start, the executions a heartbeat tells its node to stop.
+//! - `output.rs`: output lines, logs and their tail, appends and their retries, a run's events.
+//! - `queries.rs`: runs lists and filters, run ids by prefix, stats.
+//! - `maintenance.rs`: pruning, each node's setup state, a dead node's row.
+//! - `triggers.rs`: idempotency keys and idempotent retries.
+//! - `scheduling.rs`: exit-code retry rules, pauses, re-runs, delayed runs, priorities,
+//!   schedules.
+//! - `batches.rs`: ends written in batches; `keyed.rs`: per-key caps.
+//!
+//! The races that one SQLite writer passes trivially and PostgreSQL can lose, each on
+//! separate handles: `races_caps.rs` (concurrent claimers against the caps),
+//! `races_runs.rs` (identical idempotent triggers, the last two shards together,
+//! abort × finish × start, an abort against the finalizer's end) and `races_writers.rs`
+//! (a reader following the event cursor, a stale execution writing beside the new one).
+//! `factory.rs` makes the stores; `fixtures.rs` holds the shared builders and helpers.
 //!
 //! Run one backend with `cargo test --test store_contract postgres::`.
 
-#[path = "store_contract/basic.rs"]
-mod basic;
 #[path = "store_contract/batches.rs"]
 mod batches;
+#[path = "store_contract/claims.rs"]
+mod claims;
 #[path = "store_contract/factory.rs"]
 mod factory;
+#[path = "store_contract/fencing.rs"]
+mod fencing;
+#[path = "store_contract/finalization.rs"]
+mod finalization;
 #[path = "store_contract/fixtures.rs"]
 mod fixtures;
 #[path = "store_contract/keyed.rs"]
 mod keyed;
-#[path = "store_contract/peers.rs"]
-mod peers;
-#[path = "store_contract/races.rs"]
-mod races;
+#[path = "store_contract/maintenance.rs"]
+mod maintenance;
+#[path = "store_contract/output.rs"]
+mod output;
+#[path = "store_contract/queries.rs"]
+mod queries;
+#[path = "store_contract/races_caps.rs"]
+mod races_caps;
+#[path = "store_contract/races_runs.rs"]
+mod races_runs;
+#[path = "store_contract/races_writers.rs"]
+mod races_writers;
+#[path = "store_contract/scheduling.rs"]
+mod scheduling;
+#[path = "store_contract/triggers.rs"]
+mod triggers;
 
-use basic::*;
 use batches::*;
+use claims::*;
+use fencing::*;
+use finalization::*;
 use keyed::*;
-use peers::*;
-use races::*;
+use maintenance::*;
+use output::*;
+use queries::*;
+use races_caps::*;
+use races_runs::*;
+use races_writers::*;
+use scheduling::*;
+use triggers::*;
 
 /// One test, however slow the machine, finishes within this or fails.
 const TEST_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
@@ -81,51 +121,64 @@ contract_tests!(
     sqlite => crate::factory::sqlite_factory,
     postgres => crate::factory::pg_factory;
     [
+        // finalization.rs
         a_retried_shard_holds_the_run_open_until_it_ends_for_good,
-        an_append_retried_after_its_commit_adds_nothing,
-        a_start_recorded_twice_emits_one_started_event,
-        an_idempotent_retry_lists_the_shards_even_with_a_finalizer_queued,
         a_finalizer_runs_once_after_every_shard_and_gates_the_run,
         an_aborted_run_still_gets_its_finalizer_and_stays_aborted,
         a_terminal_run_with_a_callback_has_exactly_one_outbox_row,
-        stale_and_repeated_finishes_change_nothing,
-        abort_racing_a_natural_finish_ends_each_job_exactly_once,
-        orphan_requeue_keeps_the_attempt_and_is_capped,
+        // claims.rs
         claims_respect_pipeline_and_global_caps_and_retry_delays,
         a_capped_backlog_does_not_hold_up_other_pipelines_and_order_is_fifo,
         only_registered_nodes_claim_and_stranded_jobs_are_found,
-        a_dead_nodes_row_is_removed_only_on_the_heartbeat_it_was_judged_by,
+        orphan_requeue_keeps_the_attempt_and_is_capped,
+        // fencing.rs
+        stale_and_repeated_finishes_change_nothing,
+        abort_racing_a_natural_finish_ends_each_job_exactly_once,
+        a_start_after_an_abort_learns_of_it_and_does_not_revive_the_run,
+        a_start_recorded_twice_emits_one_started_event,
+        a_heartbeat_names_the_executions_its_node_must_stop,
+        // output.rs
+        output_lines_are_numbered_per_job_and_logs_keep_the_tail,
+        an_append_retried_after_its_commit_adds_nothing,
+        a_runs_events_come_without_progress_and_output_keeps_its_execution_and_time,
+        // queries.rs
+        runs_list_filters_by_pipeline_and_status_newest_first,
+        runs_are_filtered_by_id_prefix_suffix_parameter_and_actor,
+        run_ids_by_prefix_range_scans_the_ids_that_start_with_it,
+        stats_count_runs_by_the_bucket_they_finished_in,
+        // maintenance.rs
         prune_removes_old_finished_runs_and_keeps_live_ones,
         pruning_every_event_still_reports_what_was_pruned,
-        output_lines_are_numbered_per_job_and_logs_keep_the_tail,
-        a_heartbeat_names_the_executions_its_node_must_stop,
-        runs_list_filters_by_pipeline_and_status_newest_first,
         node_setup_state_is_kept_per_node_and_pipeline,
+        a_dead_nodes_row_is_removed_only_on_the_heartbeat_it_was_judged_by,
+        // triggers.rs
         a_reused_idempotency_key_returns_the_first_run,
-        a_start_after_an_abort_learns_of_it_and_does_not_revive_the_run,
-        run_ids_by_prefix_range_scans_the_ids_that_start_with_it,
-        a_runs_events_come_without_progress_and_output_keeps_its_execution_and_time,
-        runs_are_filtered_by_id_prefix_suffix_parameter_and_actor,
-        stats_count_runs_by_the_bucket_they_finished_in,
-        concurrent_claimers_never_exceed_the_global_or_a_pipeline_cap,
-        claimers_with_and_without_a_global_cap_never_exceed_a_pipeline_cap,
-        last_two_shards_finishing_together_finalise_the_run_exactly_once,
-        a_hundred_concurrent_identical_triggers_make_one_run,
-        a_reader_following_events_sees_each_exactly_once_in_id_order,
-        a_stale_executions_output_and_finish_change_nothing,
-        abort_finish_and_start_racing_on_one_run_never_deadlock,
-        an_abort_racing_the_finalizers_end_wins,
+        an_idempotent_retry_lists_the_shards_even_with_a_finalizer_queued,
+        // scheduling.rs
         exit_codes_the_pipeline_does_not_retry_fail_at_once,
         a_paused_pipeline_is_claimed_by_no_node_until_resumed,
         a_rerun_of_failed_shards_keeps_the_others_and_the_finalizer_sees_all,
         higher_priorities_are_claimed_first_and_fifo_within_one_over_every_pipeline,
         a_delayed_run_is_held_until_its_time_and_released_by_the_claim,
         a_schedule_tick_fires_once_however_many_nodes_race_for_it,
+        // batches.rs
         a_batch_fences_each_end_on_its_own_and_lands_each_run_once,
         an_end_that_cannot_be_stored_does_not_fail_its_batch,
         ends_batched_on_two_handles_land_every_run_exactly_once,
         writes_are_counted_by_operation,
+        // keyed.rs
         concurrent_claimers_never_exceed_a_per_key_cap,
         a_small_tenant_is_not_kept_behind_a_large_ones_backlog,
+        // races_caps.rs
+        concurrent_claimers_never_exceed_the_global_or_a_pipeline_cap,
+        claimers_with_and_without_a_global_cap_never_exceed_a_pipeline_cap,
+        // races_runs.rs
+        a_hundred_concurrent_identical_triggers_make_one_run,
+        last_two_shards_finishing_together_finalise_the_run_exactly_once,
+        abort_finish_and_start_racing_on_one_run_never_deadlock,
+        an_abort_racing_the_finalizers_end_wins,
+        // races_writers.rs
+        a_reader_following_events_sees_each_exactly_once_in_id_order,
+        a_stale_executions_output_and_finish_change_nothing,
     ]
 );

@@ -7,7 +7,6 @@ use runyard::store::{ClaimedJob, JobFinishParams, Outcome, StoreResult};
 
 use crate::factory::Factory;
 use crate::fixtures::*;
-use crate::races::join;
 
 fn failed(error: &str) -> Outcome {
     Outcome::Failed {

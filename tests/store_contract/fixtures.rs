@@ -6,11 +6,12 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use runyard::model::{RunId, job_id_for};
+use runyard::model::{Reason, RunId, job_id_for};
 use runyard::store::{
     ClaimedJob, JobClaimParams, JobFinishParams, JobPolicy, Outcome, RunCreateParams, RunCreated,
     Store, StoreResult, StoredEvent,
 };
+use tokio::task::JoinHandle;
 
 /// A single store call that takes longer than this is a hang (or a deadlock).
 pub const CALL_LIMIT: Duration = Duration::from_secs(30);
@@ -22,6 +23,14 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>
     match tokio::time::timeout(limit, fut).await {
         Ok(v) => v,
         Err(_) => panic!("{what} did not finish within {limit:?} (a hang or a deadlock)"),
+    }
+}
+
+/// Awaits a spawned task, failing the test when it panicked or hangs.
+pub async fn join<T>(what: &str, task: JoinHandle<T>) -> T {
+    match within(Duration::from_secs(90), what, task).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 
@@ -131,6 +140,14 @@ pub fn finish(job: &ClaimedJob, outcome: Outcome) -> JobFinishParams {
         claim_next: None,
         start: None,
         result: None,
+    }
+}
+
+/// The end of an attempt whose command exited non-zero.
+pub fn fail() -> Outcome {
+    Outcome::Failed {
+        reason: Reason::ExitCode,
+        error: None,
     }
 }
 

@@ -13,7 +13,6 @@ use runyard::store::{ClaimedJob, JobClaimParams, Outcome, RunCreateParams, RunOp
 
 use crate::factory::{Factory, node_row};
 use crate::fixtures::*;
-use crate::races::join;
 
 const CLAIMERS: usize = 16;
 const KEYS: usize = 6;

@@ -1,6 +1,6 @@
-//! The contract of the features peers have (issue 11): exit-code retry rules, paused
-//! pipelines, re-runs, delayed runs, priorities and schedules. Each rule is decided above
-//! the backends; these tests hold both stores to it.
+//! The contract of the scheduling features: exit-code retry rules, paused pipelines,
+//! re-runs, delayed runs, priorities and schedules. Each rule is decided above the
+//! backends; these tests hold both stores to it.
 
 use runyard::model::{JobStatus, Reason};
 use runyard::store::rerun::KeptShard;
