@@ -1,6 +1,6 @@
 //! The HTTP API (axum): routes, shared state, body limits, JSON errors.
 //!
-//! Routes follow DESIGN's table. Handlers validate input, call the scheduler
+//! Routes are the documented contract (`docs/http-api.md`). Handlers validate input, call the scheduler
 //! (writes) or the store (reads), and map failures through [`error::ApiError`].
 //! Every route is registered with `routes!` from its handler's
 //! `#[utoipa::path]`, so `/api/openapi.json` lists exactly what is served

@@ -199,7 +199,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineL
                 .cloned()
                 .collect();
             // The pipeline's circuit as a trigger sees it: open only when open on every
-            // node that has tried its setup (DESIGN decision 19; triggers check live nodes).
+            // node that has tried its setup (triggers check live nodes).
             let circuit = if p.setup.is_none() || nodes.is_empty() {
                 Circuit::Closed
             } else if nodes.iter().all(|s| s.circuit == "open") {

@@ -1,7 +1,7 @@
 //! In-process bus: a node alone. Nothing crosses the process, so the only
 //! messages it could carry are the node's own, which every node drops: a
-//! publish is counted and goes nowhere (DESIGN: a single node behaves exactly as
-//! without a bus; replicas without Redis learn of aborts from the store's durable
+//! publish is counted and goes nowhere (a single node behaves exactly as without a
+//! bus; replicas without Redis learn of aborts from the store's durable
 //! mark, and of new work from the store's change polls).
 
 use tokio::sync::broadcast;

@@ -5,7 +5,7 @@
 //! - [`LocalBus`]: one process, in memory (the default; a node alone, or replicas
 //!   that rely on store polls).
 //! - [`RedisBus`]: Redis pub/sub between replicas (`[bus] url`), carrying the
-//!   abort channel of the seeds' contract and "something changed" wake-ups; see
+//!   documented abort channel and "something changed" wake-ups; see
 //!   its module for the dispatcher, reconnection and degraded mode.
 //!
 //! Every bus stamps its messages with an origin made once, when the bus starts
@@ -160,7 +160,7 @@ pub trait Bus: Send + Sync {
     /// This process's origin id.
     fn origin(&self) -> &str;
     /// Tells every other node that `run_id` was aborted. Best effort: failure is
-    /// counted and logged, never returned (DESIGN decision 17).
+    /// counted and logged, never returned.
     fn publish_abort(&self, run_id: &str);
     /// A receiver of every foreign signal that arrives after this call. Each
     /// handler holds its own receiver, so one failing handler stops no other.

@@ -5,8 +5,8 @@
 //! it knows and ignores the rest, and says why it refused anything else, so the
 //! dispatcher can count the drop and carry on.
 //!
-//! - `{prefix}:run-abort`: `{"runId": "…", "origin": "…"}`, exactly the seeds'
-//!   contract. `origin` may be missing (another service that never sends one);
+//! - `{prefix}:run-abort`: `{"runId": "…", "origin": "…"}`, the documented
+//!   abort contract other services may publish too. `origin` may be missing (another service that never sends one);
 //!   such a message is foreign to every node.
 //! - `{prefix}:changes`: `{"origin": "…", "kinds": N}`, `kinds` the bits of
 //!   [`crate::store::change`]: "something of these kinds was committed; read the
@@ -153,7 +153,7 @@ mod tests {
     const RUN: &str = "0192d4a8-7b3c-7def-8123-456789abcdef";
 
     #[test]
-    fn the_abort_payload_is_exactly_the_seed_contract() {
+    fn the_abort_payload_is_exactly_the_documented_contract() {
         assert_eq!(
             encode_abort(RUN, "o1"),
             format!(r#"{{"runId":"{RUN}","origin":"o1"}}"#)

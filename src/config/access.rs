@@ -26,7 +26,7 @@ impl std::fmt::Debug for TokenHash {
 /// `[auth]` settings: with no tokens the API is open (and only loopback may listen).
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
-    /// Accepted tokens. Only from the config (DESIGN decision 18: `RUNYARD_TOKEN` is the
+    /// Accepted tokens. Only from the config (`RUNYARD_TOKEN` is the
     /// CLI's credential, never a server setting).
     pub tokens: Vec<TokenHash>,
     /// Lifetime of a dashboard session cookie.
@@ -55,7 +55,7 @@ pub fn token_sha256(token: &str) -> [u8; 32] {
     sha2::Sha256::digest(token.as_bytes()).into()
 }
 
-/// `[webhooks]` settings (completion callbacks, DESIGN decision 7).
+/// `[webhooks]` settings (completion callbacks).
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
     /// The config has a `[webhooks]` table (webhooks are meant to be used).

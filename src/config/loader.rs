@@ -148,8 +148,8 @@ impl Loader<'_> {
         }
     }
 
-    /// An override from the environment: `RUNYARD_<name>` wins over the seeds' unprefixed
-    /// `<name>` (kept working when `legacy`). Returns the variable that supplied it.
+    /// An override from the environment: `RUNYARD_<name>` wins over the unprefixed
+    /// `<name>` of the documented contract (kept working when `legacy`). Returns the variable that supplied it.
     pub(super) fn env_override(&self, name: &str, legacy: bool) -> Option<EnvValue> {
         let prefixed = format!("RUNYARD_{name}");
         let found = (self.env)(&prefixed).map(|v| (prefixed, v)).or_else(|| {
@@ -161,7 +161,7 @@ impl Loader<'_> {
     }
 
     /// A setting `table.key` that the environment variable `RUNYARD_<KEY>` (and, when
-    /// `legacy`, the seeds' `<KEY>`) may override: the variable wins and is what an error
+    /// `legacy`, the unprefixed `<KEY>`) may override: the variable wins and is what an error
     /// names; otherwise the file's value, else `default`.
     pub(super) fn overridable<T: std::str::FromStr>(
         &self,

@@ -4,8 +4,7 @@
 //! with the key and line that caused it: nothing is left to fail mid-run. Raw
 //! TOML is read into `Raw*` structs (`deny_unknown_fields`, so a typo is an
 //! error, not a silently ignored key), then checked and resolved: durations
-//! and sizes parsed, `command[0]` resolved to an absolute path (DESIGN
-//! decision 10), placeholders checked against the known and declared names.
+//! and sizes parsed, `command[0]` resolved to an absolute path, placeholders checked against the known and declared names.
 //!
 //! One file per concern: `loader` (the loader, its error blame and environment
 //! overrides), `raw` (the TOML as given), `server`, `store` (store and bus),

@@ -81,13 +81,13 @@ pub struct Pipeline {
     pub params: BTreeMap<String, ParamSpec>,
     /// Environment variables whose values are secrets: variable → value.
     pub secret_env: BTreeMap<String, SecretValue>,
-    /// Run once per node before the pipeline's first job there (DESIGN decision 19).
+    /// Run once per node before the pipeline's first job there.
     pub setup: Option<CommandLine>,
     /// Setup failures in a row that open this node's circuit for the pipeline.
     pub circuit_threshold: u32,
     /// How long an open circuit waits before one trial setup (half-open).
     pub circuit_cooldown: Duration,
-    /// Run once per run after every shard is terminal (DESIGN decision 7).
+    /// Run once per run after every shard is terminal.
     pub finalizer: Option<CommandLine>,
     /// Default completion webhook of the pipeline's runs.
     pub callback_url: Option<String>,

@@ -241,7 +241,7 @@ fn env_overrides_win() {
 }
 
 #[test]
-fn prefixed_env_overrides_win_over_the_seeds_names_and_are_blamed_by_name() {
+fn prefixed_env_overrides_win_over_the_unprefixed_names_and_are_blamed_by_name() {
     let env = |k: &str| match k {
         "MAX_WORKERS" => Some("7".to_string()),
         "RUNYARD_MAX_WORKERS" => Some("9".to_string()),

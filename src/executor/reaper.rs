@@ -1,4 +1,4 @@
-//! The server as a child subreaper (DESIGN decision 11).
+//! The server as a child subreaper.
 //!
 //! A job's process group is killed when its leader exits, but a descendant
 //! that called `setsid` has left the group and would survive. With

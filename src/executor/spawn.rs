@@ -2,7 +2,7 @@
 //!
 //! The environment is cleared, then gets PATH, HOME, LANG, TZ and USER from the
 //! server, the pipeline's `env` and the `RUNYARD_*` variables: the server's own
-//! secrets never reach a job (DESIGN decision 10). `process_group(0)` is set
+//! secrets never reach a job. `process_group(0)` is set
 //! without any `pre_exec` hook so the standard library can use the fast
 //! `posix_spawn` path.
 

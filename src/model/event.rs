@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-/// The lifecycle events of DESIGN "Events".
+/// The lifecycle events, named as the HTTP API documents them (`docs/http-api.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventName {
     /// A job was queued by a trigger.

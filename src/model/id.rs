@@ -1,7 +1,7 @@
 //! Run and job identities.
 //!
 //! A run id is a UUIDv7 (sortable by creation time). A job id equals its run id
-//! when the run has one shard, and is `{runId}:s{i}` otherwise (DESIGN decision 1).
+//! when the run has one shard, and is `{runId}:s{i}` otherwise.
 //! The same job id names the queue entry, the abort-registry key and the log stream.
 
 use std::fmt;
@@ -83,7 +83,7 @@ pub fn job_id_for(run: RunId, shard_index: u32, shard_count: u32) -> String {
     }
 }
 
-/// The job id of a run's finalizer (DESIGN decision 7).
+/// The job id of a run's finalizer.
 pub fn finalize_job_id(run: &str) -> String {
     format!("{run}:finalize")
 }

@@ -1,7 +1,7 @@
 //! Job and run statuses, their wire names, and which of them are terminal.
 //!
 //! Terminal statuses never change: every store write that moves a job or run
-//! is conditional on the current status being non-terminal (DESIGN "Events").
+//! is conditional on the current status being non-terminal.
 
 use std::fmt;
 use std::str::FromStr;
@@ -76,7 +76,7 @@ wire_enum!(
 );
 
 wire_enum!(
-    /// Why a job reached its terminal status (DESIGN decision 2).
+    /// Why a job reached its terminal status.
     Reason {
         /// The process exited; see the exit code.
         ExitCode => "exit_code",

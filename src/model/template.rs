@@ -151,7 +151,7 @@ pub fn brace_hint(arg: &str) -> String {
     )
 }
 
-/// Largest accepted parameter value, in bytes (DESIGN decision 12).
+/// Largest accepted parameter value, in bytes.
 pub const MAX_PARAM_BYTES: usize = 8 * 1024;
 
 impl ParamSpec {

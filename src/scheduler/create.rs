@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::store::{RunCreateParams, Store, StoreError};
 
-/// Creates a run, resolving a commit whose answer was lost (issue 19): the run is read
+/// Creates a run, resolving a commit whose answer was lost: the run is read
 /// back by its id (made here, so only this request could have written it) and reported
 /// created when it exists — a created run is never answered 503 — or created again when
 /// it does not (the lost commit did not happen; an idempotency key still dedupes).

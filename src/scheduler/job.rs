@@ -3,7 +3,7 @@
 //! Ordering that keeps the invariants:
 //! - the abort handle is registered *before* spawn, and the abort mark is
 //!   re-read by the `job_start` write after spawn, so an abort racing the
-//!   claim still wins (DESIGN decision 8); a process that ends within
+//!   claim still wins; a process that ends within
 //!   [`START_RECORD_DELAY`] has its start written by its finishing transaction
 //!   instead (one commit instead of two for short jobs);
 //! - if the spawned pid cannot be recorded, the child is killed (decision 11);

@@ -318,7 +318,7 @@ impl Scheduler {
         self.inner.resources.in_use()
     }
 
-    /// Aborts a run: durable mark first, then local cancellation, then the bus (DESIGN "Life of a run" 5).
+    /// Aborts a run: durable mark first, then local cancellation, then the bus.
     pub async fn abort(&self, run_id: &str, by: AbortedBy) -> Result<AbortOutcome, StoreError> {
         let by = by.json(&self.inner.node, None);
         let outcome = self

@@ -1,5 +1,5 @@
 //! The webhook outbox worker: delivers completion webhooks written by the
-//! store in the transaction that made a run terminal (DESIGN decision 7).
+//! store in the transaction that made a run terminal.
 //!
 //! Every node runs one. It leases due rows (so two nodes never send the same
 //! attempt), makes one attempt per row through [`Webhooks::deliver`] (which

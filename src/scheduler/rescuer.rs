@@ -7,7 +7,7 @@
 //! that has itself been healthy for a whole lease (the observer guard in
 //! `lease.rs`), so the first node back from a database outage does not
 //! declare the whole fleet dead. A node never touches work of a node it has
-//! not proven dead (DESIGN decision 4).
+//! not proven dead.
 //!
 //! The rescue of a dead node starts with a compare-and-delete of its row on the
 //! heartbeat that was judged: exactly one rescuer wins it, and a node that beat

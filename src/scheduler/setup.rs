@@ -1,4 +1,4 @@
-//! Pipeline setup and its circuit breaker, per node (DESIGN decision 19).
+//! Pipeline setup and its circuit breaker, per node.
 //!
 //! A pipeline's `setup` command runs lazily, once per node, before the first
 //! job of that pipeline starts here. Concurrent first jobs wait for the one

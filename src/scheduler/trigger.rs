@@ -17,7 +17,7 @@ use crate::model::{RunId, job_id_for};
 use crate::store::{JobPolicy, PipelinePauseParams, RunCreateParams, StoreError};
 
 impl Scheduler {
-    /// Validates a trigger and queues the run durably (DESIGN "Life of a run" 1).
+    /// Validates a trigger and queues the run durably.
     pub async fn trigger(&self, req: TriggerRequest) -> Result<Triggered, TriggerError> {
         let settings = &self.inner.settings;
         let Some(pipeline) = settings.pipelines.get(&req.pipeline) else {
@@ -249,7 +249,7 @@ impl Scheduler {
             .any(|p| p.pipeline == pipeline))
     }
 
-    /// 503 when the pipeline's setup circuit is open on every live node (DESIGN decision 19).
+    /// 503 when the pipeline's setup circuit is open on every live node.
     async fn refuse_if_every_circuit_is_open(&self, pipeline: &str) -> Result<(), TriggerError> {
         let now = self.inner.store.clock_ms();
         let lease = 3 * self.inner.settings.server.heartbeat.as_millis() as i64;

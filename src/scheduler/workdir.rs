@@ -1,5 +1,5 @@
 //! A job execution's private files under `data_dir/work/`: where the job may
-//! write its JSON result (`$RUNYARD_RESULT_FILE`, DESIGN decision 20) and
+//! write its JSON result (`$RUNYARD_RESULT_FILE`) and
 //! where a finalizer finds the run summary (`$RUNYARD_SUMMARY_FILE`). Named
 //! per `(job, claim_seq)`, so a stale execution never reads another's files;
 //! removed when the execution ends. Plain files in one shared directory, not a

@@ -1,5 +1,5 @@
 //! How a run ends: the rules both backends apply inside the transaction that
-//! lands a run's last shard or ends its finalizer (DESIGN decisions 6, 7, 20).
+//! lands a run's last shard or ends its finalizer.
 //!
 //! The flow each backend runs in SQL is the same:
 //! 1. `shards_done = shards_done + 1 WHERE shards_done < shard_count` (the counter

@@ -6,7 +6,7 @@
 //! `job_finish`, `run_abort`, `node_heartbeat`), each taking a params struct.
 //! Every write made on behalf of an execution is conditional on
 //! `(job id, claim_seq, status = 'running')` and reports whether it applied, so
-//! a stale node's late write changes nothing (DESIGN decision 3). Run
+//! a stale node's late write changes nothing. Run
 //! finalisation happens inside the transaction that lands `shards_done` on
 //! `shard_count` (decision 6), so it happens exactly once with no lock outside
 //! the store.

@@ -3,7 +3,7 @@
 //! A backend decides nothing here: it passes what it read and wrote, gets a
 //! [`NewEvent`] back, and inserts it in the same transaction. Every payload
 //! gets the same envelope (`runId`, `timestamp`) from [`NewEvent::data_text`],
-//! so the SSE stream reads the same on SQLite and PostgreSQL (DESIGN "API").
+//! so the SSE stream reads the same on SQLite and PostgreSQL.
 
 use serde_json::{Value, json};
 

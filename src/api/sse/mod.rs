@@ -2,7 +2,7 @@
 //!
 //! One [`EventTailer`] per process reads new events from the store when the
 //! store's EVENTS feed changes and fans them out to SSE clients over a
-//! broadcast channel (DESIGN decision 15). A client first subscribes, then
+//! broadcast channel. A client first subscribes, then
 //! replays everything after its `Last-Event-ID` from the store, then forwards
 //! live events. Event ids increase but may have gaps (PostgreSQL ids follow
 //! transaction ids), so continuity is never judged by arithmetic on ids: each

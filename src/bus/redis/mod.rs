@@ -7,7 +7,8 @@
 //!   channels, and hands each arrival to the handlers; on any loss it backs off
 //!   (100 ms doubling to 2 s, with jitter) and starts over. Reconnecting makes a
 //!   new subscription, never a second dispatcher, so a message is dispatched once
-//!   however often SUBSCRIBE was retried (the seeds' registered-once pitfall). It
+//!   however often SUBSCRIBE was retried (a handler registered on every reconnect
+//!   would run once per registration). It
 //!   PINGs every second, so a dead server is noticed within about two even while
 //!   nothing arrives, and after every reconnection it wakes every local waiter
 //!   once (the catch-up: whatever was published while it was gone is read from the

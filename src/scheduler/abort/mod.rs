@@ -5,7 +5,7 @@
 //! can report the right outcome: an abort ends the job `aborted`, a shutdown
 //! re-queues it, a lost claim writes nothing that could land (the fence
 //! refuses it). The API route and the bus subscriber both call
-//! [`AbortRegistry::abort_all_shards_for_run`] (DESIGN decision 9).
+//! [`AbortRegistry::abort_all_shards_for_run`].
 
 mod listen;
 

@@ -2,7 +2,7 @@
 -- pipeline setup and circuit state.
 
 -- A run whose pipeline has a finalizer gets a `{runId}:finalize` job when its last shard
--- lands (DESIGN decision 7); the run turns terminal when that job ends.
+-- lands; the run turns terminal when that job ends.
 ALTER TABLE runs ADD COLUMN has_finalizer INTEGER NOT NULL DEFAULT 0;
 -- Completion webhook target, checked at trigger; a delivery row is written when the run
 -- turns terminal, in the same transaction.

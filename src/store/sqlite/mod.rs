@@ -5,7 +5,7 @@
 //! opening, the writer thread and migrations; each transition's SQL has its own file.)
 //!
 //! Writes go through **one writer thread per process** with group commit
-//! (DESIGN decision 13): callers send closures over a channel; the thread
+//!: callers send closures over a channel; the thread
 //! takes every waiting request, runs them in one `BEGIN IMMEDIATE`
 //! transaction and commits once (if one request fails, the batch is rolled back
 //! and each request runs again in a transaction of its own, so one failing request

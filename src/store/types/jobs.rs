@@ -165,7 +165,7 @@ pub struct JobFinishParams {
     pub truncated: bool,
     /// Now.
     pub now: i64,
-    /// Claim follow-up work for the freed slot in the same transaction (DESIGN decision 14).
+    /// Claim follow-up work for the freed slot in the same transaction.
     pub claim_next: Option<JobClaimParams>,
     /// The execution's start, when it ended before its start was recorded on its own.
     pub start: Option<JobStartParams>,

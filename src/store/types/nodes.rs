@@ -91,7 +91,7 @@ pub struct HeartbeatOutcome {
     pub cancel: Vec<(String, i64)>,
 }
 
-/// One node's setup and circuit state for one pipeline (DESIGN decision 19).
+/// One node's setup and circuit state for one pipeline.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineNodeState {

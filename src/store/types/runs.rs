@@ -53,7 +53,7 @@ pub struct RunCreateParams {
     pub options: RunOptions,
 }
 
-/// What a run may carry besides its trigger's basics (issue 11). The default is a plain
+/// What a run may carry besides its trigger's basics. The default is a plain
 /// trigger: no re-run, due at once, priority 0, not scheduled.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
