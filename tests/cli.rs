@@ -688,7 +688,7 @@ async fn a_wait_rides_out_a_restart_of_the_node() {
     );
 }
 
-/// Issue 23: a store that cannot be used at start says why in the server's own words
+/// A store that cannot be used at start says why in the server's own words
 /// (not the pool's), with the redacted URL, where it came from, and what to do; a
 /// malformed URL in the environment is blamed on the variable, not the file.
 #[test]
@@ -748,7 +748,7 @@ fn store_errors_at_start_name_their_cause_their_origin_and_what_to_do() {
     assert!(err.contains("createdb"), "{err}");
 }
 
-/// Issue 23: `runyard check` validates the config with the environment applied, reaches
+/// `runyard check` validates the config with the environment applied, reaches
 /// the store and the bus without joining (no database file, no schema, no node row), and
 /// prints each setting with where it came from; exit 0, or 2 naming what is wrong.
 #[test]
@@ -824,7 +824,7 @@ fn check_reaches_the_store_and_bus_without_joining_and_says_where_settings_came_
     );
 }
 
-/// Issue 23: completion knows the server — pipeline names after `trigger`, recent run ids
+/// Completion knows the server — pipeline names after `trigger`, recent run ids
 /// (the short form) after `abort`/`logs`/`show` — through a hidden `__complete` command
 /// that prints nothing, quickly, when no server answers.
 #[tokio::test]

@@ -42,7 +42,7 @@ fn pg_url() -> Option<String> {
     // These run on PostgreSQL whatever the pass; CI's second (`TEST_STORE=postgres`)
     // pass would only repeat them.
     if std::env::var("TEST_STORE").as_deref() == Ok("postgres") {
-        println!("hosts tests ran in the first pass (they are PostgreSQL-only)");
+        println!("host_faults tests ran in the first pass (they are PostgreSQL-only)");
         return None;
     }
     if !can_unshare() {
@@ -570,7 +570,7 @@ async fn postgres_cut_from_every_host_for_30s_loses_nothing_and_rescues_nobody()
     assert!(resumed < Duration::from_secs(10), "{resumed:?}");
 }
 
-/// Issue 19, point 1: a database that blinks for less than the lease — cut (refused,
+/// A database that blinks for less than the lease — cut (refused,
 /// connections closed) or held (nothing moves) — twenty times under load fences no host
 /// after the heal, starts no job twice, and two executions of one job never overlap.
 /// The beat is 2 s, so the lease is 6 s and a host fences 5 s after its last accepted

@@ -426,7 +426,7 @@ async fn short_run_ids_work_on_every_route_and_an_ambiguous_one_is_a_clear_400()
     s.stop().await;
 }
 
-/// Issue 23: every id the API hands out resolves where it is documented to be used. A
+/// Every id the API hands out resolves where it is documented to be used. A
 /// sharded run's trigger answer names the run as `jobId`; the jobs routes answer for it
 /// with the run as one job and its shards, and with every shard's lines.
 #[tokio::test]

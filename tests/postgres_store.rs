@@ -176,9 +176,9 @@ async fn a_database_outage_answers_503_loses_nothing_and_work_resumes_within_10s
     drop_schema(&url, &schema).await;
 }
 
-/// Issue 19, point 2 (the reported smallest case): a job prints a line, the database
-/// goes away while it sleeps, it prints its last line and ends during the outage. After
-/// the heal its log holds both lines, once each, and its byte count is what is stored.
+/// The smallest outage case: a job prints a line, the database goes away while it
+/// sleeps, it prints its last line and ends during the outage. After the heal its log
+/// holds both lines, once each, and its byte count is what is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_of_a_job_that_ends_during_an_outage_is_stored_once() {
     let Some(url) = pg_url() else { return };
@@ -231,7 +231,7 @@ async fn output_of_a_job_that_ends_during_an_outage_is_stored_once() {
     drop_schema(&url, &schema).await;
 }
 
-/// Issue 19, points 3 and 4: one COMMIT in seven reaches PostgreSQL but its answer is
+/// Commits whose answer is lost: one COMMIT in seven reaches PostgreSQL but its answer is
 /// lost. Every trigger is answered 202 (its run was created: it is read back, never a
 /// 503), no run is created twice, no job starts twice or late (a claim whose answer was
 /// lost is released at once, not found by the forgotten-job check a heartbeat later),
@@ -317,7 +317,7 @@ async fn commits_whose_answer_is_lost_create_start_and_log_nothing_twice() {
     drop_schema(&url, &schema).await;
 }
 
-/// Issue 19, point 3: the journal of ends. A job, and then its run's finalizer, each
+/// The journal of ends. A job, and then its run's finalizer, each
 /// exit while the database is cut, and their node is SIGKILLed before it could record
 /// the end. The node restarted on the same `data_dir` replays the journal before it
 /// rescues or claims anything: neither runs again, and each keeps its last lines.

@@ -1,6 +1,6 @@
-//! End to end through the real binary: what peers have (issue 11) — exit-code retry
-//! rules, pause and resume, re-runs, delayed runs, priorities and schedules. Waits are
-//! on events or polled conditions with a timeout, never sleeps.
+//! End to end through the real binary: the scheduling features — exit-code retry rules,
+//! pause and resume, re-runs, delayed runs, priorities and schedules. Waits are on
+//! events or polled conditions with a timeout, never sleeps.
 
 mod common;
 
