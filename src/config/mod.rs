@@ -22,6 +22,7 @@ use regex::Regex;
 use thiserror::Error;
 
 mod access;
+mod digest;
 mod loader;
 mod pipeline;
 mod pipeline_parts;

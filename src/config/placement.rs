@@ -1,15 +1,12 @@
 //! The placement keys of a config: who this node is (`[server] node_name`,
-//! `advertise_url`, `labels`) and where a pipeline may run (`requires`), plus the
-//! digest that lets replicas notice they run different configs.
-//! (Past 400 lines only with its tests, which load whole configs.)
+//! `advertise_url`, `labels`) and where a pipeline may run (`requires`), plus a
+//! node name's rules and default.
 //!
 //! A node's default name is `{host}:{port}`: nothing to set on one host, unique among
 //! replicas that share a host (they listen on different ports), and the same after a
 //! restart, so a node that comes back takes its name back.
 
 use std::collections::BTreeMap;
-
-use sha2::Digest;
 
 use super::{ConfigError, Loader, Settings};
 use crate::model::{Labels, Requirement, Requirements, Resources, check_label_name, parse_labels};
@@ -256,44 +253,6 @@ impl Loader<'_> {
     }
 }
 
-impl Settings {
-    /// A short digest of what every replica must agree on: the pipelines as they run
-    /// (commands, environment names, limits, caps, requirements, parameters) and the
-    /// global cap. Replicas whose digests differ run different configs (a rolling restart
-    /// half done); secrets' values and per-node keys (name, labels, slots) are left out.
-    pub fn config_digest(&self) -> String {
-        let mut h = sha2::Sha256::new();
-        h.update(format!("global={}\n", self.server.max_workers_global));
-        for (name, p) in &self.pipelines {
-            h.update(format!(
-                "{name}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}\n",
-                p.command,
-                p.cwd,
-                p.env,
-                p.timeout,
-                p.max_attempts,
-                p.retry_backoff,
-                p.retry_on,
-                p.concurrency,
-                p.priority,
-                p.shards,
-                p.on_orphan,
-                p.max_orphan_requeues,
-                p.secret_env.keys().collect::<Vec<_>>(),
-                p.params.keys().collect::<Vec<_>>(),
-                p.finalizer.as_ref().map(|f| &f.command),
-                p.requires,
-                p.resources,
-            ));
-            if let Some(key) = &p.concurrency_key {
-                h.update(format!("{name}|key={key}|{}\n", p.concurrency_per_key));
-            }
-        }
-        let digest = h.finalize();
-        digest[..6].iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,24 +378,6 @@ command = ["/bin/true"]
                 "{bad}: {err}"
             );
         }
-    }
-
-    #[test]
-    fn the_digest_changes_with_a_pipeline_and_not_with_node_keys() {
-        let a = load(CONFIG, &|_| None).unwrap();
-        let renamed = CONFIG.replace(r#"node_name = "gpu-1""#, r#"node_name = "gpu-2""#);
-        assert_eq!(
-            a.config_digest(),
-            load(&renamed, &|_| None).unwrap().config_digest()
-        );
-        let changed = CONFIG.replace(
-            "[pipelines.any]\ncommand = [\"/bin/true\"]",
-            "[pipelines.any]\ncommand = [\"/bin/false\"]",
-        );
-        assert_ne!(
-            a.config_digest(),
-            load(&changed, &|_| None).unwrap().config_digest()
-        );
     }
 
     #[test]
