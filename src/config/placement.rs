@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{ConfigError, Loader, Settings};
+use super::{ConfigError, Loader};
 use crate::model::{Labels, Requirement, Requirements, Resources, check_label_name, parse_labels};
 
 /// Node names: letters, digits, `.`, `_`, `-`, `:`; 1–128 characters.
@@ -257,6 +257,8 @@ impl Loader<'_> {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    use super::super::Settings;
 
     fn load(text: &str, env: super::super::EnvLookup<'_>) -> Result<Settings, ConfigError> {
         Settings::from_toml(text, Path::new("/tmp/runyard.toml"), env)
