@@ -20,6 +20,7 @@ mod output;
 mod serve;
 mod term;
 mod wait;
+mod wait_view;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
