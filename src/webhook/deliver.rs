@@ -1,4 +1,4 @@
-//! Resolving, checking and sending: [`Webhooks`].
+//! Checking and sending: [`Webhooks`] (DNS and the pinned resolver are in `resolve.rs`).
 //!
 //! The check and the connection must concern the same address, or DNS
 //! rebinding walks around the policy (answer 1.1.1.1 to the check, 127.0.0.1
@@ -11,15 +11,14 @@
 //! pooled connection outlives its check; deliveries are rare enough that the
 //! handshake is cheap next to a run.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use tokio::time::Instant;
 
-use super::policy::{CheckedUrl, Target, check_addr, check_url};
+use super::policy::{Target, check_url};
+use super::resolve::{Pinned, resolve, resolver_for};
 use super::sign::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign};
 use super::{PolicyError, WebhookPolicy};
 
@@ -103,38 +102,7 @@ impl Webhooks {
                 reason: "the key is empty".to_string(),
             });
         }
-        let setup = |e: hickory_resolver::net::NetError| PolicyError::Resolver {
-            reason: e.to_string(),
-        };
-        let mut builder = if policy.nameservers.is_empty() {
-            TokioResolver::builder_tokio().map_err(setup)?
-        } else {
-            let servers = policy
-                .nameservers
-                .iter()
-                .map(|sa| {
-                    let mut ns = NameServerConfig::udp_and_tcp(sa.ip());
-                    for conn in &mut ns.connections {
-                        conn.port = sa.port();
-                    }
-                    ns
-                })
-                .collect();
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
-                TokioRuntimeProvider::default(),
-            )
-        };
-        let opts = builder.options_mut();
-        // Every check asks DNS afresh: the answer we check is the answer we
-        // use. The system's stub resolver caches if it wants to.
-        opts.cache_size = 0;
-        // A and AAAA in parallel, so every address the name has is checked;
-        // A first, so the pinned (first) address is IPv4 when there is one,
-        // which works on hosts without IPv6 routes.
-        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        opts.timeout = opts.timeout.min(policy.timeout);
-        let resolver = builder.build().map_err(setup)?;
+        let resolver = resolver_for(&policy)?;
         Ok(Webhooks {
             policy,
             resolver,
@@ -153,7 +121,12 @@ impl Webhooks {
     /// allowlisted. IP-literal hosts are checked without DNS. Never connects.
     pub async fn validate(&self, url: &str) -> Result<(), PolicyError> {
         let checked = check_url(&self.policy, url)?;
-        match tokio::time::timeout(self.policy.timeout, self.resolve(&checked)).await {
+        match tokio::time::timeout(
+            self.policy.timeout,
+            resolve(&self.resolver, &self.policy, &checked),
+        )
+        .await
+        {
             Ok(result) => result.map(|_| ()),
             Err(_) => Err(PolicyError::Resolve {
                 host: checked.url.host_str().unwrap_or_default().to_string(),
@@ -228,44 +201,6 @@ impl Webhooks {
         )
     }
 
-    /// Resolves and checks a URL that passed [`check_url`]; returns the
-    /// addresses in resolver order.
-    async fn resolve(&self, checked: &CheckedUrl) -> Result<Vec<IpAddr>, PolicyError> {
-        let (host, allowed) = match &checked.target {
-            Target::Literal(ip) => return Ok(vec![*ip]),
-            Target::Name { host, allowed } => (host, *allowed),
-        };
-        let lookup = self.resolver.lookup_ip(host.as_str()).await.map_err(|e| {
-            if e.is_no_records_found() && !e.is_nx_domain() {
-                PolicyError::NoAddresses { host: host.clone() }
-            } else {
-                PolicyError::Resolve {
-                    host: host.clone(),
-                    reason: if e.is_nx_domain() {
-                        "no such host (NXDOMAIN)".to_string()
-                    } else {
-                        e.to_string()
-                    },
-                }
-            }
-        })?;
-        let mut addrs: Vec<IpAddr> = Vec::new();
-        for ip in lookup.iter() {
-            if !addrs.contains(&ip) {
-                addrs.push(ip);
-            }
-        }
-        if addrs.is_empty() {
-            return Err(PolicyError::NoAddresses { host: host.clone() });
-        }
-        if !allowed {
-            for ip in &addrs {
-                check_addr(&self.policy, host, *ip, false)?;
-            }
-        }
-        Ok(addrs)
-    }
-
     /// Everything up to the response head; `address` is set once chosen so a
     /// timeout still reports it.
     async fn send(
@@ -277,7 +212,7 @@ impl Webhooks {
         address: &mut Option<SocketAddr>,
     ) -> Result<reqwest::Response, Failure> {
         let checked = check_url(&self.policy, url)?;
-        let addrs = self.resolve(&checked).await?;
+        let addrs = resolve(&self.resolver, &self.policy, &checked).await?;
         let addr = SocketAddr::new(addrs[0], checked.port);
         *address = Some(addr);
         let pinned = Pinned {
@@ -357,26 +292,6 @@ impl Webhooks {
         }
         let end = buf.len().min(EXCERPT_BYTES);
         (String::from_utf8_lossy(&buf[..end]).into_owned(), cut_short)
-    }
-}
-
-/// The HTTP client's only resolver: the checked address for the checked
-/// host, and a refusal for any other lookup (so nothing unchecked can ever
-/// be resolved, even if hyper asks for a name we did not expect).
-struct Pinned {
-    host: Option<String>,
-    addr: SocketAddr,
-}
-
-impl reqwest::dns::Resolve for Pinned {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let result: Result<reqwest::dns::Addrs, _> = match &self.host {
-            Some(host) if host.eq_ignore_ascii_case(name.as_str()) => {
-                Ok(Box::new(std::iter::once(self.addr)))
-            }
-            _ => Err(format!("refusing an unchecked DNS lookup of {}", name.as_str()).into()),
-        };
-        Box::pin(std::future::ready(result))
     }
 }
 

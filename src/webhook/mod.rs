@@ -21,6 +21,7 @@ mod address;
 mod allow_list;
 mod deliver;
 mod policy;
+mod resolve;
 mod sign;
 
 pub use address::is_global;
