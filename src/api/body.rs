@@ -12,7 +12,7 @@
 //! buffering here costs nothing extra. The 503 remains only for a store that is
 //! down.
 //!
-//! Test: `connection_limits::a_body_that_never_arrives_is_408_well_before_the_handler_deadline`.
+//! Test: `streams_and_connections::a_body_that_never_arrives_is_408_well_before_the_handler_deadline`.
 
 use std::time::Duration;
 

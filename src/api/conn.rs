@@ -21,7 +21,7 @@
 //! connection whose timer had to be re-armed once (bytes after the first read
 //! was pending: the first one or two bytes of a request line, before the
 //! protocol is known) was never closed. Test:
-//! `connection_limits::thousands_of_half_sent_requests_and_idle_keep_alives_all_close_within_the_idle_timeout`.
+//! `streams_and_connections::thousands_of_half_sent_requests_and_idle_keep_alives_all_close_within_the_idle_timeout`.
 //!
 //! How many connections may be open, and what happens past that, is
 //! [`super::listen`]'s.

@@ -20,8 +20,8 @@
 //! While it serves, [`super::memory`] watches the number of open connections
 //! and gives a closed burst's memory back.
 //!
-//! Tests: `connection_limits::at_the_connection_cap_new_clients_are_refused_quickly_healthz_answers_and_jobs_run_on`,
-//! `connection_limits::thousands_of_half_sent_requests_and_idle_keep_alives_all_close_within_the_idle_timeout`.
+//! Tests: `streams_and_connections::at_the_connection_cap_new_clients_are_refused_quickly_healthz_answers_and_jobs_run_on`,
+//! `streams_and_connections::thousands_of_half_sent_requests_and_idle_keep_alives_all_close_within_the_idle_timeout`.
 
 use std::convert::Infallible;
 use std::future::Future;

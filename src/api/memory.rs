@@ -14,7 +14,7 @@
 //!
 //! **Invariant: after a burst of connections closes, the server's RSS returns
 //! to near what it was before the burst.** Test:
-//! `connection_limits::memory_returns_near_its_baseline_after_a_burst_of_sse_clients_closes`.
+//! `streams_and_connections::memory_returns_near_its_baseline_after_a_burst_of_sse_clients_closes`.
 //! On other C libraries the watcher does nothing.
 
 use std::time::Duration;

@@ -19,7 +19,7 @@
 //!
 //! Cost when nobody follows anything: one uncontended lock and a lookup in an
 //! empty map per commit. An entry lives while its job has a follower.
-//! Test: `connection_limits::a_log_stream_wakes_only_for_its_own_job`.
+//! Test: `streams_and_connections::a_log_stream_wakes_only_for_its_own_job`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -27,7 +27,7 @@
 //! arrives** (the sync flush: an event is never held back in a compressor).
 //! Tests: the unit tests below (segments from independent compressors decode
 //! as one stream with a valid trailer), and
-//! `connection_limits::a_gzip_client_decodes_the_same_events_as_an_identity_client_and_a_valid_trailer_at_shutdown`.
+//! `streams_and_connections::a_gzip_client_decodes_the_same_events_as_an_identity_client_and_a_valid_trailer_at_shutdown`.
 
 use std::cell::RefCell;
 

@@ -27,7 +27,7 @@
 //! ~16k writes to 1,000 gzip clients cost 0.1–0.2 s of server CPU), so the
 //! pace per client *is* that budget: at 0.25 ms per client the fan-out's writes
 //! take about 4 % of a core, however many listen (at most [`MAX_STREAMS`]).
-//! Test: `connection_limits::hundreds_of_sse_clients_each_get_every_event_once_in_order`;
+//! Test: `streams_and_connections::hundreds_of_sse_clients_each_get_every_event_once_in_order`;
 //! figures: the benchmark's (h).
 //!
 //! **A gzip client shares the compression too** ([`gzip`]): a batch
@@ -41,7 +41,7 @@
 //! job-less `OUTPUT` bump (another process) or the store's output poll costs a
 //! status read too. It reads at most every [`LOG_PACE`] (a read takes every
 //! flush since the last), so a viewer of a job that flushes every 100 ms costs
-//! five reads a second, not ten. Test: `connection_limits::a_log_stream_wakes_only_for_its_own_job`.
+//! five reads a second, not ten. Test: `streams_and_connections::a_log_stream_wakes_only_for_its_own_job`.
 //!
 //! The room: `tailer` (the one reader of new events), `events` (`GET /api/events`),
 //! `logs` (a job's log stream and its plain-text download), `encoding` and `gzip`
