@@ -88,7 +88,7 @@ pub(super) struct WorkerView {
 pub(super) async fn workers(State(state): State<AppState>) -> Result<Json<WorkerList>, ApiError> {
     let nodes = state.store.nodes_list().await?;
     let setups = state.store.pipeline_nodes_list().await?;
-    let outliers = crate::scheduler::registration::config_outliers(&nodes);
+    let outliers = crate::scheduler::config_drift::config_outliers(&nodes);
     let now = crate::clock::now_ms();
     let every = state.scheduler.settings().server.heartbeat.as_millis() as u64;
     let mut out = Vec::with_capacity(nodes.len());

@@ -16,6 +16,7 @@ mod abort;
 mod admission;
 mod claim;
 mod claim_params;
+pub mod config_drift;
 mod create;
 mod heartbeat;
 mod job;

@@ -63,7 +63,7 @@ pub(crate) async fn run_once(inner: &Arc<Inner>) -> Result<RescueReport, StoreEr
     let lease_ms = inner.lease.length().as_millis() as i64;
     let by_age = inner.lease.may_judge_by_age();
     let nodes = inner.store.nodes_list().await?;
-    super::registration::note_config_drift(inner, &nodes);
+    super::config_drift::note_config_drift(inner, &nodes);
     for node in nodes
         .iter()
         .filter(|n| is_dead(&inner.node, n, lease_ms, inner.store.clock_ms(), by_age))
