@@ -1,9 +1,14 @@
-//! An execution's writes on PostgreSQL besides its end: its start, its output and its
-//! progress, each fenced on `(id, claim_seq, status='running')`.
+//! An execution on PostgreSQL besides its end: its start, output and progress (each
+//! write fenced on `(id, claim_seq, status='running')`), and the reads of its log.
 
+use deadpool_postgres::GenericClient;
+
+use super::read::{row, rows};
 use super::{PgStore, StoreResult, Tx, in_tx};
-use crate::store::payload::{self};
-use crate::store::{JobProgressParams, JobStartParams, OutputAppendParams};
+use crate::store::payload;
+use crate::store::{
+    JobLogs, JobProgressParams, JobStartParams, LogLine, OutputAppendParams, Stream,
+};
 
 const STDOUT: i16 = 1;
 const STDERR: i16 = 2;
@@ -137,4 +142,111 @@ pub(super) async fn job_progress(s: &PgStore, p: JobProgressParams) -> StoreResu
             }
         }
     })
+}
+
+async fn tail_lines<C: GenericClient>(
+    c: &C,
+    job_id: &str,
+    stream: i16,
+    tail: Option<usize>,
+) -> StoreResult<Vec<String>> {
+    let mut lines = Vec::new();
+    match tail {
+        None => {
+            for r in rows(
+                c,
+                "SELECT data FROM output WHERE job_id = $1 AND stream = $2 ORDER BY first_line",
+                &[&job_id, &stream],
+            )
+            .await?
+            {
+                lines.extend(r.get::<_, &str>(0).split('\n').map(str::to_string));
+            }
+        }
+        Some(0) => {}
+        Some(n) => {
+            // Only the newest chunks that hold the last `n` lines leave the server: a
+            // running sum of line counts (no text) picks the oldest chunk needed.
+            for r in rows(
+                c,
+                "SELECT data FROM output WHERE job_id = $1 AND stream = $2 AND first_line >= COALESCE(
+                     (SELECT min(first_line) FROM (
+                          SELECT first_line,
+                                 sum(line_count) OVER (ORDER BY first_line DESC)::bigint - line_count AS newer
+                          FROM output WHERE job_id = $1 AND stream = $2) t
+                      WHERE newer < $3), 0)
+                 ORDER BY first_line",
+                &[&job_id, &stream, &(n.min(i64::MAX as usize) as i64)],
+            )
+            .await?
+            {
+                lines.extend(r.get::<_, &str>(0).split('\n').map(str::to_string));
+            }
+            let skip = lines.len().saturating_sub(n);
+            lines.drain(..skip);
+        }
+    }
+    Ok(lines)
+}
+
+impl PgStore {
+    pub(super) async fn read_logs(
+        &self,
+        job_id: &str,
+        tail: Option<usize>,
+    ) -> StoreResult<Option<JobLogs>> {
+        read!(self, c => {
+            match row(c, "SELECT truncated FROM jobs WHERE id = $1", &[&job_id]).await? {
+                None => None,
+                Some(r) => Some(JobLogs {
+                    stdout: tail_lines(c, job_id, STDOUT, tail).await?,
+                    stderr: tail_lines(c, job_id, STDERR, tail).await?,
+                    truncated: r.get(0),
+                }),
+            }
+        })
+    }
+
+    pub(super) async fn read_output_after(
+        &self,
+        job_id: &str,
+        after: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<LogLine>> {
+        let from = after.max(0);
+        read!(self, c => {
+            let chunks = rows(
+                c,
+                "SELECT first_line, stream, data, claim_seq, created_at FROM output
+                 WHERE job_id = $1 AND first_line >= (SELECT COALESCE(max(first_line), 0) FROM output
+                                                      WHERE job_id = $1 AND first_line <= $2)
+                 ORDER BY first_line",
+                &[&job_id, &from],
+            )
+            .await?;
+            let mut out = Vec::new();
+            for r in &chunks {
+                let first: i64 = r.get(0);
+                let stream = if r.get::<_, i16>(1) == STDERR { Stream::Stderr } else { Stream::Stdout };
+                let (claim_seq, time): (i64, Option<i64>) = (r.get(3), r.get(4));
+                for (i, line) in r.get::<_, &str>(2).split('\n').enumerate() {
+                    let seq = first + i as i64;
+                    if seq > after {
+                        out.push(LogLine { seq, stream, line: line.to_string(), claim_seq, time });
+                    }
+                }
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            out
+        })
+    }
+
+    pub(super) async fn read_output_len(&self, job_id: &str) -> StoreResult<i64> {
+        read!(self, c => row(c, "SELECT output_lines FROM jobs WHERE id = $1", &[&job_id])
+            .await?
+            .map(|r| r.get(0))
+            .unwrap_or(0))
+    }
 }

@@ -288,7 +288,7 @@ pub(super) async fn turn_terminal(
         );
         tx.emit(event, now).await?;
         if let Some(url) = r.get::<_, Option<String>>(3) {
-            let run_summary = super::read::summary_in(tx.client(), &run_id)
+            let run_summary = super::views::summary_in(tx.client(), &run_id)
                 .await?
                 .unwrap_or(serde_json::Value::Null);
             let envelope = summary::webhook_envelope(run_summary, now);

@@ -46,8 +46,12 @@
 //!   through a timed poll of the event horizon (every 250 ms) until a bus
 //!   carries them; log streams poll on their own.
 
+#[macro_use]
+mod read;
+
 mod claim;
 mod claim_keyed;
+mod events;
 mod executions;
 mod finish;
 mod group_commit;
@@ -55,10 +59,10 @@ mod landing;
 mod nodes;
 mod outbox;
 mod pipeline_state;
-mod read;
 mod rows;
 mod runs;
 mod tx;
+mod views;
 
 pub(crate) use tx::{Tx, in_tx};
 
@@ -476,7 +480,7 @@ impl PgStore {
                         tracing::debug!("clock sample failed: {e}");
                     }
                 }
-                match read::newest_visible_event(&client).await {
+                match events::newest_visible_event(&client).await {
                     Ok(newest) if newest != last_seen => {
                         feed.publish_last_event(newest);
                         // The first reading is where we start, not a change.

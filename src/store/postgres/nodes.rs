@@ -1,10 +1,12 @@
 //! Nodes on PostgreSQL: registration, heartbeats (which also name the executions a
-//! node must stop) and removal.
+//! node must stop), removal, and the reads of nodes and of the jobs running on them.
 
 use std::collections::HashMap;
 
+use super::read::{rows, u32_of};
+use super::views::running_job;
 use super::{PgStore, StoreResult, in_tx};
-use crate::store::{HeartbeatOutcome, NodeHeartbeatParams, NodeRow};
+use crate::store::{HeartbeatOutcome, NodeHeartbeatParams, NodeRow, RunningJob};
 
 pub(super) async fn node_register(s: &PgStore, node: NodeRow) -> StoreResult<()> {
     // A name held by another registered node fails the insert (unique index):
@@ -92,4 +94,70 @@ pub(super) async fn node_remove_stale(
         }
         removed
     })
+}
+
+impl PgStore {
+    pub(super) async fn read_nodes(&self) -> StoreResult<Vec<NodeRow>> {
+        read!(self, c => rows(c, "SELECT id, host, pid, proc_start, boot_id, slots, started_at, heartbeat_at,
+                                         COALESCE(name, ''), info
+                                  FROM nodes ORDER BY started_at", &[])
+            .await?
+            .iter()
+            .map(|r| NodeRow {
+                id: r.get(0),
+                host: r.get(1),
+                pid: u32_of(r, 2),
+                proc_start: r.get::<_, i64>(3) as u64,
+                boot_id: r.get(4),
+                slots: u32_of(r, 5),
+                started_at: r.get(6),
+                heartbeat_at: r.get(7),
+                name: r.get(8),
+                url: None,
+                labels: Default::default(),
+                config_digest: String::new(),
+                capacity: Default::default(),
+            }
+            .with_info(r.get::<_, Option<String>>(9).as_deref()))
+            .collect())
+    }
+
+    pub(super) async fn read_node_names(&self) -> StoreResult<HashMap<String, String>> {
+        read!(self, c => rows(c, "SELECT id, name FROM node_names", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    pub(super) async fn read_running_on(&self, node_id: &str) -> StoreResult<Vec<RunningJob>> {
+        read!(self, c => rows(c, "SELECT id, claim_seq, pid, proc_start, claimed_at FROM jobs
+                                  WHERE node_id = $1 AND status = 'running'", &[&node_id])
+            .await?
+            .iter()
+            .map(running_job)
+            .collect())
+    }
+
+    pub(super) async fn read_running_unowned(&self) -> StoreResult<Vec<RunningJob>> {
+        read!(self, c => rows(c, "SELECT id, claim_seq, pid, proc_start, claimed_at FROM jobs j
+                                  WHERE status = 'running'
+                                    AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = j.node_id)", &[])
+            .await?
+            .iter()
+            .map(running_job)
+            .collect())
+    }
+
+    pub(super) async fn read_abort_requested(
+        &self,
+        node_id: &str,
+    ) -> StoreResult<Vec<(String, i64)>> {
+        read!(self, c => rows(c, "SELECT id, claim_seq FROM jobs
+                                  WHERE node_id = $1 AND status = 'running' AND abort_requested", &[&node_id])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
 }

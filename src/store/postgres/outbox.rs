@@ -1,8 +1,11 @@
 //! The webhook outbox on PostgreSQL: deliveries leased to one node at a time, and
-//! their attempts recorded.
+//! their attempts recorded and read back per run.
 
+use super::read::{rows, u32_of};
 use super::{PgStore, StoreResult, in_tx};
-use crate::store::{DeliveryNext, DeliveryRecordParams, PendingDelivery};
+use crate::store::{
+    DeliveryAttemptRecord, DeliveryNext, DeliveryRecord, DeliveryRecordParams, PendingDelivery,
+};
 
 pub(super) async fn deliveries_claim(
     s: &PgStore,
@@ -67,4 +70,55 @@ pub(super) async fn delivery_record(s: &PgStore, p: DeliveryRecordParams) -> Sto
             }
         }
     })
+}
+
+impl PgStore {
+    pub(super) async fn read_deliveries(&self, run_id: &str) -> StoreResult<Vec<DeliveryRecord>> {
+        read!(self, c => {
+            let mut out: Vec<DeliveryRecord> = rows(
+                c,
+                "SELECT id, run_id, url, status, attempts, next_attempt_at, created_at, finished_at
+                 FROM deliveries WHERE run_id = $1 ORDER BY created_at",
+                &[&run_id],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                let status: String = r.get(3);
+                let next: i64 = r.get(5);
+                DeliveryRecord {
+                    id: r.get(0),
+                    run_id: r.get(1),
+                    url: r.get(2),
+                    next_attempt_at: (status == "pending").then_some(next),
+                    status,
+                    attempts: u32_of(r, 4),
+                    created_at: r.get(6),
+                    finished_at: r.get(7),
+                    history: Vec::new(),
+                }
+            })
+            .collect();
+            for d in out.iter_mut() {
+                d.history = rows(
+                    c,
+                    "SELECT attempt, node_id, started_at, duration_ms, status_code, error
+                     FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt",
+                    &[&d.id],
+                )
+                .await?
+                .iter()
+                .map(|r| DeliveryAttemptRecord {
+                    attempt: u32_of(r, 0),
+                    node: r.get(1),
+                    started_at: r.get(2),
+                    duration_ms: r.get::<_, i64>(3) as u64,
+                    status_code: r.get::<_, Option<i64>>(4).map(|v| v as u16),
+                    error: r.get(5),
+                })
+                .collect();
+            }
+            out
+        })
+    }
 }

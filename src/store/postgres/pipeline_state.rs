@@ -1,10 +1,15 @@
 //! Per-pipeline state on PostgreSQL: a node's setup circuit, pause, and schedules
-//! (a tick fires once however many nodes race for it).
+//! (a tick fires once however many nodes race for it), and the per-pipeline counts and
+//! stats the dashboard reads.
 
+use std::collections::HashMap;
+
+use super::read::{rows, u32_of};
 use super::{PgStore, StoreResult, in_tx};
-use crate::store::payload::{self};
+use crate::store::payload;
 use crate::store::{
-    PipelineNodeState, PipelinePauseParams, RunCreated, ScheduleFireParams, change,
+    PipelineCounts, PipelineNodeState, PipelinePause, PipelinePauseParams, PipelineStatsParams,
+    PipelineStatsRow, RunCreated, ScheduleFireParams, ScheduleState, change,
 };
 
 pub(super) async fn pipeline_node_set(s: &PgStore, st: PipelineNodeState) -> StoreResult<()> {
@@ -101,4 +106,114 @@ pub(super) async fn schedule_fire(
             None
         }
     })
+}
+
+impl PgStore {
+    pub(super) async fn read_pipeline_stats(
+        &self,
+        p: &PipelineStatsParams,
+    ) -> StoreResult<Vec<PipelineStatsRow>> {
+        let bucket_ms = p.bucket_ms.max(1);
+        read!(self, c => rows(
+            c,
+            "SELECT pipeline, (finished_at - $1) / $3 AS bucket, status, count(*),
+                    COALESCE(sum(finished_at - COALESCE(started_at, finished_at)), 0)::bigint,
+                    COALESCE(max(finished_at - COALESCE(started_at, finished_at)), 0)
+             FROM runs WHERE finished_at IS NOT NULL AND finished_at >= $1 AND finished_at < $2
+             GROUP BY pipeline, bucket, status ORDER BY pipeline, bucket, status",
+            &[&p.since, &p.until, &bucket_ms],
+        )
+        .await?
+        .iter()
+        .map(|r| PipelineStatsRow {
+            pipeline: r.get(0),
+            bucket: r.get::<_, i64>(1) as u32,
+            status: r.get(2),
+            runs: r.get::<_, i64>(3) as u64,
+            duration_sum_ms: r.get::<_, i64>(4).max(0),
+            duration_max_ms: r.get::<_, i64>(5).max(0),
+        })
+        .collect())
+    }
+
+    pub(super) async fn read_pipeline_counts(
+        &self,
+    ) -> StoreResult<HashMap<String, PipelineCounts>> {
+        read!(self, c => {
+            let mut out: HashMap<String, PipelineCounts> = HashMap::new();
+            for r in rows(
+                c,
+                "SELECT pipeline, status, count(*), min(run_after) FROM jobs
+                 WHERE status IN ('queued', 'running') GROUP BY pipeline, status",
+                &[],
+            )
+            .await?
+            {
+                let entry = out.entry(r.get(0)).or_default();
+                let n = r.get::<_, i64>(2) as u64;
+                if r.get::<_, &str>(1) == "queued" {
+                    entry.queued = n;
+                    entry.oldest_due_at = r.get(3);
+                } else {
+                    entry.running = n;
+                }
+            }
+            out
+        })
+    }
+
+    pub(super) async fn read_pipeline_nodes(&self) -> StoreResult<Vec<PipelineNodeState>> {
+        read!(self, c => rows(
+            c,
+            "SELECT p.node_id, p.pipeline, p.setup, p.failures, p.circuit, p.open_until, p.last_error, p.updated_at
+             FROM pipeline_nodes p JOIN nodes n ON n.id = p.node_id ORDER BY p.pipeline, p.node_id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| PipelineNodeState {
+            node_id: r.get(0),
+            pipeline: r.get(1),
+            setup: r.get(2),
+            failures: u32_of(r, 3),
+            circuit: r.get(4),
+            open_until: r.get(5),
+            last_error: r.get(6),
+            updated_at: r.get(7),
+        })
+        .collect())
+    }
+
+    pub(super) async fn read_paused(&self) -> StoreResult<Vec<PipelinePause>> {
+        read!(self, c => rows(
+            c,
+            "SELECT pipeline, paused_at, paused_by FROM pipeline_state WHERE paused ORDER BY pipeline",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| PipelinePause {
+            pipeline: r.get(0),
+            paused_at: r.get::<_, Option<i64>>(1).unwrap_or(0),
+            paused_by: r.get(2),
+        })
+        .collect())
+    }
+
+    pub(super) async fn read_schedules(&self) -> StoreResult<Vec<ScheduleState>> {
+        read!(self, c => rows(
+            c,
+            "SELECT pipeline, schedule_key, next_fire_at FROM pipeline_state
+             WHERE schedule_key IS NOT NULL AND next_fire_at IS NOT NULL ORDER BY pipeline",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| ScheduleState {
+            pipeline: r.get(0),
+            key: r.get(1),
+            next_fire_at: r.get(2),
+        })
+        .collect())
+    }
 }
