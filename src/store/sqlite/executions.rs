@@ -129,3 +129,116 @@ pub(super) fn start_in_tx(conn: &Connection, p: &JobStartParams) -> StoreResult<
     )?;
     Ok(Some(abort_requested))
 }
+
+pub(super) async fn job_logs(
+    s: &SqliteStore,
+    job_id: &str,
+    tail: Option<usize>,
+) -> StoreResult<Option<JobLogs>> {
+    let job_id = job_id.to_string();
+    s.read(move |conn| {
+        let truncated: Option<bool> = conn
+            .prepare_cached("SELECT truncated FROM jobs WHERE id = ?1")?
+            .query_row(params![job_id], |r| r.get(0))
+            .optional()?;
+        let Some(truncated) = truncated else {
+            return Ok(None);
+        };
+        Ok(Some(JobLogs {
+            stdout: tail_lines(conn, &job_id, STDOUT, tail)?,
+            stderr: tail_lines(conn, &job_id, STDERR, tail)?,
+            truncated,
+        }))
+    })
+    .await
+}
+
+pub(super) async fn job_output_after(
+    s: &SqliteStore,
+    job_id: &str,
+    after: i64,
+    limit: usize,
+) -> StoreResult<Vec<LogLine>> {
+    let job_id = job_id.to_string();
+    s.read(move |conn| {
+        let mut stmt = conn.prepare_cached(
+            "SELECT first_line, stream, data, claim_seq, created_at FROM output
+             WHERE job_id = ?1 AND first_line >= (SELECT COALESCE(MAX(first_line), 0) FROM output WHERE job_id = ?1 AND first_line <= ?2)
+             ORDER BY first_line",
+        )?;
+        let mut rows = stmt.query(params![job_id, after.max(0)])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let first: i64 = r.get(0)?;
+            let stream = stream_of(r.get(1)?);
+            let claim_seq: i64 = r.get(3)?;
+            let time: Option<i64> = r.get(4)?;
+            for (i, line) in r.get_ref(2)?.as_str()?.split('\n').enumerate() {
+                let seq = first + i as i64;
+                if seq > after {
+                    out.push(LogLine { seq, stream, line: line.to_string(), claim_seq, time });
+                }
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    })
+    .await
+}
+
+pub(super) async fn job_output_len(s: &SqliteStore, job_id: &str) -> StoreResult<i64> {
+    let job_id = job_id.to_string();
+    s.read(move |conn| output_end(conn, &job_id)).await
+}
+
+pub(super) const STDOUT: i64 = 1;
+
+pub(super) const STDERR: i64 = 2;
+
+pub(super) fn stream_of(code: i64) -> Stream {
+    if code == STDERR {
+        Stream::Stderr
+    } else {
+        Stream::Stdout
+    }
+}
+
+pub(super) fn tail_lines(
+    conn: &Connection,
+    job_id: &str,
+    stream: i64,
+    tail: Option<usize>,
+) -> StoreResult<Vec<String>> {
+    let mut lines = Vec::new();
+    match tail {
+        None => {
+            let mut stmt = conn.prepare_cached(
+                "SELECT data FROM output WHERE job_id = ?1 AND stream = ?2 ORDER BY id",
+            )?;
+            let mut rows = stmt.query(params![job_id, stream])?;
+            while let Some(r) = rows.next()? {
+                lines.extend(r.get_ref(0)?.as_str()?.split('\n').map(str::to_string));
+            }
+        }
+        Some(n) => {
+            let mut chunks: Vec<String> = Vec::new();
+            let mut have = 0usize;
+            let mut stmt = conn
+                .prepare_cached("SELECT data, line_count FROM output WHERE job_id = ?1 AND stream = ?2 ORDER BY id DESC")?;
+            let mut rows = stmt.query(params![job_id, stream])?;
+            while have < n {
+                let Some(r) = rows.next()? else { break };
+                have += r.get::<_, i64>(1)? as usize;
+                chunks.push(r.get(0)?);
+            }
+            for chunk in chunks.iter().rev() {
+                lines.extend(chunk.split('\n').map(str::to_string));
+            }
+            let skip = lines.len().saturating_sub(n);
+            lines.drain(..skip);
+        }
+    }
+    Ok(lines)
+}

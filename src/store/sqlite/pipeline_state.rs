@@ -123,3 +123,58 @@ pub(super) async fn schedule_fire(
     })
     .await
 }
+
+pub(super) async fn pipeline_stats(
+    s: &SqliteStore,
+    p: PipelineStatsParams,
+) -> StoreResult<Vec<PipelineStatsRow>> {
+    s.read(move |conn| {
+        // Through `runs_finished` (a range of finished_at), then grouped in memory by SQLite.
+        Ok(conn
+            .prepare_cached(
+                "SELECT pipeline, (finished_at - ?1) / ?3 AS bucket, status, COUNT(*),
+                        SUM(finished_at - COALESCE(started_at, finished_at)),
+                        MAX(finished_at - COALESCE(started_at, finished_at))
+                 FROM runs INDEXED BY runs_finished
+                 WHERE finished_at IS NOT NULL AND finished_at >= ?1 AND finished_at < ?2
+                 GROUP BY pipeline, bucket, status ORDER BY pipeline, bucket, status",
+            )?
+            .query_map(params![p.since, p.until, p.bucket_ms.max(1)], |r| {
+                Ok(PipelineStatsRow {
+                    pipeline: r.get(0)?,
+                    bucket: r.get(1)?,
+                    status: r.get(2)?,
+                    runs: r.get::<_, i64>(3)? as u64,
+                    duration_sum_ms: r.get::<_, i64>(4)?.max(0),
+                    duration_max_ms: r.get::<_, i64>(5)?.max(0),
+                })
+            })?
+            .collect::<Result<_, _>>()?)
+    })
+    .await
+}
+
+pub(super) async fn pipeline_counts(
+    s: &SqliteStore,
+) -> StoreResult<HashMap<String, PipelineCounts>> {
+    s.read(|conn| {
+        let mut out: HashMap<String, PipelineCounts> = HashMap::new();
+        let mut stmt = conn.prepare_cached(
+            "SELECT pipeline, status, COUNT(*), MIN(run_after) FROM jobs
+             WHERE status IN ('queued', 'running') GROUP BY pipeline, status",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let entry = out.entry(r.get(0)?).or_default();
+            let n: i64 = r.get(2)?;
+            if r.get_ref(1)?.as_str()? == "queued" {
+                entry.queued = n as u64;
+                entry.oldest_due_at = r.get(3)?;
+            } else {
+                entry.running = n as u64;
+            }
+        }
+        Ok(out)
+    })
+    .await
+}

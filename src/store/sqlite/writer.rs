@@ -202,3 +202,75 @@ pub(super) fn begin_immediate(conn: &Connection) -> StoreResult<()> {
     }
     begin
 }
+
+impl SqliteStore {
+    /// A write through the writer thread, batched with whatever else is waiting (group
+    /// commit): the right path for many concurrent small writes such as triggers.
+    pub(super) async fn write<T, F>(&self, op: &'static str, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> StoreResult<(T, u8)> + Send + 'static,
+    {
+        self.submit(op, f, false).await
+    }
+
+    /// A write on a latency-critical path (a slot waits for it): run on the caller's
+    /// thread when the connection is free, else like [`Self::write`].
+    pub(super) async fn write_now<T, F>(&self, op: &'static str, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> StoreResult<(T, u8)> + Send + 'static,
+    {
+        self.submit(op, f, true).await
+    }
+
+    pub(super) async fn submit<T, F>(&self, op: &'static str, f: F, inline: bool) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> StoreResult<(T, u8)> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel::<StoreResult<T>>();
+        let job: Box<dyn WriteOp> = Box::new(Op {
+            op,
+            f,
+            result: None,
+            reply,
+        });
+        let job = match inline {
+            true => match self.try_inline(job) {
+                Ok(()) => return rx.await.map_err(|_| StoreError::Closed)?,
+                Err(job) => job,
+            },
+            false => job,
+        };
+        let sender = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        sender.send(job).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The fast path of a write: when the write connection is free, run the request
+    /// right here as a batch of one — no hand-off to the writer thread and back, which
+    /// is most of a lone write's latency. It never waits: if the connection is busy in
+    /// this process (the writer thread or another caller) or another process holds the
+    /// database's write lock, the request goes to the writer thread instead.
+    pub(super) fn try_inline(&self, job: Box<dyn WriteOp>) -> Result<(), Box<dyn WriteOp>> {
+        if !self.inline || self.stop.load(Ordering::Relaxed) {
+            return Err(job);
+        }
+        let Ok(conn) = self.conn.try_lock() else {
+            return Err(job);
+        };
+        let _ = conn.busy_timeout(Duration::ZERO);
+        let begin = exec_cached(&conn, "BEGIN IMMEDIATE");
+        if begin.is_err() {
+            return Err(job);
+        }
+        run_batch(&conn, &self.feed, &self.traffic, vec![job], begin);
+        Ok(())
+    }
+}
