@@ -56,6 +56,7 @@ mod errors;
 mod events;
 mod executions;
 mod finish;
+mod finish_rows;
 mod group_commit;
 mod landing;
 mod nodes;
