@@ -31,6 +31,8 @@
 //!
 //! Run one backend with `cargo test --test store_contract postgres::`.
 
+#[path = "store_contract/after.rs"]
+mod after;
 #[path = "store_contract/batches.rs"]
 mod batches;
 #[path = "store_contract/claims.rs"]
@@ -62,6 +64,7 @@ mod scheduling;
 #[path = "store_contract/triggers.rs"]
 mod triggers;
 
+use after::*;
 use batches::*;
 use claims::*;
 use fencing::*;
@@ -121,6 +124,12 @@ contract_tests!(
     sqlite => crate::factory::sqlite_factory,
     postgres => crate::factory::pg_factory;
     [
+        // after.rs
+        a_run_after_others_waits_unclaimable_and_is_released_once_they_complete,
+        a_need_that_fails_skips_the_dependent_the_skip_cascades_and_rules_pick_the_others,
+        an_aborted_waiting_run_ends_aborted_and_skips_its_own_dependents,
+        a_run_after_ended_runs_is_decided_at_creation_and_unknown_needs_are_refused,
+        two_needs_ending_at_once_on_two_handles_release_their_dependent_once,
         // finalization.rs
         a_retried_shard_holds_the_run_open_until_it_ends_for_good,
         a_finalizer_runs_once_after_every_shard_and_gates_the_run,

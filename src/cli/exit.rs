@@ -27,7 +27,7 @@ pub const ABORTED: u8 = 130;
 pub const HELP: &str = "\
 Exit codes:
   0    success; with --wait, wait, logs -f: the run completed
-  1    the run failed
+  1    the run failed, or was skipped (the runs it waited for did not end as required)
   2    usage error (bad arguments or config, invalid --server URL)
   3    server unreachable (nothing answers at --server, or it is not runyard)
   4    the server refused the request (its message is printed)

@@ -19,6 +19,10 @@ pub enum EventName {
     JobAborted,
     /// A run turned terminal; emitted exactly once per run.
     RunCompleted,
+    /// A waiting run's last need ended and it was queued.
+    RunReleased,
+    /// A waiting run's needs did not end as it required: it ends `skipped`.
+    RunSkipped,
     /// A pipeline was paused: no node claims its queued jobs until it is resumed.
     PipelinePaused,
     /// A paused pipeline was resumed.
@@ -36,6 +40,8 @@ impl EventName {
             EventName::JobFailed => "job:failed",
             EventName::JobAborted => "job:aborted",
             EventName::RunCompleted => "run:completed",
+            EventName::RunReleased => "run:released",
+            EventName::RunSkipped => "run:skipped",
             EventName::PipelinePaused => "pipeline:paused",
             EventName::PipelineResumed => "pipeline:resumed",
         }

@@ -4,6 +4,7 @@
 //! Nothing here does I/O; `model` is the one module everyone may import, so it
 //! stays free of tokio, SQL and the file system.
 
+mod after;
 mod event;
 mod id;
 mod placement;
@@ -12,6 +13,7 @@ mod resources;
 mod status;
 pub mod template;
 
+pub use after::{AfterWhen, Release, release};
 pub use event::EventName;
 pub use id::{
     JobIdError, JobKind, JobPart, MIN_SHORT_ID, RunId, canonical_job_id, finalize_job_id,

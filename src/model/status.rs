@@ -62,6 +62,9 @@ wire_enum!(
 wire_enum!(
     /// Where a run is in its life; derived from its jobs.
     RunStatus {
+        /// Created after other runs (`after`): its jobs wait, unclaimable, until every
+        /// run it waits for has ended; then it is queued or skipped.
+        Waiting => "waiting",
         /// No shard has started yet.
         Queued => "queued",
         /// At least one shard has started.
@@ -72,6 +75,8 @@ wire_enum!(
         Failed => "failed",
         /// Aborted by a user.
         Aborted => "aborted",
+        /// Never ran: the runs it waited for did not end as its `afterWhen` requires.
+        Skipped => "skipped",
     }
 );
 
@@ -90,6 +95,9 @@ wire_enum!(
         Aborted => "aborted",
         /// The node shut down and the job could not be re-queued.
         Shutdown => "shutdown",
+        /// Its run was skipped (it waited for runs that did not end as required); the
+        /// job never ran and ends `aborted`.
+        Skipped => "skipped",
     }
 );
 
@@ -108,7 +116,7 @@ impl RunStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            RunStatus::Completed | RunStatus::Failed | RunStatus::Aborted
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Aborted | RunStatus::Skipped
         )
     }
 

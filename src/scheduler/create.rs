@@ -31,6 +31,10 @@ pub(super) async fn create_run(
                         existing: false,
                         existing_params: None,
                         paused: None,
+                        // Read back, the run existed; whether its needs released it
+                        // since is not known here (`waiting` is what it was created as).
+                        after_status: (!params.options.after.is_empty())
+                            .then_some(crate::model::RunStatus::Waiting),
                     });
                 }
             }

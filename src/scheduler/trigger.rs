@@ -192,6 +192,7 @@ impl Scheduler {
                     priority: original.priority,
                     scheduled_for: None,
                     concurrency_key: concurrency_key_of(pipeline, &original.parameters),
+                    ..Default::default()
                 },
             },
         )

@@ -22,6 +22,7 @@
 //! types are in `types/` (runs, jobs, nodes, deliveries), the change feed in `feed.rs`,
 //! the statement and commit counters in `traffic.rs`.
 
+pub mod after;
 pub mod claim_plan;
 pub mod completion;
 mod error;

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::transition::{JobFence, Transition};
 use crate::clock::rfc3339;
-use crate::model::{EventName, JobKind, JobStatus, RunStatus};
+use crate::model::{EventName, JobKind, JobStatus, Reason, RunStatus};
 
 /// An event to insert in the transaction that caused it.
 #[derive(Debug, Clone)]
@@ -160,11 +160,42 @@ pub fn queued_job_aborted(
     pipeline: &str,
     shard_index: u32,
 ) -> NewEvent {
+    queued_job_ended(run_id, job_id, pipeline, shard_index, Reason::Aborted)
+}
+
+/// `job:aborted` for a queued job that ends without running: its run was aborted, or
+/// skipped (`reason`).
+pub fn queued_job_ended(
+    run_id: &str,
+    job_id: &str,
+    pipeline: &str,
+    shard_index: u32,
+    reason: Reason,
+) -> NewEvent {
     NewEvent::new(
         EventName::JobAborted,
         run_id,
         json!({"jobId": job_id, "pipelineId": pipeline, "status": "aborted", "shardIndex": shard_index,
-               "reason": "aborted"}),
+               "reason": reason.as_str()}),
+    )
+}
+
+/// `run:released`: a waiting run's last need ended as it required; its jobs are queued.
+pub fn run_released(run_id: &str, pipeline: &str, after: &[String]) -> NewEvent {
+    NewEvent::new(
+        EventName::RunReleased,
+        run_id,
+        json!({"pipelineId": pipeline, "status": "queued", "after": after}),
+    )
+}
+
+/// `run:skipped`: a waiting run's needs did not end as it required; it never runs
+/// (`run:completed` with status `skipped` follows).
+pub fn run_skipped(run_id: &str, pipeline: &str, after: &[String]) -> NewEvent {
+    NewEvent::new(
+        EventName::RunSkipped,
+        run_id,
+        json!({"pipelineId": pipeline, "status": "skipped", "after": after}),
     )
 }
 

@@ -219,11 +219,15 @@ async fn end_runs(
     claim: Option<&JobClaimParams>,
     now: i64,
 ) -> StoreResult<(Vec<(String, RunStatus)>, Vec<ClaimedJob>)> {
-    let webhooks = landing
-        .ends
-        .iter()
-        .any(|(id, _, _)| landing.runs.get(id).is_some_and(|r| r.callback_url));
-    if webhooks {
+    // A webhook's outbox row needs the run's summary read first, and a run others wait
+    // for releases them: both take the step by step path.
+    let step_by_step = landing.ends.iter().any(|(id, _, _)| {
+        landing
+            .runs
+            .get(id)
+            .is_some_and(|r| r.callback_url || r.has_dependents)
+    });
+    if step_by_step {
         let ended = turn_terminal(tx, landing.ends, now).await?;
         let events = tx.take_events();
         let tx = &*tx;

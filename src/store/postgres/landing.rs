@@ -93,7 +93,8 @@ pub(super) fn land_sql(touched: &Rows) -> String {
          FROM {list}, locked l
          WHERE r.id = u.id AND l.id = u.id
          RETURNING r.id, l.before, r.shards_done, r.shard_count, r.status, r.has_finalizer, r.shards_status,
-                   r.pipeline, r.aborted_by, r.callback_url IS NOT NULL, r.finished_at IS NOT NULL"
+                   r.pipeline, r.aborted_by, r.callback_url IS NOT NULL, r.finished_at IS NOT NULL,
+                   r.has_dependents"
     )
 }
 
@@ -123,6 +124,7 @@ pub(super) async fn landed(
                 aborted_by: r.get(8),
                 callback_url: r.get(9),
                 finished: r.get(10),
+                has_dependents: r.get(11),
             },
         );
         let Some(touch) = runs.get(id.as_str()) else {
@@ -180,6 +182,8 @@ pub(super) struct LandedRun {
     pub(super) callback_url: bool,
     /// It had ended before (nothing turns it terminal again).
     pub(super) finished: bool,
+    /// Other runs wait for it: its end releases them.
+    pub(super) has_dependents: bool,
 }
 
 /// The columns of one run turning terminal.
@@ -196,7 +200,7 @@ pub(super) fn terminal_row(run_id: &str, status: RunStatus, finalizer: &Finalize
 
 /// Marks the runs terminal (once); the shards' status is written with it for a run
 /// without a finalizer (the same thing then). Rows: id, pipeline, shard count, callback
-/// URL, aborted by.
+/// URL, aborted by, has dependents.
 pub(super) async fn write_terminal(
     tx: &Tx,
     ends: &Rows,
@@ -209,7 +213,7 @@ pub(super) async fn write_terminal(
             "UPDATE runs r SET status = u.status, finished_at = ${}, shards_status = COALESCE(u.shards, r.shards_status)
              FROM {}
              WHERE r.id = u.id AND r.finished_at IS NULL
-             RETURNING r.id, r.pipeline, r.shard_count, r.callback_url, r.aborted_by",
+             RETURNING r.id, r.pipeline, r.shard_count, r.callback_url, r.aborted_by, r.has_dependents",
             params.len(),
             ends.sql("u", 1)
         ),
@@ -253,14 +257,28 @@ pub(super) enum Finalizer {
 
 /// Marks each run terminal (once) with its status and, when it had no finalizer, its
 /// shards' status (the same thing then); emits `run:completed` and writes the webhook
-/// outbox rows. The runs this call ended.
+/// outbox rows, and releases the runs waiting for them. The runs this call ended.
 pub(super) async fn turn_terminal(
     tx: &mut Tx,
     ends: Vec<(String, RunStatus, Finalizer)>,
     now: i64,
 ) -> StoreResult<Vec<(String, RunStatus)>> {
+    let (ended, waited_for) = turn_terminal_once(tx, ends, now).await?;
+    if !waited_for.is_empty() {
+        super::after::release_dependents(tx, waited_for, now).await?;
+    }
+    Ok(ended)
+}
+
+/// [`turn_terminal`] without the release: the runs it ended, and those of them that
+/// other runs wait for.
+pub(super) async fn turn_terminal_once(
+    tx: &mut Tx,
+    ends: Vec<(String, RunStatus, Finalizer)>,
+    now: i64,
+) -> StoreResult<(Vec<(String, RunStatus)>, Vec<String>)> {
     if ends.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let mut list = Rows::new(TERMINAL);
     for (id, status, finalizer) in &ends {
@@ -268,8 +286,12 @@ pub(super) async fn turn_terminal(
     }
     let rows = write_terminal(tx, &list, now).await?;
     let mut ended = Vec::new();
+    let mut waited_for = Vec::new();
     for r in &rows {
         let run_id: String = r.get(0);
+        if r.get::<_, bool>(5) {
+            waited_for.push(run_id.clone());
+        }
         let Some((_, status, finalizer)) = ends.iter().find(|(id, _, _)| *id == run_id) else {
             continue;
         };
@@ -301,7 +323,7 @@ pub(super) async fn turn_terminal(
         }
         ended.push((run_id, *status));
     }
-    Ok(ended)
+    Ok((ended, waited_for))
 }
 
 /// Lands `n` shards of one run that an abort ended while queued (the abort holds the

@@ -49,6 +49,7 @@
 #[macro_use]
 mod read;
 
+mod after;
 mod claim;
 mod claim_keyed;
 mod connect;

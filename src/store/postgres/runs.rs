@@ -6,7 +6,7 @@ use super::{PgStore, StoreError, StoreResult, Tx, in_tx};
 use crate::model::RunStatus;
 
 use crate::store::payload::{self, NewEvent};
-use crate::store::{AbortOutcome, PruneOutcome, RunCreateParams, RunCreated, change, claim_plan};
+use crate::store::{AbortOutcome, PruneOutcome, RunCreateParams, RunCreated, after, change};
 
 /// Events deleted per pruned-run batch slot (as on SQLite).
 const EVENTS_PER_RUN_PRUNED: usize = 20;
@@ -70,8 +70,7 @@ async fn insert_queued_jobs(tx: &Tx, p: &RunCreateParams) -> StoreResult<u64> {
         .filter(|(_, id)| !kept.contains(&id.as_str()))
         .map(|(i, id)| (id.as_str(), i as i64))
         .unzip();
-    let run_after = p.options.not_before.map_or(p.now, |t| t.max(p.now));
-    let held = claim_plan::held(run_after, p.now);
+    let (run_after, held) = after::job_due(&p.options, p.now);
     tx.exec(
         INSERT_QUEUED_JOBS,
         &[
@@ -121,7 +120,11 @@ pub(super) async fn create_in_tx(
     ];
     // Without an idempotency key or kept shards nothing can stop the insert: the run and
     // its jobs go out in one round trip.
-    let plain = p.idempotency_key.is_none() && p.options.kept.is_empty();
+    let plain =
+        p.idempotency_key.is_none() && p.options.kept.is_empty() && p.options.after.is_empty();
+    if !p.options.after.is_empty() {
+        super::after::mark_needs(tx, &p.options.after).await?;
+    }
     let (inserted, jobs_inserted) = if plain {
         tx.prepare(INSERT_RUN).await?;
         tx.prepare(INSERT_QUEUED_JOBS).await?;
@@ -178,6 +181,7 @@ pub(super) async fn create_in_tx(
                 existing: true,
                 existing_params: Some(serde_json::from_str(&params_text).unwrap_or_default()),
                 paused: None,
+                after_status: None,
             }
         } else {
             // A re-run's kept shards are terminal copies of the original's jobs; the rest
@@ -213,6 +217,12 @@ pub(super) async fn create_in_tx(
                 tx.emit_many(shard_events(p), p.now).await?;
                 tx.kinds |= change::WORK;
             }
+            let after_status = if p.options.after.is_empty() {
+                None
+            } else {
+                let when = p.options.after_when;
+                Some(super::after::wait_for(tx, &p.run_id, &p.options.after, when, p.now).await?)
+            };
             RunCreated {
                 run_id: p.run_id.clone(),
                 job_ids: p.job_ids.clone(),
@@ -220,6 +230,7 @@ pub(super) async fn create_in_tx(
                 existing: false,
                 existing_params: None,
                 paused,
+                after_status,
             }
         }
     })
@@ -238,7 +249,9 @@ pub(super) async fn run_abort(
                 queued: 0,
                 running: 0,
             }),
-            Ok(s @ (RunStatus::Completed | RunStatus::Failed)) => Some(AbortOutcome::Finished(s)),
+            Ok(s @ (RunStatus::Completed | RunStatus::Failed | RunStatus::Skipped)) => {
+                Some(AbortOutcome::Finished(s))
+            }
             _ => None,
         }
     }
@@ -260,7 +273,7 @@ pub(super) async fn run_abort(
                 .await?;
                 let marked = tx
                     .exec(
-                        "UPDATE runs SET status = 'aborted', aborted_by = $2 WHERE id = $1 AND status IN ('queued', 'running')",
+                        "UPDATE runs SET status = 'aborted', aborted_by = $2 WHERE id = $1 AND status IN ('waiting', 'queued', 'running')",
                         &[&run_id, &by],
                     )
                     .await?;
@@ -344,6 +357,7 @@ pub(super) async fn runs_prune(
                 .await?;
                 tx.exec("DELETE FROM deliveries WHERE run_id = ANY($1) AND status != 'pending'", &[&ids])
                     .await?;
+                tx.exec("DELETE FROM run_needs WHERE run_id = ANY($1)", &[&ids]).await?;
                 tx.exec("DELETE FROM runs WHERE id = ANY($1)", &[&ids]).await?;
             }
             let limit = (batch * EVENTS_PER_RUN_PRUNED) as i64;

@@ -9,7 +9,7 @@ use tokio_postgres::Row;
 
 use super::read::{opt_u32, row, rows, u32_of};
 use super::{PgStore, StoreResult};
-use crate::model::JobKind;
+use crate::model::{AfterWhen, JobKind};
 use crate::store::summary::{self, JobRow, RunRow};
 use crate::store::{JobRecord, RunFilter, RunRecord, RunningJob};
 
@@ -76,6 +76,10 @@ pub(super) fn run_view(r: &Row) -> RunRecord {
         run_at: r.get(15),
         scheduled_for: r.get(16),
         aborted_by: r.get(17),
+        after: r.get::<_, Option<Vec<String>>>(18).unwrap_or_default(),
+        after_when: r
+            .get::<_, Option<&str>>(19)
+            .and_then(AfterWhen::from_name),
         jobs: Vec::new(),
         finalizer: None,
     }
@@ -246,4 +250,5 @@ pub(super) const JOB_COLS: &str =
 
 pub(super) const RUN_COLS: &str =
     "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at,
-    started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at, scheduled_for, aborted_by";
+    started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at, scheduled_for, aborted_by,
+    (SELECT array_agg(need_id ORDER BY need_id) FROM run_needs WHERE run_needs.run_id = runs.id), after_when";

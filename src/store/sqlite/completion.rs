@@ -94,24 +94,42 @@ pub(super) fn finalizer_ended(
     turn_terminal(conn, run_id, final_status, now)
 }
 
-/// Marks the run terminal (once), emits `run:completed` and writes the webhook outbox row.
+/// Marks the run terminal (once), emits `run:completed`, writes the webhook outbox row
+/// and releases the runs waiting for it.
 fn turn_terminal(
     conn: &Connection,
     run_id: &str,
     status: RunStatus,
     now: i64,
 ) -> StoreResult<Option<RunStatus>> {
-    type Ended = (String, u32, Option<String>, Option<String>);
+    let Some(waited_for) = turn_terminal_once(conn, run_id, status, now)? else {
+        return Ok(None);
+    };
+    if waited_for {
+        super::after::release_dependents(conn, vec![run_id.to_string()], now)?;
+    }
+    Ok(Some(status))
+}
+
+/// [`turn_terminal`] without the release: `None` when the run had ended before, else
+/// whether other runs wait for it.
+pub(super) fn turn_terminal_once(
+    conn: &Connection,
+    run_id: &str,
+    status: RunStatus,
+    now: i64,
+) -> StoreResult<Option<bool>> {
+    type Ended = (String, u32, Option<String>, Option<String>, bool);
     let changed: Option<Ended> = conn
         .prepare_cached(
             "UPDATE runs SET status = ?2, finished_at = ?3 WHERE id = ?1 AND finished_at IS NULL
-             RETURNING pipeline, shard_count, callback_url, aborted_by",
+             RETURNING pipeline, shard_count, callback_url, aborted_by, has_dependents",
         )?
         .query_row(params![run_id, status.as_str(), now], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
         .optional()?;
-    let Some((pipeline, count, callback_url, aborted_by)) = changed else {
+    let Some((pipeline, count, callback_url, aborted_by, has_dependents)) = changed else {
         return Ok(None);
     };
     let finalizer: Option<(String, Option<i32>)> = conn
@@ -138,7 +156,7 @@ fn turn_terminal(
         )?
         .execute(params![envelope.id, run_id, url, envelope.payload, now])?;
     }
-    Ok(Some(status))
+    Ok(Some(has_dependents))
 }
 
 /// The run's summary: the finalizer's input file and the webhook's `data`.

@@ -30,6 +30,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+mod after;
 mod claim;
 mod completion;
 mod connect;

@@ -24,11 +24,11 @@ pub(super) async fn run_abort_by(
         let Some(status) = status else { return Ok((AbortOutcome::NotFound, 0)) };
         match status.parse::<RunStatus>() {
             Ok(RunStatus::Aborted) => return Ok((AbortOutcome::Aborted { aborted_jobs: 0, queued: 0, running: 0 }, 0)),
-            Ok(s @ (RunStatus::Completed | RunStatus::Failed)) => return Ok((AbortOutcome::Finished(s), 0)),
+            Ok(s @ (RunStatus::Completed | RunStatus::Failed | RunStatus::Skipped)) => return Ok((AbortOutcome::Finished(s), 0)),
             _ => {}
         }
         conn.prepare_cached(
-            "UPDATE runs SET status = 'aborted', aborted_by = ?2 WHERE id = ?1 AND status IN ('queued', 'running')",
+            "UPDATE runs SET status = 'aborted', aborted_by = ?2 WHERE id = ?1 AND status IN ('waiting', 'queued', 'running')",
         )?
         .execute(params![run_id, by])?;
         let queued: Vec<(String, String, u32)> = conn
@@ -80,6 +80,8 @@ pub(super) async fn runs_prune(
             .execute(params![id])?;
             conn.prepare_cached("DELETE FROM deliveries WHERE run_id = ?1 AND status != 'pending'")?
                 .execute(params![id])?;
+            conn.prepare_cached("DELETE FROM run_needs WHERE run_id = ?1")?
+                .execute(params![id])?;
             conn.prepare_cached("DELETE FROM runs WHERE id = ?1")?
                 .execute(params![id])?;
         }
@@ -126,10 +128,14 @@ pub(super) fn create_in_tx(
                     existing: true,
                     existing_params,
                     paused: None,
+                    after_status: None,
                 },
                 0,
             ));
         }
+    }
+    if !p.options.after.is_empty() {
+        after::mark_needs(conn, &p.options.after)?;
     }
     let shard_count = p.job_ids.len() as i64;
     let retry_on = p.policy.retry_on.to_column();
@@ -155,8 +161,7 @@ pub(super) fn create_in_tx(
         p.options.not_before,
         p.options.scheduled_for,
     ])?;
-    let run_after = p.options.not_before.map_or(p.now, |t| t.max(p.now));
-    let held = claim_plan::held(run_after, p.now);
+    let (run_after, held) = super::super::after::job_due(&p.options, p.now);
     let mut insert = conn.prepare_cached(
         "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts, retry_backoff_ms,
                            on_orphan, max_orphan_requeues, run_after, created_at, retry_on, priority, held, ckey)
@@ -198,6 +203,12 @@ pub(super) fn create_in_tx(
             p.now,
         )?;
     }
+    let after_status = if p.options.after.is_empty() {
+        None
+    } else {
+        let when = p.options.after_when;
+        Some(after::wait_for(conn, &p.run_id, &p.options.after, when, p.now)?)
+    };
     Ok((
         RunCreated {
             run_id: p.run_id.clone(),
@@ -206,6 +217,7 @@ pub(super) fn create_in_tx(
             existing: false,
             existing_params: None,
             paused: None,
+            after_status,
         },
         change::WORK | change::EVENTS,
     ))

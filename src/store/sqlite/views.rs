@@ -3,6 +3,7 @@
 //! filtered lists and the summary a finalizer reads.
 
 use super::*;
+use crate::model::AfterWhen;
 
 pub(super) async fn run_ids_by_prefix(
     s: &SqliteStore,
@@ -157,7 +158,7 @@ pub(super) fn job_view(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
     })
 }
 
-pub(super) const RUN_COLS: &str = "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at, scheduled_for, aborted_by";
+pub(super) const RUN_COLS: &str = "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at, scheduled_for, aborted_by, (SELECT group_concat(need_id) FROM (SELECT need_id FROM run_needs WHERE run_needs.run_id = runs.id ORDER BY need_id)), after_when";
 
 pub(super) fn run_view(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
     let params: String = r.get(3)?;
@@ -180,6 +181,14 @@ pub(super) fn run_view(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         run_at: r.get(15)?,
         scheduled_for: r.get(16)?,
         aborted_by: r.get(17)?,
+        after: r
+            .get::<_, Option<String>>(18)?
+            .map(|ids| ids.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
+        after_when: r
+            .get::<_, Option<String>>(19)?
+            .as_deref()
+            .and_then(AfterWhen::from_name),
         jobs: Vec::new(),
         finalizer: None,
     })

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::model::{JobKind, RunStatus};
+use crate::model::{AfterWhen, JobKind, RunStatus};
 use crate::store::*;
 
 /// Per-job policy copied from the pipeline at trigger time, so a job keeps the
@@ -71,6 +71,11 @@ pub struct RunOptions {
     /// Its pipeline's `concurrency_key` rendered with its parameters: the key its jobs
     /// are capped (`concurrency_per_key`) and shared fairly by. `None`: no key.
     pub concurrency_key: Option<String>,
+    /// Runs this one waits for (existing run ids, deduplicated): it is created
+    /// `waiting`, and queued or skipped by the transaction that ends the last of them.
+    pub after: Vec<String>,
+    /// When it goes once they have ended (ignored without `after`).
+    pub after_when: AfterWhen,
 }
 
 /// `run_create` result.
@@ -86,6 +91,9 @@ pub struct RunCreated {
     pub existing: bool,
     /// For an earlier run: the parameters it was created with (to detect a reused key).
     pub existing_params: Option<BTreeMap<String, String>>,
+    /// For a run created `after` others: its status once created (`waiting`, or
+    /// `queued`/`skipped` when they had all ended already). `None` otherwise.
+    pub after_status: Option<RunStatus>,
     /// Whether the pipeline was paused when the run was created, when the store read it
     /// in the same transaction (`None`: ask [`Store::pipelines_paused`]).
     pub paused: Option<bool>,
@@ -149,6 +157,10 @@ pub struct RunRecord {
     pub scheduled_for: Option<i64>,
     /// Who aborted it, as JSON `{"actor", "node", "via"}`, when it was aborted.
     pub aborted_by: Option<String>,
+    /// The runs it waits (or waited) for, in id order; empty for a plain run.
+    pub after: Vec<String>,
+    /// Its rule for going once they have ended (with `after` only).
+    pub after_when: Option<AfterWhen>,
     /// Its shard jobs in shard order.
     pub jobs: Vec<JobRecord>,
     /// Its finalize job, once queued.
