@@ -9,8 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::pg::Schema;
 use super::proxy::FaultProxy;
-use super::{eventually, free_port, get};
+use super::{eventually, free_port, get, procfs};
+
+// Where the host tests have always taken it from.
+#[allow(unused_imports)]
+pub use super::now_ns;
 
 /// True when this process may make namespaces; prints the skip line otherwise.
 pub fn can_unshare() -> bool {
@@ -64,7 +69,7 @@ impl Host {
         ]);
         let serve = format!(
             "hostname {name} && exec {bin} serve -c {config} --listen 127.0.0.1:{port}",
-            bin = env!("CARGO_BIN_EXE_runyard"),
+            bin = super::runyard_bin(),
             config = config.display(),
         );
         cmd.arg(serve).env("RUNYARD_LOG", "info");
@@ -77,15 +82,7 @@ impl Host {
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
                 .env("FAKETIME_NO_CACHE", "1");
         }
-        for var in [
-            "DATABASE_URL",
-            "REDIS_URL",
-            "RUNYARD_DATABASE_URL",
-            "RUNYARD_REDIS_URL",
-            "MAX_WORKERS",
-            "RUNYARD_MAX_WORKERS",
-            "RUNYARD_LISTEN",
-        ] {
+        for var in super::SERVER_ENV {
             cmd.env_remove(var);
         }
         let unshare = cmd
@@ -123,13 +120,9 @@ impl Host {
 
     /// The replica's pid as this (the outer) namespace sees it.
     pub fn server_pid(&self) -> u32 {
-        let pid = self.unshare.id();
-        let children =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        children
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
+        procfs::children(self.unshare.id())
+            .first()
+            .copied()
             .expect("unshare has its replica as child")
     }
 
@@ -138,19 +131,7 @@ impl Host {
         let mut out = vec![self.server_pid()];
         let mut i = 0;
         while i < out.len() {
-            let p = out[i];
-            for task in std::fs::read_dir(format!("/proc/{p}/task"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let kids =
-                    std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-                out.extend(
-                    kids.split_whitespace()
-                        .filter_map(|k| k.parse::<u32>().ok()),
-                );
-            }
+            out.extend(procfs::children(out[i]));
             i += 1;
         }
         out
@@ -194,9 +175,11 @@ impl Drop for Host {
     }
 }
 
+/// `kill -sig pid`, quietly (the process may be gone already).
 fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
+        .stderr(Stdio::null())
         .status();
 }
 
@@ -206,8 +189,8 @@ pub struct Cluster {
     pub proxies: Vec<FaultProxy>,
     pub dir: tempfile::TempDir,
     pub http: reqwest::Client,
-    pg: String,
-    schema: String,
+    /// `hosts_{pid}_{n}` ([`super::pg::schema_name`]), dropped after the hosts.
+    schema: Schema,
     server: String,
     pipelines: String,
     bus: String,
@@ -225,12 +208,7 @@ impl Cluster {
         pipelines: &str,
         skews: &[Skew],
     ) -> Cluster {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let schema = format!(
-            "hosts_{}_{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
+        let schema = Schema::new(pg, "hosts");
         let bus = redis.map_or(String::new(), |url| {
             format!(
                 "[bus]\nurl = \"{url}\"\nprefix = \"{}\"\n",
@@ -242,7 +220,6 @@ impl Cluster {
             proxies: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
             http: reqwest::Client::new(),
-            pg: pg.to_string(),
             schema,
             server: server.to_string(),
             pipelines: pipelines.to_string(),
@@ -266,23 +243,22 @@ impl Cluster {
     pub async fn add_host_with(&mut self, skew: Skew, own_server: &str) -> usize {
         let i = self.started;
         self.started += 1;
-        let proxy = FaultProxy::start(upstream(&self.pg)).await;
-        let mut url = url::Url::parse(&self.pg).unwrap();
+        let proxy = FaultProxy::start(upstream(&self.schema.url)).await;
+        let mut url = url::Url::parse(&self.schema.url).unwrap();
         url.set_host(Some(&proxy.addr.ip().to_string())).unwrap();
         url.set_port(Some(proxy.addr.port())).unwrap();
         let name = format!("host-{i}");
-        let data = self.dir.path().join(&name);
         let config = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(
             &config,
-            format!(
-                "[server]\ndata_dir = \"{}\"\noutput_flush_interval_ms = 100\nkill_grace = \"500ms\"\n{}\n{own_server}\n\n\
-                 [store]\nurl = \"{url}\"\nschema = \"{}\"\npool_size = 4\n\n{}\n{}\n",
-                data.display(),
-                self.server,
-                self.schema,
-                self.bus,
-                self.pipelines
+            super::config_text(
+                &self.dir.path().join(&name),
+                &format!(
+                    "output_flush_interval_ms = 100\nkill_grace = \"500ms\"\n{}\n{own_server}",
+                    self.server
+                ),
+                &super::pg::store_table(url.as_str(), &self.schema.name, Some(4)),
+                &format!("{}\n{}", self.bus, self.pipelines),
             ),
         )
         .unwrap();
@@ -297,19 +273,9 @@ impl Cluster {
 
     /// Every host's own `/metrics` counter `name` (0 for hosts that are down).
     pub async fn counter(&self, i: usize, name: &str) -> u64 {
-        let Ok(r) = self
-            .http
-            .get(format!("{}/metrics", self.base(i)))
-            .send()
+        super::metrics_text(&self.http, self.base(i))
             .await
-        else {
-            return 0;
-        };
-        let text = r.text().await.unwrap_or_default();
-        text.lines()
-            .find(|l| l.starts_with(&format!("{name} ")))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+            .and_then(|text| super::metric_value(&text, name))
             .unwrap_or(0)
     }
 
@@ -324,15 +290,9 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
+    /// The hosts go first; then the schema (its field's own drop).
     fn drop(&mut self) {
         self.hosts.clear();
-        let _ = Command::new("psql")
-            .args([
-                &self.pg,
-                "-qc",
-                &format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema),
-            ])
-            .output();
     }
 }
 
@@ -404,12 +364,4 @@ pub fn ticking_pipeline(name: &str, dir: &Path, secs: f64, extra: &str) -> Strin
          while [ $i -lt {n} ]; do date +%s%N >> $f; i=$((i+1)); sleep 0.02; done\"]\n{extra}\n",
         dir.display()
     )
-}
-
-/// Now, as the jobs' `date +%s%N` writes it.
-pub fn now_ns() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
 }

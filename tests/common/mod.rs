@@ -1,12 +1,23 @@
-//! Test harness: real servers (in-process on port 0, or the real binary as a
-//! child process) on fresh SQLite files, an SSE event watcher to wait on, and
-//! process-table helpers. No sleeps as synchronisation: waits are on events
-//! or on a polled condition, always with a timeout.
+//! The test kit, of the tests (`mod common;`) and the bench (`benches/runyard_bench.rs`
+//! takes it as `mod kit;`): real servers (in-process on port 0, or the real binary as a
+//! child process, [`BinServer`]) on fresh SQLite files or PostgreSQL schemas ([`pg`]), an
+//! SSE event watcher to wait on, `/metrics` readers, `/proc` readers ([`procfs`]), a
+//! private Redis ([`redis_server`]), replicas as hosts ([`hosts`]) and the fault proxy
+//! ([`proxy`]). No sleeps as synchronisation: waits are on events or on a polled
+//! condition, always with a timeout.
+//!
+//! Every target takes all of it and uses a part: `dead_code` is allowed here for that.
 #![allow(dead_code)]
 pub mod dns;
 pub mod hosts;
+pub mod pg;
+pub mod procfs;
 pub mod proxy;
 pub mod redis_server;
+
+// Re-exported where it always was; a target that does not use it would call it unused.
+#[allow(unused_imports)]
+pub use procfs::group_members;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +29,8 @@ use tokio::sync::mpsc;
 
 /// The `[store]` table of a test config: none (SQLite in `data_dir`) unless the suite runs
 /// with `TEST_STORE=postgres`, which puts every test on `TEST_DATABASE_URL` in a schema of
-/// its own, named after its directory (so a restart on the same directory finds its store).
+/// its own, `e2e_{pid}_{hash of its directory}` ([`pg::schema_name_keyed`]: a restart on
+/// the same directory finds its store), kept afterwards.
 pub fn store_section(dir: &Path) -> String {
     match std::env::var("TEST_STORE").as_deref() {
         Ok("postgres") => {
@@ -27,28 +39,36 @@ pub fn store_section(dir: &Path) -> String {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
             dir.hash(&mut h);
-            format!(
-                "[store]\nurl = \"{url}\"\nschema = \"e2e_{:016x}\"\npool_size = 6\n",
-                h.finish()
-            )
+            let schema = pg::schema_name_keyed("e2e", format!("{:016x}", h.finish()));
+            pg::store_table(&url, &schema, Some(6))
         }
         Ok("sqlite") | Err(_) => String::new(),
         Ok(other) => panic!("TEST_STORE={other}: expected sqlite or postgres"),
     }
 }
 
+/// A config's text: `[server]` with `data_dir` and the `server` keys, then `store` (a
+/// `[store]` table, or nothing for SQLite in `data_dir`) and the rest (`[bus]`, pipelines).
+pub fn config_text(data_dir: &Path, server: &str, store: &str, rest: &str) -> String {
+    format!(
+        "[server]\ndata_dir = \"{}\"\n{server}\n\n{store}\n{rest}\n",
+        data_dir.display()
+    )
+}
+
 /// Writes a config with the given `[server]` extras and pipelines into `dir`.
 pub fn write_config(dir: &Path, server_extra: &str, pipelines: &str) -> PathBuf {
     let path = dir.join("runyard.toml");
-    let text = format!(
-        "[server]\ndata_dir = \"{}\"\noutput_flush_interval_ms = 100\nkill_grace = \"500ms\"\n{server_extra}\n\n{}\n{pipelines}\n",
-        dir.join("data").display(),
+    let text = config_text(
+        &dir.join("data"),
+        &format!("output_flush_interval_ms = 100\nkill_grace = \"500ms\"\n{server_extra}"),
         // A test that names its own store keeps it.
-        if server_extra.contains("[store]") {
+        &if server_extra.contains("[store]") {
             String::new()
         } else {
             store_section(dir)
-        }
+        },
+        pipelines,
     );
     std::fs::write(&path, text).unwrap();
     path
@@ -169,23 +189,55 @@ impl TestServer {
     }
 }
 
-/// The value of an unlabelled metric in `{base}/metrics` (panics when it is missing).
-pub async fn metric(http: &reqwest::Client, base: &str, name: &str) -> u64 {
-    let text = http
-        .get(format!("{base}/metrics"))
+/// The text of `{base}/metrics`; `None` when the server does not answer.
+pub async fn metrics_text(http: &reqwest::Client, base: &str) -> Option<String> {
+    http.get(format!("{base}/metrics"))
         .send()
         .await
-        .unwrap()
+        .ok()?
         .text()
         .await
-        .unwrap();
+        .ok()
+}
+
+/// The value of the unlabelled metric `name` in a `/metrics` text.
+pub fn metric_value(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find(|l| {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with(' '))
         })
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} at {base}"))
+}
+
+/// The series of the labelled metric `name` in a `/metrics` text, summed by the value of
+/// their label `label` (`runyard_store_statements_total` by `op`, …).
+pub fn metric_by_label(
+    text: &str,
+    name: &str,
+    label: &str,
+) -> std::collections::BTreeMap<String, u64> {
+    let (open, key) = (format!("{name}{{"), format!("{label}=\""));
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(&open) else {
+            continue;
+        };
+        let value = rest.split(&key).nth(1).and_then(|r| r.split('"').next());
+        let n = rest.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok());
+        if let (Some(value), Some(n)) = (value, n) {
+            *out.entry(value.to_string()).or_default() += n;
+        }
+    }
+    out
+}
+
+/// The value of an unlabelled metric in `{base}/metrics` (panics when it is missing).
+pub async fn metric(http: &reqwest::Client, base: &str, name: &str) -> u64 {
+    let text = metrics_text(http, base)
+        .await
+        .unwrap_or_else(|| panic!("no /metrics at {base}"));
+    metric_value(&text, name).unwrap_or_else(|| panic!("no metric {name} at {base}"))
 }
 
 pub async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
@@ -357,28 +409,12 @@ where
     }
 }
 
-/// Pids of live (non-zombie) processes in process group `pgid`.
-pub fn group_members(pgid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // fields[0] = state, fields[2] = pgrp
-        if fields.first() != Some(&"Z")
-            && fields.get(2).and_then(|p| p.parse::<u32>().ok()) == Some(pgid)
-        {
-            out.push(pid);
-        }
-    }
-    out
+/// Now as nanoseconds since the epoch (what a job's `date +%s%N` prints).
+pub fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 /// Parses RFC 3339 `...T..:..:..mmmZ` timestamps into comparable milliseconds of the day (tests run within a day).
@@ -412,11 +448,66 @@ pub fn max_overlap(jobs: &[Value]) -> usize {
     best as usize
 }
 
-/// The real binary, serving `config` on a free port.
+/// The runyard binary to run: `RUNYARD_TEST_BIN` (the suite against another build, e.g. a
+/// landed binary, to see a new test fail there) or `BENCH_BIN` (the bench measuring
+/// another build) when set, else this build's.
+pub fn runyard_bin() -> String {
+    std::env::var("RUNYARD_TEST_BIN")
+        .or_else(|_| std::env::var("BENCH_BIN"))
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_runyard").to_string())
+}
+
+/// Variables of the caller's environment a server would read, removed so that the
+/// config file decides (hermetic servers).
+pub const SERVER_ENV: [&str; 12] = [
+    "DATABASE_URL",
+    "MAX_WORKERS",
+    "OUTPUT_FLUSH_INTERVAL_MS",
+    "RUNYARD_DATABASE_URL",
+    "REDIS_URL",
+    "RUNYARD_REDIS_URL",
+    "RUNYARD_MAX_WORKERS",
+    "RUNYARD_MAX_WORKERS_GLOBAL",
+    "RUNYARD_OUTPUT_FLUSH_INTERVAL_MS",
+    "RUNYARD_DATA_DIR",
+    "RUNYARD_LISTEN",
+    "RUNYARD_CONFIG",
+];
+
+/// How [`BinServer::launch`] starts the binary.
+#[derive(Clone, Copy)]
+pub struct Launch<'a> {
+    /// Its working directory (default: this process's).
+    pub cwd: Option<&'a Path>,
+    /// Extra environment variables.
+    pub env: &'a [(&'a str, &'a str)],
+    /// Its stderr: this file, or (`None`) this process's own stderr.
+    pub log: Option<&'a Path>,
+    /// `RUNYARD_LOG`.
+    pub log_level: &'a str,
+    /// When dropped: SIGTERM and a wait for the server to stop its jobs (SIGKILL after
+    /// 15 s), not SIGKILL at once (whose jobs would outlive it).
+    pub graceful_drop: bool,
+}
+
+impl Default for Launch<'_> {
+    fn default() -> Self {
+        Launch {
+            cwd: None,
+            env: &[],
+            log: None,
+            log_level: "info",
+            graceful_drop: false,
+        }
+    }
+}
+
+/// The real binary ([`runyard_bin`]), serving `config` on a free port.
 pub struct BinServer {
     pub child: Child,
     pub base: String,
     pub addr: SocketAddr,
+    graceful_drop: bool,
 }
 
 pub fn free_port() -> u16 {
@@ -446,54 +537,71 @@ impl BinServer {
         port: u16,
         env: &[(&str, &str)],
     ) -> BinServer {
+        let how = Launch {
+            cwd,
+            env,
+            log: Some(log),
+            ..Launch::default()
+        };
+        Self::launch(config, port, how).await
+    }
+
+    /// `runyard serve -c config --listen 127.0.0.1:port` as `how` says; returns once it
+    /// answers `/healthz` (panics, with its log, if it exits or does not answer in 30 s).
+    pub async fn launch(config: &str, port: u16, how: Launch<'_>) -> BinServer {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        // `RUNYARD_TEST_BIN` runs the suite against another build (e.g. a landed binary,
-        // to see a new test fail there).
-        let bin = std::env::var("RUNYARD_TEST_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_runyard").to_string());
-        let mut cmd = Command::new(bin);
-        if let Some(dir) = cwd {
+        let mut cmd = Command::new(runyard_bin());
+        if let Some(dir) = how.cwd {
             cmd.current_dir(dir);
         }
         cmd.args(["serve", "-c", config, "--listen", &addr.to_string()])
-            .env("RUNYARD_LOG", "info");
-        // Hermetic: the config file decides, not the caller's environment.
-        for var in [
-            "DATABASE_URL",
-            "MAX_WORKERS",
-            "OUTPUT_FLUSH_INTERVAL_MS",
-            "RUNYARD_DATABASE_URL",
-            "REDIS_URL",
-            "RUNYARD_REDIS_URL",
-            "RUNYARD_MAX_WORKERS",
-            "RUNYARD_MAX_WORKERS_GLOBAL",
-            "RUNYARD_OUTPUT_FLUSH_INTERVAL_MS",
-            "RUNYARD_DATA_DIR",
-            "RUNYARD_LISTEN",
-            "RUNYARD_CONFIG",
-        ] {
+            .env("RUNYARD_LOG", how.log_level);
+        for var in SERVER_ENV {
             cmd.env_remove(var);
         }
+        let stderr = match how.log {
+            Some(log) => Stdio::from(std::fs::File::create(log).unwrap()),
+            None => Stdio::inherit(),
+        };
         let child = cmd
-            .envs(env.iter().copied())
+            .envs(how.env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
+            .stderr(stderr)
             .spawn()
             .expect("spawn runyard");
-        let base = format!("http://{addr}");
+        let mut server = BinServer {
+            child,
+            base: format!("http://{addr}"),
+            addr,
+            graceful_drop: how.graceful_drop,
+        };
         let http = reqwest::Client::new();
-        let url = format!("{base}/healthz");
-        eventually(Duration::from_secs(20), "server health", || {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                http.get(&url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
+        let url = format!("{}/healthz", server.base);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return server;
             }
-        })
-        .await;
-        BinServer { child, base, addr }
+            let log = || {
+                how.log
+                    .and_then(|l| std::fs::read_to_string(l).ok())
+                    .unwrap_or_default()
+            };
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("runyard exited before it answered ({status}):\n{}", log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "runyard did not answer within 30 s:\n{}",
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -524,28 +632,46 @@ impl BinServer {
         }
     }
 
+    /// Waits for the process to exit, from blocking code; `None` when it still runs
+    /// after `timeout`.
+    pub fn wait_exit_blocking(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn peak_rss_kib(&self) -> u64 {
-        self.status_kib("VmHWM:")
+        procfs::peak_rss_kib(self.pid())
     }
 
     /// The server's resident memory now.
     pub fn rss_kib(&self) -> u64 {
-        self.status_kib("VmRSS:")
+        procfs::rss_kib(self.pid())
     }
 
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap()
+    /// CPU seconds the server has used (its jobs' not counted).
+    pub fn cpu_secs(&self) -> f64 {
+        procfs::cpu_secs(self.pid()).unwrap_or(0.0)
     }
 }
 
 impl Drop for BinServer {
     fn drop(&mut self) {
+        if self.graceful_drop && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.pid().to_string()])
+                .status();
+            if self.wait_exit_blocking(Duration::from_secs(15)).is_some() {
+                return;
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -48,6 +48,18 @@ pub async fn publish(url: &str, channel: &str, payload: &str) -> i64 {
         .unwrap()
 }
 
+/// True when `redis-server` and `redis-cli` are on PATH (a [`PrivateRedis`] can start).
+pub fn available() -> bool {
+    ["redis-server", "redis-cli"].iter().all(|bin| {
+        Command::new(bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
 /// A `redis-server` of this test's own, on its own port; killed when dropped.
 pub struct PrivateRedis {
     pub port: u16,

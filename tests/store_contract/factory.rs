@@ -1,7 +1,7 @@
 //! Fresh stores for the conformance suite: a temp SQLite file, or a fresh PostgreSQL
 //! schema, per test, with as many independent handles on it as a test asks for.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,12 +10,15 @@ use runyard::store::postgres::{PgOptions, PgStore};
 use runyard::store::sqlite::SqliteStore;
 use runyard::store::{NodeRow, Store};
 
+/// The test kit's PostgreSQL schemas (naming, dropping, sweeping), without the rest of it.
+#[path = "../common/pg.rs"]
+mod pg;
+
 /// Connections per PostgreSQL handle (the server's 100 are shared by every test).
 const PG_POOL: usize = 4;
-/// Test schemas are `rt_{pid}_{counter}`.
-const SCHEMA_PREFIX: &str = "rt_";
+/// Test schemas are `rt_{pid}_{counter}` (the kit's naming rule, [`pg::schema_name`]).
+const SCHEMA_TAG: &str = "rt";
 
-static SCHEMAS: AtomicU64 = AtomicU64::new(0);
 static SWEPT: AtomicBool = AtomicBool::new(false);
 
 enum Backend {
@@ -49,10 +52,10 @@ pub async fn pg_factory() -> Option<Factory> {
         return None;
     };
     if !SWEPT.swap(true, Ordering::SeqCst) {
-        sweep_stale_schemas(&url).await;
+        // Schemas of runs of this suite killed before their cleanup ran.
+        pg::sweep_stale_schemas(&url, SCHEMA_TAG).await;
     }
-    let n = SCHEMAS.fetch_add(1, Ordering::SeqCst);
-    let schema = format!("{SCHEMA_PREFIX}{}_{n}", std::process::id());
+    let schema = pg::schema_name(SCHEMA_TAG);
     Some(Factory {
         backend: Backend::Postgres { url, schema },
         handles: Mutex::new(Vec::new()),
@@ -130,68 +133,14 @@ impl Factory {
             }
         }
         if let Backend::Postgres { url, schema } = &self.backend {
-            let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-            match tokio::time::timeout(Duration::from_secs(15), execute(url, &drop)).await {
+            match tokio::time::timeout(Duration::from_secs(15), pg::drop_schema(url, schema)).await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => eprintln!("could not drop test schema {schema}: {e}"),
                 Err(_) => eprintln!("dropping test schema {schema} took over 15 s"),
             }
         }
     }
-}
-
-/// Runs one statement on a connection of its own.
-async fn execute(url: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    let task = tokio::spawn(conn);
-    let out = client.batch_execute(sql).await;
-    drop(client);
-    let _ = task.await;
-    out
-}
-
-/// Drops `rt_{pid}_{n}` schemas left by runs of this suite that are gone (killed before
-/// their cleanup ran): their pid no longer exists, or is some other program now.
-async fn sweep_stale_schemas(url: &str) {
-    let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await else {
-        return;
-    };
-    let task = tokio::spawn(conn);
-    let names: Vec<String> = client
-        .query(
-            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'rt\\_%'",
-            &[],
-        )
-        .await
-        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-        .unwrap_or_default();
-    for name in names {
-        let Some(pid) = name
-            .strip_prefix(SCHEMA_PREFIX)
-            .and_then(|rest| rest.split('_').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == std::process::id() || suite_is_running_as(pid) {
-            continue;
-        }
-        if let Err(e) = client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-            .await
-        {
-            eprintln!("could not drop stale test schema {name}: {e}");
-        }
-    }
-    drop(client);
-    let _ = task.await;
-}
-
-/// True when `pid` is alive and is this suite's binary (`store_contract-…`).
-fn suite_is_running_as(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|comm| comm.starts_with("store_contrac"))
-        .unwrap_or(false)
 }
 
 /// A node row as the tests register it.
