@@ -47,6 +47,14 @@ pub(super) struct TriggerBody {
     /// `priority`, else 0).
     #[schema(minimum = -100, maximum = 100)]
     priority: Option<i64>,
+    /// Runs this one waits for (ids or short ids, at most 100): it is `waiting` until
+    /// every one of them has ended, then queued, or `skipped` when they did not end as
+    /// `afterWhen` requires. An unknown id is a 400. Not with `delay` or `runAt`.
+    #[schema(max_items = 100)]
+    after: Option<Vec<String>>,
+    /// With `after`: `success` (default; all completed), `failure` (one did not
+    /// complete) or `always`.
+    after_when: Option<crate::model::AfterWhen>,
 }
 
 /// `parameters`: an object of at most 64 string, integer or boolean values.
@@ -79,7 +87,8 @@ pub(super) struct Triggered {
     job_ids: Vec<String>,
     /// The pipeline.
     pipeline_id: String,
-    /// Always `queued` (a run status).
+    /// `queued`; with `after`, `waiting` (or `queued`/`skipped` when the runs it waits
+    /// for had all ended already).
     #[schema(value_type = crate::model::RunStatus)]
     status: &'static str,
     /// When the run was created (RFC 3339).
@@ -107,7 +116,7 @@ impl Triggered {
             run_id: t.run_id,
             job_ids: t.job_ids,
             pipeline_id: t.pipeline,
-            status: "queued",
+            status: t.status.as_str(),
             timestamp: rfc3339(t.created_at),
             // A retried trigger: the run it names was created by the first one.
             idempotent_replay: t.existing.then_some(true),
@@ -146,9 +155,9 @@ pub(super) fn source(headers: &HeaderMap) -> String {
     request_body(content = Option<TriggerBody>, content_type = "application/json",
         description = "May be empty (same as `{}`)"),
     responses(
-        (status = 202, description = "Queued, or an idempotent replay of an earlier trigger", body = Triggered),
+        (status = 202, description = "Queued (or waiting, with `after`), or an idempotent replay of an earlier trigger", body = Triggered),
         (status = 400, description = "Unknown pipeline, malformed JSON, unknown field, bad parameter, \
-            shards or callbackUrl, or the header and body keys differ", body = ErrorBody),
+            shards or callbackUrl, an unknown or ambiguous run in `after`, or the header and body keys differ", body = ErrorBody),
         (status = 409, description = "The idempotency key was used with other parameters or shards", body = ErrorBody),
         (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody),
         (status = 503, description = "The store is unavailable, or the pipeline's setup circuit is open \
@@ -188,6 +197,28 @@ pub(super) async fn trigger(
         }
         (h, b) => h.or(b),
     };
+    let wanted = parsed.after.unwrap_or_default();
+    if wanted.len() > crate::scheduler::MAX_AFTER {
+        return Err(ApiError::BadRequest(format!(
+            "after names {} runs; at most {}",
+            wanted.len(),
+            crate::scheduler::MAX_AFTER
+        )));
+    }
+    let mut after = Vec::new();
+    for id in wanted {
+        after.push(
+            super::ids::resolve_run_id(&state, &id)
+                .await
+                .map_err(|e| match e {
+                    ApiError::NotFound(_) => ApiError::BadRequest(format!(
+                        "unknown run in after: {}",
+                        id.chars().take(100).collect::<String>()
+                    )),
+                    e => e,
+                })?,
+        );
+    }
     let triggered = state
         .scheduler
         .trigger(TriggerRequest {
@@ -201,6 +232,8 @@ pub(super) async fn trigger(
             delay: parsed.delay,
             run_at: parsed.run_at,
             priority: parsed.priority,
+            after,
+            after_when: parsed.after_when.unwrap_or_default(),
         })
         .await?;
     Ok((StatusCode::ACCEPTED, Json(Triggered::of(triggered, None))))

@@ -137,6 +137,12 @@ pub struct RunView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub aborted_by: Option<serde_json::Value>,
+    /// The runs it waits (or waited) for, triggered with `after`. Absent otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// With `after`: when it goes once they have ended (`success`, `failure`, `always`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_when: Option<crate::model::AfterWhen>,
     /// Its shard jobs in shard order.
     pub jobs: Vec<JobView>,
     /// Its finalize job, once queued.
@@ -299,6 +305,8 @@ impl From<RunRecord> for RunView {
                 .aborted_by
                 .as_deref()
                 .and_then(|t| serde_json::from_str(t).ok()),
+            after: r.after,
+            after_when: r.after_when,
             jobs: r.jobs.into_iter().map(JobView::from).collect(),
             finalizer: r.finalizer.map(JobView::from),
         }

@@ -35,6 +35,14 @@ pub(super) struct TriggerArgs {
     /// POST the run's summary here when it ends (a signed completion webhook).
     #[arg(long, value_name = "URL")]
     pub(super) callback_url: Option<String>,
+    /// Wait for this run to end first (repeatable; a run id or a unique prefix): the new
+    /// run is `waiting` until every one has ended, then queued or skipped.
+    #[arg(long, value_name = "RUN")]
+    pub(super) after: Vec<String>,
+    /// With --after: go only if they all completed (`success`, the default), only if one
+    /// did not (`failure`), or whatever they ended as (`always`).
+    #[arg(long, value_name = "WHEN", value_parser = ["success", "failure", "always"])]
+    pub(super) after_when: Option<String>,
     #[command(flatten)]
     pub(super) client: ClientArgs,
 }
@@ -80,6 +88,12 @@ pub(super) async fn trigger(cli: &Cli, a: &TriggerArgs) -> anyhow::Result<u8> {
     if let Some(url) = &a.callback_url {
         body["callbackUrl"] = json!(url);
     }
+    if !a.after.is_empty() {
+        body["after"] = json!(a.after);
+    }
+    if let Some(when) = &a.after_when {
+        body["afterWhen"] = json!(when);
+    }
     let answer = client
         .post(
             &format!("/api/pipelines/{}/trigger", segment(&a.pipeline)),
@@ -114,7 +128,8 @@ async fn queued(
         return Ok(exit::OK);
     }
     if !watch.json {
-        term::err(format_args!("run {run_id} queued{also}"));
+        let status = answer["status"].as_str().unwrap_or("queued");
+        term::err(format_args!("run {run_id} {status}{also}"));
     }
     wait::watch(client, &run_id, watch).await
 }

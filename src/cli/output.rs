@@ -95,6 +95,11 @@ pub fn run_details(r: &Value) -> Result<(), Closed> {
         term::status(&s(&r["status"]), 0, colour)
     ))?;
     term::out(format_args!("params    {}", r["parameters"]))?;
+    if let Some(after) = r["after"].as_array() {
+        let ids: Vec<String> = after.iter().map(s).collect();
+        let when = r["afterWhen"].as_str().unwrap_or("success");
+        term::out(format_args!("after     {} ({when})", ids.join(", ")))?;
+    }
     term::out(format_args!("created   {}", s(&r["createdAt"])))?;
     term::out(format_args!("started   {}", s(&r["startedAt"])))?;
     term::out(format_args!("finished  {}", s(&r["finishedAt"])))?;

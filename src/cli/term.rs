@@ -61,11 +61,11 @@ pub fn colour_on_stderr() -> bool {
 /// The SGR colour of a job or run status.
 fn status_sgr(status: &str) -> Option<&'static str> {
     Some(match status {
-        "completed" => "32",          // green
-        "failed" => "31",             // red
-        "aborted" => "33",            // yellow
-        "running" => "36",            // cyan
-        "queued" | "retrying" => "2", // dim
+        "completed" => "32",                                  // green
+        "failed" => "31",                                     // red
+        "aborted" => "33",                                    // yellow
+        "running" => "36",                                    // cyan
+        "queued" | "retrying" | "waiting" | "skipped" => "2", // dim
         _ => return None,
     })
 }

@@ -46,7 +46,7 @@ use tokio_util::task::TaskTracker;
 pub use abort::{AbortRegistry, AbortedBy, CancelCause};
 use claim_params::{claim_params, claimable_needs, need_of, placement_refusal};
 pub use request::{
-    IDEMPOTENCY_KEY_RULE, RerunScope, TriggerError, TriggerRequest, Triggered,
+    IDEMPOTENCY_KEY_RULE, MAX_AFTER, RerunScope, TriggerError, TriggerRequest, Triggered,
     valid_idempotency_key,
 };
 

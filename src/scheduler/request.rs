@@ -8,6 +8,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::config::MAX_SHARDS;
+use crate::model::{AfterWhen, RunStatus};
 use crate::store::StoreError;
 
 /// What an idempotency key may be, in the body (`idempotencyKey`) and in the
@@ -18,6 +19,9 @@ pub const IDEMPOTENCY_KEY_RULE: &str = "idempotencyKey must be 1 to 200 visible 
 pub fn valid_idempotency_key(key: &str) -> bool {
     (1..=200).contains(&key.len()) && key.bytes().all(|b| (b' '..=b'~').contains(&b))
 }
+
+/// Most runs one run may wait for.
+pub const MAX_AFTER: usize = 100;
 
 /// Why a trigger was refused.
 #[derive(Debug, Error)]
@@ -72,6 +76,9 @@ pub enum TriggerError {
     /// A `delay`, `runAt` or `priority` out of range or malformed.
     #[error("{0}")]
     BadPlacement(String),
+    /// `after` is malformed or names a run that does not exist.
+    #[error("{0}")]
+    BadAfter(String),
     /// A re-run named no run.
     #[error("Run not found: {0}")]
     RunNotFound(String),
@@ -123,6 +130,10 @@ pub struct TriggerRequest {
     pub run_at: Option<String>,
     /// Claim order (higher first); the pipeline's `priority` when absent.
     pub priority: Option<i64>,
+    /// Runs this one waits for (stored run ids); empty: it is queued at once.
+    pub after: Vec<String>,
+    /// When it goes once they have ended.
+    pub after_when: AfterWhen,
 }
 
 /// A queued run.
@@ -142,4 +153,7 @@ pub struct Triggered {
     pub paused: bool,
     /// A delayed run's not-before time (epoch ms).
     pub run_at: Option<i64>,
+    /// Its status once created: `queued`, or for a run created `after` others
+    /// `waiting` (or `queued`/`skipped` when they had all ended already).
+    pub status: RunStatus,
 }

@@ -8,12 +8,13 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::create::create_run;
+use super::request::MAX_AFTER;
 use super::{
     IDEMPOTENCY_KEY_RULE, RerunScope, Scheduler, TriggerError, TriggerRequest, Triggered,
     placement, setup, valid_idempotency_key,
 };
 use crate::config::{MAX_SHARDS, Pipeline};
-use crate::model::{RunId, job_id_for};
+use crate::model::{RunId, RunStatus, job_id_for};
 use crate::store::{JobPolicy, PipelinePauseParams, RunCreateParams, StoreError};
 
 impl Scheduler {
@@ -70,10 +71,14 @@ impl Scheduler {
                 .map_err(TriggerError::BadPlacement)?;
         let priority = placement::priority(req.priority, pipeline.priority)
             .map_err(TriggerError::BadPlacement)?;
+        let after = checked_after(req.after, not_before)?;
+        let waits = !after.is_empty();
         let options = crate::store::RunOptions {
             not_before,
             priority,
             concurrency_key: concurrency_key_of(pipeline, &params),
+            after,
+            after_when: req.after_when,
             ..Default::default()
         };
         let created = create_run(
@@ -93,7 +98,12 @@ impl Scheduler {
                 options,
             },
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // The store found a run in `after` gone (pruned since the API resolved it).
+            StoreError::Conflict { message } if waits => TriggerError::BadAfter(message),
+            e => TriggerError::Store(e),
+        })?;
         let reused = created.existing
             && (created.existing_params.as_ref() != Some(&wanted_params)
                 || created.job_ids.len() != shards as usize);
@@ -117,6 +127,7 @@ impl Scheduler {
             existing: created.existing,
             paused,
             run_at: not_before,
+            status: created.after_status.unwrap_or(RunStatus::Queued),
         })
     }
 
@@ -209,6 +220,7 @@ impl Scheduler {
             existing: false,
             paused,
             run_at: None,
+            status: RunStatus::Queued,
         })
     }
 
@@ -331,4 +343,26 @@ fn resolve_params(
         out.insert(name.clone(), value);
     }
     Ok(out)
+}
+
+/// The runs a trigger waits for, deduplicated in id order: at most [`MAX_AFTER`], and
+/// not with a delay (a waiting run goes when its needs have ended).
+fn checked_after(
+    mut after: Vec<String>,
+    not_before: Option<i64>,
+) -> Result<Vec<String>, TriggerError> {
+    after.sort();
+    after.dedup();
+    if after.len() > MAX_AFTER {
+        return Err(TriggerError::BadAfter(format!(
+            "after names {} runs; at most {MAX_AFTER}",
+            after.len()
+        )));
+    }
+    if !after.is_empty() && not_before.is_some() {
+        return Err(TriggerError::BadAfter(
+            "after cannot be combined with delay or runAt".into(),
+        ));
+    }
+    Ok(after)
 }

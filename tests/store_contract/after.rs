@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use runyard::model::{AfterWhen, RunStatus};
 use runyard::store::{
-    AbortOutcome, ClaimedJob, JobClaimParams, JobPolicy, Outcome, RunCreateParams, RunOptions, Store, StoreError,
+    AbortOutcome, ClaimedJob, JobClaimParams, JobPolicy, Outcome, RunCreateParams, RunOptions,
+    Store, StoreError,
 };
 
 use crate::factory::Factory;
@@ -49,15 +50,17 @@ async fn end(store: &dyn Store, job: &ClaimedJob, outcome: Outcome) {
 /// How many events named `name` each run has, once everything committed is visible.
 async fn counts(store: &dyn Store, name: &str) -> HashMap<String, usize> {
     let mut out = HashMap::new();
-    for e in events_settled(store).await.iter().filter(|e| e.name == name) {
+    for e in events_settled(store)
+        .await
+        .iter()
+        .filter(|e| e.name == name)
+    {
         *out.entry(run_of(e)).or_insert(0) += 1;
     }
     out
 }
 
-pub async fn a_run_after_others_waits_unclaimable_and_is_released_once_they_complete(
-    f: &Factory,
-) {
+pub async fn a_run_after_others_waits_unclaimable_and_is_released_once_they_complete(f: &Factory) {
     let store = f.store().await;
     let a = create_in(&*store, "a", 1).await.run_id;
     let b = create_in(&*store, "a", 2).await.run_id;
@@ -76,7 +79,9 @@ pub async fn a_run_after_others_waits_unclaimable_and_is_released_once_they_comp
     assert_eq!(view.jobs.len(), 2, "its shards exist, queued and held");
     assert!(view.jobs.iter().all(|j| j.status == "queued"));
 
-    let needs_jobs = ok("job_claim", store.job_claim(claim_from("a", 10))).await.jobs;
+    let needs_jobs = ok("job_claim", store.job_claim(claim_from("a", 10)))
+        .await
+        .jobs;
     assert_eq!(needs_jobs.len(), 3);
     for later in [claim_from("d", 10), claim_from("d", 10)] {
         let claimed = ok("job_claim", store.job_claim(later)).await.jobs;
@@ -85,14 +90,25 @@ pub async fn a_run_after_others_waits_unclaimable_and_is_released_once_they_comp
     let (of_a, of_b): (Vec<&ClaimedJob>, Vec<&ClaimedJob>) =
         needs_jobs.iter().partition(|j| j.run_id == a);
     end(&*store, of_a[0], Outcome::Completed).await;
-    assert_eq!(status(&*store, &d.run_id).await, "waiting", "B has not ended");
+    assert_eq!(
+        status(&*store, &d.run_id).await,
+        "waiting",
+        "B has not ended"
+    );
     end(&*store, of_b[0], Outcome::Completed).await;
     assert_eq!(status(&*store, &d.run_id).await, "waiting");
     end(&*store, of_b[1], Outcome::Completed).await;
     assert_eq!(status(&*store, &d.run_id).await, "queued", "released");
     let released = ok("job_claim", store.job_claim(claim_later_from("d"))).await;
-    assert_eq!(released.jobs.len(), 2, "its jobs are claimable once released");
-    assert_eq!(counts(&*store, "run:released").await.get(&d.run_id), Some(&1));
+    assert_eq!(
+        released.jobs.len(),
+        2,
+        "its jobs are claimable once released"
+    );
+    assert_eq!(
+        counts(&*store, "run:released").await.get(&d.run_id),
+        Some(&1)
+    );
 }
 
 /// A claim of up to 10 jobs of `pipeline` after the releases (the ends' time is 20).
@@ -107,7 +123,9 @@ pub async fn a_need_that_fails_skips_the_dependent_the_skip_cascades_and_rules_p
     f: &Factory,
 ) {
     let store = f.store().await;
-    let a = ok("run_create", store.run_create(one_attempt("a"))).await.run_id;
+    let a = ok("run_create", store.run_create(one_attempt("a")))
+        .await
+        .run_id;
     let create = |after: String, when: AfterWhen| {
         let store = store.clone();
         async move {
@@ -119,7 +137,9 @@ pub async fn a_need_that_fails_skips_the_dependent_the_skip_cascades_and_rules_p
     let on_failure = create(a.clone(), AfterWhen::Failure).await;
     let always = create(a.clone(), AfterWhen::Always).await;
     let chained = create(on_success.clone(), AfterWhen::Success).await;
-    let job = ok("job_claim", store.job_claim(claim_from("a", 1))).await.jobs;
+    let job = ok("job_claim", store.job_claim(claim_from("a", 1)))
+        .await
+        .jobs;
     end(&*store, &job[0], fail()).await;
     assert_eq!(status(&*store, &a).await, "failed");
     for (run, want) in [
@@ -141,7 +161,11 @@ pub async fn a_need_that_fails_skips_the_dependent_the_skip_cascades_and_rules_p
     );
     let events = events_settled(&*store).await;
     let ended = completions(&events);
-    assert_eq!(ended.get(&on_success), Some(&1), "one run:completed per skip");
+    assert_eq!(
+        ended.get(&on_success),
+        Some(&1),
+        "one run:completed per skip"
+    );
     assert!(
         events.iter().any(|e| e.name == "run:completed"
             && run_of(e) == chained
@@ -166,14 +190,26 @@ pub async fn an_aborted_waiting_run_ends_aborted_and_skips_its_own_dependents(f:
     .await
     .run_id;
     let outcome = ok("run_abort_by", store.run_abort_by(&waiting, 5, None)).await;
-    assert!(matches!(outcome, AbortOutcome::Aborted { queued: 2, .. }), "{outcome:?}");
+    assert!(
+        matches!(outcome, AbortOutcome::Aborted { queued: 2, .. }),
+        "{outcome:?}"
+    );
     let aborted = ok("run_get", store.run_get(&waiting)).await.unwrap();
     assert_eq!(aborted.status, "aborted");
-    assert!(aborted.finished_at.is_some(), "it never ran: its end is now");
+    assert!(
+        aborted.finished_at.is_some(),
+        "it never ran: its end is now"
+    );
     assert_eq!(status(&*store, &next).await, "skipped");
-    let job = ok("job_claim", store.job_claim(claim_from("a", 1))).await.jobs;
+    let job = ok("job_claim", store.job_claim(claim_from("a", 1)))
+        .await
+        .jobs;
     end(&*store, &job[0], Outcome::Completed).await;
-    assert_eq!(status(&*store, &waiting).await, "aborted", "an end changes nothing");
+    assert_eq!(
+        status(&*store, &waiting).await,
+        "aborted",
+        "an end changes nothing"
+    );
     assert_eq!(counts(&*store, "run:released").await.len(), 0);
 }
 
@@ -182,7 +218,9 @@ pub async fn a_run_after_ended_runs_is_decided_at_creation_and_unknown_needs_are
 ) {
     let store = f.store().await;
     let done = create_in(&*store, "a", 1).await.run_id;
-    let job = ok("job_claim", store.job_claim(claim_from("a", 1))).await.jobs;
+    let job = ok("job_claim", store.job_claim(claim_from("a", 1)))
+        .await
+        .jobs;
     end(&*store, &job[0], Outcome::Completed).await;
     let go = ok(
         "run_create",
@@ -201,11 +239,19 @@ pub async fn a_run_after_ended_runs_is_decided_at_creation_and_unknown_needs_are
     assert_eq!(skip.after_status, Some(RunStatus::Skipped));
     assert_eq!(status(&*store, &skip.run_id).await, "skipped");
 
-    let unknown = after_params("d", 1, &[&done, "0190a8b0-0000-7000-8000-000000000000"], AfterWhen::Always);
+    let unknown = after_params(
+        "d",
+        1,
+        &[&done, "0190a8b0-0000-7000-8000-000000000000"],
+        AfterWhen::Always,
+    );
     let refused = unknown.run_id.clone();
     match store.run_create(unknown).await {
         Err(StoreError::Conflict { message }) => {
-            assert!(message.contains("0190a8b0-0000-7000-8000-000000000000"), "{message}")
+            assert!(
+                message.contains("0190a8b0-0000-7000-8000-000000000000"),
+                "{message}"
+            )
         }
         other => panic!("an unknown need is refused, got {other:?}"),
     }
@@ -232,7 +278,9 @@ pub async fn two_needs_ending_at_once_on_two_handles_release_their_dependent_onc
         )
         .await
         .run_id;
-        let jobs = ok("job_claim", one.job_claim(claim_from("a", 2))).await.jobs;
+        let jobs = ok("job_claim", one.job_claim(claim_from("a", 2)))
+            .await
+            .jobs;
         assert_eq!(jobs.len(), 2, "round {round}");
         let start = Arc::new(tokio::sync::Barrier::new(2));
         let tasks: Vec<_> = jobs
@@ -257,5 +305,9 @@ pub async fn two_needs_ending_at_once_on_two_handles_release_their_dependent_onc
         assert_eq!(released.get(d), Some(&1), "{d} released exactly once");
     }
     let queued = ok("job_claim", one.job_claim(claim_later_from("d"))).await;
-    assert_eq!(queued.jobs.len(), 10, "their jobs are claimable (10 at a time)");
+    assert_eq!(
+        queued.jobs.len(),
+        10,
+        "their jobs are claimable (10 at a time)"
+    );
 }

@@ -18,7 +18,7 @@ import { renderNodes } from './nodes.js';
 const PAGE = 50;
 const FEED_MAX = 200;
 const MAX_BARS = 16;
-const TERMINAL = new Set(['completed', 'failed', 'aborted']);
+const TERMINAL = new Set(['completed', 'failed', 'aborted', 'skipped']);
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -654,6 +654,8 @@ const FEED_TEXT = {
   'job:failed': 'failed',
   'job:aborted': 'aborted',
   'run:completed': 'run ended',
+  'run:released': 'released',
+  'run:skipped': 'skipped',
   'pipeline:paused': 'paused',
   'pipeline:resumed': 'resumed',
   resync: 'resync',
@@ -784,6 +786,7 @@ function renderRun(run) {
       meta('Triggered by', `${run.triggeredBy}${run.actor ? ` (${run.actor})` : ''}`),
       run.abortedBy ? meta('Aborted by', `${run.abortedBy.via}${run.abortedBy.actor ? ` (${run.abortedBy.actor})` : ''} on node ${shortId(run.abortedBy.node || '')}`) : null,
       run.rerunOf ? meta('Re-run of', runLink(run.rerunOf, shortId(run.rerunOf), `Open run ${run.rerunOf}`)) : null,
+      (run.after || []).length ? meta(`After (${run.afterWhen || 'success'})`, run.after.map((id) => runLink(id, shortId(id), `Open run ${id}`))) : null,
       run.scheduledFor ? meta('Scheduled for', timeEl(run.scheduledFor, stamp(run.scheduledFor))) : null,
       run.runAt ? meta('Not before', timeEl(run.runAt, stamp(run.runAt))) : null,
       run.priority ? meta('Priority', String(run.priority)) : null,
