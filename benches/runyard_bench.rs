@@ -1,46 +1,56 @@
 //! runyard's benchmark: `cargo bench --bench runyard_bench` (or `cargo bench`).
 //!
-//! Boots the release binary as a separate process on a fresh SQLite file and
-//! measures, printing medians over rounds:
-//! (a) end-to-end throughput of N single-shard `/bin/true` runs at
-//!     `max_workers = 2`, next to the raw spawn+wait rate of `/bin/true` at 2
-//!     parallel measured in the same run;
-//! (b) trigger ingest over HTTP with 16 concurrent clients;
-//! (c) idle dispatch latency, trigger sent → job process running (the job is a
-//!     static C clock probe, so this includes exec and the probe's start-up);
-//! (d) server RSS idle and with 100,000 queued runs;
-//! (e) store-level claim + finish throughput on PostgreSQL, 1 vs 3 processes,
-//!     with and without a global cap ([`store`]);
-//! (f) three replicas on PostgreSQL with the Redis bus and without one: abort →
-//!     every shard's process dead, and wake-up latency from a trigger on one
-//!     replica to the job running on another ([`replicas`]);
-//! (g) throughput with 1 and with 3 replicas on PostgreSQL (`/bin/true`, and
-//!     slot-bound `sleep 0.02`), and orphan recovery over host kills at default
-//!     timings ([`hosts`]; the kills need root for `unshare`).
-//! (h) watchers ([`watch`]): end-to-end throughput of `/bin/true` runs with 1,000
-//!     idle `/api/events` clients next to none, the server's RSS per SSE
-//!     connection and after they close;
-//! (i) the server CPU that 100 viewers of 100 busy jobs' log streams cost ([`watch`]),
-//!     also on PostgreSQL with a database URL;
-//! (j) claim latency with a million queued jobs (mixed priorities, a tenth held) next
-//!     to a thousand, on SQLite and PostgreSQL ([`claim_depth`]);
-//! (k) runyard's count of the statements it sends against `pg_stat_statements` in a
-//!     throwaway PostgreSQL cluster the bench starts ([`pgss`]; needs the server
-//!     binaries).
-//! (l) what per-key caps and fair shares cost: runs over 100 tenants with the pipeline
-//!     keyed by tenant next to the same runs without a key ([`keys`]).
+//! Boots the release binary as a separate process on a fresh SQLite file (or a fresh
+//! PostgreSQL schema) with the test kit (`tests/common`, here `kit`) and measures, printing
+//! medians over rounds, each section headed by its bench's name:
+//! - `throughput`: end-to-end throughput of N single-shard `/bin/true` runs at
+//!   `max_workers = 2`, next to the raw spawn+wait rate of `/bin/true` at 2 parallel
+//!   measured in the same run;
+//! - `ingest`: trigger ingest over HTTP with 16 concurrent clients;
+//! - `dispatch-latency`: idle dispatch latency, trigger sent → job process running (the
+//!   job is a static C clock probe, so this includes exec and the probe's start-up);
+//! - `memory`: server RSS idle and with 100,000 queued runs;
+//! - `store`: store-level claim + finish throughput on PostgreSQL, 1 vs 3 processes, with
+//!   and without a global cap ([`store`]);
+//! - `statements`: runyard's count of the statements it sends against
+//!   `pg_stat_statements` in a throwaway PostgreSQL cluster the bench starts ([`pgss`];
+//!   needs the server binaries);
+//! - `claim-depth`: claim latency with a million queued jobs (mixed priorities, a tenth
+//!   held) next to a thousand, on SQLite and PostgreSQL ([`claim_depth`]);
+//! - `replicas`: three replicas on PostgreSQL with the Redis bus and without one: abort →
+//!   every shard's process dead, and wake-up latency from a trigger on one replica to the
+//!   job running on another ([`replicas`]);
+//! - `scale`: throughput with 1 and with 3 replicas on PostgreSQL (`/bin/true`, and
+//!   slot-bound `sleep 0.02`), and orphan recovery over host kills at default timings
+//!   ([`hosts`]; the kills need root for `unshare`);
+//! - `keys`: what per-key caps and fair shares cost: runs over 100 tenants with the
+//!   pipeline keyed by tenant next to the same runs without a key ([`keys`]);
+//! - `watchers`: end-to-end throughput of `/bin/true` runs with 1,000 idle `/api/events`
+//!   clients next to none, the server's RSS per SSE connection and after they close
+//!   ([`watch`]);
+//! - `log-viewers`: the server CPU that 100 viewers of 100 busy jobs' log streams cost
+//!   ([`watch`]), also on PostgreSQL with a database URL.
 //!
-//! With `BENCH_DATABASE_URL` (or `TEST_DATABASE_URL`) set, (a) also runs on PostgreSQL
-//! (a fresh schema per round) next to SQLite, and (e) runs; (f) also needs
-//! `BENCH_REDIS_URL` (or `TEST_REDIS_URL`). Without them they are skipped with a message.
+//! `BENCH_ONLY` runs a subset: a comma-separated list of names (`BENCH_ONLY=throughput,memory`).
+//! The letters that named the benches before are still accepted, alone or run together
+//! (`BENCH_ONLY=a`, `BENCH_ONLY=hi`), since past notes quote them: a `throughput`,
+//! b `ingest`, c `dispatch-latency`, d `memory`, e `store`, f `replicas`, g `scale`,
+//! h `watchers`, i `log-viewers`, j `claim-depth`, k `statements`, l `keys`.
+//!
+//! With `BENCH_DATABASE_URL` (or `TEST_DATABASE_URL`) set, `throughput`, `keys`,
+//! `log-viewers` and `claim-depth` also run on PostgreSQL (a fresh schema each, named by
+//! the kit's rule `bench_{pid}_{n}` and dropped after; those of a killed bench are swept at
+//! the next start), and `store`, `replicas` and `scale` run. `replicas` takes its Redis
+//! from `BENCH_REDIS_URL` (or `TEST_REDIS_URL`), else starts a private `redis-server`
+//! when one is installed. Without them they are skipped with a message.
 //!
 //! Environment: `BENCH_RUNS` (default 5000), `BENCH_INGEST` (20000),
 //! `BENCH_QUEUED` (100000), `BENCH_ROUNDS` (3), `BENCH_LATENCY_SAMPLES` (200),
 //! `BENCH_STORE_SECS` (8), `BENCH_ABORTS` (30), `BENCH_WAKE_SAMPLES` (100),
 //! `BENCH_SCALE_RUNS` (2000), `BENCH_HOST_KILLS` (5), `BENCH_WATCH_RUNS` (2000),
 //! `BENCH_WATCHERS` (1000), `BENCH_VIEWERS` (100), `BENCH_DEEP` (1000000), `BENCH_PGSS_RUNS` (2000),
-//! `BENCH_ONLY` (a subset of the letters `abcdefghijkl`), `BENCH_BIN` (the server binary to measure; default: this
-//! build's, so a landed binary can be measured with the same bench).
+//! `BENCH_ONLY` (above), `BENCH_BIN` (the server binary to measure, [`kit::runyard_bin`];
+//! default: this build's, so a landed binary can be measured with the same bench).
 
 #[path = "runyard_bench/claim_depth.rs"]
 mod claim_depth;
@@ -48,6 +58,8 @@ mod claim_depth;
 mod hosts;
 #[path = "runyard_bench/keys.rs"]
 mod keys;
+#[path = "../tests/common/mod.rs"]
+mod kit;
 #[path = "runyard_bench/pgss.rs"]
 mod pgss;
 #[path = "runyard_bench/replicas.rs"]
@@ -57,11 +69,58 @@ mod store;
 #[path = "runyard_bench/watch.rs"]
 mod watch;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use kit::pg::Schema;
+use kit::{BinServer, Launch, get, now_ns};
+
+/// The benches, in the order they run: the name `BENCH_ONLY` takes, and the letter that
+/// named it before (still accepted).
+const BENCHES: [(&str, char); 12] = [
+    ("throughput", 'a'),
+    ("ingest", 'b'),
+    ("dispatch-latency", 'c'),
+    ("memory", 'd'),
+    ("store", 'e'),
+    ("statements", 'k'),
+    ("claim-depth", 'j'),
+    ("replicas", 'f'),
+    ("scale", 'g'),
+    ("keys", 'l'),
+    ("watchers", 'h'),
+    ("log-viewers", 'i'),
+];
+
+/// The benches `BENCH_ONLY` selects (all when it is unset or empty): names separated by
+/// commas; an old letter, or a run of them (`hi`), stands for its benches.
+fn selected(spec: Option<&str>) -> Vec<&'static str> {
+    let Some(spec) = spec.filter(|s| !s.trim().is_empty()) else {
+        return BENCHES.iter().map(|(name, _)| *name).collect();
+    };
+    let by_letter = |c: char| BENCHES.iter().find(|(_, l)| *l == c).map(|(n, _)| *n);
+    let mut out = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if let Some((name, _)) = BENCHES.iter().find(|(n, _)| *n == item) {
+            out.push(*name);
+        } else if item.chars().all(|c| by_letter(c).is_some()) {
+            out.extend(item.chars().filter_map(by_letter));
+        } else {
+            let names: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
+            panic!(
+                "BENCH_ONLY: no bench {item:?}; the benches are {} (or their old letters a–l)",
+                names.join(", ")
+            );
+        }
+    }
+    out
+}
+
+/// The tag of the bench's PostgreSQL schemas (`bench_{pid}_{n}`, the kit's rule).
+pub(crate) const BENCH_TAG: &str = "bench";
 
 fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key)
@@ -79,28 +138,33 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Starts the binary on `config` as the bench does: warnings on the bench's stderr, and
+/// stopped gracefully when dropped (so its jobs stop with it).
+pub(crate) async fn start_binary(config: &std::path::Path) -> BinServer {
+    let how = Launch {
+        log_level: "warn",
+        graceful_drop: true,
+        ..Launch::default()
+    };
+    BinServer::launch(config.to_str().unwrap(), kit::free_port(), how).await
+}
+
+/// The `[server]` keys every bench server has besides its own.
+pub(crate) const SERVER_KEYS: &str = "shutdown_timeout = \"1s\"\nkill_grace = \"1s\"";
+
+/// A bench server on a fresh directory: SQLite in it, or a fresh PostgreSQL schema that is
+/// dropped once the server has stopped.
 pub(crate) struct Server {
-    child: Child,
-    pub(crate) base: String,
+    // Dropped in this order: the server, its schema, its directory.
+    bin: BinServer,
+    _schema: Option<Schema>,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Server {
-    /// A graceful stop (SIGTERM), so the server stops its jobs' processes; SIGKILL only
-    /// if it does not exit in time.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Server {
+    type Target = BinServer;
+    fn deref(&self) -> &BinServer {
+        &self.bin
     }
 }
 
@@ -111,84 +175,33 @@ fn database_url() -> Option<String> {
         .ok()
 }
 
-/// A `[store]` table: SQLite in `data_dir` when `pg` is `None`, else PostgreSQL in a
-/// fresh schema.
-fn store_table(pg: Option<&str>) -> String {
-    match pg {
-        None => String::new(),
-        Some(url) => format!(
-            "[store]\nurl = \"{url}\"\nschema = \"bench_e2e_{}\"\n",
-            uuid::Uuid::now_v7().simple()
-        ),
-    }
-}
-
 impl Server {
     pub(crate) async fn start(server_extra: &str, pipelines: &str) -> Server {
         Self::start_on(None, server_extra, pipelines).await
     }
 
+    /// On SQLite (`pg` = `None`) or in a fresh schema of the database at `pg`.
     pub(crate) async fn start_on(pg: Option<&str>, server_extra: &str, pipelines: &str) -> Server {
         let dir = tempfile::tempdir().unwrap();
+        let schema = pg.map(|url| Schema::new(url, BENCH_TAG));
         let config = dir.path().join("runyard.toml");
         std::fs::write(
             &config,
-            format!(
-                "[server]\ndata_dir = \"{}\"\nshutdown_timeout = \"1s\"\nkill_grace = \"1s\"\n{server_extra}\n\n{}\n{pipelines}\n",
-                dir.path().join("data").display(),
-                store_table(pg)
+            kit::config_text(
+                &dir.path().join("data"),
+                &format!("{SERVER_KEYS}\n{server_extra}"),
+                &schema
+                    .as_ref()
+                    .map_or(String::new(), |s| s.store_table(None)),
+                pipelines,
             ),
         )
         .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let bin =
-            std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_runyard").into());
-        let child = Command::new(bin)
-            .args([
-                "serve",
-                "-c",
-                config.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .env("RUNYARD_LOG", "warn")
-            .env_remove("DATABASE_URL")
-            .env_remove("MAX_WORKERS")
-            .env_remove("RUNYARD_MAX_WORKERS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the runyard binary");
-        let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http.get(format!("{base}/healthz")).send().await.is_err() {
-            assert!(Instant::now() < deadline, "server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         Server {
-            child,
-            base,
+            bin: start_binary(&config).await,
+            _schema: schema,
             _dir: dir,
         }
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub(crate) fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap()
     }
 }
 
@@ -234,7 +247,7 @@ pub(crate) async fn ingest(
 }
 
 pub(crate) async fn counts(http: &reqwest::Client, base: &str, pipeline: &str) -> (u64, u64) {
-    let v: Value = get_json(http, format!("{base}/api/pipelines")).await;
+    let (_, v) = get(http, &format!("{base}/api/pipelines")).await;
     let p = v["pipelines"]
         .as_array()
         .unwrap()
@@ -248,15 +261,10 @@ pub(crate) async fn counts(http: &reqwest::Client, base: &str, pipeline: &str) -
     )
 }
 
-/// GET a JSON document.
-pub(crate) async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
-    http.get(url).send().await.unwrap().json().await.unwrap()
-}
-
 /// Polls a run's URL until it is finalised.
 pub(crate) async fn wait_finished(http: &reqwest::Client, run_url: &str, every: Duration) {
     loop {
-        let run: Value = get_json(http, run_url).await;
+        let (_, run) = get(http, run_url).await;
         if run["finishedAt"].is_string() {
             return;
         }
@@ -294,7 +302,7 @@ pub(crate) fn raw_rate(argv: &[&str], n: usize, parallel: usize) -> f64 {
 async fn bench_throughput(pg: Option<&str>, runs: usize, rounds: usize) {
     let store = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
     println!(
-        "(a) end-to-end throughput on {store}: {runs} single-shard /bin/true runs, max_workers = 2"
+        "[throughput] end-to-end throughput on {store}: {runs} single-shard /bin/true runs, max_workers = 2"
     );
     let mut e2e = Vec::new();
     let mut exec = Vec::new();
@@ -373,41 +381,20 @@ pub(crate) async fn store_traffic(
     http: &reqwest::Client,
     base: &str,
 ) -> std::collections::BTreeMap<String, (u64, u64)> {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = kit::metrics_text(http, base).await.expect("/metrics");
     let mut out: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-    for line in text.lines() {
-        for (name, commits) in [
-            ("runyard_store_statements_total{", false),
-            ("runyard_store_commits_total{", true),
-        ] {
-            let Some(rest) = line.strip_prefix(name) else {
-                continue;
-            };
-            let op = rest.split("op=\"").nth(1).and_then(|r| r.split('"').next());
-            let value = rest.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok());
-            if let (Some(op), Some(value)) = (op, value) {
-                let entry = out.entry(op.to_string()).or_default();
-                if commits {
-                    entry.1 += value;
-                } else {
-                    entry.0 += value;
-                }
-            }
-        }
+    for (op, n) in kit::metric_by_label(&text, "runyard_store_statements_total", "op") {
+        out.entry(op).or_default().0 += n;
+    }
+    for (op, n) in kit::metric_by_label(&text, "runyard_store_commits_total", "op") {
+        out.entry(op).or_default().1 += n;
     }
     out
 }
 
 async fn bench_ingest(n: usize, rounds: usize) {
     println!(
-        "(b) trigger ingest over HTTP, 16 concurrent clients, {n} runs per round (jobs held back by concurrency = 1)"
+        "[ingest] trigger ingest over HTTP, 16 concurrent clients, {n} runs per round (jobs held back by concurrency = 1)"
     );
     let mut rates = Vec::new();
     for round in 1..=rounds {
@@ -426,13 +413,6 @@ async fn bench_ingest(n: usize, rounds: usize) {
         "    median: {:.0} runs/s (target ≥ 15,000)\n",
         median(rates)
     );
-}
-
-fn now_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
 }
 
 /// A probe that prints CLOCK_REALTIME in nanoseconds as its first act. A static C
@@ -465,7 +445,7 @@ async fn bench_latency(samples: usize) {
     let probe_dir = tempfile::tempdir().unwrap();
     let probe = clock_probe(probe_dir.path());
     println!(
-        "(c) idle dispatch latency, trigger sent → job process running ({samples} samples, one at a time; probe {probe:?})"
+        "[dispatch-latency] idle dispatch latency, trigger sent → job process running ({samples} samples, one at a time; probe {probe:?})"
     );
     let command = probe
         .iter()
@@ -505,7 +485,7 @@ async fn bench_latency(samples: usize) {
         let logs_url = format!("{}/api/jobs/{id}/logs", server.base);
         let run_url = format!("{}/api/runs/{id}", server.base);
         wait_finished(&http, &run_url, Duration::from_millis(5)).await;
-        let logs: Value = get_json(&http, &logs_url).await;
+        let (_, logs) = get(&http, &logs_url).await;
         let exec_ns: u128 = logs["stdout"][0].as_str().unwrap().trim().parse().unwrap();
         lat.push((exec_ns.saturating_sub(sent)) as f64 / 1e6);
     }
@@ -532,7 +512,7 @@ async fn bench_latency(samples: usize) {
 }
 
 async fn bench_rss(queued: usize) {
-    println!("(d) server RSS");
+    println!("[memory] server RSS");
     let server = Server::start(
         "max_workers = 2",
         "[pipelines.held]\ncommand = [\"sleep\", \"3600\"]\nconcurrency = 1\n",
@@ -558,12 +538,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    // The niced SSE clients of (f), started by the bench itself.
+    // The niced SSE clients of `watchers`, started by the bench itself.
     if let Ok(spec) = std::env::var("RUNYARD_BENCH_READERS") {
         rt.block_on(watch::reader_process(&spec));
         return;
     }
-    // A worker process of (e), started by the bench itself.
+    // A worker process of `store`, started by the bench itself.
     if let Ok(spec) = std::env::var("RUNYARD_BENCH_WORKER") {
         let parts: Vec<&str> = spec.split('|').collect();
         let (url, schema) = (parts[0], parts[1]);
@@ -572,91 +552,119 @@ fn main() {
         rt.block_on(store::worker(url, schema, secs, cap));
         return;
     }
+    let only = selected(std::env::var("BENCH_ONLY").ok().as_deref());
+    let on = |name: &str| only.contains(&name);
     rt.block_on(async {
         let rounds = env_usize("BENCH_ROUNDS", 3);
         println!(
-            "runyard benchmark on {} CPUs\n",
+            "runyard benchmark on {} CPUs: {}\n",
             std::thread::available_parallelism()
                 .map(|n| n.get())
-                .unwrap_or(1)
+                .unwrap_or(1),
+            BENCHES
+                .iter()
+                .map(|(name, _)| *name)
+                .filter(|name| on(name))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
-        // BENCH_ONLY=a,c runs a subset.
-        let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcdefghijkl".into());
         let pg = database_url();
-        if pg.is_none() && (only.contains('a') || only.contains('e') || only.contains('g')) {
-            println!("(PostgreSQL figures skipped: set BENCH_DATABASE_URL or TEST_DATABASE_URL)\n");
+        match &pg {
+            // Schemas of a bench killed before it dropped them.
+            Some(url) => kit::pg::sweep_stale_schemas(url, BENCH_TAG).await,
+            None => {
+                let with_pg = [
+                    "throughput",
+                    "store",
+                    "claim-depth",
+                    "replicas",
+                    "scale",
+                    "keys",
+                    "log-viewers",
+                ];
+                if with_pg.iter().any(|name| on(name)) {
+                    println!(
+                        "(PostgreSQL figures skipped: set BENCH_DATABASE_URL or TEST_DATABASE_URL)\n"
+                    );
+                }
+            }
         }
-        if only.contains('a') {
+        for (name, _) in BENCHES.iter().filter(|(name, _)| on(name)) {
+            run(name, pg.as_deref(), rounds).await;
+        }
+    });
+}
+
+/// Runs the bench `name`.
+async fn run(name: &str, pg: Option<&str>, rounds: usize) {
+    let needs_pg = || println!("[{name}] skipped: needs BENCH_DATABASE_URL or TEST_DATABASE_URL\n");
+    match (name, pg) {
+        ("throughput", _) => {
             bench_throughput(None, env_usize("BENCH_RUNS", 5000), rounds).await;
-            if let Some(url) = &pg {
+            if let Some(url) = pg {
                 bench_throughput(Some(url), env_usize("BENCH_RUNS", 5000), rounds).await;
             }
         }
-        if only.contains('b') {
-            bench_ingest(env_usize("BENCH_INGEST", 20_000), rounds).await;
+        ("ingest", _) => bench_ingest(env_usize("BENCH_INGEST", 20_000), rounds).await,
+        ("dispatch-latency", _) => bench_latency(env_usize("BENCH_LATENCY_SAMPLES", 200)).await,
+        ("memory", _) => bench_rss(env_usize("BENCH_QUEUED", 100_000)).await,
+        ("store", Some(url)) => {
+            store::bench_store(url, rounds, env_usize("BENCH_STORE_SECS", 8) as u64).await
         }
-        if only.contains('c') {
-            bench_latency(env_usize("BENCH_LATENCY_SAMPLES", 200)).await;
+        ("statements", _) => pgss::bench_pgss(env_usize("BENCH_PGSS_RUNS", 2000)).await,
+        ("claim-depth", _) => {
+            claim_depth::bench_claim_depth(pg, env_usize("BENCH_DEEP", 1_000_000)).await
         }
-        if only.contains('d') {
-            bench_rss(env_usize("BENCH_QUEUED", 100_000)).await;
-        }
-        if let (true, Some(url)) = (only.contains('e'), &pg) {
-            store::bench_store(url, rounds, env_usize("BENCH_STORE_SECS", 8) as u64).await;
-        }
-        if only.contains('k') {
-            pgss::bench_pgss(env_usize("BENCH_PGSS_RUNS", 2000)).await;
-        }
-        if only.contains('j') {
-            claim_depth::bench_claim_depth(pg.as_deref(), env_usize("BENCH_DEEP", 1_000_000)).await;
-        }
-        if only.contains('f') {
-            let redis = std::env::var("BENCH_REDIS_URL")
+        ("replicas", Some(url)) => {
+            let (aborts, wakes) = (
+                env_usize("BENCH_ABORTS", 30),
+                env_usize("BENCH_WAKE_SAMPLES", 100),
+            );
+            let shared = std::env::var("BENCH_REDIS_URL")
                 .or_else(|_| std::env::var("TEST_REDIS_URL"))
                 .ok();
-            match (&pg, redis) {
-                (Some(pg), Some(redis)) => {
-                    replicas::bench_replicas(
-                        pg,
-                        &redis,
-                        env_usize("BENCH_ABORTS", 30),
-                        env_usize("BENCH_WAKE_SAMPLES", 100),
-                    )
-                    .await
+            match shared {
+                Some(redis) => replicas::bench_replicas(url, &redis, aborts, wakes).await,
+                None if kit::redis_server::available() => {
+                    let private = kit::redis_server::PrivateRedis::started();
+                    println!("[replicas] on a private redis-server at {}", private.url());
+                    replicas::bench_replicas(url, &private.url(), aborts, wakes).await
                 }
-                _ => println!(
-                    "(f skipped: set BENCH_DATABASE_URL and BENCH_REDIS_URL, or the TEST_ ones)\n"
+                None => println!(
+                    "[replicas] skipped: set BENCH_REDIS_URL (or TEST_REDIS_URL), or install redis-server\n"
                 ),
             }
         }
-        if let (true, Some(url)) = (only.contains('g'), &pg) {
+        ("scale", Some(url)) => {
             hosts::bench_scale(
                 url,
                 env_usize("BENCH_SCALE_RUNS", 2000),
                 rounds,
                 env_usize("BENCH_HOST_KILLS", 5),
             )
-            .await;
+            .await
         }
-        if only.contains('l') {
+        ("keys", _) => {
             keys::bench_keys(None, env_usize("BENCH_RUNS", 5000), rounds).await;
-            if let Some(url) = &pg {
+            if let Some(url) = pg {
                 keys::bench_keys(Some(url), env_usize("BENCH_RUNS", 5000), rounds).await;
             }
         }
-        if only.contains('h') {
+        ("watchers", _) => {
             watch::bench_watchers(
                 env_usize("BENCH_WATCH_RUNS", 2000),
                 env_usize("BENCH_WATCHERS", 1000),
                 rounds,
             )
-            .await;
+            .await
         }
-        if only.contains('i') {
+        ("log-viewers", _) => {
             watch::bench_log_viewers(None, env_usize("BENCH_VIEWERS", 100), rounds).await;
-            if let Some(url) = &pg {
+            if let Some(url) = pg {
                 watch::bench_log_viewers(Some(url), env_usize("BENCH_VIEWERS", 100), rounds).await;
             }
         }
-    });
+        ("store" | "replicas" | "scale", None) => needs_pg(),
+        _ => unreachable!("bench {name} is in BENCHES"),
+    }
 }

@@ -1,4 +1,4 @@
-//! (j) Claim latency against queue depth: a claim of one job with a million queued jobs
+//! `claim-depth`: claim latency against queue depth: a claim of one job with a million queued jobs
 //! next to the same claim with a thousand, on SQLite and (with a database URL)
 //! PostgreSQL. The queue has mixed priorities (-10..=10) and a tenth of it held (delayed
 //! runs not due), so the measured claim walks the priority index and releases nothing:
@@ -15,6 +15,9 @@ use runyard::config::Synchronous;
 use runyard::store::postgres::{PgOptions, PgStore};
 use runyard::store::sqlite::SqliteStore;
 use runyard::store::{JobClaimParams, JobFinishParams, NodeRow, Outcome, Store};
+
+use crate::BENCH_TAG;
+use crate::kit::pg::Schema;
 
 const PIPELINE: &str = "deep";
 /// Claims measured per queue.
@@ -155,27 +158,27 @@ async fn sqlite_case(jobs: usize) -> (f64, f64) {
 }
 
 async fn pg_case(url: &str, jobs: usize) -> (f64, f64) {
-    let schema = format!("bench_deep_{}_{jobs}", std::process::id());
+    let schema = Schema::new(url, BENCH_TAG);
     let store: Arc<dyn Store> = Arc::new(
         PgStore::open(&PgOptions {
             url: url.to_string(),
-            schema: Some(schema.clone()),
+            schema: Some(schema.name.clone()),
             pool_size: 4,
         })
         .await
         .expect("PostgreSQL for the bench"),
     );
     store.node_register(node()).await.unwrap();
-    pg_fill(url, &schema, jobs, store.clock_ms()).await;
+    pg_fill(url, &schema.name, jobs, store.clock_ms()).await;
     let out = measure(&store).await;
     store.close().await;
-    super::store::drop_schema(url, &schema).await;
+    drop(schema);
     out
 }
 
 pub async fn bench_claim_depth(pg: Option<&str>, deep: usize) {
     println!(
-        "(j) claim latency vs queue depth: one-job claims ({SAMPLES} samples), priorities -10..=10, 10% held"
+        "[claim-depth] claim latency vs queue depth: one-job claims ({SAMPLES} samples), priorities -10..=10, 10% held"
     );
     let shallow = 1_000;
     // The shallow queue must outlast the warm-up and the samples.

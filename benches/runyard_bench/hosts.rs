@@ -1,4 +1,4 @@
-//! (g) Many replicas: end-to-end throughput with 1 and with 3 replicas on one
+//! `scale`: many replicas: end-to-end throughput with 1 and with 3 replicas on one
 //! PostgreSQL schema, and orphan recovery across hosts at default timings.
 //!
 //! - Throughput: `BENCH_SCALE_RUNS` single-shard runs queued, then drained by 1 or
@@ -10,227 +10,73 @@
 //!   a long job is SIGKILLed with its namespace; the figure is the time until the
 //!   job runs again on a survivor, at the default heartbeat (10 s, lease 30 s).
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{get_json, ingest, median};
+use crate::kit::hosts::{Host, can_unshare};
+use crate::kit::pg::Schema;
+use crate::kit::{BinServer, config_text, get, procfs};
+use crate::{BENCH_TAG, SERVER_KEYS, ingest, median, start_binary};
 
-/// A replica process: plain, or pid 1 of its own namespaces (`host`).
-pub(crate) struct Replica {
-    child: Child,
-    pub(crate) base: String,
-    host: bool,
-}
-
-impl Replica {
-    pub(crate) async fn start(config: &std::path::Path, host: Option<&str>) -> Replica {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let bin = env!("CARGO_BIN_EXE_runyard");
-        let listen = format!("127.0.0.1:{port}");
-        let mut cmd = match host {
-            None => {
-                let mut c = Command::new(bin);
-                c.args(["serve", "-c", config.to_str().unwrap(), "--listen", &listen]);
-                c
-            }
-            Some(name) => {
-                let mut c = Command::new("unshare");
-                c.args([
-                    "--uts",
-                    "--pid",
-                    "--fork",
-                    "--mount-proc",
-                    "--kill-child",
-                    "sh",
-                    "-c",
-                ])
-                .arg(format!(
-                    "hostname {name} && exec {bin} serve -c {} --listen {listen}",
-                    config.display()
-                ));
-                c
-            }
-        };
-        let child = cmd
-            .env("RUNYARD_LOG", "warn")
-            .env_remove("DATABASE_URL")
-            .env_remove("REDIS_URL")
-            .env_remove("MAX_WORKERS")
-            .env_remove("RUNYARD_MAX_WORKERS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn a replica");
-        let base = format!("http://{listen}");
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http.get(format!("{base}/healthz")).send().await.is_err() {
-            assert!(Instant::now() < deadline, "replica did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Replica {
-            child,
-            base,
-            host: host.is_some(),
-        }
-    }
-
-    /// The server's pid (for a host: the namespace's pid 1, seen from outside).
-    fn server_pid(&self) -> Option<u32> {
-        if !self.host {
-            return Some(self.child.id());
-        }
-        let pid = self.child.id();
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-    }
-
-    /// CPU seconds the server has used (user + system).
-    fn cpu_secs(&self) -> f64 {
-        let Some(pid) = self.server_pid() else {
-            return 0.0;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        ticks / 100.0
-    }
-
-    fn crash(&mut self) {
-        if let Some(pid) = self.server_pid() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        if let Some(pid) = self.server_pid() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// Writes `{name}.toml` in `dir`: a replica on `schema` (8 connections) with `server` keys.
 fn write_config(
     dir: &std::path::Path,
     name: &str,
-    pg: &str,
-    schema: &str,
+    schema: &Schema,
     server: &str,
     pipelines: &str,
 ) -> std::path::PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,
-        format!(
-            "[server]\ndata_dir = \"{}\"\nshutdown_timeout = \"1s\"\nkill_grace = \"1s\"\n{server}\n\n\
-             [store]\nurl = \"{pg}\"\nschema = \"{schema}\"\npool_size = 8\n\n{pipelines}\n",
-            dir.join(name).display()
+        config_text(
+            &dir.join(name),
+            &format!("{SERVER_KEYS}\n{server}"),
+            &schema.store_table(Some(8)),
+            pipelines,
         ),
     )
     .unwrap();
     path
 }
 
-fn drop_schema(pg: &str, schema: &str) {
-    let _ = Command::new("psql")
-        .args([
-            pg,
-            "-qc",
-            &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
-        ])
-        .output();
-}
-
-/// Total CPU seconds of every process on the machine (from `/proc/stat`), for the share.
-fn machine_cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let line = stat.lines().next().unwrap_or("");
-    let v: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system (idle iowait excluded) irq softirq steal
-    (v.first().unwrap_or(&0.0)
-        + v.get(1).unwrap_or(&0.0)
-        + v.get(2).unwrap_or(&0.0)
-        + v.get(5).unwrap_or(&0.0)
-        + v.get(6).unwrap_or(&0.0)
-        + v.get(7).unwrap_or(&0.0))
-        / 100.0
-}
-
 /// Queues `runs` runs, then drains them with `n` replicas; returns (runs/s, replicas'
 /// CPU share of the machine's busy time, machine busy share of all cores).
 async fn drain(pg: &str, n: usize, runs: usize, slots: usize, command: &str) -> (f64, f64, f64) {
     let dir = tempfile::tempdir().unwrap();
-    let schema = format!("bench_scale_{}", uuid::Uuid::now_v7().simple());
+    let schema = Schema::new(pg, BENCH_TAG);
     let pipelines = format!("[pipelines.work]\ncommand = {command}\n");
     // Queue first with a replica that runs nothing (admission held), so every figure
     // starts from the same full queue.
     let held = write_config(
         dir.path(),
         "feeder",
-        pg,
         &schema,
         "max_workers = 1\nadmit_min_free_memory = \"1000000GiB\"",
         &pipelines,
     );
-    let feeder = Replica::start(&held, None).await;
+    let feeder = start_binary(&held).await;
     let (_, ids) = ingest(&feeder.base, "work", runs, 16).await;
     drop(feeder);
     let config = write_config(
         dir.path(),
         "node",
-        pg,
         &schema,
         &format!("max_workers = {slots}"),
         &pipelines,
     );
     let http = reqwest::Client::new();
-    let (cpu0, started) = (machine_cpu_secs(), Instant::now());
+    let (cpu0, started) = (procfs::machine_cpu_secs(), Instant::now());
     let mut nodes = Vec::new();
     for _ in 0..n {
-        nodes.push(Replica::start(&config, None).await);
+        nodes.push(start_binary(&config).await);
     }
     let last = ids.iter().max().unwrap().clone();
     loop {
-        let run: Value = get_json(&http, format!("{}/api/runs/{last}", nodes[0].base)).await;
+        let (_, run) = get(&http, &format!("{}/api/runs/{last}", nodes[0].base)).await;
         if run["finishedAt"].is_string() {
-            let p: Value = get_json(&http, format!("{}/api/pipelines", nodes[0].base)).await;
+            let (_, p) = get(&http, &format!("{}/api/pipelines", nodes[0].base)).await;
             let w = &p["pipelines"][0];
             if w["queued"] == 0 && w["running"] == 0 {
                 break;
@@ -239,13 +85,13 @@ async fn drain(pg: &str, n: usize, runs: usize, slots: usize, command: &str) -> 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = started.elapsed().as_secs_f64();
-    let busy = machine_cpu_secs() - cpu0;
-    let replicas: f64 = nodes.iter().map(Replica::cpu_secs).sum();
+    let busy = procfs::machine_cpu_secs() - cpu0;
+    let replicas: f64 = nodes.iter().map(BinServer::cpu_secs).sum();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1) as f64;
     drop(nodes);
-    drop_schema(pg, &schema);
+    drop(schema);
     (
         runs as f64 / secs,
         replicas / busy.max(1e-9),
@@ -255,24 +101,17 @@ async fn drain(pg: &str, n: usize, runs: usize, slots: usize, command: &str) -> 
 
 async fn orphan_recovery(pg: &str, kills: usize) -> Vec<f64> {
     let dir = tempfile::tempdir().unwrap();
-    let schema = format!("bench_orphan_{}", uuid::Uuid::now_v7().simple());
+    let schema = Schema::new(pg, BENCH_TAG);
     let pipelines = "[pipelines.long]\ncommand = [\"sleep\", \"600\"]\n";
-    let config = write_config(
-        dir.path(),
-        "node",
-        pg,
-        &schema,
-        "max_workers = 1",
-        pipelines,
-    );
+    let config = write_config(dir.path(), "node", &schema, "max_workers = 1", pipelines);
     let http = reqwest::Client::new();
-    let survivor = Replica::start(&config, Some("survivor")).await;
+    let survivor = Host::start("survivor", &config, None).await;
     let mut out = Vec::new();
     for k in 0..kills {
-        let mut victim = Replica::start(&config, Some(&format!("victim-{k}"))).await;
+        let mut victim = Host::start(&format!("victim-{k}"), &config, None).await;
         // The survivor's one slot stays free for the orphan: the victim takes the job.
         let victim_node = loop {
-            let w: Value = get_json(&http, format!("{}/api/workers", victim.base)).await;
+            let (_, w) = get(&http, &format!("{}/api/workers", victim.base)).await;
             if let Some(me) = w["workers"]
                 .as_array()
                 .and_then(|a| a.iter().find(|w| w["self"] == true))
@@ -293,13 +132,13 @@ async fn orphan_recovery(pg: &str, kills: usize) -> Vec<f64> {
         let run = t["runId"].as_str().unwrap().to_string();
         let url = format!("{}/api/runs/{run}", survivor.base);
         loop {
-            let r: Value = get_json(&http, &url).await;
+            let (_, r) = get(&http, &url).await;
             if r["jobs"][0]["status"] == "running" {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let r: Value = get_json(&http, &url).await;
+        let (_, r) = get(&http, &url).await;
         if r["jobs"][0]["node"] != victim_node.as_str() {
             // The survivor took it: abort, and try again with this victim.
             http.post(format!("{url}/abort"))
@@ -312,7 +151,7 @@ async fn orphan_recovery(pg: &str, kills: usize) -> Vec<f64> {
         victim.crash();
         let killed = Instant::now();
         loop {
-            let r: Value = get_json(&http, &url).await;
+            let (_, r) = get(&http, &url).await;
             if r["jobs"][0]["status"] == "running" && r["jobs"][0]["node"] != victim_node.as_str() {
                 break;
             }
@@ -326,7 +165,7 @@ async fn orphan_recovery(pg: &str, kills: usize) -> Vec<f64> {
             .unwrap();
     }
     drop(survivor);
-    drop_schema(pg, &schema);
+    drop(schema);
     out
 }
 
@@ -346,10 +185,10 @@ const SHAPES: [(&str, &str, &[&str], usize); 2] = [
     ),
 ];
 
-/// Runs (g); `runs = 0` leaves the throughput figure out.
+/// Runs `scale`; `runs = 0` leaves the throughput figure out.
 pub async fn bench_scale(pg: &str, runs: usize, rounds: usize, kills: usize) {
     println!(
-        "(g) replicas on one PostgreSQL schema: {runs} queued single-shard runs drained by 1 and by 3 replicas"
+        "[scale] replicas on one PostgreSQL schema: {runs} queued single-shard runs drained by 1 and by 3 replicas"
     );
     let shapes = if runs == 0 { &[][..] } else { &SHAPES[..] };
     for &(label, command, argv, slots) in shapes {
@@ -379,12 +218,7 @@ pub async fn bench_scale(pg: &str, runs: usize, rounds: usize, kills: usize) {
         }
         println!("    {label}: 3 replicas / 1 = {:.2}×", by_n[1] / by_n[0]);
     }
-    let can_unshare = Command::new("unshare")
-        .args(["--uts", "--pid", "--fork", "--mount-proc", "true"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if kills == 0 || !can_unshare {
+    if kills == 0 || !can_unshare() {
         println!(
             "    (orphan recovery skipped: needs root for unshare, and BENCH_HOST_KILLS > 0)\n"
         );

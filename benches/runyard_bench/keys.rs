@@ -1,4 +1,4 @@
-//! (l) What per-key caps and fair shares cost: end-to-end throughput of single-shard
+//! `keys`: what per-key caps and fair shares cost: end-to-end throughput of single-shard
 //! `/bin/true` runs over 100 tenants, with the pipeline keyed by tenant
 //! (`concurrency_key = "{tenant}"`, `concurrency_per_key = 2`) and without a key, in
 //! interleaved rounds on SQLite (and PostgreSQL with a database URL). Target: keyed no
@@ -60,7 +60,7 @@ async fn drain(server: &Server, pipeline: &str, n: usize) -> f64 {
 pub(crate) async fn bench_keys(pg: Option<&str>, runs: usize, rounds: usize) {
     let store = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
     println!(
-        "(l) per-key caps and fair shares on {store}: {runs} single-shard /bin/true runs over {TENANTS} tenants, max_workers = 2"
+        "[keys] per-key caps and fair shares on {store}: {runs} single-shard /bin/true runs over {TENANTS} tenants, max_workers = 2"
     );
     let (mut plain, mut keyed) = (Vec::new(), Vec::new());
     for round in 1..=rounds {

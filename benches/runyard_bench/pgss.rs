@@ -1,6 +1,6 @@
-//! (k) The store's own count of what it sends, checked against the server's: a
+//! `statements`: the store's own count of what it sends, checked against the server's: a
 //! throwaway PostgreSQL cluster (`initdb` in a temporary directory, a free port,
-//! `pg_stat_statements` preloaded with `track = all`) drains (a)'s workload, and the
+//! `pg_stat_statements` preloaded with `track = all`) drains `throughput`'s workload, and the
 //! client statements the server saw per run are printed next to runyard's
 //! `runyard_store_*_total`. Needs PostgreSQL's server binaries (`pg_config --bindir`);
 //! as root the cluster runs as the `postgres` user (`initdb` refuses root).
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::{Server, counts, ingest, store_traffic, wait_finished};
+use crate::{Server, counts, ingest, kit, store_traffic, wait_finished};
 
 fn bindir() -> Option<PathBuf> {
     let out = Command::new("pg_config").arg("--bindir").output().ok()?;
@@ -51,7 +51,7 @@ fn psql(url: &str, sql: &str) -> Option<String> {
 
 pub async fn bench_pgss(runs: usize) {
     println!(
-        "(k) statements per run, runyard's count against pg_stat_statements in a throwaway cluster"
+        "[statements] statements per run, runyard's count against pg_stat_statements in a throwaway cluster"
     );
     let Some(bin) = bindir() else {
         println!("    (skipped: no PostgreSQL server binaries; pg_config --bindir)\n");
@@ -64,11 +64,7 @@ pub async fn bench_pgss(runs: usize) {
             .args(["postgres", dir.path().to_str().unwrap()])
             .status();
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = kit::free_port();
     let options = format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c shared_preload_libraries=pg_stat_statements \
          -c pg_stat_statements.track=all -c max_connections=100",

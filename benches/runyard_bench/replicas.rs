@@ -1,4 +1,4 @@
-//! (f) Replicas and the bus: three `runyard serve` processes on one PostgreSQL
+//! `replicas`: replicas and the bus: three `runyard serve` processes on one PostgreSQL
 //! schema, with the Redis bus and without one (store polls only).
 //!
 //! - Abort → every shard's process dead: a 6-shard run spread over the three
@@ -7,28 +7,28 @@
 //!   `/proc` every 2 ms). p50 / p99 over `BENCH_ABORTS` aborts.
 //! - Wake-up: trigger on replica A → the job's process running on replica B. A
 //!   holds its claims (`admit_min_free_memory` far above the machine), so only B
-//!   can run the job; the job is the clock probe of (c). p50 / p99 over
+//!   can run the job; the job is the clock probe of `dispatch-latency`. p50 / p99 over
 //!   `BENCH_WAKE_SAMPLES` triggers.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::hosts::Replica;
-use super::{clock_probe, get_json, now_ns, percentile, wait_finished};
+use crate::kit::pg::Schema;
+use crate::kit::{BinServer, config_text, get, group_members, now_ns, redis_server};
+use crate::{BENCH_TAG, SERVER_KEYS, clock_probe, percentile, start_binary, wait_finished};
 
 /// Writes a config and starts one replica on it (a plain process: the same host).
-async fn replica(dir: &std::path::Path, name: &str, text: &str) -> Replica {
+async fn replica(dir: &std::path::Path, name: &str, text: &str) -> BinServer {
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(&config, text).unwrap();
-    Replica::start(&config, None).await
+    start_binary(&config).await
 }
 
+/// A replica's config on `schema` (6 connections), with the bus `(url, prefix)` if any.
 fn config(
     dir: &std::path::Path,
-    pg: &str,
-    schema: &str,
+    schema: &Schema,
     bus: Option<(&str, &str)>,
     extra: &str,
     pipelines: &str,
@@ -36,19 +36,20 @@ fn config(
     let bus = bus.map_or(String::new(), |(url, prefix)| {
         format!("[bus]\nurl = \"{url}\"\nprefix = \"{prefix}\"\n")
     });
-    format!(
-        "[server]\ndata_dir = \"{}\"\nshutdown_timeout = \"1s\"\nkill_grace = \"1s\"\nmax_workers = 2\n{extra}\n\
-         [store]\nurl = \"{pg}\"\nschema = \"{schema}\"\npool_size = 6\n{bus}\n{pipelines}\n",
-        dir.join("data").display()
+    config_text(
+        &dir.join("data"),
+        &format!("{SERVER_KEYS}\nmax_workers = 2\n{extra}"),
+        &schema.store_table(Some(6)),
+        &format!("{bus}\n{pipelines}"),
     )
 }
 
 /// Waits until every replica reports its bus connected.
-async fn wait_bus(http: &reqwest::Client, nodes: &[&Replica]) {
+async fn wait_bus(http: &reqwest::Client, nodes: &[&BinServer]) {
     for r in nodes {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let w = get_json(http, format!("{}/api/workers", r.base)).await;
+            let (_, w) = get(http, &format!("{}/api/workers", r.base)).await;
             let up = w["workers"]
                 .as_array()
                 .into_iter()
@@ -63,27 +64,7 @@ async fn wait_bus(http: &reqwest::Client, nodes: &[&Replica]) {
     }
 }
 
-/// Live (non-zombie) members of process group `pgid`.
-fn group_alive(pgid: u32) -> bool {
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        if f.first() != Some(&"Z") && f.get(2).and_then(|p| p.parse::<u32>().ok()) == Some(pgid) {
-            return true;
-        }
-    }
-    false
-}
-
-async fn abort_latencies(http: &reqwest::Client, nodes: &[Replica], n: usize) -> Vec<f64> {
+async fn abort_latencies(http: &reqwest::Client, nodes: &[BinServer], n: usize) -> Vec<f64> {
     let mut out = Vec::new();
     for k in 0..n {
         let t = http
@@ -98,7 +79,7 @@ async fn abort_latencies(http: &reqwest::Client, nodes: &[Replica], n: usize) ->
         let run = t["runId"].as_str().unwrap().to_string();
         let deadline = Instant::now() + Duration::from_secs(30);
         let groups: Vec<u32> = loop {
-            let r = get_json(http, format!("{}/api/runs/{run}", nodes[0].base)).await;
+            let (_, r) = get(http, &format!("{}/api/runs/{run}", nodes[0].base)).await;
             let g: Vec<u32> = r["jobs"]
                 .as_array()
                 .unwrap()
@@ -119,7 +100,7 @@ async fn abort_latencies(http: &reqwest::Client, nodes: &[Replica], n: usize) ->
             .send()
             .await
             .unwrap();
-        while groups.iter().any(|g| group_alive(*g)) {
+        while groups.iter().any(|g| !group_members(*g).is_empty()) {
             assert!(
                 sent.elapsed() < Duration::from_secs(30),
                 "shards outlived the abort"
@@ -138,7 +119,12 @@ async fn abort_latencies(http: &reqwest::Client, nodes: &[Replica], n: usize) ->
     out
 }
 
-async fn wake_latencies(http: &reqwest::Client, a: &Replica, b: &Replica, n: usize) -> Vec<f64> {
+async fn wake_latencies(
+    http: &reqwest::Client,
+    a: &BinServer,
+    b: &BinServer,
+    n: usize,
+) -> Vec<f64> {
     let url = format!("{}/api/pipelines/clock/trigger", a.base);
     let mut out = Vec::new();
     for _ in 0..n {
@@ -159,7 +145,7 @@ async fn wake_latencies(http: &reqwest::Client, a: &Replica, b: &Replica, n: usi
             Duration::from_millis(5),
         )
         .await;
-        let logs = get_json(http, format!("{}/api/jobs/{id}/logs", b.base)).await;
+        let (_, logs) = get(http, &format!("{}/api/jobs/{id}/logs", b.base)).await;
         let started: u128 = logs["stdout"][0].as_str().unwrap().trim().parse().unwrap();
         out.push(started.saturating_sub(sent) as f64 / 1e6);
     }
@@ -167,10 +153,10 @@ async fn wake_latencies(http: &reqwest::Client, a: &Replica, b: &Replica, n: usi
     out
 }
 
-/// Runs (f) with the bus on `redis` (a fresh prefix) and without a bus.
+/// Runs `replicas` with the bus on `redis` (a fresh prefix) and without a bus.
 pub async fn bench_replicas(pg: &str, redis: &str, aborts: usize, wakes: usize) {
     println!(
-        "(f) three replicas on one PostgreSQL schema: abort → every shard's process dead; trigger on A → job running on B"
+        "[replicas] three replicas on one PostgreSQL schema: abort → every shard's process dead; trigger on A → job running on B"
     );
     let http = reqwest::Client::new();
     let probe_dir = tempfile::tempdir().unwrap();
@@ -182,14 +168,14 @@ pub async fn bench_replicas(pg: &str, redis: &str, aborts: usize, wakes: usize) 
         .join(", ");
     for with_bus in [true, false] {
         let dir = tempfile::tempdir().unwrap();
-        let schema = format!("bench_rep_{}", uuid::Uuid::now_v7().simple());
-        let prefix = format!("bench{}", uuid::Uuid::now_v7().simple());
+        let schema = Schema::new(pg, BENCH_TAG);
+        let prefix = redis_server::fresh_prefix();
         let bus = with_bus.then_some((redis, prefix.as_str()));
         let pipelines = format!(
             "[pipelines.hold]\ncommand = [\"sh\", \"-c\", \"sleep 600 & wait\"]\nshards = 6\n\n\
              [pipelines.clock]\ncommand = [{command}]\n"
         );
-        let text = config(dir.path(), pg, &schema, bus, "", &pipelines);
+        let text = config(dir.path(), &schema, bus, "", &pipelines);
         let mut nodes = Vec::new();
         for i in 0..3 {
             nodes.push(replica(dir.path(), &format!("r{i}"), &text).await);
@@ -214,7 +200,6 @@ pub async fn bench_replicas(pg: &str, redis: &str, aborts: usize, wakes: usize) 
         // Wake-up: A accepts triggers but holds its claims; B runs the job.
         let held = config(
             dir.path(),
-            pg,
             &schema,
             bus,
             "admit_min_free_memory = \"1000000GiB\"",
@@ -232,13 +217,7 @@ pub async fn bench_replicas(pg: &str, redis: &str, aborts: usize, wakes: usize) 
             percentile(&lat, 0.99)
         );
         drop((a, b));
-        let _ = Command::new("psql")
-            .args([
-                pg,
-                "-qc",
-                &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
-            ])
-            .output();
+        drop(schema);
     }
     println!();
 }

@@ -1,4 +1,4 @@
-//! (e) Store-level claim + finish throughput on PostgreSQL, driven by 1 and by 3
+//! `store`: store-level claim + finish throughput on PostgreSQL, driven by 1 and by 3
 //! processes (no spawning: this measures the shared store, not `/bin/true`).
 //!
 //! The bench re-executes itself as worker processes (`RUNYARD_BENCH_WORKER=…`). Each
@@ -11,11 +11,14 @@
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use runyard::store::postgres::{PgOptions, PgStore};
 use runyard::store::{JobClaimParams, JobFinishParams, NodeRow, Outcome, Store};
+
+use crate::kit::pg::Schema;
+use crate::{BENCH_TAG, median};
 
 /// Concurrent claim loops per worker process.
 const TASKS: usize = 4;
@@ -148,35 +151,19 @@ async fn prepare(url: &str, schema: &str, jobs: usize) -> Arc<dyn Store> {
     store
 }
 
-pub async fn drop_schema(url: &str, schema: &str) {
-    if let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
-        let task = tokio::spawn(conn);
-        let _ = client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-            .await;
-        drop(client);
-        let _ = task.await;
-    }
-}
-
 /// One measurement: `procs` worker processes for `secs` on a fresh schema; jobs/s, and the
 /// most jobs seen running at once (sampled every 5 ms).
 async fn measure(url: &str, procs: usize, cap: usize, secs: u64) -> (f64, usize) {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let schema = format!(
-        "bench_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
+    let schema = Schema::new(url, BENCH_TAG);
     // Enough work that no worker runs dry: generous for ~5k jobs/s.
-    let store = prepare(url, &schema, 6_000 * secs as usize).await;
+    let store = prepare(url, &schema.name, 6_000 * secs as usize).await;
     let exe = std::env::current_exe().unwrap();
     let children: Vec<_> = (0..procs)
         .map(|_| {
             Command::new(&exe)
                 .env(
                     "RUNYARD_BENCH_WORKER",
-                    format!("{url}|{schema}|{secs}|{cap}"),
+                    format!("{url}|{}|{secs}|{cap}", schema.name),
                 )
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -206,18 +193,13 @@ async fn measure(url: &str, procs: usize, cap: usize, secs: u64) -> (f64, usize)
             .expect("worker prints finished=N");
     }
     store.close().await;
-    drop_schema(url, &schema).await;
+    drop(schema);
     (total as f64 / secs as f64, max_running)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 pub async fn bench_store(url: &str, rounds: usize, secs: u64) {
     println!(
-        "(e) PostgreSQL store: claim + fused finish/claim-next, {TASKS} loops per process, {secs} s per round"
+        "[store] PostgreSQL store: claim + fused finish/claim-next, {TASKS} loops per process, {secs} s per round"
     );
     for (label, cap) in [("no cap", 0usize), ("global cap 8", 8)] {
         let mut by_procs = Vec::new();

@@ -1,6 +1,6 @@
-//! (h) and (i): what watching costs the work it watches.
+//! `watchers` and `log-viewers`: what watching costs the work it watches.
 //!
-//! - End-to-end throughput of `/bin/true` runs (as (a), `max_workers = 2`) with no
+//! - End-to-end throughput of `/bin/true` runs (as `throughput`, `max_workers = 2`) with no
 //!   SSE client and with `BENCH_WATCHERS` idle `/api/events` clients (real sockets
 //!   that read and discard), identity-encoded (as `curl -N`) and asking for gzip
 //!   (as a browser's `EventSource` does), rounds alternating; the server's RSS
@@ -24,37 +24,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use super::{Server, counts, get_json, ingest, median, wait_finished};
+use crate::kit::{self, procfs};
+use crate::{Server, counts, ingest, median, wait_finished};
 
-/// CPU seconds (user + system) the process has used.
+/// CPU seconds (user + system) process `pid` has used.
 fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / 100.0
+    procfs::cpu_secs(pid).expect("the process is alive")
 }
 
-/// The server's `runyard_sse_clients` gauge.
-async fn sse_clients(http: &reqwest::Client, base: &str) -> u64 {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with("runyard_sse_clients "))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap()
-}
-
+/// Waits until the server's `runyard_sse_clients` gauge says `n`.
 async fn wait_clients(http: &reqwest::Client, base: &str, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while sse_clients(http, base).await != n {
+    while kit::metric(http, base, "runyard_sse_clients").await != n {
         assert!(Instant::now() < deadline, "{n} SSE clients never showed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -178,7 +159,7 @@ impl Readers {
 
 pub async fn bench_watchers(runs: usize, watchers: usize, rounds: usize) {
     println!(
-        "(h) watchers: {runs} /bin/true runs (max_workers = 2) with 0 and with {watchers} idle /api/events clients"
+        "[watchers] watchers: {runs} /bin/true runs (max_workers = 2) with 0 and with {watchers} idle /api/events clients"
     );
     let audiences = [
         Audience::None,
@@ -304,7 +285,7 @@ const RSS_SETTLE_SECS: u64 = 5;
 pub async fn bench_log_viewers(pg: Option<&str>, viewers: usize, rounds: usize) {
     let store = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
     println!(
-        "(i) log viewers on {store}: {viewers} busy jobs (a line every 20 ms, flushed every 100 ms), server CPU without and with one log-stream viewer per job"
+        "[log-viewers] log viewers on {store}: {viewers} busy jobs (a line every 20 ms, flushed every 100 ms), server CPU without and with one log-stream viewer per job"
     );
     let mut costs = Vec::new();
     for round in 1..=rounds {
@@ -345,8 +326,7 @@ pub async fn bench_log_viewers(pg: Option<&str>, viewers: usize, rounds: usize) 
         readers.abort_all();
         while readers.join_next().await.is_some() {}
         let bytes = read.load(Ordering::Relaxed);
-        let job: serde_json::Value =
-            get_json(&http, format!("{}/api/jobs/{}", server.base, ids[0])).await;
+        let (_, job) = kit::get(&http, &format!("{}/api/jobs/{}", server.base, ids[0])).await;
         assert_eq!(job["status"], "running", "the busy jobs ran throughout");
         let cost = 100.0 * (watched - alone);
         println!(
