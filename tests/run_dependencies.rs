@@ -15,16 +15,20 @@ use serde_json::{Value, json};
 const T: Duration = Duration::from_secs(30);
 
 /// `gate` runs until the file its parameter names exists, so the test decides when it
-/// ends; `ok` and `bad` end at once.
+/// ends, and leaves a result; `needs` answers with the needs file it was given; `ok` and
+/// `bad` end at once.
 const PIPELINES: &str = r#"
 [pipelines.gate]
-command = ["sh", "-c", "while [ ! -e {file} ]; do sleep 0.02; done"]
+command = ["sh", "-c", "while [ ! -e {file} ]; do sleep 0.02; done; echo '{{\"artifact\": \"build.tar\"}}' > $RUNYARD_RESULT_FILE"]
 [pipelines.gate.params.file]
 pattern = "/[A-Za-z0-9/._-]+"
 
 [pipelines.ok]
 command = ["sh", "-c", "echo ran"]
 shards = 2
+
+[pipelines.needs]
+command = ["sh", "-c", "cp \"$RUNYARD_NEEDS_FILE\" \"$RUNYARD_RESULT_FILE\""]
 
 [pipelines.bad]
 command = ["sh", "-c", "exit 3"]
@@ -70,7 +74,7 @@ async fn a_run_after_another_waits_for_it_then_runs_and_a_failed_need_skips_it()
 
     // Through the CLI, by short id: the answer says it waits.
     let short = &gate_id[..8];
-    let waiting = cli(&s, &["trigger", "ok", "--after", short, "--json"]).await;
+    let waiting = cli(&s, &["trigger", "needs", "--after", short, "--json"]).await;
     assert_eq!(waiting.status.code(), Some(0), "{}", text(&waiting.stderr));
     let answer: Value = serde_json::from_slice(&waiting.stdout).unwrap();
     assert_eq!(answer["status"], "waiting", "{answer}");
@@ -105,6 +109,14 @@ async fn a_run_after_another_waits_for_it_then_runs_and_a_failed_need_skips_it()
     assert_eq!(released.data["after"], json!([gate_id]));
     let done = s.wait_run(&mut events, &dependent, T).await;
     assert_eq!(done["status"], "completed", "{done}");
+    // Its job was told what its need left: the need's summary with its shards' results.
+    let told = &done["jobs"][0]["result"]["needs"][0];
+    assert_eq!(told["runId"], json!(gate_id), "{done}");
+    assert_eq!(told["status"], "completed");
+    assert_eq!(
+        told["shards"][0]["result"]["artifact"], "build.tar",
+        "{told}"
+    );
     assert!(
         done["startedAt"].as_str().unwrap() >= gate_done["finishedAt"].as_str().unwrap(),
         "it started after its need ended: {done} {gate_done}"

@@ -130,6 +130,24 @@ async fn prepare(
             &format!("cannot create the job's work directory: {e}"),
         )
     })?;
+    if job.has_needs {
+        let needs = match needs_of(inner, &job.run_id).await {
+            Ok(needs) => needs,
+            Err(e) => {
+                // Not the job's fault: hand it back for another try.
+                tracing::warn!(job = %job.id, "cannot read the runs it waited for: {e}");
+                return Err(Outcome::Requeue {
+                    reason: Reason::Orphaned,
+                });
+            }
+        };
+        work.write_needs(needs).map_err(|e| {
+            failed(
+                Reason::ExitCode,
+                &format!("cannot write the needs file: {e}"),
+            )
+        })?;
+    }
     if job.kind == JobKind::Finalize {
         let summary = match inner.store.run_summary(&job.run_id).await {
             Ok(Some(summary)) => summary,
@@ -150,6 +168,25 @@ async fn prepare(
         })?;
     }
     Ok(work)
+}
+
+/// The summaries of the runs `run_id` waited for, in id order (a run pruned since is
+/// left out).
+async fn needs_of(
+    inner: &Inner,
+    run_id: &str,
+) -> Result<Vec<serde_json::Value>, crate::store::StoreError> {
+    let after = match inner.store.run_get(run_id).await? {
+        Some(run) => run.after,
+        None => Vec::new(),
+    };
+    let mut needs = Vec::with_capacity(after.len());
+    for need in after {
+        if let Some(summary) = inner.store.run_summary(&need).await? {
+            needs.push(summary);
+        }
+    }
+    Ok(needs)
 }
 
 async fn execute(
@@ -340,6 +377,12 @@ pub(crate) fn spawn_spec(
             env.push(("RUNYARD_SUMMARY_FILE".to_string(), summary.clone()));
             env.push(("RUNYARD_RUN_STATUS".to_string(), work.run_status.clone()));
         }
+    }
+    if work.has_needs {
+        env.push((
+            "RUNYARD_NEEDS_FILE".to_string(),
+            work.needs_path().display().to_string(),
+        ));
     }
     if pipeline.resources.gpu > 0 {
         // This job's own GPUs: no running job on this node holds any of them.

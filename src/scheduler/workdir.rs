@@ -1,6 +1,7 @@
 //! A job execution's private files under `data_dir/work/`: where the job may
 //! write its JSON result (`$RUNYARD_RESULT_FILE`) and
-//! where a finalizer finds the run summary (`$RUNYARD_SUMMARY_FILE`). Named
+//! where a finalizer finds the run summary (`$RUNYARD_SUMMARY_FILE`) and a job of a
+//! run created `after` others finds their summaries (`$RUNYARD_NEEDS_FILE`). Named
 //! per `(job, claim_seq)`, so a stale execution never reads another's files;
 //! removed when the execution ends. Plain files in one shared directory, not a
 //! directory per job: nothing is created for a job that writes no result.
@@ -18,6 +19,8 @@ pub(crate) struct WorkDir {
     stem: PathBuf,
     /// For a finalizer: the run's status it is told (`RUNYARD_RUN_STATUS`).
     pub run_status: String,
+    /// The needs file was written (`RUNYARD_NEEDS_FILE`).
+    pub has_needs: bool,
 }
 
 impl WorkDir {
@@ -29,6 +32,7 @@ impl WorkDir {
         let work = WorkDir {
             stem: dir.join(format!("{}.{}", job.id.replace(':', "_"), job.claim_seq)),
             run_status: String::new(),
+            has_needs: false,
         };
         work.remove();
         Ok(work)
@@ -50,9 +54,24 @@ impl WorkDir {
         self.file(".summary.json")
     }
 
+    /// `RUNYARD_NEEDS_FILE`: the summaries of the runs this job's run waited for.
+    pub fn needs_path(&self) -> PathBuf {
+        self.file(".needs.json")
+    }
+
+    /// Writes `{"needs": [summary, …]}`: each run this job's run waited for, as a
+    /// finalizer's summary shows a run (status, parameters, each shard's result).
+    pub fn write_needs(&mut self, needs: Vec<serde_json::Value>) -> std::io::Result<()> {
+        let body = serde_json::json!({ "needs": needs });
+        std::fs::write(self.needs_path(), serde_json::to_vec_pretty(&body)?)?;
+        self.has_needs = true;
+        Ok(())
+    }
+
     fn remove(&self) {
         let _ = std::fs::remove_file(self.result_path());
         let _ = std::fs::remove_file(self.summary_path());
+        let _ = std::fs::remove_file(self.needs_path());
     }
 
     /// Writes the run summary for a finalizer and remembers the status to tell it.

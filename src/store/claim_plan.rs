@@ -296,6 +296,7 @@ mod tests {
             kind: crate::model::JobKind::Shard,
             due_at: 0,
             output_lines: 0,
+            has_needs: false,
         }
     }
 

@@ -153,7 +153,7 @@ pub(super) async fn claim_in_tx(
                       RETURNING j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt,
                                 j.kind, j.run_after, j.priority, j.claim_seq, j.output_lines)
              SELECT c.id, c.run_id, c.pipeline, c.shard_index, c.shard_count, c.attempt, r.params, c.kind,
-                    c.run_after, c.priority, c.claim_seq, c.output_lines
+                    c.run_after, c.priority, c.claim_seq, c.output_lines, r.after_when IS NOT NULL
              FROM claimed c JOIN runs r ON r.id = c.run_id
              ORDER BY c.priority DESC, c.seq"),
             &params,
@@ -178,6 +178,7 @@ pub(super) async fn claim_in_tx(
                     due_at: r.get(8),
                     priority: r.get::<_, i64>(9) as i32,
                     output_lines: r.get(11),
+                    has_needs: r.get(12),
                 }
             })
             .collect(),

@@ -16,7 +16,7 @@ const RELEASE_BATCH: i64 = 1000;
 
 const HEAD_COLUMNS: &str =
     "j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt,
-                            r.params, j.kind, j.run_after, j.priority";
+                            r.params, j.kind, j.run_after, j.priority, r.after_when IS NOT NULL";
 
 fn candidate(r: &tokio_postgres::Row) -> Candidate {
     let params: String = r.get(7);
@@ -36,6 +36,7 @@ fn candidate(r: &tokio_postgres::Row) -> Candidate {
             due_at: r.get(9),
             priority: r.get::<_, i64>(10) as i32,
             output_lines: 0,
+            has_needs: r.get(11),
         },
         key: None,
     }

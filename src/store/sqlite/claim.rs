@@ -81,7 +81,7 @@ pub(super) fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<
     if want > 0 {
         let mut head = conn.prepare_cached(
             "SELECT j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt, r.params, j.kind,
-                    j.run_after, j.priority
+                    j.run_after, j.priority, r.after_when IS NOT NULL
              FROM jobs j INDEXED BY jobs_ready JOIN runs r ON r.id = j.run_id
              WHERE j.status = 'queued' AND j.pipeline = ?1 AND j.held = 0 AND j.run_after <= ?2
              ORDER BY j.priority DESC, j.seq LIMIT ?3",
@@ -134,7 +134,7 @@ pub(super) fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<
 }
 
 /// One row of a head query (`seq, id, run_id, pipeline, shard_index, shard_count,
-/// attempt, params, kind, run_after, priority`) as a candidate without a key.
+/// attempt, params, kind, run_after, priority, has needs`) as a candidate without a key.
 fn candidate(r: &rusqlite::Row<'_>) -> rusqlite::Result<claim_plan::Candidate> {
     let params: String = r.get(7)?;
     Ok(claim_plan::Candidate {
@@ -152,6 +152,7 @@ fn candidate(r: &rusqlite::Row<'_>) -> rusqlite::Result<claim_plan::Candidate> {
             due_at: r.get(9)?,
             priority: r.get(10)?,
             output_lines: 0,
+            has_needs: r.get(11)?,
         },
         key: None,
     })
@@ -181,7 +182,7 @@ fn keyed_heads(
     )?;
     let mut heads = conn.prepare_cached(
         "SELECT j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt, r.params, j.kind,
-                j.run_after, j.priority
+                j.run_after, j.priority, r.after_when IS NOT NULL
          FROM jobs j INDEXED BY jobs_keyed JOIN runs r ON r.id = j.run_id
          WHERE j.status = 'queued' AND j.held = 0 AND j.ckey IS NOT NULL AND j.pipeline = ?1
                AND j.ckey = ?2 AND j.run_after <= ?3

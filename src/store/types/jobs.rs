@@ -54,6 +54,9 @@ pub struct ClaimedJob {
     /// output line of this execution gets (appends are conditional on it, so a flush
     /// retried after an ambiguous commit writes nothing twice).
     pub output_lines: i64,
+    /// Its run waited for other runs (`after`): the job is told where their summaries are
+    /// (`RUNYARD_NEEDS_FILE`).
+    pub has_needs: bool,
 }
 
 /// `job_claim` result.
