@@ -25,6 +25,8 @@
 //!   ([`hosts`]; the kills need root for `unshare`);
 //! - `keys`: what per-key caps and fair shares cost: runs over 100 tenants with the
 //!   pipeline keyed by tenant next to the same runs without a key ([`keys`]);
+//! - `release`: a run created `after` another: the need's end to the dependent's start,
+//!   p50/p99 ([`release`]);
 //! - `watchers`: end-to-end throughput of `/bin/true` runs with 1,000 idle `/api/events`
 //!   clients next to none, the server's RSS per SSE connection and after they close
 //!   ([`watch`]);
@@ -48,7 +50,7 @@
 //! `BENCH_QUEUED` (100000), `BENCH_ROUNDS` (3), `BENCH_LATENCY_SAMPLES` (200),
 //! `BENCH_STORE_SECS` (8), `BENCH_ABORTS` (30), `BENCH_WAKE_SAMPLES` (100),
 //! `BENCH_SCALE_RUNS` (2000), `BENCH_HOST_KILLS` (5), `BENCH_WATCH_RUNS` (2000),
-//! `BENCH_WATCHERS` (1000), `BENCH_VIEWERS` (100), `BENCH_DEEP` (1000000), `BENCH_PGSS_RUNS` (2000),
+//! `BENCH_WATCHERS` (1000), `BENCH_VIEWERS` (100), `BENCH_DEEP` (1000000), `BENCH_PGSS_RUNS` (2000), `BENCH_RELEASE_SAMPLES` (200),
 //! `BENCH_ONLY` (above), `BENCH_BIN` (the server binary to measure, [`kit::runyard_bin`];
 //! default: this build's, so a landed binary can be measured with the same bench).
 
@@ -62,6 +64,8 @@ mod keys;
 mod kit;
 #[path = "runyard_bench/pgss.rs"]
 mod pgss;
+#[path = "runyard_bench/release.rs"]
+mod release;
 #[path = "runyard_bench/replicas.rs"]
 mod replicas;
 #[path = "runyard_bench/store.rs"]
@@ -80,7 +84,7 @@ use kit::{BinServer, Launch, get, now_ns};
 
 /// The benches, in the order they run: the name `BENCH_ONLY` takes, and the letter that
 /// named it before (still accepted).
-const BENCHES: [(&str, char); 12] = [
+const BENCHES: [(&str, char); 13] = [
     ("throughput", 'a'),
     ("ingest", 'b'),
     ("dispatch-latency", 'c'),
@@ -91,6 +95,7 @@ const BENCHES: [(&str, char); 12] = [
     ("replicas", 'f'),
     ("scale", 'g'),
     ("keys", 'l'),
+    ("release", 'm'),
     ("watchers", 'h'),
     ("log-viewers", 'i'),
 ];
@@ -111,7 +116,7 @@ fn selected(spec: Option<&str>) -> Vec<&'static str> {
         } else {
             let names: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
             panic!(
-                "BENCH_ONLY: no bench {item:?}; the benches are {} (or their old letters a–l)",
+                "BENCH_ONLY: no bench {item:?}; the benches are {} (or their old letters a–l; `release` has none before m)",
                 names.join(", ")
             );
         }
@@ -580,6 +585,7 @@ fn main() {
                     "replicas",
                     "scale",
                     "keys",
+                    "release",
                     "log-viewers",
                 ];
                 if with_pg.iter().any(|name| on(name)) {
@@ -648,6 +654,13 @@ async fn run(name: &str, pg: Option<&str>, rounds: usize) {
             keys::bench_keys(None, env_usize("BENCH_RUNS", 5000), rounds).await;
             if let Some(url) = pg {
                 keys::bench_keys(Some(url), env_usize("BENCH_RUNS", 5000), rounds).await;
+            }
+        }
+        ("release", _) => {
+            let samples = env_usize("BENCH_RELEASE_SAMPLES", 200);
+            release::bench_release(None, samples).await;
+            if let Some(url) = pg {
+                release::bench_release(Some(url), samples).await;
             }
         }
         ("watchers", _) => {

@@ -77,9 +77,7 @@ pub(super) fn run_view(r: &Row) -> RunRecord {
         scheduled_for: r.get(16),
         aborted_by: r.get(17),
         after: r.get::<_, Option<Vec<String>>>(18).unwrap_or_default(),
-        after_when: r
-            .get::<_, Option<&str>>(19)
-            .and_then(AfterWhen::from_name),
+        after_when: r.get::<_, Option<&str>>(19).and_then(AfterWhen::from_name),
         jobs: Vec::new(),
         finalizer: None,
     }

@@ -29,7 +29,8 @@ pub(super) fn wait_for(
 ) -> StoreResult<RunStatus> {
     conn.prepare_cached("UPDATE runs SET status = 'waiting', after_when = ?2 WHERE id = ?1")?
         .execute(params![run_id, when.as_str()])?;
-    let mut need = conn.prepare_cached("INSERT INTO run_needs (run_id, need_id) VALUES (?1, ?2)")?;
+    let mut need =
+        conn.prepare_cached("INSERT INTO run_needs (run_id, need_id) VALUES (?1, ?2)")?;
     for id in after {
         need.execute(params![run_id, id])?;
     }
@@ -71,13 +72,18 @@ pub(super) fn release_dependents(
 /// Decides one waiting run: `None` when it is no longer waiting, else what it is now.
 fn release_one(conn: &Connection, run_id: &str, now: i64) -> StoreResult<Option<RunStatus>> {
     let run: Option<(String, Option<String>)> = conn
-        .prepare_cached("SELECT pipeline, after_when FROM runs WHERE id = ?1 AND status = 'waiting'")?
+        .prepare_cached(
+            "SELECT pipeline, after_when FROM runs WHERE id = ?1 AND status = 'waiting'",
+        )?
         .query_row(params![run_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((pipeline, when)) = run else {
         return Ok(None);
     };
-    let when = when.as_deref().and_then(AfterWhen::from_name).unwrap_or_default();
+    let when = when
+        .as_deref()
+        .and_then(AfterWhen::from_name)
+        .unwrap_or_default();
     let needs: Vec<(String, Option<String>, Option<bool>)> = conn
         .prepare_cached(
             "SELECT n.need_id, r.status, r.finished_at IS NOT NULL

@@ -207,7 +207,13 @@ pub(super) fn create_in_tx(
         None
     } else {
         let when = p.options.after_when;
-        Some(after::wait_for(conn, &p.run_id, &p.options.after, when, p.now)?)
+        Some(after::wait_for(
+            conn,
+            &p.run_id,
+            &p.options.after,
+            when,
+            p.now,
+        )?)
     };
     Ok((
         RunCreated {
