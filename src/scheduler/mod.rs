@@ -22,6 +22,7 @@ mod heartbeat;
 mod job;
 mod job_end;
 mod job_output;
+mod job_prepare;
 mod journal;
 mod lease;
 mod outbox;
