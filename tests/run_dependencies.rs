@@ -99,6 +99,14 @@ async fn a_run_after_another_waits_for_it_then_runs_and_a_failed_need_skips_it()
     let still = run(&s, &dependent).await;
     assert_eq!(still["status"], "waiting", "{still}");
     assert!(still["startedAt"].is_null());
+    // Nor is it queued work to scale for: no node may take it yet.
+    let (_, queue) = s.get("/api/queue").await;
+    let needs_queue = queue["pipelines"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["pipeline"] == "needs"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(needs_queue["queued"], 0, "{queue}");
 
     std::fs::write(&gate_file, b"").unwrap();
     let gate_done = s.wait_run(&mut events, &gate_id, T).await;

@@ -143,9 +143,10 @@ impl PgStore {
             let mut out: HashMap<String, PipelineCounts> = HashMap::new();
             for r in rows(
                 c,
+                // A waiting run's held jobs are not queued work: no node may take them yet.
                 "SELECT pipeline, status, count(*), min(run_after) FROM jobs
-                 WHERE status IN ('queued', 'running') GROUP BY pipeline, status",
-                &[],
+                 WHERE status IN ('queued', 'running') AND run_after < $1 GROUP BY pipeline, status",
+                &[&crate::store::after::WAITING_RUN_AFTER],
             )
             .await?
             {

@@ -161,9 +161,10 @@ pub(super) async fn pipeline_counts(
         let mut out: HashMap<String, PipelineCounts> = HashMap::new();
         let mut stmt = conn.prepare_cached(
             "SELECT pipeline, status, COUNT(*), MIN(run_after) FROM jobs
-             WHERE status IN ('queued', 'running') GROUP BY pipeline, status",
+             WHERE status IN ('queued', 'running') AND run_after < ?1 GROUP BY pipeline, status",
         )?;
-        let mut rows = stmt.query([])?;
+        // A waiting run's held jobs are not queued work: no node may take them yet.
+        let mut rows = stmt.query(params![crate::store::after::WAITING_RUN_AFTER])?;
         while let Some(r) = rows.next()? {
             let entry = out.entry(r.get(0)?).or_default();
             let n: i64 = r.get(2)?;

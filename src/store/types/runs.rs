@@ -250,7 +250,7 @@ pub struct PruneOutcome {
 /// Queued and running counts of one pipeline.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct PipelineCounts {
-    /// Queued jobs.
+    /// Queued jobs (delayed ones included; those of runs still `waiting` are not).
     pub queued: u64,
     /// Running jobs.
     pub running: u64,
