@@ -127,7 +127,7 @@ fn selected(spec: Option<&str>) -> Vec<&'static str> {
 /// The tag of the bench's PostgreSQL schemas (`bench_{pid}_{n}`, the kit's rule).
 pub(crate) const BENCH_TAG: &str = "bench";
 
-fn env_usize(key: &str, default: usize) -> usize {
+pub(crate) fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key)
         .ok()
         .and_then(|v| v.parse().ok())

@@ -152,6 +152,13 @@ async fn a_run_after_another_waits_for_it_then_runs_and_a_failed_need_skips_it()
     assert_eq!(ran["status"], "completed");
     let wait = cli(&s, &["wait", &skip_id]).await;
     assert_eq!(wait.status.code(), Some(1), "{}", text(&wait.stderr));
+    // A replayed trigger answers with the first run as it is now.
+    let body = json!({"after": [failed_id], "idempotencyKey": "k1"});
+    let (_, first) = s.trigger("ok", body.clone()).await;
+    let (_, replay) = s.trigger("ok", body).await;
+    assert_eq!(replay["idempotentReplay"], true, "{replay}");
+    assert_eq!(replay["status"], first["status"], "{first} {replay}");
+    assert_eq!(replay["status"], "skipped");
     // After a run that has already ended: decided at once.
     let (_, late) = s.trigger("ok", json!({"after": [failed_id]})).await;
     assert_eq!(late["status"], "skipped", "{late}");

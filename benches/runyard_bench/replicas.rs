@@ -9,6 +9,10 @@
 //!   holds its claims (`admit_min_free_memory` far above the machine), so only B
 //!   can run the job; the job is the clock probe of `dispatch-latency`. p50 / p99 over
 //!   `BENCH_WAKE_SAMPLES` triggers.
+//! - Release: a run created `after` another, the need running on replica A and the
+//!   dependent on replica B (by labels): the need's `finishedAt` (A's commit, which
+//!   releases the dependent) → the dependent's `startedAt` on B. p50 / p99 over
+//!   `BENCH_RELEASE_SAMPLES` pairs.
 
 use std::time::{Duration, Instant};
 
@@ -217,7 +221,71 @@ pub async fn bench_replicas(pg: &str, redis: &str, aborts: usize, wakes: usize) 
             percentile(&lat, 0.99)
         );
         drop((a, b));
+        let lat = release_latencies(&http, dir.path(), &schema, bus).await;
+        println!(
+            "    release, {label}: need ended on A → dependent started on B p50 {:.0} ms, p99 {:.0} ms over {} pairs",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            lat.len()
+        );
         drop(schema);
     }
     println!();
+}
+
+/// A run `after` another across two replicas: the need runs on A (label `role=a`), the
+/// dependent on B; the need's end → the dependent's start, in ms, sorted.
+async fn release_latencies(
+    http: &reqwest::Client,
+    dir: &std::path::Path,
+    schema: &Schema,
+    bus: Option<(&str, &str)>,
+) -> Vec<f64> {
+    let samples = crate::env_usize("BENCH_RELEASE_SAMPLES", 200);
+    let pipelines = "[pipelines.need]\ncommand = [\"/bin/true\"]\nrequires = { role = \"a\" }\n\n\
+                     [pipelines.next]\ncommand = [\"/bin/true\"]\nrequires = { role = \"b\" }\n";
+    let on = |role: &str| {
+        config(
+            dir,
+            schema,
+            bus,
+            &format!("labels = {{ role = \"{role}\" }}"),
+            pipelines,
+        )
+    };
+    let a = replica(dir, "ra", &on("a")).await;
+    let b = replica(dir, "rb", &on("b")).await;
+    if bus.is_some() {
+        wait_bus(http, &[&a, &b]).await;
+    }
+    let ms = |v: &Value| runyard::clock::parse_rfc3339(v.as_str().unwrap()).unwrap() as f64;
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let trigger = |pipeline: &str, body: Value| {
+            let url = format!("{}/api/pipelines/{pipeline}/trigger", a.base);
+            let http = http.clone();
+            async move {
+                let t: Value = http
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                t["runId"].as_str().unwrap().to_string()
+            }
+        };
+        let need = trigger("need", json!({})).await;
+        let next = trigger("next", json!({"after": [need]})).await;
+        let run = |id: &str| format!("{}/api/runs/{id}", a.base);
+        wait_finished(http, &run(&next), Duration::from_millis(2)).await;
+        let (_, need) = get(http, &run(&need)).await;
+        let (_, next) = get(http, &run(&next)).await;
+        assert_eq!(next["status"], "completed", "{next}");
+        out.push(ms(&next["startedAt"]) - ms(&need["finishedAt"]));
+    }
+    out.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    out
 }

@@ -119,6 +119,18 @@ impl Scheduler {
             Some(paused) => paused,
             None => self.is_paused(&pipeline.name).await?,
         };
+        let status = match created.after_status {
+            Some(status) => status,
+            // A replay answers with the first run as it is now (it may be waiting).
+            None if created.existing => self
+                .inner
+                .store
+                .run_get(&created.run_id)
+                .await?
+                .and_then(|r| r.status.parse().ok())
+                .unwrap_or(RunStatus::Queued),
+            None => RunStatus::Queued,
+        };
         Ok(Triggered {
             run_id: created.run_id,
             job_ids: created.job_ids,
@@ -127,7 +139,7 @@ impl Scheduler {
             existing: created.existing,
             paused,
             run_at: not_before,
-            status: created.after_status.unwrap_or(RunStatus::Queued),
+            status,
         })
     }
 
