@@ -52,12 +52,15 @@ pub(super) async fn housekeeping_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(inner.settings.server.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune: Option<tokio::time::Instant> = None;
+    // Jobs the previous check found recorded here but not running (see
+    // `resolve_forgotten`): handed back if this check finds them so again.
+    let mut suspects = std::collections::HashSet::new();
     loop {
         tokio::select! {
             _ = inner.stop_services.cancelled() => break,
             _ = tick.tick() => {}
         }
-        match rescuer::resolve_forgotten(&inner).await {
+        match rescuer::resolve_forgotten(&inner, Some(&mut suspects)).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!("re-queued {n} job(s) this node no longer runs"),
             Err(e) => tracing::warn!("forgotten-job check failed: {e}"),

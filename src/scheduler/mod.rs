@@ -287,7 +287,7 @@ impl Scheduler {
     /// Also hands back jobs recorded as running here that this node no longer runs.
     pub async fn rescue_once(&self) -> Result<rescuer::RescueReport, StoreError> {
         let mut report = rescuer::run_once(&self.inner).await?;
-        report.orphans += rescuer::resolve_forgotten(&self.inner).await?;
+        report.orphans += rescuer::resolve_forgotten(&self.inner, None).await?;
         Ok(report)
     }
 

@@ -123,8 +123,18 @@ pub(crate) async fn rescue(
 /// Jobs the store says run here but this node no longer runs (their end could not be
 /// recorded, e.g. the store was unavailable when they finished): handed back like
 /// orphans. Claims younger than one heartbeat are left alone, because a fresh claim is
-/// in the store a moment before its task registers it. Returns how many were resolved.
-pub(crate) async fn resolve_forgotten(inner: &Arc<Inner>) -> Result<usize, StoreError> {
+/// in the store a moment before its task registers it.
+///
+/// With `suspects` (the housekeeping loop's), a job is handed back only when the
+/// previous check suspected it too: a claim held up by the network commits with its
+/// `claimed_at` from before the hold, so right after a long enough hold it looks old
+/// while its task is still starting; one check later it has registered. (Without this
+/// second look, a blink longer than a heartbeat ran such a job twice.) Returns how many
+/// were resolved.
+pub(crate) async fn resolve_forgotten(
+    inner: &Arc<Inner>,
+    mut suspects: Option<&mut std::collections::HashSet<(String, i64)>>,
+) -> Result<usize, StoreError> {
     let grace_ms = inner.settings.server.heartbeat.as_millis() as i64;
     // Store first, registry second: a job registered in between is in the snapshot.
     let recorded = inner.store.jobs_running_on(&inner.node.id).await?;
@@ -132,13 +142,24 @@ pub(crate) async fn resolve_forgotten(inner: &Arc<Inner>) -> Result<usize, Store
         inner.registry.snapshot().into_iter().collect();
     let now = inner.store.clock_ms();
     let mut resolved = 0;
+    let mut suspected_now = std::collections::HashSet::new();
     for job in recorded {
-        if live.contains(&(job.id.clone(), job.claim_seq)) || now - job.claimed_at < grace_ms {
+        let key = (job.id.clone(), job.claim_seq);
+        if live.contains(&key) || now - job.claimed_at < grace_ms {
+            continue;
+        }
+        if let Some(before) = suspects.as_deref()
+            && !before.contains(&key)
+        {
+            suspected_now.insert(key);
             continue;
         }
         if resolve(inner, &job).await? {
             resolved += 1;
         }
+    }
+    if let Some(suspects) = suspects.as_deref_mut() {
+        *suspects = suspected_now;
     }
     Ok(resolved)
 }
