@@ -133,7 +133,7 @@ pub(crate) async fn rescue(
 /// were resolved.
 pub(crate) async fn resolve_forgotten(
     inner: &Arc<Inner>,
-    mut suspects: Option<&mut std::collections::HashSet<(String, i64)>>,
+    suspects: Option<&mut std::collections::HashSet<(String, i64)>>,
 ) -> Result<usize, StoreError> {
     let grace_ms = inner.settings.server.heartbeat.as_millis() as i64;
     // Store first, registry second: a job registered in between is in the snapshot.
@@ -158,7 +158,7 @@ pub(crate) async fn resolve_forgotten(
             resolved += 1;
         }
     }
-    if let Some(suspects) = suspects.as_deref_mut() {
+    if let Some(suspects) = suspects {
         *suspects = suspected_now;
     }
     Ok(resolved)
