@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Server, percentile};
+use super::{Server, percentile, wait_finished};
+use crate::kit::get;
 
 const PIPELINES: &str = "[pipelines.need]\ncommand = [\"/bin/true\"]\n\
 [pipelines.next]\ncommand = [\"/bin/true\"]\n";
@@ -21,20 +22,9 @@ async fn post(http: &reqwest::Client, url: &str, body: Value) -> Value {
 
 /// The run's view once it has ended.
 async fn ended(http: &reqwest::Client, base: &str, run_id: &str) -> Value {
-    loop {
-        let run: Value = http
-            .get(format!("{base}/api/runs/{run_id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if run["finishedAt"].is_string() {
-            return run;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let url = format!("{base}/api/runs/{run_id}");
+    wait_finished(http, &url, Duration::from_millis(2)).await;
+    get(http, &url).await.1
 }
 
 fn ms(v: &Value) -> i64 {
