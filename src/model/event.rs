@@ -23,6 +23,14 @@ pub enum EventName {
     RunReleased,
     /// A waiting run's needs did not end as it required: it ends `skipped`.
     RunSkipped,
+    /// A workflow run was created with every step's run.
+    WorkflowCreated,
+    /// A workflow run ended: every step ended, none failed.
+    WorkflowCompleted,
+    /// A workflow run ended with a step failed or aborted.
+    WorkflowFailed,
+    /// A workflow run was aborted.
+    WorkflowAborted,
     /// A pipeline was paused: no node claims its queued jobs until it is resumed.
     PipelinePaused,
     /// A paused pipeline was resumed.
@@ -30,6 +38,18 @@ pub enum EventName {
 }
 
 impl EventName {
+    /// True for a workflow run's events (stored under the workflow run's id; their
+    /// payload names it `workflowRunId`).
+    pub fn is_workflow(self) -> bool {
+        matches!(
+            self,
+            EventName::WorkflowCreated
+                | EventName::WorkflowCompleted
+                | EventName::WorkflowFailed
+                | EventName::WorkflowAborted
+        )
+    }
+
     /// The wire name, e.g. `job:created`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -42,6 +62,10 @@ impl EventName {
             EventName::RunCompleted => "run:completed",
             EventName::RunReleased => "run:released",
             EventName::RunSkipped => "run:skipped",
+            EventName::WorkflowCreated => "workflow:created",
+            EventName::WorkflowCompleted => "workflow:completed",
+            EventName::WorkflowFailed => "workflow:failed",
+            EventName::WorkflowAborted => "workflow:aborted",
             EventName::PipelinePaused => "pipeline:paused",
             EventName::PipelineResumed => "pipeline:resumed",
         }

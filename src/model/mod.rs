@@ -12,6 +12,7 @@ mod policy;
 mod resources;
 mod status;
 pub mod template;
+mod workflow;
 
 pub use after::{AfterWhen, Release, release};
 pub use event::EventName;
@@ -25,4 +26,5 @@ pub use placement::{
 };
 pub use policy::{PRIORITY_RANGE, RetryOn};
 pub use resources::Resources;
-pub use status::{JobStatus, Reason, RunStatus, StatusParseError};
+pub use status::{JobStatus, Reason, RunStatus, StatusParseError, WorkflowStatus};
+pub use workflow::{WorkflowStep, settle, shown, step_is_bad, topological};

@@ -81,6 +81,22 @@ wire_enum!(
 );
 
 wire_enum!(
+    /// The status of a workflow run (the runs of its steps together).
+    WorkflowStatus {
+        /// No step's run has started yet.
+        Queued => "queued",
+        /// A step's run has started (shown, never stored: derived from the steps).
+        Running => "running",
+        /// Every step's run ended, none failed or was aborted.
+        Completed => "completed",
+        /// A step's run failed or was aborted on its own.
+        Failed => "failed",
+        /// The workflow run was aborted.
+        Aborted => "aborted",
+    }
+);
+
+wire_enum!(
     /// Why a job reached its terminal status.
     Reason {
         /// The process exited; see the exit code.
@@ -107,6 +123,16 @@ impl JobStatus {
         matches!(
             self,
             JobStatus::Completed | JobStatus::Failed | JobStatus::Aborted
+        )
+    }
+}
+
+impl WorkflowStatus {
+    /// True for statuses that never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            WorkflowStatus::Completed | WorkflowStatus::Failed | WorkflowStatus::Aborted
         )
     }
 }

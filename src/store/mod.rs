@@ -105,6 +105,44 @@ pub trait Store: Send + Sync {
         by: Option<String>,
     ) -> StoreResult<AbortOutcome>;
 
+    /// Creates a workflow run and every step's run (needs first) in one transaction,
+    /// with `workflow:created`; idempotent by key per workflow (a replay creates
+    /// nothing and names the earlier workflow run). A step whose needs all ended
+    /// already is released before it commits.
+    async fn workflow_create(&self, p: WorkflowCreateParams) -> StoreResult<WorkflowCreated>;
+    /// Marks a workflow run aborted (its end will say `aborted`) and names its step runs
+    /// still to abort, dependents first; the caller aborts each with
+    /// [`Store::run_abort_by`]. Marking twice is harmless.
+    async fn workflow_abort_mark(
+        &self,
+        id: &str,
+        by: Option<String>,
+    ) -> StoreResult<WorkflowAbortMark>;
+    /// One workflow run with its step runs' states.
+    async fn workflow_run_get(&self, id: &str) -> StoreResult<Option<WorkflowRunRecord>> {
+        let f = WorkflowRunFilter {
+            limit: 1,
+            ..Default::default()
+        };
+        Ok(self.workflow_runs_read(f, Some(id)).await?.into_iter().next())
+    }
+    /// Workflow runs, newest first.
+    async fn workflow_runs_list(&self, f: WorkflowRunFilter) -> StoreResult<Vec<WorkflowRunRecord>> {
+        self.workflow_runs_read(f, None).await
+    }
+    /// Workflow runs by filter, or the one with `id`.
+    async fn workflow_runs_read(
+        &self,
+        f: WorkflowRunFilter,
+        id: Option<&str>,
+    ) -> StoreResult<Vec<WorkflowRunRecord>>;
+    /// Ids of workflow runs that start with `prefix`, in id order, at most `limit`.
+    async fn workflow_run_ids_by_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<String>>;
+
     /// Inserts or replaces this node's row.
     async fn node_register(&self, node: NodeRow) -> StoreResult<()>;
     /// Beats and learns which of its jobs the node must cancel.

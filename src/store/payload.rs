@@ -36,7 +36,9 @@ impl NewEvent {
     /// payload on the path every transition takes).
     pub fn data_text(&mut self, now: i64) -> String {
         if let Value::Object(map) = &mut self.data {
-            if !self.run_id.is_empty() {
+            if self.name.is_workflow() {
+                map.insert("workflowRunId".into(), json!(self.run_id));
+            } else if !self.run_id.is_empty() {
                 map.insert("runId".into(), json!(self.run_id));
             }
             map.insert("timestamp".into(), json!(rfc3339(now)));
@@ -197,6 +199,45 @@ pub fn run_skipped(run_id: &str, pipeline: &str, after: &[String]) -> NewEvent {
         run_id,
         json!({"pipelineId": pipeline, "status": "skipped", "after": after}),
     )
+}
+
+/// `workflow:created`: a workflow run and every step's run were created.
+pub fn workflow_created(
+    workflow_run_id: &str,
+    workflow: &str,
+    steps: &[crate::model::WorkflowStep],
+    rerun_of: Option<&str>,
+) -> NewEvent {
+    let runs: serde_json::Map<String, Value> = steps
+        .iter()
+        .map(|s| (s.name.clone(), json!(s.run_id)))
+        .collect();
+    NewEvent::new(
+        EventName::WorkflowCreated,
+        workflow_run_id,
+        json!({"workflowId": workflow, "status": "queued", "runs": runs, "rerunOf": rerun_of}),
+    )
+}
+
+/// `workflow:completed` / `workflow:failed` / `workflow:aborted`: the workflow run's
+/// last step run ended (emitted exactly once per workflow run).
+pub fn workflow_ended(
+    workflow_run_id: &str,
+    workflow: &str,
+    status: crate::model::WorkflowStatus,
+    aborted_by: Option<&str>,
+) -> NewEvent {
+    use crate::model::WorkflowStatus;
+    let name = match status {
+        WorkflowStatus::Failed => EventName::WorkflowFailed,
+        WorkflowStatus::Aborted => EventName::WorkflowAborted,
+        _ => EventName::WorkflowCompleted,
+    };
+    let mut data = json!({"workflowId": workflow, "status": status.as_str()});
+    if let Some(by) = aborted_by.and_then(|t| serde_json::from_str::<Value>(t).ok()) {
+        data["abortedBy"] = by;
+    }
+    NewEvent::new(name, workflow_run_id, data)
 }
 
 /// The run turned terminal (emitted exactly once per run).

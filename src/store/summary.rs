@@ -112,3 +112,39 @@ pub fn webhook_envelope(summary: Value, now: i64) -> Envelope {
             .to_string(),
     }
 }
+
+/// The `workflow.completed` webhook body around a workflow run's summary (sent for
+/// every end: completed, failed or aborted, as `run.completed` is).
+pub fn workflow_webhook_envelope(summary: Value, now: i64) -> Envelope {
+    Envelope {
+        id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+        payload: json!({"type": "workflow.completed", "timestamp": rfc3339(now), "data": summary})
+            .to_string(),
+    }
+}
+
+/// A workflow run's summary: the `workflow.completed` webhook's `data`, with each
+/// step's run id and status.
+pub fn workflow_summary(
+    workflow_run_id: &str,
+    workflow: &str,
+    status: crate::model::WorkflowStatus,
+    params: &str,
+    steps: &[crate::model::WorkflowStep],
+    mut run_status: impl FnMut(&str) -> Option<String>,
+) -> Value {
+    let steps: Vec<Value> = steps
+        .iter()
+        .map(|s| {
+            json!({"name": s.name, "pipelineId": s.pipeline, "runId": s.run_id,
+                   "status": run_status(&s.run_id), "needs": s.needs, "when": s.when, "kept": s.kept})
+        })
+        .collect();
+    json!({
+        "workflowRunId": workflow_run_id,
+        "workflowId": workflow,
+        "status": status.as_str(),
+        "parameters": serde_json::from_str::<Value>(params).unwrap_or(Value::Null),
+        "steps": steps,
+    })
+}

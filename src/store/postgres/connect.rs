@@ -317,6 +317,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres_0007_aborted_by.sql"),
     include_str!("../migrations/postgres_0008_placement.sql"),
     include_str!("../migrations/postgres_0009_after.sql"),
+    include_str!("../migrations/postgres_0010_workflows.sql"),
 ];
 
 /// How often other replicas' commits are looked for (until a bus signals them).

@@ -220,12 +220,13 @@ async fn end_runs(
     now: i64,
 ) -> StoreResult<(Vec<(String, RunStatus)>, Vec<ClaimedJob>)> {
     // A webhook's outbox row needs the run's summary read first, and a run others wait
-    // for releases them: both take the step by step path.
+    // for releases them, a workflow step's run counts off its workflow run: these take
+    // the step by step path.
     let step_by_step = landing.ends.iter().any(|(id, _, _)| {
         landing
             .runs
             .get(id)
-            .is_some_and(|r| r.callback_url || r.has_dependents)
+            .is_some_and(|r| r.callback_url || r.has_dependents || r.in_workflow)
     });
     if step_by_step {
         let ended = turn_terminal(tx, landing.ends, now).await?;

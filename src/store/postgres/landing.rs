@@ -94,7 +94,7 @@ pub(super) fn land_sql(touched: &Rows) -> String {
          WHERE r.id = u.id AND l.id = u.id
          RETURNING r.id, l.before, r.shards_done, r.shard_count, r.status, r.has_finalizer, r.shards_status,
                    r.pipeline, r.aborted_by, r.callback_url IS NOT NULL, r.finished_at IS NOT NULL,
-                   r.has_dependents"
+                   r.has_dependents, r.workflow_run_id IS NOT NULL"
     )
 }
 
@@ -125,6 +125,7 @@ pub(super) async fn landed(
                 callback_url: r.get(9),
                 finished: r.get(10),
                 has_dependents: r.get(11),
+                in_workflow: r.get(12),
             },
         );
         let Some(touch) = runs.get(id.as_str()) else {
@@ -184,6 +185,8 @@ pub(super) struct LandedRun {
     pub(super) finished: bool,
     /// Other runs wait for it: its end releases them.
     pub(super) has_dependents: bool,
+    /// It is a workflow step's run: its end counts off its workflow run.
+    pub(super) in_workflow: bool,
 }
 
 /// The columns of one run turning terminal.
@@ -200,7 +203,7 @@ pub(super) fn terminal_row(run_id: &str, status: RunStatus, finalizer: &Finalize
 
 /// Marks the runs terminal (once); the shards' status is written with it for a run
 /// without a finalizer (the same thing then). Rows: id, pipeline, shard count, callback
-/// URL, aborted by, has dependents.
+/// URL, aborted by, has dependents, workflow run.
 pub(super) async fn write_terminal(
     tx: &Tx,
     ends: &Rows,
@@ -213,7 +216,8 @@ pub(super) async fn write_terminal(
             "UPDATE runs r SET status = u.status, finished_at = ${}, shards_status = COALESCE(u.shards, r.shards_status)
              FROM {}
              WHERE r.id = u.id AND r.finished_at IS NULL
-             RETURNING r.id, r.pipeline, r.shard_count, r.callback_url, r.aborted_by, r.has_dependents",
+             RETURNING r.id, r.pipeline, r.shard_count, r.callback_url, r.aborted_by, r.has_dependents,
+                       r.workflow_run_id",
             params.len(),
             ends.sql("u", 1)
         ),
@@ -320,6 +324,9 @@ pub(super) async fn turn_terminal_once(
                 &[&envelope.id, &run_id, &url, &envelope.payload, &now],
             )
             .await?;
+        }
+        if let Some(workflow_run_id) = r.get::<_, Option<&str>>(6) {
+            super::workflows::step_ended(tx, workflow_run_id, *status, now).await?;
         }
         ended.push((run_id, *status));
     }

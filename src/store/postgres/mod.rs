@@ -67,6 +67,7 @@ mod rows;
 mod runs;
 mod tx;
 mod views;
+mod workflows;
 
 pub(crate) use errors::{connect_failure, pg_err};
 pub(crate) use tx::{Tx, in_tx};
@@ -239,6 +240,30 @@ impl Store for PgStore {
     }
     async fn run_ids_by_prefix(&self, prefix: &str, limit: usize) -> StoreResult<Vec<String>> {
         self.read_run_ids_by_prefix(prefix, limit).await
+    }
+    async fn workflow_create(&self, p: WorkflowCreateParams) -> StoreResult<WorkflowCreated> {
+        workflows::workflow_create(self, p).await
+    }
+    async fn workflow_abort_mark(
+        &self,
+        id: &str,
+        by: Option<String>,
+    ) -> StoreResult<WorkflowAbortMark> {
+        workflows::workflow_abort_mark(self, id, by).await
+    }
+    async fn workflow_runs_read(
+        &self,
+        f: WorkflowRunFilter,
+        id: Option<&str>,
+    ) -> StoreResult<Vec<WorkflowRunRecord>> {
+        self.read_workflow_runs(&f, id).await
+    }
+    async fn workflow_run_ids_by_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        self.read_workflow_run_ids_by_prefix(prefix, limit).await
     }
     async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {
         self.read_run(run_id).await

@@ -49,8 +49,8 @@ fn shard_events(p: &RunCreateParams) -> Vec<NewEvent> {
 /// Writes a run, its jobs and their events in the open transaction (see [`run_create`]).
 const INSERT_RUN: &str = "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor,
                                        idempotency_key, created_at, has_finalizer, callback_url, rerun_of,
-                                       shards_done, priority, run_at, scheduled_for)
-     VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                                       shards_done, priority, run_at, scheduled_for, workflow_run_id, workflow_step)
+     VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
      ON CONFLICT (pipeline, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
      RETURNING id, EXISTS (SELECT 1 FROM pipeline_state WHERE pipeline = $2 AND paused)";
 
@@ -101,7 +101,9 @@ pub(super) async fn create_in_tx(
 ) -> StoreResult<RunCreated> {
     let params_text = serde_json::to_string(&p.params).unwrap_or_else(|_| "{}".into());
     let shard_count = p.job_ids.len() as i64;
-    let run_values: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
+    let workflow_run_id = p.options.workflow.as_ref().map(|(w, _)| w);
+    let workflow_step = p.options.workflow.as_ref().map(|(_, step)| step);
+    let run_values: [&(dyn tokio_postgres::types::ToSql + Sync); 17] = [
         &p.run_id,
         &p.pipeline,
         &params_text,
@@ -117,6 +119,8 @@ pub(super) async fn create_in_tx(
         &i64::from(p.options.priority),
         &p.options.not_before,
         &p.options.scheduled_for,
+        &workflow_run_id,
+        &workflow_step,
     ];
     // Without an idempotency key or kept shards nothing can stop the insert: the run and
     // its jobs go out in one round trip.
@@ -360,6 +364,12 @@ pub(super) async fn runs_prune(
                 tx.exec("DELETE FROM run_needs WHERE run_id = ANY($1)", &[&ids]).await?;
                 tx.exec("DELETE FROM runs WHERE id = ANY($1)", &[&ids]).await?;
             }
+            tx.exec(
+                "DELETE FROM workflow_runs WHERE id IN (SELECT id FROM workflow_runs
+                     WHERE finished_at IS NOT NULL AND finished_at < $1 ORDER BY finished_at LIMIT $2)",
+                &[&before, &(batch as i64)],
+            )
+            .await?;
             let limit = (batch * EVENTS_PER_RUN_PRUNED) as i64;
             let deleted = tx
                 .query_opt(

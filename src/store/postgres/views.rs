@@ -78,6 +78,8 @@ pub(super) fn run_view(r: &Row) -> RunRecord {
         aborted_by: r.get(17),
         after: r.get::<_, Option<Vec<String>>>(18).unwrap_or_default(),
         after_when: r.get::<_, Option<&str>>(19).and_then(AfterWhen::from_name),
+        workflow_run_id: r.get(20),
+        workflow_step: r.get(21),
         jobs: Vec::new(),
         finalizer: None,
     }
@@ -249,4 +251,5 @@ pub(super) const JOB_COLS: &str =
 pub(super) const RUN_COLS: &str =
     "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at,
     started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at, scheduled_for, aborted_by,
-    (SELECT array_agg(need_id ORDER BY need_id) FROM run_needs WHERE run_needs.run_id = runs.id), after_when";
+    (SELECT array_agg(need_id ORDER BY need_id) FROM run_needs WHERE run_needs.run_id = runs.id), after_when,
+    workflow_run_id, workflow_step";

@@ -119,17 +119,18 @@ pub(super) fn turn_terminal_once(
     status: RunStatus,
     now: i64,
 ) -> StoreResult<Option<bool>> {
-    type Ended = (String, u32, Option<String>, Option<String>, bool);
+    type Ended = (String, u32, Option<String>, Option<String>, bool, Option<String>);
     let changed: Option<Ended> = conn
         .prepare_cached(
             "UPDATE runs SET status = ?2, finished_at = ?3 WHERE id = ?1 AND finished_at IS NULL
-             RETURNING pipeline, shard_count, callback_url, aborted_by, has_dependents",
+             RETURNING pipeline, shard_count, callback_url, aborted_by, has_dependents, workflow_run_id",
         )?
         .query_row(params![run_id, status.as_str(), now], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
         })
         .optional()?;
-    let Some((pipeline, count, callback_url, aborted_by, has_dependents)) = changed else {
+    let Some((pipeline, count, callback_url, aborted_by, has_dependents, workflow_run_id)) = changed
+    else {
         return Ok(None);
     };
     let finalizer: Option<(String, Option<i32>)> = conn
@@ -155,6 +156,9 @@ pub(super) fn turn_terminal_once(
              VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
         )?
         .execute(params![envelope.id, run_id, url, envelope.payload, now])?;
+    }
+    if let Some(workflow_run_id) = workflow_run_id {
+        super::workflows::step_ended(conn, &workflow_run_id, status, now)?;
     }
     Ok(Some(has_dependents))
 }

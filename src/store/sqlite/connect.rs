@@ -16,6 +16,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite_0009_aborted_by.sql"),
     include_str!("../migrations/sqlite_0010_placement.sql"),
     include_str!("../migrations/sqlite_0011_after.sql"),
+    include_str!("../migrations/sqlite_0012_workflows.sql"),
 ];
 
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -43,6 +43,7 @@ mod outbox;
 mod pipeline_state;
 mod runs;
 mod views;
+mod workflows;
 mod writer;
 
 use claim::*;
@@ -187,6 +188,30 @@ impl Store for SqliteStore {
         views::run_ids_by_prefix(self, prefix, limit).await
     }
 
+    async fn workflow_create(&self, p: WorkflowCreateParams) -> StoreResult<WorkflowCreated> {
+        workflows::workflow_create(self, p).await
+    }
+    async fn workflow_abort_mark(
+        &self,
+        id: &str,
+        by: Option<String>,
+    ) -> StoreResult<WorkflowAbortMark> {
+        workflows::workflow_abort_mark(self, id, by).await
+    }
+    async fn workflow_runs_read(
+        &self,
+        f: WorkflowRunFilter,
+        id: Option<&str>,
+    ) -> StoreResult<Vec<WorkflowRunRecord>> {
+        workflows::workflow_runs_read(self, f, id).await
+    }
+    async fn workflow_run_ids_by_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        workflows::workflow_run_ids_by_prefix(self, prefix, limit).await
+    }
     async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {
         views::run_get(self, run_id).await
     }

@@ -85,6 +85,11 @@ pub(super) async fn runs_prune(
             conn.prepare_cached("DELETE FROM runs WHERE id = ?1")?
                 .execute(params![id])?;
         }
+        conn.prepare_cached(
+            "DELETE FROM workflow_runs WHERE id IN (SELECT id FROM workflow_runs
+                 WHERE finished_at IS NOT NULL AND finished_at < ?1 ORDER BY finished_at LIMIT ?2)",
+        )?
+        .execute(params![before, batch as i64])?;
         // Events go by age, oldest first along the primary key (no per-run index to
         // maintain on the hot path); those of runs still unfinished are kept.
         let events = conn
@@ -141,8 +146,9 @@ pub(super) fn create_in_tx(
     let retry_on = p.policy.retry_on.to_column();
     conn.prepare_cached(
         "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor, idempotency_key, created_at,
-                           has_finalizer, callback_url, rerun_of, shards_done, priority, run_at, scheduled_for)
-         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                           has_finalizer, callback_url, rerun_of, shards_done, priority, run_at, scheduled_for,
+                           workflow_run_id, workflow_step)
+         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?
     .execute(params![
         p.run_id,
@@ -160,6 +166,8 @@ pub(super) fn create_in_tx(
         p.options.priority,
         p.options.not_before,
         p.options.scheduled_for,
+        p.options.workflow.as_ref().map(|(w, _)| w),
+        p.options.workflow.as_ref().map(|(_, step)| step),
     ])?;
     let (run_after, held) = super::super::after::job_due(&p.options, p.now);
     let mut insert = conn.prepare_cached(

@@ -158,7 +158,7 @@ pub(super) fn job_view(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
     })
 }
 
-pub(super) const RUN_COLS: &str = "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at, scheduled_for, aborted_by, (SELECT group_concat(need_id) FROM (SELECT need_id FROM run_needs WHERE run_needs.run_id = runs.id ORDER BY need_id)), after_when";
+pub(super) const RUN_COLS: &str = "id, pipeline, status, params, shard_count, shards_done, triggered_by, actor, created_at, started_at, finished_at, shards_status, callback_url, rerun_of, priority, run_at, scheduled_for, aborted_by, (SELECT group_concat(need_id) FROM (SELECT need_id FROM run_needs WHERE run_needs.run_id = runs.id ORDER BY need_id)), after_when, workflow_run_id, workflow_step";
 
 pub(super) fn run_view(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
     let params: String = r.get(3)?;
@@ -189,6 +189,8 @@ pub(super) fn run_view(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
             .get::<_, Option<String>>(19)?
             .as_deref()
             .and_then(AfterWhen::from_name),
+        workflow_run_id: r.get(20)?,
+        workflow_step: r.get(21)?,
         jobs: Vec::new(),
         finalizer: None,
     })

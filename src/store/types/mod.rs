@@ -5,8 +5,10 @@ mod deliveries;
 mod jobs;
 mod nodes;
 mod runs;
+mod workflows;
 
 pub use deliveries::*;
 pub use jobs::*;
 pub use nodes::*;
 pub use runs::*;
+pub use workflows::*;

@@ -76,6 +76,9 @@ pub struct RunOptions {
     pub after: Vec<String>,
     /// When it goes once they have ended (ignored without `after`).
     pub after_when: AfterWhen,
+    /// `(workflow run id, step)` when it is a workflow step's run: its end counts off
+    /// that workflow run.
+    pub workflow: Option<(String, String)>,
 }
 
 /// `run_create` result.
@@ -161,6 +164,10 @@ pub struct RunRecord {
     pub after: Vec<String>,
     /// Its rule for going once they have ended (with `after` only).
     pub after_when: Option<AfterWhen>,
+    /// The workflow run that created it, when it is a step's run.
+    pub workflow_run_id: Option<String>,
+    /// Its step in that workflow run.
+    pub workflow_step: Option<String>,
     /// Its shard jobs in shard order.
     pub jobs: Vec<JobRecord>,
     /// Its finalize job, once queued.
