@@ -63,6 +63,8 @@ mod races_writers;
 mod scheduling;
 #[path = "store_contract/triggers.rs"]
 mod triggers;
+#[path = "store_contract/workflows.rs"]
+mod workflows;
 
 use after::*;
 use batches::*;
@@ -78,6 +80,7 @@ use races_runs::*;
 use races_writers::*;
 use scheduling::*;
 use triggers::*;
+use workflows::*;
 
 /// One test, however slow the machine, finishes within this or fails.
 const TEST_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
@@ -130,6 +133,10 @@ contract_tests!(
         an_aborted_waiting_run_ends_aborted_and_skips_its_own_dependents,
         a_run_after_ended_runs_is_decided_at_creation_and_unknown_needs_are_refused,
         two_needs_ending_at_once_on_two_handles_release_their_dependent_once,
+        // workflows.rs
+        a_workflow_run_creates_every_step_at_once_and_settles_once_when_its_last_step_ends,
+        an_aborted_workflow_run_ends_aborted_once_its_step_runs_ended,
+        two_step_runs_ending_at_once_on_two_handles_settle_their_workflow_run_once,
         // finalization.rs
         a_retried_shard_holds_the_run_open_until_it_ends_for_good,
         a_finalizer_runs_once_after_every_shard_and_gates_the_run,

@@ -8,8 +8,8 @@ use super::Settings;
 
 impl Settings {
     /// A short digest of what every replica must agree on: the pipelines as they run
-    /// (commands, environment names, limits, caps, requirements, parameters) and the
-    /// global cap. Replicas whose digests differ run different configs (a rolling restart
+    /// (commands, environment names, limits, caps, requirements, parameters), the
+    /// workflows (steps, their pipelines, parameters, needs and rules) and the global cap. Replicas whose digests differ run different configs (a rolling restart
     /// half done); secrets' values and per-node keys (name, labels, slots) are left out.
     pub fn config_digest(&self) -> String {
         let mut h = sha2::Sha256::new();
@@ -37,6 +37,24 @@ impl Settings {
             ));
             if let Some(key) = &p.concurrency_key {
                 h.update(format!("{name}|key={key}|{}\n", p.concurrency_per_key));
+            }
+        }
+        // Workflows add lines only when there are some: a config without any keeps its digest.
+        for (name, w) in &self.workflows {
+            h.update(format!(
+                "workflow={name}|{:?}\n",
+                w.params.keys().collect::<Vec<_>>()
+            ));
+            for s in &w.steps {
+                let params: Vec<String> =
+                    s.params.iter().map(|(k, t)| format!("{k}={t}")).collect();
+                h.update(format!(
+                    "workflow={name}|step={}|{}|{params:?}|{:?}|{}\n",
+                    s.name,
+                    s.pipeline,
+                    s.needs,
+                    s.when.as_str()
+                ));
             }
         }
         let digest = h.finalize();
@@ -86,5 +104,12 @@ command = ["/bin/true"]
             a.config_digest(),
             load(&changed, &|_| None).unwrap().config_digest()
         );
+        let flow = format!(
+            "{CONFIG}[workflows.ship.steps.a]\npipeline = \"any\"\n[workflows.ship.steps.b]\npipeline = \"train\"\nneeds = [\"a\"]\n"
+        );
+        let with_flow = load(&flow, &|_| None).unwrap().config_digest();
+        assert_ne!(a.config_digest(), with_flow);
+        let always = flow.replace("needs = [\"a\"]", "needs = [\"a\"]\nwhen = \"always\"");
+        assert_ne!(with_flow, load(&always, &|_| None).unwrap().config_digest());
     }
 }

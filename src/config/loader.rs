@@ -265,10 +265,16 @@ impl Loader<'_> {
             let p = self.pipeline(name, rp, &server, &secrets)?;
             pipelines.insert(name.clone(), Arc::new(p));
         }
+        let mut workflows = BTreeMap::new();
+        for (name, rw) in &raw.workflows {
+            let w = self.workflow(name, rw, &pipelines, &raw.workflows)?;
+            workflows.insert(name.clone(), Arc::new(w));
+        }
         Ok(Settings {
             server,
             store,
             pipelines,
+            workflows,
             webhooks,
             secrets,
             auth,

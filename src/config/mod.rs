@@ -9,9 +9,10 @@
 //! One file per concern: `loader` (the loader, its error blame and environment
 //! overrides), `raw` (the TOML as given), `server`, `store` (store and bus),
 //! `access` (auth, webhooks, secrets), `pipeline` and `pipeline_parts` (commands,
-//! schedules, retry rules), `placement` (node names, labels, resources, keys, the
-//! config digest) and `units` (durations and sizes). Parameters and argv templates are
-//! domain types in `model::template`.
+//! schedules, retry rules, declared parameters), `workflow` (workflows: steps that run
+//! pipelines, their `needs` graph and parameter templates), `placement` (node names,
+//! labels, resources, keys), `digest` (the config digest) and `units` (durations and
+//! sizes). Parameters and argv templates are domain types in `model::template`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 mod units;
+mod workflow;
 
 pub use crate::model::template::{MAX_PARAM_BYTES, ParamSpec, ParamType, Piece, Template};
 pub use access::{
@@ -44,6 +46,7 @@ pub use placement::{check_node_name, default_node_name};
 pub use server::ServerSettings;
 pub use store::{BusSettings, StoreSettings, StoreUrl, Synchronous};
 pub use units::{parse_duration, parse_size};
+pub use workflow::{Workflow, WorkflowStep};
 
 use loader::{Loader, unknown_name_hint};
 use raw::RawFile;
@@ -114,6 +117,8 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Pipelines by name.
     pub pipelines: BTreeMap<String, Arc<Pipeline>>,
+    /// Workflows by name (`[workflows]`): graphs of steps, each a run of a pipeline.
+    pub workflows: BTreeMap<String, Arc<Workflow>>,
     /// `[webhooks]`: completion callbacks.
     pub webhooks: WebhookSettings,
     /// `[secrets]`: values masked wherever job output is stored or sent.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::pipeline_parts::resolve_program;
+use super::pipeline_parts::{resolve_program, valid_name};
 use super::raw::{RawEnvValue, RawPipeline};
 use super::*;
 use crate::model::template::brace_hint;
@@ -125,12 +125,7 @@ impl Loader<'_> {
     ) -> Result<Pipeline, ConfigError> {
         let t = format!("pipelines.{name}");
         let t = t.as_str();
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if !valid_name(name) {
             return Err(self.invalid(
                 t,
                 None,
@@ -160,51 +155,7 @@ impl Loader<'_> {
         let program = resolve_program(program, cwd.as_deref().unwrap_or(&self.base))
             .map_err(|m| self.invalid(t, Some("command"), m))?;
 
-        let mut params = BTreeMap::new();
-        for (pname, raw) in &rp.params {
-            if pname.is_empty()
-                || !pname
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
-                return Err(self.invalid(
-                    &format!("{t}.params.{pname}"),
-                    None,
-                    "parameter names use letters, digits and '_'",
-                ));
-            }
-            if BUILTIN_PLACEHOLDERS.contains(&pname.as_str()) {
-                return Err(self.invalid(
-                    &format!("{t}.params.{pname}"),
-                    None,
-                    "this name is a built-in placeholder",
-                ));
-            }
-            let pt = format!("{t}.params.{pname}");
-            let pattern = match &raw.pattern {
-                None => None,
-                Some(p) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|e| {
-                    self.invalid(&pt, Some("pattern"), format!("invalid regex: {e}"))
-                })?),
-            };
-            let spec = ParamSpec {
-                kind: raw.kind,
-                default: None,
-                pattern,
-                allow_leading_dash: raw.allow_leading_dash,
-            };
-            let default = match &raw.default {
-                None => None,
-                Some(v) => {
-                    let json = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
-                    Some(
-                        spec.accept(&json)
-                            .map_err(|m| self.invalid(&pt, Some("default"), m))?,
-                    )
-                }
-            };
-            params.insert(pname.clone(), ParamSpec { default, ..spec });
-        }
+        let params = self.param_specs(t, &rp.params)?;
 
         let mut templates = Vec::new();
         for arg in args {

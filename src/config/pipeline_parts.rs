@@ -1,11 +1,21 @@
-//! The parts of a pipeline checked on their own: a command line other than the main
-//! one (setup, finalizer), the program it runs found on `PATH`, the schedule, and
-//! which exit codes are retried.
+//! The parts of a pipeline checked on their own: its name and declared parameters
+//! (shared with workflows), a command line other than the main one (setup, finalizer),
+//! the program it runs found on `PATH`, the schedule, and which exit codes are retried.
 
 use std::path::{Path, PathBuf};
 
-use super::raw::RawPipeline;
+use super::raw::{RawParam, RawPipeline};
 use super::*;
+
+/// Whether `name` may name a pipeline or a workflow (one namespace) or a workflow's
+/// step: letters, digits, `-` and `_`, at most 64 bytes.
+pub(super) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
 
 /// Resolves `command[0]`: absolute as is, with a `/` relative to `dir`, else searched on PATH.
 pub(super) fn resolve_program(program: &str, dir: &Path) -> Result<PathBuf, String> {
@@ -36,6 +46,54 @@ pub(super) fn resolve_program(program: &str, dir: &Path) -> Result<PathBuf, Stri
 }
 
 impl Loader<'_> {
+    /// The parameters declared under `[{t}.params]` (a pipeline's or a workflow's): names
+    /// of letters, digits and `_` that are not built-in placeholders, patterns that
+    /// compile, defaults that pass their own rules.
+    pub(super) fn param_specs(
+        &self,
+        t: &str,
+        raw: &BTreeMap<String, RawParam>,
+    ) -> Result<BTreeMap<String, ParamSpec>, ConfigError> {
+        let mut params = BTreeMap::new();
+        for (pname, raw) in raw {
+            let pt = format!("{t}.params.{pname}");
+            if pname.is_empty()
+                || !pname
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(self.invalid(&pt, None, "parameter names use letters, digits and '_'"));
+            }
+            if BUILTIN_PLACEHOLDERS.contains(&pname.as_str()) {
+                return Err(self.invalid(&pt, None, "this name is a built-in placeholder"));
+            }
+            let pattern = match &raw.pattern {
+                None => None,
+                Some(p) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+                    self.invalid(&pt, Some("pattern"), format!("invalid regex: {e}"))
+                })?),
+            };
+            let spec = ParamSpec {
+                kind: raw.kind,
+                default: None,
+                pattern,
+                allow_leading_dash: raw.allow_leading_dash,
+            };
+            let default = match &raw.default {
+                None => None,
+                Some(v) => {
+                    let json = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
+                    Some(
+                        spec.accept(&json)
+                            .map_err(|m| self.invalid(&pt, Some("default"), m))?,
+                    )
+                }
+            };
+            params.insert(pname.clone(), ParamSpec { default, ..spec });
+        }
+        Ok(params)
+    }
+
     /// Parses a setup or finalizer argv, allowing the `available` placeholders (an unknown
     /// one is refused with the nearest and the whole list).
     pub(super) fn command_line(

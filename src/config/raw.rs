@@ -20,6 +20,8 @@ pub(super) struct RawFile {
     pub(super) secrets: BTreeMap<String, RawSecret>,
     #[serde(default)]
     pub(super) pipelines: BTreeMap<String, RawPipeline>,
+    #[serde(default)]
+    pub(super) workflows: BTreeMap<String, RawWorkflow>,
 }
 
 #[derive(Deserialize)]
@@ -148,4 +150,26 @@ pub(super) struct RawParam {
     pub(super) pattern: Option<String>,
     #[serde(default)]
     pub(super) allow_leading_dash: bool,
+}
+
+/// `[workflows.NAME]`: parameters of its own and steps, each a run of a pipeline.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWorkflow {
+    #[serde(default)]
+    pub(super) params: BTreeMap<String, RawParam>,
+    #[serde(default)]
+    pub(super) steps: BTreeMap<String, RawWorkflowStep>,
+}
+
+/// `[workflows.NAME.steps.STEP]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWorkflowStep {
+    pub(super) pipeline: String,
+    #[serde(default)]
+    pub(super) params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) needs: Vec<String>,
+    pub(super) when: Option<String>,
 }

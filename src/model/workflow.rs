@@ -75,8 +75,7 @@ pub fn topological<'a>(steps: &'a [(String, Vec<String>)]) -> Option<Vec<&'a str
         let mut ready: Vec<&str> = steps
             .iter()
             .filter(|(name, needs)| {
-                !order.contains(&name.as_str())
-                    && needs.iter().all(|n| order.contains(&n.as_str()))
+                !order.contains(&name.as_str()) && needs.iter().all(|n| order.contains(&n.as_str()))
             })
             .map(|(name, _)| name.as_str())
             .collect();
@@ -109,14 +108,27 @@ mod tests {
         let q = WorkflowStatus::Queued;
         assert_eq!(shown(q, [Queued, Waiting]), WorkflowStatus::Queued);
         assert_eq!(shown(q, [Completed, Waiting]), WorkflowStatus::Running);
-        assert_eq!(shown(WorkflowStatus::Failed, [Running]), WorkflowStatus::Failed);
+        assert_eq!(
+            shown(WorkflowStatus::Failed, [Running]),
+            WorkflowStatus::Failed
+        );
     }
 
     #[test]
     fn orders_needs_first_and_finds_cycles() {
-        let s = |n: &str, needs: &[&str]| (n.to_string(), needs.iter().map(|x| x.to_string()).collect());
-        let steps = vec![s("report", &["test"]), s("test", &["build"]), s("build", &[]), s("lint", &[])];
-        assert_eq!(topological(&steps).unwrap(), ["build", "lint", "test", "report"]);
+        let s = |n: &str, needs: &[&str]| {
+            (n.to_string(), needs.iter().map(|x| x.to_string()).collect())
+        };
+        let steps = vec![
+            s("report", &["test"]),
+            s("test", &["build"]),
+            s("build", &[]),
+            s("lint", &[]),
+        ];
+        assert_eq!(
+            topological(&steps).unwrap(),
+            ["build", "lint", "test", "report"]
+        );
         let cycle = vec![s("a", &["b"]), s("b", &["a"]), s("c", &[])];
         assert!(topological(&cycle).is_none());
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::*;
 
 mod environment;
+mod workflows;
 
 pub(super) fn load(text: &str) -> Result<Settings, ConfigError> {
     Settings::from_toml(text, Path::new("/tmp/runyard.toml"), &|_| None)

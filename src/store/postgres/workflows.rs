@@ -116,13 +116,24 @@ pub(super) async fn step_ended(
             ended,
             row.get(6),
             &steps,
-            |id| statuses.iter().find(|(r, _)| r == id).map(|(_, s)| s.clone()),
+            |id| {
+                statuses
+                    .iter()
+                    .find(|(r, _)| r == id)
+                    .map(|(_, s)| s.clone())
+            },
         );
         let envelope = summary::workflow_webhook_envelope(data, now);
         tx.exec(
             "INSERT INTO deliveries (id, run_id, url, payload, status, next_attempt_at, created_at)
              VALUES ($1, $2, $3, $4, 'pending', $5, $5)",
-            &[&envelope.id, &workflow_run_id, &url, &envelope.payload, &now],
+            &[
+                &envelope.id,
+                &workflow_run_id,
+                &url,
+                &envelope.payload,
+                &now,
+            ],
         )
         .await?;
     }
@@ -154,7 +165,8 @@ pub(super) async fn workflow_abort_mark(
     })
 }
 
-const WORKFLOW_COLS: &str = "id, workflow, status, params, steps, triggered_by, actor, callback_url, rerun_of,
+const WORKFLOW_COLS: &str =
+    "id, workflow, status, params, steps, triggered_by, actor, callback_url, rerun_of,
     abort_requested, aborted_by, created_at, finished_at";
 
 fn workflow_view(r: &tokio_postgres::Row) -> WorkflowRunRecord {

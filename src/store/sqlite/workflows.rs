@@ -76,7 +76,16 @@ pub(super) fn step_ended(
     status: RunStatus,
     now: i64,
 ) -> StoreResult<()> {
-    type Counted = (i64, i64, bool, String, Option<String>, Option<String>, String, String);
+    type Counted = (
+        i64,
+        i64,
+        bool,
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+        String,
+    );
     let counted: Option<Counted> = conn
         .prepare_cached(
             "UPDATE workflow_runs SET steps_left = steps_left - 1, steps_bad = steps_bad + ?2
@@ -109,14 +118,26 @@ pub(super) fn step_ended(
             ended,
             &params_text,
             &steps,
-            |id| status_of.query_row(params![id], |r| r.get(0)).optional().ok().flatten(),
+            |id| {
+                status_of
+                    .query_row(params![id], |r| r.get(0))
+                    .optional()
+                    .ok()
+                    .flatten()
+            },
         );
         let envelope = summary::workflow_webhook_envelope(data, now);
         conn.prepare_cached(
             "INSERT INTO deliveries (id, run_id, url, payload, status, next_attempt_at, created_at)
              VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
         )?
-        .execute(params![envelope.id, workflow_run_id, url, envelope.payload, now])?;
+        .execute(params![
+            envelope.id,
+            workflow_run_id,
+            url,
+            envelope.payload,
+            now
+        ])?;
     }
     Ok(())
 }
@@ -152,7 +173,8 @@ pub(super) async fn workflow_abort_mark(
     .await
 }
 
-const WORKFLOW_COLS: &str = "id, workflow, status, params, steps, triggered_by, actor, callback_url, rerun_of,
+const WORKFLOW_COLS: &str =
+    "id, workflow, status, params, steps, triggered_by, actor, callback_url, rerun_of,
     abort_requested, aborted_by, created_at, finished_at";
 
 fn workflow_view(r: &Row<'_>) -> rusqlite::Result<WorkflowRunRecord> {
