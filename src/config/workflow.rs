@@ -24,7 +24,9 @@ pub struct Workflow {
     pub name: String,
     /// Its own parameters (`[workflows.NAME.params.P]`), what a trigger of it gives.
     pub params: BTreeMap<String, ParamSpec>,
-    /// Its steps in topological order: every step after all the steps it needs; ties by name.
+    /// Its steps in topological order, as the store creates their runs
+    /// ([`crate::model::topological`]): every step after all the steps it needs, the
+    /// steps that become ready together by name.
     pub steps: Vec<WorkflowStep>,
 }
 
@@ -35,9 +37,10 @@ pub struct WorkflowStep {
     pub name: String,
     /// The pipeline it runs (one declared under `[pipelines]`).
     pub pipeline: String,
-    /// The pipeline's parameters it passes, as templates over the workflow's parameters.
-    pub params: BTreeMap<String, Template>, // keys are the pipeline's declared parameters
-    /// The steps that end before it starts (as written, without duplicates).
+    /// The parameters it passes, each one the pipeline declares, as templates over the
+    /// workflow's parameters; every required one (no default) is among them.
+    pub params: BTreeMap<String, Template>,
+    /// The steps that end before it starts (as written; duplicates are refused).
     pub needs: Vec<String>,
     /// When it starts once they have all ended (`success` by default).
     pub when: AfterWhen,
