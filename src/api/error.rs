@@ -112,7 +112,9 @@ impl From<TriggerError> for ApiError {
             e @ (TriggerError::NotFinished { .. } | TriggerError::NothingToRerun(_)) => {
                 ApiError::Conflict(e.to_string())
             }
-            e @ TriggerError::RunNotFound(_) => ApiError::NotFound(e.to_string()),
+            e @ (TriggerError::RunNotFound(_) | TriggerError::WorkflowRunNotFound(_)) => {
+                ApiError::NotFound(e.to_string())
+            }
             TriggerError::Unavailable {
                 message,
                 retry_after,

@@ -32,6 +32,8 @@ pub mod sse;
 mod stats;
 mod trigger;
 pub mod views;
+mod workflow_runs;
+mod workflows;
 
 use std::sync::Arc;
 
@@ -94,6 +96,12 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::abort))
         .routes(routes!(rerun::rerun))
         .routes(routes!(runs::deliveries))
+        .routes(routes!(workflows::list))
+        .routes(routes!(workflows::trigger))
+        .routes(routes!(workflow_runs::list))
+        .routes(routes!(workflow_runs::get))
+        .routes(routes!(workflow_runs::abort))
+        .routes(routes!(workflow_runs::rerun))
         .routes(routes!(jobs::job))
         .routes(routes!(jobs::logs))
         .routes(routes!(sse::log_stream))

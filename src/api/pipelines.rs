@@ -173,26 +173,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<PipelineL
         .values()
         .map(|p| {
             let c = counts.get(&p.name).copied().unwrap_or_default();
-            let params = p
-                .params
-                .iter()
-                .map(|(name, spec)| {
-                    (
-                        name.clone(),
-                        ParamInfo {
-                            kind: spec.kind,
-                            default: spec.default.clone(),
-                            required: spec.default.is_none(),
-                            pattern: spec.pattern.as_ref().map(|r| {
-                                r.as_str()
-                                    .trim_start_matches("^(?:")
-                                    .trim_end_matches(")$")
-                                    .to_string()
-                            }),
-                        },
-                    )
-                })
-                .collect();
+            let params = param_infos(&p.params);
             let nodes: Vec<PipelineNodeState> = states
                 .iter()
                 .filter(|s| s.pipeline == p.name)
@@ -371,4 +352,29 @@ pub(super) async fn resume(
     path: Result<Path<PipelineIdParam>, PathRejection>,
 ) -> Result<Json<PauseState>, ApiError> {
     set_paused(&state, actor, path, false).await
+}
+
+/// Declared parameters as the API shows them (a pipeline's or a workflow's).
+pub(super) fn param_infos(
+    params: &BTreeMap<String, crate::config::ParamSpec>,
+) -> BTreeMap<String, ParamInfo> {
+    params
+        .iter()
+        .map(|(name, spec)| {
+            (
+                name.clone(),
+                ParamInfo {
+                    kind: spec.kind,
+                    default: spec.default.clone(),
+                    required: spec.default.is_none(),
+                    pattern: spec.pattern.as_ref().map(|r| {
+                        r.as_str()
+                            .trim_start_matches("^(?:")
+                            .trim_end_matches(")$")
+                            .to_string()
+                    }),
+                },
+            )
+        })
+        .collect()
 }

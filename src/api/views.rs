@@ -143,6 +143,12 @@ pub struct RunView {
     /// With `after`: when it goes once they have ended (`success`, `failure`, `always`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after_when: Option<crate::model::AfterWhen>,
+    /// The workflow run that created it, when it is a workflow step's run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow_run_id: Option<String>,
+    /// Its step in that workflow run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow_step: Option<String>,
     /// Its shard jobs in shard order.
     pub jobs: Vec<JobView>,
     /// Its finalize job, once queued.
@@ -307,6 +313,8 @@ impl From<RunRecord> for RunView {
                 .and_then(|t| serde_json::from_str(t).ok()),
             after: r.after,
             after_when: r.after_when,
+            workflow_run_id: r.workflow_run_id,
+            workflow_step: r.workflow_step,
             jobs: r.jobs.into_iter().map(JobView::from).collect(),
             finalizer: r.finalizer.map(JobView::from),
         }

@@ -131,6 +131,10 @@ pub struct Metrics {
     pipelines: RwLock<BTreeMap<String, Arc<PipelineInstruments>>>,
     /// Run aborts accepted by this node's API.
     pub aborts: AtomicU64,
+    /// Workflow runs created through this node (triggers and re-runs; not replays).
+    pub workflow_runs_created: AtomicU64,
+    /// Workflow run aborts accepted by this node's API.
+    pub workflow_aborts: AtomicU64,
     /// Schedule ticks this node fired (each tick is fired by one node of the store).
     pub schedule_fires: AtomicU64,
     /// Orphaned executions resolved by this node's rescuer.
@@ -156,6 +160,8 @@ impl Default for Metrics {
             flush_lag: Histogram::new(LATENCY_BOUNDS),
             pipelines: RwLock::default(),
             aborts: AtomicU64::new(0),
+            workflow_runs_created: AtomicU64::new(0),
+            workflow_aborts: AtomicU64::new(0),
             schedule_fires: AtomicU64::new(0),
             orphans_recovered: AtomicU64::new(0),
             self_fences: AtomicU64::new(0),

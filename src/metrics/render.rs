@@ -129,6 +129,16 @@ impl Metrics {
                 &self.aborts,
             ),
             (
+                "runyard_workflow_runs_created_total",
+                "Workflow runs created through this node (triggers and re-runs, not replays).",
+                &self.workflow_runs_created,
+            ),
+            (
+                "runyard_workflow_aborts_total",
+                "Workflow run aborts accepted by this node.",
+                &self.workflow_aborts,
+            ),
+            (
                 "runyard_schedule_fires_total",
                 "Schedule ticks fired by this node (one node fires each tick; sum over nodes).",
                 &self.schedule_fires,

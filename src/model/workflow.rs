@@ -69,7 +69,7 @@ pub fn shown(stored: WorkflowStatus, steps: impl IntoIterator<Item = RunStatus>)
 }
 
 /// Orders steps so each comes after all its needs (ties by name); `None` on a cycle.
-pub fn topological<'a>(steps: &'a [(String, Vec<String>)]) -> Option<Vec<&'a str>> {
+pub fn topological(steps: &[(String, Vec<String>)]) -> Option<Vec<&str>> {
     let mut order: Vec<&str> = Vec::with_capacity(steps.len());
     while order.len() < steps.len() {
         let mut ready: Vec<&str> = steps

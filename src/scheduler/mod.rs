@@ -35,6 +35,7 @@ mod schedules;
 mod setup;
 mod trigger;
 mod workdir;
+mod workflow;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,6 +47,7 @@ use tokio_util::task::TaskTracker;
 
 pub use abort::{AbortRegistry, AbortedBy, CancelCause};
 use claim_params::{claim_params, claimable_needs, need_of, placement_refusal};
+pub use workflow::{WorkflowAbort, WorkflowTriggerRequest, WorkflowTriggered};
 pub use request::{
     IDEMPOTENCY_KEY_RULE, MAX_AFTER, RerunScope, TriggerError, TriggerRequest, Triggered,
     valid_idempotency_key,

@@ -79,6 +79,20 @@ pub enum TriggerError {
     /// `after` is malformed or names a run that does not exist.
     #[error("{0}")]
     BadAfter(String),
+    /// No workflow of that name.
+    #[error("Unknown workflow: {0}")]
+    UnknownWorkflow(String),
+    /// A workflow step's rendered parameters were refused by its pipeline.
+    #[error("Step {step}: {message}")]
+    BadStep {
+        /// The step.
+        step: String,
+        /// Why.
+        message: String,
+    },
+    /// No such workflow run.
+    #[error("Workflow run not found: {0}")]
+    WorkflowRunNotFound(String),
     /// A re-run named no run.
     #[error("Run not found: {0}")]
     RunNotFound(String),

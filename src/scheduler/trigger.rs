@@ -32,7 +32,7 @@ impl Scheduler {
                     .join(", "),
             });
         };
-        let params = resolve_params(pipeline, &req.parameters)?;
+        let params = resolve_params(&pipeline.params, &req.parameters)?;
         let shards = req.shards.unwrap_or(pipeline.shards);
         if shards == 0 || shards > MAX_SHARDS {
             return Err(TriggerError::BadShards);
@@ -325,21 +325,22 @@ pub(super) fn policy_of(pipeline: &Pipeline) -> JobPolicy {
     }
 }
 
-/// Fills defaults and validates every parameter against the pipeline's declarations.
-fn resolve_params(
-    pipeline: &Pipeline,
+/// Fills defaults and validates every parameter against its declaration (a pipeline's
+/// or a workflow's).
+pub(super) fn resolve_params(
+    declared: &BTreeMap<String, crate::config::ParamSpec>,
     given: &serde_json::Map<String, Value>,
 ) -> Result<BTreeMap<String, String>, TriggerError> {
     if given.len() > 64 {
         return Err(TriggerError::Unsupported("at most 64 parameters".into()));
     }
-    if let Some(undeclared) = given.keys().find(|k| !pipeline.params.contains_key(*k)) {
+    if let Some(undeclared) = given.keys().find(|k| !declared.contains_key(*k)) {
         return Err(TriggerError::UndeclaredParameter(
             undeclared.chars().take(100).collect(),
         ));
     }
     let mut out = BTreeMap::new();
-    for (name, spec) in &pipeline.params {
+    for (name, spec) in declared {
         let value = match given.get(name) {
             Some(v) => spec
                 .accept(v)
