@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Args, CommandFactory};
 use serde_json::{Map, Value, json};
 
-use super::client::segment;
+use super::client::{ClientError, segment};
 use super::wait::{self, Watch};
 use super::{Cli, ClientArgs, client_for, complete, exit, output, term};
 
@@ -78,6 +78,9 @@ pub(super) async fn trigger(cli: &Cli, a: &TriggerArgs) -> anyhow::Result<u8> {
             .with_context(|| format!("parameter {p:?} is not KEY=VALUE"))?;
         parameters.insert(k.to_string(), Value::String(v.to_string()));
     }
+    if super::workflow::is_workflow(&client, &a.pipeline).await? {
+        return super::workflow::trigger(&client, a, parameters, json_out).await;
+    }
     let mut body = json!({ "parameters": parameters });
     if let Some(n) = a.shards {
         body["shards"] = json!(n);
@@ -143,6 +146,12 @@ pub(super) async fn wait(
     args: &ClientArgs,
 ) -> anyhow::Result<u8> {
     let (client, json_out) = client_for(cli, args)?;
+    if let Err(ClientError::Refused { status: 404, .. }) =
+        client.get(&format!("/api/runs/{}", segment(run))).await
+        && super::workflow::workflow_run(&client, run).await?.is_some()
+    {
+        return super::workflow::watch(&client, run, follow, json_out).await;
+    }
     let how = Watch {
         follow,
         json: json_out,
@@ -181,7 +190,19 @@ pub(super) async fn runs(
 /// `runyard show RUN`: one run, its jobs and deliveries.
 pub(super) async fn show(cli: &Cli, run: &str, args: &ClientArgs) -> anyhow::Result<u8> {
     let (client, json_out) = client_for(cli, args)?;
-    let answer = client.get(&format!("/api/runs/{}", segment(run))).await?;
+    let answer = match client.get(&format!("/api/runs/{}", segment(run))).await {
+        Err(ClientError::Refused { status: 404, .. })
+            if let Some(w) = super::workflow::workflow_run(&client, run).await? =>
+        {
+            if json_out {
+                output::print_json(&w)?
+            } else {
+                super::workflow::details(&w)?
+            }
+            return Ok(exit::OK);
+        }
+        other => other?,
+    };
     if json_out {
         output::print_json(&answer)?
     } else {
@@ -198,9 +219,34 @@ pub(super) async fn rerun(cli: &Cli, a: &RerunArgs) -> anyhow::Result<u8> {
     } else {
         json!({})
     };
-    let answer = client
+    let answer = match client
         .post(&format!("/api/runs/{}/rerun", segment(&a.run)), &body)
-        .await?;
+        .await
+    {
+        Err(ClientError::Refused { status: 404, .. })
+            if super::workflow::workflow_run(&client, &a.run)
+                .await?
+                .is_some() =>
+        {
+            let answer = client
+                .post(
+                    &format!("/api/workflow-runs/{}/rerun", segment(&a.run)),
+                    &body,
+                )
+                .await?;
+            let id = answer["workflowRunId"].as_str().unwrap_or_default();
+            if !(a.wait || a.follow) {
+                if json_out {
+                    output::print_json(&answer)?;
+                } else {
+                    term::out(id)?;
+                }
+                return Ok(exit::OK);
+            }
+            return super::workflow::watch(&client, id, a.follow, json_out).await;
+        }
+        other => other?,
+    };
     let also = format!(
         " (re-run of {})",
         answer["rerunOf"].as_str().unwrap_or(&a.run)
@@ -217,9 +263,32 @@ pub(super) async fn rerun(cli: &Cli, a: &RerunArgs) -> anyhow::Result<u8> {
 /// `runyard abort RUN`.
 pub(super) async fn abort(cli: &Cli, run: &str, args: &ClientArgs) -> anyhow::Result<u8> {
     let (client, json_out) = client_for(cli, args)?;
-    let answer = client
+    let answer = match client
         .post(&format!("/api/runs/{}/abort", segment(run)), &json!({}))
-        .await?;
+        .await
+    {
+        Err(ClientError::Refused { status: 404, .. })
+            if super::workflow::workflow_run(&client, run).await?.is_some() =>
+        {
+            let answer = client
+                .post(
+                    &format!("/api/workflow-runs/{}/abort", segment(run)),
+                    &json!({}),
+                )
+                .await?;
+            if json_out {
+                output::print_json(&answer)?;
+            } else {
+                let n = answer["abortedRuns"].as_array().map_or(0, Vec::len);
+                term::out(format_args!(
+                    "workflow run {} aborted: {n} step run(s) aborted now",
+                    answer["workflowRunId"].as_str().unwrap_or(run)
+                ))?;
+            }
+            return Ok(exit::OK);
+        }
+        other => other?,
+    };
     if json_out {
         output::print_json(&answer)?;
     } else {

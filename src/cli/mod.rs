@@ -21,6 +21,7 @@ mod serve;
 mod term;
 mod wait;
 mod wait_view;
+mod workflow;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,10 +87,10 @@ enum Command {
         #[arg(short, long, env = "RUNYARD_CONFIG", default_value = "runyard.toml")]
         config: PathBuf,
     },
-    /// Trigger a run of a pipeline; prints its run id (or waits for it).
+    /// Trigger a run of a pipeline, or of a workflow; prints its id (or waits for it).
     #[command(after_help = exit::HELP)]
     Trigger(commands::TriggerArgs),
-    /// Wait for a run started elsewhere; exit 0/1/130 by its status.
+    /// Wait for a run (or workflow run) started elsewhere; exit 0/1/130 by its status.
     #[command(after_help = exit::HELP)]
     Wait {
         /// Run id, or a unique prefix of one (at least 8 characters).
@@ -117,9 +118,9 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Show one run and its jobs.
+    /// Show one run and its jobs, or a workflow run and its steps.
     Show {
-        /// Run id, or a unique prefix of one (at least 8 characters).
+        /// Run or workflow run id, or a unique prefix of one (at least 8 characters).
         run: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -142,9 +143,9 @@ enum Command {
     /// Re-run a finished run as a new run (same parameters and shard count); prints its id.
     #[command(after_help = exit::HELP)]
     Rerun(commands::RerunArgs),
-    /// Abort a run: stop every shard's process tree.
+    /// Abort a run (stop every shard's process tree), or every step run of a workflow run.
     Abort {
-        /// Run id, or a unique prefix of one (at least 8 characters).
+        /// Run or workflow run id, or a unique prefix of one (at least 8 characters).
         run: String,
         #[command(flatten)]
         client: ClientArgs,

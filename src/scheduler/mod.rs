@@ -47,11 +47,11 @@ use tokio_util::task::TaskTracker;
 
 pub use abort::{AbortRegistry, AbortedBy, CancelCause};
 use claim_params::{claim_params, claimable_needs, need_of, placement_refusal};
-pub use workflow::{WorkflowAbort, WorkflowTriggerRequest, WorkflowTriggered};
 pub use request::{
     IDEMPOTENCY_KEY_RULE, MAX_AFTER, RerunScope, TriggerError, TriggerRequest, Triggered,
     valid_idempotency_key,
 };
+pub use workflow::{WorkflowAbort, WorkflowTriggerRequest, WorkflowTriggered};
 
 use crate::bus::Bus;
 use crate::config::Settings;

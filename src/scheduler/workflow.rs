@@ -85,7 +85,9 @@ impl Scheduler {
         if let Some(key) = &req.idempotency_key
             && !valid_idempotency_key(key)
         {
-            return Err(TriggerError::Unsupported(super::IDEMPOTENCY_KEY_RULE.into()));
+            return Err(TriggerError::Unsupported(
+                super::IDEMPOTENCY_KEY_RULE.into(),
+            ));
         }
         if let Some(url) = &req.callback_url {
             let Some(webhooks) = &self.inner.webhooks else {
@@ -148,7 +150,13 @@ impl Scheduler {
                 status: original.shown_status().as_str().to_string(),
             });
         }
-        let Some(workflow) = self.inner.settings.workflows.get(&original.workflow).cloned() else {
+        let Some(workflow) = self
+            .inner
+            .settings
+            .workflows
+            .get(&original.workflow)
+            .cloned()
+        else {
             return Err(TriggerError::UnknownWorkflow(original.workflow.clone()));
         };
         let kept: BTreeMap<String, String> = if only_failed {
@@ -228,7 +236,8 @@ impl Scheduler {
         };
         let mut aborted = Vec::new();
         for run in runs {
-            if let crate::store::AbortOutcome::Aborted { .. } = self.abort(&run, by.clone()).await? {
+            if let crate::store::AbortOutcome::Aborted { .. } = self.abort(&run, by.clone()).await?
+            {
                 aborted.push(run);
             }
         }
@@ -279,12 +288,11 @@ impl Scheduler {
                 .into_iter()
                 .map(|(k, v)| (k, Value::String(v)))
                 .collect();
-            let step_params = resolve_params(&pipeline.params, &given).map_err(|e| {
-                TriggerError::BadStep {
+            let step_params =
+                resolve_params(&pipeline.params, &given).map_err(|e| TriggerError::BadStep {
                     step: step.name.clone(),
                     message: e.to_string(),
-                }
-            })?;
+                })?;
             let run = RunId::new();
             let shards = pipeline.shards;
             runs.push(RunCreateParams {

@@ -124,10 +124,17 @@ pub trait Store: Send + Sync {
             limit: 1,
             ..Default::default()
         };
-        Ok(self.workflow_runs_read(f, Some(id)).await?.into_iter().next())
+        Ok(self
+            .workflow_runs_read(f, Some(id))
+            .await?
+            .into_iter()
+            .next())
     }
     /// Workflow runs, newest first.
-    async fn workflow_runs_list(&self, f: WorkflowRunFilter) -> StoreResult<Vec<WorkflowRunRecord>> {
+    async fn workflow_runs_list(
+        &self,
+        f: WorkflowRunFilter,
+    ) -> StoreResult<Vec<WorkflowRunRecord>> {
         self.workflow_runs_read(f, None).await
     }
     /// Workflow runs by filter, or the one with `id`.

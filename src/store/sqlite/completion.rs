@@ -119,7 +119,14 @@ pub(super) fn turn_terminal_once(
     status: RunStatus,
     now: i64,
 ) -> StoreResult<Option<bool>> {
-    type Ended = (String, u32, Option<String>, Option<String>, bool, Option<String>);
+    type Ended = (
+        String,
+        u32,
+        Option<String>,
+        Option<String>,
+        bool,
+        Option<String>,
+    );
     let changed: Option<Ended> = conn
         .prepare_cached(
             "UPDATE runs SET status = ?2, finished_at = ?3 WHERE id = ?1 AND finished_at IS NULL
@@ -129,7 +136,8 @@ pub(super) fn turn_terminal_once(
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
         })
         .optional()?;
-    let Some((pipeline, count, callback_url, aborted_by, has_dependents, workflow_run_id)) = changed
+    let Some((pipeline, count, callback_url, aborted_by, has_dependents, workflow_run_id)) =
+        changed
     else {
         return Ok(None);
     };

@@ -149,4 +149,3 @@ pub fn own_runs_dependents_first(steps_text: &str) -> Vec<String> {
         .map(|s| s.run_id)
         .collect()
 }
-
