@@ -24,8 +24,9 @@ use crate::store::{WorkflowRunFilter, WorkflowRunRecord};
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
 pub(super) struct WorkflowRunIdParam {
-    /// A workflow run id (a UUID), or its first 8 or more hex digits when they match one
-    /// workflow run only (400 when they match several).
+    /// A workflow run id (a UUID), or a short one: its last 8 hex digits (as shown
+    /// everywhere) or its first 8 or more, when they match one workflow run only (400
+    /// when they match several).
     #[param(pattern = r"^[0-9a-fA-F-]{8,36}$")]
     id: String,
 }
@@ -388,7 +389,14 @@ async fn workflow_run_id(
             id.chars().take(80).collect::<String>()
         )));
     };
-    let found = state.store.workflow_run_ids_by_prefix(&prefix, 3).await?;
+    // The short form shown everywhere is the id's last 8 digits (its random end).
+    let digits = id.to_ascii_lowercase();
+    let suffix = (digits.len() <= 12 && digits.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some(digits.as_str());
+    let found = state
+        .store
+        .workflow_run_ids_matching(&prefix, suffix, 3)
+        .await?;
     match found.as_slice() {
         [] => Err(ApiError::NotFound(format!("Workflow run not found: {id}"))),
         [one] => Ok(one.clone()),

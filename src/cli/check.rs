@@ -129,6 +129,14 @@ pub(super) async fn check(config: &Path) -> anyhow::Result<u8> {
         format!("{} ({})", names.len(), names.join(", ")),
         "file".into(),
     );
+    if !settings.workflows.is_empty() {
+        let names: Vec<&str> = settings.workflows.keys().map(String::as_str).collect();
+        line(
+            "workflows",
+            format!("{} ({})", names.len(), names.join(", ")),
+            "file".into(),
+        );
+    }
     for warning in &settings.warnings {
         let _ = writeln!(out, "warning: {warning}");
     }

@@ -143,10 +143,13 @@ pub trait Store: Send + Sync {
         f: WorkflowRunFilter,
         id: Option<&str>,
     ) -> StoreResult<Vec<WorkflowRunRecord>>;
-    /// Ids of workflow runs that start with `prefix`, in id order, at most `limit`.
-    async fn workflow_run_ids_by_prefix(
+    /// Ids of workflow runs that start with `prefix` or, when given, end with `suffix`
+    /// (the short form shown everywhere: the random end of a UUIDv7), in id order, at
+    /// most `limit`.
+    async fn workflow_run_ids_matching(
         &self,
         prefix: &str,
+        suffix: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<String>>;
 

@@ -214,10 +214,20 @@ pub async fn a_workflow_run_creates_every_step_at_once_and_settles_once_when_its
     assert_eq!(listed.len(), 1);
     let by_prefix = ok(
         "workflow_run_ids_by_prefix",
-        store.workflow_run_ids_by_prefix(&id[..8], 2),
+        store.workflow_run_ids_matching(&id[..8], None, 2),
     )
     .await;
     assert_eq!(by_prefix, vec![id.clone()]);
+    let by_suffix = ok(
+        "workflow_run_ids_matching",
+        store.workflow_run_ids_matching("ffffffff", Some(&id[id.len() - 8..]), 2),
+    )
+    .await;
+    assert_eq!(
+        by_suffix,
+        vec![id.clone()],
+        "the short form: its last 8 digits"
+    );
 }
 
 pub async fn an_aborted_workflow_run_ends_aborted_once_its_step_runs_ended(f: &Factory) {

@@ -258,12 +258,14 @@ impl Store for PgStore {
     ) -> StoreResult<Vec<WorkflowRunRecord>> {
         self.read_workflow_runs(&f, id).await
     }
-    async fn workflow_run_ids_by_prefix(
+    async fn workflow_run_ids_matching(
         &self,
         prefix: &str,
+        suffix: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<String>> {
-        self.read_workflow_run_ids_by_prefix(prefix, limit).await
+        self.read_workflow_run_ids_matching(prefix, suffix, limit)
+            .await
     }
     async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {
         self.read_run(run_id).await

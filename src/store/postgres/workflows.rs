@@ -242,15 +242,18 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn read_workflow_run_ids_by_prefix(
+    pub(super) async fn read_workflow_run_ids_matching(
         &self,
         prefix: &str,
+        suffix: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<String>> {
         let high = format!("{prefix}\u{10FFFF}");
         let limit = limit as i64;
-        read!(self, c => rows(c, "SELECT id FROM workflow_runs WHERE id >= $1 AND id < $2 ORDER BY id LIMIT $3",
-                              &[&prefix, &high, &limit])
+        read!(self, c => rows(c, "SELECT id FROM workflow_runs
+                                  WHERE (id >= $1 AND id < $2) OR ($4::text IS NOT NULL AND id LIKE '%' || $4)
+                                  ORDER BY id LIMIT $3",
+                              &[&prefix, &high, &limit, &suffix])
             .await?
             .iter()
             .map(|r| r.get(0))

@@ -205,12 +205,13 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<WorkflowRunRecord>> {
         workflows::workflow_runs_read(self, f, id).await
     }
-    async fn workflow_run_ids_by_prefix(
+    async fn workflow_run_ids_matching(
         &self,
         prefix: &str,
+        suffix: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<String>> {
-        workflows::workflow_run_ids_by_prefix(self, prefix, limit).await
+        workflows::workflow_run_ids_matching(self, prefix, suffix, limit).await
     }
     async fn run_get(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {
         views::run_get(self, run_id).await

@@ -247,19 +247,23 @@ pub(super) async fn workflow_runs_read(
     .await
 }
 
-pub(super) async fn workflow_run_ids_by_prefix(
+pub(super) async fn workflow_run_ids_matching(
     s: &SqliteStore,
     prefix: &str,
+    suffix: Option<&str>,
     limit: usize,
 ) -> StoreResult<Vec<String>> {
+    let suffix = suffix.map(str::to_string);
     let low = prefix.to_string();
     let high = format!("{prefix}\u{10FFFF}");
     s.read(move |conn| {
         Ok(conn
             .prepare_cached(
-                "SELECT id FROM workflow_runs WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3",
+                "SELECT id FROM workflow_runs
+                 WHERE (id >= ?1 AND id < ?2) OR (?4 IS NOT NULL AND id LIKE '%' || ?4)
+                 ORDER BY id LIMIT ?3",
             )?
-            .query_map(params![low, high, limit as i64], |r| r.get(0))?
+            .query_map(params![low, high, limit as i64, suffix], |r| r.get(0))?
             .collect::<Result<_, _>>()?)
     })
     .await
