@@ -234,6 +234,7 @@ impl Scheduler {
             WorkflowAbortMark::Finished(s) => return Ok(WorkflowAbort::Finished(s)),
             WorkflowAbortMark::Marked { runs } => runs,
         };
+        Metrics::add(&self.inner.metrics.workflow_aborts, 1);
         let mut aborted = Vec::new();
         for run in runs {
             if let crate::store::AbortOutcome::Aborted { .. } = self.abort(&run, by.clone()).await?
