@@ -125,6 +125,10 @@ pub async fn a_workflow_run_creates_every_step_at_once_and_settles_once_when_its
         ],
         Some("k1"),
     );
+    let p = WorkflowCreateParams {
+        callback_url: Some("https://hooks.example.com/w".into()),
+        ..p
+    };
     let id = p.workflow_run_id.clone();
     let created = ok("workflow_create", store.workflow_create(p.clone())).await;
     assert!(!created.existing);
@@ -202,6 +206,19 @@ pub async fn a_workflow_run_creates_every_step_at_once_and_settles_once_when_its
         workflow_events(&*store, "workflow:created").await.get(&id),
         Some(&1)
     );
+    // Its webhook: one outbox row, a `workflow.completed` body naming every step's run.
+    let rows = ok("deliveries_of_run", store.deliveries_of_run(&id)).await;
+    assert_eq!(rows.len(), 1, "one outbox row for the workflow run");
+    let due = ok(
+        "deliveries_claim",
+        store.deliveries_claim("n1", 10_000, 1_000, 10),
+    )
+    .await;
+    let body: serde_json::Value = serde_json::from_str(&due[0].payload).unwrap();
+    assert_eq!(body["type"], "workflow.completed");
+    assert_eq!(body["data"]["status"], "failed");
+    assert_eq!(body["data"]["steps"].as_array().unwrap().len(), 4);
+    assert_eq!(body["data"]["steps"][1]["status"], "failed", "{body}");
     let listed = ok(
         "workflow_runs_list",
         store.workflow_runs_list(WorkflowRunFilter {
@@ -286,6 +303,13 @@ pub async fn an_aborted_workflow_run_ends_aborted_once_its_step_runs_ended(f: &F
     )
     .await;
     assert_eq!(none, WorkflowAbortMark::NotFound);
+    // Pruned with its runs once old enough.
+    ok("runs_prune", store.runs_prune(1_000, 100)).await;
+    assert!(
+        ok("workflow_run_get", store.workflow_run_get(&id))
+            .await
+            .is_none()
+    );
 }
 
 pub async fn two_step_runs_ending_at_once_on_two_handles_settle_their_workflow_run_once(

@@ -364,9 +364,16 @@ pub(super) async fn runs_prune(
                 tx.exec("DELETE FROM run_needs WHERE run_id = ANY($1)", &[&ids]).await?;
                 tx.exec("DELETE FROM runs WHERE id = ANY($1)", &[&ids]).await?;
             }
+            // Old workflow runs go too, with their webhooks' delivered or failed rows.
             tx.exec(
-                "DELETE FROM workflow_runs WHERE id IN (SELECT id FROM workflow_runs
-                     WHERE finished_at IS NOT NULL AND finished_at < $1 ORDER BY finished_at LIMIT $2)",
+                "WITH gone AS (
+                     DELETE FROM workflow_runs WHERE id IN (SELECT id FROM workflow_runs
+                         WHERE finished_at IS NOT NULL AND finished_at < $1 ORDER BY finished_at LIMIT $2)
+                     RETURNING id),
+                 attempts AS (
+                     DELETE FROM delivery_attempts WHERE delivery_id IN
+                         (SELECT id FROM deliveries WHERE run_id IN (SELECT id FROM gone) AND status != 'pending'))
+                 DELETE FROM deliveries WHERE run_id IN (SELECT id FROM gone) AND status != 'pending'",
                 &[&before, &(batch as i64)],
             )
             .await?;

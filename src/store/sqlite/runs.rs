@@ -85,11 +85,24 @@ pub(super) async fn runs_prune(
             conn.prepare_cached("DELETE FROM runs WHERE id = ?1")?
                 .execute(params![id])?;
         }
-        conn.prepare_cached(
-            "DELETE FROM workflow_runs WHERE id IN (SELECT id FROM workflow_runs
-                 WHERE finished_at IS NOT NULL AND finished_at < ?1 ORDER BY finished_at LIMIT ?2)",
-        )?
-        .execute(params![before, batch as i64])?;
+        // Old workflow runs go too, with their webhooks' delivered or failed rows.
+        let workflow_runs: Vec<String> = conn
+            .prepare_cached(
+                "DELETE FROM workflow_runs WHERE id IN (SELECT id FROM workflow_runs
+                     WHERE finished_at IS NOT NULL AND finished_at < ?1 ORDER BY finished_at LIMIT ?2)
+                 RETURNING id",
+            )?
+            .query_map(params![before, batch as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for id in &workflow_runs {
+            conn.prepare_cached(
+                "DELETE FROM delivery_attempts WHERE delivery_id IN
+                     (SELECT id FROM deliveries WHERE run_id = ?1 AND status != 'pending')",
+            )?
+            .execute(params![id])?;
+            conn.prepare_cached("DELETE FROM deliveries WHERE run_id = ?1 AND status != 'pending'")?
+                .execute(params![id])?;
+        }
         // Events go by age, oldest first along the primary key (no per-run index to
         // maintain on the hot path); those of runs still unfinished are kept.
         let events = conn
