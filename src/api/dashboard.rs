@@ -74,6 +74,16 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../../web/assets/nodes.js"),
     },
     Asset {
+        name: "workflows.js",
+        content_type: JS,
+        body: include_bytes!("../../web/assets/workflows.js"),
+    },
+    Asset {
+        name: "wfgraph.js",
+        content_type: JS,
+        body: include_bytes!("../../web/assets/wfgraph.js"),
+    },
+    Asset {
         name: "style.css",
         content_type: "text/css; charset=utf-8",
         body: include_bytes!("../../web/assets/style.css"),

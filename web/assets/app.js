@@ -6,14 +6,16 @@
 //
 // Navigation lives in the URL hash, so every view can be shared and the back
 // button works: `#/?pipeline=&status=&q=&page=` (the runs list), `#/runs/ID?job=JOB`
-// (a run, with the job whose attempts and log are open) and `#/nodes`.
+// (a run, with the job whose attempts and log are open) and `#/nodes`; the workflows
+// (`#/workflows`, `#/workflow-runs/ID`) are workflows.js's.
 
-import { h, replace, shortId, pill, duration, between, clock, ago, bytes, progressBar, setProgress, stamp, timeEl, zoneLabel } from './dom.js';
+import { h, replace, shortId, pill, duration, between, clock, ago, bytes, progressBar, setProgress, stamp, timeEl, zoneLabel, throttle, paramInputs } from './dom.js';
 import { api, getSession, login, logout, setUnauthorizedHandler, enc } from './api.js';
 import { SseClient } from './sse.js';
 import { LogViewer } from './logview.js';
 import { statsBlock, legend } from './chart.js';
 import { renderNodes } from './nodes.js';
+import { initWorkflows, showWorkflows, showWorkflowRun, leaveWorkflows, workflowEvent, reloadWorkflows, tickWorkflows, workflowRef, wfRunLink } from './workflows.js';
 
 const PAGE = 50;
 const FEED_MAX = 200;
@@ -52,26 +54,6 @@ const state = {
 
 // ───────────────────────── helpers ─────────────────────────
 
-/** Calls fn at once, then at most once per `ms` while calls keep coming. */
-function throttle(fn, ms) {
-  let timer = null;
-  let again = false;
-  const tick = () => {
-    if (again) {
-      again = false;
-      fn();
-      timer = setTimeout(tick, ms);
-    } else {
-      timer = null;
-    }
-  };
-  return () => {
-    if (timer) { again = true; return; }
-    fn();
-    timer = setTimeout(tick, ms);
-  };
-}
-
 function banner(message) {
   const b = $('banner');
   if (!message) { b.hidden = true; return; }
@@ -98,6 +80,7 @@ function showLogin(message) {
   $('dashboard-view').hidden = true;
   $('run-view').hidden = true;
   $('nodes-view').hidden = true;
+  leaveWorkflows();
   $('logout').hidden = true;
   $('who').hidden = true;
   setConn('off', 'signed out');
@@ -164,7 +147,10 @@ function route() {
   if (!state.started) return;
   const { path, params } = parseHash();
   const m = /^\/runs\/([^/]+)$/.exec(path);
+  const w = /^\/workflow-runs\/([^/]+)$/.exec(path);
   if (m) showRun(decodeURIComponent(m[1]), params.get('job'));
+  else if (w) showWorkflowView('workflow-run', () => showWorkflowRun(decodeURIComponent(w[1])));
+  else if (path === '/workflows') showWorkflowView('workflows', () => showWorkflows(params));
   else if (path === '/nodes') showNodes();
   else showDashboard(params);
 }
@@ -197,16 +183,28 @@ function leaveRun() {
 }
 
 function markNav(name) {
-  $('nav-dashboard').classList.toggle('current', name !== 'nodes');
-  $('nav-nodes').classList.toggle('current', name === 'nodes');
-  for (const [id, on] of [['nav-dashboard', name !== 'nodes'], ['nav-nodes', name === 'nodes']]) {
+  const wfs = name === 'workflows' || name === 'workflow-run';
+  for (const [id, on] of [['nav-dashboard', name !== 'nodes' && !wfs], ['nav-workflows', wfs], ['nav-nodes', name === 'nodes']]) {
+    $(id).classList.toggle('current', on);
     if (on) $(id).setAttribute('aria-current', 'page'); else $(id).removeAttribute('aria-current');
   }
+}
+
+/** The workflows list or a workflow run (workflows.js draws them). */
+function showWorkflowView(name, show) {
+  leaveRun();
+  stopNodes();
+  state.route = { name };
+  markNav(name);
+  $('dashboard-view').hidden = true;
+  $('nodes-view').hidden = true;
+  show();
 }
 
 function showDashboard(params) {
   leaveRun();
   stopNodes();
+  leaveWorkflows();
   state.route = { name: 'dashboard' };
   markNav('dashboard');
   const page = Math.max(1, Math.min(2001, Number.parseInt(params.get('page') || '1', 10) || 1));
@@ -333,29 +331,7 @@ function pipelineCard(p) {
   const setup = h('div', { class: 'p-setup', hidden: true });
   const schedule = h('div', { class: 'p-schedule small muted', hidden: true });
   const result = h('div', { class: 'trigger-result', role: 'status', 'aria-live': 'polite' });
-  const fields = [];
-  const inputs = [];
-  for (const [name, spec] of Object.entries(p.params || {})) {
-    const id = `param-${p.id}-${name}`.replace(/[^A-Za-z0-9_-]/g, '_');
-    let input;
-    if (spec.type === 'boolean') {
-      input = h('input', { id, name, type: 'checkbox', checked: spec.default === 'true' });
-      fields.push(h('div', { class: 'field field-check' }, input, h('label', { for: id }, name)));
-    } else {
-      const attrs = { id, name, type: spec.type === 'integer' ? 'number' : 'text', required: !!spec.required, autocomplete: 'off', spellcheck: 'false' };
-      if (spec.type === 'integer') attrs.step = '1';
-      if (spec.default !== null && spec.default !== undefined) attrs.placeholder = spec.default;
-      if (spec.pattern && spec.type !== 'integer') {
-        attrs.title = `must match ${spec.pattern}`;
-        try { new RegExp(`^(?:${spec.pattern})$`, 'v'); attrs.pattern = spec.pattern; } catch { /* not a JS regex: the server checks */ }
-      }
-      input = h('input', attrs);
-      const hint = [spec.type, spec.required ? 'required' : `default ${spec.default}`].join(', ');
-      fields.push(h('div', { class: 'field' },
-        h('label', { for: id }, name, h('span', { class: 'hint' }, ` (${hint})`)), input));
-    }
-    inputs.push({ name, spec, input });
-  }
+  const { fields, values } = paramInputs(`param-${p.id}`, p.params);
   const shardsId = `shards-${p.id}`.replace(/[^A-Za-z0-9_-]/g, '_');
   const shards = h('input', { id: shardsId, name: 'shards', type: 'number', min: '1', step: '1', placeholder: String(p.shards ?? 1), class: 'shards-input' });
   const button = h('button', { type: 'submit', class: 'btn btn-primary' }, 'Trigger');
@@ -366,12 +342,7 @@ function pipelineCard(p) {
     result);
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
-    const parameters = {};
-    for (const { name, spec, input } of inputs) {
-      if (spec.type === 'boolean') parameters[name] = input.checked;
-      else if (input.value.trim() !== '') parameters[name] = input.value;
-    }
-    const body = { parameters };
+    const body = { parameters: values() };
     if (shards.value.trim() !== '') body.shards = Number(shards.value);
     button.disabled = true;
     result.className = 'trigger-result';
@@ -626,6 +597,7 @@ function onLiveEvent(name, data, id) {
   } else if (state.route.name === 'run' && ev.runId === state.route.id && statusChange) {
     refreshRun();
   }
+  workflowEvent(name, ev);
   return false;
 }
 
@@ -644,6 +616,7 @@ function reloadAll() {
   if (state.route.name === 'dashboard') loadRuns();
   else if (state.route.name === 'run') loadRun();
   else if (state.route.name === 'nodes') loadNodes();
+  else reloadWorkflows();
 }
 
 const FEED_TEXT = {
@@ -658,6 +631,10 @@ const FEED_TEXT = {
   'run:skipped': 'skipped',
   'pipeline:paused': 'paused',
   'pipeline:resumed': 'resumed',
+  'workflow:created': 'workflow',
+  'workflow:completed': 'workflow',
+  'workflow:failed': 'workflow',
+  'workflow:aborted': 'workflow',
   resync: 'resync',
 };
 
@@ -690,13 +667,15 @@ function feedItem({ name, ev, id }) {
     detail = [ev.status !== name.slice(4) ? ev.status : '', ev.reason === 'exit_code' ? '' : ev.reason, ev.exitCode !== null && ev.exitCode !== undefined ? `exit ${ev.exitCode}` : '', ev.nextAttempt ? `retry #${ev.nextAttempt}` : ''].filter(Boolean).join(' · ');
   } else if (name === 'resync') detail = 'events were pruned; lists reloaded';
   else if (name.startsWith('pipeline:') && ev.actor) detail = `by ${ev.actor}`;
+  else if (name.startsWith('workflow:')) detail = [ev.status, ev.rerunOf ? `re-run of ${shortId(ev.rerunOf)}` : ''].filter(Boolean).join(' · ');
   const target = ev.jobId || ev.runId;
   return h('li', { class: `feed-item ev-${kind}`, dataset: { event: name, id: id ?? '' } },
     h('time', { class: 'feed-time', datetime: ev.timestamp || '', title: stamp(ev.timestamp || new Date().toISOString()) }, clock(ev.timestamp || new Date().toISOString())),
     h('span', { class: 'feed-name', title: name }, FEED_TEXT[name] || name),
     h('span', { class: 'feed-what' },
-      ev.pipelineId ? h('b', {}, ev.pipelineId) : null, ' ',
-      ev.runId ? runLink(ev.runId, shortId(target), `Run ${ev.runId} (${name})`) : null),
+      ev.pipelineId || ev.workflowId ? h('b', {}, ev.pipelineId || ev.workflowId) : null, ' ',
+      ev.runId ? runLink(ev.runId, shortId(target), `Run ${ev.runId} (${name})`) : null,
+      ev.workflowRunId ? wfRunLink(ev.workflowRunId, shortId(ev.workflowRunId), `Workflow run ${ev.workflowRunId} (${name})`) : null),
     detail ? h('span', { class: 'feed-detail' }, detail) : null);
 }
 
@@ -705,6 +684,7 @@ function feedItem({ name, ev, id }) {
 function showRun(id, job) {
   const same = state.route.name === 'run' && state.route.id === id;
   stopNodes();
+  leaveWorkflows();
   state.route = { name: 'run', id };
   markNav('run');
   $('dashboard-view').hidden = true;
@@ -782,6 +762,7 @@ function renderRun(run) {
     abortMsg,
     h('dl', { class: 'meta' },
       meta('Pipeline', run.pipelineId),
+      run.workflowRunId ? meta('Workflow', workflowRef(run.workflowRunId, run.workflowStep)) : null,
       meta('Run id', h('code', {}, run.runId)),
       meta('Triggered by', `${run.triggeredBy}${run.actor ? ` (${run.actor})` : ''}`),
       run.abortedBy ? meta('Aborted by', `${run.abortedBy.via}${run.abortedBy.actor ? ` (${run.abortedBy.actor})` : ''} on node ${shortId(run.abortedBy.node || '')}`) : null,
@@ -1015,6 +996,8 @@ function abortSummary(r) {
 
 function confirmAbort(run) {
   const dlg = $('confirm-dialog');
+  $('confirm-title').textContent = 'Abort run?';
+  $('confirm-ok').textContent = 'Yes, abort';
   $('confirm-text').textContent = `Abort run ${run.runId} of ${run.pipelineId}? Queued shards are cancelled and running ones are stopped (SIGTERM, then SIGKILL).`;
   dlg.returnValue = '';
   dlg.addEventListener('close', async () => {
@@ -1031,10 +1014,24 @@ function confirmAbort(run) {
   dlg.showModal();
 }
 
+/** The confirmation dialog with a title, text and OK button text: resolves true when confirmed. */
+function confirmDialog(title, text, ok) {
+  const dlg = $('confirm-dialog');
+  $('confirm-title').textContent = title;
+  $('confirm-text').textContent = text;
+  $('confirm-ok').textContent = ok;
+  dlg.returnValue = '';
+  return new Promise((resolve) => {
+    dlg.addEventListener('close', () => resolve(dlg.returnValue === 'confirm'), { once: true });
+    dlg.showModal();
+  });
+}
+
 // ───────────────────────── nodes page ─────────────────────────
 
 function showNodes() {
   leaveRun();
+  leaveWorkflows();
   state.route = { name: 'nodes' };
   markNav('nodes');
   $('dashboard-view').hidden = true;
@@ -1079,6 +1076,7 @@ async function boot() {
   $('runs-search').addEventListener('search', onFilter); // the field's own clear button
   $('page-prev').addEventListener('click', () => { state.offset = Math.max(0, state.offset - PAGE); navigateList(); });
   $('page-next').addEventListener('click', () => { if (state.hasNext) { state.offset += PAGE; navigateList(); } });
+  initWorkflows({ banner, confirm: confirmDialog });
   $('zone').textContent = zoneLabel();
   $('chart-legend').replaceWith(legend());
   try {
@@ -1100,6 +1098,7 @@ async function boot() {
     if (!state.started || document.hidden) return;
     if (state.route.name === 'dashboard') { refreshRuns(); refreshStats(); }
     else if (state.run && !TERMINAL.has(state.run.status)) refreshRun();
+    else tickWorkflows();
   }, 15000);
   try {
     state.session = await getSession();

@@ -175,3 +175,65 @@ export function setProgress(bar, percent, status, message) {
   const title = [ended ? `${status} at ${p}%` : `${p}%`, ended ? null : status, message].filter(Boolean).join(' · ');
   bar.title = title;
 }
+
+/** Calls fn at once, then at most once per `ms` while calls keep coming. */
+export function throttle(fn, ms) {
+  let timer = null;
+  let again = false;
+  const tick = () => {
+    if (again) {
+      again = false;
+      fn();
+      timer = setTimeout(tick, ms);
+    } else {
+      timer = null;
+    }
+  };
+  return () => {
+    if (timer) { again = true; return; }
+    fn();
+    timer = setTimeout(tick, ms);
+  };
+}
+
+/**
+ * A trigger form's fields for declared parameters (`{name: {type, default, required,
+ * pattern}}`): `idPrefix` keeps their ids apart. `values()` is what a trigger sends:
+ * booleans always, other fields only when filled in (the server applies defaults).
+ */
+export function paramInputs(idPrefix, params) {
+  const fields = [];
+  const inputs = [];
+  for (const [name, spec] of Object.entries(params || {})) {
+    const id = `${idPrefix}-${name}`.replace(/[^A-Za-z0-9_-]/g, '_');
+    let input;
+    if (spec.type === 'boolean') {
+      input = h('input', { id, name, type: 'checkbox', checked: spec.default === 'true' });
+      fields.push(h('div', { class: 'field field-check' }, input, h('label', { for: id }, name)));
+    } else {
+      const attrs = { id, name, type: spec.type === 'integer' ? 'number' : 'text', required: !!spec.required, autocomplete: 'off', spellcheck: 'false' };
+      if (spec.type === 'integer') attrs.step = '1';
+      if (spec.default !== null && spec.default !== undefined) attrs.placeholder = spec.default;
+      if (spec.pattern && spec.type !== 'integer') {
+        attrs.title = `must match ${spec.pattern}`;
+        try { new RegExp(`^(?:${spec.pattern})$`, 'v'); attrs.pattern = spec.pattern; } catch { /* not a JS regex: the server checks */ }
+      }
+      input = h('input', attrs);
+      const hint = [spec.type, spec.required ? 'required' : `default ${spec.default}`].join(', ');
+      fields.push(h('div', { class: 'field' },
+        h('label', { for: id }, name, h('span', { class: 'hint' }, ` (${hint})`)), input));
+    }
+    inputs.push({ name, spec, input });
+  }
+  return {
+    fields,
+    values() {
+      const out = {};
+      for (const { name, spec, input } of inputs) {
+        if (spec.type === 'boolean') out[name] = input.checked;
+        else if (input.value.trim() !== '') out[name] = input.value;
+      }
+      return out;
+    },
+  };
+}
