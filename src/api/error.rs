@@ -109,9 +109,10 @@ impl From<TriggerError> for ApiError {
         match e {
             TriggerError::Store(s) => s.into(),
             e @ TriggerError::IdempotencyConflict { .. } => ApiError::Conflict(e.to_string()),
-            e @ (TriggerError::NotFinished { .. } | TriggerError::NothingToRerun(_)) => {
-                ApiError::Conflict(e.to_string())
-            }
+            e @ (TriggerError::NotFinished { .. }
+            | TriggerError::NothingToRerun(_)
+            | TriggerError::WorkflowNotFinished { .. }
+            | TriggerError::NoStepToRerun(_)) => ApiError::Conflict(e.to_string()),
             e @ (TriggerError::RunNotFound(_) | TriggerError::WorkflowRunNotFound(_)) => {
                 ApiError::NotFound(e.to_string())
             }

@@ -93,6 +93,17 @@ pub enum TriggerError {
     /// No such workflow run.
     #[error("Workflow run not found: {0}")]
     WorkflowRunNotFound(String),
+    /// Only a workflow run that ended can be re-run.
+    #[error("Workflow run {id} is {status}: only a finished workflow run can be re-run")]
+    WorkflowNotFinished {
+        /// The workflow run.
+        id: String,
+        /// Its status.
+        status: String,
+    },
+    /// A re-run of the failed part found every step completed.
+    #[error("Workflow run {0} has no step that did not complete")]
+    NoStepToRerun(String),
     /// A re-run named no run.
     #[error("Run not found: {0}")]
     RunNotFound(String),

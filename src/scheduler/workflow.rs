@@ -145,8 +145,8 @@ impl Scheduler {
             return Err(TriggerError::WorkflowRunNotFound(id.to_string()));
         };
         if original.finished_at.is_none() {
-            return Err(TriggerError::NotFinished {
-                run_id: original.id.clone(),
+            return Err(TriggerError::WorkflowNotFinished {
+                id: original.id.clone(),
                 status: original.shown_status().as_str().to_string(),
             });
         }
@@ -174,7 +174,7 @@ impl Scheduler {
             BTreeMap::new()
         };
         if workflow.steps.iter().all(|s| kept.contains_key(&s.name)) {
-            return Err(TriggerError::NothingToRerun(original.id.clone()));
+            return Err(TriggerError::NoStepToRerun(original.id.clone()));
         }
         // A step runs again with the parameters its run had (as a run's re-run does);
         // one whose run is gone gets them rendered from the workflow run's parameters.
