@@ -3,7 +3,8 @@
 //   node tests/browser/dashboard.mjs [path/to/runyard]      (default: target/debug/runyard)
 //
 // Builds nothing. Starts the real server binary on a copy of examples/runyard.toml
-// (fresh temporary data_dir, plus two test-only pipelines: `noop` and `biglog`),
+// (fresh temporary data_dir, plus test-only pipelines such as `noop` and `biglog`; the
+// workflows phase adds workflows beside the example's `release`),
 // drives headless Debian chromium (/usr/bin/chromium) through playwright-core, and
 // saves screenshots to target/screenshots/. Exits non-zero on the first failure.
 
@@ -634,10 +635,298 @@ async function operatorPhase(browser) {
   }
 }
 
+// ───────────────────────── workflows ─────────────────────────
+
+/**
+ * Test-only workflows beside the example's `release` (greet → report → announce, when
+ * always): a diamond with a failing branch and a join that runs whatever happened, and a
+ * slow one to abort.
+ */
+const WORKFLOWS_CONFIG = `
+[pipelines.wf_fail]
+command = ["sh", "-c", "echo 'failing on purpose' >&2; exit 4"]
+
+[workflows.diamond.params.who]
+default = "diamond"
+[workflows.diamond.steps.start]
+pipeline = "hello"
+params = { name = "{who}" }
+[workflows.diamond.steps.breaks]
+pipeline = "wf_fail"
+needs = ["start"]
+[workflows.diamond.steps.side]
+pipeline = "hello"
+params = { name = "side" }
+needs = ["start"]
+[workflows.diamond.steps.join]
+pipeline = "hello"
+needs = ["breaks", "side"]
+when = "always"
+
+[workflows.slow.steps.nap]
+pipeline = "sleeper"
+params = { seconds = "120" }
+[workflows.slow.steps.after_nap]
+pipeline = "hello"
+needs = ["nap"]
+`;
+
+/** What the workflow run page's graph shows: boxes (in document order) and edges. */
+function readGraph(page) {
+  return page.locator('svg.wf-graph').evaluate((svg) => ({
+    boxes: [...svg.querySelectorAll('a.wf-node')].map((a) => {
+      const r = a.querySelector('rect.wf-box').getBoundingClientRect();
+      return {
+        step: a.dataset.step,
+        status: a.dataset.status,
+        runId: a.dataset.runId,
+        kept: a.classList.contains('kept'),
+        href: a.getAttribute('href'),
+        text: [...a.querySelectorAll('text')].map((t) => t.textContent),
+        x: Math.round(r.x),
+        stroke: getComputedStyle(a.querySelector('rect.wf-box')).stroke,
+      };
+    }),
+    edges: [...svg.querySelectorAll('path.wf-edge')].map((p) => [p.dataset.from, p.dataset.to, p.dataset.when]),
+    labels: [...svg.querySelectorAll('text.wf-edge-label')].map((t) => [t.dataset.from, t.dataset.to, t.textContent]),
+  }));
+}
+
+/** The colour of a status pill (the same CSS variable colours the graph's boxes). */
+function pillColour(page, status) {
+  return page.evaluate((s) => {
+    const el = document.createElement('span');
+    el.className = `pill pill-${s}`;
+    document.body.append(el);
+    const c = getComputedStyle(el).color;
+    el.remove();
+    return c;
+  }, status);
+}
+
+async function workflowsPhase(browser) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'runyard-browser-wf-'));
+  const server = await step('start a server with workflows', () => startServer(dir, WORKFLOWS_CONFIG));
+  const { base } = server;
+  const context = await browser.newContext({ viewport: { width: 1440, height: 900 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(30000);
+  const problems = [];
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) problems.push(`console error: ${m.text()}`); });
+  const wfStatus = page.getByLabel('Workflow status');
+  const ENDED = ['completed', 'failed', 'aborted', 'skipped'];
+  try {
+    let release;
+    await step('the Workflows view lists the configured workflows and their steps', async () => {
+      await page.goto(`${base}/`);
+      await page.getByRole('article', { name: 'Pipeline hello' }).waitFor();
+      await page.getByRole('link', { name: 'Workflows', exact: true }).click();
+      assert(hashOf(page) === '#/workflows', `workflows in the URL: ${hashOf(page)}`);
+      const card = page.getByRole('article', { name: 'Workflow release' });
+      await card.waitFor();
+      const steps = await card.getByRole('list', { name: 'Steps of release' }).locator('li').evaluateAll((li) => li.map((x) => x.dataset.step));
+      assert(JSON.stringify(steps) === JSON.stringify(['greet', 'report', 'announce']), `release's steps, needs first: ${steps}`);
+      assert(/announce hello ← report \(always\)/.test(await card.textContent()), `announce runs after report, always: ${await card.textContent()}`);
+      await page.getByRole('article', { name: 'Workflow diamond' }).waitFor();
+      assert(await page.locator('#nav-workflows').getAttribute('aria-current') === 'page', 'the nav marks Workflows');
+      assert(!(await page.locator('#wfruns-empty').isHidden()), 'no workflow runs yet');
+    });
+
+    await step('trigger release from its form (with a parameter)', async () => {
+      const form = page.getByRole('form', { name: 'Trigger workflow release' });
+      await form.getByLabel(/^name/).fill('v1');
+      await form.getByRole('button', { name: 'Trigger' }).click();
+      await form.getByRole('link', { name: /^Open workflow run / }).waitFor();
+      release = await form.locator('.trigger-result').getAttribute('data-workflow-run-id');
+      assert(/^[0-9a-f-]{36}$/.test(release), `workflow run id ${release}`);
+      const r = (await apiJson(base, `/api/workflow-runs/${release}`)).body;
+      assert(r.triggeredBy === 'dashboard' && r.parameters.name === 'v1', `source and parameter recorded: ${JSON.stringify(r)}`);
+      await page.locator(`#wfruns-body tr[data-workflow-run-id="${release}"]`).waitFor();
+    });
+
+    const seen = new Set();
+    await step('its page: one box per step in columns by depth, edges from needs, labelled when not success', async () => {
+      await page.getByRole('form', { name: 'Trigger workflow release' }).getByRole('link', { name: /^Open workflow run / }).click();
+      assert(hashOf(page) === `#/workflow-runs/${release}`, `the workflow run in the URL: ${hashOf(page)}`);
+      await page.getByRole('group', { name: /^Graph of workflow run/ }).waitFor();
+      const g = await readGraph(page);
+      for (const b of g.boxes) seen.add(`${b.step}:${b.status}`);
+      assert(JSON.stringify(g.boxes.map((b) => b.step)) === JSON.stringify(['greet', 'report', 'announce']), `a box per step: ${JSON.stringify(g.boxes)}`);
+      assert(g.boxes[0].x < g.boxes[1].x && g.boxes[1].x < g.boxes[2].x, `one column per depth: ${g.boxes.map((b) => b.x)}`);
+      assert(JSON.stringify(g.edges) === JSON.stringify([['greet', 'report', 'success'], ['report', 'announce', 'always']]), `edges: ${JSON.stringify(g.edges)}`);
+      assert(JSON.stringify(g.labels) === JSON.stringify([['report', 'announce', 'always']]), `only the always edge is labelled: ${JSON.stringify(g.labels)}`);
+      assert(g.boxes.every((b, i) => b.text[0] === ['greet', 'report', 'announce'][i] && b.text.includes(i === 1 ? 'report' : 'hello')), `names and pipelines: ${JSON.stringify(g.boxes.map((b) => b.text))}`);
+      const summary = await page.getByRole('region', { name: 'Workflow summary' }).textContent();
+      assert(summary.includes('name=v1') && summary.includes('release'), `summary: ${summary}`);
+      assert(await page.getByRole('button', { name: 'Abort workflow run' }).count() === 1, 'abort offered while it runs');
+    });
+
+    await step('the boxes follow the step runs live until every one has ended', async () => {
+      const ok = await pillColour(page, 'completed');
+      // Live, not by the page's 15 s refresh: the boxes turn completed soon after the API says so.
+      let endedAt = 0;
+      const g = await until('every step completed', async () => {
+        if (!endedAt && (await apiJson(base, `/api/workflow-runs/${release}`)).body.finishedAt) endedAt = Date.now();
+        const x = await readGraph(page);
+        for (const b of x.boxes) seen.add(`${b.step}:${b.status}`);
+        return x.boxes.every((b) => b.status === 'completed') ? x : null;
+      }, 60000, 50);
+      const lag = Date.now() - (endedAt || Date.now());
+      log(`  the graph showed the end ${lag} ms after the API`);
+      assert(lag < 5000, `the graph follows the events (it showed the end ${lag} ms after the API)`);
+      await wfStatus.filter({ hasText: 'completed' }).waitFor();
+      assert([...seen].some((s) => /^(report|announce):(waiting|queued|running)$/.test(s)), `a step seen before it ended (live): ${[...seen]}`);
+      assert(g.boxes.every((b) => b.stroke === ok), `completed boxes in the completed colour ${ok}: ${g.boxes.map((b) => b.stroke)}`);
+      assert(g.boxes.every((b) => b.text.includes('completed')), `labelled completed: ${JSON.stringify(g.boxes.map((b) => b.text))}`);
+      assert(g.boxes[1].text.includes('3/3 shards'), `report's shards: ${g.boxes[1].text}`);
+      await until('no abort once ended', async () => (await page.getByRole('button', { name: 'Abort workflow run' }).count()) === 0, 10000);
+      assert(await page.getByRole('button', { name: 'Re-run all steps' }).count() === 1, 're-run offered');
+      assert(await page.getByRole('button', { name: 'Re-run failed steps' }).count() === 0, 'nothing failed to re-run');
+      await page.screenshot({ path: path.join(shots, 'workflow-run.png'), fullPage: true });
+    });
+
+    await step('a step\'s box leads to its run, whose page names its workflow run', async () => {
+      const report = (await readGraph(page)).boxes[1];
+      await page.locator('svg.wf-graph a.wf-node[data-step="report"]').click();
+      await until('on the report run', async () => hashOf(page).startsWith(`#/runs/${report.runId}`), 10000);
+      await page.getByLabel('Run status').filter({ hasText: 'completed' }).waitFor();
+      const item = page.locator('.meta-item').filter({ has: page.locator('dt', { hasText: /^Workflow$/ }) });
+      await until('"report of release · …"', async () => /^report of release · [0-9a-f]{8}$/.test(await item.locator('dd').textContent()), 10000);
+      const link = item.getByRole('link', { name: `Open workflow run ${release}` });
+      assert(await link.getAttribute('href') === `#/workflow-runs/${release}`, 'the link to the workflow run');
+      await page.screenshot({ path: path.join(shots, 'workflow-step-run.png'), fullPage: true });
+      await link.click();
+      await page.getByRole('group', { name: /^Graph of workflow run/ }).waitFor();
+      assert(hashOf(page) === `#/workflow-runs/${release}`, `back on the workflow run: ${hashOf(page)}`);
+    });
+
+    let diamond;
+    await step('a diamond: parallel steps share a column; a failed branch is red; the join runs always', async () => {
+      const t = await apiJson(base, '/api/workflows/diamond/trigger', { method: 'POST', body: {} });
+      assert(t.status === 202, `trigger diamond: ${t.status} ${JSON.stringify(t.body)}`);
+      diamond = t.body.workflowRunId;
+      await page.goto(`${base}/#/workflows`);
+      await page.locator(`#wfruns-body tr[data-workflow-run-id="${diamond}"]`).getByRole('link', { name: `Workflow run ${diamond}` }).click();
+      await page.getByRole('group', { name: /^Graph of workflow run/ }).waitFor();
+      const g = await until('every diamond step ended', async () => {
+        const x = await readGraph(page);
+        return x.boxes.length === 4 && x.boxes.every((b) => ENDED.includes(b.status)) ? x : null;
+      }, 60000);
+      const by = Object.fromEntries(g.boxes.map((b) => [b.step, b]));
+      assert(by.breaks.x === by.side.x && by.start.x < by.side.x && by.side.x < by.join.x, `columns: ${g.boxes.map((b) => `${b.step}@${b.x}`)}`);
+      assert(g.edges.length === 4 && g.labels.length === 2 && g.labels.every((l) => l[1] === 'join' && l[2] === 'always'), `edges ${JSON.stringify(g.edges)} labels ${JSON.stringify(g.labels)}`);
+      assert(by.breaks.status === 'failed' && by.side.status === 'completed' && by.join.status === 'completed', `statuses: ${g.boxes.map((b) => `${b.step}=${b.status}`)}`);
+      assert(by.breaks.stroke === await pillColour(page, 'failed'), `the failed box in the failed colour: ${by.breaks.stroke}`);
+      await wfStatus.filter({ hasText: 'failed' }).waitFor();
+    });
+
+    await step('re-run the failed steps: a new workflow run, completed steps kept and marked', async () => {
+      const before = (await apiJson(base, `/api/workflow-runs/${diamond}`)).body;
+      await page.getByRole('button', { name: 'Re-run failed steps' }).click();
+      await until('on the new workflow run', async () => /^#\/workflow-runs\//.test(hashOf(page)) && hashOf(page) !== `#/workflow-runs/${diamond}`, 10000);
+      const again = decodeURIComponent(hashOf(page).split('/')[2]);
+      await page.getByRole('link', { name: `Open workflow run ${diamond}` }).waitFor(); // "Re-run of"
+      const g = await until('its graph', async () => {
+        const x = await readGraph(page);
+        return x.boxes.length === 4 ? x : null;
+      }, 10000);
+      const kept = g.boxes.filter((b) => b.kept).map((b) => b.step).sort();
+      const wantKept = before.steps.filter((st) => st.status === 'completed').map((st) => st.name).sort();
+      assert(JSON.stringify(kept) === JSON.stringify(wantKept), `kept steps ${kept} = the completed ones ${wantKept}`);
+      assert(g.boxes.filter((b) => b.kept).every((b) => b.text.some((x) => /kept/.test(x))), 'kept boxes say so');
+      await until('the re-run ended', async () => (await apiJson(base, `/api/workflow-runs/${again}`)).body.finishedAt, 60000);
+      await wfStatus.filter({ hasText: 'failed' }).waitFor();
+      await page.screenshot({ path: path.join(shots, 'workflow-rerun.png'), fullPage: true });
+    });
+
+    await step('the workflow runs list: filters in the URL, newest first', async () => {
+      await page.getByRole('link', { name: '← Workflow runs' }).click();
+      const rows = () => page.locator('#wfruns-body tr').evaluateAll((r) => r.map((x) => x.dataset.workflowRunId));
+      await until('three workflow runs', async () => (await rows()).length === 3, 10000);
+      assert((await rows())[2] === release, 'newest first: release last');
+      await page.getByLabel('Filter workflow runs by workflow').selectOption('diamond');
+      await until('only the diamonds', async () => (await rows()).length === 2 && !(await rows()).includes(release), 10000);
+      assert(hashOf(page) === '#/workflows?workflow=diamond', `filter in the URL: ${hashOf(page)}`);
+      await page.getByLabel('Filter workflow runs by status').selectOption('completed');
+      await until('no completed diamond', async () => (await rows()).length === 0, 10000);
+      await page.goBack();
+      await until('back: the diamonds', async () => (await rows()).length === 2, 10000);
+      await page.getByLabel('Filter workflow runs by workflow').selectOption('');
+      await until('every workflow run again', async () => (await rows()).length === 3, 10000);
+      await page.screenshot({ path: path.join(shots, 'workflows.png'), fullPage: true });
+    });
+
+    await step('abort a workflow run through the confirmation', async () => {
+      const t = await apiJson(base, '/api/workflows/slow/trigger', { method: 'POST', body: {} });
+      assert(t.status === 202, `trigger slow: ${t.status} ${JSON.stringify(t.body)}`);
+      const slow = t.body.workflowRunId;
+      await page.goto(`${base}/#/workflow-runs/${slow}`);
+      await until('nap running', async () => (await readGraph(page)).boxes.find((b) => b.step === 'nap')?.status === 'running', 20000);
+      await wfStatus.filter({ hasText: 'running' }).waitFor();
+      await page.getByRole('button', { name: 'Abort workflow run' }).click();
+      const dialog = page.getByRole('dialog', { name: 'Abort workflow run?' });
+      await dialog.getByRole('button', { name: 'Yes, abort' }).click();
+      await wfStatus.filter({ hasText: 'aborted' }).waitFor({ timeout: 20000 });
+      await until('both steps aborted', async () => (await readGraph(page)).boxes.every((b) => b.status === 'aborted'), 20000);
+      assert(/^Aborted: 2 step runs stopped\.$/.test(await page.locator('#wf-action-result').textContent()), `the abort answer: ${await page.locator('#wf-action-result').textContent()}`);
+      assert(/dashboard/.test(await page.locator('dl.meta').textContent()), 'who aborted');
+      assert(await page.getByRole('button', { name: 'Re-run all steps' }).count() === 1, 're-run once aborted');
+    });
+
+    await step('workflow events reach the activity feed', async () => {
+      await page.getByRole('link', { name: 'Dashboard', exact: true }).click();
+      const items = page.locator('#feed li');
+      await until('workflow events in the feed', async () => {
+        const names = await items.evaluateAll((li) => li.map((x) => x.dataset.event));
+        return ['workflow:created', 'workflow:completed', 'workflow:failed', 'workflow:aborted'].every((n) => names.includes(n));
+      }, 10000);
+      const link = page.locator('#feed li[data-event="workflow:completed"]').first().getByRole('link');
+      assert((await link.getAttribute('href')) === `#/workflow-runs/${release}`, 'the feed links the workflow run');
+      // A run page (not of a step) shows no workflow.
+      const plain = await apiJson(base, '/api/pipelines/hello/trigger', { method: 'POST', body: {} });
+      await page.goto(`${base}/#/runs/${plain.body.runId}`);
+      await page.getByRole('region', { name: 'Run summary' }).locator('dl.meta').waitFor();
+      assert(await page.locator('.meta-item dt', { hasText: /^Workflow$/ }).count() === 0, 'no workflow on a run of its own');
+    });
+
+    await step('dark mode and 400 px wide', async () => {
+      await page.emulateMedia({ colorScheme: 'dark' });
+      // By its short id, as the lists show it.
+      await page.goto(`${base}/#/workflow-runs/${short(diamond)}`);
+      await page.getByRole('group', { name: /^Graph of workflow run/ }).waitFor();
+      assert((await page.locator('#wf-head code:not(.param)').textContent()) === diamond, 'the short id opens the workflow run');
+      const card = await page.locator('#wf-graph').evaluate((e) => getComputedStyle(e).backgroundColor);
+      assert(card === 'rgb(22, 27, 34)', `dark card: ${card}`);
+      await page.screenshot({ path: path.join(shots, 'dark-workflow-run.png'), fullPage: true });
+      await page.emulateMedia({ colorScheme: 'light' });
+      const narrow = await browser.newContext({ viewport: { width: 400, height: 860 }, deviceScaleFactor: 1 });
+      const p = await narrow.newPage();
+      p.on('pageerror', (e) => problems.push(`page error (narrow): ${e.message}`));
+      try {
+        for (const hash of ['#/workflows', `#/workflow-runs/${release}`]) {
+          await p.goto(`${base}/${hash}`);
+          await p.locator(hash === '#/workflows' ? '#wfruns-body tr' : 'svg.wf-graph').first().waitFor();
+          const [sw, cw] = await p.evaluate(() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]);
+          assert(sw <= cw, `${hash}: nothing wider than the screen (${sw} > ${cw})`);
+          await p.screenshot({ path: path.join(shots, `narrow-${hash === '#/workflows' ? 'workflows' : 'workflow-run'}.png`), fullPage: true });
+        }
+      } finally {
+        await narrow.close();
+      }
+    });
+    assert(problems.length === 0, `no page errors:\n${problems.join('\n')}`);
+  } finally {
+    await context.close().catch(() => {});
+    await server.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 const barValues = (locator) => locator.evaluateAll((bars) => bars.map((b) => Number(b.getAttribute('aria-valuenow'))));
 
-/** DASHBOARD_PHASES=main,operator,auth (default: all) runs some phases only (while developing). */
-const PHASES = new Set((process.env.DASHBOARD_PHASES || 'main,operator,auth').split(',').map((x) => x.trim()));
+/** DASHBOARD_PHASES=main,operator,auth,workflows (default: all) runs some phases only (while developing). */
+const PHASES = new Set((process.env.DASHBOARD_PHASES || 'main,operator,auth,workflows').split(',').map((x) => x.trim()));
 
 async function main() {
   assert(fs.existsSync(bin), `server binary ${bin} exists (cargo build first)`);
@@ -648,6 +937,7 @@ async function main() {
     try {
       if (PHASES.has('operator')) await operatorPhase(browser);
       if (PHASES.has('auth')) await authPhase(browser);
+      if (PHASES.has('workflows')) await workflowsPhase(browser);
     } finally {
       await browser.close().catch(() => {});
     }
@@ -1000,6 +1290,9 @@ async function main() {
 
     // ── With API tokens: the login flow and a session-cookie-only dashboard.
     if (PHASES.has('auth')) await authPhase(browser);
+
+    // ── Workflows: the list, a trigger form, a workflow run's live graph, abort, re-run.
+    if (PHASES.has('workflows')) await workflowsPhase(browser);
     ok = true;
   } finally {
     await browser.close().catch(() => {});
@@ -1025,6 +1318,7 @@ async function main() {
   if (figures.download) console.log(`log download (with timestamps):      ${figures.download.lines} lines, ${figures.download.bytes} bytes, in capture order`);
   console.log(`screenshots:                         ${shots}/{dashboard,run-page-log,run-aborted,big-log,dashboard-1000-runs,login}.png`);
   console.log(`                                     ${shots}/{pipeline-chart,run-failed-attempts,run-retried-log,run-results,nodes,dark-*,narrow-*}.png`);
+  if (PHASES.has('workflows')) console.log(`                                     ${shots}/{workflows,workflow-run,workflow-step-run,workflow-rerun,dark-workflow-run,narrow-workflow*}.png`);
   console.log('PASS');
 }
 

@@ -371,7 +371,7 @@ export function workflowEvent(name, ev) {
   if (wf.view === 'list') {
     if (isWorkflow || name.startsWith('run:') || (ev.runId && wf.listRuns.has(ev.runId))) refreshList();
   } else if (wf.view === 'run' && wf.run) {
-    if (isWorkflow ? ev.workflowRunId === wf.runId : (ev.runId && (wf.run.steps || []).some((st) => st.runId === ev.runId))) refreshRun();
+    if (isWorkflow ? ev.workflowRunId === wf.run.workflowRunId : (ev.runId && (wf.run.steps || []).some((st) => st.runId === ev.runId))) refreshRun();
   }
 }
 
