@@ -28,6 +28,8 @@ async fn dashboard_is_served_from_the_binary_with_strict_headers() {
         ("logview.js", "text/javascript; charset=utf-8"),
         ("chart.js", "text/javascript; charset=utf-8"),
         ("nodes.js", "text/javascript; charset=utf-8"),
+        ("workflows.js", "text/javascript; charset=utf-8"),
+        ("wfgraph.js", "text/javascript; charset=utf-8"),
         ("style.css", "text/css; charset=utf-8"),
         ("favicon.svg", "image/svg+xml"),
     ] {

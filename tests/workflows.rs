@@ -179,6 +179,10 @@ async fn a_workflow_runs_its_steps_in_order_settles_once_and_reruns_only_the_fai
     let second = again["workflowRunId"].as_str().unwrap().to_string();
     assert_eq!(again["runs"]["build"], runs["build"], "build is kept");
     assert_ne!(again["runs"]["test"], runs["test"]);
+    assert_ne!(
+        again["runs"]["report"], runs["report"],
+        "report completed, but it comes after test, which runs again"
+    );
     events
         .wait_for(
             "workflow:completed",

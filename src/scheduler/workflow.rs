@@ -131,8 +131,9 @@ impl Scheduler {
     }
 
     /// Re-runs a finished workflow run as a new one (`rerunOf`). With `only_failed`, the
-    /// steps whose run completed are kept (their runs are the new workflow run's too, and
-    /// their results flow on); the rest run again, with the parameters they had.
+    /// steps whose run completed — and whose needs are all kept — are kept (their runs
+    /// are the new workflow run's too, and their results flow on); the rest run again,
+    /// with the parameters they had.
     pub async fn rerun_workflow(
         &self,
         id: &str,
@@ -159,20 +160,20 @@ impl Scheduler {
         else {
             return Err(TriggerError::UnknownWorkflow(original.workflow.clone()));
         };
-        let kept: BTreeMap<String, String> = if only_failed {
-            original
-                .steps
-                .iter()
-                .filter(|s| {
-                    original
-                        .run_of(s)
-                        .is_some_and(|r| r.status == RunStatus::Completed)
-                })
-                .map(|s| (s.name.clone(), s.run_id.clone()))
-                .collect()
-        } else {
-            BTreeMap::new()
-        };
+        // A step is kept when its run completed and every step it needs is kept too (the
+        // steps are stored needs first): a step after one that runs again runs again,
+        // since what it read may change.
+        let mut kept: BTreeMap<String, String> = BTreeMap::new();
+        if only_failed {
+            for s in &original.steps {
+                let completed = original
+                    .run_of(s)
+                    .is_some_and(|r| r.status == RunStatus::Completed);
+                if completed && s.needs.iter().all(|n| kept.contains_key(n)) {
+                    kept.insert(s.name.clone(), s.run_id.clone());
+                }
+            }
+        }
         if workflow.steps.iter().all(|s| kept.contains_key(&s.name)) {
             return Err(TriggerError::NoStepToRerun(original.id.clone()));
         }
