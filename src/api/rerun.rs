@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::ids::{RunIdParam, run_id};
-use super::trigger::{Triggered, source};
+use super::trigger::{Triggered, json_body, source};
 use super::{ApiError, AppState, ErrorBody};
 use crate::scheduler::RerunScope;
 
@@ -58,13 +58,7 @@ pub(super) async fn rerun(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Triggered>), ApiError> {
     let id = run_id(&state, path).await?;
-    let body = body?;
-    let parsed: RerunBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RerunBody::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
-    };
+    let parsed: RerunBody = json_body(body)?;
     let scope = match parsed.only.as_deref() {
         None => RerunScope::All,
         Some("failed") => RerunScope::Failed,

@@ -127,6 +127,40 @@ impl Triggered {
     }
 }
 
+/// A JSON body read strictly; an empty (or all-whitespace) body is `{}`.
+pub(super) fn json_body<T: serde::de::DeserializeOwned + Default>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+/// The idempotency key of a trigger: the `Idempotency-Key` header is the body field's
+/// alias, and when both are given they must agree.
+pub(super) fn idempotency_key(
+    headers: &HeaderMap,
+    in_body: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    let header_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest(IDEMPOTENCY_KEY_RULE.into()))?
+                .to_string(),
+        ),
+    };
+    match (header_key, in_body) {
+        (Some(h), Some(b)) if h != b => Err(ApiError::BadRequest(
+            "Idempotency-Key header and idempotencyKey differ".into(),
+        )),
+        (h, b) => Ok(h.or(b)),
+    }
+}
+
 /// Who triggered, from the `X-Runyard-Source` header (`cli`, `dashboard`; default `api`).
 pub(super) fn source(headers: &HeaderMap) -> String {
     match headers
@@ -173,30 +207,8 @@ pub(super) async fn trigger(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Triggered>), ApiError> {
     let Path(PipelineIdParam { id: pipeline }) = path?;
-    let body = body?;
-    let parsed: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
-        TriggerBody::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
-    };
-    // The `Idempotency-Key` header is the body field's alias; when both are given they must agree.
-    let header_key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| ApiError::BadRequest(IDEMPOTENCY_KEY_RULE.into()))?
-                .to_string(),
-        ),
-    };
-    let idempotency_key = match (header_key, parsed.idempotency_key) {
-        (Some(h), Some(b)) if h != b => {
-            return Err(ApiError::BadRequest(
-                "Idempotency-Key header and idempotencyKey differ".into(),
-            ));
-        }
-        (h, b) => h.or(b),
-    };
+    let parsed: TriggerBody = json_body(body)?;
+    let idempotency_key = idempotency_key(&headers, parsed.idempotency_key)?;
     let wanted = parsed.after.unwrap_or_default();
     if wanted.len() > crate::scheduler::MAX_AFTER {
         return Err(ApiError::BadRequest(format!(

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::trigger::source;
+use super::trigger::{json_body, source};
 use super::workflows::WorkflowTriggeredView;
 use super::{ApiError, AppState, ErrorBody};
 use crate::clock::rfc3339;
@@ -27,7 +27,9 @@ pub(super) struct WorkflowRunIdParam {
     /// A workflow run id (a UUID), or a short one: its last 8 hex digits (as shown
     /// everywhere) or its first 8 or more, when they match one workflow run only (400
     /// when they match several).
-    #[param(pattern = r"^[0-9a-fA-F-]{8,36}$")]
+    #[param(
+        pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|[0-9a-fA-F]{8,31}|[0-9a-fA-F]{8}(-([0-9a-fA-F]{0,3}|[0-9a-fA-F]{4}(-([0-9a-fA-F]{0,3}|[0-9a-fA-F]{4}(-([0-9a-fA-F]{0,3}|[0-9a-fA-F]{4}(-[0-9a-fA-F]{0,11})?))?))?))?)$"
+    )]
     id: String,
 }
 
@@ -186,6 +188,11 @@ pub(super) async fn list(
             ))
         })?),
     };
+    if q.workflow.as_ref().is_some_and(|w| w.chars().count() > 200) {
+        return Err(ApiError::BadRequest(
+            "workflow is a workflow's name: at most 200 characters".into(),
+        ));
+    }
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) || q.offset.unwrap_or(0) > 100_000 {
         return Err(ApiError::BadRequest(
@@ -343,13 +350,7 @@ pub(super) async fn rerun(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<WorkflowTriggeredView>), ApiError> {
     let id = workflow_run_id(&state, path).await?;
-    let body = body?;
-    let parsed: WorkflowRerunBody = if body.iter().all(u8::is_ascii_whitespace) {
-        WorkflowRerunBody::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
-    };
+    let parsed: WorkflowRerunBody = json_body(body)?;
     let only_failed = match parsed.only.as_deref() {
         None => false,
         Some("failed") => true,

@@ -15,11 +15,11 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::pipelines::{ParamInfo, param_infos};
-use super::trigger::source;
+use super::trigger::{idempotency_key, json_body, source};
 use super::{ApiError, AppState, ErrorBody};
 use crate::clock::rfc3339;
 use crate::model::{AfterWhen, WorkflowStatus};
-use crate::scheduler::{IDEMPOTENCY_KEY_RULE, WorkflowTriggerRequest, WorkflowTriggered};
+use crate::scheduler::{WorkflowTriggerRequest, WorkflowTriggered};
 
 /// The `{id}` of `/api/workflows/{id}…`: a configured workflow's name.
 #[derive(Deserialize, IntoParams)]
@@ -188,29 +188,8 @@ pub(super) async fn trigger(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<WorkflowTriggeredView>), ApiError> {
     let Path(WorkflowIdParam { id }) = path?;
-    let body = body?;
-    let parsed: WorkflowTriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
-        WorkflowTriggerBody::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
-    };
-    let header_key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| ApiError::BadRequest(IDEMPOTENCY_KEY_RULE.into()))?
-                .to_string(),
-        ),
-    };
-    let idempotency_key = match (header_key, parsed.idempotency_key) {
-        (Some(h), Some(b)) if h != b => {
-            return Err(ApiError::BadRequest(
-                "Idempotency-Key header and idempotencyKey differ".into(),
-            ));
-        }
-        (h, b) => h.or(b),
-    };
+    let parsed: WorkflowTriggerBody = json_body(body)?;
+    let idempotency_key = idempotency_key(&headers, parsed.idempotency_key)?;
     let triggered = state
         .scheduler
         .trigger_workflow(WorkflowTriggerRequest {

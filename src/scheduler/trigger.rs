@@ -48,15 +48,7 @@ impl Scheduler {
         let idempotency_key = req.idempotency_key;
         let callback_url = req.callback_url.or_else(|| pipeline.callback_url.clone());
         if let Some(url) = &callback_url {
-            let Some(webhooks) = &self.inner.webhooks else {
-                return Err(TriggerError::BadCallback(
-                    "webhook delivery is not available on this node".into(),
-                ));
-            };
-            webhooks
-                .validate(url)
-                .await
-                .map_err(|e| TriggerError::BadCallback(e.to_string()))?;
+            self.check_callback(url).await?;
         }
         if pipeline.setup.is_some() {
             self.refuse_if_every_circuit_is_open(&pipeline.name).await?;
@@ -234,6 +226,20 @@ impl Scheduler {
             run_at: None,
             status: RunStatus::Queued,
         })
+    }
+
+    /// A completion webhook target checked against the URL policy (scheme, host,
+    /// addresses), as a trigger must before it queues anything.
+    pub(super) async fn check_callback(&self, url: &str) -> Result<(), TriggerError> {
+        let Some(webhooks) = &self.inner.webhooks else {
+            return Err(TriggerError::BadCallback(
+                "webhook delivery is not available on this node".into(),
+            ));
+        };
+        webhooks
+            .validate(url)
+            .await
+            .map_err(|e| TriggerError::BadCallback(e.to_string()))
     }
 
     /// Pauses (`paused`) or resumes a configured pipeline for every node on the store;

@@ -90,15 +90,7 @@ impl Scheduler {
             ));
         }
         if let Some(url) = &req.callback_url {
-            let Some(webhooks) = &self.inner.webhooks else {
-                return Err(TriggerError::BadCallback(
-                    "webhook delivery is not available on this node".into(),
-                ));
-            };
-            webhooks
-                .validate(url)
-                .await
-                .map_err(|e| TriggerError::BadCallback(e.to_string()))?;
+            self.check_callback(url).await?;
         }
         let plan = Plan {
             workflow: &workflow,
