@@ -1,7 +1,8 @@
-//! Workflows: the configured ones (`GET /api/workflows`), triggering one
-//! (`POST /api/workflows/{id}/trigger`: every step's run created in one transaction),
-//! and its views (`views_workflow.rs`). Workflow runs themselves — list, one, abort,
-//! re-run — are in `workflow_runs.rs`.
+//! Workflows: the configured ones (`GET /api/workflows`) and triggering one
+//! (`POST /api/workflows/{id}/trigger`: every step's run created in one transaction,
+//! before the 202), with the answer a re-run shares. Workflow runs themselves — list,
+//! one, abort, re-run — are in `workflow_runs.rs`. Tests: `tests/workflows.rs`,
+//! `tests/openapi.rs` (answers as documented).
 
 use std::collections::BTreeMap;
 
