@@ -661,6 +661,72 @@ command = ["sleep", "60"]
     assert_eq!(w["workers"].as_array().unwrap().len(), 1, "{w:#}");
 }
 
+/// docs/cli.md's `--json` rows for workflows: `trigger` of a workflow (triggerWorkflow),
+/// `wait`/`show` of a workflow run (getWorkflowRun), `workflow-runs` (listWorkflowRuns),
+/// `abort` (abortWorkflowRun) and `rerun` (rerunWorkflowRun) of a workflow run.
+#[tokio::test]
+async fn every_workflow_json_output_is_the_answer_the_cli_page_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_config(
+        dir.path(),
+        "max_workers = 2",
+        r#"
+[pipelines.quick]
+command = ["true"]
+[pipelines.slow]
+command = ["sleep", "60"]
+[workflows.pair.steps.one]
+pipeline = "quick"
+[workflows.pair.steps.two]
+pipeline = "quick"
+needs = ["one"]
+[workflows.held.steps.nap]
+pipeline = "slow"
+"#,
+    );
+    let server = BinServer::start(&config, common::free_port()).await;
+    let base = server.base.as_str();
+    let http = reqwest::Client::new();
+    let (_, doc) = common::get(&http, &format!("{base}/api/openapi.json")).await;
+
+    let t = json_of(&expect(base, &["trigger", "pair", "--json"], 0).await);
+    assert_answer(&doc, "triggerWorkflow", &t, "trigger WORKFLOW --json");
+    let id = t["workflowRunId"].as_str().unwrap().to_string();
+    let ended = json_of(&expect(base, &["wait", &id, "--json"], 0).await);
+    assert_answer(&doc, "getWorkflowRun", &ended, "wait WORKFLOW_RUN --json");
+    assert_eq!(ended["status"], "completed", "{ended:#}");
+    let shown = json_of(&expect(base, &["show", &id, "--json"], 0).await);
+    assert_answer(&doc, "getWorkflowRun", &shown, "show WORKFLOW_RUN --json");
+    let w = json_of(&expect(base, &["trigger", "pair", "--wait", "--json"], 0).await);
+    assert_answer(&doc, "getWorkflowRun", &w, "trigger WORKFLOW --wait --json");
+    let listed =
+        json_of(&expect(base, &["workflow-runs", "--workflow", "pair", "--json"], 0).await);
+    assert_answer(&doc, "listWorkflowRuns", &listed, "workflow-runs --json");
+    assert_eq!(
+        listed["workflowRuns"].as_array().unwrap().len(),
+        2,
+        "{listed:#}"
+    );
+    let table = expect(base, &["workflow-runs"], 0).await;
+    assert!(
+        table.stdout.contains("pair") && table.stdout.contains("2/2"),
+        "{table}"
+    );
+    let r = json_of(&expect(base, &["rerun", &id, "--json"], 0).await);
+    assert_answer(&doc, "rerunWorkflowRun", &r, "rerun WORKFLOW_RUN --json");
+    assert_eq!(r["rerunOf"], id.as_str());
+
+    let held = json_of(&expect(base, &["trigger", "held", "--json"], 0).await);
+    let held = held["workflowRunId"].as_str().unwrap().to_string();
+    let a = json_of(&expect(base, &["abort", &held, "--json"], 0).await);
+    assert_answer(&doc, "abortWorkflowRun", &a, "abort WORKFLOW_RUN --json");
+    let words = expect(base, &["__complete", "targets"], 0).await;
+    assert!(
+        words.stdout.lines().any(|l| l == "pair") && words.stdout.lines().any(|l| l == "quick"),
+        "trigger completes workflows and pipelines: {words}"
+    );
+}
+
 /// README: `runyard completions bash` "(or zsh, fish, elvish, powershell)".
 #[tokio::test]
 async fn completions_print_a_script_for_every_shell_the_readme_names() {

@@ -1,5 +1,6 @@
-//! Completions that know the server: pipeline names after `trigger` (and `pause`,
-//! `resume`), recent run ids after `abort`, `logs`, `show`, `wait` and `rerun`.
+//! Completions that know the server: pipeline and workflow names after `trigger`,
+//! pipeline names after `pause` and `resume`, recent run and workflow run ids after
+//! `abort`, `logs`, `show`, `wait` and `rerun`.
 //!
 //! The static script clap generates is extended with a little shell that asks
 //! `runyard __complete pipelines|runs` (a hidden command) for the words; that command
@@ -20,28 +21,44 @@ const LIMIT: Duration = Duration::from_secs(1);
 /// Recent runs offered.
 const RECENT: usize = 20;
 
-/// The words for `what` (`pipelines` or `runs`), one per line; nothing on any failure.
+/// The words for `what` (`pipelines`, `targets`: pipelines and workflows, or `runs`:
+/// runs and workflow runs), one per line; nothing on any failure.
 pub(super) async fn words(client: &Client, what: &str) -> anyhow::Result<u8> {
-    let path = match what {
-        "pipelines" => "/api/pipelines".to_string(),
-        "runs" => format!("/api/runs?limit={RECENT}"),
+    // (path, list key, field) of each answer the words come from.
+    let sources: &[(&str, &str, &str)] = match what {
+        "pipelines" => &[("/api/pipelines", "pipelines", "id")],
+        "targets" => &[
+            ("/api/pipelines", "pipelines", "id"),
+            ("/api/workflows", "workflows", "id"),
+        ],
+        "runs" => &[
+            ("/api/runs", "runs", "runId"),
+            ("/api/workflow-runs", "workflowRuns", "workflowRunId"),
+        ],
         _ => return Ok(super::exit::OK),
     };
-    let Ok(Ok(answer)) = tokio::time::timeout(LIMIT, client.get(&path)).await else {
-        return Ok(super::exit::OK);
-    };
-    let list = |key: &str, field: &str| -> Vec<String> {
-        answer[key]
+    let mut words: Vec<String> = Vec::new();
+    for (path, key, field) in sources {
+        let path = if what == "runs" {
+            format!("{path}?limit={RECENT}")
+        } else {
+            path.to_string()
+        };
+        // A server without workflows (an older one) still completes the rest.
+        let Ok(Ok(answer)) = tokio::time::timeout(LIMIT, client.get(&path)).await else {
+            continue;
+        };
+        let found = answer[*key]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|v: &Value| v[field].as_str().map(str::to_string))
-            .collect()
-    };
-    let words: Vec<String> = match what {
-        "pipelines" => list("pipelines", "id"),
-        _ => list("runs", "runId").iter().map(|r| short_id(r)).collect(),
-    };
+            .filter_map(|v: &Value| v[*field].as_str().map(str::to_string));
+        if what == "runs" {
+            words.extend(found.map(|r| short_id(&r)));
+        } else {
+            words.extend(found);
+        }
+    }
     if !words.is_empty() {
         term::out(words.join("\n"))?;
     }
@@ -62,7 +79,8 @@ const BASH: &str = r#"
 _runyard_dynamic() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" what=""
     case "$prev" in
-        trigger|pause|resume) what=pipelines ;;
+        trigger) what=targets ;;
+        pause|resume) what=pipelines ;;
         abort|logs|show|wait|rerun) what=runs ;;
     esac
     if [[ -n $what && $cur != -* ]]; then
@@ -76,6 +94,7 @@ complete -F _runyard_dynamic -o nosort -o bashdefault -o default runyard
 
 const FISH: &str = r#"
 # Dynamic words from the server (runyard __complete).
-complete -c runyard -n '__fish_seen_subcommand_from trigger pause resume' -f -a '(runyard __complete pipelines 2>/dev/null)'
+complete -c runyard -n '__fish_seen_subcommand_from trigger' -f -a '(runyard __complete targets 2>/dev/null)'
+complete -c runyard -n '__fish_seen_subcommand_from pause resume' -f -a '(runyard __complete pipelines 2>/dev/null)'
 complete -c runyard -n '__fish_seen_subcommand_from abort logs show wait rerun' -f -a '(runyard __complete runs 2>/dev/null)'
 "#;

@@ -118,6 +118,20 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List workflow runs, newest first.
+    WorkflowRuns {
+        /// Only workflow runs with this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only runs of this workflow.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show one run and its jobs, or a workflow run and its steps.
     Show {
         /// Run or workflow run id, or a unique prefix of one (at least 8 characters).
@@ -274,6 +288,20 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             limit,
             client,
         } => commands::runs(&cli, status.as_deref(), pipeline.as_deref(), *limit, client).await,
+        Command::WorkflowRuns {
+            status,
+            workflow,
+            limit,
+            client,
+        } => {
+            let (client, json_out) = client_for(&cli, client)?;
+            let filter = workflow::Filter {
+                status: status.as_deref(),
+                workflow: workflow.as_deref(),
+                limit: *limit,
+            };
+            workflow::list(&client, filter, json_out).await
+        }
         Command::Show { run, client } => commands::show(&cli, run, client).await,
         Command::Logs {
             job,

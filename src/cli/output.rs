@@ -19,7 +19,7 @@ fn s(v: &Value) -> String {
 }
 
 /// Prints rows under headers; the column named `STATUS` is coloured on a terminal.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> Result<(), Closed> {
+pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) -> Result<(), Closed> {
     let colour = term::colour_on_stdout();
     let status_col = headers.iter().position(|h| *h == "STATUS");
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();

@@ -142,6 +142,64 @@ pub(super) async fn watch(
     })
 }
 
+/// What `runyard workflow-runs` lists.
+pub(super) struct Filter<'a> {
+    pub(super) status: Option<&'a str>,
+    pub(super) workflow: Option<&'a str>,
+    pub(super) limit: u32,
+}
+
+/// `runyard workflow-runs`: one page of workflow runs, newest first.
+pub(super) async fn list(client: &Client, f: Filter<'_>, json_out: bool) -> anyhow::Result<u8> {
+    let mut query = vec![("limit", f.limit.to_string())];
+    if let Some(s) = f.status {
+        query.push(("status", s.to_string()));
+    }
+    if let Some(w) = f.workflow {
+        query.push(("workflow", w.to_string()));
+    }
+    let answer = client.get_query("/api/workflow-runs", &query).await?;
+    if json_out {
+        print_json(&answer)?;
+        return Ok(exit::OK);
+    }
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let rows = answer["workflowRuns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| {
+            let steps = w["steps"].as_array().map_or(&[][..], Vec::as_slice);
+            let done = steps
+                .iter()
+                .filter(|st| st["finishedAt"].is_string())
+                .count();
+            vec![
+                short_id(&s(&w["workflowRunId"])),
+                s(&w["workflowRunId"]),
+                s(&w["workflowId"]),
+                s(&w["status"]),
+                format!("{done}/{}", steps.len()),
+                s(&w["triggeredBy"]),
+                s(&w["createdAt"]),
+            ]
+        })
+        .collect();
+    super::output::table(
+        &[
+            "ID",
+            "WORKFLOW RUN",
+            "WORKFLOW",
+            "STATUS",
+            "STEPS",
+            "BY",
+            "CREATED",
+        ],
+        rows,
+    )?;
+    Ok(exit::OK)
+}
+
 /// A workflow run as text: its header, then each step (needs first) with its run's
 /// status and shards, and the steps it waits for.
 pub(super) fn details(w: &Value) -> Result<(), super::term::Closed> {
