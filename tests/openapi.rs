@@ -24,6 +24,12 @@ pattern = "[a-z]{1,10}"
 command = ["sh", "-c", "echo out; echo err >&2"]
 shards = 2
 setup = ["true"]
+
+[workflows.flow.steps.first]
+pipeline = "echo"
+[workflows.flow.steps.second]
+pipeline = "sharded"
+needs = ["first"]
 "#;
 
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
@@ -488,6 +494,69 @@ async fn answers_match_their_documented_schemas() {
     let (status, body) = s.post(&format!("/api/runs/{run}/abort"), json!({})).await;
     assert_eq!(status, 409);
     conforms(&doc, "POST", "/api/runs/{id}/abort", status, &body);
+
+    // Workflows: trigger (202, 400), list, one, abort (202, then 409 for a finished
+    // one), re-run (202, 409), and the 400/404 of their ids.
+    let trigger = "/api/workflows/{id}/trigger";
+    let (status, body) = s.post("/api/workflows/flow/trigger", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    conforms(&doc, "POST", trigger, status, &body);
+    let flow = body["workflowRunId"].as_str().unwrap().to_string();
+    for bad in [json!({"nope": 1}), json!({"parameters": {"x": "y"}})] {
+        let (status, body) = s.post("/api/workflows/flow/trigger", bad).await;
+        assert_eq!(status, 400, "{body}");
+        conforms(&doc, "POST", trigger, status, &body);
+    }
+    events
+        .wait_for(
+            "workflow:completed",
+            |d| d["workflowRunId"] == json!(flow),
+            Duration::from_secs(20),
+        )
+        .await;
+    for (path, concrete_path) in [
+        ("/api/workflows", "/api/workflows".to_string()),
+        (
+            "/api/workflow-runs",
+            "/api/workflow-runs?workflow=flow".into(),
+        ),
+        (
+            "/api/workflow-runs",
+            "/api/workflow-runs?status=later".into(),
+        ),
+        (
+            "/api/workflow-runs/{id}",
+            format!("/api/workflow-runs/{flow}"),
+        ),
+        ("/api/workflow-runs/{id}", "/api/workflow-runs/nope".into()),
+        (
+            "/api/workflow-runs/{id}",
+            "/api/workflow-runs/00000000-0000-7000-8000-000000000000".into(),
+        ),
+    ] {
+        let (status, body) = s.get(&concrete_path).await;
+        assert!(status == 200 || status >= 400, "{concrete_path}: {status}");
+        conforms(&doc, "GET", path, status, &body);
+    }
+    let (status, body) = s
+        .post(&format!("/api/workflow-runs/{flow}/abort"), json!({}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    conforms(&doc, "POST", "/api/workflow-runs/{id}/abort", status, &body);
+    let rerun = "/api/workflow-runs/{id}/rerun";
+    let (status, body) = s
+        .post(&format!("/api/workflow-runs/{flow}/rerun"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    conforms(&doc, "POST", rerun, status, &body);
+    let (status, body) = s
+        .post(
+            &format!("/api/workflow-runs/{flow}/rerun"),
+            json!({"only": "failed"}),
+        )
+        .await;
+    assert_eq!(status, 409, "nothing failed: {body}");
+    conforms(&doc, "POST", rerun, status, &body);
     s.stop().await;
 }
 
