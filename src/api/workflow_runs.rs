@@ -12,26 +12,14 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::ids::{WorkflowRunIdParam, workflow_run_id};
 use super::trigger::{json_body, source};
 use super::workflows::WorkflowTriggeredView;
 use super::{ApiError, AppState, ErrorBody};
 use crate::clock::rfc3339;
-use crate::model::{AfterWhen, MIN_SHORT_ID, RunId, RunStatus, WorkflowStatus, short_run_id};
+use crate::model::{AfterWhen, RunStatus, WorkflowStatus};
 use crate::scheduler::WorkflowAbort;
 use crate::store::{WorkflowRunFilter, WorkflowRunRecord};
-
-/// The `{id}` of `/api/workflow-runs/{id}…`.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub(super) struct WorkflowRunIdParam {
-    /// A workflow run id (a UUID), or a short one: its last 8 hex digits (as shown
-    /// everywhere) or its first 8 or more, when they match one workflow run only (400
-    /// when they match several).
-    #[param(
-        pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|[0-9a-fA-F]{8,31}|[0-9a-fA-F]{8}(-([0-9a-fA-F]{0,3}|[0-9a-fA-F]{4}(-([0-9a-fA-F]{0,3}|[0-9a-fA-F]{4}(-([0-9a-fA-F]{0,3}|[0-9a-fA-F]{4}(-[0-9a-fA-F]{0,11})?))?))?))?)$"
-    )]
-    id: String,
-}
 
 /// One step of a workflow run, with its run's state.
 #[derive(Serialize, ToSchema)]
@@ -373,37 +361,4 @@ pub(super) async fn rerun(
             Some(id),
         )),
     ))
-}
-
-/// The stored id of a workflow run from the path: a UUID, or a unique prefix.
-async fn workflow_run_id(
-    state: &AppState,
-    path: Result<Path<WorkflowRunIdParam>, PathRejection>,
-) -> Result<String, ApiError> {
-    let Path(WorkflowRunIdParam { id }) = path?;
-    if let Ok(run) = RunId::parse(&id) {
-        return Ok(run.to_string());
-    }
-    let Some(prefix) = short_run_id(&id) else {
-        return Err(ApiError::BadRequest(format!(
-            "malformed workflow run id: {} (an id, or at least its first {MIN_SHORT_ID} hex digits)",
-            id.chars().take(80).collect::<String>()
-        )));
-    };
-    // The short form shown everywhere is the id's last 8 digits (its random end).
-    let digits = id.to_ascii_lowercase();
-    let suffix = (digits.len() <= 12 && digits.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then_some(digits.as_str());
-    let found = state
-        .store
-        .workflow_run_ids_matching(&prefix, suffix, 3)
-        .await?;
-    match found.as_slice() {
-        [] => Err(ApiError::NotFound(format!("Workflow run not found: {id}"))),
-        [one] => Ok(one.clone()),
-        several => Err(ApiError::BadRequest(format!(
-            "ambiguous workflow run id {id}: it matches {}",
-            several.join(", ")
-        ))),
-    }
 }

@@ -58,7 +58,7 @@ use crate::config::Settings;
 use crate::executor::redact::Redactor;
 use crate::executor::{process, reaper};
 use crate::metrics::Metrics;
-use crate::store::{AbortOutcome, NodeRow, Store, StoreError};
+use crate::store::{NodeRow, Store, StoreError};
 use crate::webhook::Webhooks;
 
 /// This node's identity and shared state.
@@ -320,25 +320,6 @@ impl Scheduler {
     /// What this node's running jobs hold of its resources.
     pub fn resources_in_use(&self) -> crate::model::Resources {
         self.inner.resources.in_use()
-    }
-
-    /// Aborts a run: durable mark first, then local cancellation, then the bus.
-    pub async fn abort(&self, run_id: &str, by: AbortedBy) -> Result<AbortOutcome, StoreError> {
-        let by = by.json(&self.inner.node, None);
-        let outcome = self
-            .inner
-            .store
-            .run_abort_by(run_id, self.inner.store.clock_ms(), Some(by))
-            .await?;
-        if let AbortOutcome::Aborted { aborted_jobs, .. } = outcome {
-            Metrics::add(&self.inner.metrics.aborts, 1);
-            self.inner.registry.abort_all_shards_for_run(run_id);
-            // Repeating an abort changes nothing anywhere: only a new one is published.
-            if aborted_jobs > 0 {
-                self.inner.bus.publish_abort(run_id);
-            }
-        }
-        Ok(outcome)
     }
 
     /// Graceful stop: no more claims; running jobs get `shutdown_timeout` to finish, then are

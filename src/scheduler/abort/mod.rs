@@ -5,7 +5,8 @@
 //! can report the right outcome: an abort ends the job `aborted`, a shutdown
 //! re-queues it, a lost claim writes nothing that could land (the fence
 //! refuses it). The API route and the bus subscriber both call
-//! [`AbortRegistry::abort_all_shards_for_run`].
+//! [`AbortRegistry::abort_all_shards_for_run`]; the route's way in is
+//! `Scheduler::abort` (here too): the durable mark, then local cancellation, then the bus.
 
 mod listen;
 
@@ -15,6 +16,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::store::{AbortOutcome, StoreError};
 
 /// Why a local execution was cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +192,27 @@ impl AbortedBy {
             v["origin"] = origin.into();
         }
         v.to_string()
+    }
+}
+
+impl super::Scheduler {
+    /// Aborts a run: durable mark first, then local cancellation, then the bus.
+    pub async fn abort(&self, run_id: &str, by: AbortedBy) -> Result<AbortOutcome, StoreError> {
+        let by = by.json(&self.inner.node, None);
+        let outcome = self
+            .inner
+            .store
+            .run_abort_by(run_id, self.inner.store.clock_ms(), Some(by))
+            .await?;
+        if let AbortOutcome::Aborted { aborted_jobs, .. } = outcome {
+            Metrics::add(&self.inner.metrics.aborts, 1);
+            self.inner.registry.abort_all_shards_for_run(run_id);
+            // Repeating an abort changes nothing anywhere: only a new one is published.
+            if aborted_jobs > 0 {
+                self.inner.bus.publish_abort(run_id);
+            }
+        }
+        Ok(outcome)
     }
 }
 

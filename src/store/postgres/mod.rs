@@ -63,6 +63,7 @@ mod landing;
 mod nodes;
 mod outbox;
 mod pipeline_state;
+mod prune;
 mod rows;
 mod runs;
 mod tx;
@@ -306,7 +307,7 @@ impl Store for PgStore {
         self.read_pipeline_counts().await
     }
     async fn runs_prune(&self, before: i64, batch: usize) -> StoreResult<PruneOutcome> {
-        runs::runs_prune(self, before, batch).await
+        prune::runs_prune(self, before, batch).await
     }
     async fn run_summary(&self, run_id: &str) -> StoreResult<Option<serde_json::Value>> {
         self.read_summary(run_id).await

@@ -41,6 +41,7 @@ mod finish;
 mod nodes;
 mod outbox;
 mod pipeline_state;
+mod prune;
 mod runs;
 mod views;
 mod workflows;
@@ -263,7 +264,7 @@ impl Store for SqliteStore {
     }
 
     async fn runs_prune(&self, before: i64, batch: usize) -> StoreResult<PruneOutcome> {
-        runs::runs_prune(self, before, batch).await
+        prune::runs_prune(self, before, batch).await
     }
 
     async fn run_summary(&self, run_id: &str) -> StoreResult<Option<Value>> {
