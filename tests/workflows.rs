@@ -215,14 +215,17 @@ async fn a_workflow_runs_its_steps_in_order_settles_once_and_reruns_only_the_fai
 
 #[tokio::test]
 async fn aborting_a_workflow_run_stops_its_running_step_and_ends_its_waiting_ones() {
-    let s = TestServer::start("max_workers = 2", CONFIG).await;
+    // Its webhook goes to a closed local port: the delivery is recorded and retried.
+    let config = format!("[webhooks]\nallow_http = true\nallow_hosts = [\"127.0.0.1\"]\n{CONFIG}");
+    let s = TestServer::start("max_workers = 2", &config).await;
     let mut events = s.events();
     let dir = tempfile::tempdir().unwrap();
     let never = dir.path().join("never");
     let (_, answer) = trigger(
         &s,
         "held",
-        json!({"parameters": {"file": never.display().to_string()}}),
+        json!({"parameters": {"file": never.display().to_string()},
+               "callbackUrl": "http://127.0.0.1:9/hook"}),
     )
     .await;
     let id = answer["workflowRunId"].as_str().unwrap().to_string();
@@ -247,6 +250,10 @@ async fn aborting_a_workflow_run_stops_its_running_step_and_ends_its_waiting_one
     assert_eq!(step(&w, "wait")["status"], "aborted");
     assert_eq!(step(&w, "after")["status"], "aborted");
     assert!(w["abortedBy"].is_object(), "{w}");
+    // Its `workflow.completed` webhook is in its view, as a run's is.
+    let deliveries = w["deliveries"].as_array().unwrap_or_else(|| panic!("{w}"));
+    assert_eq!(deliveries.len(), 1, "{w}");
+    assert_eq!(deliveries[0]["url"], "http://127.0.0.1:9/hook");
     let (code, _) = s
         .post(&format!("/api/workflow-runs/{id}/abort"), json!({}))
         .await;

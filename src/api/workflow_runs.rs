@@ -14,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::ids::{WorkflowRunIdParam, workflow_run_id};
 use super::trigger::{json_body, source};
+use super::views::DeliveryView;
 use super::workflows::WorkflowTriggeredView;
 use super::{ApiError, AppState, ErrorBody};
 use crate::clock::rfc3339;
@@ -122,6 +123,17 @@ impl From<WorkflowRunRecord> for WorkflowRunView {
     }
 }
 
+/// `GET /api/workflow-runs/{id}` answer: the workflow run and, when it has a
+/// `callbackUrl`, its `workflow.completed` webhook deliveries with every attempt.
+#[derive(Serialize, ToSchema)]
+pub(super) struct WorkflowRunDetail {
+    #[serde(flatten)]
+    workflow_run: WorkflowRunView,
+    /// Its webhook deliveries; present when it has a `callbackUrl`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deliveries: Option<Vec<DeliveryView>>,
+}
+
 /// `?workflow=&status=&limit=&offset=`.
 #[derive(Deserialize, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -218,7 +230,7 @@ pub(super) async fn list(
     operation_id = "getWorkflowRun",
     params(WorkflowRunIdParam),
     responses(
-        (status = 200, description = "The workflow run", body = WorkflowRunView),
+        (status = 200, description = "The workflow run (with its webhook deliveries when it has a callback)", body = WorkflowRunDetail),
         (status = 400, description = "Malformed or ambiguous id", body = ErrorBody),
         (status = 404, description = "No such workflow run", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
@@ -227,12 +239,27 @@ pub(super) async fn list(
 pub(super) async fn get(
     State(state): State<AppState>,
     path: Result<Path<WorkflowRunIdParam>, PathRejection>,
-) -> Result<Json<WorkflowRunView>, ApiError> {
+) -> Result<Json<WorkflowRunDetail>, ApiError> {
     let id = workflow_run_id(&state, path).await?;
-    match state.store.workflow_run_get(&id).await? {
-        Some(w) => Ok(Json(w.into())),
-        None => Err(ApiError::NotFound(format!("Workflow run not found: {id}"))),
-    }
+    let Some(w) = state.store.workflow_run_get(&id).await? else {
+        return Err(ApiError::NotFound(format!("Workflow run not found: {id}")));
+    };
+    let deliveries = match w.callback_url {
+        Some(_) => Some(
+            state
+                .store
+                .deliveries_of_run(&id)
+                .await?
+                .into_iter()
+                .map(DeliveryView::from)
+                .collect(),
+        ),
+        None => None,
+    };
+    Ok(Json(WorkflowRunDetail {
+        workflow_run: w.into(),
+        deliveries,
+    }))
 }
 
 /// The answer to an abort.
