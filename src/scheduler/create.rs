@@ -45,11 +45,22 @@ pub(super) async fn create_run(
 
 /// Whether run `run_id` exists, asked until the store answers (at most ~2 s).
 async fn read_back_run(store: &Arc<dyn Store>, run_id: &str) -> Result<bool, StoreError> {
+    read_back(|| async { Ok(store.run_get(run_id).await?.is_some()) }).await
+}
+
+/// Whether what a lost commit may have written exists (`exists` reads it by the id made
+/// before the write), asked until the store answers (at most ~2 s): a run's, and a
+/// workflow run's.
+pub(super) async fn read_back<F, Fut>(mut exists: F) -> Result<bool, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, StoreError>>,
+{
     let mut delay = std::time::Duration::from_millis(50);
     let mut tries = 0;
     loop {
-        match store.run_get(run_id).await {
-            Ok(run) => return Ok(run.is_some()),
+        match exists().await {
+            Ok(found) => return Ok(found),
             Err(e) if e.is_unavailable() && tries < 6 => {
                 tries += 1;
                 tokio::time::sleep(delay).await;

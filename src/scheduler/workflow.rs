@@ -328,7 +328,8 @@ impl Scheduler {
     }
 
     /// Writes the workflow run; a commit whose answer was lost is read back by the
-    /// workflow run's id (made here, so only this request could have written it).
+    /// workflow run's id (made here, so only this request could have written it), as
+    /// `create.rs` does for a run.
     async fn create_workflow(
         &self,
         p: WorkflowCreateParams,
@@ -340,7 +341,9 @@ impl Scheduler {
             match store.workflow_create(p.clone()).await {
                 Err(e) if e.is_ambiguous() && tries < 3 => {
                     tracing::warn!(workflow_run = %p.workflow_run_id, "the workflow run's commit answer was lost; reading it back: {e}");
-                    if store.workflow_run_get(&p.workflow_run_id).await?.is_some() {
+                    let id = p.workflow_run_id.as_str();
+                    let exists = || async { Ok(store.workflow_run_get(id).await?.is_some()) };
+                    if super::create::read_back(exists).await? {
                         break WorkflowCreated {
                             workflow_run_id: p.workflow_run_id.clone(),
                             steps: p.steps.clone(),
