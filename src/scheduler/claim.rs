@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Inner, POLL_BACKSTOP, claim_params, claimable_needs, job, need_of, rescuer};
+use super::{Inner, POLL_BACKSTOP, claim_params, claimable_needs, need_of, rescuer, slot};
 use crate::store::change;
 
 pub(super) async fn claim_loop(inner: Arc<Inner>) {
@@ -53,7 +53,7 @@ pub(super) async fn claim_loop(inner: Arc<Inner>) {
                         room.take(&claimed_job.id, need_of(&inner, &claimed_job.pipeline));
                         inner
                             .jobs
-                            .spawn(job::run(inner.clone(), claimed_job, permit));
+                            .spawn(slot::run(inner.clone(), claimed_job, permit));
                     }
                     drop(room);
                     if claimed == max {

@@ -11,44 +11,77 @@
 //!   ticks), once more after exit — retried until it lands (`job_output.rs`) —
 //!   and only then is the terminal state written, so a finished job's log is
 //!   complete when `job:completed` is emitted;
-//! - the slot permit is held by this task and returned when it ends; the
-//!   finishing transaction may hand the same slot its next job.
+//! - the end is written by [`Ended::record`], which the slot runs behind it
+//!   (`slot.rs`): the job stays registered, and counts as running in the store,
+//!   until its end has landed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
 use super::abort::{CancelCause, Handle};
-use super::job_end::{failed, finish, outcome_of, read_result};
+use super::job_end::{End, failed, finish, outcome_of, read_result};
 use super::job_output::OutputSink;
 use super::job_prepare::prepare;
 use super::journal::Entry;
 use super::workdir::WorkDir;
 use crate::config::Pipeline;
+use crate::executor::output::Totals;
 use crate::executor::{Collector, Running, SpawnSpec};
 use crate::model::{JobKind, Reason};
-use crate::store::{ClaimedJob, JobStartParams};
+use crate::store::{ClaimedJob, JobStartParams, Outcome};
 
 /// A process that ends sooner has its start recorded in its finishing transaction.
 const START_RECORD_DELAY: Duration = Duration::from_millis(20);
 
-/// Runs `job` and then, on the same slot, whatever the finishing transaction claimed next.
-pub(super) async fn run(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
-    let mut next = Some(job);
-    while let Some(job) = next.take() {
-        let id = job.id.clone();
-        next = run_one(&inner, job).await.into_iter().next();
-        inner.resources.release(&id);
-    }
-    drop(permit);
-    inner.slot_freed.notify_one();
+/// An execution that has ended, holding everything its end record needs, so the slot can
+/// start its next job while [`Ended::record`] writes this one's last output and end.
+pub(super) struct Ended {
+    job: ClaimedJob,
+    end: End,
+    /// The output not yet written (none when no process ran).
+    sink: Option<OutputSink>,
 }
 
-/// Runs one job to its end; returns the job(s) claimed for this slot by the finish.
-async fn run_one(inner: &Arc<Inner>, job: ClaimedJob) -> Vec<ClaimedJob> {
+impl Ended {
+    /// A job that ends without a process: refused before spawn, or never started.
+    pub(super) fn without_process(job: ClaimedJob, outcome: Outcome) -> Ended {
+        Ended {
+            job,
+            end: End {
+                outcome,
+                exit_code: None,
+                totals: Totals::default(),
+                start: None,
+                result: None,
+            },
+            sink: None,
+        }
+    }
+
+    /// Writes the last output, then the end (retried until it lands or proves stale),
+    /// claiming up to `want` jobs for the slot in the same transaction; returns them.
+    /// The job stays registered (and its resources held) until its end is written.
+    pub(super) async fn record(self, inner: Arc<Inner>, want: usize) -> Vec<ClaimedJob> {
+        let Ended { job, end, sink } = self;
+        if let Some(mut sink) = sink {
+            sink.finish().await;
+        }
+        let ended = finish(&inner, &job, end, want).await;
+        if ended.is_some() {
+            inner.journal.remove(&job.id, job.claim_seq);
+        }
+        inner.registry.remove(&job.id, job.claim_seq);
+        inner.resources.release(&job.id);
+        ended.unwrap_or_default()
+    }
+}
+
+/// Runs one job's process to its end (`handle` is registered already); the end is
+/// returned unwritten.
+pub(super) async fn run_one(inner: &Arc<Inner>, job: ClaimedJob, handle: Handle) -> Ended {
     let waited = (inner.store.clock_ms() - job.due_at).max(0) as u64;
     inner
         .metrics
@@ -57,57 +90,36 @@ async fn run_one(inner: &Arc<Inner>, job: ClaimedJob) -> Vec<ClaimedJob> {
     let Some(pipeline) = inner.settings.pipelines.get(&job.pipeline).cloned() else {
         // Claims only ask for configured pipelines; keep the slot accounting honest anyway.
         let outcome = failed(Reason::ExitCode, "pipeline is not configured on this node");
-        return finish(inner, &job, outcome, None, Default::default(), None, None)
-            .await
-            .unwrap_or_default();
+        return Ended::without_process(job, outcome);
     };
-    let handle = Handle::new(
-        &inner.stop_jobs,
-        &job.run_id,
-        job.shard_index,
-        &job.pipeline,
-        job.claim_seq,
+    let work = match prepare(inner, &job, &pipeline).await {
+        Err(outcome) => return Ended::without_process(job, outcome),
+        Ok(work) => work,
+    };
+    let collector = Collector::with_redactor(
+        inner.settings.server.max_output_bytes,
+        inner.redactor.clone(),
     );
-    inner.registry.register(&job.id, handle.clone());
-
-    let next = match prepare(inner, &job, &pipeline).await {
-        Err(outcome) => finish(inner, &job, outcome, None, Default::default(), None, None)
-            .await
-            .unwrap_or_default(),
-        Ok(work) => {
-            let collector = Collector::with_redactor(
-                inner.settings.server.max_output_bytes,
-                inner.redactor.clone(),
-            );
-            let spec = spawn_spec(&pipeline, &job, &work, &inner.resources.gpus_of(&job.id));
-            match Running::spawn(&spec, collector.clone()) {
-                Err(e) => {
-                    let message = format!("cannot start {}: {e}", spec.program.display());
-                    tracing::warn!(job = %job.id, "{message}");
-                    let outcome = failed(Reason::ExitCode, &message);
-                    finish(inner, &job, outcome, None, Default::default(), None, None)
-                        .await
-                        .unwrap_or_default()
-                }
-                Ok(running) => {
-                    execute(inner, &job, &pipeline, &handle, collector, running, &work).await
-                }
-            }
+    let spec = spawn_spec(&pipeline, &job, &work, &inner.resources.gpus_of(&job.id));
+    match Running::spawn(&spec, collector.clone()) {
+        Err(e) => {
+            let message = format!("cannot start {}: {e}", spec.program.display());
+            tracing::warn!(job = %job.id, "{message}");
+            Ended::without_process(job, failed(Reason::ExitCode, &message))
         }
-    };
-    inner.registry.remove(&job.id, job.claim_seq);
-    next
+        Ok(running) => execute(inner, job, &pipeline, &handle, collector, running, &work).await,
+    }
 }
 
 async fn execute(
     inner: &Arc<Inner>,
-    job: &ClaimedJob,
+    job: ClaimedJob,
     pipeline: &Pipeline,
     handle: &Handle,
     collector: Arc<Collector>,
     running: Running,
     work: &WorkDir,
-) -> Vec<ClaimedJob> {
+) -> Ended {
     let start = JobStartParams {
         job_id: job.id.clone(),
         claim_seq: job.claim_seq,
@@ -160,7 +172,7 @@ async fn execute(
     // Flushing, recording the start and waiting run side by side in this one task;
     // the flusher stops once the process has ended.
     let flushing_done = CancellationToken::new();
-    let mut sink = OutputSink::new(inner, job, &collector, handle);
+    let mut sink = OutputSink::new(inner, &job, &collector, handle);
     let flusher = sink.run_until(&flushing_done);
     let run = async {
         // A lost execution (self-fence) gets a grace short enough to be gone before any
@@ -218,12 +230,17 @@ async fn execute(
             start: unrecorded.as_ref().map(|s| (s.pid, s.proc_start, s.now)),
         });
     }
-    sink.finish().await;
-    let ended = finish(inner, job, outcome, exit.code, totals, unrecorded, result).await;
-    if ended.is_some() {
-        inner.journal.remove(&job.id, job.claim_seq);
+    Ended {
+        job,
+        end: End {
+            outcome,
+            exit_code: exit.code,
+            totals,
+            start: unrecorded,
+            result,
+        },
+        sink: Some(sink),
     }
-    ended.unwrap_or_default()
 }
 
 /// The argv and environment of one execution: placeholders substituted per argv element.

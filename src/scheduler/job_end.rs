@@ -91,27 +91,36 @@ pub(super) async fn read_result(inner: &Inner, work: &WorkDir) -> (Option<String
     }
 }
 
+/// How an execution ended, as its end record says.
+pub(super) struct End {
+    pub(super) outcome: Outcome,
+    pub(super) exit_code: Option<i32>,
+    pub(super) totals: crate::executor::output::Totals,
+    /// The start, when the execution ended before it was recorded on its own.
+    pub(super) start: Option<JobStartParams>,
+    pub(super) result: Option<String>,
+}
+
+/// Records the execution's end (retried until it lands or proves stale) and, in the same
+/// transaction, claims up to `want` jobs for this slot; returns what it claimed.
 pub(super) async fn finish(
     inner: &Inner,
     job: &ClaimedJob,
-    outcome: Outcome,
-    exit_code: Option<i32>,
-    totals: crate::executor::output::Totals,
-    start: Option<JobStartParams>,
-    result: Option<String>,
+    end: End,
+    want: usize,
 ) -> Option<Vec<ClaimedJob>> {
     let params = JobFinishParams {
         job_id: job.id.clone(),
         claim_seq: job.claim_seq,
-        outcome,
-        exit_code,
-        stdout_bytes: totals.stdout,
-        stderr_bytes: totals.stderr,
-        truncated: totals.truncated,
+        outcome: end.outcome,
+        exit_code: end.exit_code,
+        stdout_bytes: end.totals.stdout,
+        stderr_bytes: end.totals.stderr,
+        truncated: end.totals.truncated,
         now: 0,
         claim_next: None,
-        start,
-        result,
+        start: end.start,
+        result: end.result,
     };
     // The end is retried until it lands (see `Persist`): the slot stays taken meanwhile
     // (caps fail closed). Given up, the job stays `running` and is resolved like any
@@ -127,12 +136,13 @@ pub(super) async fn finish(
         // job whose task is just starting).
         // The process has ended: what it held of this node is free for the next job.
         inner.resources.release(&job.id);
-        let mut room = inner.resources.reserve(claimable_needs(inner), 1);
-        let claim_next = (!inner.stop_claiming.is_cancelled()
+        let mut room = inner.resources.reserve(claimable_needs(inner), want);
+        let claim_next = (want > 0
+            && !inner.stop_claiming.is_cancelled()
             && inner.lease.trusted()
-            && room.max == 1
+            && room.max > 0
             && inner.admission.check(&inner.settings.server))
-        .then(|| claim_params(inner, 1, room.allowed.as_deref()));
+        .then(|| claim_params(inner, room.max, room.allowed.as_deref()));
         let claimed_at = claim_next.as_ref().map(|c| c.now);
         let attempt = JobFinishParams {
             now: inner.store.clock_ms(),

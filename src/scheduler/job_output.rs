@@ -22,6 +22,7 @@
 //! Tests that would catch a violation: `postgres_store::output_of_a_job_that_ends_during_an_outage_is_stored_once`
 //! and the store contract's `an_append_retried_after_its_commit_adds_nothing`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -81,11 +82,11 @@ enum Flushed {
 }
 
 /// One execution's output between the collector and the store.
-pub(super) struct OutputSink<'a> {
-    inner: &'a Inner,
-    job: &'a ClaimedJob,
-    collector: &'a Collector,
-    handle: &'a Handle,
+pub(super) struct OutputSink {
+    inner: Arc<Inner>,
+    job: ClaimedJob,
+    collector: Arc<Collector>,
+    handle: Handle,
     /// The line number the next batch starts at.
     next_line: i64,
     /// A batch whose write failed: its commit may have landed, so it is sent again
@@ -95,18 +96,20 @@ pub(super) struct OutputSink<'a> {
     unsent: Batch,
 }
 
-impl<'a> OutputSink<'a> {
+impl OutputSink {
+    /// The sink owns what it writes for, so the job's last flush and its end can be
+    /// written after the slot has moved on to its next job.
     pub(super) fn new(
-        inner: &'a Inner,
-        job: &'a ClaimedJob,
-        collector: &'a Collector,
-        handle: &'a Handle,
-    ) -> OutputSink<'a> {
+        inner: &Arc<Inner>,
+        job: &ClaimedJob,
+        collector: &Arc<Collector>,
+        handle: &Handle,
+    ) -> OutputSink {
         OutputSink {
-            inner,
-            job,
-            collector,
-            handle,
+            inner: inner.clone(),
+            job: job.clone(),
+            collector: collector.clone(),
+            handle: handle.clone(),
             next_line: job.output_lines,
             unknown: None,
             unsent: Batch::default(),
@@ -211,7 +214,7 @@ impl<'a> OutputSink<'a> {
     pub(super) async fn finish(&mut self) {
         let mut persist = Persist::new("the job's last output");
         while let Flushed::Failed(e) = self.flush().await {
-            if !persist.again(self.inner, self.job, &e).await {
+            if !persist.again(&self.inner, &self.job, &e).await {
                 break;
             }
         }

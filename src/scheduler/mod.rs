@@ -33,6 +33,7 @@ pub mod rescuer;
 mod resources;
 mod schedules;
 mod setup;
+mod slot;
 mod trigger;
 mod workdir;
 mod workflow;

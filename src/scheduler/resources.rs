@@ -61,6 +61,11 @@ impl Ledger {
         }
     }
 
+    /// True when some pipeline declares what its jobs need, so claims are sized to what is free.
+    pub(crate) fn active(&self) -> bool {
+        self.active
+    }
+
     /// What its running jobs (and open reservations) hold.
     pub(crate) fn in_use(&self) -> Resources {
         self.lock().used

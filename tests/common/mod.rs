@@ -339,8 +339,13 @@ impl EventWatcher {
                 .await
                 .unwrap_or_else(|_| {
                     panic!(
-                        "timed out after {timeout:?} waiting for {name}; seen {} events",
-                        self.seen.len()
+                        "timed out after {timeout:?} waiting for {name}; seen {} events: {}",
+                        self.seen.len(),
+                        self.seen
+                            .iter()
+                            .map(|e| format!("{} {}", e.event, e.data))
+                            .collect::<Vec<_>>()
+                            .join("\n")
                     )
                 })
                 .expect("event stream ended");

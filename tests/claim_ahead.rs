@@ -1,0 +1,89 @@
+//! A slot's claim-ahead against the real server (SQLite, and PostgreSQL in CI's second
+//! pass): a slot holds one job beyond the one it runs, so it starts its next process
+//! while the last one's end is written; a job held behind one that runs long goes back
+//! to the queue unstarted, spending nothing (`src/scheduler/slot.rs`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, eventually};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_slot_holding_a_job_behind_a_long_one_hands_it_back_unstarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    // `first` and `long` run until the test creates their file; `quick` is done at once.
+    let s = TestServer::start(
+        "max_workers = 1",
+        &format!(
+            r#"
+[pipelines.first]
+command = ["sh", "-c", "while [ ! -f {d}/go ]; do sleep 0.01; done"]
+[pipelines.long]
+command = ["sh", "-c", "while [ ! -f {d}/stop ]; do sleep 0.01; done"]
+[pipelines.quick]
+command = ["true"]
+"#
+        ),
+    )
+    .await;
+    let mut events = s.events();
+    let mut ids = Vec::new();
+    for pipeline in ["first", "long", "quick"] {
+        let (status, body) = s.trigger(pipeline, json!({})).await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["runId"].as_str().unwrap().to_string());
+    }
+    let (first, long, quick) = (&ids[0], &ids[1], &ids[2]);
+    events
+        .wait_for("job:started", |e| e["runId"] == first.as_str(), T)
+        .await;
+    // `first` ends: its end claims `long` to run next and `quick` to hold behind it.
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    events
+        .wait_for("job:started", |e| e["runId"] == long.as_str(), T)
+        .await;
+    // `long` outlives the hold: `quick` is back in the queue, unstarted, with nothing spent.
+    let job_of = |run: &Value| run["jobs"][0].clone();
+    eventually(T, "the held job handed back to the queue", || async {
+        let job = job_of(&s.get(&format!("/api/runs/{quick}")).await.1);
+        job["status"] == "queued"
+            && job["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("handed back unstarted"))
+    })
+    .await;
+    let held = job_of(&s.get(&format!("/api/runs/{quick}")).await.1);
+    assert_eq!(held["attempt"], 1, "{held}");
+    assert!(held["pid"].is_null(), "never started: {held}");
+    assert!(
+        !events
+            .seen
+            .iter()
+            .any(|e| e.event == "job:started" && e.data["runId"] == quick.as_str()),
+        "the held job never started"
+    );
+    // `long` ends; `quick` runs on that slot and completes on its first attempt.
+    std::fs::write(dir.path().join("stop"), "").unwrap();
+    let run = s.wait_run(&mut events, quick, T).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(job_of(&run)["attempt"], 1, "{run}");
+    let long_run = s.wait_run(&mut events, long, T).await;
+    assert_eq!(long_run["status"], "completed", "{long_run}");
+    // `quick` started only after `long` ended: one slot, one process at a time.
+    let started = events
+        .seen
+        .iter()
+        .position(|e| e.event == "job:started" && e.data["runId"] == quick.as_str())
+        .expect("quick started");
+    let long_ended = events
+        .seen
+        .iter()
+        .position(|e| e.event == "job:completed" && e.data["runId"] == long.as_str())
+        .expect("long ended");
+    assert!(long_ended < started, "one process at a time on one slot");
+}
