@@ -16,13 +16,16 @@ const T: Duration = Duration::from_secs(30);
 async fn a_slot_holding_a_job_behind_a_long_one_hands_it_back_unstarted() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
-    // `first` and `long` run until the test creates their file; `quick` is done at once.
+    // `first` and `long` run until the test creates their file; `warm` and `quick` are
+    // done at once.
     let s = TestServer::start(
         "max_workers = 1",
         &format!(
             r#"
 [pipelines.first]
 command = ["sh", "-c", "while [ ! -f {d}/go ]; do sleep 0.01; done"]
+[pipelines.warm]
+command = ["true"]
 [pipelines.long]
 command = ["sh", "-c", "while [ ! -f {d}/stop ]; do sleep 0.01; done"]
 [pipelines.quick]
@@ -33,16 +36,17 @@ command = ["true"]
     .await;
     let mut events = s.events();
     let mut ids = Vec::new();
-    for pipeline in ["first", "long", "quick"] {
+    for pipeline in ["first", "warm", "long", "quick"] {
         let (status, body) = s.trigger(pipeline, json!({})).await;
         assert_eq!(status, 202, "{body}");
         ids.push(body["runId"].as_str().unwrap().to_string());
     }
-    let (first, long, quick) = (&ids[0], &ids[1], &ids[2]);
+    let (first, long, quick) = (&ids[0], &ids[2], &ids[3]);
     events
         .wait_for("job:started", |e| e["runId"] == first.as_str(), T)
         .await;
-    // `first` ends: its end claims `long` to run next and `quick` to hold behind it.
+    // `first` ran long, so its end claims only `warm`; `warm` ends at once, so its end
+    // claims `long` to run next and `quick` to hold behind it.
     std::fs::write(dir.path().join("go"), "").unwrap();
     events
         .wait_for("job:started", |e| e["runId"] == long.as_str(), T)

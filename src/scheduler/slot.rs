@@ -17,7 +17,9 @@
 //!   this node no longer trusts hands it back to the queue unstarted, spending nothing.
 //! - **No job waits behind a long one**: when the running job outlives [`HOLD_BEHIND`], the
 //!   jobs the slot holds (and those its ends in flight claim) go back to the queue
-//!   unstarted, for any node.
+//!   unstarted, for any node; the slot holds nothing more until a job ends within it
+//!   again. A job of higher priority triggered meanwhile may wait for the short jobs held
+//!   before it: at most [`CLAIM_AHEAD`] per slot, each under [`HOLD_BEHIND`].
 //! - **Claim-ahead never bends a cap**: with a global, pipeline or per-key cap, or with
 //!   resources declared, a slot holds only what it runs (a held job would count against
 //!   the cap while idle).
@@ -39,8 +41,10 @@ use super::job::{Ended, run_one};
 use crate::model::Reason;
 use crate::store::{ClaimedJob, Outcome};
 
-/// Jobs a slot holds beyond the one it runs, when no cap applies.
-const CLAIM_AHEAD: usize = 1;
+/// Jobs a slot holds beyond the one it runs, when no cap applies. Measured on PostgreSQL
+/// (`throughput`, 2 slots of `/bin/true`): 657 runs/s without, 898 holding 2, 1,017
+/// holding 3, 1,068–1,114 holding 4.
+const CLAIM_AHEAD: usize = 4;
 
 /// How long a held job may wait behind the running one before it is handed back.
 const HOLD_BEHIND: Duration = Duration::from_millis(50);
@@ -53,6 +57,10 @@ pub(super) async fn run(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemapho
     let mut ends: VecDeque<JoinHandle<Vec<ClaimedJob>>> = VecDeque::new();
     // Hand-backs being written (they claim nothing).
     let mut returns: Vec<JoinHandle<Vec<ClaimedJob>>> = Vec::new();
+    // Held jobs only pay while jobs are short: after one outlives HOLD_BEHIND the slot
+    // holds nothing more until one ends within it again (no claim-and-hand-back churn
+    // on a pipeline of long jobs).
+    let mut holding = ahead;
     loop {
         let Some((job, handle)) = held.pop_front() else {
             let Some(end) = ends.pop_front() else { break };
@@ -67,7 +75,7 @@ pub(super) async fn run(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemapho
                 let behind = tokio::time::sleep(HOLD_BEHIND);
                 tokio::pin!(behind);
                 let mut watching = ahead > 0;
-                loop {
+                let ended = loop {
                     tokio::select! {
                         ended = &mut run => break ended,
                         _ = &mut behind, if watching => {
@@ -79,10 +87,13 @@ pub(super) async fn run(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemapho
                             }
                         }
                     }
-                }
+                };
+                // Still watching: it ended within HOLD_BEHIND.
+                holding = if watching { ahead } else { 0 };
+                ended
             }
         };
-        let want = (1 + ahead).saturating_sub(held.len() + ends.len());
+        let want = (1 + holding).saturating_sub(held.len() + ends.len());
         ends.push_back(tokio::spawn(ended.record(inner.clone(), want)));
     }
     for r in returns {
