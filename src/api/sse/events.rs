@@ -49,6 +49,7 @@ pub(in crate::api) async fn events(
     // Subscribed first, then read the bounds: every later event reaches us live or by gap replay.
     let (pruned_through, live_from) = state.store.events_bounds().await?;
     let store = state.store.clone();
+    let passed = state.tailer.last.clone();
     let shutdown = state.shutdown.clone();
     let (mut encoding, opening) = Encoding::negotiate(&headers, &state.tailer);
     let content_encoding = encoding.content_encoding();
@@ -99,6 +100,12 @@ pub(in crate::api) async fn events(
                 r = rx.recv() => Some(r),
             };
             let Some(first) = first else {
+                // Idle while the tailer has passed our cursor: something between was never
+                // handed to us (a replay that read less than the tailer had passed, and no
+                // batch since to show the gap): read it from the store.
+                if passed.load(std::sync::atomic::Ordering::Acquire) > cursor {
+                    replay = true;
+                }
                 if !std::mem::take(&mut wrote) {
                     yield Ok(encoding.keep_alive());
                 }

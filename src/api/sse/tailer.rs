@@ -12,6 +12,9 @@ use crate::store::{Store, StoredEvent, change};
 
 use super::*;
 
+/// How long the tailer waits for a change before it reads anyway (only while someone listens).
+const BACKSTOP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Fans stored events out to this process's SSE clients.
 #[derive(Clone)]
 pub struct EventTailer {
@@ -37,9 +40,13 @@ impl EventTailer {
         tokio::spawn(async move {
             let mut feed = store.changes().subscribe(change::EVENTS);
             loop {
+                // A change wakes it; so does the backstop, so an event whose wake-up was
+                // missed (a read whose horizon a transaction ending at that moment held
+                // lower than the change poll's, a read that failed) waits a second at most.
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     r = feed.changed() => if r.is_err() { break },
+                    _ = tokio::time::sleep(BACKSTOP) => {}
                 }
                 // Nobody listens: read nothing, just move the cursor to the newest event
                 // this process has committed. That id is loaded *before* the listener
