@@ -59,18 +59,24 @@ async fn drain(pg: &str, n: usize, runs: usize, slots: usize, command: &str) -> 
     let feeder = start_binary(&held).await;
     let (_, ids) = ingest(&feeder.base, "work", runs, 16).await;
     drop(feeder);
-    let config = write_config(
-        dir.path(),
-        "node",
-        &schema,
-        &format!("max_workers = {slots}"),
-        &pipelines,
-    );
+    // A data directory per replica: its journal of ends is its own (a replica starting
+    // on another's would replay that one's live executions).
+    let configs: Vec<_> = (0..n)
+        .map(|i| {
+            write_config(
+                dir.path(),
+                &format!("node{i}"),
+                &schema,
+                &format!("max_workers = {slots}"),
+                &pipelines,
+            )
+        })
+        .collect();
     let http = reqwest::Client::new();
     let (cpu0, started) = (procfs::machine_cpu_secs(), Instant::now());
     let mut nodes = Vec::new();
-    for _ in 0..n {
-        nodes.push(start_binary(&config).await);
+    for config in &configs {
+        nodes.push(start_binary(config).await);
     }
     let last = ids.iter().max().unwrap().clone();
     loop {
@@ -103,12 +109,14 @@ async fn orphan_recovery(pg: &str, kills: usize) -> Vec<f64> {
     let dir = tempfile::tempdir().unwrap();
     let schema = Schema::new(pg, BENCH_TAG);
     let pipelines = "[pipelines.long]\ncommand = [\"sleep\", \"600\"]\n";
-    let config = write_config(dir.path(), "node", &schema, "max_workers = 1", pipelines);
+    // A data directory (and journal) per host, as on separate machines.
+    let config = |name: &str| write_config(dir.path(), name, &schema, "max_workers = 1", pipelines);
     let http = reqwest::Client::new();
-    let survivor = Host::start("survivor", &config, None).await;
+    let survivor = Host::start("survivor", &config("survivor"), None).await;
     let mut out = Vec::new();
     for k in 0..kills {
-        let mut victim = Host::start(&format!("victim-{k}"), &config, None).await;
+        let name = format!("victim-{k}");
+        let mut victim = Host::start(&name, &config(&name), None).await;
         // The survivor's one slot stays free for the orphan: the victim takes the job.
         let victim_node = loop {
             let (_, w) = get(&http, &format!("{}/api/workers", victim.base)).await;
