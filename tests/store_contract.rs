@@ -29,7 +29,9 @@
 //! (a reader following the event cursor, a stale execution writing beside the new one).
 //! `factory.rs` makes the stores; `fixtures.rs` holds the shared builders and helpers.
 //!
-//! Run one backend with `cargo test --test store_contract postgres::`.
+//! `postgres_faults::` holds what only PostgreSQL can suffer (a lost connection, a
+//! serialization failure inside a batch). Run one backend with `cargo test --test
+//! store_contract postgres::`.
 
 #[path = "store_contract/after.rs"]
 mod after;
@@ -136,7 +138,7 @@ contract_tests!(
         // workflows.rs
         a_workflow_run_creates_every_step_at_once_and_settles_once_when_its_last_step_ends,
         an_aborted_workflow_run_ends_aborted_once_its_step_runs_ended,
-        two_step_runs_ending_at_once_on_two_handles_settle_their_workflow_run_once,
+        two_step_runs_ending_at_once_on_two_handles_release_their_join_and_settle_once,
         // finalization.rs
         a_retried_shard_holds_the_run_open_until_it_ends_for_good,
         a_finalizer_runs_once_after_every_shard_and_gates_the_run,
@@ -196,5 +198,15 @@ contract_tests!(
         // races_writers.rs
         a_reader_following_events_sees_each_exactly_once_in_id_order,
         a_stale_executions_output_and_finish_change_nothing,
+    ]
+);
+
+// Faults only PostgreSQL has: a connection to lose, a serialization race to fail (SQLite's
+// one writer thread has neither).
+contract_tests!(
+    postgres_faults => crate::factory::pg_factory;
+    [
+        // batches.rs
+        a_batch_failing_by_serialization_or_a_lost_connection_loses_and_doubles_no_end,
     ]
 );

@@ -14,6 +14,11 @@ use runyard::store::{NodeRow, Store};
 #[path = "../common/pg.rs"]
 mod pg;
 
+/// The test kit's TCP fault proxy (cuts, holds, commits whose answer is lost).
+#[allow(dead_code)]
+#[path = "../common/proxy.rs"]
+pub mod proxy;
+
 /// Connections per PostgreSQL handle (the server's 100 are shared by every test).
 const PG_POOL: usize = 4;
 /// Test schemas are `rt_{pid}_{counter}` (the kit's naming rule, [`pg::schema_name`]).
@@ -119,6 +124,71 @@ impl Factory {
             .unwrap_or_else(|e| e.into_inner())
             .push(store.clone());
         store
+    }
+
+    /// PostgreSQL only: another handle whose connections go through a fault proxy the
+    /// test controls, and the proxy. `None` on SQLite, which has no connection to lose.
+    pub async fn open_through_proxy(&self) -> Option<(Arc<dyn Store>, proxy::FaultProxy)> {
+        let Backend::Postgres { url, schema } = &self.backend else {
+            return None;
+        };
+        let mut u = url::Url::parse(url).expect("TEST_DATABASE_URL is a URL");
+        let host = match u.host_str().unwrap_or("127.0.0.1") {
+            "localhost" => "127.0.0.1".to_string(),
+            h => h.to_string(),
+        };
+        let upstream = format!("{host}:{}", u.port().unwrap_or(5432))
+            .parse()
+            .expect("the database's address");
+        let fault = proxy::FaultProxy::start(upstream).await;
+        u.set_host(Some(&fault.addr.ip().to_string())).unwrap();
+        u.set_port(Some(fault.addr.port())).unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            PgStore::open(&PgOptions {
+                url: u.to_string(),
+                schema: Some(schema.clone()),
+                pool_size: PG_POOL,
+            })
+            .await
+            .expect("open postgres store through the proxy"),
+        );
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(store.clone());
+        Some((store, fault))
+    }
+
+    /// PostgreSQL only: runs `sql` in the test's schema, past any proxy.
+    pub async fn execute(&self, sql: &str) {
+        if let Backend::Postgres { url, schema } = &self.backend {
+            pg::execute(url, &format!("SET search_path TO {schema}; {sql}"))
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    }
+
+    /// PostgreSQL only: the first column of the first row `sql` returns, as an `i64`.
+    pub async fn query_i64(&self, sql: &str) -> i64 {
+        let Backend::Postgres { url, schema } = &self.backend else {
+            panic!("query_i64 is for PostgreSQL");
+        };
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let task = tokio::spawn(conn);
+        client
+            .batch_execute(&format!("SET search_path TO {schema}"))
+            .await
+            .expect("search_path");
+        let value: i64 = client
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0);
+        drop(client);
+        let _ = task.await;
+        value
     }
 
     /// Closes every handle and drops the schema (PostgreSQL) or the file (SQLite).

@@ -104,6 +104,19 @@ async fn workflow_events(store: &dyn Store, name: &str) -> HashMap<String, usize
     out
 }
 
+/// How many events named `name` each run has, once all committed are visible.
+async fn run_events(store: &dyn Store, name: &str) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for e in events_settled(store)
+        .await
+        .iter()
+        .filter(|e| e.name == name)
+    {
+        *out.entry(run_of(e)).or_insert(0) += 1;
+    }
+    out
+}
+
 async fn step_status(store: &dyn Store, id: &str, step: &str) -> String {
     let w = ok("workflow_run_get", store.workflow_run_get(id))
         .await
@@ -312,18 +325,24 @@ pub async fn an_aborted_workflow_run_ends_aborted_once_its_step_runs_ended(f: &F
     );
 }
 
-pub async fn two_step_runs_ending_at_once_on_two_handles_settle_their_workflow_run_once(
+/// Two step runs end at the same moment through two handles (two writer threads on
+/// SQLite, two pools on PostgreSQL), round after round: the step that needs both is
+/// released exactly once — never twice, never lost — and when it ends the workflow run
+/// settles exactly once.
+pub async fn two_step_runs_ending_at_once_on_two_handles_release_their_join_and_settle_once(
     f: &Factory,
 ) {
-    const ROUNDS: usize = 300;
+    const ROUNDS: usize = 1000;
     let one = f.store().await;
     let two = f.open().await;
     let mut ids = Vec::new();
+    let mut joins = Vec::new();
     for round in 0..ROUNDS {
         let p = workflow(
             &[
                 ("left", "a", 1, &[], AfterWhen::Success),
                 ("right", "a", 1, &[], AfterWhen::Success),
+                ("join", "b", 1, &["left", "right"], AfterWhen::Success),
             ],
             None,
         );
@@ -345,6 +364,9 @@ pub async fn two_step_runs_ending_at_once_on_two_handles_settle_their_workflow_r
         for t in tasks {
             join("an end", t).await;
         }
+        let released = claim_all(&*one, "b").await;
+        assert_eq!(released.len(), 1, "round {round}: the join released once");
+        end(&*one, &released[0], Outcome::Completed).await;
         let w = ok("workflow_run_get", one.workflow_run_get(&p.workflow_run_id))
             .await
             .unwrap();
@@ -353,7 +375,12 @@ pub async fn two_step_runs_ending_at_once_on_two_handles_settle_their_workflow_r
             WorkflowStatus::Completed,
             "round {round}: settled"
         );
+        joins.push(p.runs[2].run_id.clone());
         ids.push(p.workflow_run_id);
+    }
+    let released = run_events(&*one, "run:released").await;
+    for j in &joins {
+        assert_eq!(released.get(j), Some(&1), "join {j} released exactly once");
     }
     let completed = workflow_events(&*one, "workflow:completed").await;
     for id in &ids {

@@ -103,6 +103,7 @@ pub(super) async fn finish_batch(
                 tx.prepare(&ends_sql(&ends)).await?;
                 tx.prepare(&land_sql(&touched)).await?;
                 let (fences, written, landed) = tokio::try_join!(
+                    biased;
                     read_fences(tx, &ids),
                     write_ends(tx, &ends),
                     land_query(tx, &touched)
@@ -114,7 +115,7 @@ pub(super) async fn finish_batch(
                 tx.prepare(&fences_sql(&id_rows(&ids))).await?;
                 tx.prepare(&ends_sql(&ends)).await?;
                 let (fences, written) =
-                    tokio::try_join!(read_fences(tx, &ids), write_ends(tx, &ends))?;
+                    tokio::try_join!(biased; read_fences(tx, &ids), write_ends(tx, &ends))?;
                 (fences, Some(written))
             }
         }
@@ -238,7 +239,7 @@ async fn end_runs(
                 None => Ok(Vec::new()),
             }
         };
-        let ((), claimed) = tokio::try_join!(tx.insert_events(events), claimed)?;
+        let ((), claimed) = tokio::try_join!(biased; tx.insert_events(events), claimed)?;
         return Ok((ended, claimed));
     }
     // No webhook: the runs are locked by the landing, so which of them turn terminal
@@ -279,7 +280,8 @@ async fn end_runs(
             None => Ok(Vec::new()),
         }
     };
-    let (turned, (), claimed) = tokio::try_join!(terminal, tx.insert_events(events), claimed)?;
+    let (turned, (), claimed) =
+        tokio::try_join!(biased; terminal, tx.insert_events(events), claimed)?;
     if turned != ended.len() {
         return Err(StoreError::internal(format!(
             "{turned} runs turned terminal where {} were expected",

@@ -138,6 +138,7 @@ pub(super) async fn create_in_tx(
                 let tx = &*tx;
                 let sent = async {
                     tokio::try_join!(
+                    biased;
                         tx.query_opt(INSERT_RUN, &run_values),
                         insert_queued_jobs(tx, p)
                     )
@@ -145,6 +146,7 @@ pub(super) async fn create_in_tx(
                 tx.commit_with(events, sent).await?
             }
             Then::Continue => tokio::try_join!(
+                    biased;
                 tx.query_opt(INSERT_RUN, &run_values),
                 insert_queued_jobs(tx, p)
             )?,

@@ -4,6 +4,13 @@
 //! Round trips are the cost on a loaded host (each one ~0.5 ms measured on the 2-core
 //! CI machine, most of it waking processes), so BEGIN goes out with the first statement
 //! and COMMIT with the transaction's events.
+//!
+//! Statements sent together (pipelined) are awaited with `tokio::try_join!(biased; …)`,
+//! in the order they go out. Once one fails, every later one of the transaction fails
+//! with "current transaction is aborted" (25P02), which says nothing of why; polled in
+//! order, the error the body sees is the cause (a serialization failure is retried, a
+//! lost connection is "unavailable"). Unbiased, `try_join!` rotates which future it
+//! polls first and could answer 25P02, a plain database error nobody retries.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
