@@ -172,6 +172,7 @@ contract_tests!(
         // triggers.rs
         a_reused_idempotency_key_returns_the_first_run,
         an_idempotent_retry_lists_the_shards_even_with_a_finalizer_queued,
+        triggers_arriving_together_are_each_stored_once_and_one_bad_fails_alone,
         // scheduling.rs
         exit_codes_the_pipeline_does_not_retry_fail_at_once,
         a_paused_pipeline_is_claimed_by_no_node_until_resumed,

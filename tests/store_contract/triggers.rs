@@ -1,7 +1,11 @@
 //! Idempotency keys: a reused key answers with the first run (keys are per pipeline),
 //! and an idempotent retry lists the run's shards even when its finalizer is queued.
 
-use runyard::store::{Outcome, RunCreateParams};
+use std::sync::Arc;
+
+use runyard::store::{
+    Outcome, PipelinePauseParams, RunCreateParams, RunCreated, Store, StoreResult,
+};
 
 use crate::factory::Factory;
 use crate::fixtures::*;
@@ -68,4 +72,112 @@ pub async fn an_idempotent_retry_lists_the_shards_even_with_a_finalizer_queued(f
         again.job_ids, first.job_ids,
         "the shards, not the finalizer"
     );
+}
+
+/// Triggers arriving together (PostgreSQL writes plain ones in shared transactions):
+/// each is answered with its own run, every run is stored with its jobs and one
+/// `job:created` per job, a paused pipeline's runs say so; and one that cannot be
+/// stored (its run id is taken) fails alone, storing nothing, while the others land.
+pub async fn triggers_arriving_together_are_each_stored_once_and_one_bad_fails_alone(f: &Factory) {
+    const RUNS: usize = 40;
+    let store = f.store().await;
+    ok(
+        "pipeline_pause",
+        store.pipeline_pause(PipelinePauseParams {
+            pipeline: "paused".into(),
+            paused: true,
+            actor: None,
+            now: 1,
+        }),
+    )
+    .await;
+    let taken = create(&*store, 1).await;
+    let commits = |store: &dyn Store| {
+        store
+            .traffic()
+            .iter()
+            .find(|(_, op, _, _)| *op == "run_create")
+            .map_or(0, |t| t.3)
+    };
+    let wave = |bad: Option<usize>| {
+        let mut params: Vec<RunCreateParams> = (0..RUNS)
+            .map(|i| run_params(if i % 4 == 0 { "paused" } else { "p" }, 1 + (i % 3) as u32))
+            .collect();
+        if let Some(bad) = bad {
+            // A new run under an id already stored.
+            params[bad].run_id = taken.run_id.clone();
+        }
+        params
+    };
+    let mut stored = Vec::new();
+    for bad in [None, Some(RUNS / 2)] {
+        let params = wave(bad);
+        let before = commits(&*store);
+        let answers = all_at_once(&store, &params).await;
+        if bad.is_none() && f.is_postgres() {
+            let used = commits(&*store) - before;
+            assert!(
+                used < RUNS as u64,
+                "{RUNS} triggers at once took {used} commits: none shared"
+            );
+        }
+        for (i, (p, answer)) in params.iter().zip(&answers).enumerate() {
+            if Some(i) == bad {
+                assert!(answer.is_err(), "a taken run id is refused: {answer:?}");
+                continue;
+            }
+            let created = answer.as_ref().unwrap_or_else(|e| panic!("run {i}: {e}"));
+            assert_eq!((&created.run_id, &created.job_ids), (&p.run_id, &p.job_ids));
+            assert!(!created.existing);
+            if let Some(paused) = created.paused {
+                assert_eq!(paused, p.pipeline == "paused", "run {i}");
+            }
+            let view = ok("run_get", store.run_get(&p.run_id)).await.unwrap();
+            assert_eq!(
+                (view.status.as_str(), view.jobs.len()),
+                ("queued", p.job_ids.len()),
+                "run {i}"
+            );
+            stored.push(p.clone());
+        }
+    }
+    let taken_view = ok("run_get", store.run_get(&taken.run_id)).await.unwrap();
+    assert_eq!(taken_view.jobs.len(), 1, "the refused trigger added no job");
+    let events = events_settled(&*store).await;
+    let mut created = std::collections::HashMap::new();
+    for e in events.iter().filter(|e| e.name == "job:created") {
+        let data: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+        *created
+            .entry(data["jobId"].as_str().unwrap_or_default().to_string())
+            .or_insert(0) += 1;
+    }
+    for p in &stored {
+        for job in &p.job_ids {
+            assert_eq!(created.get(job), Some(&1), "one job:created for {job}");
+        }
+    }
+}
+
+/// `run_create` of every one of `params` at the same moment; the answers in order.
+async fn all_at_once(
+    store: &Arc<dyn Store>,
+    params: &[RunCreateParams],
+) -> Vec<StoreResult<RunCreated>> {
+    let start = Arc::new(tokio::sync::Barrier::new(params.len()));
+    let tasks: Vec<_> = params
+        .iter()
+        .cloned()
+        .map(|p| {
+            let (store, start) = (store.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                store.run_create(p).await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(join("a trigger", t).await);
+    }
+    answers
 }

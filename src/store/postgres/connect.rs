@@ -237,6 +237,7 @@ impl PgStore {
             feed: ChangeFeed::default(),
             traffic: Arc::default(),
             finishes: Default::default(),
+            creates: super::create_batch::create_queue(),
             clock: Arc::new(Mutex::new(ClockSample {
                 db_ms: crate::clock::now_ms(),
                 at: Instant::now(),

@@ -25,7 +25,7 @@ use crate::store::{
     ClaimedJob, FinishOutcome, JobClaimParams, JobFinishParams, StoreError, StoreResult,
 };
 
-/// Ends written in one transaction at most.
+/// Requests written in one transaction at most.
 const MAX_BATCH: usize = 64;
 
 /// Transactions writing ends at once, at most: one. Slots do not wait for their ends
@@ -37,34 +37,45 @@ const MAX_BATCH: usize = 64;
 /// lock (1,717 against 505 jobs/s).
 const WRITERS: usize = 1;
 
-/// Ends waiting for a transaction, and the right to run one.
-pub(super) struct FinishQueue {
-    pending: Mutex<Vec<Waiting>>,
+/// Requests waiting for a transaction, and the right to run one: the ends of jobs here,
+/// plain run creations in [`super::create_batch`].
+pub(super) struct GroupCommit<P, A> {
+    pending: Mutex<Vec<Waiting<P, A>>>,
     writers: tokio::sync::Semaphore,
 }
 
-impl Default for FinishQueue {
-    fn default() -> Self {
-        FinishQueue {
+/// Job ends waiting to share a transaction.
+pub(super) type FinishQueue = GroupCommit<JobFinishParams, FinishOutcome>;
+
+impl<P, A> GroupCommit<P, A> {
+    /// A queue whose batches are written by at most `writers` transactions at once.
+    pub(super) fn new(writers: usize) -> Self {
+        GroupCommit {
             pending: Mutex::default(),
-            writers: tokio::sync::Semaphore::new(WRITERS),
+            writers: tokio::sync::Semaphore::new(writers),
         }
     }
 }
 
-struct Waiting {
-    p: JobFinishParams,
-    answer: oneshot::Sender<StoreResult<FinishOutcome>>,
+impl Default for FinishQueue {
+    fn default() -> Self {
+        GroupCommit::new(WRITERS)
+    }
 }
 
-impl FinishQueue {
-    /// Up to [`MAX_BATCH`] queued ends, oldest first, never two of one job.
-    fn take(&self) -> Vec<Waiting> {
+struct Waiting<P, A> {
+    p: P,
+    answer: oneshot::Sender<StoreResult<A>>,
+}
+
+impl<P: Clone, A> GroupCommit<P, A> {
+    /// Up to [`MAX_BATCH`] queued requests, oldest first, never two that `clash`.
+    fn take(&self, clash: fn(&P, &P) -> bool) -> Vec<Waiting<P, A>> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let mut batch: Vec<Waiting> = Vec::new();
+        let mut batch: Vec<Waiting<P, A>> = Vec::new();
         let mut rest = Vec::new();
         for w in pending.drain(..) {
-            if batch.len() < MAX_BATCH && !batch.iter().any(|b| b.p.job_id == w.p.job_id) {
+            if batch.len() < MAX_BATCH && !batch.iter().any(|b| clash(&b.p, &w.p)) {
                 batch.push(w);
             } else {
                 rest.push(w);
@@ -73,43 +84,58 @@ impl FinishQueue {
         *pending = rest;
         batch
     }
-}
 
-/// Writes `p` with whatever other ends are queued; see the module docs.
-pub(super) async fn job_finish(s: &PgStore, p: JobFinishParams) -> StoreResult<FinishOutcome> {
-    let (send, mut answer) = oneshot::channel();
-    s.finishes
-        .pending
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(Waiting { p, answer: send });
-    loop {
-        tokio::select! {
-            biased;
-            got = &mut answer => {
-                // A writer dropped mid-batch (its task was cancelled): whether that
-                // transaction committed is unknown.
-                return got.unwrap_or_else(|_| Err(StoreError::Ambiguous {
-                    message: "the transaction writing this end was abandoned".into(),
-                    source: None,
-                }));
-            }
-            _writer = s.finishes.writers.acquire() => {
-                let batch = s.finishes.take();
-                if !batch.is_empty() {
-                    write(s, batch).await;
+    /// Queues `p` and waits for its answer, writing batches (`write`: one answer per
+    /// request, in order) while it holds a writer's permit; see the module docs.
+    pub(super) async fn submit<F, Fut>(
+        &self,
+        p: P,
+        clash: fn(&P, &P) -> bool,
+        write: F,
+    ) -> StoreResult<A>
+    where
+        F: Fn(Vec<P>) -> Fut,
+        Fut: std::future::Future<Output = Vec<StoreResult<A>>>,
+    {
+        let (send, mut answer) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Waiting { p, answer: send });
+        loop {
+            tokio::select! {
+                biased;
+                got = &mut answer => {
+                    // A writer dropped mid-batch (its task was cancelled): whether that
+                    // transaction committed is unknown.
+                    return got.unwrap_or_else(|_| Err(StoreError::Ambiguous {
+                        message: "the transaction writing this request was abandoned".into(),
+                        source: None,
+                    }));
+                }
+                _writer = self.writers.acquire() => {
+                    let batch = self.take(clash);
+                    if !batch.is_empty() {
+                        let params: Vec<P> = batch.iter().map(|w| w.p.clone()).collect();
+                        for (w, out) in batch.into_iter().zip(write(params).await) {
+                            let _ = w.answer.send(out);
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// Writes one batch and answers its callers.
-async fn write(s: &PgStore, batch: Vec<Waiting>) {
-    let params: Vec<JobFinishParams> = batch.iter().map(|w| w.p.clone()).collect();
-    for (w, answer) in batch.into_iter().zip(write_batch(s, params).await) {
-        let _ = w.answer.send(answer);
-    }
+/// Writes `p` with whatever other ends are queued; see the module docs.
+pub(super) async fn job_finish(s: &PgStore, p: JobFinishParams) -> StoreResult<FinishOutcome> {
+    s.finishes
+        .submit(
+            p,
+            |a, b| a.job_id == b.job_id,
+            |batch| write_batch(s, batch),
+        )
+        .await
 }
 
 /// Writes `batch` (one end per job) in one transaction; one answer per end, in order.

@@ -53,6 +53,7 @@ mod after;
 mod claim;
 mod claim_keyed;
 mod connect;
+mod create_batch;
 mod errors;
 mod events;
 mod executions;
@@ -108,6 +109,8 @@ pub struct PgStore {
     traffic: Arc<crate::store::Traffic>,
     /// Job ends waiting to share a transaction ([`group_commit`]).
     finishes: group_commit::FinishQueue,
+    /// Plain run creations waiting to share a transaction ([`create_batch`]).
+    creates: create_batch::CreateQueue,
     clock: Arc<Mutex<ClockSample>>,
     stop: Arc<AtomicBool>,
     /// Where, for messages (the URL without a password).
@@ -149,7 +152,7 @@ impl Store for PgStore {
     }
 
     async fn run_create(&self, p: RunCreateParams) -> StoreResult<RunCreated> {
-        runs::run_create(self, p).await
+        create_batch::run_create(self, p).await
     }
     async fn jobs_adopt_key(&self, pipeline: &str) -> StoreResult<u64> {
         claim_keyed::jobs_adopt_key(self, pipeline).await

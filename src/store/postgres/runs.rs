@@ -23,7 +23,7 @@ pub(super) enum Then {
 }
 
 /// The `job:created` events of the run's queued shards (a re-run's kept ones are not new).
-fn shard_events(p: &RunCreateParams) -> Vec<NewEvent> {
+pub(super) fn shard_events(p: &RunCreateParams) -> Vec<NewEvent> {
     let kept: Vec<&str> = p.options.kept.iter().map(|k| k.job_id.as_str()).collect();
     p.job_ids
         .iter()
@@ -44,21 +44,21 @@ fn shard_events(p: &RunCreateParams) -> Vec<NewEvent> {
 }
 
 /// Writes a run, its jobs and their events in the open transaction (see [`run_create`]).
-const INSERT_RUN: &str = "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor,
+pub(super) const INSERT_RUN: &str = "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor,
                                        idempotency_key, created_at, has_finalizer, callback_url, rerun_of,
                                        shards_done, priority, run_at, scheduled_for, workflow_run_id, workflow_step)
      VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
      ON CONFLICT (pipeline, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
      RETURNING id, EXISTS (SELECT 1 FROM pipeline_state WHERE pipeline = $2 AND paused)";
 
-const INSERT_QUEUED_JOBS: &str = "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status,
+pub(super) const INSERT_QUEUED_JOBS: &str = "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status,
                                    max_attempts, retry_backoff_ms, on_orphan, max_orphan_requeues, run_after,
                                    created_at, retry_on, priority, held, ckey)
      SELECT t.id, $2, $3, t.idx, $4, 'queued', $5, $6, $7, $8, $12, $9, $10, $13, $14, $15
      FROM unnest($1::text[], $11::bigint[]) AS t(id, idx)";
 
 /// Inserts the run's queued jobs (all but a re-run's kept shards).
-async fn insert_queued_jobs(tx: &Tx, p: &RunCreateParams) -> StoreResult<u64> {
+pub(super) async fn insert_queued_jobs(tx: &Tx, p: &RunCreateParams) -> StoreResult<u64> {
     let kept: Vec<&str> = p.options.kept.iter().map(|k| k.job_id.as_str()).collect();
     let (queued, queued_index): (Vec<&str>, Vec<i64>) = p
         .job_ids
@@ -91,38 +91,71 @@ async fn insert_queued_jobs(tx: &Tx, p: &RunCreateParams) -> StoreResult<u64> {
     .await
 }
 
+/// Without an idempotency key, kept shards or needs nothing can stop a run's insert (and
+/// nothing is read first): its statements can go out with others'.
+pub(super) fn is_plain(p: &RunCreateParams) -> bool {
+    p.idempotency_key.is_none() && p.options.kept.is_empty() && p.options.after.is_empty()
+}
+
+/// A run's row as [`INSERT_RUN`] binds it: the columns computed from its parameters.
+pub(super) struct RunRow<'p> {
+    pub(super) p: &'p RunCreateParams,
+    params_text: String,
+    shard_count: i64,
+    kept: i64,
+    priority: i64,
+    workflow_run_id: Option<&'p String>,
+    workflow_step: Option<&'p String>,
+}
+
+impl<'p> RunRow<'p> {
+    pub(super) fn new(p: &'p RunCreateParams) -> RunRow<'p> {
+        RunRow {
+            p,
+            params_text: serde_json::to_string(&p.params).unwrap_or_else(|_| "{}".into()),
+            shard_count: p.job_ids.len() as i64,
+            kept: p.options.kept.len() as i64,
+            priority: i64::from(p.options.priority),
+            workflow_run_id: p.options.workflow.as_ref().map(|(w, _)| w),
+            workflow_step: p.options.workflow.as_ref().map(|(_, step)| step),
+        }
+    }
+
+    /// [`INSERT_RUN`]'s parameters, in order.
+    pub(super) fn values(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 17] {
+        let p = self.p;
+        [
+            &p.run_id,
+            &p.pipeline,
+            &self.params_text,
+            &self.shard_count,
+            &p.triggered_by,
+            &p.actor,
+            &p.idempotency_key,
+            &p.now,
+            &p.has_finalizer,
+            &p.callback_url,
+            &p.options.rerun_of,
+            &self.kept,
+            &self.priority,
+            &p.options.not_before,
+            &p.options.scheduled_for,
+            &self.workflow_run_id,
+            &self.workflow_step,
+        ]
+    }
+}
+
 pub(super) async fn create_in_tx(
     tx: &mut Tx,
     p: &RunCreateParams,
     then: Then,
 ) -> StoreResult<RunCreated> {
-    let params_text = serde_json::to_string(&p.params).unwrap_or_else(|_| "{}".into());
-    let shard_count = p.job_ids.len() as i64;
-    let workflow_run_id = p.options.workflow.as_ref().map(|(w, _)| w);
-    let workflow_step = p.options.workflow.as_ref().map(|(_, step)| step);
-    let run_values: [&(dyn tokio_postgres::types::ToSql + Sync); 17] = [
-        &p.run_id,
-        &p.pipeline,
-        &params_text,
-        &shard_count,
-        &p.triggered_by,
-        &p.actor,
-        &p.idempotency_key,
-        &p.now,
-        &p.has_finalizer,
-        &p.callback_url,
-        &p.options.rerun_of,
-        &(p.options.kept.len() as i64),
-        &i64::from(p.options.priority),
-        &p.options.not_before,
-        &p.options.scheduled_for,
-        &workflow_run_id,
-        &workflow_step,
-    ];
+    let row = RunRow::new(p);
+    let run_values = row.values();
     // Without an idempotency key or kept shards nothing can stop the insert: the run and
     // its jobs go out in one round trip.
-    let plain =
-        p.idempotency_key.is_none() && p.options.kept.is_empty() && p.options.after.is_empty();
+    let plain = is_plain(p);
     if !p.options.after.is_empty() {
         super::after::mark_needs(tx, &p.options.after).await?;
     }
