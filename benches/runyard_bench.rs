@@ -397,27 +397,55 @@ pub(crate) async fn store_traffic(
     out
 }
 
-async fn bench_ingest(n: usize, rounds: usize) {
+async fn bench_ingest(pg: Option<&str>, n: usize, rounds: usize) {
     println!(
-        "[ingest] trigger ingest over HTTP, 16 concurrent clients, {n} runs per round (jobs held back by concurrency = 1)"
+        "[ingest] trigger ingest over HTTP, 16 concurrent clients, {n} runs per round (jobs held back by concurrency = 1); \
+         SQLite, then PostgreSQL with a database URL (rounds interleaved)"
     );
-    let mut rates = Vec::new();
+    let stores: Vec<Option<&str>> = std::iter::once(None).chain(pg.map(Some)).collect();
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); stores.len()];
     for round in 1..=rounds {
-        let server = Server::start(
-            "max_workers = 2",
-            "[pipelines.held]\ncommand = [\"sleep\", \"3600\"]\nconcurrency = 1\n",
-        )
-        .await;
-        let (secs, ids) = ingest(&server.base, "held", n, 16).await;
-        assert_eq!(ids.len(), n);
-        let rate = n as f64 / secs;
-        println!("    round {round}: {rate:>7.0} runs/s ({secs:.2} s)");
-        rates.push(rate);
+        for (k, store) in stores.iter().enumerate() {
+            let server = Server::start_on(
+                *store,
+                "max_workers = 2",
+                "[pipelines.held]\ncommand = [\"sleep\", \"3600\"]\nconcurrency = 1\n",
+            )
+            .await;
+            let (cpu0, machine0) = (server.cpu_secs(), kit::procfs::machine_cpu_secs());
+            let (secs, ids) = ingest(&server.base, "held", n, 16).await;
+            let (cpu, machine) = (
+                server.cpu_secs() - cpu0,
+                kit::procfs::machine_cpu_secs() - machine0,
+            );
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            assert_eq!(ids.len(), n);
+            let rate = n as f64 / secs;
+            let name = if store.is_some() {
+                "PostgreSQL"
+            } else {
+                "SQLite"
+            };
+            println!(
+                "    round {round} {name:<10}: {rate:>7.0} runs/s ({secs:.2} s); CPU per run: server {:.0} µs, \
+                 machine {:.0} µs (cores {:.0}% busy)",
+                cpu / n as f64 * 1e6,
+                machine / n as f64 * 1e6,
+                machine / secs / cores * 100.0
+            );
+            rates[k].push(rate);
+        }
     }
-    println!(
-        "    median: {:.0} runs/s (target ≥ 15,000)\n",
-        median(rates)
-    );
+    let sqlite = median(rates[0].clone());
+    println!("    median SQLite: {sqlite:.0} runs/s (target ≥ 15,000)");
+    if let Some(pg_rates) = rates.get(1) {
+        let pg = median(pg_rates.clone());
+        println!(
+            "    median PostgreSQL: {pg:.0} runs/s = {:.2}× SQLite (target ≥ 0.8×)",
+            pg / sqlite
+        );
+    }
+    println!();
 }
 
 /// A probe that prints CLOCK_REALTIME in nanoseconds as its first act. A static C
@@ -611,7 +639,7 @@ async fn run(name: &str, pg: Option<&str>, rounds: usize) {
                 bench_throughput(Some(url), env_usize("BENCH_RUNS", 5000), rounds).await;
             }
         }
-        ("ingest", _) => bench_ingest(env_usize("BENCH_INGEST", 20_000), rounds).await,
+        ("ingest", _) => bench_ingest(pg, env_usize("BENCH_INGEST", 20_000), rounds).await,
         ("dispatch-latency", _) => bench_latency(env_usize("BENCH_LATENCY_SAMPLES", 200)).await,
         ("memory", _) => bench_rss(env_usize("BENCH_QUEUED", 100_000)).await,
         ("store", Some(url)) => {

@@ -100,8 +100,19 @@ pub async fn triggers_arriving_together_are_each_stored_once_and_one_bad_fails_a
             .map_or(0, |t| t.3)
     };
     let wave = |bad: Option<usize>| {
+        // Every column varied, so a batched insert that misplaces one shows.
         let mut params: Vec<RunCreateParams> = (0..RUNS)
-            .map(|i| run_params(if i % 4 == 0 { "paused" } else { "p" }, 1 + (i % 3) as u32))
+            .map(|i| {
+                let mut p = run_params(if i % 4 == 0 { "paused" } else { "p" }, 1 + (i % 3) as u32);
+                p.params = [("i".to_string(), i.to_string())].into();
+                p.actor = (i % 2 == 0).then(|| format!("actor-{i}"));
+                p.triggered_by = if i % 5 == 0 { "schedule" } else { "api" }.into();
+                p.callback_url = (i % 3 == 0).then(|| format!("http://example.test/{i}"));
+                p.policy.max_attempts = 1 + (i % 4) as u32;
+                p.options.priority = (i % 7) as i32 - 3;
+                p.options.not_before = (i % 6 == 0).then_some(1_000_000 + i as i64);
+                p
+            })
             .collect();
         if let Some(bad) = bad {
             // A new run under an id already stored.
@@ -138,6 +149,41 @@ pub async fn triggers_arriving_together_are_each_stored_once_and_one_bad_fails_a
                 ("queued", p.job_ids.len()),
                 "run {i}"
             );
+            assert_eq!(
+                (
+                    &view.pipeline_id,
+                    &view.parameters,
+                    &view.actor,
+                    &view.triggered_by,
+                    &view.callback_url,
+                    view.priority,
+                    view.run_at,
+                    view.shard_count as usize,
+                ),
+                (
+                    &p.pipeline,
+                    &p.params,
+                    &p.actor,
+                    &p.triggered_by,
+                    &p.callback_url,
+                    p.options.priority,
+                    p.options.not_before,
+                    p.job_ids.len(),
+                ),
+                "run {i} stored as triggered"
+            );
+            for (k, job) in view.jobs.iter().enumerate() {
+                assert_eq!(
+                    (
+                        &job.id,
+                        job.shard_index as usize,
+                        job.shard_count as usize,
+                        job.max_attempts
+                    ),
+                    (&p.job_ids[k], k, p.job_ids.len(), p.policy.max_attempts),
+                    "run {i}, shard {k}"
+                );
+            }
             stored.push(p.clone());
         }
     }

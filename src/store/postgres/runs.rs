@@ -44,21 +44,21 @@ pub(super) fn shard_events(p: &RunCreateParams) -> Vec<NewEvent> {
 }
 
 /// Writes a run, its jobs and their events in the open transaction (see [`run_create`]).
-pub(super) const INSERT_RUN: &str = "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor,
+const INSERT_RUN: &str = "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor,
                                        idempotency_key, created_at, has_finalizer, callback_url, rerun_of,
                                        shards_done, priority, run_at, scheduled_for, workflow_run_id, workflow_step)
      VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
      ON CONFLICT (pipeline, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
      RETURNING id, EXISTS (SELECT 1 FROM pipeline_state WHERE pipeline = $2 AND paused)";
 
-pub(super) const INSERT_QUEUED_JOBS: &str = "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status,
+const INSERT_QUEUED_JOBS: &str = "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status,
                                    max_attempts, retry_backoff_ms, on_orphan, max_orphan_requeues, run_after,
                                    created_at, retry_on, priority, held, ckey)
      SELECT t.id, $2, $3, t.idx, $4, 'queued', $5, $6, $7, $8, $12, $9, $10, $13, $14, $15
      FROM unnest($1::text[], $11::bigint[]) AS t(id, idx)";
 
 /// Inserts the run's queued jobs (all but a re-run's kept shards).
-pub(super) async fn insert_queued_jobs(tx: &Tx, p: &RunCreateParams) -> StoreResult<u64> {
+async fn insert_queued_jobs(tx: &Tx, p: &RunCreateParams) -> StoreResult<u64> {
     let kept: Vec<&str> = p.options.kept.iter().map(|k| k.job_id.as_str()).collect();
     let (queued, queued_index): (Vec<&str>, Vec<i64>) = p
         .job_ids
@@ -98,8 +98,8 @@ pub(super) fn is_plain(p: &RunCreateParams) -> bool {
 }
 
 /// A run's row as [`INSERT_RUN`] binds it: the columns computed from its parameters.
-pub(super) struct RunRow<'p> {
-    pub(super) p: &'p RunCreateParams,
+struct RunRow<'p> {
+    p: &'p RunCreateParams,
     params_text: String,
     shard_count: i64,
     kept: i64,
@@ -109,7 +109,7 @@ pub(super) struct RunRow<'p> {
 }
 
 impl<'p> RunRow<'p> {
-    pub(super) fn new(p: &'p RunCreateParams) -> RunRow<'p> {
+    fn new(p: &'p RunCreateParams) -> RunRow<'p> {
         RunRow {
             p,
             params_text: serde_json::to_string(&p.params).unwrap_or_else(|_| "{}".into()),
@@ -122,7 +122,7 @@ impl<'p> RunRow<'p> {
     }
 
     /// [`INSERT_RUN`]'s parameters, in order.
-    pub(super) fn values(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 17] {
+    fn values(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 17] {
         let p = self.p;
         [
             &p.run_id,
