@@ -25,6 +25,10 @@ pub(super) fn load_settings(path: &std::path::Path) -> anyhow::Result<Settings> 
 }
 
 pub(super) async fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<u8> {
+    // Handlers first: a SIGTERM that arrives while the node starts (store, migrations,
+    // the journal's replay) then stops it gracefully once it is up, instead of killing it
+    // by the signal's default action.
+    let stop = shutdown_signal();
     let mut settings = load_settings(&config)?;
     if let Some(addr) = listen {
         let addr: std::net::SocketAddr = addr
@@ -52,22 +56,26 @@ pub(super) async fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Re
             "cannot become a child subreaper; setsid escapees of jobs will outlive them: {e}"
         );
     }
-    crate::serve::run(settings, listener, shutdown_signal()).await?;
+    crate::serve::run(settings, listener, stop).await?;
     Ok(exit::OK)
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves on either (also
+/// on one that arrived before it was first polled).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
