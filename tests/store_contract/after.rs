@@ -3,7 +3,6 @@
 //! transaction that ends the last run it waits for, or at its creation when they had
 //! all ended; a skip ends it like any run and releases its own dependents in turn.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use runyard::model::{AfterWhen, RunStatus};
@@ -45,19 +44,6 @@ async fn status(store: &dyn Store, run_id: &str) -> String {
 async fn end(store: &dyn Store, job: &ClaimedJob, outcome: Outcome) {
     let done = ok("job_finish", store.job_finish(finish(job, outcome))).await;
     assert!(done.applied, "{} ends", job.id);
-}
-
-/// How many events named `name` each run has, once everything committed is visible.
-async fn counts(store: &dyn Store, name: &str) -> HashMap<String, usize> {
-    let mut out = HashMap::new();
-    for e in events_settled(store)
-        .await
-        .iter()
-        .filter(|e| e.name == name)
-    {
-        *out.entry(run_of(e)).or_insert(0) += 1;
-    }
-    out
 }
 
 pub async fn a_run_after_others_waits_unclaimable_and_is_released_once_they_complete(f: &Factory) {
@@ -106,7 +92,7 @@ pub async fn a_run_after_others_waits_unclaimable_and_is_released_once_they_comp
         "its jobs are claimable once released"
     );
     assert_eq!(
-        counts(&*store, "run:released").await.get(&d.run_id),
+        events_per_run(&*store, "run:released").await.get(&d.run_id),
         Some(&1)
     );
 }
@@ -154,7 +140,7 @@ pub async fn a_need_that_fails_skips_the_dependent_the_skip_cascades_and_rules_p
     assert!(skipped.finished_at.is_some(), "a skip is an end");
     assert_eq!(skipped.jobs[0].status, "aborted");
     assert_eq!(skipped.jobs[0].reason.as_deref(), Some("skipped"));
-    let skips = counts(&*store, "run:skipped").await;
+    let skips = events_per_run(&*store, "run:skipped").await;
     assert_eq!(
         (skips.get(&on_success), skips.get(&chained), skips.len()),
         (Some(&1), Some(&1), 2)
@@ -210,7 +196,7 @@ pub async fn an_aborted_waiting_run_ends_aborted_and_skips_its_own_dependents(f:
         "aborted",
         "an end changes nothing"
     );
-    assert_eq!(counts(&*store, "run:released").await.len(), 0);
+    assert_eq!(events_per_run(&*store, "run:released").await.len(), 0);
 }
 
 pub async fn a_run_after_ended_runs_is_decided_at_creation_and_unknown_needs_are_refused(
@@ -300,7 +286,7 @@ pub async fn two_needs_ending_at_once_on_two_handles_release_their_dependent_onc
         assert_eq!(status(&*one, &d).await, "queued", "round {round}: released");
         dependents.push(d);
     }
-    let released = counts(&*one, "run:released").await;
+    let released = events_per_run(&*one, "run:released").await;
     for d in &dependents {
         assert_eq!(released.get(d), Some(&1), "{d} released exactly once");
     }

@@ -159,6 +159,19 @@ pub fn run_of(event: &StoredEvent) -> String {
         .unwrap_or_default()
 }
 
+/// How many events named `name` each run has, once everything committed is visible.
+pub async fn events_per_run(store: &dyn Store, name: &str) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for e in events_settled(store)
+        .await
+        .iter()
+        .filter(|e| e.name == name)
+    {
+        *out.entry(run_of(e)).or_insert(0) += 1;
+    }
+    out
+}
+
 /// Every stored event, once every write that committed before this call is visible.
 ///
 /// A reader is not promised its own writes at once: PostgreSQL shows only ids below the

@@ -104,19 +104,6 @@ async fn workflow_events(store: &dyn Store, name: &str) -> HashMap<String, usize
     out
 }
 
-/// How many events named `name` each run has, once all committed are visible.
-async fn run_events(store: &dyn Store, name: &str) -> HashMap<String, usize> {
-    let mut out = HashMap::new();
-    for e in events_settled(store)
-        .await
-        .iter()
-        .filter(|e| e.name == name)
-    {
-        *out.entry(run_of(e)).or_insert(0) += 1;
-    }
-    out
-}
-
 async fn step_status(store: &dyn Store, id: &str, step: &str) -> String {
     let w = ok("workflow_run_get", store.workflow_run_get(id))
         .await
@@ -378,7 +365,7 @@ pub async fn two_step_runs_ending_at_once_on_two_handles_release_their_join_and_
         joins.push(p.runs[2].run_id.clone());
         ids.push(p.workflow_run_id);
     }
-    let released = run_events(&*one, "run:released").await;
+    let released = events_per_run(&*one, "run:released").await;
     for j in &joins {
         assert_eq!(released.get(j), Some(&1), "join {j} released exactly once");
     }
