@@ -14,7 +14,10 @@
 //! A batch that fails for another reason than the database being out of reach is
 //! written again one run at a time, so one run that cannot be stored fails alone; an
 //! answer lost at COMMIT is ambiguous for every run of the batch, and each caller reads
-//! its own run back by id (`scheduler/create.rs`), as for a lone run.
+//! its own run back by id (`scheduler/create.rs`), as for a lone run. So is a batch
+//! whose writer is cancelled mid-way (its HTTP client went away): the others hear
+//! "ambiguous", read back, and create their runs again if that transaction never
+//! committed.
 
 use super::group_commit::GroupCommit;
 use std::collections::HashMap;
