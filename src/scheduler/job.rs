@@ -63,7 +63,8 @@ impl Ended {
 
     /// Writes the last output, then the end (retried until it lands or proves stale),
     /// claiming up to `want` jobs for the slot in the same transaction; returns them.
-    /// The job stays registered (and its resources held) until its end is written.
+    /// The job stays registered until its end is written; `finish` frees its resources
+    /// before it sizes the claim.
     pub(super) async fn record(self, inner: Arc<Inner>, want: usize) -> Vec<ClaimedJob> {
         let Ended { job, end, sink } = self;
         if let Some(mut sink) = sink {
@@ -74,7 +75,6 @@ impl Ended {
             inner.journal.remove(&job.id, job.claim_seq);
         }
         inner.registry.remove(&job.id, job.claim_seq);
-        inner.resources.release(&job.id);
         ended.unwrap_or_default()
     }
 }
