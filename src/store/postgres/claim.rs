@@ -5,13 +5,16 @@
 //! moves held jobs that fell due into the claim index, picks the best queued jobs of
 //! each pipeline with room (`FOR UPDATE SKIP LOCKED`: two claimers never take one job),
 //! merges them by priority and queue order, and marks them `running` under a new claim.
-//! A claim under a cap first takes the cap's advisory keys and counts what runs, so two
-//! claimers cannot both count the same free room; the claim statement follows.
+//! A claim under a pipeline cap first takes the pipeline's advisory key and counts what
+//! runs, so two claimers cannot both count the same free room; the claim statement
+//! follows. The global cap takes no key: the claim statement locks free cap tokens and
+//! gives each job it claims one (`cap_tokens.rs`).
 
 use std::collections::HashMap;
 
 use tokio_postgres::types::ToSql;
 
+use super::cap_tokens;
 use super::rows::Rows;
 use super::{PgStore, StoreResult, Tx, in_tx};
 use crate::model::JobKind;
@@ -59,34 +62,22 @@ pub(super) async fn claim_in_tx(
     wait: CapWait,
 ) -> StoreResult<ClaimOutcome> {
     let mut running: HashMap<String, u32> = HashMap::new();
-    if claim_plan::needs_counts(p) {
-        // Serialise the count with every other claim that counts the same thing: the
-        // global key when this claim applies the global cap, and one key per capped
-        // pipeline it claims from, whether or not it also applies the global cap (a claim
-        // without it takes only the pipeline keys, and must still meet this one there).
-        // A fixed order (global, then pipelines sorted), so claims never deadlock.
-        let mut keys: Vec<String> = Vec::new();
-        if p.global_cap > 0 {
-            keys.push("/runyard/cap".into());
-        }
-        let mut capped: Vec<&String> = p
-            .pipelines
-            .iter()
-            .filter(|(name, cap)| **cap > 0 || p.keyed.contains_key(*name))
-            .map(|(name, _)| name)
-            .collect();
+    let mut capped: Vec<&String> = p
+        .pipelines
+        .iter()
+        .filter(|(name, cap)| **cap > 0 || p.keyed.contains_key(*name))
+        .map(|(name, _)| name)
+        .collect();
+    if !capped.is_empty() {
+        // Serialise the count with every other claim that counts the same pipeline, one
+        // key per capped pipeline in a fixed (sorted) order, so claims never deadlock.
         capped.sort();
-        keys.extend(
-            capped
-                .into_iter()
-                .map(|name| format!("/runyard/cap/{name}")),
-        );
-        for key in &keys {
-            if !tx.cap_key(key, wait).await? {
+        for name in capped {
+            if !tx.cap_key(&format!("/runyard/cap/{name}"), wait).await? {
                 return Ok(ClaimOutcome::default());
             }
         }
-        // A new statement after the lock: it sees every earlier holder's commit.
+        // A new statement after the keys: it sees every earlier holder's commit.
         for r in tx
             .query(
                 "SELECT pipeline, count(*) FROM jobs WHERE status = 'running' GROUP BY pipeline",
@@ -97,13 +88,20 @@ pub(super) async fn claim_in_tx(
             running.insert(r.get(0), r.get::<_, i64>(1) as u32);
         }
     }
-    let plan = claim_plan::plan(p, &running);
+    // The global cap is met by tokens, not by this count.
+    let plan = claim_plan::plan(
+        &JobClaimParams {
+            global_cap: 0,
+            ..p.clone()
+        },
+        &running,
+    );
     if plan
         .rooms
         .iter()
         .any(|(name, _)| p.keyed.contains_key(name))
     {
-        return super::claim_keyed::claim(tx, p, plan).await;
+        return claim_keyed_capped(tx, p, plan).await;
     }
     let mut rooms = Rows::new(&[("name", "text"), ("room", "bigint")]);
     for (name, room) in &plan.rooms {
@@ -121,9 +119,33 @@ pub(super) async fn claim_in_tx(
     // time), and the rest of them are released into the claim index (`due`: disjoint
     // from the picked rows, as one statement may not update a row twice); rows another
     // claim is releasing are skipped, not waited for.
+    let global_cap = p.global_cap as i64;
+    if p.global_cap > 0 {
+        params.push(&global_cap);
+    }
+    // Under the global cap: lock free tokens (`tok`), pick no more jobs than tokens, pair
+    // them in claim order, and mark each token held by its job.
+    let (tokens, limit, pair, slot, hold) = if p.global_cap > 0 {
+        (
+            format!("{},\n", cap_tokens::locked_tokens(params.len())),
+            cap_tokens::CLAIMABLE,
+            "pair AS (SELECT p.seq, tok.slot FROM (SELECT seq, row_number() OVER (ORDER BY priority DESC, seq) AS n
+                                                 FROM pick) p JOIN tok ON tok.n = p.n),",
+            "pair.slot",
+            ",\n                  hold AS (UPDATE cap_tokens t SET job_seq = c.seq FROM claimed c WHERE t.slot = c.cap_slot)",
+        )
+    } else {
+        (
+            String::new(),
+            "$4",
+            "pair AS (SELECT seq, NULL::bigint AS slot FROM pick),",
+            "NULL",
+            "",
+        )
+    };
     let rows = tx
         .query(
-            &format!("WITH me AS (SELECT 1 FROM nodes WHERE id = $1 FOR KEY SHARE),
+            &format!("WITH {tokens}me AS (SELECT 1 FROM nodes WHERE id = $1 FOR KEY SHARE),
                   rooms AS (SELECT q.name, q.room FROM {rooms_sql}
                             WHERE EXISTS (SELECT 1 FROM me)
                               AND NOT EXISTS (SELECT 1 FROM pipeline_state ps
@@ -140,7 +162,8 @@ pub(super) async fn claim_in_tx(
                                ORDER BY j.run_after LIMIT q.room
                                FOR UPDATE SKIP LOCKED) c),
                   cand AS (SELECT seq, priority FROM ready UNION ALL SELECT seq, priority FROM ripe),
-                  pick AS (SELECT seq FROM cand ORDER BY priority DESC, seq LIMIT $4),
+                  pick AS (SELECT seq, priority FROM cand ORDER BY priority DESC, seq LIMIT {limit}),
+                  {pair}
                   due AS (UPDATE jobs SET held = false WHERE EXISTS (SELECT 1 FROM me) AND seq IN (
                               SELECT seq FROM jobs WHERE status = 'queued' AND held AND run_after <= $2
                               ORDER BY run_after LIMIT $3 FOR UPDATE SKIP LOCKED)
@@ -148,10 +171,10 @@ pub(super) async fn claim_in_tx(
                   claimed AS (
                       UPDATE jobs j SET status = 'running', claim_seq = j.claim_seq + 1, node_id = $1,
                              claimed_at = $2, pid = NULL, proc_start = NULL, started_at = NULL,
-                             exit_code = NULL, abort_requested = false, held = false
-                      FROM pick WHERE j.seq = pick.seq AND j.status = 'queued'
+                             exit_code = NULL, abort_requested = false, held = false, cap_slot = {slot}
+                      FROM pair WHERE j.seq = pair.seq AND j.status = 'queued'
                       RETURNING j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt,
-                                j.kind, j.run_after, j.priority, j.claim_seq, j.output_lines)
+                                j.kind, j.run_after, j.priority, j.claim_seq, j.output_lines, j.cap_slot){hold}
              SELECT c.id, c.run_id, c.pipeline, c.shard_index, c.shard_count, c.attempt, r.params, c.kind,
                     c.run_after, c.priority, c.claim_seq, c.output_lines, r.after_when IS NOT NULL
              FROM claimed c JOIN runs r ON r.id = c.run_id
@@ -196,6 +219,31 @@ pub(super) async fn claim_in_tx(
     Ok(out)
 }
 
+/// The keyed claim (statements of its own) under the global cap: locks free tokens
+/// first, claims at most that many, and gives them to what it claimed.
+async fn claim_keyed_capped(
+    tx: &Tx,
+    p: &JobClaimParams,
+    mut plan: claim_plan::ClaimPlan,
+) -> StoreResult<ClaimOutcome> {
+    if p.global_cap == 0 {
+        return super::claim_keyed::claim(tx, p, plan).await;
+    }
+    let tokens = cap_tokens::lock(tx, p.global_cap, plan.want).await?;
+    plan.want = plan.want.min(tokens.usable());
+    for (_, room) in &mut plan.rooms {
+        *room = (*room).min(plan.want);
+    }
+    plan.rooms.retain(|(_, room)| *room > 0);
+    let out = super::claim_keyed::claim(tx, p, plan).await?;
+    let ids: Vec<String> = out.jobs.iter().map(|j| j.id.clone()).collect();
+    cap_tokens::assign(tx, &tokens.slots, &ids).await?;
+    Ok(out)
+}
+
 pub(super) async fn job_claim(s: &PgStore, p: JobClaimParams) -> StoreResult<ClaimOutcome> {
-    in_tx!(s, "job_claim", tx => claim_in_tx(tx, &p, CapWait::Wait).await?)
+    in_tx!(s, "job_claim", tx => {
+        s.cap_tokens.ensure(tx, p.global_cap).await?;
+        claim_in_tx(tx, &p, CapWait::Wait).await?
+    })
 }

@@ -128,7 +128,7 @@ pub(super) async fn claim(
             .query(
                 "UPDATE jobs SET status = 'running', claim_seq = claim_seq + 1, node_id = $1,
                         claimed_at = $2, pid = NULL, proc_start = NULL, started_at = NULL,
-                        exit_code = NULL, abort_requested = false, held = false
+                        exit_code = NULL, abort_requested = false, held = false, cap_slot = NULL
                  WHERE seq = ANY($3) AND status = 'queued'
                  RETURNING seq, claim_seq, output_lines",
                 &[&p.node_id, &p.now, &seqs],

@@ -238,6 +238,7 @@ impl PgStore {
             traffic: Arc::default(),
             finishes: Default::default(),
             creates: super::create_batch::create_queue(),
+            cap_tokens: Default::default(),
             clock: Arc::new(Mutex::new(ClockSample {
                 db_ms: crate::clock::now_ms(),
                 at: Instant::now(),
@@ -319,6 +320,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres_0008_placement.sql"),
     include_str!("../migrations/postgres_0009_after.sql"),
     include_str!("../migrations/postgres_0010_workflows.sql"),
+    include_str!("../migrations/postgres_0011_cap_tokens.sql"),
 ];
 
 /// How often other replicas' commits are looked for (until a bus signals them).

@@ -50,6 +50,7 @@
 mod read;
 
 mod after;
+mod cap_tokens;
 mod claim;
 mod claim_keyed;
 mod connect;
@@ -111,6 +112,8 @@ pub struct PgStore {
     finishes: group_commit::FinishQueue,
     /// Plain run creations waiting to share a transaction ([`create_batch`]).
     creates: create_batch::CreateQueue,
+    /// The global cap's tokens this handle made sure exist ([`cap_tokens`]).
+    cap_tokens: cap_tokens::Tokens,
     clock: Arc<Mutex<ClockSample>>,
     stop: Arc<AtomicBool>,
     /// Where, for messages (the URL without a password).

@@ -1,0 +1,125 @@
+//! The global cap on PostgreSQL as token rows (`cap_tokens`, migration 0011).
+//!
+//! **Invariant:** at most `cap` jobs run under the cap at once. Each holds a token: a
+//! claim under the cap locks free tokens with `FOR UPDATE SKIP LOCKED` (a token taken and
+//! committed after the claim's snapshot fails the `job_seq IS NULL` recheck; one still
+//! being taken is skipped), claims at most as many jobs as it locked, and gives each one
+//! a token in the same statement; the `jobs_cap_release` trigger frees a job's token in
+//! the very transaction that stops it running — an end, a retry, a requeue, an abort —
+//! so no path can forget it. Caught by
+//! `store_contract::*::concurrent_claimers_never_exceed_the_global_or_a_pipeline_cap`
+//! (16 claimers, cap 4) and `…::every_way_a_job_stops_running_frees_its_global_cap_unit`.
+//!
+//! Why tokens: the cap used to be a count of running jobs under one advisory key, held
+//! through the claim's COMMIT (its WAL flush), so every capped claim of every replica
+//! queued behind the last one and three replicas claimed a third of what one did.
+//! Claimers lock different tokens and queue on nothing.
+//!
+//! A node applying cap N uses tokens 0..N. Replicas configured with different caps
+//! therefore hold the larger one between them, and lowering a cap lets jobs already
+//! holding higher tokens finish before it binds fully.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{StoreResult, Tx};
+
+/// The tokens of a cap: created once per store handle and cap (they are never removed;
+/// a lower cap leaves the higher ones unused).
+#[derive(Default)]
+pub(super) struct Tokens {
+    /// The largest cap whose tokens this handle has made sure exist.
+    ready: AtomicUsize,
+}
+
+impl Tokens {
+    /// Makes sure tokens `0..cap` exist (once per handle and larger cap). Until they do, a
+    /// claim finds fewer tokens and claims less, never more.
+    pub(super) async fn ensure(&self, tx: &Tx, cap: usize) -> StoreResult<()> {
+        if cap > self.ready.load(Ordering::Relaxed) {
+            tx.exec(
+                "INSERT INTO cap_tokens (slot) SELECT generate_series(0, $1::bigint - 1)
+                 ON CONFLICT (slot) DO NOTHING",
+                &[&(cap as i64)],
+            )
+            .await?;
+            self.ready.fetch_max(cap, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// Running jobs holding no token: claimed by a node that does not apply the cap (a
+/// rolling config change), or before the cap was set. They count against the cap too
+/// (it is over all nodes), so a capped claim leaves that many free tokens unused.
+const UNTOKENED: &str =
+    "SELECT count(*) AS n FROM jobs WHERE status = 'running' AND cap_slot IS NULL";
+
+/// CTEs of the fused claim under the cap (`$cap`): `untokened` counts the running jobs
+/// without a token and `tok` locks up to `$4` free tokens beyond that many. The claim's
+/// `LIMIT` is [`claimable`], and the picked jobs are paired with `tok` rows by `n`.
+pub(super) fn locked_tokens(cap_param: usize) -> String {
+    format!(
+        "untokened AS ({UNTOKENED}),
+                  tok AS (SELECT slot, row_number() OVER (ORDER BY slot) AS n FROM (
+                     SELECT slot FROM cap_tokens WHERE job_seq IS NULL AND slot < ${cap_param}
+                     ORDER BY slot LIMIT $4 + (SELECT n FROM untokened) FOR UPDATE SKIP LOCKED) t)"
+    )
+}
+
+/// How many jobs the fused claim may pick: the tokens it locked, less the running jobs
+/// that hold none, at most `$4`.
+pub(super) const CLAIMABLE: &str =
+    "GREATEST(0, LEAST($4, (SELECT count(*) FROM tok) - (SELECT n FROM untokened)))";
+
+/// Locks free tokens below `cap` for up to `want` jobs (for the keyed claim, which claims
+/// in statements of its own): their slots, of which the first [`usable`] may be given.
+pub(super) async fn lock(tx: &Tx, cap: usize, want: usize) -> StoreResult<Locked> {
+    let rows = tx
+        .query(
+            &format!(
+                "WITH untokened AS ({UNTOKENED})
+                 SELECT slot, (SELECT n FROM untokened) FROM cap_tokens
+                 WHERE job_seq IS NULL AND slot < $1
+                 ORDER BY slot LIMIT $2 + (SELECT n FROM untokened) FOR UPDATE SKIP LOCKED"
+            ),
+            &[&(cap as i64), &(want as i64)],
+        )
+        .await?;
+    let untokened = rows.first().map(|r| r.get::<_, i64>(1)).unwrap_or(0) as usize;
+    Ok(Locked {
+        slots: rows.iter().map(|r| r.get(0)).collect(),
+        untokened,
+    })
+}
+
+/// Tokens locked by [`lock`].
+pub(super) struct Locked {
+    /// Their slots.
+    pub(super) slots: Vec<i64>,
+    /// Running jobs holding no token when they were locked.
+    untokened: usize,
+}
+
+impl Locked {
+    /// Jobs these tokens let the claim take.
+    pub(super) fn usable(&self) -> usize {
+        self.slots.len().saturating_sub(self.untokened)
+    }
+}
+
+/// Gives the claimed jobs `ids` the locked tokens `slots`, one each, in order.
+pub(super) async fn assign(tx: &Tx, slots: &[i64], ids: &[String]) -> StoreResult<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let slots = &slots[..ids.len()];
+    tx.exec(
+        "WITH pair AS (SELECT unnest($1::bigint[]) AS slot, unnest($2::text[]) AS id),
+              held AS (UPDATE jobs j SET cap_slot = pair.slot FROM pair WHERE j.id = pair.id
+                       RETURNING j.seq, j.cap_slot)
+         UPDATE cap_tokens t SET job_seq = held.seq FROM held WHERE t.slot = held.cap_slot",
+        &[&slots, &ids],
+    )
+    .await?;
+    Ok(())
+}
