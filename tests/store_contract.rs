@@ -149,6 +149,7 @@ contract_tests!(
         a_capped_backlog_does_not_hold_up_other_pipelines_and_order_is_fifo,
         only_registered_nodes_claim_and_stranded_jobs_are_found,
         orphan_requeue_keeps_the_attempt_and_is_capped,
+        every_way_a_job_stops_running_frees_its_global_cap_unit,
         // fencing.rs
         stale_and_repeated_finishes_change_nothing,
         abort_racing_a_natural_finish_ends_each_job_exactly_once,

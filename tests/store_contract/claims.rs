@@ -129,3 +129,56 @@ pub async fn orphan_requeue_keeps_the_attempt_and_is_capped(f: &Factory) {
         ("failed", Some("orphaned"))
     );
 }
+
+/// The global cap's unit comes back however a job stops running (PostgreSQL frees its
+/// cap token in a trigger on that very transaction; a path that forgot would leave the
+/// cap one unit short for good), and a finish that claims the next job in the same
+/// transaction may take the unit its own end freed.
+pub async fn every_way_a_job_stops_running_frees_its_global_cap_unit(f: &Factory) {
+    let store = f.store().await;
+    for _ in 0..8 {
+        create(&*store, 1).await;
+    }
+    let capped = JobClaimParams {
+        global_cap: 1,
+        ..claim_later(4)
+    };
+    let ways = [
+        ("completed", Outcome::Completed),
+        ("failed and queued for a retry", fail()),
+        (
+            "requeued",
+            Outcome::Requeue {
+                reason: Reason::Orphaned,
+            },
+        ),
+        (
+            "released by its node",
+            Outcome::Release {
+                reason: Reason::SetupFailed,
+                error: None,
+            },
+        ),
+        ("aborted", Outcome::Aborted),
+    ];
+    for (way, outcome) in ways {
+        let got = ok("job_claim", store.job_claim(capped.clone())).await.jobs;
+        assert_eq!(got.len(), 1, "before a job {way}: the cap's one unit is free");
+        assert!(
+            ok("job_claim", store.job_claim(capped.clone())).await.jobs.is_empty(),
+            "the cap of 1 holds while a job runs"
+        );
+        let out = ok("job_finish", store.job_finish(finish(&got[0], outcome))).await;
+        assert!(out.applied, "the end of a job {way} applies");
+    }
+    let got = ok("job_claim", store.job_claim(capped.clone())).await.jobs;
+    assert_eq!(got.len(), 1, "after a job aborted: the unit is free");
+    let mut end = finish(&got[0], Outcome::Completed);
+    end.claim_next = Some(capped.clone());
+    let out = ok("job_finish", store.job_finish(end)).await;
+    assert_eq!(out.next.len(), 1, "the finish takes the unit its end freed");
+    assert!(
+        ok("job_claim", store.job_claim(capped)).await.jobs.is_empty(),
+        "and the cap of 1 holds again"
+    );
+}
