@@ -66,6 +66,11 @@ pub(super) fn locked_tokens(cap_param: usize) -> String {
     )
 }
 
+/// A condition of the fused claim's `rooms`: no queue is read when the cap has no unit
+/// free (a claim at the cap costs the token read, not the queue's).
+pub(super) const ANY_CLAIMABLE: &str =
+    "\n                              AND (SELECT count(*) FROM tok) > (SELECT n FROM untokened)";
+
 /// How many jobs the fused claim may pick: the tokens it locked, less the running jobs
 /// that hold none, at most `$4`.
 pub(super) const CLAIMABLE: &str =

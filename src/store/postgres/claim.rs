@@ -125,9 +125,10 @@ pub(super) async fn claim_in_tx(
     }
     // Under the global cap: lock free tokens (`tok`), pick no more jobs than tokens, pair
     // them in claim order, and mark each token held by its job.
-    let (tokens, limit, pair, slot, hold) = if p.global_cap > 0 {
+    let (tokens, guard, limit, pair, slot, hold) = if p.global_cap > 0 {
         (
             format!("{},\n", cap_tokens::locked_tokens(params.len())),
+            cap_tokens::ANY_CLAIMABLE,
             cap_tokens::CLAIMABLE,
             "pair AS (SELECT p.seq, tok.slot FROM (SELECT seq, row_number() OVER (ORDER BY priority DESC, seq) AS n
                                                  FROM pick) p JOIN tok ON tok.n = p.n),",
@@ -137,6 +138,7 @@ pub(super) async fn claim_in_tx(
     } else {
         (
             String::new(),
+            "",
             "$4",
             "pair AS (SELECT seq, NULL::bigint AS slot FROM pick),",
             "NULL",
@@ -147,7 +149,7 @@ pub(super) async fn claim_in_tx(
         .query(
             &format!("WITH {tokens}me AS (SELECT 1 FROM nodes WHERE id = $1 FOR KEY SHARE),
                   rooms AS (SELECT q.name, q.room FROM {rooms_sql}
-                            WHERE EXISTS (SELECT 1 FROM me)
+                            WHERE EXISTS (SELECT 1 FROM me){guard}
                               AND NOT EXISTS (SELECT 1 FROM pipeline_state ps
                                               WHERE ps.pipeline = q.name AND ps.paused)),
                   ready AS (SELECT c.seq, c.priority FROM rooms q CROSS JOIN LATERAL (
