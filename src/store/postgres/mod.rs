@@ -12,10 +12,12 @@
 //!
 //! - **Caps under races.** `FOR UPDATE SKIP LOCKED` stops two claimers taking
 //!   the same job, but not both counting the same free room. A claim that must
-//!   respect a cap first takes transaction-scoped advisory locks (the global
-//!   cap's key when it applies one, then one key per capped pipeline, sorted,
-//!   schema in the key) and counts after they are granted (SCALE-OUT §2.4: 28
-//!   running under a cap of 4 without it, 4 with it).
+//!   respect a pipeline cap first takes transaction-scoped advisory locks (one
+//!   key per capped pipeline, sorted, schema in the key) and counts after they
+//!   are granted (SCALE-OUT §2.4: 28 running under a cap of 4 without it, 4
+//!   with it). The global cap is token rows the claim statement locks
+//!   `SKIP LOCKED` and gives to the jobs it claims, freed by a trigger when a
+//!   job stops running ([`cap_tokens`]): no claim waits for another's commit.
 //! - **Fencing.** The fence row is read `FOR UPDATE`, so the decision acts on
 //!   the row as it is when written; every execution write is conditional on
 //!   `(id, claim_seq, status='running')`.
@@ -23,7 +25,7 @@
 //!   job rows in id order, then the run row, then anything else. Finish and
 //!   start lock their job then update the run; abort locks the run's jobs in id
 //!   order before it updates the run. Claims never wait on rows (SKIP LOCKED)
-//!   and take the advisory cap lock last.
+//!   and take the advisory cap locks last.
 //! - **Event ids that never skip.** An event's id is `(xid << 16) | n` (its
 //!   transaction's top-level id, then its index in the transaction); readers
 //!   take only ids below the oldest transaction of this deployment still in
