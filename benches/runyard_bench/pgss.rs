@@ -132,7 +132,17 @@ pub async fn bench_pgss(runs: usize) {
             &url,
             "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query ~* '^COMMIT'",
         )?;
-        Some((ours, seen.parse::<u64>().ok()?, transactions.parse::<u64>().ok()?))
+        // Where the server's time went: the statements that took most of it.
+        let top = psql(
+            &url,
+            "SELECT round(total_exec_time::numeric, 1) || ' ms | ' || calls || ' calls | '
+                    || round((total_exec_time * 1000 / greatest(calls, 1))::numeric) || ' µs | '
+                    || regexp_replace(left(query, 90), '\\s+', ' ', 'g')
+             FROM pg_stat_statements WHERE query !~* 'pg_stat_statements'
+             ORDER BY total_exec_time DESC LIMIT 8",
+        )
+        .unwrap_or_default();
+        Some((ours, seen.parse::<u64>().ok()?, transactions.parse::<u64>().ok()?, top))
     }
     .await;
     pg(
@@ -140,7 +150,7 @@ pub async fn bench_pgss(runs: usize) {
         &["-D", data.to_str().unwrap(), "-m", "fast", "stop"],
     );
     match measured {
-        Some((ours, seen, commits)) => {
+        Some((ours, seen, commits, top)) => {
             let per = |n: u64| n as f64 / runs as f64;
             println!(
                 "    {runs} runs: runyard counted {:.2} write statements per run; the server executed {:.2} \
@@ -149,6 +159,11 @@ pub async fn bench_pgss(runs: usize) {
                 per(seen),
                 per(commits)
             );
+            println!("    the server's time by statement (total | calls | mean | statement):");
+            for line in top.lines() {
+                println!("      {line}");
+            }
+            println!();
         }
         None => println!("    (skipped: psql could not query the throwaway cluster)\n"),
     }

@@ -163,9 +163,16 @@ pub async fn every_way_a_job_stops_running_frees_its_global_cap_unit(f: &Factory
     ];
     for (way, outcome) in ways {
         let got = ok("job_claim", store.job_claim(capped.clone())).await.jobs;
-        assert_eq!(got.len(), 1, "before a job {way}: the cap's one unit is free");
+        assert_eq!(
+            got.len(),
+            1,
+            "before a job {way}: the cap's one unit is free"
+        );
         assert!(
-            ok("job_claim", store.job_claim(capped.clone())).await.jobs.is_empty(),
+            ok("job_claim", store.job_claim(capped.clone()))
+                .await
+                .jobs
+                .is_empty(),
             "the cap of 1 holds while a job runs"
         );
         let out = ok("job_finish", store.job_finish(finish(&got[0], outcome))).await;
@@ -178,7 +185,10 @@ pub async fn every_way_a_job_stops_running_frees_its_global_cap_unit(f: &Factory
     let out = ok("job_finish", store.job_finish(end)).await;
     assert_eq!(out.next.len(), 1, "the finish takes the unit its end freed");
     assert!(
-        ok("job_claim", store.job_claim(capped)).await.jobs.is_empty(),
+        ok("job_claim", store.job_claim(capped))
+            .await
+            .jobs
+            .is_empty(),
         "and the cap of 1 holds again"
     );
 }
