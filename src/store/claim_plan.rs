@@ -2,7 +2,8 @@
 //! above the backend.
 //!
 //! A backend counts running jobs per pipeline (inside whatever serialises the
-//! caps: SQLite's single writer, PostgreSQL's advisory lock), asks [`plan`]
+//! caps: SQLite's single writer, PostgreSQL's advisory locks per pipeline; PostgreSQL
+//! meets the global cap with token rows instead and plans without it), asks [`plan`]
 //! for the room of each pipeline, reads at most that many queue heads of each
 //! (index-backed, so a capped backlog is never walked), and claims the merged
 //! heads by priority, then `seq` ([`pick`]): global order and every cap in one pass.

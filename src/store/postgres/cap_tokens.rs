@@ -21,7 +21,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{StoreResult, Tx};
+use super::{PgStore, StoreResult, Tx, pg_err};
 
 /// The tokens of a cap: created once per store handle and cap (they are never removed;
 /// a lower cap leaves the higher ones unused).
@@ -32,16 +32,19 @@ pub(super) struct Tokens {
 }
 
 impl Tokens {
-    /// Makes sure tokens `0..cap` exist (once per handle and larger cap). Until they do, a
-    /// claim finds fewer tokens and claims less, never more.
-    pub(super) async fn ensure(&self, tx: &Tx, cap: usize) -> StoreResult<()> {
+    /// Makes sure tokens `0..cap` exist (once per handle and larger cap), in a statement
+    /// of its own that commits before the handle counts them as there. Until they exist,
+    /// a claim finds fewer tokens and claims less, never more.
+    pub(super) async fn ensure(&self, store: &PgStore, cap: usize) -> StoreResult<()> {
         if cap > self.ready.load(Ordering::Relaxed) {
-            tx.exec(
-                "INSERT INTO cap_tokens (slot) SELECT generate_series(0, $1::bigint - 1)
-                 ON CONFLICT (slot) DO NOTHING",
-                &[&(cap as i64)],
-            )
-            .await?;
+            read!(store, c => c
+                .execute(
+                    "INSERT INTO cap_tokens (slot) SELECT generate_series(0, $1::bigint - 1)
+                     ON CONFLICT (slot) DO NOTHING",
+                    &[&(cap as i64)],
+                )
+                .await
+                .map_err(pg_err)?)?;
             self.ready.fetch_max(cap, Ordering::Relaxed);
         }
         Ok(())
@@ -56,7 +59,7 @@ const UNTOKENED: &str =
 
 /// CTEs of the fused claim under the cap (`$cap`): `untokened` counts the running jobs
 /// without a token and `tok` locks up to `$4` free tokens beyond that many. The claim's
-/// `LIMIT` is [`claimable`], and the picked jobs are paired with `tok` rows by `n`.
+/// `LIMIT` is [`CLAIMABLE`], and the picked jobs are paired with `tok` rows by `n`.
 pub(super) fn locked_tokens(cap_param: usize) -> String {
     format!(
         "untokened AS ({UNTOKENED}),
@@ -77,7 +80,8 @@ pub(super) const CLAIMABLE: &str =
     "GREATEST(0, LEAST($4, (SELECT count(*) FROM tok) - (SELECT n FROM untokened)))";
 
 /// Locks free tokens below `cap` for up to `want` jobs (for the keyed claim, which claims
-/// in statements of its own): their slots, of which the first [`usable`] may be given.
+/// in statements of its own): their slots, of which the first [`Locked::usable`] may be
+/// given.
 pub(super) async fn lock(tx: &Tx, cap: usize, want: usize) -> StoreResult<Locked> {
     let rows = tx
         .query(

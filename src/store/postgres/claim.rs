@@ -244,8 +244,6 @@ async fn claim_keyed_capped(
 }
 
 pub(super) async fn job_claim(s: &PgStore, p: JobClaimParams) -> StoreResult<ClaimOutcome> {
-    in_tx!(s, "job_claim", tx => {
-        s.cap_tokens.ensure(tx, p.global_cap).await?;
-        claim_in_tx(tx, &p, CapWait::Wait).await?
-    })
+    s.cap_tokens.ensure(s, p.global_cap).await?;
+    in_tx!(s, "job_claim", tx => claim_in_tx(tx, &p, CapWait::Wait).await?)
 }
