@@ -418,8 +418,15 @@ async fn a_global_cap_holds_over_three_hosts_when_a_slot_holder_dies() {
     for k in 0..60 {
         runs.push(trigger(&c, k % 3, "work", json!({})).await);
     }
-    // Kill a host that holds a slot.
+    // Kill a host that holds a slot (hosts 1 and 2 take some: their own triggers wake
+    // them first).
+    let looking = Instant::now();
     let holder = loop {
+        assert!(
+            looking.elapsed() < T,
+            "within {T:?}, neither host 1 nor host 2 held a slot: {:?}",
+            running_by_node(&c, 0).await
+        );
         let by_node = running_by_node(&c, 0).await;
         let mut found = None;
         for i in 1..3 {
