@@ -188,7 +188,9 @@ contract_tests!(
         writes_are_counted_by_operation,
         // keyed.rs
         concurrent_claimers_never_exceed_a_per_key_cap,
+        concurrent_keyed_claimers_never_exceed_the_global_cap,
         a_small_tenant_is_not_kept_behind_a_large_ones_backlog,
+        a_keyed_claim_under_the_global_cap_takes_and_gives_back_its_units,
         // races_caps.rs
         concurrent_claimers_never_exceed_the_global_or_a_pipeline_cap,
         claimers_with_and_without_a_global_cap_never_exceed_a_pipeline_cap,
