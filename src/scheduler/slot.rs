@@ -4,9 +4,10 @@
 //! Without claim-ahead a slot whose process has exited waits for its end's commit (which
 //! claims its next job in the same transaction) before it can start anything: on
 //! PostgreSQL that round trip is longer than a short job. So a slot holds up to
-//! [`CLAIM_AHEAD`] jobs beyond the one it runs: each end claims what keeps the slot at that depth, and
-//! at an exit the slot starts the job it holds at once while the end is written; ends
-//! that are in flight together share a transaction (`store/postgres/group_commit.rs`).
+//! [`CLAIM_AHEAD`] jobs beyond the one it runs: each end claims what keeps the slot at
+//! that depth, and at an exit the slot starts the job it holds at once while the end is
+//! written; ends that are in flight together share a transaction
+//! (`store/postgres/group_commit.rs`).
 //!
 //! What it keeps:
 //! - **An end is durable before anyone hears of it**, and the job counts as running (for

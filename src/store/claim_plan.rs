@@ -128,10 +128,20 @@ pub struct ClaimPlan {
 
 /// The plan for `p` given the running jobs per pipeline (over every node).
 pub fn plan(p: &JobClaimParams, running: &HashMap<String, u32>) -> ClaimPlan {
+    plan_under(p, running, p.global_cap)
+}
+
+/// [`plan`] with the global cap given apart (0: a backend that meets it otherwise, as
+/// PostgreSQL's cap tokens do).
+pub fn plan_under(
+    p: &JobClaimParams,
+    running: &HashMap<String, u32>,
+    global_cap: usize,
+) -> ClaimPlan {
     let total: usize = running.values().map(|n| *n as usize).sum();
     let mut want = p.max;
-    if p.global_cap > 0 {
-        want = want.min(p.global_cap.saturating_sub(total));
+    if global_cap > 0 {
+        want = want.min(global_cap.saturating_sub(total));
     }
     let mut rooms = Vec::new();
     if want > 0 {

@@ -89,13 +89,7 @@ pub(super) async fn claim_in_tx(
         }
     }
     // The global cap is met by tokens, not by this count.
-    let plan = claim_plan::plan(
-        &JobClaimParams {
-            global_cap: 0,
-            ..p.clone()
-        },
-        &running,
-    );
+    let plan = claim_plan::plan_under(p, &running, 0);
     if plan
         .rooms
         .iter()
