@@ -1,29 +1,30 @@
-//! Group commit of plain run creations: the triggers that arrive while a creation's
-//! transaction is in flight share the next one.
+//! Group commit of plain run creations: the triggers that arrive while a creation is in
+//! flight share the next one.
 //!
 //! A plain run (no idempotency key, kept shards or needs: nothing is read before its
 //! insert, nothing can refuse it) is queued; a caller that finds no writer busy writes
-//! the queue in one transaction ([`super::group_commit::GroupCommit`], the ends' queue):
-//! one insert of every run and one of every job (`INSERT … SELECT FROM unnest(…)`), then
-//! every run's events and COMMIT, all sent together: a batch of any size costs one round
-//! trip, one commit and three plans. A lone
-//! trigger is written at once, as before, by [`runs::run_create`]: batching adds no
-//! latency, it only shares what would otherwise wait.
+//! the queue ([`super::group_commit::GroupCommit`], the ends' queue) as one statement
+//! that is its own transaction ([`super::autocommit`]): data-modifying CTEs insert every
+//! run, every job and every event from one array per column (`INSERT … SELECT FROM
+//! unnest(…)`). A batch of any size, a lone trigger included, costs one message, one
+//! plan and one commit; batching adds no latency, it only shares what would otherwise
+//! wait.
 //!
-//! Each run is durable before its caller hears of it (the answer is sent after COMMIT).
-//! A batch that fails for another reason than the database being out of reach is
-//! written again one run at a time, so one run that cannot be stored fails alone; an
-//! answer lost at COMMIT is ambiguous for every run of the batch, and each caller reads
-//! its own run back by id (`scheduler/create.rs`), as for a lone run. So is a batch
-//! whose writer is cancelled mid-way (its HTTP client went away): the others hear
-//! "ambiguous", read back, and create their runs again if that transaction never
+//! Each run is durable before its caller hears of it (the answer is sent after the
+//! statement committed). A batch that fails for another reason than the database being
+//! out of reach is written again one run at a time, so one run that cannot be stored
+//! fails alone; an answer lost on the way is ambiguous for every run of the batch, and
+//! each caller reads its own run back by id (`scheduler/create.rs`). So is a batch whose
+//! writer is cancelled mid-way (its HTTP client went away): the others hear
+//! "ambiguous", read back, and create their runs again if that statement never
 //! committed.
 
 use super::group_commit::GroupCommit;
 use std::collections::HashMap;
 
+use super::autocommit::one_statement;
 use super::runs::{self, is_plain, shard_events};
-use super::{PgStore, StoreError, StoreResult, Tx, in_tx};
+use super::{PgStore, StoreError, StoreResult};
 use crate::store::{RunCreateParams, RunCreated, after, change};
 
 /// Plain run creations waiting to share a transaction.
@@ -50,23 +51,22 @@ pub(super) async fn run_create(s: &PgStore, p: RunCreateParams) -> StoreResult<R
         .await
 }
 
-/// Writes `batch` in one transaction; one answer per run, in order.
+/// Writes `batch` in one statement; one answer per run, in order.
 async fn write_batch(s: &PgStore, batch: Vec<RunCreateParams>) -> Vec<StoreResult<RunCreated>> {
-    if batch.len() == 1 {
-        let p = batch.into_iter().next().expect("one run");
-        return vec![runs::run_create(s, p).await];
-    }
-    let written = in_tx!(s, "run_create", tx => create_all(tx, &batch).await?);
-    match written {
+    match create_all(s, &batch).await {
         Ok(created) => created.into_iter().map(Ok).collect(),
-        Err(e) if !e.is_unavailable() && !e.is_ambiguous() => {
+        Err(e) if batch.len() > 1 && !e.is_unavailable() && !e.is_ambiguous() => {
             tracing::debug!(
                 "a batch of {} run creations failed, writing them one by one: {e}",
                 batch.len()
             );
             let mut answers = Vec::with_capacity(batch.len());
             for p in batch {
-                answers.push(runs::run_create(s, p).await);
+                answers.push(
+                    create_all(s, std::slice::from_ref(&p))
+                        .await
+                        .map(|mut c| c.remove(0)),
+                );
             }
             answers
         }
@@ -74,33 +74,43 @@ async fn write_batch(s: &PgStore, batch: Vec<RunCreateParams>) -> Vec<StoreResul
     }
 }
 
-/// Every run of a batch, from one array per column (plain runs: no idempotency key, no
-/// kept shards); answers each run's id and whether its pipeline is paused.
-const INSERT_RUNS: &str = "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor,
-                                   created_at, has_finalizer, callback_url, rerun_of, shards_done, priority,
-                                   run_at, scheduled_for, workflow_run_id, workflow_step)
-     SELECT r.id, r.pipeline, 'queued', r.params, r.shard_count, r.triggered_by, r.actor, r.created_at,
-            r.has_finalizer, r.callback_url, r.rerun_of, 0, r.priority, r.run_at, r.scheduled_for, r.wf, r.step
-     FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::bigint[],
-                 $8::bool[], $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::bigint[],
-                 $14::text[], $15::text[])
-          AS r(id, pipeline, params, shard_count, triggered_by, actor, created_at, has_finalizer,
-               callback_url, rerun_of, priority, run_at, scheduled_for, wf, step)
-     RETURNING id, EXISTS (SELECT 1 FROM pipeline_state s WHERE s.pipeline = runs.pipeline AND s.paused)";
+/// Every run of a batch (plain runs: no idempotency key, no kept shards), their jobs and
+/// their events, from one array per column, in one statement (PostgreSQL runs every
+/// data-modifying CTE to its end, referenced or not); answers each run's id and whether
+/// its pipeline is paused. Event ids are the transaction's id, then the index, as
+/// [`super::tx`] numbers them.
+const INSERT_ALL: &str = "WITH new_runs AS (
+         INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, actor,
+                           created_at, has_finalizer, callback_url, rerun_of, shards_done, priority,
+                           run_at, scheduled_for, workflow_run_id, workflow_step)
+         SELECT r.id, r.pipeline, 'queued', r.params, r.shard_count, r.triggered_by, r.actor, r.created_at,
+                r.has_finalizer, r.callback_url, r.rerun_of, 0, r.priority, r.run_at, r.scheduled_for, r.wf, r.step
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::bigint[],
+                     $8::bool[], $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::bigint[],
+                     $14::text[], $15::text[])
+              AS r(id, pipeline, params, shard_count, triggered_by, actor, created_at, has_finalizer,
+                   callback_url, rerun_of, priority, run_at, scheduled_for, wf, step)
+         RETURNING id, pipeline),
+     new_jobs AS (
+         INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts,
+                           retry_backoff_ms, on_orphan, max_orphan_requeues, run_after, created_at,
+                           retry_on, priority, held, ckey)
+         SELECT j.id, j.run_id, j.pipeline, j.idx, j.shard_count, 'queued', j.max_attempts, j.backoff,
+                j.on_orphan, j.max_requeues, j.run_after, j.created_at, j.retry_on, j.priority, j.held, j.ckey
+         FROM unnest($16::text[], $17::text[], $18::text[], $19::bigint[], $20::bigint[], $21::bigint[],
+                     $22::bigint[], $23::text[], $24::bigint[], $25::bigint[], $26::bigint[], $27::text[],
+                     $28::bigint[], $29::bool[], $30::text[])
+              AS j(id, run_id, pipeline, idx, shard_count, max_attempts, backoff, on_orphan, max_requeues,
+                   run_after, created_at, retry_on, priority, held, ckey)),
+     new_events AS (
+         INSERT INTO events (id, name, run_id, data, created_at)
+         SELECT (pg_current_xact_id()::text::bigint << 16) | e.n, e.name, e.run_id, e.data, e.at
+         FROM unnest($31::bigint[], $32::text[], $33::text[], $34::text[], $35::bigint[])
+              AS e(n, name, run_id, data, at))
+     SELECT n.id, EXISTS (SELECT 1 FROM pipeline_state s WHERE s.pipeline = n.pipeline AND s.paused)
+     FROM new_runs n";
 
-/// Every job of a batch's runs, from one array per column.
-const INSERT_JOBS: &str = "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status,
-                                   max_attempts, retry_backoff_ms, on_orphan, max_orphan_requeues, run_after,
-                                   created_at, retry_on, priority, held, ckey)
-     SELECT j.id, j.run_id, j.pipeline, j.idx, j.shard_count, 'queued', j.max_attempts, j.backoff,
-            j.on_orphan, j.max_requeues, j.run_after, j.created_at, j.retry_on, j.priority, j.held, j.ckey
-     FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
-                 $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::bigint[],
-                 $14::bool[], $15::text[])
-          AS j(id, run_id, pipeline, idx, shard_count, max_attempts, backoff, on_orphan, max_requeues,
-               run_after, created_at, retry_on, priority, held, ckey)";
-
-/// The batch's runs, one array per column of [`INSERT_RUNS`].
+/// The batch's runs, one array per column of [`INSERT_ALL`]'s run insert.
 #[derive(Default)]
 struct RunColumns<'p> {
     id: Vec<&'p str>,
@@ -120,7 +130,7 @@ struct RunColumns<'p> {
     workflow_step: Vec<Option<&'p str>>,
 }
 
-/// The batch's jobs, one array per column of [`INSERT_JOBS`].
+/// The batch's jobs, one array per column of [`INSERT_ALL`]'s job insert.
 #[derive(Default)]
 struct JobColumns<'p> {
     id: Vec<&'p str>,
@@ -187,19 +197,43 @@ fn columns(batch: &[RunCreateParams]) -> (RunColumns<'_>, JobColumns<'_>) {
     (r, j)
 }
 
-/// Inserts every run of `batch` (one statement), their jobs (one statement), then their
-/// events and COMMIT: one round trip and two plans, whatever the batch's size.
-async fn create_all(tx: &mut Tx, batch: &[RunCreateParams]) -> StoreResult<Vec<RunCreated>> {
-    tx.prepare(INSERT_RUNS).await?;
-    tx.prepare(INSERT_JOBS).await?;
+/// The batch's events (each run's `job:created`), one array per column of
+/// [`INSERT_ALL`]'s event insert.
+#[derive(Default)]
+struct EventColumns {
+    index: Vec<i64>,
+    name: Vec<&'static str>,
+    run_id: Vec<String>,
+    data: Vec<String>,
+    at: Vec<i64>,
+}
+
+fn event_columns(batch: &[RunCreateParams]) -> StoreResult<EventColumns> {
+    let mut e = EventColumns::default();
     for p in batch {
-        tx.emit_many(shard_events(p), p.now).await?;
+        for mut event in shard_events(p) {
+            e.index.push(e.index.len() as i64);
+            e.name.push(event.name.as_str());
+            e.data.push(event.data_text(p.now));
+            e.run_id.push(std::mem::take(&mut event.run_id));
+            e.at.push(p.now);
+        }
     }
-    tx.kinds |= change::WORK;
-    let events = tx.take_events();
+    if e.index.len() > 1 << 16 {
+        return Err(StoreError::internal(
+            "more than 65,536 events in one transaction",
+        ));
+    }
+    Ok(e)
+}
+
+/// Inserts every run of `batch`, their jobs and their events in one statement: one
+/// message, one plan and one commit, whatever the batch's size.
+async fn create_all(s: &PgStore, batch: &[RunCreateParams]) -> StoreResult<Vec<RunCreated>> {
     let (r, j) = columns(batch);
+    let e = event_columns(batch)?;
     type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
-    let run_values: [Param<'_>; 15] = [
+    let values: [Param<'_>; 35] = [
         &r.id,
         &r.pipeline,
         &r.params,
@@ -215,8 +249,6 @@ async fn create_all(tx: &mut Tx, batch: &[RunCreateParams]) -> StoreResult<Vec<R
         &r.scheduled_for,
         &r.workflow_run_id,
         &r.workflow_step,
-    ];
-    let job_values: [Param<'_>; 15] = [
         &j.id,
         &j.run_id,
         &j.pipeline,
@@ -232,16 +264,14 @@ async fn create_all(tx: &mut Tx, batch: &[RunCreateParams]) -> StoreResult<Vec<R
         &j.priority,
         &j.held,
         &j.ckey,
+        &e.index,
+        &e.name,
+        &e.run_id,
+        &e.data,
+        &e.at,
     ];
-    let tx = &*tx;
-    let sent = async {
-        tokio::try_join!(
-            biased;
-            tx.query(INSERT_RUNS, &run_values),
-            tx.exec(INSERT_JOBS, &job_values)
-        )
-    };
-    let (rows, _) = tx.commit_with(events, sent).await?;
+    let kinds = change::WORK | change::EVENTS;
+    let rows = one_statement(s, "run_create", kinds, INSERT_ALL, &values).await?;
     let paused: HashMap<String, bool> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
     batch
         .iter()

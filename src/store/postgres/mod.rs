@@ -52,6 +52,7 @@
 mod read;
 
 mod after;
+mod autocommit;
 mod cap_tokens;
 mod claim;
 mod claim_keyed;
