@@ -196,7 +196,6 @@ contract_tests!(
         claimers_with_and_without_a_global_cap_never_exceed_a_pipeline_cap,
         // races_runs.rs
         a_hundred_concurrent_identical_triggers_make_one_run,
-        concurrent_plain_triggers_each_store_their_run_jobs_and_events,
         last_two_shards_finishing_together_finalise_the_run_exactly_once,
         abort_finish_and_start_racing_on_one_run_never_deadlock,
         an_abort_racing_the_finalizers_end_wins,

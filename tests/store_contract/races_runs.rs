@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use runyard::model::{Reason, RunStatus};
 use runyard::store::{
-    AbortOutcome, JobClaimParams, JobStartParams, Outcome, PipelinePauseParams, RunCreated,
-    RunFilter,
+    AbortOutcome, JobClaimParams, JobStartParams, Outcome, RunCreated, RunFilter,
 };
 use tokio::task::JoinHandle;
 
@@ -375,71 +374,4 @@ pub async fn an_abort_racing_the_finalizers_end_wins(f: &Factory) {
         assert_eq!(run_completed_events(&*a, &run.run_id).await, 1);
     }
     eprintln!("{}: {aborted} of {RUNS} aborts landed first", f.name());
-}
-
-/// Plain triggers arriving together on one handle share transactions on PostgreSQL (one
-/// statement for a whole batch): every one of them still gets its own run, its jobs, one
-/// `job:created` per job and, where the store says, whether its pipeline is paused.
-pub async fn concurrent_plain_triggers_each_store_their_run_jobs_and_events(f: &Factory) {
-    const TRIGGERS: usize = 96;
-    let store = f.store().await;
-    let paused = PipelinePauseParams {
-        pipeline: "held".into(),
-        paused: true,
-        actor: None,
-        now: 1,
-    };
-    assert!(ok("pause", store.pipeline_pause(paused)).await);
-    let start = Arc::new(tokio::sync::Barrier::new(TRIGGERS));
-    let mut tasks = Vec::new();
-    for i in 0..TRIGGERS {
-        let (store, start) = (store.clone(), start.clone());
-        tasks.push(tokio::spawn(async move {
-            let pipeline = if i % 4 == 0 { "held" } else { "p" };
-            let p = run_params(pipeline, 1 + (i % 3) as u32);
-            start.wait().await;
-            let created = ok("run_create", store.run_create(p.clone())).await;
-            (p, created)
-        }));
-    }
-    let mut shards: HashMap<&str, u64> = HashMap::new();
-    let mut jobs = Vec::new();
-    for t in tasks {
-        let (p, created) = join("a trigger", t).await;
-        assert_eq!(created.run_id, p.run_id, "each trigger answers its own run");
-        assert_eq!(created.job_ids, p.job_ids, "and its own jobs");
-        assert!(!created.existing, "no plain trigger finds an existing run");
-        let on_held = p.pipeline == "held";
-        // `None`: the store did not read it (the caller asks `pipelines_paused`).
-        if let Some(paused) = created.paused {
-            assert_eq!(paused, on_held, "paused says the run's pipeline");
-        }
-        *shards
-            .entry(if on_held { "held" } else { "p" })
-            .or_default() += p.job_ids.len() as u64;
-        jobs.extend(p.job_ids);
-    }
-    let counts = ok("pipeline_counts", store.pipeline_counts()).await;
-    for (pipeline, n) in shards {
-        assert_eq!(
-            counts[pipeline].queued, n,
-            "every job of {pipeline} is queued"
-        );
-    }
-    let events = events_settled(&*store).await;
-    let mut announced: Vec<String> = events
-        .iter()
-        .filter(|e| e.name == "job:created")
-        .map(|e| {
-            let data: serde_json::Value = serde_json::from_str(&e.data).expect("event JSON");
-            data["jobId"].as_str().expect("a job id").to_string()
-        })
-        .collect();
-    announced.sort();
-    jobs.sort();
-    assert_eq!(announced, jobs, "one job:created per job, no more");
-    assert!(
-        events.windows(2).all(|w| w[0].id < w[1].id),
-        "event ids are unique and read in order"
-    );
 }
