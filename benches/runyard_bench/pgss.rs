@@ -49,6 +49,16 @@ fn psql(url: &str, sql: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// What one drain sent and cost, by runyard's count and the server's.
+struct Measured {
+    ours: u64,
+    our_commits: u64,
+    seen: u64,
+    commits: u64,
+    flushes: u64,
+    top: String,
+}
+
 pub async fn bench_pgss(runs: usize) {
     println!(
         "[statements] statements per run, runyard's count against pg_stat_statements in a throwaway cluster"
@@ -109,18 +119,19 @@ pub async fn bench_pgss(runs: usize) {
         .await;
         let http = reqwest::Client::new();
         // Only the drain and its triggers: reset after start-up (migrations, registration).
-        psql(&url, "SELECT pg_stat_statements_reset()")?;
+        psql(
+            &url,
+            "SELECT pg_stat_statements_reset(), pg_stat_reset_shared('wal')",
+        )?;
         let (_, ids) = ingest(&server.base, "noop", runs, 16).await;
         let last = format!("{}/api/runs/{}", server.base, ids.iter().max().unwrap());
         wait_finished(&http, &last, Duration::from_millis(20)).await;
         while counts(&http, &server.base, "noop").await != (0, 0) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let ours: u64 = store_traffic(&http, &server.base)
-            .await
-            .values()
-            .map(|(statements, _)| statements)
-            .sum();
+        let traffic = store_traffic(&http, &server.base).await;
+        let ours: u64 = traffic.values().map(|(statements, _)| statements).sum();
+        let our_commits: u64 = traffic.values().map(|(_, commits)| commits).sum();
         // What the server executed for runyard's writes and reads: every statement
         // except the transaction's own BEGIN/COMMIT/ROLLBACK and this check's.
         let seen = psql(
@@ -142,7 +153,17 @@ pub async fn bench_pgss(runs: usize) {
              ORDER BY total_exec_time DESC LIMIT 8",
         )
         .unwrap_or_default();
-        Some((ours, seen.parse::<u64>().ok()?, transactions.parse::<u64>().ok()?, top))
+        // Every commit that wrote, a one-statement transaction's included (no COMMIT
+        // statement to see), flushes the WAL unless another flush covered it.
+        let flushes = psql(&url, "SELECT wal_sync FROM pg_stat_wal")?;
+        Some(Measured {
+            ours,
+            our_commits,
+            seen: seen.parse().ok()?,
+            commits: transactions.parse().ok()?,
+            flushes: flushes.parse().ok()?,
+            top,
+        })
     }
     .await;
     pg(
@@ -150,17 +171,20 @@ pub async fn bench_pgss(runs: usize) {
         &["-D", data.to_str().unwrap(), "-m", "fast", "stop"],
     );
     match measured {
-        Some((ours, seen, commits, top)) => {
+        Some(m) => {
             let per = |n: u64| n as f64 / runs as f64;
             println!(
-                "    {runs} runs: runyard counted {:.2} write statements per run; the server executed {:.2} \
-                 statements per run (writes and reads, without BEGIN/COMMIT) and {:.2} COMMITs\n",
-                per(ours),
-                per(seen),
-                per(commits)
+                "    {runs} runs: runyard counted {:.2} write statements and {:.2} commits per run; the server \
+                 executed {:.2} statements per run (writes and reads, without BEGIN/COMMIT), {:.2} COMMIT \
+                 statements, and flushed its WAL {:.2} times per run (pg_stat_wal)\n",
+                per(m.ours),
+                per(m.our_commits),
+                per(m.seen),
+                per(m.commits),
+                per(m.flushes)
             );
             println!("    the server's time by statement (total | calls | mean | statement):");
-            for line in top.lines() {
+            for line in m.top.lines() {
                 println!("      {line}");
             }
             println!();
