@@ -97,145 +97,94 @@ pub(super) async fn claim_in_tx(
     {
         return claim_keyed_capped(tx, p, plan).await;
     }
-    let statement = ClaimStatement::new(p, &plan);
-    let mut out = ClaimOutcome {
-        jobs: statement.run(tx).await?,
-        next_due: None,
+    let mut rooms = Rows::new(&[("name", "text"), ("room", "bigint")]);
+    for (name, room) in &plan.rooms {
+        rooms.push(vec![Box::new(name.clone()), Box::new(*room as i64)]);
+    }
+    let rooms_sql = if rooms.len() == 0 {
+        "(SELECT NULL::text, NULL::bigint WHERE false) AS q(name, room)".to_string()
+    } else {
+        rooms.sql("q", 5)
     };
-    if out.jobs.len() < plan.want || plan.want == 0 {
-        out.next_due = tx
-            .query_opt(
-                "SELECT min(run_after) FROM jobs WHERE status = 'queued' AND held",
-                &[],
-            )
-            .await?
-            .and_then(|r| r.get::<_, Option<i64>>(0));
+    let want = plan.want as i64;
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&p.node_id, &p.now, &RELEASE_BATCH, &want];
+    params.extend(rooms.params());
+    // Held jobs that fell due are candidates as they are (from their own index, by due
+    // time), and the rest of them are released into the claim index (`due`: disjoint
+    // from the picked rows, as one statement may not update a row twice); rows another
+    // claim is releasing are skipped, not waited for. `claimed` updates the picked rows by
+    // `seq` alone: they are locked `FOR UPDATE` with their `status = 'queued'` rechecked,
+    // so they are still queued; a status condition there let the planner drive the update
+    // from the queue's partial index (`jobs_ready`), every queued job against every
+    // picked one, whenever stale statistics said the queue was nearly empty
+    // (`auto_explain` in `throughput`: 4 ms for 7 jobs among 400 queued).
+    let global_cap = p.global_cap as i64;
+    if p.global_cap > 0 {
+        params.push(&global_cap);
     }
-    Ok(out)
-}
-
-/// The claim as one statement: what [`claim_in_tx`] sends once the pipeline caps are
-/// counted, and what a finish sends with its COMMIT when no pipeline cap or keyed
-/// pipeline needs statements first ([`ClaimStatement::alone`]).
-pub(super) struct ClaimStatement<'p> {
-    p: &'p JobClaimParams,
-    pub(super) sql: String,
-    rooms: Rows,
-    want: i64,
-    global_cap: i64,
-}
-
-impl<'p> ClaimStatement<'p> {
-    /// The claim of `p`, when it needs no statement before its own (no pipeline cap to
-    /// count, no keyed pipeline); the global cap is met inside it, by tokens.
-    pub(super) fn alone(p: &'p JobClaimParams) -> Option<Self> {
-        let counted = p
-            .pipelines
-            .iter()
-            .any(|(name, cap)| *cap > 0 || p.keyed.contains_key(name));
-        (!counted).then(|| ClaimStatement::new(p, &claim_plan::plan_under(p, &HashMap::new(), 0)))
-    }
-
-    fn new(p: &'p JobClaimParams, plan: &claim_plan::ClaimPlan) -> Self {
-        let mut rooms = Rows::new(&[("name", "text"), ("room", "bigint")]);
-        for (name, room) in &plan.rooms {
-            rooms.push(vec![Box::new(name.clone()), Box::new(*room as i64)]);
-        }
-        let rooms_sql = if rooms.len() == 0 {
-            "(SELECT NULL::text, NULL::bigint WHERE false) AS q(name, room)".to_string()
-        } else {
-            rooms.sql("q", 5)
-        };
-        // $1 node, $2 now, $3 release batch, $4 want, the rooms, then the global cap.
-        let global_param = 5 + rooms.params().len();
-        // Held jobs that fell due are candidates as they are (from their own index, by due
-        // time), and the rest of them are released into the claim index (`due`: disjoint
-        // from the picked rows, as one statement may not update a row twice); rows another
-        // claim is releasing are skipped, not waited for. `claimed` updates the picked rows by
-        // `seq` alone: they are locked `FOR UPDATE` with their `status = 'queued'` rechecked,
-        // so they are still queued; a status condition there let the planner drive the update
-        // from the queue's partial index (`jobs_ready`), every queued job against every
-        // picked one, whenever stale statistics said the queue was nearly empty
-        // (`auto_explain` in `throughput`: 4 ms for 7 jobs among 400 queued).
-        // Under the global cap: lock free tokens (`tok`), pick no more jobs than tokens, pair
-        // them in claim order, and mark each token held by its job.
-        let (tokens, guard, limit, pair, slot, hold) = if p.global_cap > 0 {
-            (
-                format!("{},\n", cap_tokens::locked_tokens(global_param)),
-                cap_tokens::ANY_CLAIMABLE,
-                cap_tokens::CLAIMABLE,
-                "pair AS (SELECT p.seq, tok.slot FROM (SELECT seq, row_number() OVER (ORDER BY priority DESC, seq) AS n
-                                                     FROM pick) p JOIN tok ON tok.n = p.n),",
-                "pair.slot",
-                ",\n                  hold AS (UPDATE cap_tokens t SET job_seq = c.seq FROM claimed c WHERE t.slot = c.cap_slot)",
-            )
-        } else {
-            (
-                String::new(),
-                "",
-                "$4",
-                "pair AS (SELECT seq, NULL::bigint AS slot FROM pick),",
-                "NULL",
-                "",
-            )
-        };
-        let sql = format!("WITH {tokens}me AS (SELECT 1 FROM nodes WHERE id = $1 FOR KEY SHARE),
-                      rooms AS (SELECT q.name, q.room FROM {rooms_sql}
-                                WHERE EXISTS (SELECT 1 FROM me){guard}
-                                  AND NOT EXISTS (SELECT 1 FROM pipeline_state ps
-                                                  WHERE ps.pipeline = q.name AND ps.paused)),
-                      ready AS (SELECT c.seq, c.priority FROM rooms q CROSS JOIN LATERAL (
-                                    SELECT j.seq, j.priority FROM jobs j
-                                    WHERE j.status = 'queued' AND j.pipeline = q.name AND j.held = false
-                                          AND j.run_after <= $2
-                                    ORDER BY j.priority DESC, j.seq LIMIT q.room
-                                    FOR UPDATE SKIP LOCKED) c),
-                      ripe AS (SELECT c.seq, c.priority FROM rooms q CROSS JOIN LATERAL (
-                                   SELECT j.seq, j.priority FROM jobs j
-                                   WHERE j.status = 'queued' AND j.held AND j.run_after <= $2 AND j.pipeline = q.name
-                                   ORDER BY j.run_after LIMIT q.room
-                                   FOR UPDATE SKIP LOCKED) c),
-                      cand AS (SELECT seq, priority FROM ready UNION ALL SELECT seq, priority FROM ripe),
-                      pick AS (SELECT seq, priority FROM cand ORDER BY priority DESC, seq LIMIT {limit}),
-                      {pair}
-                      due AS (UPDATE jobs SET held = false WHERE EXISTS (SELECT 1 FROM me) AND seq IN (
-                                  SELECT seq FROM jobs WHERE status = 'queued' AND held AND run_after <= $2
-                                  ORDER BY run_after LIMIT $3 FOR UPDATE SKIP LOCKED)
-                                AND seq NOT IN (SELECT seq FROM pick)),
-                      claimed AS (
-                          UPDATE jobs j SET status = 'running', claim_seq = j.claim_seq + 1, node_id = $1,
-                                 claimed_at = $2, pid = NULL, proc_start = NULL, started_at = NULL,
-                                 exit_code = NULL, abort_requested = false, held = false, cap_slot = {slot}
-                          FROM pair WHERE j.seq = pair.seq
-                          RETURNING j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt,
-                                    j.kind, j.run_after, j.priority, j.claim_seq, j.output_lines, j.cap_slot){hold}
-                 SELECT c.id, c.run_id, c.pipeline, c.shard_index, c.shard_count, c.attempt, r.params, c.kind,
-                        c.run_after, c.priority, c.claim_seq, c.output_lines, r.after_when IS NOT NULL
-                 FROM claimed c JOIN runs r ON r.id = c.run_id
-                 ORDER BY c.priority DESC, c.seq");
-        ClaimStatement {
-            p,
-            sql,
-            rooms,
-            want: plan.want as i64,
-            global_cap: p.global_cap as i64,
-        }
-    }
-
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        let mut params: Vec<&(dyn ToSql + Sync)> =
-            vec![&self.p.node_id, &self.p.now, &RELEASE_BATCH, &self.want];
-        params.extend(self.rooms.params());
-        if self.global_cap > 0 {
-            params.push(&self.global_cap);
-        }
-        params
-    }
-
-    /// Sends the claim (at once when its statement is prepared); the jobs claimed.
-    pub(super) async fn run(&self, tx: &Tx) -> StoreResult<Vec<ClaimedJob>> {
-        let rows = tx.query(&self.sql, &self.params()).await?;
-        Ok(rows
+    // Under the global cap: lock free tokens (`tok`), pick no more jobs than tokens, pair
+    // them in claim order, and mark each token held by its job.
+    let (tokens, guard, limit, pair, slot, hold) = if p.global_cap > 0 {
+        (
+            format!("{},\n", cap_tokens::locked_tokens(params.len())),
+            cap_tokens::ANY_CLAIMABLE,
+            cap_tokens::CLAIMABLE,
+            "pair AS (SELECT p.seq, tok.slot FROM (SELECT seq, row_number() OVER (ORDER BY priority DESC, seq) AS n
+                                                 FROM pick) p JOIN tok ON tok.n = p.n),",
+            "pair.slot",
+            ",\n                  hold AS (UPDATE cap_tokens t SET job_seq = c.seq FROM claimed c WHERE t.slot = c.cap_slot)",
+        )
+    } else {
+        (
+            String::new(),
+            "",
+            "$4",
+            "pair AS (SELECT seq, NULL::bigint AS slot FROM pick),",
+            "NULL",
+            "",
+        )
+    };
+    let rows = tx
+        .query(
+            &format!("WITH {tokens}me AS (SELECT 1 FROM nodes WHERE id = $1 FOR KEY SHARE),
+                  rooms AS (SELECT q.name, q.room FROM {rooms_sql}
+                            WHERE EXISTS (SELECT 1 FROM me){guard}
+                              AND NOT EXISTS (SELECT 1 FROM pipeline_state ps
+                                              WHERE ps.pipeline = q.name AND ps.paused)),
+                  ready AS (SELECT c.seq, c.priority FROM rooms q CROSS JOIN LATERAL (
+                                SELECT j.seq, j.priority FROM jobs j
+                                WHERE j.status = 'queued' AND j.pipeline = q.name AND j.held = false
+                                      AND j.run_after <= $2
+                                ORDER BY j.priority DESC, j.seq LIMIT q.room
+                                FOR UPDATE SKIP LOCKED) c),
+                  ripe AS (SELECT c.seq, c.priority FROM rooms q CROSS JOIN LATERAL (
+                               SELECT j.seq, j.priority FROM jobs j
+                               WHERE j.status = 'queued' AND j.held AND j.run_after <= $2 AND j.pipeline = q.name
+                               ORDER BY j.run_after LIMIT q.room
+                               FOR UPDATE SKIP LOCKED) c),
+                  cand AS (SELECT seq, priority FROM ready UNION ALL SELECT seq, priority FROM ripe),
+                  pick AS (SELECT seq, priority FROM cand ORDER BY priority DESC, seq LIMIT {limit}),
+                  {pair}
+                  due AS (UPDATE jobs SET held = false WHERE EXISTS (SELECT 1 FROM me) AND seq IN (
+                              SELECT seq FROM jobs WHERE status = 'queued' AND held AND run_after <= $2
+                              ORDER BY run_after LIMIT $3 FOR UPDATE SKIP LOCKED)
+                            AND seq NOT IN (SELECT seq FROM pick)),
+                  claimed AS (
+                      UPDATE jobs j SET status = 'running', claim_seq = j.claim_seq + 1, node_id = $1,
+                             claimed_at = $2, pid = NULL, proc_start = NULL, started_at = NULL,
+                             exit_code = NULL, abort_requested = false, held = false, cap_slot = {slot}
+                      FROM pair WHERE j.seq = pair.seq
+                      RETURNING j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt,
+                                j.kind, j.run_after, j.priority, j.claim_seq, j.output_lines, j.cap_slot){hold}
+             SELECT c.id, c.run_id, c.pipeline, c.shard_index, c.shard_count, c.attempt, r.params, c.kind,
+                    c.run_after, c.priority, c.claim_seq, c.output_lines, r.after_when IS NOT NULL
+             FROM claimed c JOIN runs r ON r.id = c.run_id
+             ORDER BY c.priority DESC, c.seq"),
+            &params,
+        )
+        .await?;
+    let mut out = ClaimOutcome {
+        jobs: rows
             .iter()
             .map(|r| {
                 let params: String = r.get(6);
@@ -256,9 +205,21 @@ impl<'p> ClaimStatement<'p> {
                     has_needs: r.get(12),
                 }
             })
-            .collect())
+            .collect(),
+        next_due: None,
+    };
+    if out.jobs.len() < plan.want || plan.want == 0 {
+        out.next_due = tx
+            .query_opt(
+                "SELECT min(run_after) FROM jobs WHERE status = 'queued' AND held",
+                &[],
+            )
+            .await?
+            .and_then(|r| r.get::<_, Option<i64>>(0));
     }
+    Ok(out)
 }
+
 /// The keyed claim (statements of its own) under the global cap: locks free tokens
 /// first, claims at most that many, and gives them to what it claimed.
 async fn claim_keyed_capped(

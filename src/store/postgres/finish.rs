@@ -6,7 +6,7 @@
 //! size costs, in the common case (completions, shards, no finalizer, no webhook): the
 //! fenced read of all its jobs, the write of their ends (`UPDATE … FROM (VALUES …)`)
 //! and the landing of their runs, sent together; then the runs' terminal update, the
-//! claim, the events and COMMIT, sent together: two round trips. Rare paths (a retry or requeue
+//! events and the claim, sent together; then COMMIT. Rare paths (a retry or requeue
 //! decided from the row, a finalizer queued or ended, a webhook's outbox row, a
 //! multi-shard run's shard statuses) add statements only when they occur.
 //!
@@ -18,11 +18,11 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::claim::{CapWait, ClaimStatement, claim_in_tx};
+use super::claim::{CapWait, claim_in_tx};
 use super::finish_rows::{end_rows, ends_sql, fences_sql, id_rows, read_fences, write_ends};
 use super::landing::{
-    EndFact, Finalizer, Landing, TERMINAL, land_query, land_sql, landed, terminal_row,
-    terminal_sql, touch_rows, touches, turn_terminal, write_terminal,
+    EndFact, Finalizer, Landing, TERMINAL, land_query, land_sql, landed, terminal_row, touch_rows,
+    touches, turn_terminal, write_terminal,
 };
 use super::rows::Rows;
 use super::{StoreError, StoreResult, Tx};
@@ -48,8 +48,8 @@ struct Ending<'p> {
 /// Statements that do not wait on each other's answers go out together (tokio-postgres
 /// pipelines the queries of one connection that are awaited at once): the fenced read
 /// with the write (and the landing) when every end is decided without its row, and the
-/// runs' terminal update with the events, the claim and COMMIT. A batch of completions
-/// costs two round trips (BEGIN rides with the first, COMMIT with the second).
+/// runs' terminal update with the events and the claim. A batch of completions costs two
+/// round trips and COMMIT (BEGIN rides with the first).
 pub(super) async fn finish_batch(
     tx: &mut Tx,
     batch: &[JobFinishParams],
@@ -213,8 +213,7 @@ pub(super) async fn finish_batch(
 }
 
 /// Ends the runs that landed, writes the transaction's events and claims, in one round
-/// trip with COMMIT unless a run's webhook needs its summary read first or the claim
-/// counts a pipeline cap first (then COMMIT follows on its own).
+/// trip unless a run's webhook needs its summary read first.
 async fn end_runs(
     tx: &mut Tx,
     landing: Landing,
@@ -268,19 +267,6 @@ async fn end_runs(
         ended.push((run_id.clone(), *status));
     }
     let events = tx.take_events();
-    // The claim alone in one statement (no pipeline cap to count first): everything left
-    // goes out with COMMIT, in one round trip. Both statements are prepared first, so
-    // each is sent, in order, before COMMIT.
-    let alone = claim.map(ClaimStatement::alone);
-    let with_commit = !matches!(alone, Some(None));
-    if with_commit {
-        if !ended.is_empty() {
-            tx.prepare(&terminal_sql(&ends)).await?;
-        }
-        if let Some(Some(c)) = &alone {
-            tx.prepare(&c.sql).await?;
-        }
-    }
     let tx = &*tx;
     let terminal = async {
         if ended.is_empty() {
@@ -288,31 +274,15 @@ async fn end_runs(
         }
         write_terminal(tx, &ends, now).await.map(|rows| rows.len())
     };
-    let (turned, claimed) = if with_commit {
-        let claimed = async {
-            match &alone {
-                Some(Some(c)) => c.run(tx).await,
-                _ => Ok(Vec::new()),
-            }
-        };
-        tx.commit_with(events, async {
-            tokio::try_join!(biased; terminal, claimed)
-        })
-        .await?
-    } else {
-        let claimed = async {
-            match claim {
-                Some(c) => Ok(claim_in_tx(tx, c, CapWait::Try).await?.jobs),
-                None => Ok(Vec::new()),
-            }
-        };
-        let (turned, (), claimed) =
-            tokio::try_join!(biased; terminal, tx.insert_events(events), claimed)?;
-        (turned, claimed)
+    let claimed = async {
+        match claim {
+            Some(c) => Ok(claim_in_tx(tx, c, CapWait::Try).await?.jobs),
+            None => Ok(Vec::new()),
+        }
     };
+    let (turned, (), claimed) =
+        tokio::try_join!(biased; terminal, tx.insert_events(events), claimed)?;
     if turned != ended.len() {
-        // The landing locked these runs unfinished: a bug, not a race (and after COMMIT
-        // when it went with the claim).
         return Err(StoreError::internal(format!(
             "{turned} runs turned terminal where {} were expected",
             ended.len()

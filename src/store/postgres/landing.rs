@@ -211,20 +211,19 @@ pub(super) async fn write_terminal(
 ) -> StoreResult<Vec<tokio_postgres::Row>> {
     let mut params = ends.params();
     params.push(&now);
-    tx.query(&terminal_sql(ends), &params).await
-}
-
-/// The statement of [`write_terminal`] (to prepare it before it is sent with others).
-pub(super) fn terminal_sql(ends: &Rows) -> String {
-    format!(
-        "UPDATE runs r SET status = u.status, finished_at = ${}, shards_status = COALESCE(u.shards, r.shards_status)
-         FROM {}
-         WHERE r.id = u.id AND r.finished_at IS NULL
-         RETURNING r.id, r.pipeline, r.shard_count, r.callback_url, r.aborted_by, r.has_dependents,
-                   r.workflow_run_id",
-        ends.params().len() + 1,
-        ends.sql("u", 1)
+    tx.query(
+        &format!(
+            "UPDATE runs r SET status = u.status, finished_at = ${}, shards_status = COALESCE(u.shards, r.shards_status)
+             FROM {}
+             WHERE r.id = u.id AND r.finished_at IS NULL
+             RETURNING r.id, r.pipeline, r.shard_count, r.callback_url, r.aborted_by, r.has_dependents,
+                       r.workflow_run_id",
+            params.len(),
+            ends.sql("u", 1)
+        ),
+        &params,
     )
+    .await
 }
 
 /// Queues the run's finalizer (once) after its last shard landed.
