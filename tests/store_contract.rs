@@ -212,5 +212,7 @@ contract_tests!(
     [
         // batches.rs
         a_batch_failing_by_serialization_or_a_lost_connection_loses_and_doubles_no_end,
+        // triggers.rs
+        plain_triggers_whose_connection_is_lost_are_stored_exactly_when_answered_so,
     ]
 );

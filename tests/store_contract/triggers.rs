@@ -227,3 +227,88 @@ async fn all_at_once(
     }
     answers
 }
+
+/// Plain triggers on PostgreSQL share one statement that is its own transaction, so a
+/// connection lost under it leaves the caller unsure. What the caller hears must say
+/// what happened: a run answered created is stored, with its jobs and their
+/// `job:created` events; one answered "unavailable" (nothing was sent) is not; only
+/// "ambiguous" may be either, and the scheduler reads those back by id. Connections are
+/// cut while waves of triggers are in flight, until enough answers were lost.
+pub async fn plain_triggers_whose_connection_is_lost_are_stored_exactly_when_answered_so(
+    f: &Factory,
+) {
+    const WAVE: usize = 24;
+    let (flaky, proxy) = f
+        .open_through_proxy()
+        .await
+        .expect("a PostgreSQL store to fault");
+    let store = f.store().await;
+    let deadline = std::time::Instant::now() + CALL_LIMIT;
+    let (mut created, mut unsent, mut unknown) = (Vec::new(), Vec::new(), 0usize);
+    while unsent.len() + unknown < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cutting connections lost only {} answers in {CALL_LIMIT:?}",
+            unsent.len() + unknown
+        );
+        let wave: Vec<RunCreateParams> = (0..WAVE)
+            .map(|i| run_params("p", 1 + (i % 3) as u32))
+            .collect();
+        let tasks: Vec<_> = wave
+            .iter()
+            .cloned()
+            .map(|p| {
+                let flaky = flaky.clone();
+                tokio::spawn(async move { flaky.run_create(p).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        proxy.cut();
+        proxy.heal();
+        for (p, task) in wave.into_iter().zip(tasks) {
+            match join("a trigger", task).await {
+                Ok(answer) => {
+                    assert_eq!(answer.run_id, p.run_id);
+                    created.push(p);
+                }
+                Err(e) if e.is_ambiguous() => unknown += 1,
+                Err(e) if e.is_unavailable() => unsent.push(p),
+                Err(e) => panic!("{}: a trigger failed for good: {e}", p.run_id),
+            }
+        }
+    }
+    for p in &created {
+        let run = ok("run_get", store.run_get(&p.run_id)).await;
+        assert!(
+            run.is_some(),
+            "run {} was answered created but is not stored",
+            p.run_id
+        );
+        let announced = ok("run_events", store.run_events(&p.run_id, 100))
+            .await
+            .iter()
+            .filter(|e| e.name == "job:created")
+            .count();
+        assert_eq!(
+            announced,
+            p.job_ids.len(),
+            "run {}: one job:created per job",
+            p.run_id
+        );
+    }
+    for p in &unsent {
+        let run = ok("run_get", store.run_get(&p.run_id)).await;
+        assert!(
+            run.is_none(),
+            "run {} was answered unavailable (not sent) but is stored",
+            p.run_id
+        );
+    }
+    let counts = ok("pipeline_counts", store.pipeline_counts()).await;
+    let stored_jobs = counts.get("p").map_or(0, |c| c.queued);
+    let answered_jobs: u64 = created.iter().map(|p| p.job_ids.len() as u64).sum();
+    assert!(
+        stored_jobs >= answered_jobs,
+        "{stored_jobs} jobs queued where the runs answered created have {answered_jobs}"
+    );
+}
