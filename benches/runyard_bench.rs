@@ -433,6 +433,22 @@ async fn bench_ingest(pg: Option<&str>, n: usize, rounds: usize) {
                 machine / n as f64 * 1e6,
                 machine / secs / cores * 100.0
             );
+            let traffic = store_traffic(&reqwest::Client::new(), &server.base).await;
+            let per_run: Vec<String> = traffic
+                .iter()
+                .filter(|(_, (statements, _))| *statements > 0)
+                .map(|(op, (statements, commits))| {
+                    format!(
+                        "{op} {:.2}/{:.2}",
+                        *statements as f64 / n as f64,
+                        *commits as f64 / n as f64
+                    )
+                })
+                .collect();
+            println!(
+                "        store traffic per trigger (statements/commits): {}",
+                per_run.join(", ")
+            );
             rates[k].push(rate);
         }
     }
