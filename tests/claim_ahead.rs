@@ -91,3 +91,64 @@ command = ["true"]
         .expect("long ended");
     assert!(long_ended < started, "one process at a time on one slot");
 }
+
+/// Claim statements this node has sent so far (`runyard_store_statements_total`).
+async fn claim_statements(s: &TestServer) -> u64 {
+    let text = common::metrics_text(&s.http, &s.base)
+        .await
+        .expect("/metrics");
+    common::metric_by_label(&text, "runyard_store_statements_total", "op")
+        .into_iter()
+        .filter(|(op, _)| op == "job_claim")
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// A node whose own jobs fill a pipeline's cap asks the store for nothing more: triggers
+/// arriving meanwhile wake its claim loop, which sends no claim (every one would find no
+/// room); and once the running job ends, the queue drains without a stall
+/// (`src/scheduler/claim.rs`, `full_here`).
+#[tokio::test]
+async fn a_node_whose_own_jobs_fill_the_cap_sends_no_claim_until_one_ends() {
+    const QUEUED: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let s = TestServer::start(
+        "max_workers = 2",
+        &format!(
+            r#"
+[pipelines.one]
+command = ["sh", "-c", "while [ ! -f {d}/go ]; do sleep 0.01; done"]
+concurrency = 1
+"#
+        ),
+    )
+    .await;
+    let mut events = s.events();
+    let (status, body) = s.trigger("one", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let first = body["runId"].as_str().unwrap().to_string();
+    events
+        .wait_for("job:started", |e| e["runId"] == first.as_str(), T)
+        .await;
+    let before = claim_statements(&s).await;
+    let mut runs = vec![first];
+    for _ in 0..QUEUED {
+        let (status, body) = s.trigger("one", json!({})).await;
+        assert_eq!(status, 202, "{body}");
+        runs.push(body["runId"].as_str().unwrap().to_string());
+    }
+    // The last trigger's run is listed queued, so its WORK wake-up came and went.
+    let (_, view) = s.get(&format!("/api/runs/{}", runs[QUEUED])).await;
+    assert_eq!(view["status"], "queued", "{view}");
+    let sent = claim_statements(&s).await - before;
+    assert_eq!(
+        sent, 0,
+        "{QUEUED} triggers behind a full cap sent {sent} claim statements"
+    );
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    for run in &runs {
+        let done = s.wait_run(&mut events, run, T).await;
+        assert_eq!(done["status"], "completed", "{done}");
+    }
+}

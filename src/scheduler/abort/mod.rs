@@ -162,6 +162,18 @@ impl AbortRegistry {
             .collect()
     }
 
+    /// Local jobs by pipeline. A job is registered when its slot takes it (just after
+    /// its claim committed) and removed once its end is durable, or when an abort takes
+    /// it: so each count is at most what the store counts as running here, but for the
+    /// moment between an end's commit and its removal.
+    pub fn by_pipeline(&self) -> HashMap<String, u32> {
+        let mut counts = HashMap::new();
+        for h in self.lock().values() {
+            *counts.entry(h.pipeline.clone()).or_default() += 1;
+        }
+        counts
+    }
+
     /// Number of local jobs.
     pub fn len(&self) -> usize {
         self.lock().len()
