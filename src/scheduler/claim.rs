@@ -113,11 +113,15 @@ async fn claim_and_start(
 /// loop woken by each trigger (the WORK feed) would otherwise send a claim per batch of
 /// triggers that finds no room.
 fn full_here(inner: &Inner, p: &crate::store::JobClaimParams) -> bool {
+    let every_pipeline_capped = !p.pipelines.is_empty() && p.pipelines.values().all(|c| *c > 0);
+    if p.global_cap == 0 && !every_pipeline_capped {
+        return false; // some pipeline has room whatever runs here: no need to count
+    }
     let here = inner.registry.by_pipeline();
     let global = p.global_cap > 0 && here.values().sum::<u32>() as usize >= p.global_cap;
-    let every_pipeline = !p.pipelines.is_empty()
+    let every_pipeline = every_pipeline_capped
         && p.pipelines
             .iter()
-            .all(|(name, cap)| *cap > 0 && here.get(name).copied().unwrap_or(0) >= *cap);
+            .all(|(name, cap)| here.get(name).copied().unwrap_or(0) >= *cap);
     global || every_pipeline
 }
