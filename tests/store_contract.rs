@@ -37,6 +37,8 @@
 mod after;
 #[path = "store_contract/batches.rs"]
 mod batches;
+#[path = "store_contract/cap_share.rs"]
+mod cap_share;
 #[path = "store_contract/claims.rs"]
 mod claims;
 #[path = "store_contract/factory.rs"]
@@ -70,6 +72,7 @@ mod workflows;
 
 use after::*;
 use batches::*;
+use cap_share::*;
 use claims::*;
 use fencing::*;
 use finalization::*;
@@ -150,6 +153,8 @@ contract_tests!(
         only_registered_nodes_claim_and_stranded_jobs_are_found,
         orphan_requeue_keeps_the_attempt_and_is_capped,
         every_way_a_job_stops_running_frees_its_global_cap_unit,
+        // cap_share.rs
+        a_node_waiting_for_the_global_cap_gets_its_share_of_the_units,
         // fencing.rs
         stale_and_repeated_finishes_change_nothing,
         abort_racing_a_natural_finish_ends_each_job_exactly_once,

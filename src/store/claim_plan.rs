@@ -126,6 +126,17 @@ pub struct ClaimPlan {
     pub rooms: Vec<(String, usize)>,
 }
 
+impl ClaimPlan {
+    /// Takes at most `n` jobs in all (a pipeline's room is then at most `n` too).
+    pub fn limit(&mut self, n: usize) {
+        self.want = self.want.min(n);
+        for (_, room) in &mut self.rooms {
+            *room = (*room).min(self.want);
+        }
+        self.rooms.retain(|(_, room)| *room > 0);
+    }
+}
+
 /// The plan for `p` given the running jobs per pipeline (over every node).
 pub fn plan(p: &JobClaimParams, running: &HashMap<String, u32>) -> ClaimPlan {
     plan_under(p, running, p.global_cap)

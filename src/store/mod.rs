@@ -23,6 +23,7 @@
 //! the statement and commit counters in `traffic.rs`.
 
 pub mod after;
+pub mod cap_share;
 pub mod claim_plan;
 pub mod completion;
 mod error;

@@ -22,6 +22,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{PgStore, StoreResult, Tx, pg_err};
+use crate::store::JobClaimParams;
+use crate::store::cap_share::WAIT_FRESH_MS;
 
 /// The tokens of a cap: created once per store handle and cap (they are never removed;
 /// a lower cap leaves the higher ones unused).
@@ -69,29 +71,68 @@ pub(super) fn locked_tokens(cap_param: usize) -> String {
     )
 }
 
+/// CTEs `waiters` and `share` (the rule: `store::cap_share`): the other nodes waiting
+/// for a unit, and the most this claim may take: `$want` while none waits, else the
+/// node's fair share less the units it holds. The share's counts are read only while a
+/// node waits. Parameters by number: the node, now, the claim's want, the cap.
+pub(super) fn share(node: usize, now: usize, want: usize, cap: usize) -> String {
+    let holding = "SELECT node_id FROM jobs WHERE status = 'running' AND cap_slot IS NOT NULL";
+    format!(
+        "waiters AS (SELECT id FROM nodes WHERE id <> ${node} AND cap_wait_at >= ${now}::bigint - {WAIT_FRESH_MS}),
+                  share AS (SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM waiters) THEN ${want}::bigint ELSE GREATEST(0,
+                      (SELECT (${cap} + count(*)) / (1 + count(*))
+                       FROM (SELECT id FROM waiters UNION {holding} AND node_id <> ${node}) sharing)
+                      - (SELECT count(*) FROM ({holding} AND node_id = ${node}) mine)) END AS n)"
+    )
+}
+
 /// A condition of the fused claim's `rooms`: no queue is read when the cap has no unit
-/// free (a claim at the cap costs the token read, not the queue's).
-pub(super) const ANY_CLAIMABLE: &str =
-    "\n                              AND (SELECT count(*) FROM tok) > (SELECT n FROM untokened)";
+/// free for this claim (a claim at the cap costs the token read, not the queue's).
+pub(super) const ANY_CLAIMABLE: &str = "\n                              AND (SELECT count(*) FROM tok) > (SELECT n FROM untokened)
+                              AND (SELECT n FROM share) > 0";
 
 /// How many jobs the fused claim may pick: the tokens it locked, less the running jobs
-/// that hold none, at most `$4`.
-pub(super) const CLAIMABLE: &str =
-    "GREATEST(0, LEAST($4, (SELECT count(*) FROM tok) - (SELECT n FROM untokened)))";
+/// that hold none, at most `$4` and at most its `share`.
+pub(super) const CLAIMABLE: &str = "GREATEST(0, LEAST($4, (SELECT count(*) FROM tok) - (SELECT n FROM untokened), (SELECT n FROM share)))";
+
+/// CTE `mark` of the fused claim under the cap: records whether this claim waits for
+/// the cap (its node's `cap_wait_at`). It waits when the cap let it take fewer jobs than
+/// its `offered` rooms held and `$4` allowed, and some pipeline's first heads within
+/// its room include one not picked. Writes only when the node waits or stops waiting.
+pub(super) fn mark() -> String {
+    format!(
+        ",
+                  waits AS (SELECT CASE WHEN {CLAIMABLE} < LEAST($4, (SELECT sum(room) FROM offered)) THEN EXISTS (
+                                SELECT 1 FROM offered q CROSS JOIN LATERAL (
+                                    SELECT j.seq FROM jobs j
+                                    WHERE j.status = 'queued' AND j.pipeline = q.name AND j.held = false AND j.run_after <= $2
+                                    ORDER BY j.priority DESC, j.seq LIMIT q.room) h
+                                WHERE h.seq NOT IN (SELECT seq FROM pick))
+                            ELSE false END AS v),
+                  mark AS (UPDATE nodes SET cap_wait_at = CASE WHEN w.v THEN $2 END FROM waits w
+                           WHERE nodes.id = $1 AND (w.v OR nodes.cap_wait_at IS NOT NULL))"
+    )
+}
 
 /// Locks free tokens below `cap` for up to `want` jobs (for the keyed claim, which claims
-/// in statements of its own): their slots, of which the first [`Locked::usable`] may be
-/// given.
-pub(super) async fn lock(tx: &Tx, cap: usize, want: usize) -> StoreResult<Locked> {
+/// in statements of its own), no more than the node's fair share while another node
+/// waits: their slots, of which the first [`Locked::usable`] may be given.
+pub(super) async fn lock(tx: &Tx, p: &JobClaimParams, want: usize) -> StoreResult<Locked> {
     let rows = tx
         .query(
             &format!(
-                "WITH untokened AS ({UNTOKENED})
+                "WITH untokened AS ({UNTOKENED}), {share}
                  SELECT slot, (SELECT n FROM untokened) FROM cap_tokens
                  WHERE job_seq IS NULL AND slot < $1
-                 ORDER BY slot LIMIT $2 + (SELECT n FROM untokened) FOR UPDATE SKIP LOCKED"
+                 ORDER BY slot LIMIT (SELECT n FROM share) + (SELECT n FROM untokened) FOR UPDATE SKIP LOCKED",
+                share = share(3, 4, 2, 1),
             ),
-            &[&(cap as i64), &(want as i64)],
+            &[
+                &(p.global_cap as i64),
+                &(want as i64),
+                &p.node_id,
+                &p.now,
+            ],
         )
         .await?;
     let untokened = rows.first().map(|r| r.get::<_, i64>(1)).unwrap_or(0) as usize;

@@ -125,14 +125,22 @@ pub(super) async fn claim_in_tx(
     // Under the global cap: lock free tokens (`tok`), pick no more jobs than tokens, pair
     // them in claim order, and mark each token held by its job.
     let (tokens, guard, limit, pair, slot, hold) = if p.global_cap > 0 {
+        let cap = params.len();
         (
-            format!("{},\n", cap_tokens::locked_tokens(params.len())),
+            format!(
+                "{},\n                  {},\n",
+                cap_tokens::locked_tokens(cap),
+                cap_tokens::share(1, 2, 4, cap)
+            ),
             cap_tokens::ANY_CLAIMABLE,
             cap_tokens::CLAIMABLE,
             "pair AS (SELECT p.seq, tok.slot FROM (SELECT seq, row_number() OVER (ORDER BY priority DESC, seq) AS n
                                                  FROM pick) p JOIN tok ON tok.n = p.n),",
             "pair.slot",
-            ",\n                  hold AS (UPDATE cap_tokens t SET job_seq = c.seq FROM claimed c WHERE t.slot = c.cap_slot)",
+            format!(
+                ",\n                  hold AS (UPDATE cap_tokens t SET job_seq = c.seq FROM claimed c WHERE t.slot = c.cap_slot){}",
+                cap_tokens::mark()
+            ),
         )
     } else {
         (
@@ -141,16 +149,17 @@ pub(super) async fn claim_in_tx(
             "$4",
             "pair AS (SELECT seq, NULL::bigint AS slot FROM pick),",
             "NULL",
-            "",
+            String::new(),
         )
     };
     let rows = tx
         .query(
             &format!("WITH {tokens}me AS (SELECT 1 FROM nodes WHERE id = $1 FOR KEY SHARE),
-                  rooms AS (SELECT q.name, q.room FROM {rooms_sql}
-                            WHERE EXISTS (SELECT 1 FROM me){guard}
-                              AND NOT EXISTS (SELECT 1 FROM pipeline_state ps
-                                              WHERE ps.pipeline = q.name AND ps.paused)),
+                  offered AS (SELECT q.name, q.room FROM {rooms_sql}
+                              WHERE EXISTS (SELECT 1 FROM me)
+                                AND NOT EXISTS (SELECT 1 FROM pipeline_state ps
+                                                WHERE ps.pipeline = q.name AND ps.paused)),
+                  rooms AS (SELECT name, room FROM offered WHERE true{guard}),
                   ready AS (SELECT c.seq, c.priority FROM rooms q CROSS JOIN LATERAL (
                                 SELECT j.seq, j.priority FROM jobs j
                                 WHERE j.status = 'queued' AND j.pipeline = q.name AND j.held = false
@@ -230,12 +239,8 @@ async fn claim_keyed_capped(
     if p.global_cap == 0 {
         return super::claim_keyed::claim(tx, p, plan).await;
     }
-    let tokens = cap_tokens::lock(tx, p.global_cap, plan.want).await?;
-    plan.want = plan.want.min(tokens.usable());
-    for (_, room) in &mut plan.rooms {
-        *room = (*room).min(plan.want);
-    }
-    plan.rooms.retain(|(_, room)| *room > 0);
+    let tokens = cap_tokens::lock(tx, p, plan.want).await?;
+    plan.limit(tokens.usable());
     let out = super::claim_keyed::claim(tx, p, plan).await?;
     let ids: Vec<String> = out.jobs.iter().map(|j| j.id.clone()).collect();
     cap_tokens::assign(tx, &tokens.slots, &ids).await?;

@@ -65,13 +65,21 @@ pub(super) fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<
             running_by_key.insert((r.get(0)?, r.get(1)?), r.get(2)?);
         }
     }
-    let mut plan = claim_plan::plan(p, &running);
+    // The global cap is applied apart: its room may be a fair share (`cap_waits`), and
+    // whether it kept the claim short is recorded.
+    let mut plan = claim_plan::plan_under(p, &running, 0);
     if !plan.rooms.is_empty() {
         let paused: std::collections::HashSet<String> = conn
             .prepare_cached("SELECT pipeline FROM pipeline_state WHERE paused = 1")?
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         claim_plan::leave_out_paused(&mut plan, &paused);
+    }
+    let offered = plan.rooms.clone();
+    let wanted = plan.want.min(offered.iter().map(|(_, room)| room).sum());
+    let capped = p.global_cap > 0;
+    if capped {
+        plan.limit(cap_waits::room(conn, p, &running)?);
     }
     let mut want = plan.want;
     let mut out = ClaimOutcome::default();
@@ -122,6 +130,14 @@ pub(super) fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<
             want -= 1;
             out.jobs.push(job);
         }
+    }
+    if capped {
+        let unfilled: Vec<&str> = offered
+            .iter()
+            .filter(|(name, room)| out.jobs.iter().filter(|j| &j.pipeline == name).count() < *room)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        cap_waits::mark(conn, p, &unfilled, plan.want < wanted)?;
     }
     if want > 0 {
         out.next_due = conn

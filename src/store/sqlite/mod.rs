@@ -31,6 +31,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 mod after;
+mod cap_waits;
 mod claim;
 mod completion;
 mod connect;

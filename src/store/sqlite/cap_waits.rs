@@ -1,0 +1,67 @@
+//! The global cap's fair shares on SQLite (the rule: `store::cap_share`). Every running
+//! job counts against the cap here, so a node's units are its running jobs.
+
+use super::*;
+use crate::store::cap_share::{WAIT_FRESH_MS, fair_room};
+
+/// Units of the global cap a claim by `p.node_id` may take: the free ones, and while
+/// another node waits for one, no more than this node's fair share.
+pub(super) fn room(
+    conn: &Connection,
+    p: &JobClaimParams,
+    running: &HashMap<String, u32>,
+) -> StoreResult<usize> {
+    let total: usize = running.values().map(|n| *n as usize).sum();
+    let free = p.global_cap.saturating_sub(total);
+    let fresh = p.now - WAIT_FRESH_MS;
+    let waiting: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM nodes WHERE id <> ?1 AND cap_wait_at >= ?2)")?
+        .query_row(params![p.node_id, fresh], |r| r.get(0))?;
+    if !waiting {
+        return Ok(free);
+    }
+    let (mine, others): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'running' AND node_id = ?1),
+                    (SELECT COUNT(*) FROM (
+                        SELECT id FROM nodes WHERE id <> ?1 AND cap_wait_at >= ?2
+                        UNION SELECT node_id FROM jobs WHERE status = 'running' AND node_id <> ?1))",
+        )?
+        .query_row(params![p.node_id, fresh], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(free.min(fair_room(p.global_cap, mine as usize, others as usize)))
+}
+
+/// Records whether the claim just made waits for the global cap: `kept_short` (the cap
+/// allowed fewer jobs than the node had room for) and a ready job is left in one of the
+/// pipelines whose room the claim did not fill (`unfilled`). Writes only when the node
+/// waits, or stops waiting.
+pub(super) fn mark(
+    conn: &Connection,
+    p: &JobClaimParams,
+    unfilled: &[&str],
+    kept_short: bool,
+) -> StoreResult<()> {
+    let mut waits = false;
+    if kept_short {
+        let mut ready = conn.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_ready
+                            WHERE status = 'queued' AND pipeline = ?1 AND held = 0 AND run_after <= ?2)",
+        )?;
+        for name in unfilled.iter().filter(|name| !p.keyed.contains_key(**name)) {
+            if ready.query_row(params![name, p.now], |r| r.get::<_, bool>(0))? {
+                waits = true;
+                break;
+            }
+        }
+    }
+    if waits {
+        conn.prepare_cached("UPDATE nodes SET cap_wait_at = ?2 WHERE id = ?1")?
+            .execute(params![p.node_id, p.now])?;
+    } else {
+        conn.prepare_cached(
+            "UPDATE nodes SET cap_wait_at = NULL WHERE id = ?1 AND cap_wait_at IS NOT NULL",
+        )?
+        .execute(params![p.node_id])?;
+    }
+    Ok(())
+}
