@@ -415,22 +415,18 @@ async fn a_global_cap_holds_over_three_hosts_when_a_slot_holder_dies() {
     c.wait_nodes(0, 3).await;
     let mut events = EventWatcher::connect(c.base(0), 0);
     let mut runs = Vec::new();
-    // Triggered on hosts 1 and 2 only: their own triggers wake them at once, host 0 only
-    // at its change poll. Spread over all three, host 0 sometimes took all four units
-    // first and kept them (a finish's claim reuses the unit its end frees), so neither
-    // host 1 nor host 2 ever held one to kill (2 CI runs on 2026-12-05/06).
-    for k in 0..60 {
-        runs.push(trigger(&c, 1 + k % 2, "work", json!({})).await);
+    // Triggered on host 0 only: it hears of every run first and takes all four units, and
+    // its finishes' claims would reuse the units their ends free. Hosts 1 and 2 wait for a
+    // unit, so host 0 keeps to its fair share and each of them gets units while the queue
+    // is long (src/store/cap_share.rs). Without that, neither ever held one until host 0
+    // had drained the queue (2 CI runs on 2026-12-05/06).
+    for _ in 0..60 {
+        runs.push(trigger(&c, 0, "work", json!({})).await);
     }
-    // Kill a host that holds a slot (hosts 1 and 2 take some: their own triggers wake
-    // them first).
+    // Both waiting hosts get a unit; kill the last seen holding one.
     let looking = Instant::now();
+    let mut seen = [false; 3];
     let holder = loop {
-        assert!(
-            looking.elapsed() < T,
-            "within {T:?}, neither host 1 nor host 2 held a slot: {:?}",
-            running_by_node(&c, 0).await
-        );
         let by_node = running_by_node(&c, 0).await;
         let mut found = None;
         for i in 1..3 {
@@ -438,12 +434,17 @@ async fn a_global_cap_holds_over_three_hosts_when_a_slot_holder_dies() {
                 .get(&node_id(&c, i).await)
                 .is_some_and(|j| !j.is_empty())
             {
+                seen[i] = true;
                 found = Some(i);
             }
         }
-        if let Some(i) = found {
+        if let (true, true, Some(i)) = (seen[1], seen[2], found) {
             break i;
         }
+        assert!(
+            looking.elapsed() < T,
+            "within {T:?}, hosts 1 and 2 did not both get a unit of the cap (seen {seen:?}): {by_node:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let holder_node = node_id(&c, holder).await;

@@ -10,34 +10,35 @@
 //! So a node whose claim the cap kept short while it had ready jobs within its rooms
 //! says so (`nodes.cap_wait_at`: the time of that claim; its next claim that the cap
 //! did not keep short clears it, and a mark older than [`WAIT_FRESH_MS`] no longer
-//! counts, so a node that stopped claiming stops counting). While another node waits, a
-//! claim under the cap takes no more than [`fair_room`]: the claimer's fair share less
-//! the units it holds. A node over its share lets the units its jobs free go to the
-//! nodes that wait. With nobody waiting, the cap stays first come, first served (no
-//! unit is left idle for fairness' sake).
+//! counts, so a node that stopped claiming stops counting). While other nodes wait, a
+//! claim under the cap takes no more than [`fair_room`]: it may bring its node to one
+//! unit above the fewest any waiting node holds, no further. A node ahead lets the
+//! units its jobs free go to the nodes behind it, and the units settle within one of
+//! each other (max-min fair; a share of `ceil(cap / nodes)` alone let two nodes hold
+//! two units each of four while a third held none). With nobody waiting, the cap
+//! stays first come, first served: no unit is left idle for fairness' sake.
 //!
 //! **Invariant:** while another node waits, a claim never leaves its node holding more
-//! than `ceil(cap / nodes sharing)` units, where the nodes sharing are the claimer and
-//! every other node that holds a unit or waits for one. Caught by
+//! than one unit above the fewest units a waiting node holds. Caught by
 //! `store_contract::*::a_node_waiting_for_the_global_cap_gets_its_share_of_the_units`
 //! (both backends) and, through the binary on three hosts,
-//! `host_faults::a_global_cap_holds_over_three_hosts_when_a_slot_holder_dies` (it
-//! needs a unit on host 1 or 2 while host 0's triggers keep coming).
+//! `host_faults::a_global_cap_holds_over_three_hosts_when_a_slot_holder_dies` (every
+//! run triggered on host 0, and hosts 1 and 2 must each get a unit).
 //!
 //! Not covered: jobs of keyed pipelines (`concurrency_key`) do not make a node wait
 //! (their heads may be held back by their key's cap rather than the global one, and a
-//! node waiting for a key that cannot run would hold every other node to its share).
-//! A keyed claim still keeps to its share while others wait.
+//! node waiting for a key that cannot run would hold every other node back). A keyed
+//! claim still keeps to its fair room while others wait.
 
 /// How long a node's wait counts after the claim that said so: three of the claim
 /// loop's backstop polls (a waiting node claims at least that often, and on every
 /// commit that frees a unit anywhere).
 pub const WAIT_FRESH_MS: i64 = 3_000;
 
-/// How many more units a node holding `mine` may take while another node waits, with
-/// `others` other nodes sharing the cap (holding a unit or waiting for one).
-pub fn fair_room(cap: usize, mine: usize, others: usize) -> usize {
-    cap.div_ceil(others + 1).saturating_sub(mine)
+/// How many more units a node holding `mine` may take while other nodes wait, the
+/// fewest of them holding `fewest_waiting`.
+pub fn fair_room(mine: usize, fewest_waiting: usize) -> usize {
+    (fewest_waiting + 1).saturating_sub(mine)
 }
 
 #[cfg(test)]
@@ -45,11 +46,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_share_is_the_cap_over_the_nodes_sharing_rounded_up_less_what_is_held() {
-        assert_eq!(fair_room(4, 4, 1), 0, "over its share: takes nothing");
-        assert_eq!(fair_room(4, 2, 1), 0, "at its share");
-        assert_eq!(fair_room(4, 1, 1), 1);
-        assert_eq!(fair_room(4, 0, 2), 2, "4 over 3 nodes rounds up to 2");
-        assert_eq!(fair_room(1, 0, 3), 1, "a cap below the nodes: a unit each in turn");
+    fn a_node_may_get_one_unit_ahead_of_the_poorest_waiting_node_no_further() {
+        assert_eq!(fair_room(4, 0), 0, "far ahead: takes nothing");
+        assert_eq!(fair_room(1, 0), 0, "one ahead already");
+        assert_eq!(fair_room(0, 0), 1, "level: one unit");
+        assert_eq!(
+            fair_room(1, 3),
+            3,
+            "behind: up to one past the poorest waiter"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The global cap shared fairly while nodes wait (`src/store/cap_share.rs`): a node the
 //! cap kept short says so, and until it stops waiting no other node's claim takes a unit
-//! beyond its fair share, so the units a busy node's jobs free reach the waiting node.
+//! that leaves it more than one unit ahead of the waiting node, so the units a busy
+//! node's jobs free reach the waiting node.
 //! With nobody waiting, units are first come, first served (none left idle).
 
 use runyard::store::{JobClaimParams, Outcome, cap_share};
@@ -31,10 +32,14 @@ pub async fn a_node_waiting_for_the_global_cap_gets_its_share_of_the_units(f: &F
     // n1 takes every unit first; n2, with ready jobs and free slots, gets none and waits.
     let mut n1 = claim(capped("n1", 4, 100)).await;
     assert_eq!(n1.len(), 4, "nobody waits yet: n1 takes the whole cap");
-    assert!(claim(capped("n2", 4, 100)).await.is_empty(), "the cap is full");
+    assert!(
+        claim(capped("n2", 4, 100)).await.is_empty(),
+        "the cap is full"
+    );
 
-    // n1 holds 3 after each of its first two ends, then 2: its share of 4 over 2 nodes is
-    // 2, so neither its finish nor its own claim loop takes the unit its end freed...
+    // n1 holds 3, then 2 after its first two ends, while n2 waits holding 0, then 1: one
+    // past n2 is as far as n1 may go, so neither its finish nor its own claim loop takes
+    // the unit its end freed...
     let mut n2 = Vec::new();
     for round in 0..2 {
         let mut end = finish(&n1.remove(0), Outcome::Completed);
@@ -43,33 +48,45 @@ pub async fn a_node_waiting_for_the_global_cap_gets_its_share_of_the_units(f: &F
         assert!(out.applied);
         assert!(
             out.next.is_empty(),
-            "round {round}: n1 holds {} units, its share is 2, and n2 waits",
+            "round {round}: n1 holds {} units and n2, waiting, {round}",
             n1.len()
         );
         assert!(
             claim(capped("n1", 4, 100)).await.is_empty(),
-            "round {round}: n1's own claim keeps to its share too"
+            "round {round}: n1's own claim keeps to its fair room too"
         );
         // ...and n2 gets it.
         let got = claim(capped("n2", 4, 100)).await;
-        assert_eq!(got.len(), 1, "round {round}: the freed unit goes to the waiting node");
+        assert_eq!(
+            got.len(),
+            1,
+            "round {round}: the freed unit goes to the waiting node"
+        );
         n2.extend(got);
     }
-    // Below its share again, n1's finish takes the unit its end freed.
+    // Behind n2 (it holds 2) after its third end, n1's finish takes the unit its end freed.
     let mut end = finish(&n1.remove(0), Outcome::Completed);
     end.claim_next = Some(capped("n1", 1, 100));
     let out = ok("job_finish", store.job_finish(end)).await;
-    assert_eq!(out.next.len(), 1, "n1 holds 1 of its share of 2: it takes one");
+    assert_eq!(out.next.len(), 1, "n1 holds 1, n2 2: n1 takes one");
     n1.extend(out.next);
 
     // A wait stops counting once it is older than WAIT_FRESH_MS: n2's last claim said it
     // waits at 100; a claim after that has passed is first come, first served again.
     let later = 100 + cap_share::WAIT_FRESH_MS + 1;
     for job in n2.drain(..) {
-        ok("job_finish", store.job_finish(finish(&job, Outcome::Completed))).await;
+        ok(
+            "job_finish",
+            store.job_finish(finish(&job, Outcome::Completed)),
+        )
+        .await;
     }
     let got = claim(capped("n1", 4, later)).await;
-    assert_eq!(got.len(), 2, "n2's wait is stale: n1 takes both free units (it holds 4)");
+    assert_eq!(
+        got.len(),
+        2,
+        "n2's wait is stale: n1 takes both free units (it holds 4)"
+    );
     n1.extend(got);
 
     // n2 waits again (the cap is full); then a claim that the cap does not keep short (its
@@ -78,12 +95,18 @@ pub async fn a_node_waiting_for_the_global_cap_gets_its_share_of_the_units(f: &F
     let mut end = finish(&n1.remove(0), Outcome::Completed);
     end.claim_next = Some(capped("n1", 1, later));
     let out = ok("job_finish", store.job_finish(end)).await;
-    assert!(out.next.is_empty(), "n2 waits: n1, holding 3 of a share of 2, takes none");
+    assert!(
+        out.next.is_empty(),
+        "n2 waits holding none: n1, holding 3, takes none"
+    );
     let idle = JobClaimParams {
         pipelines: [("q".to_string(), 0)].into(),
         ..capped("n2", 4, later)
     };
-    assert!(claim(idle).await.is_empty(), "n2 may claim only from q, which is empty");
+    assert!(
+        claim(idle).await.is_empty(),
+        "n2 may claim only from q, which is empty"
+    );
     let mut end = finish(&n1.remove(0), Outcome::Completed);
     end.claim_next = Some(capped("n1", 2, later));
     let out = ok("job_finish", store.job_finish(end)).await;

@@ -72,23 +72,25 @@ pub(super) fn locked_tokens(cap_param: usize) -> String {
 }
 
 /// CTEs `waiters` and `share` (the rule: `store::cap_share`): the other nodes waiting
-/// for a unit, and the most this claim may take: `$want` while none waits, else the
-/// node's fair share less the units it holds. The share's counts are read only while a
-/// node waits. Parameters by number: the node, now, the claim's want, the cap.
-pub(super) fn share(node: usize, now: usize, want: usize, cap: usize) -> String {
-    let holding = "SELECT node_id FROM jobs WHERE status = 'running' AND cap_slot IS NOT NULL";
+/// for a unit, and the most this claim may take: `$want` while none waits, else one
+/// unit past the fewest any waiting node holds, less the units this node holds. The
+/// holdings are read only while a node waits. Parameters by number: the node, now, the
+/// claim's want, the cap.
+pub(super) fn share(node: usize, now: usize, want: usize) -> String {
     format!(
         "waiters AS (SELECT id FROM nodes WHERE id <> ${node} AND cap_wait_at >= ${now}::bigint - {WAIT_FRESH_MS}),
                   share AS (SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM waiters) THEN ${want}::bigint ELSE GREATEST(0,
-                      (SELECT (${cap} + count(*)) / (1 + count(*))
-                       FROM (SELECT id FROM waiters UNION {holding} AND node_id <> ${node}) sharing)
-                      - (SELECT count(*) FROM ({holding} AND node_id = ${node}) mine)) END AS n)"
+                      (SELECT min((SELECT count(*) FROM jobs j WHERE j.status = 'running' AND j.cap_slot IS NOT NULL
+                                                                AND j.node_id = w.id)) FROM waiters w) + 1
+                      - (SELECT count(*) FROM jobs WHERE status = 'running' AND cap_slot IS NOT NULL
+                                                         AND node_id = ${node})) END AS n)"
     )
 }
 
 /// A condition of the fused claim's `rooms`: no queue is read when the cap has no unit
 /// free for this claim (a claim at the cap costs the token read, not the queue's).
-pub(super) const ANY_CLAIMABLE: &str = "\n                              AND (SELECT count(*) FROM tok) > (SELECT n FROM untokened)
+pub(super) const ANY_CLAIMABLE: &str =
+    "\n                              AND (SELECT count(*) FROM tok) > (SELECT n FROM untokened)
                               AND (SELECT n FROM share) > 0";
 
 /// How many jobs the fused claim may pick: the tokens it locked, less the running jobs
@@ -125,7 +127,7 @@ pub(super) async fn lock(tx: &Tx, p: &JobClaimParams, want: usize) -> StoreResul
                  SELECT slot, (SELECT n FROM untokened) FROM cap_tokens
                  WHERE job_seq IS NULL AND slot < $1
                  ORDER BY slot LIMIT (SELECT n FROM share) + (SELECT n FROM untokened) FOR UPDATE SKIP LOCKED",
-                share = share(3, 4, 2, 1),
+                share = share(3, 4, 2),
             ),
             &[
                 &(p.global_cap as i64),

@@ -125,12 +125,11 @@ pub(super) async fn claim_in_tx(
     // Under the global cap: lock free tokens (`tok`), pick no more jobs than tokens, pair
     // them in claim order, and mark each token held by its job.
     let (tokens, guard, limit, pair, slot, hold) = if p.global_cap > 0 {
-        let cap = params.len();
         (
             format!(
                 "{},\n                  {},\n",
-                cap_tokens::locked_tokens(cap),
-                cap_tokens::share(1, 2, 4, cap)
+                cap_tokens::locked_tokens(params.len()),
+                cap_tokens::share(1, 2, 4)
             ),
             cap_tokens::ANY_CLAIMABLE,
             cap_tokens::CLAIMABLE,

@@ -5,7 +5,7 @@ use super::*;
 use crate::store::cap_share::{WAIT_FRESH_MS, fair_room};
 
 /// Units of the global cap a claim by `p.node_id` may take: the free ones, and while
-/// another node waits for one, no more than this node's fair share.
+/// another node waits for one, no more than its fair room.
 pub(super) fn room(
     conn: &Connection,
     p: &JobClaimParams,
@@ -20,15 +20,14 @@ pub(super) fn room(
     if !waiting {
         return Ok(free);
     }
-    let (mine, others): (i64, i64) = conn
+    let (mine, fewest): (i64, i64) = conn
         .prepare_cached(
             "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'running' AND node_id = ?1),
-                    (SELECT COUNT(*) FROM (
-                        SELECT id FROM nodes WHERE id <> ?1 AND cap_wait_at >= ?2
-                        UNION SELECT node_id FROM jobs WHERE status = 'running' AND node_id <> ?1))",
+                    (SELECT MIN((SELECT COUNT(*) FROM jobs j WHERE j.status = 'running' AND j.node_id = n.id))
+                     FROM nodes n WHERE n.id <> ?1 AND n.cap_wait_at >= ?2)",
         )?
         .query_row(params![p.node_id, fresh], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(free.min(fair_room(p.global_cap, mine as usize, others as usize)))
+    Ok(free.min(fair_room(mine as usize, fewest as usize)))
 }
 
 /// Records whether the claim just made waits for the global cap: `kept_short` (the cap
