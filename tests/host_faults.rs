@@ -429,12 +429,12 @@ async fn a_global_cap_holds_over_three_hosts_when_a_slot_holder_dies() {
     let holder = loop {
         let by_node = running_by_node(&c, 0).await;
         let mut found = None;
-        for i in 1..3 {
+        for (i, seen) in seen.iter_mut().enumerate().skip(1) {
             if by_node
                 .get(&node_id(&c, i).await)
                 .is_some_and(|j| !j.is_empty())
             {
-                seen[i] = true;
+                *seen = true;
                 found = Some(i);
             }
         }
