@@ -8,7 +8,8 @@
 //! A claim under a pipeline cap first takes the pipeline's advisory key and counts what
 //! runs, so two claimers cannot both count the same free room; the claim statement
 //! follows. The global cap takes no key: the claim statement locks free cap tokens and
-//! gives each job it claims one (`cap_tokens.rs`).
+//! gives each job it claims one (`cap_tokens.rs`), no more than its fair room while
+//! another node waits for one, and records whether it waits itself (`store::cap_share`).
 
 use std::collections::HashMap;
 
