@@ -35,6 +35,10 @@
 /// commit that frees a unit anywhere).
 pub const WAIT_FRESH_MS: i64 = 3_000;
 
+/// How old a node's wait may get before a claim that waits writes it again (a waiting
+/// node claims often: each commit anywhere that frees a unit wakes it).
+pub const WAIT_REFRESH_MS: i64 = 1_000;
+
 /// How many more units a node holding `mine` may take while other nodes wait, the
 /// fewest of them holding `fewest_waiting`.
 pub fn fair_room(mine: usize, fewest_waiting: usize) -> usize {

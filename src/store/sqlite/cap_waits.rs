@@ -2,7 +2,7 @@
 //! job counts against the cap here, so a node's units are its running jobs.
 
 use super::*;
-use crate::store::cap_share::{WAIT_FRESH_MS, fair_room};
+use crate::store::cap_share::{WAIT_FRESH_MS, WAIT_REFRESH_MS, fair_room};
 
 /// Units of the global cap a claim by `p.node_id` may take: the free ones, and while
 /// another node waits for one, no more than its fair room.
@@ -33,7 +33,7 @@ pub(super) fn room(
 /// Records whether the claim just made waits for the global cap: `kept_short` (the cap
 /// allowed fewer jobs than the node had room for) and a ready job is left in one of the
 /// pipelines whose room the claim did not fill (`unfilled`). Writes only when the node
-/// waits, or stops waiting.
+/// starts or stops waiting, or its mark is older than `WAIT_REFRESH_MS`.
 pub(super) fn mark(
     conn: &Connection,
     p: &JobClaimParams,
@@ -54,8 +54,11 @@ pub(super) fn mark(
         }
     }
     if waits {
-        conn.prepare_cached("UPDATE nodes SET cap_wait_at = ?2 WHERE id = ?1")?
-            .execute(params![p.node_id, p.now])?;
+        conn.prepare_cached(
+            "UPDATE nodes SET cap_wait_at = ?2
+             WHERE id = ?1 AND (cap_wait_at IS NULL OR cap_wait_at < ?2 - ?3)",
+        )?
+        .execute(params![p.node_id, p.now, WAIT_REFRESH_MS])?;
     } else {
         conn.prepare_cached(
             "UPDATE nodes SET cap_wait_at = NULL WHERE id = ?1 AND cap_wait_at IS NOT NULL",
