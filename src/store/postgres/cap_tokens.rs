@@ -74,8 +74,8 @@ pub(super) fn locked_tokens(cap_param: usize) -> String {
 /// CTEs `waiters` and `share` (the rule: `store::cap_share`): the other nodes waiting
 /// for a unit, and the most this claim may take: `$want` while none waits, else one
 /// unit past the fewest any waiting node holds, less the units this node holds. The
-/// holdings are read only while a node waits. Parameters by number: the node, now, the
-/// claim's want, the cap.
+/// holdings are read only while a node waits. Parameters by number: the node, now and
+/// the claim's want.
 pub(super) fn share(node: usize, now: usize, want: usize) -> String {
     format!(
         "waiters AS (SELECT id FROM nodes WHERE id <> ${node} AND cap_wait_at >= ${now}::bigint - {WAIT_FRESH_MS}),
