@@ -127,11 +127,7 @@ pub(super) async fn claim_in_tx(
     // them in claim order, and mark each token held by its job.
     let (tokens, guard, limit, pair, slot, hold) = if p.global_cap > 0 {
         (
-            format!(
-                "{},\n                  {},\n",
-                cap_tokens::locked_tokens(params.len()),
-                cap_tokens::share(1, 2, 4)
-            ),
+            format!("{},\n", cap_tokens::locked_tokens(params.len())),
             cap_tokens::ANY_CLAIMABLE,
             cap_tokens::CLAIMABLE,
             "pair AS (SELECT p.seq, tok.slot FROM (SELECT seq, row_number() OVER (ORDER BY priority DESC, seq) AS n

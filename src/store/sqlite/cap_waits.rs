@@ -30,36 +30,38 @@ pub(super) fn room(
     Ok(free.min(fair_room(mine as usize, fewest as usize)))
 }
 
-/// Records whether the claim just made waits for the global cap: `kept_short` (the cap
-/// allowed fewer jobs than the node had room for) and a ready job is left in one of the
-/// pipelines whose room the claim did not fill (`unfilled`). Writes only when the node
-/// starts or stops waiting, or its mark is older than `WAIT_REFRESH_MS`.
+/// Records whether the claim just made waits for the global cap (the rule and why
+/// marks are written sparingly: `store::cap_share` and `postgres/cap_tokens.rs`'s
+/// `mark`): a ready job remains in one of `offered`'s unkeyed pipelines and the cap
+/// `kept_short` the claim → the mark is set (or refreshed once older than
+/// `WAIT_REFRESH_MS`); none remains → it is cleared; otherwise it stays as it is.
 pub(super) fn mark(
     conn: &Connection,
     p: &JobClaimParams,
-    unfilled: &[&str],
+    offered: &[(String, usize)],
     kept_short: bool,
 ) -> StoreResult<()> {
-    let mut waits = false;
-    if kept_short {
-        let mut ready = conn.prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_ready
-                            WHERE status = 'queued' AND pipeline = ?1 AND held = 0 AND run_after <= ?2)",
-        )?;
-        for name in unfilled.iter().filter(|name| !p.keyed.contains_key(**name)) {
-            if ready.query_row(params![name, p.now], |r| r.get::<_, bool>(0))? {
-                waits = true;
-                break;
-            }
+    let mut ready = conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_ready
+                        WHERE status = 'queued' AND pipeline = ?1 AND held = 0 AND run_after <= ?2)",
+    )?;
+    let mut remain = false;
+    for (name, _) in offered
+        .iter()
+        .filter(|(name, _)| !p.keyed.contains_key(name))
+    {
+        if ready.query_row(params![name, p.now], |r| r.get::<_, bool>(0))? {
+            remain = true;
+            break;
         }
     }
-    if waits {
+    if kept_short && remain {
         conn.prepare_cached(
             "UPDATE nodes SET cap_wait_at = ?2
              WHERE id = ?1 AND (cap_wait_at IS NULL OR cap_wait_at < ?2 - ?3)",
         )?
         .execute(params![p.node_id, p.now, WAIT_REFRESH_MS])?;
-    } else {
+    } else if !remain {
         conn.prepare_cached(
             "UPDATE nodes SET cap_wait_at = NULL WHERE id = ?1 AND cap_wait_at IS NOT NULL",
         )?

@@ -132,12 +132,7 @@ pub(super) fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<
         }
     }
     if capped {
-        let unfilled: Vec<&str> = offered
-            .iter()
-            .filter(|(name, room)| out.jobs.iter().filter(|j| &j.pipeline == name).count() < *room)
-            .map(|(name, _)| name.as_str())
-            .collect();
-        cap_waits::mark(conn, p, &unfilled, plan.want < wanted)?;
+        cap_waits::mark(conn, p, &offered, plan.want < wanted)?;
     }
     if want > 0 {
         out.next_due = conn
