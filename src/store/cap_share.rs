@@ -31,8 +31,10 @@
 //! Not covered: turns between nodes that are level. With fewer units than nodes
 //! wanting them, a node holding one unit takes the next when the poorest waiting node
 //! holds none (one ahead is allowed), so its finishes keep reusing its unit while those
-//! nodes wait; the rule bounds how far ahead a node gets, not who goes next. And jobs
-//! of keyed pipelines (`concurrency_key`) do not make a node wait
+//! nodes wait; the rule bounds how far ahead a node gets, not who goes next. Nor does
+//! it follow queue order across nodes: a node that alone can run an older job (its
+//! pipelines, labels) gets a unit by this rule only as far as balance gives it one.
+//! And jobs of keyed pipelines (`concurrency_key`) do not make a node wait
 //! (their heads may be held back by their key's cap rather than the global one, and a
 //! node waiting for a key that cannot run would hold every other node back). A keyed
 //! claim still keeps to its fair room while others wait.
