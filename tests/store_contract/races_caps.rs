@@ -162,7 +162,12 @@ async fn claim_race(
                     took(&out.jobs);
                     held = out.jobs;
                 }
-                // Hold it a moment, as if it ran.
+                // Hold it a moment, as if it ran: longer than a claim's round trips on a
+                // loaded machine, so the four units' holders overlap. (The global cap's
+                // fair shares keep each claimer to one unit while others wait, so no
+                // claim takes two at once; with holds of 0–5 ms, CI's loaded runs saw at
+                // most 3 of 4 running.)
+                tokio::time::sleep(Duration::from_millis(8)).await;
                 rng.jitter(5_000).await;
                 let job = held.pop().expect("a held job");
                 if job.pipeline == "capped" {
