@@ -4,7 +4,7 @@
 //! node's jobs free reach the waiting node.
 //! With nobody waiting, units are first come, first served (none left idle).
 
-use runyard::store::{JobClaimParams, Outcome, cap_share};
+use runyard::store::{ClaimedJob, JobClaimParams, Outcome, Store, cap_share};
 
 use crate::factory::{Factory, node_row};
 use crate::fixtures::*;
@@ -17,6 +17,19 @@ fn capped(node: &str, max: usize, now: i64) -> JobClaimParams {
         now,
         ..claim_later(max)
     }
+}
+
+/// Ends `job` (completed) and claims `next` in the same transaction: what it claimed.
+async fn end_and_claim(
+    store: &dyn Store,
+    job: &ClaimedJob,
+    next: JobClaimParams,
+) -> Vec<ClaimedJob> {
+    let mut end = finish(job, Outcome::Completed);
+    end.claim_next = Some(next);
+    let out = ok("job_finish", store.job_finish(end)).await;
+    assert!(out.applied, "the end of a held claim applies");
+    out.next
 }
 
 pub async fn a_node_waiting_for_the_global_cap_gets_its_share_of_the_units(f: &Factory) {
@@ -42,12 +55,9 @@ pub async fn a_node_waiting_for_the_global_cap_gets_its_share_of_the_units(f: &F
     // the unit its end freed...
     let mut n2 = Vec::new();
     for round in 0..2 {
-        let mut end = finish(&n1.remove(0), Outcome::Completed);
-        end.claim_next = Some(capped("n1", 1, 100));
-        let out = ok("job_finish", store.job_finish(end)).await;
-        assert!(out.applied);
+        let next = end_and_claim(&*store, &n1.remove(0), capped("n1", 1, 100)).await;
         assert!(
-            out.next.is_empty(),
+            next.is_empty(),
             "round {round}: n1 holds {} units and n2, waiting, {round}",
             n1.len()
         );
@@ -65,11 +75,9 @@ pub async fn a_node_waiting_for_the_global_cap_gets_its_share_of_the_units(f: &F
         n2.extend(got);
     }
     // Behind n2 (it holds 2) after its third end, n1's finish takes the unit its end freed.
-    let mut end = finish(&n1.remove(0), Outcome::Completed);
-    end.claim_next = Some(capped("n1", 1, 100));
-    let out = ok("job_finish", store.job_finish(end)).await;
-    assert_eq!(out.next.len(), 1, "n1 holds 1, n2 2: n1 takes one");
-    n1.extend(out.next);
+    let next = end_and_claim(&*store, &n1.remove(0), capped("n1", 1, 100)).await;
+    assert_eq!(next.len(), 1, "n1 holds 1, n2 2: n1 takes one");
+    n1.extend(next);
 
     // A wait stops counting once it is older than WAIT_FRESH_MS: n2's last claim said it
     // waits at 100; a claim after that has passed is first come, first served again.
@@ -89,14 +97,12 @@ pub async fn a_node_waiting_for_the_global_cap_gets_its_share_of_the_units(f: &F
     );
     n1.extend(got);
 
-    // n2 waits again (the cap is full); then a claim that the cap does not keep short (its
-    // node has no ready job left within its rooms) clears its wait at once.
+    // n2 waits again (the cap is full); then a claim of n2's that finds no ready job left
+    // clears its wait at once.
     assert!(claim(capped("n2", 2, later)).await.is_empty());
-    let mut end = finish(&n1.remove(0), Outcome::Completed);
-    end.claim_next = Some(capped("n1", 1, later));
-    let out = ok("job_finish", store.job_finish(end)).await;
+    let next = end_and_claim(&*store, &n1.remove(0), capped("n1", 1, later)).await;
     assert!(
-        out.next.is_empty(),
+        next.is_empty(),
         "n2 waits holding none: n1, holding 3, takes none"
     );
     let idle = JobClaimParams {
@@ -107,11 +113,9 @@ pub async fn a_node_waiting_for_the_global_cap_gets_its_share_of_the_units(f: &F
         claim(idle).await.is_empty(),
         "n2 may claim only from q, which is empty"
     );
-    let mut end = finish(&n1.remove(0), Outcome::Completed);
-    end.claim_next = Some(capped("n1", 2, later));
-    let out = ok("job_finish", store.job_finish(end)).await;
+    let next = end_and_claim(&*store, &n1.remove(0), capped("n1", 2, later)).await;
     assert_eq!(
-        out.next.len(),
+        next.len(),
         2,
         "nobody waits: n1 takes both free units back (none left idle)"
     );
