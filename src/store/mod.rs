@@ -29,6 +29,7 @@ pub mod completion;
 mod error;
 mod feed;
 pub mod job_wakes;
+mod key_scan;
 pub mod payload;
 pub mod postgres;
 pub mod rerun;

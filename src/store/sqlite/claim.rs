@@ -170,7 +170,7 @@ fn candidate(r: &rusqlite::Row<'_>) -> rusqlite::Result<claim_plan::Candidate> {
 }
 
 /// The heads of a keyed pipeline, key by key round-robin from where the last claim
-/// stopped (`claim_plan::scan_start`), each key's up to its room under the per-key cap;
+/// stopped (`key_scan::scan_start`), each key's up to its room under the per-key cap;
 /// returns the keys in the order they were looked at.
 fn keyed_heads(
     conn: &Connection,
