@@ -214,15 +214,21 @@ pub(super) async fn claim_in_tx(
         next_due: None,
     };
     if out.jobs.len() < plan.want || plan.want == 0 {
-        out.next_due = tx
-            .query_opt(
-                "SELECT min(run_after) FROM jobs WHERE status = 'queued' AND held",
-                &[],
-            )
-            .await?
-            .and_then(|r| r.get::<_, Option<i64>>(0));
+        out.next_due = next_due(tx).await?;
     }
     Ok(out)
+}
+
+/// When the earliest held job falls due (a claim that took less than it asked says so,
+/// so its loop wakes then).
+pub(super) async fn next_due(tx: &Tx) -> StoreResult<Option<i64>> {
+    Ok(tx
+        .query_opt(
+            "SELECT min(run_after) FROM jobs WHERE status = 'queued' AND held",
+            &[],
+        )
+        .await?
+        .and_then(|r| r.get::<_, Option<i64>>(0)))
 }
 
 /// The keyed claim (statements of its own) under the global cap: locks free tokens

@@ -146,13 +146,7 @@ pub(super) async fn claim(
         }
     }
     if out.jobs.len() < plan.want || plan.want == 0 {
-        out.next_due = tx
-            .query_opt(
-                "SELECT min(run_after) FROM jobs WHERE status = 'queued' AND held",
-                &[],
-            )
-            .await?
-            .and_then(|r| r.get::<_, Option<i64>>(0));
+        out.next_due = super::claim::next_due(tx).await?;
     }
     Ok(out)
 }
