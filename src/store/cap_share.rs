@@ -11,9 +11,8 @@
 //! says so (`nodes.cap_wait_at`: the time of that claim). Its next claim that finds no
 //! ready job left clears the mark; a claim that got all it asked leaves it as it is,
 //! and a mark older than [`WAIT_FRESH_MS`] no longer counts, so a node that stopped
-//! being kept short stops counting within that time (a node's claims alternate between
-//! short and served under a busy cap: writing its row on each cost a fifth of the
-//! claims of 16 racing claimers). While other nodes wait, a
+//! being kept short stops counting within that time (under a busy cap a node's claims
+//! alternate between short and served, and its row need not be written on each). While other nodes wait, a
 //! claim under the cap takes no more than [`fair_room`]: it may bring its node to one
 //! unit above the fewest any waiting node holds, no further. A node ahead lets the
 //! units its jobs free go to the nodes behind it, and the units settle within one of

@@ -113,7 +113,7 @@ pub(super) const CLAIMABLE: &str = "GREATEST(0, LEAST($4, (SELECT count(*) FROM 
 /// for: when another claim of the same node holds it, that claim is marking the node.
 /// (Rewriting the mark on every claim, under a lock held through COMMIT, made a node's
 /// claimers queue on their own row: `store` bench, 3 processes under a cap of 8,
-/// 0.70× one process; and 16 claimers under a cap of 4 claimed 19% less.)
+/// 0.70× one process.)
 pub(super) fn mark() -> String {
     format!(
         ",
