@@ -133,23 +133,11 @@ impl ClaimPlan {
     }
 }
 
-/// The plan for `p` given the running jobs per pipeline (over every node).
+/// The plan for `p` given the running jobs per pipeline (over every node), before the
+/// global cap: each backend applies that apart ([`ClaimPlan::limit`]), since its room
+/// may be a fair share (`cap_share`) and PostgreSQL meets it with token rows.
 pub fn plan(p: &JobClaimParams, running: &HashMap<String, u32>) -> ClaimPlan {
-    plan_under(p, running, p.global_cap)
-}
-
-/// [`plan`] with the global cap given apart (0: a backend that meets it otherwise, as
-/// PostgreSQL's cap tokens do).
-pub fn plan_under(
-    p: &JobClaimParams,
-    running: &HashMap<String, u32>,
-    global_cap: usize,
-) -> ClaimPlan {
-    let total: usize = running.values().map(|n| *n as usize).sum();
-    let mut want = p.max;
-    if global_cap > 0 {
-        want = want.min(global_cap.saturating_sub(total));
-    }
+    let want = p.max;
     let mut rooms = Vec::new();
     if want > 0 {
         for (name, cap) in &p.pipelines {
@@ -166,6 +154,11 @@ pub fn plan_under(
     }
     rooms.sort();
     ClaimPlan { want, rooms }
+}
+
+/// Units of a global cap of `cap` the running jobs (over every node) leave free.
+pub fn global_free(cap: usize, running: &HashMap<String, u32>) -> usize {
+    cap.saturating_sub(running.values().map(|n| *n as usize).sum())
 }
 
 /// Leaves paused pipelines out of a plan: their queued jobs stay queued for every node
@@ -266,12 +259,20 @@ mod tests {
     #[test]
     fn rooms_respect_the_global_and_pipeline_caps() {
         let running: HashMap<String, u32> = [("a".to_string(), 2), ("b".to_string(), 1)].into();
-        let p = plan(&params(8, 4, &[("a", 2), ("b", 0), ("c", 3)]), &running);
+        // As a backend plans: the pipelines' rooms, then the global cap's.
+        let planned = |p: JobClaimParams| {
+            let mut plan = plan(&p, &running);
+            if p.global_cap > 0 {
+                plan.limit(global_free(p.global_cap, &running));
+            }
+            plan
+        };
+        let p = planned(params(8, 4, &[("a", 2), ("b", 0), ("c", 3)]));
         assert_eq!(p.want, 1);
         assert_eq!(p.rooms, vec![("b".into(), 1), ("c".into(), 1)]);
-        let p = plan(&params(8, 3, &[("a", 0)]), &running);
+        let p = planned(params(8, 3, &[("a", 0)]));
         assert_eq!((p.want, p.rooms.len()), (0, 0));
-        let p = plan(&params(2, 0, &[("a", 5)]), &running);
+        let p = planned(params(2, 0, &[("a", 5)]));
         assert_eq!(p.rooms, vec![("a".into(), 2)]);
         assert!(!needs_counts(&params(2, 0, &[("a", 0)])));
     }

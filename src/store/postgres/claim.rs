@@ -90,7 +90,7 @@ pub(super) async fn claim_in_tx(
         }
     }
     // The global cap is met by tokens, not by this count.
-    let plan = claim_plan::plan_under(p, &running, 0);
+    let plan = claim_plan::plan(p, &running);
     if plan
         .rooms
         .iter()

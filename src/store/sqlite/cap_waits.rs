@@ -11,8 +11,7 @@ pub(super) fn room(
     p: &JobClaimParams,
     running: &HashMap<String, u32>,
 ) -> StoreResult<usize> {
-    let total: usize = running.values().map(|n| *n as usize).sum();
-    let free = p.global_cap.saturating_sub(total);
+    let free = claim_plan::global_free(p.global_cap, running);
     let fresh = p.now - WAIT_FRESH_MS;
     let waiting: bool = conn
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM nodes WHERE id <> ?1 AND cap_wait_at >= ?2)")?

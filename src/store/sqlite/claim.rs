@@ -67,7 +67,7 @@ pub(super) fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<
     }
     // The global cap is applied apart: its room may be a fair share (`cap_waits`), and
     // whether it kept the claim short is recorded.
-    let mut plan = claim_plan::plan_under(p, &running, 0);
+    let mut plan = claim_plan::plan(p, &running);
     if !plan.rooms.is_empty() {
         let paused: std::collections::HashSet<String> = conn
             .prepare_cached("SELECT pipeline FROM pipeline_state WHERE paused = 1")?
