@@ -566,15 +566,25 @@ async fn open_events(
     headers: &str,
     from: i64,
 ) -> tokio::task::JoinHandle<Vec<u8>> {
-    let mut sock = TcpStream::connect(addr).await.unwrap();
-    sock.write_all(
-        format!(
-            "GET /api/events HTTP/1.1\r\nHost: {addr}\r\nLast-Event-ID: {from}\r\n{headers}\r\n"
-        )
-        .as_bytes(),
+    open_stream(
+        addr,
+        "/api/events",
+        &format!("Last-Event-ID: {from}\r\n{headers}"),
     )
     .await
-    .unwrap();
+}
+
+/// GETs `path` on a raw socket (with extra header lines `headers`); the task returns
+/// everything read until the server closes it.
+async fn open_stream(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &str,
+) -> tokio::task::JoinHandle<Vec<u8>> {
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    sock.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n").as_bytes())
+        .await
+        .unwrap();
     tokio::spawn(async move { read_to_close(&mut sock, T).await })
 }
 
@@ -697,6 +707,67 @@ async fn a_gzip_client_decodes_the_same_events_as_an_identity_client_and_a_valid
             );
         }
     }
+}
+
+/// The drain at shutdown finishes running jobs; the events and output they store then
+/// must still reach every open stream before it ends (not only what the streams had read
+/// when the stop came): event streams identity and gzip alike, and a job's log stream.
+#[tokio::test]
+async fn streams_end_at_shutdown_with_what_the_drain_stored() {
+    use std::io::Read;
+
+    let (mut s, _dir) = start(
+        "max_workers = 4",
+        "[pipelines.nap]\ncommand = [\"sh\", \"-c\", \"sleep 0.5; echo woke\"]\n",
+    )
+    .await;
+    let plain = open_events(s.addr, "", 0).await;
+    let gzip = open_events(s.addr, "Accept-Encoding: gzip\r\n", 0).await;
+    let mut watcher = common::EventWatcher::connect(&s.base, 0);
+    let http = reqwest::Client::new();
+    let runs = 4;
+    let mut run_ids = Vec::new();
+    for _ in 0..runs {
+        let t: Value = http
+            .post(format!("{}/api/pipelines/nap/trigger", s.base))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        run_ids.push(t["runId"].as_str().expect("a run id").to_string());
+    }
+    watcher.wait_count("job:started", |_| true, runs, T).await;
+    let log = open_stream(s.addr, &format!("/api/jobs/{}/logs/stream", run_ids[0]), "").await;
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(T).await, Some(0));
+
+    let (_, body) = head_and_body(&plain.await.unwrap());
+    let (_, zipped) = head_and_body(&gzip.await.unwrap());
+    let mut unzipped = Vec::new();
+    flate2::read::GzDecoder::new(&zipped[..])
+        .read_to_end(&mut unzipped)
+        .expect("a whole gzip stream");
+    for (name, text) in [("identity", body), ("gzip", unzipped)] {
+        let completed = events_of(&text)
+            .iter()
+            .filter(|e| e.1 == "run:completed")
+            .count();
+        assert_eq!(
+            completed, runs,
+            "{name}: run:completed events before the end"
+        );
+    }
+    let (_, log) = head_and_body(&log.await.unwrap());
+    let log = events_of(&log);
+    assert!(
+        log.iter()
+            .any(|e| e.1 == "log" && e.2.contains("\"line\":\"woke\"")),
+        "the job's last line: {log:?}"
+    );
+    assert_eq!(log.last().map(|e| e.1.as_str()), Some("end"), "{log:?}");
 }
 
 #[tokio::test]

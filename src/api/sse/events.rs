@@ -75,6 +75,7 @@ pub(in crate::api) async fn events(
             }
         };
         let mut replay = resume.is_some();
+        let mut closing = false;
         loop {
             if replay {
                 match store.events_after(cursor, REPLAY_PAGE).await {
@@ -95,7 +96,7 @@ pub(in crate::api) async fn events(
                 }
             }
             let first = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => { closing = true; break }
                 _ = keep_alive.tick() => None,
                 r = rx.recv() => Some(r),
             };
@@ -169,6 +170,36 @@ pub(in crate::api) async fn events(
             }
             if closed {
                 break;
+            }
+        }
+        // At shutdown (after the scheduler drained) the stream first takes every event
+        // stored by then, whatever its channel still held or the tailer had not read: every
+        // client of this node ends at the same event, not wherever its last wake-up fell.
+        if closing {
+            // Read whole before a byte is encoded: a catch-up cut short by the deadline
+            // leaves the gzip stream as it was.
+            let catch_up = async {
+                let (mut after, mut batches) = (cursor, Vec::new());
+                loop {
+                    let page = store.events_after(after, REPLAY_PAGE).await?;
+                    let full = page.len() == REPLAY_PAGE;
+                    if let Some(b) = batch_of(after, &page) {
+                        after = b.last();
+                        batches.push(b);
+                    }
+                    if !full {
+                        return Ok::<_, crate::store::StoreError>(batches);
+                    }
+                }
+            };
+            match tokio::time::timeout(CLOSING_CATCH_UP, catch_up).await {
+                Ok(Ok(batches)) => {
+                    for b in batches {
+                        yield Ok(encoding.own(b.wire));
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!("event catch-up at shutdown failed: {e}"),
+                Err(_) => tracing::warn!("event catch-up at shutdown timed out"),
             }
         }
         // The server ends the stream (shutdown, or a store that failed): a gzip body

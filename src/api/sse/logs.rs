@@ -78,6 +78,9 @@ pub(in crate::api) async fn log_stream(
         let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
         let mut wrote = false;
         let mut look_at_status = true;
+        // Shutdown: one last read (status and lines) so a job the drain finished shows
+        // its final lines and its `end`, then the stream ends.
+        let mut closing = false;
         let mut last_read;
         loop {
             last_read = tokio::time::Instant::now();
@@ -123,12 +126,15 @@ pub(in crate::api) async fn log_stream(
                 }.bytes());
                 break;
             }
+            if closing {
+                break;
+            }
             // Paced: a busy job's viewer reads at most every LOG_PACE, each read taking
             // every flush since the last one (changes meanwhile are kept by `wakes`).
             let since = last_read.elapsed();
             if since < LOG_PACE {
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => { closing = true; look_at_status = true; continue; }
                     _ = tokio::time::sleep(LOG_PACE - since) => {}
                 }
             }
@@ -136,7 +142,7 @@ pub(in crate::api) async fn log_stream(
             let poll_at = tokio::time::Instant::now() + poll;
             look_at_status = loop {
                 let woke = tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => { closing = true; Some(true) }
                     _ = keep_alive.tick() => None,
                     w = wakes.changed() => match w {
                         None => return,

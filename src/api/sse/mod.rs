@@ -43,6 +43,14 @@
 //! flush since the last), so a viewer of a job that flushes every 100 ms costs
 //! five reads a second, not ten. Test: `streams_and_connections::a_log_stream_wakes_only_for_its_own_job`.
 //!
+//! **At shutdown a stream ends with what the drain stored.** The server stops
+//! its streams only after the scheduler drained (running jobs finished, runs
+//! finalised); each stream then reads the store once more — an event stream
+//! everything after its cursor (within [`CLOSING_CATCH_UP`]), a log stream its
+//! job's last lines and `end` — so every client of the node ends at the same
+//! event, not wherever its last wake-up fell, and a gzip body still gets its
+//! trailer. Test: `streams_and_connections::streams_end_at_shutdown_with_what_the_drain_stored`.
+//!
 //! The room: `tailer` (the one reader of new events), `events` (`GET /api/events`),
 //! `logs` (a job's log stream and its plain-text download), `encoding` and `gzip`
 //! (how a batch reaches identity and gzip clients); this file holds what they share —
@@ -78,6 +86,8 @@ pub(super) const REPLAY_PAGE: usize = 500;
 /// (1,000 runs/s are 4,000 events/s, 1,000 per 250 ms), so each client gets one write
 /// per pace and not one per page (every batch wakes every client).
 pub(super) const TAILER_PAGE: usize = 2_000;
+/// How long a stream may read the store for what it has not sent when the server stops.
+pub(super) const CLOSING_CATCH_UP: Duration = Duration::from_secs(2);
 pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How often a log stream looks by itself when its store needs no poll (a safety net
 /// only: every change it must see wakes it).
