@@ -433,7 +433,9 @@ command = ["true"]
     let run_at = epoch_ms(&by_delay["runAt"]);
     assert!(run_at >= now + 1_400, "{by_delay}");
     let at = {
-        let t = now + 1_000;
+        // Whole seconds: at least a second ahead once truncated, so the time is still
+        // ahead when the request arrives (a second from `now`, truncated, could be 1 ms).
+        let t = now + 2_000;
         let secs = t.div_euclid(1000);
         // RFC 3339 with an offset (+02:00), as a client in another zone writes it.
         let z = jiff::Timestamp::from_second(secs).unwrap();
