@@ -155,6 +155,7 @@ contract_tests!(
         every_way_a_job_stops_running_frees_its_global_cap_unit,
         // cap_share.rs
         a_node_waiting_for_the_global_cap_gets_its_share_of_the_units,
+        level_nodes_take_turns_when_the_cap_is_smaller_than_the_nodes_waiting,
         // fencing.rs
         stale_and_repeated_finishes_change_nothing,
         abort_racing_a_natural_finish_ends_each_job_exactly_once,

@@ -2,7 +2,8 @@
 //! cap kept short says so, and until it stops waiting no other node's claim takes a unit
 //! that leaves it more than one unit ahead of the waiting node, so the units a busy
 //! node's jobs free reach the waiting node.
-//! With nobody waiting, units are first come, first served (none left idle).
+//! With nobody waiting, units are first come, first served (none left idle). Among
+//! nodes level with each other, one that has waited a turn goes next.
 
 use runyard::store::{ClaimedJob, JobClaimParams, Outcome, Store, cap_share};
 
@@ -11,9 +12,14 @@ use crate::fixtures::*;
 
 /// A claim by `node` under a global cap of 4, for up to `max` jobs of pipeline `p`, at `now`.
 fn capped(node: &str, max: usize, now: i64) -> JobClaimParams {
+    capped_to(4, node, max, now)
+}
+
+/// A claim by `node` under a global cap of `cap`, for up to `max` jobs of pipeline `p`, at `now`.
+fn capped_to(cap: usize, node: &str, max: usize, now: i64) -> JobClaimParams {
     JobClaimParams {
         node_id: node.into(),
-        global_cap: 4,
+        global_cap: cap,
         now,
         ..claim_later(max)
     }
@@ -118,5 +124,62 @@ pub async fn a_node_waiting_for_the_global_cap_gets_its_share_of_the_units(f: &F
         next.len(),
         2,
         "nobody waits: n1 takes both free units back (none left idle)"
+    );
+}
+
+/// One unit, two nodes wanting it: the node holding it may keep reusing it (its finish
+/// claims the next job with the unit its end frees) only until the other has waited a
+/// turn (`cap_share::TURN_MS`); then the unit goes to the waiting node, and back again a
+/// turn later. Without turns, n1 reused it as long as its queue lasted.
+pub async fn level_nodes_take_turns_when_the_cap_is_smaller_than_the_nodes_waiting(f: &Factory) {
+    let store = f.store().await;
+    ok("node_register", store.node_register(node_row("n2"))).await;
+    for _ in 0..8 {
+        create(&*store, 1).await;
+    }
+    let claim = |p: JobClaimParams| {
+        let store = store.clone();
+        async move { ok("job_claim", store.job_claim(p)).await.jobs }
+    };
+    let turn = cap_share::TURN_MS;
+    let one = |node: &str, now: i64| capped_to(1, node, 2, now);
+    let next = |node: &str, now: i64| capped_to(1, node, 1, now);
+    let mut n1 = claim(one("n1", 100)).await;
+    assert_eq!(n1.len(), 1, "n1 takes the one unit");
+    assert!(
+        claim(one("n2", 110)).await.is_empty(),
+        "the cap is full: n2 waits"
+    );
+
+    // Within a turn, n1's finish keeps the unit (no hand-over on every end)...
+    let got = end_and_claim(&*store, &n1.remove(0), next("n1", 110 + turn - 1)).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "n2 has not waited a turn yet: n1 reuses its unit"
+    );
+    n1.extend(got);
+    // ...and after it, it lets the unit go, its own claim loop too...
+    let at = 110 + turn;
+    let got = end_and_claim(&*store, &n1.remove(0), next("n1", at)).await;
+    assert!(got.is_empty(), "n2 has waited a turn: the unit is n2's");
+    assert!(
+        claim(one("n1", at)).await.is_empty(),
+        "n1's claim loop is behind n2 too (its end moved it to the back)"
+    );
+    // ...and n2 takes it.
+    let mut n2 = claim(one("n2", at)).await;
+    assert_eq!(n2.len(), 1, "the waiting node's turn");
+
+    // Now n1 waits (since `at`): n2 reuses the unit within the turn, then hands it back.
+    let got = end_and_claim(&*store, &n2.remove(0), next("n2", at + turn - 1)).await;
+    assert_eq!(got.len(), 1, "n1 has not waited a turn yet");
+    n2.extend(got);
+    let got = end_and_claim(&*store, &n2.remove(0), next("n2", at + turn)).await;
+    assert!(got.is_empty(), "n1 has waited a turn: the unit is n1's");
+    assert_eq!(
+        claim(one("n1", at + turn)).await.len(),
+        1,
+        "n1 takes its turn"
     );
 }

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{PgStore, StoreResult, Tx, pg_err};
 use crate::store::JobClaimParams;
-use crate::store::cap_share::{WAIT_FRESH_MS, WAIT_REFRESH_MS};
+use crate::store::cap_share::{TURN_MS, WAIT_FRESH_MS, WAIT_REFRESH_MS};
 
 /// The tokens of a cap: created once per store handle and cap (they are never removed;
 /// a lower cap leaves the higher ones unused).
@@ -64,28 +64,45 @@ const UNTOKENED: &str =
 /// that many free tokens beyond the untokened jobs (no more: a token locked and left
 /// unused is skipped by every concurrent claim until this one commits). The claim's
 /// `LIMIT` is [`CLAIMABLE`], and the picked jobs are paired with `tok` rows by `n`.
-pub(super) fn locked_tokens(cap_param: usize) -> String {
+/// `released`: the claim follows an end of the node's own.
+pub(super) fn locked_tokens(cap_param: usize, released: bool) -> String {
     format!(
         "untokened AS ({UNTOKENED}),
                   {share},
                   tok AS (SELECT slot, row_number() OVER (ORDER BY slot) AS n FROM (
                      SELECT slot FROM cap_tokens WHERE job_seq IS NULL AND slot < ${cap_param}
                      ORDER BY slot LIMIT (SELECT n FROM share) + (SELECT n FROM untokened) FOR UPDATE SKIP LOCKED) t)",
-        share = share(1, 2, 4)
+        share = share(1, 2, 4, released)
     )
 }
 
 /// CTEs `waiters` and `share` (the rule: `store::cap_share`): the other nodes waiting
-/// for a unit, and the most this claim may take: `$want` while none waits, else one
-/// unit past the fewest any waiting node holds, less the units this node holds. The
-/// holdings are read only while a node waits. Parameters by number: the node, now and
-/// the claim's want.
-pub(super) fn share(node: usize, now: usize, want: usize) -> String {
+/// for a unit (the units each holds, where its place in line began), and the most this
+/// claim may take: `$want` while none waits, else up to level with the fewest any
+/// waiting node holds, one more unless one of those has its turn (`cap_share::has_turn`:
+/// waited `TURN_MS`, and longer than this node, whose place is now when `released` —
+/// the claim follows an end of its own — else its own mark's), less the units this node
+/// holds. The holdings are read only while a node waits. Parameters by number: the
+/// node, now and the claim's want.
+pub(super) fn share(node: usize, now: usize, want: usize, released: bool) -> String {
+    let place = if released {
+        format!("${now}::bigint")
+    } else {
+        format!(
+            "coalesce((SELECT cap_wait_since FROM nodes WHERE id = ${node}
+                                 AND cap_wait_at >= ${now}::bigint - {WAIT_FRESH_MS}), ${now}::bigint)"
+        )
+    };
     format!(
-        "waiters AS (SELECT id FROM nodes WHERE id <> ${node} AND cap_wait_at >= ${now}::bigint - {WAIT_FRESH_MS}),
+        "waiters AS (SELECT n.cap_wait_since AS since,
+                             (SELECT count(*) FROM jobs j WHERE j.status = 'running' AND j.cap_slot IS NOT NULL
+                                                           AND j.node_id = n.id) AS held
+                      FROM nodes n WHERE n.id <> ${node} AND n.cap_wait_at >= ${now}::bigint - {WAIT_FRESH_MS}),
                   share AS (SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM waiters) THEN ${want}::bigint ELSE GREATEST(0,
-                      (SELECT min((SELECT count(*) FROM jobs j WHERE j.status = 'running' AND j.cap_slot IS NOT NULL
-                                                                AND j.node_id = w.id)) FROM waiters w) + 1
+                      (SELECT min(held) FROM waiters)
+                      + CASE WHEN EXISTS (SELECT 1 FROM waiters w WHERE w.held = (SELECT min(held) FROM waiters)
+                                            AND w.since <= ${now}::bigint - {TURN_MS} AND w.since < {place})
+                             THEN 0 ELSE 1 END
                       - (SELECT count(*) FROM jobs WHERE status = 'running' AND cap_slot IS NOT NULL
                                                          AND node_id = ${node})) END AS n)"
     )
@@ -102,19 +119,22 @@ pub(super) const ANY_CLAIMABLE: &str =
 pub(super) const CLAIMABLE: &str = "GREATEST(0, LEAST($4, (SELECT count(*) FROM tok) - (SELECT n FROM untokened), (SELECT n FROM share)))";
 
 /// CTEs `waits` and `mark` of the fused claim under the cap: record whether this
-/// claim's node waits for the cap (`cap_wait_at`, the rule: `store::cap_share`). `remain`:
-/// a ready job of an `offered` pipeline was not picked (among each one's first heads,
-/// one past its room). The node waits when the cap let it take fewer jobs than its
-/// rooms held and `$4` allowed, and a job is left: the mark is set, or refreshed once
-/// older than [`WAIT_REFRESH_MS`]. With no job left it stops waiting: the mark is
-/// cleared. Otherwise (it got what it asked and more is queued) the mark stays as it
-/// is, to lapse unless a short claim refreshes it: a node whose claims alternate
-/// between short and served does not write its row on each. The row is never waited
-/// for: when another claim of the same node holds it, that claim is marking the node.
-/// (Rewriting the mark on every claim, under a lock held through COMMIT, made a node's
-/// claimers queue on their own row: `store` bench, 3 processes under a cap of 8,
-/// 0.70× one process.)
-pub(super) fn mark() -> String {
+/// claim's node waits for the cap (`cap_wait_at`) and its place in line
+/// (`cap_wait_since`; the rule: `store::cap_share`). `remain`: a ready job of an
+/// `offered` pipeline was not picked (among each one's first heads, one past its room).
+/// The node waits when the cap let it take fewer jobs than its rooms held and `$4`
+/// allowed, and a job is left: the mark is set, or refreshed once older than
+/// [`WAIT_REFRESH_MS`]; its place is kept, or begins now when the claim took a unit
+/// (`took`) or follows an end of its own (`released`). With no job left it stops
+/// waiting: both are cleared. Otherwise (it got what it asked and more is queued) the
+/// mark stays as it is, to lapse unless a short claim refreshes it, and a unit taken
+/// moves a marked node's place to now. So a node's row is written when its wait begins
+/// or ends, each second while it lasts, and when units change hands under a wait, not
+/// on every claim. The row is never waited for: when another claim of the same node
+/// holds it, that claim is marking the node. (Rewriting the mark on every claim, under
+/// a lock held through COMMIT, made a node's claimers queue on their own row: `store`
+/// bench, 3 processes under a cap of 8, 0.70× one process.)
+pub(super) fn mark(released: bool) -> String {
     format!(
         ",
                   waits AS (SELECT {CLAIMABLE} < LEAST($4, (SELECT sum(room) FROM offered)) AS short,
@@ -122,19 +142,31 @@ pub(super) fn mark() -> String {
                                        SELECT j.seq FROM jobs j
                                        WHERE j.status = 'queued' AND j.pipeline = q.name AND j.held = false AND j.run_after <= $2
                                        ORDER BY j.priority DESC, j.seq LIMIT q.room + 1) h
-                                   WHERE h.seq NOT IN (SELECT seq FROM pick)) AS remain),
-                  mark AS (UPDATE nodes SET cap_wait_at = CASE WHEN w.remain THEN $2 END FROM waits w
+                                   WHERE h.seq NOT IN (SELECT seq FROM pick)) AS remain,
+                                   EXISTS (SELECT 1 FROM pick) AS took),
+                  mark AS (UPDATE nodes SET cap_wait_at = CASE WHEN NOT w.remain THEN NULL
+                                                                WHEN w.short THEN $2 ELSE nodes.cap_wait_at END,
+                                            cap_wait_since = CASE WHEN NOT w.remain THEN NULL
+                                                                  WHEN w.took OR {released} OR nodes.cap_wait_since IS NULL THEN $2
+                                                                  ELSE nodes.cap_wait_since END
+                           FROM waits w
                            WHERE nodes.id = (SELECT id FROM nodes WHERE id = $1 FOR NO KEY UPDATE SKIP LOCKED)
-                             AND CASE WHEN w.short AND w.remain THEN coalesce(nodes.cap_wait_at < $2 - {WAIT_REFRESH_MS}, true)
-                                      WHEN NOT w.remain THEN nodes.cap_wait_at IS NOT NULL
-                                      ELSE false END)"
+                             AND CASE WHEN NOT w.remain THEN nodes.cap_wait_at IS NOT NULL
+                                      WHEN w.short THEN w.took OR {released} OR nodes.cap_wait_since IS NULL
+                                                        OR coalesce(nodes.cap_wait_at < $2 - {WAIT_REFRESH_MS}, true)
+                                      ELSE w.took AND nodes.cap_wait_at IS NOT NULL END)"
     )
 }
 
 /// Locks free tokens below `cap` for up to `want` jobs (for the keyed claim, which claims
 /// in statements of its own), no more than the node's fair share while another node
-/// waits: their slots, of which the first [`Locked::usable`] may be given.
-pub(super) async fn lock(tx: &Tx, p: &JobClaimParams, want: usize) -> StoreResult<Locked> {
+/// waits (`released`: the claim follows an end of the node's own): their slots, of which the first [`Locked::usable`] may be given.
+pub(super) async fn lock(
+    tx: &Tx,
+    p: &JobClaimParams,
+    want: usize,
+    released: bool,
+) -> StoreResult<Locked> {
     let rows = tx
         .query(
             &format!(
@@ -142,7 +174,7 @@ pub(super) async fn lock(tx: &Tx, p: &JobClaimParams, want: usize) -> StoreResul
                  SELECT slot, (SELECT n FROM untokened) FROM cap_tokens
                  WHERE job_seq IS NULL AND slot < $1
                  ORDER BY slot LIMIT (SELECT n FROM share) + (SELECT n FROM untokened) FOR UPDATE SKIP LOCKED",
-                share = share(3, 4, 2),
+                share = share(3, 4, 2, released),
             ),
             &[
                 &(p.global_cap as i64),

@@ -89,14 +89,16 @@ pub(super) async fn claim_in_tx(
             running.insert(r.get(0), r.get::<_, i64>(1) as u32);
         }
     }
-    // The global cap is met by tokens, not by this count.
+    // The global cap is met by tokens, not by this count. The follow-up claim of a
+    // finish (`Try`) comes after an end of the node's own: its place in line is now.
+    let released = wait == CapWait::Try;
     let plan = claim_plan::plan(p, &running);
     if plan
         .rooms
         .iter()
         .any(|(name, _)| p.keyed.contains_key(name))
     {
-        return claim_keyed_capped(tx, p, plan).await;
+        return claim_keyed_capped(tx, p, plan, released).await;
     }
     let mut rooms = Rows::new(&[("name", "text"), ("room", "bigint")]);
     for (name, room) in &plan.rooms {
@@ -127,7 +129,7 @@ pub(super) async fn claim_in_tx(
     // them in claim order, and mark each token held by its job.
     let (tokens, guard, limit, pair, slot, hold) = if p.global_cap > 0 {
         (
-            format!("{},\n", cap_tokens::locked_tokens(params.len())),
+            format!("{},\n", cap_tokens::locked_tokens(params.len(), released)),
             cap_tokens::ANY_CLAIMABLE,
             cap_tokens::CLAIMABLE,
             "pair AS (SELECT p.seq, tok.slot FROM (SELECT seq, row_number() OVER (ORDER BY priority DESC, seq) AS n
@@ -135,7 +137,7 @@ pub(super) async fn claim_in_tx(
             "pair.slot",
             format!(
                 ",\n                  hold AS (UPDATE cap_tokens t SET job_seq = c.seq FROM claimed c WHERE t.slot = c.cap_slot){}",
-                cap_tokens::mark()
+                cap_tokens::mark(released)
             ),
         )
     } else {
@@ -237,11 +239,12 @@ async fn claim_keyed_capped(
     tx: &Tx,
     p: &JobClaimParams,
     mut plan: claim_plan::ClaimPlan,
+    released: bool,
 ) -> StoreResult<ClaimOutcome> {
     if p.global_cap == 0 {
         return super::claim_keyed::claim(tx, p, plan).await;
     }
-    let tokens = cap_tokens::lock(tx, p, plan.want).await?;
+    let tokens = cap_tokens::lock(tx, p, plan.want, released).await?;
     plan.limit(tokens.usable());
     let out = super::claim_keyed::claim(tx, p, plan).await?;
     let ids: Vec<String> = out.jobs.iter().map(|j| j.id.clone()).collect();

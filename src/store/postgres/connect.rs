@@ -322,6 +322,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres_0010_workflows.sql"),
     include_str!("../migrations/postgres_0011_cap_tokens.sql"),
     include_str!("../migrations/postgres_0012_cap_waits.sql"),
+    include_str!("../migrations/postgres_0013_cap_turns.sql"),
 ];
 
 /// How often other replicas' commits are looked for (until a bus signals them).

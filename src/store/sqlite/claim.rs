@@ -4,8 +4,10 @@
 use super::*;
 
 pub(super) async fn job_claim(s: &SqliteStore, p: JobClaimParams) -> StoreResult<ClaimOutcome> {
-    s.write_now("job_claim", move |conn| Ok((claim_in_tx(conn, &p)?, 0)))
-        .await
+    s.write_now("job_claim", move |conn| {
+        Ok((claim_in_tx(conn, &p, false)?, 0))
+    })
+    .await
 }
 
 /// See [`Store::jobs_adopt_key`].
@@ -22,8 +24,14 @@ pub(super) async fn jobs_adopt_key(s: &SqliteStore, pipeline: &str) -> StoreResu
     .await
 }
 
-/// Claims queued jobs for a node inside the caller's transaction (see [`Store::job_claim`]).
-pub(super) fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<ClaimOutcome> {
+/// Claims queued jobs for a node inside the caller's transaction (see [`Store::job_claim`]);
+/// `released`: the claim follows an end of the node's own (its place in line for the
+/// global cap is then now, `store::cap_share`).
+pub(super) fn claim_in_tx(
+    conn: &Connection,
+    p: &JobClaimParams,
+    released: bool,
+) -> StoreResult<ClaimOutcome> {
     // A node without a row was declared dead (or has deregistered): it may not claim, so a
     // `running` job always belongs to a registered node or is stranded (see the rescuer).
     let registered = conn
@@ -79,7 +87,7 @@ pub(super) fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<
     let wanted = plan.want.min(offered.iter().map(|(_, room)| room).sum());
     let capped = p.global_cap > 0;
     if capped {
-        plan.limit(cap_waits::room(conn, p, &running)?);
+        plan.limit(cap_waits::room(conn, p, &running, released)?);
     }
     let mut want = plan.want;
     let mut out = ClaimOutcome::default();
@@ -132,7 +140,8 @@ pub(super) fn claim_in_tx(conn: &Connection, p: &JobClaimParams) -> StoreResult<
         }
     }
     if capped {
-        cap_waits::mark(conn, p, &offered, plan.want < wanted)?;
+        let took = !out.jobs.is_empty();
+        cap_waits::mark(conn, p, &offered, plan.want < wanted, took, released)?;
     }
     if want > 0 {
         out.next_due = conn

@@ -18,6 +18,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite_0011_after.sql"),
     include_str!("../migrations/sqlite_0012_workflows.sql"),
     include_str!("../migrations/sqlite_0013_cap_waits.sql"),
+    include_str!("../migrations/sqlite_0014_cap_turns.sql"),
 ];
 
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -54,7 +54,7 @@ pub(super) fn finish_in_tx(
     }
     let (mut out, kinds) = finish_fenced(conn, p)?;
     if let Some(claim) = &p.claim_next {
-        out.next = claim_in_tx(conn, claim)?.jobs;
+        out.next = claim_in_tx(conn, claim, true)?.jobs;
     }
     Ok((out, kinds))
 }
