@@ -3,7 +3,9 @@
 //! with Redis stopped, and after it returns); a job's live log on one replica is
 //! streamed by another; an SSE client that moves between replicas with
 //! `Last-Event-ID` misses nothing and sees nothing twice; clients that join a
-//! freshly started replica while another commits miss none of its events.
+//! freshly started replica while another commits miss none of its events; under a
+//! global cap of one, a replica that alone can run a pipeline gets its turn while
+//! another's backlog is still queued.
 //!
 //! Needs `TEST_DATABASE_URL` and `TEST_REDIS_URL` (prints `SKIPPED(service)`
 //! without them). Each test has its own schema and bus prefix; the test that
@@ -483,4 +485,79 @@ async fn clients_joining_a_freshly_started_replica_miss_none_of_another_replicas
         }
         drop(schema);
     }
+}
+
+/// Two replicas under `max_workers_global = 1`, each the only one that can run its
+/// pipeline (`labels` / `requires`): a backlog of `work` on the first, then one `train`
+/// run for the second. The first replica's finishes claim its next job with the unit
+/// each end frees, so without turns (`store::cap_share`) `train` waited for the whole
+/// backlog; with them it runs a turn (250 ms) after it began waiting, while most of the
+/// backlog is still queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_alone_runs_a_pipeline_gets_its_turn_at_a_global_cap_of_one() {
+    let (Some(pg), Some(redis)) = (pg_url(), shared_url()) else {
+        return;
+    };
+    let schema = Schema {
+        url: pg.clone(),
+        name: fresh_schema(),
+    };
+    let prefix = fresh_prefix();
+    let pipelines = r#"
+[pipelines.work]
+command = ["sleep", "0.05"]
+requires = { kind = "cpu" }
+[pipelines.train]
+command = ["true"]
+requires = { kind = "gpu" }
+"#;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut nodes = Vec::new();
+    for (dir, kind) in dirs.iter().zip(["cpu", "gpu"]) {
+        let config = common::write_config(
+            dir.path(),
+            &format!(
+                "max_workers = 2\nmax_workers_global = 1\nlabels = {{ kind = \"{kind}\" }}\n\
+                 [store]\nurl = \"{pg}\"\nschema = \"{}\"\npool_size = 4\n\
+                 [bus]\nurl = \"{redis}\"\nprefix = \"{prefix}\"\n",
+                schema.name
+            ),
+            pipelines,
+        );
+        nodes.push(BinServer::start(&config, free_port()).await);
+    }
+    let http = reqwest::Client::new();
+    let trigger = |pipeline: &'static str| {
+        let (http, base) = (http.clone(), nodes[0].base.clone());
+        async move {
+            let (status, t) = post(
+                &http,
+                &format!("{base}/api/pipelines/{pipeline}/trigger"),
+                json!({}),
+            )
+            .await;
+            assert_eq!(status, 202, "{t}");
+            t["runId"].as_str().unwrap().to_string()
+        }
+    };
+    let mut events = EventWatcher::connect(&nodes[0].base, 0);
+    let backlog = 40;
+    for _ in 0..backlog {
+        trigger("work").await;
+    }
+    events.wait_for("job:started", |_| true, T).await;
+    let train = trigger("train").await;
+    events
+        .wait_for("run:completed", |d| d["runId"] == train.as_str(), T)
+        .await;
+    let done = events
+        .seen
+        .iter()
+        .filter(|e| e.event == "run:completed" && e.data["pipelineId"] == "work")
+        .count();
+    println!("train completed after {done} of {backlog} work runs");
+    assert!(
+        done < backlog / 2,
+        "train waited for {done} of {backlog} work runs: the cap was never handed over"
+    );
 }
