@@ -160,7 +160,8 @@ pub(super) fn mark(released: bool) -> String {
 
 /// Locks free tokens below `cap` for up to `want` jobs (for the keyed claim, which claims
 /// in statements of its own), no more than the node's fair share while another node
-/// waits (`released`: the claim follows an end of the node's own): their slots, of which the first [`Locked::usable`] may be given.
+/// waits (`released`: the claim follows an end of the node's own): their slots, of
+/// which the first [`Locked::usable`] may be given.
 pub(super) async fn lock(
     tx: &Tx,
     p: &JobClaimParams,
