@@ -26,6 +26,23 @@ async fn start(server_extra: &str, pipelines: &str) -> (BinServer, tempfile::Tem
     (server, dir)
 }
 
+/// Triggers a run of `pipeline` with no parameters; its id.
+async fn trigger(http: &reqwest::Client, base: &str, pipeline: &str) -> String {
+    let t: Value = http
+        .post(format!("{base}/api/pipelines/{pipeline}/trigger"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    t["runId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no run id: {t}"))
+        .to_string()
+}
+
 /// Reads until the server closes the socket (EOF or reset); returns what it read.
 async fn read_to_close(sock: &mut TcpStream, within: Duration) -> Vec<u8> {
     let mut got = Vec::new();
@@ -440,18 +457,7 @@ async fn a_log_stream_wakes_only_for_its_own_job() {
     let trigger = |pipeline: &'static str| {
         let http = http.clone();
         let base = s.base.clone();
-        async move {
-            let t: Value = http
-                .post(format!("{base}/api/pipelines/{pipeline}/trigger"))
-                .json(&json!({}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            t["runId"].as_str().unwrap().to_string()
-        }
+        async move { trigger(&http, &base, pipeline).await }
     };
     let wakeups = || async {
         let text = http
@@ -636,16 +642,7 @@ async fn a_gzip_client_decodes_the_same_events_as_an_identity_client_and_a_valid
     let http = reqwest::Client::new();
     let runs = 60;
     for i in 0..runs {
-        let t: Value = http
-            .post(format!("{}/api/pipelines/echo/trigger", s.base))
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert!(t["runId"].is_string());
+        trigger(&http, &s.base, "echo").await;
         if i == runs / 2 {
             // One that joins in the middle: a replay of its own, then the shared batches.
             watcher
@@ -728,16 +725,7 @@ async fn streams_end_at_shutdown_with_what_the_drain_stored() {
     let runs = 4;
     let mut run_ids = Vec::new();
     for _ in 0..runs {
-        let t: Value = http
-            .post(format!("{}/api/pipelines/nap/trigger", s.base))
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        run_ids.push(t["runId"].as_str().expect("a run id").to_string());
+        run_ids.push(trigger(&http, &s.base, "nap").await);
     }
     watcher.wait_count("job:started", |_| true, runs, T).await;
     let log = open_stream(s.addr, &format!("/api/jobs/{}/logs/stream", run_ids[0]), "").await;
