@@ -5,8 +5,8 @@
 //! answers into as few statements and round trips as the batch allows. A batch of any
 //! size costs, in the common case (completions, shards, no finalizer, no webhook): the
 //! fenced read of all its jobs, the write of their ends (`UPDATE … FROM (VALUES …)`)
-//! and the landing of their runs, sent together; then the runs' terminal update, the
-//! events and the claim, sent together; then COMMIT. Rare paths (a retry or requeue
+//! and the landing of their runs, sent together; then the runs' terminal update with
+//! the events' insert (one statement) and the claim, sent together; then COMMIT. Rare paths (a retry or requeue
 //! decided from the row, a finalizer queued or ended, a webhook's outbox row, a
 //! multi-shard run's shard statuses) add statements only when they occur.
 //!
@@ -22,7 +22,7 @@ use super::claim::{CapWait, claim_in_tx};
 use super::finish_rows::{end_rows, ends_sql, fences_sql, id_rows, read_fences, write_ends};
 use super::landing::{
     EndFact, Finalizer, Landing, TERMINAL, land_query, land_sql, landed, terminal_row, touch_rows,
-    touches, turn_terminal, write_terminal,
+    touches, turn_terminal, write_terminal_with_events,
 };
 use super::rows::Rows;
 use super::{StoreError, StoreResult, Tx};
@@ -48,8 +48,8 @@ struct Ending<'p> {
 /// Statements that do not wait on each other's answers go out together (tokio-postgres
 /// pipelines the queries of one connection that are awaited at once): the fenced read
 /// with the write (and the landing) when every end is decided without its row, and the
-/// runs' terminal update with the events and the claim. A batch of completions costs two
-/// round trips and COMMIT (BEGIN rides with the first).
+/// runs' terminal update (which inserts the events too) with the claim. A batch of
+/// completions costs two round trips and COMMIT (BEGIN rides with the first).
 pub(super) async fn finish_batch(
     tx: &mut Tx,
     batch: &[JobFinishParams],
@@ -268,11 +268,13 @@ async fn end_runs(
     }
     let events = tx.take_events();
     let tx = &*tx;
-    let terminal = async {
+    // The runs' terminal update carries the events' insert (one statement, not two).
+    let written = async {
         if ended.is_empty() {
-            return Ok(0);
+            tx.insert_events(events).await.map(|()| 0)
+        } else {
+            write_terminal_with_events(tx, &ends, now, &events).await
         }
-        write_terminal(tx, &ends, now).await.map(|rows| rows.len())
     };
     let claimed = async {
         match claim {
@@ -280,8 +282,7 @@ async fn end_runs(
             None => Ok(Vec::new()),
         }
     };
-    let (turned, (), claimed) =
-        tokio::try_join!(biased; terminal, tx.insert_events(events), claimed)?;
+    let (turned, claimed) = tokio::try_join!(biased; written, claimed)?;
     if turned != ended.len() {
         return Err(StoreError::internal(format!(
             "{turned} runs turned terminal where {} were expected",

@@ -337,13 +337,38 @@ impl Tx {
         if events.is_empty() {
             return Ok(());
         }
-        let index: Vec<i64> = (0..events.len() as i64).collect();
-        let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
-        let runs: Vec<&str> = events.iter().map(|e| e.run_id.as_str()).collect();
-        let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
-        let at: Vec<i64> = events.iter().map(|e| e.at).collect();
-        self.exec(INSERT_EVENTS, &[&index, &names, &runs, &data, &at])
-            .await?;
+        let columns = EventColumns::of(&events);
+        self.exec(INSERT_EVENTS, &columns.params()).await?;
         Ok(())
+    }
+}
+
+/// A transaction's events as the five arrays [`INSERT_EVENTS`] takes (`$1`–`$5`), so a
+/// statement may also insert them as a CTE of its own ([`EventColumns::CTE`]).
+pub(crate) struct EventColumns<'e> {
+    index: Vec<i64>,
+    names: Vec<&'e str>,
+    runs: Vec<&'e str>,
+    data: Vec<&'e str>,
+    at: Vec<i64>,
+}
+
+impl<'e> EventColumns<'e> {
+    /// The insert of the events, as a statement's CTE; its parameters are `$1`–`$5`.
+    pub(crate) const CTE: &'static str = INSERT_EVENTS;
+
+    pub(crate) fn of(events: &'e [PendingEvent]) -> EventColumns<'e> {
+        EventColumns {
+            index: (0..events.len() as i64).collect(),
+            names: events.iter().map(|e| e.name.as_str()).collect(),
+            runs: events.iter().map(|e| e.run_id.as_str()).collect(),
+            data: events.iter().map(|e| e.data.as_str()).collect(),
+            at: events.iter().map(|e| e.at).collect(),
+        }
+    }
+
+    /// `$1`–`$5` of [`EventColumns::CTE`].
+    pub(crate) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 5] {
+        [&self.index, &self.names, &self.runs, &self.data, &self.at]
     }
 }
