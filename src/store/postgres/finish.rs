@@ -22,9 +22,10 @@ use super::claim::{CapWait, claim_in_tx};
 use super::finish_rows::{end_rows, ends_sql, fences_sql, id_rows, read_fences, write_ends};
 use super::landing::{
     EndFact, Finalizer, Landing, TERMINAL, land_query, land_sql, landed, terminal_row, touch_rows,
-    touches, turn_terminal, write_terminal_with_events,
+    touches, turn_terminal,
 };
 use super::rows::Rows;
+use super::tx::{EventColumns, PendingEvent};
 use super::{StoreError, StoreResult, Tx};
 use crate::model::{JobKind, JobPart, RunStatus, parse_job_id};
 use crate::store::payload;
@@ -290,6 +291,39 @@ async fn end_runs(
         )));
     }
     Ok((ended, claimed))
+}
+
+/// The landing's terminal update (as [`super::landing::write_terminal`] writes it) and
+/// the insert of the transaction's `events`, as one statement (one execution instead of
+/// two); how many runs turned terminal.
+async fn write_terminal_with_events(
+    tx: &Tx,
+    ends: &Rows,
+    now: i64,
+    events: &[PendingEvent],
+) -> StoreResult<usize> {
+    let columns = EventColumns::of(events);
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns.params().to_vec();
+    params.extend(ends.params());
+    params.push(&now);
+    let rows = tx
+        .query(
+            &format!(
+                "WITH new_events AS ({}),
+                      turned AS (UPDATE runs r SET status = u.status, finished_at = ${},
+                                        shards_status = COALESCE(u.shards, r.shards_status)
+                                 FROM {}
+                                 WHERE r.id = u.id AND r.finished_at IS NULL
+                                 RETURNING r.id)
+                 SELECT count(*) FROM turned",
+                EventColumns::CTE,
+                params.len(),
+                ends.sql("u", 6)
+            ),
+            &params,
+        )
+        .await?;
+    Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)) as usize)
 }
 
 fn not_applied() -> FinishOutcome {

@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::rows::{Rows, Value};
-use super::tx::{EventColumns, PendingEvent};
 use super::{StoreResult, Tx};
 use crate::model::{JobKind, JobStatus, RunStatus, finalize_job_id};
 use crate::store::completion::{
@@ -225,38 +224,6 @@ pub(super) async fn write_terminal(
         &params,
     )
     .await
-}
-
-/// [`write_terminal`] and the insert of the transaction's `events` as one statement
-/// (one execution instead of two); how many runs turned terminal.
-pub(super) async fn write_terminal_with_events(
-    tx: &Tx,
-    ends: &Rows,
-    now: i64,
-    events: &[PendingEvent],
-) -> StoreResult<usize> {
-    let columns = EventColumns::of(events);
-    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns.params().to_vec();
-    params.extend(ends.params());
-    params.push(&now);
-    let rows = tx
-        .query(
-            &format!(
-                "WITH new_events AS ({}),
-                      turned AS (UPDATE runs r SET status = u.status, finished_at = ${},
-                                        shards_status = COALESCE(u.shards, r.shards_status)
-                                 FROM {}
-                                 WHERE r.id = u.id AND r.finished_at IS NULL
-                                 RETURNING r.id)
-                 SELECT count(*) FROM turned",
-                EventColumns::CTE,
-                params.len(),
-                ends.sql("u", 6)
-            ),
-            &params,
-        )
-        .await?;
-    Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)) as usize)
 }
 
 /// Queues the run's finalizer (once) after its last shard landed.
