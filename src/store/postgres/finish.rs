@@ -6,9 +6,10 @@
 //! size costs, in the common case (completions, shards, no finalizer, no webhook): the
 //! fenced read of all its jobs, the write of their ends (`UPDATE … FROM (VALUES …)`)
 //! and the landing of their runs, sent together; then the runs' terminal update with
-//! the events' insert (one statement) and the claim, sent together; then COMMIT. Rare paths (a retry or requeue
-//! decided from the row, a finalizer queued or ended, a webhook's outbox row, a
-//! multi-shard run's shard statuses) add statements only when they occur.
+//! the events' insert (one statement) and the claim, sent together; then COMMIT. Rare
+//! paths (a retry or requeue decided from the row, a finalizer queued or ended, a
+//! webhook's outbox row, a multi-shard run's shard statuses) add statements only when
+//! they occur.
 //!
 //! Fencing inside a batch: the read locks every job row (`FOR UPDATE`, in id order —
 //! the lock order of the module docs), and only a job whose row is still `running` under
@@ -21,8 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::claim::{CapWait, claim_in_tx};
 use super::finish_rows::{end_rows, ends_sql, fences_sql, id_rows, read_fences, write_ends};
 use super::landing::{
-    EndFact, Finalizer, Landing, TERMINAL, land_query, land_sql, landed, terminal_row, touch_rows,
-    touches, turn_terminal,
+    EndFact, Finalizer, Landing, TERMINAL, land_query, land_sql, landed, terminal_row,
+    terminal_sql, touch_rows, touches, turn_terminal,
 };
 use super::rows::Rows;
 use super::tx::{EventColumns, PendingEvent};
@@ -293,8 +294,8 @@ async fn end_runs(
     Ok((ended, claimed))
 }
 
-/// The landing's terminal update (as [`super::landing::write_terminal`] writes it) and
-/// the insert of the transaction's `events`, as one statement (one execution instead of
+/// The runs' terminal update ([`terminal_sql`]) and the insert of the transaction's
+/// `events`, as one statement (one execution instead of
 /// two); how many runs turned terminal.
 async fn write_terminal_with_events(
     tx: &Tx,
@@ -309,16 +310,10 @@ async fn write_terminal_with_events(
     let rows = tx
         .query(
             &format!(
-                "WITH new_events AS ({}),
-                      turned AS (UPDATE runs r SET status = u.status, finished_at = ${},
-                                        shards_status = COALESCE(u.shards, r.shards_status)
-                                 FROM {}
-                                 WHERE r.id = u.id AND r.finished_at IS NULL
-                                 RETURNING r.id)
+                "WITH new_events AS ({}), turned AS ({} RETURNING r.id)
                  SELECT count(*) FROM turned",
                 EventColumns::CTE,
-                params.len(),
-                ends.sql("u", 6)
+                terminal_sql(ends, 6, params.len())
             ),
             &params,
         )

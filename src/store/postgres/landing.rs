@@ -213,17 +213,23 @@ pub(super) async fn write_terminal(
     params.push(&now);
     tx.query(
         &format!(
-            "UPDATE runs r SET status = u.status, finished_at = ${}, shards_status = COALESCE(u.shards, r.shards_status)
-             FROM {}
-             WHERE r.id = u.id AND r.finished_at IS NULL
-             RETURNING r.id, r.pipeline, r.shard_count, r.callback_url, r.aborted_by, r.has_dependents,
-                       r.workflow_run_id",
-            params.len(),
-            ends.sql("u", 1)
+            "{} RETURNING r.id, r.pipeline, r.shard_count, r.callback_url, r.aborted_by,
+                          r.has_dependents, r.workflow_run_id",
+            terminal_sql(ends, 1, params.len())
         ),
         &params,
     )
     .await
+}
+
+/// The runs' terminal update of `ends` (rows' parameters from `$first`, time `$now`).
+pub(super) fn terminal_sql(ends: &Rows, first: usize, now: usize) -> String {
+    format!(
+        "UPDATE runs r SET status = u.status, finished_at = ${now},
+                           shards_status = COALESCE(u.shards, r.shards_status)
+         FROM {} WHERE r.id = u.id AND r.finished_at IS NULL",
+        ends.sql("u", first)
+    )
 }
 
 /// Queues the run's finalizer (once) after its last shard landed.
