@@ -178,6 +178,13 @@ async fn keyed_race(f: &Factory, per_key: u32, global: usize) -> KeyedRace {
                     took(&out.jobs);
                     held = out.jobs;
                 }
+                if global > 0 {
+                    // Held long enough that the cap's holders overlap on a loaded machine:
+                    // while others wait, fair shares give each claimer one unit at most, so
+                    // filling the cap takes three claimers holding at once (0-3 ms holds
+                    // left one run in the full suite at 2 of 3).
+                    tokio::time::sleep(Duration::from_millis(8)).await;
+                }
                 rng.jitter(3_000).await;
                 let job = held.pop().expect("a held job");
                 // Lowered before the finish starts: never above what the store counts.
