@@ -52,7 +52,9 @@
 //! `BENCH_SCALE_RUNS` (2000), `BENCH_HOST_KILLS` (5), `BENCH_WATCH_RUNS` (2000),
 //! `BENCH_WATCHERS` (1000), `BENCH_VIEWERS` (100), `BENCH_DEEP` (1000000), `BENCH_PGSS_RUNS` (2000), `BENCH_RELEASE_SAMPLES` (200),
 //! `BENCH_ONLY` (above), `BENCH_BIN` (the server binary to measure, [`kit::runyard_bin`];
-//! default: this build's, so a landed binary can be measured with the same bench).
+//! default: this build's, so a landed binary can be measured with the same bench),
+//! `BENCH_SQLITE_SYNC` (`full`: SQLite servers fsync every commit, as PostgreSQL does by
+//! default; ratios at equal durability).
 
 #[path = "runyard_bench/claim_depth.rs"]
 mod claim_depth;
@@ -173,6 +175,15 @@ impl std::ops::Deref for Server {
     }
 }
 
+/// The `[store]` table of a SQLite bench server: `BENCH_SQLITE_SYNC=full` makes its
+/// commits fsync, as PostgreSQL's do by default (`synchronous_commit = on`), for figures
+/// at equal durability.
+fn sqlite_store_table() -> String {
+    std::env::var("BENCH_SQLITE_SYNC").map_or(String::new(), |sync| {
+        format!("[store]\nsynchronous = \"{sync}\"")
+    })
+}
+
 /// The database for the PostgreSQL figures, if any.
 fn database_url() -> Option<String> {
     std::env::var("BENCH_DATABASE_URL")
@@ -197,7 +208,7 @@ impl Server {
                 &format!("{SERVER_KEYS}\n{server_extra}"),
                 &schema
                     .as_ref()
-                    .map_or(String::new(), |s| s.store_table(None)),
+                    .map_or_else(sqlite_store_table, |s| s.store_table(None)),
                 pipelines,
             ),
         )

@@ -77,7 +77,7 @@ pub async fn bench_pgss(runs: usize) {
     let port = kit::free_port();
     let options = format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c shared_preload_libraries=pg_stat_statements \
-         -c pg_stat_statements.track=all -c max_connections=100",
+         -c pg_stat_statements.track=all -c pg_stat_statements.track_planning=on -c max_connections=100",
         dir.path().display()
     );
     let log = dir.path().join("log");
@@ -147,7 +147,8 @@ pub async fn bench_pgss(runs: usize) {
         let top = psql(
             &url,
             "SELECT round(total_exec_time::numeric, 1) || ' ms | ' || calls || ' calls | '
-                    || round((total_exec_time * 1000 / greatest(calls, 1))::numeric) || ' µs | '
+                    || round((total_exec_time * 1000 / greatest(calls, 1))::numeric) || ' µs | plan '
+                    || round((total_plan_time * 1000 / greatest(calls, 1))::numeric) || ' µs | '
                     || regexp_replace(left(query, 90), '\\s+', ' ', 'g')
              FROM pg_stat_statements WHERE query !~* 'pg_stat_statements'
              ORDER BY total_exec_time DESC LIMIT 8",
@@ -183,7 +184,9 @@ pub async fn bench_pgss(runs: usize) {
                 per(m.commits),
                 per(m.flushes)
             );
-            println!("    the server's time by statement (total | calls | mean | statement):");
+            println!(
+                "    the server's time by statement (total | calls | mean | mean planning | statement):"
+            );
             for line in m.top.lines() {
                 println!("      {line}");
             }
