@@ -209,7 +209,9 @@ pub trait Store: Send + Sync {
     /// reader can see now. Ids increase but may have gaps (PostgreSQL), so readers resume
     /// by cursor and never count ids.
     async fn events_bounds(&self) -> StoreResult<(i64, i64)>;
-    /// One run's events in id order, without `job:progress`, at most `limit` (the oldest).
+    /// One run's events in id order, without `job:progress`, at most `limit` (the oldest),
+    /// as committed when read: a history, not a cursor (no horizon, unlike
+    /// [`Store::events_after`]).
     async fn run_events(&self, run_id: &str, limit: usize) -> StoreResult<Vec<StoredEvent>>;
     /// Runs that finished in the window, counted per pipeline, bucket and status, with
     /// their durations (the dashboard's throughput, failure and duration charts).

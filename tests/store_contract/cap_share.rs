@@ -5,7 +5,9 @@
 //! With nobody waiting, units are first come, first served (none left idle). Among
 //! nodes level with each other, one that has waited a turn goes next.
 
-use runyard::store::{ClaimedJob, JobClaimParams, Outcome, Store, cap_share};
+use runyard::store::{
+    ClaimedJob, JobClaimParams, Outcome, RunCreateParams, RunOptions, Store, cap_share,
+};
 
 use crate::factory::{Factory, node_row};
 use crate::fixtures::*;
@@ -181,5 +183,86 @@ pub async fn level_nodes_take_turns_when_the_cap_is_smaller_than_the_nodes_waiti
         claim(one("n1", at + turn)).await.len(),
         1,
         "n1 takes its turn"
+    );
+}
+
+/// A single-shard run of pipeline `k` under concurrency key `key`.
+async fn keyed_run(store: &dyn Store, key: &str) {
+    let p = RunCreateParams {
+        options: RunOptions {
+            concurrency_key: Some(key.to_string()),
+            ..Default::default()
+        },
+        ..run_params("k", 1)
+    };
+    ok("run_create", store.run_create(p)).await;
+}
+
+/// A claim by `node` of up to `max` jobs of the keyed pipeline `k` (one running job per
+/// key) under a global cap of `cap`, at `now`.
+fn keyed(cap: usize, node: &str, max: usize, now: i64) -> JobClaimParams {
+    JobClaimParams {
+        pipelines: [("k".to_string(), 0)].into(),
+        keyed: [("k".to_string(), 1)].into(),
+        ..capped_to(cap, node, max, now)
+    }
+}
+
+/// Turns hold for a node whose waiting work is keyed (its claim reads keys one by one,
+/// apart from the one-statement claim): it says it waits, so the node holding the unit
+/// hands it over after a turn. A keyed job held back by its key's own cap is no wait on
+/// the global cap: the node must not take units from others for it. Without the first,
+/// n1 reused its unit as long as its queue lasted.
+pub async fn a_node_waiting_with_keyed_work_gets_its_turn_and_a_key_at_its_cap_is_no_wait(
+    f: &Factory,
+) {
+    let store = f.store().await;
+    ok("node_register", store.node_register(node_row("n2"))).await;
+    for _ in 0..6 {
+        create(&*store, 1).await;
+    }
+    keyed_run(&*store, "t1").await;
+    let claim = |p: JobClaimParams| {
+        let store = store.clone();
+        async move { ok("job_claim", store.job_claim(p)).await.jobs }
+    };
+    let turn = cap_share::TURN_MS;
+    let mut n1 = claim(capped_to(1, "n1", 2, 100)).await;
+    assert_eq!(n1.len(), 1, "n1 takes the one unit");
+    assert!(
+        claim(keyed(1, "n2", 2, 110)).await.is_empty(),
+        "the cap is full: n2's keyed job waits"
+    );
+    let got = end_and_claim(
+        &*store,
+        &n1.remove(0),
+        capped_to(1, "n1", 1, 110 + turn - 1),
+    )
+    .await;
+    assert_eq!(got.len(), 1, "n2 has not waited a turn yet");
+    n1.extend(got);
+    let at = 110 + turn;
+    let got = end_and_claim(&*store, &n1.remove(0), capped_to(1, "n1", 1, at)).await;
+    assert!(
+        got.is_empty(),
+        "n2 has waited a turn for its keyed job: the unit is n2's"
+    );
+    let n2 = claim(keyed(1, "n2", 2, at)).await;
+    assert_eq!(n2.len(), 1, "n2 takes its turn");
+
+    // Under a cap of 3, n2 runs key t1's one allowed job and n1 one job; a second t1
+    // job waits for its key, not for the cap, so n1 may take the free unit even after
+    // a turn.
+    keyed_run(&*store, "t1").await;
+    n1.extend(claim(capped_to(3, "n1", 1, at)).await);
+    assert_eq!(n1.len(), 1, "n1 takes a unit beside n2's");
+    assert!(
+        claim(keyed(3, "n2", 2, at + 1)).await.is_empty(),
+        "t1 is at its key's cap: n2 claims nothing"
+    );
+    assert_eq!(
+        claim(capped_to(3, "n1", 1, at + 1 + 2 * turn)).await.len(),
+        1,
+        "n2 does not wait for the cap: the free unit is n1's"
     );
 }

@@ -158,6 +158,34 @@ pub(super) fn mark(released: bool) -> String {
     )
 }
 
+/// The keyed claim's [`mark`], a statement of its own: `waits` (the cap left a job the
+/// claim would otherwise have taken) sets or refreshes the node's mark, its place in
+/// line kept or begun now when `moved` (the claim took a unit, or follows an end of the
+/// node's own); otherwise the mark is cleared. A job held back by its key's own cap is
+/// no wait: the pick leaves it out before the cap is applied.
+pub(super) async fn mark_alone(
+    tx: &Tx,
+    p: &JobClaimParams,
+    waits: bool,
+    moved: bool,
+) -> StoreResult<()> {
+    tx.exec(
+        &format!(
+            "UPDATE nodes SET cap_wait_at = CASE WHEN $3::bool THEN $2::bigint END,
+                              cap_wait_since = CASE WHEN NOT $3::bool THEN NULL
+                                                    WHEN $4::bool OR cap_wait_since IS NULL THEN $2::bigint
+                                                    ELSE cap_wait_since END
+             WHERE id = (SELECT id FROM nodes WHERE id = $1 FOR NO KEY UPDATE SKIP LOCKED)
+               AND CASE WHEN $3::bool THEN $4::bool OR cap_wait_since IS NULL
+                                           OR coalesce(cap_wait_at < $2::bigint - {WAIT_REFRESH_MS}, true)
+                        ELSE cap_wait_at IS NOT NULL END"
+        ),
+        &[&p.node_id, &p.now, &waits, &moved],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Locks free tokens below `cap` for up to `want` jobs (for the keyed claim, which claims
 /// in statements of its own), no more than the node's fair share while another node
 /// waits (`released`: the claim follows an end of the node's own): their slots, of

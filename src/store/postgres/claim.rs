@@ -234,21 +234,22 @@ pub(super) async fn next_due(tx: &Tx) -> StoreResult<Option<i64>> {
 }
 
 /// The keyed claim (statements of its own) under the global cap: locks free tokens
-/// first, claims at most that many, and gives them to what it claimed.
+/// first, claims at most that many, gives them to what it claimed, and records whether
+/// the node waits for the cap (its pick without the cap would have taken more).
 async fn claim_keyed_capped(
     tx: &Tx,
     p: &JobClaimParams,
-    mut plan: claim_plan::ClaimPlan,
+    plan: claim_plan::ClaimPlan,
     released: bool,
 ) -> StoreResult<ClaimOutcome> {
     if p.global_cap == 0 {
-        return super::claim_keyed::claim(tx, p, plan).await;
+        return Ok(super::claim_keyed::claim(tx, p, plan, None).await?.0);
     }
     let tokens = cap_tokens::lock(tx, p, plan.want, released).await?;
-    plan.limit(tokens.usable());
-    let out = super::claim_keyed::claim(tx, p, plan).await?;
+    let (out, waits) = super::claim_keyed::claim(tx, p, plan, Some(tokens.usable())).await?;
     let ids: Vec<String> = out.jobs.iter().map(|j| j.id.clone()).collect();
     cap_tokens::assign(tx, &tokens.slots, &ids).await?;
+    cap_tokens::mark_alone(tx, p, waits, !out.jobs.is_empty() || released).await?;
     Ok(out)
 }
 

@@ -42,12 +42,15 @@ fn candidate(r: &tokio_postgres::Row) -> Candidate {
     }
 }
 
-/// Claims for `p` under `plan` (counts taken under the cap keys).
+/// Claims for `p` under `plan` (counts taken under the cap keys), at most `take` jobs
+/// when the global cap limits it; also says whether the cap left a job this claim would
+/// otherwise have taken (the node waits for the cap, not for a key's own cap).
 pub(super) async fn claim(
     tx: &Tx,
     p: &JobClaimParams,
     mut plan: ClaimPlan,
-) -> StoreResult<ClaimOutcome> {
+    take: Option<usize>,
+) -> StoreResult<(ClaimOutcome, bool)> {
     // A node without a row may not claim (as in the one-statement claim).
     if tx
         .query_opt(
@@ -57,7 +60,7 @@ pub(super) async fn claim(
         .await?
         .is_none()
     {
-        return Ok(ClaimOutcome::default());
+        return Ok((ClaimOutcome::default(), false));
     }
     tx.exec(
         "UPDATE jobs SET held = false WHERE seq IN (
@@ -117,7 +120,11 @@ pub(super) async fn claim(
             }
         }
     }
-    let picked = claim_plan::pick(candidates, p, &plan, &running_by_key);
+    let mut picked = claim_plan::pick(candidates, p, &plan, &running_by_key);
+    let want = take.map_or(plan.want, |n| plan.want.min(n));
+    // The pick is in order of preference: the cap takes its head.
+    let left_for_cap = picked.len() > want;
+    picked.truncate(want);
     for (pipeline, order) in &scans {
         claim_plan::scanned(pipeline, order, &picked, &keys_of);
     }
@@ -145,10 +152,10 @@ pub(super) async fn claim(
             }
         }
     }
-    if out.jobs.len() < plan.want || plan.want == 0 {
+    if out.jobs.len() < want || want == 0 {
         out.next_due = super::claim::next_due(tx).await?;
     }
-    Ok(out)
+    Ok((out, left_for_cap))
 }
 
 /// The heads of a keyed pipeline, key by key round-robin from where the last claim

@@ -64,6 +64,11 @@ impl PgStore {
         })
     }
 
+    /// A run's events as committed when read, without the horizon: nothing resumes from
+    /// this list (it is a run's history, not a stream's cursor), so an event another
+    /// transaction may still precede is shown, as the run's own row already shows its
+    /// end. (Behind the horizon, a run read just after it completed could lack its
+    /// `run:completed` while any transaction of the deployment was in flight.)
     pub(super) async fn read_run_events(
         &self,
         run_id: &str,
@@ -72,8 +77,8 @@ impl PgStore {
         let limit = limit as i64;
         read!(self, c => rows(
             c,
-            &format!("SELECT id, name, data FROM events
-                      WHERE run_id = $1 AND name <> 'job:progress' AND id < {HORIZON} ORDER BY id LIMIT $2"),
+            "SELECT id, name, data FROM events
+             WHERE run_id = $1 AND name <> 'job:progress' ORDER BY id LIMIT $2",
             &[&run_id, &limit],
         )
         .await?

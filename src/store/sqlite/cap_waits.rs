@@ -44,33 +44,53 @@ pub(super) fn room(
     Ok(free.min(fair_room(mine as usize, fewest as usize, their_turn)))
 }
 
+/// What a claim under the global cap found, for [`mark`].
+pub(super) struct Waits {
+    /// The cap's room was less than the claim wanted and its rooms held.
+    pub(super) kept_short: bool,
+    /// The pick of a keyed pipeline, made as if the cap had room, took more than the
+    /// cap let it keep (a job held back by its key's own cap is never picked).
+    pub(super) keyed_left: bool,
+    /// The claim took a unit.
+    pub(super) took: bool,
+    /// The claim follows an end of this node's own in the same transaction.
+    pub(super) released: bool,
+}
+
 /// Records whether the claim just made waits for the global cap, and the node's place
 /// in line (the rule and why marks are written sparingly: `store::cap_share` and
 /// `postgres/cap_tokens.rs`'s `mark`): a ready job remains in one of `offered`'s unkeyed
-/// pipelines and the cap `kept_short` the claim → the mark is set (or refreshed once
-/// older than `WAIT_REFRESH_MS`), its place in line kept, or begun now when the claim
-/// `took` a unit or `released` one (an end of its own); none remains → both are
-/// cleared; otherwise a claim that took a unit moves the place of a marked node to now.
+/// pipelines, or the cap left a keyed one, and the cap kept the claim short → the mark
+/// is set (or refreshed once older than `WAIT_REFRESH_MS`), its place in line kept, or
+/// begun now when the claim took a unit or released one (an end of its own); none
+/// remains → both are cleared; otherwise a claim that took a unit moves the place of a
+/// marked node to now.
 pub(super) fn mark(
     conn: &Connection,
     p: &JobClaimParams,
     offered: &[(String, usize)],
-    kept_short: bool,
-    took: bool,
-    released: bool,
+    waits: Waits,
 ) -> StoreResult<()> {
+    let Waits {
+        kept_short,
+        keyed_left,
+        took,
+        released,
+    } = waits;
     let mut ready = conn.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_ready
                         WHERE status = 'queued' AND pipeline = ?1 AND held = 0 AND run_after <= ?2)",
     )?;
-    let mut remain = false;
-    for (name, _) in offered
-        .iter()
-        .filter(|(name, _)| !p.keyed.contains_key(name))
-    {
-        if ready.query_row(params![name, p.now], |r| r.get::<_, bool>(0))? {
-            remain = true;
-            break;
+    let mut remain = keyed_left;
+    if !remain {
+        for (name, _) in offered
+            .iter()
+            .filter(|(name, _)| !p.keyed.contains_key(name))
+        {
+            if ready.query_row(params![name, p.now], |r| r.get::<_, bool>(0))? {
+                remain = true;
+                break;
+            }
         }
     }
     let moved = took || released;

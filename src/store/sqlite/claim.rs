@@ -85,16 +85,28 @@ pub(super) fn claim_in_tx(
     }
     let offered = plan.rooms.clone();
     let wanted = plan.want.min(offered.iter().map(|(_, room)| room).sum());
-    let capped = p.global_cap > 0;
-    if capped {
-        plan.limit(cap_waits::room(conn, p, &running, released)?);
+    let cap_room = if p.global_cap > 0 {
+        Some(cap_waits::room(conn, p, &running, released)?)
+    } else {
+        None
+    };
+    // A keyed pipeline under the cap is read as if the cap had room, and the cap takes
+    // the head of the pick: whether the cap, and not a key's own cap, left a job behind
+    // is known only once the keys are picked (`cap_waits::mark`).
+    let keyed_capped =
+        cap_room.is_some() && offered.iter().any(|(name, _)| p.keyed.contains_key(name));
+    if let Some(room) = cap_room
+        && !keyed_capped
+    {
+        plan.limit(room);
     }
-    let mut want = plan.want;
+    let cap_take = cap_room.map_or(plan.want, |room| plan.want.min(room));
+    let mut want = cap_take;
     let mut out = ClaimOutcome::default();
     let mut candidates: Vec<claim_plan::Candidate> = Vec::new();
     let mut keys_of: HashMap<i64, String> = HashMap::new();
     let mut scans: Vec<(String, Vec<String>)> = Vec::new();
-    if want > 0 {
+    if plan.want > 0 {
         let mut head = conn.prepare_cached(
             "SELECT j.seq, j.id, j.run_id, j.pipeline, j.shard_index, j.shard_count, j.attempt, r.params, j.kind,
                     j.run_after, j.priority, r.after_when IS NOT NULL
@@ -124,7 +136,9 @@ pub(super) fn claim_in_tx(
                 pid = NULL, proc_start = NULL, started_at = NULL, exit_code = NULL, abort_requested = 0
          WHERE seq = ?1 AND status = 'queued' RETURNING claim_seq",
     )?;
-    let picked = claim_plan::pick(candidates, p, &plan, &running_by_key);
+    let mut picked = claim_plan::pick(candidates, p, &plan, &running_by_key);
+    let keyed_left = picked.len() > cap_take;
+    picked.truncate(cap_take);
     for (pipeline, order) in &scans {
         claim_plan::scanned(pipeline, order, &picked, &keys_of);
     }
@@ -139,9 +153,15 @@ pub(super) fn claim_in_tx(
             out.jobs.push(job);
         }
     }
-    if capped {
+    if let Some(room) = cap_room {
         let took = !out.jobs.is_empty();
-        cap_waits::mark(conn, p, &offered, plan.want < wanted, took, released)?;
+        let waits = cap_waits::Waits {
+            kept_short: room < wanted,
+            keyed_left,
+            took,
+            released,
+        };
+        cap_waits::mark(conn, p, &offered, waits)?;
     }
     if want > 0 {
         out.next_due = conn
