@@ -113,9 +113,15 @@ impl Journal {
         let Some(dir) = &self.dir else { return };
         let path = Journal::path(dir, &entry.job_id, entry.claim_seq);
         let tmp = path.with_extension("tmp");
-        let written = std::fs::create_dir_all(dir)
-            .and_then(|()| serde_json::to_vec(entry).map_err(std::io::Error::other))
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
+        // The directory is made when a write finds it missing, not before every entry.
+        let written = serde_json::to_vec(entry)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| match std::fs::write(&tmp, &bytes) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&tmp, &bytes))
+                }
+                other => other,
+            })
             .and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = written {
             tracing::warn!(job = %entry.job_id, "cannot journal the job's end at {}: {e}", path.display());
