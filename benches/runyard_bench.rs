@@ -332,7 +332,7 @@ async fn bench_throughput(pg: Option<&str>, runs: usize, rounds: usize) {
         )
         .await;
         let http = reqwest::Client::new();
-        let started = Instant::now();
+        let (started, cpu0) = (Instant::now(), server.cpu_secs());
         let (ingest_s, ids) = ingest(&server.base, "noop", runs, 16).await;
         let (q, running) = counts(&http, &server.base, "noop").await;
         let (left_after_ingest, ingest_done) = (q + running, Instant::now());
@@ -347,12 +347,15 @@ async fn bench_throughput(pg: Option<&str>, runs: usize, rounds: usize) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let secs = started.elapsed().as_secs_f64();
+        let cpu_per_run = (server.cpu_secs() - cpu0) / runs as f64;
         let rate = runs as f64 / secs;
         let exec_rate = left_after_ingest as f64 / ingest_done.elapsed().as_secs_f64();
         println!(
-            "    round {round}: {rate:>5.0} runs/s end to end ({secs:.2} s, ingest {ingest_s:.2} s); after ingest {exec_rate:>5.0}/s; raw spawn+wait {r:>5.0}/s; ratio {:.0}% ({:.0}% after ingest)",
+            "    round {round}: {rate:>5.0} runs/s end to end ({secs:.2} s, ingest {ingest_s:.2} s); after ingest {exec_rate:>5.0}/s; raw spawn+wait {r:>5.0}/s; ratio {:.0}% ({:.0}% after ingest); \
+             server CPU {:.0} µs per run (its own process: not its children, nor PostgreSQL's)",
             100.0 * rate / r,
-            100.0 * exec_rate / r
+            100.0 * exec_rate / r,
+            cpu_per_run * 1e6
         );
         {
             let traffic = store_traffic(&http, &server.base).await;
