@@ -48,9 +48,9 @@ pub(super) fn room(
 pub(super) struct Waits {
     /// The cap's room was less than the claim wanted and its rooms held.
     pub(super) kept_short: bool,
-    /// The pick of a keyed pipeline, made as if the cap had room, took more than the
-    /// cap let it keep (a job held back by its key's own cap is never picked).
-    pub(super) keyed_left: bool,
+    /// The pick, made as if the cap had room (a keyed pipeline is offered), took more
+    /// than the cap let it keep (a job held back by its key's own cap is never picked).
+    pub(super) left_by_cap: bool,
     /// The claim took a unit.
     pub(super) took: bool,
     /// The claim follows an end of this node's own in the same transaction.
@@ -73,7 +73,7 @@ pub(super) fn mark(
 ) -> StoreResult<()> {
     let Waits {
         kept_short,
-        keyed_left,
+        left_by_cap,
         took,
         released,
     } = waits;
@@ -81,7 +81,7 @@ pub(super) fn mark(
         "SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_ready
                         WHERE status = 'queued' AND pipeline = ?1 AND held = 0 AND run_after <= ?2)",
     )?;
-    let mut remain = keyed_left;
+    let mut remain = left_by_cap;
     if !remain {
         for (name, _) in offered
             .iter()

@@ -137,7 +137,7 @@ pub(super) fn claim_in_tx(
          WHERE seq = ?1 AND status = 'queued' RETURNING claim_seq",
     )?;
     let mut picked = claim_plan::pick(candidates, p, &plan, &running_by_key);
-    let keyed_left = picked.len() > cap_take;
+    let left_by_cap = picked.len() > cap_take;
     picked.truncate(cap_take);
     for (pipeline, order) in &scans {
         claim_plan::scanned(pipeline, order, &picked, &keys_of);
@@ -157,7 +157,7 @@ pub(super) fn claim_in_tx(
         let took = !out.jobs.is_empty();
         let waits = cap_waits::Waits {
             kept_short: room < wanted,
-            keyed_left,
+            left_by_cap,
             took,
             released,
         };
