@@ -138,6 +138,7 @@ async fn measure(store: &Arc<dyn Store>) -> (f64, f64) {
                 claim_next: None,
                 start: None,
                 result: None,
+                lingers: false,
             })
             .await
             .unwrap();

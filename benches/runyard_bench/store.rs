@@ -98,6 +98,7 @@ pub async fn worker(url: &str, schema: &str, secs: u64, cap: usize) {
                         claim_next: Some(claim_params(&node, cap)),
                         start: None,
                         result: None,
+                        lingers: false,
                     })
                     .await
                     .unwrap();

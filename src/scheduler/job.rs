@@ -64,13 +64,19 @@ impl Ended {
     /// Writes the last output, then the end (retried until it lands or proves stale),
     /// claiming up to `want` jobs for the slot in the same transaction; returns them.
     /// The job stays registered until its end is written; `finish` frees its resources
-    /// before it sizes the claim.
-    pub(super) async fn record(self, inner: Arc<Inner>, want: usize) -> Vec<ClaimedJob> {
+    /// before it sizes the claim. `lingers`: the slot goes on without the answer (it holds
+    /// its next job), so the end may wait a moment to share a commit.
+    pub(super) async fn record(
+        self,
+        inner: Arc<Inner>,
+        want: usize,
+        lingers: bool,
+    ) -> Vec<ClaimedJob> {
         let Ended { job, end, sink } = self;
         if let Some(mut sink) = sink {
             sink.finish().await;
         }
-        let ended = finish(&inner, &job, end, want).await;
+        let ended = finish(&inner, &job, end, want, lingers).await;
         if ended.is_some() {
             inner.journal.remove(&job.id, job.claim_seq);
         }

@@ -103,11 +103,13 @@ pub(super) struct End {
 
 /// Records the execution's end (retried until it lands or proves stale) and, in the same
 /// transaction, claims up to `want` jobs for this slot; returns what it claimed.
+/// `lingers`: the slot goes on without the answer (see [`JobFinishParams::lingers`]).
 pub(super) async fn finish(
     inner: &Inner,
     job: &ClaimedJob,
     end: End,
     want: usize,
+    lingers: bool,
 ) -> Option<Vec<ClaimedJob>> {
     let params = JobFinishParams {
         job_id: job.id.clone(),
@@ -121,6 +123,7 @@ pub(super) async fn finish(
         claim_next: None,
         start: end.start,
         result: end.result,
+        lingers,
     };
     // The end is retried until it lands (see `Persist`): the slot stays taken meanwhile
     // (caps fail closed). Given up, the job stays `running` and is resolved like any

@@ -267,6 +267,7 @@ async fn settle(inner: &Inner, job: &RunningJob, outcome: Outcome) -> Result<boo
             claim_next: None,
             start: None,
             result: None,
+            lingers: false,
         })
         .await?;
     Ok(out.applied)

@@ -95,7 +95,10 @@ pub(super) async fn run(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemapho
             }
         };
         let want = (1 + holding).saturating_sub(held.len() + ends.len());
-        ends.push_back(tokio::spawn(ended.record(inner.clone(), want)));
+        // With a held job to start next, the slot does not wait for this end: it may
+        // linger to share a commit with other ends.
+        let lingers = !held.is_empty();
+        ends.push_back(tokio::spawn(ended.record(inner.clone(), want, lingers)));
     }
     for r in returns {
         joined(r).await;
@@ -174,7 +177,7 @@ async fn hand_back(
             },
         };
         Ended::without_process(job, outcome)
-            .record(inner.clone(), 0)
+            .record(inner.clone(), 0, false)
             .await;
     }
     Vec::new()

@@ -140,6 +140,7 @@ pub fn finish(job: &ClaimedJob, outcome: Outcome) -> JobFinishParams {
         claim_next: None,
         start: None,
         result: None,
+        lingers: false,
     }
 }
 

@@ -5,9 +5,13 @@ use super::*;
 
 pub(super) async fn job_finish(s: &SqliteStore, p: JobFinishParams) -> StoreResult<FinishOutcome> {
     let job_id = p.job_id.clone();
-    let outcome = s
-        .write_now("job_finish", move |conn| finish_in_tx(conn, &p))
-        .await?;
+    let outcome = if p.lingers {
+        s.write_lingering("job_finish", move |conn| finish_in_tx(conn, &p))
+            .await?
+    } else {
+        s.write_now("job_finish", move |conn| finish_in_tx(conn, &p))
+            .await?
+    };
     if outcome.applied {
         s.feed.bump_job_state([job_id.as_str()]);
     }

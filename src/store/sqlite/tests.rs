@@ -131,3 +131,84 @@ async fn a_write_waits_for_another_process_holding_the_lock_instead_of_failing()
     assert_eq!(claimed.jobs.len(), 1);
     holder.join().unwrap();
 }
+
+/// Ends that may wait ([`JobFinishParams::lingers`]) and are queued together share one
+/// commit, and each is applied and answered only once that commit is made. The writer is
+/// held busy by a write of the test's own while the ends queue, so the batch does not
+/// depend on timing.
+#[tokio::test]
+async fn ends_that_may_wait_share_one_commit_and_each_lands() {
+    let (_dir, store) = open().await;
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        runs.push(create(&store, 1).await.run_id);
+    }
+    let jobs = store.job_claim(claim(4)).await.unwrap().jobs;
+    assert_eq!(jobs.len(), 4);
+    let commits = |store: &SqliteStore| -> u64 {
+        store
+            .traffic()
+            .iter()
+            .filter(|(_, op, _, _)| *op == "job_finish")
+            .map(|(_, _, _, commits)| commits)
+            .sum()
+    };
+
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (busy_tx, busy) = oneshot::channel::<()>();
+    let blocker = {
+        let store = store.clone();
+        let mut busy_tx = Some(busy_tx);
+        tokio::spawn(async move {
+            store
+                .write("test", move |_| {
+                    if let Some(tx) = busy_tx.take() {
+                        let _ = tx.send(());
+                    }
+                    held.recv().ok();
+                    Ok(((), 0))
+                })
+                .await
+        })
+    };
+    busy.await.unwrap();
+    let ends = jobs.iter().map(|job| {
+        let p = JobFinishParams {
+            job_id: job.id.clone(),
+            claim_seq: job.claim_seq,
+            outcome: Outcome::Completed,
+            exit_code: Some(0),
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            truncated: false,
+            now: 20,
+            claim_next: None,
+            start: None,
+            result: None,
+            lingers: true,
+        };
+        store.job_finish(p)
+    });
+    let mut ends = std::pin::pin!(futures_util::future::join_all(ends));
+    // One poll queues every end behind the busy writer (each waits for its answer then).
+    std::future::poll_fn(|cx| {
+        assert!(
+            ends.as_mut().poll(cx).is_pending(),
+            "answered before the commit"
+        );
+        std::task::Poll::Ready(())
+    })
+    .await;
+    release.send(()).unwrap();
+    blocker.await.unwrap().unwrap();
+    for out in ends.await {
+        let out = out.unwrap();
+        assert!(out.applied);
+        assert_eq!(out.run_finalized, Some(RunStatus::Completed));
+    }
+    assert_eq!(commits(&store), 1, "the four ends shared one commit");
+    for run in &runs {
+        let view = store.run_get(run).await.unwrap().unwrap();
+        assert_eq!(view.status, "completed");
+    }
+}

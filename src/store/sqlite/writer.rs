@@ -1,7 +1,11 @@
 //! The SQLite writer: one thread per process takes every waiting write, runs them in one
 //! `BEGIN IMMEDIATE` transaction, commits once and only then answers (a failing write
 //! sends the batch back to run one write per transaction, so it fails alone); a lone write may run inline on its
-//! caller's thread instead. Statements and commits are counted here by operation.
+//! caller's thread instead, and an end whose caller does not wait for it lingers up to
+//! [`END_LINGER`] for others to share its commit. Statements and commits are counted here
+//! by operation.
+
+use std::time::Instant;
 
 use super::*;
 
@@ -17,6 +21,8 @@ pub(super) trait WriteOp: Send {
     fn run(&mut self, conn: &Connection) -> (u8, bool);
     /// Answers the caller with the last run's result, given how the transaction ended.
     fn answer(self: Box<Self>, commit: StoreResult<()>);
+    /// Until when it may wait for others to share its commit (none: it may not wait).
+    fn linger_until(&self) -> Option<Instant>;
 }
 
 pub(super) struct Op<T, F> {
@@ -24,6 +30,7 @@ pub(super) struct Op<T, F> {
     pub(super) f: F,
     pub(super) result: Option<StoreResult<(T, u8)>>,
     pub(super) reply: oneshot::Sender<StoreResult<T>>,
+    pub(super) linger_until: Option<Instant>,
 }
 
 impl<T, F> WriteOp for Op<T, F>
@@ -49,6 +56,10 @@ where
         let result = self.result.unwrap_or(Err(StoreError::Closed));
         let _ = self.reply.send(commit.and(result).map(|(t, _)| t));
     }
+
+    fn linger_until(&self) -> Option<Instant> {
+        self.linger_until
+    }
 }
 
 pub(super) fn writer_loop(
@@ -60,16 +71,36 @@ pub(super) fn writer_loop(
     while let Some(first) = rx.blocking_recv() {
         let mut batch = Vec::with_capacity(16);
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+        take_waiting(&mut rx, &mut batch);
+        // A batch of ends that may wait is held until the first of them must go, for
+        // more ends to share its commit. The connection is free meanwhile, so a write
+        // that may not wait runs inline; one queued here waits for the batch.
+        if let Some(until) = batch
+            .iter()
+            .map(|op| op.linger_until())
+            .collect::<Option<Vec<_>>>()
+            && let Some(until) = until.into_iter().min()
+        {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            take_waiting(&mut rx, &mut batch);
         }
         let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
         let _ = conn.busy_timeout(BUSY_TIMEOUT);
         let begin = begin_immediate(&conn);
         run_batch(&conn, &feed, &traffic, batch, begin);
+    }
+}
+
+/// Adds the writes waiting in `rx` to `batch`, up to [`MAX_BATCH`].
+fn take_waiting(
+    rx: &mut mpsc::UnboundedReceiver<Box<dyn WriteOp>>,
+    batch: &mut Vec<Box<dyn WriteOp>>,
+) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
     }
 }
 
@@ -214,6 +245,26 @@ impl SqliteStore {
         self.submit(op, f, false).await
     }
 
+    /// A write whose caller goes on without it (an end its slot does not wait for): held
+    /// up to [`END_LINGER`] on the writer thread so that other such writes share its
+    /// commit (each commit writes a WAL frame for every page it changed; ends close
+    /// together change the same pages).
+    pub(super) async fn write_lingering<T, F>(&self, op: &'static str, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> StoreResult<(T, u8)> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel::<StoreResult<T>>();
+        self.send(Box::new(Op {
+            op,
+            f,
+            result: None,
+            reply,
+            linger_until: Some(Instant::now() + END_LINGER),
+        }))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// A write on a latency-critical path (a slot waits for it): run on the caller's
     /// thread when the connection is free, else like [`Self::write`].
     pub(super) async fn write_now<T, F>(&self, op: &'static str, f: F) -> StoreResult<T>
@@ -235,6 +286,7 @@ impl SqliteStore {
             f,
             result: None,
             reply,
+            linger_until: None,
         });
         let job = match inline {
             true => match self.try_inline(job) {
@@ -243,14 +295,19 @@ impl SqliteStore {
             },
             false => job,
         };
+        self.send(job)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues `job` for the writer thread.
+    fn send(&self, job: Box<dyn WriteOp>) -> StoreResult<()> {
         let sender = self
             .writer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or(StoreError::Closed)?;
-        sender.send(job).map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        sender.send(job).map_err(|_| StoreError::Closed)
     }
 
     /// The fast path of a write: when the write connection is free, run the request

@@ -174,6 +174,11 @@ pub struct JobFinishParams {
     pub start: Option<JobStartParams>,
     /// The JSON the job wrote to `$RUNYARD_RESULT_FILE`, already validated.
     pub result: Option<String>,
+    /// The caller goes on without the answer (its slot holds the next job to run), so
+    /// the store may hold the end briefly to share one commit with other ends (SQLite:
+    /// up to a millisecond, `store/sqlite/writer.rs`). It is still durable before it is
+    /// answered.
+    pub lingers: bool,
 }
 
 /// `job_finish` result.
