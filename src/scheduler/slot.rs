@@ -95,9 +95,10 @@ pub(super) async fn run(inner: Arc<Inner>, job: ClaimedJob, permit: OwnedSemapho
             }
         };
         let want = (1 + holding).saturating_sub(held.len() + ends.len());
-        // With a held job to start next, the slot does not wait for this end: it may
-        // linger to share a commit with other ends.
-        let lingers = !held.is_empty();
+        // With a held job to start next, or an earlier end to take the next job from,
+        // the slot does not wait for this end first: it may linger to share a commit
+        // with other ends. (A slot under a cap holds nothing and waits for each end.)
+        let lingers = !held.is_empty() || !ends.is_empty();
         ends.push_back(tokio::spawn(ended.record(inner.clone(), want, lingers)));
     }
     for r in returns {

@@ -67,10 +67,11 @@ use crate::model::JobKind;
 const RELEASE_BATCH: usize = 1000;
 const MAX_BATCH: usize = 512;
 /// How long an end that may wait ([`JobFinishParams::lingers`]) is held for other ends to
-/// share its commit. Measured with `throughput` (2 slots of `/bin/true`): ends written
-/// at once, 1,466–1,608 runs/s at 488–560 µs of server CPU per run; held 1 ms,
-/// 1,659–1,747 at 400–422 µs (a commit's WAL frames, one per page it changed, were a
-/// quarter of the server's CPU); 2 ms gained no more.
+/// share its commit. Measured with `throughput` (2 slots of `/bin/true`, 3 sittings in
+/// turns): ends written at once, 0.99 commits per run, 1,458–1,597 runs/s at 493–550 µs
+/// of server CPU per run; held up to 1 ms, 0.35–0.37 commits per run, 1,506–1,714 runs/s
+/// at 420–513 µs (a commit's WAL frames, one per page it changed, were a quarter of the
+/// server's CPU, `perf`). Holding every end 2 ms instead of 1 gained nothing more.
 const END_LINGER: Duration = Duration::from_millis(1);
 /// Events deleted per pruned-run batch slot.
 const EVENTS_PER_RUN_PRUNED: usize = 20;
