@@ -250,19 +250,21 @@ pub async fn a_node_waiting_with_keyed_work_gets_its_turn_and_a_key_at_its_cap_i
     let n2 = claim(keyed(1, "n2", 2, at)).await;
     assert_eq!(n2.len(), 1, "n2 takes its turn");
 
-    // Under a cap of 3, n2 runs key t1's one allowed job and n1 one job; a second t1
-    // job waits for its key, not for the cap, so n1 may take the free unit even after
-    // a turn.
+    // Under a cap of 3, n2 runs key t1's one allowed job; a second t1 job waits for its
+    // key, not for the cap. Two turns later n1 takes a unit, then (level with n2, its
+    // place in line now the newer) the last one: had n2 counted as waiting, that unit
+    // would be n2's turn, left idle.
     keyed_run(&*store, "t1").await;
-    n1.extend(claim(capped_to(3, "n1", 1, at)).await);
-    assert_eq!(n1.len(), 1, "n1 takes a unit beside n2's");
     assert!(
         claim(keyed(3, "n2", 2, at + 1)).await.is_empty(),
         "t1 is at its key's cap: n2 claims nothing"
     );
+    let later = at + 1 + 2 * turn;
+    n1.extend(claim(capped_to(3, "n1", 1, later)).await);
+    assert_eq!(n1.len(), 1, "n1 takes a unit beside n2's");
     assert_eq!(
-        claim(capped_to(3, "n1", 1, at + 1 + 2 * turn)).await.len(),
+        claim(capped_to(3, "n1", 1, later)).await.len(),
         1,
-        "n2 does not wait for the cap: the free unit is n1's"
+        "n2 does not wait for the cap: the last free unit is n1's"
     );
 }
