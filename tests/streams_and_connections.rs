@@ -774,16 +774,7 @@ async fn memory_returns_near_its_baseline_after_a_burst_of_sse_clients_closes() 
         async move {
             let mut last = String::new();
             for _ in 0..n {
-                let t: Value = http
-                    .post(format!("{base}/api/pipelines/echo/trigger"))
-                    .json(&json!({}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                last = t["runId"].as_str().unwrap().to_string();
+                last = trigger(&http, &base, "echo").await;
             }
             eventually(T, "the runs to finish", || {
                 let (http, url) = (http.clone(), format!("{base}/api/runs/{last}"));
