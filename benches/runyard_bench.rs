@@ -333,6 +333,10 @@ async fn bench_throughput(pg: Option<&str>, runs: usize, rounds: usize) {
         .await;
         let http = reqwest::Client::new();
         let (started, cpu0) = (Instant::now(), server.cpu_secs());
+        let (machine0, pg0) = (
+            kit::procfs::machine_cpu_secs(),
+            kit::procfs::comm_cpu_secs("postgres"),
+        );
         let (ingest_s, ids) = ingest(&server.base, "noop", runs, 16).await;
         let (q, running) = counts(&http, &server.base, "noop").await;
         let (left_after_ingest, ingest_done) = (q + running, Instant::now());
@@ -348,6 +352,9 @@ async fn bench_throughput(pg: Option<&str>, runs: usize, rounds: usize) {
         }
         let secs = started.elapsed().as_secs_f64();
         let cpu_per_run = (server.cpu_secs() - cpu0) / runs as f64;
+        let machine_per_run = (kit::procfs::machine_cpu_secs() - machine0) / runs as f64;
+        let pg_per_run = (kit::procfs::comm_cpu_secs("postgres") - pg0) / runs as f64;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let rate = runs as f64 / secs;
         let exec_rate = left_after_ingest as f64 / ingest_done.elapsed().as_secs_f64();
         println!(
@@ -356,6 +363,12 @@ async fn bench_throughput(pg: Option<&str>, runs: usize, rounds: usize) {
             100.0 * rate / r,
             100.0 * exec_rate / r,
             cpu_per_run * 1e6
+        );
+        println!(
+            "        CPU per run: machine {:.0} µs (cores {:.0}% busy), of it PostgreSQL's processes {:.0} µs",
+            machine_per_run * 1e6,
+            machine_per_run * runs as f64 / secs / cores * 100.0,
+            pg_per_run * 1e6
         );
         {
             let traffic = store_traffic(&http, &server.base).await;

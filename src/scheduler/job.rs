@@ -221,7 +221,7 @@ async fn execute(
         tracing::warn!(job = %job.id, "{e}");
     }
     // The end and the unwritten output go to the journal before the store hears of them
-    // (see journal.rs): a node killed from here on does not run this execution again.
+    // (see journal/): a node killed from here on does not run this execution again.
     if inner.journal.enabled() {
         inner.journal.record(&Entry {
             job_id: job.id.clone(),

@@ -65,6 +65,24 @@ pub fn machine_cpu_secs() -> f64 {
         / USER_HZ
 }
 
+/// CPU seconds (user + system) used by every live process named `comm` (PostgreSQL's
+/// backends are all `postgres`); a process that exits between two readings takes its
+/// time with it, so compare readings taken while the same processes live.
+pub fn comm_cpu_secs(comm: &str) -> f64 {
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let named = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim_end() == comm);
+        if named {
+            total += cpu_secs(pid).unwrap_or(0.0);
+        }
+    }
+    total
+}
+
 /// Pids of live (non-zombie) processes in process group `pgid`.
 pub fn group_members(pgid: u32) -> Vec<u32> {
     let mut out = Vec::new();

@@ -1,0 +1,234 @@
+//! The journal's segment files: appending an end and, once the store has it, its
+//! answer; retiring a full segment and removing it with its last answer; reading
+//! what a segment leaves unanswered. See the module above for why segments.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::Entry;
+
+/// Past this size a segment takes no more ends; it goes once every end in it is answered.
+pub(super) const SEGMENT_BYTES: u64 = 4 << 20;
+
+/// One line of a segment.
+#[derive(Debug, Deserialize)]
+enum Record {
+    End(Entry),
+    Done { job_id: String, claim_seq: i64 },
+}
+
+/// [`Record`] as written, borrowing what it writes.
+#[derive(Serialize)]
+enum RecordRef<'a> {
+    End(&'a Entry),
+    Done { job_id: &'a str, claim_seq: i64 },
+}
+
+/// This life's segments.
+#[derive(Debug)]
+pub(super) struct Segments {
+    dir: PathBuf,
+    /// When this life began (ms), zero-padded: segment names sort in the order written.
+    life: String,
+    state: Mutex<State>,
+}
+
+impl Segments {
+    /// This life's segments in `dir`, named after the moment it began.
+    pub(super) fn new(dir: PathBuf) -> Segments {
+        let life = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        Segments {
+            dir,
+            life: format!("{life:015}"),
+            state: Mutex::default(),
+        }
+    }
+
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends `entry`'s line to the current segment.
+    pub(super) fn append_end(&self, entry: &Entry) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(&RecordRef::End(entry)).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let mut state = self.state.lock().expect("journal lock");
+        let number = state.append_end(self, &line)?;
+        state
+            .open
+            .insert((entry.job_id.clone(), entry.claim_seq), number);
+        Ok(())
+    }
+
+    /// The store answered this end (see [`State::answer`]).
+    pub(super) fn answer(&self, job_id: &str, claim_seq: i64) {
+        self.state
+            .lock()
+            .expect("journal lock")
+            .answer(job_id, claim_seq);
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The segment new ends go to.
+    current: Option<Segment>,
+    /// Full segments that still hold unanswered ends, by number.
+    retired: HashMap<u64, Segment>,
+    next: u64,
+    /// Each unanswered end's segment.
+    open: HashMap<(String, i64), u64>,
+}
+
+#[derive(Debug)]
+struct Segment {
+    number: u64,
+    path: PathBuf,
+    file: File,
+    bytes: u64,
+    /// Ends written here and not yet answered.
+    unanswered: usize,
+}
+
+impl Segment {
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(line)?;
+        self.bytes += line.len() as u64;
+        Ok(())
+    }
+
+    fn mark_answered(&mut self, job_id: &str, claim_seq: i64) {
+        if let Err(e) = self.append(&done_line(job_id, claim_seq)) {
+            // Without its `Done` the end is replayed at the next start, where its fence
+            // refuses it: only that work is wasted.
+            tracing::warn!(
+                "cannot mark a journaled end answered in {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+impl State {
+    /// Appends an end to the current segment (opening one when there is none or it is
+    /// full); returns the segment's number.
+    fn append_end(&mut self, segments: &Segments, line: &[u8]) -> std::io::Result<u64> {
+        if self
+            .current
+            .as_ref()
+            .is_none_or(|c| c.bytes >= SEGMENT_BYTES)
+        {
+            self.open_segment(segments)?;
+        }
+        let current = self.current.as_mut().expect("a segment was just opened");
+        if let Err(e) = current.append(line) {
+            // A line cut short must not run into the next one: the next end opens a
+            // new segment.
+            current.bytes = SEGMENT_BYTES;
+            return Err(e);
+        }
+        current.unanswered += 1;
+        Ok(current.number)
+    }
+
+    fn open_segment(&mut self, segments: &Segments) -> std::io::Result<()> {
+        let number = self.next;
+        let path = segments
+            .dir
+            .join(format!("{}.{number:08}.log", segments.life));
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)
+        };
+        // The directory is made when a segment finds it missing, not before each one.
+        let file = match open() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&segments.dir)?;
+                open()?
+            }
+            other => other?,
+        };
+        self.next += 1;
+        let fresh = Segment {
+            number,
+            path,
+            file,
+            bytes: 0,
+            unanswered: 0,
+        };
+        if let Some(full) = self.current.replace(fresh) {
+            if full.unanswered == 0 {
+                remove_segment(&full.path);
+            } else {
+                self.retired.insert(full.number, full);
+            }
+        }
+        Ok(())
+    }
+
+    /// The store answered this end: its segment says so, or goes when it is retired
+    /// and this was its last unanswered end.
+    fn answer(&mut self, job_id: &str, claim_seq: i64) {
+        let Some(number) = self.open.remove(&(job_id.to_string(), claim_seq)) else {
+            return;
+        };
+        if let Some(retired) = self.retired.get_mut(&number) {
+            retired.unanswered -= 1;
+            if retired.unanswered > 0 {
+                retired.mark_answered(job_id, claim_seq);
+            } else if let Some(gone) = self.retired.remove(&number) {
+                remove_segment(&gone.path);
+            }
+        } else if let Some(current) = self.current.as_mut().filter(|c| c.number == number) {
+            current.unanswered -= 1;
+            current.mark_answered(job_id, claim_seq);
+        }
+    }
+}
+
+pub(super) fn done_line(job_id: &str, claim_seq: i64) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&RecordRef::Done { job_id, claim_seq })
+        .expect("a done record serialises");
+    line.push(b'\n');
+    line
+}
+
+pub(super) fn remove_segment(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("cannot remove journal segment {}: {e}", path.display());
+    }
+}
+
+/// The ends a segment's text leaves unanswered, in the order written, and how many
+/// lines could not be read (a line the crash cut short).
+pub(super) fn unanswered(text: &[u8]) -> (Vec<Entry>, usize) {
+    let mut ends: Vec<Option<Entry>> = Vec::new();
+    let mut at: HashMap<(String, i64), usize> = HashMap::new();
+    let mut unreadable = 0;
+    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<Record>(line) {
+            Ok(Record::End(entry)) => {
+                at.insert((entry.job_id.clone(), entry.claim_seq), ends.len());
+                ends.push(Some(entry));
+            }
+            Ok(Record::Done { job_id, claim_seq }) => {
+                if let Some(i) = at.remove(&(job_id, claim_seq)) {
+                    ends[i] = None;
+                }
+            }
+            Err(_) => unreadable += 1,
+        }
+    }
+    (ends.into_iter().flatten().collect(), unreadable)
+}

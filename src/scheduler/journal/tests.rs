@@ -1,0 +1,139 @@
+//! The journal's segments, on disk: what the next life reads, and when a segment goes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::segments::{SEGMENT_BYTES, unanswered};
+use super::{Entry, Journal, Lines};
+use crate::store::Outcome;
+
+fn entry(job_id: &str, output: &str) -> Entry {
+    Entry {
+        job_id: job_id.to_string(),
+        claim_seq: 1,
+        output: vec![Lines {
+            first_line: 0,
+            stdout: vec![output.to_string()],
+            stderr: Vec::new(),
+        }],
+        outcome: Outcome::Completed,
+        exit_code: Some(0),
+        stdout_bytes: output.len() as u64,
+        stderr_bytes: 0,
+        truncated: false,
+        result: None,
+        start: None,
+    }
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join("journal"))
+        .unwrap()
+        .flatten()
+        .map(|f| f.path())
+        .collect();
+    paths.sort();
+    paths
+}
+
+fn ids(ends: &[Entry]) -> Vec<&str> {
+    ends.iter().map(|e| e.job_id.as_str()).collect()
+}
+
+#[test]
+fn the_next_life_reads_the_unanswered_ends_in_order_and_skips_a_line_cut_short() {
+    let data = tempfile::tempdir().unwrap();
+    let journal = Journal::new(data.path(), true);
+    for job in ["a", "b", "c"] {
+        journal.record(&entry(job, "out"));
+    }
+    journal.remove("b", 1);
+    journal.remove("b", 1); // answered twice (a retry): nothing more happens
+    journal.remove("z", 1); // never journaled
+    let [segment] = &segments(data.path())[..] else {
+        panic!("one segment: {:?}", segments(data.path()));
+    };
+    // The crash cut the last line short.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(segment)
+        .unwrap();
+    file.write_all(br#"{"End":{"job_id":"d","claim_"#).unwrap();
+
+    let (ends, unreadable) = unanswered(&std::fs::read(segment).unwrap());
+    assert_eq!(ids(&ends), ["a", "c"]);
+    assert_eq!(ends[0].output[0].stdout, ["out"]);
+    assert_eq!(unreadable, 1);
+}
+
+#[test]
+fn a_full_segment_goes_once_its_ends_are_answered_and_the_current_one_stays() {
+    let data = tempfile::tempdir().unwrap();
+    let journal = Journal::new(data.path(), true);
+    // Four ends of over a quarter of a segment each fill one; the fifth opens the next.
+    let big = "x".repeat(SEGMENT_BYTES as usize / 4 + 1);
+    for job in ["a", "b", "c", "d", "e"] {
+        journal.record(&entry(job, &big));
+    }
+    let both = segments(data.path());
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert_eq!(
+        ids(&unanswered(&std::fs::read(&both[0]).unwrap()).0),
+        ["a", "b", "c", "d"]
+    );
+
+    for job in ["a", "b", "c"] {
+        journal.remove(job, 1);
+    }
+    assert_eq!(
+        segments(data.path()),
+        both,
+        "d is still unanswered in the first"
+    );
+    journal.remove("d", 1);
+    assert_eq!(
+        segments(data.path()),
+        both[1..],
+        "the full one went with its last end"
+    );
+
+    journal.remove("e", 1);
+    let [current] = &segments(data.path())[..] else {
+        panic!("the current segment stays: {:?}", segments(data.path()));
+    };
+    assert!(unanswered(&std::fs::read(current).unwrap()).0.is_empty());
+}
+
+#[test]
+fn a_store_that_needs_no_journal_writes_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let journal = Journal::new(data.path(), false);
+    journal.record(&entry("a", "out"));
+    journal.remove("a", 1);
+    assert!(!data.path().join("journal").exists());
+}
+
+#[tokio::test]
+async fn the_next_life_replays_only_unanswered_ends_and_removes_what_it_replayed() {
+    let data = tempfile::tempdir().unwrap();
+    let store = crate::store::sqlite::SqliteStore::open(
+        &data.path().join("store.db"),
+        crate::config::Synchronous::Normal,
+    )
+    .unwrap();
+    let life = Journal::new(data.path(), true);
+    for job in ["a", "b", "c"] {
+        life.record(&entry(job, "out"));
+    }
+    life.remove("b", 1);
+    drop(life);
+    // An end of the older format (a file per end) is replayed too.
+    let old = data.path().join("journal/d.1.json");
+    std::fs::write(&old, serde_json::to_vec(&entry("d", "out")).unwrap()).unwrap();
+
+    let next = Journal::new(data.path(), true);
+    // The store answers each (its fence refuses ends of jobs it does not hold running).
+    assert_eq!(next.replay(&store).await, 3, "a, c and d; b was answered");
+    assert_eq!(segments(data.path()), Vec::<PathBuf>::new());
+    assert_eq!(next.replay(&store).await, 0, "nothing is replayed twice");
+}
