@@ -139,25 +139,30 @@ impl State {
     }
 
     fn open_segment(&mut self, segments: &Segments) -> std::io::Result<()> {
-        let number = self.next;
-        let path = segments
-            .dir
-            .join(format!("{}.{number:08}.log", segments.life));
-        let open = || {
+        let open = |path: &Path| {
             std::fs::OpenOptions::new()
                 .create_new(true)
                 .append(true)
-                .open(&path)
+                .open(path)
         };
-        // The directory is made when a segment finds it missing, not before each one.
-        let file = match open() {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&segments.dir)?;
-                open()?
+        // A name a kept segment already has (a clock set back since that life) is
+        // skipped; the directory is made when a segment finds it missing.
+        let (number, path, file) = loop {
+            let number = self.next;
+            self.next += 1;
+            let path = segments
+                .dir
+                .join(format!("{}.{number:08}.log", segments.life));
+            match open(&path) {
+                Ok(file) => break (number, path, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(&segments.dir)?;
+                    break (number, path.clone(), open(&path)?);
+                }
+                Err(e) => return Err(e),
             }
-            other => other?,
         };
-        self.next += 1;
         let fresh = Segment {
             number,
             path,
@@ -231,4 +236,33 @@ pub(super) fn unanswered(text: &[u8]) -> (Vec<Entry>, usize) {
         }
     }
     (ends.into_iter().flatten().collect(), unreadable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_a_kept_segment_already_has_is_skipped() {
+        let data = tempfile::tempdir().unwrap();
+        let segments = Segments::new(data.path().join("journal"));
+        std::fs::create_dir_all(segments.dir()).unwrap();
+        let kept = segments
+            .dir()
+            .join(format!("{}.{:08}.log", segments.life, 0));
+        std::fs::write(&kept, "kept\n").unwrap();
+        let entry: Entry = serde_json::from_value(serde_json::json!({
+            "job_id": "a", "claim_seq": 1, "output": [], "outcome": {"kind": "completed"},
+            "exit_code": 0, "stdout_bytes": 0, "stderr_bytes": 0, "truncated": false,
+            "result": null, "start": null
+        }))
+        .unwrap();
+        segments.append_end(&entry).unwrap();
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "kept\n");
+        let next = segments
+            .dir()
+            .join(format!("{}.{:08}.log", segments.life, 1));
+        let (ends, _) = unanswered(&std::fs::read(next).unwrap());
+        assert_eq!(ends.len(), 1);
+    }
 }
