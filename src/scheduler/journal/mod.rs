@@ -49,6 +49,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{JobFinishParams, JobStartParams, Outcome, OutputAppendParams, Store};
 
+mod segments;
+#[cfg(test)]
+mod tests;
+
+use segments::{Segments, done_line, remove_segment, unanswered};
+
 /// Output lines not yet known to be stored, and the line number they start at.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Lines {
@@ -98,12 +104,6 @@ impl Entry {
         }
     }
 }
-
-mod segments;
-
-use segments::{Segments, done_line, remove_segment, unanswered};
-#[cfg(test)]
-mod tests;
 
 /// The journal directory of one `data_dir` (`None`: this store needs none).
 #[derive(Debug, Clone)]
@@ -183,7 +183,12 @@ async fn replay_segment(store: &dyn Store, path: &Path) -> usize {
         );
     }
     let (mut replayed, mut kept) = (0, false);
-    let mut answered = Vec::new();
+    // A line the crash cut short is ended first, so the first `Done` is a line of its own.
+    let mut answered = if text.last().is_some_and(|b| *b != b'\n') {
+        vec![b'\n']
+    } else {
+        Vec::new()
+    };
     for entry in &ends {
         match replay_one(store, entry).await {
             Ok(applied) => {

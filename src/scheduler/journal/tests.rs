@@ -137,3 +137,41 @@ async fn the_next_life_replays_only_unanswered_ends_and_removes_what_it_replayed
     assert_eq!(segments(data.path()), Vec::<PathBuf>::new());
     assert_eq!(next.replay(&store).await, 0, "nothing is replayed twice");
 }
+
+#[tokio::test]
+async fn a_segment_the_store_could_not_take_is_kept_whole_for_the_next_start() {
+    use crate::store::Store;
+    let data = tempfile::tempdir().unwrap();
+    let open = || {
+        crate::store::sqlite::SqliteStore::open(
+            &data.path().join("store.db"),
+            crate::config::Synchronous::Normal,
+        )
+        .unwrap()
+    };
+    let life = Journal::new(data.path(), true);
+    for job in ["a", "b"] {
+        life.record(&entry(job, "out"));
+    }
+    drop(life);
+    let [segment] = &segments(data.path())[..] else {
+        panic!("one segment");
+    };
+    // The crash cut a third line short.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(segment)
+        .unwrap()
+        .write_all(br#"{"End":{"job_id":"c"#)
+        .unwrap();
+
+    let closed = open();
+    closed.close().await;
+    assert_eq!(Journal::new(data.path(), true).replay(&closed).await, 0);
+    let kept = std::fs::read(segment).unwrap();
+    assert!(kept.ends_with(b"\n"), "the cut line is ended");
+    assert_eq!(ids(&unanswered(&kept).0), ["a", "b"]);
+
+    assert_eq!(Journal::new(data.path(), true).replay(&open()).await, 2);
+    assert_eq!(segments(data.path()), Vec::<PathBuf>::new());
+}
