@@ -21,10 +21,17 @@
 //!   **before** it rescues orphans or claims anything: the output (conditional
 //!   appends: a batch already stored adds nothing) and then the end (fenced by
 //!   `claim_seq`: an execution another node has already re-queued changes
-//!   nothing). So the previous life's finished work lands as finished. A line cut
-//!   short by the crash is skipped: its `write` had not returned, so the store had
-//!   not been asked either, and the job is rescued like any orphan. Entries of the
-//!   older format (one `{job}.{claim_seq}.json` file each) are replayed too.
+//!   nothing). So the previous life's finished work lands as finished. A last line
+//!   cut short by the crash is skipped: its `write` had not returned, so the store
+//!   had not been asked either, and the job is rescued like any orphan. Entries of
+//!   the older format (one `{job}.{claim_seq}.json` file each) are replayed too.
+//! - A write that fails part way (a full disk) is logged, its end goes to the store
+//!   unjournaled (as it would without a journal), and the next line starts on a line
+//!   of its own, so no whole line is lost with it. A segment with unreadable lines
+//!   inside is replayed for what it holds and then set aside (`.bad`), not removed.
+//! - Limits: a journal directory removed while the node runs is not noticed until
+//!   the next segment (appends go on into the unlinked file); a segment holding an
+//!   end the node gave up writing (it stopped) stays until the next start replays it.
 //! - Durability: the line is in the page cache when the store write starts, so
 //!   a crash of the node's process (SIGKILL, OOM, panic) loses nothing. It is
 //!   not fsynced: after a power loss the entry may be gone, and the job is then
@@ -174,11 +181,10 @@ async fn replay_segment(store: &dyn Store, path: &Path) -> usize {
             return 0;
         }
     };
-    let (ends, unreadable) = unanswered(&text);
-    if unreadable > 0 {
-        tracing::warn!(
-            unreadable,
-            "journal segment {} has lines cut short (skipped)",
+    let read = unanswered(&text);
+    if read.cut_last {
+        tracing::info!(
+            "journal segment {} ends with a line its crash cut short (skipped)",
             path.display()
         );
     }
@@ -189,7 +195,7 @@ async fn replay_segment(store: &dyn Store, path: &Path) -> usize {
     } else {
         Vec::new()
     };
-    for entry in &ends {
+    for entry in &read.ends {
         match replay_one(store, entry).await {
             Ok(applied) => {
                 tracing::info!(job = %entry.job_id, claim_seq = entry.claim_seq, applied,
@@ -204,7 +210,16 @@ async fn replay_segment(store: &dyn Store, path: &Path) -> usize {
             }
         }
     }
-    if !kept {
+    if !kept && read.unreadable > 0 {
+        // Lines inside it could not be read (a write that failed part way, or damage):
+        // what could be read has landed, and the file stays, set aside, as evidence.
+        tracing::warn!(
+            unreadable = read.unreadable,
+            "journal segment {} has unreadable lines; set aside after replaying the rest",
+            path.display()
+        );
+        let _ = std::fs::rename(path, path.with_extension("bad"));
+    } else if !kept {
         remove_segment(path);
     } else if let Err(e) = std::fs::OpenOptions::new()
         .append(true)

@@ -95,11 +95,22 @@ struct Segment {
     bytes: u64,
     /// Ends written here and not yet answered.
     unanswered: usize,
+    /// A write failed part way (a full disk): the next line starts on a line of its own,
+    /// so the part written never runs into a whole line.
+    cut: bool,
 }
 
 impl Segment {
     fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(line)?;
+        if self.cut {
+            self.file.write_all(b"\n")?;
+            self.bytes += 1;
+            self.cut = false;
+        }
+        if let Err(e) = self.file.write_all(line) {
+            self.cut = true;
+            return Err(e);
+        }
         self.bytes += line.len() as u64;
         Ok(())
     }
@@ -128,12 +139,7 @@ impl State {
             self.open_segment(segments)?;
         }
         let current = self.current.as_mut().expect("a segment was just opened");
-        if let Err(e) = current.append(line) {
-            // A line cut short must not run into the next one: the next end opens a
-            // new segment.
-            current.bytes = SEGMENT_BYTES;
-            return Err(e);
-        }
+        current.append(line)?;
         current.unanswered += 1;
         Ok(current.number)
     }
@@ -169,6 +175,7 @@ impl State {
             file,
             bytes: 0,
             unanswered: 0,
+            cut: false,
         };
         if let Some(full) = self.current.replace(fresh) {
             if full.unanswered == 0 {
@@ -215,13 +222,28 @@ pub(super) fn remove_segment(path: &Path) {
     }
 }
 
-/// The ends a segment's text leaves unanswered, in the order written, and how many
-/// lines could not be read (a line the crash cut short).
-pub(super) fn unanswered(text: &[u8]) -> (Vec<Entry>, usize) {
+/// What a segment's text says: the ends it leaves unanswered, in the order written.
+#[derive(Debug, Default)]
+pub(super) struct Read {
+    pub ends: Vec<Entry>,
+    /// The last line could not be read: the crash cut it short (its `write` had not
+    /// returned, so the store was not asked either).
+    pub cut_last: bool,
+    /// Lines before the last that could not be read: a write that failed part way (a
+    /// full disk) or damage. An end among them may be lost to replay.
+    pub unreadable: usize,
+}
+
+/// Reads a segment's text (see [`Read`]).
+pub(super) fn unanswered(text: &[u8]) -> Read {
     let mut ends: Vec<Option<Entry>> = Vec::new();
     let mut at: HashMap<(String, i64), usize> = HashMap::new();
-    let mut unreadable = 0;
-    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+    let mut read = Read::default();
+    let lines: Vec<&[u8]> = text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    for (i, line) in lines.iter().enumerate() {
         match serde_json::from_slice::<Record>(line) {
             Ok(Record::End(entry)) => {
                 at.insert((entry.job_id.clone(), entry.claim_seq), ends.len());
@@ -232,15 +254,56 @@ pub(super) fn unanswered(text: &[u8]) -> (Vec<Entry>, usize) {
                     ends[i] = None;
                 }
             }
-            Err(_) => unreadable += 1,
+            Err(_) if i + 1 == lines.len() => read.cut_last = true,
+            Err(_) => read.unreadable += 1,
         }
     }
-    (ends.into_iter().flatten().collect(), unreadable)
+    read.ends = ends.into_iter().flatten().collect();
+    read
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(job_id: &str) -> Entry {
+        serde_json::from_value(serde_json::json!({
+            "job_id": job_id, "claim_seq": 1, "output": [], "outcome": {"kind": "completed"},
+            "exit_code": 0, "stdout_bytes": 0, "stderr_bytes": 0, "truncated": false,
+            "result": null, "start": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn after_a_write_that_failed_part_way_the_next_line_is_whole() {
+        let data = tempfile::tempdir().unwrap();
+        let segments = Segments::new(data.path().join("journal"));
+        segments.append_end(&entry("a")).unwrap();
+        let path = {
+            let mut state = segments.state.lock().unwrap();
+            let current = state.current.as_mut().unwrap();
+            // The disk fills: the write fails (`/dev/full`) after part of the line went
+            // out (written here by hand).
+            let real = std::mem::replace(
+                &mut current.file,
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            );
+            (&real).write_all(br#"{"Done":{"job_id":"a","cl"#).unwrap();
+            current.mark_answered("a", 1);
+            current.file = real;
+            current.path.clone()
+        };
+        segments.append_end(&entry("b")).unwrap();
+        let read = unanswered(&std::fs::read(path).unwrap());
+        assert_eq!(read.ends.len(), 2, "a (its Done was cut) and b");
+        assert_eq!(read.ends[1].job_id, "b");
+        assert_eq!(read.unreadable, 1);
+        assert!(!read.cut_last);
+    }
 
     #[test]
     fn a_name_a_kept_segment_already_has_is_skipped() {
@@ -251,18 +314,11 @@ mod tests {
             .dir()
             .join(format!("{}.{:08}.log", segments.life, 0));
         std::fs::write(&kept, "kept\n").unwrap();
-        let entry: Entry = serde_json::from_value(serde_json::json!({
-            "job_id": "a", "claim_seq": 1, "output": [], "outcome": {"kind": "completed"},
-            "exit_code": 0, "stdout_bytes": 0, "stderr_bytes": 0, "truncated": false,
-            "result": null, "start": null
-        }))
-        .unwrap();
-        segments.append_end(&entry).unwrap();
+        segments.append_end(&entry("a")).unwrap();
         assert_eq!(std::fs::read_to_string(&kept).unwrap(), "kept\n");
         let next = segments
             .dir()
             .join(format!("{}.{:08}.log", segments.life, 1));
-        let (ends, _) = unanswered(&std::fs::read(next).unwrap());
-        assert_eq!(ends.len(), 1);
+        assert_eq!(unanswered(&std::fs::read(next).unwrap()).ends.len(), 1);
     }
 }

@@ -60,10 +60,11 @@ fn the_next_life_reads_the_unanswered_ends_in_order_and_skips_a_line_cut_short()
         .unwrap();
     file.write_all(br#"{"End":{"job_id":"d","claim_"#).unwrap();
 
-    let (ends, unreadable) = unanswered(&std::fs::read(segment).unwrap());
-    assert_eq!(ids(&ends), ["a", "c"]);
-    assert_eq!(ends[0].output[0].stdout, ["out"]);
-    assert_eq!(unreadable, 1);
+    let read = unanswered(&std::fs::read(segment).unwrap());
+    assert_eq!(ids(&read.ends), ["a", "c"]);
+    assert_eq!(read.ends[0].output[0].stdout, ["out"]);
+    assert!(read.cut_last);
+    assert_eq!(read.unreadable, 0);
 }
 
 #[test]
@@ -78,7 +79,7 @@ fn a_full_segment_goes_once_its_ends_are_answered_and_the_current_one_stays() {
     let both = segments(data.path());
     assert_eq!(both.len(), 2, "{both:?}");
     assert_eq!(
-        ids(&unanswered(&std::fs::read(&both[0]).unwrap()).0),
+        ids(&unanswered(&std::fs::read(&both[0]).unwrap()).ends),
         ["a", "b", "c", "d"]
     );
 
@@ -101,7 +102,7 @@ fn a_full_segment_goes_once_its_ends_are_answered_and_the_current_one_stays() {
     let [current] = &segments(data.path())[..] else {
         panic!("the current segment stays: {:?}", segments(data.path()));
     };
-    assert!(unanswered(&std::fs::read(current).unwrap()).0.is_empty());
+    assert!(unanswered(&std::fs::read(current).unwrap()).ends.is_empty());
 }
 
 #[test]
@@ -170,8 +171,38 @@ async fn a_segment_the_store_could_not_take_is_kept_whole_for_the_next_start() {
     assert_eq!(Journal::new(data.path(), true).replay(&closed).await, 0);
     let kept = std::fs::read(segment).unwrap();
     assert!(kept.ends_with(b"\n"), "the cut line is ended");
-    assert_eq!(ids(&unanswered(&kept).0), ["a", "b"]);
+    assert_eq!(ids(&unanswered(&kept).ends), ["a", "b"]);
 
     assert_eq!(Journal::new(data.path(), true).replay(&open()).await, 2);
     assert_eq!(segments(data.path()), Vec::<PathBuf>::new());
+}
+
+#[tokio::test]
+async fn a_segment_with_unreadable_lines_inside_is_replayed_and_set_aside() {
+    let data = tempfile::tempdir().unwrap();
+    let store = crate::store::sqlite::SqliteStore::open(
+        &data.path().join("store.db"),
+        crate::config::Synchronous::Normal,
+    )
+    .unwrap();
+    let dir = data.path().join("journal");
+    std::fs::create_dir_all(&dir).unwrap();
+    let line = |job: &str| {
+        let mut l = br#"{"End":"#.to_vec();
+        l.extend(serde_json::to_vec(&entry(job, "out")).unwrap());
+        l.extend(b"}\n");
+        l
+    };
+    let mut text = line("a");
+    text.extend(b"{\"Done\":{\"job_id\":\"a\",\"cl\n");
+    text.extend(line("b"));
+    std::fs::write(dir.join("000000000000001.00000000.log"), text).unwrap();
+
+    assert_eq!(Journal::new(data.path(), true).replay(&store).await, 2);
+    assert!(
+        segments(data.path())
+            .iter()
+            .all(|p| p.extension().unwrap() == "bad")
+    );
+    assert_eq!(segments(data.path()).len(), 1, "set aside, not removed");
 }
