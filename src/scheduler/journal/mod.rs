@@ -17,6 +17,10 @@
 //!   on short jobs. An append is one `write`. A segment past [`SEGMENT_BYTES`] is
 //!   retired (the next end opens a new one) and unlinked as soon as every end in it
 //!   has been answered.
+//! - Each segment is locked (`flock`) by the life that writes it, for as long as it
+//!   holds it; the lock dies with the process. Replicas on one host may share a
+//!   `data_dir`, so a replica that restarts replays only segments no live process
+//!   holds, and never removes one a live neighbour still appends to.
 //! - A node starting on that `data_dir` replays every end without its `Done`
 //!   **before** it rescues orphans or claims anything: the output (conditional
 //!   appends: a batch already stored adds nothing) and then the end (fenced by
@@ -48,7 +52,7 @@
 //! (through the binary), and `journal/tests.rs` (what a segment replays, and that
 //! answered segments go).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -174,13 +178,36 @@ impl Journal {
 
 /// Replays one segment's unanswered ends; see [`Journal::replay`].
 async fn replay_segment(store: &dyn Store, path: &Path) -> usize {
-    let text = match std::fs::read(path) {
-        Ok(text) => text,
+    // A segment a live process holds (a replica sharing this `data_dir`) is its own to
+    // answer; one whose writer died is unlocked. The lock is held to the end here.
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0, // answered meanwhile
         Err(e) => {
-            tracing::warn!("cannot read journal segment {}: {e}", path.display());
+            tracing::warn!("cannot open journal segment {}: {e}", path.display());
             return 0;
         }
     };
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            tracing::debug!("journal segment {} is a live process's", path.display());
+            return 0;
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            tracing::warn!("cannot lock journal segment {}: {e}", path.display());
+            return 0;
+        }
+    }
+    let mut text = Vec::new();
+    if let Err(e) = file.read_to_end(&mut text) {
+        tracing::warn!("cannot read journal segment {}: {e}", path.display());
+        return 0;
+    }
     let read = unanswered(&text);
     if read.cut_last {
         tracing::info!(
@@ -221,11 +248,7 @@ async fn replay_segment(store: &dyn Store, path: &Path) -> usize {
         let _ = std::fs::rename(path, path.with_extension("bad"));
     } else if !kept {
         remove_segment(path);
-    } else if let Err(e) = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(&answered))
-    {
+    } else if let Err(e) = file.write_all(&answered) {
         tracing::warn!(
             "cannot mark replayed ends answered in {}: {e}",
             path.display()

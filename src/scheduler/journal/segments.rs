@@ -145,26 +145,21 @@ impl State {
     }
 
     fn open_segment(&mut self, segments: &Segments) -> std::io::Result<()> {
-        let open = |path: &Path| {
-            std::fs::OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .open(path)
-        };
-        // A name a kept segment already has (a clock set back since that life) is
-        // skipped; the directory is made when a segment finds it missing.
+        // A name a kept segment already has (a clock set back since that life, or a
+        // replica on the same `data_dir` that began in the same millisecond) is skipped;
+        // the directory is made when a segment finds it missing.
         let (number, path, file) = loop {
             let number = self.next;
             self.next += 1;
             let path = segments
                 .dir
                 .join(format!("{}.{number:08}.log", segments.life));
-            match open(&path) {
+            match open_locked(&path) {
                 Ok(file) => break (number, path, file),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     std::fs::create_dir_all(&segments.dir)?;
-                    break (number, path.clone(), open(&path)?);
+                    break (number, path.clone(), open_locked(&path)?);
                 }
                 Err(e) => return Err(e),
             }
@@ -205,6 +200,26 @@ impl State {
             current.mark_answered(job_id, claim_seq);
         }
     }
+}
+
+/// Creates the segment at `path`, locked (`flock`) for as long as this life holds it:
+/// a replica starting on the same `data_dir` replays only segments no live process
+/// holds. It is made and locked under another name first and then renamed, so no
+/// replay ever finds it unlocked.
+fn open_locked(path: &Path) -> std::io::Result<File> {
+    let making = path.with_extension("making");
+    let file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&making)?;
+    let taken = file
+        .try_lock()
+        .map_err(|e| std::io::Error::other(format!("cannot lock a new segment: {e}")));
+    // `link` fails on a name already there (a kept segment's), where `rename` would
+    // replace it.
+    let placed = taken.and_then(|()| std::fs::hard_link(&making, path));
+    let _ = std::fs::remove_file(&making);
+    placed.map(|()| file)
 }
 
 pub(super) fn done_line(job_id: &str, claim_seq: i64) -> Vec<u8> {

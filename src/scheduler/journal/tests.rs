@@ -206,3 +206,35 @@ async fn a_segment_with_unreadable_lines_inside_is_replayed_and_set_aside() {
     );
     assert_eq!(segments(data.path()).len(), 1, "set aside, not removed");
 }
+
+#[tokio::test]
+async fn a_live_replicas_segment_is_left_to_it_and_replayed_once_it_is_gone() {
+    let data = tempfile::tempdir().unwrap();
+    let store = crate::store::sqlite::SqliteStore::open(
+        &data.path().join("store.db"),
+        crate::config::Synchronous::Normal,
+    )
+    .unwrap();
+    // Two replicas share one `data_dir`; one restarts while the other runs.
+    let live = Journal::new(data.path(), true);
+    live.record(&entry("a", "out"));
+    let restarted = Journal::new(data.path(), true);
+    assert_eq!(
+        restarted.replay(&store).await,
+        0,
+        "the live one answers its own"
+    );
+    live.record(&entry("b", "out"));
+    let [segment] = &segments(data.path())[..] else {
+        panic!("the live segment stays: {:?}", segments(data.path()));
+    };
+    assert_eq!(
+        ids(&unanswered(&std::fs::read(segment).unwrap()).ends),
+        ["a", "b"],
+        "its appends still land in the file replay reads"
+    );
+
+    drop(live); // it dies: its lock goes with it
+    assert_eq!(Journal::new(data.path(), true).replay(&store).await, 2);
+    assert_eq!(segments(data.path()), Vec::<PathBuf>::new());
+}
