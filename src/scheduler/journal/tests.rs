@@ -26,6 +26,15 @@ fn entry(job_id: &str, output: &str) -> Entry {
     }
 }
 
+/// A real store to replay into (SQLite, in the test's own directory).
+fn store_in(dir: &Path) -> crate::store::sqlite::SqliteStore {
+    crate::store::sqlite::SqliteStore::open(
+        &dir.join("store.db"),
+        crate::config::Synchronous::Normal,
+    )
+    .unwrap()
+}
+
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join("journal"))
         .unwrap()
@@ -117,11 +126,7 @@ fn a_store_that_needs_no_journal_writes_nothing() {
 #[tokio::test]
 async fn the_next_life_replays_only_unanswered_ends_and_removes_what_it_replayed() {
     let data = tempfile::tempdir().unwrap();
-    let store = crate::store::sqlite::SqliteStore::open(
-        &data.path().join("store.db"),
-        crate::config::Synchronous::Normal,
-    )
-    .unwrap();
+    let store = store_in(data.path());
     let life = Journal::new(data.path(), true);
     for job in ["a", "b", "c"] {
         life.record(&entry(job, "out"));
@@ -143,13 +148,7 @@ async fn the_next_life_replays_only_unanswered_ends_and_removes_what_it_replayed
 async fn a_segment_the_store_could_not_take_is_kept_whole_for_the_next_start() {
     use crate::store::Store;
     let data = tempfile::tempdir().unwrap();
-    let open = || {
-        crate::store::sqlite::SqliteStore::open(
-            &data.path().join("store.db"),
-            crate::config::Synchronous::Normal,
-        )
-        .unwrap()
-    };
+    let open = || store_in(data.path());
     let life = Journal::new(data.path(), true);
     for job in ["a", "b"] {
         life.record(&entry(job, "out"));
@@ -180,11 +179,7 @@ async fn a_segment_the_store_could_not_take_is_kept_whole_for_the_next_start() {
 #[tokio::test]
 async fn a_segment_with_unreadable_lines_inside_is_replayed_and_set_aside() {
     let data = tempfile::tempdir().unwrap();
-    let store = crate::store::sqlite::SqliteStore::open(
-        &data.path().join("store.db"),
-        crate::config::Synchronous::Normal,
-    )
-    .unwrap();
+    let store = store_in(data.path());
     let dir = data.path().join("journal");
     std::fs::create_dir_all(&dir).unwrap();
     let line = |job: &str| {
@@ -210,11 +205,7 @@ async fn a_segment_with_unreadable_lines_inside_is_replayed_and_set_aside() {
 #[tokio::test]
 async fn a_live_replicas_segment_is_left_to_it_and_replayed_once_it_is_gone() {
     let data = tempfile::tempdir().unwrap();
-    let store = crate::store::sqlite::SqliteStore::open(
-        &data.path().join("store.db"),
-        crate::config::Synchronous::Normal,
-    )
-    .unwrap();
+    let store = store_in(data.path());
     // Two replicas share one `data_dir`; one restarts while the other runs.
     let live = Journal::new(data.path(), true);
     live.record(&entry("a", "out"));
