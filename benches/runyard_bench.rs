@@ -625,7 +625,8 @@ fn main() {
         let (url, schema) = (parts[0], parts[1]);
         let secs: u64 = parts[2].parse().unwrap();
         let cap: usize = parts[3].parse().unwrap();
-        rt.block_on(store::worker(url, schema, secs, cap));
+        let redis = parts.get(4).filter(|url| !url.is_empty()).copied();
+        rt.block_on(store::worker(url, schema, secs, cap, redis));
         return;
     }
     let only = selected(std::env::var("BENCH_ONLY").ok().as_deref());
@@ -686,7 +687,18 @@ async fn run(name: &str, pg: Option<&str>, rounds: usize) {
         ("dispatch-latency", _) => bench_latency(env_usize("BENCH_LATENCY_SAMPLES", 200)).await,
         ("memory", _) => bench_rss(env_usize("BENCH_QUEUED", 100_000)).await,
         ("store", Some(url)) => {
-            store::bench_store(url, rounds, env_usize("BENCH_STORE_SECS", 8) as u64).await
+            let secs = env_usize("BENCH_STORE_SECS", 8) as u64;
+            let shared = std::env::var("BENCH_REDIS_URL")
+                .or_else(|_| std::env::var("TEST_REDIS_URL"))
+                .ok();
+            match shared {
+                Some(redis) => store::bench_store(url, rounds, secs, Some(&redis)).await,
+                None if kit::redis_server::available() => {
+                    let private = kit::redis_server::PrivateRedis::started();
+                    store::bench_store(url, rounds, secs, Some(&private.url())).await
+                }
+                None => store::bench_store(url, rounds, secs, None).await,
+            }
         }
         ("statements", _) => pgss::bench_pgss(env_usize("BENCH_PGSS_RUNS", 2000)).await,
         ("claim-depth", _) => {

@@ -157,6 +157,7 @@ contract_tests!(
         a_node_waiting_for_the_global_cap_gets_its_share_of_the_units,
         level_nodes_take_turns_when_the_cap_is_smaller_than_the_nodes_waiting,
         a_node_waiting_with_keyed_work_gets_its_turn_and_a_key_at_its_cap_is_no_wait,
+        an_end_wakes_other_claimers_only_when_it_leaves_a_unit_free,
         // fencing.rs
         stale_and_repeated_finishes_change_nothing,
         abort_racing_a_natural_finish_ends_each_job_exactly_once,

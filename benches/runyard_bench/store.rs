@@ -8,6 +8,12 @@
 //! jobs it finished. Runs with and without a global cap; with the cap, the parent samples
 //! the running count every 5 ms (from the running-jobs index alone) and fails if it ever
 //! exceeds the cap.
+//!
+//! A loop that finds nothing to claim (the cap is full) waits as the scheduler's claim
+//! loop does: for the store's WORK feed, which other processes' commits reach through the
+//! Redis bus (`BENCH_REDIS_URL`, else `TEST_REDIS_URL`, else a private `redis-server`),
+//! or the claim loop's backstop poll. Without any Redis it polls every millisecond, which
+//! says so: those empty claims cost the shared cores more than the work.
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -15,8 +21,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use runyard::bus::RedisBus;
+use runyard::config::BusSettings;
 use runyard::store::postgres::{PgOptions, PgStore};
-use runyard::store::{JobClaimParams, JobFinishParams, NodeRow, Outcome, Store};
+use runyard::store::{JobClaimParams, JobFinishParams, NodeRow, Outcome, Store, change};
 
 use crate::kit::pg::Schema;
 use crate::{BENCH_TAG, median};
@@ -36,8 +44,13 @@ fn claim_params(node: &str, cap: usize) -> JobClaimParams {
     }
 }
 
-/// The worker's body: prints `finished=N max_running=M`.
-pub async fn worker(url: &str, schema: &str, secs: u64, cap: usize) {
+/// How long a loop waiting for the cap waits at most without a wake: the scheduler's
+/// claim loop's backstop (`POLL_BACKSTOP`).
+const BACKSTOP: Duration = Duration::from_secs(1);
+
+/// The worker's body: prints `finished=N`. `redis`: the bus to hear the other workers'
+/// commits on (the schema's name is its prefix); none: poll every millisecond.
+pub async fn worker(url: &str, schema: &str, secs: u64, cap: usize, redis: Option<&str>) {
     let store: Arc<dyn Store> = Arc::new(
         PgStore::open(&PgOptions {
             url: url.to_string(),
@@ -47,6 +60,21 @@ pub async fn worker(url: &str, schema: &str, secs: u64, cap: usize) {
         .await
         .expect("open the bench schema"),
     );
+    let bus = redis.map(|url| {
+        let settings = BusSettings {
+            url: url.to_string(),
+            url_source: "bench",
+            prefix: schema.to_string(),
+        };
+        RedisBus::start(&settings, store.changes().clone()).expect("the bench's Redis URL")
+    });
+    if let Some(bus) = &bus {
+        assert!(
+            bus.connected_within(Duration::from_secs(10)).await,
+            "the bench's Redis bus did not connect"
+        );
+    }
+    let polls = bus.is_none();
     let node = uuid::Uuid::now_v7().to_string();
     let now = store.clock_ms();
     store
@@ -69,6 +97,7 @@ pub async fn worker(url: &str, schema: &str, secs: u64, cap: usize) {
     for _ in 0..TASKS {
         let (store, node, finished) = (store.clone(), node.clone(), finished.clone());
         tasks.push(tokio::spawn(async move {
+            let mut work = store.changes().subscribe(change::WORK);
             let mut held = store
                 .job_claim(claim_params(&node, cap))
                 .await
@@ -76,8 +105,15 @@ pub async fn worker(url: &str, schema: &str, secs: u64, cap: usize) {
                 .jobs;
             while Instant::now() < deadline {
                 let Some(job) = held.pop() else {
-                    // Nothing claimable (cap reached or queue empty): try again shortly.
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    // Nothing claimable (cap reached or queue empty): wait for a commit
+                    // that may have freed a unit, as the claim loop does.
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if polls {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    } else {
+                        let _ = tokio::time::timeout(left.min(BACKSTOP), work.changed()).await;
+                    }
+                    work.borrow_and_update();
                     held = store
                         .job_claim(claim_params(&node, cap))
                         .await
@@ -112,6 +148,7 @@ pub async fn worker(url: &str, schema: &str, secs: u64, cap: usize) {
         t.await.unwrap();
     }
     println!("finished={}", finished.load(Ordering::Relaxed));
+    drop(bus);
     store.close().await;
 }
 
@@ -155,7 +192,13 @@ async fn prepare(url: &str, schema: &str, jobs: usize) -> Arc<dyn Store> {
 
 /// One measurement: `procs` worker processes for `secs` on a fresh schema; jobs/s, and the
 /// most jobs seen running at once (sampled every 5 ms).
-async fn measure(url: &str, procs: usize, cap: usize, secs: u64) -> (f64, usize) {
+async fn measure(
+    url: &str,
+    procs: usize,
+    cap: usize,
+    secs: u64,
+    redis: Option<&str>,
+) -> (f64, usize) {
     let schema = Schema::new(url, BENCH_TAG);
     // Enough work that no worker runs dry: generous for ~5k jobs/s.
     let store = prepare(url, &schema.name, 6_000 * secs as usize).await;
@@ -165,7 +208,11 @@ async fn measure(url: &str, procs: usize, cap: usize, secs: u64) -> (f64, usize)
             Command::new(&exe)
                 .env(
                     "RUNYARD_BENCH_WORKER",
-                    format!("{url}|{}|{secs}|{cap}", schema.name),
+                    format!(
+                        "{url}|{}|{secs}|{cap}|{}",
+                        schema.name,
+                        redis.unwrap_or_default()
+                    ),
                 )
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -214,17 +261,25 @@ async fn measure(url: &str, procs: usize, cap: usize, secs: u64) -> (f64, usize)
     (total as f64 / secs as f64, max_running)
 }
 
-pub async fn bench_store(url: &str, rounds: usize, secs: u64) {
+pub async fn bench_store(url: &str, rounds: usize, secs: u64, redis: Option<&str>) {
     println!(
         "[store] PostgreSQL store: claim + fused finish/claim-next, {TASKS} loops per process, {secs} s per round"
     );
+    match redis {
+        Some(redis) => {
+            println!("    waiting loops wake on the WORK feed, over the Redis bus at {redis}")
+        }
+        None => println!(
+            "    no Redis (set BENCH_REDIS_URL or install redis-server): waiting loops poll every 1 ms"
+        ),
+    }
     for (label, cap) in [("no cap", 0usize), ("global cap 8", 8)] {
         let mut by_procs = Vec::new();
         for procs in [1usize, 3] {
             let mut rates = Vec::new();
             let mut worst = 0;
             for round in 1..=rounds {
-                let (rate, max_running) = measure(url, procs, cap, secs).await;
+                let (rate, max_running) = measure(url, procs, cap, secs, redis).await;
                 let seen = if cap > 0 {
                     format!(", at most {max_running} running")
                 } else {

@@ -32,6 +32,7 @@ pub mod job_wakes;
 mod key_scan;
 pub mod payload;
 pub mod postgres;
+pub mod refill;
 pub mod rerun;
 pub mod sqlite;
 pub mod summary;

@@ -5,6 +5,7 @@
 //! With nobody waiting, units are first come, first served (none left idle). Among
 //! nodes level with each other, one that has waited a turn goes next.
 
+use runyard::model::JobStatus;
 use runyard::store::{
     ClaimedJob, JobClaimParams, Outcome, RunCreateParams, RunOptions, Store, cap_share,
 };
@@ -266,5 +267,71 @@ pub async fn a_node_waiting_with_keyed_work_gets_its_turn_and_a_key_at_its_cap_i
         claim(capped_to(3, "n1", 1, later)).await.len(),
         1,
         "n2 does not wait for the cap: the last free unit is n1's"
+    );
+}
+
+/// Whether the feed woke claimers since it was last read: `None` when the wake may be
+/// the PostgreSQL change poll's (it bumps every kind at once, OUTPUT too, which no end
+/// bumps), so the step says nothing either way.
+fn woke(
+    work: &mut tokio::sync::watch::Receiver<u64>,
+    output: &mut tokio::sync::watch::Receiver<u64>,
+) -> Option<bool> {
+    let polled = output.has_changed().unwrap();
+    output.borrow_and_update();
+    let woke = work.has_changed().unwrap();
+    work.borrow_and_update();
+    (!polled).then_some(woke)
+}
+
+/// The WORK feed wakes the claim loop of every node (other replicas through the bus).
+/// An end whose own transaction takes its units back (its fused claim took a job of the
+/// same pipeline) leaves no room for anyone and wakes nobody; an end that leaves a unit
+/// free, or puts its job back in the queue, wakes them (`src/store/refill.rs`).
+pub async fn an_end_wakes_other_claimers_only_when_it_leaves_a_unit_free(f: &Factory) {
+    let store = f.store().await;
+    for _ in 0..7 {
+        create(&*store, 1).await;
+    }
+    let cap = capped_to(2, "n1", 1, 10);
+    let mut work = store.changes().subscribe(runyard::store::change::WORK);
+    let mut output = store.changes().subscribe(runyard::store::change::OUTPUT);
+    let mut held = ok("job_claim", store.job_claim(cap.clone())).await.jobs;
+    let other = ok("job_claim", store.job_claim(cap.clone())).await.jobs;
+    assert_eq!((held.len(), other.len()), (1, 1), "two units, both taken");
+    // Refills: each end's fused claim takes the next queued job into the unit it freed.
+    let mut quiet = 0;
+    for _ in 0..4 {
+        woke(&mut work, &mut output);
+        held = end_and_claim(&*store, &held[0], cap.clone()).await;
+        assert_eq!(held.len(), 1, "the freed unit is taken back");
+        if let Some(woke) = woke(&mut work, &mut output) {
+            assert!(
+                !woke,
+                "an end whose unit its own claim took back woke the claimers"
+            );
+            quiet += 1;
+        }
+    }
+    assert!(quiet > 0, "every step overlapped the change poll");
+    // A failed attempt goes back to the queue (its retry): that wakes, refill or not.
+    woke(&mut work, &mut output);
+    let mut failed = finish(&held[0], fail());
+    failed.claim_next = Some(cap.clone());
+    let out = ok("job_finish", store.job_finish(failed)).await;
+    assert_eq!((out.status, out.next.len()), (Some(JobStatus::Queued), 1));
+    assert_ne!(
+        woke(&mut work, &mut output),
+        Some(false),
+        "a retry queued wakes"
+    );
+    // The last queued job is running: the other end's claim finds nothing (the retry is
+    // not due), so its unit stays free and the claimers hear of it.
+    let out = end_and_claim(&*store, &other[0], cap.clone()).await;
+    assert!(out.is_empty(), "nothing due to claim");
+    assert_ne!(
+        woke(&mut work, &mut output),
+        Some(false),
+        "a unit left free wakes"
     );
 }

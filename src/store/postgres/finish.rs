@@ -29,9 +29,9 @@ use super::rows::Rows;
 use super::tx::{EventColumns, PendingEvent};
 use super::{StoreError, StoreResult, Tx};
 use crate::model::{JobKind, JobPart, RunStatus, parse_job_id};
-use crate::store::payload;
 use crate::store::transition::{JobFence, Transition, decide, decided_without_row, outcome_error};
 use crate::store::{ClaimedJob, FinishOutcome, JobClaimParams, JobFinishParams, change};
+use crate::store::{payload, refill};
 /// A job of the batch whose end is written.
 struct Ending<'p> {
     /// Index in the batch (the caller's answer slot).
@@ -196,15 +196,18 @@ pub(super) async fn finish_batch(
             next: Vec::new(),
         };
     }
-    if !endings.is_empty() {
-        tx.kinds |= change::WORK;
-    }
     let landing = match optimistic {
         Some(rows) => landed(tx, &predicted, rows).await?,
         None => land_runs(tx, &endings).await?,
     };
     let now = batch.iter().map(|p| p.now).max().unwrap_or_default();
     let (ended, claimed) = end_runs(tx, landing, claim, now).await?;
+    let stopped = endings
+        .iter()
+        .map(|e| (e.fence.pipeline.as_str(), e.t.status));
+    if refill::wakes_claimers(stopped, claim, &claimed) {
+        tx.kinds |= change::WORK;
+    }
     for (run_id, status) in ended {
         // The answer of the last job of that run in the batch says how the run ended.
         if let Some(e) = endings.iter().rev().find(|e| e.fence.run_id == run_id) {

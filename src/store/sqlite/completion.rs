@@ -12,13 +12,39 @@ use crate::store::completion::{
 use crate::store::summary::{self, JobRow, RunRow};
 use crate::store::{StoreResult, payload};
 
+/// What landing one terminal shard did to its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Landed {
+    /// The run still waits for other shards (or had landed before).
+    Open,
+    /// Its finalizer is queued.
+    FinalizerQueued,
+    /// It turned terminal with this status; `released`: runs waited for it, and were
+    /// released (or skipped).
+    Terminal { status: RunStatus, released: bool },
+}
+
+impl Landed {
+    /// The run's terminal status when this landing made it terminal.
+    pub(super) fn status(self) -> Option<RunStatus> {
+        match self {
+            Landed::Terminal { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+
+    /// It queued work for claimers: a finalizer, or runs released by the run's end.
+    pub(super) fn queued_work(self) -> bool {
+        matches!(
+            self,
+            Landed::FinalizerQueued | Landed::Terminal { released: true, .. }
+        )
+    }
+}
+
 /// Bumps the run's counter for one terminal shard; when it lands, finalises the run or
-/// queues its finalizer. Returns the run's terminal status when this call made it terminal.
-pub(super) fn land_terminal(
-    conn: &Connection,
-    run_id: &str,
-    now: i64,
-) -> StoreResult<Option<RunStatus>> {
+/// queues its finalizer.
+pub(super) fn land_terminal(conn: &Connection, run_id: &str, now: i64) -> StoreResult<Landed> {
     let landed: Option<(i64, i64, String, bool)> = conn
         .prepare_cached(
             "UPDATE runs SET shards_done = shards_done + 1 WHERE id = ?1 AND shards_done < shard_count
@@ -27,10 +53,10 @@ pub(super) fn land_terminal(
         .query_row(params![run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .optional()?;
     let Some((done, count, status, has_finalizer)) = landed else {
-        return Ok(None);
+        return Ok(Landed::Open);
     };
     if done < count {
-        return Ok(None);
+        return Ok(Landed::Open);
     }
     let shards: Vec<JobStatus> = conn
         .prepare_cached("SELECT status FROM jobs WHERE run_id = ?1 AND kind = 'shard'")?
@@ -42,7 +68,7 @@ pub(super) fn land_terminal(
         .execute(params![run_id, shards_status.as_str()])?;
     if has_finalizer {
         queue_finalizer(conn, run_id, now)?;
-        return Ok(None);
+        return Ok(Landed::FinalizerQueued);
     }
     turn_terminal(conn, run_id, shards_status, now)
 }
@@ -82,13 +108,13 @@ pub(super) fn finalizer_ended(
     run_id: &str,
     status: JobStatus,
     now: i64,
-) -> StoreResult<Option<RunStatus>> {
+) -> StoreResult<Landed> {
     let row: Option<(String, Option<String>)> = conn
         .prepare_cached("SELECT status, shards_status FROM runs WHERE id = ?1")?
         .query_row(params![run_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((current, shards_status)) = row else {
-        return Ok(None);
+        return Ok(Landed::Open);
     };
     let final_status = status_after_finalizer(&current, status, shards_status.as_deref());
     turn_terminal(conn, run_id, final_status, now)
@@ -101,14 +127,17 @@ fn turn_terminal(
     run_id: &str,
     status: RunStatus,
     now: i64,
-) -> StoreResult<Option<RunStatus>> {
+) -> StoreResult<Landed> {
     let Some(waited_for) = turn_terminal_once(conn, run_id, status, now)? else {
-        return Ok(None);
+        return Ok(Landed::Open);
     };
     if waited_for {
         super::after::release_dependents(conn, vec![run_id.to_string()], now)?;
     }
-    Ok(Some(status))
+    Ok(Landed::Terminal {
+        status,
+        released: waited_for,
+    })
 }
 
 /// [`turn_terminal`] without the release: `None` when the run had ended before, else

@@ -56,17 +56,23 @@ pub(super) fn finish_in_tx(
     if let Some(start) = &p.start {
         start_in_tx(conn, start)?;
     }
-    let (mut out, kinds) = finish_fenced(conn, p)?;
+    let (mut out, mut kinds, pipeline) = finish_fenced(conn, p)?;
     if let Some(claim) = &p.claim_next {
         out.next = claim_in_tx(conn, claim, true)?.jobs;
+    }
+    let stopped = pipeline.as_deref().zip(out.status);
+    if refill::wakes_claimers(stopped, p.claim_next.as_ref(), &out.next) {
+        kinds |= change::WORK;
     }
     Ok((out, kinds))
 }
 
-pub(super) fn finish_fenced(
+/// The fenced end: its answer, the change kinds of the work it queued, and the pipeline
+/// of the job it stopped (none when the end was stale).
+fn finish_fenced(
     conn: &Connection,
     p: &JobFinishParams,
-) -> StoreResult<(FinishOutcome, u8)> {
+) -> StoreResult<(FinishOutcome, u8, Option<String>)> {
     let not_applied = FinishOutcome {
         applied: false,
         status: None,
@@ -74,10 +80,10 @@ pub(super) fn finish_fenced(
         next: Vec::new(),
     };
     let Some(row) = fence_row(conn, &p.job_id)? else {
-        return Ok((not_applied, 0));
+        return Ok((not_applied, 0, None));
     };
     if !row.is_held_by(p.claim_seq) {
-        return Ok((not_applied, 0));
+        return Ok((not_applied, 0, None));
     }
     let t = decide(&row, &p.outcome, p.exit_code, p.now);
     let error = outcome_error(&p.outcome);
@@ -108,27 +114,32 @@ pub(super) fn finish_fenced(
             t.status == JobStatus::Queued && claim_plan::held(t.run_after, p.now),
         ])?;
     if changed != 1 {
-        return Ok((not_applied, 0));
+        return Ok((not_applied, 0, None));
     }
     emit(
         conn,
         payload::job_ended(&p.job_id, &row, &t, p.exit_code, error.as_deref()),
         p.now,
     )?;
-    let run_finalized = if terminal && row.kind == JobKind::Finalize {
+    let landed = if terminal && row.kind == JobKind::Finalize {
         finalizer_ended(conn, &row.run_id, t.status, p.now)?
     } else if terminal {
         land_terminal(conn, &row.run_id, p.now)?
     } else {
-        None
+        Landed::Open
+    };
+    // Work this end queued (a finalizer, runs released by the run's end) wakes claimers
+    // whatever the fused claim takes; the units it freed, per [`refill`].
+    let queued_work = landed.queued_work();
+    let outcome = FinishOutcome {
+        applied: true,
+        status: Some(t.status),
+        run_finalized: landed.status(),
+        next: Vec::new(),
     };
     Ok((
-        FinishOutcome {
-            applied: true,
-            status: Some(t.status),
-            run_finalized,
-            next: Vec::new(),
-        },
-        change::WORK | change::EVENTS,
+        outcome,
+        change::EVENTS | if queued_work { change::WORK } else { 0 },
+        Some(row.pipeline),
     ))
 }

@@ -54,7 +54,7 @@ use executions::*;
 use runs::*;
 use writer::*;
 
-use completion::{finalizer_ended, land_terminal};
+use completion::{Landed, finalizer_ended, land_terminal};
 
 use super::payload::{self, NewEvent};
 use super::transition::{JobFence, RetryOn, decide, outcome_error};
