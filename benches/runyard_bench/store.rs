@@ -27,6 +27,7 @@ use runyard::store::postgres::{PgOptions, PgStore};
 use runyard::store::{JobClaimParams, JobFinishParams, NodeRow, Outcome, Store, change};
 
 use crate::kit::pg::Schema;
+use crate::kit::procfs;
 use crate::{BENCH_TAG, median};
 
 /// Concurrent claim loops per worker process.
@@ -148,6 +149,16 @@ pub async fn worker(url: &str, schema: &str, secs: u64, cap: usize, redis: Optio
         t.await.unwrap();
     }
     println!("finished={}", finished.load(Ordering::Relaxed));
+    let own = procfs::cpu_secs(std::process::id()).unwrap_or_default();
+    println!("cpu={own}");
+    // Claims sent on their own (not fused with an end): a waiting loop's, mostly.
+    let claims: u64 = store
+        .traffic()
+        .iter()
+        .filter(|(_, op, _, _)| *op == "job_claim")
+        .map(|(_, _, _, commits)| commits)
+        .sum();
+    println!("claims={claims}");
     drop(bus);
     store.close().await;
 }
@@ -190,15 +201,31 @@ async fn prepare(url: &str, schema: &str, jobs: usize) -> Arc<dyn Store> {
     store
 }
 
-/// One measurement: `procs` worker processes for `secs` on a fresh schema; jobs/s, and the
-/// most jobs seen running at once (sampled every 5 ms).
+/// Where one measurement's CPU went, per job finished, in µs.
+struct CpuPerJob {
+    /// Every core of the machine (the workers, PostgreSQL, the cap sampler, the rest).
+    machine: f64,
+    /// PostgreSQL's processes.
+    postgres: f64,
+    /// The worker processes (their whole life, start-up included).
+    workers: f64,
+    /// Share of the machine's cores busy while the workers ran.
+    busy: f64,
+    /// Share of one core each worker process used, on average.
+    per_worker: f64,
+    /// Claims sent on their own, not fused with an end, per job.
+    claims: f64,
+}
+
+/// One measurement: `procs` worker processes for `secs` on a fresh schema; jobs/s, the
+/// most jobs seen running at once (sampled every 5 ms), and where the CPU went.
 async fn measure(
     url: &str,
     procs: usize,
     cap: usize,
     secs: u64,
     redis: Option<&str>,
-) -> (f64, usize) {
+) -> (f64, usize, CpuPerJob) {
     let schema = Schema::new(url, BENCH_TAG);
     // Enough work that no worker runs dry: generous for ~5k jobs/s.
     let store = prepare(url, &schema.name, 6_000 * secs as usize).await;
@@ -221,6 +248,23 @@ async fn measure(
         })
         .collect();
     let started = Instant::now();
+    // The machine's and PostgreSQL's CPU over a window inside the workers' run (their
+    // backends' time leaves with them when they exit), scaled by the run's rate.
+    let window = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (t0, m0, pg0) = (
+            Instant::now(),
+            procfs::machine_cpu_secs(),
+            procfs::comm_cpu_secs("postgres"),
+        );
+        let end = started + Duration::from_secs(secs) - Duration::from_millis(300);
+        tokio::time::sleep(end.saturating_duration_since(Instant::now())).await;
+        (
+            t0.elapsed().as_secs_f64(),
+            procfs::machine_cpu_secs() - m0,
+            procfs::comm_cpu_secs("postgres") - pg0,
+        )
+    });
     // The cap check samples the running count every 5 ms, from the `jobs_running` index
     // alone (a count by pipeline over the whole queue, as `pipeline_counts` does, cost
     // more than half a core at that rate and skewed every figure); without a cap it
@@ -245,20 +289,39 @@ async fn measure(
         drop(client);
         let _ = task.await;
     }
-    let mut total = 0u64;
+    let (mut total, mut workers_cpu, mut claims) = (0u64, 0.0, 0u64);
     for child in children {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "bench worker failed");
         let text = String::from_utf8_lossy(&out.stdout);
-        total += text
-            .lines()
-            .find_map(|l| l.strip_prefix("finished="))
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).map(str::to_string))
+        };
+        total += field("finished=")
             .and_then(|v| v.parse::<u64>().ok())
             .expect("worker prints finished=N");
+        workers_cpu += field("cpu=")
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("worker prints cpu=S");
+        claims += field("claims=")
+            .and_then(|v| v.parse::<u64>().ok())
+            .expect("worker prints claims=N");
     }
+    let (span, machine, postgres) = window.await.unwrap();
+    let rate = total as f64 / secs as f64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let cpu = CpuPerJob {
+        machine: machine / (rate * span) * 1e6,
+        postgres: postgres / (rate * span) * 1e6,
+        workers: workers_cpu / total.max(1) as f64 * 1e6,
+        busy: machine / span / cores,
+        per_worker: workers_cpu / procs as f64 / secs as f64,
+        claims: claims as f64 / total.max(1) as f64,
+    };
     store.close().await;
     drop(schema);
-    (total as f64 / secs as f64, max_running)
+    (rate, max_running, cpu)
 }
 
 pub async fn bench_store(url: &str, rounds: usize, secs: u64, redis: Option<&str>) {
@@ -279,7 +342,7 @@ pub async fn bench_store(url: &str, rounds: usize, secs: u64, redis: Option<&str
             let mut rates = Vec::new();
             let mut worst = 0;
             for round in 1..=rounds {
-                let (rate, max_running) = measure(url, procs, cap, secs, redis).await;
+                let (rate, max_running, cpu) = measure(url, procs, cap, secs, redis).await;
                 let seen = if cap > 0 {
                     format!(", at most {max_running} running")
                 } else {
@@ -287,6 +350,15 @@ pub async fn bench_store(url: &str, rounds: usize, secs: u64, redis: Option<&str
                 };
                 println!(
                     "    {label}, {procs} process(es), round {round}: {rate:>6.0} jobs/s{seen}"
+                );
+                println!(
+                    "        CPU per job: machine {:.0} µs (cores {:.0}% busy), of it PostgreSQL {:.0} µs, the workers {:.0} µs (each worker {:.0}% of a core); claims on their own {:.2} per job",
+                    cpu.machine,
+                    cpu.busy * 100.0,
+                    cpu.postgres,
+                    cpu.workers,
+                    cpu.per_worker * 100.0,
+                    cpu.claims
                 );
                 if cap > 0 {
                     assert!(
