@@ -673,6 +673,39 @@ fn main() {
     });
 }
 
+/// The Redis that benches of replicas share a bus on.
+struct BenchRedis {
+    url: String,
+    /// The private server, when the bench started one (stopped on drop).
+    _private: Option<kit::redis_server::PrivateRedis>,
+}
+
+/// `BENCH_REDIS_URL` (or `TEST_REDIS_URL`), else a private `redis-server` when one is
+/// installed, else none.
+fn bench_redis() -> Option<BenchRedis> {
+    let shared = std::env::var("BENCH_REDIS_URL")
+        .or_else(|_| std::env::var("TEST_REDIS_URL"))
+        .ok();
+    match shared {
+        Some(url) => Some(BenchRedis {
+            url,
+            _private: None,
+        }),
+        None if kit::redis_server::available() => {
+            let private = kit::redis_server::PrivateRedis::started();
+            println!(
+                "(replicas share a private redis-server at {})",
+                private.url()
+            );
+            Some(BenchRedis {
+                url: private.url(),
+                _private: Some(private),
+            })
+        }
+        None => None,
+    }
+}
+
 /// Runs the bench `name`.
 async fn run(name: &str, pg: Option<&str>, rounds: usize) {
     let needs_pg = || println!("[{name}] skipped: needs BENCH_DATABASE_URL or TEST_DATABASE_URL\n");
@@ -688,17 +721,8 @@ async fn run(name: &str, pg: Option<&str>, rounds: usize) {
         ("memory", _) => bench_rss(env_usize("BENCH_QUEUED", 100_000)).await,
         ("store", Some(url)) => {
             let secs = env_usize("BENCH_STORE_SECS", 8) as u64;
-            let shared = std::env::var("BENCH_REDIS_URL")
-                .or_else(|_| std::env::var("TEST_REDIS_URL"))
-                .ok();
-            match shared {
-                Some(redis) => store::bench_store(url, rounds, secs, Some(&redis)).await,
-                None if kit::redis_server::available() => {
-                    let private = kit::redis_server::PrivateRedis::started();
-                    store::bench_store(url, rounds, secs, Some(&private.url())).await
-                }
-                None => store::bench_store(url, rounds, secs, None).await,
-            }
+            let redis = bench_redis();
+            store::bench_store(url, rounds, secs, redis.as_ref().map(|r| r.url.as_str())).await
         }
         ("statements", _) => pgss::bench_pgss(env_usize("BENCH_PGSS_RUNS", 2000)).await,
         ("claim-depth", _) => {
@@ -709,24 +733,18 @@ async fn run(name: &str, pg: Option<&str>, rounds: usize) {
                 env_usize("BENCH_ABORTS", 30),
                 env_usize("BENCH_WAKE_SAMPLES", 100),
             );
-            let shared = std::env::var("BENCH_REDIS_URL")
-                .or_else(|_| std::env::var("TEST_REDIS_URL"))
-                .ok();
-            match shared {
-                Some(redis) => replicas::bench_replicas(url, &redis, aborts, wakes).await,
-                None if kit::redis_server::available() => {
-                    let private = kit::redis_server::PrivateRedis::started();
-                    println!("[replicas] on a private redis-server at {}", private.url());
-                    replicas::bench_replicas(url, &private.url(), aborts, wakes).await
-                }
+            match bench_redis() {
+                Some(redis) => replicas::bench_replicas(url, &redis.url, aborts, wakes).await,
                 None => println!(
                     "[replicas] skipped: set BENCH_REDIS_URL (or TEST_REDIS_URL), or install redis-server\n"
                 ),
             }
         }
         ("scale", Some(url)) => {
+            let redis = bench_redis();
             hosts::bench_scale(
                 url,
+                redis.as_ref().map(|r| r.url.as_str()),
                 env_usize("BENCH_SCALE_RUNS", 2000),
                 rounds,
                 env_usize("BENCH_HOST_KILLS", 5),

@@ -5,6 +5,9 @@
 //!   3 replicas; for `/bin/true` (CPU-bound on a 2-core machine: the replicas', the
 //!   database's and the jobs' processes share the cores, so the CPU share of the
 //!   replicas is printed) and for `sleep 0.02` (slot-bound: 8 slots per replica).
+//! - Under a global cap: `/bin/true` on 3 replicas of 2 slots under `max_workers_global
+//!   = 3`, sharing the Redis bus (`BENCH_REDIS_URL`, …), with the claims each run cost
+//!   that were sent on their own (not fused with an end: a woken claim loop's).
 //! - Orphan recovery: `BENCH_HOST_KILLS` times, a replica on a host of its own
 //!   (`unshare` UTS + PID namespaces, as in `tests/hosts.rs`; needs root) running
 //!   a long job is SIGKILLed with its namespace; the figure is the time until the
@@ -16,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::kit::hosts::{Host, can_unshare};
 use crate::kit::pg::Schema;
-use crate::kit::{BinServer, config_text, get, procfs};
+use crate::kit::{BinServer, config_text, get, metric_by_label, metrics_text, procfs};
 use crate::{BENCH_TAG, SERVER_KEYS, ingest, median, start_binary};
 
 /// Writes `{name}.toml` in `dir`: a replica on `schema` (8 connections) with `server` keys.
@@ -41,12 +44,36 @@ fn write_config(
     path
 }
 
-/// Queues `runs` runs, then drains them with `n` replicas; returns (runs/s, replicas'
-/// CPU share of the machine's busy time, machine busy share of all cores).
-async fn drain(pg: &str, n: usize, runs: usize, slots: usize, command: &str) -> (f64, f64, f64) {
+/// How the replicas of one drain are set up.
+struct Replicas<'a> {
+    n: usize,
+    slots: usize,
+    /// `max_workers_global` (0: none).
+    cap: usize,
+    /// The Redis they share a bus on (a fresh prefix per drain), if any.
+    bus: Option<&'a str>,
+}
+
+/// One drain's figures.
+struct Drained {
+    rate: f64,
+    /// The replicas' CPU share of the machine's busy time.
+    share: f64,
+    /// The machine's busy share of all cores.
+    busy: f64,
+    /// Claims sent on their own (not fused with an end), per run.
+    claims: f64,
+}
+
+/// Queues `runs` runs, then drains them with `r`'s replicas.
+async fn drain(pg: &str, r: &Replicas<'_>, runs: usize, command: &str) -> Drained {
     let dir = tempfile::tempdir().unwrap();
     let schema = Schema::new(pg, BENCH_TAG);
-    let pipelines = format!("[pipelines.work]\ncommand = {command}\n");
+    let bus = r.bus.map_or(String::new(), |url| {
+        let prefix = crate::kit::redis_server::fresh_prefix();
+        format!("[bus]\nurl = \"{url}\"\nprefix = \"{prefix}\"\n")
+    });
+    let pipelines = format!("{bus}\n[pipelines.work]\ncommand = {command}\n");
     // Queue first with a replica that runs nothing (admission held), so every figure
     // starts from the same full queue.
     let held = write_config(
@@ -61,13 +88,13 @@ async fn drain(pg: &str, n: usize, runs: usize, slots: usize, command: &str) -> 
     drop(feeder);
     // A data directory per replica: its journal of ends is its own (a replica starting
     // on another's would replay that one's live executions).
-    let configs: Vec<_> = (0..n)
+    let configs: Vec<_> = (0..r.n)
         .map(|i| {
             write_config(
                 dir.path(),
                 &format!("node{i}"),
                 &schema,
-                &format!("max_workers = {slots}"),
+                &format!("max_workers = {}\nmax_workers_global = {}", r.slots, r.cap),
                 &pipelines,
             )
         })
@@ -96,13 +123,43 @@ async fn drain(pg: &str, n: usize, runs: usize, slots: usize, command: &str) -> 
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1) as f64;
+    let mut claims = 0;
+    for node in &nodes {
+        let text = metrics_text(&http, &node.base).await.unwrap_or_default();
+        let commits = metric_by_label(&text, "runyard_store_commits_total", "op");
+        claims += commits.get("job_claim").copied().unwrap_or(0);
+    }
     drop(nodes);
     drop(schema);
-    (
-        runs as f64 / secs,
-        replicas / busy.max(1e-9),
-        busy / (secs * cores),
-    )
+    Drained {
+        rate: runs as f64 / secs,
+        share: replicas / busy.max(1e-9),
+        busy: busy / (secs * cores),
+        claims: claims as f64 / runs as f64,
+    }
+}
+
+/// `/bin/true` drained by 3 replicas of 2 slots under a global cap of 3, on the bus: a
+/// replica waiting for the cap claims when woken, so its claims show how often ends woke
+/// it for nothing.
+async fn capped(pg: &str, redis: &str, runs: usize, rounds: usize) {
+    let replicas = Replicas {
+        n: 3,
+        slots: 2,
+        cap: 3,
+        bus: Some(redis),
+    };
+    let (mut rates, mut claims) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let d = drain(pg, &replicas, runs, "[\"/bin/true\"]").await;
+        rates.push(d.rate);
+        claims.push(d.claims);
+    }
+    println!(
+        "    /bin/true, 3 replicas of 2 slots under max_workers_global = 3, on the bus: {:.0} runs/s, claims on their own {:.2} per run",
+        median(rates),
+        median(claims)
+    );
 }
 
 async fn orphan_recovery(pg: &str, kills: usize) -> Vec<f64> {
@@ -194,7 +251,7 @@ const SHAPES: [(&str, &str, &[&str], usize); 2] = [
 ];
 
 /// Runs `scale`; `runs = 0` leaves the throughput figure out.
-pub async fn bench_scale(pg: &str, runs: usize, rounds: usize, kills: usize) {
+pub async fn bench_scale(pg: &str, redis: Option<&str>, runs: usize, rounds: usize, kills: usize) {
     println!(
         "[scale] replicas on one PostgreSQL schema: {runs} queued single-shard runs drained by 1 and by 3 replicas"
     );
@@ -210,10 +267,16 @@ pub async fn bench_scale(pg: &str, runs: usize, rounds: usize, kills: usize) {
             let mut shares = Vec::new();
             let mut busy = Vec::new();
             for _ in 0..rounds {
-                let (rate, share, b) = drain(pg, n, runs, slots, command).await;
-                rates.push(rate);
-                shares.push(share);
-                busy.push(b);
+                let replicas = Replicas {
+                    n,
+                    slots,
+                    cap: 0,
+                    bus: None,
+                };
+                let d = drain(pg, &replicas, runs, command).await;
+                rates.push(d.rate);
+                shares.push(d.share);
+                busy.push(d.busy);
             }
             let (rate, share, b) = (median(rates), median(shares), median(busy));
             println!(
@@ -225,6 +288,12 @@ pub async fn bench_scale(pg: &str, runs: usize, rounds: usize, kills: usize) {
             by_n.push(rate);
         }
         println!("    {label}: 3 replicas / 1 = {:.2}×", by_n[1] / by_n[0]);
+    }
+    match redis {
+        Some(redis) if runs > 0 => capped(pg, redis, runs, rounds).await,
+        _ => {
+            println!("    (3 replicas under a global cap skipped: needs Redis, as `replicas` does)")
+        }
     }
     if kills == 0 || !can_unshare() {
         println!(
