@@ -5,9 +5,8 @@
 //! pipeline's). A finish that claims its slot's next job in the same transaction (the
 //! fused claim, DESIGN decision 14) usually takes them straight back. Waking every claim
 //! loop of every replica on such an end sent each of them a claim that could find no
-//! room: under a saturated global cap shared by three processes, the waiting processes
-//! claimed on nearly every end of the others, and those empty claims cost the database
-//! more CPU than the work (store bench, cap 8: 1 → 3 processes fell to 0.84–0.89×).
+//! room: three replicas under a global cap of 3 sent 1.46 such claims per run and drained
+//! 437 runs/s; with this rule, 0.03 and 600 (`scale` bench, `docs/benchmarks.md`).
 //!
 //! So an end wakes the others only when it may have left room for them: a job put back
 //! in the queue (a retry, a requeue), no fused claim, a job of a keyed pipeline (its key's
