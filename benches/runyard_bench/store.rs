@@ -93,10 +93,15 @@ pub async fn worker(url: &str, schema: &str, secs: u64, cap: usize, redis: Optio
         .await
         .unwrap();
     let finished = Arc::new(AtomicU64::new(0));
+    // The newest WORK change at which a claim of this process found nothing: the other
+    // loops woken by that change do not claim again (a node has one claim loop, which
+    // sends one claim per wake for all its free slots).
+    let looked = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for _ in 0..TASKS {
         let (store, node, finished) = (store.clone(), node.clone(), finished.clone());
+        let looked = looked.clone();
         tasks.push(tokio::spawn(async move {
             let mut work = store.changes().subscribe(change::WORK);
             let mut held = store
@@ -109,17 +114,26 @@ pub async fn worker(url: &str, schema: &str, secs: u64, cap: usize, redis: Optio
                     // Nothing claimable (cap reached or queue empty): wait for a commit
                     // that may have freed a unit, as the claim loop does.
                     let left = deadline.saturating_duration_since(Instant::now());
-                    if polls {
+                    let woken = if polls {
                         tokio::time::sleep(Duration::from_millis(1)).await;
+                        false
                     } else {
-                        let _ = tokio::time::timeout(left.min(BACKSTOP), work.changed()).await;
+                        tokio::time::timeout(left.min(BACKSTOP), work.changed())
+                            .await
+                            .is_ok()
+                    };
+                    let change = *work.borrow_and_update();
+                    if woken && looked.load(Ordering::Relaxed) >= change {
+                        continue;
                     }
-                    work.borrow_and_update();
                     held = store
                         .job_claim(claim_params(&node, cap))
                         .await
                         .unwrap()
                         .jobs;
+                    if held.is_empty() {
+                        looked.fetch_max(change, Ordering::Relaxed);
+                    }
                     continue;
                 };
                 let out = store
