@@ -78,7 +78,7 @@ impl Ended {
         }
         let ended = finish(&inner, &job, end, want, lingers).await;
         if ended.is_some() {
-            inner.journal.remove(&job.id, job.claim_seq);
+            inner.journal.answer(&job.id, job.claim_seq);
         }
         inner.registry.remove(&job.id, job.claim_seq);
         ended.unwrap_or_default()

@@ -145,7 +145,7 @@ impl Journal {
     }
 
     /// The store has the end: the journal marks it answered.
-    pub(super) fn remove(&self, job_id: &str, claim_seq: i64) {
+    pub(super) fn answer(&self, job_id: &str, claim_seq: i64) {
         if let Some(segments) = &self.segments {
             segments.answer(job_id, claim_seq);
         }
@@ -223,18 +223,11 @@ async fn replay_segment(store: &dyn Store, path: &Path) -> usize {
         Vec::new()
     };
     for entry in &read.ends {
-        match replay_one(store, entry).await {
-            Ok(applied) => {
-                tracing::info!(job = %entry.job_id, claim_seq = entry.claim_seq, applied,
-                    "replayed the journaled end of a previous life's execution");
-                answered.extend(done_line(&entry.job_id, entry.claim_seq));
-                replayed += 1;
-            }
-            Err(e) => {
-                tracing::warn!(job = %entry.job_id,
-                    "cannot replay a journaled end now (kept for the next start): {e}");
-                kept = true;
-            }
+        if replay_one(store, entry).await {
+            answered.extend(done_line(&entry.job_id, entry.claim_seq));
+            replayed += 1;
+        } else {
+            kept = true;
         }
     }
     if !kept && read.unreadable > 0 {
@@ -271,23 +264,32 @@ async fn replay_file(store: &dyn Store, path: &Path) -> usize {
             return 0;
         }
     };
-    match replay_one(store, &entry).await {
+    if !replay_one(store, &entry).await {
+        return 0;
+    }
+    remove_segment(path);
+    1
+}
+
+/// Replays one end and logs how it went; true once the store answered it (applied or
+/// refused by its fence), false when it must be kept for the next start.
+async fn replay_one(store: &dyn Store, entry: &Entry) -> bool {
+    match send(store, entry).await {
         Ok(applied) => {
             tracing::info!(job = %entry.job_id, claim_seq = entry.claim_seq, applied,
                 "replayed the journaled end of a previous life's execution");
-            remove_segment(path);
-            1
+            true
         }
         Err(e) => {
             tracing::warn!(job = %entry.job_id,
                 "cannot replay a journaled end now (kept for the next start): {e}");
-            0
+            false
         }
     }
 }
 
 /// The output, then the end; `Ok(applied)` once the store answered the end.
-async fn replay_one(store: &dyn Store, entry: &Entry) -> Result<bool, crate::store::StoreError> {
+async fn send(store: &dyn Store, entry: &Entry) -> Result<bool, crate::store::StoreError> {
     for lines in &entry.output {
         let append = OutputAppendParams {
             job_id: entry.job_id.clone(),

@@ -204,8 +204,8 @@ impl State {
 
 /// Creates the segment at `path`, locked (`flock`) for as long as this life holds it:
 /// a replica starting on the same `data_dir` replays only segments no live process
-/// holds. It is made and locked under another name first and then renamed, so no
-/// replay ever finds it unlocked.
+/// holds. It is made and locked under another name first and then linked into place,
+/// so no replay ever finds it unlocked.
 fn open_locked(path: &Path) -> std::io::Result<File> {
     let making = path.with_extension("making");
     let file = std::fs::OpenOptions::new()

@@ -56,9 +56,9 @@ fn the_next_life_reads_the_unanswered_ends_in_order_and_skips_a_line_cut_short()
     for job in ["a", "b", "c"] {
         journal.record(&entry(job, "out"));
     }
-    journal.remove("b", 1);
-    journal.remove("b", 1); // answered twice (a retry): nothing more happens
-    journal.remove("z", 1); // never journaled
+    journal.answer("b", 1);
+    journal.answer("b", 1); // answered twice (a retry): nothing more happens
+    journal.answer("z", 1); // never journaled
     let [segment] = &segments(data.path())[..] else {
         panic!("one segment: {:?}", segments(data.path()));
     };
@@ -93,21 +93,21 @@ fn a_full_segment_goes_once_its_ends_are_answered_and_the_current_one_stays() {
     );
 
     for job in ["a", "b", "c"] {
-        journal.remove(job, 1);
+        journal.answer(job, 1);
     }
     assert_eq!(
         segments(data.path()),
         both,
         "d is still unanswered in the first"
     );
-    journal.remove("d", 1);
+    journal.answer("d", 1);
     assert_eq!(
         segments(data.path()),
         both[1..],
         "the full one went with its last end"
     );
 
-    journal.remove("e", 1);
+    journal.answer("e", 1);
     let [current] = &segments(data.path())[..] else {
         panic!("the current segment stays: {:?}", segments(data.path()));
     };
@@ -119,7 +119,7 @@ fn a_store_that_needs_no_journal_writes_nothing() {
     let data = tempfile::tempdir().unwrap();
     let journal = Journal::new(data.path(), false);
     journal.record(&entry("a", "out"));
-    journal.remove("a", 1);
+    journal.answer("a", 1);
     assert!(!data.path().join("journal").exists());
 }
 
@@ -131,7 +131,7 @@ async fn the_next_life_replays_only_unanswered_ends_and_removes_what_it_replayed
     for job in ["a", "b", "c"] {
         life.record(&entry(job, "out"));
     }
-    life.remove("b", 1);
+    life.answer("b", 1);
     drop(life);
     // An end of the older format (a file per end) is replayed too.
     let old = data.path().join("journal/d.1.json");
