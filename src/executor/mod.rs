@@ -81,9 +81,11 @@ impl Running {
                 .map(|(_, v)| v.clone())
         };
         let execution = env("RUNYARD_JOB_ID").zip(env("RUNYARD_CLAIM_SEQ"));
-        let mut child = reaper::spawn_tracked(&mut spawn::command(spec), execution.clone())?;
+        let mut command = spawn::command(spec);
+        let window = process::StartWindow::open();
+        let mut child = reaper::spawn_tracked(&mut command, execution.clone())?;
         let pid = child.id().unwrap_or(0);
-        let proc_start = process::start_time(pid).unwrap_or(0);
+        let proc_start = window.start_of(pid).unwrap_or(0);
         let mut readers = Vec::with_capacity(2);
         if let Some(out) = child.stdout.take() {
             readers.push(tokio::spawn(output::read_stream(

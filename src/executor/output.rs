@@ -225,6 +225,11 @@ impl Collector {
     }
 }
 
+/// The first read's buffer: enough for most jobs' whole output.
+const FIRST_READ_BYTES: usize = 4 * 1024;
+/// A pipe's default capacity: one read drains it once output is heavy.
+const FULL_READ_BYTES: usize = 64 * 1024;
+
 /// Lossy text of a raw line: invalid UTF-8 and NUL become U+FFFD, a trailing CR is dropped.
 fn to_text(raw: &[u8]) -> String {
     let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
@@ -242,13 +247,19 @@ pub async fn read_stream(
     stream: Stream,
     collector: Arc<Collector>,
 ) {
-    let mut buf = vec![0u8; 64 * 1024];
+    // Most jobs write little: a small buffer first, the pipe's whole capacity once a
+    // read fills it. Two zeroed 64 KiB buffers per job cost the allocator (and glibc's
+    // arena trimming) more than the job's own output on short jobs.
+    let mut buf = vec![0u8; FIRST_READ_BYTES];
     let mut line: Vec<u8> = Vec::new();
     loop {
         let n = match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if n == buf.len() && buf.len() < FULL_READ_BYTES {
+            buf.resize(FULL_READ_BYTES, 0);
+        }
         let mut over = false;
         let mut rest = &buf[..n];
         while !rest.is_empty() {

@@ -17,12 +17,16 @@
 //! The test that would catch a regression: `server_lifecycle::a_setsid_escapee_is_killed_when_its_job_ends`.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use rustix::process::{Pid, Signal, WaitOptions};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// Held shared by every spawn until its pid is tracked, and exclusively by a sweep: a
+/// sweep never sees a child that is not tracked yet, and spawns never wait for each
+/// other, nor [`untrack`] for a spawn (a spawn takes a few hundred µs).
+static SPAWNING: RwLock<()> = RwLock::new(());
 static STATE: Mutex<State> = Mutex::new(State {
     tracked: None,
     live: None,
@@ -51,14 +55,15 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Acquire)
 }
 
-/// Spawns `cmd` and records its pid (and the execution named by `execution`) as live, under
-/// the lock the sweep takes, so a child that exits at once is never reaped by the sweep.
+/// Spawns `cmd` and records its pid (and the execution named by `execution`) as live,
+/// before a sweep may run, so a child that exits at once is never reaped by the sweep.
 pub(crate) fn spawn_tracked(
     cmd: &mut tokio::process::Command,
     execution: Option<(String, String)>,
 ) -> std::io::Result<tokio::process::Child> {
-    let mut st = lock();
+    let _spawning = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
     let child = cmd.spawn()?;
+    let mut st = lock();
     if let Some(pid) = child.id() {
         st.tracked.get_or_insert_with(HashSet::new).insert(pid);
     }
@@ -95,9 +100,11 @@ pub fn sweep() -> Sweep {
     if !enabled() {
         return out;
     }
-    let st = lock();
+    // No spawn is between its fork and its tracking while this is held; `STATE` is taken
+    // per child, so an ending job's [`untrack`] does not wait for the `/proc` reads.
+    let _no_spawn = SPAWNING.write().unwrap_or_else(|e| e.into_inner());
     for pid in children() {
-        if st.tracked.as_ref().is_some_and(|t| t.contains(&pid)) {
+        if lock().tracked.as_ref().is_some_and(|t| t.contains(&pid)) {
             continue;
         }
         let Some(raw) = Pid::from_raw(pid as i32) else {
@@ -112,7 +119,7 @@ pub fn sweep() -> Sweep {
         let Some(execution) = execution_of(pid) else {
             continue;
         };
-        if st.live.as_ref().is_some_and(|l| l.contains(&execution)) {
+        if lock().live.as_ref().is_some_and(|l| l.contains(&execution)) {
             continue;
         }
         let _ = rustix::process::kill_process_group(raw, Signal::KILL);

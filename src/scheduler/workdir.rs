@@ -32,7 +32,13 @@ impl WorkDir {
     /// result left by a crashed execution with the same name is removed.
     pub fn create(data_dir: &Path, job: &ClaimedJob) -> std::io::Result<WorkDir> {
         let dir = data_dir.join("work");
-        std::fs::create_dir_all(&dir)?;
+        // One `mkdir` when the directory is there (the usual case); its parents only
+        // when it is not.
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(&dir)?,
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
         let work = WorkDir {
             stem: dir.join(format!("{}.{}", job.id.replace(':', "_"), job.claim_seq)),
             run_status: String::new(),

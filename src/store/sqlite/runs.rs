@@ -172,6 +172,12 @@ pub(super) fn create_in_tx(
             p.now,
         )?)
     };
+    // Read with the insert, as PostgreSQL's does: the trigger need not ask again.
+    let paused: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM pipeline_state WHERE pipeline = ?1 AND paused)",
+        )?
+        .query_row(params![p.pipeline], |r| r.get(0))?;
     Ok((
         RunCreated {
             run_id: p.run_id.clone(),
@@ -179,7 +185,7 @@ pub(super) fn create_in_tx(
             created_at: p.now,
             existing: false,
             existing_params: None,
-            paused: None,
+            paused: Some(paused),
             after_status,
         },
         change::WORK | change::EVENTS,
