@@ -42,9 +42,14 @@ impl Landed {
     }
 }
 
-/// Bumps the run's counter for one terminal shard; when it lands, finalises the run or
-/// queues its finalizer.
-pub(super) fn land_terminal(conn: &Connection, run_id: &str, now: i64) -> StoreResult<Landed> {
+/// Bumps the run's counter for one terminal shard, which ended `ended`; when it lands,
+/// finalises the run or queues its finalizer.
+pub(super) fn land_terminal(
+    conn: &Connection,
+    run_id: &str,
+    ended: JobStatus,
+    now: i64,
+) -> StoreResult<Landed> {
     let landed: Option<(i64, i64, String, bool)> = conn
         .prepare_cached(
             "UPDATE runs SET shards_done = shards_done + 1 WHERE id = ?1 AND shards_done < shard_count
@@ -58,11 +63,15 @@ pub(super) fn land_terminal(conn: &Connection, run_id: &str, now: i64) -> StoreR
     if done < count {
         return Ok(Landed::Open);
     }
-    let shards: Vec<JobStatus> = conn
-        .prepare_cached("SELECT status FROM jobs WHERE run_id = ?1 AND kind = 'shard'")?
-        .query_map(params![run_id], |r| r.get::<_, String>(0))?
-        .filter_map(|s| s.ok().and_then(|s| s.parse().ok()))
-        .collect();
+    // A run of one shard lands on that shard's end: its status is known without a read.
+    let shards: Vec<JobStatus> = if count == 1 {
+        vec![ended]
+    } else {
+        conn.prepare_cached("SELECT status FROM jobs WHERE run_id = ?1 AND kind = 'shard'")?
+            .query_map(params![run_id], |r| r.get::<_, String>(0))?
+            .filter_map(|s| s.ok().and_then(|s| s.parse().ok()))
+            .collect()
+    };
     let shards_status = shards_status(&status, shards);
     conn.prepare_cached("UPDATE runs SET shards_status = ?2 WHERE id = ?1")?
         .execute(params![run_id, shards_status.as_str()])?;
@@ -155,27 +164,40 @@ pub(super) fn turn_terminal_once(
         Option<String>,
         bool,
         Option<String>,
+        bool,
     );
     let changed: Option<Ended> = conn
         .prepare_cached(
             "UPDATE runs SET status = ?2, finished_at = ?3 WHERE id = ?1 AND finished_at IS NULL
-             RETURNING pipeline, shard_count, callback_url, aborted_by, has_dependents, workflow_run_id",
+             RETURNING pipeline, shard_count, callback_url, aborted_by, has_dependents, workflow_run_id,
+                       has_finalizer",
         )?
         .query_row(params![run_id, status.as_str(), now], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
         })
         .optional()?;
-    let Some((pipeline, count, callback_url, aborted_by, has_dependents, workflow_run_id)) =
-        changed
+    let Some((
+        pipeline,
+        count,
+        callback_url,
+        aborted_by,
+        has_dependents,
+        workflow_run_id,
+        has_finalizer,
+    )) = changed
     else {
         return Ok(None);
     };
-    let finalizer: Option<(String, Option<i32>)> = conn
-        .prepare_cached("SELECT status, exit_code FROM jobs WHERE id = ?1")?
-        .query_row(params![finalize_job_id(run_id)], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?;
+    // Only a run with a finalizer ever has a finalize job.
+    let finalizer: Option<(String, Option<i32>)> = if has_finalizer {
+        conn.prepare_cached("SELECT status, exit_code FROM jobs WHERE id = ?1")?
+            .query_row(params![finalize_job_id(run_id)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?
+    } else {
+        None
+    };
     let event = payload::run_completed(
         run_id,
         &pipeline,

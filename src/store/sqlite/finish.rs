@@ -124,7 +124,7 @@ fn finish_fenced(
     let landed = if terminal && row.kind == JobKind::Finalize {
         finalizer_ended(conn, &row.run_id, t.status, p.now)?
     } else if terminal {
-        land_terminal(conn, &row.run_id, p.now)?
+        land_terminal(conn, &row.run_id, t.status, p.now)?
     } else {
         Landed::Open
     };

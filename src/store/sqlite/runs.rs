@@ -43,7 +43,7 @@ pub(super) async fn run_abort_by(
             .execute(params![run_id])?;
         for (job_id, pipeline, shard_index) in &queued {
             emit(conn, payload::queued_job_aborted(run_id, job_id, pipeline, *shard_index), now)?;
-            land_terminal(conn, run_id, now)?;
+            land_terminal(conn, run_id, JobStatus::Aborted, now)?;
         }
         let (queued, running) = (queued.len() as u32, flagged as u32);
         let aborted = AbortOutcome::Aborted { aborted_jobs: queued + running, queued, running };
