@@ -131,8 +131,9 @@ pub(super) fn claim_in_tx(
             }
         }
     }
+    // `OR FAIL`: no statement journal (the module docs of `sqlite`).
     let mut claim = conn.prepare_cached(
-        "UPDATE jobs SET status = 'running', claim_seq = claim_seq + 1, node_id = ?2, claimed_at = ?3,
+        "UPDATE OR FAIL jobs SET status = 'running', claim_seq = claim_seq + 1, node_id = ?2, claimed_at = ?3,
                 pid = NULL, proc_start = NULL, started_at = NULL, exit_code = NULL, abort_requested = 0
          WHERE seq = ?1 AND status = 'queued' RETURNING claim_seq",
     )?;

@@ -50,9 +50,10 @@ pub(super) fn land_terminal(
     ended: JobStatus,
     now: i64,
 ) -> StoreResult<Landed> {
+    // `OR FAIL`: no statement journal (the module docs of `sqlite`).
     let landed: Option<(i64, i64, String, bool)> = conn
         .prepare_cached(
-            "UPDATE runs SET shards_done = shards_done + 1 WHERE id = ?1 AND shards_done < shard_count
+            "UPDATE OR FAIL runs SET shards_done = shards_done + 1 WHERE id = ?1 AND shards_done < shard_count
              RETURNING shards_done, shard_count, status, has_finalizer",
         )?
         .query_row(params![run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
@@ -166,9 +167,10 @@ pub(super) fn turn_terminal_once(
         Option<String>,
         bool,
     );
+    // `OR FAIL`: no statement journal (the module docs of `sqlite`).
     let changed: Option<Ended> = conn
         .prepare_cached(
-            "UPDATE runs SET status = ?2, finished_at = ?3 WHERE id = ?1 AND finished_at IS NULL
+            "UPDATE OR FAIL runs SET status = ?2, finished_at = ?3 WHERE id = ?1 AND finished_at IS NULL
              RETURNING pipeline, shard_count, callback_url, aborted_by, has_dependents, workflow_run_id,
                        has_finalizer",
         )?

@@ -14,6 +14,12 @@
 //! up front, so `busy_timeout` applies and no deferred transaction is ever
 //! upgraded into an instant `SQLITE_BUSY`.
 //!
+//! Since a failed request never commits any of its statements, no statement needs
+//! SQLite's own statement-level rollback: the hot path's `UPDATE … RETURNING` (a
+//! claim, a run's landing and its end) say `OR FAIL`, which opens no statement
+//! journal. Otherwise each of them allocated, filled and freed a 64 KiB in-memory
+//! journal (three per job, seen with a `malloc` uprobe; docs/benchmarks.md).
+//!
 //! Reads use a small pool of separate connections on the blocking pool.
 //! Other processes' commits are noticed through `PRAGMA data_version`, polled
 //! every 50 ms by a watcher thread that bumps the [`ChangeFeed`].
