@@ -149,7 +149,12 @@ pub(super) fn claim_in_tx(
             .optional()?
         {
             job.claim_seq = claim_seq;
-            job.output_lines = output_end(conn, &job.id)?;
+            // Output is appended only under a claim: a job's first claim finds none.
+            job.output_lines = if claim_seq > 1 {
+                output_end(conn, &job.id)?
+            } else {
+                0
+            };
             want -= 1;
             out.jobs.push(job);
         }
