@@ -53,6 +53,8 @@
 //! `BENCH_WATCHERS` (1000), `BENCH_VIEWERS` (100), `BENCH_DEEP` (1000000), `BENCH_PGSS_RUNS` (2000), `BENCH_RELEASE_SAMPLES` (200),
 //! `BENCH_ONLY` (above), `BENCH_BIN` (the server binary to measure, [`kit::runyard_bin`];
 //! default: this build's, so a landed binary can be measured with the same bench),
+//! `BENCH_AB` (`throughput` measures `BENCH_BIN`'s build and this other binary in turns,
+//! with the median of the pairs' ratios: see `runyard_bench/throughput.rs`),
 //! `BENCH_SQLITE_SYNC` (`full`: SQLite servers fsync every commit, as PostgreSQL does by
 //! default; ratios at equal durability).
 
@@ -72,6 +74,8 @@ mod release;
 mod replicas;
 #[path = "runyard_bench/store.rs"]
 mod store;
+#[path = "runyard_bench/throughput.rs"]
+mod throughput;
 #[path = "runyard_bench/watch.rs"]
 mod watch;
 
@@ -148,9 +152,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Starts the binary on `config` as the bench does: warnings on the bench's stderr, and
 /// stopped gracefully when dropped (so its jobs stop with it).
 pub(crate) async fn start_binary(config: &std::path::Path) -> BinServer {
+    start_binary_of(None, config).await
+}
+
+/// [`start_binary`] of `bin` (default: [`kit::runyard_bin`]).
+pub(crate) async fn start_binary_of(bin: Option<&str>, config: &std::path::Path) -> BinServer {
     let how = Launch {
         log_level: "warn",
         graceful_drop: true,
+        bin,
         ..Launch::default()
     };
     BinServer::launch(config.to_str().unwrap(), kit::free_port(), how).await
@@ -198,6 +208,16 @@ impl Server {
 
     /// On SQLite (`pg` = `None`) or in a fresh schema of the database at `pg`.
     pub(crate) async fn start_on(pg: Option<&str>, server_extra: &str, pipelines: &str) -> Server {
+        Self::start_of(None, pg, server_extra, pipelines).await
+    }
+
+    /// [`Server::start_on`] of the binary `bin` (default: [`kit::runyard_bin`]).
+    pub(crate) async fn start_of(
+        bin: Option<&str>,
+        pg: Option<&str>,
+        server_extra: &str,
+        pipelines: &str,
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let schema = pg.map(|url| Schema::new(url, BENCH_TAG));
         let config = dir.path().join("runyard.toml");
@@ -214,7 +234,7 @@ impl Server {
         )
         .unwrap();
         Server {
-            bin: start_binary(&config).await,
+            bin: start_binary_of(bin, &config).await,
             _schema: schema,
             _dir: dir,
         }
@@ -288,11 +308,6 @@ pub(crate) async fn wait_finished(http: &reqwest::Client, run_url: &str, every: 
     }
 }
 
-/// Raw spawn+wait rate of /bin/true with `parallel` threads.
-fn raw_spawn_rate(n: usize, parallel: usize) -> f64 {
-    raw_rate(&["/bin/true"], n, parallel)
-}
-
 /// Processes of `argv` run and waited for per second, `parallel` at a time (the
 /// machine's ceiling for a drain of such jobs).
 pub(crate) fn raw_rate(argv: &[&str], n: usize, parallel: usize) -> f64 {
@@ -313,99 +328,6 @@ pub(crate) fn raw_rate(argv: &[&str], n: usize, parallel: usize) -> f64 {
         }
     });
     n as f64 / started.elapsed().as_secs_f64()
-}
-
-async fn bench_throughput(pg: Option<&str>, runs: usize, rounds: usize) {
-    let store = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
-    println!(
-        "[throughput] end-to-end throughput on {store}: {runs} single-shard /bin/true runs, max_workers = 2"
-    );
-    let mut e2e = Vec::new();
-    let mut exec = Vec::new();
-    let mut raw = Vec::new();
-    for round in 1..=rounds {
-        let r = raw_spawn_rate(runs, 2);
-        let server = Server::start_on(
-            pg,
-            "max_workers = 2",
-            "[pipelines.noop]\ncommand = [\"/bin/true\"]\n",
-        )
-        .await;
-        let http = reqwest::Client::new();
-        let (started, cpu0) = (Instant::now(), server.cpu_secs());
-        let (machine0, pg0) = (
-            kit::procfs::machine_cpu_secs(),
-            kit::procfs::comm_cpu_secs("postgres"),
-        );
-        let (ingest_s, ids) = ingest(&server.base, "noop", runs, 16).await;
-        let (q, running) = counts(&http, &server.base, "noop").await;
-        let (left_after_ingest, ingest_done) = (q + running, Instant::now());
-        // Runs are claimed in order: wait on the newest (a cheap lookup), then confirm.
-        let last_url = format!("{}/api/runs/{}", server.base, ids.iter().max().unwrap());
-        wait_finished(&http, &last_url, Duration::from_millis(20)).await;
-        loop {
-            let (q, running) = counts(&http, &server.base, "noop").await;
-            if q == 0 && running == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let secs = started.elapsed().as_secs_f64();
-        let cpu_per_run = (server.cpu_secs() - cpu0) / runs as f64;
-        let machine_per_run = (kit::procfs::machine_cpu_secs() - machine0) / runs as f64;
-        let pg_per_run = (kit::procfs::comm_cpu_secs("postgres") - pg0) / runs as f64;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let rate = runs as f64 / secs;
-        let exec_rate = left_after_ingest as f64 / ingest_done.elapsed().as_secs_f64();
-        println!(
-            "    round {round}: {rate:>5.0} runs/s end to end ({secs:.2} s, ingest {ingest_s:.2} s); after ingest {exec_rate:>5.0}/s; raw spawn+wait {r:>5.0}/s; ratio {:.0}% ({:.0}% after ingest); \
-             server CPU {:.0} µs per run (its own process: not its children, nor PostgreSQL's)",
-            100.0 * rate / r,
-            100.0 * exec_rate / r,
-            cpu_per_run * 1e6
-        );
-        println!(
-            "        CPU per run: machine {:.0} µs (cores {:.0}% busy), of it PostgreSQL's processes {:.0} µs",
-            machine_per_run * 1e6,
-            machine_per_run * runs as f64 / secs / cores * 100.0,
-            pg_per_run * 1e6
-        );
-        {
-            let traffic = store_traffic(&http, &server.base).await;
-            let (mut trigger, mut drain) = ((0u64, 0u64), (0u64, 0u64));
-            for (op, (st, co)) in &traffic {
-                let side = if op == "run_create" {
-                    &mut trigger
-                } else {
-                    &mut drain
-                };
-                side.0 += st;
-                side.1 += co;
-            }
-            let per = |n: u64| n as f64 / runs as f64;
-            println!(
-                "        store traffic per run: trigger {:.2} statements / {:.2} commits; draining {:.2} statements / {:.2} commits ({})",
-                per(trigger.0),
-                per(trigger.1),
-                per(drain.0),
-                per(drain.1),
-                traffic
-                    .iter()
-                    .map(|(op, (st, co))| format!("{op} {:.2}/{:.2}", per(*st), per(*co)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        e2e.push(rate);
-        exec.push(exec_rate);
-        raw.push(r);
-    }
-    let (m_e2e, m_exec, m_raw) = (median(e2e), median(exec), median(raw));
-    println!(
-        "    median: {m_e2e:.0} runs/s end to end vs raw {m_raw:.0}/s = {:.0}% (target ≥ 75%); execution phase alone {m_exec:.0}/s = {:.0}%\n",
-        100.0 * m_e2e / m_raw,
-        100.0 * m_exec / m_raw
-    );
 }
 
 /// `op → (statements, commits)` from the node's `runyard_store_*_total` counters.
@@ -711,9 +633,10 @@ async fn run(name: &str, pg: Option<&str>, rounds: usize) {
     let needs_pg = || println!("[{name}] skipped: needs BENCH_DATABASE_URL or TEST_DATABASE_URL\n");
     match (name, pg) {
         ("throughput", _) => {
-            bench_throughput(None, env_usize("BENCH_RUNS", 5000), rounds).await;
+            throughput::bench_throughput(None, env_usize("BENCH_RUNS", 5000), rounds).await;
             if let Some(url) = pg {
-                bench_throughput(Some(url), env_usize("BENCH_RUNS", 5000), rounds).await;
+                throughput::bench_throughput(Some(url), env_usize("BENCH_RUNS", 5000), rounds)
+                    .await;
             }
         }
         ("ingest", _) => bench_ingest(pg, env_usize("BENCH_INGEST", 20_000), rounds).await,

@@ -493,6 +493,8 @@ pub struct Launch<'a> {
     /// When dropped: SIGTERM and a wait for the server to stop its jobs (SIGKILL after
     /// 15 s), not SIGKILL at once (whose jobs would outlive it).
     pub graceful_drop: bool,
+    /// The binary (default: [`runyard_bin`]).
+    pub bin: Option<&'a str>,
 }
 
 impl Default for Launch<'_> {
@@ -503,6 +505,7 @@ impl Default for Launch<'_> {
             log: None,
             log_level: "info",
             graceful_drop: false,
+            bin: None,
         }
     }
 }
@@ -555,7 +558,7 @@ impl BinServer {
     /// answers `/healthz` (panics, with its log, if it exits or does not answer in 30 s).
     pub async fn launch(config: &str, port: u16, how: Launch<'_>) -> BinServer {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut cmd = Command::new(runyard_bin());
+        let mut cmd = Command::new(how.bin.map_or_else(runyard_bin, str::to_string));
         if let Some(dir) = how.cwd {
             cmd.current_dir(dir);
         }
