@@ -297,6 +297,25 @@ pub(crate) async fn counts(http: &reqwest::Client, base: &str, pipeline: &str) -
     )
 }
 
+/// Waits until the runs `ids` of `pipeline` have all ended: runs are claimed in order, so
+/// first on the newest (a cheap lookup), then until nothing is queued or running.
+pub(crate) async fn wait_drained(
+    http: &reqwest::Client,
+    base: &str,
+    pipeline: &str,
+    ids: &[String],
+) {
+    let last_url = format!("{base}/api/runs/{}", ids.iter().max().unwrap());
+    wait_finished(http, &last_url, Duration::from_millis(20)).await;
+    loop {
+        let (q, running) = counts(http, base, pipeline).await;
+        if q == 0 && running == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Polls a run's URL until it is finalised.
 pub(crate) async fn wait_finished(http: &reqwest::Client, run_url: &str, every: Duration) {
     loop {

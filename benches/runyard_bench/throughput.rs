@@ -8,9 +8,9 @@
 //! pairs' ratios. On a shared or virtual machine whose speed drifts between minutes (this
 //! one's did by up to a third), only builds measured in turns compare.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::{Server, counts, ingest, kit, median, store_traffic, wait_finished};
+use crate::{Server, counts, ingest, kit, median, store_traffic, wait_drained};
 
 /// Raw spawn+wait rate of /bin/true with `parallel` threads.
 fn raw_spawn_rate(n: usize, parallel: usize) -> f64 {
@@ -125,16 +125,7 @@ async fn one_round(pg: Option<&str>, runs: usize, round: usize, bin: Option<&str
     let (ingest_s, ids) = ingest(&server.base, "noop", runs, 16).await;
     let (q, running) = counts(&http, &server.base, "noop").await;
     let (left_after_ingest, ingest_done) = (q + running, Instant::now());
-    // Runs are claimed in order: wait on the newest (a cheap lookup), then confirm.
-    let last_url = format!("{}/api/runs/{}", server.base, ids.iter().max().unwrap());
-    wait_finished(&http, &last_url, Duration::from_millis(20)).await;
-    loop {
-        let (q, running) = counts(&http, &server.base, "noop").await;
-        if q == 0 && running == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_drained(&http, &server.base, "noop", &ids).await;
     let secs = started.elapsed().as_secs_f64();
     let cpu_per_run = (server.cpu_secs() - cpu0) / runs as f64;
     let machine_per_run = (kit::procfs::machine_cpu_secs() - machine0) / runs as f64;

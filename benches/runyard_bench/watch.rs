@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use crate::kit::{self, procfs};
-use crate::{Server, counts, ingest, median, wait_finished};
+use crate::{Server, counts, ingest, median, wait_drained};
 
 /// CPU seconds (user + system) process `pid` has used.
 fn cpu_secs(pid: u32) -> f64 {
@@ -194,15 +194,7 @@ pub async fn bench_watchers(runs: usize, watchers: usize, rounds: usize) {
             let own0 = cpu_secs(std::process::id());
             let started = Instant::now();
             let (_, ids) = ingest(&server.base, "noop", runs, 16).await;
-            let last_url = format!("{}/api/runs/{}", server.base, ids.iter().max().unwrap());
-            wait_finished(&http, &last_url, Duration::from_millis(20)).await;
-            loop {
-                let (q, running) = counts(&http, &server.base, "noop").await;
-                if q == 0 && running == 0 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            wait_drained(&http, &server.base, "noop", &ids).await;
             let secs = started.elapsed().as_secs_f64();
             let used = cpu_secs(server.pid()) - cpu0;
             let own = cpu_secs(std::process::id()) - own0;
