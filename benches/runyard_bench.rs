@@ -6,7 +6,7 @@
 //! - `throughput`: end-to-end throughput of N single-shard `/bin/true` runs at
 //!   `max_workers = 2`, next to the raw spawn+wait rate of `/bin/true` at 2 parallel
 //!   measured in the same run;
-//! - `ingest`: trigger ingest over HTTP with 16 concurrent clients;
+//! - `ingest`: trigger ingest over HTTP with 16 concurrent clients (`BENCH_INGEST_CLIENTS`);
 //! - `dispatch-latency`: idle dispatch latency, trigger sent → job process running (the
 //!   job is a static C clock probe, so this includes exec and the probe's start-up);
 //! - `memory`: server RSS idle and with 100,000 queued runs;
@@ -46,7 +46,7 @@
 //! from `BENCH_REDIS_URL` (or `TEST_REDIS_URL`), else starts a private `redis-server`
 //! when one is installed. Without them they are skipped with a message.
 //!
-//! Environment: `BENCH_RUNS` (default 5000), `BENCH_INGEST` (20000),
+//! Environment: `BENCH_RUNS` (default 5000), `BENCH_INGEST` (20000), `BENCH_INGEST_CLIENTS` (16),
 //! `BENCH_QUEUED` (100000), `BENCH_ROUNDS` (3), `BENCH_LATENCY_SAMPLES` (200),
 //! `BENCH_STORE_SECS` (8), `BENCH_ABORTS` (30), `BENCH_WAKE_SAMPLES` (100),
 //! `BENCH_SCALE_RUNS` (2000), `BENCH_HOST_KILLS` (5), `BENCH_WATCH_RUNS` (2000),
@@ -366,8 +366,9 @@ pub(crate) async fn store_traffic(
 }
 
 async fn bench_ingest(pg: Option<&str>, n: usize, rounds: usize) {
+    let clients = env_usize("BENCH_INGEST_CLIENTS", 16);
     println!(
-        "[ingest] trigger ingest over HTTP, 16 concurrent clients, {n} runs per round (jobs held back by concurrency = 1); \
+        "[ingest] trigger ingest over HTTP, {clients} concurrent clients, {n} runs per round (jobs held back by concurrency = 1); \
          SQLite, then PostgreSQL with a database URL (rounds interleaved)"
     );
     let stores: Vec<Option<&str>> = std::iter::once(None).chain(pg.map(Some)).collect();
@@ -381,7 +382,7 @@ async fn bench_ingest(pg: Option<&str>, n: usize, rounds: usize) {
             )
             .await;
             let (cpu0, machine0) = (server.cpu_secs(), kit::procfs::machine_cpu_secs());
-            let (secs, ids) = ingest(&server.base, "held", n, 16).await;
+            let (secs, ids) = ingest(&server.base, "held", n, clients).await;
             let (cpu, machine) = (
                 server.cpu_secs() - cpu0,
                 kit::procfs::machine_cpu_secs() - machine0,

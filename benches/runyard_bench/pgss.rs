@@ -56,6 +56,11 @@ struct Measured {
     seen: u64,
     commits: u64,
     flushes: u64,
+    wal_bytes: u64,
+    full_pages: u64,
+    tables: String,
+    busy: String,
+    pg_cpu: f64,
     top: String,
 }
 
@@ -121,14 +126,17 @@ pub async fn bench_pgss(runs: usize) {
         // Only the drain and its triggers: reset after start-up (migrations, registration).
         psql(
             &url,
-            "SELECT pg_stat_statements_reset(), pg_stat_reset_shared('wal')",
+            "SELECT pg_stat_statements_reset(), pg_stat_reset_shared('wal'), pg_stat_reset()",
         )?;
+        let cpu0 = kit::procfs::comm_cpu_secs("postgres");
         let (_, ids) = ingest(&server.base, "noop", runs, 16).await;
         let last = format!("{}/api/runs/{}", server.base, ids.iter().max().unwrap());
         wait_finished(&http, &last, Duration::from_millis(20)).await;
         while counts(&http, &server.base, "noop").await != (0, 0) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Every `postgres` process on the machine: run it where no other cluster is busy.
+        let pg_cpu = kit::procfs::comm_cpu_secs("postgres") - cpu0;
         let traffic = store_traffic(&http, &server.base).await;
         let ours: u64 = traffic.values().map(|(statements, _)| statements).sum();
         let our_commits: u64 = traffic.values().map(|(_, commits)| commits).sum();
@@ -154,15 +162,48 @@ pub async fn bench_pgss(runs: usize) {
              ORDER BY total_exec_time DESC LIMIT 8",
         )
         .unwrap_or_default();
+        // All statements' execution and planning, per run: the rest of the backends' CPU
+        // is the protocol, commits and the server's own processes.
+        let busy = psql(
+            &url,
+            &format!(
+                "SELECT round((sum(total_exec_time) * 1000 / {runs})::numeric) || ' µs executing, '
+                        || round((sum(total_plan_time) * 1000 / {runs})::numeric) || ' µs planning'
+                 FROM pg_stat_statements WHERE query !~* 'pg_stat_statements'"
+            ),
+        )
+        .unwrap_or_default();
         // Every commit that wrote, a one-statement transaction's included (no COMMIT
         // statement to see), flushes the WAL unless another flush covered it.
         let flushes = psql(&url, "SELECT wal_sync FROM pg_stat_wal")?;
+        // What the writes cost the server: WAL volume (full-page images included) and each
+        // table's row work, where an update that is not HOT inserts into every index.
+        let wal = psql(&url, "SELECT wal_bytes || ' ' || wal_fpi FROM pg_stat_wal")?;
+        let (wal_bytes, full_pages) = wal.split_once(' ')?;
+        let tables = psql(
+            &url,
+            &format!(
+                "SELECT relname || ' | ' || round(n_tup_ins::numeric / {runs}, 2) || ' | '
+                        || round(n_tup_upd::numeric / {runs}, 2) || ' | '
+                        || round(n_tup_hot_upd::numeric / {runs}, 2) || ' | '
+                        || round(n_tup_del::numeric / {runs}, 2) || ' | '
+                        || (SELECT count(*) FROM pg_index i WHERE i.indrelid = relid)
+                 FROM pg_stat_user_tables
+                 WHERE n_tup_ins + n_tup_upd + n_tup_del > 0 ORDER BY relname"
+            ),
+        )
+        .unwrap_or_default();
         Some(Measured {
             ours,
             our_commits,
             seen: seen.parse().ok()?,
             commits: transactions.parse().ok()?,
             flushes: flushes.parse().ok()?,
+            wal_bytes: wal_bytes.parse().ok()?,
+            full_pages: full_pages.parse().ok()?,
+            tables,
+            busy,
+            pg_cpu,
             top,
         })
     }
@@ -183,6 +224,22 @@ pub async fn bench_pgss(runs: usize) {
                 per(m.seen),
                 per(m.commits),
                 per(m.flushes)
+            );
+            println!(
+                "    WAL per run: {:.0} bytes, {:.2} full-page images",
+                per(m.wal_bytes),
+                per(m.full_pages)
+            );
+            println!(
+                "    rows per run by table (table | inserted | updated | of which HOT | deleted | indexes):"
+            );
+            for line in m.tables.lines() {
+                println!("      {line}");
+            }
+            println!(
+                "    statements per run: {}; the postgres processes' CPU: {:.0} µs per run",
+                m.busy,
+                m.pg_cpu * 1e6 / runs as f64
             );
             println!(
                 "    the server's time by statement (total | calls | mean | mean planning | statement):"

@@ -133,11 +133,13 @@ pub(super) const CLAIMABLE: &str = "GREATEST(0, LEAST($4, (SELECT count(*) FROM 
 /// on every claim. The row is never waited for: when another claim of the same node
 /// holds it, that claim is marking the node. (Rewriting the mark on every claim, under
 /// a lock held through COMMIT, made a node's claimers queue on their own row: `store`
-/// bench, 3 processes under a cap of 8, 0.70× one process.)
+/// bench, 3 processes under a cap of 8, 0.70× one process.) `waits` is `MATERIALIZED`:
+/// inlined, each of `mark`'s references to `w.remain` became a scan of its own of the
+/// queue's head (four per claim, `auto_explain` in the `store` bench).
 pub(super) fn mark(released: bool) -> String {
     format!(
         ",
-                  waits AS (SELECT {CLAIMABLE} < LEAST($4, (SELECT sum(room) FROM offered)) AS short,
+                  waits AS MATERIALIZED (SELECT {CLAIMABLE} < LEAST($4, (SELECT sum(room) FROM offered)) AS short,
                                    EXISTS (SELECT 1 FROM offered q CROSS JOIN LATERAL (
                                        SELECT j.seq FROM jobs j
                                        WHERE j.status = 'queued' AND j.pipeline = q.name AND j.held = false AND j.run_after <= $2
