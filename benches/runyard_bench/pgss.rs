@@ -2,7 +2,9 @@
 //! throwaway PostgreSQL cluster (`initdb` in a temporary directory, a free port,
 //! `pg_stat_statements` preloaded with `track = all`) drains `throughput`'s workload, and the
 //! client statements the server saw per run are printed next to runyard's
-//! `runyard_store_*_total`. Needs PostgreSQL's server binaries (`pg_config --bindir`);
+//! `runyard_store_*_total`, with what the writes cost the server per run: WAL, each
+//! table's row work (how many updates were HOT) and the `postgres` processes' CPU.
+//! Needs PostgreSQL's server binaries (`pg_config --bindir`);
 //! as root the cluster runs as the `postgres` user (`initdb` refuses root).
 
 use std::path::{Path, PathBuf};

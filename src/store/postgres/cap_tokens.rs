@@ -134,8 +134,8 @@ pub(super) const CLAIMABLE: &str = "GREATEST(0, LEAST($4, (SELECT count(*) FROM 
 /// holds it, that claim is marking the node. (Rewriting the mark on every claim, under
 /// a lock held through COMMIT, made a node's claimers queue on their own row: `store`
 /// bench, 3 processes under a cap of 8, 0.70× one process.) `waits` is `MATERIALIZED`:
-/// inlined, each of `mark`'s references to `w.remain` became a scan of its own of the
-/// queue's head (four per claim, `auto_explain` in the `store` bench).
+/// inlined, each of `mark`'s three references to `w.remain` became a scan of its own
+/// of the queue's head, four with the pick's (`auto_explain` in the `store` bench).
 pub(super) fn mark(released: bool) -> String {
     format!(
         ",
