@@ -45,6 +45,25 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     paths
 }
 
+/// Waits until no segment is locked any more: the life dropped before is gone. Its
+/// `flock` can outlive the drop by a moment, because a child process that another test
+/// of this binary spawns holds a copy of every descriptor from its `clone` to its
+/// `exec` (which closes them, all being close-on-exec), and the lock goes with the last
+/// copy. A server replays only at its start, so this is a test's race, not a replica's.
+async fn wait_unlocked(dir: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while segments(dir)
+        .iter()
+        .any(|path| std::fs::File::open(path).is_ok_and(|file| file.try_lock().is_err()))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a dropped life's segment stayed locked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
 fn ids(ends: &[Entry]) -> Vec<&str> {
     ends.iter().map(|e| e.job_id.as_str()).collect()
 }
@@ -133,6 +152,7 @@ async fn the_next_life_replays_only_unanswered_ends_and_removes_what_it_replayed
     }
     life.answer("b", 1);
     drop(life);
+    wait_unlocked(data.path()).await;
     // An end of the older format (a file per end) is replayed too.
     let old = data.path().join("journal/d.1.json");
     std::fs::write(&old, serde_json::to_vec(&entry("d", "out")).unwrap()).unwrap();
@@ -154,6 +174,7 @@ async fn a_segment_the_store_could_not_take_is_kept_whole_for_the_next_start() {
         life.record(&entry(job, "out"));
     }
     drop(life);
+    wait_unlocked(data.path()).await;
     let [segment] = &segments(data.path())[..] else {
         panic!("one segment");
     };
@@ -226,6 +247,7 @@ async fn a_live_replicas_segment_is_left_to_it_and_replayed_once_it_is_gone() {
     );
 
     drop(live); // it dies: its lock goes with it
+    wait_unlocked(data.path()).await;
     assert_eq!(Journal::new(data.path(), true).replay(&store).await, 2);
     assert_eq!(segments(data.path()), Vec::<PathBuf>::new());
 }
