@@ -50,7 +50,7 @@
 //! `BENCH_QUEUED` (100000), `BENCH_ROUNDS` (3), `BENCH_LATENCY_SAMPLES` (200),
 //! `BENCH_STORE_SECS` (8), `BENCH_ABORTS` (30), `BENCH_WAKE_SAMPLES` (100),
 //! `BENCH_SCALE_RUNS` (2000), `BENCH_HOST_KILLS` (5), `BENCH_WATCH_RUNS` (2000),
-//! `BENCH_WATCHERS` (1000), `BENCH_VIEWERS` (100), `BENCH_DEEP` (1000000), `BENCH_PGSS_RUNS` (2000), `BENCH_RELEASE_SAMPLES` (200),
+//! `BENCH_WATCHERS` (1000), `BENCH_VIEWERS` (100), `BENCH_DEEP` (1000000), `BENCH_DEAD_HEAD` (100000), `BENCH_PGSS_RUNS` (2000), `BENCH_RELEASE_SAMPLES` (200),
 //! `BENCH_ONLY` (above), `BENCH_BIN` (the server binary to measure, [`kit::runyard_bin`];
 //! default: this build's, so a landed binary can be measured with the same bench),
 //! `BENCH_AB` (`throughput` measures `BENCH_BIN`'s build and this other binary in turns,
@@ -669,7 +669,12 @@ async fn run(name: &str, pg: Option<&str>, rounds: usize) {
         }
         ("statements", _) => pgss::bench_pgss(env_usize("BENCH_PGSS_RUNS", 2000)).await,
         ("claim-depth", _) => {
-            claim_depth::bench_claim_depth(pg, env_usize("BENCH_DEEP", 1_000_000)).await
+            claim_depth::bench_claim_depth(
+                pg,
+                env_usize("BENCH_DEEP", 1_000_000),
+                env_usize("BENCH_DEAD_HEAD", 100_000),
+            )
+            .await
         }
         ("replicas", Some(url)) => {
             let (aborts, wakes) = (

@@ -750,3 +750,104 @@ async fn event_readers_wait_for_runyard_transactions_but_not_for_other_programs(
     store.close().await;
     drop_schema(&url, &schema).await;
 }
+
+/// The invariant of `postgres_0014_jobs_vacuum.sql`: a vacuum of `jobs` removes the claim
+/// index's dead head however small a part of the table died, and autovacuum starts it by a
+/// count of dead rows, not by a share of the table. On a table of 100,000 jobs, the first
+/// 1,000 in claim order are finished (their dead rows sit on about 1% of the heap's pages,
+/// under the 2% below which PostgreSQL 14+ skips index cleanup by default); after
+/// `VACUUM jobs`, the claim's scan of the queue's head reads a handful of pages, not the
+/// dozens that stepping over 1,000 dead entries (and their heap rows) costs.
+///
+/// In a database of its own: VACUUM keeps rows that a transaction open anywhere in the
+/// same database might still see, and other tests run in the shared one meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vacuum_of_jobs_clears_the_claim_indexs_dead_head_however_large_the_table() {
+    let Some(shared_url) = pg_url() else { return };
+    let database = fresh_schema();
+    let admin = raw_client(&shared_url, "runyard-test").await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{database}\""))
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&shared_url).unwrap();
+    url.set_path(&database);
+    let url = url.to_string();
+    let schema = fresh_schema();
+    let store = PgStore::open(&PgOptions {
+        url: url.clone(),
+        schema: Some(schema.clone()),
+        pool_size: 1,
+    })
+    .await
+    .unwrap();
+    store.close().await;
+    let c = raw_client(&url, "runyard-test").await;
+    let options: Vec<String> = c
+        .query_one(
+            "SELECT reloptions FROM pg_class WHERE oid = format('%I.jobs', $1::text)::regclass",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for option in [
+        "autovacuum_vacuum_scale_factor=0",
+        "autovacuum_vacuum_threshold=10000",
+        "vacuum_index_cleanup=on",
+    ] {
+        assert!(
+            options.iter().any(|o| o == option),
+            "{option} in {options:?}"
+        );
+    }
+    // One statement per call: VACUUM may not run in the implicit transaction of a batch.
+    c.batch_execute(&format!("SET search_path = \"{schema}\""))
+        .await
+        .unwrap();
+    for statement in [
+        "INSERT INTO runs (id, pipeline, status, params, shard_count, triggered_by, created_at)
+             SELECT 'r' || i, 'p', 'queued', '{}', 1000, 'test', 0 FROM generate_series(0, 99) AS i",
+        "INSERT INTO jobs (id, run_id, pipeline, shard_index, shard_count, status, max_attempts,
+                           retry_backoff_ms, on_orphan, max_orphan_requeues, run_after, created_at)
+             SELECT 'r' || (i / 1000) || ':s' || (i % 1000), 'r' || (i / 1000), 'p', i % 1000, 1000,
+                    'queued', 1, 1000, 'requeue', 1, 0, 0
+             FROM generate_series(0, 99999) AS i ORDER BY i",
+        "ALTER TABLE jobs SET (autovacuum_enabled = false)",
+        "VACUUM (ANALYZE) jobs",
+        "UPDATE jobs SET status = 'completed', finished_at = 0
+         WHERE seq IN (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY priority DESC, seq LIMIT 1000)",
+        "VACUUM jobs",
+    ] {
+        c.batch_execute(statement).await.unwrap();
+    }
+    // The simple protocol: the plan comes back as text (`json` has no `FromSql` here).
+    let plan = c
+        .simple_query(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
+             SELECT seq FROM jobs WHERE status = 'queued' AND pipeline = 'p' AND held = false
+             ORDER BY priority DESC, seq LIMIT 1",
+        )
+        .await
+        .unwrap();
+    let plan: serde_json::Value = plan
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+        .map(|text| serde_json::from_str(&text).unwrap())
+        .expect("a plan");
+    let top = &plan[0]["Plan"];
+    let pages =
+        top["Shared Hit Blocks"].as_i64().unwrap() + top["Shared Read Blocks"].as_i64().unwrap();
+    assert!(
+        pages <= 8,
+        "the head scan read {pages} pages after VACUUM: the dead head is still there\n{plan:#}"
+    );
+    drop(c);
+    admin
+        .batch_execute(&format!("DROP DATABASE \"{database}\" WITH (FORCE)"))
+        .await
+        .unwrap();
+}

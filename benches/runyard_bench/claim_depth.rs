@@ -7,6 +7,15 @@
 //! The queues are bulk-inserted with SQL (set-up, not measured); each measured claim is
 //! `Store::job_claim` of one job, and the job is then finished outside the timing (so the
 //! queue keeps its depth, less the claimed few).
+//!
+//! The deep queue is then measured a second time behind a **dead head**: the first
+//! `BENCH_DEAD_HEAD` (100,000) jobs in claim order are finished in one statement, as a long
+//! drain finishes them. SQLite deletes their entries from the claim index as it goes; on
+//! PostgreSQL the entries stay in `jobs_ready` until vacuum, and every claim steps over
+//! them (autovacuum is off for the table here, standing for the time before it runs).
+//! Then `VACUUM jobs` runs, is timed, and the claims are measured a third time. The
+//! figures are why `jobs` vacuums by a fixed count of dead rows, not by a fifth of the
+//! table (`postgres_0014_jobs_vacuum.sql`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -103,6 +112,16 @@ async fn pg_fill(url: &str, schema: &str, jobs: usize, now: i64) {
     let _ = task.await;
 }
 
+/// Finishes the first `n` claimable jobs in claim order, in one statement: the dead head
+/// a drain leaves (the same SQL on both backends).
+fn drain_head_sql(n: usize) -> String {
+    format!(
+        "UPDATE jobs SET status = 'completed', finished_at = created_at
+         WHERE seq IN (SELECT seq FROM jobs WHERE status = 'queued' AND NOT held AND pipeline = '{PIPELINE}'
+                       ORDER BY priority DESC, seq LIMIT {n})"
+    )
+}
+
 /// Median and p99 of `SAMPLES` one-job claims, in microseconds (after `WARM_UP` claims
 /// that prepare statements and warm caches).
 async fn measure(store: &Arc<dyn Store>) -> (f64, f64) {
@@ -147,18 +166,49 @@ async fn measure(store: &Arc<dyn Store>) -> (f64, f64) {
     (us[us.len() / 2], super::percentile(&us, 0.99))
 }
 
-async fn sqlite_case(jobs: usize) -> (f64, f64) {
+/// Claim figures of one queue: as filled, and (when asked) behind a dead head before and
+/// after vacuum.
+struct Depth {
+    fresh: (f64, f64),
+    dead_head: Option<DeadHead>,
+}
+
+struct DeadHead {
+    before_vacuum: (f64, f64),
+    vacuum_ms: f64,
+    after_vacuum: (f64, f64),
+}
+
+async fn sqlite_case(jobs: usize, dead_head: usize) -> Depth {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("deep.db");
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, Synchronous::Normal).unwrap());
     store.node_register(node()).await.unwrap();
     sqlite_fill(&path, jobs, store.clock_ms());
-    let out = measure(&store).await;
+    let fresh = measure(&store).await;
+    let dead_head = if dead_head > 0 {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .unwrap();
+        conn.execute_batch(&drain_head_sql(dead_head)).unwrap();
+        let before_vacuum = measure(&store).await;
+        let t = Instant::now();
+        conn.execute_batch("VACUUM").unwrap();
+        let vacuum_ms = t.elapsed().as_secs_f64() * 1e3;
+        let after_vacuum = measure(&store).await;
+        Some(DeadHead {
+            before_vacuum,
+            vacuum_ms,
+            after_vacuum,
+        })
+    } else {
+        None
+    };
     store.close().await;
-    out
+    Depth { fresh, dead_head }
 }
 
-async fn pg_case(url: &str, jobs: usize) -> (f64, f64) {
+async fn pg_case(url: &str, jobs: usize, dead_head: usize) -> Depth {
     let schema = Schema::new(url, BENCH_TAG);
     let store: Arc<dyn Store> = Arc::new(
         PgStore::open(&PgOptions {
@@ -171,13 +221,46 @@ async fn pg_case(url: &str, jobs: usize) -> (f64, f64) {
     );
     store.node_register(node()).await.unwrap();
     pg_fill(url, &schema.name, jobs, store.clock_ms()).await;
-    let out = measure(&store).await;
+    let fresh = measure(&store).await;
+    let dead_head = if dead_head > 0 {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let task = tokio::spawn(conn);
+        client
+            .batch_execute(&format!(
+                "SET search_path = {schema};
+                 ALTER TABLE jobs SET (autovacuum_enabled = false);
+                 {drain};",
+                schema = schema.name,
+                drain = drain_head_sql(dead_head)
+            ))
+            .await
+            .expect("the dead head's update");
+        let before_vacuum = measure(&store).await;
+        let t = Instant::now();
+        client
+            .batch_execute(&format!("VACUUM {}.jobs", schema.name))
+            .await
+            .expect("vacuum");
+        let vacuum_ms = t.elapsed().as_secs_f64() * 1e3;
+        let after_vacuum = measure(&store).await;
+        drop(client);
+        let _ = task.await;
+        Some(DeadHead {
+            before_vacuum,
+            vacuum_ms,
+            after_vacuum,
+        })
+    } else {
+        None
+    };
     store.close().await;
     drop(schema);
-    out
+    Depth { fresh, dead_head }
 }
 
-pub async fn bench_claim_depth(pg: Option<&str>, deep: usize) {
+pub async fn bench_claim_depth(pg: Option<&str>, deep: usize, dead_head: usize) {
     println!(
         "[claim-depth] claim latency vs queue depth: one-job claims ({SAMPLES} samples), priorities -10..=10, 10% held"
     );
@@ -189,22 +272,31 @@ pub async fn bench_claim_depth(pg: Option<&str>, deep: usize) {
         stores.push(("PostgreSQL", Some(url)));
     }
     for (name, url) in stores {
-        let (s_med, s_p99, d_med, d_p99) = match url {
-            None => {
-                let s = sqlite_case(shallow).await;
-                let d = sqlite_case(deep).await;
-                (s.0, s.1, d.0, d.1)
-            }
-            Some(url) => {
-                let s = pg_case(url, shallow).await;
-                let d = pg_case(url, deep).await;
-                (s.0, s.1, d.0, d.1)
-            }
+        // The dead head is measured behind the deep queue, which must outlast it.
+        let dead_head = dead_head.min(deep.saturating_sub(2 * (WARM_UP + SAMPLES) * 3));
+        let (shallow_depth, deep_depth) = match url {
+            None => (
+                sqlite_case(shallow, 0).await,
+                sqlite_case(deep, dead_head).await,
+            ),
+            Some(url) => (
+                pg_case(url, shallow, 0).await,
+                pg_case(url, deep, dead_head).await,
+            ),
         };
+        let ((s_med, s_p99), (d_med, d_p99)) = (shallow_depth.fresh, deep_depth.fresh);
         println!(
             "    {name:<10} {shallow:>9} queued: median {s_med:>7.0} µs, p99 {s_p99:>7.0} µs\n    {name:<10} {deep:>9} queued: median {d_med:>7.0} µs, p99 {d_p99:>7.0} µs   (deep / shallow median: {:.2}×)",
             d_med / s_med
         );
+        if let Some(dead) = deep_depth.dead_head {
+            let ((b_med, b_p99), (a_med, a_p99)) = (dead.before_vacuum, dead.after_vacuum);
+            println!(
+                "    {name:<10} behind {dead_head} finished, not vacuumed: median {b_med:>7.0} µs, p99 {b_p99:>7.0} µs   ({:.2}× the deep queue)\n    {name:<10} VACUUM took {:.0} ms; after it: median {a_med:>7.0} µs, p99 {a_p99:>7.0} µs",
+                b_med / d_med,
+                dead.vacuum_ms,
+            );
+        }
     }
     println!();
 }

@@ -323,6 +323,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres_0011_cap_tokens.sql"),
     include_str!("../migrations/postgres_0012_cap_waits.sql"),
     include_str!("../migrations/postgres_0013_cap_turns.sql"),
+    include_str!("../migrations/postgres_0014_jobs_vacuum.sql"),
 ];
 
 /// How often other replicas' commits are looked for (until a bus signals them).
