@@ -179,6 +179,26 @@ struct DeadHead {
     after_vacuum: (f64, f64),
 }
 
+/// Measures the claims behind the dead head `make` leaves, then times `vacuum` and
+/// measures them again.
+async fn behind_dead_head(
+    store: &Arc<dyn Store>,
+    make: impl Future<Output = ()>,
+    vacuum: impl Future<Output = ()>,
+) -> DeadHead {
+    make.await;
+    let before_vacuum = measure(store).await;
+    let t = Instant::now();
+    vacuum.await;
+    let vacuum_ms = t.elapsed().as_secs_f64() * 1e3;
+    let after_vacuum = measure(store).await;
+    DeadHead {
+        before_vacuum,
+        vacuum_ms,
+        after_vacuum,
+    }
+}
+
 async fn sqlite_case(jobs: usize, dead_head: usize) -> Depth {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("deep.db");
@@ -190,17 +210,14 @@ async fn sqlite_case(jobs: usize, dead_head: usize) -> Depth {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .unwrap();
-        conn.execute_batch(&drain_head_sql(dead_head)).unwrap();
-        let before_vacuum = measure(&store).await;
-        let t = Instant::now();
-        conn.execute_batch("VACUUM").unwrap();
-        let vacuum_ms = t.elapsed().as_secs_f64() * 1e3;
-        let after_vacuum = measure(&store).await;
-        Some(DeadHead {
-            before_vacuum,
-            vacuum_ms,
-            after_vacuum,
-        })
+        Some(
+            behind_dead_head(
+                &store,
+                async { conn.execute_batch(&drain_head_sql(dead_head)).unwrap() },
+                async { conn.execute_batch("VACUUM").unwrap() },
+            )
+            .await,
+        )
     } else {
         None
     };
@@ -227,31 +244,31 @@ async fn pg_case(url: &str, jobs: usize, dead_head: usize) -> Depth {
             .await
             .unwrap();
         let task = tokio::spawn(conn);
-        client
-            .batch_execute(&format!(
-                "SET search_path = {schema};
-                 ALTER TABLE jobs SET (autovacuum_enabled = false);
-                 {drain};",
-                schema = schema.name,
-                drain = drain_head_sql(dead_head)
-            ))
-            .await
-            .expect("the dead head's update");
-        let before_vacuum = measure(&store).await;
-        let t = Instant::now();
-        client
-            .batch_execute(&format!("VACUUM {}.jobs", schema.name))
-            .await
-            .expect("vacuum");
-        let vacuum_ms = t.elapsed().as_secs_f64() * 1e3;
-        let after_vacuum = measure(&store).await;
+        let dead = behind_dead_head(
+            &store,
+            async {
+                client
+                    .batch_execute(&format!(
+                        "SET search_path = {schema};
+                         ALTER TABLE jobs SET (autovacuum_enabled = false);
+                         {drain};",
+                        schema = schema.name,
+                        drain = drain_head_sql(dead_head)
+                    ))
+                    .await
+                    .expect("the dead head's update")
+            },
+            async {
+                client
+                    .batch_execute(&format!("VACUUM {}.jobs", schema.name))
+                    .await
+                    .expect("vacuum")
+            },
+        )
+        .await;
         drop(client);
         let _ = task.await;
-        Some(DeadHead {
-            before_vacuum,
-            vacuum_ms,
-            after_vacuum,
-        })
+        Some(dead)
     } else {
         None
     };
