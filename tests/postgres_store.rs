@@ -1,6 +1,7 @@
 //! The PostgreSQL store through the binary and the server: replicas sharing one
-//! database, a database outage, start-up faults, migrations racing, and the event
-//! horizon. Needs `TEST_DATABASE_URL`; prints `SKIPPED(service)` without it.
+//! database, a database outage, start-up faults, migrations racing, the event
+//! horizon, and the vacuum that clears the queue's dead head. Needs
+//! `TEST_DATABASE_URL`; prints `SKIPPED(service)` without it.
 
 mod common;
 
